@@ -1,0 +1,298 @@
+"""chatbatch.toml -> typed, validated settings.
+
+One file is read by the CLI, the worker (the file ships in the Lambda asset and
+``CHATBATCH_CONFIG`` points at it) and the CDK app. Every error names the key, the
+value and what is allowed, so a typo never turns into a silent default.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import tomllib
+from decimal import Decimal
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+CONFIG_ENV = "CHATBATCH_CONFIG"
+CONFIG_FILENAME = "chatbatch.toml"
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used. The message says where and what to do."""
+
+
+class Priority(StrEnum):
+    critical = "critical"
+    high = "high"
+    normal = "normal"
+    low = "low"
+
+    @property
+    def rank(self) -> int:
+        """0 for the most urgent."""
+        return list(Priority).index(self)
+
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+Money = Annotated[Decimal, Field(ge=0, max_digits=12, decimal_places=6)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Timeouts(_Strict):
+    connect_s: PositiveFloat = 5.0
+    read_s: PositiveFloat = 120.0
+    write_s: PositiveFloat = 30.0
+    pool_s: PositiveFloat = 10.0
+    total_s: PositiveFloat = 600.0
+
+    @model_validator(mode="after")
+    def _total_covers_read(self) -> Timeouts:
+        if self.total_s < self.connect_s:
+            raise ValueError(
+                f"total_s ({self.total_s}) must be at least connect_s ({self.connect_s})"
+            )
+        return self
+
+
+class Provider(_Strict):
+    """An OpenAI-compatible endpoint and where its API key comes from."""
+
+    base_url: HttpUrl
+    api_key_env: str = Field(
+        default="CHATBATCH_API_KEY",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="environment variable holding the key when running locally",
+    )
+    secret_arn: str | None = Field(
+        default=None,
+        pattern=r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:.+$",
+        description="existing Secrets Manager secret; the stack creates one if unset",
+    )
+    timeouts: Timeouts = Timeouts()
+    max_connections: int = Field(default=20, ge=1, le=1000)
+
+    @property
+    def chat_url(self) -> str:
+        return str(self.base_url).rstrip("/") + "/chat/completions"
+
+
+class Model(_Strict):
+    """A model as the pipeline sees it: who serves it, what it costs, how fast it may go."""
+
+    provider: str
+    model_id: str = Field(min_length=1)
+    input_per_m: Money
+    cached_input_per_m: Money
+    output_per_m: Money
+    prices_as_of: dt.date
+    rpm: int = Field(gt=0, description="requests per minute")
+    tpm: int = Field(gt=0, description="tokens per minute (prompt + completion)")
+    max_output_tokens: int = Field(gt=0)
+    default_max_tokens: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Model:
+        if self.cached_input_per_m > self.input_per_m:
+            raise ValueError(
+                f"cached_input_per_m ({self.cached_input_per_m}) cannot exceed "
+                f"input_per_m ({self.input_per_m})"
+            )
+        if self.default_max_tokens and self.default_max_tokens > self.max_output_tokens:
+            raise ValueError(
+                f"default_max_tokens ({self.default_max_tokens}) cannot exceed "
+                f"max_output_tokens ({self.max_output_tokens})"
+            )
+        return self
+
+    @property
+    def reserve_max_tokens(self) -> int:
+        """Output tokens assumed for the worst case when a job does not say."""
+        return self.default_max_tokens or self.max_output_tokens
+
+
+class Budget(_Strict):
+    daily_usd: Money = Decimal("200")
+    batch_usd: Money | None = None
+    request_cap_usd: Money = Decimal("1")
+    reservation_ttl_s: int = Field(default=900, ge=60)
+
+
+class PrioritySettings(_Strict):
+    max_concurrency: int = Field(default=2, ge=2, le=1000)
+    share: float = Field(gt=0, le=1, description="share of the rate limit under contention")
+
+
+class Role(_Strict):
+    model: str
+    system_prompt: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("params")
+    @classmethod
+    def _known_params(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(value) - ROLE_PARAMS)
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {unknown}; allowed: {sorted(ROLE_PARAMS)}")
+        return value
+
+
+ROLE_PARAMS = frozenset(
+    {
+        "temperature",
+        "top_p",
+        "max_tokens",
+        "stop",
+        "presence_penalty",
+        "frequency_penalty",
+        "response_format",
+        "seed",
+        "stream",
+    }
+)
+
+
+class Retries(_Strict):
+    max_attempts: int = Field(default=5, ge=1, le=20)
+    base_s: PositiveFloat = 0.5
+    max_backoff_s: PositiveFloat = 30.0
+    max_retry_after_s: PositiveFloat = 60.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Retries:
+        if self.base_s > self.max_backoff_s:
+            raise ValueError(
+                f"base_s ({self.base_s}) cannot exceed max_backoff_s ({self.max_backoff_s})"
+            )
+        return self
+
+
+class Worker(_Strict):
+    architecture: Literal["arm64", "x86_64"] = "arm64"
+    runtime: Literal["3.12", "3.13"] = "3.12"
+    memory_mb: int = Field(default=512, ge=128, le=10240)
+    timeout_s: int = Field(default=120, ge=10, le=900)
+    batch_size: int = Field(default=10, ge=1, le=10)
+    batch_window_s: int = Field(default=1, ge=0, le=300)
+    max_receive_count: int = Field(default=5, ge=1, le=1000)
+    retention_days: int = Field(default=4, ge=2, le=14)
+    log_prompts: bool = False
+
+
+class Defaults(_Strict):
+    model: str
+    priority: Priority = Priority.normal
+    cache_temperature_zero: bool = False
+
+
+class Limits(_Strict):
+    max_line_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+
+
+class Config(_Strict):
+    stack_name: str = Field(default="chatbatch", pattern=r"^[A-Za-z][A-Za-z0-9-]{0,127}$")
+    defaults: Defaults
+    providers: dict[str, Provider] = Field(min_length=1)
+    models: dict[str, Model] = Field(min_length=1)
+    budget: Budget = Budget()
+    priorities: dict[Priority, PrioritySettings]
+    roles: dict[str, Role] = Field(default_factory=dict)
+    retries: Retries = Retries()
+    worker: Worker = Worker()
+    limits: Limits = Limits()
+
+    @model_validator(mode="after")
+    def _references(self) -> Config:
+        for name, model in self.models.items():
+            if model.provider not in self.providers:
+                raise ValueError(
+                    f"models.{name}.provider: {model.provider!r} is not a provider; "
+                    f"defined: {sorted(self.providers)}"
+                )
+        for name, role in self.roles.items():
+            if role.model not in self.models:
+                raise ValueError(
+                    f"roles.{name}.model: {role.model!r} is not a model; "
+                    f"defined: {sorted(self.models)}"
+                )
+        if self.defaults.model not in self.models:
+            raise ValueError(
+                f"defaults.model: {self.defaults.model!r} is not a model; "
+                f"defined: {sorted(self.models)}"
+            )
+        missing = [p.value for p in Priority if p not in self.priorities]
+        if missing:
+            raise ValueError(f"priorities: missing {missing}; all four must be configured")
+        total = sum(p.share for p in self.priorities.values())
+        if total > 1.0 + 1e-9:
+            shares = ", ".join(f"{k.value} {v.share:g}" for k, v in self.priorities.items())
+            raise ValueError(
+                f"priorities: the shares add up to {total:g} ({shares}); at most 1 is allowed"
+            )
+        return self
+
+    @cached_property
+    def model_for_id(self) -> dict[str, str]:
+        """Provider model id -> configured model name (jobs may use either)."""
+        return {m.model_id: name for name, m in self.models.items()}
+
+    def resolve_model(self, name: str) -> tuple[str, Model] | None:
+        key = name if name in self.models else self.model_for_id.get(name)
+        return (key, self.models[key]) if key else None
+
+    def provider_of(self, model: str) -> Provider:
+        return self.providers[self.models[model].provider]
+
+
+def _format_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        value = e.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{loc}: {msg}{shown}" if loc else msg)
+    return "; ".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {_format_error(err)}") from None
+
+
+def find_config(path: str | os.PathLike[str] | None = None) -> Path:
+    """The explicit path, else $CHATBATCH_CONFIG, else ./chatbatch.toml."""
+    candidate = path or os.environ.get(CONFIG_ENV) or CONFIG_FILENAME
+    resolved = Path(candidate)
+    if not resolved.is_file():
+        raise ConfigError(
+            f"{resolved}: config file not found; pass --config PATH, set {CONFIG_ENV}, "
+            f"or run from the directory holding {CONFIG_FILENAME}"
+        )
+    return resolved
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    resolved = find_config(path)
+    try:
+        data = tomllib.loads(resolved.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{resolved}: not valid TOML: {err}") from None
+    return parse_config(data, str(resolved))

@@ -1,0 +1,107 @@
+"""Prices, usage and cost, exact to the token.
+
+Money is a ``Decimal``: prices per 1M tokens have at most six decimals, so a usage's
+cost is exact with no float rounding. The budget ledger stores integer nano-dollars
+(``to_nanos``), rounding a cost up so the ledger never under-counts.
+
+Token estimation (for worst-case reservations, before any call) is offline: no tokenizer
+is downloaded. ASCII text is estimated at one token per 4 characters (within about
+±15% of cl100k/o200k and DeepSeek's tokenizer on English prose and code) and every
+non-ASCII character at one token (CJK text runs 0.6-1 token per character, so this
+over-estimates, which is the safe side for a reservation). Each message adds 4 tokens
+of framing and each request 3, as in OpenAI's published counting recipe.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from decimal import ROUND_CEILING, Decimal
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from chatbatch.config import Model
+
+MILLION = Decimal(1_000_000)
+NANOS_PER_USD = Decimal(1_000_000_000)
+MESSAGE_OVERHEAD_TOKENS = 4
+REQUEST_OVERHEAD_TOKENS = 3
+
+
+class Usage(BaseModel):
+    """A provider's usage block, normalised.
+
+    OpenAI reports cache hits in ``prompt_tokens_details.cached_tokens``; DeepSeek in
+    ``prompt_cache_hit_tokens`` / ``prompt_cache_miss_tokens``. Reasoning tokens are part
+    of ``completion_tokens`` in both and are priced as output.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    prompt_tokens: int = Field(default=0, ge=0)
+    completion_tokens: int = Field(default=0, ge=0)
+    cached_tokens: int = Field(default=0, ge=0)
+    reasoning_tokens: int = Field(default=0, ge=0)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def uncached_prompt_tokens(self) -> int:
+        return self.prompt_tokens - self.cached_tokens
+
+    @classmethod
+    def from_api(cls, usage: dict[str, Any] | None) -> Usage:
+        if not usage:
+            return cls()
+        prompt = int(usage.get("prompt_tokens") or 0)
+        details = usage.get("prompt_tokens_details") or {}
+        cached = details.get("cached_tokens")
+        if cached is None:
+            cached = usage.get("prompt_cache_hit_tokens")
+            if cached is None and usage.get("prompt_cache_miss_tokens") is not None:
+                cached = prompt - int(usage["prompt_cache_miss_tokens"])
+        completion_details = usage.get("completion_tokens_details") or {}
+        return cls(
+            prompt_tokens=prompt,
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            cached_tokens=min(prompt, max(0, int(cached or 0))),
+            reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
+        )
+
+
+def cost(usage: Usage, model: Model) -> Decimal:
+    """The exact USD cost of a usage at a model's prices."""
+    return (
+        usage.uncached_prompt_tokens * model.input_per_m
+        + usage.cached_tokens * model.cached_input_per_m
+        + usage.completion_tokens * model.output_per_m
+    ) / MILLION
+
+
+def worst_case_cost(prompt_tokens: int, max_tokens: int, model: Model) -> Decimal:
+    """The most a request can cost: every prompt token uncached, every output token used."""
+    return (prompt_tokens * model.input_per_m + max_tokens * model.output_per_m) / MILLION
+
+
+def to_nanos(usd: Decimal) -> int:
+    """USD -> integer nano-dollars for the ledger, rounded up."""
+    return int((usd * NANOS_PER_USD).to_integral_value(rounding=ROUND_CEILING))
+
+
+def from_nanos(nanos: int) -> Decimal:
+    return Decimal(nanos) / NANOS_PER_USD
+
+
+def estimate_text_tokens(text: str) -> int:
+    ascii_chars = sum(1 for c in text if c < "\x80") if not text.isascii() else len(text)
+    return math.ceil(ascii_chars / 4) + (len(text) - ascii_chars)
+
+
+def estimate_prompt_tokens(contents: Iterable[str]) -> int:
+    """Estimated prompt tokens of the message contents of one request."""
+    return REQUEST_OVERHEAD_TOKENS + sum(
+        MESSAGE_OVERHEAD_TOKENS + estimate_text_tokens(c) for c in contents
+    )
