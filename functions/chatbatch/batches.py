@@ -1,0 +1,298 @@
+"""Batches and job states in DynamoDB: the registry, the counters, exactly-once outcomes.
+
+Items (single table, see ``resources``):
+
+- ``pk=batch#<id>, sk=meta``: the batch: ``total`` (from submit), ``priority``,
+  ``budget_nanos``, ``checksum``, ``created``, ``cancelled`` and the counters
+  ``succeeded``, ``failed``, ``deferred``, ``dead_lettered``, ``cancelled_jobs``,
+  ``cost_nanos``, ``prompt_tokens``, ``completion_tokens``, ``provider_calls``.
+- ``pk=job#<batch>#<custom_id>, sk=state``: a job's state: ``deferred`` or
+  ``dead_lettered`` while it waits, then one of the terminal ``succeeded``, ``failed``,
+  ``cancelled``.
+
+A job's outcome is written in one transaction with its counters, on the condition that
+the job's state is still the one the worker read. A redelivered or duplicated message
+therefore moves a counter at most once: the loser of the race sees the condition fail
+and does nothing. ``deferred`` and ``dead_lettered`` are gauges: entering the state adds
+one, leaving it (resumed, redriven) takes one away.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from chatbatch.resources import TABLE_PK, TABLE_SK, TABLE_TTL
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+JOB_TTL_S = 30 * 86_400
+COUNTERS = (
+    "succeeded",
+    "failed",
+    "deferred",
+    "dead_lettered",
+    "cancelled_jobs",
+    "cost_nanos",
+    "prompt_tokens",
+    "completion_tokens",
+    "provider_calls",
+)
+
+
+class JobState(StrEnum):
+    new = "new"  # no item yet
+    deferred = "deferred"
+    dead_lettered = "dead_lettered"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in {JobState.succeeded, JobState.failed, JobState.cancelled}
+
+    @property
+    def gauge(self) -> str | None:
+        """The counter that holds jobs while they are in this state, if any."""
+        return {JobState.deferred: "deferred", JobState.dead_lettered: "dead_lettered"}.get(self)
+
+    @property
+    def counter(self) -> str:
+        return "cancelled_jobs" if self is JobState.cancelled else self.value
+
+
+class BatchInfo(BaseModel):
+    batch_id: str
+    total: int | None = None
+    priority: str | None = None
+    budget_nanos: int | None = None
+    checksum: str | None = None
+    created: float | None = None
+    cancelled: bool = False
+    succeeded: int = 0
+    failed: int = 0
+    deferred: int = 0
+    dead_lettered: int = 0
+    cancelled_jobs: int = 0
+    cost_nanos: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    provider_calls: int = 0
+
+    @property
+    def finished(self) -> int:
+        """Jobs in a terminal state (dead-lettered counts until it is redriven)."""
+        return self.succeeded + self.failed + self.cancelled_jobs + self.dead_lettered
+
+
+def _s(value: str) -> dict[str, Any]:
+    return {"S": value}
+
+
+def _n(value: int | float) -> dict[str, Any]:
+    return {"N": str(value)}
+
+
+def batch_key(batch_id: str) -> dict[str, Any]:
+    return {TABLE_PK: _s(f"batch#{batch_id}"), TABLE_SK: _s("meta")}
+
+
+def job_key(batch_id: str, custom_id: str) -> dict[str, Any]:
+    return {TABLE_PK: _s(f"job#{batch_id}#{custom_id}"), TABLE_SK: _s("state")}
+
+
+def _plain(item: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in item.items():
+        if "N" in value:
+            number = value["N"]
+            out[name] = float(number) if "." in number else int(number)
+        elif "BOOL" in value:
+            out[name] = value["BOOL"]
+        elif "S" in value:
+            out[name] = value["S"]
+    return out
+
+
+class Batches:
+    """Batch registry, counters and job states on the shared table."""
+
+    def __init__(self, ddb: DynamoDBClient, table: str) -> None:
+        self._ddb = ddb
+        self._table = table
+
+    # --- reads -------------------------------------------------------------------
+
+    def prefetch(
+        self, jobs: Iterable[tuple[str, str]]
+    ) -> tuple[dict[tuple[str, str], JobState], dict[str, BatchInfo]]:
+        """The states of many jobs and their batches in as few reads as possible."""
+        jobs = list(dict.fromkeys(jobs))
+        batch_ids = list(dict.fromkeys(b for b, _ in jobs))
+        keys = [job_key(b, c) for b, c in jobs] + [batch_key(b) for b in batch_ids]
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(keys), 100):
+            pending: Any = {
+                self._table: {"Keys": keys[start : start + 100], "ConsistentRead": True}
+            }
+            while pending:
+                reply = self._ddb.batch_get_item(RequestItems=pending)
+                for item in reply["Responses"].get(self._table, []):
+                    found[item[TABLE_PK]["S"]] = _plain(item)
+                pending = reply.get("UnprocessedKeys") or None
+        states = {
+            (b, c): JobState(found.get(f"job#{b}#{c}", {}).get("state", JobState.new))
+            for b, c in jobs
+        }
+        batches = {b: self._info(b, found.get(f"batch#{b}")) for b in batch_ids}
+        return states, batches
+
+    def get(self, batch_id: str) -> BatchInfo | None:
+        reply = self._ddb.get_item(
+            TableName=self._table, Key=batch_key(batch_id), ConsistentRead=True
+        )
+        item = reply.get("Item")
+        return self._info(batch_id, _plain(item)) if item else None
+
+    def list_all(self) -> list[BatchInfo]:
+        out: list[BatchInfo] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "FilterExpression": "begins_with(#pk, :p) AND #sk = :meta",
+            "ExpressionAttributeNames": {"#pk": TABLE_PK, "#sk": TABLE_SK},
+            "ExpressionAttributeValues": {":p": _s("batch#"), ":meta": _s("meta")},
+        }
+        while True:
+            reply = self._ddb.scan(**kwargs)
+            for item in reply.get("Items", []):
+                plain = _plain(item)
+                out.append(self._info(plain[TABLE_PK].removeprefix("batch#"), plain))
+            if "LastEvaluatedKey" not in reply:
+                return sorted(out, key=lambda b: b.created or 0)
+            kwargs["ExclusiveStartKey"] = reply["LastEvaluatedKey"]
+
+    @staticmethod
+    def _info(batch_id: str, plain: dict[str, Any] | None) -> BatchInfo:
+        if not plain:
+            return BatchInfo(batch_id=batch_id)
+        fields = {k: v for k, v in plain.items() if k in BatchInfo.model_fields}
+        return BatchInfo(batch_id=batch_id, **fields)
+
+    # --- registry ----------------------------------------------------------------
+
+    def register(
+        self,
+        batch_id: str,
+        *,
+        total: int,
+        priority: str,
+        checksum: str,
+        budget_nanos: int | None = None,
+    ) -> None:
+        """Create or update the batch's description; counters are never touched."""
+        names = {"#t": "total", "#p": "priority", "#c": "checksum", "#cr": "created"}
+        values: dict[str, Any] = {
+            ":t": _n(total),
+            ":p": _s(priority),
+            ":c": _s(checksum),
+            ":cr": _n(round(time.time(), 3)),
+        }
+        expression = "SET #t = :t, #p = :p, #c = :c, #cr = if_not_exists(#cr, :cr)"
+        if budget_nanos is not None:
+            names["#b"] = "budget_nanos"
+            values[":b"] = _n(budget_nanos)
+            expression += ", #b = :b"
+        self._ddb.update_item(
+            TableName=self._table,
+            Key=batch_key(batch_id),
+            UpdateExpression=expression,
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+        )
+
+    def cancel(self, batch_id: str) -> None:
+        self._ddb.update_item(
+            TableName=self._table,
+            Key=batch_key(batch_id),
+            UpdateExpression="SET #c = :t",
+            ExpressionAttributeNames={"#c": "cancelled"},
+            ExpressionAttributeValues={":t": {"BOOL": True}},
+        )
+
+    # --- job transitions ---------------------------------------------------------
+
+    def transition(
+        self,
+        batch_id: str,
+        custom_id: str,
+        *,
+        prev: JobState,
+        new: JobState,
+        counters: Mapping[str, int] | None = None,
+        extra: Iterable[dict[str, Any]] = (),
+    ) -> bool:
+        """Move a job from ``prev`` to ``new`` and its counters, exactly once.
+
+        ``extra`` are further TransactWriteItems (the budget's settle) that must happen
+        with it or not at all. Returns False when the job was no longer in ``prev``
+        (another delivery got there first): nothing was written.
+        """
+        if prev is new:
+            return True
+        deltas = dict(counters or {})
+        if new.gauge or new.terminal:
+            deltas[new.counter] = deltas.get(new.counter, 0) + 1
+        if prev.gauge:
+            deltas[prev.gauge] = deltas.get(prev.gauge, 0) - 1
+        if prev is JobState.new:
+            condition = "attribute_not_exists(#s)"
+            values: dict[str, Any] = {}
+        else:
+            condition = "#s = :prev"
+            values = {":prev": _s(prev.value)}
+        state_item = {
+            "Update": {
+                "TableName": self._table,
+                "Key": job_key(batch_id, custom_id),
+                "UpdateExpression": "SET #s = :new, #x = :x",
+                "ConditionExpression": condition,
+                "ExpressionAttributeNames": {"#s": "state", "#x": TABLE_TTL},
+                "ExpressionAttributeValues": {
+                    ":new": _s(new.value),
+                    ":x": _n(int(time.time()) + JOB_TTL_S),
+                    **values,
+                },
+            }
+        }
+        items: list[Any] = [state_item, *extra]
+        adds = {name: delta for name, delta in deltas.items() if delta}
+        if adds:
+            names = {f"#c{i}": name for i, name in enumerate(adds)}
+            items.append(
+                {
+                    "Update": {
+                        "TableName": self._table,
+                        "Key": batch_key(batch_id),
+                        "UpdateExpression": "ADD "
+                        + ", ".join(f"#c{i} :c{i}" for i in range(len(adds))),
+                        "ExpressionAttributeNames": names,
+                        "ExpressionAttributeValues": {
+                            f":c{i}": _n(delta) for i, delta in enumerate(adds.values())
+                        },
+                    }
+                }
+            )
+        try:
+            self._ddb.transact_write_items(TransactItems=items)
+        except self._ddb.exceptions.TransactionCanceledException as err:
+            reasons = err.response.get("CancellationReasons", [])
+            if reasons and reasons[0].get("Code") == "ConditionalCheckFailed":
+                return False
+            raise
+        return True

@@ -1,0 +1,1 @@
+"""The embedded default: moto, the provider simulator and the event-source emulator."""

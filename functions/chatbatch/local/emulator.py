@@ -1,0 +1,190 @@
+"""An event-source emulator: calls the real Lambda handler the way Lambda's SQS event
+source mapping does.
+
+Per queue, ``max_concurrency`` pollers (each one a Lambda instance: its own thread, so
+the handler's per-instance state is reused across its invocations, as in Lambda). A
+poller receives up to ``batch_size`` messages, waits up to the batching window to fill
+the batch, builds a real SQS-shaped event, calls the handler with a context whose
+remaining time counts down from the function timeout, then deletes the messages the
+partial batch response did not report as failed. Failed messages stay in the queue and
+come back when their visibility timeout ends; after ``maxReceiveCount`` receives SQS
+(moto) moves them to the DLQ.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aws_lambda_powertools import Logger
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.type_defs import MessageTypeDef
+
+Handler = Callable[[dict[str, Any], Any], Any]
+logger = Logger(service="chatbatch-local")
+
+
+@dataclass
+class LambdaContext:
+    """What Lambda hands the handler; the remaining time counts down from the timeout."""
+
+    function_name: str
+    timeout_s: float
+    memory_limit_in_mb: int = 512
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def invoked_function_arn(self) -> str:
+        return f"arn:aws:lambda:us-east-1:123456789012:function:{self.function_name}"
+
+    @property
+    def function_version(self) -> str:
+        return "$LATEST"
+
+    @property
+    def log_group_name(self) -> str:
+        return f"/aws/lambda/{self.function_name}"
+
+    @property
+    def log_stream_name(self) -> str:
+        return "local"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self.timeout_s - (time.monotonic() - self.started)) * 1000))
+
+
+def sqs_record(message: MessageTypeDef, queue_arn: str, region: str) -> dict[str, Any]:
+    """A ReceiveMessage message -> a Lambda SQS event record."""
+    attributes = {
+        key: message.get("Attributes", {}).get(key, "")
+        for key in (
+            "ApproximateReceiveCount",
+            "SentTimestamp",
+            "SenderId",
+            "ApproximateFirstReceiveTimestamp",
+        )
+    }
+    message_attributes = {
+        name: {
+            "stringValue": value.get("StringValue"),
+            "stringListValues": [],
+            "binaryListValues": [],
+            "dataType": value["DataType"],
+        }
+        for name, value in message.get("MessageAttributes", {}).items()
+    }
+    return {
+        "messageId": message["MessageId"],
+        "receiptHandle": message["ReceiptHandle"],
+        "body": message["Body"],
+        "attributes": attributes,
+        "messageAttributes": message_attributes,
+        "md5OfBody": message.get("MD5OfBody", ""),
+        "eventSource": "aws:sqs",
+        "eventSourceARN": queue_arn,
+        "awsRegion": region,
+    }
+
+
+@dataclass
+class MappingSettings:
+    queue_url: str
+    queue_arn: str
+    max_concurrency: int
+    batch_size: int = 10
+    batch_window_s: float = 0.0
+    timeout_s: float = 120.0
+    memory_mb: int = 512
+    function_name: str = "chatbatch-worker"
+
+
+class EventSourceMapping:
+    """Pollers for one queue, calling ``handler`` with SQS events."""
+
+    def __init__(
+        self,
+        sqs: SQSClient,
+        handler: Handler,
+        settings: MappingSettings,
+        *,
+        on_done: Callable[[int], None] | None = None,
+    ) -> None:
+        self._sqs = sqs
+        self._handler = handler
+        self.settings = settings
+        self._on_done = on_done
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.invocations = 0
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        for i in range(self.settings.max_concurrency):
+            name = f"{self.settings.queue_arn.rsplit(':', 1)[-1]}-{i}"
+            thread = threading.Thread(target=self._poll, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=self.settings.timeout_s)
+
+    def _receive(self) -> list[MessageTypeDef]:
+        s = self.settings
+        messages: list[MessageTypeDef] = []
+        window_end = time.monotonic() + s.batch_window_s
+        while len(messages) < s.batch_size and not self._stop.is_set():
+            got = self._sqs.receive_message(
+                QueueUrl=s.queue_url,
+                MaxNumberOfMessages=s.batch_size - len(messages),
+                MessageSystemAttributeNames=["All"],
+                MessageAttributeNames=["All"],
+            ).get("Messages", [])
+            messages.extend(got)
+            if not got or time.monotonic() >= window_end:
+                break
+        return messages
+
+    def _poll(self) -> None:
+        idle = 0.02
+        while not self._stop.is_set():
+            messages = self._receive()
+            if not messages:
+                self._stop.wait(idle)
+                idle = min(idle * 2, 0.5)
+                continue
+            idle = 0.02
+            self._invoke(messages)
+
+    def _invoke(self, messages: list[MessageTypeDef]) -> None:
+        s = self.settings
+        region = s.queue_arn.split(":")[3]
+        event = {"Records": [sqs_record(m, s.queue_arn, region) for m in messages]}
+        context = LambdaContext(s.function_name, s.timeout_s, s.memory_mb)
+        with self._lock:
+            self.invocations += 1
+        try:
+            response = self._handler(event, context) or {}
+            failed = {f["itemIdentifier"] for f in response.get("batchItemFailures", [])}
+        except Exception:
+            logger.exception("handler raised; the whole batch returns to the queue")
+            return
+        done = [m for m in messages if m["MessageId"] not in failed]
+        for start in range(0, len(done), 10):
+            chunk = done[start : start + 10]
+            self._sqs.delete_message_batch(
+                QueueUrl=s.queue_url,
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(chunk)
+                ],
+            )
+        if self._on_done and done:
+            self._on_done(len(done))

@@ -1,0 +1,93 @@
+"""S3 objects: results, errors, cost records, the response cache and claim checks.
+
+Keys are deterministic, so a retry overwrites instead of duplicating:
+
+- ``results/<batch>/<custom_id>.json``: an OpenAI Batch output line (``OutputLine``)
+- ``errors/<batch>/<custom_id>.json``: an error line
+- ``costs/dt=YYYY-MM-DD/<batch>/<custom_id>.json``: one ``CostRecord`` (JSON, one line),
+  partitioned by UTC day for Athena (``PARTITIONED BY (dt string)``)
+- ``cache/<sha256>.json``: a cached chat.completion body (expired by a lifecycle rule)
+- ``claims/<batch>/<custom_id>.json``: a job too large for an SQS message
+- ``batches/<batch>/manifest.jsonl``: the custom_ids of a submitted batch, in input order
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from chatbatch.jobs import CostRecord, OutputLine
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+JSON = "application/json"
+
+
+def result_key(batch_id: str, custom_id: str) -> str:
+    return f"results/{batch_id}/{custom_id}.json"
+
+
+def error_key(batch_id: str, custom_id: str) -> str:
+    return f"errors/{batch_id}/{custom_id}.json"
+
+
+def cost_key(day: str, batch_id: str, custom_id: str) -> str:
+    return f"costs/dt={day}/{batch_id}/{custom_id}.json"
+
+
+def manifest_key(batch_id: str) -> str:
+    return f"batches/{batch_id}/manifest.jsonl"
+
+
+class Store:
+    """The bucket, seen as results, errors, costs, cache and claim checks."""
+
+    def __init__(self, s3: S3Client, bucket: str) -> None:
+        self._s3 = s3
+        self.bucket = bucket
+
+    def _put(self, key: str, text: str) -> None:
+        self._s3.put_object(Bucket=self.bucket, Key=key, Body=text.encode(), ContentType=JSON)
+
+    def _get(self, key: str) -> bytes | None:
+        try:
+            return self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except self._s3.exceptions.NoSuchKey:
+            return None
+
+    def put_result(self, batch_id: str, line: OutputLine) -> None:
+        self._put(result_key(batch_id, line.custom_id), line.to_line())
+
+    def get_result(self, batch_id: str, custom_id: str) -> OutputLine | None:
+        raw = self._get(result_key(batch_id, custom_id))
+        return OutputLine.model_validate_json(raw) if raw else None
+
+    def put_error(self, batch_id: str, line: OutputLine) -> None:
+        self._put(error_key(batch_id, line.custom_id), line.to_line())
+
+    def get_error(self, batch_id: str, custom_id: str) -> OutputLine | None:
+        raw = self._get(error_key(batch_id, custom_id))
+        return OutputLine.model_validate_json(raw) if raw else None
+
+    def put_cost(self, record: CostRecord) -> None:
+        self._put(cost_key(record.dt, record.batch_id, record.custom_id), record.model_dump_json())
+
+    def get_cached(self, key: str) -> dict[str, Any] | None:
+        raw = self._get(f"cache/{key}.json")
+        return json.loads(raw) if raw else None
+
+    def put_cached(self, key: str, body: dict[str, Any]) -> None:
+        self._put(f"cache/{key}.json", json.dumps(body, separators=(",", ":")))
+
+    def put_claim(self, batch_id: str, custom_id: str, line: str) -> str:
+        key = f"claims/{batch_id}/{custom_id}.json"
+        self._put(key, line)
+        return key
+
+    def get_text(self, key: str) -> str | None:
+        raw = self._get(key)
+        return raw.decode() if raw is not None else None
+
+    def put_manifest(self, batch_id: str, custom_ids_jsonl: bytes) -> None:
+        self._s3.put_object(Bucket=self.bucket, Key=manifest_key(batch_id), Body=custom_ids_jsonl)

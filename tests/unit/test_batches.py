@@ -1,0 +1,84 @@
+"""Batch counters and job states: each outcome counts exactly once, gauges go up and down."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import boto3
+import pytest
+
+from chatbatch.batches import Batches, JobState
+from chatbatch.config import Config
+from chatbatch.local.aws import create_resources, moto_in_process
+
+
+@pytest.fixture
+def batches(config: Config) -> Iterator[Batches]:
+    with moto_in_process():
+        resources = create_resources(config)
+        yield Batches(boto3.client("dynamodb"), resources.table)
+
+
+def test_register_then_outcomes_move_counters_once(batches: Batches):
+    batches.register("b1", total=3, priority="high", checksum="abc", budget_nanos=5)
+    assert batches.transition(
+        "b1",
+        "a",
+        prev=JobState.new,
+        new=JobState.succeeded,
+        counters={"cost_nanos": 100, "prompt_tokens": 7},
+    )
+    # a redelivered message read the old state: its transition must not count again
+    assert not batches.transition(
+        "b1", "a", prev=JobState.new, new=JobState.succeeded, counters={"cost_nanos": 100}
+    )
+    assert batches.transition("b1", "b", prev=JobState.new, new=JobState.failed)
+    info = batches.get("b1")
+    assert info is not None
+    assert (info.total, info.succeeded, info.failed, info.cost_nanos, info.prompt_tokens) == (
+        3,
+        1,
+        1,
+        100,
+        7,
+    )
+    assert info.priority == "high" and info.budget_nanos == 5 and info.finished == 2
+    batches.register("b1", total=3, priority="high", checksum="abc")  # re-submit keeps counts
+    assert batches.get("b1").succeeded == 1  # type: ignore[union-attr]
+
+
+def test_gauges_follow_deferred_and_dead_lettered_jobs(batches: Batches):
+    assert batches.transition("b2", "x", prev=JobState.new, new=JobState.deferred)
+    assert batches.transition("b2", "x", prev=JobState.deferred, new=JobState.deferred)
+    assert batches.get("b2").deferred == 1  # type: ignore[union-attr]
+    assert batches.transition("b2", "x", prev=JobState.deferred, new=JobState.dead_lettered)
+    info = batches.get("b2")
+    assert info is not None and (info.deferred, info.dead_lettered) == (0, 1)
+    assert batches.transition("b2", "x", prev=JobState.dead_lettered, new=JobState.succeeded)
+    info = batches.get("b2")
+    assert info is not None and (info.dead_lettered, info.succeeded) == (0, 1)
+    states, infos = batches.prefetch([("b2", "x"), ("b2", "y")])
+    assert states == {("b2", "x"): JobState.succeeded, ("b2", "y"): JobState.new}
+    assert infos["b2"].succeeded == 1
+
+
+def test_concurrent_duplicates_count_once(batches: Batches):
+    def finish(_: int) -> bool:
+        return batches.transition(
+            "b3", "dup", prev=JobState.new, new=JobState.succeeded, counters={"cost_nanos": 10}
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        wins = list(pool.map(finish, range(16)))
+    assert wins.count(True) == 1
+    info = batches.get("b3")
+    assert info is not None and (info.succeeded, info.cost_nanos) == (1, 10)
+
+
+def test_cancel_and_list(batches: Batches):
+    batches.register("b4", total=1, priority="low", checksum="c")
+    batches.cancel("b4")
+    _, infos = batches.prefetch([("b4", "j")])
+    assert infos["b4"].cancelled
+    assert [b.batch_id for b in batches.list_all()] == ["b4"]
