@@ -14,7 +14,7 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import boto3
 
@@ -75,7 +75,7 @@ def moto_server(port: int = 0) -> Iterator[str]:
         server.stop()
 
 
-def _create_queue(sqs: SQSClient, name: str, attributes: dict[str, str]) -> tuple[str, str]:
+def _create_queue(sqs: SQSClient, name: str, attributes: dict[Any, str]) -> tuple[str, str]:
     url = sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]
     return url, arn["QueueArn"]

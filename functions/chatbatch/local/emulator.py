@@ -71,7 +71,7 @@ def sqs_record(message: MessageTypeDef, queue_arn: str, region: str) -> dict[str
             "ApproximateFirstReceiveTimestamp",
         )
     }
-    message_attributes = {
+    message_attributes: dict[str, dict[str, Any]] = {
         name: {
             "stringValue": value.get("StringValue"),
             "stringListValues": [],
