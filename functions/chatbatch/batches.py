@@ -4,16 +4,16 @@ Items (single table, see ``resources``):
 
 - ``pk=batch#<id>, sk=meta``: the batch: ``total`` (from submit), ``priority``,
   ``budget_nanos``, ``checksum``, ``created``, ``cancelled`` and the counters
-  ``succeeded``, ``failed``, ``deferred``, ``dead_lettered``, ``cancelled_jobs``,
+  ``succeeded``, ``failed``, ``deferred``, ``throttled``, ``dead_lettered``, ``cancelled_jobs``,
   ``cost_nanos``, ``prompt_tokens``, ``completion_tokens``, ``provider_calls``.
-- ``pk=job#<batch>#<custom_id>, sk=state``: a job's state: ``deferred`` or
-  ``dead_lettered`` while it waits, then one of the terminal ``succeeded``, ``failed``,
+- ``pk=job#<batch>#<custom_id>, sk=state``: a job's state: ``deferred`` (budget),
+  ``throttled`` (rate limit) or ``dead_lettered`` while it waits, then one of the terminal ``succeeded``, ``failed``,
   ``cancelled``.
 
 A job's outcome is written in one transaction with its counters, on the condition that
 the job's state is still the one the worker read. A redelivered or duplicated message
 therefore moves a counter at most once: the loser of the race sees the condition fail
-and does nothing. ``deferred`` and ``dead_lettered`` are gauges: entering the state adds
+and does nothing. ``deferred``, ``throttled`` and ``dead_lettered`` are gauges: entering the state adds
 one, leaving it (resumed, redriven) takes one away.
 """
 
@@ -32,22 +32,12 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 JOB_TTL_S = 30 * 86_400
-COUNTERS = (
-    "succeeded",
-    "failed",
-    "deferred",
-    "dead_lettered",
-    "cancelled_jobs",
-    "cost_nanos",
-    "prompt_tokens",
-    "completion_tokens",
-    "provider_calls",
-)
 
 
 class JobState(StrEnum):
     new = "new"  # no item yet
-    deferred = "deferred"
+    deferred = "deferred"  # waiting for budget
+    throttled = "throttled"  # waiting for rate-limit capacity
     dead_lettered = "dead_lettered"
     succeeded = "succeeded"
     failed = "failed"
@@ -78,6 +68,7 @@ class BatchInfo(BaseModel):
     succeeded: int = 0
     failed: int = 0
     deferred: int = 0
+    throttled: int = 0
     dead_lettered: int = 0
     cancelled_jobs: int = 0
     cost_nanos: int = 0

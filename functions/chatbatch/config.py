@@ -8,6 +8,7 @@ value and what is allowed, so a typo never turns into a silent default.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import tomllib
 from decimal import Decimal
@@ -192,6 +193,7 @@ class Worker(_Strict):
     max_receive_count: int = Field(default=5, ge=1, le=1000)
     retention_days: int = Field(default=4, ge=2, le=14)
     log_prompts: bool = False
+    max_throttle_wait_s: float = Field(default=10, ge=0, le=60)
 
 
 class Defaults(_Strict):
@@ -290,9 +292,11 @@ def find_config(path: str | os.PathLike[str] | None = None) -> Path:
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read a TOML config (or the JSON the local runtime writes for its workers)."""
     resolved = find_config(path)
+    text = resolved.read_text(encoding="utf-8")
     try:
-        data = tomllib.loads(resolved.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{resolved}: not valid TOML: {err}") from None
+        data = json.loads(text) if resolved.suffix == ".json" else tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{resolved}: not valid {resolved.suffix[1:].upper()}: {err}") from None
     return parse_config(data, str(resolved))
