@@ -55,6 +55,9 @@ def patched_env(values: dict[str, str]) -> Iterator[None]:
 def moto_in_process() -> Iterator[None]:
     from moto import mock_aws
 
+    from chatbatch.local import moto_fixes
+
+    moto_fixes.apply()
     with patched_env(FAKE_CREDENTIALS), mock_aws():
         yield
 
@@ -64,6 +67,9 @@ def moto_server(port: int = 0) -> Iterator[str]:
     """moto's HTTP server on loopback; yields its endpoint URL (also set as AWS_ENDPOINT_URL)."""
     from moto.server import ThreadedMotoServer
 
+    from chatbatch.local import moto_fixes
+
+    moto_fixes.apply()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     host, bound = server.get_host_and_port()

@@ -1,0 +1,97 @@
+"""Two small, contained fixes to moto (pinned at 5.2.5) for the local runtime.
+
+1. **Thread safety.** moto's backends check, then write, without a lock: two threads can
+   both pass one DynamoDB condition, and two pollers can receive one SQS message. Every
+   moto request is served under one lock (moto is bound to one core by the GIL anyway,
+   so this costs no throughput).
+2. **TransactWriteItems.** moto deep-copies every table a transaction touches, before
+   each transaction, to roll back on failure: O(table size) per call, which makes a local
+   run quadratic, and the rollback overwrites writes made meanwhile. Here only the items
+   the transaction touches are saved and restored.
+
+``apply()`` is idempotent; ``tests/unit/test_moto_fixes.py`` fails if either fix is lost.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import types
+from typing import Any
+
+from moto.core.responses import BaseResponse
+from moto.dynamodb import models as ddb_models
+from moto.dynamodb.models import DynamoDBBackend, DynamoType
+from moto.dynamodb.models.table import Table
+
+LOCK = threading.RLock()
+_applied = False
+
+Saved = tuple[Table, DynamoType, DynamoType | None, Any]
+
+
+def _deepcopy_but_tables(value: Any, memo: dict[int, Any] | None = None) -> Any:
+    return value if isinstance(value, Table) else copy.deepcopy(value, memo)
+
+
+def _touched(backend: DynamoDBBackend, transact_items: list[dict[str, Any]]) -> list[Saved]:
+    saved: list[Saved] = []
+    for entry in transact_items:
+        _, op = next(iter(entry.items()))
+        table = backend.tables.get(op.get("TableName", ""))
+        if table is None:
+            continue
+        key = op.get("Key") or op.get("Item") or {}
+        if table.hash_key_attr not in key:
+            continue
+        hash_value = DynamoType(key[table.hash_key_attr])
+        range_attr = table.range_key_attr
+        range_value = DynamoType(key[range_attr]) if range_attr and range_attr in key else None
+        current = table.get_item(hash_value, range_value)
+        saved.append((table, hash_value, range_value, copy.deepcopy(current)))
+    return saved
+
+
+def _restore(saved: list[Saved]) -> None:
+    for table, hash_value, range_value, old in reversed(saved):
+        if range_value is None:
+            if old is None:
+                table.items.pop(hash_value, None)
+            else:
+                table.items[hash_value] = old
+        elif old is None:
+            table.items.get(hash_value, {}).pop(range_value, None)
+        else:
+            table.items[hash_value][range_value] = old
+
+
+def apply() -> None:
+    global _applied
+    if _applied:
+        return
+    _applied = True
+
+    call_action = BaseResponse.call_action
+
+    def locked_call_action(self: BaseResponse) -> Any:
+        with LOCK:
+            return call_action(self)
+
+    BaseResponse.call_action = locked_call_action  # type: ignore[method-assign]
+
+    # moto's own table snapshot becomes the table itself (its rollback then a no-op) ...
+    shim = types.SimpleNamespace(deepcopy=_deepcopy_but_tables, copy=copy.copy)
+    ddb_models.copy = shim  # type: ignore[attr-defined]
+    transact = DynamoDBBackend.transact_write_items
+
+    # ... and the items it touches are saved and restored instead.
+    def item_level_transact(self: DynamoDBBackend, transact_items: list[dict[str, Any]]) -> None:
+        with LOCK:
+            saved = _touched(self, transact_items)
+            try:
+                transact(self, transact_items)
+            except Exception:
+                _restore(saved)
+                raise
+
+    DynamoDBBackend.transact_write_items = item_level_transact  # type: ignore[method-assign]
