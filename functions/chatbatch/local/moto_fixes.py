@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import threading
 import types
 from typing import Any
@@ -25,7 +26,6 @@ from moto.dynamodb.models import DynamoDBBackend, DynamoType
 from moto.dynamodb.models.table import Table
 
 LOCK = threading.RLock()
-_applied = False
 
 Saved = tuple[Table, DynamoType, DynamoType | None, Any]
 
@@ -65,12 +65,8 @@ def _restore(saved: list[Saved]) -> None:
             table.items[hash_value][range_value] = old
 
 
+@functools.cache
 def apply() -> None:
-    global _applied
-    if _applied:
-        return
-    _applied = True
-
     call_action = BaseResponse.call_action
 
     def locked_call_action(self: BaseResponse) -> Any:
