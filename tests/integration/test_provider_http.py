@@ -1,0 +1,464 @@
+"""The provider client against the provider simulator, over real HTTP on 127.0.0.1.
+
+Each test starts its own simulator (a background thread, a free port) and a client
+configured with short timeouts; faults are injected for the next requests in order.
+Where only the length of a wait matters, ``sleep`` is recorded instead of waited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import random
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
+
+from chatbatch import provider as provider_module
+from chatbatch.config import Config, Provider, Retries
+from chatbatch.local.simulator import (
+    Fault,
+    FaultKind,
+    Simulator,
+    SimulatorSettings,
+    answer_for,
+    count_tokens,
+)
+from chatbatch.provider import (
+    Attempt,
+    Completion,
+    ProviderClient,
+    ProviderError,
+    RateLimitInfo,
+    backoff_s,
+    parse_duration,
+    parse_retry_after,
+)
+
+KEY = "sk-test-3f9c2a71b8d54e06a1c7"
+MODEL = "deepseek-chat"
+SYSTEM = "You are terse. Answer in one line."
+
+
+def _body(question: str = "What is the capital of France?", **extra: Any) -> dict[str, Any]:
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
+    return {"model": MODEL, "messages": messages, "max_tokens": 64} | extra
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulator]:
+    with Simulator(SimulatorSettings(api_key=KEY, hang_s=5)) as simulator:
+        yield simulator
+
+
+def _config(
+    config: Config,
+    sim: Simulator,
+    *,
+    read_s: float = 2.0,
+    max_attempts: int = 5,
+    max_retry_after_s: float = 60.0,
+) -> Config:
+    timeouts = {"connect_s": 2, "read_s": read_s, "write_s": 2, "pool_s": 2, "total_s": 30}
+    provider = Provider.model_validate({"base_url": sim.base_url, "timeouts": timeouts})
+    retries = Retries(
+        max_attempts=max_attempts,
+        base_s=0.01,
+        max_backoff_s=0.05,
+        max_retry_after_s=max_retry_after_s,
+    )
+    return config.model_copy(
+        update={"providers": dict.fromkeys(config.providers, provider), "retries": retries}
+    )
+
+
+class RecordedSleep:
+    """Stands in for asyncio.sleep: remembers each delay, waits for none."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+        await asyncio.sleep(0)
+
+
+def _call(
+    config: Config,
+    body: dict[str, Any],
+    *,
+    key: str = KEY,
+    deadline_s: float | None = None,
+    sleep: RecordedSleep | None = None,
+    hook: list[tuple[str, Attempt, RateLimitInfo | None]] | None = None,
+) -> Completion:
+    async def run() -> Completion:
+        client = ProviderClient(
+            config,
+            lambda _provider: key,
+            on_attempt=(lambda *seen: hook.append(seen)) if hook is not None else None,
+            sleep=sleep or asyncio.sleep,
+            rng=random.Random(7),
+        )
+        try:
+            return await client.complete(MODEL, body, deadline_s=deadline_s)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(run())
+
+
+def _fails(config: Config, body: dict[str, Any], **kwargs: Any) -> ProviderError:
+    with pytest.raises(ProviderError) as caught:
+        _call(config, body, **kwargs)
+    return caught.value
+
+
+def _statuses(attempts: list[Attempt]) -> list[int | None]:
+    return [a.status for a in attempts]
+
+
+# --- answers -------------------------------------------------------------------------
+
+
+def test_each_request_gets_its_own_deterministic_answer(config: Config, sim: Simulator) -> None:
+    cfg = _config(config, sim)
+    paris, rome = _call(cfg, _body("Capital of France?")), _call(cfg, _body("Capital of Italy?"))
+    for completion, question in ((paris, "Capital of France?"), (rome, "Capital of Italy?")):
+        expected, tokens, finish = answer_for(_body(question)["messages"], 64)
+        assert completion.content == expected
+        assert question in expected
+        assert completion.body["choices"][0]["finish_reason"] == finish
+        assert completion.usage.completion_tokens == tokens
+        assert completion.usage.prompt_tokens == 3 + 4 + count_tokens(SYSTEM) + 4 + 4
+        assert _statuses(completion.attempts) == [200]
+    assert paris.content != rome.content
+    assert _call(cfg, _body("Capital of France?")).content == paris.content
+
+
+def test_a_client_serves_successive_event_loops(config: Config, sim: Simulator) -> None:
+    """A Lambda handler may asyncio.run() per invocation with one module-level client."""
+    client = ProviderClient(_config(config, sim), lambda _provider: KEY)
+    first = asyncio.run(client.complete(MODEL, _body()))
+    second = asyncio.run(client.complete(MODEL, _body()))
+    assert first.content == second.content
+
+
+# --- retries -------------------------------------------------------------------------
+
+
+def test_a_429_with_retry_after_2_waits_2_seconds_then_succeeds(
+    config: Config, sim: Simulator
+) -> None:
+    sim.inject(Fault(kind=FaultKind.rate_limited, retry_after_s=2))
+    start = time.monotonic()
+    completion = _call(_config(config, sim), _body())
+    elapsed = time.monotonic() - start
+    assert 1.95 <= elapsed < 4
+    assert _statuses(completion.attempts) == [429, 200]
+    assert completion.attempts[0].retry_after_s == 2
+    assert completion.content == answer_for(_body()["messages"], 64)[0]
+
+
+def test_retry_after_ms_is_preferred_and_server_delays_are_capped(
+    config: Config, sim: Simulator
+) -> None:
+    sim.inject(
+        Fault(kind=FaultKind.rate_limited, retry_after_s=30, retry_after_ms=250),
+        Fault(kind=FaultKind.error_503, retry_after_s=600),
+        Fault(kind=FaultKind.rate_limited),
+    )
+    sleep = RecordedSleep()
+    completion = _call(_config(config, sim, max_retry_after_s=5), _body(), sleep=sleep)
+    assert _statuses(completion.attempts) == [429, 503, 429, 200]
+    assert sleep.delays[:2] == [0.25, 5.0]
+    assert 0 <= sleep.delays[2] <= 0.04  # no server delay: full jitter under base_s * 2**2
+
+
+def test_5xx_and_resets_are_retried_then_succeed(config: Config, sim: Simulator) -> None:
+    sim.inject("500", "503", "reset")
+    sleep = RecordedSleep()
+    completion = _call(_config(config, sim), _body(), sleep=sleep)
+    assert _statuses(completion.attempts) == [500, 503, None, 200]
+    assert "server had an error" in (completion.attempts[0].error or "")
+    assert "Error" in (completion.attempts[2].error or "")  # ReadError / RemoteProtocolError
+    assert len(sleep.delays) == 3
+    stats = sim.stats()
+    assert stats.by_status == {"500": 1, "503": 1, "reset": 1, "200": 1}
+    assert (stats.completions, stats.duplicates) == (1, 0)
+
+
+def test_a_200_with_truncated_json_is_retried(config: Config, sim: Simulator) -> None:
+    sim.inject("truncate")
+    completion = _call(_config(config, sim), _body(), sleep=RecordedSleep())
+    assert _statuses(completion.attempts) == [200, 200]
+    assert "not valid JSON" in (completion.attempts[0].error or "")
+    assert completion.content == answer_for(_body()["messages"], 64)[0]
+    assert sim.stats().completions == 1  # the mangled answer is not billed
+
+
+def test_out_of_attempts_is_a_transient_error(config: Config, sim: Simulator) -> None:
+    sim.inject("500", "500", "500")
+    err = _fails(_config(config, sim, max_attempts=3), _body(), sleep=RecordedSleep())
+    assert not err.permanent
+    assert err.status == 500
+    assert len(err.attempts) == 3
+    assert "out of attempts" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("change", "words", "code"),
+    [
+        ({"temperature": 3}, "temperature", "decimal_above_max_value"),
+        ({"max_tokens": 0}, "max_tokens", "integer_below_min_value"),
+        ({"messages": []}, "messages", "empty_array"),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, "'user'", "invalid_value"),
+        ({"messages": [{"role": "user", "content": 42}]}, "expected a string", "invalid_type"),
+    ],
+)
+def test_a_400_is_not_retried_and_keeps_the_providers_message(
+    config: Config, sim: Simulator, change: dict[str, Any], words: str, code: str
+) -> None:
+    err = _fails(_config(config, sim), _body() | change)
+    assert err.permanent
+    assert err.status == 400
+    assert words in err.message
+    assert err.code == code
+    assert len(err.attempts) == 1
+    assert sim.stats().requests == 1
+
+
+def test_401_and_404_are_permanent(config: Config, sim: Simulator) -> None:
+    cfg = _config(config, sim)
+    wrong_key = "sk-wrong-0000000000000000"
+    unauthorized = _fails(cfg, _body(), key=wrong_key)
+    assert (unauthorized.status, unauthorized.permanent) == (401, True)
+    assert "Incorrect API key" in unauthorized.message
+    assert wrong_key not in str(unauthorized)
+    missing = _fails(cfg, _body(model="no-such-model"))
+    assert (missing.status, missing.permanent, missing.code) == (404, True, "model_not_found")
+    assert "no-such-model" in missing.message
+    assert len(unauthorized.attempts) == len(missing.attempts) == 1
+
+
+# --- timeouts and the deadline -------------------------------------------------------
+
+
+def test_a_hang_hits_the_read_timeout_and_is_retried(config: Config, sim: Simulator) -> None:
+    sim.inject("hang")
+    completion = _call(_config(config, sim, read_s=0.3), _body(), sleep=RecordedSleep())
+    assert _statuses(completion.attempts) == [None, 200]
+    assert "ReadTimeout" in (completion.attempts[0].error or "")
+    assert 250 <= completion.attempts[0].latency_ms < 2000
+
+
+def test_the_deadline_stops_retrying_in_time(config: Config, sim: Simulator) -> None:
+    sim.configure(fault_rates={FaultKind.hang: 1.0})
+    start = time.monotonic()
+    err = _fails(_config(config, sim, read_s=0.3, max_attempts=20), _body(), deadline_s=1.0)
+    elapsed = time.monotonic() - start
+    assert elapsed < 1.4
+    assert not err.permanent
+    assert 2 <= len(err.attempts) < 20
+    assert "deadline" in str(err)
+
+
+def test_a_server_delay_past_the_deadline_gives_up_at_once_and_says_when(
+    config: Config, sim: Simulator
+) -> None:
+    sim.inject(Fault(kind=FaultKind.rate_limited, retry_after_s=30))
+    start = time.monotonic()
+    err = _fails(_config(config, sim), _body(), deadline_s=5)
+    assert time.monotonic() - start < 1
+    assert (err.status, err.permanent, err.retry_after_s) == (429, False, 30)
+    assert len(err.attempts) == 1
+
+
+# --- streaming -----------------------------------------------------------------------
+
+
+def test_corrupt_and_truncated_streams_are_retried_and_the_text_is_whole(
+    config: Config, sim: Simulator
+) -> None:
+    cfg = _config(config, sim)
+    plain = _call(cfg, _body())
+    sim.inject("corrupt", "truncate")
+    streamed = _call(cfg, _body(stream=True), sleep=RecordedSleep())
+    assert _statuses(streamed.attempts) == [200, 200, 200]
+    errors = [a.error or "" for a in streamed.attempts]
+    assert "corrupt stream chunk" in errors[0]
+    assert "without data: [DONE]" in errors[1]
+    assert errors[2] == ""
+    assert streamed.content == plain.content
+    assert streamed.usage.completion_tokens == plain.usage.completion_tokens
+    assert streamed.usage.prompt_tokens == plain.usage.prompt_tokens
+
+
+def test_keepalives_split_writes_and_the_final_usage_chunk(config: Config, sim: Simulator) -> None:
+    sim.configure(write_bytes=3, null_usage_choices=True, stream_chunk_tokens=2)
+    cfg = _config(config, sim)
+    raw = httpx.post(
+        sim.base_url + "/chat/completions",
+        json=_body(stream=True, stream_options={"include_usage": True}),
+        headers={"authorization": f"Bearer {KEY}"},
+    ).text
+    assert raw.startswith(": keep-alive\n\n")
+    assert '"choices":null,"usage":' in raw
+    plain = _call(cfg, _body())
+    streamed = _call(cfg, _body(stream=True))  # the client asks for the usage chunk itself
+    assert streamed.content == plain.content
+    assert streamed.usage.prompt_tokens == plain.usage.prompt_tokens > 0
+    assert streamed.usage.completion_tokens == plain.usage.completion_tokens > 0
+    assert streamed.body["object"] == "chat.completion"
+    assert set(plain.body) - {"system_fingerprint"} <= set(streamed.body)
+    assert streamed.body["choices"][0]["finish_reason"] == "stop"
+
+
+# --- rate limits ---------------------------------------------------------------------
+
+
+def test_rate_limit_headers_reach_the_caller_and_a_real_429_says_when(
+    config: Config, sim: Simulator
+) -> None:
+    sim.configure(rpm=2, tpm=50_000)
+    cfg = _config(config, sim)
+    seen: list[tuple[str, Attempt, RateLimitInfo | None]] = []
+    first = _call(cfg, _body("one"), hook=seen)
+    limits = first.rate_limits
+    assert limits is not None
+    used = first.usage.total_tokens
+    assert (limits.limit_requests, limits.remaining_requests) == (2, 1)
+    assert (limits.limit_tokens, limits.remaining_tokens) == (50_000, 50_000 - used)
+    assert limits.reset_requests_s is not None and 59 < limits.reset_requests_s <= 60
+    second = _call(cfg, _body("two"), hook=seen)
+    assert second.rate_limits is not None and second.rate_limits.remaining_requests == 0
+    err = _fails(cfg, _body("three"), hook=seen, deadline_s=3)
+    assert (err.status, err.permanent) == (429, False)
+    assert err.retry_after_s is not None and 55 < err.retry_after_s <= 61
+    assert "Rate limit reached" in err.message
+    assert [(model, a.status) for model, a, _ in seen] == [(MODEL, 200)] * 2 + [(MODEL, 429)]
+    assert seen[-1][2] is not None and seen[-1][2].remaining_requests == 0
+    assert sim.stats().max_requests_60s == 3
+
+
+# --- secrets -------------------------------------------------------------------------
+
+
+def test_the_api_key_never_appears_in_logs_errors_or_outcomes(
+    config: Config,
+    sim: Simulator,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    captured = logging.getLogger(provider_module.logger.name)
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.setFormatter(LambdaPowertoolsFormatter())
+    handler.emit = lambda record: records.append(handler.format(record))  # type: ignore[method-assign]
+    captured.addHandler(handler)
+    try:
+        with caplog.at_level(logging.DEBUG):
+            cfg = _config(config, sim, max_attempts=3)
+            sim.inject("500", "reset")
+            completion = _call(cfg, _body())
+            sim.inject("503", "503", "503")
+            exhausted = _fails(cfg, _body())
+            # The simulator echoes an invalid role: a provider message quoting the key.
+            echoed = _fails(cfg, _body(messages=[{"role": KEY, "content": "hi"}]))
+    finally:
+        captured.removeHandler(handler)
+    out, err = capsys.readouterr()
+    assert any("retrying" in r for r in records)  # the retries were logged
+    assert "[redacted]" in echoed.message
+    texts = [caplog.text, out, err, *records, completion.model_dump_json()]
+    for failure in (exhausted, echoed):
+        texts += [str(failure), repr(failure), failure.message]
+        texts += [a.model_dump_json() for a in failure.attempts]
+    for text in texts:
+        assert KEY not in text
+
+
+# --- the simulator on its own --------------------------------------------------------
+
+
+def test_simulator_models_auth_cache_hits_duplicates_and_outage(sim: Simulator) -> None:
+    auth = {"authorization": f"Bearer {KEY}"}
+    with httpx.Client(base_url=sim.base_url, headers=auth) as http:
+        ids = [m["id"] for m in http.get("/models").json()["data"]]
+        assert MODEL in ids and "gpt-4.1" in ids
+        anonymous = httpx.post(sim.base_url + "/chat/completions", json=_body())
+        assert anonymous.status_code == 401
+        assert set(anonymous.json()["error"]) == {"message", "type", "param", "code"}
+        first = http.post("/chat/completions", json=_body("first")).json()["usage"]
+        again = http.post("/chat/completions", json=_body("second")).json()["usage"]
+        assert first["prompt_tokens_details"]["cached_tokens"] == 0
+        system_prefix = 3 + 4 + count_tokens(SYSTEM)
+        assert again["prompt_tokens_details"]["cached_tokens"] == system_prefix
+        assert again["prompt_cache_hit_tokens"] == system_prefix
+        assert again["prompt_cache_miss_tokens"] == again["prompt_tokens"] - system_prefix
+        http.post("/chat/completions", json=_body("first", stream=True)).raise_for_status()
+        stats = http.get(sim.url + "/stats").json()
+        assert (stats["completions"], stats["distinct_requests"], stats["duplicates"]) == (3, 2, 1)
+        # the repeat of "first" is cached whole, "second" only up to the system prompt
+        assert stats["cached_tokens"] == system_prefix + first["prompt_tokens"]
+        http.post(sim.url + "/admin/outage", json={"seconds": 30}).raise_for_status()
+        assert http.post("/chat/completions", json=_body()).status_code == 503
+        assert http.post(sim.url + "/admin/reset").status_code == 200
+        http.post(sim.url + "/admin/settings", json={"outage_s": 0}).raise_for_status()
+
+
+def test_simulator_tpm_limit_and_window_stats(sim: Simulator) -> None:
+    sim.configure(tpm=120)
+    auth = {"authorization": f"Bearer {KEY}"}
+    with httpx.Client(base_url=sim.base_url, headers=auth) as http:
+        statuses = [
+            http.post("/chat/completions", json=_body(str(i))).status_code for i in range(4)
+        ]
+        limited = http.post("/chat/completions", json=_body("more"))
+    assert statuses[0] == 200 and 429 in statuses
+    assert limited.status_code == 429
+    assert limited.json()["error"]["type"] == "tokens"
+    assert int(limited.headers["retry-after"]) >= 1
+    assert 0 < int(limited.headers["retry-after-ms"]) <= 60_000
+    assert limited.headers["x-ratelimit-limit-tokens"] == "120"
+    stats = sim.stats()
+    assert stats.max_tokens_60s <= 120
+    assert stats.max_requests_60s == 5
+
+
+# --- header parsing and backoff ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("6m0s", 360.0), ("1.5s", 1.5), ("250ms", 0.25), ("1h2m3s", 3723.0), ("0.5", 0.5)],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "soon", "5x", "-1", "1s2"])
+def test_bad_durations(text: str) -> None:
+    assert parse_duration(text) is None
+
+
+def test_retry_after_as_an_http_date() -> None:
+    now = dt.datetime(2025, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
+    headers = {"retry-after": "Wed, 01 Jan 2025 12:00:07 GMT"}
+    assert parse_retry_after(headers, now) == 7
+    assert parse_retry_after({"retry-after": "junk"}, now) is None
+    assert parse_retry_after({"retry-after-ms": "1500", "retry-after": "9"}, now) == 1.5
+
+
+def test_backoff_is_full_jitter_under_a_cap() -> None:
+    retries = Retries(base_s=0.5, max_backoff_s=4)
+    rng = random.Random(1)
+    for retry, ceiling in ((1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (10, 4.0)):
+        delays = [backoff_s(retries, retry, rng) for _ in range(200)]
+        assert all(0 <= d <= ceiling for d in delays)
+        assert max(delays) > ceiling * 0.8
