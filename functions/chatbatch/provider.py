@@ -4,10 +4,12 @@
 retry can fix and gives up, in time, on what it cannot.
 
 - One ``httpx.AsyncClient`` (connection pool) per provider and event loop, created on
-  first use and reused by every later call on that loop: a Lambda worker keeps its
-  connections warm across invocations. Timeouts (connect, read, write, pool) and the pool
-  size come from ``[providers.NAME]``; every call also has an overall deadline that the
-  caller sets and that bounds attempts and the waits between them.
+  first use and reused by every later call on that loop: a Lambda worker that keeps one
+  loop across invocations keeps its connections warm (the pools of a closed loop, e.g.
+  after ``asyncio.run``, are dropped and rebuilt on the next loop). Timeouts (connect,
+  read, write, pool) and the pool size come from ``[providers.NAME]``; every call also
+  has an overall deadline that the caller sets and that bounds attempts and the waits
+  between them.
 - Retried: 429, 408, 409, 5xx, connect errors, resets, timeouts, a 200 whose body is not
   valid JSON, and a stream that is corrupt or ends without ``[DONE]``. The wait is
   exponential backoff with full jitter, unless the server names its own delay
@@ -33,7 +35,6 @@ import math
 import random
 import re
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,8 +105,8 @@ class Completion(BaseModel):
     @property
     def content(self) -> str | None:
         """The first choice's message text."""
-        message = self.body["choices"][0].get("message") or {}
-        content = message.get("content")
+        choices = self.body.get("choices") or [{}]
+        content = (choices[0].get("message") or {}).get("content")
         return content if isinstance(content, str) else None
 
 
@@ -355,6 +356,12 @@ class ChatStream:
             raise StreamError("corrupt stream chunk: not a JSON object")
         if chunk.get("error"):
             raise StreamError(f"error event in stream: {_error_text(chunk)[0]}")
+        try:
+            self._apply(chunk)
+        except (AttributeError, TypeError, ValueError) as err:
+            raise StreamError(f"corrupt stream chunk: {err}") from None
+
+    def _apply(self, chunk: dict[str, Any]) -> None:
         for key in ("id", "created", "model", "system_fingerprint"):
             if chunk.get(key) is not None:
                 self._head.setdefault(key, chunk[key])
@@ -365,9 +372,8 @@ class ChatStream:
 
     def _add_choice(self, choice: Any) -> None:
         delta = choice.get("delta") if isinstance(choice, dict) else None
-        if not isinstance(delta, dict | None):
+        if not isinstance(choice, dict) or not isinstance(delta, dict | None):
             raise StreamError("corrupt stream chunk: a choice without a delta object")
-        assert isinstance(choice, dict)
         slot = self._choices.setdefault(int(choice.get("index") or 0), _Choice())
         slot.add(delta or {})
         slot.finish_reason = choice.get("finish_reason") or slot.finish_reason
@@ -434,6 +440,7 @@ class _Outcome:
 
     attempt: Attempt
     body: dict[str, Any] | None = None
+    usage: Usage = field(default_factory=Usage)
     rate_limits: RateLimitInfo | None = None
     permanent: bool = False
     message: str = ""
@@ -477,6 +484,13 @@ def _parse_json_body(content: bytes) -> dict[str, Any]:
     if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
         raise StreamError("200 with a body that is not a chat completion")
     return body
+
+
+def _usage_of(body: dict[str, Any]) -> Usage:
+    try:
+        return Usage.from_api(body.get("usage"))
+    except (AttributeError, TypeError, ValueError) as err:
+        raise StreamError(f"200 with a malformed usage block: {err}") from None
 
 
 async def _read_stream(response: httpx.Response) -> dict[str, Any]:
@@ -523,9 +537,7 @@ class ProviderClient:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._clock = clock
-        self._pools: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, dict[str, httpx.AsyncClient]
-        ] = weakref.WeakKeyDictionary()
+        self._pools: dict[asyncio.AbstractEventLoop, dict[str, httpx.AsyncClient]] = {}
 
     def __repr__(self) -> str:
         return f"ProviderClient(providers={sorted(self.config.providers)})"
@@ -565,7 +577,7 @@ class ProviderClient:
             if outcome.body is not None:
                 return Completion(
                     body=outcome.body,
-                    usage=Usage.from_api(outcome.body.get("usage")),
+                    usage=outcome.usage,
                     attempts=attempts,
                     latency_ms=_ms(self._clock() - start),
                     rate_limits=outcome.rate_limits,
@@ -612,13 +624,14 @@ class ProviderClient:
                     rate_limits = RateLimitInfo.from_headers(response.headers)
                     retry_after = parse_retry_after(response.headers)
                     body = await self._read(response)
+                    usage = _usage_of(body)
                 finally:
                     await response.aclose()
         except _ATTEMPT_ERRORS as err:
             error, code, permanent = _classify(err)
         else:
             attempt = Attempt(status=status, latency_ms=_ms(self._clock() - began))
-            return _Outcome(attempt=attempt, body=body, rate_limits=rate_limits)
+            return _Outcome(attempt=attempt, body=body, usage=usage, rate_limits=rate_limits)
         error = request.redact(error)
         attempt = Attempt(
             status=status,
@@ -693,6 +706,8 @@ class ProviderClient:
     # -- connection pools -----------------------------------------------------------
 
     def _http(self, name: str, provider: Provider) -> httpx.AsyncClient:
+        for loop in [loop for loop in self._pools if loop.is_closed()]:
+            del self._pools[loop]  # a finished asyncio.run(): its connections died with it
         pools = self._pools.setdefault(asyncio.get_running_loop(), {})
         client = pools.get(name)
         if client is None or client.is_closed:
@@ -738,7 +753,7 @@ class _Request:
 
 
 def _headers(key: str | None) -> dict[str, str]:
-    headers = {"content-type": "application/json", "accept": "application/json"}
+    headers = {"content-type": "application/json"}
     if key:
         headers["authorization"] = f"Bearer {key}"
     return headers

@@ -141,6 +141,23 @@ def test_each_request_gets_its_own_deterministic_answer(config: Config, sim: Sim
     assert _call(cfg, _body("Capital of France?")).content == paris.content
 
 
+def test_calls_share_one_connection_pool(config: Config, sim: Simulator) -> None:
+    cfg = _config(config, sim)
+    client = ProviderClient(cfg, lambda _provider: KEY)
+
+    async def run() -> None:
+        for i in range(5):
+            await client.complete(MODEL, _body(f"sequential {i}"))
+        batch = [client.complete(MODEL, _body(f"concurrent {i}")) for i in range(30)]
+        await asyncio.gather(*batch)
+        await client.aclose()
+
+    asyncio.run(run())
+    stats = sim.stats()
+    assert stats.completions == 35
+    assert stats.connections <= cfg.providers["deepseek"].max_connections
+
+
 def test_a_client_serves_successive_event_loops(config: Config, sim: Simulator) -> None:
     """A Lambda handler may asyncio.run() per invocation with one module-level client."""
     client = ProviderClient(_config(config, sim), lambda _provider: KEY)
@@ -408,8 +425,12 @@ def test_simulator_models_auth_cache_hits_duplicates_and_outage(sim: Simulator) 
         assert stats["cached_tokens"] == system_prefix + first["prompt_tokens"]
         http.post(sim.url + "/admin/outage", json={"seconds": 30}).raise_for_status()
         assert http.post("/chat/completions", json=_body()).status_code == 503
-        assert http.post(sim.url + "/admin/reset").status_code == 200
-        http.post(sim.url + "/admin/settings", json={"outage_s": 0}).raise_for_status()
+        http.post(sim.url + "/admin/reset").raise_for_status()
+        assert http.post("/chat/completions", json=_body()).status_code == 200
+        changed = http.post(sim.url + "/admin/settings", json={"rpm": 1}).json()
+        assert changed["rpm"] == 1 and "api_key" not in changed
+        assert http.post("/chat/completions", json=_body()).status_code == 429
+        assert http.get(sim.url + "/stats").json()["by_status"] == {"200": 1, "429": 1}
 
 
 def test_simulator_tpm_limit_and_window_stats(sim: Simulator) -> None:

@@ -121,7 +121,16 @@ def test_a_corrupt_chunk_is_a_stream_error() -> None:
         _assemble([good + b'\n\ndata: {"id": "chatcmpl-1", "choi\n\ndata: [DONE]\n\n'])
 
 
-@pytest.mark.parametrize("payload", [b"[1, 2]", b'{"choices": [{"delta": "text"}]}'])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"[1, 2]",
+        b'{"choices": [{"delta": "text"}]}',
+        b'{"choices": [{"index": "first", "delta": {}}]}',
+        b'{"choices": [{"delta": {"tool_calls": [{"function": 5}]}}]}',
+        b'{"choices": 7}',
+    ],
+)
 def test_chunks_of_the_wrong_shape_are_stream_errors(payload: bytes) -> None:
     with pytest.raises(StreamError, match="corrupt"):
         _assemble([b"data: " + payload + b"\n\ndata: [DONE]\n\n"])

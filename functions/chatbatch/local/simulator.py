@@ -134,6 +134,7 @@ class SimulatorSettings(BaseModel):
 
 class Stats(BaseModel):
     uptime_s: float
+    connections: int = Field(description="TCP connections accepted")
     requests: int = Field(description="chat completion requests received")
     by_status: dict[str, int] = Field(description="status code, or 'reset' / 'hang'")
     faults: dict[str, int]
@@ -424,6 +425,7 @@ class _Limits:
 
 @dataclass
 class _Counters:
+    connections: int = 0
     requests: int = 0
     by_status: dict[str, int] = field(default_factory=dict)
     faults: dict[str, int] = field(default_factory=dict)
@@ -508,7 +510,8 @@ class Engine:
         return self.settings
 
     def reset(self) -> None:
-        """Forget stats, rate-limit windows, cached prefixes and injected faults."""
+        """Forget stats, rate-limit windows, cached prefixes, injected faults and outages."""
+        self._outage = None
         self._counters = _Counters()
         self._limits: dict[str, _Limits] = {}
         self._seen: dict[str, set[bytes]] = {}
@@ -525,6 +528,7 @@ class Engine:
         c = self._counters
         return Stats(
             uptime_s=round(self._clock() - self._started, 3),
+            connections=c.connections,
             requests=c.requests,
             by_status=dict(c.by_status),
             faults=dict(c.faults),
@@ -774,6 +778,9 @@ class Engine:
 
     # -- bookkeeping ------------------------------------------------------------------
 
+    def count_connection(self) -> None:
+        self._counters.connections += 1
+
     def _count_request(self, now: float) -> None:
         c = self._counters
         c.requests += 1
@@ -931,6 +938,7 @@ class SimulatorServer:
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
+        self.engine.count_connection()
         try:
             while await self._exchange(reader, writer):
                 pass
