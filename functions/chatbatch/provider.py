@@ -28,6 +28,7 @@ attempt record or log line carries it (any provider text echoing it is redacted)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import email.utils
 import json
@@ -35,7 +36,7 @@ import math
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +52,7 @@ logger = Logger(service="chatbatch", child=True)
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 REDACTED = "[redacted]"
 USER_AGENT = "chatbatch"
+AFTER_DONE_S = 1.0  # how long the end of a stream is awaited after data: [DONE]
 
 
 # --- Records handed to the caller ----------------------------------------------------
@@ -495,12 +497,26 @@ def _usage_of(body: dict[str, Any]) -> Usage:
 
 async def _read_stream(response: httpx.Response) -> dict[str, Any]:
     parser, stream = SSEParser(), ChatStream()
-    async for chunk in response.aiter_bytes():
+    chunks = response.aiter_bytes()
+    async for chunk in chunks:
         for event in parser.feed(chunk):
             stream.add(event)
-    for event in parser.close():
-        stream.add(event)
+        if stream.done:
+            await _read_rest(chunks)
+            break
+    else:
+        for event in parser.close():
+            stream.add(event)
     return stream.result()
+
+
+async def _read_rest(chunks: AsyncIterator[bytes]) -> None:
+    """After ``[DONE]``: read the end of the body (so the connection can be reused), but
+    never lose the answer to a server that does not end it."""
+    with contextlib.suppress(httpx.HTTPError, TimeoutError):
+        async with asyncio.timeout(AFTER_DONE_S):
+            async for _ in chunks:
+                pass
 
 
 async def _read_success(response: httpx.Response) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import random
 import time
@@ -334,6 +335,42 @@ def test_keepalives_split_writes_and_the_final_usage_chunk(config: Config, sim: 
     assert streamed.body["object"] == "chat.completion"
     assert set(plain.body) - {"system_fingerprint"} <= set(streamed.body)
     assert streamed.body["choices"][0]["finish_reason"] == "stop"
+
+
+def test_an_answer_ending_in_done_is_kept_when_the_server_never_ends_the_body(
+    config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(provider_module, "AFTER_DONE_S", 0.2)
+    chunk = {"id": "c1", "choices": [{"index": 0, "delta": {"content": "hi"}}]}
+    events = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
+
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+        writer.write(head + b"transfer-encoding: chunked\r\n\r\n")
+        writer.write(b"%x\r\n%s\r\n" % (len(events), events))
+        await writer.drain()
+        await asyncio.sleep(30)
+
+    async def run() -> Completion:
+        server = await asyncio.start_server(stall, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        timeouts = {"read_s": 5}
+        provider = Provider.model_validate(
+            {"base_url": f"http://127.0.0.1:{port}/v1", "timeouts": timeouts}
+        )
+        cfg = config.model_copy(update={"providers": dict.fromkeys(config.providers, provider)})
+        client = ProviderClient(cfg, lambda _provider: KEY)
+        try:
+            return await client.complete(MODEL, _body(stream=True))
+        finally:
+            await client.aclose()
+            server.close()
+
+    start = time.monotonic()
+    completion = asyncio.run(run())
+    assert completion.content == "hi"
+    assert time.monotonic() - start < 2
 
 
 # --- rate limits ---------------------------------------------------------------------
