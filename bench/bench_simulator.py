@@ -2,7 +2,9 @@
 
 The simulator runs in its own process (``python -m chatbatch.local.simulator --port 0``)
 so the load generator, an httpx async client with N concurrent connections, does not
-share its interpreter. Prints one line per mode (plain JSON, then streamed)::
+share its interpreter. Prints one line per mode (plain JSON, then streamed), with the
+simulator's own CPU time per request where /proc tells it (the load generator, on the
+same two cores, is usually the limit)::
 
     python bench/bench_simulator.py [--requests 5000] [--concurrency 32]
 """
@@ -12,10 +14,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -60,6 +64,15 @@ async def _load(url: str, count: int, concurrency: int, stream: bool, offset: in
     return sum(results)
 
 
+def _cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process (Linux), else None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _start_simulator() -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "chatbatch.local.simulator", "--port", "0"],
@@ -74,6 +87,14 @@ def _start_simulator() -> tuple[subprocess.Popen[str], str]:
     return process, line.rsplit(" ", 1)[-1].strip()
 
 
+def _cpu_note(before: float | None, after: float | None, requests: int) -> str:
+    if before is None or after is None or after <= before:
+        return ""
+    per_request = (after - before) / requests
+    capacity = 1 / per_request
+    return f"; simulator CPU {per_request * 1e3:.2f} ms/request (~{capacity:,.0f} req/s per core)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=5000)
@@ -85,15 +106,16 @@ def main() -> None:
         for stream in (False, True):
             asyncio.run(_load(url, WARMUP, args.concurrency, stream, offset))
             offset += WARMUP
-            start = time.perf_counter()
+            cpu_before, start = _cpu_s(process.pid), time.perf_counter()
             failures = asyncio.run(_load(url, args.requests, args.concurrency, stream, offset))
             elapsed = time.perf_counter() - start
+            cpu_after = _cpu_s(process.pid)
             offset += args.requests
             mode = "streamed" if stream else "plain"
             print(
                 f"simulator {mode:8}: {args.requests} requests, {args.concurrency} concurrent "
                 f"clients, {elapsed:.2f} s, {args.requests / elapsed:,.0f} req/s, "
-                f"{failures} failed"
+                f"{failures} failed" + _cpu_note(cpu_before, cpu_after, args.requests)
             )
         stats = json.loads(httpx.get(url.removesuffix("/v1") + "/stats").text)
         print(
