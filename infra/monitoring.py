@@ -1,0 +1,386 @@
+"""CloudWatch dashboard and alarms, and the metric contract the worker emits to.
+
+The worker publishes CloudWatch embedded-metric-format (EMF) metrics with Powertools
+Metrics (``POWERTOOLS_METRICS_NAMESPACE`` / ``POWERTOOLS_SERVICE_NAME`` are set by the
+stack; Powertools adds the ``service`` dimension to everything it emits):
+
+- every metric in ``METRICS`` once per job, with dimensions ``model`` (the configured model
+  name, e.g. ``deepseek-chat``) and ``priority`` (``critical`` ... ``low``);
+- the metrics marked ``service_level`` once more with *only* the ``service`` dimension
+  (``service=chatbatch``), because alarms cannot add up metrics across dimension values.
+
+The dashboard finds per-job metrics with SEARCH expressions (so new models appear without
+a redeploy); the alarms use the service-level metrics, the queues' and the function's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aws_cdk import Aws, Duration
+from aws_cdk import aws_cloudwatch as cw
+from aws_cdk import aws_cloudwatch_actions as cw_actions
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sns_subscriptions as subscriptions
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from chatbatch.config import Config, Priority
+
+METRICS_NAMESPACE = "chatbatch"
+SERVICE_NAME = "chatbatch"
+SERVICE_DIMENSION = "service"
+JOB_DIMENSIONS = ("model", "priority")
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    unit: str  # the EMF / Powertools MetricUnit name
+    meaning: str
+    service_level: bool = False  # also emitted with only the `service` dimension
+
+
+METRICS: dict[str, MetricSpec] = {
+    "JobsSucceeded": MetricSpec("Count", "jobs that ended with a result", service_level=True),
+    "JobsFailed": MetricSpec("Count", "jobs that ended with an error record", service_level=True),
+    "JobsDeferred": MetricSpec("Count", "jobs handed back because the budget is used up"),
+    "JobsThrottled": MetricSpec("Count", "jobs handed back for want of rate-limit tokens"),
+    "Latency": MetricSpec("Milliseconds", "chat API time of a job, retries included"),
+    "ProviderRateLimited": MetricSpec("Count", "HTTP 429 answers from the provider"),
+    "Retries": MetricSpec("Count", "provider calls retried"),
+    "CostUSD": MetricSpec("None", "settled cost in USD", service_level=True),
+    "PromptTokens": MetricSpec("Count", "prompt tokens billed (cached ones included)"),
+    "CompletionTokens": MetricSpec("Count", "completion tokens billed (reasoning included)"),
+}
+
+BUDGET_ALARM_FRACTION = 0.8
+JOB_ERROR_RATE_PERCENT = 10
+WORKER_ERROR_RATE_PERCENT = 5
+# Alarm while three quarters of the retention are still left to act before jobs expire.
+OLDEST_AGE_FRACTION_OF_RETENTION = 0.25
+PERIOD = Duration.minutes(5)
+
+
+def service_metric(name: str, *, statistic: str = "Sum", period: Duration = PERIOD) -> cw.Metric:
+    if not METRICS[name].service_level:
+        raise ValueError(f"{name} is not emitted at service level")
+    return cw.Metric(
+        namespace=METRICS_NAMESPACE,
+        metric_name=name,
+        dimensions_map={SERVICE_DIMENSION: SERVICE_NAME},
+        statistic=statistic,
+        period=period,
+    )
+
+
+def _search(name: str, statistic: str, extra: str = "") -> str:
+    term = f'Namespace="{METRICS_NAMESPACE}" MetricName="{name}" {extra}'.strip()
+    return f"SEARCH('{term}', '{statistic}', {int(PERIOD.to_seconds())})"
+
+
+def per_priority(name: str, priority: Priority) -> cw.MathExpression:
+    """A per-job metric summed over models, for one priority."""
+    only = f'priority="{priority.value}"'
+    return cw.MathExpression(
+        expression=f"SUM({_search(name, 'Sum', only)})",
+        using_metrics={},
+        label=priority.value,
+        period=PERIOD,
+    )
+
+
+def per_model_and_priority(name: str, statistic: str) -> cw.MathExpression:
+    """One line per model x priority (percentiles cannot be summed)."""
+    if METRICS[name].service_level:  # the search would also find the service-level series
+        raise ValueError(f"{name} is also emitted at service level; filter by priority")
+    return cw.MathExpression(
+        expression=_search(name, statistic),
+        using_metrics={},
+        label="",
+        period=PERIOD,
+    )
+
+
+class Monitoring(Construct):
+    """Dashboard, alarms and the SNS topic the alarms notify."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: Config,
+        function: lambda_.Function,
+        queues: dict[Priority, sqs.Queue],
+        dlqs: dict[Priority, sqs.Queue],
+        alarm_email: str | None = None,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        stack = config.stack_name
+        # No KMS key on the topic: notifications carry alarm names and metric values, no
+        # job data, and CloudWatch cannot publish to a topic under the aws/sns managed key.
+        self.topic = sns.Topic(self, "AlarmTopic", display_name=f"{stack} alarms", enforce_ssl=True)
+        if alarm_email:
+            self.topic.add_subscription(subscriptions.EmailSubscription(alarm_email))
+        action = cw_actions.SnsAction(self.topic)
+        self.alarms: dict[str, cw.Alarm] = {}
+
+        def alarm(key: str, alarm: cw.Alarm) -> cw.Alarm:
+            alarm.add_alarm_action(action)
+            alarm.add_ok_action(action)
+            self.alarms[key] = alarm
+            return alarm
+
+        for priority, dlq in dlqs.items():
+            alarm(
+                f"dlq-{priority.value}",
+                dlq.metric_approximate_number_of_messages_visible(
+                    period=PERIOD, statistic="Maximum"
+                ).create_alarm(
+                    self,
+                    f"Dlq{priority.value.capitalize()}Alarm",
+                    alarm_name=f"{stack}-dlq-{priority.value}",
+                    alarm_description=f"A {priority.value} job is in its dead-letter queue: "
+                    "inspect it, fix the cause, redrive it.",
+                    threshold=1,
+                    evaluation_periods=1,
+                    comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                    treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+                ),
+            )
+
+        oldest_s = int(
+            Duration.days(config.worker.retention_days).to_seconds()
+            * OLDEST_AGE_FRACTION_OF_RETENTION
+        )
+        for priority, queue in queues.items():
+            alarm(
+                f"age-{priority.value}",
+                queue.metric_approximate_age_of_oldest_message(
+                    period=PERIOD, statistic="Maximum"
+                ).create_alarm(
+                    self,
+                    f"Age{priority.value.capitalize()}Alarm",
+                    alarm_name=f"{stack}-oldest-{priority.value}",
+                    alarm_description=f"A {priority.value} job has waited {oldest_s // 3600} h; "
+                    f"jobs expire after {config.worker.retention_days} days in the queue.",
+                    threshold=oldest_s,
+                    evaluation_periods=1,
+                    comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                    treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+                ),
+            )
+
+        daily = float(config.budget.daily_usd)
+        cost_today = service_metric("CostUSD", period=Duration.days(1))
+        alarm(
+            "budget",
+            cost_today.create_alarm(
+                self,
+                "BudgetAlarm",
+                alarm_name=f"{stack}-budget",
+                alarm_description=f"Spend over the last 24 h reached "
+                f"{BUDGET_ALARM_FRACTION:.0%} of the daily budget (USD {daily:g}); the worker "
+                "defers jobs once the UTC day's budget is used up.",
+                threshold=round(BUDGET_ALARM_FRACTION * daily, 6),
+                evaluation_periods=1,
+                comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+            ),
+        )
+
+        job_error_rate = cw.MathExpression(
+            expression="100 * FILL(failed, 0) / (FILL(failed, 0) + FILL(succeeded, 0))",
+            using_metrics={
+                "failed": service_metric("JobsFailed"),
+                "succeeded": service_metric("JobsSucceeded"),
+            },
+            label="job error rate (%)",
+            period=PERIOD,
+        )
+        alarm(
+            "job-errors",
+            job_error_rate.create_alarm(
+                self,
+                "JobErrorRateAlarm",
+                alarm_name=f"{stack}-job-error-rate",
+                alarm_description=f"At least {JOB_ERROR_RATE_PERCENT}% of jobs ended with an "
+                "error record for 15 minutes (bad input, provider errors, retries exhausted).",
+                threshold=JOB_ERROR_RATE_PERCENT,
+                evaluation_periods=3,
+                comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+            ),
+        )
+        worker_error_rate = cw.MathExpression(
+            expression="100 * errors / invocations",
+            using_metrics={
+                "errors": function.metric_errors(period=PERIOD, statistic="Sum"),
+                "invocations": function.metric_invocations(period=PERIOD, statistic="Sum"),
+            },
+            label="worker invocation error rate (%)",
+            period=PERIOD,
+        )
+        alarm(
+            "worker-errors",
+            worker_error_rate.create_alarm(
+                self,
+                "WorkerErrorRateAlarm",
+                alarm_name=f"{stack}-worker-error-rate",
+                alarm_description=f"At least {WORKER_ERROR_RATE_PERCENT}% of worker invocations "
+                "failed as a whole (crash or timeout: the whole batch is retried) for 15 minutes.",
+                threshold=WORKER_ERROR_RATE_PERCENT,
+                evaluation_periods=3,
+                comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+            ),
+        )
+
+        self.dashboard = cw.Dashboard(
+            self,
+            "Dashboard",
+            dashboard_name=f"{stack}-{Aws.REGION}",
+            default_interval=Duration.hours(3),
+        )
+        self._widgets(
+            config=config,
+            function=function,
+            queues=queues,
+            dlqs=dlqs,
+            cost_today=cost_today,
+            daily=daily,
+        )
+
+    def _widgets(
+        self,
+        *,
+        config: Config,
+        function: lambda_.Function,
+        queues: dict[Priority, sqs.Queue],
+        dlqs: dict[Priority, sqs.Queue],
+        cost_today: cw.Metric,
+        daily: float,
+    ) -> None:
+        def by_priority(title: str, name: str) -> cw.GraphWidget:
+            return cw.GraphWidget(
+                title=title, left=[per_priority(name, p) for p in Priority], width=8, height=6
+            )
+
+        def lines(title: str, metrics: list[cw.IMetric], width: int = 8) -> cw.GraphWidget:
+            return cw.GraphWidget(title=title, left=metrics, width=width, height=6)
+
+        budget_used = cw.MathExpression(
+            expression=f"100 * cost / {daily:g}",
+            using_metrics={"cost": cost_today},
+            label="budget used today, UTC (%)",
+            period=Duration.days(1),
+        )
+        d = self.dashboard
+        d.add_widgets(
+            cw.TextWidget(
+                markdown=f"# {config.stack_name}\nJobs, provider behaviour, spend and queues. "
+                f"Daily budget USD {daily:g}; metrics in namespace `{METRICS_NAMESPACE}`.",
+                width=24,
+                height=2,
+            )
+        )
+        d.add_widgets(
+            by_priority("Jobs succeeded per priority", "JobsSucceeded"),
+            by_priority("Jobs failed per priority", "JobsFailed"),
+            lines(
+                "Deferred (budget) and throttled (rate limit)",
+                [
+                    *(_relabel(per_priority("JobsDeferred", p), f"deferred {p}") for p in Priority),
+                    *(
+                        _relabel(per_priority("JobsThrottled", p), f"throttled {p}")
+                        for p in Priority
+                    ),
+                ],
+            ),
+        )
+        d.add_widgets(
+            lines("Latency p50 (ms)", [per_model_and_priority("Latency", "p50")]),
+            lines("Latency p99 (ms)", [per_model_and_priority("Latency", "p99")]),
+            lines(
+                "Provider 429s and retries",
+                [
+                    per_model_and_priority("ProviderRateLimited", "Sum"),
+                    per_model_and_priority("Retries", "Sum"),
+                ],
+            ),
+        )
+        d.add_widgets(
+            lines(
+                "Cost per hour (USD)",
+                [service_metric("CostUSD", period=Duration.hours(1))],
+            ),
+            cw.SingleValueWidget(
+                title="Budget used today (UTC)", metrics=[budget_used], width=8, height=6
+            ),
+            cw.AlarmWidget(
+                title="Spend vs budget alarm (24 h)", alarm=self.alarms["budget"], width=8
+            ),
+        )
+        d.add_widgets(
+            lines(
+                "Queue depth (visible)",
+                [
+                    q.metric_approximate_number_of_messages_visible(
+                        period=PERIOD, statistic="Maximum", label=p.value
+                    )
+                    for p, q in queues.items()
+                ],
+            ),
+            lines(
+                "Oldest message age (s)",
+                [
+                    q.metric_approximate_age_of_oldest_message(
+                        period=PERIOD, statistic="Maximum", label=p.value
+                    )
+                    for p, q in queues.items()
+                ],
+            ),
+            lines(
+                "Dead-letter queue depth",
+                [
+                    q.metric_approximate_number_of_messages_visible(
+                        period=PERIOD, statistic="Maximum", label=p.value
+                    )
+                    for p, q in dlqs.items()
+                ],
+            ),
+        )
+        d.add_widgets(
+            lines(
+                "Worker invocations and errors",
+                [
+                    function.metric_invocations(period=PERIOD, statistic="Sum"),
+                    function.metric_errors(period=PERIOD, statistic="Sum"),
+                    function.metric_throttles(period=PERIOD, statistic="Sum"),
+                ],
+            ),
+            lines(
+                "Worker duration (ms)",
+                [
+                    function.metric_duration(period=PERIOD, statistic="p50"),
+                    function.metric_duration(period=PERIOD, statistic="p99"),
+                ],
+            ),
+            lines(
+                "Tokens per model and priority",
+                [
+                    per_model_and_priority("PromptTokens", "Sum"),
+                    per_model_and_priority("CompletionTokens", "Sum"),
+                ],
+            ),
+        )
+        d.add_widgets(
+            cw.AlarmStatusWidget(
+                title="Alarms", alarms=list(self.alarms.values()), width=24, height=4
+            )
+        )
+
+
+def _relabel(expression: cw.MathExpression, label: str) -> cw.MathExpression:
+    return expression.with_(label=label)

@@ -1,0 +1,56 @@
+"""One SQS queue per priority, each with its own dead-letter queue."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from chatbatch.config import Config, Priority
+from chatbatch.resources import queue_name
+
+# A message's age counts from its first enqueue even after it moves to a DLQ, so the DLQ
+# keeps the maximum (14 days) to leave time to inspect and redrive.
+DLQ_RETENTION = Duration.days(14)
+# AWS guidance for SQS event sources: visibility timeout >= 6x the function timeout (plus
+# the batching window), so a message is not redelivered while a retried batch still runs.
+VISIBILITY_FACTOR = 6
+
+
+def visibility_timeout_s(config: Config) -> int:
+    return VISIBILITY_FACTOR * config.worker.timeout_s + config.worker.batch_window_s
+
+
+class PriorityQueues(Construct):
+    """critical, high, normal, low: encrypted, TLS-only, redriving to their DLQs."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, config: Config) -> None:
+        super().__init__(scope, construct_id)
+        self.queues: dict[Priority, sqs.Queue] = {}
+        self.dlqs: dict[Priority, sqs.Queue] = {}
+        for priority in Priority:
+            name = priority.value.capitalize()
+            dlq = sqs.Queue(
+                self,
+                f"{name}Dlq",
+                queue_name=queue_name(config.stack_name, priority, dlq=True),
+                encryption=sqs.QueueEncryption.SQS_MANAGED,
+                enforce_ssl=True,
+                retention_period=DLQ_RETENTION,
+            )
+            # Retention (config.worker.retention_days, 4 by default) outlasts a budget
+            # deferral across a UTC day boundary: a deferred job is re-sent, never dropped.
+            queue = sqs.Queue(
+                self,
+                name,
+                queue_name=queue_name(config.stack_name, priority),
+                encryption=sqs.QueueEncryption.SQS_MANAGED,
+                enforce_ssl=True,
+                retention_period=Duration.days(config.worker.retention_days),
+                visibility_timeout=Duration.seconds(visibility_timeout_s(config)),
+                dead_letter_queue=sqs.DeadLetterQueue(
+                    queue=dlq, max_receive_count=config.worker.max_receive_count
+                ),
+            )
+            self.queues[priority] = queue
+            self.dlqs[priority] = dlq

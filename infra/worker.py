@@ -1,0 +1,155 @@
+"""The Lambda worker and its four SQS event sources."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import cast
+
+from aws_cdk import Acknowledgment, CfnElement, Duration, Stack, Validations
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_lambda_event_sources as events
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_secretsmanager as secretsmanager
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from chatbatch.config import CONFIG_ENV, Config, Priority
+from chatbatch.resources import Resources
+from infra.bundling import CONFIG_IN_ASSET, LAMBDA_TASK_ROOT, AssetInputs, worker_code
+from infra.monitoring import METRICS_NAMESPACE, SERVICE_NAME
+from infra.secrets import secret_env_name
+
+HANDLER = "chatbatch.worker.handler"
+
+# arm64 by default (config.worker.architecture): Graviton costs ~20% less per GB-second
+# for the same work, and every runtime dependency ships manylinux aarch64 wheels.
+ARCHITECTURES = {"arm64": lambda_.Architecture.ARM_64, "x86_64": lambda_.Architecture.X86_64}
+# python3.12 by default (config.worker.runtime): an Amazon Linux 2023 runtime supported by
+# Lambda into 2028 with wheels for every pinned dependency; 3.13 is allowed by the config.
+RUNTIMES = {"3.12": lambda_.Runtime.PYTHON_3_12, "3.13": lambda_.Runtime.PYTHON_3_13}
+
+# The worker reads and writes objects under several prefixes. s3:ListBucket makes a
+# missing key a 404 (NoSuchKey, which chatbatch.store expects) rather than a 403.
+S3_OBJECT_ACTIONS = ("s3:GetObject", "s3:PutObject")
+S3_BUCKET_ACTIONS = ("s3:ListBucket",)
+
+
+class Worker(Construct):
+    """The function, its log group, least-privilege role and the event source mappings."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: Config,
+        asset: AssetInputs,
+        cache_root: Path,
+        queues: dict[Priority, sqs.Queue],
+        table: dynamodb.Table,
+        bucket: s3.Bucket,
+        secrets: dict[str, secretsmanager.ISecret],
+    ) -> None:
+        super().__init__(scope, construct_id)
+        w = config.worker
+        runtime = RUNTIMES[w.runtime]
+
+        self.log_group = logs.LogGroup(self, "Logs", retention=logs.RetentionDays.ONE_MONTH)
+        # An explicit role instead of AWSLambdaBasicExecutionRole (logs:* on every group).
+        self.role = iam.Role(
+            self,
+            "Role",
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description="chatbatch worker",
+        )
+        self.log_group.grant_write(self.role)
+
+        resources = Resources(
+            table=table.table_name,
+            bucket=bucket.bucket_name,
+            queues={p: q.queue_url for p, q in queues.items()},
+        )
+        environment = {
+            CONFIG_ENV: f"{LAMBDA_TASK_ROOT}/{CONFIG_IN_ASSET}",
+            **resources.env(),
+            **{secret_env_name(name): s.secret_arn for name, s in secrets.items()},
+            "POWERTOOLS_SERVICE_NAME": SERVICE_NAME,
+            "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
+            "POWERTOOLS_LOG_LEVEL": "INFO",
+            # Events and responses hold prompts and answers: never in logs or traces.
+            "POWERTOOLS_LOGGER_LOG_EVENT": "false",
+            "POWERTOOLS_TRACER_CAPTURE_RESPONSE": "false",
+        }
+
+        self.function = lambda_.Function(
+            self,
+            "Function",
+            description="chatbatch worker: SQS jobs -> chat API -> S3",
+            runtime=runtime,
+            architecture=ARCHITECTURES[w.architecture],
+            handler=HANDLER,
+            code=worker_code(asset, cache_root, runtime),
+            memory_size=w.memory_mb,
+            timeout=Duration.seconds(w.timeout_s),
+            environment=environment,
+            role=self.role,
+            log_group=self.log_group,
+            tracing=lambda_.Tracing.ACTIVE,
+            # The worker re-sends deferred jobs (budget, rate limit) to its own queues with
+            # a delay. Lambda's loop detection would drop such a job after ~16 rounds.
+            recursive_loop=lambda_.RecursiveLoop.ALLOW,
+        )
+
+        for priority, queue in queues.items():
+            queue.grant_send_messages(self.role)
+            self.function.add_event_source(
+                events.SqsEventSource(
+                    queue,
+                    batch_size=w.batch_size,
+                    max_batching_window=(
+                        Duration.seconds(w.batch_window_s) if w.batch_window_s else None
+                    ),
+                    report_batch_item_failures=True,
+                    max_concurrency=config.priorities[priority].max_concurrency,
+                )
+            )
+        table.grant_read_write_data(self.role)
+        iam.Grant.add_to_principal(
+            grantee=self.role,
+            actions=list(S3_OBJECT_ACTIONS),
+            resource_arns=[bucket.arn_for_objects("*")],
+        )
+        iam.Grant.add_to_principal(
+            grantee=self.role, actions=list(S3_BUCKET_ACTIONS), resource_arns=[bucket.bucket_arn]
+        )
+        for secret in secrets.values():
+            secret.grant_read(self.role)
+
+        self._acknowledge(runtime, bucket)
+
+    def _acknowledge(self, runtime: lambda_.Runtime, bucket: s3.Bucket) -> None:
+        policy = self.role.node.find_child("DefaultPolicy")
+        bucket_id = Stack.of(self).get_logical_id(cast(CfnElement, bucket.node.default_child))
+        Validations.of(policy).acknowledge(
+            Acknowledgment(
+                id="AwsSolutions-IAM5[Resource::*]",
+                reason="X-Ray PutTraceSegments/PutTelemetryRecords support no resource-level "
+                "permissions; this statement is the one Lambda active tracing adds.",
+            ),
+            Acknowledgment(
+                id=f"AwsSolutions-IAM5[Resource::<{bucket_id}.Arn>/*]",
+                reason="Object keys are per batch and job (results/, errors/, costs/, cache/, "
+                "claims/); only GetObject and PutObject, on this one bucket.",
+            ),
+        )
+        Validations.of(self.function).acknowledge(
+            Acknowledgment(
+                id="AwsSolutions-L1",
+                reason=f"{runtime.name} is pinned in chatbatch.toml [worker].runtime and the "
+                "asset's compiled wheels are built for exactly that version; it is a supported "
+                "Lambda runtime. Move to a newer one by changing that key.",
+            )
+        )

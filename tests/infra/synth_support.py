@@ -1,0 +1,64 @@
+"""Shared by the infra tests: the repo on sys.path, the synthesized app's facts."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # `infra` is a top-level package of the repo, not installed
+    sys.path.insert(0, str(ROOT))
+# This machine's Node 20 is past jsii's support window; the banner is noise in test output.
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+
+from aws_cdk import assertions  # noqa: E402
+
+from infra.app import build_app  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Synth:
+    outdir: Path
+    stack_name: str
+    template: dict[str, Any]
+    assertions: assertions.Template
+    acknowledgements: list[tuple[str, str, str]]  # (construct path, rule id, reason)
+    asset_dir: Path
+
+    def resources(self, type_: str) -> dict[str, dict[str, Any]]:
+        return {k: r for k, r in self.template["Resources"].items() if r["Type"] == type_}
+
+
+def synthesize(
+    outdir: Path, config_path: Path | None = None, context: dict[str, Any] | None = None
+) -> Synth:
+    """`build_app()` as app.py runs it (cdk-nag included), synthesized into ``outdir``."""
+    app, stack = build_app(outdir=str(outdir), config_path=config_path, context=context)
+    assembly = app.synth()  # raises if cdk-nag reports an unacknowledged finding
+    artifact = assembly.get_stack_by_name(stack.stack_name)
+    template = artifact.template
+    # The stack's metadata file (jsii cannot marshal find_metadata_by_type's results).
+    metadata = json.loads((outdir / f"{artifact.id}.metadata.json").read_text())
+    acks = [
+        (path, rule, reason)
+        for path, entries in metadata.items()
+        for entry in entries
+        if entry["type"] == "aws:cdk:acknowledged-rules"
+        for rule, reason in entry["data"].items()
+    ]
+    (function,) = (
+        r for r in template["Resources"].values() if r["Type"] == "AWS::Lambda::Function"
+    )
+    asset_hash = function["Properties"]["Code"]["S3Key"].removesuffix(".zip")
+    return Synth(
+        outdir=outdir,
+        stack_name=stack.stack_name,
+        template=template,
+        assertions=assertions.Template.from_json(json.loads(json.dumps(template))),
+        acknowledgements=acks,
+        asset_dir=outdir / f"asset.{asset_hash}",
+    )

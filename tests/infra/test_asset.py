@@ -1,0 +1,114 @@
+"""The worker's Lambda asset, built without Docker: what ships and what must not."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+from synth_support import ROOT, Synth
+
+from chatbatch.config import Config
+from infra.bundling import AssetInputs, check_binaries, runtime_requirements
+from infra.worker import HANDLER
+
+MACHINE = {"arm64": "aarch64", "x86_64": "x86_64"}
+ELF_MACHINE = {"aarch64": 183, "x86_64": 62}
+
+
+def _inputs(config: Config, **changes: object) -> AssetInputs:
+    fields: dict[str, object] = {
+        "package_dir": ROOT / "functions" / "chatbatch",
+        "config_file": ROOT / "chatbatch.toml",
+        "requirements": runtime_requirements(ROOT / "pyproject.toml"),
+        "python_version": config.worker.runtime,
+        "architecture": config.worker.architecture,
+    }
+    return AssetInputs(**(fields | changes))  # type: ignore[arg-type]
+
+
+def test_asset_holds_the_handler_and_runtime_dependencies(synth: Synth) -> None:
+    root = synth.asset_dir
+    module, _function = HANDLER.rsplit(".", 1)
+    assert (root / (module.replace(".", "/") + ".py")).is_file()
+    assert (root / "chatbatch" / "__init__.py").is_file()
+    assert (root / "chatbatch.toml").read_bytes() == (ROOT / "chatbatch.toml").read_bytes()
+    for package in ("httpx", "pydantic", "pydantic_core", "aws_lambda_powertools"):
+        assert (root / package / "__init__.py").is_file(), package
+    # The versions pinned in pyproject.toml are the ones shipped.
+    pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for pin in pins:
+        name, version = pin.split("==")
+        assert (root / f"{name.replace('-', '_')}-{version}.dist-info").is_dir(), pin
+
+
+def test_asset_leaves_out_the_cli_local_runtime_and_dev_dependencies(synth: Synth) -> None:
+    root = synth.asset_dir
+    top = {p.name.lower() for p in root.iterdir()}
+    for absent in ("boto3", "botocore", "s3transfer", "moto", "typer", "rich", "click"):
+        assert absent not in top, absent
+        assert not [n for n in top if n.startswith(f"{absent}-")], absent
+    assert not (root / "chatbatch" / "cli.py").exists()
+    assert not (root / "chatbatch" / "local").exists()
+    assert not (root / "bin").exists()
+    assert not list(root.rglob("__pycache__"))
+    assert not list(root.rglob("*.pyc"))
+
+
+def test_compiled_wheels_match_the_runtime_python_and_architecture(
+    synth: Synth, config: Config
+) -> None:
+    machine = MACHINE[config.worker.architecture]
+    tag = f"cpython-{config.worker.runtime.replace('.', '')}-{machine}-linux-gnu"
+    (core,) = (synth.asset_dir / "pydantic_core").glob("*.so")
+    assert tag in core.name
+    for so in synth.asset_dir.rglob("*.so"):
+        header = so.read_bytes()[:20]
+        assert header[:4] == b"\x7fELF", so
+        assert int.from_bytes(header[18:20], "little") == ELF_MACHINE[machine], so
+        if ".cpython-" in so.name:
+            assert tag in so.name, so
+    assert check_binaries(synth.asset_dir, _inputs(config))
+
+
+def test_the_binary_check_rejects_another_platform(synth: Synth, config: Config) -> None:
+    other = "x86_64" if config.worker.architecture == "arm64" else "arm64"
+    with pytest.raises(RuntimeError, match="not built for"):
+        check_binaries(synth.asset_dir, _inputs(config, architecture=other))
+    other_python = "3.13" if config.worker.runtime == "3.12" else "3.12"
+    with pytest.raises(RuntimeError, match="not built for"):
+        check_binaries(synth.asset_dir, _inputs(config, python_version=other_python))
+
+
+def test_asset_hash_follows_its_inputs(config: Config, tmp_path: Path) -> None:
+    base = _inputs(config)
+    shipped = {p.as_posix() for p in base.package_files()}
+    assert "worker.py" in shipped
+    assert "cli.py" not in shipped
+    assert not [p for p in shipped if p.startswith("local/")]
+    other_config = tmp_path / "chatbatch.toml"
+    shutil.copy(base.config_file, other_config)
+    assert _inputs(config, config_file=other_config).digest() == base.digest()
+    other_config.write_text(other_config.read_text() + "\n# changed\n")
+    assert _inputs(config, config_file=other_config).digest() != base.digest()
+    other_arch = _inputs(config, architecture="x86_64")
+    assert other_arch.dependencies_digest() != base.dependencies_digest()
+
+
+def test_print_asset_size(synth: Synth) -> None:
+    files = [p for p in synth.asset_dir.rglob("*") if p.is_file()]
+    unzipped = sum(p.stat().st_size for p in files)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for p in files:
+            zf.write(p, p.relative_to(synth.asset_dir).as_posix())
+    zipped = buffer.tell()
+    print(
+        f"\nworker asset: {len(files)} files, {unzipped / 1e6:.1f} MB unzipped "
+        f"(Lambda limit 250 MB), {zipped / 1e6:.1f} MB zipped (direct upload limit 50 MB)"
+    )
+    assert unzipped < 250e6
+    assert zipped < 50e6
