@@ -44,10 +44,12 @@ class MetricSpec:
 METRICS: dict[str, MetricSpec] = {
     "JobsSucceeded": MetricSpec("Count", "jobs that ended with a result", service_level=True),
     "JobsFailed": MetricSpec("Count", "jobs that ended with an error record", service_level=True),
+    "JobsDeadLettered": MetricSpec("Count", "jobs given up after max_receive_count deliveries"),
     "JobsDeferred": MetricSpec("Count", "jobs handed back because the budget is used up"),
     "JobsThrottled": MetricSpec("Count", "jobs handed back for want of rate-limit tokens"),
     "Latency": MetricSpec("Milliseconds", "chat API time of a job, retries included"),
     "ProviderRateLimited": MetricSpec("Count", "HTTP 429 answers from the provider"),
+    "ProviderErrors": MetricSpec("Count", "provider calls that failed after their retries"),
     "Retries": MetricSpec("Count", "provider calls retried"),
     "CostUSD": MetricSpec("None", "settled cost in USD", service_level=True),
     "PromptTokens": MetricSpec("Count", "prompt tokens billed (cached ones included)"),
@@ -287,7 +289,16 @@ class Monitoring(Construct):
         )
         d.add_widgets(
             by_priority("Jobs succeeded per priority", "JobsSucceeded"),
-            by_priority("Jobs failed per priority", "JobsFailed"),
+            lines(
+                "Jobs failed and dead-lettered per priority",
+                [
+                    *(_relabel(per_priority("JobsFailed", p), f"failed {p}") for p in Priority),
+                    *(
+                        _relabel(per_priority("JobsDeadLettered", p), f"dead-lettered {p}")
+                        for p in Priority
+                    ),
+                ],
+            ),
             lines(
                 "Deferred (budget) and throttled (rate limit)",
                 [
@@ -303,10 +314,11 @@ class Monitoring(Construct):
             lines("Latency p50 (ms)", [per_model_and_priority("Latency", "p50")]),
             lines("Latency p99 (ms)", [per_model_and_priority("Latency", "p99")]),
             lines(
-                "Provider 429s and retries",
+                "Provider 429s, retries and errors",
                 [
                     per_model_and_priority("ProviderRateLimited", "Sum"),
                     per_model_and_priority("Retries", "Sum"),
+                    per_model_and_priority("ProviderErrors", "Sum"),
                 ],
             ),
         )
