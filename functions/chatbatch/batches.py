@@ -7,14 +7,14 @@ Items (single table, see ``resources``):
   ``succeeded``, ``failed``, ``deferred``, ``throttled``, ``dead_lettered``, ``cancelled_jobs``,
   ``cost_nanos``, ``prompt_tokens``, ``completion_tokens``, ``provider_calls``.
 - ``pk=job#<batch>#<custom_id>, sk=state``: a job's state: ``deferred`` (budget),
-  ``throttled`` (rate limit) or ``dead_lettered`` while it waits, then one of the terminal ``succeeded``, ``failed``,
-  ``cancelled``.
+  ``throttled`` (rate limit) or ``dead_lettered`` while it waits, then one of the
+  terminal ``succeeded``, ``failed``, ``cancelled``.
 
 A job's outcome is written in one transaction with its counters, on the condition that
 the job's state is still the one the worker read. A redelivered or duplicated message
 therefore moves a counter at most once: the loser of the race sees the condition fail
-and does nothing. ``deferred``, ``throttled`` and ``dead_lettered`` are gauges: entering the state adds
-one, leaving it (resumed, redriven) takes one away.
+and does nothing. ``deferred``, ``throttled`` and ``dead_lettered`` are gauges: entering
+the state adds one, leaving it (resumed, redriven) takes one away.
 """
 
 from __future__ import annotations

@@ -237,6 +237,12 @@ class Config(_Strict):
                 f"defaults.model: {self.defaults.model!r} is not a model; "
                 f"defined: {sorted(self.models)}"
             )
+        if self.budget.reservation_ttl_s <= self.worker.timeout_s:
+            raise ValueError(
+                f"budget.reservation_ttl_s ({self.budget.reservation_ttl_s}) must be longer "
+                f"than worker.timeout_s ({self.worker.timeout_s}): a live worker's "
+                "reservation must never be reclaimed"
+            )
         missing = [p.value for p in Priority if p not in self.priorities]
         if missing:
             raise ValueError(f"priorities: missing {missing}; all four must be configured")

@@ -33,7 +33,7 @@ from pydantic import (
 )
 
 from chatbatch.config import ROLE_PARAMS, Config, Model, Priority
-from chatbatch.pricing import estimate_prompt_tokens, worst_case_cost
+from chatbatch.pricing import estimate_prompt_tokens, prompt_token_bound, worst_case_cost
 
 SQS_MAX_BYTES = 256 * 1024
 CHAT_URL = "/v1/chat/completions"
@@ -152,7 +152,9 @@ class Job(BaseModel):
         return self.estimated_prompt_tokens() + self.output_cap(model)
 
     def worst_case_usd(self, model: Model) -> Decimal:
-        return worst_case_cost(self.estimated_prompt_tokens(), self.output_cap(model), model)
+        """The most this job can cost: the byte bound of the prompt plus the output cap."""
+        bound = prompt_token_bound(m.content for m in self.messages)
+        return worst_case_cost(bound, self.output_cap(model), model)
 
     def _body(self, model: str) -> dict[str, Any]:
         body: dict[str, Any] = {

@@ -10,6 +10,10 @@ is downloaded. ASCII text is estimated at one token per 4 characters (within abo
 non-ASCII character at one token (CJK text runs 0.6-1 token per character, so this
 over-estimates, which is the safe side for a reservation). Each message adds 4 tokens
 of framing and each request 3, as in OpenAI's published counting recipe.
+
+The budget reserves at a true upper bound instead (``prompt_token_bound``): every token
+of a byte-level BPE covers at least one byte, so a prompt never has more tokens than
+UTF-8 bytes. That bound is what makes "the budget is never exceeded" hold for certain.
 """
 
 from __future__ import annotations
@@ -98,6 +102,13 @@ def from_nanos(nanos: int) -> Decimal:
 def estimate_text_tokens(text: str) -> int:
     ascii_chars = sum(1 for c in text if c < "\x80") if not text.isascii() else len(text)
     return math.ceil(ascii_chars / 4) + (len(text) - ascii_chars)
+
+
+def prompt_token_bound(contents: Iterable[str]) -> int:
+    """The most prompt tokens these contents can be: a byte-level BPE token is >= 1 byte."""
+    return REQUEST_OVERHEAD_TOKENS + sum(
+        MESSAGE_OVERHEAD_TOKENS + len(c.encode()) for c in contents
+    )
 
 
 def estimate_prompt_tokens(contents: Iterable[str]) -> int:

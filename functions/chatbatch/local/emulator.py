@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
 
+from chatbatch.pipeline import WorkerCrash
+
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
     from mypy_boto3_sqs.type_defs import MessageTypeDef
@@ -174,8 +176,10 @@ class EventSourceMapping:
         try:
             response = self._handler(event, context) or {}
             failed = {f["itemIdentifier"] for f in response.get("batchItemFailures", [])}
-        except Exception:
-            logger.exception("handler raised; the whole batch returns to the queue")
+        except (Exception, WorkerCrash) as err:
+            # Like a Lambda that raised, timed out or died: nothing is deleted, every
+            # message of the batch comes back after its visibility timeout.
+            logger.warning(f"invocation failed, its batch returns to the queue: {err!r}")
             return
         done = [m for m in messages if m["MessageId"] not in failed]
         for start in range(0, len(done), 10):

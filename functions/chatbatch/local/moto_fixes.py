@@ -22,7 +22,8 @@ from typing import Any
 
 from moto.core.responses import BaseResponse
 from moto.dynamodb import models as ddb_models
-from moto.dynamodb.models import DynamoDBBackend, DynamoType
+from moto.dynamodb.models import DynamoDBBackend
+from moto.dynamodb.models.dynamo_type import DynamoType
 from moto.dynamodb.models.table import Table
 
 LOCK = threading.RLock()
@@ -77,7 +78,7 @@ def apply() -> None:
 
     # moto's own table snapshot becomes the table itself (its rollback then a no-op) ...
     shim = types.SimpleNamespace(deepcopy=_deepcopy_but_tables, copy=copy.copy)
-    ddb_models.copy = shim  # type: ignore[attr-defined]
+    ddb_models.copy = shim  # type: ignore[assignment,attr-defined]
     transact = DynamoDBBackend.transact_write_items
 
     # ... and the items it touches are saved and restored instead.

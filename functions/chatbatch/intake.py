@@ -1,0 +1,92 @@
+"""SQS record -> the job it carries, or a clear reason why it carries none.
+
+Any producer may drop a job line straight onto a priority queue; ``chatbatch submit``
+sends the same JSON (``Job.to_line``). A job too large for an SQS message arrives as a
+claim check and is read from S3 here. A job that names no batch joins the default batch
+of its UTC day, ``daily-YYYY-MM-DD``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from pydantic import ValidationError
+
+from chatbatch.config import Config, Priority
+from chatbatch.jobs import (
+    BATCH_ID_PATTERN,
+    CLAIM_CHECK_KEY,
+    ID_PATTERN,
+    ClaimCheck,
+    Job,
+    JobError,
+    parse_job,
+)
+from chatbatch.resources import Resources
+from chatbatch.store import Store
+
+ATTR_HANDBACKS = "chatbatch-handbacks"
+
+
+def default_batch(now: dt.datetime | None = None) -> str:
+    return f"daily-{(now or dt.datetime.now(dt.UTC)):%Y-%m-%d}"
+
+
+@dataclass(frozen=True)
+class Intake:
+    """One record, decoded: ``job`` or ``error`` is set; the ids are always usable keys."""
+
+    record: SQSRecord
+    batch_id: str
+    custom_id: str
+    priority: Priority
+    job: Job | None = None
+    error: JobError | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.batch_id, self.custom_id
+
+    @property
+    def receive_count(self) -> int:
+        return int(self.record.attributes.approximate_receive_count or 1)
+
+    @property
+    def handbacks(self) -> int:
+        attr = self.record.message_attributes.get(ATTR_HANDBACKS)
+        return int(attr.string_value or 0) if attr else 0
+
+
+def _safe(value: Any, pattern: str) -> str | None:
+    return value if isinstance(value, str) and re.fullmatch(pattern, value) else None
+
+
+def read_record(record: SQSRecord, config: Config, resources: Resources, store: Store) -> Intake:
+    priority = resources.priority_of_queue(record.event_source_arn) or config.defaults.priority
+    data: Any = None
+    try:
+        data = json.loads(record.body)
+        if isinstance(data, dict) and CLAIM_CHECK_KEY in data:
+            claim = ClaimCheck.model_validate(data[CLAIM_CHECK_KEY])  # ValidationError below
+            text = store.get_text(claim.key)
+            if text is None:
+                raise JobError(CLAIM_CHECK_KEY, f"s3://{claim.bucket}/{claim.key} not found")
+            data = json.loads(text)
+        job = parse_job(data, config)
+        return Intake(record, job.batch_id or default_batch(), job.custom_id, priority, job=job)
+    except json.JSONDecodeError as err:
+        error = JobError("(body)", f"not valid JSON: {err}")
+    except ValidationError as err:
+        error = JobError(CLAIM_CHECK_KEY, f"not a valid claim check: {err.errors()[0]['msg']}")
+    except JobError as err:
+        error = err
+    raw = data if isinstance(data, dict) else {}
+    custom_id = _safe(raw.get("custom_id"), ID_PATTERN) or f"msg-{record.message_id}"
+    batch_id = _safe(raw.get("batch_id"), BATCH_ID_PATTERN) or default_batch()
+    error.custom_id = custom_id
+    return Intake(record, batch_id, custom_id, priority, error=error)

@@ -1,0 +1,475 @@
+"""One job through the pipeline: the logic behind the thin Lambda handler.
+
+For each record of a batch (all records run concurrently as asyncio tasks; blocking AWS
+calls run in threads so they overlap too):
+
+1. decode and validate (``intake``)                  -> bad job: error record, ``failed``
+2. idempotency: the job's state, prefetched for the whole batch in one read
+   (keyed on batch id + custom_id, never the SQS message id) -> already final: skip
+3. cancelled batch                                    -> ``cancelled``, no provider call
+4. response cache (opt-in)                            -> hit: free result, ``cached: true``
+5. budget: reserve the worst case                     -> over budget: handed back, ``deferred``
+6. rate limit: take 1 request + estimated tokens      -> no capacity soon: handed back
+7. the provider call (retries inside the client)      -> permanent error: ``failed``;
+                                                         transient: back to the queue, DLQ
+                                                         after maxReceiveCount
+8. S3: result + cost record (deterministic keys)
+9. one transaction: settle the budget to the exact cost, job state ``succeeded``, batch
+   counters. A redelivery after step 8 finds the result and only does step 9.
+
+Idempotency is our own conditional writes, not Powertools' idempotency utility: its
+decorators do not support coroutines, and here the "already done" check has to be one
+transaction with the budget settlement and the counters, or a crash between them would
+count a cost twice or not at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from aws_lambda_powertools import Logger
+
+from chatbatch.batches import Batches, BatchInfo, JobState
+from chatbatch.budget import Budget, BudgetDeferred, OverRequestCap, Reservation
+from chatbatch.capacity import Capacity, Slot
+from chatbatch.config import Config
+from chatbatch.intake import ATTR_HANDBACKS, Intake
+from chatbatch.jobs import CostRecord, Job, JobFacts, OutputLine
+from chatbatch.limiter import RateLimiter
+from chatbatch.pricing import Usage, cost, from_nanos, to_nanos
+from chatbatch.provider import Completion, ProviderClient, ProviderError
+from chatbatch.resources import Resources
+from chatbatch.store import Store
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+
+logger = Logger(service="chatbatch")
+
+MAX_DELAY_S = 900  # SQS DelaySeconds limit
+SAFETY_MARGIN_S = 10.0  # left for S3 writes and the settle after the provider call
+TRANSIENT_BACKOFF_S = (5, 15, 60, 180, 600)
+
+
+class Outcome(StrEnum):
+    succeeded = "succeeded"
+    failed = "failed"
+    deferred = "deferred"
+    throttled = "throttled"
+    dead_lettered = "dead_lettered"
+    cancelled = "cancelled"
+    retry = "retry"  # transient failure: the message goes back to the queue
+    duplicate = "duplicate"  # already final: nothing to do
+
+
+class RetryLater(Exception):
+    """Raised for a record that must go back to its queue (partial batch failure)."""
+
+
+class WorkerCrash(BaseException):
+    """A simulated crash: the instance dies mid-batch (fault injection in tests/benchmarks)."""
+
+
+CrashHook = Callable[[str, Intake], bool]
+CRASH_POINTS = ("after_reserve", "after_call", "after_s3_write", "before_delete")
+crash_hook: CrashHook | None = None  # set by fault tests; None in production
+
+
+def crash_point(name: str, intake: Intake) -> None:
+    if crash_hook is not None and crash_hook(name, intake):
+        raise WorkerCrash(f"simulated crash {name} ({intake.batch_id}/{intake.custom_id})")
+
+
+@dataclass
+class Services:
+    """What a worker instance holds across invocations."""
+
+    config: Config
+    resources: Resources
+    store: Store
+    batches: Batches
+    budget: Budget
+    limiter: RateLimiter
+    provider: ProviderClient
+    sqs: SQSClient
+
+
+@dataclass
+class Invocation:
+    """One SQS batch: its records decoded, its states prefetched, its tallies."""
+
+    services: Services
+    intakes: dict[str, Intake]
+    states: dict[tuple[str, str], JobState]
+    batches: dict[str, BatchInfo]
+    deadline: float  # monotonic time by which the provider call must be over
+    capacity: Capacity
+    tallies: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    latencies: defaultdict[tuple[str, str], list[int]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    asked: set[str] = field(default_factory=set)
+
+    async def take_capacity(
+        self, intake: Intake, model: str, tokens: int, *, first: bool
+    ) -> Slot | float:
+        if first:
+            self.asked.add(intake.record.message_id)
+        return await self.capacity.take(model, tokens, first=first)
+
+    def done(self, intake: Intake) -> None:
+        """The job's pipeline is over: if it never asked for capacity, say so."""
+        if intake.record.message_id not in self.asked:
+            self.asked.add(intake.record.message_id)
+            self.capacity.leave()
+
+    def count(self, metric: str, intake: Intake, value: float = 1) -> None:
+        model = intake.job.model if intake.job else "-"
+        self.tallies[(metric, model, intake.priority.value)] += int(value)
+
+
+def _today() -> str:
+    return f"{dt.datetime.now(dt.UTC):%Y-%m-%d}"
+
+
+async def _io(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a blocking AWS call in a thread so the batch's jobs overlap."""
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+# --- outcomes ----------------------------------------------------------------------
+
+
+async def _fail(
+    inv: Invocation,
+    intake: Intake,
+    code: str,
+    message: str,
+    facts: JobFacts | None = None,
+    new: JobState = JobState.failed,
+) -> None:
+    line = OutputLine.failure(intake.batch_id, intake.custom_id, code, message, facts)
+    await _io(inv.services.store.put_error, intake.batch_id, line)
+    prev = inv.states[intake.key]
+    await _io(
+        inv.services.batches.transition, intake.batch_id, intake.custom_id, prev=prev, new=new
+    )
+
+
+async def _hand_back(inv: Invocation, intake: Intake, delay_s: float, outcome: Outcome) -> Outcome:
+    """Re-send the job with a delay and let the original go: never counts toward the DLQ."""
+    services = inv.services
+    queue = services.resources.queues[intake.priority]
+    attributes = {
+        name: {"DataType": attr.data_type, "StringValue": attr.string_value or ""}
+        for name, attr in intake.record.message_attributes.items()
+        if attr.string_value is not None
+    }
+    attributes[ATTR_HANDBACKS] = {"DataType": "Number", "StringValue": str(intake.handbacks + 1)}
+    await _io(
+        services.sqs.send_message,
+        QueueUrl=queue,
+        MessageBody=intake.record.body,
+        DelaySeconds=max(0, min(MAX_DELAY_S, round(delay_s))),
+        MessageAttributes=attributes,
+    )
+    prev = inv.states[intake.key]
+    new = JobState.deferred if outcome is Outcome.deferred else JobState.throttled
+    await _io(services.batches.transition, intake.batch_id, intake.custom_id, prev=prev, new=new)
+    inv.count("JobsDeferred" if outcome is Outcome.deferred else "JobsThrottled", intake)
+    return outcome
+
+
+async def _retry(inv: Invocation, intake: Intake, err: ProviderError) -> Outcome:
+    """A transient failure: back to the queue with a backoff, or the DLQ's turn."""
+    services = inv.services
+    if intake.receive_count >= services.config.worker.max_receive_count:
+        # SQS moves the message to the DLQ at its next receive: record why, now.
+        await _fail(
+            inv,
+            intake,
+            "dead_lettered",
+            f"gave up after {intake.receive_count} deliveries: {err}",
+            new=JobState.dead_lettered,
+        )
+        inv.count("JobsDeadLettered", intake)
+        raise RetryLater(str(err))
+    backoff = TRANSIENT_BACKOFF_S[min(intake.receive_count, len(TRANSIENT_BACKOFF_S)) - 1]
+    delay = max(backoff, err.retry_after_s or 0)
+    await _io(
+        services.sqs.change_message_visibility,
+        QueueUrl=services.resources.queues[intake.priority],
+        ReceiptHandle=intake.record.receipt_handle,
+        VisibilityTimeout=int(min(delay, 43_200)),
+    )
+    raise RetryLater(str(err))
+
+
+# --- the job -----------------------------------------------------------------------
+
+
+def _facts(
+    intake: Intake, job: Job, usd: Decimal, latency_ms: int, attempts: int, cached: bool
+) -> JobFacts:
+    return JobFacts(
+        batch_id=intake.batch_id,
+        priority=intake.priority,
+        model=job.model,
+        role=job.role,
+        cost_usd=usd,
+        latency_ms=latency_ms,
+        attempts=attempts,
+        cached=cached,
+        seq=job.seq,
+    )
+
+
+def _cost_record(
+    inv: Invocation, intake: Intake, job: Job, usage: Usage, usd: Decimal, cached: bool, day: str
+) -> CostRecord:
+    model = inv.services.config.models[job.model]
+    return CostRecord(
+        ts=dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+        dt=day,
+        batch_id=intake.batch_id,
+        custom_id=intake.custom_id,
+        priority=intake.priority,
+        model=job.model,
+        model_id=model.model_id,
+        provider=model.provider,
+        role=job.role,
+        prompt_tokens=usage.prompt_tokens,
+        cached_tokens=usage.cached_tokens,
+        completion_tokens=usage.completion_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+        cost_nanos=to_nanos(usd),
+        cost_usd=usd,
+        cached=cached,
+    )
+
+
+def _cacheable(config: Config, job: Job) -> bool:
+    return job.cache or (config.defaults.cache_temperature_zero and job.temperature == 0)
+
+
+async def _finish(
+    inv: Invocation,
+    intake: Intake,
+    job: Job,
+    result: OutputLine,
+    record: CostRecord,
+    *,
+    reservation: Reservation | None,
+    provider_calls: int,
+) -> Outcome:
+    """Settle and count, once: one transaction with the job's state."""
+    services = inv.services
+    counters = {
+        "cost_nanos": record.cost_nanos,
+        "prompt_tokens": record.prompt_tokens,
+        "completion_tokens": record.completion_tokens,
+        "provider_calls": provider_calls,
+    }
+    settle = services.budget.settle_items(reservation, record.cost_nanos) if reservation else []
+    done = await _io(
+        services.batches.transition,
+        intake.batch_id,
+        intake.custom_id,
+        prev=inv.states[intake.key],
+        new=JobState.succeeded,
+        counters=counters,
+        extra=settle,
+    )
+    if not done:
+        return Outcome.duplicate
+    inv.count("JobsSucceeded", intake)
+    inv.count("CostNanos", intake, record.cost_nanos)
+    inv.count("PromptTokens", intake, record.prompt_tokens)
+    inv.count("CompletionTokens", intake, record.completion_tokens)
+    if result.chatbatch:
+        inv.latencies[(job.model, intake.priority.value)].append(result.chatbatch.latency_ms)
+    return Outcome.succeeded
+
+
+def job_key(intake: Intake) -> str:
+    return f"{intake.batch_id}#{intake.custom_id}"
+
+
+async def _recover(
+    inv: Invocation, intake: Intake, job: Job, reservation: Reservation
+) -> Outcome | None:
+    """A redelivery after the S3 write: finish from the stored result, call nothing."""
+    result = await _io(inv.services.store.get_result, intake.batch_id, intake.custom_id)
+    if result is None or result.chatbatch is None or result.response is None:
+        return None
+    facts = result.chatbatch
+    usage = Usage.from_api(result.response.body.get("usage"))
+    record = _cost_record(inv, intake, job, usage, facts.cost_usd, facts.cached, reservation.day)
+    return await _finish(
+        inv, intake, job, result, record, reservation=reservation, provider_calls=0
+    )
+
+
+async def _from_cache(inv: Invocation, intake: Intake, job: Job, key: str) -> Outcome | None:
+    body = await _io(inv.services.store.get_cached, key)
+    if body is None:
+        return None
+    facts = _facts(intake, job, Decimal(0), 0, 0, cached=True)
+    result = OutputLine.result(job, facts, body)
+    usage = Usage.from_api(body.get("usage"))
+    record = _cost_record(inv, intake, job, usage, Decimal(0), True, _today())
+    await asyncio.gather(
+        _io(inv.services.store.put_result, intake.batch_id, result),
+        _io(inv.services.store.put_cost, record),
+    )
+    inv.count("CacheHits", intake)
+    return await _finish(inv, intake, job, result, record, reservation=None, provider_calls=0)
+
+
+async def _call(
+    inv: Invocation, intake: Intake, job: Job, reservation: Reservation
+) -> Completion | Outcome:
+    """Take rate-limit capacity and call the provider; hand back when there is none soon."""
+    services = inv.services
+    model = services.config.models[job.model]
+    estimate = job.estimated_tokens(model)
+    first = True
+    while True:
+        got = await inv.take_capacity(intake, job.model, estimate, first=first)
+        first = False
+        if isinstance(got, tuple):
+            lease, index = got
+            break
+        remaining = inv.deadline - time.monotonic()
+        if got > min(services.config.worker.max_throttle_wait_s, remaining):
+            await _io(services.budget.release, reservation)
+            return await _hand_back(inv, intake, got, Outcome.throttled)
+        await asyncio.sleep(got)
+    try:
+        completion = await services.provider.complete(
+            job.model, job.request_body(model), deadline_s=max(1.0, inv.deadline - time.monotonic())
+        )
+    except ProviderError:
+        lease.reconcile(index, 0)  # the request counted at the provider, its tokens did not
+        raise
+    lease.reconcile(index, completion.usage.total_tokens)
+    return completion
+
+
+async def _reserve(inv: Invocation, intake: Intake, job: Job) -> Reservation | Outcome:
+    services, config = inv.services, inv.services.config
+    batch_limit = inv.batches[intake.batch_id].budget_nanos
+    if batch_limit is None and config.budget.batch_usd is not None:
+        batch_limit = to_nanos(config.budget.batch_usd)
+    try:
+        return await _io(  # type: ignore[no-any-return]
+            services.budget.reserve,
+            job_key(intake),
+            to_nanos(job.worst_case_usd(config.models[job.model])),
+            batch_id=intake.batch_id,
+            batch_limit_nanos=batch_limit,
+        )
+    except OverRequestCap as err:
+        await _fail(inv, intake, "over_request_cap", str(err))
+        inv.count("JobsFailed", intake)
+        return Outcome.failed
+    except BudgetDeferred as err:
+        return await _hand_back(inv, intake, err.retry_after_s, Outcome.deferred)
+
+
+async def _before_budget(inv: Invocation, intake: Intake) -> Outcome | None:
+    """Jobs that end before any money moves: duplicates, invalid, cancelled."""
+    if inv.states[intake.key].terminal:
+        return Outcome.duplicate
+    if intake.job is None:
+        assert intake.error is not None
+        await _fail(inv, intake, intake.error.code, str(intake.error))
+        inv.count("JobsFailed", intake)
+        return Outcome.failed
+    if inv.batches[intake.batch_id].cancelled:
+        message = f"batch {intake.batch_id} was cancelled before this job started"
+        await _fail(inv, intake, "cancelled", message, new=JobState.cancelled)
+        return Outcome.cancelled
+    return None
+
+
+async def process(inv: Invocation, intake: Intake) -> Outcome:
+    services, config = inv.services, inv.services.config
+    if ended := await _before_budget(inv, intake):
+        return ended
+    job = intake.job
+    assert job is not None
+    model = config.models[job.model]
+    cache_key = job.cache_key(model) if _cacheable(config, job) else None
+    if cache_key and (hit := await _from_cache(inv, intake, job, cache_key)):
+        return hit
+    reservation = await _reserve(inv, intake, job)
+    if isinstance(reservation, Outcome):
+        return reservation
+    crash_point("after_reserve", intake)
+    redelivered = intake.receive_count > 1 or inv.states[intake.key] is JobState.dead_lettered
+    if redelivered and (recovered := await _recover(inv, intake, job, reservation)):
+        return recovered
+    try:
+        called = await _call(inv, intake, job, reservation)
+    except ProviderError as err:
+        await _io(services.budget.release, reservation)
+        inv.count("ProviderErrors", intake)
+        if err.permanent:
+            await _fail(inv, intake, f"provider_{err.status}", err.message)
+            inv.count("JobsFailed", intake)
+            return Outcome.failed
+        return await _retry(inv, intake, err)
+    if isinstance(called, Outcome):
+        return called
+    crash_point("after_call", intake)
+    return await _succeed(inv, intake, job, called, reservation, cache_key)
+
+
+async def _succeed(
+    inv: Invocation,
+    intake: Intake,
+    job: Job,
+    completion: Completion,
+    reservation: Reservation,
+    cache_key: str | None,
+) -> Outcome:
+    services = inv.services
+    usage = completion.usage
+    usd = cost(usage, services.config.models[job.model])
+    facts = _facts(intake, job, usd, completion.latency_ms, len(completion.attempts), False)
+    result = OutputLine.result(job, facts, completion.body)
+    record = _cost_record(inv, intake, job, usage, usd, False, reservation.day)
+    writes = [
+        _io(services.store.put_result, intake.batch_id, result),
+        _io(services.store.put_cost, record),
+    ]
+    if cache_key:
+        writes.append(_io(services.store.put_cached, cache_key, completion.body))
+    await asyncio.gather(*writes)
+    crash_point("after_s3_write", intake)
+    inv.count("Retries", intake, len(completion.attempts) - 1)
+    inv.count("ProviderRateLimited", intake, sum(a.status == 429 for a in completion.attempts))
+    logger.info(
+        "job succeeded",
+        extra={
+            "batch_id": intake.batch_id,
+            "custom_id": intake.custom_id,
+            "priority": intake.priority.value,
+            "model": job.model,
+            "cost_usd": str(from_nanos(record.cost_nanos)),
+            "latency_ms": completion.latency_ms,
+            "attempts": len(completion.attempts),
+        },
+    )
+    return await _finish(
+        inv, intake, job, result, record, reservation=reservation, provider_calls=1
+    )

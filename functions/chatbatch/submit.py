@@ -1,0 +1,205 @@
+"""Submitting a JSONL file: validate every line, plan, register the batch, send the jobs.
+
+The file is streamed twice (validate, then send) and never held in memory: a
+1,000,000-line file costs the set of its custom_id hashes (for the duplicate check) and
+a manifest written to a temporary file. Jobs go out with SendMessageBatch (10 per call)
+from a thread pool; a job over ``SQS_MAX_BYTES`` is written to S3 and travels as a claim
+check. Message ids are deterministic per (batch, custom_id) and a job already finished
+is skipped by the worker, so re-running the same submit does not duplicate work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+from chatbatch.batches import Batches
+from chatbatch.config import Config, Priority
+from chatbatch.jobs import CLAIM_CHECK_KEY, SQS_MAX_BYTES, ClaimCheck, Job, JobError, parse_lines
+from chatbatch.resources import Resources
+from chatbatch.store import Store
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+
+SEND_THREADS = 8
+
+
+@dataclass
+class Plan:
+    """What a file holds: the numbers ``submit`` prints before sending anything."""
+
+    batch_id: str
+    default_priority: Priority
+    lines: int = 0
+    valid: int = 0
+    invalid: int = 0
+    errors: list[JobError] = field(default_factory=list)  # the first ``max_errors``
+    by_priority: Counter[Priority] = field(default_factory=Counter)
+    by_model: Counter[str] = field(default_factory=Counter)
+    tokens_by_model: Counter[str] = field(default_factory=Counter)
+    worst_case_usd: Decimal = Decimal(0)
+    checksum: str = ""
+
+    def estimate_s(self, config: Config) -> float:
+        """Lower bound on wall time from the rate limits: the slowest model's queue."""
+        minutes = [
+            max(count / config.models[m].rpm, self.tokens_by_model[m] / config.models[m].tpm)
+            for m, count in self.by_model.items()
+        ]
+        return 60 * max(minutes, default=0.0)
+
+
+def open_lines(path: Path) -> IO[bytes]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file; give the path of a JSONL jobs file")
+    return path.open("rb")
+
+
+def priority_of(job: Job, default: Priority) -> Priority:
+    return job.priority or default
+
+
+def plan_file(
+    path: Path, config: Config, batch_id: str, default_priority: Priority, max_errors: int = 1000
+) -> Plan:
+    """Validate every line (streamed) and add up what the batch will ask for."""
+    plan = Plan(batch_id=batch_id, default_priority=default_priority)
+    digest = hashlib.sha256()
+    with open_lines(path) as lines:
+        for _, parsed in parse_lines(_hashing(lines, digest, plan), config):
+            if isinstance(parsed, JobError):
+                plan.invalid += 1
+                if len(plan.errors) < max_errors:
+                    plan.errors.append(parsed)
+                continue
+            model = config.models[parsed.model]
+            plan.valid += 1
+            plan.by_priority[priority_of(parsed, default_priority)] += 1
+            plan.by_model[parsed.model] += 1
+            plan.tokens_by_model[parsed.model] += parsed.estimated_tokens(model)
+            plan.worst_case_usd += parsed.worst_case_usd(model)
+    plan.checksum = digest.hexdigest()
+    return plan
+
+
+def _hashing(lines: Iterable[bytes], digest: hashlib._Hash, plan: Plan) -> Iterator[bytes]:
+    for line in lines:
+        digest.update(line)
+        plan.lines += 1
+        yield line
+
+
+def iter_jobs(path: Path, config: Config, batch_id: str) -> Iterator[Job]:
+    """The valid jobs of a file, in order, stamped with the batch id (streamed)."""
+    with open_lines(path) as lines:
+        for _, parsed in parse_lines(lines, config):
+            if isinstance(parsed, Job):
+                yield parsed.model_copy(update={"batch_id": batch_id})
+
+
+class Sender:
+    """Sends jobs to their priority queues, 10 per call, claim-checking big ones."""
+
+    def __init__(self, sqs: SQSClient, store: Store, resources: Resources) -> None:
+        self._sqs = sqs
+        self._store = store
+        self._resources = resources
+
+    def body(self, job: Job) -> str:
+        line = job.to_line()
+        if len(line.encode()) <= SQS_MAX_BYTES - 1024:
+            return line
+        assert job.batch_id is not None
+        key = self._store.put_claim(job.batch_id, job.custom_id, line)
+        claim = ClaimCheck(
+            bucket=self._store.bucket, key=key, custom_id=job.custom_id, batch_id=job.batch_id
+        )
+        return json.dumps({CLAIM_CHECK_KEY: claim.model_dump()})
+
+    def send(self, priority: Priority, jobs: list[Job]) -> int:
+        """Send up to 10 jobs of one priority; returns how many were sent."""
+        entries = [{"Id": str(i), "MessageBody": self.body(job)} for i, job in enumerate(jobs)]
+        reply = self._sqs.send_message_batch(
+            QueueUrl=self._resources.queues[priority],
+            Entries=entries,  # type: ignore[arg-type]
+        )
+        failed = reply.get("Failed", [])
+        if failed:
+            raise RuntimeError(f"SQS refused {len(failed)} message(s): {failed[0].get('Message')}")
+        return len(entries)
+
+
+def batched_by_priority(
+    jobs: Iterable[Job], default: Priority, size: int = 10
+) -> Iterator[tuple[Priority, list[Job]]]:
+    pending: dict[Priority, list[Job]] = {p: [] for p in Priority}
+    for job in jobs:
+        bucket = pending[priority_of(job, default)]
+        bucket.append(job)
+        if len(bucket) == size:
+            yield priority_of(job, default), bucket[:]
+            bucket.clear()
+    for priority, rest in pending.items():
+        if rest:
+            yield priority, rest
+
+
+def write_manifest(path: Path, config: Config, batch_id: str, store: Store) -> None:
+    """The batch's custom_ids in input order, for ``collect``."""
+    with tempfile.TemporaryFile() as tmp:
+        for job in iter_jobs(path, config, batch_id):
+            tmp.write(json.dumps(job.custom_id).encode() + b"\n")
+        tmp.seek(0)
+        store.put_manifest(batch_id, tmp.read())
+
+
+def register(plan: Plan, batches: Batches, budget_nanos: int | None) -> None:
+    batches.register(
+        plan.batch_id,
+        total=plan.valid,
+        priority=plan.default_priority.value,
+        checksum=plan.checksum,
+        budget_nanos=budget_nanos,
+    )
+
+
+def send_file(
+    path: Path,
+    config: Config,
+    plan: Plan,
+    sender: Sender,
+    *,
+    on_sent: Callable[[int], None] = lambda n: None,
+) -> int:
+    """Send every valid job of the file; returns the number sent."""
+    jobs = iter_jobs(path, config, plan.batch_id)
+    sent = 0
+    with ThreadPoolExecutor(SEND_THREADS) as pool:
+        window: list[Future[int]] = []
+        for priority, chunk in batched_by_priority(jobs, plan.default_priority):
+            window.append(pool.submit(sender.send, priority, chunk))
+            if len(window) >= SEND_THREADS * 4:
+                for future in window:
+                    done = future.result()
+                    sent += done
+                    on_sent(done)
+                window.clear()
+        for future in window:
+            done = future.result()
+            sent += done
+            on_sent(done)
+    return sent
+
+
+def checksum_batch_id(checksum: str) -> str:
+    """A batch id derived from the file's content: re-submitting a file reuses it."""
+    return f"b-{checksum[:12]}"
