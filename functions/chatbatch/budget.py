@@ -27,9 +27,9 @@ back instead of reserving twice. Settle is a set of transaction items (reservati
 as the job's final state and counters, so a settle happens once or not at all.
 
 **Crashed workers.** A reservation expires ``reservation_ttl_s`` after it was made
-(longer than any Lambda can run). When a reservation is refused, the worker first
-reclaims the day's expired reservations (a query of the day's partition) and tries once
-more; nothing leaks for longer than the TTL.
+(longer than any Lambda can run). When a reservation is refused, the worker reclaims
+the day's expired reservations (a query of the day's partition), re-reads the limit and
+tries once more; nothing leaks for longer than the TTL.
 
 **Deferral, not failure.** Over the daily limit: retry after the next UTC midnight (the
 worker re-sends the job with a delay, in steps of at most 15 minutes). Over a batch's
@@ -206,8 +206,11 @@ class Budget:
         try:
             self._reserve(reservation, now, batch_limit_nanos)
         except BudgetDeferred:
-            if not self.reclaim(day):
-                raise
+            # Before saying no: the limit may have been raised, and dead workers'
+            # reservations may be holding room. Look again, once.
+            with self._lock:
+                self._limit_cache = None
+            self.reclaim(day)
             self._reserve(reservation, now, batch_limit_nanos)
         return reservation
 

@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import math
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
@@ -44,7 +45,7 @@ from chatbatch.config import Config
 from chatbatch.intake import ATTR_HANDBACKS, Intake
 from chatbatch.jobs import CostRecord, Job, JobFacts, OutputLine
 from chatbatch.limiter import RateLimiter
-from chatbatch.pricing import Usage, cost, from_nanos, to_nanos
+from chatbatch.pricing import Usage, cost, to_nanos
 from chatbatch.provider import Completion, ProviderClient, ProviderError
 from chatbatch.resources import Resources
 from chatbatch.store import Store
@@ -56,7 +57,6 @@ logger = Logger(service="chatbatch")
 
 MAX_DELAY_S = 900  # SQS DelaySeconds limit
 SAFETY_MARGIN_S = 10.0  # left for S3 writes and the settle after the provider call
-TRANSIENT_BACKOFF_S = (5, 15, 60, 180, 600)
 
 
 class Outcome(StrEnum):
@@ -202,13 +202,13 @@ async def _retry(inv: Invocation, intake: Intake, err: ProviderError) -> Outcome
         )
         inv.count("JobsDeadLettered", intake)
         raise RetryLater(str(err))
-    backoff = TRANSIENT_BACKOFF_S[min(intake.receive_count, len(TRANSIENT_BACKOFF_S)) - 1]
-    delay = max(backoff, err.retry_after_s or 0)
+    backoff = services.config.retries.max_backoff_s * 2 ** (intake.receive_count - 1)
+    delay = math.ceil(min(MAX_DELAY_S, max(backoff, err.retry_after_s or 0)))
     await _io(
         services.sqs.change_message_visibility,
         QueueUrl=services.resources.queues[intake.priority],
         ReceiptHandle=intake.record.receipt_handle,
-        VisibilityTimeout=int(min(delay, 43_200)),
+        VisibilityTimeout=delay,
     )
     raise RetryLater(str(err))
 
@@ -233,8 +233,12 @@ def _facts(
 
 
 def _cost_record(
-    inv: Invocation, intake: Intake, job: Job, usage: Usage, usd: Decimal, cached: bool, day: str
+    inv: Invocation, intake: Intake, job: Job, result: OutputLine, day: str
 ) -> CostRecord:
+    """The cost record of a stored result: its usage, priced as the result says."""
+    assert result.chatbatch is not None and result.response is not None
+    facts = result.chatbatch
+    usage = Usage.from_api(result.response.body.get("usage"))
     model = inv.services.config.models[job.model]
     return CostRecord(
         ts=dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
@@ -250,9 +254,9 @@ def _cost_record(
         cached_tokens=usage.cached_tokens,
         completion_tokens=usage.completion_tokens,
         reasoning_tokens=usage.reasoning_tokens,
-        cost_nanos=to_nanos(usd),
-        cost_usd=usd,
-        cached=cached,
+        cost_nanos=to_nanos(facts.cost_usd),
+        cost_usd=facts.cost_usd,
+        cached=facts.cached,
     )
 
 
@@ -265,13 +269,23 @@ async def _finish(
     intake: Intake,
     job: Job,
     result: OutputLine,
-    record: CostRecord,
     *,
     reservation: Reservation | None,
     provider_calls: int,
+    extra_writes: Sequence[Awaitable[None]] = (),
 ) -> Outcome:
-    """Settle and count, once: one transaction with the job's state."""
+    """Store the result, then settle and count once, in one transaction with the job's state.
+
+    The result object is written only if none exists (S3 ``If-None-Match``): when two
+    deliveries of one job race, the first result stored is the job's result, and the
+    cost record, the budget and the counters all follow that one.
+    """
     services = inv.services
+    stored = await _io(services.store.put_result_once, intake.batch_id, result)
+    day = reservation.day if reservation else _today()
+    record = _cost_record(inv, intake, job, stored, day)
+    await asyncio.gather(_io(services.store.put_cost, record), *extra_writes)
+    crash_point("after_s3_write", intake)
     counters = {
         "cost_nanos": record.cost_nanos,
         "prompt_tokens": record.prompt_tokens,
@@ -294,8 +308,8 @@ async def _finish(
     inv.count("CostNanos", intake, record.cost_nanos)
     inv.count("PromptTokens", intake, record.prompt_tokens)
     inv.count("CompletionTokens", intake, record.completion_tokens)
-    if result.chatbatch:
-        inv.latencies[(job.model, intake.priority.value)].append(result.chatbatch.latency_ms)
+    if stored.chatbatch and not stored.chatbatch.cached:
+        inv.latencies[(job.model, intake.priority.value)].append(stored.chatbatch.latency_ms)
     return Outcome.succeeded
 
 
@@ -310,28 +324,17 @@ async def _recover(
     result = await _io(inv.services.store.get_result, intake.batch_id, intake.custom_id)
     if result is None or result.chatbatch is None or result.response is None:
         return None
-    facts = result.chatbatch
-    usage = Usage.from_api(result.response.body.get("usage"))
-    record = _cost_record(inv, intake, job, usage, facts.cost_usd, facts.cached, reservation.day)
-    return await _finish(
-        inv, intake, job, result, record, reservation=reservation, provider_calls=0
-    )
+    return await _finish(inv, intake, job, result, reservation=reservation, provider_calls=0)
 
 
 async def _from_cache(inv: Invocation, intake: Intake, job: Job, key: str) -> Outcome | None:
     body = await _io(inv.services.store.get_cached, key)
     if body is None:
         return None
+    inv.count("CacheHits", intake)
     facts = _facts(intake, job, Decimal(0), 0, 0, cached=True)
     result = OutputLine.result(job, facts, body)
-    usage = Usage.from_api(body.get("usage"))
-    record = _cost_record(inv, intake, job, usage, Decimal(0), True, _today())
-    await asyncio.gather(
-        _io(inv.services.store.put_result, intake.batch_id, result),
-        _io(inv.services.store.put_cost, record),
-    )
-    inv.count("CacheHits", intake)
-    return await _finish(inv, intake, job, result, record, reservation=None, provider_calls=0)
+    return await _finish(inv, intake, job, result, reservation=None, provider_calls=0)
 
 
 async def _call(
@@ -443,33 +446,30 @@ async def _succeed(
     cache_key: str | None,
 ) -> Outcome:
     services = inv.services
-    usage = completion.usage
-    usd = cost(usage, services.config.models[job.model])
+    usd = cost(completion.usage, services.config.models[job.model])
     facts = _facts(intake, job, usd, completion.latency_ms, len(completion.attempts), False)
     result = OutputLine.result(job, facts, completion.body)
-    record = _cost_record(inv, intake, job, usage, usd, False, reservation.day)
-    writes = [
-        _io(services.store.put_result, intake.batch_id, result),
-        _io(services.store.put_cost, record),
-    ]
-    if cache_key:
-        writes.append(_io(services.store.put_cached, cache_key, completion.body))
-    await asyncio.gather(*writes)
-    crash_point("after_s3_write", intake)
     inv.count("Retries", intake, len(completion.attempts) - 1)
     inv.count("ProviderRateLimited", intake, sum(a.status == 429 for a in completion.attempts))
     logger.info(
-        "job succeeded",
+        "job answered",
         extra={
             "batch_id": intake.batch_id,
             "custom_id": intake.custom_id,
             "priority": intake.priority.value,
             "model": job.model,
-            "cost_usd": str(from_nanos(record.cost_nanos)),
+            "cost_usd": str(usd),
             "latency_ms": completion.latency_ms,
             "attempts": len(completion.attempts),
         },
     )
+    cache_write = [_io(services.store.put_cached, cache_key, completion.body)] if cache_key else []
     return await _finish(
-        inv, intake, job, result, record, reservation=reservation, provider_calls=1
+        inv,
+        intake,
+        job,
+        result,
+        reservation=reservation,
+        provider_calls=1,
+        extra_writes=cache_write,
     )

@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from botocore.exceptions import ClientError
+
 from chatbatch.jobs import CostRecord, OutputLine
 
 if TYPE_CHECKING:
@@ -56,8 +58,29 @@ class Store:
         except self._s3.exceptions.NoSuchKey:
             return None
 
-    def put_result(self, batch_id: str, line: OutputLine) -> None:
-        self._put(result_key(batch_id, line.custom_id), line.to_line())
+    def put_result_once(self, batch_id: str, line: OutputLine) -> OutputLine:
+        """Store a job's result unless it has one already; return the one stored.
+
+        S3's ``If-None-Match: *`` makes the first writer win, so racing deliveries of a
+        job agree on one result (and on its cost).
+        """
+        key = result_key(batch_id, line.custom_id)
+        try:
+            self._s3.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=line.to_line().encode(),
+                ContentType=JSON,
+                IfNoneMatch="*",
+            )
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") not in {"PreconditionFailed", "412"}:
+                raise
+            existing = self.get_result(batch_id, line.custom_id)
+            if existing is None:  # deleted in between: ours is as good as any
+                return self.put_result_once(batch_id, line)
+            return existing
+        return line
 
     def get_result(self, batch_id: str, custom_id: str) -> OutputLine | None:
         raw = self._get(result_key(batch_id, custom_id))

@@ -105,7 +105,9 @@ class Instance:
     def __init__(self) -> None:
         self.services = build_services()
         self.loop = asyncio.new_event_loop()
-        self.processor = AsyncBatchProcessor(event_type=EventType.SQS)
+        self.processor = AsyncBatchProcessor(
+            event_type=EventType.SQS, raise_on_entire_batch_failure=False
+        )
 
     def handle(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         services = self.services

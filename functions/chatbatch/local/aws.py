@@ -87,7 +87,9 @@ def _create_queue(sqs: SQSClient, name: str, attributes: dict[Any, str]) -> tupl
     return url, arn["QueueArn"]
 
 
-def create_resources(config: Config) -> Resources:
+def create_resources(
+    config: Config, visibility_timeout_s: int = LOCAL_VISIBILITY_TIMEOUT_S
+) -> Resources:
     """Create the stack's queues, DLQs, table and bucket in the current (moto) account."""
     sqs = boto3.client("sqs")
     retention = str(config.worker.retention_days * 86_400)
@@ -108,7 +110,7 @@ def create_resources(config: Config) -> Resources:
             queue_name(config.stack_name, priority),
             {
                 "MessageRetentionPeriod": retention,
-                "VisibilityTimeout": str(LOCAL_VISIBILITY_TIMEOUT_S),
+                "VisibilityTimeout": str(visibility_timeout_s),
                 "RedrivePolicy": json.dumps(redrive),
             },
         )

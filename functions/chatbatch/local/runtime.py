@@ -13,6 +13,7 @@ survives, since every priority has its own feeder.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import statistics
 import tempfile
@@ -32,7 +33,13 @@ from pydantic import BaseModel
 from chatbatch.batches import Batches, BatchInfo
 from chatbatch.config import Config, Priority, load_config
 from chatbatch.jobs import Job, OutputLine
-from chatbatch.local.aws import create_resources, moto_in_process, moto_server, patched_env
+from chatbatch.local.aws import (
+    LOCAL_VISIBILITY_TIMEOUT_S,
+    create_resources,
+    moto_in_process,
+    moto_server,
+    patched_env,
+)
 from chatbatch.local.emulator import EventSourceMapping, MappingSettings
 from chatbatch.local.simulator import Simulator, SimulatorSettings
 from chatbatch.pricing import from_nanos
@@ -57,6 +64,8 @@ class LocalOptions:
     simulator: SimulatorSettings | None = None
     server: bool = False  # moto's HTTP server instead of in-process (``local up``)
     timeout_s: float = 3600.0
+    visibility_timeout_s: int = LOCAL_VISIBILITY_TIMEOUT_S  # redelivery after a crash
+    log_level: str = "WARNING"
 
 
 class Summary(BaseModel):
@@ -202,17 +211,18 @@ class LocalRuntime:
             self._stack.enter_context(moto_in_process())
             self.endpoint = None
         self.aws_calls.install()
-        self.resources = create_resources(self.config)
+        self.resources = create_resources(self.config, options.visibility_timeout_s)
         env = {
             **self.resources.env(),
             "CHATBATCH_CONFIG": str(config_file),
             "LAMBDA_TASK_ROOT": str(workdir),  # Powertools then keeps one event loop per instance
             "AWS_LAMBDA_FUNCTION_NAME": "chatbatch-worker",
             "POWERTOOLS_METRICS_DISABLED": "true",
-            "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", "WARNING"),
+            "POWERTOOLS_LOG_LEVEL": options.log_level,
             "CHATBATCH_API_KEY": key or "",
         }
         self._stack.enter_context(patched_env(env))
+        logging.getLogger("chatbatch").setLevel(options.log_level)
         self._stack.enter_context(_fresh_worker())
         self.store = Store(boto3.client("s3"), self.resources.bucket)
         self.batches = Batches(boto3.client("dynamodb"), self.resources.table)
@@ -262,16 +272,21 @@ class LocalRuntime:
         return plan
 
     def wait(
-        self, plan: Plan, *, on_progress: Callable[[BatchInfo], None] | None = None
+        self,
+        plan: Plan,
+        *,
+        on_progress: Callable[[BatchInfo], None] | None = None,
+        until: Callable[[BatchInfo, Plan], bool] | None = None,
     ) -> BatchInfo:
-        """Feed the queues and wait until every job is final (or waits for budget)."""
+        """Feed the queues and wait until every job is final or waits for budget (or
+        until ``until`` says so)."""
         deadline = time.monotonic() + self.options.timeout_s
         while True:
             backlog = [f.pump() for f in self.feeders.values()]
             info = self.batches.get(plan.batch_id) or BatchInfo(batch_id=plan.batch_id)
             if on_progress:
                 on_progress(info)
-            if not any(backlog) and info.finished + info.deferred >= plan.valid:
+            if not any(backlog) and (until or _settled)(info, plan):
                 return info
             if time.monotonic() > deadline:
                 raise TimeoutError(f"batch {plan.batch_id} did not finish in time: {info}")
@@ -382,6 +397,10 @@ class LocalRuntime:
             aws_requests=aws,
             aws_requests_per_job=round(aws_total / total, 2) if total else 0.0,
         )
+
+
+def _settled(info: BatchInfo, plan: Plan) -> bool:
+    return info.finished + info.deferred >= plan.valid
 
 
 def _percentile(values: list[int], pct: int) -> float | None:

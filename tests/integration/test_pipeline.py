@@ -1,0 +1,283 @@
+"""The whole pipeline through the local runtime: moto, the simulator, the emulated Lambda.
+
+Each test runs a small file end to end with `LocalRuntime` (the code behind
+`chatbatch local run`) and checks what a user would: every job accounted for, every
+answer the simulator's answer to *that* job, every cent counted once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from chatbatch import pipeline
+from chatbatch.budget import Budget
+from chatbatch.config import Priority
+from chatbatch.intake import Intake
+from chatbatch.jobs import Job, parse_line
+from chatbatch.local.runtime import LOCAL_KEY, LocalOptions, LocalRuntime, Summary
+from chatbatch.local.simulator import FaultKind, SimulatorSettings, answer_for
+from chatbatch.pricing import to_nanos
+
+PRIORITIES = [p.value for p in Priority]
+
+
+def job_lines(n: int, *, seed: int = 1, prefix: str = "j") -> list[str]:
+    """A mixed file: all priorities, roles, streaming, both line forms."""
+    rng = random.Random(seed)
+    lines = []
+    for i in range(n):
+        cid = f"{prefix}{i:04d}"
+        prio = PRIORITIES[i % 4]
+        kind = i % 5
+        if kind == 0:
+            line: dict[str, Any] = {
+                "custom_id": cid,
+                "role": "classify",
+                "priority": prio,
+                "prompt": f"label item {i} {rng.random():.6f}",
+            }
+        elif kind == 1:
+            line = {
+                "custom_id": cid,
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "priority": prio,
+                "body": {
+                    "model": "gpt-4.1",
+                    "max_tokens": 60,
+                    "messages": [{"role": "user", "content": f"explain {i} briefly"}],
+                },
+            }
+        elif kind == 2:
+            line = {
+                "custom_id": cid,
+                "prompt": f"stream facts about {i}",
+                "stream": True,
+                "priority": prio,
+                "max_tokens": 80,
+            }
+        elif kind == 3:
+            line = {
+                "custom_id": cid,
+                "role": "code",
+                "prompt": f"write fn number {i}",
+                "priority": prio,
+                "max_tokens": 100,
+            }
+        else:
+            line = {
+                "custom_id": cid,
+                "model": "gemini-2.5-flash",
+                "priority": prio,
+                "prompt": f"list questions about {i}",
+                "max_tokens": 50,
+            }
+        lines.append(json.dumps(line))
+    return lines
+
+
+def write(tmp_path: Path, lines: list[str], name: str = "jobs.jsonl") -> Path:
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@contextmanager
+def runtime(**options: Any) -> Iterator[LocalRuntime]:
+    with LocalRuntime(LocalOptions(**options)) as rt:
+        yield rt
+
+
+def ledger_spent(rt: LocalRuntime) -> Decimal:
+    budget = Budget(boto3.client("dynamodb"), rt.resources.table, rt.config)
+    usage = budget.usage()
+    assert usage.reserved_usd == 0, "every reservation settled or released"
+    return usage.spent_usd
+
+
+def dlq_depth(rt: LocalRuntime) -> int:
+    sqs = boto3.client("sqs")
+    total = 0
+    for url in rt.resources.dlqs.values():
+        attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        total += int(attrs["ApproximateNumberOfMessages"])
+        total += int(attrs["ApproximateNumberOfMessagesNotVisible"])
+    return total
+
+
+def expected_answer(job: Job, rt: LocalRuntime) -> str:
+    body = job.request_body(rt.config.models[job.model])
+    return answer_for(body["messages"], body.get("max_tokens"))[0]
+
+
+def assert_costs_counted_once(rt: LocalRuntime, out: Path, summary: Summary) -> None:
+    costs = read_jsonl(out / "costs.jsonl")
+    results = read_jsonl(out / "results.jsonl")
+    assert len({c["custom_id"] for c in costs}) == len(costs) == summary.succeeded
+    from_records = sum(Decimal(c["cost_usd"]) for c in costs)
+    assert sum(c["cost_nanos"] for c in costs) == to_nanos(Decimal(str(summary.cost_usd)))
+    assert ledger_spent(rt) == from_records
+    assert sum(Decimal(str(r["chatbatch"]["cost_usd"])) for r in results) == from_records
+
+
+def test_every_job_is_accounted_for_and_gets_its_own_answer(tmp_path: Path, config):
+    lines = job_lines(48)
+    lines.insert(5, '{"custom_id": "broken", "prompt": ')
+    lines.insert(17, json.dumps({"custom_id": "hot", "prompt": "x", "temperature": 9}))
+    cached = {
+        "messages": [{"role": "user", "content": "same question"}],
+        "cache": True,
+        "temperature": 0,
+    }
+    lines.append(json.dumps({"custom_id": "c1", **cached}))
+    path = write(tmp_path, lines)
+    faults = {FaultKind("500"): 0.05, FaultKind("reset"): 0.03, FaultKind("429"): 0.03}
+    sim = SimulatorSettings(fault_rates=faults, latency_ms=5)
+    with runtime(simulator=sim, seed=3) as rt:
+        summary = rt.run(path, tmp_path / "out")
+        assert_costs_counted_once(rt, tmp_path / "out", summary)
+        stats = rt.simulator.stats() if rt.simulator else None
+        # the same cacheable request later: answered from the cache, free, marked
+        rt.wait(
+            rt.submit(
+                write(tmp_path, [json.dumps({"custom_id": "c2", **cached})], "c2.jsonl"), "later"
+            )
+        )
+        c2 = rt.store.get_result("later", "c2")
+    out = tmp_path / "out"
+    assert summary.jobs_total == 51
+    assert (summary.succeeded, summary.failed, summary.invalid_lines) == (49, 2, 2)
+    assert summary.succeeded + summary.failed + summary.deferred + summary.dead_lettered == 51
+    results = read_jsonl(out / "results.jsonl")
+    errors = read_jsonl(out / "errors.jsonl")
+    assert {e["custom_id"] for e in errors} == {"line-6", "hot"}
+    assert all(e["error"]["message"].startswith("line ") for e in errors)
+    # input order, and each answer is the simulator's answer to that very job
+    valid = [parse_line(t, rt.config, line=n) for n, t in enumerate(lines, 1) if n not in (6, 18)]
+    assert [r["custom_id"] for r in results] == [j.custom_id for j in valid]
+    for job, result in zip(valid, results, strict=True):
+        message = result["response"]["body"]["choices"][0]["message"]["content"]
+        assert message == expected_answer(job, rt), job.custom_id
+        assert result["chatbatch"]["model"] == job.model
+    by_id = {r["custom_id"]: r for r in results}
+    assert by_id["j0003"]["chatbatch"]["model"] == "gpt-4.1"  # role "code" routes to gpt-4.1
+    assert by_id["j0000"]["chatbatch"]["model"] == "deepseek-chat"  # role "classify"
+    assert not by_id["c1"]["chatbatch"]["cached"] and by_id["c1"]["chatbatch"]["cost_usd"] > 0
+    assert c2 is not None and c2.chatbatch is not None and c2.response is not None
+    assert c2.chatbatch.cached and c2.chatbatch.cost_usd == 0
+    assert c2.response.body["choices"] == by_id["c1"]["response"]["body"]["choices"]
+    assert stats is not None and stats.duplicates == 0 and stats.by_status.get("500", 0) > 0
+    summary_file = json.loads((out / "summary.json").read_text())
+    assert summary_file["aws_requests"]["sqs"]["ReceiveMessage"] > 0
+
+
+@pytest.mark.parametrize("point", pipeline.CRASH_POINTS)
+def test_a_worker_killed_mid_job_counts_each_job_once(tmp_path: Path, point: str):
+    path = write(tmp_path, job_lines(16, seed=7))
+    crashed: set[str] = set()
+
+    def crash(name: str, intake: Intake) -> bool:
+        if name == point and intake.custom_id not in crashed and len(crashed) < 6:
+            crashed.add(intake.custom_id)
+            return True
+        return False
+
+    pipeline.crash_hook = crash
+    try:
+        with runtime(visibility_timeout_s=2) as rt:  # a crashed job returns after 2 s
+            summary = rt.run(path, tmp_path / "out")
+            assert_costs_counted_once(rt, tmp_path / "out", summary)
+            batch = rt.batches.get("local")
+    finally:
+        pipeline.crash_hook = None
+    assert crashed, "the crash point was reached"
+    assert summary.succeeded == 16 and summary.failed == summary.dead_lettered == 0
+    assert batch is not None and batch.succeeded == 16
+    results = read_jsonl(tmp_path / "out" / "results.jsonl")
+    assert len({r["custom_id"] for r in results}) == 16
+
+
+def test_budget_deferral_and_throttling_never_dead_letter(tmp_path: Path, config):
+    path = write(tmp_path, job_lines(24, seed=5))
+    # 2 deliveries before the DLQ: if a hand-back counted as a delivery, jobs would land there
+    base = config.model_copy(
+        update={
+            "worker": config.worker.model_copy(
+                update={"max_receive_count": 2, "max_throttle_wait_s": 0}
+            )
+        }
+    )
+    cfg = tmp_path / "chatbatch.json"
+    cfg.write_text(base.model_dump_json())
+    with runtime(config_path=cfg, budget_usd=Decimal("0.004"), rpm=240, timeout_s=120) as rt:
+        summary = rt.run(path, tmp_path / "out")
+        assert summary.deferred > 0 and summary.dead_lettered == 0 and summary.failed == 0
+        assert summary.succeeded + summary.deferred == 24
+        assert dlq_depth(rt) == 0
+        spent = ledger_spent(rt)
+        assert spent <= Decimal("0.004")
+        # raising the budget resumes the deferred jobs
+        Budget(boto3.client("dynamodb"), rt.resources.table, rt.config).set_daily_limit(Decimal(5))
+        plan = rt.submit(path)  # same batch id and ids: finished jobs are skipped
+        info = rt.wait(plan, until=lambda i, _: i.deferred == 0)
+        assert info.succeeded == 24 and info.deferred == 0 and info.dead_lettered == 0
+        assert dlq_depth(rt) == 0
+        assert info.throttled == 0
+
+
+def test_a_poison_job_lands_in_its_dlq_after_max_receive_count(tmp_path: Path, config):
+    path = write(
+        tmp_path,
+        [
+            json.dumps({"custom_id": f"p{i}", "prompt": f"x{i}", "priority": "high"})
+            for i in range(3)
+        ],
+    )
+    base = config.model_copy(
+        update={
+            "worker": config.worker.model_copy(update={"max_receive_count": 2}),
+            "retries": config.retries.model_copy(
+                update={"max_attempts": 1, "base_s": 0.1, "max_backoff_s": 0.5}
+            ),
+        }
+    )
+    cfg = tmp_path / "chatbatch.json"
+    cfg.write_text(base.model_dump_json())
+    sim = SimulatorSettings(fault_rates={FaultKind("503"): 1.0})
+    with runtime(config_path=cfg, simulator=sim, timeout_s=60) as rt:
+        summary = rt.run(path, tmp_path / "out")
+        assert (summary.dead_lettered, summary.succeeded, summary.failed) == (3, 0, 0)
+        # the last delivery recorded why; SQS moves the message at its next receive
+        errors = read_jsonl(tmp_path / "out" / "errors.jsonl")
+        assert {e["error"]["code"] for e in errors} == {"dead_lettered"}
+        assert all("503" in e["error"]["message"] for e in errors)
+        assert ledger_spent(rt) == 0
+
+
+def test_no_log_line_holds_the_key_or_a_prompt(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    secret_prompt = "my-very-private-prompt-text-4471"
+    lines = [json.dumps({"custom_id": f"s{i}", "prompt": f"{secret_prompt} {i}"}) for i in range(6)]
+    sim = SimulatorSettings(fault_rates={FaultKind("500"): 0.3})
+    caplog.set_level(logging.DEBUG)
+    with runtime(simulator=sim, log_level="DEBUG") as rt:
+        rt.run(write(tmp_path, lines), tmp_path / "out")
+    # every field of every record, as a JSON formatter would print it
+    records = {r: json.dumps(vars(r), default=str) for r in caplog.records}
+    ours = "\n".join(text for r, text in records.items() if not r.name.startswith("botocore"))
+    assert "job answered" in ours and "retrying" in ours  # the logs were captured
+    assert secret_prompt not in ours  # botocore's own DEBUG logs print AWS request bodies
+    assert all(LOCAL_KEY not in text for text in records.values())
