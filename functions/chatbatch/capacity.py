@@ -16,7 +16,7 @@ from collections import defaultdict
 from chatbatch.config import Priority
 from chatbatch.limiter import Lease, RateLimiter, RequestTooLargeError
 
-FLUSH_AFTER_S = 0.05  # never wait longer than this for the last job of the batch to ask
+FLUSH_AFTER_S = 1.0  # a safety net: every job asks or leaves, and then it flushes at once
 
 Slot = tuple[Lease, int]  # the lease and the job's index in it
 

@@ -161,7 +161,7 @@ class EventSourceMapping:
             messages = self._receive()
             if not messages:
                 self._stop.wait(idle)
-                idle = min(idle * 2, 0.5)
+                idle = min(idle * 2, 1.0)
                 continue
             idle = 0.02
             self._invoke(messages)

@@ -19,6 +19,7 @@ import statistics
 import tempfile
 import threading
 import time
+import warnings
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -43,10 +44,12 @@ from chatbatch.local.aws import (
 from chatbatch.local.emulator import EventSourceMapping, MappingSettings
 from chatbatch.local.simulator import Simulator, SimulatorSettings
 from chatbatch.pricing import from_nanos
+from chatbatch.resources import Resources, resources_to_outputs
 from chatbatch.store import Store
 from chatbatch.submit import Plan, Sender, iter_jobs, plan_file, priority_of, register
 
 FEED_DEPTH = 100
+POLL_S = 0.25  # how often the batch's counters are read while waiting
 LOCAL_KEY = "sk-local-simulator"
 
 
@@ -63,6 +66,7 @@ class LocalOptions:
     batch_id: str = "local"
     simulator: SimulatorSettings | None = None
     server: bool = False  # moto's HTTP server instead of in-process (``local up``)
+    port: int = 0  # moto server's port (0: a free one)
     timeout_s: float = 3600.0
     visibility_timeout_s: int = LOCAL_VISIBILITY_TIMEOUT_S  # redelivery after a crash
     log_level: str = "WARNING"
@@ -206,7 +210,7 @@ class LocalRuntime:
         config_file = workdir / "chatbatch.json"
         config_file.write_text(self.config.model_dump_json())
         if options.server:
-            self.endpoint: str | None = self._stack.enter_context(moto_server())
+            self.endpoint: str | None = self._stack.enter_context(moto_server(options.port))
         else:
             self._stack.enter_context(moto_in_process())
             self.endpoint = None
@@ -256,6 +260,11 @@ class LocalRuntime:
             mapping.start()
             self.mappings[priority] = mapping
 
+    def register_stack(self) -> None:
+        """Publish this runtime's resources as the config's CloudFormation stack (in moto),
+        so the CLI discovers them exactly as it discovers a deployment."""
+        register_stack(self.resources, self.config.stack_name)
+
     # --- a run -------------------------------------------------------------------
 
     def submit(self, path: Path, batch_id: str | None = None) -> Plan:
@@ -290,7 +299,7 @@ class LocalRuntime:
                 return info
             if time.monotonic() > deadline:
                 raise TimeoutError(f"batch {plan.batch_id} did not finish in time: {info}")
-            time.sleep(0.1)
+            time.sleep(POLL_S)
 
     def run(
         self,
@@ -396,6 +405,20 @@ class LocalRuntime:
             p99_latency_ms=_percentile(latencies, 99),
             aws_requests=aws,
             aws_requests_per_job=round(aws_total / total, 2) if total else 0.0,
+        )
+
+
+def register_stack(resources: Resources, stack_name: str) -> None:
+    """A stack whose outputs carry ``resources`` under the deployed stack's output keys."""
+    outputs = resources_to_outputs(resources)
+    template = {
+        "Resources": {"LocalRuntime": {"Type": "AWS::CloudFormation::WaitConditionHandle"}},
+        "Outputs": {key: {"Value": value} for key, value in outputs.items()},
+    }
+    with warnings.catch_warnings():  # moto: "WaitConditionHandle ... not supported" (it's a no-op)
+        warnings.filterwarnings("ignore", message=".*WaitConditionHandle")
+        boto3.client("cloudformation").create_stack(
+            StackName=stack_name, TemplateBody=json.dumps(template)
         )
 
 
