@@ -281,3 +281,19 @@ def test_no_log_line_holds_the_key_or_a_prompt(tmp_path: Path, caplog: pytest.Lo
     assert "job answered" in ours and "retrying" in ours  # the logs were captured
     assert secret_prompt not in ours  # botocore's own DEBUG logs print AWS request bodies
     assert all(LOCAL_KEY not in text for text in records.values())
+
+
+def test_a_job_too_big_for_sqs_travels_through_s3(tmp_path: Path):
+    big = "word " * 70_000  # 350 KB: over the 256 KiB an SQS message can hold
+    lines = [
+        json.dumps({"custom_id": "big", "prompt": big, "max_tokens": 20}),
+        json.dumps({"custom_id": "small", "prompt": "tiny", "max_tokens": 20}),
+    ]
+    with runtime() as rt:
+        summary = rt.run(write(tmp_path, lines), tmp_path / "out")
+        claims = rt.store.get_text("claims/local/big.json")
+    assert summary.succeeded == 2
+    assert claims is not None and big in claims
+    results = {r["custom_id"]: r for r in read_jsonl(tmp_path / "out" / "results.jsonl")}
+    answer = results["big"]["response"]["body"]["choices"][0]["message"]["content"]
+    assert answer.startswith("sim:") and "word word" in answer
