@@ -5,8 +5,10 @@ Design note
 
 **Items.** Per UTC day one partition ``budget#day#YYYY-MM-DD`` (the day is in the key,
 so nothing resets at midnight) holds the ledger (``sk=ledger``) and the day's
-reservations (``sk=resv#<job key>``); an optional per-batch ledger lives at
-``budget#batch#<id>``. Amounts are integer nano-dollars.
+reservations (``sk=resv#<job key>``); reservations not yet settled also have a small
+marker in ``budget#open#YYYY-MM-DD`` (``sk=<job key>``) so finding the dead ones never
+reads the settled ones. An optional per-batch ledger lives at ``budget#batch#<id>``;
+a raised daily limit at ``budget#limits``. Amounts are integer nano-dollars.
 
 **No arithmetic in conditions.** A ledger keeps ``committed`` (reserved + spent) and
 ``spent``. A reservation of ``n`` is ``ADD committed :n IF committed <= limit - n``: the
@@ -21,33 +23,45 @@ framing); the output never more than ``max_tokens``. Reserving at that bound (no
 estimate) is what makes "settled never exceeds the limit" hold, not just usually hold.
 
 **Exactly once.** Reserve is one transaction: the reservation item (condition: it does
-not exist yet) and the ledger(s). A redelivered job finds its reservation and gets it
-back instead of reserving twice. Settle is a set of transaction items (reservation
-``reserved -> settled`` plus ledgers) that the worker commits in the same transaction
-as the job's final state and counters, so a settle happens once or not at all.
+not exist yet), its open marker and the ledger(s). A redelivered job finds its
+reservation and gets it back (its deadline extended) instead of reserving twice; a job
+already settled gets ``AlreadySettled``, so nobody calls the provider for it again.
+Settle is a set of transaction items (reservation ``reserved -> settled``, marker gone,
+ledgers) that the worker commits in the same transaction as the job's final state and
+counters, so a settle happens once or not at all.
 
 **Crashed workers.** A reservation expires ``reservation_ttl_s`` after it was made
-(longer than any Lambda can run). When a reservation is refused, the worker reclaims
-the day's expired reservations (a query of the day's partition), re-reads the limit and
-tries once more; nothing leaks for longer than the TTL.
+(longer than any Lambda can run; the config checks it). When a reservation is refused
+because reservations fill the budget, the worker reclaims the expired ones: a query of
+the open markers of the last days (dead reservations from an earlier day still hold
+their batch's ledger), at most every ``RECLAIM_EVERY_S`` per worker; then it tries once
+more. Nothing leaks for longer than the TTL plus a refusal.
 
-**Deferral, not failure.** Over the daily limit: retry after the next UTC midnight (the
-worker re-sends the job with a delay, in steps of at most 15 minutes). Over a batch's
-limit: retry in 5 minutes (the batch's budget may be raised). A request whose worst case
+**Deferral, not failure.** Refused because ``spent + n`` passes the daily limit: retry
+after the next UTC midnight (the worker re-sends the job with a delay, in steps of at
+most 15 minutes). Over a batch's limit: retry in 5 minutes (the batch's budget may be
+raised). Refused only because reservations in flight hold the rest (they usually settle
+far below their worst case): retry in ``BUSY_RETRY_S``. A request whose worst case
 alone is above ``request_cap_usd`` is refused for good.
 
 **Raising the daily limit** without a deploy: ``set_daily_limit`` stores an override
 item (``budget#limits``) that every worker reads at most every ``LIMIT_CACHE_S``.
+
+**Scale.** Every reservation and settlement writes the day ledger, one item: DynamoDB
+serialises transactions on it (a concurrent one is cancelled with ``TransactionConflict``
+and retried here with a jittered backoff). That is a few hundred jobs per second, well
+above what provider rate limits allow; more would need ledger shards like the limiter's.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
@@ -60,19 +74,46 @@ if TYPE_CHECKING:
 
 LEDGER_TTL_S = 40 * 86_400
 BATCH_RETRY_S = 300.0
+BUSY_RETRY_S = 15.0
 LIMIT_CACHE_S = 10.0
+RECLAIM_EVERY_S = 30.0
+CONFLICT_RETRIES = 6  # TransactionConflict on a hot ledger: retried with a jittered backoff
+
+Item = dict[str, Any]
 
 
 class BudgetDeferred(Exception):
-    """No budget now; ask again after ``retry_after_s`` seconds."""
+    """No budget now; ask again after ``retry_after_s`` seconds.
 
-    def __init__(self, message: str, retry_after_s: float) -> None:
+    ``scope`` is ``"day"`` or ``"batch"``; ``until`` the next UTC midnight when the day's
+    spending itself is at the limit (None when the room may come back sooner).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        retry_after_s: float,
+        *,
+        scope: Literal["day", "batch"] = "day",
+        until: dt.datetime | None = None,
+    ) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.scope = scope
+        self.until = until
 
 
 class OverRequestCap(ValueError):
     """A request whose worst case alone is above the per-request cap."""
+
+
+class AlreadySettled(Exception):
+    """The job was already paid for: do not call the provider for it again."""
+
+    def __init__(self, job_key: str, actual_nanos: int) -> None:
+        super().__init__(f"job {job_key} was already settled at ${from_nanos(actual_nanos)}")
+        self.job_key = job_key
+        self.actual_nanos = actual_nanos
 
 
 class Reservation(BaseModel):
@@ -94,10 +135,13 @@ def utc_day(now: float) -> str:
     return f"{dt.datetime.fromtimestamp(now, dt.UTC):%Y-%m-%d}"
 
 
-def seconds_to_midnight(now: float) -> float:
+def next_midnight(now: float) -> dt.datetime:
     today = dt.datetime.fromtimestamp(now, dt.UTC).date()
-    midnight = dt.datetime.combine(today + dt.timedelta(days=1), dt.time(), dt.UTC)
-    return midnight.timestamp() - now
+    return dt.datetime.combine(today + dt.timedelta(days=1), dt.time(), dt.UTC)
+
+
+def seconds_to_midnight(now: float) -> float:
+    return next_midnight(now).timestamp() - now
 
 
 def _s(value: str) -> dict[str, Any]:
@@ -108,19 +152,36 @@ def _n(value: int | float) -> dict[str, Any]:
     return {"N": str(value)}
 
 
-def day_key(day: str) -> dict[str, Any]:
+def _int(item: Mapping[str, Any] | None, name: str) -> int:
+    return int((item or {}).get(name, {}).get("N", 0))
+
+
+def day_key(day: str) -> Item:
     return {TABLE_PK: _s(f"budget#day#{day}"), TABLE_SK: _s("ledger")}
 
 
-def batch_ledger_key(batch_id: str) -> dict[str, Any]:
+def batch_ledger_key(batch_id: str) -> Item:
     return {TABLE_PK: _s(f"budget#batch#{batch_id}"), TABLE_SK: _s("ledger")}
 
 
-def reservation_key(day: str, job_key: str) -> dict[str, Any]:
+def reservation_key(day: str, job_key: str) -> Item:
     return {TABLE_PK: _s(f"budget#day#{day}"), TABLE_SK: _s(f"resv#{job_key}")}
 
 
+def open_key(day: str, job_key: str) -> Item:
+    return {TABLE_PK: _s(f"budget#open#{day}"), TABLE_SK: _s(job_key)}
+
+
 LIMITS_KEY = {TABLE_PK: _s("budget#limits"), TABLE_SK: _s("daily")}
+
+
+class _Refused(Exception):
+    """A ledger's condition failed: which one, and what it held."""
+
+    def __init__(self, scope: Literal["day", "batch"], ledger: Mapping[str, Any] | None) -> None:
+        self.scope = scope
+        self.spent = _int(ledger, "spent")
+        self.committed = _int(ledger, "committed")
 
 
 class Budget:
@@ -133,12 +194,15 @@ class Budget:
         config: Config,
         *,
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._ddb = client
         self._table = table
         self._config = config
         self._clock = clock
+        self._sleep = sleep
         self._limit_cache: tuple[float, int] | None = None
+        self._reclaimed_at = -RECLAIM_EVERY_S
         self._lock = threading.Lock()
 
     # --- limits ------------------------------------------------------------------
@@ -157,16 +221,18 @@ class Budget:
 
     def set_daily_limit(self, usd: Decimal) -> None:
         self._ddb.put_item(TableName=self._table, Item={**LIMITS_KEY, "limit": _n(to_nanos(usd))})
+        self._forget_limit()
+
+    def _forget_limit(self) -> None:
         with self._lock:
             self._limit_cache = None
 
     def usage(self, day: str | None = None) -> DayUsage:
+        """The day's spending, reservations in flight and limit (for ``status``)."""
         day = day or utc_day(self._clock())
-        item = self._ddb.get_item(TableName=self._table, Key=day_key(day), ConsistentRead=True).get(
-            "Item", {}
-        )
-        committed = int(item.get("committed", {}).get("N", 0))
-        spent = int(item.get("spent", {}).get("N", 0))
+        item = self._ddb.get_item(TableName=self._table, Key=day_key(day), ConsistentRead=True)
+        ledger = item.get("Item", {})
+        committed, spent = _int(ledger, "committed"), _int(ledger, "spent")
         return DayUsage(
             day=day,
             limit_usd=from_nanos(self.daily_limit_nanos()),
@@ -184,79 +250,168 @@ class Budget:
         batch_id: str | None = None,
         batch_limit_nanos: int | None = None,
     ) -> Reservation:
-        """Reserve a job's worst case, or raise ``BudgetDeferred`` / ``OverRequestCap``.
+        """Reserve a job's worst case (nano-dollars).
 
+        Raises ``BudgetDeferred`` (no room now: when to ask again), ``OverRequestCap``
+        (never affordable) or ``AlreadySettled`` (paid already: do not call again).
         Idempotent per job and day: a job that already holds a reservation gets it back.
         """
         cap = to_nanos(self._config.budget.request_cap_usd)
         if nanos > cap:
             raise OverRequestCap(
-                f"worst case ${from_nanos(nanos)} is above budget.request_cap_usd "
-                f"${from_nanos(cap)}; lower max_tokens or raise the cap"
+                f"job {job_key}: worst case ${from_nanos(nanos)} is above "
+                f"budget.request_cap_usd ${from_nanos(cap)}; lower max_tokens or raise the cap"
             )
         now = self._clock()
-        day = utc_day(now)
         reservation = Reservation(
             job_key=job_key,
-            day=day,
+            day=utc_day(now),
             nanos=nanos,
             batch_id=batch_id,
             batch_limit=batch_limit_nanos is not None,
         )
         try:
-            self._reserve(reservation, now, batch_limit_nanos)
-        except BudgetDeferred:
+            return self._reserve(reservation, now, batch_limit_nanos)
+        except _Refused as first:
             # Before saying no: the limit may have been raised, and dead workers'
             # reservations may be holding room. Look again, once.
-            with self._lock:
-                self._limit_cache = None
-            self.reclaim(day)
-            self._reserve(reservation, now, batch_limit_nanos)
-        return reservation
+            self._forget_limit()
+            if not self._over(first, nanos, batch_limit_nanos):
+                self._maybe_reclaim(now)
+            try:
+                return self._reserve(reservation, now, batch_limit_nanos)
+            except _Refused as refused:
+                raise self._deferral(reservation, refused, now, batch_limit_nanos) from None
 
-    def _reserve(self, r: Reservation, now: float, batch_limit: int | None) -> None:
-        limit = self.daily_limit_nanos()
-        item: dict[str, Any] = {
-            **reservation_key(r.day, r.job_key),
-            "state": _s("reserved"),
-            "nanos": _n(r.nanos),
-            "reclaim_at": _n(round(now + self._config.budget.reservation_ttl_s, 3)),
-            TABLE_TTL: _n(int(now) + LEDGER_TTL_S),
-        }
+    def _over(self, refused: _Refused, nanos: int, batch_limit: int | None) -> bool:
+        """Whether the spending itself (not reservations in flight) leaves no room."""
+        limit = self.daily_limit_nanos() if refused.scope == "day" else batch_limit or 0
+        return refused.spent + nanos > limit
+
+    def _deferral(
+        self, r: Reservation, refused: _Refused, now: float, batch_limit: int | None
+    ) -> BudgetDeferred:
+        over = self._over(refused, r.nanos, batch_limit)
+        if refused.scope == "batch":
+            limit = from_nanos(batch_limit or 0)
+            if over:
+                return BudgetDeferred(
+                    f"batch {r.batch_id} reached its budget ${limit}",
+                    BATCH_RETRY_S,
+                    scope="batch",
+                )
+            return BudgetDeferred(
+                f"batch {r.batch_id}: its budget ${limit} is held by reservations in flight",
+                BUSY_RETRY_S,
+                scope="batch",
+            )
+        limit = from_nanos(self.daily_limit_nanos())
+        if over:
+            return BudgetDeferred(
+                f"daily budget ${limit} reached for {r.day}",
+                seconds_to_midnight(now),
+                scope="day",
+                until=next_midnight(now),
+            )
+        return BudgetDeferred(
+            f"daily budget ${limit} for {r.day} is held by reservations in flight",
+            BUSY_RETRY_S,
+            scope="day",
+        )
+
+    def _reserve(self, r: Reservation, now: float, batch_limit: int | None) -> Reservation:
+        reclaim_at = round(now + self._config.budget.reservation_ttl_s, 3)
+        fields: Item = {"nanos": _n(r.nanos), "reclaim_at": _n(reclaim_at)}
         if r.batch_limit and r.batch_id:
-            item["batch_id"] = _s(r.batch_id)
-        items: list[Any] = [
+            fields["batch_id"] = _s(r.batch_id)
+        expires = {TABLE_TTL: _n(int(now) + LEDGER_TTL_S)}
+        items: list[Item] = [
             {
                 "Put": {
                     "TableName": self._table,
-                    "Item": item,
+                    "Item": {
+                        **reservation_key(r.day, r.job_key),
+                        **fields,
+                        **expires,
+                        "state": _s("reserved"),
+                    },
                     "ConditionExpression": "attribute_not_exists(#pk)",
                     "ExpressionAttributeNames": {"#pk": TABLE_PK},
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                 }
             },
-            self._charge(day_key(r.day), r.nanos, limit, now),
+            {
+                "Put": {
+                    "TableName": self._table,
+                    "Item": {**open_key(r.day, r.job_key), **fields, **expires},
+                }
+            },
+            self._charge(day_key(r.day), r.nanos, self.daily_limit_nanos(), now),
         ]
         if r.batch_limit and r.batch_id and batch_limit is not None:
             items.append(self._charge(batch_ledger_key(r.batch_id), r.nanos, batch_limit, now))
-        try:
-            self._ddb.transact_write_items(TransactItems=items)
-        except self._ddb.exceptions.TransactionCanceledException as err:
-            codes = [c.get("Code") for c in err.response.get("CancellationReasons", [])]
-            if codes and codes[0] == "ConditionalCheckFailed":
-                return  # this job already holds its reservation for today
-            if len(codes) > 1 and codes[1] == "ConditionalCheckFailed":
-                raise BudgetDeferred(
-                    f"daily budget ${from_nanos(limit)} reached for {r.day}",
-                    seconds_to_midnight(now),
-                ) from None
-            if len(codes) > 2 and codes[2] == "ConditionalCheckFailed":
-                raise BudgetDeferred(
-                    f"batch {r.batch_id} reached its budget ${from_nanos(batch_limit or 0)}",
-                    BATCH_RETRY_S,
-                ) from None
-            raise
+        reasons = self._transact(items)
+        if not reasons:
+            return r
+        if reasons[0].get("Code") == "ConditionalCheckFailed":
+            return self._existing(r, reasons[0].get("Item"), now, batch_limit)
+        for index, scope in ((2, "day"), (3, "batch")):
+            if len(reasons) > index and reasons[index].get("Code") == "ConditionalCheckFailed":
+                raise _Refused(scope, reasons[index].get("Item"))  # type: ignore[arg-type]
+        raise AssertionError(f"a condition failed, none of the budget's: {reasons}")
 
-    def _charge(self, key: dict[str, Any], nanos: int, limit: int, now: float) -> dict[str, Any]:
+    def _existing(
+        self, r: Reservation, item: Mapping[str, Any] | None, now: float, batch_limit: int | None
+    ) -> Reservation:
+        """The job's reservation of the day exists: hand it back, or say it is paid."""
+        if item is None:  # gone in between (released or reclaimed): reserve anew
+            return self._reserve(r, now, batch_limit)
+        if item.get("state", {}).get("S") == "settled":
+            raise AlreadySettled(r.job_key, _int(item, "actual"))
+        batch = item.get("batch_id", {}).get("S")
+        held = Reservation(
+            job_key=r.job_key,
+            day=r.day,
+            nanos=_int(item, "nanos"),
+            batch_id=batch or r.batch_id,
+            batch_limit=batch is not None,
+        )
+        self._extend(held, now)
+        return held
+
+    def _extend(self, r: Reservation, now: float) -> None:
+        """A redelivered job keeps its reservation: not reclaimable for another TTL."""
+        reclaim_at = _n(round(now + self._config.budget.reservation_ttl_s, 3))
+        self._transact(
+            [
+                {
+                    "Update": {
+                        "TableName": self._table,
+                        "Key": key,
+                        "UpdateExpression": "SET #r = :r",
+                        "ConditionExpression": condition,
+                        "ExpressionAttributeNames": names,
+                        "ExpressionAttributeValues": {":r": reclaim_at, **values},
+                    }
+                }
+                for key, condition, names, values in (
+                    (
+                        reservation_key(r.day, r.job_key),
+                        "#s = :reserved",
+                        {"#r": "reclaim_at", "#s": "state"},
+                        {":reserved": _s("reserved")},
+                    ),
+                    (
+                        open_key(r.day, r.job_key),
+                        "attribute_exists(#r)",
+                        {"#r": "reclaim_at"},
+                        {},
+                    ),
+                )
+            ]
+        )
+
+    def _charge(self, key: Item, nanos: int, limit: int, now: float) -> Item:
         """ADD committed :n, on the condition that it stays within the limit."""
         return {
             "Update": {
@@ -271,16 +426,34 @@ class Budget:
                     ":room": _n(limit - nanos),
                     ":x": _n(int(now) + LEDGER_TTL_S),
                 },
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
             }
         }
 
     # --- settle / release --------------------------------------------------------
 
-    def _ledgers(self, r: Reservation) -> list[dict[str, Any]]:
+    def _ledgers(self, r: Reservation) -> list[Item]:
         keys = [day_key(r.day)]
         if r.batch_limit and r.batch_id:
             keys.append(batch_ledger_key(r.batch_id))
         return keys
+
+    def _add(self, key: Item, deltas: Mapping[str, int]) -> Item:
+        names = {f"#a{i}": name for i, name in enumerate(deltas)}
+        return {
+            "Update": {
+                "TableName": self._table,
+                "Key": key,
+                "UpdateExpression": "ADD " + ", ".join(f"#a{i} :a{i}" for i in range(len(deltas))),
+                "ExpressionAttributeNames": names,
+                "ExpressionAttributeValues": {
+                    f":a{i}": _n(delta) for i, delta in enumerate(deltas.values())
+                },
+            }
+        }
+
+    def _close_open(self, r: Reservation) -> Item:
+        return {"Delete": {"TableName": self._table, "Key": open_key(r.day, r.job_key)}}
 
     def settle_items(self, r: Reservation, actual_nanos: int) -> list[dict[str, Any]]:
         """TransactWriteItems that turn the reservation into the real cost, exactly once.
@@ -288,107 +461,119 @@ class Budget:
         The caller commits them with its own items (the job's final state); the first
         item fails its condition if the reservation was already settled or released.
         """
-        items: list[dict[str, Any]] = [
-            {
-                "Update": {
-                    "TableName": self._table,
-                    "Key": reservation_key(r.day, r.job_key),
-                    "UpdateExpression": "SET #s = :settled, #a = :a",
-                    "ConditionExpression": "#s = :reserved",
-                    "ExpressionAttributeNames": {"#s": "state", "#a": "actual"},
-                    "ExpressionAttributeValues": {
-                        ":settled": _s("settled"),
-                        ":reserved": _s("reserved"),
-                        ":a": _n(actual_nanos),
-                    },
-                }
+        settled: Item = {
+            "Update": {
+                "TableName": self._table,
+                "Key": reservation_key(r.day, r.job_key),
+                "UpdateExpression": "SET #s = :settled, #a = :a",
+                "ConditionExpression": "#s = :reserved",
+                "ExpressionAttributeNames": {"#s": "state", "#a": "actual"},
+                "ExpressionAttributeValues": {
+                    ":settled": _s("settled"),
+                    ":reserved": _s("reserved"),
+                    ":a": _n(actual_nanos),
+                },
             }
+        }
+        deltas = {"committed": actual_nanos - r.nanos, "spent": actual_nanos}
+        return [
+            settled,
+            self._close_open(r),
+            *(self._add(key, deltas) for key in self._ledgers(r)),
         ]
-        for key in self._ledgers(r):
-            items.append(
-                {
-                    "Update": {
-                        "TableName": self._table,
-                        "Key": key,
-                        "UpdateExpression": "ADD #c :delta, #sp :a",
-                        "ExpressionAttributeNames": {"#c": "committed", "#sp": "spent"},
-                        "ExpressionAttributeValues": {
-                            ":delta": _n(actual_nanos - r.nanos),
-                            ":a": _n(actual_nanos),
-                        },
-                    }
-                }
-            )
-        return items
 
     def settle(self, r: Reservation, actual_nanos: int) -> bool:
         """Settle on its own; False if it was already settled (or released)."""
-        return self._commit(self.settle_items(r, actual_nanos))
+        return not self._transact(self.settle_items(r, actual_nanos))
 
-    def release(self, r: Reservation) -> bool:
-        """Give a reservation back (the job was not sent). False if it was not held."""
-        items: list[Any] = [
+    def release(self, r: Reservation, *, expired_before: float | None = None) -> bool:
+        """Give a reservation back (the job was not sent). False if it was not held.
+
+        With ``expired_before``, only if its deadline is before that time (reclaim).
+        """
+        condition = "#s = :reserved"
+        names = {"#s": "state"}
+        values: Item = {":reserved": _s("reserved")}
+        if expired_before is not None:
+            condition += " AND #r < :now"
+            names["#r"] = "reclaim_at"
+            values[":now"] = _n(expired_before)
+        items: list[Item] = [
             {
                 "Delete": {
                     "TableName": self._table,
                     "Key": reservation_key(r.day, r.job_key),
-                    "ConditionExpression": "#s = :reserved",
-                    "ExpressionAttributeNames": {"#s": "state"},
-                    "ExpressionAttributeValues": {":reserved": _s("reserved")},
+                    "ConditionExpression": condition,
+                    "ExpressionAttributeNames": names,
+                    "ExpressionAttributeValues": values,
                 }
-            }
+            },
+            self._close_open(r),
+            *(self._add(key, {"committed": -r.nanos}) for key in self._ledgers(r)),
         ]
-        items += [
-            {
-                "Update": {
-                    "TableName": self._table,
-                    "Key": key,
-                    "UpdateExpression": "ADD #c :minus",
-                    "ExpressionAttributeNames": {"#c": "committed"},
-                    "ExpressionAttributeValues": {":minus": _n(-r.nanos)},
-                }
-            }
-            for key in self._ledgers(r)
-        ]
-        return self._commit(items)
+        return not self._transact(items)
 
-    def _commit(self, items: list[Any]) -> bool:
-        try:
-            self._ddb.transact_write_items(TransactItems=items)
-        except self._ddb.exceptions.TransactionCanceledException:
-            return False
-        return True
+    def _transact(self, items: list[Item]) -> list[Item]:
+        """Commit; the cancellation reasons if a condition failed ([] when committed).
+
+        A transaction cancelled for another reason (a conflict with a concurrent one on
+        the same hot ledger item, throttling) is tried again after a jittered backoff.
+        """
+        for attempt in range(CONFLICT_RETRIES):
+            try:
+                self._ddb.transact_write_items(TransactItems=items)  # type: ignore[arg-type]
+                return []
+            except self._ddb.exceptions.TransactionCanceledException as err:
+                reasons: list[Item] = [dict(r) for r in err.response.get("CancellationReasons", [])]
+                if any(r.get("Code") == "ConditionalCheckFailed" for r in reasons):
+                    return reasons
+                if attempt == CONFLICT_RETRIES - 1:
+                    raise
+                self._sleep(random.uniform(0.005, 0.02) * 2**attempt)
+        raise AssertionError("unreachable")
+
+    # --- crashed workers ----------------------------------------------------------
+
+    def _maybe_reclaim(self, now: float) -> int:
+        with self._lock:
+            if now - self._reclaimed_at < RECLAIM_EVERY_S:
+                return 0
+            self._reclaimed_at = now
+        return self.reclaim()
 
     def reclaim(self, day: str | None = None) -> int:
-        """Give back the day's reservations whose worker never settled them (crashed)."""
+        """Give back reservations whose worker never settled them (crashed).
+
+        Looks at one day's open reservations, or by default at those of the last days
+        (an old one still holds its batch's ledger). Returns how many were reclaimed.
+        """
         now = self._clock()
-        day = day or utc_day(now)
-        reclaimed = 0
+        if day is not None:
+            days = [day]
+        else:
+            back = self._config.worker.retention_days + 1
+            days = [utc_day(now - d * 86_400) for d in range(back)]
+        return sum(self.release(r, expired_before=now) for d in days for r in self._expired(d, now))
+
+    def _expired(self, day: str, now: float) -> Iterator[Reservation]:
         kwargs: dict[str, Any] = {
             "TableName": self._table,
-            "KeyConditionExpression": "#pk = :pk AND begins_with(#sk, :resv)",
-            "FilterExpression": "#s = :reserved AND reclaim_at < :now",
-            "ExpressionAttributeNames": {"#pk": TABLE_PK, "#sk": TABLE_SK, "#s": "state"},
-            "ExpressionAttributeValues": {
-                ":pk": _s(f"budget#day#{day}"),
-                ":resv": _s("resv#"),
-                ":reserved": _s("reserved"),
-                ":now": _n(now),
-            },
+            "KeyConditionExpression": "#pk = :pk",
+            "FilterExpression": "#r < :now",
+            "ExpressionAttributeNames": {"#pk": TABLE_PK, "#r": "reclaim_at"},
+            "ExpressionAttributeValues": {":pk": _s(f"budget#open#{day}"), ":now": _n(now)},
         }
         while True:
             reply = self._ddb.query(**kwargs)
             for item in reply.get("Items", []):
-                job_key = item[TABLE_SK]["S"].removeprefix("resv#")
                 batch = item.get("batch_id", {}).get("S")
-                r = Reservation(
-                    job_key=job_key,
+                yield Reservation(
+                    job_key=item[TABLE_SK]["S"],
                     day=day,
-                    nanos=int(item["nanos"]["N"]),
+                    nanos=_int(item, "nanos"),
                     batch_id=batch,
                     batch_limit=batch is not None,
                 )
-                reclaimed += self.release(r)
             if "LastEvaluatedKey" not in reply:
-                return reclaimed
+                return
             kwargs["ExclusiveStartKey"] = reply["LastEvaluatedKey"]

@@ -11,7 +11,16 @@ from decimal import Decimal
 import boto3
 import pytest
 
-from chatbatch.budget import Budget, BudgetDeferred, OverRequestCap, seconds_to_midnight
+from chatbatch.budget import (
+    BUSY_RETRY_S,
+    AlreadySettled,
+    Budget,
+    BudgetDeferred,
+    OverRequestCap,
+    next_midnight,
+    seconds_to_midnight,
+    utc_day,
+)
 from chatbatch.config import Config
 from chatbatch.local.aws import create_resources, moto_in_process
 from chatbatch.pricing import to_nanos
@@ -103,17 +112,20 @@ def test_crashed_reservation_is_reclaimed_after_its_ttl(config: Config, table: s
 def test_daily_deferral_until_midnight_and_raising_the_limit(config: Config, table: str):
     clock = Clock()
     budget = make(config, table, clock, daily_usd=Decimal("0.5"))
-    budget.reserve("a", USD // 2)
+    budget.settle(budget.reserve("a", USD // 2), USD // 2)  # the day's money is spent
     with pytest.raises(BudgetDeferred, match=r"daily budget \$0.5 reached") as caught:
         budget.reserve("b", 1)
     assert caught.value.retry_after_s == pytest.approx(seconds_to_midnight(clock.now))
+    assert caught.value.until == next_midnight(clock.now)
+    assert caught.value.scope == "day"
     budget.set_daily_limit(Decimal(2))
     assert budget.reserve("b", USD).nanos == USD
 
 
 def test_batch_budget_defers_its_own_jobs_only(config: Config, table: str):
     budget = make(config, table, daily_usd=Decimal(10))
-    budget.reserve("a", USD // 2, batch_id="small", batch_limit_nanos=USD // 2)
+    r = budget.reserve("a", USD // 2, batch_id="small", batch_limit_nanos=USD // 2)
+    budget.settle(r, USD // 2)
     with pytest.raises(BudgetDeferred, match="batch small reached its budget") as caught:
         budget.reserve("b", USD // 10, batch_id="small", batch_limit_nanos=USD // 2)
     assert caught.value.retry_after_s == 300
@@ -132,3 +144,68 @@ def test_release_gives_the_reservation_back(config: Config, table: str):
     assert budget.release(r)
     assert not budget.release(r)
     assert budget.usage().reserved_usd == 0
+
+
+def test_reservations_in_flight_defer_briefly_not_until_midnight(config: Config, table: str):
+    """Worst cases held by running calls usually settle far lower: ask again soon."""
+    budget = make(config, table, daily_usd=Decimal(1))
+    held = budget.reserve("running", USD * 9 // 10)
+    with pytest.raises(BudgetDeferred, match="held by reservations in flight") as caught:
+        budget.reserve("next", USD // 5)
+    assert caught.value.retry_after_s == BUSY_RETRY_S
+    assert caught.value.until is None
+    budget.settle(held, USD // 10)  # the call cost far less than its worst case
+    assert budget.reserve("next", USD // 5)
+    r = budget.reserve("b1", USD // 10, batch_id="b", batch_limit_nanos=USD // 10)
+    with pytest.raises(BudgetDeferred, match="held by reservations in flight") as caught:
+        budget.reserve("b2", USD // 10, batch_id="b", batch_limit_nanos=USD // 10)
+    assert (caught.value.scope, caught.value.retry_after_s) == ("batch", BUSY_RETRY_S)
+    budget.release(r)
+    assert budget.reserve("b2", USD // 10, batch_id="b", batch_limit_nanos=USD // 10)
+
+
+def test_reserving_a_settled_job_says_so(config: Config, table: str):
+    budget = make(config, table, daily_usd=Decimal(1))
+    budget.settle(budget.reserve("b#done", USD // 10), USD // 20)
+    with pytest.raises(AlreadySettled, match=r"job b#done was already settled at \$0.05"):
+        budget.reserve("b#done", USD // 10)  # a redelivered message: do not call again
+    assert budget.usage().spent_usd == Decimal("0.05")
+
+
+def test_a_redelivered_job_keeps_its_reservation_alive(config: Config, table: str):
+    clock = Clock()
+    budget = make(config, table, clock, daily_usd=Decimal(1), reservation_ttl_s=900)
+    first = budget.reserve("slow", USD // 10)
+    clock.now += 800
+    assert budget.reserve("slow", USD // 5) == first  # the held amount, not a new one
+    clock.now += 200  # past the first deadline, within the extended one
+    assert budget.reclaim() == 0
+    assert budget.settle(first, USD // 10)
+
+
+def test_reclaim_reads_only_open_reservations(config: Config, table: str):
+    clock = Clock()
+    budget = make(config, table, clock, daily_usd=Decimal(10))
+    for i in range(30):
+        budget.settle(budget.reserve(f"done-{i}", USD // 100), USD // 200)
+    budget.reserve("crashed", USD // 100)
+    ddb = boto3.client("dynamodb")
+    scanned: list[int] = []
+    ddb.meta.events.register(
+        "after-call.dynamodb.Query",
+        lambda parsed, **_: scanned.append(parsed.get("ScannedCount", 0)),
+    )
+    clock.now += 901
+    reader = Budget(ddb, table, with_budget(config, daily_usd=Decimal(10)), clock=clock)
+    assert reader.reclaim() == 1
+    assert sum(scanned) == 1  # the one open reservation, not the 30 settled ones
+    assert reader.usage().reserved_usd == 0
+
+
+def test_a_dead_reservation_from_yesterday_frees_its_batch(config: Config, table: str):
+    clock = Clock(next_midnight(1_790_000_000.0).timestamp() - 60)  # 23:59 UTC
+    budget = make(config, table, clock, daily_usd=Decimal(10), reservation_ttl_s=900)
+    budget.reserve("b#dead", USD // 2, batch_id="b", batch_limit_nanos=USD // 2)
+    clock.now += 1_000  # the next day, past the deadline
+    r = budget.reserve("b#next", USD // 2, batch_id="b", batch_limit_nanos=USD // 2)
+    assert r.day != utc_day(clock.now - 1_000)
