@@ -12,8 +12,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[cli,cdk,dev]'
 	@touch $(STAMP)
 
+# ~200 jobs, every priority, roles, streaming, a few invalid lines, against a simulator
+# that allows 600 requests/min per model, answers in ~200 ms and injects 429s and 5xx.
 demo: $(STAMP)
-	$(VENV)/bin/chatbatch local run examples/jobs.jsonl --out out/demo
+	$(VENV)/bin/chatbatch local run examples/jobs.jsonl --out out/demo \
+		--rpm 600 --sim-rpm 600 --sim-latency-ms 200 --sim-faults '{"429": 0.03, "500": 0.03}'
+	@echo "results: out/demo/results.jsonl  errors: out/demo/errors.jsonl  costs: out/demo/costs.jsonl"
 
 test: $(STAMP) lint
 	$(PY) -m pytest
