@@ -70,6 +70,7 @@ class LocalOptions:
     timeout_s: float = 3600.0
     visibility_timeout_s: int = LOCAL_VISIBILITY_TIMEOUT_S  # redelivery after a crash
     log_level: str = "WARNING"
+    log_file: Path | None = None  # the worker's JSON log lines go here instead of stdout
 
 
 class Summary(BaseModel):
@@ -226,7 +227,7 @@ class LocalRuntime:
             "CHATBATCH_API_KEY": key or "",
         }
         self._stack.enter_context(patched_env(env))
-        logging.getLogger("chatbatch").setLevel(options.log_level)
+        self._stack.enter_context(_worker_logs(options.log_level, options.log_file))
         self._stack.enter_context(_fresh_worker())
         self.store = Store(boto3.client("s3"), self.resources.bucket)
         self.batches = Batches(boto3.client("dynamodb"), self.resources.table)
@@ -432,6 +433,26 @@ def _percentile(values: list[int], pct: int) -> float | None:
     if len(values) == 1:
         return float(values[0])
     return round(statistics.quantiles(values, n=100, method="inclusive")[pct - 1], 1)
+
+
+@contextmanager
+def _worker_logs(level: str, path: Path | None) -> Iterator[None]:
+    """The worker's log level, and its Powertools handler pointed at ``path`` if given."""
+    logger = logging.getLogger("chatbatch")
+    logger.setLevel(level)
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    streams = [h for h in logger.handlers if isinstance(h, logging.StreamHandler)]
+    with path.open("a") as sink:
+        saved = [h.setStream(sink) for h in streams]
+        try:
+            yield
+        finally:
+            for handler, stream in zip(streams, saved, strict=True):
+                if stream is not None:
+                    handler.setStream(stream)
 
 
 @contextmanager
