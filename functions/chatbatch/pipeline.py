@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from aws_lambda_powertools import Logger
 
 from chatbatch.batches import Batches, BatchInfo, JobState
-from chatbatch.budget import Budget, BudgetDeferred, OverRequestCap, Reservation
+from chatbatch.budget import AlreadySettled, Budget, BudgetDeferred, OverRequestCap, Reservation
 from chatbatch.capacity import Capacity, Slot
 from chatbatch.config import Config
 from chatbatch.intake import ATTR_HANDBACKS, Intake
@@ -318,7 +318,7 @@ def job_key(intake: Intake) -> str:
 
 
 async def _recover(
-    inv: Invocation, intake: Intake, job: Job, reservation: Reservation
+    inv: Invocation, intake: Intake, job: Job, reservation: Reservation | None
 ) -> Outcome | None:
     """A redelivery after the S3 write: finish from the stored result, call nothing."""
     result = await _io(inv.services.store.get_result, intake.batch_id, intake.custom_id)
@@ -386,6 +386,9 @@ async def _reserve(inv: Invocation, intake: Intake, job: Job) -> Reservation | O
         return Outcome.failed
     except BudgetDeferred as err:
         return await _hand_back(inv, intake, err.retry_after_s, Outcome.deferred)
+    except AlreadySettled:
+        # Paid for already (its final transaction ran): finish from the stored result.
+        return await _recover(inv, intake, job, None) or Outcome.duplicate
 
 
 async def _before_budget(inv: Invocation, intake: Intake) -> Outcome | None:
