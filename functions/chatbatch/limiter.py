@@ -74,14 +74,15 @@ speed.
 effective limit is ``min(config, learned) x f``.
 
 **Scale.** One DynamoDB partition takes 1,000 WCU/s; an update costs one WCU per KB of
-the item. The item holds ~200 small numbers (≈ 2 KB, 2-3 WCU), so one shard item takes
-~400 writes/s. Without leases an acquisition is one write plus one give-back write
+the item. A full item holds ~200 small numbers (≈ 2 KB, 2 WCU), so one shard item takes
+~500 writes/s. Without leases an acquisition is one write plus one give-back write
 (≈ 250 acquisitions/s per item); with leases of 10 it is 0.2 writes (≈ 2,500/s per
-item). 10,000 acquisitions/s therefore need 4 shards with leases (8 with headroom) or 40
-without. A model with ``S`` shards splits its limits ``S`` ways (``limiter#<model>#<i>``);
-an instance picks a random shard per acquisition and tries a second one before saying
-no. ``bench/bench_limiter.py`` counts the requests per acquisition and prints this
-arithmetic.
+item). 10,000 acquisitions/s therefore need 4 shards with leases (8 at half the
+partition limit) or 40 without. Reads: at most one strongly consistent GetItem per
+instance, shard and second. A model with ``S`` shards splits its limits ``S`` ways
+(``limiter#<model>#<i>``); an instance picks a random shard per acquisition and tries a
+second one before saying no. ``bench/bench_limiter.py`` counts the requests per
+acquisition and prints this arithmetic.
 """
 
 from __future__ import annotations
