@@ -12,6 +12,7 @@ runtime for moto).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict
@@ -67,3 +68,71 @@ class Resources(BaseModel):
             if url.rsplit("/", 1)[-1] == name:
                 return priority
         return None
+
+
+# --- Stack outputs ---------------------------------------------------------------------
+# The CloudFormation output keys of a deployment (the CDK stack publishes them; the CLI
+# reads them with DescribeStacks; ``chatbatch local up`` registers a stack in moto with the
+# same keys). ``infra.outputs`` re-exports these names.
+
+BUCKET_NAME = "BucketName"
+TABLE_NAME = "TableName"
+WORKER_FUNCTION_NAME = "WorkerFunctionName"
+ALARM_TOPIC_ARN = "AlarmTopicArn"
+DASHBOARD_NAME = "DashboardName"
+
+
+def _camel(name: str) -> str:
+    """``critical`` -> ``Critical``, ``my-gateway`` -> ``MyGateway`` (output keys are alnum)."""
+    return "".join(part[:1].upper() + part[1:] for part in re.split(r"[^A-Za-z0-9]+", name))
+
+
+def queue_url_key(priority: Priority) -> str:
+    return f"QueueUrl{_camel(priority.value)}"
+
+
+def dlq_url_key(priority: Priority) -> str:
+    return f"DlqUrl{_camel(priority.value)}"
+
+
+def secret_arn_key(provider: str) -> str:
+    """The output holding the ARN of a provider's API-key secret."""
+    return f"SecretArn{_camel(provider)}"
+
+
+# Every output the stack always has; provider secrets add ``secret_arn_key(provider)`` each.
+OUTPUT_KEYS: dict[str, str] = {
+    "bucket": BUCKET_NAME,
+    "table": TABLE_NAME,
+    "worker": WORKER_FUNCTION_NAME,
+    "alarm_topic": ALARM_TOPIC_ARN,
+    "dashboard": DASHBOARD_NAME,
+    **{f"queue.{p.value}": queue_url_key(p) for p in Priority},
+    **{f"dlq.{p.value}": dlq_url_key(p) for p in Priority},
+}
+
+
+class MissingOutputs(ValueError):
+    """A stack without the outputs a chatbatch deployment publishes."""
+
+
+def resources_from_outputs(outputs: Mapping[str, str]) -> Resources:
+    """The resources named by a stack's outputs (``OutputKey -> OutputValue``)."""
+    needed = [TABLE_NAME, BUCKET_NAME, *(queue_url_key(p) for p in Priority)]
+    missing = [key for key in needed if not outputs.get(key)]
+    if missing:
+        raise MissingOutputs(f"outputs missing: {', '.join(missing)}")
+    return Resources(
+        table=outputs[TABLE_NAME],
+        bucket=outputs[BUCKET_NAME],
+        queues={p: outputs[queue_url_key(p)] for p in Priority},
+        dlqs={p: outputs[dlq_url_key(p)] for p in Priority if outputs.get(dlq_url_key(p))},
+    )
+
+
+def resources_to_outputs(resources: Resources) -> dict[str, str]:
+    """The inverse of ``resources_from_outputs`` (what a local stack publishes)."""
+    outputs = {TABLE_NAME: resources.table, BUCKET_NAME: resources.bucket}
+    outputs |= {queue_url_key(p): url for p, url in resources.queues.items()}
+    outputs |= {dlq_url_key(p): url for p, url in resources.dlqs.items()}
+    return outputs
