@@ -69,13 +69,23 @@ def priority_of(job: Job, default: Priority) -> Priority:
 
 
 def plan_file(
-    path: Path, config: Config, batch_id: str, default_priority: Priority, max_errors: int = 1000
+    path: Path,
+    config: Config,
+    batch_id: str,
+    default_priority: Priority,
+    max_errors: int = 1000,
+    *,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> Plan:
-    """Validate every line (streamed) and add up what the batch will ask for."""
+    """Validate every line (streamed) and add up what the batch will ask for.
+
+    ``on_bytes`` is told the size of every line read (for a progress bar).
+    """
     plan = Plan(batch_id=batch_id, default_priority=default_priority)
     digest = hashlib.sha256()
     with open_lines(path) as lines:
-        for _, parsed in parse_lines(_hashing(lines, digest, plan), config):
+        hashed = _hashing(lines, digest, plan, on_bytes)
+        for _, parsed in parse_lines(hashed, config):
             if isinstance(parsed, JobError):
                 plan.invalid += 1
                 if len(plan.errors) < max_errors:
@@ -91,10 +101,17 @@ def plan_file(
     return plan
 
 
-def _hashing(lines: Iterable[bytes], digest: hashlib._Hash, plan: Plan) -> Iterator[bytes]:
+def _hashing(
+    lines: Iterable[bytes],
+    digest: hashlib._Hash,
+    plan: Plan,
+    on_bytes: Callable[[int], None] | None,
+) -> Iterator[bytes]:
     for line in lines:
         digest.update(line)
         plan.lines += 1
+        if on_bytes:
+            on_bytes(len(line))
         yield line
 
 

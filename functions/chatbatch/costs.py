@@ -1,0 +1,248 @@
+"""Cost reports from the cost records in S3 (``costs/dt=YYYY-MM-DD/<batch>/<job>.json``).
+
+``chatbatch costs`` reads the records of the days asked for (one ``CostRecord`` per
+finished job), adds them up exactly (``Decimal``), groups them, re-prices the same token
+usage on every model of the price table and projects a year at the current daily rate:
+``total / days covered * 365``, where the days covered run from ``--since`` (else the
+first day with a record) to the last day with a record.
+
+Cache hits (``cached``) cost nothing whichever model would have answered, so the
+comparison re-prices only the usage a provider billed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from decimal import Decimal
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from pydantic import BaseModel, Field
+
+from chatbatch.config import Config
+from chatbatch.jobs import CostRecord
+from chatbatch.pricing import Usage, cost
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from mypy_boto3_s3 import S3Client
+
+COSTS_PREFIX = "costs/"
+DAYS_PER_YEAR = 365
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class GroupBy(StrEnum):
+    model = "model"
+    priority = "priority"
+    role = "role"
+    day = "day"
+    batch = "batch"
+
+
+def group_of(record: CostRecord, by: GroupBy) -> str:
+    value = {
+        GroupBy.model: record.model,
+        GroupBy.priority: record.priority.value,
+        GroupBy.role: record.role,
+        GroupBy.day: record.dt,
+        GroupBy.batch: record.batch_id,
+    }[by]
+    return value or "(none)"
+
+
+class Totals(BaseModel):
+    """What a set of cost records adds up to."""
+
+    jobs: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+
+    def add(self, record: CostRecord) -> None:
+        self.jobs += 1
+        self.prompt_tokens += record.prompt_tokens
+        self.cached_tokens += record.cached_tokens
+        self.completion_tokens += record.completion_tokens
+        self.cost_usd += record.cost_usd
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(
+            prompt_tokens=self.prompt_tokens,
+            cached_tokens=self.cached_tokens,
+            completion_tokens=self.completion_tokens,
+        )
+
+
+class Comparison(BaseModel):
+    """The billed usage priced on one model of the price table."""
+
+    model: str
+    cost_usd: Decimal
+    annual_usd: Decimal
+    ratio: Decimal | None = Field(description="this model's cost / the actual cost")
+
+
+class CostReport(BaseModel):
+    since: dt.date | None = None
+    by: GroupBy = GroupBy.model
+    total: Totals = Field(default_factory=Totals)
+    billed: Totals = Field(default_factory=Totals, description="records not from the cache")
+    groups: dict[str, Totals] = Field(default_factory=dict)
+    daily: dict[str, dict[str, Decimal]] = Field(
+        default_factory=dict, description="day -> model -> USD"
+    )
+
+    def add(self, record: CostRecord) -> None:
+        self.total.add(record)
+        if not record.cached:
+            self.billed.add(record)
+        self.groups.setdefault(group_of(record, self.by), Totals()).add(record)
+        per_model = self.daily.setdefault(record.dt, {})
+        per_model[record.model] = per_model.get(record.model, Decimal(0)) + record.cost_usd
+
+    @property
+    def days(self) -> int:
+        """Days covered: from ``since`` (or the first record's day) to the last record's."""
+        if not self.daily:
+            return 0
+        first = self.since or dt.date.fromisoformat(min(self.daily))
+        last = dt.date.fromisoformat(max(self.daily))
+        return max(1, (last - first).days + 1)
+
+    def annual(self, usd: Decimal) -> Decimal:
+        """``usd`` spent over the days covered, projected to a year at the same daily rate."""
+        return usd / self.days * DAYS_PER_YEAR if self.days else Decimal(0)
+
+    def compare(self, config: Config) -> list[Comparison]:
+        """The billed token usage priced on every model, cheapest first."""
+        usage = self.billed.usage
+        actual = self.billed.cost_usd
+        rows = []
+        for name, model in config.models.items():
+            usd = cost(usage, model)
+            ratio = usd / actual if actual else None
+            rows.append(
+                Comparison(model=name, cost_usd=usd, annual_usd=self.annual(usd), ratio=ratio)
+            )
+        return sorted(rows, key=lambda row: row.cost_usd)
+
+
+def in_order(items: Iterable[T], fetch: Callable[[T], R], threads: int) -> Iterator[R]:
+    """``fetch`` of every item on a bounded thread pool, yielded in the items' order.
+
+    At most ``4 * threads`` fetches are in flight, so a long input is streamed, not held.
+    """
+    with ThreadPoolExecutor(threads) as pool:
+        window: deque[Future[R]] = deque()
+        for item in items:
+            window.append(pool.submit(fetch, item))
+            if len(window) >= 4 * threads:
+                yield window.popleft().result()
+        for future in window:
+            yield future.result()
+
+
+def list_keys(s3: S3Client, bucket: str, prefix: str) -> Iterator[str]:
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            yield obj["Key"]
+
+
+def cost_days(s3: S3Client, bucket: str, since: dt.date | None = None) -> list[str]:
+    """The days (``YYYY-MM-DD``) that have cost records, from ``since`` on."""
+    days = []
+    pages = s3.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=f"{COSTS_PREFIX}dt=", Delimiter="/"
+    )
+    for page in pages:
+        for common in page.get("CommonPrefixes", []):
+            day = common["Prefix"].removeprefix(f"{COSTS_PREFIX}dt=").rstrip("/")
+            if since is None or day >= since.isoformat():
+                days.append(day)
+    return sorted(days)
+
+
+def cost_keys(s3: S3Client, bucket: str, days: Iterable[str], batch: str | None) -> Iterator[str]:
+    for day in days:
+        prefix = f"{COSTS_PREFIX}dt={day}/" + (f"{batch}/" if batch else "")
+        yield from list_keys(s3, bucket, prefix)
+
+
+def load_report(
+    s3: S3Client,
+    bucket: str,
+    *,
+    since: dt.date | None = None,
+    batch: str | None = None,
+    by: GroupBy = GroupBy.model,
+    threads: int = 16,
+    on_record: Callable[[CostRecord], None] = lambda record: None,
+) -> CostReport:
+    """Read and add up the cost records of the days from ``since`` (of one batch, or all)."""
+    report = CostReport(since=since, by=by)
+
+    def read(key: str) -> CostRecord:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        return CostRecord.model_validate_json(body)
+
+    keys = cost_keys(s3, bucket, cost_days(s3, bucket, since), batch)
+    for record in in_order(keys, read, threads):
+        report.add(record)
+        on_record(record)
+    return report
+
+
+def draw_chart(report: CostReport, comparison: list[Comparison], path: Path) -> None:
+    """A PNG: cost per day by model (stacked bars) and, with a comparison, the same usage
+    priced on every model with its annual projection."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = 2 if comparison else 1
+    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 4.5), squeeze=False)
+    _daily_bars(axes[0][0], report)
+    if comparison:
+        _comparison_bars(axes[0][1], report, comparison)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)
+
+
+def _daily_bars(ax: Axes, report: CostReport) -> None:
+    days = sorted(report.daily)
+    models = sorted({m for per_model in report.daily.values() for m in per_model})
+    bottom = [0.0] * len(days)
+    for model in models:
+        heights = [float(report.daily[d].get(model, 0)) for d in days]
+        ax.bar(days, heights, bottom=bottom, label=model)
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    ax.set_title("cost per day by model (USD)")
+    ax.tick_params(axis="x", labelrotation=45)
+    if models:
+        ax.legend()
+
+
+def _comparison_bars(ax: Axes, report: CostReport, comparison: list[Comparison]) -> None:
+    names = [row.model for row in comparison]
+    values = [float(row.cost_usd) for row in comparison]
+    bars = ax.barh(names, values)
+    labels = [f"{_money(row.cost_usd)}  ({_money(row.annual_usd)}/yr)" for row in comparison]
+    ax.bar_label(bars, labels=labels, padding=3, fontsize=8)
+    actual = f"actual {_money(report.total.cost_usd)} over {report.days} day(s)"
+    ax.set_title(f"the same usage on every model ({actual})")
+    ax.margins(x=0.6)
+
+
+def _money(usd: Decimal) -> str:
+    """USD for a chart label (``\\$``: a bare ``$`` starts matplotlib's math mode)."""
+    return f"\\${usd:,.2f}" if usd >= 1 else f"\\${usd:,.4f}"

@@ -1,0 +1,412 @@
+"""The `chatbatch` CLI against the local runtime, found the way a deployment is found.
+
+One `LocalRuntime` (moto's HTTP server on loopback, the simulator, the emulated Lambda)
+serves the module. It registers its CloudFormation stack in moto exactly as
+`chatbatch local up` does, and every command below discovers the queues, table and
+bucket from that stack's outputs. Workers run one job per invocation, two per priority,
+so a slow simulator makes a batch last long enough to watch it move and to cancel it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from typer.testing import CliRunner, Result
+
+from chatbatch.cli import app
+from chatbatch.config import Config
+from chatbatch.jobs import CostRecord, parse_line
+from chatbatch.local.runtime import LocalOptions, LocalRuntime
+from chatbatch.local.simulator import FaultKind, SimulatorSettings, answer_for
+from chatbatch.pricing import Usage, cost, to_nanos
+from chatbatch.store import cost_key
+
+pytestmark = pytest.mark.slow
+runner = CliRunner()
+CENT = Decimal("0.01")
+
+
+@dataclass
+class Local:
+    rt: LocalRuntime
+    config_file: Path
+    workdir: Path
+
+    def cli(self, *args: str, code: int | None = 0) -> Result:
+        """``chatbatch ARGS --config FILE``; checks the exit code unless ``code`` is None."""
+        result = runner.invoke(app, [*args, "--config", str(self.config_file)])
+        if code is not None:
+            assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
+        return result
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.cli(*args, "--json").stdout)
+
+    def status(self, batch: str) -> dict[str, Any]:
+        data: dict[str, Any] = self.json("status", batch)
+        return data
+
+    def wait(self, batch: str, done: Callable[[dict[str, Any]], bool], timeout: float = 30) -> Any:
+        deadline = time.monotonic() + timeout
+        while not done(status := self.status(batch)):
+            assert time.monotonic() < deadline, f"timed out: {status}"
+            time.sleep(0.1)
+        return status
+
+    def write(self, name: str, lines: list[str]) -> Path:
+        path = self.workdir / name
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def requests(self) -> int:
+        assert self.rt.simulator is not None
+        return self.rt.simulator.stats().requests
+
+    def configure(self, **settings: Any) -> None:
+        assert self.rt.simulator is not None
+        self.rt.simulator.configure(**settings)
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory: pytest.TempPathFactory, config: Config) -> Iterator[Local]:
+    workdir = tmp_path_factory.mktemp("cli")
+    quick = config.model_copy(
+        update={
+            "worker": config.worker.model_copy(
+                update={"max_receive_count": 2, "batch_size": 1, "batch_window_s": 0}
+            ),
+            "retries": config.retries.model_copy(
+                update={"max_attempts": 1, "base_s": 0.1, "max_backoff_s": 0.5}
+            ),
+        }
+    )
+    config_file = workdir / "chatbatch.json"
+    config_file.write_text(quick.model_dump_json())
+    options = LocalOptions(
+        config_path=config_file,
+        server=True,
+        concurrency=2,
+        visibility_timeout_s=3,
+        simulator=SimulatorSettings(latency_ms=150),
+    )
+    with LocalRuntime(options) as rt:
+        rt.register_stack()  # what `chatbatch local up` does
+        yield Local(rt, config_file, workdir)
+
+
+def job_lines(n: int, prefix: str, **extra: Any) -> list[str]:
+    priorities = ["critical", "high", "normal", "low"]
+    lines = []
+    for i in range(n):
+        if i % 3 == 0:
+            line: dict[str, Any] = {
+                "custom_id": f"{prefix}{i:03d}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {
+                    "model": "gpt-4.1",
+                    "max_tokens": 40,
+                    "messages": [{"role": "user", "content": f"explain {prefix} {i}"}],
+                },
+            }
+        else:
+            line = {"custom_id": f"{prefix}{i:03d}", "prompt": f"label {prefix} {i}"}
+        line.setdefault("priority", priorities[i % 4])
+        lines.append(json.dumps(line | extra))
+    return lines
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def queued_anywhere(local: Local) -> int:
+    overview = local.json("status")
+    return sum(q["queued"] + q["in_flight"] + q["delayed"] for q in overview["queues"])
+
+
+@dataclass
+class Finished:
+    batch_id: str
+    lines: list[str]
+    submitted: dict[str, Any]
+    history: list[dict[str, Any]]
+    results: Path
+    collected: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def finished(local: Local) -> Finished:
+    """48 jobs: submit, watch the counts until done, collect."""
+    lines = job_lines(48, "a")
+    path = local.write("jobs.jsonl", lines)
+    submitted = local.json("submit", str(path))
+    batch = submitted["batch_id"]
+    history = [local.status(batch)]
+    while not history[-1]["done"]:
+        time.sleep(0.05)
+        history.append(local.status(batch))
+    results = local.workdir / "results.jsonl"
+    collected = local.json("collect", batch, "-o", str(results))
+    return Finished(batch, lines, submitted, history, results, collected)
+
+
+def test_submit_registers_sends_and_status_counts_move(local: Local, finished: Finished) -> None:
+    submitted = finished.submitted
+    assert submitted["status"] == "sent" and submitted["sent"] == submitted["valid"] == 48
+    assert finished.batch_id.startswith("b-") and submitted["invalid"] == 0
+    assert submitted["by_priority"] == {"critical": 12, "high": 12, "low": 12, "normal": 12}
+    assert submitted["by_model"] == {"deepseek-chat": 32, "gpt-4.1": 16}
+    assert Decimal(submitted["worst_case_usd"]) > 0 and submitted["estimate_s"] > 0
+    finished_counts = [s["succeeded"] for s in finished.history]
+    assert finished_counts == sorted(finished_counts), "counts only move forward"
+    assert len(set(finished_counts)) >= 3, f"status saw the batch move: {finished_counts}"
+    assert finished.history[0]["pending"] > 0
+    last = finished.history[-1]
+    assert (last["total"], last["succeeded"], last["pending"], last["failed"]) == (48, 48, 0, 0)
+    assert last["jobs_per_s"] > 0 and Decimal(last["cost_usd"]) > 0
+    # the same submit again: recognised by its checksum, nothing sent, nothing called
+    calls = local.requests()
+    again = local.json("submit", str(local.workdir / "jobs.jsonl"))
+    assert again["status"] == "already_submitted" and again["sent"] == 0
+    assert queued_anywhere(local) == 0 and local.requests() == calls
+    overview = local.json("status")
+    assert [q["priority"] for q in overview["queues"]] == ["critical", "high", "normal", "low"]
+    assert Decimal(overview["budget"]["spent_usd"]) >= Decimal(last["cost_usd"])
+
+
+def test_collect_returns_every_job_in_input_order_in_batch_format(
+    local: Local, finished: Finished
+) -> None:
+    assert finished.collected == {
+        "batch_id": finished.batch_id,
+        "output": str(finished.results),
+        "errors_file": None,
+        "source": "manifest",
+        "results": 48,
+        "errors": 0,
+        "unfinished": 0,
+    }
+    results = read_jsonl(finished.results)
+    jobs = [parse_line(text, local.rt.config, line=n) for n, text in enumerate(finished.lines, 1)]
+    assert [r["custom_id"] for r in results] == [j.custom_id for j in jobs]
+    for job, line in zip(jobs, results, strict=True):
+        assert set(line) == {"id", "custom_id", "response", "error", "chatbatch"}
+        assert line["id"].startswith("batch_req_") and line["error"] is None
+        assert line["response"]["status_code"] == 200
+        body = line["response"]["body"]
+        assert body["object"] == "chat.completion" and body["usage"]["total_tokens"] > 0
+        sent = job.request_body(local.rt.config.models[job.model])
+        expected = answer_for(sent["messages"], sent.get("max_tokens"))[0]
+        assert body["choices"][0]["message"]["content"] == expected
+        assert line["chatbatch"]["batch_id"] == finished.batch_id
+
+
+def test_costs_totals_equal_the_results_costs_to_the_cent(local: Local, finished: Finished) -> None:
+    report = local.json("costs", "--batch", finished.batch_id, "--by", "priority")
+    from_results = sum(
+        Decimal(str(r["chatbatch"]["cost_usd"])) for r in read_jsonl(finished.results)
+    )
+    total = Decimal(report["total_usd"])
+    assert report["jobs"] == 48 and report["days"] == 1
+    assert total.quantize(CENT, ROUND_HALF_UP) == from_results.quantize(CENT, ROUND_HALF_UP)
+    assert abs(total - from_results) < Decimal("1e-9")  # floats in the result lines
+    info = local.rt.batches.get(finished.batch_id)
+    assert info is not None and to_nanos(total) == info.cost_nanos
+    assert set(report["groups"]) == {"critical", "high", "normal", "low"}
+    assert sum(Decimal(g["cost_usd"]) for g in report["groups"].values()) == total
+    human = local.cli("costs", "--batch", finished.batch_id)
+    assert "deepseek-chat" in human.stdout and "gpt-4.1" in human.stdout
+
+
+def put_record(
+    local: Local, day: str, custom_id: str, model: str, usage: Usage, *, cached: bool
+) -> None:
+    price = local.rt.config.models[model]
+    usd = Decimal(0) if cached else cost(usage, price)
+    record = CostRecord(
+        ts=f"{day}T12:00:00Z",
+        dt=day,
+        batch_id="handmade",
+        custom_id=custom_id,
+        priority="normal",
+        model=model,
+        model_id=price.model_id,
+        provider=price.provider,
+        prompt_tokens=usage.prompt_tokens,
+        cached_tokens=usage.cached_tokens,
+        completion_tokens=usage.completion_tokens,
+        reasoning_tokens=0,
+        cost_nanos=to_nanos(usd),
+        cost_usd=usd,
+        cached=cached,
+    )
+    boto3.client("s3").put_object(
+        Bucket=local.rt.resources.bucket,
+        Key=cost_key(day, "handmade", custom_id),
+        Body=record.model_dump_json().encode(),
+    )
+
+
+def test_compare_reprices_the_usage_by_hand_and_charts_it(local: Local) -> None:
+    put_record(
+        local,
+        "2025-01-01",
+        "d1",
+        "deepseek-chat",
+        Usage(prompt_tokens=1_000_000, cached_tokens=200_000, completion_tokens=500_000),
+        cached=False,
+    )
+    put_record(
+        local,
+        "2025-01-02",
+        "g1",
+        "gpt-4.1",
+        Usage(prompt_tokens=100_000, completion_tokens=50_000),
+        cached=False,
+    )
+    # a cache hit costs nothing on any model: left out of the comparison
+    put_record(
+        local,
+        "2025-01-02",
+        "c1",
+        "gpt-4.1",
+        Usage(prompt_tokens=7_000, completion_tokens=7_000),
+        cached=True,
+    )
+    chart = local.workdir / "costs.png"
+    report = local.json(
+        "costs",
+        "--batch",
+        "handmade",
+        "--since",
+        "2025-01-01",
+        "--by",
+        "day",
+        "--compare",
+        "--chart",
+        str(chart),
+    )
+    # deepseek 0.8M x 0.28 + 0.2M x 0.028 + 0.5M x 0.42 = 0.4396; gpt-4.1 0.1M x 2 + 0.05M x 8 = 0.6
+    assert Decimal(report["total_usd"]) == Decimal("1.0396")
+    assert {day: Decimal(g["cost_usd"]) for day, g in report["groups"].items()} == {
+        "2025-01-01": Decimal("0.4396"),
+        "2025-01-02": Decimal("0.6"),
+    }
+    assert report["days"] == 2 and report["jobs"] == 3
+    assert Decimal(report["annual_usd"]) == Decimal("1.0396") / 2 * 365
+    # billed usage: 1.1M prompt (0.2M cached, so 0.9M uncached), 0.55M completion
+    by_hand = {
+        "deepseek-chat": Decimal("0.252") + Decimal("0.0056") + Decimal("0.231"),  # 0.4886
+        "gemini-2.5-flash": Decimal("0.27") + Decimal("0.006") + Decimal("1.375"),  # 1.651
+        "gpt-4.1": Decimal("1.8") + Decimal("0.1") + Decimal("4.4"),  # 6.3
+        "claude-sonnet-4.5": Decimal("2.7") + Decimal("0.06") + Decimal("8.25"),  # 11.01
+    }
+    rows = {row["model"]: row for row in report["compare"]}
+    assert [row["model"] for row in report["compare"]] == list(by_hand), "cheapest first"
+    for model, usd in by_hand.items():
+        assert Decimal(rows[model]["cost_usd"]) == usd, model
+        assert Decimal(rows[model]["annual_usd"]) == usd * Decimal("182.5"), model
+    assert Decimal(rows["gpt-4.1"]["ratio"]) == Decimal("6.3") / Decimal("1.0396")
+    png = chart.read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1024
+    human = local.cli("costs", "--batch", "handmade", "--since", "2025-01-01", "--compare")
+    assert "$6.3000" in human.stdout and "$1,149.7500" in human.stdout  # gpt-4.1 x 182.5
+
+
+def test_cancel_mid_batch_leaves_no_provider_call_for_cancelled_jobs(local: Local) -> None:
+    local.configure(latency_ms=400)
+    try:
+        path = local.write("slow.jsonl", job_lines(30, "s", priority="normal"))
+        batch = local.json("submit", str(path))["batch_id"]
+        calls_before = local.requests()
+        local.wait(batch, lambda s: s["succeeded"] >= 2)
+        cancelled = local.json("cancel", batch)
+        assert cancelled["batch_id"] == batch and cancelled["pending"] > 0
+        final = local.wait(batch, lambda s: s["done"])
+    finally:
+        local.configure(latency_ms=0)
+    assert final["batch_cancelled"] and final["cancelled"] > 0 and final["failed"] == 0
+    assert final["succeeded"] + final["cancelled"] == 30
+    assert local.requests() - calls_before == final["succeeded"], "no call for a cancelled job"
+    info = local.rt.batches.get(batch)
+    assert info is not None and info.provider_calls == final["succeeded"]
+    errors = local.workdir / "cancelled.jsonl"
+    collected = local.json(
+        "collect", batch, "-o", str(local.workdir / "kept.jsonl"), "--errors", str(errors)
+    )
+    assert (collected["results"], collected["errors"]) == (final["succeeded"], final["cancelled"])
+    assert {e["error"]["code"] for e in read_jsonl(errors)} == {"cancelled"}
+
+
+def dead_letters(local: Local, priority: str) -> int:
+    overview = local.json("status")
+    return next(q["dead_letters"] for q in overview["queues"] if q["priority"] == priority)
+
+
+def test_redrive_empties_the_dlq_and_the_jobs_then_finish(local: Local) -> None:
+    local.configure(latency_ms=0, fault_rates={FaultKind("503"): 1.0})
+    try:
+        path = local.write("poison.jsonl", job_lines(3, "p", priority="high"))
+        batch = local.json("submit", str(path))["batch_id"]
+        local.wait(batch, lambda s: s["dead_lettered"] == 3)
+        deadline = time.monotonic() + 20
+        while dead_letters(local, "high") < 3:  # SQS moves a message at its next receive
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        local.configure(fault_rates={})
+    moved = local.json("redrive", "--priority", "high")
+    assert moved == {"moved": {"high": 3}, "total": 3}
+    assert dead_letters(local, "high") == 0
+    final = local.wait(batch, lambda s: s["succeeded"] == 3)
+    assert final["dead_lettered"] == 0 and final["done"]
+    assert local.json("redrive")["total"] == 0
+
+
+def test_an_invalid_file_lists_every_error_and_sends_nothing(local: Local) -> None:
+    lines = job_lines(8, "v", priority="low")
+    lines[1] = '{"custom_id": "v-broken", "prompt": '
+    lines[3] = json.dumps({"custom_id": "v-hot", "prompt": "x", "temperature": 9})
+    lines[6] = json.dumps({"custom_id": "v-robot", "messages": [{"role": "robot", "content": "x"}]})
+    path = local.write("invalid.jsonl", lines)
+    calls = local.requests()
+    result = local.cli("submit", str(path), code=1)
+    listed = [line for line in result.stderr.splitlines() if line.startswith("line ")]
+    assert [line.split(":")[0].split(",")[0] for line in listed] == ["line 2", "line 4", "line 7"]
+    assert "temperature: must be at most 2" in listed[1] and "messages[0].role" in listed[2]
+    assert result.stderr.splitlines()[-1].startswith("error: ")
+    assert "3 invalid line(s) of 8; nothing was sent" in result.stderr
+    as_json = json.loads(local.cli("submit", str(path), "--json", code=1).stdout)
+    assert as_json["status"] == "invalid" and len(as_json["errors"]) == 3
+    assert queued_anywhere(local) == 0 and local.requests() == calls
+    local.cli("status", as_json["batch_id"], code=1)  # never registered
+    dry = local.json("submit", str(path), "--dry-run", "--skip-invalid")
+    assert (dry["status"], dry["valid"], dry["invalid"]) == ("dry_run", 5, 3)
+    assert queued_anywhere(local) == 0
+
+
+def one_line_error(result: Result) -> str:
+    assert "Traceback" not in result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def test_bad_input_gets_one_line_and_an_exit_code(local: Local) -> None:
+    missing = one_line_error(local.cli("submit", str(local.workdir / "nope.jsonl"), code=2))
+    assert "no such file" in missing
+    for command in (["status", "nope"], ["collect", "nope"], ["cancel", "nope"]):
+        assert "batch 'nope' not found" in one_line_error(local.cli(*command, code=1))
+    no_stack = one_line_error(local.cli("status", "--stack", "elsewhere", code=1))
+    assert "no stack named 'elsewhere'" in no_stack and "chatbatch local up" in no_stack
+    bad_id = one_line_error(local.cli("submit", __file__, "--batch-id", "a b", code=2))
+    assert "--batch-id" in bad_id
