@@ -10,6 +10,10 @@ so a slow simulator makes a batch last long enough to watch it move and to cance
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,6 +35,7 @@ from chatbatch.store import cost_key
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[2]
 CENT = Decimal("0.01")
 
 
@@ -178,6 +183,8 @@ def test_submit_registers_sends_and_status_counts_move(local: Local, finished: F
     again = local.json("submit", str(local.workdir / "jobs.jsonl"))
     assert again["status"] == "already_submitted" and again["sent"] == 0
     assert queued_anywhere(local) == 0 and local.requests() == calls
+    watched = local.cli("status", finished.batch_id, "--watch", "--json").stdout.splitlines()
+    assert len(watched) == 1 and json.loads(watched[0])["done"]  # a finished batch: one refresh
     overview = local.json("status")
     assert [q["priority"] for q in overview["queues"]] == ["critical", "high", "normal", "low"]
     assert Decimal(overview["budget"]["spent_usd"]) >= Decimal(last["cost_usd"])
@@ -410,3 +417,31 @@ def test_bad_input_gets_one_line_and_an_exit_code(local: Local) -> None:
     assert "no stack named 'elsewhere'" in no_stack and "chatbatch local up" in no_stack
     bad_id = one_line_error(local.cli("submit", __file__, "--batch-id", "a b", code=2))
     assert "--batch-id" in bad_id
+
+
+def test_local_up_serves_other_processes_through_the_same_discovery(tmp_path: Path) -> None:
+    """`chatbatch local up` in its own process; another process finds it by the stack."""
+    chatbatch = Path(sys.executable).parent / "chatbatch"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CHATBATCH_"))}
+    up = subprocess.Popen(
+        [chatbatch, "local", "up", "--port", "0", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    try:
+        assert up.stdout is not None
+        announced = json.loads(up.stdout.readline())
+        assert announced["stack"] == "chatbatch" and announced["endpoint"].startswith("http://127.")
+        client = env | announced["env"]
+        command = [chatbatch, "status", "--json"]
+        status = subprocess.run(
+            command, check=False, env=client, cwd=ROOT, capture_output=True, text=True
+        )
+        assert status.returncode == 0, status.stderr
+        assert [q["queued"] for q in json.loads(status.stdout)["queues"]] == [0, 0, 0, 0]
+    finally:
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=30) == 0
