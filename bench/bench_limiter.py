@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
-from moto import mock_aws
 
 from chatbatch.config import Config, Priority, load_config
 from chatbatch.limiter import (
@@ -39,6 +38,7 @@ from chatbatch.limiter import (
     _prio_attr,
     _slot_attr,
 )
+from chatbatch.local.aws import create_table, moto_in_process
 from chatbatch.resources import TABLE_PK, TABLE_SK, TABLE_TTL
 
 MODEL = "bench-model"
@@ -97,29 +97,11 @@ def item_size(item: dict[str, Any]) -> int:
     return size
 
 
-def create_table(client: Any) -> None:
-    client.create_table(
-        TableName=TABLE,
-        KeySchema=[
-            {"AttributeName": TABLE_PK, "KeyType": "HASH"},
-            {"AttributeName": TABLE_SK, "KeyType": "RANGE"},
-        ],
-        AttributeDefinitions=[
-            {"AttributeName": TABLE_PK, "AttributeType": "S"},
-            {"AttributeName": TABLE_SK, "AttributeType": "S"},
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    client.update_time_to_live(
-        TableName=TABLE, TimeToLiveSpecification={"Enabled": True, "AttributeName": TABLE_TTL}
-    )
-
-
 def run(config: Config, args: argparse.Namespace, *, lease: bool, rpm: int, rate: float) -> Counts:
     counts = Counts()
-    with mock_aws():
+    with moto_in_process():
         client = boto3.client("dynamodb", region_name="us-east-1")
-        create_table(client)
+        create_table(client, TABLE)
 
         def count(model: Any, **_: Any) -> None:
             counts.calls[model.name] += 1

@@ -22,6 +22,7 @@ from chatbatch.config import Config, Priority
 from chatbatch.resources import TABLE_PK, TABLE_SK, TABLE_TTL, Resources, queue_name
 
 if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_sqs import SQSClient
 
 REGION = "us-east-1"
@@ -87,6 +88,26 @@ def _create_queue(sqs: SQSClient, name: str, attributes: dict[Any, str]) -> tupl
     return url, arn["QueueArn"]
 
 
+def create_table(ddb: DynamoDBClient, name: str) -> None:
+    """The state table as the stack defines it: string pk/sk, TTL on expires_at, on demand."""
+    ddb.create_table(
+        TableName=name,
+        KeySchema=[
+            {"AttributeName": TABLE_PK, "KeyType": "HASH"},
+            {"AttributeName": TABLE_SK, "KeyType": "RANGE"},
+        ],
+        AttributeDefinitions=[
+            {"AttributeName": TABLE_PK, "AttributeType": "S"},
+            {"AttributeName": TABLE_SK, "AttributeType": "S"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    ddb.update_time_to_live(
+        TableName=name,
+        TimeToLiveSpecification={"Enabled": True, "AttributeName": TABLE_TTL},
+    )
+
+
 def create_resources(
     config: Config, visibility_timeout_s: int = LOCAL_VISIBILITY_TIMEOUT_S
 ) -> Resources:
@@ -117,23 +138,7 @@ def create_resources(
         dlqs[priority] = dlq_url
 
     table = f"{config.stack_name}-state"
-    ddb = boto3.client("dynamodb")
-    ddb.create_table(
-        TableName=table,
-        KeySchema=[
-            {"AttributeName": TABLE_PK, "KeyType": "HASH"},
-            {"AttributeName": TABLE_SK, "KeyType": "RANGE"},
-        ],
-        AttributeDefinitions=[
-            {"AttributeName": TABLE_PK, "AttributeType": "S"},
-            {"AttributeName": TABLE_SK, "AttributeType": "S"},
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    ddb.update_time_to_live(
-        TableName=table,
-        TimeToLiveSpecification={"Enabled": True, "AttributeName": TABLE_TTL},
-    )
+    create_table(boto3.client("dynamodb"), table)
     bucket = f"{config.stack_name}-data-local"
     boto3.client("s3").create_bucket(Bucket=bucket)
     return Resources(table=table, bucket=bucket, queues=queues, dlqs=dlqs)
