@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from chatbatch.ddb import n, s
 from chatbatch.resources import TABLE_PK, TABLE_SK, TABLE_TTL
 
 if TYPE_CHECKING:
@@ -82,20 +83,12 @@ class BatchInfo(BaseModel):
         return self.succeeded + self.failed + self.cancelled_jobs + self.dead_lettered
 
 
-def _s(value: str) -> dict[str, Any]:
-    return {"S": value}
-
-
-def _n(value: int | float) -> dict[str, Any]:
-    return {"N": str(value)}
-
-
 def batch_key(batch_id: str) -> dict[str, Any]:
-    return {TABLE_PK: _s(f"batch#{batch_id}"), TABLE_SK: _s("meta")}
+    return {TABLE_PK: s(f"batch#{batch_id}"), TABLE_SK: s("meta")}
 
 
 def job_key(batch_id: str, custom_id: str) -> dict[str, Any]:
-    return {TABLE_PK: _s(f"job#{batch_id}#{custom_id}"), TABLE_SK: _s("state")}
+    return {TABLE_PK: s(f"job#{batch_id}#{custom_id}"), TABLE_SK: s("state")}
 
 
 def _plain(item: Mapping[str, Any]) -> dict[str, Any]:
@@ -157,7 +150,7 @@ class Batches:
             "TableName": self._table,
             "FilterExpression": "begins_with(#pk, :p) AND #sk = :meta",
             "ExpressionAttributeNames": {"#pk": TABLE_PK, "#sk": TABLE_SK},
-            "ExpressionAttributeValues": {":p": _s("batch#"), ":meta": _s("meta")},
+            "ExpressionAttributeValues": {":p": s("batch#"), ":meta": s("meta")},
         }
         while True:
             reply = self._ddb.scan(**kwargs)
@@ -189,15 +182,15 @@ class Batches:
         """Create or update the batch's description; counters are never touched."""
         names = {"#t": "total", "#p": "priority", "#c": "checksum", "#cr": "created"}
         values: dict[str, Any] = {
-            ":t": _n(total),
-            ":p": _s(priority),
-            ":c": _s(checksum),
-            ":cr": _n(round(time.time(), 3)),
+            ":t": n(total),
+            ":p": s(priority),
+            ":c": s(checksum),
+            ":cr": n(round(time.time(), 3)),
         }
         expression = "SET #t = :t, #p = :p, #c = :c, #cr = if_not_exists(#cr, :cr)"
         if budget_nanos is not None:
             names["#b"] = "budget_nanos"
-            values[":b"] = _n(budget_nanos)
+            values[":b"] = n(budget_nanos)
             expression += ", #b = :b"
         self._ddb.update_item(
             TableName=self._table,
@@ -246,7 +239,7 @@ class Batches:
             values: dict[str, Any] = {}
         else:
             condition = "#s = :prev"
-            values = {":prev": _s(prev.value)}
+            values = {":prev": s(prev.value)}
         state_item = {
             "Update": {
                 "TableName": self._table,
@@ -255,8 +248,8 @@ class Batches:
                 "ConditionExpression": condition,
                 "ExpressionAttributeNames": {"#s": "state", "#x": TABLE_TTL},
                 "ExpressionAttributeValues": {
-                    ":new": _s(new.value),
-                    ":x": _n(int(time.time()) + JOB_TTL_S),
+                    ":new": s(new.value),
+                    ":x": n(int(time.time()) + JOB_TTL_S),
                     **values,
                 },
             }
@@ -274,7 +267,7 @@ class Batches:
                         + ", ".join(f"#c{i} :c{i}" for i in range(len(adds))),
                         "ExpressionAttributeNames": names,
                         "ExpressionAttributeValues": {
-                            f":c{i}": _n(delta) for i, delta in enumerate(adds.values())
+                            f":c{i}": n(delta) for i, delta in enumerate(adds.values())
                         },
                     }
                 }

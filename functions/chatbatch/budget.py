@@ -66,6 +66,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel
 
 from chatbatch.config import Config
+from chatbatch.ddb import int_of, n, s
 from chatbatch.pricing import from_nanos, to_nanos
 from chatbatch.resources import TABLE_PK, TABLE_SK, TABLE_TTL
 
@@ -144,35 +145,23 @@ def seconds_to_midnight(now: float) -> float:
     return next_midnight(now).timestamp() - now
 
 
-def _s(value: str) -> dict[str, Any]:
-    return {"S": value}
-
-
-def _n(value: int | float) -> dict[str, Any]:
-    return {"N": str(value)}
-
-
-def _int(item: Mapping[str, Any] | None, name: str) -> int:
-    return int((item or {}).get(name, {}).get("N", 0))
-
-
 def day_key(day: str) -> Item:
-    return {TABLE_PK: _s(f"budget#day#{day}"), TABLE_SK: _s("ledger")}
+    return {TABLE_PK: s(f"budget#day#{day}"), TABLE_SK: s("ledger")}
 
 
 def batch_ledger_key(batch_id: str) -> Item:
-    return {TABLE_PK: _s(f"budget#batch#{batch_id}"), TABLE_SK: _s("ledger")}
+    return {TABLE_PK: s(f"budget#batch#{batch_id}"), TABLE_SK: s("ledger")}
 
 
 def reservation_key(day: str, job_key: str) -> Item:
-    return {TABLE_PK: _s(f"budget#day#{day}"), TABLE_SK: _s(f"resv#{job_key}")}
+    return {TABLE_PK: s(f"budget#day#{day}"), TABLE_SK: s(f"resv#{job_key}")}
 
 
 def open_key(day: str, job_key: str) -> Item:
-    return {TABLE_PK: _s(f"budget#open#{day}"), TABLE_SK: _s(job_key)}
+    return {TABLE_PK: s(f"budget#open#{day}"), TABLE_SK: s(job_key)}
 
 
-LIMITS_KEY = {TABLE_PK: _s("budget#limits"), TABLE_SK: _s("daily")}
+LIMITS_KEY = {TABLE_PK: s("budget#limits"), TABLE_SK: s("daily")}
 
 
 class _Refused(Exception):
@@ -180,8 +169,8 @@ class _Refused(Exception):
 
     def __init__(self, scope: Literal["day", "batch"], ledger: Mapping[str, Any] | None) -> None:
         self.scope = scope
-        self.spent = _int(ledger, "spent")
-        self.committed = _int(ledger, "committed")
+        self.spent = int_of(ledger, "spent")
+        self.committed = int_of(ledger, "committed")
 
 
 class Budget:
@@ -220,7 +209,7 @@ class Budget:
         return limit
 
     def set_daily_limit(self, usd: Decimal) -> None:
-        self._ddb.put_item(TableName=self._table, Item={**LIMITS_KEY, "limit": _n(to_nanos(usd))})
+        self._ddb.put_item(TableName=self._table, Item={**LIMITS_KEY, "limit": n(to_nanos(usd))})
         self._forget_limit()
 
     def _forget_limit(self) -> None:
@@ -232,7 +221,7 @@ class Budget:
         day = day or utc_day(self._clock())
         item = self._ddb.get_item(TableName=self._table, Key=day_key(day), ConsistentRead=True)
         ledger = item.get("Item", {})
-        committed, spent = _int(ledger, "committed"), _int(ledger, "spent")
+        committed, spent = int_of(ledger, "committed"), int_of(ledger, "spent")
         return DayUsage(
             day=day,
             limit_usd=from_nanos(self.daily_limit_nanos()),
@@ -321,10 +310,10 @@ class Budget:
 
     def _reserve(self, r: Reservation, now: float, batch_limit: int | None) -> Reservation:
         reclaim_at = round(now + self._config.budget.reservation_ttl_s, 3)
-        fields: Item = {"nanos": _n(r.nanos), "reclaim_at": _n(reclaim_at)}
+        fields: Item = {"nanos": n(r.nanos), "reclaim_at": n(reclaim_at)}
         if r.batch_limit and r.batch_id:
-            fields["batch_id"] = _s(r.batch_id)
-        expires = {TABLE_TTL: _n(int(now) + LEDGER_TTL_S)}
+            fields["batch_id"] = s(r.batch_id)
+        expires = {TABLE_TTL: n(int(now) + LEDGER_TTL_S)}
         items: list[Item] = [
             {
                 "Put": {
@@ -333,7 +322,7 @@ class Budget:
                         **reservation_key(r.day, r.job_key),
                         **fields,
                         **expires,
-                        "state": _s("reserved"),
+                        "state": s("reserved"),
                     },
                     "ConditionExpression": "attribute_not_exists(#pk)",
                     "ExpressionAttributeNames": {"#pk": TABLE_PK},
@@ -367,12 +356,12 @@ class Budget:
         if item is None:  # gone in between (released or reclaimed): reserve anew
             return self._reserve(r, now, batch_limit)
         if item.get("state", {}).get("S") == "settled":
-            raise AlreadySettled(r.job_key, _int(item, "actual"))
+            raise AlreadySettled(r.job_key, int_of(item, "actual"))
         batch = item.get("batch_id", {}).get("S")
         held = Reservation(
             job_key=r.job_key,
             day=r.day,
-            nanos=_int(item, "nanos"),
+            nanos=int_of(item, "nanos"),
             batch_id=batch or r.batch_id,
             batch_limit=batch is not None,
         )
@@ -381,7 +370,7 @@ class Budget:
 
     def _extend(self, r: Reservation, now: float) -> None:
         """A redelivered job keeps its reservation: not reclaimable for another TTL."""
-        reclaim_at = _n(round(now + self._config.budget.reservation_ttl_s, 3))
+        reclaim_at = n(round(now + self._config.budget.reservation_ttl_s, 3))
         self._transact(
             [
                 {
@@ -399,7 +388,7 @@ class Budget:
                         reservation_key(r.day, r.job_key),
                         "#s = :reserved",
                         {"#r": "reclaim_at", "#s": "state"},
-                        {":reserved": _s("reserved")},
+                        {":reserved": s("reserved")},
                     ),
                     (
                         open_key(r.day, r.job_key),
@@ -421,10 +410,10 @@ class Budget:
                 "ConditionExpression": "(attribute_not_exists(#c) AND :n <= :limit) OR #c <= :room",
                 "ExpressionAttributeNames": {"#c": "committed", "#x": TABLE_TTL},
                 "ExpressionAttributeValues": {
-                    ":n": _n(nanos),
-                    ":limit": _n(limit),
-                    ":room": _n(limit - nanos),
-                    ":x": _n(int(now) + LEDGER_TTL_S),
+                    ":n": n(nanos),
+                    ":limit": n(limit),
+                    ":room": n(limit - nanos),
+                    ":x": n(int(now) + LEDGER_TTL_S),
                 },
                 "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
             }
@@ -447,7 +436,7 @@ class Budget:
                 "UpdateExpression": "ADD " + ", ".join(f"#a{i} :a{i}" for i in range(len(deltas))),
                 "ExpressionAttributeNames": names,
                 "ExpressionAttributeValues": {
-                    f":a{i}": _n(delta) for i, delta in enumerate(deltas.values())
+                    f":a{i}": n(delta) for i, delta in enumerate(deltas.values())
                 },
             }
         }
@@ -469,9 +458,9 @@ class Budget:
                 "ConditionExpression": "#s = :reserved",
                 "ExpressionAttributeNames": {"#s": "state", "#a": "actual"},
                 "ExpressionAttributeValues": {
-                    ":settled": _s("settled"),
-                    ":reserved": _s("reserved"),
-                    ":a": _n(actual_nanos),
+                    ":settled": s("settled"),
+                    ":reserved": s("reserved"),
+                    ":a": n(actual_nanos),
                 },
             }
         }
@@ -493,11 +482,11 @@ class Budget:
         """
         condition = "#s = :reserved"
         names = {"#s": "state"}
-        values: Item = {":reserved": _s("reserved")}
+        values: Item = {":reserved": s("reserved")}
         if expired_before is not None:
             condition += " AND #r < :now"
             names["#r"] = "reclaim_at"
-            values[":now"] = _n(expired_before)
+            values[":now"] = n(expired_before)
         items: list[Item] = [
             {
                 "Delete": {
@@ -561,7 +550,7 @@ class Budget:
             "KeyConditionExpression": "#pk = :pk",
             "FilterExpression": "#r < :now",
             "ExpressionAttributeNames": {"#pk": TABLE_PK, "#r": "reclaim_at"},
-            "ExpressionAttributeValues": {":pk": _s(f"budget#open#{day}"), ":now": _n(now)},
+            "ExpressionAttributeValues": {":pk": s(f"budget#open#{day}"), ":now": n(now)},
         }
         while True:
             reply = self._ddb.query(**kwargs)
@@ -570,7 +559,7 @@ class Budget:
                 yield Reservation(
                     job_key=item[TABLE_SK]["S"],
                     day=day,
-                    nanos=_int(item, "nanos"),
+                    nanos=int_of(item, "nanos"),
                     batch_id=batch,
                     batch_limit=batch is not None,
                 )
