@@ -1176,6 +1176,7 @@ def _announce(up: LocalUp, config: Path | None, as_json: bool) -> None:
         f"chatbatch local runtime up: stack [bold]{up.stack}[/bold] at {up.endpoint}, "
         f"chat API {up.simulator or 'your --provider-url'}. In another terminal:",
         highlight=False,
+        soft_wrap=True,
     )
     typer.echo("\n".join(f"export {name}={value}" for name, value in up.env.items()))
     option = f" --config {config}" if config else ""
@@ -1183,6 +1184,7 @@ def _announce(up: LocalUp, config: Path | None, as_json: bool) -> None:
         f"then e.g. `chatbatch submit jobs.jsonl{option}` and `chatbatch status{option}`. "
         "Ctrl-C stops it (its state lives in memory and goes with it).",
         highlight=False,
+        soft_wrap=True,
     )
 
 
