@@ -59,7 +59,15 @@ from typer.exceptions import TyperException
 from chatbatch.batches import BatchInfo
 from chatbatch.budget import DayUsage
 from chatbatch.config import Config, ConfigError, Priority, load_config
-from chatbatch.costs import Comparison, CostReport, GroupBy, draw_chart, in_order, list_keys
+from chatbatch.costs import (
+    Comparison,
+    CostReport,
+    GroupBy,
+    draw_chart,
+    in_order,
+    list_keys,
+    load_report,
+)
 from chatbatch.deployment import Deployment, QueueDepth, StackNotFound, connect
 from chatbatch.jobs import BATCH_ID_PATTERN
 from chatbatch.pricing import from_nanos, to_nanos
@@ -394,12 +402,14 @@ def submit(
     budget_usd: Annotated[
         float | None, typer.Option(min=0, help="spend limit of this batch, USD")
     ] = None,
-    dry_run: Annotated[bool, typer.Option(help="validate and estimate; send nothing")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="validate and estimate; send nothing")
+    ] = False,
     skip_invalid: Annotated[
-        bool, typer.Option(help="send the valid lines even if some are invalid")
+        bool, typer.Option("--skip-invalid", help="send the valid lines even if some are invalid")
     ] = False,
     resend: Annotated[
-        bool, typer.Option(help="send again a batch already submitted from this file")
+        bool, typer.Option("--resend", help="send again a batch already submitted from this file")
     ] = False,
     stack: StackOpt = None,
     config: ConfigOpt = None,
@@ -593,7 +603,9 @@ def _watch(
 @app.command()
 def status(
     batch: Annotated[str | None, typer.Argument(help="a batch id; none: the queues")] = None,
-    watch: Annotated[bool, typer.Option(help="refresh until done (Ctrl-C stops)")] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="refresh until done (Ctrl-C stops)")
+    ] = False,
     interval: Annotated[float, typer.Option(min=0.1, help="seconds between refreshes")] = 2.0,
     stack: StackOpt = None,
     config: ConfigOpt = None,
@@ -864,7 +876,7 @@ def costs(
     ] = None,
     by: Annotated[GroupBy, typer.Option(help="group the totals by")] = GroupBy.model,
     compare: Annotated[
-        bool, typer.Option(help="price the same usage on every model; project a year")
+        bool, typer.Option("--compare", help="price the same usage on every model; project a year")
     ] = False,
     chart: Annotated[
         Path | None, typer.Option(help="draw a PNG: cost per day by model (+ the comparison)")
@@ -879,8 +891,15 @@ def costs(
     deployment = connect(cfg, stack)
     with _progress(as_json, TextColumn("{task.completed} records")) as progress:
         task = progress.add_task("reading cost records", total=None)
-        report = CostReport.model_validate({"since": since.date() if since else None, "by": by})
-        report = _load_costs(deployment, report, batch, threads, lambda: progress.advance(task))
+        report = load_report(
+            deployment.s3,
+            deployment.resources.bucket,
+            since=since.date() if since else None,
+            batch=batch,
+            by=by,
+            threads=threads,
+            on_record=lambda _: progress.advance(task),
+        )
     if batch and not report.total.jobs and deployment.batches.get(batch) is None:
         _batch(deployment, batch)  # raises: unknown batch
     comparison = report.compare(cfg) if compare else None
@@ -893,26 +912,6 @@ def costs(
     _costs_tables(result)
     if chart:
         console.print(f"chart written to {chart}", highlight=False)
-
-
-def _load_costs(
-    deployment: Deployment,
-    report: CostReport,
-    batch: str | None,
-    threads: int,
-    tick: Callable[[], None],
-) -> CostReport:
-    from chatbatch.costs import load_report
-
-    return load_report(
-        deployment.s3,
-        deployment.resources.bucket,
-        since=report.since,
-        batch=batch,
-        by=report.by,
-        threads=threads,
-        on_record=lambda _: tick(),
-    )
 
 
 # --- cancel, redrive -------------------------------------------------------------------
