@@ -14,7 +14,7 @@ Keys are deterministic, so a retry overwrites instead of duplicating:
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
@@ -112,5 +112,6 @@ class Store:
         raw = self._get(key)
         return raw.decode() if raw is not None else None
 
-    def put_manifest(self, batch_id: str, custom_ids_jsonl: bytes) -> None:
-        self._s3.put_object(Bucket=self.bucket, Key=manifest_key(batch_id), Body=custom_ids_jsonl)
+    def put_manifest(self, batch_id: str, custom_ids_jsonl: IO[bytes]) -> None:
+        """Upload a manifest from a file (streamed, multipart when large)."""
+        self._s3.upload_fileobj(custom_ids_jsonl, self.bucket, manifest_key(batch_id))

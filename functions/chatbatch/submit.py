@@ -176,7 +176,7 @@ def write_manifest(path: Path, config: Config, batch_id: str, store: Store) -> N
         for job in iter_jobs(path, config, batch_id):
             tmp.write(json.dumps(job.custom_id).encode() + b"\n")
         tmp.seek(0)
-        store.put_manifest(batch_id, tmp.read())
+        store.put_manifest(batch_id, tmp)
 
 
 def register(plan: Plan, batches: Batches, budget_nanos: int | None) -> None:

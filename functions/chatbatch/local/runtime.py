@@ -46,7 +46,15 @@ from chatbatch.local.simulator import Simulator, SimulatorSettings
 from chatbatch.pricing import from_nanos
 from chatbatch.resources import Resources, resources_to_outputs
 from chatbatch.store import Store
-from chatbatch.submit import Plan, Sender, iter_jobs, plan_file, priority_of, register
+from chatbatch.submit import (
+    Plan,
+    Sender,
+    iter_jobs,
+    plan_file,
+    priority_of,
+    register,
+    write_manifest,
+)
 
 FEED_DEPTH = 100
 POLL_S = 0.25  # how often the batch's counters are read while waiting
@@ -274,11 +282,9 @@ class LocalRuntime:
         batch = batch_id or self.options.batch_id
         plan = plan_file(path, config, batch, config.defaults.priority)
         register(plan, self.batches, budget_nanos=None)
-        manifest = []
+        write_manifest(path, config, batch, self.store)
         for job in iter_jobs(path, config, batch):
             self.feeders[priority_of(job, plan.default_priority)].backlog.append(job)
-            manifest.append(json.dumps(job.custom_id))
-        self.store.put_manifest(batch, ("\n".join(manifest) + "\n").encode())
         return plan
 
     def wait(
