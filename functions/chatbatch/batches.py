@@ -26,13 +26,18 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from chatbatch.ddb import n, s
+from chatbatch.ddb import n, s, transact
 from chatbatch.resources import TABLE_PK, TABLE_SK, TABLE_TTL
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 JOB_TTL_S = 30 * 86_400
+
+
+class TransactionRefused(RuntimeError):
+    """A job's final transaction failed on an item other than its state (e.g. the budget
+    reservation was reclaimed): nothing was written; a redelivery starts over."""
 
 
 class JobState(StrEnum):
@@ -51,7 +56,8 @@ class JobState(StrEnum):
     @property
     def gauge(self) -> str | None:
         """The counter that holds jobs while they are in this state, if any."""
-        return {JobState.deferred: "deferred", JobState.dead_lettered: "dead_lettered"}.get(self)
+        waiting = (JobState.deferred, JobState.throttled, JobState.dead_lettered)
+        return self.value if self in waiting else None
 
     @property
     def counter(self) -> str:
@@ -272,11 +278,10 @@ class Batches:
                     }
                 }
             )
-        try:
-            self._ddb.transact_write_items(TransactItems=items)
-        except self._ddb.exceptions.TransactionCanceledException as err:
-            reasons = err.response.get("CancellationReasons", [])
-            if reasons and reasons[0].get("Code") == "ConditionalCheckFailed":
-                return False
-            raise
-        return True
+        reasons = transact(self._ddb, items)
+        if not reasons:
+            return True
+        if reasons[0].get("Code") == "ConditionalCheckFailed":
+            return False  # the job is no longer in ``prev``: another delivery moved it
+        failed = [i for i, r in enumerate(reasons) if r.get("Code") not in (None, "None")]
+        raise TransactionRefused(f"job {batch_id}/{custom_id}: items {failed} refused: {reasons}")

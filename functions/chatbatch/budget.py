@@ -56,7 +56,6 @@ above what provider rate limits allow; more would need ledger shards like the li
 from __future__ import annotations
 
 import datetime as dt
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -66,7 +65,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel
 
 from chatbatch.config import Config
-from chatbatch.ddb import int_of, n, s
+from chatbatch.ddb import int_of, n, s, transact
 from chatbatch.pricing import from_nanos, to_nanos
 from chatbatch.resources import TABLE_PK, TABLE_SK, TABLE_TTL
 
@@ -503,23 +502,8 @@ class Budget:
         return not self._transact(items)
 
     def _transact(self, items: list[Item]) -> list[Item]:
-        """Commit; the cancellation reasons if a condition failed ([] when committed).
-
-        A transaction cancelled for another reason (a conflict with a concurrent one on
-        the same hot ledger item, throttling) is tried again after a jittered backoff.
-        """
-        for attempt in range(CONFLICT_RETRIES):
-            try:
-                self._ddb.transact_write_items(TransactItems=items)  # type: ignore[arg-type]
-                return []
-            except self._ddb.exceptions.TransactionCanceledException as err:
-                reasons: list[Item] = [dict(r) for r in err.response.get("CancellationReasons", [])]
-                if any(r.get("Code") == "ConditionalCheckFailed" for r in reasons):
-                    return reasons
-                if attempt == CONFLICT_RETRIES - 1:
-                    raise
-                self._sleep(random.uniform(0.005, 0.02) * 2**attempt)
-        raise AssertionError("unreachable")
+        """Commit; the cancellation reasons if a condition failed ([] when committed)."""
+        return transact(self._ddb, items, sleep=self._sleep)
 
     # --- crashed workers ----------------------------------------------------------
 

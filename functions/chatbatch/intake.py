@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
 from chatbatch.config import Config, Priority
@@ -31,6 +32,7 @@ from chatbatch.resources import Resources
 from chatbatch.store import Store
 
 ATTR_HANDBACKS = "chatbatch-handbacks"
+ATTR_BATCH = "chatbatch-batch"
 
 
 def default_batch(now: dt.datetime | None = None) -> str:
@@ -47,6 +49,7 @@ class Intake:
     priority: Priority
     job: Job | None = None
     error: JobError | None = None
+    transient: str | None = None  # could not be read now (S3 unreachable): retry it
 
     @property
     def key(self) -> tuple[str, str]:
@@ -58,7 +61,7 @@ class Intake:
 
     @property
     def handbacks(self) -> int:
-        attr = self.record.message_attributes.get(ATTR_HANDBACKS)
+        attr = self.record.message_attributes[ATTR_HANDBACKS]  # None when absent
         return int(attr.string_value or 0) if attr else 0
 
 
@@ -66,27 +69,51 @@ def _safe(value: Any, pattern: str) -> str | None:
     return value if isinstance(value, str) and re.fullmatch(pattern, value) else None
 
 
+def _batch_of(record: SQSRecord, named: str | None) -> str:
+    """The job's batch: its own, else the one a hand-back carried, else the default batch
+    of the day the message was first sent (a redelivery after midnight keeps it)."""
+    if named:
+        return named
+    carried = record.message_attributes[ATTR_BATCH]  # None when absent
+    if carried and carried.string_value and re.fullmatch(BATCH_ID_PATTERN, carried.string_value):
+        return carried.string_value
+    sent_ms = record.attributes.sent_timestamp
+    sent = dt.datetime.fromtimestamp(int(sent_ms) / 1000, dt.UTC) if sent_ms else None
+    return default_batch(sent)
+
+
+def _decode(record: SQSRecord, store: Store) -> Any:
+    """The job's JSON value, read from S3 when the body is a claim check."""
+    data = json.loads(record.body)
+    if isinstance(data, dict) and CLAIM_CHECK_KEY in data:
+        claim = ClaimCheck.model_validate(data[CLAIM_CHECK_KEY])
+        text = store.get_text(claim.key)
+        if text is None:
+            raise JobError(CLAIM_CHECK_KEY, f"s3://{claim.bucket}/{claim.key} not found")
+        data = json.loads(text)
+    return data
+
+
 def read_record(record: SQSRecord, config: Config, resources: Resources, store: Store) -> Intake:
     priority = resources.priority_of_queue(record.event_source_arn) or config.defaults.priority
     data: Any = None
     try:
-        data = json.loads(record.body)
-        if isinstance(data, dict) and CLAIM_CHECK_KEY in data:
-            claim = ClaimCheck.model_validate(data[CLAIM_CHECK_KEY])  # ValidationError below
-            text = store.get_text(claim.key)
-            if text is None:
-                raise JobError(CLAIM_CHECK_KEY, f"s3://{claim.bucket}/{claim.key} not found")
-            data = json.loads(text)
+        data = _decode(record, store)
         job = parse_job(data, config)
-        return Intake(record, job.batch_id or default_batch(), job.custom_id, priority, job=job)
-    except json.JSONDecodeError as err:
+        batch_id = _batch_of(record, job.batch_id)
+        return Intake(record, batch_id, job.custom_id, priority, job=job)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         error = JobError("(body)", f"not valid JSON: {err}")
     except ValidationError as err:
         error = JobError(CLAIM_CHECK_KEY, f"not a valid claim check: {err.errors()[0]['msg']}")
     except JobError as err:
         error = err
+    except ClientError as err:  # S3 unreachable for a claim check: only this job waits
+        raw = data if isinstance(data, dict) else {}
+        custom_id = _safe(raw.get("custom_id"), ID_PATTERN) or f"msg-{record.message_id}"
+        return Intake(record, _batch_of(record, None), custom_id, priority, transient=str(err))
     raw = data if isinstance(data, dict) else {}
     custom_id = _safe(raw.get("custom_id"), ID_PATTERN) or f"msg-{record.message_id}"
-    batch_id = _safe(raw.get("batch_id"), BATCH_ID_PATTERN) or default_batch()
+    batch_id = _batch_of(record, _safe(raw.get("batch_id"), BATCH_ID_PATTERN))
     error.custom_id = custom_id
     return Intake(record, batch_id, custom_id, priority, error=error)

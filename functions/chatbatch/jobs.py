@@ -418,6 +418,7 @@ class JobFacts(BaseModel):
     attempts: int = 0
     cached: bool = False
     seq: int | None = None
+    day: str | None = None  # UTC day the result was made: its cost record's partition
 
     @field_serializer("cost_usd")
     def _usd(self, value: Decimal) -> float:

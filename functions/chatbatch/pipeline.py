@@ -42,9 +42,9 @@ from chatbatch.batches import Batches, BatchInfo, JobState
 from chatbatch.budget import AlreadySettled, Budget, BudgetDeferred, OverRequestCap, Reservation
 from chatbatch.capacity import Capacity, Slot
 from chatbatch.config import Config
-from chatbatch.intake import ATTR_HANDBACKS, Intake
+from chatbatch.intake import ATTR_BATCH, ATTR_HANDBACKS, Intake
 from chatbatch.jobs import CostRecord, Job, JobFacts, OutputLine
-from chatbatch.limiter import RateLimiter
+from chatbatch.limiter import RateLimiter, RequestTooLargeError
 from chatbatch.pricing import Usage, cost, to_nanos
 from chatbatch.provider import Completion, ProviderClient, ProviderError
 from chatbatch.resources import Resources
@@ -174,6 +174,8 @@ async def _hand_back(inv: Invocation, intake: Intake, delay_s: float, outcome: O
         if attr.string_value is not None
     }
     attributes[ATTR_HANDBACKS] = {"DataType": "Number", "StringValue": str(intake.handbacks + 1)}
+    # the copy keeps the batch it was given (a default batch is per day of first sending)
+    attributes[ATTR_BATCH] = {"DataType": "String", "StringValue": intake.batch_id}
     await _io(
         services.sqs.send_message,
         QueueUrl=queue,
@@ -188,19 +190,26 @@ async def _hand_back(inv: Invocation, intake: Intake, delay_s: float, outcome: O
     return outcome
 
 
+async def _dead_letter(inv: Invocation, intake: Intake, reason: str) -> None:
+    """The last delivery failed: SQS moves the message to the DLQ at its next receive
+    (made immediate here); record why now."""
+    services = inv.services
+    message = f"gave up after {intake.receive_count} deliveries: {reason}"
+    await _fail(inv, intake, "dead_lettered", message, new=JobState.dead_lettered)
+    inv.count("JobsDeadLettered", intake)
+    await _io(
+        services.sqs.change_message_visibility,
+        QueueUrl=services.resources.queues[intake.priority],
+        ReceiptHandle=intake.record.receipt_handle,
+        VisibilityTimeout=0,
+    )
+
+
 async def _retry(inv: Invocation, intake: Intake, err: ProviderError) -> Outcome:
     """A transient failure: back to the queue with a backoff, or the DLQ's turn."""
     services = inv.services
     if intake.receive_count >= services.config.worker.max_receive_count:
-        # SQS moves the message to the DLQ at its next receive: record why, now.
-        await _fail(
-            inv,
-            intake,
-            "dead_lettered",
-            f"gave up after {intake.receive_count} deliveries: {err}",
-            new=JobState.dead_lettered,
-        )
-        inv.count("JobsDeadLettered", intake)
+        await _dead_letter(inv, intake, str(err))
         raise RetryLater(str(err))
     backoff = services.config.retries.max_backoff_s * 2 ** (intake.receive_count - 1)
     delay = math.ceil(min(MAX_DELAY_S, max(backoff, err.retry_after_s or 0)))
@@ -229,6 +238,7 @@ def _facts(
         attempts=attempts,
         cached=cached,
         seq=job.seq,
+        day=_today(),
     )
 
 
@@ -282,7 +292,8 @@ async def _finish(
     """
     services = inv.services
     stored = await _io(services.store.put_result_once, intake.batch_id, result)
-    day = reservation.day if reservation else _today()
+    # the day the result was first stored: a redelivery after midnight keeps it
+    day = (stored.chatbatch.day if stored.chatbatch else None) or _today()
     record = _cost_record(inv, intake, job, stored, day)
     await asyncio.gather(_io(services.store.put_cost, record), *extra_writes)
     crash_point("after_s3_write", intake)
@@ -327,14 +338,18 @@ async def _recover(
     return await _finish(inv, intake, job, result, reservation=reservation, provider_calls=0)
 
 
-async def _from_cache(inv: Invocation, intake: Intake, job: Job, key: str) -> Outcome | None:
+async def _from_cache(
+    inv: Invocation, intake: Intake, job: Job, key: str, reservation: Reservation
+) -> Outcome | None:
+    """An identical request answered before: free, marked ``cached``; the reservation is
+    settled at the stored result's cost (0, unless another delivery stored a paid one)."""
     body = await _io(inv.services.store.get_cached, key)
     if body is None:
         return None
     inv.count("CacheHits", intake)
     facts = _facts(intake, job, Decimal(0), 0, 0, cached=True)
     result = OutputLine.result(job, facts, body)
-    return await _finish(inv, intake, job, result, reservation=None, provider_calls=0)
+    return await _finish(inv, intake, job, result, reservation=reservation, provider_calls=0)
 
 
 async def _call(
@@ -381,9 +396,7 @@ async def _reserve(inv: Invocation, intake: Intake, job: Job) -> Reservation | O
             batch_limit_nanos=batch_limit,
         )
     except OverRequestCap as err:
-        await _fail(inv, intake, "over_request_cap", str(err))
-        inv.count("JobsFailed", intake)
-        return Outcome.failed
+        return await _refuse(inv, intake, "over_request_cap", str(err))
     except BudgetDeferred as err:
         return await _hand_back(inv, intake, err.retry_after_s, Outcome.deferred)
     except AlreadySettled:
@@ -395,11 +408,11 @@ async def _before_budget(inv: Invocation, intake: Intake) -> Outcome | None:
     """Jobs that end before any money moves: duplicates, invalid, cancelled."""
     if inv.states[intake.key].terminal:
         return Outcome.duplicate
+    if intake.transient:
+        raise RetryLater(intake.transient)
     if intake.job is None:
         assert intake.error is not None
-        await _fail(inv, intake, intake.error.code, str(intake.error))
-        inv.count("JobsFailed", intake)
-        return Outcome.failed
+        return await _refuse(inv, intake, intake.error.code, str(intake.error))
     if inv.batches[intake.batch_id].cancelled:
         message = f"batch {intake.batch_id} was cancelled before this job started"
         await _fail(inv, intake, "cancelled", message, new=JobState.cancelled)
@@ -408,36 +421,55 @@ async def _before_budget(inv: Invocation, intake: Intake) -> Outcome | None:
 
 
 async def process(inv: Invocation, intake: Intake) -> Outcome:
+    """One job, start to end. An unexpected error on its last delivery is recorded."""
+    try:
+        return await _process(inv, intake)
+    except Exception as err:
+        if intake.receive_count >= inv.services.config.worker.max_receive_count:
+            await _dead_letter(inv, intake, f"{type(err).__name__}: {err}")
+        raise
+
+
+async def _process(inv: Invocation, intake: Intake) -> Outcome:
     services, config = inv.services, inv.services.config
     if ended := await _before_budget(inv, intake):
         return ended
     job = intake.job
     assert job is not None
-    model = config.models[job.model]
-    cache_key = job.cache_key(model) if _cacheable(config, job) else None
-    if cache_key and (hit := await _from_cache(inv, intake, job, cache_key)):
-        return hit
     reservation = await _reserve(inv, intake, job)
     if isinstance(reservation, Outcome):
         return reservation
     crash_point("after_reserve", intake)
-    redelivered = intake.receive_count > 1 or inv.states[intake.key] is JobState.dead_lettered
-    if redelivered and (recovered := await _recover(inv, intake, job, reservation)):
+    # Anything but a first delivery may find its result already stored (a crash after
+    # the S3 write, or a copy that got there first): finish from it, call nothing.
+    first_delivery = intake.receive_count == 1 and inv.states[intake.key] is JobState.new
+    if not first_delivery and (recovered := await _recover(inv, intake, job, reservation)):
         return recovered
+    model = config.models[job.model]
+    cache_key = job.cache_key(model) if _cacheable(config, job) else None
+    if cache_key and (hit := await _from_cache(inv, intake, job, cache_key, reservation)):
+        return hit
     try:
         called = await _call(inv, intake, job, reservation)
-    except ProviderError as err:
+    except (ProviderError, RequestTooLargeError) as err:
         await _io(services.budget.release, reservation)
+        if isinstance(err, RequestTooLargeError):
+            return await _refuse(inv, intake, "request_too_large", str(err))
         inv.count("ProviderErrors", intake)
         if err.permanent:
-            await _fail(inv, intake, f"provider_{err.status}", err.message)
-            inv.count("JobsFailed", intake)
-            return Outcome.failed
+            return await _refuse(inv, intake, f"provider_{err.status}", err.message)
         return await _retry(inv, intake, err)
     if isinstance(called, Outcome):
         return called
     crash_point("after_call", intake)
     return await _succeed(inv, intake, job, called, reservation, cache_key)
+
+
+async def _refuse(inv: Invocation, intake: Intake, code: str, message: str) -> Outcome:
+    """A permanent failure: an error record, counted as failed, never retried."""
+    await _fail(inv, intake, code, message)
+    inv.count("JobsFailed", intake)
+    return Outcome.failed
 
 
 async def _succeed(

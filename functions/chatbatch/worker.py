@@ -67,11 +67,11 @@ def api_key(provider: str) -> str | None:
     """Deployed: the provider's Secrets Manager secret (cached 5 min); locally: env vars."""
     arn = os.environ.get(secret_env(provider))
     if arn:
-        return str(get_secret(arn, max_age=300))
+        return str(get_secret(arn, max_age=300)).strip()  # a secret saved from a file ends in \n
     env = load_config_cached().providers[provider].api_key_env
     for name in (env, *FALLBACK_KEY_ENVS):
-        if os.environ.get(name):
-            return os.environ[name]
+        if os.environ.get(name, "").strip():
+            return os.environ[name].strip()
     return None
 
 
@@ -141,7 +141,10 @@ class Instance:
         response = async_process_partial_response(
             event=event, record_handler=record_handler, processor=self.processor, context=context
         )
-        self.loop.run_until_complete(inv.capacity.close())
+        try:
+            self.loop.run_until_complete(inv.capacity.close())
+        except Exception:  # the give-back is an optimisation: never fail the batch for it
+            logger.exception("could not give back unused rate-limit capacity")
         for intake in intakes.values():
             crash_point("before_delete", intake)
         emit_metrics(inv)

@@ -187,7 +187,11 @@ def test_every_job_is_accounted_for_and_gets_its_own_answer(tmp_path: Path, conf
 
 @pytest.mark.parametrize("point", pipeline.CRASH_POINTS)
 def test_a_worker_killed_mid_job_counts_each_job_once(tmp_path: Path, point: str):
-    path = write(tmp_path, job_lines(16, seed=7))
+    cacheable = {"prompt": "cached question", "cache": True, "temperature": 0}
+    lines = job_lines(14, seed=7) + [
+        json.dumps({"custom_id": f"cache{i}", **cacheable}) for i in range(2)
+    ]
+    path = write(tmp_path, lines)
     crashed: set[str] = set()
 
     def crash(name: str, intake: Intake) -> bool:
@@ -297,3 +301,17 @@ def test_a_job_too_big_for_sqs_travels_through_s3(tmp_path: Path):
     results = {r["custom_id"]: r for r in read_jsonl(tmp_path / "out" / "results.jsonl")}
     answer = results["big"]["response"]["body"]["choices"][0]["message"]["content"]
     assert answer.startswith("sim:") and "word word" in answer
+
+
+def test_a_job_bigger_than_the_rate_limit_fails_clearly(tmp_path: Path):
+    lines = [
+        json.dumps({"custom_id": "huge", "prompt": "x", "max_tokens": 500}),
+        json.dumps({"custom_id": "fine", "prompt": "x", "max_tokens": 20}),
+    ]
+    with runtime(tpm=100) as rt:
+        summary = rt.run(write(tmp_path, lines), tmp_path / "out")
+        assert ledger_spent(rt) > 0  # and nothing left reserved
+        assert dlq_depth(rt) == 0
+    assert (summary.succeeded, summary.failed, summary.dead_lettered) == (1, 1, 0)
+    (error,) = read_jsonl(tmp_path / "out" / "errors.jsonl")
+    assert error["custom_id"] == "huge" and error["error"]["code"] == "request_too_large"

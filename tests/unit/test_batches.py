@@ -52,7 +52,10 @@ def test_gauges_follow_deferred_and_dead_lettered_jobs(batches: Batches):
     assert batches.transition("b2", "x", prev=JobState.new, new=JobState.deferred)
     assert batches.transition("b2", "x", prev=JobState.deferred, new=JobState.deferred)
     assert batches.get("b2").deferred == 1  # type: ignore[union-attr]
-    assert batches.transition("b2", "x", prev=JobState.deferred, new=JobState.dead_lettered)
+    assert batches.transition("b2", "x", prev=JobState.deferred, new=JobState.throttled)
+    info = batches.get("b2")
+    assert info is not None and (info.deferred, info.throttled) == (0, 1)
+    assert batches.transition("b2", "x", prev=JobState.throttled, new=JobState.dead_lettered)
     info = batches.get("b2")
     assert info is not None and (info.deferred, info.dead_lettered) == (0, 1)
     assert batches.transition("b2", "x", prev=JobState.dead_lettered, new=JobState.succeeded)
