@@ -352,9 +352,7 @@ async def _from_cache(
     return await _finish(inv, intake, job, result, reservation=reservation, provider_calls=0)
 
 
-async def _call(
-    inv: Invocation, intake: Intake, job: Job, reservation: Reservation
-) -> Completion | Outcome:
+async def _call(inv: Invocation, intake: Intake, job: Job) -> Completion | Outcome:
     """Take rate-limit capacity and call the provider; hand back when there is none soon."""
     services = inv.services
     model = services.config.models[job.model]
@@ -368,7 +366,8 @@ async def _call(
             break
         remaining = inv.deadline - time.monotonic()
         if got > min(services.config.worker.max_throttle_wait_s, remaining):
-            await _io(services.budget.release, reservation)
+            # The reservation stays: the copy takes it back when it returns (a release
+            # here could free money another in-flight copy of this job is spending).
             return await _hand_back(inv, intake, got, Outcome.throttled)
         await asyncio.sleep(got)
     try:
@@ -450,7 +449,7 @@ async def _process(inv: Invocation, intake: Intake) -> Outcome:
     if cache_key and (hit := await _from_cache(inv, intake, job, cache_key, reservation)):
         return hit
     try:
-        called = await _call(inv, intake, job, reservation)
+        called = await _call(inv, intake, job)
     except (ProviderError, RequestTooLargeError) as err:
         await _io(services.budget.release, reservation)
         if isinstance(err, RequestTooLargeError):
