@@ -1,0 +1,424 @@
+"""Overhead and cost: AWS requests per job, DynamoDB writes with and without leases,
+Lambda GB-seconds per job (concurrent vs sequential), and the infrastructure bill per 1M
+jobs next to the LLM bill.
+
+Three runs of the same file (300 ms per answer, no rate limit in the way):
+
+- **leases**: the worker as shipped: the jobs of a batch run concurrently and take their
+  rate-limit capacity in one lease (one write, one give-back write per batch);
+- **no leases**: the same, with the worker's ``Capacity`` replaced (from this benchmark,
+  not in product code) by one that acquires and gives back per job;
+- **sequential**: ``worker.batch_size = 1``, one job per invocation: what a worker that
+  processes a batch's jobs one after the other is billed for.
+
+Every AWS request is counted by botocore's event hooks; DynamoDB capacity units are
+estimated from each request and the item sizes that come back (1 WRU per KB written, 2 per
+KB in a transaction; 1 RRU per 4 KB strongly consistent). Prices: us-east-1 list prices
+(SQS $0.40/M requests; DynamoDB on-demand $0.625/M WRU, $0.125/M RRU; S3 PUT/LIST
+$0.005/1k, GET $0.0004/1k; Lambda arm64 $0.0000133334/GB-s + $0.20/M requests)::
+
+    python -m bench.bench_overhead [--jobs 400] [--repeat 2] [--quick]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from collections import Counter, defaultdict
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from bench._common import (
+    Figure,
+    RunResult,
+    Section,
+    base_config,
+    figures_table,
+    finish,
+    parser,
+    patched,
+    run_file,
+    runtime,
+    say,
+    table,
+    watched,
+    workdir,
+    write_config,
+    write_jobs,
+)
+from chatbatch import worker
+from chatbatch.capacity import Slot
+from chatbatch.config import Priority
+from chatbatch.limiter import Lease, RateLimiter
+from chatbatch.local.runtime import LocalOptions
+from chatbatch.local.simulator import SimulatorSettings
+
+LATENCY_MS = 300
+PRICES = {
+    "sqs_request": Decimal("0.40") / 1_000_000,
+    "wru": Decimal("0.625") / 1_000_000,
+    "rru": Decimal("0.125") / 1_000_000,
+    "s3_put": Decimal("0.005") / 1_000,
+    "s3_get": Decimal("0.0004") / 1_000,
+    "gb_s": Decimal("0.0000133334"),
+    "lambda_request": Decimal("0.20") / 1_000_000,
+}
+S3_PUT_CLASS = {"PutObject", "ListObjectsV2", "CopyObject", "PostObject", "ListObjects"}
+S3_GET_CLASS = {"GetObject", "HeadObject"}
+DDB_WRITES = {"PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem"}
+PROJECTED_LATENCY_S = (1.0, 5.0, 20.0)
+# Two instances per queue (the least the config allows): every emulated instance shares
+# this process's CPU with moto, and more of them would bill GIL waits as Lambda time.
+CONCURRENCY = 2
+
+
+# --- DynamoDB capacity units --------------------------------------------------------
+
+
+def _value_size(value: Any) -> int:
+    if isinstance(value, dict):
+        return sum(len(k) + _value_size(v) for k, v in value.items())
+    if isinstance(value, list):
+        return sum(_value_size(v) for v in value)
+    return len(str(value))
+
+
+def item_size(item: dict[str, Any] | None) -> int:
+    """Roughly DynamoDB's item size: attribute names plus values, in bytes."""
+    return _value_size(item or {})
+
+
+def _units(size: int, per: int) -> int:
+    return max(1, math.ceil(size / per))
+
+
+def _purpose(key: dict[str, Any] | None) -> str:
+    pk = str((key or {}).get("pk", {}).get("S", ""))
+    return pk.split("#", 1)[0] or "?"
+
+
+@dataclass
+class CapacityMeter:
+    """Estimated DynamoDB capacity units by purpose (limiter, budget, job, batch ...)."""
+
+    active: bool = False
+    wru: Counter[str] = field(default_factory=Counter)
+    rru: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+    writes: Counter[str] = field(default_factory=Counter)
+    _sizes: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def install(self) -> None:
+        session = boto3.DEFAULT_SESSION
+        assert session is not None
+        session.events.register("before-parameter-build.dynamodb", self._before)
+        session.events.register("after-call.dynamodb", self._after)
+
+    def _before(self, params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        context["bench_params"] = params
+
+    def _after(self, model: Any, parsed: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        params = context.get("bench_params") or {}
+        if not self.active:
+            return
+        with self._lock:
+            self._count(model.name, params, parsed)
+
+    def _count(self, op: str, params: dict[str, Any], parsed: dict[str, Any]) -> None:
+        if op in {"UpdateItem", "PutItem", "DeleteItem"}:
+            key = params.get("Key") or params.get("Item")
+            name = str(key.get("pk")) if key else "?"
+            returned = parsed.get("Attributes") or params.get("Item")
+            if returned:
+                self._sizes[name] = item_size(returned)
+            purpose = _purpose(key)
+            self.wru[purpose] += _units(self._sizes.get(name, 0), 1024)
+            self.writes[purpose] += 1
+        elif op == "TransactWriteItems":
+            for entry in params.get("TransactItems", []):
+                ((_kind, body),) = entry.items()
+                key = body.get("Key") or body.get("Item")
+                purpose = f"txn:{_purpose(key)}"
+                self.wru[purpose] += 2 * _units(item_size(body.get("Item")), 1024)
+            self.writes["transactions"] += 1
+        elif op == "GetItem":
+            purpose = _purpose(params.get("Key"))
+            size = item_size(parsed.get("Item"))
+            self.rru[purpose] += _units(size, 4096) if params.get("ConsistentRead") else 0.5
+        elif op == "BatchGetItem":
+            for table_items in parsed.get("Responses", {}).values():
+                for item in table_items:
+                    self.rru[f"batch:{_purpose(item)}"] += _units(item_size(item), 4096)
+            asked = sum(len(t["Keys"]) for t in params.get("RequestItems", {}).values())
+            found = sum(len(t) for t in parsed.get("Responses", {}).values())
+            self.rru["batch:missing"] += max(0, asked - found)
+        elif op in {"Query", "Scan"}:
+            size = sum(item_size(i) for i in parsed.get("Items", []))
+            self.rru[op.lower()] += _units(size, 4096)
+
+    def start(self) -> None:
+        with self._lock:
+            self.wru.clear()
+            self.rru.clear()
+            self.writes.clear()
+            self.active = True
+
+    def stop(self) -> None:
+        self.active = False
+
+
+# --- without leases -----------------------------------------------------------------
+
+
+class PerJobCapacity:
+    """``Capacity`` without leases: every job acquires on its own and gives back on its own."""
+
+    def __init__(self, limiter: RateLimiter, priority: Priority, jobs: int) -> None:
+        self._limiter = limiter
+        self._priority = priority
+        self.leases: list[Lease] = []
+        self.writes = 0
+
+    def leave(self) -> None:
+        pass
+
+    async def take(self, model: str, tokens: int, *, first: bool = True) -> Slot | float:
+        lease = await asyncio.to_thread(self._limiter.acquire, model, self._priority, tokens)
+        self.writes += 1
+        if not lease.granted:
+            return lease.wait_s
+        self.leases.append(lease)
+        return lease, 0
+
+    async def close(self) -> None:
+        await asyncio.gather(*(asyncio.to_thread(lease.close) for lease in self.leases))
+
+
+def without_leases() -> AbstractContextManager[None]:
+    return patched((worker, "Capacity", PerJobCapacity))
+
+
+# --- a run and its bill -------------------------------------------------------------
+
+
+@dataclass
+class Measured:
+    mode: str
+    jobs: int
+    run: RunResult
+    wru: Counter[str]
+    rru: dict[str, float]
+    writes: Counter[str]
+    durations: list[float]
+    records: list[int]
+    memory_gb: float
+
+    def per_job(self, value: float) -> float:
+        return value / self.jobs
+
+    def aws(self, service: str, ops: set[str] | None = None) -> int:
+        return sum(
+            n for (s, op), n in self.run.aws.items() if s == service and (ops is None or op in ops)
+        )
+
+    @property
+    def gb_s(self) -> float:
+        return self.memory_gb * sum(self.durations)
+
+    @property
+    def overhead_s(self) -> float:
+        """Mean billed time of an invocation beyond one provider answer (the median answer
+        time the client measured)."""
+        answer_s = (self.run.summary.p50_latency_ms or LATENCY_MS) / 1000
+        return max(0.0, sum(self.durations) / len(self.durations) - answer_s)
+
+    def projected_gb_s(self, latency_s: float) -> float:
+        """GB-s per job if each answer took ``latency_s`` (invocations last their slowest)."""
+        invocations = len(self.durations)
+        return self.memory_gb * (self.overhead_s + latency_s) * invocations / self.jobs
+
+    def bill(self, latency_s: float | None = None) -> dict[str, Decimal]:
+        """USD per job by service."""
+        n = Decimal(self.jobs)
+        gb_s = self.gb_s / self.jobs if latency_s is None else self.projected_gb_s(latency_s)
+        return {
+            "SQS": PRICES["sqs_request"] * self.aws("sqs") / n,
+            "DynamoDB writes": PRICES["wru"] * Decimal(sum(self.wru.values())) / n,
+            "DynamoDB reads": PRICES["rru"] * Decimal(sum(self.rru.values())) / n,
+            "S3": (
+                PRICES["s3_put"] * self.aws("s3", S3_PUT_CLASS)
+                + PRICES["s3_get"] * self.aws("s3", S3_GET_CLASS)
+            )
+            / n,
+            "Lambda GB-s": PRICES["gb_s"] * Decimal(str(gb_s)),
+            "Lambda requests": PRICES["lambda_request"] * len(self.durations) / n,
+        }
+
+
+def measured_run(tmp: Path, jobs: int, mode: str, seed: int) -> Measured:
+    config = base_config()
+    batch_size = 1 if mode == "sequential" else config.worker.batch_size
+    config_path = write_config(tmp / f"{mode}.json", config, worker={"batch_size": batch_size})
+    path = write_jobs(tmp / "jobs.jsonl", jobs, max_tokens=50)
+    sim = SimulatorSettings(latency_ms=LATENCY_MS)
+    options = LocalOptions(
+        config_path=config_path,
+        rpm=1_000_000,
+        tpm=1_000_000_000,
+        simulator=sim,
+        seed=seed,
+        timeout_s=1800,
+        concurrency=CONCURRENCY,
+    )
+    meter = CapacityMeter()
+    patch = without_leases() if mode == "no leases" else nullcontext()
+    with patch, watched() as seen, runtime(options) as rt:
+        meter.install()
+        meter.start()
+        run = run_file(rt, path, tmp / f"out-{mode}-{seed}", on_settled=meter.stop)
+    return Measured(
+        mode=mode,
+        jobs=run.summary.succeeded,
+        run=run,
+        wru=Counter(meter.wru),
+        rru=dict(meter.rru),
+        writes=Counter(meter.writes),
+        durations=list(seen.durations),
+        records=[len(b) for b in seen.batches],
+        memory_gb=config.worker.memory_mb / 1024,
+    )
+
+
+def llm_cost_per_job() -> dict[str, Decimal]:
+    """USD for one job of 1,000 tokens at the configured DeepSeek V3.2 prices."""
+    model = base_config().models["deepseek-chat"]
+    m = Decimal(1_000_000)
+    return {
+        "1,000 in, 0 out": 1000 * model.input_per_m / m,
+        "500 in, 500 out": (500 * model.input_per_m + 500 * model.output_per_m) / m,
+        "0 in, 1,000 out": 1000 * model.output_per_m / m,
+    }
+
+
+def ops_table(runs: dict[str, Measured]) -> str:
+    keys = sorted({k for m in runs.values() for k in m.run.aws})
+    rows = []
+    for service, op in keys:
+        rows.append(
+            [f"{service} {op}"]
+            + [f"{m.per_job(m.run.aws.get((service, op), 0)):.3f}" for m in runs.values()]
+        )
+    rows.append(
+        ["**total**"] + [f"{m.per_job(sum(m.run.aws.values())):.2f}" for m in runs.values()]
+    )
+    return table(rows, ["AWS requests per job", *runs])
+
+
+def units_table(runs: dict[str, Measured]) -> str:
+    purposes = sorted({k for m in runs.values() for k in (*m.wru, *m.writes)})
+    rows = []
+    for purpose in purposes:
+        rows.append(
+            [purpose]
+            + [
+                f"{m.per_job(m.writes.get(purpose, 0)):.3f} req, "
+                f"{m.per_job(m.wru.get(purpose, 0)):.2f} WRU"
+                for m in runs.values()
+            ]
+        )
+    rows.append(
+        ["**all writes**"]
+        + [
+            f"{m.per_job(m.aws('dynamodb', DDB_WRITES)):.2f} req, "
+            f"{m.per_job(sum(m.wru.values())):.2f} WRU"
+            for m in runs.values()
+        ]
+    )
+    rows.append(
+        ["**reads (RRU)**"] + [f"{m.per_job(sum(m.rru.values())):.2f}" for m in runs.values()]
+    )
+    return table(rows, ["DynamoDB per job (writes by item kind)", *runs])
+
+
+def cost_table(m: Measured, llm: Decimal) -> str:
+    latencies: list[float | None] = [None, *PROJECTED_LATENCY_S]
+    bills = [m.bill(latency) for latency in latencies]
+    million = Decimal(1_000_000)
+    rows = [[service] + [f"${b[service] * million:,.2f}" for b in bills] for service in bills[0]]
+    totals = [sum(b.values(), Decimal(0)) * million for b in bills]
+    rows.append(["**infrastructure**"] + [f"**${t:,.2f}**" for t in totals])
+    rows.append(["÷ LLM bill"] + [f"{t / (llm * million):.2%}" for t in totals])
+    header = [
+        f"USD per 1M jobs ({m.mode})",
+        f"measured ({LATENCY_MS} ms answers)",
+        *(f"answers of {s:g} s" for s in PROJECTED_LATENCY_S),
+    ]
+    return table(rows, header)
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--jobs", type=int, default=None, help="jobs per run (default 400)")
+    args = p.parse_args()
+    jobs = args.jobs or (100 if args.quick else 400)
+    modes = ("leases", "no leases", "sequential")
+    llm = llm_cost_per_job()
+    reference = llm["500 in, 500 out"]
+    figs: dict[str, list[Figure]] = {}
+    last: dict[str, Measured] = {}
+    for mode in modes:
+        figs[mode] = [
+            Figure(f"AWS requests per job ({mode})", "", False, fmt="{:.2f}"),
+            Figure(f"DynamoDB write requests per job ({mode})", "", False, fmt="{:.2f}"),
+            Figure(f"DynamoDB WRU per job ({mode})", "", False, fmt="{:.2f}"),
+            Figure(f"limiter writes per job ({mode})", "", False, fmt="{:.3f}"),
+            Figure(f"GB-s per job at {LATENCY_MS} ms ({mode})", "", False, fmt="{:.4f}"),
+            Figure(f"invocation overhead beyond the answer ({mode})", "", False, " s", "{:.3f}"),
+        ]
+    with workdir(args) as tmp:
+        for r in range(args.repeat):
+            for mode in modes:
+                m = measured_run(tmp / f"r{r}", jobs, mode, seed=r)
+                last[mode] = m
+                values = [
+                    m.per_job(sum(m.run.aws.values())),
+                    m.per_job(m.aws("dynamodb", DDB_WRITES)),
+                    m.per_job(sum(m.wru.values())),
+                    m.per_job(m.writes.get("limiter", 0)),
+                    m.gb_s / m.jobs,
+                    m.overhead_s,
+                ]
+                for fig, value in zip(figs[mode], values, strict=True):
+                    fig.add(value)
+                say(
+                    f"{mode} run {r + 1}: {m.jobs} jobs in {m.run.wall_s:.1f} s, "
+                    f"{len(m.durations)} invocations, "
+                    + ", ".join(
+                        f"{f.name.split(' (')[0]} {f.fmt.format(v)}"
+                        for f, v in zip(figs[mode], values, strict=True)
+                    )
+                )
+    section = Section("overhead", "4. Overhead and cost")
+    section.add(
+        f"{jobs} jobs per run, {LATENCY_MS} ms per answer, no rate limit in the way; "
+        "requests counted from submit to the last job settled (setup, the runtime's own "
+        "progress polls and the collection of outputs left out)."
+    )
+    section.add(figures_table([f for mode in modes for f in figs[mode]]))
+    section.add(ops_table(last))
+    section.add(units_table(last))
+    llm_rows = [[split, f"${usd * 1_000_000:,.0f}"] for split, usd in llm.items()]
+    section.add(table(llm_rows, ["LLM bill per 1M jobs of 1,000 tokens (deepseek-chat)", "USD"]))
+    for mode in ("leases", "sequential"):
+        section.add(cost_table(last[mode], reference))
+    finish(section, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""Rate-limit utilization: how much of a provider's limit the pipeline fills, without 429s.
+
+The simulator enforces a limit (600 requests/min, 300 ms per answer) and the pipeline is
+configured to the same limit. Achieved successful requests per second over the whole run
+(submit to last result) divided by the limit should be at least 0.97, 429s at most 0.5% of
+requests, and the most requests the simulator saw in any 60 s window never above the limit.
+The second part makes a tokens-per-minute limit bind before the request limit (every
+answer is exactly ``max_tokens`` long, so the limiter's estimates are close to the truth)::
+
+    python -m bench.bench_utilization [--jobs 2000] [--tpm-jobs 600] [--repeat 2] [--quick]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench._common import (
+    Figure,
+    RunResult,
+    Section,
+    figures_table,
+    finish,
+    measure,
+    parser,
+    say,
+    workdir,
+    write_jobs,
+)
+from chatbatch.local.runtime import LocalOptions
+from chatbatch.local.simulator import SimulatorSettings
+
+RPM = 600
+LATENCY_MS = 300
+TPM_ANSWER_TOKENS = 200
+TPM_RPM = 3000  # far above what the tokens allow
+
+
+def max_in_window(times: list[float], span_s: float = 60.0) -> int:
+    """The most events in any ``span_s`` window."""
+    times = sorted(times)
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while times[start] <= t - span_s:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+def steady(run: RunResult, amounts: dict[str, float] | None = None) -> float:
+    """Per second after the first minute (which a sliding window lets run ahead), up to the
+    last result: results, or the sum of ``amounts`` of those results. NaN if the run was
+    shorter than a minute."""
+    start = run.submitted_at + 60.0
+    late = [k for k, t in run.done_at.items() if t > start]
+    end = max(run.done_at.values(), default=start)
+    if len(late) < 2 or end <= start:
+        return float("nan")
+    return sum(amounts[k] for k in late) / (end - start) if amounts else len(late) / (end - start)
+
+
+def requests_run(tmp: Path, jobs: int, seed: int) -> RunResult:
+    path = write_jobs(tmp / "rpm.jsonl", jobs, max_tokens=50)
+    sim = SimulatorSettings(rpm=RPM, latency_ms=LATENCY_MS)
+    options = LocalOptions(rpm=RPM, tpm=100_000_000, simulator=sim, seed=seed, timeout_s=1800)
+    return measure(options, path, tmp / f"out-rpm-{seed}")
+
+
+def tokens_per_job(max_tokens: int) -> int:
+    """The simulator's count for one of our jobs: prompt (~9 words + framing) + answer."""
+    return 3 + 4 + 10 + max_tokens
+
+
+def tokens_run(tmp: Path, jobs: int, seed: int, tpm: int) -> RunResult:
+    path = write_jobs(tmp / "tpm.jsonl", jobs, max_tokens=TPM_ANSWER_TOKENS)
+    sim = SimulatorSettings(
+        rpm=TPM_RPM, tpm=tpm, latency_ms=LATENCY_MS, answer_tokens=TPM_ANSWER_TOKENS
+    )
+    options = LocalOptions(rpm=TPM_RPM, tpm=tpm, simulator=sim, seed=seed, timeout_s=1800)
+    return measure(options, path, tmp / f"out-tpm-{seed}")
+
+
+def describe(run: RunResult, label: str) -> None:
+    stats = run.stats
+    assert stats is not None
+    s = run.summary
+    say(
+        f"{label}: {s.succeeded}/{s.jobs_total} ok in {run.wall_s:.1f} s "
+        f"({run.jobs_per_s:.2f}/s, after the first minute {steady(run):.2f}/s), "
+        f"simulator: {stats.requests} requests, 429s {stats.by_status.get('429', 0)}, "
+        f"max {stats.max_requests_60s} requests and {stats.max_tokens_60s} tokens in 60 s, "
+        f"duplicates {stats.duplicates}"
+    )
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--jobs", type=int, default=None, help="requests-bound run (default 2000)")
+    p.add_argument("--tpm-jobs", type=int, default=None, help="tokens-bound run (default 600)")
+    args = p.parse_args()
+    jobs = args.jobs or (300 if args.quick else 2000)
+    tpm_jobs = args.tpm_jobs or (150 if args.quick else 600)
+    # ~276 jobs/min: the tokens bind long before 3,000 requests/min
+    tpm = 60_000
+    limit_rps = RPM / 60
+    section = Section("utilization", "1. Rate-limit utilization")
+    rpm_figs = [
+        Figure("achieved / limit (whole run)", ">= 0.97", True, fmt="{:.3f}"),
+        Figure("achieved / limit (after the first minute)", ">= 0.97", True, fmt="{:.3f}"),
+        Figure("429s / requests", "<= 0.5%", False, "%", "{:.2f}"),
+        Figure("max requests in any 60 s (simulator)", f"<= {RPM}", False, fmt="{:.0f}"),
+        Figure("max results in any 60 s", f"<= {RPM}", False, fmt="{:.0f}"),
+        Figure("wall time", f">= {jobs / limit_rps:.0f} s (the limit)", False, " s", "{:.1f}"),
+        Figure("duplicates (simulator)", "0", False, fmt="{:.0f}"),
+    ]
+    tpm_figs = [
+        Figure("achieved tokens / tpm (whole run)", ">= 0.97", True, fmt="{:.3f}"),
+        Figure("achieved tokens / tpm (after the first minute)", ">= 0.97", True, fmt="{:.3f}"),
+        Figure("429s / requests", "<= 0.5%", False, "%", "{:.2f}"),
+        Figure("max tokens in any 60 s (simulator)", f"<= {tpm:,}", False, fmt="{:,.0f}"),
+        Figure("max requests in any 60 s (simulator)", f"<= {TPM_RPM}", False, fmt="{:.0f}"),
+        Figure("wall time", "", False, " s", "{:.1f}"),
+    ]
+    with workdir(args) as tmp:
+        for r in range(args.repeat):
+            run = requests_run(tmp, jobs, seed=r)
+            describe(run, f"requests-bound run {r + 1}")
+            stats = run.stats
+            assert stats is not None
+            values = [
+                run.jobs_per_s / limit_rps,
+                steady(run) / limit_rps,
+                100 * stats.by_status.get("429", 0) / max(stats.requests, 1),
+                stats.max_requests_60s,
+                max_in_window(list(run.done_at.values())),
+                run.wall_s,
+                stats.duplicates,
+            ]
+            for fig, value in zip(rpm_figs, values, strict=True):
+                fig.add(value)
+        for r in range(args.repeat):
+            run = tokens_run(tmp, tpm_jobs, seed=r, tpm=tpm)
+            describe(run, f"tokens-bound run {r + 1}")
+            stats = run.stats
+            assert stats is not None
+            billed = stats.prompt_tokens + stats.completion_tokens
+            tokens = {
+                c["custom_id"]: c["prompt_tokens"] + c["completion_tokens"] for c in run.costs
+            }
+            values = [
+                billed / run.wall_s * 60 / tpm,
+                steady(run, tokens) * 60 / tpm,
+                100 * stats.by_status.get("429", 0) / max(stats.requests, 1),
+                stats.max_tokens_60s,
+                stats.max_requests_60s,
+                run.wall_s,
+            ]
+            for fig, value in zip(tpm_figs, values, strict=True):
+                fig.add(value)
+    section.add(
+        f"**Requests-bound**: {jobs:,} jobs, simulator and pipeline at {RPM} requests/min, "
+        f"{LATENCY_MS} ms per answer, tokens unlimited. Achieved = successful requests/s "
+        f"÷ {limit_rps:g}/s."
+    )
+    limits = {
+        "achieved / limit (whole run)": "the limiter (by design ≤ 60/61 of the limit "
+        "once the first minute is spent: one 1 s slot in 61 is the price of never "
+        "passing a 60 s window)",
+    }
+    section.add(figures_table(rpm_figs, limits))
+    section.add(
+        f"**Tokens-bound**: {tpm_jobs:,} jobs of ~{tokens_per_job(TPM_ANSWER_TOKENS)} tokens "
+        f"(every answer exactly {TPM_ANSWER_TOKENS} tokens = max_tokens), {tpm:,} tokens/min "
+        f"and {TPM_RPM} requests/min on both sides, {LATENCY_MS} ms per answer. Achieved = "
+        "tokens billed by the simulator per minute ÷ tpm."
+    )
+    section.add(figures_table(tpm_figs))
+    finish(section, args)
+
+
+if __name__ == "__main__":
+    main()
