@@ -82,28 +82,42 @@ def _batch_of(record: SQSRecord, named: str | None) -> str:
     return default_batch(sent)
 
 
-def _decode(record: SQSRecord, store: Store) -> Any:
-    """The job's JSON value, read from S3 when the body is a claim check."""
-    data = json.loads(record.body)
+def _decode(record: SQSRecord, store: Store) -> tuple[Any, int]:
+    """The job's JSON value (read from S3 when the body is a claim check) and its size."""
+    text = record.body
+    data = _loads(text)
     if isinstance(data, dict) and CLAIM_CHECK_KEY in data:
         claim = ClaimCheck.model_validate(data[CLAIM_CHECK_KEY])
-        text = store.get_text(claim.key)
-        if text is None:
+        claimed = store.get_text(claim.key)
+        if claimed is None:
             raise JobError(CLAIM_CHECK_KEY, f"s3://{claim.bucket}/{claim.key} not found")
-        data = json.loads(text)
-    return data
+        text, data = claimed, _loads(claimed)
+    return data, len(text.encode())
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as err:  # bad JSON, 5,000-digit ints, deep nesting
+        raise JobError("(body)", f"not valid JSON: {str(err)[:200]}") from None
 
 
 def read_record(record: SQSRecord, config: Config, resources: Resources, store: Store) -> Intake:
     priority = resources.priority_of_queue(record.event_source_arn) or config.defaults.priority
     data: Any = None
     try:
-        data = _decode(record, store)
+        data, size = _decode(record, store)
+        if size > config.limits.max_line_bytes:
+            raise JobError(
+                "(body)",
+                f"job is {size} bytes; the limit is {config.limits.max_line_bytes} "
+                "(limits.max_line_bytes)",
+            )
         job = parse_job(data, config)
         batch_id = _batch_of(record, job.batch_id)
         return Intake(record, batch_id, job.custom_id, priority, job=job)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        error = JobError("(body)", f"not valid JSON: {err}")
+    except UnicodeDecodeError as err:
+        error = JobError("(body)", f"not valid UTF-8: {err}")
     except ValidationError as err:
         error = JobError(CLAIM_CHECK_KEY, f"not a valid claim check: {err.errors()[0]['msg']}")
     except JobError as err:

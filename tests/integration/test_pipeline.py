@@ -308,7 +308,7 @@ def test_a_job_bigger_than_the_rate_limit_fails_clearly(tmp_path: Path):
         json.dumps({"custom_id": "huge", "prompt": "x", "max_tokens": 500}),
         json.dumps({"custom_id": "fine", "prompt": "x", "max_tokens": 20}),
     ]
-    with runtime(tpm=100) as rt:
+    with runtime(tpm=400) as rt:
         summary = rt.run(write(tmp_path, lines), tmp_path / "out")
         assert ledger_spent(rt) > 0  # and nothing left reserved
         assert dlq_depth(rt) == 0
