@@ -8,7 +8,7 @@ to go by: it halves its limit on a 429 and grows back 5% every 10 s). Reported: 
 rate per 30 s of the run, the time until it falls under 5% for good, the overall 429 rate
 and the achieved rate against the real limit::
 
-    python -m bench.bench_adaptive [--jobs 800] [--real-rpm 600] [--repeat 2] [--quick]
+    python -m bench.bench_adaptive [--jobs 700] [--real-rpm 600] [--repeat 2] [--quick]
 """
 
 from __future__ import annotations
@@ -115,10 +115,10 @@ def one_run(
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--jobs", type=int, default=None, help="jobs per run (default 800)")
+    p.add_argument("--jobs", type=int, default=None, help="jobs per run (default 700)")
     p.add_argument("--real-rpm", type=int, default=None, help="the simulator's (default 600)")
     args = p.parse_args()
-    jobs = args.jobs or (330 if args.quick else 800)
+    jobs = args.jobs or (330 if args.quick else 700)
     real_rpm = args.real_rpm or (300 if args.quick else REAL_RPM)
     section = Section("adaptive", "2. Adaptive limit")
     section.add(

@@ -17,7 +17,7 @@ KB in a transaction; 1 RRU per 4 KB strongly consistent). Prices: us-east-1 list
 (SQS $0.40/M requests; DynamoDB on-demand $0.625/M WRU, $0.125/M RRU; S3 PUT/LIST
 $0.005/1k, GET $0.0004/1k; Lambda arm64 $0.0000133334/GB-s + $0.20/M requests)::
 
-    python -m bench.bench_overhead [--jobs 400] [--repeat 2] [--quick]
+    python -m bench.bench_overhead [--jobs 300] [--repeat 2] [--quick]
 """
 
 from __future__ import annotations
@@ -364,9 +364,9 @@ def cost_table(m: Measured, llm: Decimal) -> str:
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--jobs", type=int, default=None, help="jobs per run (default 400)")
+    p.add_argument("--jobs", type=int, default=None, help="jobs per run (default 300)")
     args = p.parse_args()
-    jobs = args.jobs or (100 if args.quick else 400)
+    jobs = args.jobs or (100 if args.quick else 300)
     modes = ("leases", "no leases", "sequential")
     llm = llm_cost_per_job()
     reference = llm["500 in, 500 out"]
@@ -380,6 +380,13 @@ def main() -> None:
             Figure(f"limiter writes per job ({mode})", "", False, fmt="{:.3f}"),
             Figure(f"GB-s per job at {LATENCY_MS} ms ({mode})", "", False, fmt="{:.4f}"),
             Figure(f"invocation overhead beyond the answer ({mode})", "", False, " s", "{:.3f}"),
+            Figure(
+                f"infrastructure ÷ LLM bill, answers of 5 s ({mode})",
+                "< 2%",
+                False,
+                "%",
+                "{:.2f}",
+            ),
         ]
     with workdir(args) as tmp:
         for r in range(args.repeat):
@@ -393,6 +400,7 @@ def main() -> None:
                     m.per_job(m.writes.get("limiter", 0)),
                     m.gb_s / m.jobs,
                     m.overhead_s,
+                    float(100 * sum(m.bill(5.0).values()) / reference),
                 ]
                 for fig, value in zip(figs[mode], values, strict=True):
                     fig.add(value)

@@ -172,7 +172,14 @@ def main() -> None:
         f"priority as configured{'' if args.concurrency is None else f' ({args.concurrency})'}"
         "; all jobs normal priority, 50 output tokens."
     )
-    section.add(figures_table([rate_small, rate_big, lost_fig, cpu, aws]))
+    limits = {}
+    if profile:
+        moto = profile[0].share(profile[0].under_moto)
+        limits[rate_small.name] = (
+            f"CPU: one process, one core's worth (the GIL); moto takes {moto:.0%} of it"
+        )
+        limits[cpu.name] = f"moto {moto:.0%}, our side {1 - moto:.0%} (profile below)"
+    section.add(figures_table([rate_small, rate_big, lost_fig, cpu, aws], limits))
     if profile:
         section.add(
             f"**Profile** (py-spy, GIL-holding samples of every thread, a separate {small:,}-job "

@@ -1,13 +1,14 @@
 """Rate-limit utilization: how much of a provider's limit the pipeline fills, without 429s.
 
 The simulator enforces a limit (600 requests/min, 300 ms per answer) and the pipeline is
-configured to the same limit. Achieved successful requests per second over the whole run
-(submit to last result) divided by the limit should be at least 0.97, 429s at most 0.5% of
-requests, and the most requests the simulator saw in any 60 s window never above the limit.
-The second part makes a tokens-per-minute limit bind before the request limit (every
-answer is exactly ``max_tokens`` long, so the limiter's estimates are close to the truth)::
+configured to the same limit. Achieved successful requests per second divided by the limit
+should be at least 0.97 (over the whole run, and in every full minute after the first: a
+sliding window lets the first minute run ahead), 429s at most 0.5% of requests, and the
+most requests the simulator saw in any 60 s window never above the limit. The second part
+makes a tokens-per-minute limit bind before the request limit (every answer is exactly
+``max_tokens`` long, so the limiter's estimates are close to the truth)::
 
-    python -m bench.bench_utilization [--jobs 2000] [--tpm-jobs 600] [--repeat 2] [--quick]
+    python -m bench.bench_utilization [--jobs 2000] [--tpm-jobs 1000] [--repeat 2] [--quick]
 """
 
 from __future__ import annotations
@@ -46,16 +47,23 @@ def max_in_window(times: list[float], span_s: float = 60.0) -> int:
     return best
 
 
-def steady(run: RunResult, amounts: dict[str, float] | None = None) -> float:
-    """Per second after the first minute (which a sliding window lets run ahead), up to the
-    last result: results, or the sum of ``amounts`` of those results. NaN if the run was
-    shorter than a minute."""
-    start = run.submitted_at + 60.0
-    late = [k for k, t in run.done_at.items() if t > start]
-    end = max(run.done_at.values(), default=start)
-    if len(late) < 2 or end <= start:
-        return float("nan")
-    return sum(amounts[k] for k in late) / (end - start) if amounts else len(late) / (end - start)
+def full_minutes(run: RunResult, amounts: dict[str, float] | None = None) -> list[float]:
+    """Results (or their ``amounts``) completed in each minute after the first, counted from
+    the submit, for every minute that ended before the last result (the backlog lasted the
+    whole minute). The first minute is left out: a sliding window lets it run ahead."""
+    last = max(run.done_at.values(), default=run.submitted_at) - run.submitted_at
+    minutes = []
+    k = 1
+    while 60.0 * (k + 1) <= last:
+        lo, hi = run.submitted_at + 60.0 * k, run.submitted_at + 60.0 * (k + 1)
+        done = [c for c, t in run.done_at.items() if lo <= t < hi]
+        minutes.append(sum(amounts[c] for c in done) if amounts else float(len(done)))
+        k += 1
+    return minutes
+
+
+def mean_or_nan(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
 
 
 def requests_run(tmp: Path, jobs: int, seed: int) -> RunResult:
@@ -85,7 +93,8 @@ def describe(run: RunResult, label: str) -> None:
     s = run.summary
     say(
         f"{label}: {s.succeeded}/{s.jobs_total} ok in {run.wall_s:.1f} s "
-        f"({run.jobs_per_s:.2f}/s, after the first minute {steady(run):.2f}/s), "
+        f"({run.jobs_per_s:.2f}/s; results per full minute after the first: "
+        f"{', '.join(f'{m:.0f}' for m in full_minutes(run)) or 'none'}), "
         f"simulator: {stats.requests} requests, 429s {stats.by_status.get('429', 0)}, "
         f"max {stats.max_requests_60s} requests and {stats.max_tokens_60s} tokens in 60 s, "
         f"duplicates {stats.duplicates}"
@@ -95,17 +104,18 @@ def describe(run: RunResult, label: str) -> None:
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--jobs", type=int, default=None, help="requests-bound run (default 2000)")
-    p.add_argument("--tpm-jobs", type=int, default=None, help="tokens-bound run (default 600)")
+    p.add_argument("--tpm-jobs", type=int, default=None, help="tokens-bound run (default 1000)")
     args = p.parse_args()
     jobs = args.jobs or (300 if args.quick else 2000)
-    tpm_jobs = args.tpm_jobs or (150 if args.quick else 600)
-    # ~276 jobs/min: the tokens bind long before 3,000 requests/min
+    tpm_jobs = args.tpm_jobs or (150 if args.quick else 1000)
+    # ~276 jobs/min (1,000 jobs: two full minutes after the first): the tokens bind long
+    # before 3,000 requests/min
     tpm = 60_000
     limit_rps = RPM / 60
     section = Section("utilization", "1. Rate-limit utilization")
     rpm_figs = [
         Figure("achieved / limit (whole run)", ">= 0.97", True, fmt="{:.3f}"),
-        Figure("achieved / limit (after the first minute)", ">= 0.97", True, fmt="{:.3f}"),
+        Figure("achieved / limit (full minutes after the first)", ">= 0.97", True, fmt="{:.3f}"),
         Figure("429s / requests", "<= 0.5%", False, "%", "{:.2f}"),
         Figure("max requests in any 60 s (simulator)", f"<= {RPM}", False, fmt="{:.0f}"),
         Figure("max results in any 60 s", f"<= {RPM}", False, fmt="{:.0f}"),
@@ -114,7 +124,10 @@ def main() -> None:
     ]
     tpm_figs = [
         Figure("achieved tokens / tpm (whole run)", ">= 0.97", True, fmt="{:.3f}"),
-        Figure("achieved tokens / tpm (after the first minute)", ">= 0.97", True, fmt="{:.3f}"),
+        Figure(
+            "achieved tokens / tpm (full minutes after the first)", ">= 0.97", True, fmt="{:.3f}"
+        ),
+        Figure("best 60 s window: tokens / tpm (simulator)", "", True, fmt="{:.3f}"),
         Figure("429s / requests", "<= 0.5%", False, "%", "{:.2f}"),
         Figure("max tokens in any 60 s (simulator)", f"<= {tpm:,}", False, fmt="{:,.0f}"),
         Figure("max requests in any 60 s (simulator)", f"<= {TPM_RPM}", False, fmt="{:.0f}"),
@@ -128,7 +141,7 @@ def main() -> None:
             assert stats is not None
             values = [
                 run.jobs_per_s / limit_rps,
-                steady(run) / limit_rps,
+                mean_or_nan(full_minutes(run)) / RPM,
                 100 * stats.by_status.get("429", 0) / max(stats.requests, 1),
                 stats.max_requests_60s,
                 max_in_window(list(run.done_at.values())),
@@ -148,7 +161,8 @@ def main() -> None:
             }
             values = [
                 billed / run.wall_s * 60 / tpm,
-                steady(run, tokens) * 60 / tpm,
+                mean_or_nan(full_minutes(run, tokens)) / tpm,
+                stats.max_tokens_60s / tpm,
                 100 * stats.by_status.get("429", 0) / max(stats.requests, 1),
                 stats.max_tokens_60s,
                 stats.max_requests_60s,
@@ -159,12 +173,12 @@ def main() -> None:
     section.add(
         f"**Requests-bound**: {jobs:,} jobs, simulator and pipeline at {RPM} requests/min, "
         f"{LATENCY_MS} ms per answer, tokens unlimited. Achieved = successful requests/s "
-        f"÷ {limit_rps:g}/s."
+        f"÷ {limit_rps:g}/s; a full minute = a minute (counted from the submit) that ended "
+        "before the last result, so the backlog lasted all of it."
     )
     limits = {
-        "achieved / limit (whole run)": "the limiter (by design ≤ 60/61 of the limit "
-        "once the first minute is spent: one 1 s slot in 61 is the price of never "
-        "passing a 60 s window)",
+        "achieved / limit (whole run)": "the limit itself (simulator and limiter agree); "
+        "the limiter's 61 one-second slots cost at most 1/61 at saturation",
     }
     section.add(figures_table(rpm_figs, limits))
     section.add(
@@ -173,7 +187,16 @@ def main() -> None:
         f"and {TPM_RPM} requests/min on both sides, {LATENCY_MS} ms per answer. Achieved = "
         "tokens billed by the simulator per minute ÷ tpm."
     )
-    section.add(figures_table(tpm_figs))
+    section.add(
+        figures_table(
+            tpm_figs,
+            {
+                "achieved tokens / tpm (full minutes after the first)": "the limiter: tokens are "
+                "not paced, so each minute starts with a burst and jobs told to wait hand "
+                "back or sleep in ≤ 10 s steps; worst-case estimates held while in flight",
+            },
+        )
+    )
     finish(section, args)
 
 
