@@ -46,11 +46,10 @@ from bench._common import (
     write_config,
     write_jobs,
 )
-from chatbatch import pipeline, worker
+from chatbatch import pipeline
 from chatbatch.batches import BatchInfo
 from chatbatch.intake import Intake, default_batch
 from chatbatch.jobs import OutputLine
-from chatbatch.local.emulator import LambdaContext, sqs_record
 from chatbatch.local.runtime import LocalOptions, LocalRuntime
 from chatbatch.local.simulator import FaultKind, SimulatorSettings
 from chatbatch.store import error_key, result_key
@@ -410,17 +409,22 @@ def bad_jobs(bucket: str) -> list[BadJob]:
             "bad-40",
             ("max_line_bytes",),
         ),
-    ]
-
-
-def crashing_bodies() -> list[BadJob]:
-    """Bodies that make ``json.loads`` raise something other than JSONDecodeError."""
-    nested = '{"custom_id": "bad-41", "prompt": "x", "metadata": ' + "[" * 50_000
-    nested += "]" * 50_000 + "}"
-    huge = '{"custom_id": "bad-42", "prompt": "x", "max_tokens": ' + "9" * 5000 + "}"
-    return [
-        BadJob("deeply nested JSON", nested, "bad-41", ("not valid JSON",)),
-        BadJob("a 5,000-digit integer", huge, "bad-42", ("not valid JSON",)),
+        # json.loads raises RecursionError and ValueError (not JSONDecodeError) for these
+        b(
+            "deeply nested JSON",
+            '{"custom_id": "bad-41", "prompt": "x", "metadata": '
+            + "[" * 50_000
+            + "]" * 50_000
+            + "}",
+            None,
+            ("not valid JSON",),
+        ),
+        b(
+            "a 5,000-digit integer",
+            '{"custom_id": "bad-42", "prompt": "x", "max_tokens": ' + "9" * 5000 + "}",
+            None,
+            ("not valid JSON",),
+        ),
     ]
 
 
@@ -433,7 +437,6 @@ class BadLinesRun:
     failures: list[str]  # what escaped the handler
     dlq: int
     wall_s: float
-    direct: dict[str, str] = field(default_factory=dict)  # crashing bodies -> outcome
 
 
 def _send(rt: LocalRuntime, bodies: list[str]) -> list[str]:
@@ -465,34 +468,6 @@ def _wait_for(rt: LocalRuntime, keys: set[str], timeout_s: float) -> None:
         if keys <= found:
             return
         time.sleep(0.5)
-
-
-def _direct(rt: LocalRuntime, bad: BadJob) -> str:
-    """Call the handler with one crashing body and a good neighbour, as Lambda would."""
-    queue = rt.resources.queues[rt.config.defaults.priority]
-    arn = boto3.client("sqs").get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])
-    queue_arn = arn["Attributes"]["QueueArn"]
-    good = job_line(f"direct-{bad.custom_id}", 1)
-    records = [
-        sqs_record(
-            {
-                "MessageId": f"direct-{i}-{bad.custom_id}",
-                "ReceiptHandle": f"direct-{i}",
-                "Body": body,
-                "Attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "0"},
-            },
-            queue_arn,
-            "us-east-1",
-        )
-        for i, body in enumerate([bad.body, good])
-    ]
-    try:
-        context: Any = LambdaContext("chatbatch-worker", 60)
-        response = worker.handler({"Records": records}, context)
-    except Exception as err:
-        return f"handler raised {type(err).__name__}"
-    failed = response.get("batchItemFailures", [])
-    return "ok" if not failed else f"reported failures: {failed}"
 
 
 def bad_lines(tmp: Path, *, neighbours_per_bad: int = 1, timeout_s: float = 90) -> BadLinesRun:
@@ -546,17 +521,14 @@ def bad_lines(tmp: Path, *, neighbours_per_bad: int = 1, timeout_s: float = 90) 
             any(m in bad_messages for m in batch) and any(m not in bad_messages for m in batch)
             for batch in seen.batches
         )
-        failures = list(seen.failures)
-        direct = {bad.kind: _direct(rt, bad) for bad in crashing_bodies()}
         return BadLinesRun(
             errors=errors,
             neighbours=len(good_ids),
             neighbours_ok=neighbours_ok,
             mixed_invocations=mixed,
-            failures=failures,
+            failures=list(seen.failures),
             dlq=dlq_depth(rt),
             wall_s=time.monotonic() - started,
-            direct=direct,
         )
 
 
@@ -658,8 +630,7 @@ def main() -> None:
         f"invocations held both): {len(ok)} kinds got an error record naming the problem; "
         f"not yet: {', '.join(missing) or 'none'}. Neighbours succeeded: "
         f"{bad.neighbours_ok}/{bad.neighbours}; handler failures: {len(bad.failures)}; "
-        f"DLQ: {bad.dlq}. Bodies that crash the handler when called directly: "
-        + "; ".join(f"{k}: {v}" for k, v in bad.direct.items())
+        f"DLQ: {bad.dlq}."
     )
     finish(section, args)
 

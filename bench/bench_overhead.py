@@ -110,7 +110,7 @@ class CapacityMeter:
     active: bool = False
     wru: Counter[str] = field(default_factory=Counter)
     rru: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
-    writes: Counter[str] = field(default_factory=Counter)
+    writes: Counter[str] = field(default_factory=Counter)  # requests; transactions as one
     _sizes: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -146,7 +146,7 @@ class CapacityMeter:
                 key = body.get("Key") or body.get("Item")
                 purpose = f"txn:{_purpose(key)}"
                 self.wru[purpose] += 2 * _units(item_size(body.get("Item")), 1024)
-            self.writes["transactions"] += 1
+            self.writes["transactions (their WRU by item kind: txn:*)"] += 1
         elif op == "GetItem":
             purpose = _purpose(params.get("Key"))
             size = item_size(parsed.get("Item"))
@@ -368,6 +368,7 @@ def main() -> None:
     args = p.parse_args()
     jobs = args.jobs or (100 if args.quick else 300)
     modes = ("leases", "no leases", "sequential")
+    section = Section("overhead", "4. Overhead and cost")
     llm = llm_cost_per_job()
     reference = llm["500 in, 500 out"]
     figs: dict[str, list[Figure]] = {}
@@ -412,7 +413,6 @@ def main() -> None:
                         for f, v in zip(figs[mode], values, strict=True)
                     )
                 )
-    section = Section("overhead", "4. Overhead and cost")
     section.add(
         f"{jobs} jobs per run, {LATENCY_MS} ms per answer, no rate limit in the way; "
         "requests counted from submit to the last job settled (setup, the runtime's own "

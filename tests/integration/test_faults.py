@@ -21,7 +21,6 @@ from bench.bench_faults import (
     BadLinesRun,
     bad_jobs,
     bad_lines,
-    crashing_bodies,
     names_the_problem,
     provider_faults,
     worker_crashes,
@@ -115,13 +114,6 @@ def test_bad_lines_never_crash_the_worker_and_their_neighbours_succeed(bad: BadL
     assert bad.mixed_invocations > 0, "bad and good jobs shared SQS batches"
     assert bad.neighbours_ok == bad.neighbours
     assert bad.dlq == 0
-
-
-@pytest.mark.parametrize("job", _cases(crashing_bodies()))
-def test_a_body_json_cannot_decode_safely_does_not_crash_the_handler(
-    bad: BadLinesRun, job: BadJob
-) -> None:
-    assert bad.direct[job.kind] == "ok"
 
 
 def test_a_thousand_jobs_nothing_lost(tmp_path: Path) -> None:
