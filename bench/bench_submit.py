@@ -15,7 +15,7 @@ process's maximum resident set, above what the imports alone take) is its own:
 Also the Python allocations' peak (tracemalloc) of validating a slice of the file, to show
 what grows with the number of lines::
 
-    python -m bench.bench_submit [--lines 1000000] [--moto-lines 4000] [--repeat 2] [--quick]
+    python -m bench.bench_submit [--lines 1000000] [--moto-lines 2000] [--repeat 2] [--quick]
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def allocations(path: Path, lines: int) -> tuple[int, float]:
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--lines", type=int, default=None, help="default 1,000,000")
-    p.add_argument("--moto-lines", type=int, default=None, help="default 4,000")
+    p.add_argument("--moto-lines", type=int, default=None, help="default 2,000")
     p.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
     p.add_argument("--file", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -182,7 +182,7 @@ def main() -> None:
         print(json.dumps(phase(args.phase, args.file)))
         return
     lines = args.lines or (50_000 if args.quick else 1_000_000)
-    moto_lines = args.moto_lines or (1_000 if args.quick else 4_000)
+    moto_lines = args.moto_lines or (1_000 if args.quick else 2_000)
     section = Section("submit", "6. Submit")
     figs = {
         name: (
