@@ -516,8 +516,9 @@ def should_write(args: argparse.Namespace) -> bool:
 
 
 def command_line() -> str:
-    module = Path(sys.argv[0]).stem
-    return shlex.join([".venv/bin/python", "-m", f"bench.{module}", *sys.argv[1:]])
+    stem = Path(sys.argv[0]).stem
+    module = "bench" if stem == "__main__" else f"bench.{stem}"
+    return shlex.join([".venv/bin/python", "-m", module, *sys.argv[1:]])
 
 
 def say(text: str = "") -> None:
