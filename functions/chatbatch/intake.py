@@ -9,7 +9,6 @@ of its UTC day, ``daily-YYYY-MM-DD``.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,7 @@ from chatbatch.jobs import (
     ClaimCheck,
     Job,
     JobError,
+    load_json,
     parse_job,
 )
 from chatbatch.resources import Resources
@@ -85,21 +85,14 @@ def _batch_of(record: SQSRecord, named: str | None) -> str:
 def _decode(record: SQSRecord, store: Store) -> tuple[Any, int]:
     """The job's JSON value (read from S3 when the body is a claim check) and its size."""
     text = record.body
-    data = _loads(text)
+    data = load_json(text, "(body)")
     if isinstance(data, dict) and CLAIM_CHECK_KEY in data:
         claim = ClaimCheck.model_validate(data[CLAIM_CHECK_KEY])
         claimed = store.get_text(claim.key)
         if claimed is None:
             raise JobError(CLAIM_CHECK_KEY, f"s3://{claim.bucket}/{claim.key} not found")
-        text, data = claimed, _loads(claimed)
+        text, data = claimed, load_json(claimed, "(body)")
     return data, len(text.encode())
-
-
-def _loads(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as err:  # bad JSON, 5,000-digit ints, deep nesting
-        raise JobError("(body)", f"not valid JSON: {str(err)[:200]}") from None
 
 
 def read_record(record: SQSRecord, config: Config, resources: Resources, store: Store) -> Intake:

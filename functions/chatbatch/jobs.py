@@ -336,6 +336,15 @@ def parse_job(data: Any, config: Config, *, seq: int | None = None) -> Job:
         raise
 
 
+def load_json(text: str | bytes, field: str) -> Any:
+    """A job's JSON value; anything ``json`` refuses (bad syntax or encoding, 5,000-digit
+    integers, nesting deep enough to recurse) is a JobError on ``field``."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError too
+        raise JobError(field, f"not valid JSON: {str(err)[:200]}") from None
+
+
 def parse_line(text: str | bytes, config: Config, *, line: int | None = None) -> Job:
     """One JSONL line -> Job. ``line`` (1-based) names the line in errors and is the seq."""
     size = len(text.encode() if isinstance(text, str) else text)
@@ -346,11 +355,7 @@ def parse_line(text: str | bytes, config: Config, *, line: int | None = None) ->
                 f"line is {size} bytes; the limit is {config.limits.max_line_bytes} "
                 "(limits.max_line_bytes)",
             )
-        try:
-            data = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise JobError("(line)", f"not valid JSON: {err}") from None
-        return parse_job(data, config, seq=line)
+        return parse_job(load_json(text, "(line)"), config, seq=line)
     except JobError as err:
         err.line = line
         raise

@@ -22,6 +22,8 @@ def batch_line(body: dict | None = None, **top: object) -> str:
 BAD_LINES = [
     # (line text, field, words the message must contain)
     ("{not json", "(line)", "not valid JSON"),
+    ('{"prompt": "x", "max_tokens": ' + "9" * 5000 + "}", "(line)", "not valid JSON"),
+    ('{"prompt": "x", "metadata": ' + "[" * 50_000 + "]" * 50_000 + "}", "(line)", "not valid"),
     ('["a list"]', "(line)", "must be a JSON object"),
     ('"just a string"', "(line)", "must be a JSON object"),
     ('{"messages": []}', "messages", "must not be empty"),
