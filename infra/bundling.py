@@ -33,7 +33,7 @@ from aws_cdk import aws_lambda as lambda_
 Architecture = Literal["arm64", "x86_64"]
 
 # Bump when the build recipe changes, so old cache entries are not reused.
-BUNDLER_VERSION = "1"
+BUNDLER_VERSION = "2"
 PACKAGE = "chatbatch"
 # Not shipped to Lambda: the CLI (typer, rich, boto3 ...) and the laptop runtime (moto).
 EXCLUDED_FROM_ASSET = frozenset({"cli.py", "local"})
@@ -52,7 +52,7 @@ class AssetInputs:
 
     package_dir: Path
     config_file: Path
-    requirements: tuple[str, ...]
+    requirements: Requirements
     python_version: str  # "3.12"
     architecture: Architecture
 
@@ -88,7 +88,9 @@ class AssetInputs:
             self.python_version,
             self.architecture,
             *self.platforms,
-            *sorted(self.requirements),
+            *sorted(self.requirements.with_deps),
+            "--no-deps",
+            *sorted(self.requirements.without_deps),
         ):
             h.update(part.encode() + b"\0")
         return h.hexdigest()
@@ -104,13 +106,42 @@ class AssetInputs:
         return h.hexdigest()
 
 
-def runtime_requirements(pyproject: Path) -> tuple[str, ...]:
-    """The Lambda's dependencies: pyproject.toml ``[project].dependencies``, as pinned there."""
+@dataclass(frozen=True)
+class Requirements:
+    """What pip installs into the asset: most with their dependencies, a few without."""
+
+    with_deps: tuple[str, ...]
+    without_deps: tuple[str, ...] = ()
+
+
+def _name(requirement: str) -> str:
+    return requirement.split("==", maxsplit=1)[0].strip().lower().replace("_", "-")
+
+
+def runtime_requirements(pyproject: Path) -> Requirements:
+    """The Lambda's dependencies: pyproject.toml ``[project].dependencies``, as pinned there.
+
+    Those listed in ``[tool.chatbatch.lambda-asset].without-dependencies`` are installed
+    with ``--no-deps``: their dependencies are provided by the Lambda runtime (botocore).
+    """
     data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-    return tuple(data["project"]["dependencies"])
+    asset = data.get("tool", {}).get("chatbatch", {}).get("lambda-asset", {})
+    without = tuple(asset.get("without-dependencies", ()))
+    skipped = {_name(r) for r in without}
+    with_deps = tuple(r for r in data["project"]["dependencies"] if _name(r) not in skipped)
+    return Requirements(with_deps=with_deps, without_deps=without)
 
 
-def pip_command(inputs: AssetInputs, target: Path) -> list[str]:
+def pip_commands(inputs: AssetInputs, target: Path) -> list[list[str]]:
+    """One pip run for the requirements with dependencies, one for those without."""
+    commands = [_pip_command(inputs, target, inputs.requirements.with_deps)]
+    if inputs.requirements.without_deps:
+        no_deps = ["--no-deps", *inputs.requirements.without_deps]
+        commands.append(_pip_command(inputs, target, tuple(no_deps)))
+    return commands
+
+
+def _pip_command(inputs: AssetInputs, target: Path, requirements: tuple[str, ...]) -> list[str]:
     platforms = [arg for tag in inputs.platforms for arg in ("--platform", tag)]
     return [
         sys.executable,
@@ -128,7 +159,7 @@ def pip_command(inputs: AssetInputs, target: Path) -> list[str]:
         inputs.python_version,
         "--only-binary=:all:",
         *platforms,
-        *inputs.requirements,
+        *requirements,
     ]
 
 
@@ -161,15 +192,15 @@ def install_dependencies(inputs: AssetInputs, cache_root: Path) -> Path:
     staging = cache_root / f"building-{entry.name}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        result = subprocess.run(
-            pip_command(inputs, staging), capture_output=True, text=True, check=False
-        )
-        if result.returncode != 0:
-            raise RuntimeError(
-                "pip could not install the worker's dependencies for "
-                f"{inputs.architecture} / Python {inputs.python_version} (PyPI is needed the "
-                f"first time; later builds come from {cache_root}):\n{result.stderr[-4000:]}"
-            )
+        for command in pip_commands(inputs, staging):
+            result = subprocess.run(command, capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                raise RuntimeError(
+                    "pip could not install the worker's dependencies for "
+                    f"{inputs.architecture} / Python {inputs.python_version} (PyPI is needed "
+                    f"the first time; later builds come from {cache_root}):\n"
+                    f"{result.stderr[-4000:]}"
+                )
         # Console scripts carry this host's interpreter path; Lambda never runs them.
         shutil.rmtree(staging / "bin", ignore_errors=True)
         for cache_dir in list(staging.rglob("__pycache__")):

@@ -46,9 +46,10 @@ from chatbatch.intake import ATTR_BATCH, ATTR_HANDBACKS, Intake
 from chatbatch.jobs import CostRecord, Job, JobFacts, OutputLine
 from chatbatch.limiter import RateLimiter, RequestTooLargeError
 from chatbatch.pricing import Usage, cost, to_nanos
-from chatbatch.provider import Completion, ProviderClient, ProviderError
+from chatbatch.provider import Attempt, Completion, ProviderClient, ProviderError
 from chatbatch.resources import Resources
 from chatbatch.store import Store
+from chatbatch.tracing import Span
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -117,6 +118,8 @@ class Invocation:
         default_factory=lambda: defaultdict(list)
     )
     asked: set[str] = field(default_factory=set)
+    trace: Span = field(default_factory=Span)  # the handler's span
+    spans: dict[str, Span] = field(default_factory=dict)  # each job's, by message id
 
     async def take_capacity(
         self, intake: Intake, model: str, tokens: int, *, first: bool
@@ -130,6 +133,9 @@ class Invocation:
         if intake.record.message_id not in self.asked:
             self.asked.add(intake.record.message_id)
             self.capacity.leave()
+
+    def span(self, intake: Intake) -> Span:
+        return self.spans.get(intake.record.message_id) or Span()
 
     def count(self, metric: str, intake: Intake, value: float = 1) -> None:
         model = intake.job.model if intake.job else "-"
@@ -370,15 +376,27 @@ async def _call(inv: Invocation, intake: Intake, job: Job) -> Completion | Outco
             # here could free money another in-flight copy of this job is spending).
             return await _hand_back(inv, intake, got, Outcome.throttled)
         await asyncio.sleep(got)
-    try:
-        completion = await services.provider.complete(
-            job.model, job.request_body(model), deadline_s=max(1.0, inv.deadline - time.monotonic())
-        )
-    except ProviderError:
-        lease.reconcile(index, 0)  # the request counted at the provider, its tokens did not
-        raise
+    url = services.config.providers[model.provider].chat_url
+    with inv.span(intake).child("provider", "remote") as span:
+        span.annotate(model=job.model)
+        try:
+            completion = await services.provider.complete(
+                job.model,
+                job.request_body(model),
+                deadline_s=max(1.0, inv.deadline - time.monotonic()),
+            )
+        except ProviderError as err:
+            lease.reconcile(index, 0)  # the request counted at the provider, its tokens did not
+            _trace_attempts(span, url, err.attempts)
+            raise
+        _trace_attempts(span, url, completion.attempts)
     lease.reconcile(index, completion.usage.total_tokens)
     return completion
+
+
+def _trace_attempts(span: Span, url: str, attempts: Sequence[Attempt]) -> None:
+    span.annotate(attempts=len(attempts), rate_limited=sum(a.status == 429 for a in attempts))
+    span.http(url, attempts[-1].status if attempts else None)
 
 
 async def _reserve(inv: Invocation, intake: Intake, job: Job) -> Reservation | Outcome:
@@ -497,6 +515,16 @@ async def _succeed(
             "attempts": len(completion.attempts),
         },
     )
+    if services.config.worker.log_prompts:  # switched on by the owner: content in the logs
+        logger.info(
+            "job content",
+            extra={
+                "batch_id": intake.batch_id,
+                "custom_id": intake.custom_id,
+                "messages": job.request_body(services.config.models[job.model])["messages"],
+                "answer": completion.content,
+            },
+        )
     cache_write = [_io(services.store.put_cached, cache_key, completion.body)] if cache_key else []
     return await _finish(
         inv,

@@ -53,6 +53,7 @@ from chatbatch.pricing import from_nanos
 from chatbatch.provider import ProviderClient
 from chatbatch.resources import Resources
 from chatbatch.store import Store
+from chatbatch.tracing import Span, tracer
 
 logger = Logger(service="chatbatch")
 SECRET_ENV_PREFIX = "CHATBATCH_SECRET_"
@@ -126,14 +127,25 @@ class Instance:
             batches=batches,
             deadline=time.monotonic() + remaining_s - SAFETY_MARGIN_S,
             capacity=Capacity(services.limiter, priority, len(intakes)),
+            trace=Span.current(),
         )
 
         async def record_handler(record: SQSRecord) -> str:
             intake = inv.intakes[record.message_id]
-            try:
-                outcome = await process(inv, intake)
-            finally:
-                inv.done(intake)
+            with inv.trace.child("job") as span:
+                inv.spans[record.message_id] = span
+                span.annotate(
+                    batch_id=intake.batch_id,
+                    custom_id=intake.custom_id,
+                    priority=intake.priority.value,
+                    model=intake.job.model if intake.job else None,
+                    receive_count=intake.receive_count,
+                )
+                try:
+                    outcome = await process(inv, intake)
+                finally:
+                    inv.done(intake)
+                span.annotate(outcome=outcome.value)
             _log_outcome(intake, outcome)
             return outcome.value
 
@@ -220,6 +232,7 @@ def instance() -> Instance:
 
 
 @logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler(capture_response=False)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     current = instance()
     try:

@@ -28,6 +28,7 @@ from chatbatch.local.runtime import LOCAL_KEY, LocalOptions, LocalRuntime, Summa
 from chatbatch.local.simulator import FaultKind, SimulatorSettings, answer_for
 from chatbatch.pricing import to_nanos
 
+ROOT = Path(__file__).resolve().parents[2]
 PRIORITIES = [p.value for p in Priority]
 
 
@@ -285,6 +286,24 @@ def test_no_log_line_holds_the_key_or_a_prompt(tmp_path: Path, caplog: pytest.Lo
     assert "job answered" in ours and "retrying" in ours  # the logs were captured
     assert secret_prompt not in ours  # botocore's own DEBUG logs print AWS request bodies
     assert all(LOCAL_KEY not in text for text in records.values())
+
+
+def test_prompts_and_answers_are_logged_only_when_switched_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    config = tmp_path / "chatbatch.toml"
+    text = (ROOT / "chatbatch.toml").read_text()
+    assert "log_prompts = false" in text
+    config.write_text(text.replace("log_prompts = false", "log_prompts = true"))
+    lines = [json.dumps({"custom_id": "shown", "prompt": "please-log-this-prompt"})]
+    caplog.set_level(logging.INFO)
+    with runtime(config_path=config, log_level="INFO") as rt:
+        rt.run(write(tmp_path, lines), tmp_path / "out")
+        answer = expected_answer(parse_line(lines[0], rt.config, line=1), rt)
+    (record,) = [r for r in caplog.records if r.getMessage() == "job content"]
+    assert record.custom_id == "shown"  # type: ignore[attr-defined]
+    assert "please-log-this-prompt" in json.dumps(record.messages)  # type: ignore[attr-defined]
+    assert record.answer == answer  # type: ignore[attr-defined]
 
 
 def test_a_job_too_big_for_sqs_travels_through_s3(tmp_path: Path):

@@ -231,6 +231,8 @@ class LocalRuntime:
             "LAMBDA_TASK_ROOT": str(workdir),  # Powertools then keeps one event loop per instance
             "AWS_LAMBDA_FUNCTION_NAME": "chatbatch-worker",
             "POWERTOOLS_METRICS_DISABLED": "true",
+            # no X-Ray daemon here; opt in with POWERTOOLS_TRACE_DISABLED=false
+            **_trace_env(),
             "POWERTOOLS_LOG_LEVEL": options.log_level,
             "CHATBATCH_API_KEY": key or "",
         }
@@ -459,6 +461,14 @@ def _worker_logs(level: str, path: Path | None) -> Iterator[None]:
             for handler, stream in zip(streams, saved, strict=True):
                 if stream is not None:
                     handler.setStream(stream)
+
+
+def _trace_env() -> dict[str, str]:
+    """Tracing is off here (there is no X-Ray daemon) unless the environment turns it on
+    as Lambda's would: ``POWERTOOLS_TRACE_DISABLED=false``, ``LAMBDA_TASK_ROOT``,
+    ``_X_AMZN_TRACE_ID`` and ``AWS_XRAY_DAEMON_ADDRESS`` set before the process starts
+    (how the tracing test runs it)."""
+    return {"POWERTOOLS_TRACE_DISABLED": os.environ.get("POWERTOOLS_TRACE_DISABLED", "true")}
 
 
 @contextmanager
