@@ -72,3 +72,70 @@ def test_conditional_writes_from_many_threads_pass_once(table: str):
 
     with ThreadPoolExecutor(16) as pool:
         assert sum(pool.map(claim, range(200))) == 1
+
+
+def test_queue_attributes_hold_motos_values_computed_only_when_read(
+    config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from moto.sqs.models import Queue, sqs_backends
+
+    from chatbatch.local.moto_fixes import MOTO_QUEUE_ATTRIBUTES
+
+    with moto_in_process():
+        resources = create_resources(config)
+        sqs = boto3.client("sqs")
+        fifo = sqs.create_queue(
+            QueueName="f.fifo",
+            Attributes={"FifoQueue": "true", "ContentBasedDeduplication": "true"},
+        )["QueueUrl"]
+        url = resources.queues[next(iter(resources.queues))]  # has a redrive policy
+        backend = sqs_backends[boto3.client("sts").get_caller_identity()["Account"]]["us-east-1"]
+        queues = list(backend.queues.values())
+        assert any(q.redrive_policy for q in queues) and any(q.fifo_queue for q in queues)
+        for queue in queues:
+            lazy, full = queue.attributes, MOTO_QUEUE_ATTRIBUTES(queue)
+            assert dict(lazy) == full
+            assert {name: lazy[name] for name in full} == full
+            assert lazy.get("ContentBasedDeduplication") == full.get("ContentBasedDeduplication")
+
+        # sending and receiving no longer count the messages (moto did, per message)
+        def no_count(_queue: Queue) -> int:
+            raise AssertionError("message count computed")
+
+        monkeypatch.setattr(Queue, "approximate_number_of_messages", property(no_count))
+        for queue_url in (url, fifo):
+            entries = [
+                {"Id": str(i), "MessageBody": f"m{i}", "MessageGroupId": "g"} for i in range(10)
+            ]
+            if queue_url == url:
+                entries = [{"Id": e["Id"], "MessageBody": e["MessageBody"]} for e in entries]
+            sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
+            got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)["Messages"]
+            assert got
+        with pytest.raises(AssertionError, match="count computed"):
+            sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
+
+
+def test_an_update_expression_is_parsed_once(table: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from moto.dynamodb.parsing import expressions
+
+    parsed: list[str] = []
+    tokenize = expressions.ExpressionTokenizer.make_list
+    monkeypatch.setattr(
+        expressions.ExpressionTokenizer,
+        "make_list",
+        staticmethod(lambda text: parsed.append(text) or tokenize(text)),
+    )
+    ddb = boto3.client("dynamodb")
+    expression = "ADD n :one SET seen_by_parse_test = :t"
+    for i in range(5):
+        ddb.update_item(
+            TableName=table,
+            Key=key(f"parse{i % 2}"),
+            UpdateExpression=expression,
+            ExpressionAttributeValues={":one": {"N": "1"}, ":t": {"S": str(i)}},
+        )
+    assert parsed.count(expression) <= 1
+    # the kept parse is never changed by an update: the values are this call's
+    item = ddb.get_item(TableName=table, Key=key("parse0"))["Item"]
+    assert item["n"] == {"N": "3"} and item["seen_by_parse_test"] == {"S": "4"}

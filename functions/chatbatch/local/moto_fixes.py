@@ -1,4 +1,4 @@
-"""Two small, contained fixes to moto (pinned at 5.2.5) for the local runtime.
+"""Small, contained fixes to moto (pinned at 5.2.5) for the local runtime.
 
 1. **Thread safety.** moto's backends check, then write, without a lock: two threads can
    both pass one DynamoDB condition, and two pollers can receive one SQS message. Every
@@ -8,8 +8,18 @@
    each transaction, to roll back on failure: O(table size) per call, which makes a local
    run quadratic, and the rollback overwrites writes made meanwhile. Here only the items
    the transaction touches are saved and restored.
+3. **SQS queue attributes.** ``Queue.attributes`` computes every attribute, and each of
+   the three approximate counts scans every stored message; moto reads it for each
+   message sent (``ContentBasedDeduplication``) and each message received
+   (``MessageRetentionPeriod``), three times per read. Here it is a mapping that computes
+   an attribute when it is read (the counts only when asked for), the same values.
 
-``apply()`` is idempotent; ``tests/unit/test_moto_fixes.py`` fails if either fix is lost.
+4. **Update expressions, parsed once.** moto tokenises and parses an UpdateExpression
+   two or three times per update. The parse of a given string is kept (the validator
+   works on a deep copy of it, so the kept tree is never changed); our expressions are a
+   few dozen distinct strings.
+
+``apply()`` is idempotent; ``tests/unit/test_moto_fixes.py`` fails if any fix is lost.
 """
 
 from __future__ import annotations
@@ -18,15 +28,21 @@ import copy
 import functools
 import threading
 import types
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from moto.core.responses import BaseResponse
+from moto.core.utils import camelcase_to_underscores
 from moto.dynamodb import models as ddb_models
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.dynamo_type import DynamoType
 from moto.dynamodb.models.table import Table
+from moto.dynamodb.parsing.expressions import UpdateExpressionParser  # type: ignore[attr-defined]
+from moto.sqs.models import Queue
 
 LOCK = threading.RLock()
+# moto's own: every attribute at once
+MOTO_QUEUE_ATTRIBUTES: Callable[[Queue], dict[str, Any]] = Queue.__dict__["attributes"].fget
 
 Saved = tuple[Table, DynamoType, DynamoType | None, Any]
 
@@ -66,6 +82,47 @@ def _restore(saved: list[Saved]) -> None:
             table.items[hash_value][range_value] = old
 
 
+class QueueAttributes(Mapping[str, Any]):
+    """``Queue.attributes``, each value computed when read. Reading all of them (iterating)
+    is moto's own computation; one attribute is computed the way moto computes it."""
+
+    # moto serialises these two specially: read them from its full computation
+    _SPECIAL = frozenset({"Policy", "RedrivePolicy"})
+
+    def __init__(self, queue: Queue, compute_all: Callable[[Queue], dict[str, Any]]) -> None:
+        self._queue = queue
+        self._compute_all = compute_all
+        self._all: dict[str, Any] | None = None
+
+    def _full(self) -> dict[str, Any]:
+        if self._all is None:
+            self._all = self._compute_all(self._queue)
+        return self._all
+
+    def _names(self) -> list[str]:
+        q = self._queue
+        names = list(q.BASE_ATTRIBUTES)
+        if q.fifo_queue:
+            names += q.FIFO_ATTRIBUTES
+        if getattr(q, "kms_master_key_id", None):
+            names += q.KMS_ATTRIBUTES
+        return names
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._names():
+            raise KeyError(name)
+        if name in self._SPECIAL:
+            return self._full()[name]
+        value = getattr(self._queue, camelcase_to_underscores(name))
+        return str(value).lower() if isinstance(value, bool) else value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._full())
+
+    def __len__(self) -> int:
+        return len(self._full())
+
+
 @functools.cache
 def apply() -> None:
     call_action = BaseResponse.call_action
@@ -92,3 +149,8 @@ def apply() -> None:
                 raise
 
     DynamoDBBackend.transact_write_items = item_level_transact  # type: ignore[method-assign]
+
+    Queue.attributes = property(lambda q: QueueAttributes(q, MOTO_QUEUE_ATTRIBUTES))  # type: ignore[assignment,method-assign]
+
+    parse = functools.lru_cache(maxsize=1024)(UpdateExpressionParser.make)
+    UpdateExpressionParser.make = parse
