@@ -30,6 +30,12 @@ Settle is a set of transaction items (reservation ``reserved -> settled``, marke
 ledgers) that the worker commits in the same transaction as the job's final state and
 counters, so a settle happens once or not at all.
 
+**One ledger write per invocation.** The new jobs of an invocation reserve together:
+one transaction with each job's reservation and marker and one charge of their sum per
+ledger (``reserve_many``). All or nothing: when anything stands in the way (a job holds
+a reservation already, the sum does not fit) they reserve one by one as above. That
+takes nine of ten reservation writes off the hot day ledger.
+
 **Crashed workers.** A reservation expires ``reservation_ttl_s`` after it was made
 (longer than any Lambda can run; the config checks it). When a reservation is refused
 because reservations fill the budget, the worker reclaims the expired ones: a query of
@@ -47,7 +53,8 @@ alone is above ``request_cap_usd`` is refused for good.
 **Raising the daily limit** without a deploy: ``set_daily_limit`` stores an override
 item (``budget#limits``) that every worker reads at most every ``LIMIT_CACHE_S``.
 
-**Scale.** Every reservation and settlement writes the day ledger, one item: DynamoDB
+**Scale.** Every settlement and every invocation's reservation writes the day ledger,
+one item: DynamoDB
 serialises transactions on it (a concurrent one is cancelled with ``TransactionConflict``
 and retried here with a jittered backoff). That is a few hundred jobs per second, well
 above what provider rate limits allow; more would need ledger shards like the limiter's.
@@ -58,9 +65,9 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from pydantic import BaseModel
 
@@ -77,6 +84,7 @@ BATCH_RETRY_S = 300.0
 BUSY_RETRY_S = 15.0
 LIMIT_CACHE_S = 10.0
 RECLAIM_EVERY_S = 30.0
+MAX_TRANSACT_ITEMS = 100  # DynamoDB's limit per TransactWriteItems
 CONFLICT_RETRIES = 6  # TransactionConflict on a hot ledger: retried with a jittered backoff
 
 Item = dict[str, Any]
@@ -114,6 +122,15 @@ class AlreadySettled(Exception):
         super().__init__(f"job {job_key} was already settled at ${from_nanos(actual_nanos)}")
         self.job_key = job_key
         self.actual_nanos = actual_nanos
+
+
+class Ask(NamedTuple):
+    """A job's request for budget: its key, worst case and batch (with the batch's limit)."""
+
+    job_key: str
+    nanos: int
+    batch_id: str | None = None
+    batch_limit_nanos: int | None = None
 
 
 class Reservation(BaseModel):
@@ -307,13 +324,50 @@ class Budget:
             scope="day",
         )
 
-    def _reserve(self, r: Reservation, now: float, batch_limit: int | None) -> Reservation:
+    def reserve_many(self, asks: Sequence[Ask]) -> dict[str, Reservation]:
+        """Reserve several new jobs in one transaction, with one write per ledger for all.
+
+        For the jobs of one invocation on their first delivery: all or nothing. ``{}``
+        when any condition fails (a job already holds a reservation, a ledger has no room
+        for the sum) or the jobs do not make one transaction; the caller then reserves
+        job by job with ``reserve``, which sorts out each of those cases.
+        """
+        keys = {a.job_key for a in asks}
+        cap = to_nanos(self._config.budget.request_cap_usd)
+        limits = {a.batch_id: a.batch_limit_nanos for a in asks if a.batch_limit_nanos is not None}
+        size = 2 * len(asks) + 1 + len(limits)
+        if len(asks) < 2 or len(keys) < len(asks) or size > MAX_TRANSACT_ITEMS:
+            return {}
+        if any(a.nanos > cap for a in asks):
+            return {}
+        now = self._clock()
+        day = utc_day(now)
+        held = {
+            a.job_key: Reservation(
+                job_key=a.job_key,
+                day=day,
+                nanos=a.nanos,
+                batch_id=a.batch_id,
+                batch_limit=a.batch_limit_nanos is not None,
+            )
+            for a in asks
+        }
+        items = [item for r in held.values() for item in self._hold(r, now)]
+        total = sum(a.nanos for a in asks)
+        items.append(self._charge(day_key(day), total, self.daily_limit_nanos(), now))
+        for batch_id, limit in limits.items():
+            in_batch = sum(a.nanos for a in asks if a.batch_id == batch_id)
+            items.append(self._charge(batch_ledger_key(str(batch_id)), in_batch, limit, now))
+        return {} if self._transact(items) else held
+
+    def _hold(self, r: Reservation, now: float) -> list[Item]:
+        """The reservation item (only if the job holds none yet) and its open marker."""
         reclaim_at = round(now + self._config.budget.reservation_ttl_s, 3)
         fields: Item = {"nanos": n(r.nanos), "reclaim_at": n(reclaim_at)}
         if r.batch_limit and r.batch_id:
             fields["batch_id"] = s(r.batch_id)
         expires = {TABLE_TTL: n(int(now) + LEDGER_TTL_S)}
-        items: list[Item] = [
+        return [
             {
                 "Put": {
                     "TableName": self._table,
@@ -334,6 +388,11 @@ class Budget:
                     "Item": {**open_key(r.day, r.job_key), **fields, **expires},
                 }
             },
+        ]
+
+    def _reserve(self, r: Reservation, now: float, batch_limit: int | None) -> Reservation:
+        items: list[Item] = [
+            *self._hold(r, now),
             self._charge(day_key(r.day), r.nanos, self.daily_limit_nanos(), now),
         ]
         if r.batch_limit and r.batch_id and batch_limit is not None:

@@ -8,7 +8,8 @@ calls run in threads so they overlap too):
    (keyed on batch id + custom_id, never the SQS message id) -> already final: skip
 3. cancelled batch                                    -> ``cancelled``, no provider call
 4. response cache (opt-in)                            -> hit: free result, ``cached: true``
-5. budget: reserve the worst case                     -> over budget: handed back, ``deferred``
+5. budget: reserve the worst case (an invocation's new -> over budget: handed back, ``deferred``
+   jobs together: ``reserve_ahead``)
 6. rate limit: take 1 request + estimated tokens      -> no capacity soon: handed back
 7. the provider call (retries inside the client)      -> permanent error: ``failed``;
                                                          transient: back to the queue, DLQ
@@ -39,7 +40,14 @@ from typing import TYPE_CHECKING, Any
 from aws_lambda_powertools import Logger
 
 from chatbatch.batches import Batches, BatchInfo, JobState
-from chatbatch.budget import AlreadySettled, Budget, BudgetDeferred, OverRequestCap, Reservation
+from chatbatch.budget import (
+    AlreadySettled,
+    Ask,
+    Budget,
+    BudgetDeferred,
+    OverRequestCap,
+    Reservation,
+)
 from chatbatch.capacity import Capacity, Slot
 from chatbatch.config import Config
 from chatbatch.intake import ATTR_BATCH, ATTR_HANDBACKS, Intake
@@ -118,6 +126,7 @@ class Invocation:
         default_factory=lambda: defaultdict(list)
     )
     asked: set[str] = field(default_factory=set)
+    reserved: dict[str, Reservation] = field(default_factory=dict)  # by job key, ahead
     trace: Span = field(default_factory=Span)  # the handler's span
     spans: dict[str, Span] = field(default_factory=dict)  # each job's, by message id
 
@@ -399,18 +408,43 @@ def _trace_attempts(span: Span, url: str, attempts: Sequence[Attempt]) -> None:
     span.http(url, attempts[-1].status if attempts else None)
 
 
-async def _reserve(inv: Invocation, intake: Intake, job: Job) -> Reservation | Outcome:
-    services, config = inv.services, inv.services.config
+def _ask(inv: Invocation, intake: Intake, job: Job) -> Ask:
+    """What the job asks of the budget: its worst case, and its batch's limit if any."""
+    config = inv.services.config
     batch_limit = inv.batches[intake.batch_id].budget_nanos
     if batch_limit is None and config.budget.batch_usd is not None:
         batch_limit = to_nanos(config.budget.batch_usd)
+    worst = to_nanos(job.worst_case_usd(config.models[job.model]))
+    return Ask(job_key(intake), worst, intake.batch_id, batch_limit)
+
+
+def reserve_ahead(inv: Invocation) -> None:
+    """Reserve for the invocation's new jobs (first delivery, state ``new``) in one
+    transaction, one ledger write for all; the others, and all of them if that is
+    refused, reserve one by one when their turn comes."""
+    asks = [
+        _ask(inv, intake, intake.job)
+        for intake in inv.intakes.values()
+        if intake.job is not None
+        and not intake.transient
+        and intake.receive_count == 1
+        and inv.states[intake.key] is JobState.new
+        and not inv.batches[intake.batch_id].cancelled
+    ]
+    inv.reserved = inv.services.budget.reserve_many(asks)
+
+
+async def _reserve(inv: Invocation, intake: Intake, job: Job) -> Reservation | Outcome:
+    if (held := inv.reserved.pop(job_key(intake), None)) is not None:
+        return held
+    ask = _ask(inv, intake, job)
     try:
         return await _io(  # type: ignore[no-any-return]
-            services.budget.reserve,
-            job_key(intake),
-            to_nanos(job.worst_case_usd(config.models[job.model])),
-            batch_id=intake.batch_id,
-            batch_limit_nanos=batch_limit,
+            inv.services.budget.reserve,
+            ask.job_key,
+            ask.nanos,
+            batch_id=ask.batch_id,
+            batch_limit_nanos=ask.batch_limit_nanos,
         )
     except OverRequestCap as err:
         return await _refuse(inv, intake, "over_request_cap", str(err))

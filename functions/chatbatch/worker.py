@@ -48,6 +48,7 @@ from chatbatch.pipeline import (
     WorkerCrash,
     crash_point,
     process,
+    reserve_ahead,
 )
 from chatbatch.pricing import from_nanos
 from chatbatch.provider import ProviderClient
@@ -129,6 +130,7 @@ class Instance:
             capacity=Capacity(services.limiter, priority, len(intakes)),
             trace=Span.current(),
         )
+        reserve_ahead(inv)
 
         async def record_handler(record: SQSRecord) -> str:
             intake = inv.intakes[record.message_id]

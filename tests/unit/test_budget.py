@@ -14,6 +14,7 @@ import pytest
 from chatbatch.budget import (
     BUSY_RETRY_S,
     AlreadySettled,
+    Ask,
     Budget,
     BudgetDeferred,
     OverRequestCap,
@@ -94,6 +95,67 @@ def test_settle_and_reserve_are_idempotent_per_job(config: Config, table: str):
     assert not budget.settle(r, USD // 20)  # counted once
     usage = budget.usage()
     assert (usage.spent_usd, usage.reserved_usd) == (Decimal("0.05"), 0)
+
+
+def ledger_writes(monkeypatch: pytest.MonkeyPatch, budget: Budget) -> list[int]:
+    """How many items each transaction of ``budget`` writes to the day ledger."""
+    seen: list[int] = []
+    transact = budget._transact
+
+    def counting(items: list[dict]) -> list[dict]:
+        seen.append(
+            sum(
+                it.get("Update", {}).get("Key", {}).get("sk") == {"S": "ledger"}
+                and "budget#day#" in it["Update"]["Key"]["pk"]["S"]
+                for it in items
+            )
+        )
+        return transact(items)
+
+    monkeypatch.setattr(budget, "_transact", counting)
+    return seen
+
+
+def test_an_invocations_jobs_reserve_together_with_one_ledger_write(
+    config: Config, table: str, monkeypatch: pytest.MonkeyPatch
+):
+    budget = make(config, table, daily_usd=Decimal(10))
+    writes = ledger_writes(monkeypatch, budget)
+    asks = [Ask(f"b#j{i}", USD // 10, "b", USD) for i in range(10)]
+    held = budget.reserve_many(asks)
+    assert writes == [1]  # one transaction, one day-ledger write for ten jobs
+    assert sorted(held) == sorted(a.job_key for a in asks)
+    assert budget.usage().reserved_usd == Decimal(1)
+    # each holds its own reservation: a redelivery gets it back, settling is per job
+    assert budget.reserve("b#j3", USD // 10, batch_id="b", batch_limit_nanos=USD) == held["b#j3"]
+    # the batch ledger took the sum too: the batch's $1 is held
+    with pytest.raises(BudgetDeferred, match="batch b"):
+        budget.reserve("b#more", USD // 10, batch_id="b", batch_limit_nanos=USD)
+    for i, r in enumerate(held.values()):
+        assert budget.settle(r, USD // 100 * i)
+    usage = budget.usage()
+    assert (usage.spent_usd, usage.reserved_usd) == (Decimal("0.45"), 0)
+
+
+def test_reserving_together_is_all_or_nothing(config: Config, table: str):
+    budget = make(config, table, daily_usd=Decimal(1))
+    budget.reserve("b#held", USD // 10)  # e.g. a redelivery: it holds one already
+    together = [Ask("b#held", USD // 10), Ask("b#new", USD // 10)]
+    assert budget.reserve_many(together) == {}
+    assert budget.usage().reserved_usd == Decimal("0.1")  # nothing half-written
+    # the sum does not fit although each would: nothing, then one by one
+    too_much = [Ask(f"b#x{i}", USD * 4 // 10) for i in range(3)]
+    assert budget.reserve_many(too_much) == {}
+    assert budget.usage().reserved_usd == Decimal("0.1")
+    budget.reserve("b#x0", USD * 4 // 10)
+    budget.reserve("b#x1", USD * 4 // 10)
+    with pytest.raises(BudgetDeferred):
+        budget.reserve("b#x2", USD * 4 // 10)
+    # a duplicate key, a job over the request cap, or a single job: not together
+    assert budget.reserve_many([Ask("b#d", 1), Ask("b#d", 1)]) == {}
+    assert budget.reserve_many([Ask("b#y", 1), Ask("b#z", USD * 100)]) == {}
+    assert budget.reserve_many([Ask("b#only", 1)]) == {}
+    assert budget.usage().reserved_usd == Decimal("0.9")
 
 
 def test_crashed_reservation_is_reclaimed_after_its_ttl(config: Config, table: str):
