@@ -186,6 +186,22 @@ def test_every_job_is_accounted_for_and_gets_its_own_answer(tmp_path: Path, conf
     assert summary_file["aws_requests"]["sqs"]["ReceiveMessage"] > 0
 
 
+def test_new_jobs_reserve_once_per_invocation(tmp_path: Path):
+    """Ten fresh jobs of one invocation reserve in one transaction; each settles in its own."""
+    lines = [
+        json.dumps({"custom_id": f"r{i}", "prompt": f"q{i}", "priority": "normal"})
+        for i in range(40)
+    ]
+    with runtime(concurrency=2) as rt:
+        summary = rt.run(write(tmp_path, lines), tmp_path / "out")
+        spent = ledger_spent(rt)  # and nothing left reserved
+    assert summary.succeeded == 40 and spent == Decimal(str(summary.cost_usd))
+    transactions = summary.aws_requests["dynamodb"]["TransactWriteItems"]
+    invocations = summary.aws_requests["sqs"]["DeleteMessageBatch"]
+    assert transactions == 40 + invocations  # a settle per job, a reservation per invocation
+    assert invocations < 20
+
+
 @pytest.mark.parametrize("point", pipeline.CRASH_POINTS)
 def test_a_worker_killed_mid_job_counts_each_job_once(tmp_path: Path, point: str):
     cacheable = {"prompt": "cached question", "cache": True, "temperature": 0}
