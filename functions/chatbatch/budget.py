@@ -25,7 +25,11 @@ estimate) is what makes "settled never exceeds the limit" hold, not just usually
 **Exactly once.** Reserve is one transaction: the reservation item (condition: it does
 not exist yet), its open marker and the ledger(s). A redelivered job finds its
 reservation and gets it back (its deadline extended) instead of reserving twice; a job
-already settled gets ``AlreadySettled``, so nobody calls the provider for it again.
+already settled gets ``AlreadySettled``, so nobody calls the provider for it again. The
+reservation names its ``owner`` (the copy of the job holding it: an SQS message id): a
+second copy in flight gets ``HeldElsewhere`` and looks again later, until the owner's
+claim expires and it may take over (compare-and-swap on the owner), so two copies never
+call the provider at once.
 Settle is a set of transaction items (reservation ``reserved -> settled``, marker gone,
 ledgers) that the worker commits in the same transaction as the job's final state and
 counters, so a settle happens once or not at all.
@@ -82,6 +86,7 @@ if TYPE_CHECKING:
 LEDGER_TTL_S = 40 * 86_400
 BATCH_RETRY_S = 300.0
 BUSY_RETRY_S = 15.0
+HELD_RETRY_S = 15.0  # a copy of a job another copy is processing looks again after this
 LIMIT_CACHE_S = 10.0
 RECLAIM_EVERY_S = 30.0
 MAX_TRANSACT_ITEMS = 100  # DynamoDB's limit per TransactWriteItems
@@ -124,6 +129,16 @@ class AlreadySettled(Exception):
         self.actual_nanos = actual_nanos
 
 
+class HeldElsewhere(Exception):
+    """Another copy of the job (another SQS message: a resend, a duplicate delivery) holds
+    its reservation and may be calling the provider now: look again later, do not pay twice."""
+
+    def __init__(self, job_key: str, retry_after_s: float) -> None:
+        super().__init__(f"job {job_key} is being processed by another copy of it")
+        self.job_key = job_key
+        self.retry_after_s = retry_after_s
+
+
 class Ask(NamedTuple):
     """A job's request for budget: its key, worst case and batch (with the batch's limit)."""
 
@@ -131,6 +146,7 @@ class Ask(NamedTuple):
     nanos: int
     batch_id: str | None = None
     batch_limit_nanos: int | None = None
+    owner: str | None = None
 
 
 class Reservation(BaseModel):
@@ -139,6 +155,7 @@ class Reservation(BaseModel):
     nanos: int
     batch_id: str | None = None
     batch_limit: bool = False  # whether the batch ledger carries it too
+    owner: str | None = None  # the copy of the job (its first SQS message) that holds it
 
 
 class DayUsage(BaseModel):
@@ -254,12 +271,14 @@ class Budget:
         *,
         batch_id: str | None = None,
         batch_limit_nanos: int | None = None,
+        owner: str | None = None,
     ) -> Reservation:
         """Reserve a job's worst case (nano-dollars).
 
         Raises ``BudgetDeferred`` (no room now: when to ask again), ``OverRequestCap``
-        (never affordable) or ``AlreadySettled`` (paid already: do not call again).
-        Idempotent per job and day: a job that already holds a reservation gets it back.
+        (never affordable), ``AlreadySettled`` (paid already: do not call again) or
+        ``HeldElsewhere`` (another ``owner`` holds it and has not expired: look later).
+        Idempotent per job, day and owner: the owner of a reservation gets it back.
         """
         cap = to_nanos(self._config.budget.request_cap_usd)
         if nanos > cap:
@@ -274,6 +293,7 @@ class Budget:
             nanos=nanos,
             batch_id=batch_id,
             batch_limit=batch_limit_nanos is not None,
+            owner=owner,
         )
         try:
             return self._reserve(reservation, now, batch_limit_nanos)
@@ -349,6 +369,7 @@ class Budget:
                 nanos=a.nanos,
                 batch_id=a.batch_id,
                 batch_limit=a.batch_limit_nanos is not None,
+                owner=a.owner,
             )
             for a in asks
         }
@@ -366,6 +387,8 @@ class Budget:
         fields: Item = {"nanos": n(r.nanos), "reclaim_at": n(reclaim_at)}
         if r.batch_limit and r.batch_id:
             fields["batch_id"] = s(r.batch_id)
+        if r.owner:
+            fields["owner"] = s(r.owner)
         expires = {TABLE_TTL: n(int(now) + LEDGER_TTL_S)}
         return [
             {
@@ -410,11 +433,16 @@ class Budget:
     def _existing(
         self, r: Reservation, item: Mapping[str, Any] | None, now: float, batch_limit: int | None
     ) -> Reservation:
-        """The job's reservation of the day exists: hand it back, or say it is paid."""
+        """The job's reservation of the day exists: its owner gets it back (another copy of
+        the job is told to look later, until the owner's claim expires), or it is paid."""
         if item is None:  # gone in between (released or reclaimed): reserve anew
             return self._reserve(r, now, batch_limit)
         if item.get("state", {}).get("S") == "settled":
             raise AlreadySettled(r.job_key, int_of(item, "actual"))
+        holder = item.get("owner", {}).get("S")
+        expires_in = float(item.get("reclaim_at", {}).get("N", "0")) - now
+        if r.owner and holder and holder != r.owner and expires_in > 0:
+            raise HeldElsewhere(r.job_key, min(expires_in, HELD_RETRY_S))
         batch = item.get("batch_id", {}).get("S")
         held = Reservation(
             job_key=r.job_key,
@@ -422,41 +450,48 @@ class Budget:
             nanos=int_of(item, "nanos"),
             batch_id=batch or r.batch_id,
             batch_limit=batch is not None,
+            owner=r.owner or holder,
         )
-        self._extend(held, now)
+        if not self._extend(held, holder, now):
+            raise HeldElsewhere(r.job_key, HELD_RETRY_S)  # another copy took it over first
         return held
 
-    def _extend(self, r: Reservation, now: float) -> None:
-        """A redelivered job keeps its reservation: not reclaimable for another TTL."""
+    def _extend(self, r: Reservation, holder: str | None, now: float) -> bool:
+        """A redelivered job keeps its reservation: not reclaimable for another TTL. The
+        owner changes only from the ``holder`` seen (a copy taking over an expired claim)."""
         reclaim_at = n(round(now + self._config.budget.reservation_ttl_s, 3))
-        self._transact(
+        names = {"#r": "reclaim_at", "#s": "state", "#o": "owner"}
+        values: Item = {":r": reclaim_at, ":reserved": s("reserved")}
+        update, owned = "SET #r = :r", "attribute_not_exists(#o)"
+        if r.owner:
+            update, values[":o"] = update + ", #o = :o", s(r.owner)
+        if holder:
+            owned, values[":holder"] = "#o = :holder", s(holder)
+        reasons = self._transact(
             [
                 {
                     "Update": {
                         "TableName": self._table,
-                        "Key": key,
-                        "UpdateExpression": "SET #r = :r",
-                        "ConditionExpression": condition,
+                        "Key": reservation_key(r.day, r.job_key),
+                        "UpdateExpression": update,
+                        "ConditionExpression": f"#s = :reserved AND {owned}",
                         "ExpressionAttributeNames": names,
-                        "ExpressionAttributeValues": {":r": reclaim_at, **values},
+                        "ExpressionAttributeValues": values,
                     }
-                }
-                for key, condition, names, values in (
-                    (
-                        reservation_key(r.day, r.job_key),
-                        "#s = :reserved",
-                        {"#r": "reclaim_at", "#s": "state"},
-                        {":reserved": s("reserved")},
-                    ),
-                    (
-                        open_key(r.day, r.job_key),
-                        "attribute_exists(#r)",
-                        {"#r": "reclaim_at"},
-                        {},
-                    ),
-                )
+                },
+                {
+                    "Update": {
+                        "TableName": self._table,
+                        "Key": open_key(r.day, r.job_key),
+                        "UpdateExpression": "SET #r = :r",
+                        "ConditionExpression": "attribute_exists(#r)",
+                        "ExpressionAttributeNames": {"#r": "reclaim_at"},
+                        "ExpressionAttributeValues": {":r": reclaim_at},
+                    }
+                },
             ]
         )
+        return not reasons
 
     def _charge(self, key: Item, nanos: int, limit: int, now: float) -> Item:
         """ADD committed :n, on the condition that it stays within the limit."""

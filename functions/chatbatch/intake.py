@@ -33,6 +33,7 @@ from chatbatch.store import Store
 
 ATTR_HANDBACKS = "chatbatch-handbacks"
 ATTR_BATCH = "chatbatch-batch"
+ATTR_OWNER = "chatbatch-owner"  # the message id of the job's copy that holds its reservation
 
 
 def default_batch(now: dt.datetime | None = None) -> str:
@@ -58,6 +59,13 @@ class Intake:
     @property
     def receive_count(self) -> int:
         return int(self.record.attributes.approximate_receive_count or 1)
+
+    @property
+    def owner(self) -> str:
+        """Which copy of the job this is: its message id, kept across hand-backs (a
+        re-sent copy is the same copy); a redelivery of one message is the same copy."""
+        attr = self.record.message_attributes[ATTR_OWNER]  # None when absent
+        return attr.string_value if attr and attr.string_value else self.record.message_id
 
     @property
     def handbacks(self) -> int:

@@ -45,12 +45,13 @@ from chatbatch.budget import (
     Ask,
     Budget,
     BudgetDeferred,
+    HeldElsewhere,
     OverRequestCap,
     Reservation,
 )
 from chatbatch.capacity import Capacity, Slot
 from chatbatch.config import Config
-from chatbatch.intake import ATTR_BATCH, ATTR_HANDBACKS, Intake
+from chatbatch.intake import ATTR_BATCH, ATTR_HANDBACKS, ATTR_OWNER, Intake
 from chatbatch.jobs import CostRecord, Job, JobFacts, OutputLine
 from chatbatch.limiter import RateLimiter, RequestTooLargeError
 from chatbatch.pricing import Usage, cost, to_nanos
@@ -77,6 +78,7 @@ class Outcome(StrEnum):
     cancelled = "cancelled"
     retry = "retry"  # transient failure: the message goes back to the queue
     duplicate = "duplicate"  # already final: nothing to do
+    elsewhere = "elsewhere"  # another copy of the job is at it: this one looks again later
 
 
 class RetryLater(Exception):
@@ -191,6 +193,8 @@ async def _hand_back(inv: Invocation, intake: Intake, delay_s: float, outcome: O
     attributes[ATTR_HANDBACKS] = {"DataType": "Number", "StringValue": str(intake.handbacks + 1)}
     # the copy keeps the batch it was given (a default batch is per day of first sending)
     attributes[ATTR_BATCH] = {"DataType": "String", "StringValue": intake.batch_id}
+    # and stays the same copy: a reservation it holds is still its own
+    attributes[ATTR_OWNER] = {"DataType": "String", "StringValue": intake.owner}
     await _io(
         services.sqs.send_message,
         QueueUrl=queue,
@@ -198,6 +202,8 @@ async def _hand_back(inv: Invocation, intake: Intake, delay_s: float, outcome: O
         DelaySeconds=max(0, min(MAX_DELAY_S, round(delay_s))),
         MessageAttributes=attributes,
     )
+    if outcome is Outcome.elsewhere:  # the job's state is the other copy's to move
+        return outcome
     prev = inv.states[intake.key]
     new = JobState.deferred if outcome is Outcome.deferred else JobState.throttled
     await _io(services.batches.transition, intake.batch_id, intake.custom_id, prev=prev, new=new)
@@ -381,8 +387,7 @@ async def _call(inv: Invocation, intake: Intake, job: Job) -> Completion | Outco
             break
         remaining = inv.deadline - time.monotonic()
         if got > min(services.config.worker.max_throttle_wait_s, remaining):
-            # The reservation stays: the copy takes it back when it returns (a release
-            # here could free money another in-flight copy of this job is spending).
+            # The reservation stays: the re-sent copy is its owner and takes it back.
             return await _hand_back(inv, intake, got, Outcome.throttled)
         await asyncio.sleep(got)
     url = services.config.providers[model.provider].chat_url
@@ -415,7 +420,7 @@ def _ask(inv: Invocation, intake: Intake, job: Job) -> Ask:
     if batch_limit is None and config.budget.batch_usd is not None:
         batch_limit = to_nanos(config.budget.batch_usd)
     worst = to_nanos(job.worst_case_usd(config.models[job.model]))
-    return Ask(job_key(intake), worst, intake.batch_id, batch_limit)
+    return Ask(job_key(intake), worst, intake.batch_id, batch_limit, intake.owner)
 
 
 def reserve_ahead(inv: Invocation) -> None:
@@ -445,11 +450,14 @@ async def _reserve(inv: Invocation, intake: Intake, job: Job) -> Reservation | O
             ask.nanos,
             batch_id=ask.batch_id,
             batch_limit_nanos=ask.batch_limit_nanos,
+            owner=ask.owner,
         )
     except OverRequestCap as err:
         return await _refuse(inv, intake, "over_request_cap", str(err))
     except BudgetDeferred as err:
         return await _hand_back(inv, intake, err.retry_after_s, Outcome.deferred)
+    except HeldElsewhere as err:
+        return await _hand_back(inv, intake, err.retry_after_s, Outcome.elsewhere)
     except AlreadySettled:
         # Paid for already (its final transaction ran): finish from the stored result.
         return await _recover(inv, intake, job, None) or Outcome.duplicate

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
@@ -18,6 +19,7 @@ from typing import Any
 
 import boto3
 import pytest
+from mypy_boto3_sqs.literals import QueueAttributeNameType
 
 from chatbatch import pipeline
 from chatbatch.budget import Budget
@@ -110,6 +112,17 @@ def ledger_spent(rt: LocalRuntime) -> Decimal:
     return usage.spent_usd
 
 
+def queue_depth(rt: LocalRuntime, url: str) -> int:
+    """Messages in the queue: visible, in flight and delayed."""
+    names: list[QueueAttributeNameType] = [
+        "ApproximateNumberOfMessages",
+        "ApproximateNumberOfMessagesNotVisible",
+        "ApproximateNumberOfMessagesDelayed",
+    ]
+    attrs = boto3.client("sqs").get_queue_attributes(QueueUrl=url, AttributeNames=names)
+    return sum(int(v) for v in attrs["Attributes"].values())
+
+
 def dlq_depth(rt: LocalRuntime) -> int:
     sqs = boto3.client("sqs")
     total = 0
@@ -200,6 +213,30 @@ def test_new_jobs_reserve_once_per_invocation(tmp_path: Path):
     invocations = summary.aws_requests["sqs"]["DeleteMessageBatch"]
     assert transactions == 40 + invocations  # a settle per job, a reservation per invocation
     assert invocations < 20
+
+
+def test_two_copies_of_a_job_in_flight_call_the_provider_once(tmp_path: Path):
+    """A job sent twice (a resend, a duplicate): the copy that holds the reservation calls
+    the provider; the other waits and, when it looks again, finds the job done."""
+    body = json.dumps({"custom_id": "twin", "prompt": "only once", "batch_id": "twins"})
+    sim = SimulatorSettings(latency_ms=1500)
+    with runtime(simulator=sim) as rt:
+        queue = rt.resources.queues[rt.config.defaults.priority]
+        sqs = boto3.client("sqs")
+        for _ in range(2):
+            sqs.send_message(QueueUrl=queue, MessageBody=body)
+        deadline = time.monotonic() + 60
+        while queue_depth(rt, queue) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        info = rt.batches.get("twins")
+        stats = rt.simulator.stats() if rt.simulator else None
+        spent = ledger_spent(rt)  # and nothing left reserved
+        result = rt.store.get_result("twins", "twin")
+        assert queue_depth(rt, queue) == 0, "the waiting copy came back and was dropped"
+    assert stats is not None and stats.requests == 1
+    assert info is not None and info.succeeded == 1 and info.provider_calls == 1
+    assert result is not None and result.chatbatch is not None
+    assert spent == result.chatbatch.cost_usd
 
 
 @pytest.mark.parametrize("point", pipeline.CRASH_POINTS)

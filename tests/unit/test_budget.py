@@ -17,6 +17,7 @@ from chatbatch.budget import (
     Ask,
     Budget,
     BudgetDeferred,
+    HeldElsewhere,
     OverRequestCap,
     next_midnight,
     seconds_to_midnight,
@@ -156,6 +157,29 @@ def test_reserving_together_is_all_or_nothing(config: Config, table: str):
     assert budget.reserve_many([Ask("b#y", 1), Ask("b#z", USD * 100)]) == {}
     assert budget.reserve_many([Ask("b#only", 1)]) == {}
     assert budget.usage().reserved_usd == Decimal("0.9")
+
+
+def test_only_the_copy_that_holds_a_reservation_gets_it(config: Config, table: str):
+    clock = Clock()
+    budget = make(config, table, clock, daily_usd=Decimal(1), reservation_ttl_s=900)
+    mine = budget.reserve("b#job", USD // 10, owner="msg-1")
+    # another message carrying the same job (a resend, a duplicate) is told to look later
+    with pytest.raises(HeldElsewhere) as caught:
+        budget.reserve("b#job", USD // 10, owner="msg-2")
+    assert 0 < caught.value.retry_after_s <= 15
+    assert budget.reserve_many([Ask("b#job", USD // 10, owner="msg-2"), Ask("b#x", 1)]) == {}
+    # the holder's own redelivery gets it back
+    assert budget.reserve("b#job", USD // 10, owner="msg-1") == mine
+    # a holder that died: its claim expires and the other copy takes over, once
+    clock.now += 901
+    theirs = budget.reserve("b#job", USD // 10, owner="msg-2")
+    assert theirs.owner == "msg-2"
+    with pytest.raises(HeldElsewhere):
+        budget.reserve("b#job", USD // 10, owner="msg-1")
+    assert budget.settle(theirs, USD // 20)
+    assert budget.usage().reserved_usd == 0
+    with pytest.raises(AlreadySettled):
+        budget.reserve("b#job", USD // 10, owner="msg-1")
 
 
 def test_crashed_reservation_is_reclaimed_after_its_ttl(config: Config, table: str):
