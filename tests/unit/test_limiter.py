@@ -404,6 +404,18 @@ def test_the_factor_halves_once_per_cooldown_and_recovers(dynamo: Dynamo, config
     assert limiter.status(MODEL).factor == 1.0
 
 
+def test_a_429_takes_a_tenth_off_when_the_limit_is_known(dynamo: Dynamo, config: Config) -> None:
+    now = [START]
+    limiter = RateLimiter(
+        dynamo.client, dynamo.table, with_model(config, 240, 100_000), clock=lambda: now[0]
+    )
+    limiter.observe_limits(MODEL, 200, None)  # the provider's x-ratelimit-limit-requests
+    limiter.report_429(MODEL)
+    status = limiter.status(MODEL)
+    assert status.factor == pytest.approx(0.9)
+    assert status.limit_requests == pytest.approx(180)  # min(config, learned) x factor
+
+
 # --- the API -------------------------------------------------------------------------
 
 
