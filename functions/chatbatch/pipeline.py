@@ -480,13 +480,25 @@ async def _before_budget(inv: Invocation, intake: Intake) -> Outcome | None:
 
 
 async def process(inv: Invocation, intake: Intake) -> Outcome:
-    """One job, start to end. An unexpected error on its last delivery is recorded."""
-    try:
-        return await _process(inv, intake)
-    except Exception as err:
-        if intake.receive_count >= inv.services.config.worker.max_receive_count:
-            await _dead_letter(inv, intake, f"{type(err).__name__}: {err}")
-        raise
+    """One job, start to end, in its own trace span. An unexpected error on its last
+    delivery is recorded."""
+    with inv.trace.child("job") as span:
+        inv.spans[intake.record.message_id] = span
+        span.annotate(
+            batch_id=intake.batch_id,
+            custom_id=intake.custom_id,
+            priority=intake.priority.value,
+            model=intake.job.model if intake.job else None,
+            receive_count=intake.receive_count,
+        )
+        try:
+            outcome = await _process(inv, intake)
+        except Exception as err:
+            if intake.receive_count >= inv.services.config.worker.max_receive_count:
+                await _dead_letter(inv, intake, f"{type(err).__name__}: {err}")
+            raise
+        span.annotate(outcome=outcome.value)
+        return outcome
 
 
 async def _process(inv: Invocation, intake: Intake) -> Outcome:

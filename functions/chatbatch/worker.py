@@ -134,20 +134,10 @@ class Instance:
 
         async def record_handler(record: SQSRecord) -> str:
             intake = inv.intakes[record.message_id]
-            with inv.trace.child("job") as span:
-                inv.spans[record.message_id] = span
-                span.annotate(
-                    batch_id=intake.batch_id,
-                    custom_id=intake.custom_id,
-                    priority=intake.priority.value,
-                    model=intake.job.model if intake.job else None,
-                    receive_count=intake.receive_count,
-                )
-                try:
-                    outcome = await process(inv, intake)
-                finally:
-                    inv.done(intake)
-                span.annotate(outcome=outcome.value)
+            try:
+                outcome = await process(inv, intake)
+            finally:
+                inv.done(intake)
             _log_outcome(intake, outcome)
             return outcome.value
 

@@ -33,9 +33,6 @@ FAKE_CREDENTIALS = {
     "AWS_DEFAULT_REGION": REGION,
     "AWS_REGION": REGION,
 }
-# The local queues redeliver a failed message after this many seconds (the deployed ones
-# use 6x the function timeout; the worker shortens it per message on transient errors).
-LOCAL_VISIBILITY_TIMEOUT_S = 30
 
 
 @contextmanager
@@ -108,10 +105,15 @@ def create_table(ddb: DynamoDBClient, name: str) -> None:
     )
 
 
-def create_resources(
-    config: Config, visibility_timeout_s: int = LOCAL_VISIBILITY_TIMEOUT_S
-) -> Resources:
-    """Create the stack's queues, DLQs, table and bucket in the current (moto) account."""
+def create_resources(config: Config, visibility_timeout_s: int | None = None) -> Resources:
+    """Create the stack's queues, DLQs, table and bucket in the current (moto) account.
+
+    The queues' visibility timeout is the function timeout unless given: an invocation
+    that runs as long as it may is never delivered twice meanwhile (the deployed queues
+    use 6x the timeout; here a crashed invocation's jobs come back after ~2 min, not 12;
+    the worker shortens it per message on transient errors).
+    """
+    visibility_timeout_s = visibility_timeout_s or config.worker.timeout_s
     sqs = boto3.client("sqs")
     retention = str(config.worker.retention_days * 86_400)
     queues: dict[Priority, str] = {}

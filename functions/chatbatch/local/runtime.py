@@ -35,7 +35,6 @@ from chatbatch.batches import Batches, BatchInfo
 from chatbatch.config import Config, Priority, load_config
 from chatbatch.jobs import Job, OutputLine
 from chatbatch.local.aws import (
-    LOCAL_VISIBILITY_TIMEOUT_S,
     create_resources,
     moto_in_process,
     moto_server,
@@ -76,7 +75,8 @@ class LocalOptions:
     server: bool = False  # moto's HTTP server instead of in-process (``local up``)
     port: int = 0  # moto server's port (0: a free one)
     timeout_s: float = 3600.0
-    visibility_timeout_s: int = LOCAL_VISIBILITY_TIMEOUT_S  # redelivery after a crash
+    # redelivery after a crash; default: the function timeout (never while it runs)
+    visibility_timeout_s: int | None = None
     log_level: str = "WARNING"
     log_file: Path | None = None  # the worker's JSON log lines go here instead of stdout
 
