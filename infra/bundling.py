@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -115,7 +116,9 @@ class Requirements:
 
 
 def _name(requirement: str) -> str:
-    return requirement.split("==", maxsplit=1)[0].strip().lower().replace("_", "-")
+    """A requirement's normalised project name: ``Foo_Bar[x]>=1`` -> ``foo-bar``."""
+    name = re.split(r"[\s\[<>=!~;@]", requirement.strip(), maxsplit=1)[0]
+    return name.lower().replace("_", "-")
 
 
 def runtime_requirements(pyproject: Path) -> Requirements:

@@ -28,8 +28,9 @@ reservation and gets it back (its deadline extended) instead of reserving twice;
 already settled gets ``AlreadySettled``, so nobody calls the provider for it again. The
 reservation names its ``owner`` (the copy of the job holding it: an SQS message id): a
 second copy in flight gets ``HeldElsewhere`` and looks again later, until the owner's
-claim expires and it may take over (compare-and-swap on the owner), so two copies never
-call the provider at once.
+claim expires and it may take over (compare-and-swap on the owner), so two copies (two
+messages) never call the provider at once. One message delivered twice at once (SQS is
+at-least-once) is one copy to this check.
 Settle is a set of transaction items (reservation ``reserved -> settled``, marker gone,
 ledgers) that the worker commits in the same transaction as the job's final state and
 counters, so a settle happens once or not at all.
@@ -156,6 +157,7 @@ class Reservation(BaseModel):
     batch_id: str | None = None
     batch_limit: bool = False  # whether the batch ledger carries it too
     owner: str | None = None  # the copy of the job (its first SQS message) that holds it
+    resumed: bool = False  # it existed before this call: the job may have been called already
 
 
 class DayUsage(BaseModel):
@@ -451,6 +453,7 @@ class Budget:
             batch_id=batch or r.batch_id,
             batch_limit=batch is not None,
             owner=r.owner or holder,
+            resumed=True,
         )
         if not self._extend(held, holder, now):
             raise HeldElsewhere(r.job_key, HELD_RETRY_S)  # another copy took it over first

@@ -68,9 +68,9 @@ is no deadlock. With slack nobody is denied, nothing is held and everybody runs 
 speed.
 
 **Adaptive limit.** A 429 multiplies the shards' factor ``f`` by 0.5 (0.9 once the limit
-is learned from headers: then a 429 is a disagreement at the window's edge, not a wrong
-limit; at most once per 5 s, a conditional write on the time of the last decrease); it
-grows back by 0.05 every
+is learned from headers and no decrease happened in the last 30 s: then a lone 429 is a
+disagreement at the window's edge, not a wrong limit; at most once per 5 s, a conditional
+write on the time of the last decrease); it grows back by 0.05 every
 10 s, computed lazily from ``(f, fa)`` so recovery costs no write. Limits learned from
 ``x-ratelimit-limit-requests/-tokens`` are stored in the shards (``lr``, ``lt``) and the
 effective limit is ``min(config, learned) x f``.
@@ -121,7 +121,8 @@ PRIO_SLOTS = 7  # the current one and 6 before: 60-70 s, never less than the win
 STARVING_S = 15.0  # a priority denied this recently is starving
 MARK_EVERY_S = 5.0  # the starving mark is refreshed at most this often
 AIMD_DECREASE = 0.5  # a 429 halves the limit ...
-AIMD_DECREASE_KNOWN = 0.9  # ... or takes 10 % off when the provider told us its limit
+AIMD_DECREASE_KNOWN = 0.9  # ... or takes 10 % off when the provider told us its limit,
+AIMD_ESCALATE_S = 30.0  # unless 429s keep coming: a 429 this soon after a decrease halves
 AIMD_COOLDOWN_S = 5.0  # ... at most once in this long
 AIMD_STEP = 0.05  # then it grows back by 5 % of the limit ...
 AIMD_STEP_EVERY_S = 10.0  # ... every 10 s
@@ -896,10 +897,12 @@ class RateLimiter:
             last = st.limits.factor_at
             if last is not None and now - last < AIMD_COOLDOWN_S:
                 return
-            # With the real limit learned from headers, a 429 means our window and the
-            # provider's disagree at the edge (clock skew, a retry), not a wrong limit.
+            # With the real limit learned from headers, a lone 429 means our window and
+            # the provider's disagree at the edge (clock skew, a retry), not a wrong limit;
+            # 429s that keep coming (another user of the key, the other metric) halve it.
             known = any(v is not None for v in st.learned.values())
-            decrease = AIMD_DECREASE_KNOWN if known else AIMD_DECREASE
+            lone = last is None or now - last >= AIMD_ESCALATE_S
+            decrease = AIMD_DECREASE_KNOWN if known and lone else AIMD_DECREASE
             expr = _Expr()
             expr.absent_or_equal("fa", last)
             expr.set("f", max(AIMD_FLOOR, st.limits.factor * decrease))

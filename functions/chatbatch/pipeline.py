@@ -424,19 +424,23 @@ def _ask(inv: Invocation, intake: Intake, job: Job) -> Ask:
 
 
 def reserve_ahead(inv: Invocation) -> None:
-    """Reserve for the invocation's new jobs (first delivery, state ``new``) in one
-    transaction, one ledger write for all; the others, and all of them if that is
-    refused, reserve one by one when their turn comes."""
-    asks = [
-        _ask(inv, intake, intake.job)
-        for intake in inv.intakes.values()
-        if intake.job is not None
-        and not intake.transient
-        and intake.receive_count == 1
-        and inv.states[intake.key] is JobState.new
-        and not inv.batches[intake.batch_id].cancelled
-    ]
-    inv.reserved = inv.services.budget.reserve_many(asks)
+    """Reserve for the invocation's new jobs (first delivery, never handed back, state
+    ``new``) in one transaction, one ledger write for all; the others, and all of them if
+    that is refused or fails, reserve one by one when their turn comes."""
+    try:
+        asks = [
+            _ask(inv, intake, intake.job)
+            for intake in inv.intakes.values()
+            if intake.job is not None
+            and not intake.transient
+            and intake.receive_count == 1
+            and intake.handbacks == 0
+            and inv.states[intake.key] is JobState.new
+            and not inv.batches[intake.batch_id].cancelled
+        ]
+        inv.reserved = inv.services.budget.reserve_many(asks)
+    except Exception:  # an optimisation: never fail the batch for it (each job retries)
+        logger.exception("could not reserve the invocation's jobs together")
 
 
 async def _reserve(inv: Invocation, intake: Intake, job: Job) -> Reservation | Outcome:
@@ -511,9 +515,14 @@ async def _process(inv: Invocation, intake: Intake) -> Outcome:
     if isinstance(reservation, Outcome):
         return reservation
     crash_point("after_reserve", intake)
-    # Anything but a first delivery may find its result already stored (a crash after
-    # the S3 write, or a copy that got there first): finish from it, call nothing.
-    first_delivery = intake.receive_count == 1 and inv.states[intake.key] is JobState.new
+    # Anything but a first delivery with a fresh reservation may find its result already
+    # stored (a crash after the S3 write; a copy that took over a dead one's reservation):
+    # finish from it, call nothing.
+    first_delivery = (
+        intake.receive_count == 1
+        and inv.states[intake.key] is JobState.new
+        and not reservation.resumed
+    )
     if not first_delivery and (recovered := await _recover(inv, intake, job, reservation)):
         return recovered
     model = config.models[job.model]

@@ -87,6 +87,17 @@ def test_the_binary_check_rejects_another_platform(synth: Synth, config: Config)
         check_binaries(synth.asset_dir, _inputs(config, python_version=other_python))
 
 
+def test_requirements_without_dependencies_leave_the_first_pip_run(tmp_path: Path) -> None:
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text(
+        '[project]\ndependencies = ["httpx==0.28.1", "Aws_Xray_SDK[extra]>=2", "wrapt"]\n'
+        '[tool.chatbatch.lambda-asset]\nwithout-dependencies = ["aws-xray-sdk==2.15.0"]\n'
+    )
+    requirements = runtime_requirements(pyproject)
+    assert requirements.with_deps == ("httpx==0.28.1", "wrapt")
+    assert requirements.without_deps == ("aws-xray-sdk==2.15.0",)
+
+
 def test_asset_hash_follows_its_inputs(config: Config, tmp_path: Path) -> None:
     base = _inputs(config)
     shipped = {p.as_posix() for p in base.package_files()}

@@ -22,7 +22,7 @@ import pytest
 from mypy_boto3_sqs.literals import QueueAttributeNameType
 
 from chatbatch import pipeline
-from chatbatch.budget import Budget
+from chatbatch.budget import Budget, reservation_key, utc_day
 from chatbatch.config import Priority
 from chatbatch.intake import Intake
 from chatbatch.jobs import Job, parse_line
@@ -267,6 +267,52 @@ def test_a_worker_killed_mid_job_counts_each_job_once(tmp_path: Path, point: str
     assert batch is not None and batch.succeeded == 16
     results = read_jsonl(tmp_path / "out" / "results.jsonl")
     assert len({r["custom_id"] for r in results}) == 16
+
+
+def test_a_copy_taking_over_a_dead_copys_job_finishes_from_its_result(tmp_path: Path):
+    """The first copy dies after storing the result; its claim expires before its message
+    comes back; a second copy (a resend) takes over and must not call the provider again."""
+    body = json.dumps({"custom_id": "orphan", "prompt": "answer once", "batch_id": "takeover"})
+    died: list[str] = []
+
+    def crash(name: str, intake: Intake) -> bool:
+        if name == "after_s3_write" and not died:
+            died.append(intake.owner)
+            return True
+        return False
+
+    pipeline.crash_hook = crash
+    try:
+        # the dead copy's message stays away for 5 minutes: the resend has to take over
+        with runtime(visibility_timeout_s=300) as rt:
+            queue = rt.resources.queues[rt.config.defaults.priority]
+            sqs = boto3.client("sqs")
+            sqs.send_message(QueueUrl=queue, MessageBody=body)
+            deadline = time.monotonic() + 30
+            while not died and time.monotonic() < deadline:
+                time.sleep(0.2)
+            # time travel: the dead copy's reservation is past its deadline
+            boto3.client("dynamodb").update_item(
+                TableName=rt.resources.table,
+                Key=reservation_key(utc_day(time.time()), "takeover#orphan"),
+                UpdateExpression="SET reclaim_at = :past",
+                ExpressionAttributeValues={":past": {"N": str(time.time() - 1)}},
+            )
+            sqs.send_message(QueueUrl=queue, MessageBody=body)
+            info = rt.batches.get("takeover")
+            while (info is None or info.succeeded < 1) and time.monotonic() < deadline:
+                time.sleep(0.3)
+                info = rt.batches.get("takeover")
+            stats = rt.simulator.stats() if rt.simulator else None
+            spent = ledger_spent(rt)  # and nothing left reserved
+            result = rt.store.get_result("takeover", "orphan")
+    finally:
+        pipeline.crash_hook = None
+    assert died, "the first copy died after its S3 write"
+    assert info is not None and info.succeeded == 1
+    assert stats is not None and stats.requests == 1, "the provider was called once"
+    assert result is not None and result.chatbatch is not None
+    assert spent == result.chatbatch.cost_usd
 
 
 def test_budget_deferral_and_throttling_never_dead_letter(tmp_path: Path, config):

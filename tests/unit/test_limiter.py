@@ -414,6 +414,14 @@ def test_a_429_takes_a_tenth_off_when_the_limit_is_known(dynamo: Dynamo, config:
     status = limiter.status(MODEL)
     assert status.factor == pytest.approx(0.9)
     assert status.limit_requests == pytest.approx(180)  # min(config, learned) x factor
+    now[0] += 10  # 429s that keep coming: halved after all (from what grew back)
+    factor = limiter.status(MODEL).factor
+    limiter.report_429(MODEL)
+    assert limiter.status(MODEL).factor == pytest.approx(factor * 0.5, abs=1e-3)
+    now[0] += 100  # a lone 429 again, much later: a tenth off what it grew back to
+    factor = limiter.status(MODEL).factor
+    limiter.report_429(MODEL)
+    assert limiter.status(MODEL).factor == pytest.approx(factor * 0.9, abs=1e-3)
 
 
 # --- the API -------------------------------------------------------------------------

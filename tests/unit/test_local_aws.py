@@ -11,14 +11,14 @@ from chatbatch.local.aws import create_resources, moto_in_process
 
 
 def test_local_queues_never_redeliver_a_message_while_its_invocation_may_run(config: Config):
-    """Visibility = the function timeout: a job waiting in its invocation for rate-limit
-    capacity (up to the timeout) is not delivered to a second worker meanwhile."""
+    """Visibility = the function timeout and a minute: a job waiting in its invocation
+    for rate-limit capacity (up to the timeout) is not delivered twice meanwhile."""
     with moto_in_process():
         resources = create_resources(config)
         sqs = boto3.client("sqs")
         for url in resources.queues.values():
             attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
-            assert int(attrs["VisibilityTimeout"]) == config.worker.timeout_s
+            assert int(attrs["VisibilityTimeout"]) == config.worker.timeout_s + 60
             redrive = json.loads(attrs["RedrivePolicy"])
             assert redrive["maxReceiveCount"] == config.worker.max_receive_count
         short = create_resources(config.model_copy(update={"stack_name": "other"}), 3)

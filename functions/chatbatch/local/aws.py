@@ -108,12 +108,13 @@ def create_table(ddb: DynamoDBClient, name: str) -> None:
 def create_resources(config: Config, visibility_timeout_s: int | None = None) -> Resources:
     """Create the stack's queues, DLQs, table and bucket in the current (moto) account.
 
-    The queues' visibility timeout is the function timeout unless given: an invocation
-    that runs as long as it may is never delivered twice meanwhile (the deployed queues
-    use 6x the timeout; here a crashed invocation's jobs come back after ~2 min, not 12;
-    the worker shortens it per message on transient errors).
+    The queues' visibility timeout is the function timeout and a minute unless given: an
+    invocation that runs as long as it may (and then settles and deletes) is never
+    delivered twice meanwhile. The deployed queues use 6x the timeout; here a crashed
+    invocation's jobs come back after ~3 min, not 12 (the worker shortens it per message
+    on transient errors).
     """
-    visibility_timeout_s = visibility_timeout_s or config.worker.timeout_s
+    visibility_timeout_s = visibility_timeout_s or config.worker.timeout_s + 60
     sqs = boto3.client("sqs")
     retention = str(config.worker.retention_days * 86_400)
     queues: dict[Priority, str] = {}

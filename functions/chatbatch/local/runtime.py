@@ -75,7 +75,7 @@ class LocalOptions:
     server: bool = False  # moto's HTTP server instead of in-process (``local up``)
     port: int = 0  # moto server's port (0: a free one)
     timeout_s: float = 3600.0
-    # redelivery after a crash; default: the function timeout (never while it runs)
+    # redelivery after a crash; default: the function timeout + 1 min (never while it runs)
     visibility_timeout_s: int | None = None
     log_level: str = "WARNING"
     log_file: Path | None = None  # the worker's JSON log lines go here instead of stdout
