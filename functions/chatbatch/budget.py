@@ -91,7 +91,6 @@ HELD_RETRY_S = 15.0  # a copy of a job another copy is processing looks again af
 LIMIT_CACHE_S = 10.0
 RECLAIM_EVERY_S = 30.0
 MAX_TRANSACT_ITEMS = 100  # DynamoDB's limit per TransactWriteItems
-CONFLICT_RETRIES = 6  # TransactionConflict on a hot ledger: retried with a jittered backoff
 
 Item = dict[str, Any]
 
@@ -148,6 +147,17 @@ class Ask(NamedTuple):
     batch_id: str | None = None
     batch_limit_nanos: int | None = None
     owner: str | None = None
+
+    def held(self, day: str) -> Reservation:
+        """The reservation this ask makes on ``day``."""
+        return Reservation(
+            job_key=self.job_key,
+            day=day,
+            nanos=self.nanos,
+            batch_id=self.batch_id,
+            batch_limit=self.batch_limit_nanos is not None,
+            owner=self.owner,
+        )
 
 
 class Reservation(BaseModel):
@@ -289,14 +299,7 @@ class Budget:
                 f"budget.request_cap_usd ${from_nanos(cap)}; lower max_tokens or raise the cap"
             )
         now = self._clock()
-        reservation = Reservation(
-            job_key=job_key,
-            day=utc_day(now),
-            nanos=nanos,
-            batch_id=batch_id,
-            batch_limit=batch_limit_nanos is not None,
-            owner=owner,
-        )
+        reservation = Ask(job_key, nanos, batch_id, batch_limit_nanos, owner).held(utc_day(now))
         try:
             return self._reserve(reservation, now, batch_limit_nanos)
         except _Refused as first:
@@ -356,32 +359,33 @@ class Budget:
         """
         keys = {a.job_key for a in asks}
         cap = to_nanos(self._config.budget.request_cap_usd)
-        limits = {a.batch_id: a.batch_limit_nanos for a in asks if a.batch_limit_nanos is not None}
+        limits = {
+            a.batch_id: a.batch_limit_nanos
+            for a in asks
+            if a.batch_id is not None and a.batch_limit_nanos is not None
+        }
         size = 2 * len(asks) + 1 + len(limits)
         if len(asks) < 2 or len(keys) < len(asks) or size > MAX_TRANSACT_ITEMS:
             return {}
         if any(a.nanos > cap for a in asks):
             return {}
         now = self._clock()
-        day = utc_day(now)
-        held = {
-            a.job_key: Reservation(
-                job_key=a.job_key,
-                day=day,
-                nanos=a.nanos,
-                batch_id=a.batch_id,
-                batch_limit=a.batch_limit_nanos is not None,
-                owner=a.owner,
-            )
-            for a in asks
-        }
-        items = [item for r in held.values() for item in self._hold(r, now)]
-        total = sum(a.nanos for a in asks)
-        items.append(self._charge(day_key(day), total, self.daily_limit_nanos(), now))
-        for batch_id, limit in limits.items():
-            in_batch = sum(a.nanos for a in asks if a.batch_id == batch_id)
-            items.append(self._charge(batch_ledger_key(str(batch_id)), in_batch, limit, now))
+        held = {a.job_key: a.held(utc_day(now)) for a in asks}
+        items = self._reservation_items(list(held.values()), limits, now)
         return {} if self._transact(items) else held
+
+    def _reservation_items(
+        self, held: list[Reservation], batch_limits: Mapping[str, int], now: float
+    ) -> list[Item]:
+        """Each reservation with its marker, then one charge per ledger for their sum: the
+        day's, then each limited batch's (in that order: ``_reserve`` reads the reasons)."""
+        items = [item for r in held for item in self._hold(r, now)]
+        total = sum(r.nanos for r in held)
+        items.append(self._charge(day_key(held[0].day), total, self.daily_limit_nanos(), now))
+        for batch_id, limit in batch_limits.items():
+            in_batch = sum(r.nanos for r in held if r.batch_limit and r.batch_id == batch_id)
+            items.append(self._charge(batch_ledger_key(batch_id), in_batch, limit, now))
+        return items
 
     def _hold(self, r: Reservation, now: float) -> list[Item]:
         """The reservation item (only if the job holds none yet) and its open marker."""
@@ -416,13 +420,8 @@ class Budget:
         ]
 
     def _reserve(self, r: Reservation, now: float, batch_limit: int | None) -> Reservation:
-        items: list[Item] = [
-            *self._hold(r, now),
-            self._charge(day_key(r.day), r.nanos, self.daily_limit_nanos(), now),
-        ]
-        if r.batch_limit and r.batch_id and batch_limit is not None:
-            items.append(self._charge(batch_ledger_key(r.batch_id), r.nanos, batch_limit, now))
-        reasons = self._transact(items)
+        limits = {r.batch_id: batch_limit} if r.batch_id and batch_limit is not None else {}
+        reasons = self._transact(self._reservation_items([r], limits, now))
         if not reasons:
             return r
         if reasons[0].get("Code") == "ConditionalCheckFailed":

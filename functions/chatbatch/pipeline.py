@@ -7,9 +7,9 @@ calls run in threads so they overlap too):
 2. idempotency: the job's state, prefetched for the whole batch in one read
    (keyed on batch id + custom_id, never the SQS message id) -> already final: skip
 3. cancelled batch                                    -> ``cancelled``, no provider call
-4. response cache (opt-in)                            -> hit: free result, ``cached: true``
-5. budget: reserve the worst case (an invocation's new -> over budget: handed back, ``deferred``
-   jobs together: ``reserve_ahead``)
+4. budget: reserve the worst case (an invocation's new -> over budget: handed back, ``deferred``;
+   jobs together: ``reserve_ahead``)                     held by another copy: looks again later
+5. response cache (opt-in)                            -> hit: free result, ``cached: true``
 6. rate limit: take 1 request + estimated tokens      -> no capacity soon: handed back
 7. the provider call (retries inside the client)      -> permanent error: ``failed``;
                                                          transient: back to the queue, DLQ
