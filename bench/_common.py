@@ -30,15 +30,15 @@ from typing import Any
 
 import boto3
 
-from chatbatch import worker
-from chatbatch.batches import BatchInfo
-from chatbatch.budget import Budget
-from chatbatch.config import Config, load_config
-from chatbatch.jobs import Job
+from chatbatch.client.submit import Plan
+from chatbatch.core.config import Config, load_config
+from chatbatch.core.jobs import Job
 from chatbatch.local.runtime import LocalOptions, LocalRuntime, Summary
 from chatbatch.local.simulator import Stats
-from chatbatch.pipeline import WorkerCrash
-from chatbatch.submit import Plan
+from chatbatch.state.batches import BatchInfo
+from chatbatch.state.budget import Budget
+from chatbatch.worker import handler as worker
+from chatbatch.worker.pipeline import WorkerCrash
 
 ROOT = Path(__file__).resolve().parent.parent
 MD_PATH = ROOT / "BENCHMARKS.md"

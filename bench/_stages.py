@@ -1,7 +1,7 @@
 """Where a job's time goes: per-job stage timings, from wrappers put around the pipeline.
 
 Nothing in product code changes: while ``Stages.installed()`` is active, the worker's
-handler, ``process`` and a few steps of ``chatbatch.pipeline`` are wrapped so that each
+handler, ``process`` and a few steps of ``chatbatch.worker.pipeline`` are wrapped so that each
 job's moments are recorded (wall clock, epoch seconds, comparable with SQS's
 ``SentTimestamp``):
 
@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench._common import patched, percentile, watched
-from chatbatch import pipeline, worker
-from chatbatch.batches import Batches, JobState
+from chatbatch.state.batches import Batches, JobState
+from chatbatch.worker import handler as worker
+from chatbatch.worker import pipeline
 
 STAGES = (
     "queue wait",

@@ -46,14 +46,14 @@ from bench._common import (
     write_config,
     write_jobs,
 )
-from chatbatch import pipeline
-from chatbatch.batches import BatchInfo
-from chatbatch.intake import Intake, default_batch
-from chatbatch.jobs import OutputLine
+from chatbatch.client.submit import Plan
+from chatbatch.core.jobs import OutputLine
 from chatbatch.local.runtime import LocalOptions, LocalRuntime
 from chatbatch.local.simulator import FaultKind, SimulatorSettings
-from chatbatch.store import error_key, result_key
-from chatbatch.submit import Plan
+from chatbatch.state.batches import BatchInfo
+from chatbatch.state.store import error_key, result_key
+from chatbatch.worker import pipeline
+from chatbatch.worker.intake import Intake, default_batch
 
 PROVIDER_FAULTS = {
     FaultKind("500"): 0.05,

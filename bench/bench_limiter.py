@@ -28,8 +28,10 @@ from typing import Any
 
 import boto3
 
-from chatbatch.config import Config, Priority, load_config
-from chatbatch.limiter import (
+from chatbatch.core.config import Config, Priority, load_config
+from chatbatch.core.resources import TABLE_PK, TABLE_SK, TABLE_TTL
+from chatbatch.local.aws import create_table, moto_in_process
+from chatbatch.state.limiter import (
     METRICS,
     PRIO_SLOTS,
     WINDOW_SLOTS,
@@ -38,8 +40,6 @@ from chatbatch.limiter import (
     _prio_attr,
     _slot_attr,
 )
-from chatbatch.local.aws import create_table, moto_in_process
-from chatbatch.resources import TABLE_PK, TABLE_SK, TABLE_TTL
 
 MODEL = "bench-model"
 TABLE = "bench"

@@ -52,12 +52,12 @@ from bench._common import (
     write_config,
     write_jobs,
 )
-from chatbatch import worker
-from chatbatch.capacity import Slot
-from chatbatch.config import Priority
-from chatbatch.limiter import Lease, RateLimiter
+from chatbatch.core.config import Priority
 from chatbatch.local.runtime import LocalOptions
 from chatbatch.local.simulator import SimulatorSettings
+from chatbatch.state.limiter import Lease, RateLimiter
+from chatbatch.worker import handler as worker
+from chatbatch.worker.capacity import Slot
 
 LATENCY_MS = 300
 PRICES = {

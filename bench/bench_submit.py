@@ -41,9 +41,9 @@ from bench._common import (
     say,
     workdir,
 )
-from chatbatch.config import Priority
-from chatbatch.resources import Resources
-from chatbatch.submit import Plan, Sender, plan_file, send_file, write_manifest
+from chatbatch.client.submit import Plan, Sender, plan_file, send_file, write_manifest
+from chatbatch.core.config import Priority
+from chatbatch.core.resources import Resources
 
 PHASES = ("validate", "manifest", "send", "moto")
 
@@ -129,7 +129,7 @@ def send_to_moto(path: Path, config: Any, plan: Plan) -> dict[str, float]:
     import boto3
 
     from chatbatch.local.aws import create_resources, moto_in_process
-    from chatbatch.store import Store
+    from chatbatch.state.store import Store
 
     with moto_in_process():
         resources = create_resources(config)

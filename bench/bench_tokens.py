@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit"))
 from test_token_estimates import tokenizers
 from tokens_corpus import corpus
 
-from chatbatch.pricing import estimate_text_tokens, prompt_token_bound
+from chatbatch.core.pricing import estimate_text_tokens, prompt_token_bound
 
 
 def main() -> None:

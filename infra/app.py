@@ -8,7 +8,7 @@ from typing import Any
 
 from aws_cdk import App, Tags
 
-from chatbatch.config import CONFIG_FILENAME, load_config
+from chatbatch.core.config import CONFIG_FILENAME, load_config
 from infra.bundling import AssetInputs, runtime_requirements
 from infra.nag import enable_nag
 from infra.stack import ChatbatchStack

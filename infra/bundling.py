@@ -1,6 +1,7 @@
 """The worker's Lambda asset, built on this machine without Docker.
 
-The asset is the ``chatbatch`` runtime package (everything but ``cli.py`` and ``local/``),
+The asset is the worker's part of the ``chatbatch`` package (``core``, ``provider``, ``state``,
+``worker`` and the package's own ``__init__.py``; never ``client``, ``cli`` or ``local``),
 ``chatbatch.toml`` at the asset root, and the runtime dependencies from pyproject.toml's
 ``[project].dependencies`` installed by pip *for the Lambda platform*: manylinux wheels of
 the function's architecture and CPython version (``--only-binary=:all:``, so nothing is
@@ -36,8 +37,10 @@ Architecture = Literal["arm64", "x86_64"]
 # Bump when the build recipe changes, so old cache entries are not reused.
 BUNDLER_VERSION = "2"
 PACKAGE = "chatbatch"
-# Not shipped to Lambda: the CLI (typer, rich, boto3 ...) and the laptop runtime (moto).
-EXCLUDED_FROM_ASSET = frozenset({"cli.py", "local"})
+# What the Lambda runs. Left out: client/ (submit, costs), cli/ (typer, rich) and local/
+# (moto, the simulator): they run on the user's machine.
+ASSET_SUBPACKAGES = frozenset({"core", "provider", "state", "worker"})
+ASSET_TOP_FILES = frozenset({"__init__.py", "py.typed"})
 CONFIG_IN_ASSET = "chatbatch.toml"
 LAMBDA_TASK_ROOT = "/var/task"
 CACHE_ENTRIES_KEPT = 4
@@ -74,7 +77,7 @@ class AssetInputs:
         files = []
         for path in sorted(self.package_dir.rglob("*")):
             rel = path.relative_to(self.package_dir)
-            if not path.is_file() or rel.parts[0] in EXCLUDED_FROM_ASSET:
+            if not path.is_file() or not _ships(rel):
                 continue
             if "__pycache__" in rel.parts or path.suffix in {".pyc", ".pyo"}:
                 continue
@@ -105,6 +108,13 @@ class AssetInputs:
         h.update(CONFIG_IN_ASSET.encode() + b"\0")
         h.update(hashlib.sha256(self.config_file.read_bytes()).digest())
         return h.hexdigest()
+
+
+def _ships(rel: Path) -> bool:
+    """Whether a file of the package (path relative to it) belongs in the worker's asset."""
+    if len(rel.parts) == 1:
+        return rel.name in ASSET_TOP_FILES
+    return rel.parts[0] in ASSET_SUBPACKAGES
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from aws_cdk import aws_sns_subscriptions as subscriptions
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from chatbatch.config import Config, Priority
+from chatbatch.core.config import Config, Priority
 
 METRICS_NAMESPACE = "chatbatch"
 SERVICE_NAME = "chatbatch"

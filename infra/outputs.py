@@ -2,13 +2,13 @@
 
 The CLI reads ``describe-stacks`` outputs by these keys to find the queues, bucket and
 table of a deployed stack (``chatbatch submit ... --stack``). The keys live in
-``chatbatch.resources`` (the CLI must not import ``infra``); this module re-exports them
+``chatbatch.core.resources`` (the CLI must not import ``infra``); this module re-exports them
 for the stack and must not import aws_cdk.
 """
 
 from __future__ import annotations
 
-from chatbatch.resources import (
+from chatbatch.core.resources import (
     ALARM_TOPIC_ARN,
     BUCKET_NAME,
     DASHBOARD_NAME,

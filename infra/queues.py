@@ -6,8 +6,8 @@ from aws_cdk import Duration
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from chatbatch.config import Config, Priority
-from chatbatch.resources import queue_name
+from chatbatch.core.config import Config, Priority
+from chatbatch.core.resources import queue_name
 
 # A message's age counts from its first enqueue even after it moves to a DLQ, so the DLQ
 # keeps the maximum (14 days) to leave time to inspect and redrive.

@@ -7,7 +7,7 @@ from pathlib import Path
 from aws_cdk import CfnOutput, Stack
 from constructs import Construct
 
-from chatbatch.config import Config
+from chatbatch.core.config import Config
 from infra import outputs
 from infra.bundling import AssetInputs
 from infra.monitoring import Monitoring

@@ -6,7 +6,7 @@ from aws_cdk import RemovalPolicy
 from aws_cdk import aws_dynamodb as dynamodb
 from constructs import Construct
 
-from chatbatch.resources import TABLE_PK, TABLE_SK, TABLE_TTL
+from chatbatch.core.resources import TABLE_PK, TABLE_SK, TABLE_TTL
 
 
 class StateTable(Construct):

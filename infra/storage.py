@@ -8,7 +8,7 @@ from constructs import Construct
 
 from infra.queues import DLQ_RETENTION
 
-# Key prefixes written by chatbatch.store that have a lifecycle of their own.
+# Key prefixes written by chatbatch.state.store that have a lifecycle of their own.
 CACHE_PREFIX = "cache/"  # cached chat.completion bodies: a cache, not a record
 CLAIMS_PREFIX = "claims/"  # jobs too large for an SQS message
 CACHE_EXPIRY = Duration.days(30)

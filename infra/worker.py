@@ -16,13 +16,13 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from chatbatch.config import CONFIG_ENV, Config, Priority
-from chatbatch.resources import Resources
+from chatbatch.core.config import CONFIG_ENV, Config, Priority
+from chatbatch.core.resources import Resources
 from infra.bundling import CONFIG_IN_ASSET, LAMBDA_TASK_ROOT, AssetInputs, worker_code
 from infra.monitoring import METRICS_NAMESPACE, SERVICE_NAME
 from infra.secrets import secret_env_name
 
-HANDLER = "chatbatch.worker.handler"
+HANDLER = "chatbatch.worker.handler.handler"
 
 # arm64 by default (config.worker.architecture): Graviton costs ~20% less per GB-second
 # for the same work, and every runtime dependency ships manylinux aarch64 wheels.
@@ -32,7 +32,7 @@ ARCHITECTURES = {"arm64": lambda_.Architecture.ARM_64, "x86_64": lambda_.Archite
 RUNTIMES = {"3.12": lambda_.Runtime.PYTHON_3_12, "3.13": lambda_.Runtime.PYTHON_3_13}
 
 # The worker reads and writes objects under several prefixes. s3:ListBucket makes a
-# missing key a 404 (NoSuchKey, which chatbatch.store expects) rather than a 403.
+# missing key a 404 (NoSuchKey, which chatbatch.state.store expects) rather than a 403.
 S3_OBJECT_ACTIONS = ("s3:GetObject", "s3:PutObject")
 S3_BUCKET_ACTIONS = ("s3:ListBucket",)
 

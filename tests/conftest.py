@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from chatbatch.config import Config, load_config
+from chatbatch.core.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

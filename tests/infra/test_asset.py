@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from synth_support import ROOT, Synth
 
-from chatbatch.config import Config
+from chatbatch.core.config import Config
 from infra.bundling import AssetInputs, check_binaries, runtime_requirements
 from infra.worker import HANDLER
 
@@ -55,8 +55,11 @@ def test_asset_leaves_out_the_cli_local_runtime_and_dev_dependencies(synth: Synt
     for absent in ("boto3", "botocore", "s3transfer", "moto", "typer", "rich", "click"):
         assert absent not in top, absent
         assert not [n for n in top if n.startswith(f"{absent}-")], absent
-    assert not (root / "chatbatch" / "cli.py").exists()
-    assert not (root / "chatbatch" / "local").exists()
+    package = root / "chatbatch"
+    shipped = {p.relative_to(package).parts[0] for p in package.rglob("*.py")}
+    assert shipped == {"__init__.py", "core", "provider", "state", "worker"}
+    for absent in ("client", "cli", "local"):
+        assert not (package / absent).exists(), absent
     assert not (root / "bin").exists()
     assert not list(root.rglob("__pycache__"))
     assert not list(root.rglob("*.pyc"))
@@ -101,9 +104,8 @@ def test_requirements_without_dependencies_leave_the_first_pip_run(tmp_path: Pat
 def test_asset_hash_follows_its_inputs(config: Config, tmp_path: Path) -> None:
     base = _inputs(config)
     shipped = {p.as_posix() for p in base.package_files()}
-    assert "worker.py" in shipped
-    assert "cli.py" not in shipped
-    assert not [p for p in shipped if p.startswith("local/")]
+    assert "worker/handler.py" in shipped
+    assert not [p for p in shipped if p.split("/")[0] in {"client", "cli", "local"}]
     other_config = tmp_path / "chatbatch.toml"
     shutil.copy(base.config_file, other_config)
     assert _inputs(config, config_file=other_config).digest() == base.digest()

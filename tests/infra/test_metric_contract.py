@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from chatbatch import worker
+from chatbatch.worker import handler as worker
 from infra.monitoring import METRICS
 
 

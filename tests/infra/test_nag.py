@@ -12,7 +12,7 @@ import pytest
 from aws_cdk import aws_sqs as sqs
 from synth_support import Synth, synthesize
 
-from chatbatch.config import Config
+from chatbatch.core.config import Config
 from infra.nag import enable_nag
 
 

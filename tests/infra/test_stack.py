@@ -12,8 +12,8 @@ from typing import Any
 from aws_cdk.assertions import Match
 from synth_support import ROOT, Synth
 
-from chatbatch.config import Config, Priority
-from chatbatch.resources import TABLE_PK, TABLE_SK, TABLE_TTL, queue_name
+from chatbatch.core.config import Config, Priority
+from chatbatch.core.resources import TABLE_PK, TABLE_SK, TABLE_TTL, queue_name
 from infra import outputs
 from infra.monitoring import METRICS
 from infra.queues import visibility_timeout_s

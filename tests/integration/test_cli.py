@@ -25,13 +25,13 @@ import boto3
 import pytest
 from typer.testing import CliRunner, Result
 
-from chatbatch.cli import app
-from chatbatch.config import Config
-from chatbatch.jobs import CostRecord, parse_line
+from chatbatch.cli.app import app
+from chatbatch.core.config import Config
+from chatbatch.core.jobs import CostRecord, parse_line
+from chatbatch.core.pricing import Usage, cost, to_nanos
 from chatbatch.local.runtime import LocalOptions, LocalRuntime
 from chatbatch.local.simulator import FaultKind, SimulatorSettings, answer_for
-from chatbatch.pricing import Usage, cost, to_nanos
-from chatbatch.store import cost_key
+from chatbatch.state.store import cost_key
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()

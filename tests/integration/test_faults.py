@@ -25,8 +25,8 @@ from bench.bench_faults import (
     provider_faults,
     worker_crashes,
 )
-from chatbatch.config import Config
-from chatbatch.jobs import parse_line
+from chatbatch.core.config import Config
+from chatbatch.core.jobs import parse_line
 from chatbatch.local.runtime import LocalOptions
 from chatbatch.local.simulator import SimulatorSettings, answer_for
 

@@ -21,14 +21,14 @@ import boto3
 import pytest
 from mypy_boto3_sqs.literals import QueueAttributeNameType
 
-from chatbatch import pipeline
-from chatbatch.budget import Budget, reservation_key, utc_day
-from chatbatch.config import Priority
-from chatbatch.intake import Intake
-from chatbatch.jobs import Job, parse_line
+from chatbatch.core.config import Priority
+from chatbatch.core.jobs import Job, parse_line
+from chatbatch.core.pricing import to_nanos
 from chatbatch.local.runtime import LOCAL_KEY, LocalOptions, LocalRuntime, Summary
 from chatbatch.local.simulator import FaultKind, SimulatorSettings, answer_for
-from chatbatch.pricing import to_nanos
+from chatbatch.state.budget import Budget, reservation_key, utc_day
+from chatbatch.worker import pipeline
+from chatbatch.worker.intake import Intake
 
 ROOT = Path(__file__).resolve().parents[2]
 PRIORITIES = [p.value for p in Priority]

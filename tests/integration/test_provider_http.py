@@ -20,8 +20,7 @@ import httpx
 import pytest
 from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 
-from chatbatch import provider as provider_module
-from chatbatch.config import Config, Provider, Retries
+from chatbatch.core.config import Config, Provider, Retries
 from chatbatch.local.simulator import (
     Fault,
     FaultKind,
@@ -30,7 +29,8 @@ from chatbatch.local.simulator import (
     answer_for,
     count_tokens,
 )
-from chatbatch.provider import (
+from chatbatch.provider import client as provider_module
+from chatbatch.provider.client import (
     Attempt,
     Completion,
     ProviderClient,

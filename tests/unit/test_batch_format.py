@@ -6,8 +6,8 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from chatbatch.config import Config, Priority
-from chatbatch.jobs import Job, JobFacts, OutputLine, parse_lines
+from chatbatch.core.config import Config, Priority
+from chatbatch.core.jobs import Job, JobFacts, OutputLine, parse_lines
 
 # The output lines OpenAI's Batch API writes (platform docs, "Batch API" guide).
 OPENAI_RESULT = {

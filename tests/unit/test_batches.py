@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 import boto3
 import pytest
 
-from chatbatch.batches import Batches, JobState
-from chatbatch.config import Config
+from chatbatch.core.config import Config
 from chatbatch.local.aws import create_resources, moto_in_process
+from chatbatch.state.batches import Batches, JobState
 
 
 @pytest.fixture

@@ -11,7 +11,10 @@ from decimal import Decimal
 import boto3
 import pytest
 
-from chatbatch.budget import (
+from chatbatch.core.config import Config
+from chatbatch.core.pricing import to_nanos
+from chatbatch.local.aws import create_resources, moto_in_process
+from chatbatch.state.budget import (
     BUSY_RETRY_S,
     AlreadySettled,
     Ask,
@@ -23,9 +26,6 @@ from chatbatch.budget import (
     seconds_to_midnight,
     utc_day,
 )
-from chatbatch.config import Config
-from chatbatch.local.aws import create_resources, moto_in_process
-from chatbatch.pricing import to_nanos
 
 USD = 1_000_000_000  # nanos
 

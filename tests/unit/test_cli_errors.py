@@ -11,8 +11,8 @@ import pytest
 from botocore.exceptions import ClientError
 from typer.testing import CliRunner, Result
 
-from chatbatch import cli
-from chatbatch.batches import BatchInfo
+from chatbatch.cli import app as cli
+from chatbatch.state.batches import BatchInfo
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = str(ROOT / "chatbatch.toml")

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from chatbatch.config import Config, ConfigError, Priority, load_config, parse_config
+from chatbatch.core.config import Config, ConfigError, Priority, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 RAW = tomllib.loads((ROOT / "chatbatch.toml").read_text())

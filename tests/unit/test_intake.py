@@ -9,9 +9,9 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from chatbatch.config import Config, Priority
-from chatbatch.intake import ATTR_BATCH, read_record
-from chatbatch.resources import Resources
+from chatbatch.core.config import Config, Priority
+from chatbatch.core.resources import Resources
+from chatbatch.worker.intake import ATTR_BATCH, read_record
 
 RESOURCES = Resources(
     table="t", bucket="b", queues={p: f"https://sqs/123/cb-{p.value}" for p in Priority}

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from chatbatch.config import Config, Priority
-from chatbatch.jobs import JobError, Message, parse_job, parse_line, parse_lines
+from chatbatch.core.config import Config, Priority
+from chatbatch.core.jobs import JobError, Message, parse_job, parse_line, parse_lines
 
 MSG = [{"role": "user", "content": "hi"}]
 

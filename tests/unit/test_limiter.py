@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from chatbatch.config import Config, Priority
-from chatbatch.limiter import (
+from chatbatch.core.config import Config, Priority
+from chatbatch.state.limiter import (
     WINDOW_S,
     Lease,
     RateLimiter,

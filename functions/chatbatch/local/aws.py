@@ -1,7 +1,7 @@
 """The AWS side of the embedded default: moto, and the stack's resources created in it.
 
 The queues, DLQs, table and bucket are created from the same config and the same names
-(``chatbatch.resources``) the CDK stack uses, so the local pipeline is the deployed one.
+(``chatbatch.core.resources``) the CDK stack uses, so the local pipeline is the deployed one.
 
 ``local run`` uses moto in-process (about 2.5x faster than its HTTP server on this kind
 of machine); ``local up`` runs moto's HTTP server so other terminals can reach it
@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 
-from chatbatch.config import Config, Priority
-from chatbatch.resources import TABLE_PK, TABLE_SK, TABLE_TTL, Resources, queue_name
+from chatbatch.core.config import Config, Priority
+from chatbatch.core.resources import TABLE_PK, TABLE_SK, TABLE_TTL, Resources, queue_name
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient

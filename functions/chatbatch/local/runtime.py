@@ -2,8 +2,8 @@
 
 moto stands in for AWS (in-process for ``run``, its HTTP server for ``up``), the provider
 simulator (or ``--provider-url``) for the chat API, and ``EventSourceMapping`` pollers call
-the real handler (``chatbatch.worker.handler``) with real SQS events. The jobs go through
-``chatbatch.submit``, the same code as ``chatbatch submit``, with one difference: moto's
+the real handler (``chatbatch.worker.handler.handler``) with real SQS events. The jobs go through
+``chatbatch.client.submit``, the same code as ``chatbatch submit``, with one difference: moto's
 SQS slows down with queue depth (it rescans every stored message on each send and
 receive), so instead of pouring the whole file into the queues, each priority's queue is
 fed from its own backlog and kept at most ``FEED_DEPTH`` messages deep. Priority order
@@ -31,21 +31,7 @@ from typing import Any
 import boto3
 from pydantic import BaseModel
 
-from chatbatch.batches import Batches, BatchInfo
-from chatbatch.config import Config, Priority, load_config
-from chatbatch.jobs import Job, OutputLine
-from chatbatch.local.aws import (
-    create_resources,
-    moto_in_process,
-    moto_server,
-    patched_env,
-)
-from chatbatch.local.emulator import EventSourceMapping, MappingSettings
-from chatbatch.local.simulator import Simulator, SimulatorSettings
-from chatbatch.pricing import from_nanos
-from chatbatch.resources import Resources, resources_to_outputs
-from chatbatch.store import Store
-from chatbatch.submit import (
+from chatbatch.client.submit import (
     Plan,
     Sender,
     iter_jobs,
@@ -54,6 +40,20 @@ from chatbatch.submit import (
     register,
     write_manifest,
 )
+from chatbatch.core.config import Config, Priority, load_config
+from chatbatch.core.jobs import Job, OutputLine
+from chatbatch.core.pricing import from_nanos
+from chatbatch.core.resources import Resources, resources_to_outputs
+from chatbatch.local.aws import (
+    create_resources,
+    moto_in_process,
+    moto_server,
+    patched_env,
+)
+from chatbatch.local.emulator import EventSourceMapping, MappingSettings
+from chatbatch.local.simulator import Simulator, SimulatorSettings
+from chatbatch.state.batches import Batches, BatchInfo
+from chatbatch.state.store import Store
 
 FEED_DEPTH = 100
 POLL_S = 0.25  # how often the batch's counters are read while waiting
@@ -245,7 +245,7 @@ class LocalRuntime:
         self._start_mappings()
 
     def _start_mappings(self) -> None:
-        from chatbatch import worker
+        from chatbatch.worker import handler as worker
 
         sqs = boto3.client("sqs")
         worker_settings = self.config.worker
@@ -474,7 +474,7 @@ def _trace_env() -> dict[str, str]:
 @contextmanager
 def _fresh_worker() -> Iterator[None]:
     """The worker caches its config per process: drop it so this run's config is read."""
-    from chatbatch import worker
+    from chatbatch.worker import handler as worker
 
     worker.load_config_cached.cache_clear()
     try:

@@ -58,7 +58,7 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from chatbatch.config import ConfigError, load_config
+from chatbatch.core.config import ConfigError, load_config
 
 TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 MESSAGE_OVERHEAD_TOKENS = 4

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from chatbatch.ddb import n, s, transact
-from chatbatch.resources import TABLE_PK, TABLE_SK, TABLE_TTL
+from chatbatch.core.resources import TABLE_PK, TABLE_SK, TABLE_TTL
+from chatbatch.state.ddb import n, s, transact
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient

@@ -39,8 +39,13 @@ from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
 
-from chatbatch.batches import Batches, BatchInfo, JobState
-from chatbatch.budget import (
+from chatbatch.core.config import Config
+from chatbatch.core.jobs import CostRecord, Job, JobFacts, OutputLine
+from chatbatch.core.pricing import Usage, cost, to_nanos
+from chatbatch.core.resources import Resources
+from chatbatch.provider.client import Attempt, Completion, ProviderClient, ProviderError
+from chatbatch.state.batches import Batches, BatchInfo, JobState
+from chatbatch.state.budget import (
     AlreadySettled,
     Ask,
     Budget,
@@ -49,16 +54,11 @@ from chatbatch.budget import (
     OverRequestCap,
     Reservation,
 )
-from chatbatch.capacity import Capacity, Slot
-from chatbatch.config import Config
-from chatbatch.intake import ATTR_BATCH, ATTR_HANDBACKS, ATTR_OWNER, Intake
-from chatbatch.jobs import CostRecord, Job, JobFacts, OutputLine
-from chatbatch.limiter import RateLimiter, RequestTooLargeError
-from chatbatch.pricing import Usage, cost, to_nanos
-from chatbatch.provider import Attempt, Completion, ProviderClient, ProviderError
-from chatbatch.resources import Resources
-from chatbatch.store import Store
-from chatbatch.tracing import Span
+from chatbatch.state.limiter import RateLimiter, RequestTooLargeError
+from chatbatch.state.store import Store
+from chatbatch.worker.capacity import Capacity, Slot
+from chatbatch.worker.intake import ATTR_BATCH, ATTR_HANDBACKS, ATTR_OWNER, Intake
+from chatbatch.worker.tracing import Span
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient

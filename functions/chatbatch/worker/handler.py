@@ -33,13 +33,17 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.parameters import get_secret
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from chatbatch.batches import Batches
-from chatbatch.budget import Budget
-from chatbatch.capacity import Capacity
-from chatbatch.config import Priority, load_config
-from chatbatch.intake import Intake, read_record
-from chatbatch.limiter import RateLimiter
-from chatbatch.pipeline import (
+from chatbatch.core.config import Priority, load_config
+from chatbatch.core.pricing import from_nanos
+from chatbatch.core.resources import Resources
+from chatbatch.provider.client import ProviderClient
+from chatbatch.state.batches import Batches
+from chatbatch.state.budget import Budget
+from chatbatch.state.limiter import RateLimiter
+from chatbatch.state.store import Store
+from chatbatch.worker.capacity import Capacity
+from chatbatch.worker.intake import Intake, read_record
+from chatbatch.worker.pipeline import (
     SAFETY_MARGIN_S,
     Invocation,
     Outcome,
@@ -50,11 +54,7 @@ from chatbatch.pipeline import (
     process,
     reserve_ahead,
 )
-from chatbatch.pricing import from_nanos
-from chatbatch.provider import ProviderClient
-from chatbatch.resources import Resources
-from chatbatch.store import Store
-from chatbatch.tracing import Span, tracer
+from chatbatch.worker.tracing import Span, tracer
 
 logger = Logger(service="chatbatch")
 SECRET_ENV_PREFIX = "CHATBATCH_SECRET_"

@@ -17,8 +17,8 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
-from chatbatch.config import Config, Priority
-from chatbatch.jobs import (
+from chatbatch.core.config import Config, Priority
+from chatbatch.core.jobs import (
     BATCH_ID_PATTERN,
     CLAIM_CHECK_KEY,
     ID_PATTERN,
@@ -28,8 +28,8 @@ from chatbatch.jobs import (
     load_json,
     parse_job,
 )
-from chatbatch.resources import Resources
-from chatbatch.store import Store
+from chatbatch.core.resources import Resources
+from chatbatch.state.store import Store
 
 ATTR_HANDBACKS = "chatbatch-handbacks"
 ATTR_BATCH = "chatbatch-batch"

@@ -21,11 +21,18 @@ from decimal import Decimal
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from chatbatch.batches import Batches
-from chatbatch.config import Config, Priority
-from chatbatch.jobs import CLAIM_CHECK_KEY, SQS_MAX_BYTES, ClaimCheck, Job, JobError, parse_lines
-from chatbatch.resources import Resources
-from chatbatch.store import Store
+from chatbatch.core.config import Config, Priority
+from chatbatch.core.jobs import (
+    CLAIM_CHECK_KEY,
+    SQS_MAX_BYTES,
+    ClaimCheck,
+    Job,
+    JobError,
+    parse_lines,
+)
+from chatbatch.core.resources import Resources
+from chatbatch.state.batches import Batches
+from chatbatch.state.store import Store
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient

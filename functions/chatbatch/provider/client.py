@@ -44,8 +44,8 @@ import httpx
 from aws_lambda_powertools import Logger
 from pydantic import BaseModel, ConfigDict
 
-from chatbatch.config import Config, Provider, Retries, Timeouts
-from chatbatch.pricing import Usage
+from chatbatch.core.config import Config, Provider, Retries, Timeouts
+from chatbatch.core.pricing import Usage
 
 logger = Logger(service="chatbatch", child=True)
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 
-from chatbatch.config import Priority
-from chatbatch.limiter import Lease, RateLimiter, RequestTooLargeError
+from chatbatch.core.config import Priority
+from chatbatch.state.limiter import Lease, RateLimiter, RequestTooLargeError
 
 FLUSH_AFTER_S = 1.0  # a safety net: every job asks or leaves, and then it flushes at once
 

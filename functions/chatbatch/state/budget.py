@@ -76,10 +76,10 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from pydantic import BaseModel
 
-from chatbatch.config import Config
-from chatbatch.ddb import int_of, n, s, transact
-from chatbatch.pricing import from_nanos, to_nanos
-from chatbatch.resources import TABLE_PK, TABLE_SK, TABLE_TTL
+from chatbatch.core.config import Config
+from chatbatch.core.pricing import from_nanos, to_nanos
+from chatbatch.core.resources import TABLE_PK, TABLE_SK, TABLE_TTL
+from chatbatch.state.ddb import int_of, n, s, transact
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient

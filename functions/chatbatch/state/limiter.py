@@ -101,8 +101,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict
 
-from chatbatch.config import Config, Priority
-from chatbatch.resources import TABLE_PK, TABLE_SK, TABLE_TTL
+from chatbatch.core.config import Config, Priority
+from chatbatch.core.resources import TABLE_PK, TABLE_SK, TABLE_TTL
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient

@@ -3,7 +3,7 @@ bucket behind small accessors.
 
 Discovery is one call, CloudFormation ``DescribeStacks`` of the stack named by ``--stack``
 (default: ``stack_name`` in the config), whose outputs name every resource
-(``chatbatch.resources`` holds the keys). ``chatbatch local up`` registers a stack with the
+(``chatbatch.core.resources`` holds the keys). ``chatbatch local up`` registers a stack with the
 same outputs in moto, so the local runtime is found the very same way. The AWS session
 honours ``AWS_PROFILE``, ``AWS_REGION`` (before ``AWS_DEFAULT_REGION``) and
 ``AWS_ENDPOINT_URL``, like the AWS CLI.
@@ -22,11 +22,11 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
-from chatbatch.batches import Batches
-from chatbatch.budget import Budget
-from chatbatch.config import Config, Priority
-from chatbatch.resources import MissingOutputs, Resources, resources_from_outputs
-from chatbatch.store import Store
+from chatbatch.core.config import Config, Priority
+from chatbatch.core.resources import MissingOutputs, Resources, resources_from_outputs
+from chatbatch.state.batches import Batches
+from chatbatch.state.budget import Budget
+from chatbatch.state.store import Store
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient

@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import BaseModel, Field
 
-from chatbatch.config import Config
-from chatbatch.jobs import CostRecord
-from chatbatch.pricing import Usage, cost
+from chatbatch.core.config import Config
+from chatbatch.core.jobs import CostRecord
+from chatbatch.core.pricing import Usage, cost
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from chatbatch.config import Model
+from chatbatch.core.config import Model
 
 MILLION = Decimal(1_000_000)
 NANOS_PER_USD = Decimal(1_000_000_000)

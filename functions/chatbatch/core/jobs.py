@@ -32,8 +32,8 @@ from pydantic import (
     field_serializer,
 )
 
-from chatbatch.config import ROLE_PARAMS, Config, Model, Priority
-from chatbatch.pricing import estimate_prompt_tokens, prompt_token_bound, worst_case_cost
+from chatbatch.core.config import ROLE_PARAMS, Config, Model, Priority
+from chatbatch.core.pricing import estimate_prompt_tokens, prompt_token_bound, worst_case_cost
 
 SQS_MAX_BYTES = 256 * 1024
 CHAT_URL = "/v1/chat/completions"

@@ -1,7 +1,7 @@
 """The `chatbatch` command (not shipped in the Lambda asset).
 
 Every command but ``local`` finds the deployment by its CloudFormation stack's outputs
-(``--stack``, default ``stack_name`` in the config; see ``chatbatch.deployment``).
+(``--stack``, default ``stack_name`` in the config; see ``chatbatch.client.deployment``).
 
 Output: tables and summaries on stdout (``--json``: one JSON document instead, one per
 refresh with ``status --watch``); progress bars, warnings and errors on stderr. An error is
@@ -56,10 +56,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
-from chatbatch.batches import BatchInfo
-from chatbatch.budget import DayUsage
-from chatbatch.config import Config, ConfigError, Priority, load_config
-from chatbatch.costs import (
+from chatbatch.client.costs import (
     Comparison,
     CostReport,
     GroupBy,
@@ -68,11 +65,8 @@ from chatbatch.costs import (
     list_keys,
     load_report,
 )
-from chatbatch.deployment import Deployment, QueueDepth, StackNotFound, connect
-from chatbatch.jobs import BATCH_ID_PATTERN
-from chatbatch.pricing import from_nanos, to_nanos
-from chatbatch.store import error_key, manifest_key, result_key
-from chatbatch.submit import (
+from chatbatch.client.deployment import Deployment, QueueDepth, StackNotFound, connect
+from chatbatch.client.submit import (
     Plan,
     Sender,
     checksum_batch_id,
@@ -81,6 +75,12 @@ from chatbatch.submit import (
     send_file,
     write_manifest,
 )
+from chatbatch.core.config import Config, ConfigError, Priority, load_config
+from chatbatch.core.jobs import BATCH_ID_PATTERN
+from chatbatch.core.pricing import from_nanos, to_nanos
+from chatbatch.state.batches import BatchInfo
+from chatbatch.state.budget import DayUsage
+from chatbatch.state.store import error_key, manifest_key, result_key
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2

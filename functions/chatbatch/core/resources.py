@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict
 
-from chatbatch.config import Priority
+from chatbatch.core.config import Priority
 
 TABLE_PK = "pk"
 TABLE_SK = "sk"

@@ -1,0 +1,1 @@
+"""The ``chatbatch`` command line (typer). Nothing imports it."""

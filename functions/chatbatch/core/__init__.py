@@ -1,0 +1,1 @@
+"""What every part shares: config, the job formats, prices, resource names, the metric contract."""

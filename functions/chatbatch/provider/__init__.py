@@ -1,0 +1,1 @@
+"""The chat API over HTTP: the client, SSE streams, retry timing and error classification."""

@@ -1,0 +1,1 @@
+"""What runs in the Lambda: the thin handler and the pipeline of one job."""
