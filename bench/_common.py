@@ -38,7 +38,7 @@ from chatbatch.local.simulator import Stats
 from chatbatch.state.batches import BatchInfo
 from chatbatch.state.budget import Budget
 from chatbatch.worker import handler as worker
-from chatbatch.worker.pipeline import WorkerCrash
+from chatbatch.worker.crash import WorkerCrash
 
 ROOT = Path(__file__).resolve().parent.parent
 MD_PATH = ROOT / "BENCHMARKS.md"

@@ -25,7 +25,7 @@ from typing import Any
 from bench._common import patched, percentile, watched
 from chatbatch.state.batches import Batches, JobState
 from chatbatch.worker import handler as worker
-from chatbatch.worker import pipeline
+from chatbatch.worker import invocation, pipeline, results
 
 STAGES = (
     "queue wait",
@@ -127,11 +127,11 @@ class Stages:
                 (worker, "process", self._process(vars(worker)["process"])),
                 (pipeline, "_reserve", self._timed("budget", pipeline._reserve)),
                 (pipeline, "_call", self._timed("call", pipeline._call)),
-                (pipeline, "_finish", self._timed("S3", pipeline._finish)),
+                (results, "finish", self._timed("S3", results.finish)),
                 (
-                    pipeline.Invocation,
+                    invocation.Invocation,
                     "take_capacity",
-                    self._timed("limiter", pipeline.Invocation.take_capacity),
+                    self._timed("limiter", invocation.Invocation.take_capacity),
                 ),
                 (Batches, "transition", self._transition(Batches.transition)),
             ),

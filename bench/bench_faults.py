@@ -52,7 +52,7 @@ from chatbatch.local.runtime import LocalOptions, LocalRuntime
 from chatbatch.local.simulator import FaultKind, SimulatorSettings
 from chatbatch.state.batches import BatchInfo
 from chatbatch.state.store import error_key, result_key
-from chatbatch.worker import pipeline
+from chatbatch.worker import crash as crashes
 from chatbatch.worker.intake import Intake, default_batch
 
 PROVIDER_FAULTS = {
@@ -150,7 +150,7 @@ def worker_crashes(
     fired: list[_Target] = []
     lock = threading.Lock()
 
-    points = pipeline.CRASH_POINTS
+    points = crashes.CRASH_POINTS
     first = rng.randrange(len(points))  # then in turn, so that a few crashes cover them all
 
     def before(n: int, event: dict[str, Any]) -> None:
@@ -184,7 +184,7 @@ def worker_crashes(
         timeout_s=900,
         visibility_timeout_s=visibility_timeout_s,
     )
-    pipeline.crash_hook = hook
+    crashes.crash_hook = hook
     try:
         with watched(before) as seen, runtime(options) as rt:
             run = run_file(rt, path, tmp / "out-crashes")
@@ -193,7 +193,7 @@ def worker_crashes(
             drain(rt, timeout_s=4 * visibility_timeout_s)
             run.refresh(rt)
     finally:
-        pipeline.crash_hook = None
+        crashes.crash_hook = None
     by_point: dict[str, int] = {}
     for t in fired:
         by_point[t.point] = by_point.get(t.point, 0) + 1

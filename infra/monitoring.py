@@ -1,21 +1,12 @@
-"""CloudWatch dashboard and alarms, and the metric contract the worker emits to.
+"""CloudWatch dashboard and alarms, built on the worker's metric contract.
 
-The worker publishes CloudWatch embedded-metric-format (EMF) metrics with Powertools
-Metrics (``POWERTOOLS_METRICS_NAMESPACE`` / ``POWERTOOLS_SERVICE_NAME`` are set by the
-stack; Powertools adds the ``service`` dimension to everything it emits):
-
-- every metric in ``METRICS`` once per job, with dimensions ``model`` (the configured model
-  name, e.g. ``deepseek-chat``) and ``priority`` (``critical`` ... ``low``);
-- the metrics marked ``service_level`` once more with *only* the ``service`` dimension
-  (``service=chatbatch``), because alarms cannot add up metrics across dimension values.
-
-The dashboard finds per-job metrics with SEARCH expressions (so new models appear without
-a redeploy); the alarms use the service-level metrics, the queues' and the function's.
+What the worker emits, with which unit and dimensions, is ``chatbatch.core.metrics``
+(read here and by the worker's EMF output). The dashboard finds per-job metrics with
+SEARCH expressions (so new models appear without a redeploy); the alarms use the
+service-level metrics, the queues' and the function's.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from aws_cdk import Aws, Duration
 from aws_cdk import aws_cloudwatch as cw
@@ -27,34 +18,13 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from chatbatch.core.config import Config, Priority
-
-METRICS_NAMESPACE = "chatbatch"
-SERVICE_NAME = "chatbatch"
-SERVICE_DIMENSION = "service"
-JOB_DIMENSIONS = ("model", "priority")
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    unit: str  # the EMF / Powertools MetricUnit name
-    meaning: str
-    service_level: bool = False  # also emitted with only the `service` dimension
-
-
-METRICS: dict[str, MetricSpec] = {
-    "JobsSucceeded": MetricSpec("Count", "jobs that ended with a result", service_level=True),
-    "JobsFailed": MetricSpec("Count", "jobs that ended with an error record", service_level=True),
-    "JobsDeadLettered": MetricSpec("Count", "jobs given up after max_receive_count deliveries"),
-    "JobsDeferred": MetricSpec("Count", "jobs handed back because the budget is used up"),
-    "JobsThrottled": MetricSpec("Count", "jobs handed back for want of rate-limit tokens"),
-    "Latency": MetricSpec("Milliseconds", "chat API time of a job, retries included"),
-    "ProviderRateLimited": MetricSpec("Count", "HTTP 429 answers from the provider"),
-    "ProviderErrors": MetricSpec("Count", "provider calls that failed after their retries"),
-    "Retries": MetricSpec("Count", "provider calls retried"),
-    "CostUSD": MetricSpec("None", "settled cost in USD", service_level=True),
-    "PromptTokens": MetricSpec("Count", "prompt tokens billed (cached ones included)"),
-    "CompletionTokens": MetricSpec("Count", "completion tokens billed (reasoning included)"),
-}
+from chatbatch.core.metrics import (
+    METRICS,
+    SERVICE_DIMENSION,
+    Metric,
+)
+from chatbatch.core.metrics import NAMESPACE as METRICS_NAMESPACE
+from chatbatch.core.metrics import SERVICE as SERVICE_NAME
 
 BUDGET_ALARM_FRACTION = 0.8
 JOB_ERROR_RATE_PERCENT = 10
@@ -64,24 +34,24 @@ OLDEST_AGE_FRACTION_OF_RETENTION = 0.25
 PERIOD = Duration.minutes(5)
 
 
-def service_metric(name: str, *, statistic: str = "Sum", period: Duration = PERIOD) -> cw.Metric:
+def service_metric(name: Metric, *, statistic: str = "Sum", period: Duration = PERIOD) -> cw.Metric:
     if not METRICS[name].service_level:
         raise ValueError(f"{name} is not emitted at service level")
     return cw.Metric(
         namespace=METRICS_NAMESPACE,
-        metric_name=name,
+        metric_name=name.value,
         dimensions_map={SERVICE_DIMENSION: SERVICE_NAME},
         statistic=statistic,
         period=period,
     )
 
 
-def _search(name: str, statistic: str, extra: str = "") -> str:
-    term = f'Namespace="{METRICS_NAMESPACE}" MetricName="{name}" {extra}'.strip()
+def _search(name: Metric, statistic: str, extra: str = "") -> str:
+    term = f'Namespace="{METRICS_NAMESPACE}" MetricName="{name.value}" {extra}'.strip()
     return f"SEARCH('{term}', '{statistic}', {int(PERIOD.to_seconds())})"
 
 
-def per_priority(name: str, priority: Priority) -> cw.MathExpression:
+def per_priority(name: Metric, priority: Priority) -> cw.MathExpression:
     """A per-job metric summed over models, for one priority."""
     only = f'priority="{priority.value}"'
     return cw.MathExpression(
@@ -92,7 +62,7 @@ def per_priority(name: str, priority: Priority) -> cw.MathExpression:
     )
 
 
-def per_model_and_priority(name: str, statistic: str) -> cw.MathExpression:
+def per_model_and_priority(name: Metric, statistic: str) -> cw.MathExpression:
     """One line per model x priority (percentiles cannot be summed)."""
     if METRICS[name].service_level:  # the search would also find the service-level series
         raise ValueError(f"{name} is also emitted at service level; filter by priority")
@@ -175,7 +145,7 @@ class Monitoring(Construct):
             )
 
         daily = float(config.budget.daily_usd)
-        cost_today = service_metric("CostUSD", period=Duration.days(1))
+        cost_today = service_metric(Metric.COST_USD, period=Duration.days(1))
         alarm(
             "budget",
             cost_today.create_alarm(
@@ -195,8 +165,8 @@ class Monitoring(Construct):
         job_error_rate = cw.MathExpression(
             expression="100 * FILL(failed, 0) / (FILL(failed, 0) + FILL(succeeded, 0))",
             using_metrics={
-                "failed": service_metric("JobsFailed"),
-                "succeeded": service_metric("JobsSucceeded"),
+                "failed": service_metric(Metric.JOBS_FAILED),
+                "succeeded": service_metric(Metric.JOBS_SUCCEEDED),
             },
             label="job error rate (%)",
             period=PERIOD,
@@ -264,7 +234,7 @@ class Monitoring(Construct):
         cost_today: cw.Metric,
         daily: float,
     ) -> None:
-        def by_priority(title: str, name: str) -> cw.GraphWidget:
+        def by_priority(title: str, name: Metric) -> cw.GraphWidget:
             return cw.GraphWidget(
                 title=title, left=[per_priority(name, p) for p in Priority], width=8, height=6
             )
@@ -288,13 +258,16 @@ class Monitoring(Construct):
             )
         )
         d.add_widgets(
-            by_priority("Jobs succeeded per priority", "JobsSucceeded"),
+            by_priority("Jobs succeeded per priority", Metric.JOBS_SUCCEEDED),
             lines(
                 "Jobs failed and dead-lettered per priority",
                 [
-                    *(_relabel(per_priority("JobsFailed", p), f"failed {p}") for p in Priority),
                     *(
-                        _relabel(per_priority("JobsDeadLettered", p), f"dead-lettered {p}")
+                        _relabel(per_priority(Metric.JOBS_FAILED, p), f"failed {p}")
+                        for p in Priority
+                    ),
+                    *(
+                        _relabel(per_priority(Metric.JOBS_DEAD_LETTERED, p), f"dead-lettered {p}")
                         for p in Priority
                     ),
                 ],
@@ -302,30 +275,34 @@ class Monitoring(Construct):
             lines(
                 "Deferred (budget) and throttled (rate limit)",
                 [
-                    *(_relabel(per_priority("JobsDeferred", p), f"deferred {p}") for p in Priority),
                     *(
-                        _relabel(per_priority("JobsThrottled", p), f"throttled {p}")
+                        _relabel(per_priority(Metric.JOBS_DEFERRED, p), f"deferred {p}")
+                        for p in Priority
+                    ),
+                    *(
+                        _relabel(per_priority(Metric.JOBS_THROTTLED, p), f"throttled {p}")
                         for p in Priority
                     ),
                 ],
             ),
         )
         d.add_widgets(
-            lines("Latency p50 (ms)", [per_model_and_priority("Latency", "p50")]),
-            lines("Latency p99 (ms)", [per_model_and_priority("Latency", "p99")]),
+            lines("Latency p50 (ms)", [per_model_and_priority(Metric.LATENCY, "p50")]),
+            lines("Latency p99 (ms)", [per_model_and_priority(Metric.LATENCY, "p99")]),
             lines(
-                "Provider 429s, retries and errors",
+                "Provider 429s, retries and errors; calls saved by the cache",
                 [
-                    per_model_and_priority("ProviderRateLimited", "Sum"),
-                    per_model_and_priority("Retries", "Sum"),
-                    per_model_and_priority("ProviderErrors", "Sum"),
+                    per_model_and_priority(Metric.PROVIDER_RATE_LIMITED, "Sum"),
+                    per_model_and_priority(Metric.RETRIES, "Sum"),
+                    per_model_and_priority(Metric.PROVIDER_ERRORS, "Sum"),
+                    per_model_and_priority(Metric.CACHE_HITS, "Sum"),
                 ],
             ),
         )
         d.add_widgets(
             lines(
                 "Cost per hour (USD)",
-                [service_metric("CostUSD", period=Duration.hours(1))],
+                [service_metric(Metric.COST_USD, period=Duration.hours(1))],
             ),
             cw.SingleValueWidget(
                 title="Budget used today (UTC)", metrics=[budget_used], width=8, height=6
@@ -382,8 +359,8 @@ class Monitoring(Construct):
             lines(
                 "Tokens per model and priority",
                 [
-                    per_model_and_priority("PromptTokens", "Sum"),
-                    per_model_and_priority("CompletionTokens", "Sum"),
+                    per_model_and_priority(Metric.PROMPT_TOKENS, "Sum"),
+                    per_model_and_priority(Metric.COMPLETION_TOKENS, "Sum"),
                 ],
             ),
         )

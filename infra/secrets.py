@@ -24,7 +24,7 @@ _COMPLETE_ARN = re.compile(r"-[A-Za-z0-9]{6}$")
 def secret_env_name(provider: str) -> str:
     """``deepseek`` -> ``CHATBATCH_SECRET_DEEPSEEK``; ``my-gw`` -> ``CHATBATCH_SECRET_MY_GW``.
 
-    Must match ``chatbatch.worker.handler.secret_env``, which reads the variable.
+    Must match ``chatbatch.worker.services.secret_env``, which reads the variable.
     """
     return ENV_SECRET_PREFIX + "".join(c if c.isalnum() else "_" for c in provider.upper())
 

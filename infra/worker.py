@@ -17,9 +17,10 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from chatbatch.core.config import CONFIG_ENV, Config, Priority
+from chatbatch.core.metrics import NAMESPACE as METRICS_NAMESPACE
+from chatbatch.core.metrics import SERVICE as SERVICE_NAME
 from chatbatch.core.resources import Resources
 from infra.bundling import CONFIG_IN_ASSET, LAMBDA_TASK_ROOT, AssetInputs, worker_code
-from infra.monitoring import METRICS_NAMESPACE, SERVICE_NAME
 from infra.secrets import secret_env_name
 
 HANDLER = "chatbatch.worker.handler.handler"

@@ -1,4 +1,4 @@
-"""The worker's EMF metrics match the stack's metric contract (infra/monitoring.py)."""
+"""The worker's EMF metrics follow the metric contract (core/metrics.py) the stack reads."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from chatbatch.worker import handler as worker
-from infra.monitoring import METRICS
+from chatbatch.core.metrics import METRICS, Metric
+from chatbatch.worker.emf import emit_metrics
 
 
 def test_one_blob_per_model_and_priority_and_service_totals(
@@ -19,14 +19,14 @@ def test_one_blob_per_model_and_priority_and_service_totals(
     monkeypatch.delenv("POWERTOOLS_DEV", raising=False)
     tallies = Counter(
         {
-            ("JobsSucceeded", "deepseek-chat", "high"): 3,
-            ("CostNanos", "deepseek-chat", "high"): 1_500_000,
-            ("JobsFailed", "gpt-4.1", "low"): 1,
-            ("ProviderRateLimited", "gpt-4.1", "low"): 2,
+            (Metric.JOBS_SUCCEEDED, "deepseek-chat", "high"): 3,
+            (Metric.COST_USD, "deepseek-chat", "high"): 1_500_000,  # tallied in nanodollars
+            (Metric.JOBS_FAILED, "gpt-4.1", "low"): 1,
+            (Metric.PROVIDER_RATE_LIMITED, "gpt-4.1", "low"): 2,
         }
     )
     latencies = defaultdict(list, {("deepseek-chat", "high"): [120, 340, 95]})
-    worker.emit_metrics(SimpleNamespace(tallies=tallies, latencies=latencies))  # type: ignore[arg-type]
+    emit_metrics(SimpleNamespace(tallies=tallies, latencies=latencies))  # type: ignore[arg-type]
     blobs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
     by_dims = {(b.get("model"), b.get("priority")): b for b in blobs}
     high = by_dims[("deepseek-chat", "high")]

@@ -13,9 +13,9 @@ from aws_cdk.assertions import Match
 from synth_support import ROOT, Synth
 
 from chatbatch.core.config import Config, Priority
+from chatbatch.core.metrics import METRICS
 from chatbatch.core.resources import TABLE_PK, TABLE_SK, TABLE_TTL, queue_name
 from infra import outputs
-from infra.monitoring import METRICS
 from infra.queues import visibility_timeout_s
 from infra.secrets import secret_env_name
 from infra.worker import HANDLER

@@ -27,7 +27,7 @@ from chatbatch.core.pricing import to_nanos
 from chatbatch.local.runtime import LOCAL_KEY, LocalOptions, LocalRuntime, Summary
 from chatbatch.local.simulator import FaultKind, SimulatorSettings, answer_for
 from chatbatch.state.budget import Budget, reservation_key, utc_day
-from chatbatch.worker import pipeline
+from chatbatch.worker import crash as crashes
 from chatbatch.worker.intake import Intake
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -239,7 +239,7 @@ def test_two_copies_of_a_job_in_flight_call_the_provider_once(tmp_path: Path):
     assert spent == result.chatbatch.cost_usd
 
 
-@pytest.mark.parametrize("point", pipeline.CRASH_POINTS)
+@pytest.mark.parametrize("point", crashes.CRASH_POINTS)
 def test_a_worker_killed_mid_job_counts_each_job_once(tmp_path: Path, point: str):
     cacheable = {"prompt": "cached question", "cache": True, "temperature": 0}
     lines = job_lines(14, seed=7) + [
@@ -254,14 +254,14 @@ def test_a_worker_killed_mid_job_counts_each_job_once(tmp_path: Path, point: str
             return True
         return False
 
-    pipeline.crash_hook = crash
+    crashes.crash_hook = crash
     try:
         with runtime(visibility_timeout_s=2) as rt:  # a crashed job returns after 2 s
             summary = rt.run(path, tmp_path / "out")
             assert_costs_counted_once(rt, tmp_path / "out", summary)
             batch = rt.batches.get("local")
     finally:
-        pipeline.crash_hook = None
+        crashes.crash_hook = None
     assert crashed, "the crash point was reached"
     assert summary.succeeded == 16 and summary.failed == summary.dead_lettered == 0
     assert batch is not None and batch.succeeded == 16
@@ -281,7 +281,7 @@ def test_a_copy_taking_over_a_dead_copys_job_finishes_from_its_result(tmp_path: 
             return True
         return False
 
-    pipeline.crash_hook = crash
+    crashes.crash_hook = crash
     try:
         # the dead copy's message stays away for 5 minutes: the resend has to take over
         with runtime(visibility_timeout_s=300) as rt:
@@ -307,7 +307,7 @@ def test_a_copy_taking_over_a_dead_copys_job_finishes_from_its_result(tmp_path: 
             spent = ledger_spent(rt)  # and nothing left reserved
             result = rt.store.get_result("takeover", "orphan")
     finally:
-        pipeline.crash_hook = None
+        crashes.crash_hook = None
     assert died, "the first copy died after its S3 write"
     assert info is not None and info.succeeded == 1
     assert stats is not None and stats.requests == 1, "the provider was called once"

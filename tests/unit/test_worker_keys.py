@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from chatbatch.worker import handler as worker
+from chatbatch.worker import services as worker
 
 
 def test_key_from_the_providers_env_var_then_the_fallbacks(monkeypatch: pytest.MonkeyPatch):

@@ -28,7 +28,8 @@ def corpus() -> list[tuple[str, str]]:
     texts: list[tuple[str, str]] = []
     readme = (ROOT / "README.md").read_text()
     texts += [("prose", p) for p in readme.split("\n\n") if len(p) > 200][:40]
-    for path in sorted((ROOT / "functions" / "chatbatch").glob("*.py"))[:12]:
+    modules = sorted((ROOT / "functions" / "chatbatch").rglob("*.py"))
+    for path in [m for m in modules if m.name != "__init__.py"][:12]:
         source = path.read_text()
         texts += [("code", source[i : i + 1500]) for i in range(0, min(len(source), 6000), 1500)]
     for line in (ROOT / "examples" / "jobs.jsonl").read_text().splitlines()[:40]:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
 
-from chatbatch.worker.pipeline import WorkerCrash
+from chatbatch.worker.crash import WorkerCrash
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+from aws_lambda_powertools import Logger
 from pydantic import BaseModel
 
 from chatbatch.client.submit import (
@@ -245,7 +246,7 @@ class LocalRuntime:
         self._start_mappings()
 
     def _start_mappings(self) -> None:
-        from chatbatch.worker import handler as worker
+        from chatbatch.worker import handler as worker_handler
 
         sqs = boto3.client("sqs")
         worker_settings = self.config.worker
@@ -256,7 +257,7 @@ class LocalRuntime:
             self.feeders[priority] = feeder
             mapping = EventSourceMapping(
                 boto3.client("sqs"),
-                worker.handler,
+                worker_handler.handler,
                 MappingSettings(
                     queue_url=url,
                     queue_arn=arn["Attributes"]["QueueArn"],
@@ -446,6 +447,9 @@ def _percentile(values: list[int], pct: int) -> float | None:
 @contextmanager
 def _worker_logs(level: str, path: Path | None) -> Iterator[None]:
     """The worker's log level, and its Powertools handler pointed at ``path`` if given."""
+    # The worker's Powertools logger, made here if no worker module has made it yet (it adds
+    # its handler once per service; a handler made after this point would not be moved).
+    Logger(service="chatbatch")
     logger = logging.getLogger("chatbatch")
     logger.setLevel(level)
     if path is None:
@@ -474,10 +478,10 @@ def _trace_env() -> dict[str, str]:
 @contextmanager
 def _fresh_worker() -> Iterator[None]:
     """The worker caches its config per process: drop it so this run's config is read."""
-    from chatbatch.worker import handler as worker
+    from chatbatch.worker import services
 
-    worker.load_config_cached.cache_clear()
+    services.load_config_cached.cache_clear()
     try:
         yield
     finally:
-        worker.load_config_cached.cache_clear()
+        services.load_config_cached.cache_clear()

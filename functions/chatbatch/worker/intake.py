@@ -18,6 +18,7 @@ from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
 from chatbatch.core.config import Config, Priority
+from chatbatch.core.days import utc_day
 from chatbatch.core.jobs import (
     BATCH_ID_PATTERN,
     CLAIM_CHECK_KEY,
@@ -37,7 +38,7 @@ ATTR_OWNER = "chatbatch-owner"  # the message id of the job's copy that holds it
 
 
 def default_batch(now: dt.datetime | None = None) -> str:
-    return f"daily-{(now or dt.datetime.now(dt.UTC)):%Y-%m-%d}"
+    return f"daily-{utc_day(now.timestamp() if now else None)}"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,84 @@
+"""Sending a job back: handed back with a delay, retried with backoff, or dead-lettered.
+
+A hand-back (budget used up, no rate-limit capacity soon, another copy at work) re-sends
+the job as a new message and lets the original go, so it never counts toward the DLQ; the
+copy keeps its batch and stays the owner of any reservation it holds. A transient provider
+failure goes back to the queue with a backoff (the message's visibility), until its last
+delivery, when the job is recorded as dead-lettered.
+"""
+
+from __future__ import annotations
+
+import math
+
+from chatbatch.core.metrics import Metric
+from chatbatch.provider.client import ProviderError
+from chatbatch.state.batches import JobState
+from chatbatch.worker.intake import ATTR_BATCH, ATTR_HANDBACKS, ATTR_OWNER, Intake
+from chatbatch.worker.invocation import Invocation, Outcome, RetryLater, io
+from chatbatch.worker.results import fail
+
+MAX_DELAY_S = 900  # SQS DelaySeconds limit
+
+
+async def hand_back(inv: Invocation, intake: Intake, delay_s: float, outcome: Outcome) -> Outcome:
+    """Re-send the job with a delay and let the original go: never counts toward the DLQ."""
+    services = inv.services
+    queue = services.resources.queues[intake.priority]
+    attributes = {
+        name: {"DataType": attr.data_type, "StringValue": attr.string_value or ""}
+        for name, attr in intake.record.message_attributes.items()
+        if attr.string_value is not None
+    }
+    attributes[ATTR_HANDBACKS] = {"DataType": "Number", "StringValue": str(intake.handbacks + 1)}
+    # the copy keeps the batch it was given (a default batch is per day of first sending)
+    attributes[ATTR_BATCH] = {"DataType": "String", "StringValue": intake.batch_id}
+    # and stays the same copy: a reservation it holds is still its own
+    attributes[ATTR_OWNER] = {"DataType": "String", "StringValue": intake.owner}
+    await io(
+        services.sqs.send_message,
+        QueueUrl=queue,
+        MessageBody=intake.record.body,
+        DelaySeconds=max(0, min(MAX_DELAY_S, round(delay_s))),
+        MessageAttributes=attributes,
+    )
+    if outcome is Outcome.elsewhere:  # the job's state is the other copy's to move
+        return outcome
+    prev = inv.states[intake.key]
+    new = JobState.deferred if outcome is Outcome.deferred else JobState.throttled
+    await io(services.batches.transition, intake.batch_id, intake.custom_id, prev=prev, new=new)
+    deferred = outcome is Outcome.deferred
+    inv.count(Metric.JOBS_DEFERRED if deferred else Metric.JOBS_THROTTLED, intake)
+    return outcome
+
+
+async def dead_letter(inv: Invocation, intake: Intake, reason: str) -> None:
+    """The last delivery failed: SQS moves the message to the DLQ at its next receive
+    (made immediate here); record why now."""
+    services = inv.services
+    message = f"gave up after {intake.receive_count} deliveries: {reason}"
+    await fail(inv, intake, "dead_lettered", message, new=JobState.dead_lettered)
+    inv.count(Metric.JOBS_DEAD_LETTERED, intake)
+    await io(
+        services.sqs.change_message_visibility,
+        QueueUrl=services.resources.queues[intake.priority],
+        ReceiptHandle=intake.record.receipt_handle,
+        VisibilityTimeout=0,
+    )
+
+
+async def retry(inv: Invocation, intake: Intake, err: ProviderError) -> Outcome:
+    """A transient failure: back to the queue with a backoff, or the DLQ's turn."""
+    services = inv.services
+    if intake.receive_count >= services.config.worker.max_receive_count:
+        await dead_letter(inv, intake, str(err))
+        raise RetryLater(str(err))
+    backoff = services.config.retries.max_backoff_s * 2 ** (intake.receive_count - 1)
+    delay = math.ceil(min(MAX_DELAY_S, max(backoff, err.retry_after_s or 0)))
+    await io(
+        services.sqs.change_message_visibility,
+        QueueUrl=services.resources.queues[intake.priority],
+        ReceiptHandle=intake.record.receipt_handle,
+        VisibilityTimeout=delay,
+    )
+    raise RetryLater(str(err))

@@ -1,0 +1,150 @@
+"""How a job ends: its error record, or its result, cost record and one settle transaction.
+
+The S3 keys are deterministic (batch id + custom_id), so a redelivery writes the same
+objects again; the DynamoDB transaction that moves the job's state also settles the
+budget and adds to the batch's counters, so a cost is counted once or not at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Awaitable, Sequence
+from decimal import Decimal
+
+from chatbatch.core.days import utc_day
+from chatbatch.core.jobs import CostRecord, Job, JobFacts, OutputLine
+from chatbatch.core.metrics import Metric
+from chatbatch.core.pricing import Usage, to_nanos
+from chatbatch.state.batches import JobState
+from chatbatch.state.budget import Reservation
+from chatbatch.worker.crash import crash_point
+from chatbatch.worker.intake import Intake
+from chatbatch.worker.invocation import Invocation, Outcome, io
+
+
+async def fail(
+    inv: Invocation,
+    intake: Intake,
+    code: str,
+    message: str,
+    facts: JobFacts | None = None,
+    new: JobState = JobState.failed,
+) -> None:
+    """Write the job's error record and move its state (``failed`` unless told otherwise)."""
+    line = OutputLine.failure(intake.batch_id, intake.custom_id, code, message, facts)
+    await io(inv.services.store.put_error, intake.batch_id, line)
+    prev = inv.states[intake.key]
+    await io(inv.services.batches.transition, intake.batch_id, intake.custom_id, prev=prev, new=new)
+
+
+async def refuse(inv: Invocation, intake: Intake, code: str, message: str) -> Outcome:
+    """A permanent failure: an error record, counted as failed, never retried."""
+    await fail(inv, intake, code, message)
+    inv.count(Metric.JOBS_FAILED, intake)
+    return Outcome.failed
+
+
+def job_facts(
+    intake: Intake, job: Job, usd: Decimal, latency_ms: int, attempts: int, cached: bool
+) -> JobFacts:
+    return JobFacts(
+        batch_id=intake.batch_id,
+        priority=intake.priority,
+        model=job.model,
+        role=job.role,
+        cost_usd=usd,
+        latency_ms=latency_ms,
+        attempts=attempts,
+        cached=cached,
+        seq=job.seq,
+        day=utc_day(),
+    )
+
+
+def cost_record(
+    inv: Invocation, intake: Intake, job: Job, result: OutputLine, day: str
+) -> CostRecord:
+    """The cost record of a stored result: its usage, priced as the result says."""
+    assert result.chatbatch is not None and result.response is not None
+    facts = result.chatbatch
+    usage = Usage.from_api(result.response.body.get("usage"))
+    model = inv.services.config.models[job.model]
+    return CostRecord(
+        ts=dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+        dt=day,
+        batch_id=intake.batch_id,
+        custom_id=intake.custom_id,
+        priority=intake.priority,
+        model=job.model,
+        model_id=model.model_id,
+        provider=model.provider,
+        role=job.role,
+        prompt_tokens=usage.prompt_tokens,
+        cached_tokens=usage.cached_tokens,
+        completion_tokens=usage.completion_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+        cost_nanos=to_nanos(facts.cost_usd),
+        cost_usd=facts.cost_usd,
+        cached=facts.cached,
+    )
+
+
+async def finish(
+    inv: Invocation,
+    intake: Intake,
+    job: Job,
+    result: OutputLine,
+    *,
+    reservation: Reservation | None,
+    provider_calls: int,
+    extra_writes: Sequence[Awaitable[None]] = (),
+) -> Outcome:
+    """Store the result, then settle and count once, in one transaction with the job's state.
+
+    The result object is written only if none exists (S3 ``If-None-Match``): when two
+    deliveries of one job race, the first result stored is the job's result, and the
+    cost record, the budget and the counters all follow that one.
+    """
+    services = inv.services
+    stored = await io(services.store.put_result_once, intake.batch_id, result)
+    # the day the result was first stored: a redelivery after midnight keeps it
+    day = (stored.chatbatch.day if stored.chatbatch else None) or utc_day()
+    record = cost_record(inv, intake, job, stored, day)
+    await asyncio.gather(io(services.store.put_cost, record), *extra_writes)
+    crash_point("after_s3_write", intake)
+    counters = {
+        "cost_nanos": record.cost_nanos,
+        "prompt_tokens": record.prompt_tokens,
+        "completion_tokens": record.completion_tokens,
+        "provider_calls": provider_calls,
+    }
+    settle = services.budget.settle_items(reservation, record.cost_nanos) if reservation else []
+    done = await io(
+        services.batches.transition,
+        intake.batch_id,
+        intake.custom_id,
+        prev=inv.states[intake.key],
+        new=JobState.succeeded,
+        counters=counters,
+        extra=settle,
+    )
+    if not done:
+        return Outcome.duplicate
+    inv.count(Metric.JOBS_SUCCEEDED, intake)
+    inv.count(Metric.COST_USD, intake, record.cost_nanos)
+    inv.count(Metric.PROMPT_TOKENS, intake, record.prompt_tokens)
+    inv.count(Metric.COMPLETION_TOKENS, intake, record.completion_tokens)
+    if stored.chatbatch and not stored.chatbatch.cached:
+        inv.latencies[(job.model, intake.priority.value)].append(stored.chatbatch.latency_ms)
+    return Outcome.succeeded
+
+
+async def recover(
+    inv: Invocation, intake: Intake, job: Job, reservation: Reservation | None
+) -> Outcome | None:
+    """A redelivery after the S3 write: finish from the stored result, call nothing."""
+    result = await io(inv.services.store.get_result, intake.batch_id, intake.custom_id)
+    if result is None or result.chatbatch is None or result.response is None:
+        return None
+    return await finish(inv, intake, job, result, reservation=reservation, provider_calls=0)

@@ -1,0 +1,84 @@
+"""What a worker instance builds once and reuses: config, AWS clients, the provider client.
+
+Deployed, a provider's API key comes from its Secrets Manager secret (the stack passes the
+secret's ARN in ``CHATBATCH_SECRET_<PROVIDER>``, cached 5 min); locally, from the
+provider's own environment variable, then the fallbacks.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from aws_lambda_powertools.utilities.parameters import get_secret
+
+from chatbatch.core.config import Config, load_config
+from chatbatch.core.resources import Resources
+from chatbatch.provider.client import ProviderClient
+from chatbatch.state.batches import Batches
+from chatbatch.state.budget import Budget
+from chatbatch.state.limiter import RateLimiter
+from chatbatch.state.store import Store
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+
+SECRET_ENV_PREFIX = "CHATBATCH_SECRET_"
+FALLBACK_KEY_ENVS = ("CHATBATCH_API_KEY", "OPENAI_API_KEY")
+
+
+@dataclass
+class Services:
+    """What a worker instance holds across invocations."""
+
+    config: Config
+    resources: Resources
+    store: Store
+    batches: Batches
+    budget: Budget
+    limiter: RateLimiter
+    provider: ProviderClient
+    sqs: SQSClient
+
+
+def secret_env(provider: str) -> str:
+    return SECRET_ENV_PREFIX + "".join(c if c.isalnum() else "_" for c in provider.upper())
+
+
+def api_key(provider: str) -> str | None:
+    """Deployed: the provider's Secrets Manager secret (cached 5 min); locally: env vars."""
+    arn = os.environ.get(secret_env(provider))
+    if arn:
+        return str(get_secret(arn, max_age=300)).strip()  # a secret saved from a file ends in \n
+    env = load_config_cached().providers[provider].api_key_env
+    for name in (env, *FALLBACK_KEY_ENVS):
+        if os.environ.get(name, "").strip():
+            return os.environ[name].strip()
+    return None
+
+
+@cache
+def load_config_cached() -> Any:
+    return load_config()
+
+
+def build_services() -> Services:
+    config = load_config_cached()
+    resources = Resources.from_env()
+    ddb = boto3.client("dynamodb")
+    batches = Batches(ddb, resources.table)
+    limiter = RateLimiter(ddb, resources.table, config)
+    provider = ProviderClient(config, api_key, on_attempt=limiter.observe_attempt)
+    return Services(
+        config=config,
+        resources=resources,
+        store=Store(boto3.client("s3"), resources.bucket),
+        batches=batches,
+        budget=Budget(ddb, resources.table, config),
+        limiter=limiter,
+        provider=provider,
+        sqs=boto3.client("sqs"),
+    )
