@@ -43,7 +43,8 @@ from chatbatch.core.config import Config
 from chatbatch.core.jobs import CostRecord, Job, JobFacts, OutputLine
 from chatbatch.core.pricing import Usage, cost, to_nanos
 from chatbatch.core.resources import Resources
-from chatbatch.provider.client import Attempt, Completion, ProviderClient, ProviderError
+from chatbatch.provider.client import Attempt, Completion, ProviderClient
+from chatbatch.provider.errors import ProviderError
 from chatbatch.state.batches import Batches, BatchInfo, JobState
 from chatbatch.state.budget import (
     AlreadySettled,
