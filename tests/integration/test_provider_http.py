@@ -30,16 +30,10 @@ from chatbatch.local.simulator import (
     count_tokens,
 )
 from chatbatch.provider import client as provider_module
-from chatbatch.provider.client import (
-    Attempt,
-    Completion,
-    ProviderClient,
-    ProviderError,
-    RateLimitInfo,
-    backoff_s,
-    parse_duration,
-    parse_retry_after,
-)
+from chatbatch.provider import sse as sse_module
+from chatbatch.provider.client import Attempt, Completion, ProviderClient
+from chatbatch.provider.errors import ProviderError
+from chatbatch.provider.retry import RateLimitInfo, backoff_s, parse_duration, parse_retry_after
 
 KEY = "sk-test-3f9c2a71b8d54e06a1c7"
 MODEL = "deepseek-chat"
@@ -340,7 +334,7 @@ def test_keepalives_split_writes_and_the_final_usage_chunk(config: Config, sim: 
 def test_an_answer_ending_in_done_is_kept_when_the_server_never_ends_the_body(
     config: Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(provider_module, "AFTER_DONE_S", 0.2)
+    monkeypatch.setattr(sse_module, "AFTER_DONE_S", 0.2)
     chunk = {"id": "c1", "choices": [{"index": 0, "delta": {"content": "hi"}}]}
     events = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from chatbatch.provider.client import ChatStream, SSEEvent, SSEParser, StreamError
+from chatbatch.provider.sse import ChatStream, SSEEvent, SSEParser, StreamError
 
 
 def _chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:

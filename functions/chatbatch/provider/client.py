@@ -28,15 +28,10 @@ attempt record or log line carries it (any provider text echoing it is redacted)
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import datetime as dt
-import email.utils
 import json
-import math
 import random
-import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,15 +39,24 @@ import httpx
 from aws_lambda_powertools import Logger
 from pydantic import BaseModel, ConfigDict
 
-from chatbatch.core.config import Config, Provider, Retries, Timeouts
+from chatbatch.core.config import Config, Provider, Timeouts
 from chatbatch.core.pricing import Usage
+from chatbatch.provider.errors import ProviderError
+from chatbatch.provider.retry import (
+    ATTEMPT_ERRORS,
+    RateLimitInfo,
+    classify,
+    failed_response,
+    parse_retry_after,
+    retry_delay_s,
+    stop_reason,
+)
+from chatbatch.provider.sse import StreamError, read_stream
 
 logger = Logger(service="chatbatch", child=True)
 
-RETRYABLE_STATUS = frozenset({408, 409, 429})
 REDACTED = "[redacted]"
 USER_AGENT = "chatbatch"
-AFTER_DONE_S = 1.0  # how long the end of a stream is awaited after data: [DONE]
 
 
 # --- Records handed to the caller ----------------------------------------------------
@@ -67,32 +71,6 @@ class Attempt(BaseModel):
     error: str | None = None
     latency_ms: int = 0
     retry_after_s: float | None = None
-
-
-class RateLimitInfo(BaseModel):
-    """A response's ``x-ratelimit-*`` headers; resets in seconds."""
-
-    model_config = ConfigDict(frozen=True)
-
-    limit_requests: int | None = None
-    limit_tokens: int | None = None
-    remaining_requests: int | None = None
-    remaining_tokens: int | None = None
-    reset_requests_s: float | None = None
-    reset_tokens_s: float | None = None
-
-    @classmethod
-    def from_headers(cls, headers: Mapping[str, str]) -> RateLimitInfo | None:
-        """None when the response carries no rate-limit header at all."""
-        info = cls(
-            limit_requests=_int(headers.get("x-ratelimit-limit-requests")),
-            limit_tokens=_int(headers.get("x-ratelimit-limit-tokens")),
-            remaining_requests=_int(headers.get("x-ratelimit-remaining-requests")),
-            remaining_tokens=_int(headers.get("x-ratelimit-remaining-tokens")),
-            reset_requests_s=_duration(headers.get("x-ratelimit-reset-requests")),
-            reset_tokens_s=_duration(headers.get("x-ratelimit-reset-tokens")),
-        )
-        return info if info.model_dump(exclude_none=True) else None
 
 
 class Completion(BaseModel):
@@ -112,328 +90,11 @@ class Completion(BaseModel):
         return content if isinstance(content, str) else None
 
 
-class ProviderError(Exception):
-    """A call that failed for good (``permanent``) or ran out of attempts or time.
-
-    ``message`` is the provider's own error message when it sent one; ``retry_after_s``
-    is the server's last requested delay, so a caller can re-queue the job for then.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None,
-        permanent: bool,
-        attempts: list[Attempt],
-        retry_after_s: float | None = None,
-        code: str | None = None,
-    ) -> None:
-        self.message = message
-        self.status = status
-        self.permanent = permanent
-        self.attempts = attempts
-        self.retry_after_s = retry_after_s
-        self.code = code
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        status = f"HTTP {self.status}" if self.status is not None else "no response"
-        tries = f"{len(self.attempts)} attempt{'s' if len(self.attempts) != 1 else ''}"
-        kind = "permanent" if self.permanent else "transient"
-        return f"{status}, {kind}, after {tries}: {self.message}"
-
-
-# --- Header parsing ------------------------------------------------------------------
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|us|µs|ns|h|m|s)")
-_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
-
-
-def parse_duration(text: str) -> float | None:
-    """A Go-style duration ("6m0s", "1.5s", "250ms") or plain seconds -> seconds."""
-    text = text.strip()
-    try:
-        value = float(text)
-    except ValueError:
-        pass
-    else:
-        return value if math.isfinite(value) and value >= 0 else None
-    total, pos = 0.0, 0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != pos:
-            return None
-        total += float(match.group(1)) * _UNIT_S[match.group(2)]
-        pos = match.end()
-    return total if text and pos == len(text) else None
-
-
-def parse_retry_after(headers: Mapping[str, str], now: dt.datetime | None = None) -> float | None:
-    """The server's requested delay in seconds: ``retry-after-ms`` first, then ``retry-after``."""
-    millis = headers.get("retry-after-ms")
-    if millis is not None:
-        seconds = _float(millis)
-        if seconds is not None:
-            return seconds / 1000
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    seconds = _float(value)
-    if seconds is not None:
-        return seconds
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return max(0.0, (when - (now or dt.datetime.now(dt.UTC))).total_seconds())
-
-
-def _float(text: str) -> float | None:
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) and value >= 0 else None
-
-
-def _int(text: str | None) -> int | None:
-    value = _float(text) if text is not None else None
-    return int(value) if value is not None else None
-
-
-def _duration(text: str | None) -> float | None:
-    return parse_duration(text) if text is not None else None
-
-
-def backoff_s(retries: Retries, retry: int, rng: random.Random) -> float:
-    """Full jitter: uniform in [0, min(max_backoff_s, base_s * 2**(retry - 1))]."""
-    ceiling = min(retries.max_backoff_s, retries.base_s * 2 ** min(retry - 1, 60))
-    return rng.uniform(0, ceiling)
-
-
-# --- Server-sent events --------------------------------------------------------------
-
-
-class StreamError(ValueError):
-    """A stream that cannot be trusted: corrupt, cut short, or carrying an error event."""
-
-
-@dataclass(frozen=True)
-class SSEEvent:
-    data: str
-    event: str = "message"
-    id: str | None = None
-
-
-_EOL = re.compile(rb"\r\n|\r|\n")
-
-
-class SSEParser:
-    """Incremental ``text/event-stream`` parser (the WHATWG rules), fed bytes in any chunks.
-
-    Lines end in CRLF, LF or CR, wherever the chunk boundaries fall (a CR at the end of a
-    chunk waits for the next byte); ``:`` lines are comments; a blank line dispatches
-    the event's ``data`` lines joined by newlines. Bytes that are not UTF-8 raise
-    ``StreamError`` (a stream we verify end to end must not be silently repaired).
-    """
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._data: list[str] = []
-        self._event = ""
-        self._id: str | None = None
-
-    def feed(self, chunk: bytes) -> list[SSEEvent]:
-        buffer, pos, events = self._buffer + chunk, 0, []
-        while match := _EOL.search(buffer, pos):
-            if match.group() == b"\r" and match.end() == len(buffer):
-                break
-            event = self._line(buffer[pos : match.start()])
-            pos = match.end()
-            if event is not None:
-                events.append(event)
-        self._buffer = buffer[pos:]
-        return events
-
-    def close(self) -> list[SSEEvent]:
-        """End of stream: a last line or event left without its terminator is kept."""
-        tail = self.feed(b"\n") if self._buffer else []
-        last = self._dispatch()
-        return tail + ([last] if last else [])
-
-    def _line(self, raw: bytes) -> SSEEvent | None:
-        if not raw:
-            return self._dispatch()
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise StreamError(f"event stream is not UTF-8: {err.reason}") from None
-        if line.startswith(":"):
-            return None
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "data":
-            self._data.append(value)
-        elif name == "event":
-            self._event = value
-        elif name == "id" and "\0" not in value:
-            self._id = value
-        return None
-
-    def _dispatch(self) -> SSEEvent | None:
-        data, event = self._data, self._event
-        self._data, self._event = [], ""
-        if not data:
-            return None
-        return SSEEvent(data="\n".join(data), event=event or "message", id=self._id)
-
-
-@dataclass
-class _Choice:
-    role: str = "assistant"
-    content: list[str] = field(default_factory=list)
-    reasoning: list[str] = field(default_factory=list)
-    tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
-    finish_reason: str | None = None
-
-    def add(self, delta: dict[str, Any]) -> None:
-        self.role = delta.get("role") or self.role
-        if isinstance(delta.get("content"), str):
-            self.content.append(delta["content"])
-        if isinstance(delta.get("reasoning_content"), str):
-            self.reasoning.append(delta["reasoning_content"])
-        for call in delta.get("tool_calls") or []:
-            self._tool_call(call)
-
-    def _tool_call(self, call: dict[str, Any]) -> None:
-        slot = self.tool_calls.setdefault(
-            int(call.get("index", len(self.tool_calls))),
-            {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
-        )
-        slot["id"] = call.get("id") or slot["id"]
-        slot["type"] = call.get("type") or slot["type"]
-        function = call.get("function") or {}
-        slot["function"]["name"] += function.get("name") or ""
-        slot["function"]["arguments"] += function.get("arguments") or ""
-
-    def message(self) -> dict[str, Any]:
-        text = "".join(self.content)
-        message: dict[str, Any] = {"role": self.role, "content": text}
-        if self.reasoning:
-            message["reasoning_content"] = "".join(self.reasoning)
-        if self.tool_calls:
-            message["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls)]
-            message["content"] = text or None
-        return message
-
-
-class ChatStream:
-    """Assembles ``chat.completion.chunk`` events into one ``chat.completion`` body.
-
-    Copes with ``choices: null`` or ``[]`` (the usage chunk of
-    ``stream_options.include_usage``), usage on a chunk that still has choices (DeepSeek),
-    and ``reasoning_content`` / ``tool_calls`` deltas. A chunk that is not a JSON object,
-    an ``error`` event, or a stream without ``data: [DONE]`` raises ``StreamError``.
-    """
-
-    def __init__(self) -> None:
-        self.done = False
-        self._head: dict[str, Any] = {}
-        self._choices: dict[int, _Choice] = {}
-        self._usage: dict[str, Any] | None = None
-
-    def add(self, event: SSEEvent) -> None:
-        if self.done:
-            return
-        if event.data.strip() == "[DONE]":
-            self.done = True
-            return
-        try:
-            chunk = json.loads(event.data)
-        except ValueError as err:
-            raise StreamError(f"corrupt stream chunk: {err}") from None
-        if not isinstance(chunk, dict):
-            raise StreamError("corrupt stream chunk: not a JSON object")
-        if chunk.get("error"):
-            raise StreamError(f"error event in stream: {_error_text(chunk)[0]}")
-        try:
-            self._apply(chunk)
-        except (AttributeError, TypeError, ValueError) as err:
-            raise StreamError(f"corrupt stream chunk: {err}") from None
-
-    def _apply(self, chunk: dict[str, Any]) -> None:
-        for key in ("id", "created", "model", "system_fingerprint"):
-            if chunk.get(key) is not None:
-                self._head.setdefault(key, chunk[key])
-        if isinstance(chunk.get("usage"), dict):
-            self._usage = chunk["usage"]
-        for choice in chunk.get("choices") or []:
-            self._add_choice(choice)
-
-    def _add_choice(self, choice: Any) -> None:
-        delta = choice.get("delta") if isinstance(choice, dict) else None
-        if not isinstance(choice, dict) or not isinstance(delta, dict | None):
-            raise StreamError("corrupt stream chunk: a choice without a delta object")
-        slot = self._choices.setdefault(int(choice.get("index") or 0), _Choice())
-        slot.add(delta or {})
-        slot.finish_reason = choice.get("finish_reason") or slot.finish_reason
-
-    def result(self) -> dict[str, Any]:
-        if not self.done:
-            raise StreamError("stream ended without data: [DONE]")
-        if not self._choices:
-            raise StreamError("stream carried no choices")
-        choices = [
-            {"index": i, "message": c.message(), "finish_reason": c.finish_reason}
-            for i, c in sorted(self._choices.items())
-        ]
-        body = {"id": None, "object": "chat.completion", "created": None, "model": None}
-        return body | self._head | {"choices": choices, "usage": self._usage}
-
-
 # --- The client ----------------------------------------------------------------------
 
 ApiKeyLookup = Callable[[str], str | None]
 AttemptHook = Callable[[str, Attempt, RateLimitInfo | None], None]
 Sleep = Callable[[float], Awaitable[None]]
-
-
-class _ResponseError(Exception):
-    """An error response; its message and code are the provider's own."""
-
-    def __init__(self, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class _TransientError(_ResponseError):
-    """A response a retry may fix (429, 408, 409, 5xx)."""
-
-
-class _PermanentError(_ResponseError):
-    """A response no retry can fix (any other 4xx)."""
-
-
-_ATTEMPT_ERRORS = (
-    _ResponseError,
-    TimeoutError,
-    httpx.TransportError,
-    httpx.DecodingError,
-    StreamError,
-)
-
-
-def _classify(err: Exception) -> tuple[str, str | None, bool]:
-    """(error text, provider error code, permanent?) of a failed attempt."""
-    if isinstance(err, _ResponseError):
-        return str(err), err.code, isinstance(err, _PermanentError)
-    if isinstance(err, TimeoutError):
-        return "deadline reached during the attempt", None, False
-    permanent = isinstance(err, httpx.UnsupportedProtocol | httpx.LocalProtocolError)
-    text = str(err) or str(err.__cause__ or err.__context__ or "")
-    return (f"{type(err).__name__}: {text}" if text else type(err).__name__), None, permanent
 
 
 @dataclass
@@ -447,25 +108,6 @@ class _Outcome:
     permanent: bool = False
     message: str = ""
     code: str | None = None
-
-
-def _error_text(payload: Any) -> tuple[str, str | None]:
-    """The provider's message and code from an OpenAI-style error body."""
-    error = payload.get("error") if isinstance(payload, dict) else None
-    if isinstance(error, dict):
-        code = error.get("code") or error.get("type")
-        return str(error.get("message") or error), str(code) if code else None
-    if isinstance(error, str):
-        return error, None
-    return str(payload)[:500], None
-
-
-def _response_error(status: int, content: bytes) -> tuple[str, str | None]:
-    try:
-        return _error_text(json.loads(content))
-    except ValueError:
-        text = content.decode("utf-8", "replace").strip()[:500]
-        return text or httpx.codes.get_reason_phrase(status) or f"HTTP {status}", None
 
 
 def _attempt_timeout(timeouts: Timeouts, remaining_s: float) -> httpx.Timeout:
@@ -495,33 +137,9 @@ def _usage_of(body: dict[str, Any]) -> Usage:
         raise StreamError(f"200 with a malformed usage block: {err}") from None
 
 
-async def _read_stream(response: httpx.Response) -> dict[str, Any]:
-    parser, stream = SSEParser(), ChatStream()
-    chunks = response.aiter_bytes()
-    async for chunk in chunks:
-        for event in parser.feed(chunk):
-            stream.add(event)
-        if stream.done:
-            await _read_rest(chunks)
-            break
-    else:
-        for event in parser.close():
-            stream.add(event)
-    return stream.result()
-
-
-async def _read_rest(chunks: AsyncIterator[bytes]) -> None:
-    """After ``[DONE]``: read the end of the body (so the connection can be reused), but
-    never lose the answer to a server that does not end it."""
-    with contextlib.suppress(httpx.HTTPError, TimeoutError):
-        async with asyncio.timeout(AFTER_DONE_S):
-            async for _ in chunks:
-                pass
-
-
 async def _read_success(response: httpx.Response) -> dict[str, Any]:
     if response.headers.get("content-type", "").startswith("text/event-stream"):
-        return await _read_stream(response)
+        return await read_stream(response)
     return _parse_json_body(await response.aread())
 
 
@@ -598,8 +216,15 @@ class ProviderClient:
                     latency_ms=_ms(self._clock() - start),
                     rate_limits=outcome.rate_limits,
                 )
-            delay = self._delay(len(attempts), outcome)
-            stop = self._stop_reason(outcome, len(attempts), delay, deadline)
+            retries = self.config.retries
+            delay = retry_delay_s(retries, len(attempts), outcome.attempt.retry_after_s, self._rng)
+            stop = stop_reason(
+                retries,
+                permanent=outcome.permanent,
+                attempt_count=len(attempts),
+                retry_at=self._clock() + delay,
+                deadline=deadline,
+            )
             if stop:
                 raise self._give_up(name, outcome, attempts, stop)
             logger.warning(
@@ -643,8 +268,8 @@ class ProviderClient:
                     usage = _usage_of(body)
                 finally:
                     await response.aclose()
-        except _ATTEMPT_ERRORS as err:
-            error, code, permanent = _classify(err)
+        except ATTEMPT_ERRORS as err:
+            error, code, permanent = classify(err)
         else:
             attempt = Attempt(status=status, latency_ms=_ms(self._clock() - began))
             return _Outcome(attempt=attempt, body=body, usage=usage, rate_limits=rate_limits)
@@ -664,29 +289,9 @@ class ProviderClient:
         status = response.status_code
         if status == 200:
             return await _read_success(response)
-        message, code = _response_error(status, await response.aread())
-        retryable = status in RETRYABLE_STATUS or status >= 500
-        raise (_TransientError if retryable else _PermanentError)(message, code)
+        raise failed_response(status, await response.aread())
 
     # -- between attempts -----------------------------------------------------------
-
-    def _delay(self, attempt_count: int, outcome: _Outcome) -> float:
-        retries = self.config.retries
-        server = outcome.attempt.retry_after_s
-        if server is not None:
-            return min(server, retries.max_retry_after_s)
-        return backoff_s(retries, attempt_count, self._rng)
-
-    def _stop_reason(
-        self, outcome: _Outcome, attempt_count: int, delay: float, deadline: float
-    ) -> str | None:
-        if outcome.permanent:
-            return "permanent"
-        if attempt_count >= self.config.retries.max_attempts:
-            return "out of attempts"
-        if self._clock() + delay >= deadline:
-            return "deadline"
-        return None
 
     def _give_up(
         self, model: str, outcome: _Outcome, attempts: list[Attempt], reason: str

@@ -37,7 +37,8 @@ from chatbatch.core.config import Config
 from chatbatch.core.jobs import Job, OutputLine
 from chatbatch.core.metrics import Metric
 from chatbatch.core.pricing import cost, to_nanos
-from chatbatch.provider.client import Attempt, Completion, ProviderError
+from chatbatch.provider.client import Attempt, Completion
+from chatbatch.provider.errors import ProviderError
 from chatbatch.state.batches import JobState
 from chatbatch.state.budget import (
     AlreadySettled,

@@ -1,0 +1,180 @@
+"""Retry timing and classification: which failures a retry may fix, and how long to wait.
+
+- ``failed_response`` and ``classify`` decide which failed attempts are permanent (the
+  statuses and errors retried are listed in ``chatbatch.provider.client``'s docstring).
+- ``retry_delay_s`` is the wait before the next attempt: the server's own delay
+  (``parse_retry_after``) capped by ``[retries]``, else ``backoff_s``; ``stop_reason``
+  says when to give up.
+- ``RateLimitInfo`` is what a response's ``x-ratelimit-*`` headers say; it shares the
+  header value parsing (Go-style durations, plain seconds) with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import math
+import random
+import re
+from collections.abc import Mapping
+
+import httpx
+from pydantic import BaseModel, ConfigDict
+
+from chatbatch.core.config import Retries
+from chatbatch.provider.errors import PermanentError, ResponseError, TransientError, response_error
+from chatbatch.provider.sse import StreamError
+
+RETRYABLE_STATUS = frozenset({408, 409, 429})
+
+
+# --- Which failures a retry may fix ---------------------------------------------------
+
+
+# every error one attempt may end with; ``classify`` tells them apart
+ATTEMPT_ERRORS = (
+    ResponseError,
+    TimeoutError,
+    httpx.TransportError,
+    httpx.DecodingError,
+    StreamError,
+)
+
+
+def classify(err: Exception) -> tuple[str, str | None, bool]:
+    """(error text, provider error code, permanent?) of a failed attempt."""
+    if isinstance(err, ResponseError):
+        return str(err), err.code, isinstance(err, PermanentError)
+    if isinstance(err, TimeoutError):
+        return "deadline reached during the attempt", None, False
+    permanent = isinstance(err, httpx.UnsupportedProtocol | httpx.LocalProtocolError)
+    text = str(err) or str(err.__cause__ or err.__context__ or "")
+    return (f"{type(err).__name__}: {text}" if text else type(err).__name__), None, permanent
+
+
+def failed_response(status: int, content: bytes) -> ResponseError:
+    """The error an error response raises: transient if a retry may fix its status."""
+    message, code = response_error(status, content)
+    retryable = status in RETRYABLE_STATUS or status >= 500
+    return (TransientError if retryable else PermanentError)(message, code)
+
+
+# --- How long to wait, and when to stop -----------------------------------------------
+
+
+def backoff_s(retries: Retries, retry: int, rng: random.Random) -> float:
+    """Full jitter: uniform in [0, min(max_backoff_s, base_s * 2**(retry - 1))]."""
+    ceiling = min(retries.max_backoff_s, retries.base_s * 2 ** min(retry - 1, 60))
+    return rng.uniform(0, ceiling)
+
+
+def retry_delay_s(
+    retries: Retries, attempt_count: int, server_s: float | None, rng: random.Random
+) -> float:
+    """The server's requested delay (capped by ``max_retry_after_s``), else backoff."""
+    if server_s is not None:
+        return min(server_s, retries.max_retry_after_s)
+    return backoff_s(retries, attempt_count, rng)
+
+
+def stop_reason(
+    retries: Retries, *, permanent: bool, attempt_count: int, retry_at: float, deadline: float
+) -> str | None:
+    """Why no further attempt is made (None: retry at ``retry_at``, a clock reading)."""
+    if permanent:
+        return "permanent"
+    if attempt_count >= retries.max_attempts:
+        return "out of attempts"
+    if retry_at >= deadline:
+        return "deadline"
+    return None
+
+
+# --- What the headers say -------------------------------------------------------------
+
+
+class RateLimitInfo(BaseModel):
+    """A response's ``x-ratelimit-*`` headers; resets in seconds."""
+
+    model_config = ConfigDict(frozen=True)
+
+    limit_requests: int | None = None
+    limit_tokens: int | None = None
+    remaining_requests: int | None = None
+    remaining_tokens: int | None = None
+    reset_requests_s: float | None = None
+    reset_tokens_s: float | None = None
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str]) -> RateLimitInfo | None:
+        """None when the response carries no rate-limit header at all."""
+        info = cls(
+            limit_requests=_int(headers.get("x-ratelimit-limit-requests")),
+            limit_tokens=_int(headers.get("x-ratelimit-limit-tokens")),
+            remaining_requests=_int(headers.get("x-ratelimit-remaining-requests")),
+            remaining_tokens=_int(headers.get("x-ratelimit-remaining-tokens")),
+            reset_requests_s=_duration(headers.get("x-ratelimit-reset-requests")),
+            reset_tokens_s=_duration(headers.get("x-ratelimit-reset-tokens")),
+        )
+        return info if info.model_dump(exclude_none=True) else None
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|us|µs|ns|h|m|s)")
+_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+def parse_duration(text: str) -> float | None:
+    """A Go-style duration ("6m0s", "1.5s", "250ms") or plain seconds -> seconds."""
+    text = text.strip()
+    try:
+        value = float(text)
+    except ValueError:
+        pass
+    else:
+        return value if math.isfinite(value) and value >= 0 else None
+    total, pos = 0.0, 0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            return None
+        total += float(match.group(1)) * _UNIT_S[match.group(2)]
+        pos = match.end()
+    return total if text and pos == len(text) else None
+
+
+def parse_retry_after(headers: Mapping[str, str], now: dt.datetime | None = None) -> float | None:
+    """The server's requested delay in seconds: ``retry-after-ms`` first, then ``retry-after``."""
+    millis = headers.get("retry-after-ms")
+    if millis is not None:
+        seconds = _float(millis)
+        if seconds is not None:
+            return seconds / 1000
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    seconds = _float(value)
+    if seconds is not None:
+        return seconds
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, (when - (now or dt.datetime.now(dt.UTC))).total_seconds())
+
+
+def _float(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def _int(text: str | None) -> int | None:
+    value = _float(text) if text is not None else None
+    return int(value) if value is not None else None
+
+
+def _duration(text: str | None) -> float | None:
+    return parse_duration(text) if text is not None else None
