@@ -11,7 +11,10 @@ import pytest
 from botocore.exceptions import ClientError
 from typer.testing import CliRunner, Result
 
-from chatbatch.cli import app as cli
+from chatbatch.cli import admin
+from chatbatch.cli.app import app
+from chatbatch.cli.status import batch_status
+from chatbatch.cli.submit import MAX_SHOWN_ERRORS
 from chatbatch.state.batches import BatchInfo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,7 +23,7 @@ runner = CliRunner()
 
 
 def invoke(*args: str, code: int) -> Result:
-    result = runner.invoke(cli.app, [*args, "--config", CONFIG])
+    result = runner.invoke(app, [*args, "--config", CONFIG])
     assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
     return result
 
@@ -55,7 +58,7 @@ def no_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def test_a_missing_file_or_a_bad_batch_id_is_a_usage_error(tmp_path: Path) -> None:
     assert "no such file" in one_line(invoke("submit", str(tmp_path / "nope.jsonl"), code=2))
     assert "--batch-id" in one_line(invoke("submit", CONFIG, "--batch-id", "a/b", code=2))
-    bad = runner.invoke(cli.app, ["status", "--config", str(tmp_path / "none.toml")])
+    bad = runner.invoke(app, ["status", "--config", str(tmp_path / "none.toml")])
     assert bad.exit_code == 2 and "config file not found" in one_line(bad)
 
 
@@ -69,7 +72,7 @@ def test_every_invalid_line_is_listed_up_to_a_cap(tmp_path: Path, no_aws: None) 
     err = result.stderr.splitlines()
     listed = [line for line in err if line.startswith("line ")]
     assert listed[0].startswith("line 1, job 'x0': temperature: must be at most 2")
-    assert len(listed) == cli.MAX_SHOWN_ERRORS and listed[-1].startswith("line 100,")
+    assert len(listed) == MAX_SHOWN_ERRORS and listed[-1].startswith("line 100,")
     assert "... and 30 more invalid line(s)" in err
     assert err[-1] == (
         f"error: {path}: 130 invalid line(s) of 130; nothing was sent (fix them, or pass "
@@ -127,15 +130,15 @@ def test_expired_credentials_and_debug(monkeypatch: pytest.MonkeyPatch) -> None:
         {"Error": {"Code": "ExpiredToken", "Message": "The security token has expired"}},
         "DescribeStacks",
     )
-    monkeypatch.setattr(cli, "connect", raising(expired))
+    monkeypatch.setattr(admin, "connect", raising(expired))
     message = one_line(invoke("cancel", "b1", code=1))
     assert "credentials have expired (ExpiredToken)" in message and "aws sso login" in message
-    debug = runner.invoke(cli.app, ["--debug", "cancel", "b1", "--config", CONFIG])
+    debug = runner.invoke(app, ["--debug", "cancel", "b1", "--config", CONFIG])
     assert debug.exit_code == 1 and debug.exception is expired
 
 
 def test_an_unexpected_error_points_at_debug(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "connect", raising(RuntimeError("boom")))
+    monkeypatch.setattr(admin, "connect", raising(RuntimeError("boom")))
     message = one_line(invoke("redrive", code=1))
     assert (
         message == "error: unexpected RuntimeError: boom (run `chatbatch --debug ...` for details)"
@@ -143,9 +146,9 @@ def test_an_unexpected_error_points_at_debug(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_local_simulator_takes_the_simulators_own_options() -> None:
-    result = runner.invoke(cli.app, ["local", "simulator", "--help"])
+    result = runner.invoke(app, ["local", "simulator", "--help"])
     assert result.exit_code == 0 and "--latency-ms" in result.stdout and "--fault" in result.stdout
-    bad = runner.invoke(cli.app, ["local", "simulator", "--fault", "teapot=1"])
+    bad = runner.invoke(app, ["local", "simulator", "--fault", "teapot=1"])
     assert bad.exit_code == 2
 
 
@@ -153,10 +156,10 @@ def test_batch_status_counts_speed_and_eta() -> None:
     info = BatchInfo(
         batch_id="b", total=100, succeeded=40, failed=6, cancelled_jobs=4, deferred=5, created=975.0
     )
-    status = cli.batch_status(info, in_flight=8, now=1000.0)
+    status = batch_status(info, in_flight=8, now=1000.0)
     assert (status.pending, status.running, status.queued) == (45, 8, 37)
     assert status.jobs_per_s == 2.0 and status.eta_s == 22.5 and not status.done
-    idle = cli.batch_status(
+    idle = batch_status(
         info.model_copy(update={"succeeded": 0, "failed": 0, "cancelled_jobs": 0}), 0, 1000.0
     )
     assert idle.jobs_per_s is None and idle.eta_s is None

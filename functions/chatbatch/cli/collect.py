@@ -1,0 +1,163 @@
+"""``chatbatch collect``: a batch's results (OpenAI Batch output lines) and errors, in
+input order when the batch has a manifest, streamed to files or stdout."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Annotated, Literal
+
+import typer
+from pydantic import BaseModel
+
+from chatbatch.cli.errors import EXIT_INCOMPLETE
+from chatbatch.cli.output import console, emit, progress_bar, warn
+from chatbatch.cli.params import BatchArg, ConfigOpt, JsonOpt, StackOpt, ThreadsOpt, find_batch
+from chatbatch.client.costs import in_order, list_keys
+from chatbatch.client.deployment import Deployment, connect
+from chatbatch.core.config import load_config
+from chatbatch.state.store import error_key, manifest_key, result_key
+
+
+class CollectReport(BaseModel):
+    batch_id: str
+    output: str
+    errors_file: str | None
+    source: Literal["manifest", "listing"]
+    results: int = 0
+    errors: int = 0
+    unfinished: int = 0
+
+
+Outcome = tuple[str | None, bool]  # (the stored line or None if unfinished, is a result)
+
+
+def _manifest(deployment: Deployment, batch_id: str) -> Iterator[str] | None:
+    """The batch's custom_ids in input order, streamed; None if it has no manifest."""
+    s3 = deployment.s3
+    try:
+        body = s3.get_object(Bucket=deployment.resources.bucket, Key=manifest_key(batch_id))
+    except s3.exceptions.NoSuchKey:
+        return None
+    return (json.loads(line) for line in body["Body"].iter_lines() if line.strip())
+
+
+def _outcomes_by_manifest(
+    deployment: Deployment, batch_id: str, ids: Iterable[str], threads: int
+) -> Iterator[Outcome]:
+    store = deployment.store
+
+    def outcome(custom_id: str) -> Outcome:
+        text = store.get_text(result_key(batch_id, custom_id))
+        if text is not None:
+            return text, True
+        return store.get_text(error_key(batch_id, custom_id)), False
+
+    return in_order(ids, outcome, threads)
+
+
+def _outcomes_by_listing(deployment: Deployment, batch_id: str, threads: int) -> Iterator[Outcome]:
+    """Jobs from other producers (no manifest): results, then errors of jobs without one."""
+    s3, bucket, store = deployment.s3, deployment.resources.bucket, deployment.store
+    succeeded: set[str] = set()
+
+    def results() -> Iterator[str]:
+        for key in list_keys(s3, bucket, f"results/{batch_id}/"):
+            succeeded.add(key.rsplit("/", 1)[-1])
+            yield key
+
+    def errors() -> Iterator[str]:
+        for key in list_keys(s3, bucket, f"errors/{batch_id}/"):
+            if key.rsplit("/", 1)[-1] not in succeeded:
+                yield key
+
+    for text in in_order(results(), store.get_text, threads):
+        yield text, True
+    for text in in_order(errors(), store.get_text, threads):
+        yield text, False
+
+
+@contextmanager
+def _writer(path: Path | None, fallback: IO[str] | None = None) -> Iterator[IO[str]]:
+    if path is None and fallback is not None:
+        yield fallback
+    elif path is None or str(path) == "-":
+        yield typer.get_text_stream("stdout")
+    else:
+        with path.open("w", encoding="utf-8") as handle:
+            yield handle
+
+
+def collect(
+    batch: BatchArg,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="results JSONL ('-': stdout)")
+    ] = Path("results.jsonl"),
+    errors: Annotated[
+        Path | None,
+        typer.Option("--errors", help="error lines go here (default: with the results)"),
+    ] = None,
+    threads: ThreadsOpt = 16,
+    stack: StackOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a batch's results (OpenAI Batch output lines) in input order, as they are read.
+
+    Exit code 3 when some jobs have not finished yet (run collect again later).
+    """
+    deployment = connect(load_config(config), stack)
+    info = deployment.batches.get(batch)
+    ids = _manifest(deployment, batch)
+    if info is None and ids is None:
+        find_batch(deployment, batch)  # raises: unknown batch
+    report = CollectReport(
+        batch_id=batch,
+        output=str(output),
+        errors_file=str(errors) if errors else None,
+        source="manifest" if ids is not None else "listing",
+    )
+    outcomes = (
+        _outcomes_by_manifest(deployment, batch, ids, threads)
+        if ids is not None
+        else _outcomes_by_listing(deployment, batch, threads)
+    )
+    total = info.total if info else None
+    with (
+        _writer(output) as results,
+        _writer(errors, results) as failures,
+        progress_bar(as_json or str(output) == "-") as progress,
+    ):
+        task = progress.add_task("collecting", total=total)
+        for text, ok in outcomes:
+            progress.advance(task)
+            if text is None:
+                report.unfinished += 1
+                continue
+            (results if ok else failures).write(text.rstrip("\n") + "\n")
+            report.results += ok
+            report.errors += not ok
+    if report.source == "listing" and total is not None:
+        report.unfinished = max(0, total - report.results - report.errors)
+    _finish_collect(report, as_json)
+
+
+def _finish_collect(report: CollectReport, as_json: bool) -> None:
+    if as_json:
+        emit(report)
+    else:
+        where = f" and {report.errors_file}" if report.errors_file else ""
+        console.print(
+            f"{report.results} results and {report.errors} errors written to "
+            f"{report.output}{where}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if report.unfinished:
+        warn(
+            f"{report.unfinished} job(s) of batch {report.batch_id} have not finished yet "
+            "(queued, running or deferred): run collect again later"
+        )
+        raise typer.Exit(EXIT_INCOMPLETE)

@@ -1,0 +1,135 @@
+"""``chatbatch costs``: totals from the cost records, grouped, compared across models,
+projected to a year and charted."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import BaseModel
+from rich.progress import TextColumn
+from rich.table import Table
+
+from chatbatch.cli.output import console, emit, out, progress_bar, usd
+from chatbatch.cli.params import ConfigOpt, JsonOpt, StackOpt, ThreadsOpt, find_batch
+from chatbatch.client.costs import Comparison, CostReport, GroupBy, draw_chart, load_report
+from chatbatch.client.deployment import connect
+from chatbatch.core.config import load_config
+
+
+class CostsOutput(BaseModel):
+    batch: str | None
+    since: dt.date | None
+    by: GroupBy
+    days: int
+    jobs: int
+    total_usd: Decimal
+    daily_usd: Decimal
+    annual_usd: Decimal
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    groups: dict[str, Any]
+    compare: list[Comparison] | None = None
+    chart: str | None = None
+
+
+def _costs_output(
+    report: CostReport, batch: str | None, comparison: list[Comparison] | None, chart: Path | None
+) -> CostsOutput:
+    total = report.total
+    days = report.days
+    return CostsOutput(
+        batch=batch,
+        since=report.since,
+        by=report.by,
+        days=days,
+        jobs=total.jobs,
+        total_usd=total.cost_usd,
+        daily_usd=total.cost_usd / days if days else Decimal(0),
+        annual_usd=report.annual(total.cost_usd),
+        prompt_tokens=total.prompt_tokens,
+        cached_tokens=total.cached_tokens,
+        completion_tokens=total.completion_tokens,
+        groups={k: v.model_dump() for k, v in sorted(report.groups.items())},
+        compare=comparison,
+        chart=str(chart) if chart else None,
+    )
+
+
+def _costs_tables(result: CostsOutput) -> None:
+    table = Table(
+        title=f"costs by {result.by.value}" + (f", batch {result.batch}" if result.batch else "")
+    )
+    for name in (result.by.value, "jobs", "prompt (cached)", "completion", "USD"):
+        table.add_column(name, justify="left" if name == result.by.value else "right")
+    for name, group in result.groups.items():
+        table.add_row(
+            name,
+            str(group["jobs"]),
+            f"{group['prompt_tokens']} ({group['cached_tokens']})",
+            str(group["completion_tokens"]),
+            usd(group["cost_usd"]),
+        )
+    table.caption = (
+        f"total {usd(result.total_usd)} over {result.days} day(s): "
+        f"{usd(result.daily_usd)}/day, {usd(result.annual_usd)}/year at this rate"
+    )
+    out.print(table)
+    if result.compare:
+        compare = Table(title="the same token usage on every model")
+        for name in ("model", "USD", "per year", "x actual"):
+            compare.add_column(name, justify="left" if name == "model" else "right")
+        for row in result.compare:
+            ratio = f"{row.ratio:.2f}" if row.ratio is not None else "-"
+            compare.add_row(row.model, usd(row.cost_usd), usd(row.annual_usd), ratio)
+        out.print(compare)
+
+
+def costs(
+    batch: Annotated[str | None, typer.Option(help="only this batch")] = None,
+    since: Annotated[
+        dt.datetime | None,
+        typer.Option(formats=["%Y-%m-%d"], help="first UTC day (default: all days)"),
+    ] = None,
+    by: Annotated[GroupBy, typer.Option(help="group the totals by")] = GroupBy.model,
+    compare: Annotated[
+        bool, typer.Option("--compare", help="price the same usage on every model; project a year")
+    ] = False,
+    chart: Annotated[
+        Path | None, typer.Option(help="draw a PNG: cost per day by model (+ the comparison)")
+    ] = None,
+    threads: ThreadsOpt = 16,
+    stack: StackOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Cost totals from the cost records (one per finished job), grouped, compared, charted."""
+    cfg = load_config(config)
+    deployment = connect(cfg, stack)
+    with progress_bar(as_json, TextColumn("{task.completed} records")) as progress:
+        task = progress.add_task("reading cost records", total=None)
+        report = load_report(
+            deployment.s3,
+            deployment.resources.bucket,
+            since=since.date() if since else None,
+            batch=batch,
+            by=by,
+            threads=threads,
+            on_record=lambda _: progress.advance(task),
+        )
+    if batch and not report.total.jobs and deployment.batches.get(batch) is None:
+        find_batch(deployment, batch)  # raises: unknown batch
+    comparison = report.compare(cfg) if compare else None
+    if chart:
+        draw_chart(report, comparison or [], chart)
+    result = _costs_output(report, batch, comparison, chart)
+    if as_json:
+        emit(result)
+        return
+    _costs_tables(result)
+    if chart:
+        console.print(f"chart written to {chart}", highlight=False)

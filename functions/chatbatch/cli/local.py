@@ -1,0 +1,235 @@
+"""``chatbatch local run | up | simulator``: the whole pipeline on this machine (moto for
+AWS, the provider simulator or a real API URL for the chat API); see ``chatbatch.local``.
+
+``chatbatch.local`` is imported inside the commands, so the other commands never load
+moto or the simulator.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import BaseModel
+from rich.table import Table
+
+from chatbatch.cli.errors import EXIT_USAGE, CliError
+from chatbatch.cli.output import console, emit, out, progress_bar
+from chatbatch.cli.params import ConfigOpt
+from chatbatch.core.config import Priority
+from chatbatch.state.batches import BatchInfo
+
+ProviderUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="a real OpenAI-compatible /v1 URL instead of the simulator "
+        "(key from CHATBATCH_API_KEY, else OPENAI_API_KEY)"
+    ),
+]
+RpmOpt = Annotated[int | None, typer.Option(help="requests/min for every model")]
+TpmOpt = Annotated[int | None, typer.Option(help="tokens/min for every model")]
+BudgetOpt = Annotated[float | None, typer.Option(help="daily budget in USD")]
+ConcurrencyOpt = Annotated[int | None, typer.Option(help="max concurrent workers per priority")]
+SeedOpt = Annotated[int, typer.Option(help="seed of the simulator's faults")]
+LatencyOpt = Annotated[float, typer.Option(help="simulator latency")]
+FaultsOpt = Annotated[
+    str | None,
+    typer.Option(help='simulator fault rates as JSON, e.g. \'{"500": 0.05, "reset": 0.02}\''),
+]
+
+
+def _local_options(
+    *,
+    sim_latency_ms: float,
+    sim_faults: str | None,
+    seed: int,
+    budget_usd: float | None,
+    sim_rpm: int | None = None,
+    sim_tpm: int | None = None,
+    **options: Any,
+) -> Any:
+    from chatbatch.local.runtime import LocalOptions
+    from chatbatch.local.simulator import SimulatorSettings
+
+    try:
+        faults = json.loads(sim_faults) if sim_faults else {}
+        settings = SimulatorSettings(
+            latency_ms=sim_latency_ms, rpm=sim_rpm, tpm=sim_tpm, fault_rates=faults, seed=seed
+        )
+    except ValueError as err:
+        raise CliError(f"--sim-*: {err}", EXIT_USAGE) from None
+    budget = Decimal(str(budget_usd)) if budget_usd is not None else None
+    return LocalOptions(seed=seed, simulator=settings, budget_usd=budget, **options)
+
+
+def local_run(
+    jobs: Annotated[Path, typer.Argument(help="JSONL file of jobs")],
+    out_dir: Annotated[Path, typer.Option("--out", help="directory for the outputs")] = Path("out"),
+    provider_url: ProviderUrlOpt = None,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
+    budget_usd: BudgetOpt = None,
+    priority: Annotated[
+        Priority | None, typer.Option(help="priority of lines that name none")
+    ] = None,
+    concurrency: ConcurrencyOpt = None,
+    config: ConfigOpt = None,
+    seed: SeedOpt = 0,
+    sim_latency_ms: LatencyOpt = 0.0,
+    sim_rpm: Annotated[int | None, typer.Option(help="simulator's own requests/min")] = None,
+    sim_tpm: Annotated[int | None, typer.Option(help="simulator's own tokens/min")] = None,
+    sim_faults: FaultsOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print summary.json")] = False,
+) -> None:
+    """Run JOBS through the local pipeline; write results, errors, costs and a summary to --out.
+
+    Outputs: OUT/results.jsonl (input order), OUT/errors.jsonl, OUT/costs.jsonl,
+    OUT/summary.json, and the worker's JSON logs in OUT/worker.log.
+    """
+    from chatbatch.local.runtime import LocalRuntime
+
+    if not jobs.is_file():
+        raise CliError(f"{jobs}: no such file; give the path of a JSONL jobs file", EXIT_USAGE)
+    options = _local_options(
+        config_path=config,
+        provider_url=provider_url,
+        rpm=rpm,
+        tpm=tpm,
+        budget_usd=budget_usd,
+        priority=priority,
+        concurrency=concurrency,
+        seed=seed,
+        sim_latency_ms=sim_latency_ms,
+        sim_rpm=sim_rpm,
+        sim_tpm=sim_tpm,
+        sim_faults=sim_faults,
+        log_file=out_dir / "worker.log",
+    )
+    with LocalRuntime(options) as runtime, progress_bar(as_json) as progress:
+        task = progress.add_task("jobs", total=None)
+
+        def show(info: BatchInfo, total: int) -> None:
+            progress.update(task, total=total, completed=info.finished + info.deferred)
+
+        summary = runtime.run(jobs, out_dir, on_progress=show)
+    if as_json:
+        emit(summary)
+        return
+    table = Table(title=f"chatbatch local run: {jobs} -> {out_dir}/")
+    table.add_column("", style="bold")
+    table.add_column("value", justify="right")
+    for key, value in summary.model_dump(exclude={"aws_requests"}).items():
+        table.add_row(key, str(value))
+    out.print(table)
+
+
+class LocalUp(BaseModel):
+    stack: str
+    endpoint: str
+    simulator: str | None
+    env: dict[str, str]
+
+
+def local_up(
+    port: Annotated[int, typer.Option(help="moto's port (0: any free port)")] = 4566,
+    provider_url: ProviderUrlOpt = None,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
+    budget_usd: BudgetOpt = None,
+    concurrency: ConcurrencyOpt = None,
+    config: ConfigOpt = None,
+    seed: SeedOpt = 0,
+    sim_latency_ms: LatencyOpt = 0.0,
+    sim_faults: FaultsOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the endpoint and environment as JSON")
+    ] = False,
+) -> None:
+    """Serve the local pipeline to other terminals until Ctrl-C.
+
+    moto's server stands in for AWS, the simulator for the chat API, and emulated Lambda
+    workers consume the queues. The config's stack is registered in moto, so every other
+    command finds it once the printed environment is exported.
+    """
+    from chatbatch.local.aws import FAKE_CREDENTIALS
+    from chatbatch.local.runtime import LocalRuntime
+
+    options = _local_options(
+        config_path=config,
+        provider_url=provider_url,
+        rpm=rpm,
+        tpm=tpm,
+        budget_usd=budget_usd,
+        concurrency=concurrency,
+        seed=seed,
+        sim_latency_ms=sim_latency_ms,
+        sim_faults=sim_faults,
+        server=True,
+        port=port,
+    )
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
+    with LocalRuntime(options) as runtime:
+        runtime.register_stack()
+        env = {"AWS_ENDPOINT_URL": runtime.endpoint or ""} | FAKE_CREDENTIALS
+        env.pop("AWS_DEFAULT_REGION", None)
+        up = LocalUp(
+            stack=runtime.config.stack_name,
+            endpoint=runtime.endpoint or "",
+            simulator=runtime.simulator.base_url if runtime.simulator else None,
+            env=env,
+        )
+        _announce(up, config, as_json)
+        _wait_for_stop()
+    console.print("stopped; the local state is gone with it")
+
+
+def _wait_for_stop() -> None:
+    """Block until Ctrl-C or SIGTERM (also when started in the background, where a shell
+    may have set SIGINT to be ignored)."""
+    stop = threading.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in signals}
+    try:
+        stop.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _announce(up: LocalUp, config: Path | None, as_json: bool) -> None:
+    if as_json:
+        typer.echo(up.model_dump_json())
+        return
+    console.print(
+        f"chatbatch local runtime up: stack [bold]{up.stack}[/bold] at {up.endpoint}, "
+        f"chat API {up.simulator or 'your --provider-url'}. In another terminal:",
+        highlight=False,
+        soft_wrap=True,
+    )
+    typer.echo("\n".join(f"export {name}={value}" for name, value in up.env.items()))
+    option = f" --config {config}" if config else ""
+    console.print(
+        f"then e.g. `chatbatch submit jobs.jsonl{option}` and `chatbatch status{option}`. "
+        "Ctrl-C stops it (its state lives in memory and goes with it).",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def local_simulator(ctx: typer.Context) -> None:
+    """Run the provider simulator (an OpenAI-compatible chat API) in the foreground.
+
+    Options: --port N (0: any free), --host, --api-key, --model ID, --rpm, --tpm,
+    --latency-ms, --per-token-ms, --answer-tokens, --seed, --fault KIND=RATE, --hang-s,
+    --outage-at-s, --outage-s (`chatbatch local simulator --help` lists them).
+    """
+    from chatbatch.local.simulator import parse_args, serve
+
+    settings, host, port = parse_args(ctx.args)
+    serve(settings, host, port)

@@ -1,0 +1,226 @@
+"""``chatbatch submit``: validate a JSONL file, register the batch, send its jobs.
+
+The planning and sending are ``chatbatch.client.submit``'s; this module shows the plan,
+the invalid lines (up to ``MAX_SHOWN_ERRORS``) and the outcome.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+from pydantic import BaseModel
+from rich.markup import escape
+from rich.progress import DownloadColumn
+from rich.table import Table
+
+from chatbatch.cli.errors import EXIT_USAGE, CliError
+from chatbatch.cli.output import console, duration, emit, out, progress_bar, say, usd, warn
+from chatbatch.cli.params import ConfigOpt, JsonOpt, StackOpt
+from chatbatch.client.deployment import Deployment, connect
+from chatbatch.client.submit import (
+    Plan,
+    Sender,
+    checksum_batch_id,
+    plan_file,
+    register,
+    send_file,
+    write_manifest,
+)
+from chatbatch.core.config import Config, Priority, load_config
+from chatbatch.core.jobs import BATCH_ID_PATTERN
+from chatbatch.core.pricing import to_nanos
+from chatbatch.state.batches import BatchInfo
+
+MAX_SHOWN_ERRORS = 100
+
+
+class SubmitReport(BaseModel):
+    batch_id: str
+    file: str
+    status: Literal["dry_run", "invalid", "already_submitted", "sent"]
+    lines: int
+    valid: int
+    invalid: int
+    errors: list[str]
+    by_priority: dict[str, int]
+    by_model: dict[str, int]
+    worst_case_usd: Decimal
+    estimate_s: float
+    checksum: str
+    budget_usd: Decimal | None = None
+    sent: int = 0
+
+
+def _report(plan: Plan, path: Path, config: Config, status: str, **extra: Any) -> SubmitReport:
+    return SubmitReport.model_validate(
+        {
+            "batch_id": plan.batch_id,
+            "file": str(path),
+            "status": status,
+            "lines": plan.lines,
+            "valid": plan.valid,
+            "invalid": plan.invalid,
+            "errors": [str(e) for e in plan.errors],
+            "by_priority": {p.value: n for p, n in sorted(plan.by_priority.items())},
+            "by_model": dict(sorted(plan.by_model.items())),
+            "worst_case_usd": plan.worst_case_usd,
+            "estimate_s": round(plan.estimate_s(config), 1),
+            "checksum": plan.checksum,
+            **extra,
+        }
+    )
+
+
+def _plan(
+    path: Path, config: Config, batch_id: str | None, priority: Priority, quiet: bool
+) -> Plan:
+    if not path.is_file():
+        raise CliError(f"{path}: no such file; give the path of a JSONL jobs file", EXIT_USAGE)
+    if batch_id is not None and not re.fullmatch(BATCH_ID_PATTERN, batch_id):
+        raise CliError(
+            f"--batch-id {batch_id!r}: use 1-64 letters, digits, '.', '_' or '-'", EXIT_USAGE
+        )
+    with progress_bar(quiet, DownloadColumn()) as progress:
+        task = progress.add_task("validating", total=path.stat().st_size)
+        plan = plan_file(
+            path,
+            config,
+            batch_id or "",
+            priority,
+            on_bytes=lambda n: progress.advance(task, n),
+        )
+    plan.batch_id = batch_id or checksum_batch_id(plan.checksum)
+    return plan
+
+
+def _show_plan(report: SubmitReport) -> None:
+    table = Table(title=f"batch {report.batch_id}: {report.valid} jobs from {report.file}")
+    table.add_column("priority / model")
+    table.add_column("jobs", justify="right")
+    for name, count in report.by_priority.items():
+        table.add_row(f"priority {name}", str(count))
+    for name, count in report.by_model.items():
+        table.add_row(f"model {name}", str(count))
+    out.print(table)
+    say(
+        f"worst-case cost {usd(report.worst_case_usd)}; at least "
+        f"{duration(report.estimate_s)} at the configured rate limits"
+    )
+
+
+def _show_invalid(plan: Plan) -> None:
+    for err in plan.errors[:MAX_SHOWN_ERRORS]:
+        console.print(escape(str(err)), soft_wrap=True, highlight=False)
+    more = plan.invalid - min(len(plan.errors), MAX_SHOWN_ERRORS)
+    if more:
+        console.print(f"... and {more} more invalid line(s)", highlight=False)
+
+
+def _already_submitted(
+    deployment: Deployment, plan: Plan, resend: bool, as_json: bool
+) -> BatchInfo | None:
+    """The registered batch of this id, if sending again would be wrong or pointless."""
+    info = deployment.batches.get(plan.batch_id)
+    if info is None or resend:
+        return None
+    if info.checksum and info.checksum != plan.checksum:
+        raise CliError(
+            f"batch {plan.batch_id!r} was submitted from another file (checksum "
+            f"{info.checksum[:12]}, this file {plan.checksum[:12]}): choose another --batch-id"
+        )
+    if not as_json:
+        warn(
+            f"batch {plan.batch_id!r} was already submitted from this file: nothing sent "
+            "(pass --resend to send it again; finished jobs are skipped, not paid twice)"
+        )
+    return info
+
+
+def _send(deployment: Deployment, path: Path, plan: Plan, quiet: bool) -> int:
+    sender = Sender(deployment.sqs, deployment.store, deployment.resources)
+    with progress_bar(quiet) as progress:
+        task = progress.add_task("sending", total=plan.valid)
+        return send_file(
+            path,
+            deployment.config,
+            plan,
+            sender,
+            on_sent=lambda n: progress.advance(task, n),
+        )
+
+
+def submit(
+    file: Annotated[Path, typer.Argument(help="JSONL file of jobs", show_default=False)],
+    priority: Annotated[
+        Priority | None,
+        typer.Option(help="priority of lines that name none (default: the config's)"),
+    ] = None,
+    batch_id: Annotated[
+        str | None, typer.Option(help="batch id (default: derived from the file's checksum)")
+    ] = None,
+    budget_usd: Annotated[
+        float | None, typer.Option(min=0, help="spend limit of this batch, USD")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="validate and estimate; send nothing")
+    ] = False,
+    skip_invalid: Annotated[
+        bool, typer.Option("--skip-invalid", help="send the valid lines even if some are invalid")
+    ] = False,
+    resend: Annotated[
+        bool, typer.Option("--resend", help="send again a batch already submitted from this file")
+    ] = False,
+    stack: StackOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Validate FILE, register the batch and send its jobs to the priority queues.
+
+    Every line is checked first; if any is invalid, every error is listed with its line
+    number and nothing is sent (unless --skip-invalid).
+    """
+    cfg = load_config(config)
+    plan = _plan(file, cfg, batch_id, priority or cfg.defaults.priority, as_json)
+    budget = Decimal(str(budget_usd)) if budget_usd is not None else None
+    report = _report(plan, file, cfg, "dry_run", budget_usd=budget)
+    if plan.invalid and not as_json:
+        _show_invalid(plan)
+    if plan.invalid and not skip_invalid:
+        if as_json:
+            emit(report.model_copy(update={"status": "invalid"}))
+        raise CliError(
+            f"{file}: {plan.invalid} invalid line(s) of {plan.lines}; nothing was sent "
+            "(fix them, or pass --skip-invalid to send the valid ones)"
+        )
+    if not plan.valid:
+        raise CliError(f"{file}: no valid job to send")
+    if dry_run:
+        _finish_submit(report, as_json)
+        return
+    deployment = connect(cfg, stack)
+    if _already_submitted(deployment, plan, resend, as_json):
+        _finish_submit(report.model_copy(update={"status": "already_submitted"}), as_json)
+        return
+    register(plan, deployment.batches, to_nanos(budget) if budget is not None else None)
+    write_manifest(file, cfg, plan.batch_id, deployment.store)
+    sent = _send(deployment, file, plan, as_json)
+    _finish_submit(report.model_copy(update={"status": "sent", "sent": sent}), as_json)
+
+
+def _finish_submit(report: SubmitReport, as_json: bool) -> None:
+    if as_json:
+        emit(report)
+        return
+    _show_plan(report)
+    if report.status == "sent":
+        say(
+            f"sent {report.sent} jobs as batch [bold]{report.batch_id}[/bold]; follow it with "
+            f"`chatbatch status {report.batch_id} --watch`, then "
+            f"`chatbatch collect {report.batch_id} -o results.jsonl`"
+        )
+    elif report.status == "dry_run":
+        say(f"dry run: nothing sent (batch id {report.batch_id})")
