@@ -1,0 +1,62 @@
+"""An OpenAI-compatible chat API on loopback that answers deterministically and misbehaves
+on purpose.
+
+It is the embedded default's provider (no key, no network) and the adversary of the tests,
+demo and benchmarks. Endpoints (``/v1`` is optional):
+
+- ``POST /v1/chat/completions``, streamed or not, validated like the real API: 400 with
+  ``{"error": {"message", "type", "param", "code"}}`` for a bad body, 401 for a missing or
+  wrong key (when ``api_key`` is set), 404 for an unknown model.
+- ``GET /v1/models``, ``GET /health``, ``GET /stats`` (``Stats`` as JSON).
+- ``POST /admin/faults`` ``{"faults": ["503", {"kind": "429", "retry_after_s": 2}]}``
+  (applied to the next chat requests, in order), ``POST /admin/outage`` ``{"seconds": N}``,
+  ``POST /admin/settings`` (any ``SimulatorSettings`` keys), ``POST /admin/reset``.
+
+Answers are derived from the messages (``answer_for``): ``sim:<sha256 of the messages>``,
+the first words of the last user message, then filler up to ``answer_tokens``, cut at
+``max_tokens``. Tokens are counted by ``count_tokens`` (``\\w+|[^\\w\\s]``), each message
+adding 4 and each request 3. A prompt prefix (leading messages) seen before for the model
+is cached, reported the OpenAI way (``prompt_tokens_details.cached_tokens``) and the
+DeepSeek way (``prompt_cache_hit_tokens`` / ``prompt_cache_miss_tokens``).
+
+Requests and tokens per minute are limited per model over a rolling 60 s window (429 with
+``retry-after``, ``retry-after-ms``); every chat response carries ``x-ratelimit-*``.
+Faults (seeded probabilities or injected): 500, 503, 429, connection reset, hang past the
+client's timeout, truncated body or stream (no ``[DONE]``), corrupt SSE chunk, and a timed
+outage (every request 503).
+
+Stats count completions *delivered whole*, per distinct request body (``duplicates`` are
+completions beyond the first of the same body: work paid for twice); a faulted response
+is not billed.
+
+The server is the standard library's asyncio streams with a small HTTP/1.1 keep-alive
+parser: run it in-process with ``Simulator`` (a background thread) or in the foreground
+with ``serve`` / ``python -m chatbatch.local.simulator``.
+
+The package, one idea a module: ``settings`` (how it behaves, the fault kinds), ``api``
+(what the chat API accepts and refuses), ``answers`` (tokens, answers, usage, the body and
+SSE shapes), ``windows`` (rolling 60 s windows, header forms of a wait), ``stats`` (what it
+counts), ``engine`` (requests in, replies out, no I/O), ``server`` (HTTP/1.1 over asyncio),
+``background`` (``Simulator`` on a thread), ``command`` (``parse_args``, ``serve``).
+The names importers use are re-exported here.
+"""
+
+from chatbatch.local.simulator.answers import answer_for, count_tokens
+from chatbatch.local.simulator.background import Simulator
+from chatbatch.local.simulator.command import parse_args, serve
+from chatbatch.local.simulator.engine import Engine
+from chatbatch.local.simulator.settings import Fault, FaultKind, SimulatorSettings
+from chatbatch.local.simulator.stats import Stats
+
+__all__ = [
+    "Engine",
+    "Fault",
+    "FaultKind",
+    "Simulator",
+    "SimulatorSettings",
+    "Stats",
+    "answer_for",
+    "count_tokens",
+    "parse_args",
+    "serve",
+]

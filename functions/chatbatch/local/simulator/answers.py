@@ -1,0 +1,133 @@
+"""What the simulator answers: tokens counted, the deterministic answer to a conversation,
+usage with cached prompt prefixes, and a completion's JSON body and SSE frames."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+TOKEN_RE = re.compile(r"\w+|[^\w\s]")
+MESSAGE_OVERHEAD_TOKENS = 4
+REQUEST_OVERHEAD_TOKENS = 3
+ECHO_WORDS = 8
+FILLER_TEXT = (
+    "the answer follows from the question as asked and nothing more is needed to see why "
+    "each part fits with the rest of it so we stop here"
+)
+FILLER = tuple(FILLER_TEXT.split())
+
+
+def count_tokens(text: str) -> int:
+    return len(TOKEN_RE.findall(text))
+
+
+def _content(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    return content if isinstance(content, str) else ""
+
+
+def message_tokens(message: dict[str, Any]) -> int:
+    return MESSAGE_OVERHEAD_TOKENS + count_tokens(_content(message))
+
+
+def answer_for(
+    messages: Sequence[dict[str, Any]], max_tokens: int | None = None, answer_tokens: int = 24
+) -> tuple[str, int, str]:
+    """(content, completion tokens, finish reason) the simulator answers to ``messages``."""
+    canonical = json.dumps(list(messages), sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:12]
+    last_user = next((_content(m) for m in reversed(messages) if m.get("role") == "user"), "")
+    text = f"sim:{digest} " + " ".join(last_user.split()[:ECHO_WORDS])
+    words = [text.rstrip()]
+    tokens = count_tokens(words[0])
+    start = int(digest, 16)
+    while tokens < answer_tokens:
+        words.append(FILLER[(start + tokens) % len(FILLER)])
+        tokens += 1
+    content = " ".join(words)
+    if max_tokens is not None and tokens > max_tokens:
+        cut = list(TOKEN_RE.finditer(content))[max_tokens - 1].end()
+        return content[:cut], max_tokens, "length"
+    return content, tokens, "stop"
+
+
+def stream_pieces(content: str, tokens_per_piece: int) -> list[str]:
+    """``content`` split after every ``tokens_per_piece`` tokens; the pieces join back."""
+    ends = [m.end() for m in TOKEN_RE.finditer(content)][tokens_per_piece - 1 :: tokens_per_piece]
+    bounds = [0, *ends[:-1], len(content)] if ends else [0, len(content)]
+    return [content[a:b] for a, b in itertools.pairwise(bounds) if b > a]
+
+
+def usage_fields(prompt: int, cached: int, completion: int) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+        "prompt_cache_hit_tokens": cached,
+        "prompt_cache_miss_tokens": prompt - cached,
+    }
+
+
+def prefix_digests(messages: Sequence[dict[str, Any]]) -> list[bytes]:
+    running, digests = hashlib.sha256(), []
+    for message in messages:
+        running.update(json.dumps(message, sort_keys=True).encode())
+        digests.append(running.copy().digest()[:16])
+    return digests
+
+
+def request_key(body: dict[str, Any]) -> str:
+    """Identifies a request whatever its streaming mode: a retry of a job has the same key."""
+    stripped = {k: v for k, v in body.items() if k not in {"stream", "stream_options"}}
+    return hashlib.sha256(json.dumps(stripped, sort_keys=True).encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One completion, as a JSON body (``body``) or as SSE frames (``chunk``, ``usage_chunk``)."""
+
+    id: str
+    created: int
+    model: str
+    content: str
+    finish_reason: str
+    usage: dict[str, Any]
+
+    def head(self, kind: str) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": kind,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": "fp_chatbatch_sim",
+        }
+
+    def body(self) -> dict[str, Any]:
+        message = {"role": "assistant", "content": self.content}
+        choice = {"index": 0, "message": message, "logprobs": None}
+        choice["finish_reason"] = self.finish_reason
+        return self.head("chat.completion") | {"choices": [choice], "usage": self.usage}
+
+    def chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return _frame(self.head("chat.completion.chunk") | {"choices": [choice]})
+
+    def usage_chunk(self, null_choices: bool) -> bytes:
+        choices: list[Any] | None = None if null_choices else []
+        return _frame(
+            self.head("chat.completion.chunk") | {"choices": choices, "usage": self.usage}
+        )
+
+
+def _frame(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+KEEPALIVE_FRAME = b": keep-alive\n\n"
+DONE_FRAME = b"data: [DONE]\n\n"

@@ -1,0 +1,149 @@
+"""What the chat API accepts and refuses: the real API's rules and messages for a request
+body, and its error shape (``ApiError``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
+class ApiError(Exception):
+    """An error response in OpenAI's shape."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type = status, message, type
+        self.param, self.code, self.headers = param, code, headers or {}
+
+    def body(self) -> dict[str, Any]:
+        error = {"message": self.message, "type": self.type, "param": self.param}
+        return {"error": error | {"code": self.code}}
+
+
+def invalid(message: str, param: str | None, code: str | None = None) -> ApiError:
+    return ApiError(400, message, param=param, code=code)
+
+
+def _json_type(value: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a decimal", str: "a string"}
+    names |= {dict: "an object", list: "an array", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+# name -> (minimum, maximum, integer?)
+_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    "temperature": (0, 2, False),
+    "top_p": (0, 1, False),
+    "presence_penalty": (-2, 2, False),
+    "frequency_penalty": (-2, 2, False),
+    "max_tokens": (1, None, True),
+    "max_completion_tokens": (1, None, True),
+    "n": (1, 128, True),
+}
+
+
+def _check_number(
+    name: str, value: Any, low: float | None, high: float | None, integer: bool
+) -> None:
+    kind = "integer" if integer else "decimal"
+    if isinstance(value, bool) or not isinstance(value, int if integer else int | float):
+        raise invalid(
+            f"Invalid type for '{name}': expected {'an integer' if integer else 'a decimal'}, "
+            f"but got {_json_type(value)} instead.",
+            name,
+            "invalid_type",
+        )
+    if low is not None and value < low:
+        raise invalid(
+            f"Invalid '{name}': {kind} below minimum value. Expected a value >= {low:g}, "
+            f"but got {value} instead.",
+            name,
+            f"{kind}_below_min_value",
+        )
+    if high is not None and value > high:
+        raise invalid(
+            f"Invalid '{name}': {kind} above maximum value. Expected a value <= {high:g}, "
+            f"but got {value} instead.",
+            name,
+            f"{kind}_above_max_value",
+        )
+
+
+def _check_message(index: int, message: Any) -> None:
+    where = f"messages[{index}]"
+    if not isinstance(message, dict):
+        raise invalid(
+            f"Invalid type for '{where}': expected an object, but got {_json_type(message)} "
+            "instead.",
+            where,
+            "invalid_type",
+        )
+    role = message.get("role")
+    if role not in ROLES:
+        allowed = ", ".join(f"'{r}'" for r in ROLES)
+        raise invalid(
+            f"Invalid value: {json.dumps(role)}. Supported values are: {allowed}.",
+            f"{where}.role",
+            "invalid_value",
+        )
+    content = message.get("content")
+    if not isinstance(content, str) and not (role == "assistant" and content is None):
+        raise invalid(
+            f"Invalid type for '{where}.content': expected a string, but got "
+            f"{_json_type(content)} instead.",
+            f"{where}.content",
+            "invalid_type",
+        )
+
+
+def validate_request(body: Any) -> None:
+    """Raise ``ApiError`` (400) for a body the real API would refuse."""
+    if not isinstance(body, dict):
+        raise invalid("We could not parse the JSON body of your request.", None)
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        raise invalid("you must provide a model parameter", "model")
+    messages = body.get("messages")
+    if messages is None:
+        raise invalid(
+            "Missing required parameter: 'messages'.", "messages", "missing_required_parameter"
+        )
+    if not isinstance(messages, list) or not messages:
+        raise invalid(
+            "Invalid 'messages': expected a non-empty array of messages.",
+            "messages",
+            "empty_array" if isinstance(messages, list) else "invalid_type",
+        )
+    for index, message in enumerate(messages):
+        _check_message(index, message)
+    for name, (low, high, integer) in _RANGES.items():
+        if body.get(name) is not None:
+            _check_number(name, body[name], low, high, integer)
+    if "stream" in body and not isinstance(body["stream"], bool | None):
+        raise invalid("Invalid type for 'stream': expected a boolean.", "stream", "invalid_type")
+    if body.get("stream_options") is not None and not body.get("stream"):
+        raise invalid(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            "stream_options",
+            "invalid_value",
+        )
+
+
+def load_body(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        raise invalid(
+            "We could not parse the JSON body of your request. The API expects a JSON payload.",
+            None,
+        ) from None

@@ -1,0 +1,345 @@
+"""The engine: requests in, replies out (no I/O). Routing, auth, the rate limits, faults and
+outages, answers and their billing; the HTTP server only carries its ``Reply``."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from chatbatch.local.simulator.answers import (
+    DONE_FRAME,
+    KEEPALIVE_FRAME,
+    REQUEST_OVERHEAD_TOKENS,
+    Answer,
+    answer_for,
+    count_tokens,
+    message_tokens,
+    prefix_digests,
+    request_key,
+    stream_pieces,
+    usage_fields,
+)
+from chatbatch.local.simulator.api import ApiError, invalid, load_body, validate_request
+from chatbatch.local.simulator.settings import (
+    Fault,
+    FaultKind,
+    SimulatorSettings,
+    as_fault,
+    known_models,
+)
+from chatbatch.local.simulator.stats import Counters, Stats
+from chatbatch.local.simulator.windows import Limits, format_duration, retry_after_headers
+
+
+@dataclass
+class Reply:
+    """What to send. ``events`` (delay before, SSE frame) make a streamed body."""
+
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    events: list[tuple[float, bytes]] | None = None
+    delay_s: float = 0.0
+    drop: bool = False  # close the connection after delay_s instead of answering
+    reset: bool = False  # the close is a TCP reset
+    on_delivered: Callable[[], None] | None = None
+
+
+def _json_reply(status: int, payload: Any, headers: dict[str, str] | None = None) -> Reply:
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    return Reply(status, {"content-type": "application/json", **(headers or {})}, body)
+
+
+class Engine:
+    """The simulator's state and logic, driven by one event loop (not thread-safe)."""
+
+    def __init__(
+        self, settings: SimulatorSettings, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._clock = clock
+        self._started = clock()
+        self._script: deque[Fault] = deque()
+        self._outage: tuple[float, float] | None = None
+        self._serial = 0
+        self.apply(settings)
+        self.reset()
+
+    # -- admin ------------------------------------------------------------------------
+
+    def apply(self, settings: SimulatorSettings) -> None:
+        self.settings = settings
+        self._rng = random.Random(settings.seed)
+        self._models = known_models(settings)
+
+    def configure(self, changes: dict[str, Any]) -> SimulatorSettings:
+        data = self.settings.model_dump() | changes
+        self.apply(SimulatorSettings.model_validate(data))
+        return self.settings
+
+    def reset(self) -> None:
+        """Forget stats, rate-limit windows, cached prefixes, injected faults and outages."""
+        self._outage = None
+        self._counters = Counters()
+        self._limits: dict[str, Limits] = {}
+        self._seen: dict[str, set[bytes]] = {}
+        self._script.clear()
+
+    def inject(self, faults: Sequence[Fault]) -> None:
+        self._script.extend(faults)
+
+    def start_outage(self, seconds: float) -> None:
+        now = self._clock()
+        self._outage = (now, now + seconds)
+
+    def stats(self) -> Stats:
+        return self._counters.stats(uptime_s=round(self._clock() - self._started, 3))
+
+    # -- HTTP entry point -------------------------------------------------------------
+
+    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Reply:
+        route = path.split("?", 1)[0].rstrip("/").removeprefix("/v1") or "/"
+        chat = route == "/chat/completions"
+        try:
+            reply = self._route(method, route, headers, body)
+        except ApiError as err:
+            reply = _json_reply(err.status, err.body(), err.headers)
+        if chat:
+            self._counters.count_status(
+                "reset" if reply.reset else "hang" if reply.drop else reply.status
+            )
+        return reply
+
+    def _route(self, method: str, route: str, headers: dict[str, str], body: bytes) -> Reply:
+        if route == "/chat/completions" and method == "POST":
+            return self._chat(headers, body)
+        if route == "/models" and method == "GET":
+            return _json_reply(200, self._model_list())
+        if route == "/health" and method == "GET":
+            return _json_reply(200, {"status": "ok"})
+        if route == "/stats" and method == "GET":
+            return _json_reply(200, self.stats().model_dump())
+        if route.startswith("/admin/") and method == "POST":
+            self._authorize(headers)
+            return _json_reply(200, self._admin(route.removeprefix("/admin/"), load_body(body)))
+        raise ApiError(404, f"Unknown request URL: {method} {route}.", code="unknown_url")
+
+    def _admin(self, action: str, payload: Any) -> dict[str, Any]:
+        payload = payload if isinstance(payload, dict) else {}
+        try:
+            if action == "faults":
+                faults = [as_fault(f) for f in payload.get("faults") or []]
+                self.inject(faults)
+                return {"queued": len(self._script)}
+            if action == "outage":
+                self.start_outage(float(payload.get("seconds", 0)))
+                return {"outage_s": float(payload.get("seconds", 0))}
+            if action == "settings":
+                return self.configure(payload).model_dump(mode="json", exclude={"api_key"})
+            if action == "reset":
+                self.reset()
+                return {"reset": True}
+        except (ValidationError, ValueError, TypeError) as err:
+            raise invalid(str(err), None) from None
+        raise ApiError(404, f"Unknown admin action: {action}.", code="unknown_url")
+
+    def _model_list(self) -> dict[str, Any]:
+        data = [
+            {"id": m, "object": "model", "created": 0, "owned_by": "chatbatch-simulator"}
+            for m in sorted(self._models)
+        ]
+        return {"object": "list", "data": data}
+
+    # -- chat completions -------------------------------------------------------------
+
+    def _chat(self, headers: dict[str, str], raw: bytes) -> Reply:
+        now = self._clock()
+        self._counters.count_request(now)
+        self._authorize(headers)
+        body = load_body(raw)
+        validate_request(body)
+        model = body["model"]
+        if self._models and model not in self._models:
+            raise ApiError(
+                404,
+                f"The model `{model}` does not exist or you do not have access to it.",
+                code="model_not_found",
+            )
+        try:
+            reply = self._complete(body, model, now)
+        except ApiError as err:
+            err.headers = self._limit_headers(model, now) | err.headers
+            raise
+        reply.headers |= self._limit_headers(model, now)
+        return reply
+
+    def _complete(self, body: dict[str, Any], model: str, now: float) -> Reply:
+        if self._in_outage(now):
+            self._counters.count_fault("outage")
+            raise ApiError(503, "Service unavailable (simulated outage).", type="server_error")
+        messages = body["messages"]
+        prompt, cached = self._prompt_usage(model, messages)
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        content, completion, finish = answer_for(messages, max_tokens, self.settings.answer_tokens)
+        self._admit(model, now, prompt + completion)
+        self._seen.setdefault(model, set()).update(prefix_digests(messages))
+        fault = self._next_fault()
+        if fault is not None and fault.kind not in {FaultKind.truncate, FaultKind.corrupt}:
+            return self._fault_reply(fault)
+        self._serial += 1
+        key = request_key(body)
+        answer = Answer(
+            id=f"chatcmpl-{key[:20]}{self._serial:08x}",
+            created=int(time.time()),
+            model=model,
+            content=content,
+            finish_reason=finish,
+            usage=usage_fields(prompt, cached, completion),
+        )
+        damage = fault.kind if fault else None
+        stream_options = body.get("stream_options") or {}
+        if body.get("stream"):
+            reply = self._stream(answer, bool(stream_options.get("include_usage")), damage)
+        else:
+            reply = self._plain(answer, damage)
+        if damage is None:
+            reply.on_delivered = lambda: self._counters.bill(
+                self._clock(), key, prompt, cached, completion
+            )
+        return reply
+
+    def _plain(self, answer: Answer, damage: FaultKind | None) -> Reply:
+        reply = _json_reply(200, answer.body())
+        if damage is not None:
+            reply.body = reply.body[: len(reply.body) // 2]
+        tokens = answer.usage["completion_tokens"]
+        reply.delay_s = (self.settings.latency_ms + self.settings.per_token_ms * tokens) / 1000
+        return reply
+
+    def _stream(self, answer: Answer, include_usage: bool, damage: FaultKind | None) -> Reply:
+        s = self.settings
+        pieces = stream_pieces(answer.content, s.stream_chunk_tokens)
+        per_token_s = s.per_token_ms / 1000
+        content = [(per_token_s * count_tokens(p), answer.chunk({"content": p})) for p in pieces]
+        events = [(0.0, KEEPALIVE_FRAME)] if s.keepalive else []
+        events.append((0.0, answer.chunk({"role": "assistant", "content": ""})))
+        half = len(content) // 2
+        if damage is FaultKind.truncate:
+            events += content[:half]
+        else:
+            if damage is FaultKind.corrupt:
+                frame = content[half][1]
+                content.insert(half, (0.0, frame[: len(frame) // 2] + b"\n\n"))
+            events += content
+            events.append((0.0, answer.chunk({}, answer.finish_reason)))
+            if include_usage:
+                events.append((0.0, answer.usage_chunk(s.null_usage_choices)))
+            events.append((0.0, DONE_FRAME))
+        headers = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
+        return Reply(200, headers, events=events, delay_s=s.latency_ms / 1000)
+
+    def _prompt_usage(self, model: str, messages: list[dict[str, Any]]) -> tuple[int, int]:
+        """(prompt tokens, cached tokens): the longest leading run of messages seen before."""
+        sizes = [message_tokens(m) for m in messages]
+        seen = self._seen.get(model, set())
+        hits = [i for i, d in enumerate(prefix_digests(messages)) if d in seen]
+        cached = REQUEST_OVERHEAD_TOKENS + sum(sizes[: hits[-1] + 1]) if hits else 0
+        return REQUEST_OVERHEAD_TOKENS + sum(sizes), cached
+
+    # -- limits, faults, auth ---------------------------------------------------------
+
+    def _admit(self, model: str, now: float, tokens: int) -> None:
+        s, limits = self.settings, self._limits.setdefault(model, Limits())
+        checks = [("requests", "RPM", s.rpm, limits.requests, 1)]
+        checks.append(("tokens", "TPM", s.tpm, limits.tokens, tokens))
+        for kind, unit, limit, window, amount in checks:
+            wait = window.wait_s(now, limit - amount) if limit else 0.0
+            if wait > 0:
+                raise ApiError(
+                    429,
+                    f"Rate limit reached for {model} on {kind} per min ({unit}): "
+                    f"Limit {limit}, Used {window.total}, Requested {amount}. "
+                    f"Please try again in {format_duration(wait)}.",
+                    type=kind,
+                    code="rate_limit_exceeded",
+                    headers=retry_after_headers(wait),
+                )
+        limits.requests.add(now, 1)
+        limits.tokens.add(now, tokens)
+
+    def _limit_headers(self, model: str, now: float) -> dict[str, str]:
+        s, limits = self.settings, self._limits.setdefault(model, Limits())
+        headers = {}
+        for kind, limit, window in (
+            ("requests", s.rpm, limits.requests),
+            ("tokens", s.tpm, limits.tokens),
+        ):
+            if limit:
+                window.prune(now)
+                headers[f"x-ratelimit-limit-{kind}"] = str(limit)
+                headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, limit - window.total))
+                headers[f"x-ratelimit-reset-{kind}"] = format_duration(window.reset_s(now))
+        return headers
+
+    def _in_outage(self, now: float) -> bool:
+        s = self.settings
+        scheduled = s.outage_at_s is not None and (
+            0 <= now - self._started - s.outage_at_s < s.outage_s
+        )
+        return scheduled or (self._outage is not None and self._outage[0] <= now < self._outage[1])
+
+    def _next_fault(self) -> Fault | None:
+        fault = self._script.popleft() if self._script else self._random_fault()
+        if fault is not None:
+            self._counters.count_fault(fault.kind.value)
+        return fault
+
+    def _random_fault(self) -> Fault | None:
+        if not self.settings.fault_rates:
+            return None
+        draw = self._rng.random()
+        for kind, rate in self.settings.fault_rates.items():
+            if draw < rate:
+                return Fault(kind=kind)
+            draw -= rate
+        return None
+
+    def _fault_reply(self, fault: Fault) -> Reply:
+        if fault.kind is FaultKind.reset:
+            return Reply(0, drop=True, reset=True)
+        if fault.kind is FaultKind.hang:
+            return Reply(0, drop=True, delay_s=self.settings.hang_s)
+        headers = {}
+        if fault.retry_after_s is not None:
+            headers["retry-after"] = f"{fault.retry_after_s:g}"
+        if fault.retry_after_ms is not None:
+            headers["retry-after-ms"] = str(fault.retry_after_ms)
+        status, message, kind = {
+            FaultKind.rate_limited: (429, "Rate limit reached (injected).", "requests"),
+            FaultKind.error_500: (500, "The server had an error processing your request.", ""),
+            FaultKind.error_503: (503, "The engine is currently overloaded.", ""),
+        }[fault.kind]
+        raise ApiError(status, message, type=kind or "server_error", headers=headers)
+
+    def _authorize(self, headers: dict[str, str]) -> None:
+        key = self.settings.api_key
+        if key is None:
+            return
+        given = headers.get("authorization", "")
+        if not given:
+            raise ApiError(
+                401, "You didn't provide an API key in an Authorization header (Bearer KEY)."
+            )
+        if given != f"Bearer {key}":
+            raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+
+    # -- bookkeeping ------------------------------------------------------------------
+
+    def count_connection(self) -> None:
+        self._counters.connections += 1

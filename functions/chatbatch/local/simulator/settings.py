@@ -1,0 +1,79 @@
+"""How the simulator behaves: ``SimulatorSettings``, the fault kinds, and reading them from
+admin JSON and from chatbatch.toml (the model ids accepted)."""
+
+from __future__ import annotations
+
+import contextlib
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from chatbatch.core.config import ConfigError, load_config
+
+
+class FaultKind(StrEnum):
+    error_500 = "500"
+    error_503 = "503"
+    rate_limited = "429"
+    reset = "reset"
+    hang = "hang"
+    truncate = "truncate"
+    corrupt = "corrupt"
+
+
+class Fault(BaseModel):
+    """A fault for one coming chat request; ``retry_after_*`` become headers of a 429/503."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: FaultKind
+    retry_after_s: float | None = Field(default=None, ge=0)
+    retry_after_ms: int | None = Field(default=None, ge=0)
+
+
+Probability = Annotated[float, Field(ge=0, le=1)]
+
+
+class SimulatorSettings(BaseModel):
+    """How the simulator behaves. Every field can change at run time (``configure``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    api_key: str | None = Field(default=None, repr=False, description="None: no auth")
+    models: list[str] = Field(default_factory=list, description="accepted model ids")
+    config_models: bool = Field(default=True, description="also accept chatbatch.toml's ids")
+    rpm: int | None = Field(default=None, gt=0, description="requests per minute per model")
+    tpm: int | None = Field(default=None, gt=0, description="tokens per minute per model")
+    latency_ms: float = Field(default=0, ge=0, description="before the first byte")
+    per_token_ms: float = Field(default=0, ge=0, description="per output token")
+    answer_tokens: int = Field(default=24, ge=4, le=100_000)
+    seed: int = 0
+    fault_rates: dict[FaultKind, Probability] = Field(default_factory=dict)
+    hang_s: float = Field(default=30, gt=0, description="a hang lasts this long, then drops")
+    outage_at_s: float | None = Field(default=None, ge=0, description="after start")
+    outage_s: float = Field(default=0, ge=0)
+    keepalive: bool = Field(default=True, description="': keep-alive' opens each stream")
+    stream_chunk_tokens: int = Field(default=1, ge=1)
+    write_bytes: int | None = Field(default=None, ge=1, description="split stream writes")
+    null_usage_choices: bool = Field(default=False, description="usage chunk: choices null")
+
+    @model_validator(mode="after")
+    def _rates(self) -> SimulatorSettings:
+        total = sum(self.fault_rates.values())
+        if total > 1:
+            raise ValueError(f"fault_rates add up to {total:g}; at most 1 is allowed")
+        return self
+
+
+def as_fault(value: Any) -> Fault:
+    return Fault(kind=FaultKind(value)) if isinstance(value, str) else Fault.model_validate(value)
+
+
+def known_models(settings: SimulatorSettings) -> frozenset[str]:
+    """Accepted model ids; empty means any."""
+    ids = set(settings.models)
+    if settings.config_models:
+        with contextlib.suppress(ConfigError):
+            ids |= {m.model_id for m in load_config().models.values()}
+    return frozenset(ids)

@@ -1,0 +1,69 @@
+"""Rolling 60 s windows (the per-model rate limits and the busiest-minute stats), and the
+providers' header forms of a wait."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+WINDOW_S = 60.0
+
+
+class Window:
+    """Amounts seen in the last ``span_s`` seconds, with their running total."""
+
+    def __init__(self, span_s: float = WINDOW_S) -> None:
+        self.span_s = span_s
+        self.total = 0
+        self._events: deque[tuple[float, int]] = deque()
+
+    def prune(self, now: float) -> None:
+        while self._events and self._events[0][0] <= now - self.span_s:
+            self.total -= self._events.popleft()[1]
+
+    def add(self, now: float, amount: int = 1) -> None:
+        self.prune(now)
+        self._events.append((now, amount))
+        self.total += amount
+
+    def wait_s(self, now: float, room: int) -> float:
+        """Seconds until the total is at most ``room`` (0 if it already is)."""
+        self.prune(now)
+        excess = self.total - room
+        if excess <= 0:
+            return 0.0
+        if room < 0:
+            return self.span_s
+        for when, amount in self._events:
+            excess -= amount
+            if excess <= 0:
+                return when + self.span_s - now
+        return self.span_s
+
+    def reset_s(self, now: float) -> float:
+        self.prune(now)
+        return self._events[0][0] + self.span_s - now if self._events else 0.0
+
+
+@dataclass
+class Limits:
+    """One model's requests and tokens in the last minute."""
+
+    requests: Window = field(default_factory=Window)
+    tokens: Window = field(default_factory=Window)
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds -> the providers' header form: "250ms", "1.5s", "6m0s"."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    minutes, rest = divmod(seconds, 60)
+    text = f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
+    return f"{int(minutes)}m{text}" if minutes else text
+
+
+def retry_after_headers(wait_s: float) -> dict[str, str]:
+    return {
+        "retry-after": str(max(1, round(wait_s + 0.5))),
+        "retry-after-ms": str(round(wait_s * 1000)),
+    }
