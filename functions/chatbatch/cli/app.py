@@ -79,7 +79,7 @@ from chatbatch.core.config import Config, ConfigError, Priority, load_config
 from chatbatch.core.jobs import BATCH_ID_PATTERN
 from chatbatch.core.pricing import from_nanos, to_nanos
 from chatbatch.state.batches import BatchInfo
-from chatbatch.state.budget import DayUsage
+from chatbatch.state.budget.ledger import DayUsage
 from chatbatch.state.store import error_key, manifest_key, result_key
 
 EXIT_FAILURE = 1
@@ -1017,7 +1017,7 @@ def _local_options(
     sim_tpm: int | None = None,
     **options: Any,
 ) -> Any:
-    from chatbatch.local.runtime import LocalOptions
+    from chatbatch.local.options import LocalOptions
     from chatbatch.local.simulator import SimulatorSettings
 
     try:

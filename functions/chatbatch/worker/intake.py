@@ -18,6 +18,7 @@ from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
 from chatbatch.core.config import Config, Priority
+from chatbatch.core.job_lines import load_json, parse_job
 from chatbatch.core.jobs import (
     BATCH_ID_PATTERN,
     CLAIM_CHECK_KEY,
@@ -25,8 +26,6 @@ from chatbatch.core.jobs import (
     ClaimCheck,
     Job,
     JobError,
-    load_json,
-    parse_job,
 )
 from chatbatch.core.resources import Resources
 from chatbatch.state.store import Store

@@ -40,20 +40,20 @@ from typing import TYPE_CHECKING, Any
 from aws_lambda_powertools import Logger
 
 from chatbatch.core.config import Config
-from chatbatch.core.jobs import CostRecord, Job, JobFacts, OutputLine
+from chatbatch.core.jobs import Job
+from chatbatch.core.output_lines import CostRecord, JobFacts, OutputLine
 from chatbatch.core.pricing import Usage, cost, to_nanos
 from chatbatch.core.resources import Resources
 from chatbatch.provider.client import Attempt, Completion, ProviderClient, ProviderError
 from chatbatch.state.batches import Batches, BatchInfo, JobState
-from chatbatch.state.budget import (
+from chatbatch.state.budget.budget import Budget
+from chatbatch.state.budget.errors import (
     AlreadySettled,
-    Ask,
-    Budget,
     BudgetDeferred,
     HeldElsewhere,
     OverRequestCap,
-    Reservation,
 )
+from chatbatch.state.budget.reservations import Ask, Reservation
 from chatbatch.state.limiter import RateLimiter, RequestTooLargeError
 from chatbatch.state.store import Store
 from chatbatch.worker.capacity import Capacity, Slot
