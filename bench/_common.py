@@ -33,10 +33,12 @@ import boto3
 from chatbatch.client.submit import Plan
 from chatbatch.core.config import Config, load_config
 from chatbatch.core.jobs import Job
-from chatbatch.local.runtime import LocalOptions, LocalRuntime, Summary
+from chatbatch.local.options import LocalOptions
+from chatbatch.local.runtime import LocalRuntime
 from chatbatch.local.simulator import Stats
+from chatbatch.local.summary import Summary
 from chatbatch.state.batches import BatchInfo
-from chatbatch.state.budget import Budget
+from chatbatch.state.budget.budget import Budget
 from chatbatch.worker import handler as worker
 from chatbatch.worker.crash import WorkerCrash
 

@@ -35,7 +35,8 @@ from bench._common import (
     write_jobs,
 )
 from chatbatch.local import simulator as simulator_module
-from chatbatch.local.runtime import LocalOptions, LocalRuntime
+from chatbatch.local.options import LocalOptions
+from chatbatch.local.runtime import LocalRuntime
 from chatbatch.local.simulator import SimulatorSettings
 
 REAL_RPM = 600

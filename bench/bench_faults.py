@@ -47,8 +47,9 @@ from bench._common import (
     write_jobs,
 )
 from chatbatch.client.submit import Plan
-from chatbatch.core.jobs import OutputLine
-from chatbatch.local.runtime import LocalOptions, LocalRuntime
+from chatbatch.core.output_lines import OutputLine
+from chatbatch.local.options import LocalOptions
+from chatbatch.local.runtime import LocalRuntime
 from chatbatch.local.simulator import FaultKind, SimulatorSettings
 from chatbatch.state.batches import BatchInfo
 from chatbatch.state.store import error_key, result_key

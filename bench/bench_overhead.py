@@ -53,7 +53,7 @@ from bench._common import (
     write_jobs,
 )
 from chatbatch.core.config import Priority
-from chatbatch.local.runtime import LocalOptions
+from chatbatch.local.options import LocalOptions
 from chatbatch.local.simulator import SimulatorSettings
 from chatbatch.state.limiter import Lease, RateLimiter
 from chatbatch.worker import handler as worker

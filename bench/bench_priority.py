@@ -30,7 +30,8 @@ from bench._common import (
     workdir,
     write_jobs,
 )
-from chatbatch.local.runtime import LocalOptions, LocalRuntime
+from chatbatch.local.options import LocalOptions
+from chatbatch.local.runtime import LocalRuntime
 from chatbatch.local.simulator import SimulatorSettings
 
 RPM = 600

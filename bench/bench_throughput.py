@@ -39,7 +39,7 @@ from bench._common import (
 from bench._profile import Profile, py_spy, sampled
 from bench._stages import Stages
 from bench.bench_simulator import _start_simulator
-from chatbatch.local.runtime import LocalOptions
+from chatbatch.local.options import LocalOptions
 
 
 @contextmanager

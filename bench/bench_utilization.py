@@ -27,7 +27,7 @@ from bench._common import (
     workdir,
     write_jobs,
 )
-from chatbatch.local.runtime import LocalOptions
+from chatbatch.local.options import LocalOptions
 from chatbatch.local.simulator import SimulatorSettings
 
 RPM = 600

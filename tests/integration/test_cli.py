@@ -27,9 +27,11 @@ from typer.testing import CliRunner, Result
 
 from chatbatch.cli.app import app
 from chatbatch.core.config import Config
-from chatbatch.core.jobs import CostRecord, parse_line
+from chatbatch.core.job_lines import parse_line
+from chatbatch.core.output_lines import CostRecord
 from chatbatch.core.pricing import Usage, cost, to_nanos
-from chatbatch.local.runtime import LocalOptions, LocalRuntime
+from chatbatch.local.options import LocalOptions
+from chatbatch.local.runtime import LocalRuntime
 from chatbatch.local.simulator import FaultKind, SimulatorSettings, answer_for
 from chatbatch.state.store import cost_key
 

@@ -26,8 +26,8 @@ from bench.bench_faults import (
     worker_crashes,
 )
 from chatbatch.core.config import Config
-from chatbatch.core.jobs import parse_line
-from chatbatch.local.runtime import LocalOptions
+from chatbatch.core.job_lines import parse_line
+from chatbatch.local.options import LocalOptions
 from chatbatch.local.simulator import SimulatorSettings, answer_for
 
 pytestmark = pytest.mark.slow

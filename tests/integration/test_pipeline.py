@@ -22,11 +22,16 @@ import pytest
 from mypy_boto3_sqs.literals import QueueAttributeNameType
 
 from chatbatch.core.config import Priority
-from chatbatch.core.jobs import Job, parse_line
+from chatbatch.core.days import utc_day
+from chatbatch.core.job_lines import parse_line
+from chatbatch.core.jobs import Job
 from chatbatch.core.pricing import to_nanos
-from chatbatch.local.runtime import LOCAL_KEY, LocalOptions, LocalRuntime, Summary
+from chatbatch.local.options import LocalOptions
+from chatbatch.local.runtime import LOCAL_KEY, LocalRuntime
 from chatbatch.local.simulator import FaultKind, SimulatorSettings, answer_for
-from chatbatch.state.budget import Budget, reservation_key, utc_day
+from chatbatch.local.summary import Summary
+from chatbatch.state.budget.budget import Budget
+from chatbatch.state.budget.ledger import reservation_key
 from chatbatch.worker import crash as crashes
 from chatbatch.worker.intake import Intake
 

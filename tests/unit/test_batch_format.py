@@ -7,7 +7,9 @@ from decimal import Decimal
 from typing import Any
 
 from chatbatch.core.config import Config, Priority
-from chatbatch.core.jobs import Job, JobFacts, OutputLine, parse_lines
+from chatbatch.core.job_lines import parse_lines
+from chatbatch.core.jobs import Job
+from chatbatch.core.output_lines import JobFacts, OutputLine
 
 # The output lines OpenAI's Batch API writes (platform docs, "Batch API" guide).
 OPENAI_RESULT = {

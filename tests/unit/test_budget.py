@@ -12,20 +12,17 @@ import boto3
 import pytest
 
 from chatbatch.core.config import Config
+from chatbatch.core.days import next_midnight, seconds_to_midnight, utc_day
 from chatbatch.core.pricing import to_nanos
 from chatbatch.local.aws import create_resources, moto_in_process
-from chatbatch.state.budget import (
-    BUSY_RETRY_S,
+from chatbatch.state.budget.budget import BUSY_RETRY_S, Budget
+from chatbatch.state.budget.errors import (
     AlreadySettled,
-    Ask,
-    Budget,
     BudgetDeferred,
     HeldElsewhere,
     OverRequestCap,
-    next_midnight,
-    seconds_to_midnight,
-    utc_day,
 )
+from chatbatch.state.budget.reservations import Ask
 
 USD = 1_000_000_000  # nanos
 

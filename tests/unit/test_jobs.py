@@ -7,7 +7,8 @@ import json
 import pytest
 
 from chatbatch.core.config import Config, Priority
-from chatbatch.core.jobs import JobError, Message, parse_job, parse_line, parse_lines
+from chatbatch.core.job_lines import parse_job, parse_line, parse_lines
+from chatbatch.core.jobs import JobError, Message
 
 MSG = [{"role": "user", "content": "hi"}]
 

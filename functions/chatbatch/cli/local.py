@@ -54,7 +54,7 @@ def _local_options(
     sim_tpm: int | None = None,
     **options: Any,
 ) -> Any:
-    from chatbatch.local.runtime import LocalOptions
+    from chatbatch.local.options import LocalOptions
     from chatbatch.local.simulator import SimulatorSettings
 
     try:

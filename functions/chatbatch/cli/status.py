@@ -21,7 +21,7 @@ from chatbatch.client.deployment import QueueDepth, connect
 from chatbatch.core.config import load_config
 from chatbatch.core.pricing import from_nanos
 from chatbatch.state.batches import BatchInfo
-from chatbatch.state.budget import DayUsage
+from chatbatch.state.budget.ledger import DayUsage
 
 M = TypeVar("M", bound=BaseModel)
 

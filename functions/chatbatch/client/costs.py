@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, TypeVar
 from pydantic import BaseModel, Field
 
 from chatbatch.core.config import Config
-from chatbatch.core.jobs import CostRecord
+from chatbatch.core.output_lines import CostRecord
 from chatbatch.core.pricing import Usage, cost
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from chatbatch.core.config import Config, Priority
 from chatbatch.core.resources import MissingOutputs, Resources, resources_from_outputs
 from chatbatch.state.batches import Batches
-from chatbatch.state.budget import Budget
+from chatbatch.state.budget.budget import Budget
 from chatbatch.state.store import Store
 
 if TYPE_CHECKING:

@@ -22,14 +22,8 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from chatbatch.core.config import Config, Priority
-from chatbatch.core.jobs import (
-    CLAIM_CHECK_KEY,
-    SQS_MAX_BYTES,
-    ClaimCheck,
-    Job,
-    JobError,
-    parse_lines,
-)
+from chatbatch.core.job_lines import parse_lines
+from chatbatch.core.jobs import CLAIM_CHECK_KEY, SQS_MAX_BYTES, ClaimCheck, Job, JobError
 from chatbatch.core.resources import Resources
 from chatbatch.state.batches import Batches
 from chatbatch.state.store import Store

@@ -19,3 +19,7 @@ def next_midnight(now: float) -> dt.datetime:
     """The UTC midnight that ends the day of ``now``: when a new day's budget starts."""
     today = dt.datetime.fromtimestamp(now, dt.UTC).date()
     return dt.datetime.combine(today + dt.timedelta(days=1), dt.time(), dt.UTC)
+
+
+def seconds_to_midnight(now: float) -> float:
+    return next_midnight(now).timestamp() - now

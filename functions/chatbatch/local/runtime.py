@@ -8,6 +8,9 @@ SQS slows down with queue depth (it rescans every stored message on each send an
 receive), so instead of pouring the whole file into the queues, each priority's queue is
 fed from its own backlog and kept at most ``FEED_DEPTH`` messages deep. Priority order
 survives, since every priority has its own feeder.
+
+A run's options are in ``chatbatch.local.options``; the files it writes in
+``chatbatch.local.outputs`` and what it reports in ``chatbatch.local.summary``.
 """
 
 from __future__ import annotations
@@ -15,22 +18,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import statistics
 import tempfile
 import threading
 import time
 import warnings
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import boto3
 from aws_lambda_powertools import Logger
-from pydantic import BaseModel
 
 from chatbatch.client.submit import (
     Plan,
@@ -41,9 +40,8 @@ from chatbatch.client.submit import (
     register,
     write_manifest,
 )
-from chatbatch.core.config import Config, Priority, load_config
-from chatbatch.core.jobs import Job, OutputLine
-from chatbatch.core.pricing import from_nanos
+from chatbatch.core.config import Priority, load_config
+from chatbatch.core.jobs import Job
 from chatbatch.core.resources import Resources, resources_to_outputs
 from chatbatch.local.aws import (
     create_resources,
@@ -52,101 +50,16 @@ from chatbatch.local.aws import (
     patched_env,
 )
 from chatbatch.local.emulator import EventSourceMapping, MappingSettings
+from chatbatch.local.options import LocalOptions, effective_config
+from chatbatch.local.outputs import write_costs, write_results
 from chatbatch.local.simulator import Simulator, SimulatorSettings
+from chatbatch.local.summary import AwsCallCounter, Summary, summarize
 from chatbatch.state.batches import Batches, BatchInfo
 from chatbatch.state.store import Store
 
 FEED_DEPTH = 100
 POLL_S = 0.25  # how often the batch's counters are read while waiting
 LOCAL_KEY = "sk-local-simulator"
-
-
-@dataclass
-class LocalOptions:
-    config_path: Path | None = None
-    provider_url: str | None = None
-    rpm: int | None = None
-    tpm: int | None = None
-    budget_usd: Decimal | None = None
-    priority: Priority | None = None
-    concurrency: int | None = None
-    seed: int = 0
-    batch_id: str = "local"
-    simulator: SimulatorSettings | None = None
-    server: bool = False  # moto's HTTP server instead of in-process (``local up``)
-    port: int = 0  # moto server's port (0: a free one)
-    timeout_s: float = 3600.0
-    # redelivery after a crash; default: the function timeout + 1 min (never while it runs)
-    visibility_timeout_s: int | None = None
-    log_level: str = "WARNING"
-    log_file: Path | None = None  # the worker's JSON log lines go here instead of stdout
-
-
-class Summary(BaseModel):
-    batch_id: str
-    jobs_total: int
-    succeeded: int
-    failed: int
-    deferred: int
-    dead_lettered: int
-    cancelled: int
-    invalid_lines: int
-    prompt_tokens: int
-    completion_tokens: int
-    cost_usd: float
-    wall_s: float
-    jobs_per_s: float
-    provider_calls: int
-    provider_429s: int | None
-    retries: int
-    p50_latency_ms: float | None
-    p99_latency_ms: float | None
-    aws_requests: dict[str, dict[str, int]]
-    aws_requests_per_job: float
-
-
-def effective_config(config: Config, options: LocalOptions, provider_url: str) -> Config:
-    """The config the local workers run with: every provider at ``provider_url``."""
-    data = config.model_dump(mode="json")
-    for provider in data["providers"].values():
-        provider["base_url"] = provider_url
-        provider["api_key_env"] = "CHATBATCH_API_KEY"
-        provider.pop("secret_arn", None)
-    for model in data["models"].values():
-        model["rpm"] = options.rpm or model["rpm"]
-        model["tpm"] = options.tpm or model["tpm"]
-    if options.budget_usd is not None:
-        data["budget"]["daily_usd"] = str(options.budget_usd)
-    if options.priority is not None:
-        data["defaults"]["priority"] = options.priority.value
-    if options.concurrency is not None:
-        for settings in data["priorities"].values():
-            settings["max_concurrency"] = options.concurrency
-    return Config.model_validate(data)
-
-
-class AwsCallCounter:
-    """Counts AWS API calls by service and operation through botocore's event hooks."""
-
-    def __init__(self) -> None:
-        self.calls: Counter[tuple[str, str]] = Counter()
-        self._lock = threading.Lock()
-
-    def __call__(self, model: Any, **_: Any) -> None:
-        key = (model.service_model.service_name, model.name)
-        with self._lock:
-            self.calls[key] += 1
-
-    def install(self) -> None:
-        boto3.setup_default_session()
-        assert boto3.DEFAULT_SESSION is not None
-        boto3.DEFAULT_SESSION.events.register("before-call", self)
-
-    def by_service(self) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, int]] = {}
-        for (service, op), n in sorted(self.calls.items()):
-            out.setdefault(service, {})[op] = n
-        return out
 
 
 @dataclass
@@ -328,93 +241,22 @@ class LocalRuntime:
 
     # --- outputs -----------------------------------------------------------------
 
-    def _outputs(self, path: Path, plan: Plan) -> Iterator[tuple[OutputLine, bool]]:
-        """(line, is_result) for every line of the file, in input order."""
-        errors = {e.line: e for e in plan.errors}
-        lines = iter_jobs(path, self.config, plan.batch_id)
-        for number in range(1, plan.lines + 1):
-            if number in errors:
-                err = errors[number]
-                cid = err.custom_id or f"line-{number}"
-                yield OutputLine.failure(plan.batch_id, cid, err.code, str(err)), False
-                continue
-            job = next(lines, None)
-            if job is None:
-                return
-            result = self.store.get_result(plan.batch_id, job.custom_id)
-            if result:
-                yield result, True
-                continue
-            error = self.store.get_error(plan.batch_id, job.custom_id)
-            yield (
-                (
-                    error
-                    or OutputLine.failure(
-                        plan.batch_id,
-                        job.custom_id,
-                        "deferred",
-                        "waiting for budget; it resumes when budget is available",
-                    )
-                ),
-                False,
-            )
-
     def write_outputs(
         self, path: Path, plan: Plan, info: BatchInfo, out: Path, wall: float
     ) -> Summary:
-        out.mkdir(parents=True, exist_ok=True)
-        latencies: list[int] = []
-        retries = 0
-        with (out / "results.jsonl").open("w") as results, (out / "errors.jsonl").open("w") as errs:
-            for line, ok in self._outputs(path, plan):
-                (results if ok else errs).write(line.to_line() + "\n")
-                if ok and line.chatbatch:
-                    latencies.append(line.chatbatch.latency_ms)
-                    retries += max(0, line.chatbatch.attempts - 1)
-        self._write_costs(out / "costs.jsonl", plan.batch_id)
+        """The run's files under ``out``: results, errors, costs and ``summary.json``."""
+        latencies, retries = write_results(path, plan, out, self.config, self.store)
+        write_costs(out / "costs.jsonl", self.resources.bucket, plan.batch_id)
         summary = self.summarize(plan, info, wall, latencies, retries)
         (out / "summary.json").write_text(summary.model_dump_json(indent=2) + "\n")
         return summary
-
-    def _write_costs(self, path: Path, batch_id: str) -> None:
-        s3 = boto3.client("s3")
-        with path.open("w") as costs:
-            for page in s3.get_paginator("list_objects_v2").paginate(
-                Bucket=self.resources.bucket, Prefix="costs/"
-            ):
-                for obj in page.get("Contents", []):
-                    if f"/{batch_id}/" in obj["Key"]:
-                        body = s3.get_object(Bucket=self.resources.bucket, Key=obj["Key"])
-                        costs.write(body["Body"].read().decode().strip() + "\n")
 
     def summarize(
         self, plan: Plan, info: BatchInfo, wall: float, latencies: list[int], retries: int
     ) -> Summary:
         stats = self.simulator.stats() if self.simulator else None
-        total = plan.valid + plan.invalid
-        aws = self.aws_calls.by_service()
-        aws_total = sum(sum(ops.values()) for ops in aws.values())
-        return Summary(
-            batch_id=plan.batch_id,
-            jobs_total=total,
-            succeeded=info.succeeded,
-            failed=info.failed + plan.invalid,
-            deferred=info.deferred,
-            dead_lettered=info.dead_lettered,
-            cancelled=info.cancelled_jobs,
-            invalid_lines=plan.invalid,
-            prompt_tokens=info.prompt_tokens,
-            completion_tokens=info.completion_tokens,
-            cost_usd=float(from_nanos(info.cost_nanos)),
-            wall_s=round(wall, 3),
-            jobs_per_s=round(total / wall, 2) if wall else 0.0,
-            provider_calls=stats.requests if stats else info.provider_calls,
-            provider_429s=stats.by_status.get("429", 0) if stats else None,
-            retries=retries,
-            p50_latency_ms=_percentile(latencies, 50),
-            p99_latency_ms=_percentile(latencies, 99),
-            aws_requests=aws,
-            aws_requests_per_job=round(aws_total / total, 2) if total else 0.0,
+        return summarize(
+            plan, info, wall, latencies, retries, stats=stats, aws=self.aws_calls.by_service()
         )
 
 
@@ -434,14 +276,6 @@ def register_stack(resources: Resources, stack_name: str) -> None:
 
 def _settled(info: BatchInfo, plan: Plan) -> bool:
     return info.finished + info.deferred >= plan.valid
-
-
-def _percentile(values: list[int], pct: int) -> float | None:
-    if not values:
-        return None
-    if len(values) == 1:
-        return float(values[0])
-    return round(statistics.quantiles(values, n=100, method="inclusive")[pct - 1], 1)
 
 
 @contextmanager

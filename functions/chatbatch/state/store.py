@@ -18,7 +18,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from chatbatch.core.jobs import CostRecord, OutputLine
+from chatbatch.core.output_lines import CostRecord, OutputLine
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from chatbatch.core.config import Config, Priority
 from chatbatch.core.days import utc_day
+from chatbatch.core.job_lines import load_json, parse_job
 from chatbatch.core.jobs import (
     BATCH_ID_PATTERN,
     CLAIM_CHECK_KEY,
@@ -26,8 +27,6 @@ from chatbatch.core.jobs import (
     ClaimCheck,
     Job,
     JobError,
-    load_json,
-    parse_job,
 )
 from chatbatch.core.resources import Resources
 from chatbatch.state.store import Store

@@ -14,7 +14,7 @@ from typing import Any
 
 from chatbatch.core.metrics import Metric
 from chatbatch.state.batches import BatchInfo, JobState
-from chatbatch.state.budget import Reservation
+from chatbatch.state.budget.reservations import Reservation
 from chatbatch.worker.capacity import Capacity, Slot
 from chatbatch.worker.intake import Intake
 from chatbatch.worker.services import Services

@@ -34,20 +34,20 @@ from decimal import Decimal
 from aws_lambda_powertools import Logger
 
 from chatbatch.core.config import Config
-from chatbatch.core.jobs import Job, OutputLine
+from chatbatch.core.jobs import Job
 from chatbatch.core.metrics import Metric
+from chatbatch.core.output_lines import OutputLine
 from chatbatch.core.pricing import cost, to_nanos
 from chatbatch.provider.client import Attempt, Completion
 from chatbatch.provider.errors import ProviderError
 from chatbatch.state.batches import JobState
-from chatbatch.state.budget import (
+from chatbatch.state.budget.errors import (
     AlreadySettled,
-    Ask,
     BudgetDeferred,
     HeldElsewhere,
     OverRequestCap,
-    Reservation,
 )
+from chatbatch.state.budget.reservations import Ask, Reservation
 from chatbatch.state.limiter import RequestTooLargeError
 from chatbatch.worker import requeue, results
 from chatbatch.worker.crash import crash_point

@@ -13,11 +13,12 @@ from collections.abc import Awaitable, Sequence
 from decimal import Decimal
 
 from chatbatch.core.days import utc_day
-from chatbatch.core.jobs import CostRecord, Job, JobFacts, OutputLine
+from chatbatch.core.jobs import Job
 from chatbatch.core.metrics import Metric
+from chatbatch.core.output_lines import CostRecord, JobFacts, OutputLine
 from chatbatch.core.pricing import Usage, to_nanos
 from chatbatch.state.batches import JobState
-from chatbatch.state.budget import Reservation
+from chatbatch.state.budget.reservations import Reservation
 from chatbatch.worker.crash import crash_point
 from chatbatch.worker.intake import Intake
 from chatbatch.worker.invocation import Invocation, Outcome, io

@@ -1,0 +1,258 @@
+"""Jobs in: the two JSONL line forms, validated and resolved into a ``Job``.
+
+A job line is either an OpenAI Batch API line
+``{"custom_id", "method": "POST", "url": "/v1/chat/completions", "body": {...}}``
+or the short form
+``{"custom_id"?, "model"?, "role"?, "messages" | "prompt", "max_tokens"?, ...}``.
+Both normalise to one ``Job``, resolved against the config (role -> model, system
+prompt and defaults). A line that cannot run is a ``JobError`` naming the line (or job)
+and the field.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
+
+from chatbatch.core.config import ROLE_PARAMS, Config, Priority
+from chatbatch.core.jobs import BATCH_ID_PATTERN, ID_PATTERN, Job, JobError, LineModel, Message
+
+PASS_THROUGH_PARAMS = ROLE_PARAMS - {"temperature", "max_tokens", "stream"}
+
+
+class _Common(LineModel):
+    """Keys both forms accept (chatbatch's own, beside OpenAI's)."""
+
+    custom_id: str | None = Field(default=None, pattern=ID_PATTERN)
+    batch_id: str | None = Field(default=None, pattern=BATCH_ID_PATTERN)
+    priority: Priority | None = None
+    role: StrictStr | None = None
+    cache: StrictBool = False
+    metadata: dict[str, StrictStr] = Field(default_factory=dict, max_length=16)
+    seq: StrictInt | None = Field(default=None, ge=0)
+
+
+class ChatBody(BaseModel):
+    """A /v1/chat/completions request body. Unknown keys pass through to the provider."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: StrictStr | None = None
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: StrictInt | None = None
+    max_completion_tokens: StrictInt | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    stream: StrictBool = False
+
+
+class ShortLine(_Common):
+    model: StrictStr | None = None
+    messages: list[Message] | None = Field(default=None, min_length=1)
+    prompt: StrictStr | None = Field(default=None, min_length=1)
+    max_tokens: StrictInt | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    stream: StrictBool = False
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    stop: StrictStr | list[StrictStr] | None = None
+    seed: StrictInt | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    response_format: dict[str, Any] | None = None
+
+
+class BatchLine(_Common):
+    method: Literal["POST"]
+    url: Literal["/v1/chat/completions"]
+    body: ChatBody
+
+
+def _field(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if part in {"ShortLine", "BatchLine"}:
+            continue
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(line)"
+
+
+_HINTS = {
+    "extra_forbidden": "unknown field; remove it or check its spelling",
+    "missing": "required field is missing",
+    "string_type": "must be a string",
+    "int_type": "must be an integer",
+    "bool_type": "must be true or false",
+    "float_type": "must be a number",
+    "dict_type": "must be a JSON object",
+    "list_type": "must be a list",
+}
+
+
+def _from_validation(err: ValidationError) -> tuple[str, str]:
+    e = err.errors(include_url=False)[0]
+    kind, ctx, value = e["type"], e.get("ctx") or {}, e.get("input")
+    bounds = {
+        "too_short": "must not be empty",
+        "string_too_short": "must not be empty",
+        "less_than_equal": f"must be at most {ctx.get('le')}",
+        "greater_than_equal": f"must be at least {ctx.get('ge')}",
+        "greater_than": f"must be greater than {ctx.get('gt')}",
+        "string_pattern_mismatch": f"has characters or a length not allowed ({ctx.get('pattern')})",
+    }
+    if kind in bounds:
+        msg = bounds[kind]
+    elif kind in _HINTS:
+        msg = _HINTS[kind]
+    else:
+        msg = e["msg"][0].lower() + e["msg"][1:]
+    if kind != "missing" and not isinstance(value, dict | list):
+        shown = repr(value)
+        msg += f" (got {shown[:60]}{'...' if len(shown) > 60 else ''})"
+    return _field(e["loc"]), msg
+
+
+def _resolve(line: ShortLine | BatchLine, config: Config, seq: int | None) -> Job:
+    if isinstance(line, BatchLine):
+        body = line.body
+        if body.max_tokens is not None and body.max_completion_tokens is not None:
+            raise JobError("body.max_tokens", "give max_tokens or max_completion_tokens, not both")
+        requested_model, messages = body.model, list(body.messages)
+        max_tokens = body.max_tokens if body.max_tokens is not None else body.max_completion_tokens
+        temperature, stream = body.temperature, body.stream
+        params = dict(body.model_extra or {})
+        prefix = "body."
+    else:
+        if line.messages is None and line.prompt is None:
+            raise JobError("messages", "give messages (a list) or prompt (a string)")
+        if line.messages is not None and line.prompt is not None:
+            raise JobError("prompt", "give messages or prompt, not both")
+        requested_model = line.model
+        messages = list(line.messages or [Message(role="user", content=line.prompt or "")])
+        max_tokens, temperature, stream = line.max_tokens, line.temperature, line.stream
+        params = line.model_dump(include=set(PASS_THROUGH_PARAMS), exclude_none=True)
+        prefix = ""
+
+    role = config.roles.get(line.role) if line.role else None
+    if line.role and role is None:
+        raise JobError("role", f"unknown role {line.role!r}; configured: {sorted(config.roles)}")
+    model_name = requested_model or (role.model if role else config.defaults.model)
+    resolved = config.resolve_model(model_name)
+    if resolved is None:
+        raise JobError(
+            f"{prefix}model", f"unknown model {model_name!r}; configured: {sorted(config.models)}"
+        )
+    name, model = resolved
+    if role:
+        if role.system_prompt and not any(m.role == "system" for m in messages):
+            messages.insert(0, Message(role="system", content=role.system_prompt))
+        preset = role.params
+        max_tokens = preset.get("max_tokens") if max_tokens is None else max_tokens
+        temperature = preset.get("temperature") if temperature is None else temperature
+        stream = stream or bool(preset.get("stream", False))
+        params = {k: v for k, v in preset.items() if k in PASS_THROUGH_PARAMS} | params
+    if max_tokens is not None and not 0 < max_tokens <= model.max_output_tokens:
+        raise JobError(
+            f"{prefix}max_tokens",
+            f"must be between 1 and {model.max_output_tokens} for {name} (got {max_tokens})",
+        )
+    return Job(
+        custom_id=line.custom_id or f"line-{seq}",
+        batch_id=line.batch_id,
+        seq=line.seq if line.seq is not None else seq,
+        model=name,
+        role=line.role,
+        priority=line.priority,
+        messages=messages,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        stream=stream,
+        cache=line.cache,
+        metadata=line.metadata,
+        params=params,
+    )
+
+
+def parse_job(data: Any, config: Config, *, seq: int | None = None) -> Job:
+    """A decoded JSON value -> Job, or JobError naming the field."""
+    if not isinstance(data, dict):
+        raise JobError("(line)", f"must be a JSON object (got {type(data).__name__})")
+    custom_id = data.get("custom_id") if isinstance(data.get("custom_id"), str) else None
+    try:
+        if "custom_id" not in data and seq is None:
+            raise JobError("custom_id", "required for a job sent straight to a queue")
+        kind = BatchLine if {"body", "url", "method"} & data.keys() else ShortLine
+        line = kind.model_validate(data)
+        return _resolve(line, config, seq)
+    except ValidationError as err:
+        field, msg = _from_validation(err)
+        raise JobError(field, msg, custom_id=custom_id) from None
+    except JobError as err:
+        err.custom_id = err.custom_id or custom_id
+        raise
+
+
+def load_json(text: str | bytes, field: str) -> Any:
+    """A job's JSON value; anything ``json`` refuses (bad syntax or encoding, 5,000-digit
+    integers, nesting deep enough to recurse) is a JobError on ``field``."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError too
+        raise JobError(field, f"not valid JSON: {str(err)[:200]}") from None
+
+
+def parse_line(text: str | bytes, config: Config, *, line: int | None = None) -> Job:
+    """One JSONL line -> Job. ``line`` (1-based) names the line in errors and is the seq."""
+    size = len(text.encode() if isinstance(text, str) else text)
+    try:
+        if size > config.limits.max_line_bytes:
+            raise JobError(
+                "(line)",
+                f"line is {size} bytes; the limit is {config.limits.max_line_bytes} "
+                "(limits.max_line_bytes)",
+            )
+        return parse_job(load_json(text, "(line)"), config, seq=line)
+    except JobError as err:
+        err.line = line
+        raise
+
+
+def parse_lines(
+    lines: Iterable[str | bytes], config: Config
+) -> Iterator[tuple[int, Job | JobError]]:
+    """Stream a JSONL file: (line number, Job or JobError) for every non-blank line.
+
+    Duplicate custom_ids are reported on their second occurrence. Only the ids are kept
+    in memory, never the jobs.
+    """
+    seen: set[str] = set()
+    for number, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        try:
+            job = parse_line(text, config, line=number)
+        except JobError as err:
+            yield number, err
+            continue
+        if job.custom_id in seen:
+            yield (
+                number,
+                JobError(
+                    "custom_id",
+                    f"duplicate custom_id {job.custom_id!r}; each job in a file needs its own",
+                    line=number,
+                    custom_id=job.custom_id,
+                ),
+            )
+            continue
+        seen.add(job.custom_id)
+        yield number, job

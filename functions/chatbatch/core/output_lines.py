@@ -1,0 +1,113 @@
+"""Results out: result and error lines, and cost records.
+
+Result and error lines use the OpenAI Batch output shape; chatbatch's own facts sit
+under a separate ``chatbatch`` key so OpenAI tooling reads the lines unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from decimal import Decimal
+from typing import Any
+
+from pydantic import BaseModel, field_serializer
+
+from chatbatch.core.config import Priority
+from chatbatch.core.jobs import Job
+
+
+def request_id(batch_id: str, custom_id: str) -> str:
+    return "batch_req_" + hashlib.sha256(f"{batch_id}\0{custom_id}".encode()).hexdigest()[:24]
+
+
+class BatchResponse(BaseModel):
+    status_code: int
+    request_id: str
+    body: dict[str, Any]
+
+
+class BatchError(BaseModel):
+    code: str
+    message: str
+
+
+class JobFacts(BaseModel):
+    """chatbatch's own facts about a finished job, beside the OpenAI-shaped line."""
+
+    batch_id: str
+    priority: Priority
+    model: str
+    role: str | None = None
+    cost_usd: Decimal = Decimal(0)
+    latency_ms: int = 0
+    attempts: int = 0
+    cached: bool = False
+    seq: int | None = None
+    day: str | None = None  # UTC day the result was made: its cost record's partition
+
+    @field_serializer("cost_usd")
+    def _usd(self, value: Decimal) -> float:
+        return float(value)
+
+
+class OutputLine(BaseModel):
+    """A result (``response`` set) or an error (``error`` set), in OpenAI Batch output shape."""
+
+    id: str
+    custom_id: str
+    response: BatchResponse | None = None
+    error: BatchError | None = None
+    chatbatch: JobFacts | None = None
+
+    @classmethod
+    def result(
+        cls, job: Job, facts: JobFacts, body: dict[str, Any], status: int = 200
+    ) -> OutputLine:
+        rid = request_id(facts.batch_id, job.custom_id)
+        return cls(
+            id=rid,
+            custom_id=job.custom_id,
+            response=BatchResponse(
+                status_code=status, request_id=str(body.get("id") or rid), body=body
+            ),
+            chatbatch=facts,
+        )
+
+    @classmethod
+    def failure(
+        cls, batch_id: str, custom_id: str, code: str, message: str, facts: JobFacts | None = None
+    ) -> OutputLine:
+        return cls(
+            id=request_id(batch_id, custom_id),
+            custom_id=custom_id,
+            error=BatchError(code=code, message=message),
+            chatbatch=facts,
+        )
+
+    def to_line(self) -> str:
+        return self.model_dump_json()
+
+
+class CostRecord(BaseModel):
+    """One line under ``costs/dt=YYYY-MM-DD/`` (JSON lines, flat, Athena-friendly)."""
+
+    ts: str
+    dt: str
+    batch_id: str
+    custom_id: str
+    priority: Priority
+    model: str
+    model_id: str
+    provider: str
+    role: str | None = None
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    reasoning_tokens: int
+    cost_nanos: int
+    cost_usd: Decimal
+    cached: bool = False
+
+    @field_serializer("cost_usd")
+    def _usd(self, value: Decimal) -> str:
+        return str(value)

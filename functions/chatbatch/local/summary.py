@@ -1,0 +1,109 @@
+"""What a local run reports: its ``Summary``, and the AWS calls counted for it."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+from collections import Counter
+from typing import Any
+
+import boto3
+from pydantic import BaseModel
+
+from chatbatch.client.submit import Plan
+from chatbatch.core.pricing import from_nanos
+from chatbatch.local.simulator import Stats
+from chatbatch.state.batches import BatchInfo
+
+
+class Summary(BaseModel):
+    batch_id: str
+    jobs_total: int
+    succeeded: int
+    failed: int
+    deferred: int
+    dead_lettered: int
+    cancelled: int
+    invalid_lines: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    wall_s: float
+    jobs_per_s: float
+    provider_calls: int
+    provider_429s: int | None
+    retries: int
+    p50_latency_ms: float | None
+    p99_latency_ms: float | None
+    aws_requests: dict[str, dict[str, int]]
+    aws_requests_per_job: float
+
+
+class AwsCallCounter:
+    """Counts AWS API calls by service and operation through botocore's event hooks."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[tuple[str, str]] = Counter()
+        self._lock = threading.Lock()
+
+    def __call__(self, model: Any, **_: Any) -> None:
+        key = (model.service_model.service_name, model.name)
+        with self._lock:
+            self.calls[key] += 1
+
+    def install(self) -> None:
+        boto3.setup_default_session()
+        assert boto3.DEFAULT_SESSION is not None
+        boto3.DEFAULT_SESSION.events.register("before-call", self)
+
+    def by_service(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for (service, op), n in sorted(self.calls.items()):
+            out.setdefault(service, {})[op] = n
+        return out
+
+
+def summarize(
+    plan: Plan,
+    info: BatchInfo,
+    wall: float,
+    latencies: list[int],
+    retries: int,
+    *,
+    stats: Stats | None,
+    aws: dict[str, dict[str, int]],
+) -> Summary:
+    """The batch's counts and cost, throughput, latencies, provider calls (from the
+    simulator's ``stats`` when it ran) and the ``aws`` calls by service."""
+    total = plan.valid + plan.invalid
+    aws_total = sum(sum(ops.values()) for ops in aws.values())
+    return Summary(
+        batch_id=plan.batch_id,
+        jobs_total=total,
+        succeeded=info.succeeded,
+        failed=info.failed + plan.invalid,
+        deferred=info.deferred,
+        dead_lettered=info.dead_lettered,
+        cancelled=info.cancelled_jobs,
+        invalid_lines=plan.invalid,
+        prompt_tokens=info.prompt_tokens,
+        completion_tokens=info.completion_tokens,
+        cost_usd=float(from_nanos(info.cost_nanos)),
+        wall_s=round(wall, 3),
+        jobs_per_s=round(total / wall, 2) if wall else 0.0,
+        provider_calls=stats.requests if stats else info.provider_calls,
+        provider_429s=stats.by_status.get("429", 0) if stats else None,
+        retries=retries,
+        p50_latency_ms=_percentile(latencies, 50),
+        p99_latency_ms=_percentile(latencies, 99),
+        aws_requests=aws,
+        aws_requests_per_job=round(aws_total / total, 2) if total else 0.0,
+    )
+
+
+def _percentile(values: list[int], pct: int) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return float(values[0])
+    return round(statistics.quantiles(values, n=100, method="inclusive")[pct - 1], 1)

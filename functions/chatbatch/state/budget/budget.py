@@ -1,0 +1,351 @@
+"""``Budget``: the owner's money, shared by every worker. Reserve the worst case before a
+call, settle after with the real cost, release what was not spent, reclaim what crashed
+workers left.
+
+Refused reservations look once more (the limit may have been raised, expired
+reservations reclaimed) before deferring. The package docstring tells the guarantees
+(**Exactly once**, **One ledger write per invocation**, **Crashed workers**, **Deferral,
+not failure**, **Raising the daily limit**, **Scale**).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Literal
+
+from chatbatch.core.config import Config
+from chatbatch.core.days import next_midnight, seconds_to_midnight, utc_day
+from chatbatch.core.pricing import from_nanos, to_nanos
+from chatbatch.core.resources import TABLE_PK, TABLE_SK
+from chatbatch.state.budget.errors import (
+    AlreadySettled,
+    BudgetDeferred,
+    HeldElsewhere,
+    OverRequestCap,
+)
+from chatbatch.state.budget.ledger import (
+    LIMITS_KEY,
+    DayUsage,
+    Item,
+    batch_ledger_key,
+    charge_item,
+    day_key,
+)
+from chatbatch.state.budget.reservations import (
+    Ask,
+    Reservation,
+    extend_items,
+    hold_items,
+    release_items,
+    settle_items,
+)
+from chatbatch.state.ddb import int_of, n, s, transact
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+BATCH_RETRY_S = 300.0
+BUSY_RETRY_S = 15.0
+HELD_RETRY_S = 15.0  # a copy of a job another copy is processing looks again after this
+LIMIT_CACHE_S = 10.0
+RECLAIM_EVERY_S = 30.0
+MAX_TRANSACT_ITEMS = 100  # DynamoDB's limit per TransactWriteItems
+
+
+class _Refused(Exception):
+    """A ledger's condition failed: which one, and what it held."""
+
+    def __init__(self, scope: Literal["day", "batch"], ledger: Mapping[str, Any] | None) -> None:
+        self.scope = scope
+        self.spent = int_of(ledger, "spent")
+        self.committed = int_of(ledger, "committed")
+
+
+class Budget:
+    """The owner's money, shared by every worker. Thread-safe; one per worker process."""
+
+    def __init__(
+        self,
+        client: DynamoDBClient,
+        table: str,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._ddb = client
+        self._table = table
+        self._config = config
+        self._clock = clock
+        self._sleep = sleep
+        self._limit_cache: tuple[float, int] | None = None
+        self._reclaimed_at = -RECLAIM_EVERY_S
+        self._lock = threading.Lock()
+
+    # --- limits ------------------------------------------------------------------
+
+    def daily_limit_nanos(self) -> int:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._limit_cache
+        if cached and now - cached[0] < LIMIT_CACHE_S:
+            return cached[1]
+        item = self._ddb.get_item(TableName=self._table, Key=LIMITS_KEY).get("Item")
+        limit = int(item["limit"]["N"]) if item else to_nanos(self._config.budget.daily_usd)
+        with self._lock:
+            self._limit_cache = (now, limit)
+        return limit
+
+    def set_daily_limit(self, usd: Decimal) -> None:
+        self._ddb.put_item(TableName=self._table, Item={**LIMITS_KEY, "limit": n(to_nanos(usd))})
+        self._forget_limit()
+
+    def _forget_limit(self) -> None:
+        with self._lock:
+            self._limit_cache = None
+
+    def usage(self, day: str | None = None) -> DayUsage:
+        """The day's spending, reservations in flight and limit (for ``status``)."""
+        day = day or utc_day(self._clock())
+        item = self._ddb.get_item(TableName=self._table, Key=day_key(day), ConsistentRead=True)
+        ledger = item.get("Item", {})
+        committed, spent = int_of(ledger, "committed"), int_of(ledger, "spent")
+        return DayUsage(
+            day=day,
+            limit_usd=from_nanos(self.daily_limit_nanos()),
+            spent_usd=from_nanos(spent),
+            reserved_usd=from_nanos(committed - spent),
+        )
+
+    # --- reserve -----------------------------------------------------------------
+
+    def reserve(
+        self,
+        job_key: str,
+        nanos: int,
+        *,
+        batch_id: str | None = None,
+        batch_limit_nanos: int | None = None,
+        owner: str | None = None,
+    ) -> Reservation:
+        """Reserve a job's worst case (nano-dollars).
+
+        Raises ``BudgetDeferred`` (no room now: when to ask again), ``OverRequestCap``
+        (never affordable), ``AlreadySettled`` (paid already: do not call again) or
+        ``HeldElsewhere`` (another ``owner`` holds it and has not expired: look later).
+        Idempotent per job, day and owner: the owner of a reservation gets it back.
+        """
+        cap = to_nanos(self._config.budget.request_cap_usd)
+        if nanos > cap:
+            raise OverRequestCap(
+                f"job {job_key}: worst case ${from_nanos(nanos)} is above "
+                f"budget.request_cap_usd ${from_nanos(cap)}; lower max_tokens or raise the cap"
+            )
+        now = self._clock()
+        reservation = Ask(job_key, nanos, batch_id, batch_limit_nanos, owner).held(utc_day(now))
+        try:
+            return self._reserve(reservation, now, batch_limit_nanos)
+        except _Refused as first:
+            # Before saying no: the limit may have been raised, and dead workers'
+            # reservations may be holding room. Look again, once.
+            self._forget_limit()
+            if not self._over(first, nanos, batch_limit_nanos):
+                self._maybe_reclaim(now)
+            try:
+                return self._reserve(reservation, now, batch_limit_nanos)
+            except _Refused as refused:
+                raise self._deferral(reservation, refused, now, batch_limit_nanos) from None
+
+    def _over(self, refused: _Refused, nanos: int, batch_limit: int | None) -> bool:
+        """Whether the spending itself (not reservations in flight) leaves no room."""
+        limit = self.daily_limit_nanos() if refused.scope == "day" else batch_limit or 0
+        return refused.spent + nanos > limit
+
+    def _deferral(
+        self, r: Reservation, refused: _Refused, now: float, batch_limit: int | None
+    ) -> BudgetDeferred:
+        over = self._over(refused, r.nanos, batch_limit)
+        if refused.scope == "batch":
+            limit = from_nanos(batch_limit or 0)
+            if over:
+                return BudgetDeferred(
+                    f"batch {r.batch_id} reached its budget ${limit}",
+                    BATCH_RETRY_S,
+                    scope="batch",
+                )
+            return BudgetDeferred(
+                f"batch {r.batch_id}: its budget ${limit} is held by reservations in flight",
+                BUSY_RETRY_S,
+                scope="batch",
+            )
+        limit = from_nanos(self.daily_limit_nanos())
+        if over:
+            return BudgetDeferred(
+                f"daily budget ${limit} reached for {r.day}",
+                seconds_to_midnight(now),
+                scope="day",
+                until=next_midnight(now),
+            )
+        return BudgetDeferred(
+            f"daily budget ${limit} for {r.day} is held by reservations in flight",
+            BUSY_RETRY_S,
+            scope="day",
+        )
+
+    def reserve_many(self, asks: Sequence[Ask]) -> dict[str, Reservation]:
+        """Reserve several new jobs in one transaction, with one write per ledger for all.
+
+        For the jobs of one invocation on their first delivery: all or nothing. ``{}``
+        when any condition fails (a job already holds a reservation, a ledger has no room
+        for the sum) or the jobs do not make one transaction; the caller then reserves
+        job by job with ``reserve``, which sorts out each of those cases.
+        """
+        keys = {a.job_key for a in asks}
+        cap = to_nanos(self._config.budget.request_cap_usd)
+        limits = {
+            a.batch_id: a.batch_limit_nanos
+            for a in asks
+            if a.batch_id is not None and a.batch_limit_nanos is not None
+        }
+        size = 2 * len(asks) + 1 + len(limits)
+        if len(asks) < 2 or len(keys) < len(asks) or size > MAX_TRANSACT_ITEMS:
+            return {}
+        if any(a.nanos > cap for a in asks):
+            return {}
+        now = self._clock()
+        held = {a.job_key: a.held(utc_day(now)) for a in asks}
+        items = self._reservation_items(list(held.values()), limits, now)
+        return {} if self._transact(items) else held
+
+    def _reservation_items(
+        self, held: list[Reservation], batch_limits: Mapping[str, int], now: float
+    ) -> list[Item]:
+        """Each reservation with its marker, then one charge per ledger for their sum: the
+        day's, then each limited batch's (in that order: ``_reserve`` reads the reasons)."""
+        ttl_s = self._config.budget.reservation_ttl_s
+        items = [item for r in held for item in hold_items(self._table, r, now, ttl_s)]
+        total = sum(r.nanos for r in held)
+        items.append(
+            charge_item(self._table, day_key(held[0].day), total, self.daily_limit_nanos(), now)
+        )
+        for batch_id, limit in batch_limits.items():
+            in_batch = sum(r.nanos for r in held if r.batch_limit and r.batch_id == batch_id)
+            items.append(charge_item(self._table, batch_ledger_key(batch_id), in_batch, limit, now))
+        return items
+
+    def _reserve(self, r: Reservation, now: float, batch_limit: int | None) -> Reservation:
+        limits = {r.batch_id: batch_limit} if r.batch_id and batch_limit is not None else {}
+        reasons = self._transact(self._reservation_items([r], limits, now))
+        if not reasons:
+            return r
+        if reasons[0].get("Code") == "ConditionalCheckFailed":
+            return self._existing(r, reasons[0].get("Item"), now, batch_limit)
+        for index, scope in ((2, "day"), (3, "batch")):
+            if len(reasons) > index and reasons[index].get("Code") == "ConditionalCheckFailed":
+                raise _Refused(scope, reasons[index].get("Item"))  # type: ignore[arg-type]
+        raise AssertionError(f"a condition failed, none of the budget's: {reasons}")
+
+    def _existing(
+        self, r: Reservation, item: Mapping[str, Any] | None, now: float, batch_limit: int | None
+    ) -> Reservation:
+        """The job's reservation of the day exists: its owner gets it back (another copy of
+        the job is told to look later, until the owner's claim expires), or it is paid."""
+        if item is None:  # gone in between (released or reclaimed): reserve anew
+            return self._reserve(r, now, batch_limit)
+        if item.get("state", {}).get("S") == "settled":
+            raise AlreadySettled(r.job_key, int_of(item, "actual"))
+        holder = item.get("owner", {}).get("S")
+        expires_in = float(item.get("reclaim_at", {}).get("N", "0")) - now
+        if r.owner and holder and holder != r.owner and expires_in > 0:
+            raise HeldElsewhere(r.job_key, min(expires_in, HELD_RETRY_S))
+        batch = item.get("batch_id", {}).get("S")
+        held = Reservation(
+            job_key=r.job_key,
+            day=r.day,
+            nanos=int_of(item, "nanos"),
+            batch_id=batch or r.batch_id,
+            batch_limit=batch is not None,
+            owner=r.owner or holder,
+            resumed=True,
+        )
+        if not self._extend(held, holder, now):
+            raise HeldElsewhere(r.job_key, HELD_RETRY_S)  # another copy took it over first
+        return held
+
+    def _extend(self, r: Reservation, holder: str | None, now: float) -> bool:
+        """A redelivered job keeps its reservation: not reclaimable for another TTL. The
+        owner changes only from the ``holder`` seen (a copy taking over an expired claim)."""
+        return not self._transact(
+            extend_items(self._table, r, holder, now, self._config.budget.reservation_ttl_s)
+        )
+
+    # --- settle / release --------------------------------------------------------
+
+    def settle_items(self, r: Reservation, actual_nanos: int) -> list[dict[str, Any]]:
+        """The items that settle ``r`` at its real cost, exactly once, for the caller to
+        commit with its own (the job's final state): ``reservations.settle_items``."""
+        return settle_items(self._table, r, actual_nanos)
+
+    def settle(self, r: Reservation, actual_nanos: int) -> bool:
+        """Settle on its own; False if it was already settled (or released)."""
+        return not self._transact(self.settle_items(r, actual_nanos))
+
+    def release(self, r: Reservation, *, expired_before: float | None = None) -> bool:
+        """Give a reservation back (the job was not sent). False if it was not held.
+
+        With ``expired_before``, only if its deadline is before that time (reclaim).
+        """
+        return not self._transact(release_items(self._table, r, expired_before))
+
+    def _transact(self, items: list[Item]) -> list[Item]:
+        """Commit; the cancellation reasons if a condition failed ([] when committed)."""
+        return transact(self._ddb, items, sleep=self._sleep)
+
+    # --- crashed workers ----------------------------------------------------------
+
+    def _maybe_reclaim(self, now: float) -> int:
+        with self._lock:
+            if now - self._reclaimed_at < RECLAIM_EVERY_S:
+                return 0
+            self._reclaimed_at = now
+        return self.reclaim()
+
+    def reclaim(self, day: str | None = None) -> int:
+        """Give back reservations whose worker never settled them (crashed).
+
+        Looks at one day's open reservations, or by default at those of the last days
+        (an old one still holds its batch's ledger). Returns how many were reclaimed.
+        """
+        now = self._clock()
+        if day is not None:
+            days = [day]
+        else:
+            back = self._config.worker.retention_days + 1
+            days = [utc_day(now - d * 86_400) for d in range(back)]
+        return sum(self.release(r, expired_before=now) for d in days for r in self._expired(d, now))
+
+    def _expired(self, day: str, now: float) -> Iterator[Reservation]:
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "#pk = :pk",
+            "FilterExpression": "#r < :now",
+            "ExpressionAttributeNames": {"#pk": TABLE_PK, "#r": "reclaim_at"},
+            "ExpressionAttributeValues": {":pk": s(f"budget#open#{day}"), ":now": n(now)},
+        }
+        while True:
+            reply = self._ddb.query(**kwargs)
+            for item in reply.get("Items", []):
+                batch = item.get("batch_id", {}).get("S")
+                yield Reservation(
+                    job_key=item[TABLE_SK]["S"],
+                    day=day,
+                    nanos=int_of(item, "nanos"),
+                    batch_id=batch,
+                    batch_limit=batch is not None,
+                )
+            if "LastEvaluatedKey" not in reply:
+                return
+            kwargs["ExclusiveStartKey"] = reply["LastEvaluatedKey"]

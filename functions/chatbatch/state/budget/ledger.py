@@ -1,0 +1,84 @@
+"""Where the budget lives in the table, and the writes its ledgers take.
+
+The UTC day; the keys of the day and batch ledgers, of a reservation, of its open marker
+and of the raised limit; a charge (``ADD committed`` on the condition that it stays within
+the limit: no arithmetic in the condition) and a plain addition. The package docstring
+tells the layout (**Items**) and why the condition is one comparison.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+from pydantic import BaseModel
+
+from chatbatch.core.resources import TABLE_PK, TABLE_SK, TABLE_TTL
+from chatbatch.state.ddb import n, s
+
+LEDGER_TTL_S = 40 * 86_400
+
+Item = dict[str, Any]
+
+
+class DayUsage(BaseModel):
+    day: str
+    limit_usd: Decimal
+    spent_usd: Decimal
+    reserved_usd: Decimal
+
+
+def day_key(day: str) -> Item:
+    return {TABLE_PK: s(f"budget#day#{day}"), TABLE_SK: s("ledger")}
+
+
+def batch_ledger_key(batch_id: str) -> Item:
+    return {TABLE_PK: s(f"budget#batch#{batch_id}"), TABLE_SK: s("ledger")}
+
+
+def reservation_key(day: str, job_key: str) -> Item:
+    return {TABLE_PK: s(f"budget#day#{day}"), TABLE_SK: s(f"resv#{job_key}")}
+
+
+def open_key(day: str, job_key: str) -> Item:
+    return {TABLE_PK: s(f"budget#open#{day}"), TABLE_SK: s(job_key)}
+
+
+LIMITS_KEY = {TABLE_PK: s("budget#limits"), TABLE_SK: s("daily")}
+
+
+def charge_item(table: str, key: Item, nanos: int, limit: int, now: float) -> Item:
+    """ADD committed :n, on the condition that it stays within the limit."""
+    return {
+        "Update": {
+            "TableName": table,
+            "Key": key,
+            "UpdateExpression": "ADD #c :n SET #x = :x",
+            "ConditionExpression": "(attribute_not_exists(#c) AND :n <= :limit) OR #c <= :room",
+            "ExpressionAttributeNames": {"#c": "committed", "#x": TABLE_TTL},
+            "ExpressionAttributeValues": {
+                ":n": n(nanos),
+                ":limit": n(limit),
+                ":room": n(limit - nanos),
+                ":x": n(int(now) + LEDGER_TTL_S),
+            },
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+    }
+
+
+def add_item(table: str, key: Item, deltas: Mapping[str, int]) -> Item:
+    """ADD each of ``deltas`` to the ledger at ``key`` (no condition)."""
+    names = {f"#a{i}": name for i, name in enumerate(deltas)}
+    return {
+        "Update": {
+            "TableName": table,
+            "Key": key,
+            "UpdateExpression": "ADD " + ", ".join(f"#a{i} :a{i}" for i in range(len(deltas))),
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": {
+                f":a{i}": n(delta) for i, delta in enumerate(deltas.values())
+            },
+        }
+    }

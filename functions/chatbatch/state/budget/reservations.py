@@ -1,0 +1,190 @@
+"""A job's claim on the budget: the ``Ask`` it makes, the ``Reservation`` it holds, and the
+transaction items that hold, extend, settle and release one.
+
+These build items and write nothing; ``Budget`` commits them. Settle and release each
+turn the reservation's state on a condition, so either happens once or not at all (the
+package docstring: **Exactly once**).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from pydantic import BaseModel
+
+from chatbatch.core.resources import TABLE_PK, TABLE_TTL
+from chatbatch.state.budget.ledger import (
+    LEDGER_TTL_S,
+    Item,
+    add_item,
+    batch_ledger_key,
+    day_key,
+    open_key,
+    reservation_key,
+)
+from chatbatch.state.ddb import n, s
+
+
+class Ask(NamedTuple):
+    """A job's request for budget: its key, worst case and batch (with the batch's limit)."""
+
+    job_key: str
+    nanos: int
+    batch_id: str | None = None
+    batch_limit_nanos: int | None = None
+    owner: str | None = None
+
+    def held(self, day: str) -> Reservation:
+        """The reservation this ask makes on ``day``."""
+        return Reservation(
+            job_key=self.job_key,
+            day=day,
+            nanos=self.nanos,
+            batch_id=self.batch_id,
+            batch_limit=self.batch_limit_nanos is not None,
+            owner=self.owner,
+        )
+
+
+class Reservation(BaseModel):
+    job_key: str
+    day: str
+    nanos: int
+    batch_id: str | None = None
+    batch_limit: bool = False  # whether the batch ledger carries it too
+    owner: str | None = None  # the copy of the job (its first SQS message) that holds it
+    resumed: bool = False  # it existed before this call: the job may have been called already
+
+
+def hold_items(table: str, r: Reservation, now: float, ttl_s: int) -> list[Item]:
+    """The reservation item (only if the job holds none yet) and its open marker."""
+    reclaim_at = round(now + ttl_s, 3)
+    fields: Item = {"nanos": n(r.nanos), "reclaim_at": n(reclaim_at)}
+    if r.batch_limit and r.batch_id:
+        fields["batch_id"] = s(r.batch_id)
+    if r.owner:
+        fields["owner"] = s(r.owner)
+    expires = {TABLE_TTL: n(int(now) + LEDGER_TTL_S)}
+    return [
+        {
+            "Put": {
+                "TableName": table,
+                "Item": {
+                    **reservation_key(r.day, r.job_key),
+                    **fields,
+                    **expires,
+                    "state": s("reserved"),
+                },
+                "ConditionExpression": "attribute_not_exists(#pk)",
+                "ExpressionAttributeNames": {"#pk": TABLE_PK},
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }
+        },
+        {
+            "Put": {
+                "TableName": table,
+                "Item": {**open_key(r.day, r.job_key), **fields, **expires},
+            }
+        },
+    ]
+
+
+def extend_items(
+    table: str, r: Reservation, holder: str | None, now: float, ttl_s: int
+) -> list[Item]:
+    """A redelivered job keeps its reservation: not reclaimable for another TTL. The
+    owner changes only from the ``holder`` seen (a copy taking over an expired claim)."""
+    reclaim_at = n(round(now + ttl_s, 3))
+    names = {"#r": "reclaim_at", "#s": "state", "#o": "owner"}
+    values: Item = {":r": reclaim_at, ":reserved": s("reserved")}
+    update, owned = "SET #r = :r", "attribute_not_exists(#o)"
+    if r.owner:
+        update, values[":o"] = update + ", #o = :o", s(r.owner)
+    if holder:
+        owned, values[":holder"] = "#o = :holder", s(holder)
+    return [
+        {
+            "Update": {
+                "TableName": table,
+                "Key": reservation_key(r.day, r.job_key),
+                "UpdateExpression": update,
+                "ConditionExpression": f"#s = :reserved AND {owned}",
+                "ExpressionAttributeNames": names,
+                "ExpressionAttributeValues": values,
+            }
+        },
+        {
+            "Update": {
+                "TableName": table,
+                "Key": open_key(r.day, r.job_key),
+                "UpdateExpression": "SET #r = :r",
+                "ConditionExpression": "attribute_exists(#r)",
+                "ExpressionAttributeNames": {"#r": "reclaim_at"},
+                "ExpressionAttributeValues": {":r": reclaim_at},
+            }
+        },
+    ]
+
+
+def _ledgers(r: Reservation) -> list[Item]:
+    keys = [day_key(r.day)]
+    if r.batch_limit and r.batch_id:
+        keys.append(batch_ledger_key(r.batch_id))
+    return keys
+
+
+def _close_open(table: str, r: Reservation) -> Item:
+    return {"Delete": {"TableName": table, "Key": open_key(r.day, r.job_key)}}
+
+
+def settle_items(table: str, r: Reservation, actual_nanos: int) -> list[dict[str, Any]]:
+    """TransactWriteItems that turn the reservation into the real cost, exactly once.
+
+    The caller commits them with its own items (the job's final state); the first
+    item fails its condition if the reservation was already settled or released.
+    """
+    settled: Item = {
+        "Update": {
+            "TableName": table,
+            "Key": reservation_key(r.day, r.job_key),
+            "UpdateExpression": "SET #s = :settled, #a = :a",
+            "ConditionExpression": "#s = :reserved",
+            "ExpressionAttributeNames": {"#s": "state", "#a": "actual"},
+            "ExpressionAttributeValues": {
+                ":settled": s("settled"),
+                ":reserved": s("reserved"),
+                ":a": n(actual_nanos),
+            },
+        }
+    }
+    deltas = {"committed": actual_nanos - r.nanos, "spent": actual_nanos}
+    return [
+        settled,
+        _close_open(table, r),
+        *(add_item(table, key, deltas) for key in _ledgers(r)),
+    ]
+
+
+def release_items(table: str, r: Reservation, expired_before: float | None) -> list[Item]:
+    """The items that give a reservation back (the job was not sent); with
+    ``expired_before``, only if its deadline is before that time (reclaim)."""
+    condition = "#s = :reserved"
+    names = {"#s": "state"}
+    values: Item = {":reserved": s("reserved")}
+    if expired_before is not None:
+        condition += " AND #r < :now"
+        names["#r"] = "reclaim_at"
+        values[":now"] = n(expired_before)
+    return [
+        {
+            "Delete": {
+                "TableName": table,
+                "Key": reservation_key(r.day, r.job_key),
+                "ConditionExpression": condition,
+                "ExpressionAttributeNames": names,
+                "ExpressionAttributeValues": values,
+            }
+        },
+        _close_open(table, r),
+        *(add_item(table, key, {"committed": -r.nanos}) for key in _ledgers(r)),
+    ]
