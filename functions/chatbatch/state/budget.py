@@ -79,7 +79,7 @@ from pydantic import BaseModel
 from chatbatch.core.config import Config
 from chatbatch.core.pricing import from_nanos, to_nanos
 from chatbatch.core.resources import TABLE_PK, TABLE_SK, TABLE_TTL
-from chatbatch.state.ddb import int_of, n, s, transact
+from chatbatch.state.ddb import adds, int_of, n, s, transact
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -523,18 +523,7 @@ class Budget:
         return keys
 
     def _add(self, key: Item, deltas: Mapping[str, int]) -> Item:
-        names = {f"#a{i}": name for i, name in enumerate(deltas)}
-        return {
-            "Update": {
-                "TableName": self._table,
-                "Key": key,
-                "UpdateExpression": "ADD " + ", ".join(f"#a{i} :a{i}" for i in range(len(deltas))),
-                "ExpressionAttributeNames": names,
-                "ExpressionAttributeValues": {
-                    f":a{i}": n(delta) for i, delta in enumerate(deltas.values())
-                },
-            }
-        }
+        return {"Update": {"TableName": self._table, "Key": key, **adds(deltas)}}
 
     def _close_open(self, r: Reservation) -> Item:
         return {"Delete": {"TableName": self._table, "Key": open_key(r.day, r.job_key)}}

@@ -39,7 +39,7 @@ from chatbatch.core.resources import Resources
 from chatbatch.provider.client import ProviderClient
 from chatbatch.state.batches import Batches
 from chatbatch.state.budget import Budget
-from chatbatch.state.limiter import RateLimiter
+from chatbatch.state.limiter.limiter import RateLimiter
 from chatbatch.state.store import Store
 from chatbatch.worker.capacity import Capacity
 from chatbatch.worker.intake import Intake, read_record

@@ -54,7 +54,7 @@ from chatbatch.state.budget import (
     OverRequestCap,
     Reservation,
 )
-from chatbatch.state.limiter import RateLimiter, RequestTooLargeError
+from chatbatch.state.limiter.limiter import RateLimiter, RequestTooLargeError
 from chatbatch.state.store import Store
 from chatbatch.worker.capacity import Capacity, Slot
 from chatbatch.worker.intake import ATTR_BATCH, ATTR_HANDBACKS, ATTR_OWNER, Intake
