@@ -31,15 +31,9 @@ import boto3
 from chatbatch.core.config import Config, Priority, load_config
 from chatbatch.core.resources import TABLE_PK, TABLE_SK, TABLE_TTL
 from chatbatch.local.aws import create_table, moto_in_process
-from chatbatch.state.limiter import (
-    METRICS,
-    PRIO_SLOTS,
-    WINDOW_SLOTS,
-    RateLimiter,
-    _open_attr,
-    _prio_attr,
-    _slot_attr,
-)
+from chatbatch.state.limiter.item import open_attr, prio_attr, slot_attr
+from chatbatch.state.limiter.limiter import RateLimiter
+from chatbatch.state.limiter.policy import METRICS, PRIO_SLOTS, WINDOW_SLOTS
 
 MODEL = "bench-model"
 TABLE = "bench"
@@ -163,14 +157,14 @@ def full_item_bytes(acq_per_s: float) -> tuple[int, int]:
     per_slot = max(1, round(acq_per_s))
     attrs: dict[str, int] = {}
     for s in range(slot - WINDOW_SLOTS, slot + 1):
-        attrs[_slot_attr("r", s)] = per_slot
-        attrs[_slot_attr("t", s)] = per_slot * 1000
+        attrs[slot_attr("r", s)] = per_slot
+        attrs[slot_attr("t", s)] = per_slot * 1000
     for c in range(slot // 10 - PRIO_SLOTS + 1, slot // 10 + 1):
         for m in METRICS:
             scale = 1000 if m == "t" else 1
-            attrs[_open_attr(m, c)] = per_slot * scale
+            attrs[open_attr(m, c)] = per_slot * scale
             for rank in range(4):
-                attrs[_prio_attr(rank, m, c)] = per_slot * 10 * scale // 4
+                attrs[prio_attr(rank, m, c)] = per_slot * 10 * scale // 4
     for rank in range(4):
         attrs[f"s{rank}"] = slot
         attrs[f"w{rank}"] = 1500

@@ -55,7 +55,8 @@ from bench._common import (
 from chatbatch.core.config import Priority
 from chatbatch.local.options import LocalOptions
 from chatbatch.local.simulator import SimulatorSettings
-from chatbatch.state.limiter import Lease, RateLimiter
+from chatbatch.state.limiter.lease import Lease
+from chatbatch.state.limiter.limiter import RateLimiter
 from chatbatch.worker import handler as worker
 from chatbatch.worker.capacity import Slot
 

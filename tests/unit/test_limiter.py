@@ -18,12 +18,9 @@ from typing import TYPE_CHECKING
 import pytest
 
 from chatbatch.core.config import Config, Priority
-from chatbatch.state.limiter import (
-    WINDOW_S,
-    Lease,
-    RateLimiter,
-    RequestTooLargeError,
-)
+from chatbatch.state.limiter.lease import Lease
+from chatbatch.state.limiter.limiter import RateLimiter, RequestTooLargeError
+from chatbatch.state.limiter.policy import WINDOW_S
 
 if TYPE_CHECKING:
     from conftest import Dynamo

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from chatbatch.core.resources import TABLE_PK, TABLE_SK, TABLE_TTL
-from chatbatch.state.ddb import n, s, transact
+from chatbatch.state.ddb import adds, n, plain, s, transact
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -97,19 +97,6 @@ def job_key(batch_id: str, custom_id: str) -> dict[str, Any]:
     return {TABLE_PK: s(f"job#{batch_id}#{custom_id}"), TABLE_SK: s("state")}
 
 
-def _plain(item: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, value in item.items():
-        if "N" in value:
-            number = value["N"]
-            out[name] = float(number) if "." in number else int(number)
-        elif "BOOL" in value:
-            out[name] = value["BOOL"]
-        elif "S" in value:
-            out[name] = value["S"]
-    return out
-
-
 class Batches:
     """Batch registry, counters and job states on the shared table."""
 
@@ -134,7 +121,7 @@ class Batches:
             while pending:
                 reply = self._ddb.batch_get_item(RequestItems=pending)
                 for item in reply["Responses"].get(self._table, []):
-                    found[item[TABLE_PK]["S"]] = _plain(item)
+                    found[item[TABLE_PK]["S"]] = plain(item)
                 pending = reply.get("UnprocessedKeys") or None
         states = {
             (b, c): JobState(found.get(f"job#{b}#{c}", {}).get("state", JobState.new))
@@ -148,7 +135,7 @@ class Batches:
             TableName=self._table, Key=batch_key(batch_id), ConsistentRead=True
         )
         item = reply.get("Item")
-        return self._info(batch_id, _plain(item)) if item else None
+        return self._info(batch_id, plain(item)) if item else None
 
     def list_all(self) -> list[BatchInfo]:
         out: list[BatchInfo] = []
@@ -161,8 +148,8 @@ class Batches:
         while True:
             reply = self._ddb.scan(**kwargs)
             for item in reply.get("Items", []):
-                plain = _plain(item)
-                out.append(self._info(plain[TABLE_PK].removeprefix("batch#"), plain))
+                fields = plain(item)
+                out.append(self._info(fields[TABLE_PK].removeprefix("batch#"), fields))
             if "LastEvaluatedKey" not in reply:
                 return sorted(out, key=lambda b: b.created or 0)
             kwargs["ExclusiveStartKey"] = reply["LastEvaluatedKey"]
@@ -261,22 +248,10 @@ class Batches:
             }
         }
         items: list[Any] = [state_item, *extra]
-        adds = {name: delta for name, delta in deltas.items() if delta}
-        if adds:
-            names = {f"#c{i}": name for i, name in enumerate(adds)}
+        changed = {name: delta for name, delta in deltas.items() if delta}
+        if changed:
             items.append(
-                {
-                    "Update": {
-                        "TableName": self._table,
-                        "Key": batch_key(batch_id),
-                        "UpdateExpression": "ADD "
-                        + ", ".join(f"#c{i} :c{i}" for i in range(len(adds))),
-                        "ExpressionAttributeNames": names,
-                        "ExpressionAttributeValues": {
-                            f":c{i}": n(delta) for i, delta in enumerate(adds.values())
-                        },
-                    }
-                }
+                {"Update": {"TableName": self._table, "Key": batch_key(batch_id), **adds(changed)}}
             )
         reasons = transact(self._ddb, items)
         if not reasons:

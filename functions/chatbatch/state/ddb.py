@@ -1,4 +1,9 @@
-"""DynamoDB attribute values, written and read the same way by every module."""
+"""DynamoDB attribute values and update expressions, written and read the same way by every module.
+
+``s`` and ``n`` make attribute values, ``num`` and ``int_of`` read numbers back, ``plain``
+turns an item into Python values, ``Update`` builds an update expression with its
+placeholders and conditions, ``transact`` commits a transaction (retrying conflicts).
+"""
 
 from __future__ import annotations
 
@@ -9,23 +14,135 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_dynamodb.type_defs import AttributeValueTypeDef
 
 CONFLICT_RETRIES = 6
 
 
-def s(value: str) -> dict[str, Any]:
+def s(value: str) -> AttributeValueTypeDef:
     """A string attribute value."""
     return {"S": value}
 
 
-def n(value: int | float) -> dict[str, Any]:
+def n(value: int | float) -> AttributeValueTypeDef:
     """A number attribute value."""
     return {"N": str(value)}
 
 
+def num(value: Mapping[str, Any] | None) -> float | None:
+    """A number attribute value as a number (None when absent or not a number).
+
+    Whole numbers come back as ints, exact however large (nano-dollars pass 2**53).
+    """
+    if not value or "N" not in value:
+        return None
+    text = str(value["N"])
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
 def int_of(item: Mapping[str, Any] | None, name: str) -> int:
     """A number attribute of an item as an int (0 when absent)."""
-    return int((item or {}).get(name, {}).get("N", 0))
+    return int(num((item or {}).get(name)) or 0)
+
+
+def plain(item: Mapping[str, Any]) -> dict[str, Any]:
+    """An item's numbers, booleans and strings as Python values (other types left out)."""
+    out: dict[str, Any] = {}
+    for name, value in item.items():
+        if "N" in value:
+            out[name] = num(value)
+        elif "BOOL" in value:
+            out[name] = value["BOOL"]
+        elif "S" in value:
+            out[name] = value["S"]
+    return out
+
+
+class Update:
+    """Builds an update: placeholders for names and values, ADD/SET/REMOVE clauses, conditions."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, str] = {}
+        self.values: dict[str, AttributeValueTypeDef] = {}
+        self.adds: list[str] = []
+        self.sets: list[str] = []
+        self.removes: list[str] = []
+        self.conditions: list[str] = []
+
+    def name(self, attr: str) -> str:
+        key = f"#a{len(self.names)}"
+        self.names[key] = attr
+        return key
+
+    def value(self, value: float) -> str:
+        key = f":v{len(self.values)}"
+        self.values[key] = n(value)
+        return key
+
+    def add(self, attr: str, delta: int) -> None:
+        self.adds.append(f"{self.name(attr)} {self.value(delta)}")
+
+    def set(self, attr: str, value: float) -> None:
+        self.sets.append(f"{self.name(attr)} = {self.value(value)}")
+
+    def at_most(self, attr: str, bound: int) -> None:
+        """Absent, or at most ``bound``."""
+        self._absent_or(attr, "<=", bound)
+
+    def older_than(self, attr: str, value: float) -> None:
+        """Absent, or below ``value``."""
+        self._absent_or(attr, "<", value)
+
+    def absent_or_equal(self, attr: str, value: float | None) -> None:
+        """Absent if ``value`` is None, else equal to it."""
+        self._pinned(attr, "=", value)
+
+    def not_grown(self, attr: str, value: int | None) -> None:
+        """Pin an attribute that should not have grown since it was read."""
+        self._pinned(attr, "<=", value)
+
+    def _absent_or(self, attr: str, op: str, value: float) -> None:
+        name = self.name(attr)
+        self.conditions.append(f"(attribute_not_exists({name}) OR {name} {op} {self.value(value)})")
+
+    def _pinned(self, attr: str, op: str, value: float | None) -> None:
+        name = self.name(attr)
+        if value is None:
+            self.conditions.append(f"attribute_not_exists({name})")
+        else:
+            self.conditions.append(f"{name} {op} {self.value(value)}")
+
+    def expression(self) -> str:
+        parts = []
+        if self.adds:
+            parts.append("ADD " + ", ".join(self.adds))
+        if self.sets:
+            parts.append("SET " + ", ".join(self.sets))
+        if self.removes:
+            parts.append("REMOVE " + ", ".join(self.removes))
+        return " ".join(parts)
+
+    def params(self) -> dict[str, Any]:
+        """The update, its placeholders and its conditions (ANDed), as request fields."""
+        out: dict[str, Any] = {
+            "UpdateExpression": self.expression(),
+            "ExpressionAttributeNames": self.names,
+            "ExpressionAttributeValues": self.values,
+        }
+        if self.conditions:
+            out["ConditionExpression"] = " AND ".join(self.conditions)
+        return out
+
+
+def adds(deltas: Mapping[str, int]) -> dict[str, Any]:
+    """``ADD`` of each delta to its attribute (a ledger's or a batch's counters)."""
+    update = Update()
+    for attr, delta in deltas.items():
+        update.add(attr, delta)
+    return update.params()
 
 
 def transact(

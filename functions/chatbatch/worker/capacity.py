@@ -14,7 +14,8 @@ import asyncio
 from collections import defaultdict
 
 from chatbatch.core.config import Priority
-from chatbatch.state.limiter import Lease, RateLimiter, RequestTooLargeError
+from chatbatch.state.limiter.lease import Lease
+from chatbatch.state.limiter.limiter import RateLimiter, RequestTooLargeError
 
 FLUSH_AFTER_S = 1.0  # a safety net: every job asks or leaves, and then it flushes at once
 

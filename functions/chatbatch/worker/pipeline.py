@@ -48,7 +48,7 @@ from chatbatch.state.budget.errors import (
     OverRequestCap,
 )
 from chatbatch.state.budget.reservations import Ask, Reservation
-from chatbatch.state.limiter import RequestTooLargeError
+from chatbatch.state.limiter.limiter import RequestTooLargeError
 from chatbatch.worker import requeue, results
 from chatbatch.worker.crash import crash_point
 from chatbatch.worker.intake import Intake

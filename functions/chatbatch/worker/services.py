@@ -20,7 +20,7 @@ from chatbatch.core.resources import Resources
 from chatbatch.provider.client import ProviderClient
 from chatbatch.state.batches import Batches
 from chatbatch.state.budget.budget import Budget
-from chatbatch.state.limiter import RateLimiter
+from chatbatch.state.limiter.limiter import RateLimiter
 from chatbatch.state.store import Store
 
 if TYPE_CHECKING:

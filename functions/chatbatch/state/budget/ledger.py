@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from chatbatch.core.resources import TABLE_PK, TABLE_SK, TABLE_TTL
-from chatbatch.state.ddb import n, s
+from chatbatch.state.ddb import adds, n, s
 
 LEDGER_TTL_S = 40 * 86_400
 
@@ -70,15 +70,4 @@ def charge_item(table: str, key: Item, nanos: int, limit: int, now: float) -> It
 
 def add_item(table: str, key: Item, deltas: Mapping[str, int]) -> Item:
     """ADD each of ``deltas`` to the ledger at ``key`` (no condition)."""
-    names = {f"#a{i}": name for i, name in enumerate(deltas)}
-    return {
-        "Update": {
-            "TableName": table,
-            "Key": key,
-            "UpdateExpression": "ADD " + ", ".join(f"#a{i} :a{i}" for i in range(len(deltas))),
-            "ExpressionAttributeNames": names,
-            "ExpressionAttributeValues": {
-                f":a{i}": n(delta) for i, delta in enumerate(deltas.values())
-            },
-        }
-    }
+    return {"Update": {"TableName": table, "Key": key, **adds(deltas)}}

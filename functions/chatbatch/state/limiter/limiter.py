@@ -1,0 +1,347 @@
+"""``RateLimiter``: the shared rate limit, acquired and given back with DynamoDB writes.
+
+It reads a shard (at most once per slot; the item a write returns is cached), asks the
+``policy`` what fits, and books it with one conditional ``UpdateItem`` built by ``item``;
+a write that lost a race retries on the item that came back. ``acquire``/``lease`` hand
+out ``Lease``s; 429s and limit headers adapt the limit (design note:
+``chatbatch.state.limiter``).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from botocore.exceptions import ClientError
+from pydantic import BaseModel
+
+from chatbatch.core.config import Config, Priority
+from chatbatch.core.resources import TABLE_TTL
+from chatbatch.state.ddb import Update
+from chatbatch.state.limiter.item import (
+    ITEM_TTL_S,
+    Item,
+    decode,
+    decrease_update,
+    give_back_update,
+    grant_update,
+    key,
+    learned_update,
+    starving_update,
+)
+from chatbatch.state.limiter.lease import Grant, Lease
+from chatbatch.state.limiter.policy import MIN_WAIT_S, Policy, State, Verdict, slot_of
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+MAX_ATTEMPTS = 8  # conditional-write retries before a denial
+
+
+class RequestTooLargeError(ValueError):
+    """A request that can never fit the limit (more tokens than a whole minute allows)."""
+
+
+class LimiterStatus(BaseModel):
+    """One model's limiter right now, all shards together (for ``status``)."""
+
+    model: str
+    shards: int
+    limit_requests: float
+    limit_tokens: float
+    factor: float
+    learned_requests: int | None
+    learned_tokens: int | None
+    used_requests: int
+    used_tokens: int
+    starving: list[Priority]
+
+
+class _AttemptLike(Protocol):
+    @property
+    def status(self) -> int | None: ...
+
+
+class _LimitsLike(Protocol):
+    @property
+    def limit_requests(self) -> int | None: ...
+
+    @property
+    def limit_tokens(self) -> int | None: ...
+
+
+@dataclass(frozen=True)
+class _Ask:
+    """One acquisition on one shard."""
+
+    model: str
+    shard: int
+    priority: Priority
+    tokens: list[int]
+
+    def outcome(self, slot: int, jobs: list[int], all_jobs: Verdict) -> Grant:
+        """The grant of ``jobs`` (booked in ``slot``); ``all_jobs`` says why not all."""
+        complete = len(jobs) == len(self.tokens)
+        return Grant(
+            model=self.model,
+            priority=self.priority,
+            shard=self.shard,
+            slot=slot,
+            tokens=tuple(jobs),
+            asked=len(self.tokens),
+            wait_s=0.0 if complete else max(all_jobs.wait_s, MIN_WAIT_S),
+            reason=None if complete else all_jobs.reason,
+        )
+
+
+def _failed_item(err: ClientError) -> Item | None:
+    if err.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+        raise err
+    item: Item | None = err.response.get("Item")  # type: ignore[assignment]
+    return item
+
+
+class RateLimiter:
+    """One shared rate limit per model for every worker (design note: ``chatbatch.state.limiter``).
+
+    ``client`` is a low-level boto3 DynamoDB client (the local runtime points it at
+    moto), ``table`` the single table of ``resources``. ``shards`` splits a model's
+    limits over several items for more than ~2,500 acquisitions/s (an int for every
+    model, or per model name). ``clock`` (epoch seconds) and ``rng`` are for tests.
+    Thread-safe; one instance per worker process.
+    """
+
+    def __init__(
+        self,
+        client: DynamoDBClient,
+        table: str,
+        config: Config,
+        *,
+        shards: int | Mapping[str, int] = 1,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._ddb = client
+        self._table = table
+        self._config = config
+        self._shards = shards
+        self._clock = clock
+        self._rng = rng or random.Random()
+        shares = [config.priorities[p].share for p in Priority]
+        self._policy = Policy(shares)
+        self._cache: dict[tuple[str, int], tuple[int, Item]] = {}
+        self._observed: dict[str, tuple[int | None, int | None]] = {}
+        self._lock = threading.Lock()
+
+    # -- public API --
+
+    def acquire(self, model: str, priority: Priority, tokens: int) -> Lease:
+        """Capacity for one request of ``tokens`` estimated tokens, or how long to wait."""
+        return self.lease(model, priority, [tokens])
+
+    def lease(self, model: str, priority: Priority, tokens: Sequence[int]) -> Lease:
+        """Capacity for as many of these jobs (estimated tokens each) as fit, in one write.
+
+        ``lease.granted`` is how many of the first jobs may be sent; ``lease.wait_s`` how
+        long to wait before asking for the rest. Raises ``RequestTooLargeError`` for a job
+        bigger than the whole per-minute limit.
+        """
+        if not tokens:
+            raise ValueError("a lease needs at least one job")
+        shards = self.shards(model)
+        first = self._rng.randrange(shards)
+        denial: Grant | None = None
+        for i in range(min(shards, 2)):
+            grant = self._try_shard(model, (first + i) % shards, priority, list(tokens))
+            if grant.tokens:
+                return Lease(grant, self._give_back)
+            denial = grant if denial is None or grant.wait_s < denial.wait_s else denial
+        assert denial is not None
+        return Lease(denial, self._give_back)
+
+    def reconcile(self, lease: Lease, used_tokens: int) -> None:
+        """After a single-job call: the real usage replaces the estimate (one write)."""
+        if lease.granted:
+            lease.reconcile(0, used_tokens)
+        lease.close()
+
+    def report_429(self, model: str) -> None:
+        """The provider said 429: halve the limit for everyone (once per cooldown)."""
+        for shard in range(self.shards(model)):
+            self._decrease(model, shard)
+
+    def observe_limits(
+        self, model: str, limit_requests: int | None, limit_tokens: int | None
+    ) -> None:
+        """The provider's ``x-ratelimit-limit-*``: the real limit, learned (per minute)."""
+        learned = (
+            limit_requests if limit_requests and limit_requests > 0 else None,
+            limit_tokens if limit_tokens and limit_tokens > 0 else None,
+        )
+        if learned == (None, None) or self._observed.get(model) == learned:
+            return
+        for shard in range(self.shards(model)):
+            self._learn(model, shard, learned)
+        self._observed[model] = learned
+
+    def observe_attempt(
+        self, model: str, attempt: _AttemptLike, limits: _LimitsLike | None
+    ) -> None:
+        """Hook for the provider client's ``on_attempt``: 429s and limit headers."""
+        if attempt.status == 429:
+            self.report_429(model)
+        if limits is not None:
+            self.observe_limits(model, limits.limit_requests, limits.limit_tokens)
+
+    def status(self, model: str) -> LimiterStatus:
+        states = [self._read(model, s, self._clock()) for s in range(self.shards(model))]
+        first = states[0]
+        return LimiterStatus(
+            model=model,
+            shards=len(states),
+            limit_requests=sum(st.limits.eff("r") for st in states),
+            limit_tokens=sum(st.limits.eff("t") for st in states),
+            factor=first.limits.factor,
+            learned_requests=_opt_int(first.learned["r"]),
+            learned_tokens=_opt_int(first.learned["t"]),
+            used_requests=sum(st.used("r") for st in states),
+            used_tokens=sum(st.used("t") for st in states),
+            starving=[p for p in Priority if any(st.starving(p.rank) for st in states)],
+        )
+
+    def shards(self, model: str) -> int:
+        self._model(model)
+        if isinstance(self._shards, int):
+            return self._shards
+        return self._shards.get(model, 1)
+
+    # -- state --
+
+    def _model(self, model: str) -> dict[str, float]:
+        try:
+            m = self._config.models[model]
+        except KeyError:
+            raise ValueError(
+                f"unknown model {model!r}; configured: {sorted(self._config.models)}"
+            ) from None
+        return {"r": float(m.rpm), "t": float(m.tpm)}
+
+    def _state(self, model: str, shard: int, now: float) -> State:
+        """The shard as cached in this slot, else read (strongly consistent)."""
+        with self._lock:
+            cached = self._cache.get((model, shard))
+        if cached and cached[0] == slot_of(now):
+            return decode(cached[1], now, self._model(model), self.shards(model))
+        return self._read(model, shard, now)
+
+    def _read(self, model: str, shard: int, now: float) -> State:
+        resp = self._ddb.get_item(TableName=self._table, Key=key(model, shard), ConsistentRead=True)
+        item = resp.get("Item", {})
+        self._remember(model, shard, now, item)
+        return decode(item, now, self._model(model), self.shards(model))
+
+    def _remember(self, model: str, shard: int, now: float, item: Item | None) -> None:
+        with self._lock:
+            if item is None:
+                self._cache.pop((model, shard), None)
+            else:
+                self._cache[(model, shard)] = (slot_of(now), item)
+
+    def _update(self, model: str, shard: int, expr: Update, now: float) -> bool:
+        """One UpdateItem; True if written. The item that came back is cached either way."""
+        expr.set(TABLE_TTL, int(now + ITEM_TTL_S))
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "Key": key(model, shard),
+            **expr.params(),
+            "ReturnValues": "ALL_NEW",
+        }
+        if expr.conditions:
+            request["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
+        try:
+            resp = self._ddb.update_item(**request)
+        except ClientError as err:
+            self._remember(model, shard, now, _failed_item(err))
+            return False
+        self._remember(model, shard, now, resp.get("Attributes"))
+        return True
+
+    # -- acquire --
+
+    def _try_shard(self, model: str, shard: int, priority: Priority, tokens: list[int]) -> Grant:
+        ask = _Ask(model, shard, priority, tokens)
+        rank = priority.rank
+        for _ in range(MAX_ATTEMPTS):
+            now = self._clock()
+            st = self._state(model, shard, now)
+            self._check_size(model, st, tokens[0])
+            jobs, fits, all_jobs = self._fit(st, rank, tokens)
+            if not jobs:
+                self._mark_starving(model, shard, st, rank, tokens[0])
+                return ask.outcome(-1, [], all_jobs)
+            assert fits.bounds is not None
+            if self._update(model, shard, grant_update(st, rank, jobs, fits.bounds), now):
+                return ask.outcome(st.slot, jobs, all_jobs)
+        return ask.outcome(-1, [], Verdict(None, MIN_WAIT_S, "contention"))
+
+    def _fit(self, st: State, rank: int, tokens: list[int]) -> tuple[list[int], Verdict, Verdict]:
+        """The longest prefix of the jobs that fits and its verdict, and the verdict for all."""
+        verdicts: list[Verdict] = []
+        for k in range(len(tokens), 0, -1):
+            verdicts.append(self._policy.check(st, rank, {"r": k, "t": sum(tokens[:k])}))
+            if verdicts[-1].bounds is not None:
+                return tokens[:k], verdicts[-1], verdicts[0]
+        return [], verdicts[-1], verdicts[0]
+
+    def _check_size(self, model: str, st: State, tokens: int) -> None:
+        base = st.limits.base
+        if tokens <= base["t"] and base["r"] >= 1:
+            return
+        shards = self.shards(model)
+        raise RequestTooLargeError(
+            f"model {model}: a request of 1 call and {tokens} estimated tokens does not fit "
+            f"a limit of {base['r'] * shards:.0f} requests and {base['t'] * shards:.0f} tokens "
+            f"per minute over {shards} limiter shard(s); lower max_tokens or use fewer shards"
+        )
+
+    def _mark_starving(self, model: str, shard: int, st: State, rank: int, want: int) -> None:
+        if not st.mark_stale(rank):
+            return
+        self._update(model, shard, starving_update(st, rank, want), st.now)
+
+    # -- give back --
+
+    def _give_back(self, grant: Grant, requests: int, tokens: int) -> None:
+        """Close a lease in one write: give-backs into the grant's slots, its estimate closed."""
+        now = self._clock()
+        expr = give_back_update(grant, requests, tokens, now)
+        if expr.adds:
+            self._update(grant.model, grant.shard, expr, now)
+
+    # -- adaptive --
+
+    def _decrease(self, model: str, shard: int) -> None:
+        for _ in range(2):
+            now = self._clock()
+            st = self._state(model, shard, now)
+            new_factor = st.factor_after_429()
+            if new_factor is None:
+                return
+            expr = decrease_update(st.limits.factor_at, new_factor, now)
+            if self._update(model, shard, expr, now):
+                return
+
+    def _learn(self, model: str, shard: int, learned: tuple[int | None, int | None]) -> None:
+        now = self._clock()
+        st = self._state(model, shard, now)
+        expr = learned_update(st, learned)
+        if expr.sets:
+            self._update(model, shard, expr, now)
+
+
+def _opt_int(value: float | None) -> int | None:
+    return None if value is None else int(value)

@@ -1,0 +1,233 @@
+"""What one limiter shard allows now: pure arithmetic on its decoded state, no AWS.
+
+The window of one-second slots, the pace, the priority floors and holds, and the adaptive
+factor after 429s (the design note in ``chatbatch.state.limiter`` says why each rule).
+``State`` is a shard as seen at one instant (``item.decode`` makes it from the item);
+``Policy.check`` turns it into bounds for the conditional write, or a wait and its reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+SLOT_S = 1.0  # one slot of the sliding window
+WINDOW_S = 60.0  # the limits are per minute
+WINDOW_SLOTS = round(WINDOW_S / SLOT_S)  # closed slots in the window besides the current one
+PACE = 1.2  # a slot may grant 1.2x its share of the minute's requests (to reuse give-backs)
+PRIO_SLOT_S = 10.0  # per-priority usage is kept in coarser slots
+PRIO_SLOTS = 7  # the current one and 6 before: 60-70 s, never less than the window
+STARVING_S = 15.0  # a priority denied this recently is starving
+MARK_EVERY_S = 5.0  # the starving mark is refreshed at most this often
+AIMD_DECREASE = 0.5  # a 429 halves the limit ...
+AIMD_DECREASE_KNOWN = 0.9  # ... or takes 10 % off when the provider told us its limit,
+AIMD_ESCALATE_S = 30.0  # unless 429s keep coming: a 429 this soon after a decrease halves
+AIMD_COOLDOWN_S = 5.0  # ... at most once in this long
+AIMD_STEP = 0.05  # then it grows back by 5 % of the limit ...
+AIMD_STEP_EVERY_S = 10.0  # ... every 10 s
+AIMD_FLOOR = 0.05
+MIN_WAIT_S = 0.01
+RECHECK_S = 1.0  # how soon to ask again when open leases' give-backs may free the tokens
+METRICS = ("r", "t")  # requests, tokens
+
+
+def slot_of(now: float) -> int:
+    return math.floor(now / SLOT_S)
+
+
+def cslot_of(slot: int) -> int:
+    return math.floor(slot * SLOT_S / PRIO_SLOT_S)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A shard's limits: configured (and learned) base, and effective after the factor."""
+
+    base: dict[str, float]
+    factor: float
+    factor_at: float | None  # time of the last decrease
+    factor_base: float  # the factor right after that decrease
+
+    def eff(self, metric: str) -> float:
+        return self.base[metric] * self.factor
+
+    def recovery_wait(self, needed_factor: float, now: float) -> float:
+        """Seconds until the factor has grown back to ``needed_factor``."""
+        if self.factor_at is None or needed_factor > 1:
+            return WINDOW_S
+        steps = math.ceil((needed_factor - self.factor_base) / AIMD_STEP - 1e-9)
+        return max(self.factor_at + steps * AIMD_STEP_EVERY_S - now, MIN_WAIT_S)
+
+
+def pace(limit: float, slot: int) -> int:
+    """Requests slot ``slot`` may grant: PACE x limit / 60 on average, whole requests."""
+    per_slot = PACE * limit * SLOT_S / WINDOW_S
+    return math.floor((slot + 1) * per_slot) - math.floor(slot * per_slot)
+
+
+def factor(f0: float | None, at: float | None, now: float) -> float:
+    """The adaptive factor now: ``f0`` after the decrease at ``at``, grown back since."""
+    if f0 is None or at is None:
+        return 1.0
+    steps = math.floor(max(0.0, now - at) / AIMD_STEP_EVERY_S)
+    return min(1.0, f0 + AIMD_STEP * steps)
+
+
+@dataclass
+class State:
+    """A shard item as seen at ``now``: window usage, per-priority usage, marks, limits."""
+
+    now: float
+    slot: int
+    limits: Limits
+    window: dict[str, dict[int, int]] = field(default_factory=lambda: {m: {} for m in METRICS})
+    prio: dict[int, dict[str, float]] = field(
+        default_factory=lambda: defaultdict(lambda: dict.fromkeys(METRICS, 0.0))
+    )
+    prio_fading: dict[int, dict[str, float]] = field(  # per second, as the oldest slot leaves
+        default_factory=lambda: defaultdict(lambda: dict.fromkeys(METRICS, 0.0))
+    )
+    outstanding: dict[str, int] = field(default_factory=lambda: dict.fromkeys(METRICS, 0))
+    marks: dict[int, float] = field(default_factory=dict)
+    wants: dict[int, int] = field(default_factory=dict)
+    learned: dict[str, float | None] = field(default_factory=dict)
+    expired: list[str] = field(default_factory=list)
+    prev: dict[str, int | None] = field(default_factory=dict)  # the pinned previous slot
+
+    @property
+    def cslot(self) -> int:
+        return cslot_of(self.slot)
+
+    def prio_weight(self, cslot: int) -> float:
+        """How much of a 10 s slot lies in the last minute (the oldest one only partly)."""
+        start = cslot * PRIO_SLOT_S
+        inside = start + PRIO_SLOT_S - (self.now - WINDOW_S)
+        return min(1.0, max(0.0, inside / PRIO_SLOT_S))
+
+    def cur(self, metric: str) -> int:
+        return self.window[metric].get(self.slot, 0)
+
+    def closed(self, metric: str) -> int:
+        return sum(v for s, v in self.window[metric].items() if s != self.slot)
+
+    def used(self, metric: str) -> int:
+        return sum(self.window[metric].values())
+
+    def starving(self, rank: int) -> bool:
+        return self.now - self.marks.get(rank, -math.inf) < STARVING_S
+
+    def mark_stale(self, rank: int) -> bool:
+        return self.now - self.marks.get(rank, -math.inf) >= MARK_EVERY_S
+
+    def factor_after_429(self) -> float | None:
+        """The factor a 429 now leaves (None: a decrease happened within the cooldown)."""
+        last = self.limits.factor_at
+        if last is not None and self.now - last < AIMD_COOLDOWN_S:
+            return None
+        # With the real limit learned from headers, a lone 429 means our window and
+        # the provider's disagree at the edge (clock skew, a retry), not a wrong limit;
+        # 429s that keep coming (another user of the key, the other metric) halve it.
+        known = any(v is not None for v in self.learned.values())
+        lone = last is None or self.now - last >= AIMD_ESCALATE_S
+        decrease = AIMD_DECREASE_KNOWN if known and lone else AIMD_DECREASE
+        return max(AIMD_FLOOR, self.limits.factor * decrease)
+
+
+# --- the decision ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Either bounds for the conditional write, or a wait and its reason."""
+
+    bounds: dict[str, int] | None
+    wait_s: float = 0.0
+    reason: str | None = None
+
+
+class Policy:
+    """Window, pace, priority holds and the adaptive factor: what one shard allows now."""
+
+    def __init__(self, shares: Sequence[float]) -> None:
+        self.shares = shares
+
+    def floor(self, st: State, rank: int, metric: str) -> float:
+        return self.shares[rank] * st.limits.eff(metric)
+
+    def below_floor(self, st: State, rank: int) -> bool:
+        return all(st.prio[rank][m] < self.floor(st, rank, m) for m in METRICS)
+
+    def hold(self, st: State, rank: int, metric: str, borrowing: bool) -> int:
+        """What a priority leaves for others: the unused floors of starving priorities.
+
+        A priority below its floor leaves them to the starving priorities above it; a
+        borrower (at or above its floor) to all of them. A held floor is at least the
+        request its priority waits with, so a request bigger than a floor finds room.
+        The highest starving priority below its floor is never held back: no deadlock.
+        """
+        held = 0.0
+        for q in range(len(self.shares) if borrowing else rank):
+            if q != rank and st.starving(q) and self.below_floor(st, q):
+                want = 1 if metric == "r" else st.wants.get(q, 0)
+                held += max(self.floor(st, q, metric) - st.prio[q][metric], want)
+        return math.ceil(held)
+
+    def check(self, st: State, rank: int, need: dict[str, int]) -> Verdict:
+        """The limit, the pace and the holds; a borrower waits while a higher one starves."""
+        borrowing = not self.below_floor(st, rank)
+        if borrowing and any(st.starving(q) for q in range(rank)):
+            return Verdict(None, self._floor_wait(st, rank), "priority")
+        bounds: dict[str, int] = {}
+        waits: list[tuple[float, str]] = []
+        for m in METRICS:
+            hold = self.hold(st, rank, m, borrowing)
+            bound, denied = self._metric(st, m, need[m], hold)
+            if denied:
+                waits.append(denied)
+            bounds[m] = bound
+        if waits:
+            wait_s, reason = max(waits)
+            return Verdict(None, max(wait_s, MIN_WAIT_S), reason)
+        return Verdict(bounds)
+
+    def _metric(self, st: State, m: str, n: int, hold: int) -> tuple[int, tuple[float, str] | None]:
+        limit = st.limits.eff(m)
+        if n > limit:
+            wait = st.limits.recovery_wait(n / st.limits.base[m], st.now)
+            return -1, (wait, "adaptive")
+        window_bound = math.floor(limit - st.closed(m) - hold - n)
+        cur = st.cur(m)
+        if cur > window_bound:
+            missing = cur - window_bound
+            wait = self._expiry_wait(st, m, missing)
+            if hold or (m == "t" and st.outstanding[m] >= missing):
+                wait = min(wait, RECHECK_S)  # the holders take their share, give-backs come
+            return window_bound, (wait, "window")
+        if m != "r":
+            return window_bound, None
+        pace_bound = max(pace(limit, st.slot), 1) - n - hold  # one fits an empty slot
+        if cur > pace_bound:
+            return pace_bound, ((st.slot + 1) * SLOT_S - st.now, "pace")
+        return min(window_bound, pace_bound), None
+
+    def _floor_wait(self, st: State, rank: int) -> float:
+        """Seconds until the priority's usage of the last minute is back under its floor."""
+        boundary = (st.cslot + 1) * PRIO_SLOT_S - st.now
+        waits = []
+        for m in METRICS:
+            excess = st.prio[rank][m] - self.floor(st, rank, m)
+            fading = st.prio_fading[rank][m]
+            waits.append(excess / fading if 0 < excess < fading * boundary else boundary)
+        return max(min(waits), MIN_WAIT_S)
+
+    @staticmethod
+    def _expiry_wait(st: State, m: str, amount: int) -> float:
+        """Seconds until slots holding ``amount`` have left the window."""
+        freed = 0
+        for slot in sorted(st.window[m]):
+            freed += st.window[m][slot]
+            if freed >= amount:
+                return (slot + WINDOW_SLOTS + 1) * SLOT_S - st.now
+        return WINDOW_S
