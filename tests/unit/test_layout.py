@@ -8,6 +8,9 @@ nothing imports cli. Every import counts: module level, inside functions (lazy) 
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,3 +91,24 @@ def test_the_stack_needs_only_core() -> None:
     for path in sorted((ROOT / "infra").glob("*.py")):
         used = {layer for layer, _ in imported_layers(path)}
         assert used <= {"core"}, f"{path.name} imports {used - {'core'}}"
+
+
+def test_the_handler_loads_without_client_cli_or_local() -> None:
+    """What the asset leaves out is never needed: the handler imports with those three
+    packages made unimportable (in a fresh interpreter)."""
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[:2] in (['chatbatch', p] for p in ('client', 'cli', 'local')):"
+        "\n"
+        "            raise ImportError(f'{name} is not in the Lambda asset')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import chatbatch.worker.handler\n"
+        "assert 'chatbatch.worker.pipeline' in sys.modules\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "functions")}
+    run = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
