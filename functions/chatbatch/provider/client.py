@@ -15,7 +15,9 @@ retry can fix and gives up, in time, on what it cannot.
   exponential backoff with full jitter, unless the server names its own delay
   (``retry-after-ms``, then ``retry-after`` in seconds or as an HTTP date), capped by
   ``[retries]``. Any other status (400, 401, 403, 404, 422, ...) is a permanent error
-  carrying the provider's message.
+  carrying the provider's message. An account-level error (a wrong key, no access, no
+  such model, a 429 or 402 saying the quota or credit is gone) is permanent too, and its
+  ``Attempt`` and ``ProviderError`` say so (``account``): the worker pauses the model.
 - ``stream: true`` is read with ``SSEParser`` and ``ChatStream`` and assembled into the
   same ``chat.completion`` body a non-streamed call returns, usage included.
 - Every response's ``x-ratelimit-*`` headers become a ``RateLimitInfo``, handed with each
@@ -41,7 +43,7 @@ from pydantic import BaseModel, ConfigDict
 
 from chatbatch.core.config import Config, Provider, Timeouts
 from chatbatch.core.pricing import Usage
-from chatbatch.provider.errors import ProviderError
+from chatbatch.provider.errors import AccountError, AccountReason, ProviderError
 from chatbatch.provider.retry import (
     ATTEMPT_ERRORS,
     RateLimitInfo,
@@ -71,6 +73,7 @@ class Attempt(BaseModel):
     error: str | None = None
     latency_ms: int = 0
     retry_after_s: float | None = None
+    account: AccountReason | None = None  # an account-level error (a 429 that is no rate limit)
 
 
 class Completion(BaseModel):
@@ -108,6 +111,7 @@ class _Outcome:
     permanent: bool = False
     message: str = ""
     code: str | None = None
+    account: AccountReason | None = None
 
 
 def _attempt_timeout(timeouts: Timeouts, remaining_s: float) -> httpx.Timeout:
@@ -270,6 +274,7 @@ class ProviderClient:
                     await response.aclose()
         except ATTEMPT_ERRORS as err:
             error, code, permanent = classify(err)
+            account = err.reason if isinstance(err, AccountError) else None
         else:
             attempt = Attempt(status=status, latency_ms=_ms(self._clock() - began))
             return _Outcome(attempt=attempt, body=body, usage=usage, rate_limits=rate_limits)
@@ -279,9 +284,15 @@ class ProviderClient:
             error=error,
             latency_ms=_ms(self._clock() - began),
             retry_after_s=None if permanent else retry_after,
+            account=account,
         )
         return _Outcome(
-            attempt, rate_limits=rate_limits, permanent=permanent, message=error, code=code
+            attempt,
+            rate_limits=rate_limits,
+            permanent=permanent,
+            message=error,
+            code=code,
+            account=account,
         )
 
     @staticmethod
@@ -314,6 +325,7 @@ class ProviderClient:
             attempts=attempts,
             retry_after_s=outcome.attempt.retry_after_s,
             code=outcome.code,
+            account=outcome.account,
         )
 
     def _notify(self, model: str, outcome: _Outcome) -> None:

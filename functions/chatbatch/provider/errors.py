@@ -2,14 +2,18 @@
 
 ``ProviderError`` is the one exception ``ProviderClient.complete`` raises: a call that
 failed for good or ran out of attempts or time. ``ResponseError`` and its two kinds
-(``TransientError``, ``PermanentError``) are what one error response becomes inside an
+(``TransientError``, ``PermanentError``, and ``AccountError``, the permanent kind that is
+the account's fault rather than the job's) are what one error response becomes inside an
 attempt; ``response_error`` and ``error_text`` read the provider's own message and code
-from an OpenAI-style error body.
+from an OpenAI-style (or Anthropic-style) error body, and ``account_reason`` says whether
+it is an account-level error.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -34,6 +38,7 @@ class ProviderError(Exception):
         attempts: list[Attempt],
         retry_after_s: float | None = None,
         code: str | None = None,
+        account: AccountReason | None = None,
     ) -> None:
         self.message = message
         self.status = status
@@ -41,6 +46,7 @@ class ProviderError(Exception):
         self.attempts = attempts
         self.retry_after_s = retry_after_s
         self.code = code
+        self.account = account  # an account-level error: every job of the model would get it
         super().__init__(str(self))
 
     def __str__(self) -> str:
@@ -66,6 +72,54 @@ class PermanentError(ResponseError):
     """A response no retry can fix (any other 4xx)."""
 
 
+class AccountReason(StrEnum):
+    """Why an error is the account's and not the job's: no job of the model can succeed
+    until someone fixes the key, the access, the model id or the credit."""
+
+    auth = "auth"  # 401: a wrong, missing or revoked key
+    forbidden = "forbidden"  # 403: the key may not use this model or endpoint
+    model_not_found = "model_not_found"  # no such model (or no access to it)
+    quota = "quota"  # out of quota, credit or balance (429 insufficient_quota, 402)
+
+
+class AccountError(PermanentError):
+    """An account-level error: not retried, not a rate limit; the model is paused."""
+
+    def __init__(self, message: str, code: str | None, reason: AccountReason) -> None:
+        super().__init__(message, code)
+        self.reason = reason
+
+
+# codes and types (OpenAI's ``code``/``type``, Anthropic's ``type``) that mean no credit
+QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "billing_error"})
+MODEL_CODES = frozenset({"model_not_found"})
+# DeepSeek: 400 "Model Not Exist"; OpenAI: "The model `x` does not exist ..."
+_NO_MODEL = re.compile(r"\bmodel\b.*\b(does not exist|not exist|not found)\b", re.I | re.S)
+
+
+def account_reason(
+    status: int, message: str, codes: frozenset[str] = frozenset()
+) -> AccountReason | None:
+    """The account-level reason of an error response, or None for a job's own error.
+
+    ``codes`` are the body's ``error.code`` and ``error.type`` values. A 429 is a rate
+    limit unless its code says the quota or credit is gone.
+    """
+    if codes & QUOTA_CODES or status == 402:
+        return AccountReason.quota
+    if status == 429 or status >= 500:
+        return None
+    if codes & MODEL_CODES or (status in (400, 404) and _NO_MODEL.search(message)):
+        return AccountReason.model_not_found
+    if status == 404 and "not_found_error" in codes and message.lower().startswith("model"):
+        return AccountReason.model_not_found
+    if status == 401:
+        return AccountReason.auth
+    if status == 403:
+        return AccountReason.forbidden
+    return None
+
+
 def error_text(payload: Any) -> tuple[str, str | None]:
     """The provider's message and code from an OpenAI-style error body."""
     error = payload.get("error") if isinstance(payload, dict) else None
@@ -77,10 +131,19 @@ def error_text(payload: Any) -> tuple[str, str | None]:
     return str(payload)[:500], None
 
 
-def response_error(status: int, content: bytes) -> tuple[str, str | None]:
-    """The message and code of an error response's body, JSON or not."""
+def error_codes(payload: Any) -> frozenset[str]:
+    """The ``error.code`` and ``error.type`` values of an error body (strings only)."""
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if not isinstance(error, dict):
+        return frozenset()
+    return frozenset(str(v) for v in (error.get("code"), error.get("type")) if v)
+
+
+def response_error(status: int, content: bytes) -> tuple[str, str | None, frozenset[str]]:
+    """The message, code and all codes (``error_codes``) of an error response's body."""
     try:
-        return error_text(json.loads(content))
+        payload = json.loads(content)
     except ValueError:
         text = content.decode("utf-8", "replace").strip()[:500]
-        return text or httpx.codes.get_reason_phrase(status) or f"HTTP {status}", None
+        return text or httpx.codes.get_reason_phrase(status) or f"HTTP {status}", None, frozenset()
+    return (*error_text(payload), error_codes(payload))

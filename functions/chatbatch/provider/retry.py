@@ -1,7 +1,9 @@
 """Retry timing and classification: which failures a retry may fix, and how long to wait.
 
 - ``failed_response`` and ``classify`` decide which failed attempts are permanent (the
-  statuses and errors retried are listed in ``chatbatch.provider.client``'s docstring).
+  statuses and errors retried are listed in ``chatbatch.provider.client``'s docstring);
+  an account-level error (``account_reason``: 401, 402, 403, no such model, a 429 whose
+  code says the quota is gone) is an ``AccountError``: permanent, never retried.
 - ``retry_delay_s`` is the wait before the next attempt: the server's own delay
   (``parse_retry_after``) capped by ``[retries]``, else ``backoff_s``; ``stop_reason``
   says when to give up.
@@ -22,7 +24,14 @@ import httpx
 from pydantic import BaseModel, ConfigDict
 
 from chatbatch.core.config import Retries
-from chatbatch.provider.errors import PermanentError, ResponseError, TransientError, response_error
+from chatbatch.provider.errors import (
+    AccountError,
+    PermanentError,
+    ResponseError,
+    TransientError,
+    account_reason,
+    response_error,
+)
 from chatbatch.provider.sse import StreamError
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})
@@ -53,8 +62,11 @@ def classify(err: Exception) -> tuple[str, str | None, bool]:
 
 
 def failed_response(status: int, content: bytes) -> ResponseError:
-    """The error an error response raises: transient if a retry may fix its status."""
-    message, code = response_error(status, content)
+    """The error an error response raises: an account error, else transient if a retry
+    may fix its status."""
+    message, code, codes = response_error(status, content)
+    if (reason := account_reason(status, message, codes)) is not None:
+        return AccountError(message, code, reason)
     retryable = status in RETRYABLE_STATUS or status >= 500
     return (TransientError if retryable else PermanentError)(message, code)
 

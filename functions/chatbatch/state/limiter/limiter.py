@@ -191,8 +191,9 @@ class RateLimiter:
     def observe_attempt(
         self, model: str, attempt: _AttemptLike, limits: _LimitsLike | None
     ) -> None:
-        """Hook for the provider client's ``on_attempt``: 429s and limit headers."""
-        if attempt.status == 429:
+        """Hook for the provider client's ``on_attempt``: 429s and limit headers. A 429 that
+        is an account error (``insufficient_quota``) is no rate limit: the limit stays."""
+        if attempt.status == 429 and getattr(attempt, "account", None) is None:
             self.report_429(model)
         if limits is not None:
             self.observe_limits(model, limits.limit_requests, limits.limit_tokens)
