@@ -162,6 +162,23 @@ class Monitoring(Construct):
             ),
         )
 
+        alarm(
+            "paused",
+            service_metric(Metric.JOBS_PAUSED).create_alarm(
+                self,
+                "PausedAlarm",
+                alarm_name=f"{stack}-paused",
+                alarm_description="Jobs are paused: the provider answered with an account-level "
+                "error (wrong key, no access, no such model, quota or credit used up). "
+                "`chatbatch status` says which model, why and since when; fix the account, then "
+                "`chatbatch resume` (or wait for the probe, one request per minute).",
+                threshold=1,
+                evaluation_periods=1,
+                comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+            ),
+        )
+
         job_error_rate = cw.MathExpression(
             expression="100 * FILL(failed, 0) / (FILL(failed, 0) + FILL(succeeded, 0))",
             using_metrics={
@@ -273,8 +290,12 @@ class Monitoring(Construct):
                 ],
             ),
             lines(
-                "Deferred (budget) and throttled (rate limit)",
+                "Deferred (budget), throttled (rate limit), paused (account error)",
                 [
+                    *(
+                        _relabel(per_priority(Metric.JOBS_PAUSED, p), f"paused {p}")
+                        for p in Priority
+                    ),
                     *(
                         _relabel(per_priority(Metric.JOBS_DEFERRED, p), f"deferred {p}")
                         for p in Priority

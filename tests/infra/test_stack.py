@@ -236,7 +236,10 @@ def test_alarms(synth: Synth, config: Config) -> None:
     used = {m["MetricStat"]["Metric"]["MetricName"] for m in errors["Metrics"] if "MetricStat" in m}
     assert used == {"JobsFailed", "JobsSucceeded"}
     assert f"{stack}-worker-error-rate" in alarms
-    assert len(alarms) == 4 + 4 + 3
+    paused = alarms[f"{stack}-paused"]
+    assert (paused["MetricName"], paused["Threshold"]) == ("JobsPaused", 1)
+    assert paused["Dimensions"] == [{"Name": "service", "Value": "chatbatch"}]
+    assert len(alarms) == 4 + 4 + 4
 
 
 def test_dashboard_shows_what_the_issue_asks_for(synth: Synth) -> None:

@@ -1,5 +1,6 @@
-"""``chatbatch cancel`` and ``chatbatch redrive``: the two commands that intervene in a
-running deployment (skip a batch's unstarted jobs; move dead letters back to their queues)."""
+"""``chatbatch cancel``, ``chatbatch redrive`` and ``chatbatch resume``: the commands that
+intervene in a running deployment (skip a batch's unstarted jobs; move dead letters back
+to their queues; lift a model's pause after an account error)."""
 
 from __future__ import annotations
 
@@ -82,3 +83,31 @@ def redrive(
         return
     detail = ", ".join(f"{p.value} {n}" for p, n in moved.items())
     say(f"moved {report.total} message(s) from the dead-letter queues back ({detail})")
+
+
+class ResumeReport(BaseModel):
+    resumed: list[str]
+
+
+def resume(
+    model: Annotated[
+        str | None, typer.Argument(help="a configured model name; none: every paused model")
+    ] = None,
+    stack: StackOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Lift the pause of a model that an account error paused (fix the account first).
+
+    Its paused jobs run again when they next come round (within 15 minutes); if the
+    error is still there, the next job pauses the model again.
+    """
+    deployment = connect(load_config(config), stack)
+    models = [model] if model else [b.model for b in deployment.breakers.list_open()]
+    report = ResumeReport(resumed=[m for m in models if deployment.breakers.close(m)])
+    if as_json:
+        emit(report)
+    elif report.resumed:
+        say(f"resumed {', '.join(report.resumed)}: paused jobs run again as they come round")
+    else:
+        say(f"{model or 'no model'} was not paused")

@@ -3,6 +3,7 @@ budget; once, or refreshed with ``--watch``."""
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Callable
 from contextlib import nullcontext, suppress
@@ -21,6 +22,7 @@ from chatbatch.client.deployment import QueueDepth, connect
 from chatbatch.core.config import load_config
 from chatbatch.core.pricing import from_nanos
 from chatbatch.state.batches import BatchInfo
+from chatbatch.state.breaker import Breaker
 from chatbatch.state.budget.ledger import DayUsage
 
 M = TypeVar("M", bound=BaseModel)
@@ -29,13 +31,14 @@ M = TypeVar("M", bound=BaseModel)
 class BatchStatus(BaseModel):
     batch_id: str
     total: int | None
-    pending: int | None  # queued or running: total - finished - deferred - throttled
+    pending: int | None  # queued or running: total - finished - deferred - throttled - paused
     queued: int | None
     running: int | None  # messages in flight on the queues (every batch's), capped at pending
     succeeded: int
     failed: int
     deferred: int
     throttled: int
+    paused: int
     dead_lettered: int
     cancelled: int
     batch_cancelled: bool
@@ -53,12 +56,13 @@ class Overview(BaseModel):
     stack: str
     queues: list[QueueDepth]
     budget: DayUsage
+    paused: list[Breaker] = []  # models paused by an account error
 
 
 def batch_status(info: BatchInfo, in_flight: int, now: float) -> BatchStatus:
     finished = info.finished
     pending = (
-        max(0, info.total - finished - info.deferred - info.throttled)
+        max(0, info.total - finished - info.deferred - info.throttled - info.paused)
         if info.total is not None
         else None
     )
@@ -75,6 +79,7 @@ def batch_status(info: BatchInfo, in_flight: int, now: float) -> BatchStatus:
         failed=info.failed,
         deferred=info.deferred,
         throttled=info.throttled,
+        paused=info.paused,
         dead_lettered=info.dead_lettered,
         cancelled=info.cancelled_jobs,
         batch_cancelled=info.cancelled,
@@ -103,6 +108,7 @@ def _batch_table(status: BatchStatus) -> Table:
             "failed",
             "deferred",
             "throttled",
+            "paused",
             "dead_lettered",
             "cancelled",
         }
@@ -135,6 +141,14 @@ def _overview_table(view: Overview) -> Table:
         f"budget {b.day} (UTC): spent {usd(b.spent_usd)}{used}, "
         f"reserved {usd(b.reserved_usd)}, limit {usd(b.limit_usd)}"
     )
+    for paused in view.paused:
+        since = dt.datetime.fromtimestamp(paused.since, dt.UTC).isoformat(timespec="seconds")
+        status = f"HTTP {paused.status}" if paused.status is not None else "no status"
+        code = f" {paused.code}" if paused.code else ""
+        table.caption += (
+            f"\nPAUSED {paused.model} since {since}: {paused.reason} ({status}{code}): "
+            f"{paused.message}; fix it, then `chatbatch resume {paused.model}`"
+        )
     return table
 
 
@@ -179,6 +193,7 @@ def status(
                 stack=deployment.stack,
                 queues=deployment.queue_depths(),
                 budget=deployment.budget.usage(),
+                paused=deployment.breakers.list_open(),
             )
 
         _show(read_overview, _overview_table, watch, interval, as_json, lambda _: False)

@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from chatbatch.core.config import Config, Priority
 from chatbatch.core.resources import MissingOutputs, Resources, resources_from_outputs
 from chatbatch.state.batches import Batches
+from chatbatch.state.breaker import Breakers
 from chatbatch.state.budget.budget import Budget
 from chatbatch.state.store import Store
 
@@ -111,6 +112,10 @@ class Deployment:
     @cached_property
     def batches(self) -> Batches:
         return Batches(self.ddb, self.resources.table)
+
+    @cached_property
+    def breakers(self) -> Breakers:
+        return Breakers(self.ddb, self.resources.table)
 
     @cached_property
     def store(self) -> Store:

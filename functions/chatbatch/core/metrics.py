@@ -30,6 +30,7 @@ class Metric(StrEnum):
     JOBS_DEAD_LETTERED = "JobsDeadLettered"
     JOBS_DEFERRED = "JobsDeferred"
     JOBS_THROTTLED = "JobsThrottled"
+    JOBS_PAUSED = "JobsPaused"
     LATENCY = "Latency"
     PROVIDER_RATE_LIMITED = "ProviderRateLimited"
     PROVIDER_ERRORS = "ProviderErrors"
@@ -55,6 +56,9 @@ METRICS: dict[Metric, MetricSpec] = {
     ),
     Metric.JOBS_DEFERRED: MetricSpec("Count", "jobs handed back because the budget is used up"),
     Metric.JOBS_THROTTLED: MetricSpec("Count", "jobs handed back for want of rate-limit tokens"),
+    Metric.JOBS_PAUSED: MetricSpec(
+        "Count", "jobs handed back because their model is paused (account error)", True
+    ),
     Metric.LATENCY: MetricSpec("Milliseconds", "chat API time of a job, retries included"),
     Metric.PROVIDER_RATE_LIMITED: MetricSpec("Count", "HTTP 429 answers from the provider"),
     Metric.PROVIDER_ERRORS: MetricSpec("Count", "provider calls that failed after their retries"),

@@ -210,8 +210,8 @@ class LocalRuntime:
         on_progress: Callable[[BatchInfo], None] | None = None,
         until: Callable[[BatchInfo, Plan], bool] | None = None,
     ) -> BatchInfo:
-        """Feed the queues and wait until every job is final or waits for budget (or
-        until ``until`` says so)."""
+        """Feed the queues and wait until every job is final or waits for budget or for
+        its paused model (or until ``until`` says so)."""
         deadline = time.monotonic() + self.options.timeout_s
         while True:
             backlog = [f.pump() for f in self.feeders.values()]
@@ -275,7 +275,7 @@ def register_stack(resources: Resources, stack_name: str) -> None:
 
 
 def _settled(info: BatchInfo, plan: Plan) -> bool:
-    return info.finished + info.deferred >= plan.valid
+    return info.finished + info.deferred + info.paused >= plan.valid
 
 
 @contextmanager

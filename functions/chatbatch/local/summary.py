@@ -22,6 +22,7 @@ class Summary(BaseModel):
     succeeded: int
     failed: int
     deferred: int
+    paused: int
     dead_lettered: int
     cancelled: int
     invalid_lines: int
@@ -83,6 +84,7 @@ def summarize(
         succeeded=info.succeeded,
         failed=info.failed + plan.invalid,
         deferred=info.deferred,
+        paused=info.paused,
         dead_lettered=info.dead_lettered,
         cancelled=info.cancelled_jobs,
         invalid_lines=plan.invalid,

@@ -4,16 +4,18 @@ Items (single table, see ``resources``):
 
 - ``pk=batch#<id>, sk=meta``: the batch: ``total`` (from submit), ``priority``,
   ``budget_nanos``, ``checksum``, ``created``, ``cancelled`` and the counters
-  ``succeeded``, ``failed``, ``deferred``, ``throttled``, ``dead_lettered``, ``cancelled_jobs``,
+  ``succeeded``, ``failed``, ``deferred``, ``throttled``, ``paused``, ``dead_lettered``,
+  ``cancelled_jobs``,
   ``cost_nanos``, ``prompt_tokens``, ``completion_tokens``, ``provider_calls``.
 - ``pk=job#<batch>#<custom_id>, sk=state``: a job's state: ``deferred`` (budget),
-  ``throttled`` (rate limit) or ``dead_lettered`` while it waits, then one of the
+  ``throttled`` (rate limit), ``paused`` (account error) or ``dead_lettered`` while it
+  waits, then one of the
   terminal ``succeeded``, ``failed``, ``cancelled``.
 
 A job's outcome is written in one transaction with its counters, on the condition that
 the job's state is still the one the worker read. A redelivered or duplicated message
 therefore moves a counter at most once: the loser of the race sees the condition fail
-and does nothing. ``deferred``, ``throttled`` and ``dead_lettered`` are gauges: entering
+and does nothing. ``deferred``, ``throttled``, ``paused`` and ``dead_lettered`` are gauges: entering
 the state adds one, leaving it (resumed, redriven) takes one away.
 """
 
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from chatbatch.core.resources import TABLE_PK, TABLE_SK, TABLE_TTL
-from chatbatch.state.ddb import adds, n, plain, s, transact
+from chatbatch.state.ddb import adds, n, plain, s, scan_items, transact
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -44,6 +46,7 @@ class JobState(StrEnum):
     new = "new"  # no item yet
     deferred = "deferred"  # waiting for budget
     throttled = "throttled"  # waiting for rate-limit capacity
+    paused = "paused"  # waiting for an account error to be fixed (the model's breaker)
     dead_lettered = "dead_lettered"
     succeeded = "succeeded"
     failed = "failed"
@@ -56,7 +59,7 @@ class JobState(StrEnum):
     @property
     def gauge(self) -> str | None:
         """The counter that holds jobs while they are in this state, if any."""
-        waiting = (JobState.deferred, JobState.throttled, JobState.dead_lettered)
+        waiting = (JobState.deferred, JobState.throttled, JobState.paused, JobState.dead_lettered)
         return self.value if self in waiting else None
 
     @property
@@ -76,6 +79,7 @@ class BatchInfo(BaseModel):
     failed: int = 0
     deferred: int = 0
     throttled: int = 0
+    paused: int = 0
     dead_lettered: int = 0
     cancelled_jobs: int = 0
     cost_nanos: int = 0
@@ -138,21 +142,11 @@ class Batches:
         return self._info(batch_id, plain(item)) if item else None
 
     def list_all(self) -> list[BatchInfo]:
-        out: list[BatchInfo] = []
-        kwargs: dict[str, Any] = {
-            "TableName": self._table,
-            "FilterExpression": "begins_with(#pk, :p) AND #sk = :meta",
-            "ExpressionAttributeNames": {"#pk": TABLE_PK, "#sk": TABLE_SK},
-            "ExpressionAttributeValues": {":p": s("batch#"), ":meta": s("meta")},
-        }
-        while True:
-            reply = self._ddb.scan(**kwargs)
-            for item in reply.get("Items", []):
-                fields = plain(item)
-                out.append(self._info(fields[TABLE_PK].removeprefix("batch#"), fields))
-            if "LastEvaluatedKey" not in reply:
-                return sorted(out, key=lambda b: b.created or 0)
-            kwargs["ExclusiveStartKey"] = reply["LastEvaluatedKey"]
+        out = [
+            self._info(fields[TABLE_PK].removeprefix("batch#"), fields)
+            for fields in scan_items(self._ddb, self._table, "batch#", "meta")
+        ]
+        return sorted(out, key=lambda b: b.created or 0)
 
     @staticmethod
     def _info(batch_id: str, plain: dict[str, Any] | None) -> BatchInfo:

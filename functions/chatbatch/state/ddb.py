@@ -1,16 +1,19 @@
 """DynamoDB attribute values and update expressions, written and read the same way by every module.
 
 ``s`` and ``n`` make attribute values, ``num`` and ``int_of`` read numbers back, ``plain``
-turns an item into Python values, ``Update`` builds an update expression with its
-placeholders and conditions, ``transact`` commits a transaction (retrying conflicts).
+turns an item into Python values, ``scan_items`` reads items by key prefix, ``Update``
+builds an update expression with its placeholders and conditions, ``transact`` commits a
+transaction (retrying conflicts).
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
+
+from chatbatch.core.resources import TABLE_PK, TABLE_SK
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -143,6 +146,25 @@ def adds(deltas: Mapping[str, int]) -> dict[str, Any]:
     for attr, delta in deltas.items():
         update.add(attr, delta)
     return update.params()
+
+
+def scan_items(
+    client: DynamoDBClient, table: str, prefix: str, sort: str, *, consistent: bool = False
+) -> Iterator[dict[str, Any]]:
+    """Every item whose partition key starts with ``prefix`` and sort key is ``sort``, plain."""
+    kwargs: dict[str, Any] = {
+        "TableName": table,
+        "FilterExpression": "begins_with(#pk, :p) AND #sk = :sk",
+        "ExpressionAttributeNames": {"#pk": TABLE_PK, "#sk": TABLE_SK},
+        "ExpressionAttributeValues": {":p": s(prefix), ":sk": s(sort)},
+        "ConsistentRead": consistent,
+    }
+    while True:
+        reply = client.scan(**kwargs)
+        yield from (plain(item) for item in reply.get("Items", []))
+        if "LastEvaluatedKey" not in reply:
+            return
+        kwargs["ExclusiveStartKey"] = reply["LastEvaluatedKey"]
 
 
 def transact(

@@ -26,6 +26,7 @@ class Outcome(StrEnum):
     failed = "failed"
     deferred = "deferred"
     throttled = "throttled"
+    paused = "paused"  # the model's breaker is open (account error): handed back
     dead_lettered = "dead_lettered"
     cancelled = "cancelled"
     retry = "retry"  # transient failure: the message goes back to the queue

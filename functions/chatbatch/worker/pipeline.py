@@ -10,8 +10,11 @@ calls run in threads so they overlap too):
 4. budget: reserve the worst case (an invocation's new -> over budget: handed back, ``deferred``;
    jobs together: ``reserve_ahead``)                     held by another copy: looks again later
 5. response cache (opt-in)                            -> hit: free result, ``cached: true``
-6. rate limit: take 1 request + estimated tokens      -> no capacity soon: handed back
-7. the provider call (retries inside the client)      -> permanent error: ``failed``;
+6. the model's breaker (``pause``), then rate limit:  -> paused (account error): handed back
+   take 1 request + estimated tokens                     no capacity soon: handed back
+7. the provider call (retries inside the client)      -> account error: model paused, job
+                                                         handed back, ``paused``;
+                                                         permanent error: ``failed``;
                                                          transient: back to the queue, DLQ
                                                          after maxReceiveCount
 8. S3: result + cost record (deterministic keys)
@@ -49,7 +52,7 @@ from chatbatch.state.budget.errors import (
 )
 from chatbatch.state.budget.reservations import Ask, Reservation
 from chatbatch.state.limiter.limiter import RequestTooLargeError
-from chatbatch.worker import requeue, results
+from chatbatch.worker import pause, requeue, results
 from chatbatch.worker.crash import crash_point
 from chatbatch.worker.intake import Intake
 from chatbatch.worker.invocation import Invocation, Outcome, RetryLater, io, job_key
@@ -234,6 +237,9 @@ async def _process(inv: Invocation, intake: Intake) -> Outcome:
     cache_key = job.cache_key(model) if _cacheable(config, job) else None
     if cache_key and (hit := await _from_cache(inv, intake, job, cache_key, reservation)):
         return hit
+    if (gate := await pause.gate(inv, job.model)) is pause.Gate.paused:
+        await io(services.budget.release, reservation)
+        return await pause.pause(inv, intake)
     try:
         called = await _call(inv, intake, job)
     except (ProviderError, RequestTooLargeError) as err:
@@ -241,11 +247,16 @@ async def _process(inv: Invocation, intake: Intake) -> Outcome:
         if isinstance(err, RequestTooLargeError):
             return await results.refuse(inv, intake, "request_too_large", str(err))
         inv.count(Metric.PROVIDER_ERRORS, intake)
+        if err.account is not None:  # the account's fault, not the job's: pause the model
+            await pause.opened(inv, job.model, err)
+            return await pause.pause(inv, intake)
         if err.permanent:
             return await results.refuse(inv, intake, f"provider_{err.status}", err.message)
         return await requeue.retry(inv, intake, err)
     if isinstance(called, Outcome):
         return called
+    if gate is pause.Gate.probe:
+        await pause.probe_passed(inv, job.model)
     crash_point("after_call", intake)
     return await _succeed(inv, intake, job, called, reservation, cache_key)
 

@@ -1,6 +1,7 @@
 """Sending a job back: handed back with a delay, retried with backoff, or dead-lettered.
 
-A hand-back (budget used up, no rate-limit capacity soon, another copy at work) re-sends
+A hand-back (budget used up, no rate-limit capacity soon, the model paused, another copy
+at work) re-sends
 the job as a new message and lets the original go, so it never counts toward the DLQ; the
 copy keeps its batch and stays the owner of any reservation it holds. A transient provider
 failure goes back to the queue with a backoff (the message's visibility), until its last
@@ -45,11 +46,16 @@ async def hand_back(inv: Invocation, intake: Intake, delay_s: float, outcome: Ou
     if outcome is Outcome.elsewhere:  # the job's state is the other copy's to move
         return outcome
     prev = inv.states[intake.key]
-    new = JobState.deferred if outcome is Outcome.deferred else JobState.throttled
+    new, metric = _WAITING.get(outcome, (JobState.throttled, Metric.JOBS_THROTTLED))
     await io(services.batches.transition, intake.batch_id, intake.custom_id, prev=prev, new=new)
-    deferred = outcome is Outcome.deferred
-    inv.count(Metric.JOBS_DEFERRED if deferred else Metric.JOBS_THROTTLED, intake)
+    inv.count(metric, intake)
     return outcome
+
+
+_WAITING = {
+    Outcome.deferred: (JobState.deferred, Metric.JOBS_DEFERRED),
+    Outcome.paused: (JobState.paused, Metric.JOBS_PAUSED),
+}
 
 
 async def dead_letter(inv: Invocation, intake: Intake, reason: str) -> None:

@@ -19,6 +19,7 @@ from chatbatch.core.config import Config, load_config
 from chatbatch.core.resources import Resources
 from chatbatch.provider.client import ProviderClient
 from chatbatch.state.batches import Batches
+from chatbatch.state.breaker import Breakers
 from chatbatch.state.budget.budget import Budget
 from chatbatch.state.limiter.limiter import RateLimiter
 from chatbatch.state.store import Store
@@ -42,6 +43,7 @@ class Services:
     limiter: RateLimiter
     provider: ProviderClient
     sqs: SQSClient
+    breakers: Breakers
 
 
 def secret_env(provider: str) -> str:
@@ -81,4 +83,5 @@ def build_services() -> Services:
         limiter=limiter,
         provider=provider,
         sqs=boto3.client("sqs"),
+        breakers=Breakers(ddb, resources.table),
     )

@@ -6,7 +6,10 @@ demo and benchmarks. Endpoints (``/v1`` is optional):
 
 - ``POST /v1/chat/completions``, streamed or not, validated like the real API: 400 with
   ``{"error": {"message", "type", "param", "code"}}`` for a bad body, 401 for a missing or
-  wrong key (when ``api_key`` is set), 404 for an unknown model.
+  wrong key (when ``api_key`` is set), 404 for an unknown model; ``account_errors`` (model
+  id or ``*`` -> ``invalid_api_key`` | ``insufficient_quota`` | ``model_not_found``)
+  answers that model's requests with OpenAI's 401, 429 ``insufficient_quota`` or 404 body
+  until switched off.
 - ``GET /v1/models``, ``GET /health``, ``GET /stats`` (``Stats`` as JSON).
 - ``POST /admin/faults`` ``{"faults": ["503", {"kind": "429", "retry_after_s": 2}]}``
   (applied to the next chat requests, in order), ``POST /admin/outage`` ``{"seconds": N}``,
@@ -45,10 +48,16 @@ from chatbatch.local.simulator.answers import answer_for, count_tokens
 from chatbatch.local.simulator.background import Simulator
 from chatbatch.local.simulator.command import parse_args, serve
 from chatbatch.local.simulator.engine import Engine
-from chatbatch.local.simulator.settings import Fault, FaultKind, SimulatorSettings
+from chatbatch.local.simulator.settings import (
+    AccountErrorKind,
+    Fault,
+    FaultKind,
+    SimulatorSettings,
+)
 from chatbatch.local.simulator.stats import Stats
 
 __all__ = [
+    "AccountErrorKind",
     "Engine",
     "Fault",
     "FaultKind",

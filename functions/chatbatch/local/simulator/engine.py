@@ -28,6 +28,7 @@ from chatbatch.local.simulator.answers import (
 )
 from chatbatch.local.simulator.api import ApiError, invalid, load_body, validate_request
 from chatbatch.local.simulator.settings import (
+    AccountErrorKind,
     Fault,
     FaultKind,
     SimulatorSettings,
@@ -171,6 +172,7 @@ class Engine:
                 f"The model `{model}` does not exist or you do not have access to it.",
                 code="model_not_found",
             )
+        self._account_error(model)
         try:
             reply = self._complete(body, model, now)
         except ApiError as err:
@@ -326,6 +328,34 @@ class Engine:
             FaultKind.error_503: (503, "The engine is currently overloaded.", ""),
         }[fault.kind]
         raise ApiError(status, message, type=kind or "server_error", headers=headers)
+
+    def _account_error(self, model: str) -> None:
+        kinds = self.settings.account_errors
+        kind = kinds.get(model) or kinds.get("*")
+        if kind is None:
+            return
+        self._counters.count_fault(f"account_{kind.value}")
+        if kind is AccountErrorKind.insufficient_quota:
+            raise ApiError(
+                429,
+                "You exceeded your current quota, please check your plan and billing details. "
+                "For more information on this error, read the docs: "
+                "https://platform.openai.com/docs/guides/error-codes/api-errors.",
+                type="insufficient_quota",
+                code="insufficient_quota",
+            )
+        if kind is AccountErrorKind.model_not_found:
+            raise ApiError(
+                404,
+                f"The model `{model}` does not exist or you do not have access to it.",
+                code="model_not_found",
+            )
+        raise ApiError(
+            401,
+            "Incorrect API key provided: sk-****. You can find your API key at "
+            "https://platform.openai.com/account/api-keys.",
+            code="invalid_api_key",
+        )
 
     def _authorize(self, headers: dict[str, str]) -> None:
         key = self.settings.api_key

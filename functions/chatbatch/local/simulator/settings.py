@@ -22,6 +22,14 @@ class FaultKind(StrEnum):
     corrupt = "corrupt"
 
 
+class AccountErrorKind(StrEnum):
+    """An account-level error answered to every chat request for a model (OpenAI's bodies)."""
+
+    invalid_api_key = "invalid_api_key"  # 401
+    insufficient_quota = "insufficient_quota"  # 429, not a rate limit
+    model_not_found = "model_not_found"  # 404
+
+
 class Fault(BaseModel):
     """A fault for one coming chat request; ``retry_after_*`` become headers of a 429/503."""
 
@@ -57,6 +65,10 @@ class SimulatorSettings(BaseModel):
     stream_chunk_tokens: int = Field(default=1, ge=1)
     write_bytes: int | None = Field(default=None, ge=1, description="split stream writes")
     null_usage_choices: bool = Field(default=False, description="usage chunk: choices null")
+    account_errors: dict[str, AccountErrorKind] = Field(
+        default_factory=dict,
+        description="model id ('*': every model) -> the account error its requests get",
+    )
 
     @model_validator(mode="after")
     def _rates(self) -> SimulatorSettings:
