@@ -119,3 +119,48 @@ def test_offline_token_estimate():
     assert estimate_text_tokens("你好世界") == 4  # non-ASCII: one token per character
     assert estimate_text_tokens("") == 0
     assert estimate_prompt_tokens(["hello world"]) == 3 + 4 + 3
+
+
+def reported(completion: int, total: int | None, reasoning: int | None) -> dict:
+    """A usage block with 100 prompt tokens, as a gateway reports it."""
+    usage: dict = {"prompt_tokens": 100, "completion_tokens": completion}
+    if total is not None:
+        usage["total_tokens"] = total
+    if reasoning is not None:
+        usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+    return usage
+
+
+REASONING = [
+    # (completion, total, reasoning tokens as reported; billed completion tokens; why)
+    (300, 400, 200, 300, "inside (OpenAI, DeepSeek): total = prompt + completion, not twice"),
+    (100, 400, 200, 300, "outside: total = prompt + completion + reasoning"),
+    (100, 350, None, 250, "outside without details: what total holds beyond the parts"),
+    (100, 450, 200, 350, "total says more than the reasoning detail: total wins"),
+    (100, None, 200, 300, "total missing, reasoning > completion: it cannot be inside"),
+    (300, None, 200, 300, "total missing, reasoning <= completion: the norm, inside"),
+    (300, 250, 200, 300, "total smaller than the parts: ignored, never lowers them"),
+    (50, 150, 200, 250, "total = parts but reasoning > completion: it cannot be inside"),
+    (0, 100, None, 0, "nothing out"),
+]
+
+
+@pytest.mark.parametrize(
+    ("completion", "total", "reasoning", "billed", "why"), REASONING, ids=[r[4] for r in REASONING]
+)
+def test_reasoning_tokens_are_priced_as_output_once(
+    config: Config, completion: int, total: int | None, reasoning: int | None, billed: int, why: str
+):
+    parsed = Usage.from_api(reported(completion, total, reasoning))
+    assert parsed.completion_tokens == billed, why
+    assert parsed.reasoning_tokens == (reasoning or 0)
+    assert parsed.total_tokens == 100 + billed  # what the limiter reconciles
+    model = config.models["gemini-2.5-flash"]  # a thinking model
+    assert cost(parsed, model) == cost(Usage(prompt_tokens=100, completion_tokens=billed), model)
+
+
+def test_a_negative_or_unreadable_count_is_refused():
+    with pytest.raises(ValueError, match="completion_tokens"):
+        Usage.from_api({"prompt_tokens": 10, "completion_tokens": -5, "total_tokens": 10})
+    with pytest.raises(ValueError):
+        Usage.from_api({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": "many"})

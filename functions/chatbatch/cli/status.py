@@ -44,8 +44,10 @@ class BatchStatus(BaseModel):
     batch_cancelled: bool
     cost_usd: Decimal
     budget_usd: Decimal | None
-    prompt_tokens: int
+    prompt_tokens: int  # billed by the provider: response-cache hits are not in these two
     completion_tokens: int
+    cached_jobs: int  # succeeded from the response cache (included in succeeded)
+    cache_saved_tokens: int  # prompt + completion tokens of the answers the cache gave
     elapsed_s: float | None
     jobs_per_s: float | None
     eta_s: float | None
@@ -87,6 +89,8 @@ def batch_status(info: BatchInfo, in_flight: int, now: float) -> BatchStatus:
         budget_usd=from_nanos(info.budget_nanos) if info.budget_nanos is not None else None,
         prompt_tokens=info.prompt_tokens,
         completion_tokens=info.completion_tokens,
+        cached_jobs=info.cached_jobs,
+        cache_saved_tokens=info.cache_saved_tokens,
         elapsed_s=round(elapsed, 1) if elapsed is not None else None,
         jobs_per_s=round(rate, 2) if rate else None,
         eta_s=round(pending / rate, 1) if rate and pending is not None else None,
@@ -121,6 +125,7 @@ def _batch_table(status: BatchStatus) -> Table:
     budget = f" of {usd(status.budget_usd)}" if status.budget_usd is not None else ""
     table.add_row("cost", usd(status.cost_usd) + budget)
     table.add_row("tokens in / out", f"{status.prompt_tokens} / {status.completion_tokens}")
+    table.add_row("cache hits", f"{status.cached_jobs} ({status.cache_saved_tokens} tokens saved)")
     table.add_row("jobs/s", "-" if status.jobs_per_s is None else f"{status.jobs_per_s:g}")
     table.add_row("elapsed", duration(status.elapsed_s))
     table.add_row("ETA", "done" if status.done else duration(status.eta_s))

@@ -36,11 +36,26 @@ REQUEST_OVERHEAD_TOKENS = 3
 
 
 class Usage(BaseModel):
-    """A provider's usage block, normalised.
+    """A provider's usage block, normalised: ``completion_tokens`` is every output token
+    billed, reasoning included.
 
     OpenAI reports cache hits in ``prompt_tokens_details.cached_tokens``; DeepSeek in
-    ``prompt_cache_hit_tokens`` / ``prompt_cache_miss_tokens``. Reasoning tokens are part
-    of ``completion_tokens`` in both and are priced as output.
+    ``prompt_cache_hit_tokens`` / ``prompt_cache_miss_tokens``.
+
+    Reasoning tokens (``completion_tokens_details.reasoning_tokens``) are inside the
+    reported ``completion_tokens`` at OpenAI and DeepSeek, where ``total_tokens`` = prompt
+    + completion. Some gateways report them outside, with ``total_tokens`` larger. The rule
+    (``_outside``): output billed but left out of the reported ``completion_tokens`` is
+
+    - ``total_tokens`` - prompt - completion when ``total_tokens`` is larger (whatever the
+      details say: the provider billed those tokens, priced as output);
+    - at least ``reasoning_tokens`` when they are more than the reported completion (they
+      cannot be inside it), whether ``total_tokens`` is missing or not;
+    - otherwise nothing: reasoning is inside, not counted twice. A ``total_tokens`` smaller
+      than prompt + completion is ignored (the parts are billed, the sum never lowers them).
+
+    That output is added to ``completion_tokens``, so the cost, the cost record, the batch
+    counters and the limiter all carry the completion tokens billed.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -70,12 +85,24 @@ class Usage(BaseModel):
             if cached is None and usage.get("prompt_cache_miss_tokens") is not None:
                 cached = prompt - int(usage["prompt_cache_miss_tokens"])
         completion_details = usage.get("completion_tokens_details") or {}
+        completion = int(usage.get("completion_tokens") or 0)
+        if completion < 0:
+            raise ValueError(f"completion_tokens is {completion}: a count is never negative")
+        reasoning = int(completion_details.get("reasoning_tokens") or 0)
+        total = usage.get("total_tokens")
+        reported_total = None if total is None else int(total)
         return cls(
             prompt_tokens=prompt,
-            completion_tokens=int(usage.get("completion_tokens") or 0),
+            completion_tokens=completion + _outside(prompt, completion, reasoning, reported_total),
             cached_tokens=min(prompt, max(0, int(cached or 0))),
-            reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
+            reasoning_tokens=reasoning,
         )
+
+
+def _outside(prompt: int, completion: int, reasoning: int, total: int | None) -> int:
+    """Output tokens billed but not in the reported ``completion_tokens`` (see ``Usage``)."""
+    beyond = total - prompt - completion if total is not None else 0
+    return max(0, beyond, reasoning if reasoning > completion else 0)
 
 
 def cost(usage: Usage, model: Model) -> Decimal:

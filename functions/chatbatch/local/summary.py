@@ -26,8 +26,10 @@ class Summary(BaseModel):
     dead_lettered: int
     cancelled: int
     invalid_lines: int
-    prompt_tokens: int
+    prompt_tokens: int  # billed: response-cache hits are in cached_jobs, cache_saved_tokens
     completion_tokens: int
+    cached_jobs: int
+    cache_saved_tokens: int
     cost_usd: float
     wall_s: float
     jobs_per_s: float
@@ -90,6 +92,8 @@ def summarize(
         invalid_lines=plan.invalid,
         prompt_tokens=info.prompt_tokens,
         completion_tokens=info.completion_tokens,
+        cached_jobs=info.cached_jobs,
+        cache_saved_tokens=info.cache_saved_tokens,
         cost_usd=float(from_nanos(info.cost_nanos)),
         wall_s=round(wall, 3),
         jobs_per_s=round(total / wall, 2) if wall else 0.0,

@@ -5,8 +5,11 @@ Items (single table, see ``resources``):
 - ``pk=batch#<id>, sk=meta``: the batch: ``total`` (from submit), ``priority``,
   ``budget_nanos``, ``checksum``, ``created``, ``cancelled`` and the counters
   ``succeeded``, ``failed``, ``deferred``, ``throttled``, ``paused``, ``dead_lettered``,
-  ``cancelled_jobs``,
-  ``cost_nanos``, ``prompt_tokens``, ``completion_tokens``, ``provider_calls``.
+  ``cancelled_jobs``, ``cost_nanos``, ``prompt_tokens``, ``completion_tokens``,
+  ``provider_calls`` (the tokens
+  are what the provider billed, reasoning included), and ``cached_jobs`` and
+  ``cache_saved_tokens`` (succeeded jobs answered from the response cache, and the prompt +
+  completion tokens of their stored answers: billed to no one, so in neither token total).
 - ``pk=job#<batch>#<custom_id>, sk=state``: a job's state: ``deferred`` (budget),
   ``throttled`` (rate limit), ``paused`` (account error) or ``dead_lettered`` while it
   waits, then one of the
@@ -86,6 +89,8 @@ class BatchInfo(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     provider_calls: int = 0
+    cached_jobs: int = 0
+    cache_saved_tokens: int = 0
 
     @property
     def finished(self) -> int:

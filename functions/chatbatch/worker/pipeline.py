@@ -9,7 +9,8 @@ calls run in threads so they overlap too):
 3. cancelled batch                                    -> ``cancelled``, no provider call
 4. budget: reserve the worst case (an invocation's new -> over budget: handed back, ``deferred``;
    jobs together: ``reserve_ahead``)                     held by another copy: looks again later
-5. response cache (opt-in)                            -> hit: free result, ``cached: true``
+5. response cache (opt-in)                            -> hit: free result, ``cached: true``,
+                                                         in ``cached_jobs``, not billed tokens
 6. the model's breaker (``pause``), then rate limit:  -> paused (account error): handed back
    take 1 request + estimated tokens                     no capacity soon: handed back
 7. the provider call (retries inside the client)      -> account error: model paused, job
@@ -75,7 +76,6 @@ async def _from_cache(
     body = await io(inv.services.store.get_cached, key)
     if body is None:
         return None
-    inv.count(Metric.CACHE_HITS, intake)
     facts = results.job_facts(intake, job, Decimal(0), 0, 0, cached=True)
     result = OutputLine.result(job, facts, body)
     return await results.finish(inv, intake, job, result, reservation=reservation, provider_calls=0)
@@ -192,8 +192,9 @@ async def _before_budget(inv: Invocation, intake: Intake) -> Outcome | None:
 
 
 async def process(inv: Invocation, intake: Intake) -> Outcome:
-    """One job, start to end, in its own trace span. An unexpected error on its last
-    delivery is recorded."""
+    """One job, start to end, in its own trace span. Whatever ends its last delivery in
+    failure dead-letters it here, once: the error record keeps that error's own text (a
+    ``RetryLater``'s reason, else the exception's type and message)."""
     with inv.trace.child("job") as span:
         inv.spans[intake.record.message_id] = span
         span.annotate(
@@ -206,8 +207,9 @@ async def process(inv: Invocation, intake: Intake) -> Outcome:
         try:
             outcome = await _process(inv, intake)
         except Exception as err:
-            if intake.receive_count >= inv.services.config.worker.max_receive_count:
-                await requeue.dead_letter(inv, intake, f"{type(err).__name__}: {err}")
+            if requeue.last_delivery(inv, intake):
+                reason = str(err) if isinstance(err, RetryLater) else f"{type(err).__name__}: {err}"
+                await requeue.dead_letter(inv, intake, reason)
             raise
         span.annotate(outcome=outcome.value)
         return outcome

@@ -5,7 +5,9 @@ at work) re-sends
 the job as a new message and lets the original go, so it never counts toward the DLQ; the
 copy keeps its batch and stays the owner of any reservation it holds. A transient provider
 failure goes back to the queue with a backoff (the message's visibility), until its last
-delivery, when the job is recorded as dead-lettered.
+delivery, when the job is recorded as dead-lettered: in one place, ``pipeline.process``,
+whatever ended that delivery (a provider error, S3 unreachable, any exception), once, with
+that error's own text.
 """
 
 from __future__ import annotations
@@ -58,13 +60,19 @@ _WAITING = {
 }
 
 
+def last_delivery(inv: Invocation, intake: Intake) -> bool:
+    """After this delivery, SQS moves a message that comes back to the DLQ."""
+    return intake.receive_count >= inv.services.config.worker.max_receive_count
+
+
 async def dead_letter(inv: Invocation, intake: Intake, reason: str) -> None:
     """The last delivery failed: SQS moves the message to the DLQ at its next receive
-    (made immediate here); record why now."""
+    (made immediate here); record why now. Counted when the job's state moved (a copy
+    that finds it moved already counts nothing)."""
     services = inv.services
     message = f"gave up after {intake.receive_count} deliveries: {reason}"
-    await fail(inv, intake, "dead_lettered", message, new=JobState.dead_lettered)
-    inv.count(Metric.JOBS_DEAD_LETTERED, intake)
+    if await fail(inv, intake, "dead_lettered", message, new=JobState.dead_lettered):
+        inv.count(Metric.JOBS_DEAD_LETTERED, intake)
     await io(
         services.sqs.change_message_visibility,
         QueueUrl=services.resources.queues[intake.priority],
@@ -74,10 +82,10 @@ async def dead_letter(inv: Invocation, intake: Intake, reason: str) -> None:
 
 
 async def retry(inv: Invocation, intake: Intake, err: ProviderError) -> Outcome:
-    """A transient failure: back to the queue with a backoff, or the DLQ's turn."""
+    """A transient failure: back to the queue with a backoff; on the last delivery,
+    ``process`` dead-letters it with this error."""
     services = inv.services
-    if intake.receive_count >= services.config.worker.max_receive_count:
-        await dead_letter(inv, intake, str(err))
+    if last_delivery(inv, intake):
         raise RetryLater(str(err))
     backoff = services.config.retries.max_backoff_s * 2 ** (intake.receive_count - 1)
     delay = math.ceil(min(MAX_DELAY_S, max(backoff, err.retry_after_s or 0)))

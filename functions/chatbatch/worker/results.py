@@ -31,12 +31,14 @@ async def fail(
     message: str,
     facts: JobFacts | None = None,
     new: JobState = JobState.failed,
-) -> None:
-    """Write the job's error record and move its state (``failed`` unless told otherwise)."""
+) -> bool:
+    """Write the job's error record and move its state (``failed`` unless told otherwise);
+    False when the job was no longer in the state read (another delivery moved it)."""
     line = OutputLine.failure(intake.batch_id, intake.custom_id, code, message, facts)
     await io(inv.services.store.put_error, intake.batch_id, line)
     prev = inv.states[intake.key]
-    await io(inv.services.batches.transition, intake.batch_id, intake.custom_id, prev=prev, new=new)
+    move = inv.services.batches.transition
+    return bool(await io(move, intake.batch_id, intake.custom_id, prev=prev, new=new))
 
 
 async def refuse(inv: Invocation, intake: Intake, code: str, message: str) -> Outcome:
@@ -114,12 +116,7 @@ async def finish(
     record = cost_record(inv, intake, job, stored, day)
     await asyncio.gather(io(services.store.put_cost, record), *extra_writes)
     crash_point("after_s3_write", intake)
-    counters = {
-        "cost_nanos": record.cost_nanos,
-        "prompt_tokens": record.prompt_tokens,
-        "completion_tokens": record.completion_tokens,
-        "provider_calls": provider_calls,
-    }
+    counters = _counters(record, provider_calls)
     settle = services.budget.settle_items(reservation, record.cost_nanos) if reservation else []
     done = await io(
         services.batches.transition,
@@ -134,11 +131,29 @@ async def finish(
         return Outcome.duplicate
     inv.count(Metric.JOBS_SUCCEEDED, intake)
     inv.count(Metric.COST_USD, intake, record.cost_nanos)
+    if record.cached:
+        inv.count(Metric.CACHE_HITS, intake)
+        return Outcome.succeeded
     inv.count(Metric.PROMPT_TOKENS, intake, record.prompt_tokens)
     inv.count(Metric.COMPLETION_TOKENS, intake, record.completion_tokens)
-    if stored.chatbatch and not stored.chatbatch.cached:
+    if stored.chatbatch:
         inv.latencies[(job.model, intake.priority.value)].append(stored.chatbatch.latency_ms)
     return Outcome.succeeded
+
+
+def _counters(record: CostRecord, provider_calls: int) -> dict[str, int]:
+    """What a finished job adds to its batch's counters. The token counters are what the
+    provider billed; a response-cache hit billed nothing: it counts in ``cached_jobs``, its
+    stored answer's tokens in ``cache_saved_tokens``."""
+    if record.cached:
+        saved = record.prompt_tokens + record.completion_tokens
+        return {"cost_nanos": record.cost_nanos, "cached_jobs": 1, "cache_saved_tokens": saved}
+    return {
+        "cost_nanos": record.cost_nanos,
+        "prompt_tokens": record.prompt_tokens,
+        "completion_tokens": record.completion_tokens,
+        "provider_calls": provider_calls,
+    }
 
 
 async def recover(

@@ -20,7 +20,11 @@ the first words of the last user message, then filler up to ``answer_tokens``, c
 ``max_tokens``. Tokens are counted by ``count_tokens`` (``\\w+|[^\\w\\s]``), each message
 adding 4 and each request 3. A prompt prefix (leading messages) seen before for the model
 is cached, reported the OpenAI way (``prompt_tokens_details.cached_tokens``) and the
-DeepSeek way (``prompt_cache_hit_tokens`` / ``prompt_cache_miss_tokens``).
+DeepSeek way (``prompt_cache_hit_tokens`` / ``prompt_cache_miss_tokens``). A model listed
+in ``reasoning`` thinks first: its reasoning tokens come out of the output cap, are billed
+as output and reported in ``completion_tokens_details.reasoning_tokens``, inside
+``completion_tokens`` (OpenAI, DeepSeek) or outside it, in ``total_tokens`` only (some
+gateways).
 
 Requests and tokens per minute are limited per model over a rolling 60 s window (429 with
 ``retry-after``, ``retry-after-ms``); every chat response carries ``x-ratelimit-*``.
@@ -52,6 +56,8 @@ from chatbatch.local.simulator.settings import (
     AccountErrorKind,
     Fault,
     FaultKind,
+    Reasoning,
+    ReasoningUsage,
     SimulatorSettings,
 )
 from chatbatch.local.simulator.stats import Stats
@@ -61,6 +67,8 @@ __all__ = [
     "Engine",
     "Fault",
     "FaultKind",
+    "Reasoning",
+    "ReasoningUsage",
     "Simulator",
     "SimulatorSettings",
     "Stats",

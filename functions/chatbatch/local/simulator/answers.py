@@ -50,6 +50,8 @@ def answer_for(
         words.append(FILLER[(start + tokens) % len(FILLER)])
         tokens += 1
     content = " ".join(words)
+    if max_tokens is not None and max_tokens <= 0:  # reasoning took the whole cap
+        return "", 0, "length"
     if max_tokens is not None and tokens > max_tokens:
         cut = list(TOKEN_RE.finditer(content))[max_tokens - 1].end()
         return content[:cut], max_tokens, "length"
@@ -63,15 +65,22 @@ def stream_pieces(content: str, tokens_per_piece: int) -> list[str]:
     return [content[a:b] for a, b in itertools.pairwise(bounds) if b > a]
 
 
-def usage_fields(prompt: int, cached: int, completion: int) -> dict[str, Any]:
-    return {
+def usage_fields(
+    prompt: int, cached: int, completion: int, reasoning: int = 0, outside: bool = False
+) -> dict[str, Any]:
+    """The usage block: ``completion`` visible tokens and ``reasoning`` ones, the reasoning
+    inside ``completion_tokens`` (OpenAI, DeepSeek) or ``outside`` it (in the total only)."""
+    fields = {
         "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
+        "completion_tokens": completion if outside else completion + reasoning,
+        "total_tokens": prompt + completion + reasoning,
         "prompt_tokens_details": {"cached_tokens": cached},
         "prompt_cache_hit_tokens": cached,
         "prompt_cache_miss_tokens": prompt - cached,
     }
+    if reasoning:
+        fields["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+    return fields
 
 
 def prefix_digests(messages: Sequence[dict[str, Any]]) -> list[bytes]:

@@ -31,6 +31,7 @@ from chatbatch.local.simulator.settings import (
     AccountErrorKind,
     Fault,
     FaultKind,
+    ReasoningUsage,
     SimulatorSettings,
     as_fault,
     known_models,
@@ -188,8 +189,10 @@ class Engine:
         messages = body["messages"]
         prompt, cached = self._prompt_usage(model, messages)
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-        content, completion, finish = answer_for(messages, max_tokens, self.settings.answer_tokens)
-        self._admit(model, now, prompt + completion)
+        reasoning, outside = self._reasoning(model, max_tokens)
+        visible_cap = max_tokens - reasoning if max_tokens is not None else None
+        content, completion, finish = answer_for(messages, visible_cap, self.settings.answer_tokens)
+        self._admit(model, now, prompt + completion + reasoning)
         self._seen.setdefault(model, set()).update(prefix_digests(messages))
         fault = self._next_fault()
         if fault is not None and fault.kind not in {FaultKind.truncate, FaultKind.corrupt}:
@@ -202,7 +205,7 @@ class Engine:
             model=model,
             content=content,
             finish_reason=finish,
-            usage=usage_fields(prompt, cached, completion),
+            usage=usage_fields(prompt, cached, completion, reasoning, outside),
         )
         damage = fault.kind if fault else None
         stream_options = body.get("stream_options") or {}
@@ -212,7 +215,7 @@ class Engine:
             reply = self._plain(answer, damage)
         if damage is None:
             reply.on_delivered = lambda: self._counters.bill(
-                self._clock(), key, prompt, cached, completion
+                self._clock(), key, prompt, cached, completion + reasoning
             )
         return reply
 
@@ -245,6 +248,14 @@ class Engine:
             events.append((0.0, DONE_FRAME))
         headers = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
         return Reply(200, headers, events=events, delay_s=s.latency_ms / 1000)
+
+    def _reasoning(self, model: str, max_tokens: int | None) -> tuple[int, bool]:
+        """(reasoning tokens within the cap, reported outside completion_tokens?)"""
+        think = self.settings.reasoning.get(model)
+        if think is None:
+            return 0, False
+        tokens = think.tokens if max_tokens is None else min(think.tokens, max_tokens)
+        return tokens, think.usage is ReasoningUsage.outside
 
     def _prompt_usage(self, model: str, messages: list[dict[str, Any]]) -> tuple[int, int]:
         """(prompt tokens, cached tokens): the longest leading run of messages seen before."""

@@ -43,6 +43,23 @@ class Fault(BaseModel):
 Probability = Annotated[float, Field(ge=0, le=1)]
 
 
+class ReasoningUsage(StrEnum):
+    """Where a thinking model's usage reports its reasoning tokens."""
+
+    inside = "inside"  # OpenAI, DeepSeek: in completion_tokens; total = prompt + completion
+    outside = "outside"  # some gateways: not in completion_tokens; total_tokens holds them
+
+
+class Reasoning(BaseModel):
+    """A model that thinks: each answer first spends ``tokens`` reasoning tokens, inside
+    the request's output cap (the visible answer gets what is left), billed as output."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tokens: int = Field(ge=1, le=100_000)
+    usage: ReasoningUsage = ReasoningUsage.inside
+
+
 class SimulatorSettings(BaseModel):
     """How the simulator behaves. Every field can change at run time (``configure``)."""
 
@@ -68,6 +85,9 @@ class SimulatorSettings(BaseModel):
     account_errors: dict[str, AccountErrorKind] = Field(
         default_factory=dict,
         description="model id ('*': every model) -> the account error its requests get",
+    )
+    reasoning: dict[str, Reasoning] = Field(
+        default_factory=dict, description="by model id: the models that think, and how"
     )
 
     @model_validator(mode="after")

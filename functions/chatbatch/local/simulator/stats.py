@@ -21,7 +21,7 @@ class Stats(BaseModel):
     duplicates: int = Field(description="completions beyond the first per distinct request")
     prompt_tokens: int
     cached_tokens: int
-    completion_tokens: int
+    completion_tokens: int = Field(description="output tokens billed, reasoning included")
     max_requests_60s: int = Field(description="most chat requests received in any 60 s")
     max_tokens_60s: int = Field(description="most tokens billed in any 60 s")
 
