@@ -381,7 +381,7 @@ def bad_jobs(bucket: str) -> list[BadJob]:
                     }
                 }
             ),
-            None,
+            "bad-36",  # the claim names the job, also when its object is gone
             ("chatbatch_claim_check", "claims/nowhere/gone.json", "not found"),
         ),
         b(

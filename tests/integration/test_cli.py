@@ -33,6 +33,7 @@ from chatbatch.core.pricing import Usage, cost, to_nanos
 from chatbatch.local.options import LocalOptions
 from chatbatch.local.runtime import LocalRuntime
 from chatbatch.local.simulator import FaultKind, SimulatorSettings, answer_for
+from chatbatch.state.batches import SubmittedFromAnotherFile
 from chatbatch.state.store import cost_key
 
 pytestmark = pytest.mark.slow
@@ -419,6 +420,50 @@ def test_bad_input_gets_one_line_and_an_exit_code(local: Local) -> None:
     assert "no stack named 'elsewhere'" in no_stack and "chatbatch local up" in no_stack
     bad_id = one_line_error(local.cli("submit", __file__, "--batch-id", "a b", code=2))
     assert "--batch-id" in bad_id
+
+
+def test_a_different_file_under_a_batch_id_is_refused_even_with_resend(local: Local) -> None:
+    """Same custom_ids, other prompts: sent under the first file's batch id, the workers
+    would skip them as finished and `collect` would return the first file's answers."""
+    first = local.write(
+        "first.jsonl",
+        [json.dumps({"custom_id": f"r{i}", "prompt": f"first {i}"}) for i in range(3)],
+    )
+    other = local.write(
+        "other.jsonl",
+        [json.dumps({"custom_id": f"r{i}", "prompt": f"other {i}"}) for i in range(3)],
+    )
+    sums = [local.json("submit", str(p), "--dry-run")["checksum"] for p in (first, other)]
+    local.json("submit", str(first), "--batch-id", "same-id")
+    local.wait("same-id", lambda s: s["done"])
+    calls = local.requests()
+    for resend in ((), ("--resend",)):
+        result = local.cli("submit", str(other), "--batch-id", "same-id", *resend, code=1)
+        refused = result.stderr.strip().splitlines()[-1]  # after the validation progress bar
+        assert refused == (
+            f"error: batch 'same-id' was submitted from another file (checksum {sums[0][:12]}, "
+            f"this file {sums[1][:12]}): choose another --batch-id (--resend sends only the "
+            "same file again)"
+        )
+    # the local runtime's submit path refuses it too (the registering write checks it)
+    with pytest.raises(SubmittedFromAnotherFile):
+        local.rt.submit(other, "same-id")
+    assert queued_anywhere(local) == 0 and local.requests() == calls
+    info = local.rt.batches.get("same-id")
+    assert info is not None and (info.checksum, info.total) == (sums[0], 3)
+    # the same file again with --resend is sent; its finished jobs are skipped, not paid
+    assert local.json("submit", str(first), "--batch-id", "same-id", "--resend")["sent"] == 3
+    deadline = time.monotonic() + 30
+    while queued_anywhere(local):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert local.requests() == calls
+    collected = local.workdir / "same-id.jsonl"
+    local.json("collect", "same-id", "-o", str(collected))
+    answers = [
+        r["response"]["body"]["choices"][0]["message"]["content"] for r in read_jsonl(collected)
+    ]
+    assert [("first" in a, "other" in a) for a in answers] == [(True, False)] * 3
 
 
 def test_local_up_serves_other_processes_through_the_same_discovery(tmp_path: Path) -> None:

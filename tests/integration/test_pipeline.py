@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import pytest
 from mypy_boto3_sqs.literals import QueueAttributeNameType
 
 from chatbatch.core.config import Priority
-from chatbatch.core.days import utc_day
+from chatbatch.core.days import next_midnight, utc_day
 from chatbatch.core.job_lines import parse_line
 from chatbatch.core.jobs import Job
 from chatbatch.core.pricing import to_nanos
@@ -33,6 +34,7 @@ from chatbatch.local.summary import Summary
 from chatbatch.state.budget.budget import Budget
 from chatbatch.state.budget.ledger import reservation_key
 from chatbatch.worker import crash as crashes
+from chatbatch.worker import services
 from chatbatch.worker.intake import Intake
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -244,6 +246,56 @@ def test_two_copies_of_a_job_in_flight_call_the_provider_once(tmp_path: Path):
     assert spent == result.chatbatch.cost_usd
 
 
+class ShiftedClock:
+    """The workers' budget clock: real time, moved by ``offset`` seconds."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def at(self, when: float) -> None:
+        self.offset = when - time.time()
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+def test_a_second_copy_after_midnight_waits_for_the_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Copy A reserves at 23:59:59 (by the budget's clock) and is still calling; copy B
+    arrives at 00:00:01. B must wait and then be dropped, not reserve on the new day and
+    call again; A's settle after midnight charges the day it reserved on."""
+    clock = ShiftedClock()
+    monkeypatch.setattr(services, "Budget", partial(Budget, clock=clock))
+    midnight = next_midnight(time.time() + 3 * 86_400).timestamp()
+    before, after = utc_day(midnight - 1), utc_day(midnight + 1)
+    body = json.dumps({"custom_id": "late", "prompt": "once across midnight", "batch_id": "night"})
+    with runtime(simulator=SimulatorSettings(latency_ms=4000)) as rt:
+        assert rt.simulator is not None
+        queue = rt.resources.queues[rt.config.defaults.priority]
+        sqs = boto3.client("sqs")
+        clock.at(midnight - 1)
+        sqs.send_message(QueueUrl=queue, MessageBody=body)  # copy A
+        deadline = time.monotonic() + 60
+        while not rt.simulator.stats().requests and time.monotonic() < deadline:
+            time.sleep(0.1)
+        clock.at(midnight + 1)  # A is calling the provider; now it is the next day
+        sqs.send_message(QueueUrl=queue, MessageBody=body)  # copy B
+        while queue_depth(rt, queue) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert queue_depth(rt, queue) == 0, "copy B came back and was dropped"
+        requests = rt.simulator.stats().requests
+        info = rt.batches.get("night")
+        result = rt.store.get_result("night", "late")
+        budget = Budget(boto3.client("dynamodb"), rt.resources.table, rt.config)
+        yesterday, today = budget.usage(before), budget.usage(after)
+    assert requests == 1, "the provider was called once"
+    assert info is not None and (info.succeeded, info.provider_calls) == (1, 1)
+    assert result is not None and result.chatbatch is not None
+    assert (yesterday.spent_usd, yesterday.reserved_usd) == (result.chatbatch.cost_usd, 0)
+    assert (today.spent_usd, today.reserved_usd) == (0, 0)
+
+
 @pytest.mark.parametrize("point", crashes.CRASH_POINTS)
 def test_a_worker_killed_mid_job_counts_each_job_once(tmp_path: Path, point: str):
     cacheable = {"prompt": "cached question", "cache": True, "temperature": 0}
@@ -299,7 +351,7 @@ def test_a_copy_taking_over_a_dead_copys_job_finishes_from_its_result(tmp_path: 
             # time travel: the dead copy's reservation is past its deadline
             boto3.client("dynamodb").update_item(
                 TableName=rt.resources.table,
-                Key=reservation_key(utc_day(time.time()), "takeover#orphan"),
+                Key=reservation_key("takeover#orphan"),
                 UpdateExpression="SET reclaim_at = :past",
                 ExpressionAttributeValues={":past": {"N": str(time.time() - 1)}},
             )
@@ -424,6 +476,47 @@ def test_a_job_too_big_for_sqs_travels_through_s3(tmp_path: Path):
     results = {r["custom_id"]: r for r in read_jsonl(tmp_path / "out" / "results.jsonl")}
     answer = results["big"]["response"]["body"]["choices"][0]["message"]["content"]
     assert answer.startswith("sim:") and "word word" in answer
+
+
+def test_a_claim_checked_job_ends_in_its_batch_under_its_custom_id(tmp_path: Path):
+    """Over the SQS size limit, submitted with a batch id, and from another producer whose
+    stored line names neither: the job is the claim's, in the claim's batch; a claim whose
+    stored job names another one is refused under the claim's ids."""
+    big = "word " * 70_000  # 350 KB
+    path = write(tmp_path, [json.dumps({"custom_id": "ticket-1", "prompt": big})])
+    with runtime() as rt:
+        rt.wait(rt.submit(path, "support"))
+        bucket, queue = rt.resources.bucket, rt.resources.queues[Priority.high]
+        for custom_id, stored in (
+            ("ticket-2", {"prompt": big, "max_tokens": 20}),
+            ("ticket-3", {"custom_id": "ticket-9", "prompt": big}),
+        ):
+            key = f"claims/elsewhere/{custom_id}.json"
+            boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=json.dumps(stored))
+            claim = {"bucket": bucket, "key": key, "custom_id": custom_id, "batch_id": "support"}
+            boto3.client("sqs").send_message(
+                QueueUrl=queue, MessageBody=json.dumps({"chatbatch_claim_check": claim})
+            )
+        deadline = time.monotonic() + 60
+        info = rt.batches.get("support")
+        while (info is None or info.finished < 3) and time.monotonic() < deadline:
+            time.sleep(0.3)
+            info = rt.batches.get("support")
+        first, second = (
+            rt.store.get_result("support", "ticket-1"),
+            rt.store.get_result("support", "ticket-2"),
+        )
+        refused = rt.store.get_error("support", "ticket-3")
+    assert info is not None and (info.succeeded, info.failed) == (2, 1)
+    for result, custom_id in ((first, "ticket-1"), (second, "ticket-2")):
+        assert result is not None and result.response is not None and result.chatbatch
+        assert (result.custom_id, result.chatbatch.batch_id) == (custom_id, "support")
+        assert "word word" in result.response.body["choices"][0]["message"]["content"]
+    assert refused is not None and refused.error is not None
+    assert refused.error.message.startswith(
+        "job 'ticket-3': chatbatch_claim_check.custom_id: the claim check names 'ticket-3' "
+        f"but s3://{bucket}/claims/elsewhere/ticket-3.json holds a job with custom_id 'ticket-9'"
+    )
 
 
 def test_a_job_bigger_than_the_rate_limit_fails_clearly(tmp_path: Path):

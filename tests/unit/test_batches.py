@@ -10,7 +10,7 @@ import pytest
 
 from chatbatch.core.config import Config
 from chatbatch.local.aws import create_resources, moto_in_process
-from chatbatch.state.batches import Batches, JobState
+from chatbatch.state.batches import Batches, JobState, SubmittedFromAnotherFile
 
 
 @pytest.fixture
@@ -46,6 +46,33 @@ def test_register_then_outcomes_move_counters_once(batches: Batches):
     assert info.priority == "high" and info.budget_nanos == 5 and info.finished == 2
     batches.register("b1", total=3, priority="high", checksum="abc")  # re-submit keeps counts
     assert batches.get("b1").succeeded == 1  # type: ignore[union-attr]
+
+
+def test_a_batch_id_registered_from_one_file_refuses_another(batches: Batches):
+    """The checksum is part of the registering write: a second file under the same id
+    is refused (also when two submits race), and the first file's registration stays."""
+    batches.register("b9", total=2, priority="high", checksum="a" * 64)
+    with pytest.raises(SubmittedFromAnotherFile) as caught:
+        batches.register("b9", total=5, priority="low", checksum="b" * 64)
+    assert str(caught.value) == (
+        f"batch 'b9' was submitted from another file (checksum {'a' * 12}, "
+        f"this file {'b' * 12}): choose another batch id"
+    )
+    info = batches.get("b9")
+    assert info is not None and (info.total, info.checksum) == (2, "a" * 64)
+    # a batch the workers made (jobs sent straight to a queue) has no checksum: it takes one
+    assert batches.transition("straight", "x", prev=JobState.new, new=JobState.succeeded)
+    batches.register("straight", total=1, priority="high", checksum="c" * 64)
+
+    def register(i: int) -> bool:
+        try:
+            batches.register("race", total=1, priority="high", checksum=f"{i:064d}")
+        except SubmittedFromAnotherFile:
+            return False
+        return True
+
+    with ThreadPoolExecutor(8) as pool:
+        assert sum(pool.map(register, range(8))) == 1
 
 
 def test_gauges_follow_deferred_and_dead_lettered_jobs(batches: Batches):

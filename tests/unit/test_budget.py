@@ -296,3 +296,60 @@ def test_a_dead_reservation_from_yesterday_frees_its_batch(config: Config, table
     clock.now += 1_000  # the next day, past the deadline
     r = budget.reserve("b#next", USD // 2, batch_id="b", batch_limit_nanos=USD // 2)
     assert r.day != utc_day(clock.now - 1_000)
+
+
+def test_one_copy_holds_a_job_across_midnight_and_its_day_pays(config: Config, table: str):
+    """Copy A reserves at 23:59:59; copy B at 00:00:01 is told to look later, not given a
+    reservation of the new day; A's redelivery after midnight resumes its own, and the
+    settle charges the day the reservation was made."""
+    midnight = next_midnight(1_790_000_000.0).timestamp()
+    clock = Clock(midnight - 1)  # 23:59:59 UTC
+    budget = make(config, table, clock, daily_usd=Decimal(1), reservation_ttl_s=900)
+    before, after = utc_day(midnight - 1), utc_day(midnight + 1)
+    mine = budget.reserve("b#job", USD // 10, batch_id="b", batch_limit_nanos=USD, owner="A")
+    assert mine.day == before
+    clock.now = midnight + 1  # 00:00:01 UTC, the next day
+    with pytest.raises(HeldElsewhere):
+        budget.reserve("b#job", USD // 10, batch_id="b", batch_limit_nanos=USD, owner="B")
+    assert budget.reserve_many([Ask("b#job", USD // 10, owner="B"), Ask("b#x", 1)]) == {}
+    assert budget.usage(after).reserved_usd == 0  # nothing held on the new day
+    # the owner's redelivery (a hand-back, a crash) after midnight: its own, of yesterday
+    again = budget.reserve("b#job", USD // 5, batch_id="b", batch_limit_nanos=USD, owner="A")
+    assert again == mine.model_copy(update={"resumed": True})
+    assert budget.settle(again, USD // 20)
+    assert (budget.usage(before).spent_usd, budget.usage(before).reserved_usd) == (
+        Decimal("0.05"),
+        0,
+    )
+    assert (budget.usage(after).spent_usd, budget.usage(after).reserved_usd) == (0, 0)
+    # paid for: a copy on a later day is told so (it does not call again)
+    clock.now += 86_400
+    with pytest.raises(AlreadySettled):
+        budget.reserve("b#job", USD // 10, owner="C")
+
+
+def test_a_dead_copys_claim_from_yesterday_is_taken_over_on_its_day(config: Config, table: str):
+    """The owner died before midnight; after its claim expires, the next copy takes the
+    reservation over (once) and it still belongs to yesterday's ledger; reclaim frees it
+    from there too."""
+    midnight = next_midnight(1_790_000_000.0).timestamp()
+    clock = Clock(midnight - 60)
+    budget = make(config, table, clock, daily_usd=Decimal(1), reservation_ttl_s=900)
+    before, after = utc_day(midnight - 60), utc_day(midnight + 900)
+    budget.reserve("b#job", USD // 10, owner="A")  # A dies here
+    clock.now = midnight + 600  # the next day; A's claim has 240 s to go
+    with pytest.raises(HeldElsewhere) as caught:
+        budget.reserve("b#job", USD // 10, owner="B")
+    assert caught.value.retry_after_s == 15
+    clock.now = midnight + 900  # past A's deadline
+    theirs = budget.reserve("b#job", USD // 10, owner="B")
+    assert (theirs.owner, theirs.day, theirs.resumed) == ("B", before, True)
+    with pytest.raises(HeldElsewhere):
+        budget.reserve("b#job", USD // 10, owner="A")
+    assert budget.usage(before).reserved_usd == Decimal("0.1")
+    assert budget.usage(after).reserved_usd == 0
+    clock.now += 901  # B dies too: the reclaim finds it on its day and frees that ledger
+    assert budget.reclaim() == 1
+    assert budget.usage(before).reserved_usd == 0
+    fresh = budget.reserve("b#job", USD // 10, owner="C")  # reclaimed: reserved anew, today
+    assert (fresh.day, fresh.resumed) == (utc_day(clock.now), False)

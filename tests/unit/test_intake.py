@@ -7,11 +7,14 @@ import datetime as dt
 import json
 from typing import Any
 
+import pytest
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from botocore.exceptions import ClientError
 
 from chatbatch.core.config import Config, Priority
+from chatbatch.core.jobs import CLAIM_CHECK_KEY
 from chatbatch.core.resources import Resources
-from chatbatch.worker.intake import ATTR_BATCH, read_record
+from chatbatch.worker.intake import ATTR_BATCH, Intake, read_record
 
 RESOURCES = Resources(
     table="t", bucket="b", queues={p: f"https://sqs/123/cb-{p.value}" for p in Priority}
@@ -66,3 +69,90 @@ def test_a_hand_back_keeps_its_batch_and_a_bad_body_keeps_its_ids(config: Config
     assert bad.job is None and bad.error is not None
     assert (bad.custom_id, bad.batch_id) == ("msg-m-1", "daily-2026-11-28")
     assert "not valid JSON" in str(bad.error)
+
+
+class Claims:
+    """A data bucket holding claim-checked job lines (or unreachable)."""
+
+    bucket = "b"
+
+    def __init__(self, objects: dict[str, Any], *, down: bool = False) -> None:
+        self.objects = {k: json.dumps(v) for k, v in objects.items()}
+        self.down = down
+
+    def get_text(self, key: str) -> str | None:
+        if self.down:
+            raise ClientError({"Error": {"Code": "SlowDown", "Message": "slow"}}, "GetObject")
+        return self.objects.get(key)
+
+
+def claim(key: str = "claims/support/t-1.json", **fields: Any) -> dict[str, Any]:
+    return {CLAIM_CHECK_KEY: {"bucket": "b", "key": key, "custom_id": "t-1", **fields}}
+
+
+NOW = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
+BIG = "word " * 60_000
+
+
+def read(body: Any, store: Any, config: Config) -> Intake:
+    return read_record(record(body, sent=NOW), config, RESOURCES, store)
+
+
+def test_a_claim_checks_ids_are_the_jobs(config: Config):
+    """A producer stores the bare line and names the job in the claim check."""
+    store = Claims({"claims/support/t-1.json": {"prompt": BIG}})
+    intake = read(claim(batch_id="support"), store, config)
+    assert intake.error is None and intake.job is not None
+    assert (intake.batch_id, intake.custom_id, intake.job.batch_id) == ("support", "t-1", "support")
+    assert BIG in intake.job.messages[-1].content
+    # a stored line naming the same job is as good; a claim without a batch keeps the line's
+    same = Claims(
+        {"claims/support/t-1.json": {"custom_id": "t-1", "batch_id": "support", "prompt": "x"}}
+    )
+    assert read(claim(batch_id="support"), same, config).key == ("support", "t-1")
+    assert read(claim(), same, config).key == ("support", "t-1")
+
+
+@pytest.mark.parametrize(
+    ("stored", "field", "named"),
+    [
+        ({"custom_id": "t-2", "prompt": "x"}, "custom_id", "'t-2'"),
+        ({"batch_id": "other", "prompt": "x"}, "batch_id", "'other'"),
+    ],
+)
+def test_a_claim_check_naming_another_job_than_its_object_is_refused(
+    config: Config, stored: dict[str, Any], field: str, named: str
+):
+    store = Claims({"claims/support/t-1.json": stored})
+    intake = read(claim(batch_id="support"), store, config)
+    assert intake.job is None and intake.error is not None
+    assert intake.key == ("support", "t-1")  # the error is filed under the claim's ids
+    message = str(intake.error)
+    assert message.startswith(f"job 't-1': chatbatch_claim_check.{field}: the claim check names")
+    assert named in message and "s3://b/claims/support/t-1.json" in message
+
+
+def test_a_claim_check_that_cannot_be_read_keeps_the_claims_ids(config: Config):
+    missing = read(claim(batch_id="support"), Claims({}), config)
+    assert missing.key == ("support", "t-1") and missing.error is not None
+    assert "s3://b/claims/support/t-1.json not found" in str(missing.error)
+    down = read(claim(batch_id="support"), Claims({}, down=True), config)
+    assert down.key == ("support", "t-1") and down.transient and down.job is None
+    elsewhere = read(
+        {CLAIM_CHECK_KEY: {**claim()[CLAIM_CHECK_KEY], "bucket": "not-ours"}},
+        Claims({"claims/support/t-1.json": {"prompt": "x"}}),
+        config,
+    )
+    assert elsewhere.error is not None and elsewhere.key == ("daily-2026-11-28", "t-1")
+    assert "chatbatch_claim_check.bucket: s3://not-ours/" in str(elsewhere.error)
+    assert "data bucket 'b' only" in str(elsewhere.error)
+
+
+def test_a_claim_check_with_unsafe_ids_is_refused(config: Config):
+    store = Claims({"claims/x.json": {"prompt": "x"}})
+    bad = read(claim("claims/x.json", custom_id="../../etc"), store, config)
+    assert bad.error is not None and bad.key == ("daily-2026-11-28", "msg-m-1")
+    assert str(bad.error).startswith("job 'msg-m-1': chatbatch_claim_check.custom_id: not a valid")
+    batch = read(claim("claims/x.json", batch_id="a/b"), store, config)
+    assert batch.error is not None and "chatbatch_claim_check.batch_id" in str(batch.error)
+    assert batch.key == ("daily-2026-11-28", "t-1")

@@ -33,7 +33,7 @@ from chatbatch.client.submit import (
 from chatbatch.core.config import Config, Priority, load_config
 from chatbatch.core.jobs import BATCH_ID_PATTERN
 from chatbatch.core.pricing import to_nanos
-from chatbatch.state.batches import BatchInfo
+from chatbatch.state.batches import BatchInfo, SubmittedFromAnotherFile
 
 MAX_SHOWN_ERRORS = 100
 
@@ -120,18 +120,30 @@ def _show_invalid(plan: Plan) -> None:
         console.print(f"... and {more} more invalid line(s)", highlight=False)
 
 
+def _another_file(err: SubmittedFromAnotherFile) -> CliError:
+    return CliError(
+        f"batch {err.batch_id!r} was submitted from another file (checksum "
+        f"{err.registered[:12]}, this file {err.checksum[:12]}): choose another --batch-id "
+        "(--resend sends only the same file again)"
+    )
+
+
 def _already_submitted(
     deployment: Deployment, plan: Plan, resend: bool, as_json: bool
 ) -> BatchInfo | None:
-    """The registered batch of this id, if sending again would be wrong or pointless."""
+    """The registered batch of this id, if sending again would be wrong or pointless.
+
+    The checksum comes first, with or without ``--resend``: a different file under a
+    batch id would share custom_ids with the first, and ``collect`` would return the
+    first file's answers for the second file's prompts.
+    """
     info = deployment.batches.get(plan.batch_id)
-    if info is None or resend:
+    if info is None:
         return None
     if info.checksum and info.checksum != plan.checksum:
-        raise CliError(
-            f"batch {plan.batch_id!r} was submitted from another file (checksum "
-            f"{info.checksum[:12]}, this file {plan.checksum[:12]}): choose another --batch-id"
-        )
+        raise _another_file(SubmittedFromAnotherFile(plan.batch_id, info.checksum, plan.checksum))
+    if resend:
+        return None
     if not as_json:
         warn(
             f"batch {plan.batch_id!r} was already submitted from this file: nothing sent "
@@ -172,7 +184,11 @@ def submit(
         bool, typer.Option("--skip-invalid", help="send the valid lines even if some are invalid")
     ] = False,
     resend: Annotated[
-        bool, typer.Option("--resend", help="send again a batch already submitted from this file")
+        bool,
+        typer.Option(
+            "--resend",
+            help="send again a batch already submitted from this file (never another file)",
+        ),
     ] = False,
     stack: StackOpt = None,
     config: ConfigOpt = None,
@@ -205,7 +221,10 @@ def submit(
     if _already_submitted(deployment, plan, resend, as_json):
         _finish_submit(report.model_copy(update={"status": "already_submitted"}), as_json)
         return
-    register(plan, deployment.batches, to_nanos(budget) if budget is not None else None)
+    try:  # checked again in the registering write: a submit racing this one
+        register(plan, deployment.batches, to_nanos(budget) if budget is not None else None)
+    except SubmittedFromAnotherFile as err:
+        raise _another_file(err) from None
     write_manifest(file, cfg, plan.batch_id, deployment.store)
     sent = _send(deployment, file, plan, as_json)
     _finish_submit(report.model_copy(update={"status": "sent", "sent": sent}), as_json)

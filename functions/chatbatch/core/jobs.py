@@ -141,10 +141,31 @@ class ClaimCheck(BaseModel):
     """A job stored in S3 because it is over ``SQS_MAX_BYTES``.
 
     The SQS body is then ``{"chatbatch_claim_check": {...}}`` and the S3 object holds
-    the job line.
+    the job line. The claim names the job: its ``custom_id`` and ``batch_id`` are the
+    job's, and the stored line may leave them out, but may not name another job.
     """
 
-    bucket: str
-    key: str
-    custom_id: str
-    batch_id: str | None = None
+    bucket: StrictStr
+    key: StrictStr
+    custom_id: str = Field(pattern=ID_PATTERN)
+    batch_id: str | None = Field(default=None, pattern=BATCH_ID_PATTERN)
+
+    def fill(self, data: Any) -> Any:
+        """The stored job line with the claim's ids: one the line leaves out is the
+        claim's; one it names differently is a ``JobError`` (which job would it be?)."""
+        if not isinstance(data, dict):
+            return data  # not a job line: ``parse_job`` says so
+        filled = dict(data)
+        for name, claimed in (("custom_id", self.custom_id), ("batch_id", self.batch_id)):
+            stored = data.get(name)
+            if claimed is None or stored == claimed:
+                continue
+            if stored is not None:
+                raise JobError(
+                    f"{CLAIM_CHECK_KEY}.{name}",
+                    f"the claim check names {claimed!r} but s3://{self.bucket}/{self.key} "
+                    f"holds a job with {name} {stored!r}; send a claim check with the "
+                    "stored job's ids (or store the job under the claim's)",
+                )
+            filled[name] = claimed
+        return filled

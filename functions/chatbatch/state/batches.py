@@ -3,7 +3,8 @@
 Items (single table, see ``resources``):
 
 - ``pk=batch#<id>, sk=meta``: the batch: ``total`` (from submit), ``priority``,
-  ``budget_nanos``, ``checksum``, ``created``, ``cancelled`` and the counters
+  ``budget_nanos``, ``checksum`` (of the file it was submitted from: registering it
+  again from another file is refused), ``created``, ``cancelled`` and the counters
   ``succeeded``, ``failed``, ``deferred``, ``throttled``, ``paused``, ``dead_lettered``,
   ``cancelled_jobs``, ``cost_nanos``, ``prompt_tokens``, ``completion_tokens``,
   ``provider_calls`` (the tokens
@@ -27,7 +28,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import BaseModel
 
@@ -43,6 +44,19 @@ JOB_TTL_S = 30 * 86_400
 class TransactionRefused(RuntimeError):
     """A job's final transaction failed on an item other than its state (e.g. the budget
     reservation was reclaimed): nothing was written; a redelivery starts over."""
+
+
+class SubmittedFromAnotherFile(ValueError):
+    """The batch id is registered already, from a file with another checksum: sending
+    this file under it would mix two files' jobs (and ``collect`` would return the other
+    file's answers for jobs with the same custom_id)."""
+
+    def __init__(self, batch_id: str, registered: str, checksum: str) -> None:
+        self.batch_id, self.registered, self.checksum = batch_id, registered, checksum
+        super().__init__(
+            f"batch {batch_id!r} was submitted from another file (checksum "
+            f"{registered[:12]}, this file {checksum[:12]}): choose another batch id"
+        )
 
 
 class JobState(StrEnum):
@@ -171,7 +185,11 @@ class Batches:
         checksum: str,
         budget_nanos: int | None = None,
     ) -> None:
-        """Create or update the batch's description; counters are never touched."""
+        """Create or update the batch's description; counters are never touched.
+
+        Raises ``SubmittedFromAnotherFile`` if the batch was registered with another
+        ``checksum`` (checked in the same write, so two submits racing cannot both pass).
+        """
         names = {"#t": "total", "#p": "priority", "#c": "checksum", "#cr": "created"}
         values: dict[str, Any] = {
             ":t": n(total),
@@ -184,13 +202,20 @@ class Batches:
             names["#b"] = "budget_nanos"
             values[":b"] = n(budget_nanos)
             expression += ", #b = :b"
-        self._ddb.update_item(
-            TableName=self._table,
-            Key=batch_key(batch_id),
-            UpdateExpression=expression,
-            ExpressionAttributeNames=names,
-            ExpressionAttributeValues=values,
-        )
+        try:
+            self._ddb.update_item(
+                TableName=self._table,
+                Key=batch_key(batch_id),
+                UpdateExpression=expression,
+                ConditionExpression="attribute_not_exists(#c) OR #c = :c",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except self._ddb.exceptions.ConditionalCheckFailedException as err:
+            held = cast("dict[str, Any]", err.response).get("Item") or {}
+            registered = held.get("checksum", {}).get("S") or "?"
+            raise SubmittedFromAnotherFile(batch_id, registered, checksum) from None
 
     def cancel(self, batch_id: str) -> None:
         self._ddb.update_item(

@@ -2,8 +2,9 @@
 
 Any producer may drop a job line straight onto a priority queue; ``chatbatch submit``
 sends the same JSON (``Job.to_line``). A job too large for an SQS message arrives as a
-claim check and is read from S3 here. A job that names no batch joins the default batch
-of its UTC day, ``daily-YYYY-MM-DD``.
+claim check and is read from S3 here; the claim's ``custom_id`` and ``batch_id`` are the
+job's (the stored line may leave them out, and is refused if it names another job). A
+job that names no batch joins the default batch of its UTC day, ``daily-YYYY-MM-DD``.
 """
 
 from __future__ import annotations
@@ -90,24 +91,45 @@ def _batch_of(record: SQSRecord, named: str | None) -> str:
     return default_batch(sent)
 
 
-def _decode(record: SQSRecord, store: Store) -> tuple[Any, int]:
-    """The job's JSON value (read from S3 when the body is a claim check) and its size."""
-    text = record.body
-    data = load_json(text, "(body)")
-    if isinstance(data, dict) and CLAIM_CHECK_KEY in data:
-        claim = ClaimCheck.model_validate(data[CLAIM_CHECK_KEY])
-        claimed = store.get_text(claim.key)
-        if claimed is None:
-            raise JobError(CLAIM_CHECK_KEY, f"s3://{claim.bucket}/{claim.key} not found")
-        text, data = claimed, load_json(claimed, "(body)")
-    return data, len(text.encode())
+def _claimed(claim: ClaimCheck, store: Store) -> tuple[Any, int]:
+    """The job line a claim check points at (its JSON value and size), with the claim's ids."""
+    where = f"s3://{claim.bucket}/{claim.key}"
+    if claim.bucket != store.bucket:
+        raise JobError(
+            f"{CLAIM_CHECK_KEY}.bucket",
+            f"{where}: the workers read claim checks from their data bucket "
+            f"{store.bucket!r} only; store the job there",
+        )
+    text = store.get_text(claim.key)
+    if text is None:
+        raise JobError(CLAIM_CHECK_KEY, f"{where} not found")
+    return claim.fill(load_json(text, where)), len(text.encode())
+
+
+def _ids(record: SQSRecord, *sources: Any) -> tuple[str, str]:
+    """The (batch, custom_id) of a job that cannot run: from the first source that names
+    them well (the claim check, then the job line), else the message's own."""
+    named = [v for v in sources if isinstance(v, dict)]
+    custom_id = (
+        next((c for v in named if (c := _safe(v.get("custom_id"), ID_PATTERN))), None)
+        or f"msg-{record.message_id}"
+    )
+    batch = next((b for v in named if (b := _safe(v.get("batch_id"), BATCH_ID_PATTERN))), None)
+    return _batch_of(record, batch), custom_id
 
 
 def read_record(record: SQSRecord, config: Config, resources: Resources, store: Store) -> Intake:
+    """Decode one record. A claim check's ``custom_id`` and ``batch_id`` are the job's: the
+    stored line may leave them out; one that names another job is refused."""
     priority = resources.priority_of_queue(record.event_source_arn) or config.defaults.priority
     data: Any = None
+    claim: Any = None
     try:
-        data, size = _decode(record, store)
+        data = load_json(record.body, "(body)")
+        size = len(record.body.encode())
+        if isinstance(data, dict) and CLAIM_CHECK_KEY in data:
+            claim = data[CLAIM_CHECK_KEY]
+            data, size = _claimed(ClaimCheck.model_validate(claim), store)
         if size > config.limits.max_line_bytes:
             raise JobError(
                 "(body)",
@@ -120,15 +142,14 @@ def read_record(record: SQSRecord, config: Config, resources: Resources, store: 
     except UnicodeDecodeError as err:
         error = JobError("(body)", f"not valid UTF-8: {err}")
     except ValidationError as err:
-        error = JobError(CLAIM_CHECK_KEY, f"not a valid claim check: {err.errors()[0]['msg']}")
+        first = err.errors()[0]
+        field = ".".join([CLAIM_CHECK_KEY, *(str(part) for part in first["loc"])])
+        error = JobError(field, f"not a valid claim check: {first['msg']}")
     except JobError as err:
         error = err
     except ClientError as err:  # S3 unreachable for a claim check: only this job waits
-        raw = data if isinstance(data, dict) else {}
-        custom_id = _safe(raw.get("custom_id"), ID_PATTERN) or f"msg-{record.message_id}"
-        return Intake(record, _batch_of(record, None), custom_id, priority, transient=str(err))
-    raw = data if isinstance(data, dict) else {}
-    custom_id = _safe(raw.get("custom_id"), ID_PATTERN) or f"msg-{record.message_id}"
-    batch_id = _batch_of(record, _safe(raw.get("batch_id"), BATCH_ID_PATTERN))
+        batch_id, custom_id = _ids(record, claim, data)
+        return Intake(record, batch_id, custom_id, priority, transient=str(err))
+    batch_id, custom_id = _ids(record, claim, data)
     error.custom_id = custom_id
     return Intake(record, batch_id, custom_id, priority, error=error)

@@ -3,12 +3,15 @@
 Design note
 ===========
 
-**Items.** Per UTC day one partition ``budget#day#YYYY-MM-DD`` (the day is in the key,
-so nothing resets at midnight) holds the ledger (``sk=ledger``) and the day's
-reservations (``sk=resv#<job key>``); reservations not yet settled also have a small
-marker in ``budget#open#YYYY-MM-DD`` (``sk=<job key>``) so finding the dead ones never
-reads the settled ones. An optional per-batch ledger lives at ``budget#batch#<id>``;
-a raised daily limit at ``budget#limits``. Amounts are integer nano-dollars.
+**Items.** Per UTC day one ledger ``budget#day#YYYY-MM-DD`` / ``ledger`` (the day is in
+the key, so the money resets at midnight: a new day is a new item). A job's reservation
+is one item per job, ``budget#job#<job key>`` / ``resv``, whatever the day: it names
+its ``owner`` and the ``day`` it was made, whose ledger holds its money (so the one-copy
+guard does not reset at midnight, and a settle after midnight charges that day).
+Reservations not yet settled also have a small marker in ``budget#open#YYYY-MM-DD``
+(``sk=<job key>``, the reservation's day) so finding the dead ones never reads the
+settled ones. An optional per-batch ledger lives at ``budget#batch#<id>``; a raised
+daily limit at ``budget#limits``. Amounts are integer nano-dollars.
 
 **No arithmetic in conditions.** A ledger keeps ``committed`` (reserved + spent) and
 ``spent``. A reservation of ``n`` is ``ADD committed :n IF committed <= limit - n``: the
@@ -29,8 +32,10 @@ already settled gets ``AlreadySettled``, so nobody calls the provider for it aga
 reservation names its ``owner`` (the copy of the job holding it: an SQS message id): a
 second copy in flight gets ``HeldElsewhere`` and looks again later, until the owner's
 claim expires and it may take over (compare-and-swap on the owner), so two copies (two
-messages) never call the provider at once. One message delivered twice at once (SQS is
-at-least-once) is one copy to this check.
+messages) never call the provider at once, before or after a midnight: the reservation
+is the job's, not the day's, and keeps the day it was made (its settle and release go to
+that day's ledger). One message delivered twice at once (SQS is at-least-once) is one
+copy to this check.
 Settle is a set of transaction items (reservation ``reserved -> settled``, marker gone,
 ledgers) that the worker commits in the same transaction as the job's final state and
 counters, so a settle happens once or not at all.

@@ -136,7 +136,8 @@ class Budget:
         Raises ``BudgetDeferred`` (no room now: when to ask again), ``OverRequestCap``
         (never affordable), ``AlreadySettled`` (paid already: do not call again) or
         ``HeldElsewhere`` (another ``owner`` holds it and has not expired: look later).
-        Idempotent per job, day and owner: the owner of a reservation gets it back.
+        Idempotent per job and owner, whatever the day: the owner of a reservation gets it
+        back, with the day it was made (whose ledger holds the money).
         """
         cap = to_nanos(self._config.budget.request_cap_usd)
         if nanos > cap:
@@ -251,8 +252,10 @@ class Budget:
     def _existing(
         self, r: Reservation, item: Mapping[str, Any] | None, now: float, batch_limit: int | None
     ) -> Reservation:
-        """The job's reservation of the day exists: its owner gets it back (another copy of
-        the job is told to look later, until the owner's claim expires), or it is paid."""
+        """The job's reservation exists (made today or on an earlier day): its owner gets it
+        back (another copy of the job is told to look later, until the owner's claim
+        expires), or it is paid. It keeps the day it was made: that day's ledger holds its
+        money, and its settle or release goes there."""
         if item is None:  # gone in between (released or reclaimed): reserve anew
             return self._reserve(r, now, batch_limit)
         if item.get("state", {}).get("S") == "settled":
@@ -264,7 +267,7 @@ class Budget:
         batch = item.get("batch_id", {}).get("S")
         held = Reservation(
             job_key=r.job_key,
-            day=r.day,
+            day=item["day"]["S"],
             nanos=int_of(item, "nanos"),
             batch_id=batch or r.batch_id,
             batch_limit=batch is not None,

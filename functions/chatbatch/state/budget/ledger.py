@@ -1,9 +1,10 @@
 """Where the budget lives in the table, and the writes its ledgers take.
 
-The UTC day; the keys of the day and batch ledgers, of a reservation, of its open marker
-and of the raised limit; a charge (``ADD committed`` on the condition that it stays within
-the limit: no arithmetic in the condition) and a plain addition. The package docstring
-tells the layout (**Items**) and why the condition is one comparison.
+The keys of the day and batch ledgers, of a job's reservation (one per job, not per
+day), of its open marker (per day) and of the raised limit; a charge (``ADD committed``
+on the condition that it stays within the limit: no arithmetic in the condition) and a
+plain addition. The package docstring tells the layout (**Items**) and why the condition
+is one comparison.
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ def batch_ledger_key(batch_id: str) -> Item:
     return {TABLE_PK: s(f"budget#batch#{batch_id}"), TABLE_SK: s("ledger")}
 
 
-def reservation_key(day: str, job_key: str) -> Item:
-    return {TABLE_PK: s(f"budget#day#{day}"), TABLE_SK: s(f"resv#{job_key}")}
+def reservation_key(job_key: str) -> Item:
+    """A job's reservation: one per job, whatever the day (its ``day`` is an attribute), so
+    a copy of the job that comes after midnight still finds the one that holds it."""
+    return {TABLE_PK: s(f"budget#job#{job_key}"), TABLE_SK: s("resv")}
 
 
 def open_key(day: str, job_key: str) -> Item:

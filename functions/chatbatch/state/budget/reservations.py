@@ -48,7 +48,7 @@ class Ask(NamedTuple):
 
 class Reservation(BaseModel):
     job_key: str
-    day: str
+    day: str  # the UTC day it was made: that day's ledger holds its money until it settles
     nanos: int
     batch_id: str | None = None
     batch_limit: bool = False  # whether the batch ledger carries it too
@@ -70,9 +70,10 @@ def hold_items(table: str, r: Reservation, now: float, ttl_s: int) -> list[Item]
             "Put": {
                 "TableName": table,
                 "Item": {
-                    **reservation_key(r.day, r.job_key),
+                    **reservation_key(r.job_key),
                     **fields,
                     **expires,
+                    "day": s(r.day),
                     "state": s("reserved"),
                 },
                 "ConditionExpression": "attribute_not_exists(#pk)",
@@ -106,7 +107,7 @@ def extend_items(
         {
             "Update": {
                 "TableName": table,
-                "Key": reservation_key(r.day, r.job_key),
+                "Key": reservation_key(r.job_key),
                 "UpdateExpression": update,
                 "ConditionExpression": f"#s = :reserved AND {owned}",
                 "ExpressionAttributeNames": names,
@@ -146,13 +147,14 @@ def settle_items(table: str, r: Reservation, actual_nanos: int) -> list[dict[str
     settled: Item = {
         "Update": {
             "TableName": table,
-            "Key": reservation_key(r.day, r.job_key),
+            "Key": reservation_key(r.job_key),
             "UpdateExpression": "SET #s = :settled, #a = :a",
-            "ConditionExpression": "#s = :reserved",
-            "ExpressionAttributeNames": {"#s": "state", "#a": "actual"},
+            "ConditionExpression": "#s = :reserved AND #d = :day",
+            "ExpressionAttributeNames": {"#s": "state", "#a": "actual", "#d": "day"},
             "ExpressionAttributeValues": {
                 ":settled": s("settled"),
                 ":reserved": s("reserved"),
+                ":day": s(r.day),
                 ":a": n(actual_nanos),
             },
         }
@@ -168,9 +170,9 @@ def settle_items(table: str, r: Reservation, actual_nanos: int) -> list[dict[str
 def release_items(table: str, r: Reservation, expired_before: float | None) -> list[Item]:
     """The items that give a reservation back (the job was not sent); with
     ``expired_before``, only if its deadline is before that time (reclaim)."""
-    condition = "#s = :reserved"
-    names = {"#s": "state"}
-    values: Item = {":reserved": s("reserved")}
+    condition = "#s = :reserved AND #d = :day"
+    names = {"#s": "state", "#d": "day"}
+    values: Item = {":reserved": s("reserved"), ":day": s(r.day)}
     if expired_before is not None:
         condition += " AND #r < :now"
         names["#r"] = "reclaim_at"
@@ -179,7 +181,7 @@ def release_items(table: str, r: Reservation, expired_before: float | None) -> l
         {
             "Delete": {
                 "TableName": table,
-                "Key": reservation_key(r.day, r.job_key),
+                "Key": reservation_key(r.job_key),
                 "ConditionExpression": condition,
                 "ExpressionAttributeNames": names,
                 "ExpressionAttributeValues": values,
