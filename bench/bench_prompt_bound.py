@@ -2,11 +2,11 @@
 
     .venv/bin/python bench/bench_prompt_bound.py
 
-For requests whose framing outweighs their text (empty messages, one-letter names, 60
-parameterless tools, 200 one-letter arguments, 40 empty tool calls, 20 KB tool schemas,
-response-format schemas), the prompt tokens of every published rendering
-(``tests/unit/prompt_renderers.py``: harmony with o200k and cl100k, DeepSeek-V3.2's
-encoding with its tokenizer, OpenAI's cookbook recipe), the bound
+For requests whose framing outweighs their text (``tests/unit/prompt_corpus.py``: empty
+messages, one-letter names, 60 parameterless tools, 200 one-letter arguments, 40 empty
+tool calls, 20 KB tool schemas, response-format schemas), the prompt tokens of every
+published rendering (``tests/unit/prompt_renderers.py``: harmony with o200k and cl100k,
+DeepSeek-V3.2's encoding with its tokenizer, OpenAI's cookbook recipe), the bound
 (``chatbatch.core.pricing.prompt_token_bound``) and its headroom (bound / the most
 rendered). Then the framing each rendering adds per element, measured as the difference
 between two minimal requests, against ``BOUND_FRAMING``.
@@ -19,7 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit"))
 
-from prompt_renderers import adversarial_requests, counters
+from prompt_corpus import adversarial_requests
+from prompt_renderers import counters
 
 from chatbatch.core.pricing import prompt_token_bound
 

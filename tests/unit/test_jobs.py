@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from prompt_renderers import big_tool
+from prompt_corpus import big_tool
 
 from chatbatch.client.submit import plan_file
 from chatbatch.core.config import Config, Priority

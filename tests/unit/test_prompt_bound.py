@@ -1,6 +1,6 @@
 """The budget's prompt bound covers every field a provider bills, framing included.
 
-Whole requests (``prompt_renderers.adversarial_requests``: empty messages, one-letter
+Whole requests (``prompt_corpus.adversarial_requests``: empty messages, one-letter
 names, parameterless tools, one-letter arguments, empty tool calls, 20 KB schemas) are
 rendered as harmony (OpenAI, o200k and cl100k) and DeepSeek-V3.2 render them and counted
 with the real tokenizers, and by OpenAI's cookbook recipe. The bound must stay above
@@ -14,7 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from prompt_renderers import adversarial_requests, big_tool, counters
+from prompt_corpus import adversarial_requests, big_tool
+from prompt_renderers import counters
 
 from chatbatch.core.pricing import PROMPT_FIELDS, estimate_prompt_tokens, prompt_token_bound
 

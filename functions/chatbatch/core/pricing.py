@@ -6,16 +6,43 @@ cost is exact with no float rounding. The budget ledger stores integer nano-doll
 
 Token estimation (for the rate limiter, before any call) is offline: no tokenizer is
 downloaded. ASCII text counts one token per 4 characters, every non-ASCII character one
-token; each message adds 4 tokens of framing and each request 3, as in OpenAI's published
-counting recipe. Measured against o200k, cl100k and DeepSeek's tokenizer
-(``tests/unit/test_token_estimates.py``, ``bench/bench_tokens.py``): English prose and
-code within 5% in aggregate (single texts 0.5-1.5x), JSON 0.81-0.85x, short prompts
-1.25-1.3x, CJK 0.94-1.55x. The limiter reconciles every estimate with the real usage.
+token, over every billed field; framing is OpenAI's published counting recipe
+(``ESTIMATE_FRAMING``: 4 per message, 3 per request, 12 + 10 per tool for tools).
+Measured against o200k, cl100k and DeepSeek's tokenizer (``tests/unit/test_token_estimates.py``,
+``bench/bench_tokens.py``): English prose and code within 5% in aggregate (single texts
+0.5-1.5x), JSON 0.81-0.85x, short prompts 1.25-1.3x, CJK 0.94-1.55x. The limiter
+reconciles every estimate with the real usage.
 
-The budget reserves at a true upper bound instead (``prompt_token_bound``): every token
-of a byte-level BPE covers at least one byte, so a prompt never has more tokens than
-UTF-8 bytes (3-6x the real count on that corpus). That bound is what makes "the budget
-is never exceeded" hold for certain, not just usually.
+The budget reserves at a true upper bound instead (``prompt_token_bound``), over every
+field a provider bills as input (``PROMPT_FIELDS`` and the messages: content strings and
+text parts, ``name``, assistant ``tool_calls``, tool results). Every token of a byte-level
+BPE covers at least one byte, so a field never has more tokens than its UTF-8 bytes (3-6x
+the real count on that corpus); fields are counted as ``json.dumps`` renders them, with
+spaces and unescaped, the longer form. Around the text a provider adds framing, which
+``BOUND_FRAMING`` covers with a margin. Measured with the real offline tokenizers on the
+published renderings (``tests/unit/prompt_renderers.py``; ``bench/bench_prompt_bound.py``
+prints the figures, ``tests/unit/test_prompt_bound.py`` checks them), the most any
+rendering adds:
+
+- per request: 67 tokens (harmony, OpenAI's format for gpt-oss: the system message with
+  identity, dates and channels, and the reply primer); bound 96.
+- per message: 4 (harmony, OpenAI's cookbook), 3 (DeepSeek-V3.2); bound 8. Per ``name``:
+  1-2 beyond its bytes; bound 4.
+- tools: DeepSeek-V3.2 adds a fixed instruction block of 253 tokens (harmony 38, the
+  cookbook 12 + 10 per tool); bound 384 + 16 per tool.
+- a tool call with its result: 42 (DeepSeek), 26 (harmony); bound 24 per assistant turn
+  with calls + 16 per call + 24 per result, plus the longest called name again per result
+  (harmony's result header repeats it). Per top-level argument DeepSeek adds 16 tokens
+  (each argument in its own DSML block, re-serialised with spaces); bound 16 beyond the
+  longer of the sent and the re-serialised text.
+- ``response_format`` json_object: 23 (DeepSeek), 19 (harmony); bound 32 per field.
+
+On requests built so that framing outweighs text (200 empty messages, 60 parameterless
+tools, 200 one-letter arguments, 40 empty tool calls, 20 KB tool schemas, nested response
+schemas) the bound is 1.48-7.4x the most any rendering counts; the test requires 1.25x.
+That bound, with the output cap always sent (``Job.request_body``) times ``n``, is what
+makes "the budget is never exceeded" hold for certain, not just usually. Request
+parameters that could bill beyond it are refused at submit (``request_params``).
 """
 
 from __future__ import annotations

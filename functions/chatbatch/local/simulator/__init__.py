@@ -13,11 +13,19 @@ demo and benchmarks. Endpoints (``/v1`` is optional):
   ``POST /admin/settings`` (any ``SimulatorSettings`` keys), ``POST /admin/reset``.
 
 Answers are derived from the messages (``answer_for``): ``sim:<sha256 of the messages>``,
-the first words of the last user message, then filler up to ``answer_tokens``, cut at
-``max_tokens``. Tokens are counted by ``count_tokens`` (``\\w+|[^\\w\\s]``), each message
-adding 4 and each request 3. A prompt prefix (leading messages) seen before for the model
-is cached, reported the OpenAI way (``prompt_tokens_details.cached_tokens``) and the
-DeepSeek way (``prompt_cache_hit_tokens`` / ``prompt_cache_miss_tokens``).
+the first words of the last user message, then filler up to ``answer_tokens``, cut at the
+request's cap (``max_completion_tokens`` or ``max_tokens``). A request sent no cap gets the
+model's own limit, as from a real provider: it is answered at length
+(``open_answer_tokens``, default 8,192). A model of a family in ``completion_tokens_only``
+(OpenAI's reasoning models: o1, o3, o4-mini, gpt-5) refuses ``max_tokens`` with OpenAI's
+400. ``n`` > 1 returns n choices, each its own text, and bills each one's output (the
+prompt once). Tokens are counted by ``count_tokens`` (``\\w+|[^\\w\\s]``), each message
+adding 4 (its content, ``name`` and tool calls counted) and each request 3; ``tools``,
+``functions``, ``tool_choice``, ``function_call`` and ``response_format`` are billed as
+prompt tokens (their JSON text, plus 12 + 8 per tool for tools, 3 for the others). A
+prompt prefix (leading messages) seen before for the model is cached, reported the OpenAI
+way (``prompt_tokens_details.cached_tokens``) and the DeepSeek way
+(``prompt_cache_hit_tokens`` / ``prompt_cache_miss_tokens``).
 
 Requests and tokens per minute are limited per model over a rolling 60 s window (429 with
 ``retry-after``, ``retry-after-ms``); every chat response carries ``x-ratelimit-*``.

@@ -79,13 +79,16 @@ def answer_for(
     words = [text.rstrip()]
     tokens = count_tokens(words[0])
     start = int(digest, 16)
-    while tokens < answer_tokens:
+    # filler up to answer_tokens, but never built past the cap that cuts it
+    limit = answer_tokens if max_tokens is None else min(answer_tokens, max_tokens)
+    while tokens < limit:
         words.append(FILLER[(start + tokens) % len(FILLER)])
         tokens += 1
     content = " ".join(words)
-    if max_tokens is not None and tokens > max_tokens:
-        cut = list(TOKEN_RE.finditer(content))[max_tokens - 1].end()
-        return content[:cut], max_tokens, "length"
+    if max_tokens is not None and max(tokens, answer_tokens) > max_tokens:
+        if tokens > max_tokens:
+            content = content[: list(TOKEN_RE.finditer(content))[max_tokens - 1].end()]
+        return content, max_tokens, "length"
     return content, tokens, "stop"
 
 
