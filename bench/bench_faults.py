@@ -399,10 +399,22 @@ def bad_jobs(bucket: str) -> list[BadJob]:
         ),
         b(
             "a parameter the provider refuses",
-            _batch_line("bad-39", {"messages": USER, "n": 500}),
+            _batch_line("bad-39", {"messages": USER, "presence_penalty": 5}),
             "bad-39",
-            ("'n'",),
+            ("'presence_penalty'",),
             code="provider_400",
+        ),
+        b(
+            "n beyond what the provider allows",
+            _batch_line("bad-39n", {"messages": USER, "n": 500}),
+            "bad-39n",
+            ("body.n", "between 1 and 128"),
+        ),
+        b(
+            "a parameter that could bill past the worst case",
+            _batch_line("bad-39w", {"messages": USER, "web_search_options": {}}),
+            "bad-39w",
+            ("body.web_search_options", "billed per search"),
         ),
         b(
             "over limits.max_line_bytes",

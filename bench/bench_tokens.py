@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit"))
 from test_token_estimates import tokenizers
 from tokens_corpus import corpus
 
-from chatbatch.core.pricing import estimate_text_tokens, prompt_token_bound
+from chatbatch.core.pricing import estimate_text_tokens, text_token_bound
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
             real = [max(1, count(t)) for t in chosen]
             est = [estimate_text_tokens(t) for t in chosen]
             per = [e / r for e, r in zip(est, real, strict=True)]
-            bound = sum(prompt_token_bound([t]) for t in chosen) / sum(real)
+            bound = sum(text_token_bound(t) for t in chosen) / sum(real)
             cells.append(
                 f"est {sum(est) / sum(real):.2f} ({min(per):.2f}-{max(per):.2f}) bound {bound:.1f}"
             )

@@ -464,6 +464,72 @@ def test_simulator_models_auth_cache_hits_duplicates_and_outage(sim: Simulator) 
         assert http.get(sim.url + "/stats").json()["by_status"] == {"200": 1, "429": 1}
 
 
+def test_simulator_answers_an_uncapped_request_at_length_and_honours_either_cap(
+    sim: Simulator,
+) -> None:
+    """Like a real provider: no cap sent, the model's own limit applies (an open question is
+    answered at length); max_tokens and max_completion_tokens both cut the answer."""
+    sim.configure(answer_tokens=100_000, open_answer_tokens=3000)
+    auth = {"authorization": f"Bearer {KEY}"}
+    with httpx.Client(base_url=sim.base_url, headers=auth) as http:
+        uncapped = _body()
+        del uncapped["max_tokens"]
+        usage = http.post("/chat/completions", json=uncapped).json()["usage"]
+        assert usage["completion_tokens"] == 3000
+        for cap in ("max_tokens", "max_completion_tokens"):
+            body = _body() | {"max_tokens": None, cap: 10}
+            reply = http.post("/chat/completions", json=body).json()
+            assert reply["usage"]["completion_tokens"] == 10, cap
+            assert reply["choices"][0]["finish_reason"] == "length"
+    assert sim.stats().completion_tokens == 3020
+
+
+def test_simulator_refuses_max_tokens_for_a_reasoning_model(sim: Simulator) -> None:
+    sim.configure(models=["o4-mini", "o4-mini-2025-04-16"])
+    auth = {"authorization": f"Bearer {KEY}"}
+    with httpx.Client(base_url=sim.base_url, headers=auth) as http:
+        for model in ("o4-mini", "o4-mini-2025-04-16"):
+            refused = http.post("/chat/completions", json=_body(model=model))
+            assert refused.status_code == 400
+            error = refused.json()["error"]
+            assert (error["param"], error["code"]) == ("max_tokens", "unsupported_parameter")
+            assert "Use 'max_completion_tokens' instead" in error["message"]
+            body = _body(model=model, max_completion_tokens=64) | {"max_tokens": None}
+            assert http.post("/chat/completions", json=body).status_code == 200
+        # a model of another family takes max_tokens
+        assert http.post("/chat/completions", json=_body()).status_code == 200
+
+
+def test_simulator_bills_every_choice_and_counts_tools_as_prompt(
+    config: Config, sim: Simulator
+) -> None:
+    tools = [{"type": "function", "function": {"name": "f", "description": "look it up"}}]
+    schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
+    auth = {"authorization": f"Bearer {KEY}"}
+    with httpx.Client(base_url=sim.base_url, headers=auth) as http:
+        one = http.post("/chat/completions", json=_body("q")).json()
+        sim.reset()
+        three = http.post("/chat/completions", json=_body("q", n=3)).json()
+        stats = sim.stats()
+        tooled = http.post(
+            "/chat/completions", json=_body("q", tools=tools, response_format=schema)
+        ).json()
+    assert [c["index"] for c in three["choices"]] == [0, 1, 2]
+    assert len({c["message"]["content"] for c in three["choices"]}) == 3
+    assert three["choices"][0] == one["choices"][0]
+    assert three["usage"]["completion_tokens"] == 3 * one["usage"]["completion_tokens"]
+    assert three["usage"]["prompt_tokens"] == one["usage"]["prompt_tokens"]  # billed once
+    assert stats.completion_tokens == three["usage"]["completion_tokens"]
+    fields = count_tokens(json.dumps(tools)) + 12 + 8 + count_tokens(json.dumps(schema)) + 3
+    assert tooled["usage"]["prompt_tokens"] == one["usage"]["prompt_tokens"] + fields
+    # streamed, the choices arrive by index and the client assembles each
+    streamed = _call(_config(config, sim), _body("q", n=3, stream=True))
+    assert [c["message"]["content"] for c in streamed.body["choices"]] == [
+        c["message"]["content"] for c in three["choices"]
+    ]
+    assert streamed.usage.completion_tokens == three["usage"]["completion_tokens"]
+
+
 def test_simulator_tpm_limit_and_window_stats(sim: Simulator) -> None:
     sim.configure(tpm=120)
     auth = {"authorization": f"Bearer {KEY}"}

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import boto3
 import pytest
+from prompt_corpus import big_tool
 
 from chatbatch.core.config import Config
 from chatbatch.core.days import next_midnight, seconds_to_midnight, utc_day
-from chatbatch.core.pricing import to_nanos
+from chatbatch.core.job_lines import parse_line
+from chatbatch.core.jobs import Job
+from chatbatch.core.pricing import Usage, cost, to_nanos
 from chatbatch.local.aws import create_resources, moto_in_process
+from chatbatch.local.simulator import Engine, SimulatorSettings
 from chatbatch.state.budget.budget import BUSY_RETRY_S, Budget
 from chatbatch.state.budget.errors import (
     AlreadySettled,
@@ -51,16 +56,17 @@ def make(config: Config, table: str, clock: Clock | None = None, **budget: objec
     )
 
 
-def test_racing_reservations_never_pass_one_dollar(config: Config, table: str):
-    budget = make(config, table, daily_usd=Decimal(1))
-    settled: list[int] = []
+def race(budget: Budget, draw: Callable[[random.Random], tuple[int, Callable[[], int]]]):
+    """64 threads, each reserving a drawn worst case and settling what its call cost, until
+    it is refused 5 times: (worst, actual) of every settlement."""
+    settled: list[tuple[int, int]] = []
     lock = threading.Lock()
 
     def worker(seed: int) -> None:
         rng = random.Random(seed)
         refusals = 0
         for n in range(1000):
-            worst = rng.randint(USD // 100, USD // 40)  # $0.010 - $0.025
+            worst, call = draw(rng)
             try:
                 r = budget.reserve(f"t{seed}-{n}", worst)
             except BudgetDeferred:
@@ -68,19 +74,121 @@ def test_racing_reservations_never_pass_one_dollar(config: Config, table: str):
                 if refusals >= 5:
                     return
                 continue
-            actual = worst * rng.randint(60, 100) // 100
+            actual = call()
             assert budget.settle(r, actual)
             with lock:
-                settled.append(actual)
+                settled.append((worst, actual))
 
     with ThreadPoolExecutor(64) as pool:
         list(pool.map(worker, range(64)))
-    total = sum(settled)
+    return settled
+
+
+def test_racing_reservations_never_pass_one_dollar(config: Config, table: str):
+    budget = make(config, table, daily_usd=Decimal(1))
+
+    def draw(rng: random.Random) -> tuple[int, Callable[[], int]]:
+        worst = rng.randint(USD // 100, USD // 40)  # $0.010 - $0.025
+        return worst, lambda: worst * rng.randint(60, 100) // 100
+
+    total = sum(actual for _, actual in race(budget, draw))
     usage = budget.usage()
     assert total <= USD
     assert total >= 0.9 * USD
     assert to_nanos(usage.spent_usd) == total  # the ledger equals the sum of settlements
     assert usage.reserved_usd == 0
+
+
+HARD_JOBS = [
+    # open-ended: no max_tokens, so the provider's own (far larger) cap would apply
+    {"prompt": "tell me everything you know"},
+    {"prompt": "write the whole module", "role": "code"},
+    # n choices, each billed at the cap, beside a 20 KB tool schema
+    {
+        "custom_id": "x",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {
+            "model": "gpt-4.1",
+            "messages": [{"role": "user", "content": "go"}],
+            "n": 5,
+            "tools": [big_tool(20_000)],
+        },
+    },
+    {
+        "custom_id": "x",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {
+            "messages": [{"role": "user", "content": "list", "name": "ana"}],
+            "n": 3,
+            "max_tokens": 700,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "items",
+                    "schema": big_tool(3000)["function"]["parameters"],
+                },
+            },
+        },
+    },
+    # a tool-call history sent back
+    {
+        "model": "gemini-2.5-flash",
+        "messages": [
+            {"role": "user", "content": "weather?"},
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {
+                            "name": "weather",
+                            "arguments": '{"city":"Paris","days":[1,2,3]}',
+                        },
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "sunny " * 200},
+        ],
+    },
+]
+
+
+def test_racing_real_jobs_never_pass_the_limit_or_bill_past_their_reservation(
+    config: Config, table: str
+):
+    """The 64-way race with worst cases computed from real Jobs (open caps, n > 1, tool
+    schemas, tool-call histories) and costs billed by the simulator, which answers every
+    request at the length the request allows (the model's own limit when no cap is sent)."""
+    budget = make(config, table, daily_usd=Decimal(1))
+    jobs = [parse_line(json.dumps(line), config, line=1) for line in HARD_JOBS]
+    engine = Engine(
+        SimulatorSettings(answer_tokens=100_000, open_answer_tokens=65_536, config_models=False)
+    )
+    engine_lock = threading.Lock()
+
+    def bill(job: Job) -> int:
+        model = config.models[job.model]
+        body = json.dumps(job.request_body(model)).encode()
+        with engine_lock:  # the engine runs on one event loop in the simulator
+            reply = engine.handle("POST", "/v1/chat/completions", {}, body)
+        assert reply.status == 200, reply.body
+        return to_nanos(cost(Usage.from_api(json.loads(reply.body)["usage"]), model))
+
+    def draw(rng: random.Random) -> tuple[int, Callable[[], int]]:
+        job = rng.choice(jobs)
+        return to_nanos(job.worst_case_usd(config.models[job.model])), lambda: bill(job)
+
+    settled = race(budget, draw)
+    assert [(worst, actual) for worst, actual in settled if actual > worst] == []
+    total = sum(actual for _, actual in settled)
+    usage = budget.usage()
+    assert total <= USD
+    assert to_nanos(usage.spent_usd) == total
+    assert usage.reserved_usd == 0
+    assert len(settled) >= 10
 
 
 def test_settle_and_reserve_are_idempotent_per_job(config: Config, table: str):

@@ -63,6 +63,7 @@ BAD_VALUES = [
     ("models.deepseek-chat.tpm", -1, "models.deepseek-chat.tpm"),
     ("models.deepseek-chat.max_output_tokens", 0, "models.deepseek-chat.max_output_tokens"),
     ("models.deepseek-chat.default_max_tokens", 9000, "cannot exceed max_output_tokens"),
+    ("models.deepseek-chat.output_cap_param", "max_output", "'max_completion_tokens'"),
     ("models.deepseek-chat.model_id", DELETE, "models.deepseek-chat.model_id: Field required"),
     ("models.deepseek-chat.colour", "blue", "models.deepseek-chat.colour: Extra inputs"),
     ("budget.daily_usd", -5, "budget.daily_usd"),

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from prompt_corpus import big_tool
 
+from chatbatch.client.submit import plan_file
 from chatbatch.core.config import Config, Priority
 from chatbatch.core.job_lines import parse_job, parse_line, parse_lines
 from chatbatch.core.jobs import JobError, Message
+from chatbatch.core.pricing import prompt_token_bound, worst_case_cost
 
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -66,6 +69,59 @@ BAD_LINES = [
         "not both",
     ),
     (batch_line(body={"messages": MSG, "temperature": 7}), "body.temperature", "at most 2"),
+    (
+        batch_line(body={"messages": MSG, "max_completion_tokens": 9000}),
+        "body.max_completion_tokens",
+        "between 1 and 8192 for deepseek-chat (got 9000; models.deepseek-chat.max_output_tokens)",
+    ),
+    # a request parameter the worst case cannot bound is refused, naming it and why
+    (batch_line(body={"messages": MSG, "audio": {"voice": "alloy"}}), "body.audio", "audio price"),
+    (
+        batch_line(body={"messages": MSG, "modalities": ["text", "audio"]}),
+        "body.modalities",
+        'only ["text"]',
+    ),
+    (
+        batch_line(body={"messages": MSG, "web_search_options": {}}),
+        "body.web_search_options",
+        "billed per search",
+    ),
+    (
+        batch_line(body={"messages": MSG, "prediction": {"type": "content", "content": "x"}}),
+        "body.prediction",
+        "rejected predicted tokens",
+    ),
+    (
+        batch_line(body={"messages": MSG, "service_tier": "priority"}),
+        "body.service_tier",
+        "bills above the configured prices",
+    ),
+    (batch_line(body={"messages": MSG, "colour": "red"}), "body.colour", "unknown parameter"),
+    (batch_line(body={"messages": MSG, "n": 0}), "body.n", "between 1 and 128"),
+    (batch_line(body={"messages": MSG, "n": "5"}), "body.n", "between 1 and 128"),
+    (batch_line(body={"messages": MSG, "n": True}), "body.n", "between 1 and 128"),
+    (
+        batch_line(body={"messages": MSG, "tools": [{"type": "web_search"}]}),
+        "body.tools[0].type",
+        "bills per use",
+    ),
+    (
+        '{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}',
+        "messages[0].content",
+        "part 0 is of type 'image_url'",
+    ),
+    (
+        '{"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}',
+        "messages[0].content",
+        "with a string text",
+    ),
+    ('{"messages": [{"role": "user", "content": null}]}', "messages[0]", "content is null"),
+    (
+        '{"messages": [{"role": "user", "content": "x", "tool_calls": '
+        '[{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]}',
+        "messages[0]",
+        "only an assistant turn has tool_calls",
+    ),
 ]
 
 
@@ -157,3 +213,112 @@ def test_cache_key_ignores_streaming_but_not_content(config: Config):
     b = parse_line('{"prompt": "x", "temperature": 0, "stream": true}', config, line=2)
     c = parse_line('{"prompt": "y", "temperature": 0}', config, line=3)
     assert a.cache_key(model) == b.cache_key(model) != c.cache_key(model)
+
+
+def with_model(config: Config, name: str, **changes: object) -> Config:
+    models = dict(config.models)
+    models[name] = config.models["gpt-4.1"].model_copy(update=changes)
+    return config.model_copy(update={"models": models})
+
+
+def test_a_job_without_a_cap_is_sent_the_cap_it_reserves(config: Config):
+    """The provider's own cap (gpt-4.1: 32,768) is never left to apply."""
+    job = parse_line('{"prompt": "write a parser", "role": "code"}', config, line=1)
+    model = config.models[job.model]
+    assert job.max_tokens is None and model.reserve_max_tokens == 4096
+    assert job.request_body(model)["max_tokens"] == 4096
+    assert job.output_bound(model) == 4096
+    assert job.worst_case_usd(model) == worst_case_cost(
+        prompt_token_bound(job.request_body(model)), 4096, model
+    )
+    no_default = model.model_copy(update={"default_max_tokens": None})
+    assert job.request_body(no_default)["max_tokens"] == model.max_output_tokens
+
+
+@pytest.mark.parametrize(
+    "cap", [{}, {"max_tokens": 300}, {"max_completion_tokens": 300}], ids=["none", "mt", "mct"]
+)
+def test_a_model_that_takes_max_completion_tokens_never_gets_max_tokens(config: Config, cap):
+    config = with_model(
+        config, "o4-mini", model_id="o4-mini", output_cap_param="max_completion_tokens"
+    )
+    job = parse_line(batch_line(body={"model": "o4-mini", "messages": MSG} | cap), config, line=1)
+    body = job.request_body(config.models["o4-mini"])
+    assert "max_tokens" not in body
+    assert body["max_completion_tokens"] == (300 if cap else 4096)
+    # and a model that takes max_tokens gets the job's max_completion_tokens under that name
+    plain = parse_line(
+        batch_line(body={"messages": MSG, "max_completion_tokens": 7}), config, line=2
+    )
+    sent = plain.request_body(config.models[plain.model])
+    assert sent["max_tokens"] == 7 and "max_completion_tokens" not in sent
+
+
+def test_n_multiplies_the_output_and_bills_the_prompt_once(config: Config):
+    model = config.models["deepseek-chat"]
+    one = parse_line(batch_line(body={"messages": MSG, "max_tokens": 100}), config, line=1)
+    five = parse_line(batch_line(body={"messages": MSG, "max_tokens": 100, "n": 5}), config, line=1)
+    assert five.request_body(model)["n"] == 5 and five.output_bound(model) == 500
+    extra = five.worst_case_usd(model) - one.worst_case_usd(model)
+    assert extra == 400 * model.output_per_m / 1_000_000
+    assert five.estimated_tokens(model) - one.estimated_tokens(model) == 400
+
+
+def test_tools_schemas_names_and_tool_calls_are_in_the_worst_case(config: Config):
+    model = config.models["gpt-4.1"]
+    tool = big_tool(20_000)
+    plain = parse_line(batch_line(body={"model": "gpt-4.1", "messages": MSG}), config, line=1)
+    tooled = parse_line(
+        batch_line(body={"model": "gpt-4.1", "messages": MSG, "tools": [tool], "n": 5}),
+        config,
+        line=1,
+    )
+    extra = tooled.worst_case_usd(model) - plain.worst_case_usd(model)
+    assert extra >= (20_000 * model.input_per_m + 4 * 4096 * model.output_per_m) / 1_000_000
+    history = [
+        {"role": "user", "content": "q", "name": "n" * 300},
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "x" * 300}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": "r" * 300}]},
+    ]
+    talk = parse_line(batch_line(body={"model": "gpt-4.1", "messages": history}), config, line=1)
+    extra = talk.worst_case_usd(model) - plain.worst_case_usd(model)
+    assert extra >= 900 * model.input_per_m / 1_000_000
+    assert parse_job(json.loads(talk.to_line()), config) == talk
+
+
+def test_known_harmless_parameters_pass_through_unchanged(config: Config):
+    params = {
+        "top_p": 0.5,
+        "stop": ["x"],
+        "seed": 1,
+        "logit_bias": {"50256": -100},
+        "logprobs": True,
+        "top_logprobs": 2,
+        "user": "u1",
+        "modalities": ["text"],
+        "service_tier": "flex",
+        "parallel_tool_calls": False,
+        "tool_choice": "auto",
+        "tools": [{"type": "function", "function": {"name": "f"}}],
+        "response_format": {"type": "json_object"},
+    }
+    job = parse_line(batch_line(body={"messages": MSG} | params), config, line=1)
+    body = job.request_body(config.models[job.model])
+    assert {k: body[k] for k in params} == params
+
+
+def test_submit_refuses_a_job_whose_worst_case_cannot_be_bounded(config: Config, tmp_path):
+    path = tmp_path / "jobs.jsonl"
+    lines = [
+        batch_line(body={"messages": MSG, "web_search_options": {}}),
+        batch_line(body={"messages": MSG, "n": 3}, custom_id="ok"),
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    plan = plan_file(path, config, "b1", Priority.normal)
+    assert (plan.valid, plan.invalid) == (1, 1)
+    assert str(plan.errors[0]).startswith("line 1, job 'r1': body.web_search_options: not accepted")

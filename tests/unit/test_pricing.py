@@ -118,7 +118,8 @@ def test_offline_token_estimate():
     assert estimate_text_tokens("hello world") == 3
     assert estimate_text_tokens("你好世界") == 4  # non-ASCII: one token per character
     assert estimate_text_tokens("") == 0
-    assert estimate_prompt_tokens(["hello world"]) == 3 + 4 + 3
+    body = {"messages": [{"role": "user", "content": "hello world"}]}
+    assert estimate_prompt_tokens(body) == 3 + 4 + 3
 
 
 def reported(completion: int, total: int | None, reasoning: int | None) -> dict:

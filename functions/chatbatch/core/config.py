@@ -106,6 +106,11 @@ class Model(_Strict):
     tpm: int = Field(gt=0, description="tokens per minute (prompt + completion)")
     max_output_tokens: int = Field(gt=0)
     default_max_tokens: int | None = Field(default=None, gt=0)
+    output_cap_param: Literal["max_tokens", "max_completion_tokens"] = Field(
+        default="max_tokens",
+        description="the request parameter every call caps its output with; OpenAI's "
+        "reasoning models (o-series, gpt-5) accept only max_completion_tokens",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Model:
@@ -123,7 +128,8 @@ class Model(_Strict):
 
     @property
     def reserve_max_tokens(self) -> int:
-        """Output tokens assumed for the worst case when a job does not say."""
+        """The output cap a job that gives none is sent (and reserved): never the
+        provider's own, which may be far larger."""
         return self.default_max_tokens or self.max_output_tokens
 
 

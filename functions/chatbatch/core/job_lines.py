@@ -27,6 +27,7 @@ from pydantic import (
 
 from chatbatch.core.config import ROLE_PARAMS, Config, Priority
 from chatbatch.core.jobs import BATCH_ID_PATTERN, ID_PATTERN, Job, JobError, LineModel, Message
+from chatbatch.core.request_params import refusal
 
 PASS_THROUGH_PARAMS = ROLE_PARAMS - {"temperature", "max_tokens", "stream"}
 
@@ -44,7 +45,8 @@ class _Common(LineModel):
 
 
 class ChatBody(BaseModel):
-    """A /v1/chat/completions request body. Unknown keys pass through to the provider."""
+    """A /v1/chat/completions request body. Other keys go to the provider when
+    ``request_params`` allows them (it refuses any that could bill past the worst case)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -122,12 +124,19 @@ def _from_validation(err: ValidationError) -> tuple[str, str]:
 
 
 def _resolve(line: ShortLine | BatchLine, config: Config, seq: int | None) -> Job:
+    cap_field = "max_tokens"
     if isinstance(line, BatchLine):
         body = line.body
         if body.max_tokens is not None and body.max_completion_tokens is not None:
-            raise JobError("body.max_tokens", "give max_tokens or max_completion_tokens, not both")
+            raise JobError(
+                "body.max_tokens",
+                "give max_tokens or max_completion_tokens, not both (either caps the output; "
+                "chatbatch sends it as the parameter the model accepts)",
+            )
         requested_model, messages = body.model, list(body.messages)
         max_tokens = body.max_tokens if body.max_tokens is not None else body.max_completion_tokens
+        if body.max_completion_tokens is not None:
+            cap_field = "max_completion_tokens"
         temperature, stream = body.temperature, body.stream
         params = dict(body.model_extra or {})
         prefix = "body."
@@ -141,6 +150,9 @@ def _resolve(line: ShortLine | BatchLine, config: Config, seq: int | None) -> Jo
         max_tokens, temperature, stream = line.max_tokens, line.temperature, line.stream
         params = line.model_dump(include=set(PASS_THROUGH_PARAMS), exclude_none=True)
         prefix = ""
+    for key, value in params.items():
+        if refused := refusal(key, value):
+            raise JobError(prefix + refused[0], refused[1])
 
     role = config.roles.get(line.role) if line.role else None
     if line.role and role is None:
@@ -162,8 +174,9 @@ def _resolve(line: ShortLine | BatchLine, config: Config, seq: int | None) -> Jo
         params = {k: v for k, v in preset.items() if k in PASS_THROUGH_PARAMS} | params
     if max_tokens is not None and not 0 < max_tokens <= model.max_output_tokens:
         raise JobError(
-            f"{prefix}max_tokens",
-            f"must be between 1 and {model.max_output_tokens} for {name} (got {max_tokens})",
+            prefix + cap_field,
+            f"must be between 1 and {model.max_output_tokens} for {name} (got {max_tokens}; "
+            f"models.{name}.max_output_tokens)",
         )
     return Job(
         custom_id=line.custom_id or f"line-{seq}",

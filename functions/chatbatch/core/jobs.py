@@ -11,9 +11,17 @@ from __future__ import annotations
 import hashlib
 import json
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictStr,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from chatbatch.core.config import Model, Priority
 from chatbatch.core.pricing import estimate_prompt_tokens, prompt_token_bound, worst_case_cost
@@ -53,11 +61,77 @@ class LineModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class TextPart(LineModel):
+    """A text content part; other kinds (images, audio, files) are billed by their size in
+    pixels or seconds, which no byte count bounds, and are refused."""
+
+    type: Literal["text"]
+    text: StrictStr
+
+
+class CalledFunction(LineModel):
+    name: StrictStr
+    arguments: StrictStr
+
+
+class ToolCall(LineModel):
+    """A tool call of an earlier assistant turn: billed as prompt tokens when sent back."""
+
+    id: StrictStr
+    type: Literal["function"]
+    function: CalledFunction
+
+
+def _content(value: Any) -> Any:
+    """A message's content: a string, a list of text parts, or null (an assistant turn
+    that only called tools). Anything else is refused with what is accepted."""
+    if value is None or isinstance(value, str):
+        return value
+    if not isinstance(value, list):
+        raise PydanticCustomError("string_type", "must be a string (or a list of text parts)")
+    for index, part in enumerate(value):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind != "text":
+            shown = f"of type {kind!r}" if kind else "not a text part"
+            raise PydanticCustomError(
+                "content_part",
+                f"part {index} is {shown}: only a string or text parts "
+                '({"type": "text", "text": "..."}) are accepted; images, audio and files are '
+                "billed by their size, which chatbatch cannot bound before the call",
+            )
+        if set(part) != {"type", "text"} or not isinstance(part["text"], str):
+            raise PydanticCustomError(
+                "content_part",
+                f'part {index} must be {{"type": "text", "text": "..."}} with a string text '
+                "and no other keys",
+            )
+    return value
+
+
 class Message(LineModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: StrictStr
+    content: Annotated[StrictStr | list[TextPart] | None, BeforeValidator(_content)]
     name: StrictStr | None = None
     tool_call_id: StrictStr | None = None
+    tool_calls: list[ToolCall] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tool_call_turn(cls, data: Any) -> Any:
+        """An assistant turn that only calls tools may leave ``content`` out (as OpenAI's)."""
+        if isinstance(data, dict) and data.get("tool_calls") and "content" not in data:
+            return {**data, "content": None}
+        return data
+
+    @model_validator(mode="after")
+    def _content_or_calls(self) -> Message:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise PydanticCustomError(
+                "content_null", "content is null: only an assistant turn with tool_calls may"
+            )
+        if self.tool_calls and self.role != "assistant":
+            raise PydanticCustomError("tool_calls_role", "only an assistant turn has tool_calls")
+        return self
 
 
 class Job(BaseModel):
@@ -80,19 +154,28 @@ class Job(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
     def output_cap(self, model: Model) -> int:
+        """The output cap every call of this job is sent: its own, else the model's."""
         return self.max_tokens or model.reserve_max_tokens
 
-    def estimated_prompt_tokens(self) -> int:
-        return estimate_prompt_tokens(m.content for m in self.messages)
+    @property
+    def choices(self) -> int:
+        """``n``: the provider bills the output of every choice (the prompt once)."""
+        n = self.params.get("n")
+        return n if isinstance(n, int) and n > 0 else 1
+
+    def output_bound(self, model: Model) -> int:
+        """The most output tokens a call can be billed: the cap sent, times ``n``."""
+        return self.output_cap(model) * self.choices
 
     def estimated_tokens(self, model: Model) -> int:
-        """Prompt estimate plus the output cap: what the rate limiter takes up front."""
-        return self.estimated_prompt_tokens() + self.output_cap(model)
+        """Prompt estimate plus the output bound: what the rate limiter takes up front."""
+        return estimate_prompt_tokens(self.request_body(model)) + self.output_bound(model)
 
     def worst_case_usd(self, model: Model) -> Decimal:
-        """The most this job can cost: the byte bound of the prompt plus the output cap."""
-        bound = prompt_token_bound(m.content for m in self.messages)
-        return worst_case_cost(bound, self.output_cap(model), model)
+        """The most this job can cost: the bound of every billed prompt field, uncached,
+        plus the output cap sent times ``n``, all used."""
+        bound = prompt_token_bound(self.request_body(model))
+        return worst_case_cost(bound, self.output_bound(model), model)
 
     def _body(self, model: str) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -109,16 +192,21 @@ class Job(BaseModel):
         return body
 
     def request_body(self, model: Model) -> dict[str, Any]:
-        """The /v1/chat/completions body sent to the provider."""
+        """The /v1/chat/completions body sent to the provider. It always carries the output
+        cap (``output_cap``), under the parameter the model accepts (``output_cap_param``),
+        so the provider never applies its own."""
         body = self._body(model.model_id)
+        body.pop("max_tokens", None)
+        body[model.output_cap_param] = self.output_cap(model)
         if self.stream:
             body["stream_options"] = {"include_usage": True}
         return body
 
     def cache_key(self, model: Model) -> str:
-        """Identical requests (same model, messages and parameters) share a key."""
-        body = self._body(model.model_id)
+        """Identical requests (same model, messages, parameters and cap) share a key."""
+        body = self.request_body(model)
         body.pop("stream", None)
+        body.pop("stream_options", None)
         canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 

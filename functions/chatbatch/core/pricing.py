@@ -6,22 +6,51 @@ cost is exact with no float rounding. The budget ledger stores integer nano-doll
 
 Token estimation (for the rate limiter, before any call) is offline: no tokenizer is
 downloaded. ASCII text counts one token per 4 characters, every non-ASCII character one
-token; each message adds 4 tokens of framing and each request 3, as in OpenAI's published
-counting recipe. Measured against o200k, cl100k and DeepSeek's tokenizer
-(``tests/unit/test_token_estimates.py``, ``bench/bench_tokens.py``): English prose and
-code within 5% in aggregate (single texts 0.5-1.5x), JSON 0.81-0.85x, short prompts
-1.25-1.3x, CJK 0.94-1.55x. The limiter reconciles every estimate with the real usage.
+token, over every billed field; framing is OpenAI's published counting recipe
+(``ESTIMATE_FRAMING``: 4 per message, 3 per request, 12 + 10 per tool for tools).
+Measured against o200k, cl100k and DeepSeek's tokenizer (``tests/unit/test_token_estimates.py``,
+``bench/bench_tokens.py``): English prose and code within 5% in aggregate (single texts
+0.5-1.5x), JSON 0.81-0.85x, short prompts 1.25-1.3x, CJK 0.94-1.55x. The limiter
+reconciles every estimate with the real usage.
 
-The budget reserves at a true upper bound instead (``prompt_token_bound``): every token
-of a byte-level BPE covers at least one byte, so a prompt never has more tokens than
-UTF-8 bytes (3-6x the real count on that corpus). That bound is what makes "the budget
-is never exceeded" hold for certain, not just usually.
+The budget reserves at a true upper bound instead (``prompt_token_bound``), over every
+field a provider bills as input (``PROMPT_FIELDS`` and the messages: content strings and
+text parts, ``name``, assistant ``tool_calls``, tool results). Every token of a byte-level
+BPE covers at least one byte, so a field never has more tokens than its UTF-8 bytes (3-6x
+the real count on that corpus); fields are counted as ``json.dumps`` renders them, with
+spaces and unescaped, the longer form. Around the text a provider adds framing, which
+``BOUND_FRAMING`` covers with a margin. Measured with the real offline tokenizers on the
+published renderings (``tests/unit/prompt_renderers.py``; ``bench/bench_prompt_bound.py``
+prints the figures, ``tests/unit/test_prompt_bound.py`` checks them), the most any
+rendering adds:
+
+- per request: 67 tokens (harmony, OpenAI's format for gpt-oss: the system message with
+  identity, dates and channels, and the reply primer); bound 96.
+- per message: 4 (harmony, OpenAI's cookbook), 3 (DeepSeek-V3.2); bound 8. Per ``name``:
+  1-2 beyond its bytes; bound 4.
+- tools: DeepSeek-V3.2 adds a fixed instruction block of 253 tokens (harmony 38, the
+  cookbook 12 + 10 per tool); bound 384 + 16 per tool.
+- a tool call with its result: 42 (DeepSeek), 26 (harmony); bound 24 per assistant turn
+  with calls + 16 per call + 24 per result, plus the longest called name again per result
+  (harmony's result header repeats it). Per top-level argument DeepSeek adds 16 tokens
+  (each argument in its own DSML block, re-serialised with spaces); bound 16 beyond the
+  longer of the sent and the re-serialised text.
+- ``response_format`` json_object: 23 (DeepSeek), 19 (harmony); bound 32 per field.
+
+On requests built so that framing outweighs text (200 empty messages, 60 parameterless
+tools, 200 one-letter arguments, 40 empty tool calls, 20 KB tool schemas, nested response
+schemas) the bound is 1.48-7.4x the most any rendering counts; the test requires 1.25x.
+That bound, with the output cap always sent (``Job.request_body``) times ``n``, is what
+makes "the budget is never exceeded" hold for certain, not just usually. Request
+parameters that could bill beyond it are refused at submit (``request_params``).
 """
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
@@ -31,8 +60,6 @@ from chatbatch.core.config import Model
 
 MILLION = Decimal(1_000_000)
 NANOS_PER_USD = Decimal(1_000_000_000)
-MESSAGE_OVERHEAD_TOKENS = 4
-REQUEST_OVERHEAD_TOKENS = 3
 
 
 class Usage(BaseModel):
@@ -128,20 +155,107 @@ def from_nanos(nanos: int) -> Decimal:
     return Decimal(nanos) / NANOS_PER_USD
 
 
+@dataclass(frozen=True)
+class Framing:
+    """Tokens a provider adds around what a request says (beyond the text itself)."""
+
+    request: int  # once: the reply primer, and any system preamble the provider adds
+    message: int  # per message: its role and delimiters
+    name: int  # per message ``name``
+    part: int  # per content part
+    tool_calls: int  # per assistant message that carries tool calls (their wrapper)
+    tool_call: int  # per tool call
+    argument: int  # per top-level argument of a tool call (rendered one by one)
+    tool_result: int  # per ``tool`` message (it also repeats the called function's name)
+    tools: int  # once, when the request defines tools or functions (the instructions)
+    tool: int  # per tool or function definition
+    field: int  # per other billed request field (tool_choice, function_call, response_format)
+
+
+# OpenAI's published counting recipe: what the rate limiter's estimate assumes.
+ESTIMATE_FRAMING = Framing(
+    request=3, message=4, name=1, part=0, tool_calls=3, tool_call=3, argument=0,
+    tool_result=3, tools=12, tool=10, field=3,
+)  # fmt: skip
+# Above the most any published rendering adds (see the module docstring), with a margin.
+BOUND_FRAMING = Framing(
+    request=96, message=8, name=4, part=4, tool_calls=24, tool_call=16, argument=16,
+    tool_result=24, tools=384, tool=16, field=32,
+)  # fmt: skip
+# Request fields the provider bills as prompt tokens (besides the messages).
+PROMPT_FIELDS = ("tools", "functions", "tool_choice", "function_call", "response_format")
+
+
 def estimate_text_tokens(text: str) -> int:
     ascii_chars = sum(1 for c in text if c < "\x80") if not text.isascii() else len(text)
     return math.ceil(ascii_chars / 4) + (len(text) - ascii_chars)
 
 
-def prompt_token_bound(contents: Iterable[str]) -> int:
-    """The most prompt tokens these contents can be: a byte-level BPE token is >= 1 byte."""
-    return REQUEST_OVERHEAD_TOKENS + sum(
-        MESSAGE_OVERHEAD_TOKENS + len(c.encode()) for c in contents
-    )
+def text_token_bound(text: str) -> int:
+    """The most tokens a text can be: a byte-level BPE token is >= 1 byte."""
+    return len(text.encode())
 
 
-def estimate_prompt_tokens(contents: Iterable[str]) -> int:
-    """Estimated prompt tokens of the message contents of one request."""
-    return REQUEST_OVERHEAD_TOKENS + sum(
-        MESSAGE_OVERHEAD_TOKENS + estimate_text_tokens(c) for c in contents
-    )
+def _as_text(value: Any) -> str:
+    """A field as a provider renders it into the prompt: ``json.dumps``' default spacing,
+    non-ASCII unescaped (DeepSeek's template; more bytes than the compact form)."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _arguments(raw: str, count: Callable[[str], int], framing: Framing) -> int:
+    """A tool call's arguments: the text as sent, or as re-serialised argument by argument
+    (DeepSeek renders each top-level argument in its own block), whichever is more."""
+    try:
+        parsed = json.loads(raw)
+    except (ValueError, RecursionError):
+        return count(raw)
+    keys = len(parsed) if isinstance(parsed, dict) else 0
+    return max(count(raw), count(_as_text(parsed))) + framing.argument * keys
+
+
+def _content(content: Any, count: Callable[[str], int], framing: Framing) -> int:
+    if isinstance(content, str):
+        return count(content)
+    parts = content if isinstance(content, list) else []
+    return sum(framing.part + count(_as_text(p.get("text", ""))) for p in parts)
+
+
+def _prompt_tokens(body: Mapping[str, Any], count: Callable[[str], int], framing: Framing) -> int:
+    messages: list[Mapping[str, Any]] = body.get("messages") or []
+    calls = [call for m in messages for call in m.get("tool_calls") or []]
+    longest_name = max((count(c["function"]["name"]) for c in calls), default=0)
+    total = framing.request
+    for m in messages:
+        total += framing.message + _content(m.get("content"), count, framing)
+        if m.get("name") is not None:
+            total += framing.name + count(m["name"])
+        total += count(m.get("tool_call_id") or "")
+        if m.get("tool_calls"):
+            total += framing.tool_calls
+        for call in m.get("tool_calls") or []:
+            function = call["function"]
+            total += framing.tool_call + count(call.get("id") or "") + count(function["name"])
+            total += _arguments(function["arguments"], count, framing)
+        if m.get("role") == "tool":
+            total += framing.tool_result + longest_name
+    for key in PROMPT_FIELDS:
+        value = body.get(key)
+        if value is None:
+            continue
+        total += count(_as_text(value))
+        if key in ("tools", "functions") and isinstance(value, list):
+            total += framing.tools + framing.tool * len(value)
+        else:
+            total += framing.field
+    return total
+
+
+def prompt_token_bound(body: Mapping[str, Any]) -> int:
+    """The most prompt tokens a request body can be billed: every billed field's UTF-8
+    bytes (a byte-level BPE token is >= 1 byte) plus ``BOUND_FRAMING``."""
+    return _prompt_tokens(body, text_token_bound, BOUND_FRAMING)
+
+
+def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
+    """Estimated prompt tokens of a request body (for the rate limiter)."""
+    return _prompt_tokens(body, estimate_text_tokens, ESTIMATE_FRAMING)

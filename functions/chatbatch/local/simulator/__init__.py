@@ -16,15 +16,23 @@ demo and benchmarks. Endpoints (``/v1`` is optional):
   ``POST /admin/settings`` (any ``SimulatorSettings`` keys), ``POST /admin/reset``.
 
 Answers are derived from the messages (``answer_for``): ``sim:<sha256 of the messages>``,
-the first words of the last user message, then filler up to ``answer_tokens``, cut at
-``max_tokens``. Tokens are counted by ``count_tokens`` (``\\w+|[^\\w\\s]``), each message
-adding 4 and each request 3. A prompt prefix (leading messages) seen before for the model
-is cached, reported the OpenAI way (``prompt_tokens_details.cached_tokens``) and the
-DeepSeek way (``prompt_cache_hit_tokens`` / ``prompt_cache_miss_tokens``). A model listed
-in ``reasoning`` thinks first: its reasoning tokens come out of the output cap, are billed
-as output and reported in ``completion_tokens_details.reasoning_tokens``, inside
-``completion_tokens`` (OpenAI, DeepSeek) or outside it, in ``total_tokens`` only (some
-gateways).
+the first words of the last user message, then filler up to ``answer_tokens``, cut at the
+request's cap (``max_completion_tokens`` or ``max_tokens``). A request sent no cap gets the
+model's own limit, as from a real provider: it is answered at length
+(``open_answer_tokens``, default 8,192). A model of a family in ``completion_tokens_only``
+(OpenAI's reasoning models: o1, o3, o4-mini, gpt-5) refuses ``max_tokens`` with OpenAI's
+400. ``n`` > 1 returns n choices, each its own text, and bills each one's output (the
+prompt once). Tokens are counted by ``count_tokens`` (``\\w+|[^\\w\\s]``), each message
+adding 4 (its content, ``name`` and tool calls counted) and each request 3; ``tools``,
+``functions``, ``tool_choice``, ``function_call`` and ``response_format`` are billed as
+prompt tokens (their JSON text, plus 12 + 8 per tool for tools, 3 for the others). A
+prompt prefix (leading messages) seen before for the model is cached, reported the OpenAI
+way (``prompt_tokens_details.cached_tokens``) and the DeepSeek way
+(``prompt_cache_hit_tokens`` / ``prompt_cache_miss_tokens``). A model listed in
+``reasoning`` thinks first: its reasoning tokens (per choice) come out of the output cap,
+are billed as output and reported in ``completion_tokens_details.reasoning_tokens``,
+inside ``completion_tokens`` (OpenAI, DeepSeek) or outside it, in ``total_tokens`` only
+(some gateways).
 
 Requests and tokens per minute are limited per model over a rolling 60 s window (429 with
 ``retry-after``, ``retry-after-ms``); every chat response carries ``x-ratelimit-*``.

@@ -14,6 +14,10 @@ from typing import Any
 TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 MESSAGE_OVERHEAD_TOKENS = 4
 REQUEST_OVERHEAD_TOKENS = 3
+TOOLS_OVERHEAD_TOKENS = 12  # once per request that defines tools (OpenAI's recipe)
+TOOL_OVERHEAD_TOKENS = 8  # per tool definition
+FIELD_OVERHEAD_TOKENS = 3  # per other billed request field (tool_choice, response_format)
+BILLED_FIELDS = ("tools", "functions", "tool_choice", "function_call", "response_format")
 ECHO_WORDS = 8
 FILLER_TEXT = (
     "the answer follows from the question as asked and nothing more is needed to see why "
@@ -28,33 +32,65 @@ def count_tokens(text: str) -> int:
 
 def _content(message: dict[str, Any]) -> str:
     content = message.get("content")
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
     return content if isinstance(content, str) else ""
 
 
 def message_tokens(message: dict[str, Any]) -> int:
-    return MESSAGE_OVERHEAD_TOKENS + count_tokens(_content(message))
+    """A message's prompt tokens: its content, its name and the tool calls it carries."""
+    texts = [_content(message), str(message.get("name") or "")]
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            texts += [str(function.get("name", "")), str(function.get("arguments", ""))]
+    return MESSAGE_OVERHEAD_TOKENS + sum(count_tokens(t) for t in texts)
+
+
+def field_tokens(body: dict[str, Any]) -> int:
+    """Prompt tokens of the request's billed fields besides the messages: tool definitions,
+    tool choice, response format (schemas included), each as its JSON text."""
+    total = 0
+    for key in BILLED_FIELDS:
+        value = body.get(key)
+        if value is None:
+            continue
+        total += count_tokens(json.dumps(value))
+        if key in ("tools", "functions") and isinstance(value, list):
+            total += TOOLS_OVERHEAD_TOKENS + TOOL_OVERHEAD_TOKENS * len(value)
+        else:
+            total += FIELD_OVERHEAD_TOKENS
+    return total
 
 
 def answer_for(
-    messages: Sequence[dict[str, Any]], max_tokens: int | None = None, answer_tokens: int = 24
+    messages: Sequence[dict[str, Any]],
+    max_tokens: int | None = None,
+    answer_tokens: int = 24,
+    choice: int = 0,
 ) -> tuple[str, int, str]:
-    """(content, completion tokens, finish reason) the simulator answers to ``messages``."""
+    """(content, completion tokens, finish reason) the simulator answers to ``messages``
+    (choice ``choice`` of ``n``: each choice its own text)."""
     canonical = json.dumps(list(messages), sort_keys=True, separators=(",", ":"))
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:12]
     last_user = next((_content(m) for m in reversed(messages) if m.get("role") == "user"), "")
-    text = f"sim:{digest} " + " ".join(last_user.split()[:ECHO_WORDS])
+    tag = f"sim:{digest}" + (f"/{choice}" if choice else "")
+    text = f"{tag} " + " ".join(last_user.split()[:ECHO_WORDS])
     words = [text.rstrip()]
     tokens = count_tokens(words[0])
     start = int(digest, 16)
-    while tokens < answer_tokens:
+    # filler up to answer_tokens, but never built past the cap that cuts it
+    limit = answer_tokens if max_tokens is None else min(answer_tokens, max_tokens)
+    while tokens < limit:
         words.append(FILLER[(start + tokens) % len(FILLER)])
         tokens += 1
     content = " ".join(words)
     if max_tokens is not None and max_tokens <= 0:  # reasoning took the whole cap
         return "", 0, "length"
-    if max_tokens is not None and tokens > max_tokens:
-        cut = list(TOKEN_RE.finditer(content))[max_tokens - 1].end()
-        return content[:cut], max_tokens, "length"
+    if max_tokens is not None and max(tokens, answer_tokens) > max_tokens:
+        if tokens > max_tokens:
+            content = content[: list(TOKEN_RE.finditer(content))[max_tokens - 1].end()]
+        return content, max_tokens, "length"
     return content, tokens, "stop"
 
 
@@ -98,14 +134,20 @@ def request_key(body: dict[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
+class Choice:
+    content: str
+    finish_reason: str
+
+
+@dataclass(frozen=True)
 class Answer:
-    """One completion, as a JSON body (``body``) or as SSE frames (``chunk``, ``usage_chunk``)."""
+    """One completion, as a JSON body (``body``) or as SSE frames (``chunk``, ``usage_chunk``).
+    It holds ``n`` choices; the usage bills every choice's output (the prompt once)."""
 
     id: str
     created: int
     model: str
-    content: str
-    finish_reason: str
+    choices: list[Choice]
     usage: dict[str, Any]
 
     def head(self, kind: str) -> dict[str, Any]:
@@ -118,13 +160,19 @@ class Answer:
         }
 
     def body(self) -> dict[str, Any]:
-        message = {"role": "assistant", "content": self.content}
-        choice = {"index": 0, "message": message, "logprobs": None}
-        choice["finish_reason"] = self.finish_reason
-        return self.head("chat.completion") | {"choices": [choice], "usage": self.usage}
+        choices = [
+            {
+                "index": index,
+                "message": {"role": "assistant", "content": choice.content},
+                "logprobs": None,
+                "finish_reason": choice.finish_reason,
+            }
+            for index, choice in enumerate(self.choices)
+        ]
+        return self.head("chat.completion") | {"choices": choices, "usage": self.usage}
 
-    def chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    def chunk(self, delta: dict[str, Any], finish: str | None = None, index: int = 0) -> bytes:
+        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
         return _frame(self.head("chat.completion.chunk") | {"choices": [choice]})
 
     def usage_chunk(self, null_choices: bool) -> bytes:

@@ -98,7 +98,8 @@ def _check_message(index: int, message: Any) -> None:
             "invalid_value",
         )
     content = message.get("content")
-    if not isinstance(content, str) and not (role == "assistant" and content is None):
+    parts = isinstance(content, list) and all(isinstance(p, dict) for p in content)
+    if not isinstance(content, str) and not parts and not (role == "assistant" and content is None):
         raise invalid(
             f"Invalid type for '{where}.content': expected a string, but got "
             f"{_json_type(content)} instead.",

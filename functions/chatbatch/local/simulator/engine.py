@@ -18,8 +18,10 @@ from chatbatch.local.simulator.answers import (
     KEEPALIVE_FRAME,
     REQUEST_OVERHEAD_TOKENS,
     Answer,
+    Choice,
     answer_for,
     count_tokens,
+    field_tokens,
     message_tokens,
     prefix_digests,
     request_key,
@@ -35,6 +37,7 @@ from chatbatch.local.simulator.settings import (
     SimulatorSettings,
     as_fault,
     known_models,
+    takes_only_completion_tokens,
 )
 from chatbatch.local.simulator.stats import Counters, Stats
 from chatbatch.local.simulator.windows import Limits, format_duration, retry_after_headers
@@ -174,6 +177,15 @@ class Engine:
                 code="model_not_found",
             )
         self._account_error(model)
+        if body.get("max_tokens") is not None and takes_only_completion_tokens(
+            self.settings, model
+        ):
+            raise invalid(
+                "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                "Use 'max_completion_tokens' instead.",
+                "max_tokens",
+                "unsupported_parameter",
+            )
         try:
             reply = self._complete(body, model, now)
         except ApiError as err:
@@ -188,10 +200,19 @@ class Engine:
             raise ApiError(503, "Service unavailable (simulated outage).", type="server_error")
         messages = body["messages"]
         prompt, cached = self._prompt_usage(model, messages)
-        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-        reasoning, outside = self._reasoning(model, max_tokens)
-        visible_cap = max_tokens - reasoning if max_tokens is not None else None
-        content, completion, finish = answer_for(messages, visible_cap, self.settings.answer_tokens)
+        prompt += field_tokens(body)
+        cap = body.get("max_completion_tokens") or body.get("max_tokens")
+        # a request without a cap gets the model's own limit: an open question, answered at length
+        length = self.settings.answer_tokens if cap else self.settings.open_answer_tokens
+        n = body.get("n") or 1
+        thought, outside = self._reasoning(model, cap)  # per choice, within its cap
+        visible_cap = cap - thought if cap is not None else None
+        choices = []
+        for index in range(n):
+            content, tokens, finish = answer_for(messages, visible_cap, length, index)
+            choices.append((Choice(content, finish), tokens))
+        completion = sum(tokens for _, tokens in choices)
+        reasoning = thought * n
         self._admit(model, now, prompt + completion + reasoning)
         self._seen.setdefault(model, set()).update(prefix_digests(messages))
         fault = self._next_fault()
@@ -203,8 +224,7 @@ class Engine:
             id=f"chatcmpl-{key[:20]}{self._serial:08x}",
             created=int(time.time()),
             model=model,
-            content=content,
-            finish_reason=finish,
+            choices=[choice for choice, _ in choices],
             usage=usage_fields(prompt, cached, completion, reasoning, outside),
         )
         damage = fault.kind if fault else None
@@ -229,11 +249,18 @@ class Engine:
 
     def _stream(self, answer: Answer, include_usage: bool, damage: FaultKind | None) -> Reply:
         s = self.settings
-        pieces = stream_pieces(answer.content, s.stream_chunk_tokens)
         per_token_s = s.per_token_ms / 1000
-        content = [(per_token_s * count_tokens(p), answer.chunk({"content": p})) for p in pieces]
+        content: list[tuple[float, bytes]] = []
+        finishes: list[tuple[float, bytes]] = []
+        for index, choice in enumerate(answer.choices):
+            content.append((0.0, answer.chunk({"role": "assistant", "content": ""}, None, index)))
+            content += [
+                (per_token_s * count_tokens(p), answer.chunk({"content": p}, None, index))
+                for p in stream_pieces(choice.content, s.stream_chunk_tokens)
+            ]
+            finishes.append((0.0, answer.chunk({}, choice.finish_reason, index)))
         events = [(0.0, KEEPALIVE_FRAME)] if s.keepalive else []
-        events.append((0.0, answer.chunk({"role": "assistant", "content": ""})))
+        events.append(content.pop(0))
         half = len(content) // 2
         if damage is FaultKind.truncate:
             events += content[:half]
@@ -242,7 +269,7 @@ class Engine:
                 frame = content[half][1]
                 content.insert(half, (0.0, frame[: len(frame) // 2] + b"\n\n"))
             events += content
-            events.append((0.0, answer.chunk({}, answer.finish_reason)))
+            events += finishes
             if include_usage:
                 events.append((0.0, answer.usage_chunk(s.null_usage_choices)))
             events.append((0.0, DONE_FRAME))

@@ -41,6 +41,8 @@ class Fault(BaseModel):
 
 
 Probability = Annotated[float, Field(ge=0, le=1)]
+# OpenAI's reasoning model families: a request with max_tokens is refused (400)
+COMPLETION_TOKENS_ONLY = ("o1", "o3", "o4-mini", "gpt-5")
 
 
 class ReasoningUsage(StrEnum):
@@ -73,6 +75,18 @@ class SimulatorSettings(BaseModel):
     latency_ms: float = Field(default=0, ge=0, description="before the first byte")
     per_token_ms: float = Field(default=0, ge=0, description="per output token")
     answer_tokens: int = Field(default=24, ge=4, le=100_000)
+    open_answer_tokens: int = Field(
+        default=8192,
+        ge=4,
+        le=200_000,
+        description="the answer's length when a request carries no output cap: the "
+        "model's own limit, as a real provider applies it to an open question",
+    )
+    completion_tokens_only: list[str] = Field(
+        default_factory=lambda: list(COMPLETION_TOKENS_ONLY),
+        description="model ids (or their prefix before '-') that refuse max_tokens and "
+        "take only max_completion_tokens, as OpenAI's reasoning models do",
+    )
     seed: int = 0
     fault_rates: dict[FaultKind, Probability] = Field(default_factory=dict)
     hang_s: float = Field(default=30, gt=0, description="a hang lasts this long, then drops")
@@ -100,6 +114,15 @@ class SimulatorSettings(BaseModel):
 
 def as_fault(value: Any) -> Fault:
     return Fault(kind=FaultKind(value)) if isinstance(value, str) else Fault.model_validate(value)
+
+
+def takes_only_completion_tokens(settings: SimulatorSettings, model: str) -> bool:
+    """Whether ``model`` (an id like ``o3-2025-04-16`` or ``gpt-5-mini``) is of a family
+    that refuses ``max_tokens``."""
+    return any(
+        model == family or model.startswith(family + "-")
+        for family in settings.completion_tokens_only
+    )
 
 
 def known_models(settings: SimulatorSettings) -> frozenset[str]:
