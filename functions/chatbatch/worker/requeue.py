@@ -22,6 +22,12 @@ from chatbatch.worker.invocation import Invocation, Outcome, RetryLater, io
 from chatbatch.worker.results import fail
 
 MAX_DELAY_S = 900  # SQS DelaySeconds limit
+# What a handed-back job waits in, and the metric that counts it, by why it was handed back
+WAITING = {
+    Outcome.deferred: (JobState.deferred, Metric.JOBS_DEFERRED),
+    Outcome.throttled: (JobState.throttled, Metric.JOBS_THROTTLED),
+    Outcome.paused: (JobState.paused, Metric.JOBS_PAUSED),
+}
 
 
 async def hand_back(inv: Invocation, intake: Intake, delay_s: float, outcome: Outcome) -> Outcome:
@@ -48,16 +54,10 @@ async def hand_back(inv: Invocation, intake: Intake, delay_s: float, outcome: Ou
     if outcome is Outcome.elsewhere:  # the job's state is the other copy's to move
         return outcome
     prev = inv.states[intake.key]
-    new, metric = _WAITING.get(outcome, (JobState.throttled, Metric.JOBS_THROTTLED))
+    new, metric = WAITING[outcome]
     await io(services.batches.transition, intake.batch_id, intake.custom_id, prev=prev, new=new)
     inv.count(metric, intake)
     return outcome
-
-
-_WAITING = {
-    Outcome.deferred: (JobState.deferred, Metric.JOBS_DEFERRED),
-    Outcome.paused: (JobState.paused, Metric.JOBS_PAUSED),
-}
 
 
 def last_delivery(inv: Invocation, intake: Intake) -> bool:
