@@ -305,9 +305,12 @@ class Budget:
         return not self._transact(self.settle_items(r, actual_nanos))
 
     def arm(self, r: Reservation) -> bool:
-        """Mark ``r``: a call under it is about to be sent (``reservations.arm_item``).
-        False if it is no longer this copy's reservation (reclaimed, taken over)."""
-        if self._transact([arm_item(self._table, r)]):
+        """Mark ``r``: a call under it is about to be sent (``reservations.arm_item``; one
+        plain conditional write, no transaction). False if it is no longer this copy's
+        reservation (reclaimed, taken over)."""
+        try:
+            self._ddb.update_item(**arm_item(self._table, r)["Update"])
+        except self._ddb.exceptions.ConditionalCheckFailedException:
             return False
         r.armed = True
         return True
