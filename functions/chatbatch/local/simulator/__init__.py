@@ -49,10 +49,12 @@ parser: run it in-process with ``Simulator`` (a background thread) or in the for
 with ``serve`` / ``python -m chatbatch.local.simulator``.
 
 The package, one idea a module: ``settings`` (how it behaves, the fault kinds), ``api``
-(what the chat API accepts and refuses), ``answers`` (tokens, answers, usage, the body and
-SSE shapes), ``windows`` (rolling 60 s windows, header forms of a wait), ``stats`` (what it
-counts), ``engine`` (requests in, replies out, no I/O), ``server`` (HTTP/1.1 over asyncio),
-``background`` (``Simulator`` on a thread), ``command`` (``parse_args``, ``serve``).
+(what the chat API accepts and refuses: bodies, keys, account errors), ``answers`` (tokens,
+answers, usage, the body and SSE shapes), ``windows`` (rolling 60 s windows, the rate
+limits on them, header forms of a wait), ``stats`` (what it counts), ``replies`` (what
+goes over the wire: an answer whole or damaged, a fault), ``engine`` (requests in, replies
+out, no I/O), ``server`` (HTTP/1.1 over asyncio), ``background`` (``Simulator`` on a
+thread), ``command`` (``parse_args``, ``serve``).
 The names importers use are re-exported here.
 """
 
