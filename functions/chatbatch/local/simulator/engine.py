@@ -30,16 +30,11 @@ from chatbatch.local.simulator.api import (
     load_body,
     validate_request,
 )
-from chatbatch.local.simulator.replies import (
-    Reply,
-    fault_reply,
-    json_reply,
-    plain_reply,
-    stream_reply,
-)
+from chatbatch.local.simulator.replies import Reply, answer_reply, fault_reply, json_reply
 from chatbatch.local.simulator.settings import (
+    GENERATED,
+    WHOLE,
     Fault,
-    FaultKind,
     ReasoningUsage,
     SimulatorSettings,
     as_fault,
@@ -205,11 +200,17 @@ class Engine:
             choices.append((Choice(content, finish), tokens))
         completion = sum(tokens for _, tokens in choices)
         reasoning = thought * n
-        self._limits_of(model).admit(model, now, self.settings, prompt + completion + reasoning)
-        self._seen.setdefault(model, set()).update(prefix_digests(messages))
+        tokens = prompt + completion + reasoning
+        limits = self._limits_of(model)
+        limits.check(model, now, self.settings, tokens)
         fault = self._next_fault()
-        if fault is not None and fault.kind not in {FaultKind.truncate, FaultKind.corrupt}:
+        if fault is not None and fault.kind not in GENERATED:
+            limits.record(now, 0)  # a request received, nothing generated: no tokens
             return fault_reply(fault, self.settings)
+        limits.record(now, tokens)
+        self._seen.setdefault(model, set()).update(prefix_digests(messages))
+        # generated: billed now, read or not (a real provider bills what it finished)
+        self._counters.bill(now, model, prompt, cached, completion + reasoning)
         self._serial += 1
         key = request_key(body)
         answer = Answer(
@@ -219,17 +220,16 @@ class Engine:
             choices=[choice for choice, _ in choices],
             usage=usage_fields(prompt, cached, completion, reasoning, outside),
         )
-        damage = fault.kind if fault else None
-        stream_options = body.get("stream_options") or {}
-        if body.get("stream"):
-            include_usage = bool(stream_options.get("include_usage"))
-            reply = stream_reply(answer, self.settings, include_usage, damage)
-        else:
-            reply = plain_reply(answer, self.settings, damage)
-        if damage is None:
-            reply.on_delivered = lambda: self._counters.bill(
-                self._clock(), key, prompt, cached, completion + reasoning
-            )
+        kind = fault.kind if fault else None
+        reply = answer_reply(
+            answer,
+            self.settings,
+            stream=bool(body.get("stream")),
+            include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
+            fault=kind,
+        )
+        if kind is None or kind in WHOLE:
+            reply.on_delivered = lambda: self._counters.deliver(key)
         return reply
 
     def _reasoning(self, model: str, max_tokens: int | None) -> tuple[int, bool]:

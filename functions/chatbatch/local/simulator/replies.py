@@ -1,6 +1,7 @@
 """What goes over the wire: ``Reply`` (a status, headers and a body or SSE frames, when to
-send it and what to do after), shaped from an ``Answer`` as a JSON body or a stream, whole
-or damaged by a fault, and the replies of the faults that answer nothing."""
+send it and what to do after), shaped from a generated ``Answer`` (``answer_reply``: a JSON
+body or a stream, whole or damaged by a fault), and the replies of the faults that come
+before any generation (``fault_reply``)."""
 
 from __future__ import annotations
 
@@ -34,23 +35,58 @@ class Reply:
     on_delivered: Callable[[], None] | None = None
 
 
-def json_reply(status: int, payload: Any, headers: dict[str, str] | None = None) -> Reply:
+def json_reply(
+    status: int, payload: Any, headers: dict[str, str] | None = None, delay_s: float = 0.0
+) -> Reply:
     body = json.dumps(payload, separators=(",", ":")).encode()
-    return Reply(status, {"content-type": "application/json", **(headers or {})}, body)
+    headers = {"content-type": "application/json", **(headers or {})}
+    return Reply(status, headers, body, delay_s=delay_s)
 
 
-def plain_reply(answer: Answer, settings: SimulatorSettings, damage: FaultKind | None) -> Reply:
-    reply = json_reply(200, answer.body())
-    if damage is not None:
-        reply.body = reply.body[: len(reply.body) // 2]
-    tokens = answer.usage["completion_tokens"]
-    reply.delay_s = (settings.latency_ms + settings.per_token_ms * tokens) / 1000
+def answer_reply(
+    answer: Answer,
+    settings: SimulatorSettings,
+    *,
+    stream: bool,
+    include_usage: bool,
+    fault: FaultKind | None,
+) -> Reply:
+    """The reply carrying a generated answer, shaped by the fault it meets (one of
+    ``GENERATED``, or None)."""
+    if fault is FaultKind.reset_after:  # generated (it took its time), then the reset
+        return Reply(0, delay_s=_generation_s(answer, settings), drop=True, reset=True)
+    if stream:
+        include_usage = include_usage and fault is not FaultKind.no_usage
+        reply = _stream(answer, settings, include_usage, fault)
+    else:
+        reply = _plain(answer, settings, fault)
+    if fault is FaultKind.slow:
+        reply.delay_s += settings.hang_s
     return reply
 
 
-def stream_reply(
+def _generation_s(answer: Answer, settings: SimulatorSettings) -> float:
+    tokens = int(answer.usage["total_tokens"]) - int(answer.usage["prompt_tokens"])
+    return (settings.latency_ms + settings.per_token_ms * tokens) / 1000
+
+
+def _plain(answer: Answer, settings: SimulatorSettings, damage: FaultKind | None) -> Reply:
+    """The answer as one JSON body: cut in half (``truncate``, ``corrupt``), without its
+    ``usage`` key (``no_usage``)."""
+    payload = answer.body()
+    if damage is FaultKind.no_usage:
+        del payload["usage"]
+    reply = json_reply(200, payload, delay_s=_generation_s(answer, settings))
+    if damage in (FaultKind.truncate, FaultKind.corrupt):
+        reply.body = reply.body[: len(reply.body) // 2]
+    return reply
+
+
+def _stream(
     answer: Answer, settings: SimulatorSettings, include_usage: bool, damage: FaultKind | None
 ) -> Reply:
+    """The answer as SSE frames: a stream cut before ``[DONE]`` (``truncate``: half the
+    content, no finish, no usage) or with a broken chunk (``corrupt``)."""
     s = settings
     per_token_s = s.per_token_ms / 1000
     content: list[tuple[float, bytes]] = []

@@ -56,8 +56,8 @@ class Limits:
     requests: Window = field(default_factory=Window)
     tokens: Window = field(default_factory=Window)
 
-    def admit(self, model: str, now: float, settings: SimulatorSettings, tokens: int) -> None:
-        """Count one request of ``tokens``, or raise the real API's 429 if over a limit."""
+    def check(self, model: str, now: float, settings: SimulatorSettings, tokens: int) -> None:
+        """Raise the real API's 429 if one more request of ``tokens`` is over a limit."""
         checks = [("requests", "RPM", settings.rpm, self.requests, 1)]
         checks.append(("tokens", "TPM", settings.tpm, self.tokens, tokens))
         for kind, unit, limit, window, amount in checks:
@@ -72,8 +72,12 @@ class Limits:
                     code="rate_limit_exceeded",
                     headers=retry_after_headers(wait),
                 )
+
+    def record(self, now: float, tokens: int) -> None:
+        """A request received; ``tokens`` of it generated (0: nothing was)."""
         self.requests.add(now, 1)
-        self.tokens.add(now, tokens)
+        if tokens:
+            self.tokens.add(now, tokens)
 
     def headers(self, now: float, settings: SimulatorSettings) -> dict[str, str]:
         """The ``x-ratelimit-*`` headers every chat response carries."""
