@@ -203,6 +203,7 @@ def test_5xx_and_resets_are_retried_then_succeed(config: Config, sim: Simulator)
     stats = sim.stats()
     assert stats.by_status == {"500": 1, "503": 1, "reset": 1, "200": 1}
     assert (stats.completions, stats.duplicates) == (1, 0)
+    assert (stats.billed_calls, stats.billed_unread) == (1, 0)  # nothing generated before
 
 
 def test_a_200_with_truncated_json_is_retried(config: Config, sim: Simulator) -> None:
@@ -211,7 +212,10 @@ def test_a_200_with_truncated_json_is_retried(config: Config, sim: Simulator) ->
     assert _statuses(completion.attempts) == [200, 200]
     assert "not valid JSON" in (completion.attempts[0].error or "")
     assert completion.content == answer_for(_body()["messages"], 64)[0]
-    assert sim.stats().completions == 1  # the mangled answer is not billed
+    stats = sim.stats()
+    assert stats.completions == 1  # the mangled answer is not delivered whole
+    assert (stats.billed_calls, stats.billed_unread) == (2, 1)  # but it is billed
+    assert stats.completion_tokens == 2 * completion.usage.completion_tokens
 
 
 def test_out_of_attempts_is_a_transient_error(config: Config, sim: Simulator) -> None:
@@ -309,6 +313,9 @@ def test_corrupt_and_truncated_streams_are_retried_and_the_text_is_whole(
     assert streamed.content == plain.content
     assert streamed.usage.completion_tokens == plain.usage.completion_tokens
     assert streamed.usage.prompt_tokens == plain.usage.prompt_tokens
+    stats = sim.stats()  # the two damaged streams are billed, not delivered whole
+    assert (stats.billed_calls, stats.completions, stats.billed_unread) == (4, 2, 2)
+    assert stats.billed_by_model[MODEL].completion_tokens == 4 * plain.usage.completion_tokens
 
 
 def test_keepalives_split_writes_and_the_final_usage_chunk(config: Config, sim: Simulator) -> None:
