@@ -207,6 +207,7 @@ def test_5xx_are_retried_then_succeed_and_bill_nothing_but_the_answer(
     stats = sim.stats()
     assert stats.by_status == {"500": 1, "503": 1, "200": 1}
     assert (stats.completions, stats.duplicates) == (1, 0)
+    assert (stats.billed_calls, stats.billed_unread) == (1, 0)  # nothing generated before
 
 
 def test_a_reset_after_the_request_left_ends_the_call_maybe_billed(
@@ -222,6 +223,28 @@ def test_a_reset_after_the_request_left_ends_the_call_maybe_billed(
     assert "answer not read" in str(err)
     assert "Error" in (err.attempts[1].error or "")  # ReadError / RemoteProtocolError
     assert sim.stats().requests == 2
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_answer_reset_after_it_was_billed_is_maybe_billed(
+    config: Config, sim: Simulator, stream: bool
+) -> None:
+    sim.inject("reset_after")
+    err = _fails(_config(config, sim), _body(stream=stream), sleep=RecordedSleep())
+    assert _statuses(err.attempts) == [None] and err.maybe_billed
+    assert (sim.stats().billed_calls, sim.stats().billed_unread) == (1, 1)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_whole_answer_without_usage_is_a_completion_whose_usage_is_unknown(
+    config: Config, sim: Simulator, stream: bool
+) -> None:
+    sim.inject("no_usage")
+    completion = _call(_config(config, sim), _body(stream=stream))
+    assert completion.usage is None, "an unknown usage is never read as 0 tokens"
+    assert completion.content == answer_for(_body()["messages"], 64)[0]
+    assert len(completion.attempts) == 1 and not completion.attempts[0].maybe_billed
+    assert sim.stats().billed_calls == 1
 
 
 def test_a_request_that_never_left_is_retried_and_never_maybe_billed(config: Config) -> None:
@@ -252,6 +275,10 @@ def test_a_200_with_truncated_json_ends_the_call_maybe_billed(
     completion = _call(_config(config, sim), _body())  # the next call reads it whole
     assert completion.content == answer_for(_body()["messages"], 64)[0]
     assert completion.usage is not None and completion.usage.completion_tokens > 0
+    stats = sim.stats()
+    assert stats.completions == 1  # the mangled answer is not delivered whole
+    assert (stats.billed_calls, stats.billed_unread) == (2, 1)  # but it is billed
+    assert stats.completion_tokens == 2 * completion.usage.completion_tokens
 
 
 def test_out_of_attempts_is_a_transient_error(config: Config, sim: Simulator) -> None:
@@ -365,6 +392,9 @@ def test_corrupt_and_truncated_streams_end_the_call_maybe_billed_and_the_text_is
     assert streamed.usage is not None and plain.usage is not None
     assert streamed.usage.completion_tokens == plain.usage.completion_tokens
     assert streamed.usage.prompt_tokens == plain.usage.prompt_tokens
+    stats = sim.stats()  # the two damaged streams are billed, not delivered whole
+    assert (stats.billed_calls, stats.completions, stats.billed_unread) == (4, 2, 2)
+    assert stats.billed_by_model[MODEL].completion_tokens == 4 * plain.usage.completion_tokens
 
 
 def test_keepalives_split_writes_and_the_final_usage_chunk(config: Config, sim: Simulator) -> None:
