@@ -243,9 +243,11 @@ class Facts:
 
     ledger_spent: Decimal
     ledger_reserved: Decimal
-    cost_records: int
-    cost_ids: int  # distinct custom_ids among the cost records
-    cost_sum: Decimal
+    cost_records: int  # the jobs' own records (not those of calls booked unread)
+    cost_ids: int  # distinct custom_ids among them
+    unread_records: int  # calls whose answer was never read, booked at their worst case
+    unread_sum: Decimal
+    cost_sum: Decimal  # every record
     cost_nanos: int
     result_cost_sum: Decimal
     results: int
@@ -339,11 +341,15 @@ def facts(rt: LocalRuntime, out: Path) -> Facts:
     costs = read_jsonl(out / "costs.jsonl")
     results = read_jsonl(out / "results.jsonl")
     usage = Budget(boto3.client("dynamodb"), rt.resources.table, rt.config).usage()
+    jobs = [c for c in costs if c.get("attempt") is None]
+    unread = [c for c in costs if c.get("attempt") is not None]
     return Facts(
         ledger_spent=usage.spent_usd,
         ledger_reserved=usage.reserved_usd,
-        cost_records=len(costs),
-        cost_ids=len({c["custom_id"] for c in costs}),
+        cost_records=len(jobs),
+        cost_ids=len({c["custom_id"] for c in jobs}),
+        unread_records=len(unread),
+        unread_sum=sum((Decimal(c["cost_usd"]) for c in unread), Decimal(0)),
         cost_sum=sum((Decimal(c["cost_usd"]) for c in costs), Decimal(0)),
         cost_nanos=sum(int(c["cost_nanos"]) for c in costs),
         result_cost_sum=sum(

@@ -222,3 +222,80 @@ def test_reasoning_reported_outside_completion_tokens_is_booked_as_billed(tmp_pa
     assert summary.completion_tokens == stats.completion_tokens  # reasoning included
     assert summary.prompt_tokens == stats.prompt_tokens
     assert booked.reserved_usd == 0 and booked.spent_usd == billed_usd
+
+
+def _priced(usage: dict[str, int], model: Any) -> Decimal:
+    """The simulator's bill for one model at the price table (the test's own arithmetic)."""
+    uncached = usage["prompt_tokens"] - usage["cached_tokens"]
+    return (
+        uncached * model.input_per_m
+        + usage["cached_tokens"] * model.cached_input_per_m
+        + usage["completion_tokens"] * model.output_per_m
+    ) / 1_000_000
+
+
+def test_every_call_the_provider_may_have_billed_is_booked(
+    tmp_path: Path, tallies: Counter[Metric]
+):
+    """Answers cut, corrupt, reset after generation or sent without usage, open-ended jobs
+    (no max_tokens) and n = 3: every call the simulator billed is booked, exactly when its
+    usage came and at the job's worst case when it did not, in the ledger, the batch's
+    counters, one cost record per call, summary.json and ``chatbatch costs``; no call is
+    sent on money already spent."""
+    jobs = [
+        {"custom_id": "plain", "prompt": "cut me", "max_tokens": 30},
+        {"custom_id": "stream", "prompt": "cut my stream", "max_tokens": 30, "stream": True},
+        {"custom_id": "more", "prompt": "reset after", "max_tokens": 30},
+        {"custom_id": "again", "prompt": "no usage", "max_tokens": 30, "stream": True},
+        {"custom_id": "open", "prompt": "tell me everything"},  # no cap of its own
+        {
+            "custom_id": "three",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": "deepseek-chat",
+                "messages": [{"role": "user", "content": "three ways"}],
+                "max_tokens": 20,
+                "n": 3,
+            },
+        },
+    ]
+    path = write(tmp_path, jobs, "jobs.jsonl")
+    with runtime(LocalOptions()) as rt:
+        assert rt.simulator is not None
+        # the first four calls, whichever jobs make them
+        rt.simulator.inject("truncate", "corrupt", "reset_after", "no_usage")
+        summary = run_batch(rt, path, "books", tmp_path / "out")
+        stats = rt.simulator.stats()
+        spent = ledger(rt).spent_usd
+        info = rt.batches.get("books")
+        models = {m.model_id: m for m in rt.config.models.values()}
+        billed = sum(_priced(u.model_dump(), models[m]) for m, u in stats.billed_by_model.items())
+        from chatbatch.client.costs import load_report
+
+        report = load_report(boto3.client("s3"), rt.resources.bucket, batch="books")
+    assert summary.succeeded == len(jobs) and summary.failed == 0
+    costs = read_jsonl(tmp_path / "out" / "costs.jsonl")
+    unread = [c for c in costs if c["attempt"] is not None]
+    estimated = [c for c in costs if c["usage_estimated"]]
+    # three calls were billed and never read, one answer came without usage
+    assert stats.billed_unread == 3 and len(unread) == 3
+    assert summary.estimated_calls == len(estimated) == 4
+    assert info is not None and info.estimated_calls == 4
+    assert tallies[Metric.ESTIMATED_CALLS] == 4
+    results = {r["custom_id"]: r for r in read_jsonl(tmp_path / "out" / "results.jsonl")}
+    # the answer without usage is the job's result, at its worst case; the others' second
+    # calls came with usage
+    no_usage = [r for r in results.values() if r["chatbatch"]["usage_estimated"]]
+    assert len(no_usage) == 1 and "usage" not in no_usage[0]["response"]["body"]
+    assert [c["custom_id"] for c in estimated if c["attempt"] is None] == [no_usage[0]["custom_id"]]
+    # booked >= billed; every record adds up to the ledger, the summary and costs
+    from_records = sum(Decimal(c["cost_usd"]) for c in costs)
+    assert spent == from_records == report.total.cost_usd
+    assert Decimal(str(summary.cost_usd)) == from_records
+    assert report.total.estimated_calls == 4 and report.total.jobs == len(jobs)
+    assert spent >= billed > 0
+    # where usage came, booked = billed: the calls booked at a worst case are the only gap
+    exact = from_records - sum(Decimal(c["cost_usd"]) for c in estimated)
+    assert exact < billed  # the unread calls were billed too, only their price is unknown
+    assert stats.billed_calls == len(jobs) + 3, "one more call per unread answer, no more"

@@ -79,6 +79,12 @@ def test_a_wrong_key_pauses_the_model_and_resume_finishes_every_job(tmp_path: Pa
         [open_] = _breakers(rt).list_open()
         assert (open_.model, open_.reason, open_.status) == (MODEL, "auth", 401)
         assert "Incorrect API key" in open_.message and open_.code == "invalid_api_key"
+        # every waiting job has a line that says why, and what to do
+        waiting = [json.loads(line) for line in (tmp_path / "out" / "errors.jsonl").open()]
+        assert len(waiting) == 12
+        assert {line["error"]["code"] for line in waiting} == {"paused"}
+        message = waiting[0]["error"]["message"]
+        assert "Incorrect API key" in message and f"chatbatch resume {MODEL}" in message
         # the jobs in flight when it opened each made a call; while paused, the handed-back
         # copies come round again (1 s, 2 s, 4 s) and only one probe per 3 s calls
         before = rt.simulator.stats().requests

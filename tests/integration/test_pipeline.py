@@ -146,13 +146,23 @@ def expected_answer(job: Job, rt: LocalRuntime) -> str:
 
 
 def assert_costs_counted_once(rt: LocalRuntime, out: Path, summary: Summary) -> None:
+    """One cost record per succeeded job, one per call booked unread (its own id), and
+    the records, the results, the summary and the ledger all add up to the same money."""
     costs = read_jsonl(out / "costs.jsonl")
     results = read_jsonl(out / "results.jsonl")
-    assert len({c["custom_id"] for c in costs}) == len(costs) == summary.succeeded
+    jobs = [c for c in costs if c.get("attempt") is None]
+    unread = [c for c in costs if c.get("attempt") is not None]
+    assert len({c["custom_id"] for c in jobs}) == len(jobs) == summary.succeeded
+    assert len({c["attempt"] for c in unread}) == len(unread)
+    assert all(c["usage_estimated"] for c in unread)
+    estimated = sum(bool(c["usage_estimated"]) for c in costs)
+    assert estimated == summary.estimated_calls
     from_records = sum(Decimal(c["cost_usd"]) for c in costs)
     assert sum(c["cost_nanos"] for c in costs) == to_nanos(Decimal(str(summary.cost_usd)))
     assert ledger_spent(rt) == from_records
-    assert sum(Decimal(str(r["chatbatch"]["cost_usd"])) for r in results) == from_records
+    unread_usd = sum(Decimal(c["cost_usd"]) for c in unread)
+    from_results = sum(Decimal(str(r["chatbatch"]["cost_usd"])) for r in results)
+    assert from_results + unread_usd == from_records
 
 
 def test_every_job_is_accounted_for_and_gets_its_own_answer(tmp_path: Path, config):

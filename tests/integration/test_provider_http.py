@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import logging
 import random
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -31,7 +32,8 @@ from chatbatch.local.simulator import (
 )
 from chatbatch.provider import client as provider_module
 from chatbatch.provider import sse as sse_module
-from chatbatch.provider.client import Attempt, Completion, ProviderClient
+from chatbatch.provider.attempt import Attempt, Completion
+from chatbatch.provider.client import ProviderClient
 from chatbatch.provider.errors import ProviderError
 from chatbatch.provider.retry import RateLimitInfo, backoff_s, parse_duration, parse_retry_after
 
@@ -192,26 +194,91 @@ def test_retry_after_ms_is_preferred_and_server_delays_are_capped(
     assert 0 <= sleep.delays[2] <= 0.04  # no server delay: full jitter under base_s * 2**2
 
 
-def test_5xx_and_resets_are_retried_then_succeed(config: Config, sim: Simulator) -> None:
-    sim.inject("500", "503", "reset")
+def test_5xx_are_retried_then_succeed_and_bill_nothing_but_the_answer(
+    config: Config, sim: Simulator
+) -> None:
+    sim.inject("500", "503")
     sleep = RecordedSleep()
     completion = _call(_config(config, sim), _body(), sleep=sleep)
-    assert _statuses(completion.attempts) == [500, 503, None, 200]
+    assert _statuses(completion.attempts) == [500, 503, 200]
     assert "server had an error" in (completion.attempts[0].error or "")
-    assert "Error" in (completion.attempts[2].error or "")  # ReadError / RemoteProtocolError
-    assert len(sleep.delays) == 3
+    assert not any(a.maybe_billed for a in completion.attempts)
+    assert len(sleep.delays) == 2
     stats = sim.stats()
-    assert stats.by_status == {"500": 1, "503": 1, "reset": 1, "200": 1}
+    assert stats.by_status == {"500": 1, "503": 1, "200": 1}
     assert (stats.completions, stats.duplicates) == (1, 0)
+    assert (stats.billed_calls, stats.billed_unread) == (1, 0)  # nothing generated before
 
 
-def test_a_200_with_truncated_json_is_retried(config: Config, sim: Simulator) -> None:
-    sim.inject("truncate")
-    completion = _call(_config(config, sim), _body(), sleep=RecordedSleep())
-    assert _statuses(completion.attempts) == [200, 200]
-    assert "not valid JSON" in (completion.attempts[0].error or "")
+def test_a_reset_after_the_request_left_ends_the_call_maybe_billed(
+    config: Config, sim: Simulator
+) -> None:
+    # The provider may have generated (and billed) the answer the reset lost: no second
+    # attempt goes out on the same money; the caller books this one first.
+    sim.inject("500", "reset")
+    err = _fails(_config(config, sim), _body(), sleep=RecordedSleep())
+    assert _statuses(err.attempts) == [500, None]
+    assert [a.maybe_billed for a in err.attempts] == [False, True]
+    assert err.maybe_billed and not err.permanent
+    assert "answer not read" in str(err)
+    assert "Error" in (err.attempts[1].error or "")  # ReadError / RemoteProtocolError
+    assert sim.stats().requests == 2
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_answer_reset_after_it_was_billed_is_maybe_billed(
+    config: Config, sim: Simulator, stream: bool
+) -> None:
+    sim.inject("reset_after")
+    err = _fails(_config(config, sim), _body(stream=stream), sleep=RecordedSleep())
+    assert _statuses(err.attempts) == [None] and err.maybe_billed
+    assert (sim.stats().billed_calls, sim.stats().billed_unread) == (1, 1)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_whole_answer_without_usage_is_a_completion_whose_usage_is_unknown(
+    config: Config, sim: Simulator, stream: bool
+) -> None:
+    sim.inject("no_usage")
+    completion = _call(_config(config, sim), _body(stream=stream))
+    assert completion.usage is None, "an unknown usage is never read as 0 tokens"
     assert completion.content == answer_for(_body()["messages"], 64)[0]
-    assert sim.stats().completions == 1  # the mangled answer is not billed
+    assert len(completion.attempts) == 1 and not completion.attempts[0].maybe_billed
+    assert sim.stats().billed_calls == 1
+
+
+def test_a_request_that_never_left_is_retried_and_never_maybe_billed(config: Config) -> None:
+    with socket.socket() as closed:  # a port nobody listens on: every connect is refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    provider = Provider.model_validate({"base_url": f"http://127.0.0.1:{port}/v1"})
+    cfg = config.model_copy(
+        update={
+            "providers": dict.fromkeys(config.providers, provider),
+            "retries": Retries(max_attempts=3, base_s=0.01, max_backoff_s=0.02),
+        }
+    )
+    err = _fails(cfg, _body(), sleep=RecordedSleep())
+    assert len(err.attempts) == 3, "a connect error is retried: nothing was sent"
+    assert not err.maybe_billed and not any(a.maybe_billed for a in err.attempts)
+    assert "ConnectError" in (err.attempts[0].error or "")
+
+
+def test_a_200_with_truncated_json_ends_the_call_maybe_billed(
+    config: Config, sim: Simulator
+) -> None:
+    sim.inject("truncate")
+    err = _fails(_config(config, sim), _body(), sleep=RecordedSleep())
+    assert _statuses(err.attempts) == [200]
+    assert err.maybe_billed and not err.permanent
+    assert "not valid JSON" in (err.attempts[0].error or "")
+    completion = _call(_config(config, sim), _body())  # the next call reads it whole
+    assert completion.content == answer_for(_body()["messages"], 64)[0]
+    assert completion.usage is not None and completion.usage.completion_tokens > 0
+    stats = sim.stats()
+    assert stats.completions == 1  # the mangled answer is not delivered whole
+    assert (stats.billed_calls, stats.billed_unread) == (2, 1)  # but it is billed
+    assert stats.completion_tokens == 2 * completion.usage.completion_tokens
 
 
 def test_out_of_attempts_is_a_transient_error(config: Config, sim: Simulator) -> None:
@@ -261,23 +328,37 @@ def test_401_and_404_are_permanent(config: Config, sim: Simulator) -> None:
 # --- timeouts and the deadline -------------------------------------------------------
 
 
-def test_a_hang_hits_the_read_timeout_and_is_retried(config: Config, sim: Simulator) -> None:
+def test_a_read_timeout_after_the_request_left_ends_the_call_maybe_billed(
+    config: Config, sim: Simulator
+) -> None:
     sim.inject("hang")
-    completion = _call(_config(config, sim, read_s=0.3), _body(), sleep=RecordedSleep())
-    assert _statuses(completion.attempts) == [None, 200]
-    assert "ReadTimeout" in (completion.attempts[0].error or "")
-    assert 250 <= completion.attempts[0].latency_ms < 2000
+    err = _fails(_config(config, sim, read_s=0.3), _body(), sleep=RecordedSleep())
+    assert _statuses(err.attempts) == [None]
+    assert err.maybe_billed and not err.permanent
+    assert "ReadTimeout" in (err.attempts[0].error or "")
+    assert 250 <= err.attempts[0].latency_ms < 2000
 
 
 def test_the_deadline_stops_retrying_in_time(config: Config, sim: Simulator) -> None:
-    sim.configure(fault_rates={FaultKind.hang: 1.0})
+    sim.inject(*[Fault(kind=FaultKind.error_503, retry_after_s=0.3)] * 20)
     start = time.monotonic()
-    err = _fails(_config(config, sim, read_s=0.3, max_attempts=20), _body(), deadline_s=1.0)
+    err = _fails(_config(config, sim, max_attempts=20), _body(), deadline_s=1.0)
     elapsed = time.monotonic() - start
     assert elapsed < 1.4
-    assert not err.permanent
+    assert not err.permanent and not err.maybe_billed
     assert 2 <= len(err.attempts) < 20
     assert "deadline" in str(err)
+
+
+def test_the_deadline_inside_an_attempt_leaves_it_maybe_billed(
+    config: Config, sim: Simulator
+) -> None:
+    sim.configure(latency_ms=3000)  # the answer would come after the deadline
+    start = time.monotonic()
+    err = _fails(_config(config, sim, read_s=10), _body(), deadline_s=1.0)
+    assert time.monotonic() - start < 1.4
+    assert _statuses(err.attempts) == [None]
+    assert err.maybe_billed and "deadline" in (err.attempts[0].error or "")
 
 
 def test_a_server_delay_past_the_deadline_gives_up_at_once_and_says_when(
@@ -294,21 +375,26 @@ def test_a_server_delay_past_the_deadline_gives_up_at_once_and_says_when(
 # --- streaming -----------------------------------------------------------------------
 
 
-def test_corrupt_and_truncated_streams_are_retried_and_the_text_is_whole(
+def test_corrupt_and_truncated_streams_end_the_call_maybe_billed_and_the_text_is_whole(
     config: Config, sim: Simulator
 ) -> None:
     cfg = _config(config, sim)
     plain = _call(cfg, _body())
     sim.inject("corrupt", "truncate")
-    streamed = _call(cfg, _body(stream=True), sleep=RecordedSleep())
-    assert _statuses(streamed.attempts) == [200, 200, 200]
-    errors = [a.error or "" for a in streamed.attempts]
-    assert "corrupt stream chunk" in errors[0]
-    assert "without data: [DONE]" in errors[1]
-    assert errors[2] == ""
+    corrupt = _fails(cfg, _body(stream=True), sleep=RecordedSleep())
+    cut = _fails(cfg, _body(stream=True), sleep=RecordedSleep())
+    for err in (corrupt, cut):
+        assert _statuses(err.attempts) == [200] and err.maybe_billed
+    assert "corrupt stream chunk" in (corrupt.attempts[0].error or "")
+    assert "without data: [DONE]" in (cut.attempts[0].error or "")
+    streamed = _call(cfg, _body(stream=True))
     assert streamed.content == plain.content
+    assert streamed.usage is not None and plain.usage is not None
     assert streamed.usage.completion_tokens == plain.usage.completion_tokens
     assert streamed.usage.prompt_tokens == plain.usage.prompt_tokens
+    stats = sim.stats()  # the two damaged streams are billed, not delivered whole
+    assert (stats.billed_calls, stats.completions, stats.billed_unread) == (4, 2, 2)
+    assert stats.billed_by_model[MODEL].completion_tokens == 4 * plain.usage.completion_tokens
 
 
 def test_keepalives_split_writes_and_the_final_usage_chunk(config: Config, sim: Simulator) -> None:
@@ -412,8 +498,10 @@ def test_the_api_key_never_appears_in_logs_errors_or_outcomes(
     try:
         with caplog.at_level(logging.DEBUG):
             cfg = _config(config, sim, max_attempts=3)
-            sim.inject("500", "reset")
+            sim.inject("500", "503")
             completion = _call(cfg, _body())
+            sim.inject("reset")
+            unread = _fails(cfg, _body())
             sim.inject("503", "503", "503")
             exhausted = _fails(cfg, _body())
             # The simulator echoes an invalid role: a provider message quoting the key.
@@ -424,7 +512,7 @@ def test_the_api_key_never_appears_in_logs_errors_or_outcomes(
     assert any("retrying" in r for r in records)  # the retries were logged
     assert "[redacted]" in echoed.message
     texts = [caplog.text, out, err, *records, completion.model_dump_json()]
-    for failure in (exhausted, echoed):
+    for failure in (exhausted, echoed, unread):
         texts += [str(failure), repr(failure), failure.message]
         texts += [a.model_dump_json() for a in failure.attempts]
     for text in texts:

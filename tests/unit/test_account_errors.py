@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from chatbatch.core.config import Config, Retries
-from chatbatch.provider.client import Attempt, ProviderClient
+from chatbatch.provider.attempt import Attempt
+from chatbatch.provider.client import ProviderClient
 from chatbatch.provider.errors import (
     AccountError,
     AccountReason,

@@ -1,11 +1,14 @@
 """The budget against a model of its ledger: a stateful property test (hypothesis).
 
-Random sequences of reserve, reserve-many, settle, release, reclaim and the passing of
-time, by two copies of each job (owners ``A`` and ``B``) and by callers that name no
-owner, run against the real ``Budget`` on moto. After every step the DynamoDB ledgers
-must equal the model's, and the model's invariants must hold:
+Random sequences of reserve, reserve-many, arm (a call about to be sent), settle,
+release, book (a call whose answer was never read: released with its worst case spent),
+reclaim (a dead copy's reservation: booked at its worst case if it was armed) and the
+passing of time, by two copies of each job (owners ``A`` and ``B``) and by callers that
+name no owner, run against the real ``Budget`` on moto. After every step the DynamoDB
+ledgers must equal the model's, and the model's invariants must hold:
 
-- ``committed`` = the live reservations + the settled costs; ``spent`` = the settled costs;
+- ``committed`` = the live reservations + the settled costs + the booked worst cases;
+  ``spent`` = the settled costs + the booked worst cases;
 - neither ever passes its limit (every settlement here is at most its reservation: the
   provider billed no more than the cap it was sent);
 - a job is settled at most once; a reservation held by one copy is never handed to
@@ -66,7 +69,9 @@ class Held:
     owner: str | None
     reclaim_at: float
     limited: bool  # carried by the limited batch's ledger too
+    rid: str  # the reservation's id: a stale copy of an older one arms nothing
     settled: int | None = None  # the actual cost, once settled
+    armed: bool = False  # a call went out under it: booked, not given back, if it dies
 
 
 class Clock:
@@ -103,6 +108,7 @@ class BudgetMachine(RuleBasedStateMachine):
         self.held: dict[str, Held] = {}
         self.reservations: dict[str, Reservation] = {}  # as last handed to a caller
         self.reclaimed_at = -RECLAIM_EVERY_S
+        self.booked = {False: 0, True: 0}  # worst cases booked: every ledger, the batch's
 
     # --- the model ---------------------------------------------------------------
 
@@ -111,9 +117,14 @@ class BudgetMachine(RuleBasedStateMachine):
 
     def _ledger(self, limited_only: bool) -> tuple[int, int]:
         live = [h for h in self.held.values() if h.limited or not limited_only]
-        spent = sum(h.settled for h in live if h.settled is not None)
+        spent = sum(h.settled for h in live if h.settled is not None) + self.booked[limited_only]
         committed = spent + sum(h.nanos for h in live if h.settled is None)
         return committed, spent
+
+    def _book(self, h: Held) -> None:
+        self.booked[False] += h.nanos
+        if h.limited:
+            self.booked[True] += h.nanos
 
     def _fits(self, nanos: int, limited: bool) -> str | None:
         """The ledger that refuses ``nanos`` now ("day" first, as the budget reads them)."""
@@ -127,6 +138,8 @@ class BudgetMachine(RuleBasedStateMachine):
         now = self.clock.now
         for job, h in list(self.held.items()):
             if h.settled is None and h.reclaim_at < now:
+                if h.armed:
+                    self._book(h)
                 del self.held[job]
 
     def _expect_new(self, nanos: int, limited: bool) -> bool:
@@ -174,12 +187,13 @@ class BudgetMachine(RuleBasedStateMachine):
         if h is None:
             assert self._expect_new(nanos, limited), "reserved past a limit"
             assert not got.resumed and got.nanos == nanos
-            h = self.held[job] = Held(nanos, owner, self.clock.now + TTL, limited)
+            h = self.held[job] = Held(nanos, owner, self.clock.now + TTL, limited, got.rid)
         else:
             assert h.settled is None, "a settled job was reserved again"
             taking_over = owner and h.owner and h.owner != owner
             assert not taking_over or h.reclaim_at <= self.clock.now, "taken before expiry"
-            assert got.resumed and got.nanos == h.nanos
+            assert got.resumed and got.nanos == h.nanos and got.rid == h.rid
+            assert got.armed == h.armed, "a copy must know a call went out under it"
             h.owner, h.reclaim_at = owner or h.owner, self.clock.now + TTL
         self.reservations[job] = got
 
@@ -191,7 +205,9 @@ class BudgetMachine(RuleBasedStateMachine):
         if fresh and self._fits(900 * len(jobs), False) is None:
             assert set(got) == {a.job_key for a in asks}
             for j in jobs:
-                self.held[j] = Held(900, f"m-{j}", self.clock.now + TTL, False)
+                self.held[j] = Held(
+                    900, f"m-{j}", self.clock.now + TTL, False, got[self._key(j)].rid
+                )
                 self.reservations[j] = got[self._key(j)]
         else:
             assert got == {}, "all or nothing"
@@ -217,6 +233,39 @@ class BudgetMachine(RuleBasedStateMachine):
         done = self.budget.release(r)
         assert done == (h is not None and h.settled is None)
         if done:
+            del self.held[job]
+
+    @rule(job=st.sampled_from(JOBS))
+    def arm(self, job: str) -> None:
+        r = self.reservations.get(job)
+        if r is None:
+            return
+        h = self.held.get(job)
+        done = self.budget.arm(r)
+        mine = h is not None and h.settled is None and h.rid == r.rid
+        assert done == (mine and (r.owner is None or h.owner == r.owner))  # type: ignore[union-attr]
+        if done and h is not None:
+            h.armed = True
+
+    @rule(job=st.sampled_from(JOBS))
+    def die_in_call(self, job: str) -> None:
+        """A worker marks its reservation, sends the call and dies; the reservation expires
+        and is reclaimed: booked at its worst case, never given back."""
+        self.arm(job)
+        self.wait(TTL + 1)
+        self.reclaim()
+
+    @rule(job=st.sampled_from(JOBS))
+    def book(self, job: str) -> None:
+        """The call's answer was never read: give the reservation back, its worst case spent."""
+        r = self.reservations.get(job)
+        if r is None:
+            return
+        h = self.held.get(job)
+        done = self.budget.release(r, spent_nanos=r.nanos)
+        assert done == (h is not None and h.settled is None)
+        if done and h is not None:
+            self._book(h)
             del self.held[job]
 
     @rule(seconds=st.sampled_from([1, 60, 400, TTL + 1]))

@@ -32,6 +32,8 @@ class CostsOutput(BaseModel):
     prompt_tokens: int
     cached_tokens: int
     completion_tokens: int
+    estimated_calls: int  # booked at their worst case (no usage came back); in total_usd
+    estimated_usd: Decimal
     groups: dict[str, Any]
     compare: list[Comparison] | None = None
     chart: str | None = None
@@ -54,6 +56,8 @@ def _costs_output(
         prompt_tokens=total.prompt_tokens,
         cached_tokens=total.cached_tokens,
         completion_tokens=total.completion_tokens,
+        estimated_calls=total.estimated_calls,
+        estimated_usd=total.estimated_usd,
         groups={k: v.model_dump() for k, v in sorted(report.groups.items())},
         compare=comparison,
         chart=str(chart) if chart else None,
@@ -78,6 +82,11 @@ def _costs_tables(result: CostsOutput) -> None:
         f"total {usd(result.total_usd)} over {result.days} day(s): "
         f"{usd(result.daily_usd)}/day, {usd(result.annual_usd)}/year at this rate"
     )
+    if result.estimated_calls:
+        table.caption += (
+            f"; {usd(result.estimated_usd)} of it is {result.estimated_calls} call(s) "
+            "booked at their worst case (the provider's usage never came back)"
+        )
     out.print(table)
     if result.compare:
         compare = Table(title="the same token usage on every model")

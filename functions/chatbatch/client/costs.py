@@ -1,7 +1,8 @@
 """Cost reports from the cost records in S3 (``costs/dt=YYYY-MM-DD/<batch>/<job>.json``).
 
 ``chatbatch costs`` reads the records of the days asked for (one ``CostRecord`` per
-finished job), adds them up exactly (``Decimal``), groups them, re-prices the same token
+finished job, and one per call whose answer was never read, booked at its worst case:
+``usage_estimated``), adds them up exactly (``Decimal``), groups them, re-prices the same token
 usage on every model of the price table and projects a year at the current daily rate:
 ``total / days covered * 365``, where the days covered run from ``--since`` (else the
 first day with a record) to the last day with a record.
@@ -64,9 +65,16 @@ class Totals(BaseModel):
     cached_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: Decimal = Decimal(0)
+    # calls booked at their worst case (no usage came back), in the figures above too
+    estimated_calls: int = 0
+    estimated_usd: Decimal = Decimal(0)
 
     def add(self, record: CostRecord) -> None:
-        self.jobs += 1
+        if record.usage_estimated:
+            self.estimated_calls += 1
+            self.estimated_usd += record.cost_usd
+        if record.attempt is None:  # a job's own record (an unread call has its own too)
+            self.jobs += 1
         self.prompt_tokens += record.prompt_tokens
         self.cached_tokens += record.cached_tokens
         self.completion_tokens += record.completion_tokens

@@ -24,7 +24,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from chatbatch.core.config import Model, Priority
-from chatbatch.core.pricing import estimate_prompt_tokens, prompt_token_bound, worst_case_cost
+from chatbatch.core.pricing import Usage, cost, estimate_prompt_tokens, prompt_token_bound
 
 SQS_MAX_BYTES = 256 * 1024
 CHAT_URL = "/v1/chat/completions"
@@ -171,11 +171,15 @@ class Job(BaseModel):
         """Prompt estimate plus the output bound: what the rate limiter takes up front."""
         return estimate_prompt_tokens(self.request_body(model)) + self.output_bound(model)
 
-    def worst_case_usd(self, model: Model) -> Decimal:
-        """The most this job can cost: the bound of every billed prompt field, uncached,
-        plus the output cap sent times ``n``, all used."""
+    def worst_case_usage(self, model: Model) -> Usage:
+        """The most a call of this job can be billed: the bound of every billed prompt
+        field, uncached, and the output cap sent times ``n``, all used."""
         bound = prompt_token_bound(self.request_body(model))
-        return worst_case_cost(bound, self.output_bound(model), model)
+        return Usage(prompt_tokens=bound, completion_tokens=self.output_bound(model))
+
+    def worst_case_usd(self, model: Model) -> Decimal:
+        """The most this job can cost (``worst_case_usage`` at the model's prices)."""
+        return cost(self.worst_case_usage(model), model)
 
     def _body(self, model: str) -> dict[str, Any]:
         body: dict[str, Any] = {

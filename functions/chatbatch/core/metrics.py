@@ -39,6 +39,7 @@ class Metric(StrEnum):
     COST_USD = "CostUSD"
     PROMPT_TOKENS = "PromptTokens"
     COMPLETION_TOKENS = "CompletionTokens"
+    ESTIMATED_CALLS = "EstimatedCalls"
 
 
 @dataclass(frozen=True)
@@ -67,4 +68,7 @@ METRICS: dict[Metric, MetricSpec] = {
     Metric.COST_USD: MetricSpec("None", "settled cost in USD", True),
     Metric.PROMPT_TOKENS: MetricSpec("Count", "prompt tokens billed (cached ones included)"),
     Metric.COMPLETION_TOKENS: MetricSpec("Count", "completion tokens billed (reasoning included)"),
+    Metric.ESTIMATED_CALLS: MetricSpec(
+        "Count", "calls booked at their worst case: maybe billed, no usage read", True
+    ),
 }

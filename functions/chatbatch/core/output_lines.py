@@ -44,6 +44,7 @@ class JobFacts(BaseModel):
     cached: bool = False
     seq: int | None = None
     day: str | None = None  # UTC day the result was made: its cost record's partition
+    usage_estimated: bool = False  # the answer came without usage: cost is the worst case
 
     @field_serializer("cost_usd")
     def _usd(self, value: Decimal) -> float:
@@ -107,6 +108,11 @@ class CostRecord(BaseModel):
     cost_nanos: int
     cost_usd: Decimal
     cached: bool = False
+    # the usage never came back (an answer cut, unread or without usage): the tokens and
+    # cost are the call's worst case, booked because the provider may have billed it
+    usage_estimated: bool = False
+    # a call whose answer was never read has its own record: its reservation's id
+    attempt: str | None = None
 
     @field_serializer("cost_usd")
     def _usd(self, value: Decimal) -> str:

@@ -55,6 +55,7 @@ from chatbatch.local.outputs import write_costs, write_results
 from chatbatch.local.simulator import Simulator, SimulatorSettings
 from chatbatch.local.summary import AwsCallCounter, Summary, summarize
 from chatbatch.state.batches import Batches, BatchInfo
+from chatbatch.state.breaker import Breakers
 from chatbatch.state.store import Store
 
 FEED_DEPTH = 100
@@ -245,7 +246,9 @@ class LocalRuntime:
         self, path: Path, plan: Plan, info: BatchInfo, out: Path, wall: float
     ) -> Summary:
         """The run's files under ``out``: results, errors, costs and ``summary.json``."""
-        latencies, retries = write_results(path, plan, out, self.config, self.store)
+        breakers = Breakers(boto3.client("dynamodb"), self.resources.table)
+        paused = {b.model: b for b in breakers.list_open()}
+        latencies, retries = write_results(path, plan, out, self.config, self.store, paused)
         write_costs(out / "costs.jsonl", self.resources.bucket, plan.batch_id)
         summary = self.summarize(plan, info, wall, latencies, retries)
         (out / "summary.json").write_text(summary.model_dump_json(indent=2) + "\n")

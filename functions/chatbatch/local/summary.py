@@ -31,6 +31,8 @@ class Summary(BaseModel):
     cached_jobs: int
     cache_saved_tokens: int
     cost_usd: float
+    estimated_calls: int  # calls booked at their worst case (no usage read), in cost_usd
+    estimated_usd: float
     wall_s: float
     jobs_per_s: float
     provider_calls: int
@@ -95,6 +97,8 @@ def summarize(
         cached_jobs=info.cached_jobs,
         cache_saved_tokens=info.cache_saved_tokens,
         cost_usd=float(from_nanos(info.cost_nanos)),
+        estimated_calls=info.estimated_calls,
+        estimated_usd=float(from_nanos(info.estimated_nanos)),
         wall_s=round(wall, 3),
         jobs_per_s=round(total / wall, 2) if wall else 0.0,
         provider_calls=stats.requests if stats else info.provider_calls,

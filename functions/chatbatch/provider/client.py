@@ -10,8 +10,12 @@ retry can fix and gives up, in time, on what it cannot.
   read, write, pool) and the pool size come from ``[providers.NAME]``; every call also
   has an overall deadline that the caller sets and that bounds attempts and the waits
   between them.
-- Retried: 429, 408, 409, 5xx, connect errors, resets, timeouts, a 200 whose body is not
-  valid JSON, and a stream that is corrupt or ends without ``[DONE]``. The wait is
+- Retried: 429, 408, 409, 5xx, and an attempt whose request never left (a connect
+  error, a write that failed). An attempt the provider may have billed (a 200 whose body
+  is not valid JSON, a stream that is corrupt or ends without ``[DONE]``, a reset or a
+  timeout after the request was sent) ends the call, transient and ``maybe_billed``:
+  the caller books it at its worst case before paying for another attempt
+  (``chatbatch.provider.attempt``, **Maybe billed**). The wait is
   exponential backoff with full jitter, unless the server names its own delay
   (``retry-after-ms``, then ``retry-after`` in seconds or as an HTTP date), capped by
   ``[retries]``. Any other status (400, 401, 403, 404, 422, ...) is a permanent error
@@ -19,7 +23,8 @@ retry can fix and gives up, in time, on what it cannot.
   such model, a 429 or 402 saying the quota or credit is gone) is permanent too, and its
   ``Attempt`` and ``ProviderError`` say so (``account``): the worker pauses the model.
 - ``stream: true`` is read with ``SSEParser`` and ``ChatStream`` and assembled into the
-  same ``chat.completion`` body a non-streamed call returns, usage included.
+  same ``chat.completion`` body a non-streamed call returns, usage included (None in the
+  ``Completion`` when the answer carried none).
 - Every response's ``x-ratelimit-*`` headers become a ``RateLimitInfo``, handed with each
   ``Attempt`` to ``on_attempt`` (the adaptive rate limiter listens there).
 
@@ -39,11 +44,11 @@ from typing import Any
 
 import httpx
 from aws_lambda_powertools import Logger
-from pydantic import BaseModel, ConfigDict
 
 from chatbatch.core.config import Config, Provider, Timeouts
 from chatbatch.core.pricing import Usage
-from chatbatch.provider.errors import AccountError, AccountReason, ProviderError
+from chatbatch.provider.attempt import Attempt, AttemptResult, Completion, Sent, read_answer
+from chatbatch.provider.errors import AccountError, ProviderError
 from chatbatch.provider.retry import (
     ATTEMPT_ERRORS,
     RateLimitInfo,
@@ -53,7 +58,6 @@ from chatbatch.provider.retry import (
     retry_delay_s,
     stop_reason,
 )
-from chatbatch.provider.sse import StreamError, read_stream
 
 logger = Logger(service="chatbatch", child=True)
 
@@ -61,57 +65,11 @@ REDACTED = "[redacted]"
 USER_AGENT = "chatbatch"
 
 
-# --- Records handed to the caller ----------------------------------------------------
-
-
-class Attempt(BaseModel):
-    """One HTTP exchange of a call: its status (None if no response) or error, and timing."""
-
-    model_config = ConfigDict(frozen=True)
-
-    status: int | None = None
-    error: str | None = None
-    latency_ms: int = 0
-    retry_after_s: float | None = None
-    account: AccountReason | None = None  # an account-level error (a 429 that is no rate limit)
-
-
-class Completion(BaseModel):
-    """A successful call: the ``chat.completion`` body (streamed or not) and how it went."""
-
-    body: dict[str, Any]
-    usage: Usage
-    attempts: list[Attempt]
-    latency_ms: int
-    rate_limits: RateLimitInfo | None = None
-
-    @property
-    def content(self) -> str | None:
-        """The first choice's message text."""
-        choices = self.body.get("choices") or [{}]
-        content = (choices[0].get("message") or {}).get("content")
-        return content if isinstance(content, str) else None
-
-
 # --- The client ----------------------------------------------------------------------
 
 ApiKeyLookup = Callable[[str], str | None]
 AttemptHook = Callable[[str, Attempt, RateLimitInfo | None], None]
 Sleep = Callable[[float], Awaitable[None]]
-
-
-@dataclass
-class _Outcome:
-    """What one attempt produced: a body, or an error that is permanent or not."""
-
-    attempt: Attempt
-    body: dict[str, Any] | None = None
-    usage: Usage = field(default_factory=Usage)
-    rate_limits: RateLimitInfo | None = None
-    permanent: bool = False
-    message: str = ""
-    code: str | None = None
-    account: AccountReason | None = None
 
 
 def _attempt_timeout(timeouts: Timeouts, remaining_s: float) -> httpx.Timeout:
@@ -122,29 +80,6 @@ def _attempt_timeout(timeouts: Timeouts, remaining_s: float) -> httpx.Timeout:
         write=min(timeouts.write_s, remaining_s),
         pool=min(timeouts.pool_s, remaining_s),
     )
-
-
-def _parse_json_body(content: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(content)
-    except ValueError as err:
-        raise StreamError(f"200 with a body that is not valid JSON: {err}") from None
-    if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
-        raise StreamError("200 with a body that is not a chat completion")
-    return body
-
-
-def _usage_of(body: dict[str, Any]) -> Usage:
-    try:
-        return Usage.from_api(body.get("usage"))
-    except (AttributeError, TypeError, ValueError) as err:
-        raise StreamError(f"200 with a malformed usage block: {err}") from None
-
-
-async def _read_success(response: httpx.Response) -> dict[str, Any]:
-    if response.headers.get("content-type", "").startswith("text/event-stream"):
-        return await read_stream(response)
-    return _parse_json_body(await response.aread())
 
 
 class ProviderClient:
@@ -228,6 +163,7 @@ class ProviderClient:
                 attempt_count=len(attempts),
                 retry_at=self._clock() + delay,
                 deadline=deadline,
+                maybe_billed=outcome.attempt.maybe_billed,
             )
             if stop:
                 raise self._give_up(name, outcome, attempts, stop)
@@ -255,21 +191,21 @@ class ProviderClient:
 
     async def _attempt(
         self, client: httpx.AsyncClient, request: _Request, deadline: float
-    ) -> _Outcome:
+    ) -> AttemptResult:
         began = self._clock()
         remaining = deadline - began
         status: int | None = None
         rate_limits: RateLimitInfo | None = None
         retry_after: float | None = None
+        sent = Sent()
         try:
             async with asyncio.timeout(remaining):
-                response = await client.send(request.build(client, remaining), stream=True)
+                response = await client.send(request.build(client, remaining, sent), stream=True)
                 try:
                     status = response.status_code
                     rate_limits = RateLimitInfo.from_headers(response.headers)
                     retry_after = parse_retry_after(response.headers)
-                    body = await self._read(response)
-                    usage = _usage_of(body)
+                    body, usage = await self._read(response)
                 finally:
                     await response.aclose()
         except ATTEMPT_ERRORS as err:
@@ -277,7 +213,7 @@ class ProviderClient:
             account = err.reason if isinstance(err, AccountError) else None
         else:
             attempt = Attempt(status=status, latency_ms=_ms(self._clock() - began))
-            return _Outcome(attempt=attempt, body=body, usage=usage, rate_limits=rate_limits)
+            return AttemptResult(attempt=attempt, body=body, usage=usage, rate_limits=rate_limits)
         error = request.redact(error)
         attempt = Attempt(
             status=status,
@@ -285,8 +221,9 @@ class ProviderClient:
             latency_ms=_ms(self._clock() - began),
             retry_after_s=None if permanent else retry_after,
             account=account,
+            maybe_billed=status in (200, None) and (sent.whole or status == 200),
         )
-        return _Outcome(
+        return AttemptResult(
             attempt,
             rate_limits=rate_limits,
             permanent=permanent,
@@ -296,16 +233,16 @@ class ProviderClient:
         )
 
     @staticmethod
-    async def _read(response: httpx.Response) -> dict[str, Any]:
+    async def _read(response: httpx.Response) -> tuple[dict[str, Any], Usage | None]:
         status = response.status_code
         if status == 200:
-            return await _read_success(response)
+            return await read_answer(response)
         raise failed_response(status, await response.aread())
 
     # -- between attempts -----------------------------------------------------------
 
     def _give_up(
-        self, model: str, outcome: _Outcome, attempts: list[Attempt], reason: str
+        self, model: str, outcome: AttemptResult, attempts: list[Attempt], reason: str
     ) -> ProviderError:
         logger.warning(
             "provider call failed",
@@ -328,7 +265,7 @@ class ProviderClient:
             account=outcome.account,
         )
 
-    def _notify(self, model: str, outcome: _Outcome) -> None:
+    def _notify(self, model: str, outcome: AttemptResult) -> None:
         if self._on_attempt is None:
             return
         try:
@@ -372,13 +309,14 @@ class _Request:
     content: bytes
     secret: str | None = field(repr=False)
 
-    def build(self, client: httpx.AsyncClient, remaining_s: float) -> httpx.Request:
+    def build(self, client: httpx.AsyncClient, remaining_s: float, sent: Sent) -> httpx.Request:
         return client.build_request(
             "POST",
             self.provider.chat_url,
             content=self.content,
             headers=self.headers,
             timeout=_attempt_timeout(self.provider.timeouts, remaining_s),
+            extensions={"trace": sent},
         )
 
     def redact(self, text: str) -> str:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 if TYPE_CHECKING:
-    from chatbatch.provider.client import Attempt
+    from chatbatch.provider.attempt import Attempt
 
 
 class ProviderError(Exception):
@@ -48,6 +48,11 @@ class ProviderError(Exception):
         self.code = code
         self.account = account  # an account-level error: every job of the model would get it
         super().__init__(str(self))
+
+    @property
+    def maybe_billed(self) -> bool:
+        """The last attempt may have been billed with its answer unread: book it."""
+        return bool(self.attempts) and self.attempts[-1].maybe_billed
 
     def __str__(self) -> str:
         status = f"HTTP {self.status}" if self.status is not None else "no response"

@@ -90,11 +90,22 @@ def retry_delay_s(
 
 
 def stop_reason(
-    retries: Retries, *, permanent: bool, attempt_count: int, retry_at: float, deadline: float
+    retries: Retries,
+    *,
+    permanent: bool,
+    attempt_count: int,
+    retry_at: float,
+    deadline: float,
+    maybe_billed: bool = False,
 ) -> str | None:
-    """Why no further attempt is made (None: retry at ``retry_at``, a clock reading)."""
+    """Why no further attempt is made (None: retry at ``retry_at``, a clock reading).
+
+    An attempt the provider may have billed ends the call: the caller books it before it
+    pays for another (``chatbatch.provider.attempt``, **Maybe billed**)."""
     if permanent:
         return "permanent"
+    if maybe_billed:
+        return "answer not read"
     if attempt_count >= retries.max_attempts:
         return "out of attempts"
     if retry_at >= deadline:

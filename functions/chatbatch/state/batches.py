@@ -8,7 +8,10 @@ Items (single table, see ``resources``):
   ``succeeded``, ``failed``, ``deferred``, ``throttled``, ``paused``, ``dead_lettered``,
   ``cancelled_jobs``, ``cost_nanos``, ``prompt_tokens``, ``completion_tokens``,
   ``provider_calls`` (the tokens
-  are what the provider billed, reasoning included), and ``cached_jobs`` and
+  are what the provider billed, reasoning included), ``estimated_calls`` and
+  ``estimated_nanos`` (calls the provider may have billed whose usage never came back:
+  booked at their worst case, in ``cost_nanos`` and ``provider_calls`` too, in neither
+  token total), and ``cached_jobs`` and
   ``cache_saved_tokens`` (succeeded jobs answered from the response cache, and the prompt +
   completion tokens of their stored answers: billed to no one, so in neither token total).
 - ``pk=job#<batch>#<custom_id>, sk=state``: a job's state: ``deferred`` (budget),
@@ -121,6 +124,8 @@ class BatchInfo(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     provider_calls: int = 0
+    estimated_calls: int = 0
+    estimated_nanos: int = 0
     cached_jobs: int = 0
     cache_saved_tokens: int = 0
 
@@ -261,6 +266,14 @@ class Batches:
 
     # --- job transitions ---------------------------------------------------------
 
+    def count_items(self, batch_id: str, counters: Mapping[str, int]) -> list[dict[str, Any]]:
+        """The TransactWriteItem that adds ``counters`` to the batch's (none if all are 0),
+        for a caller to commit with its own items."""
+        changed = {name: delta for name, delta in counters.items() if delta}
+        if not changed:
+            return []
+        return [{"Update": {"TableName": self._table, "Key": batch_key(batch_id), **adds(changed)}}]
+
     def transition(
         self,
         batch_id: str,
@@ -295,12 +308,7 @@ class Batches:
                 **_state_update(prev, new, fields or {}, pins or {}),
             }
         }
-        items: list[Any] = [state_item, *extra]
-        changed = {name: delta for name, delta in deltas.items() if delta}
-        if changed:
-            items.append(
-                {"Update": {"TableName": self._table, "Key": batch_key(batch_id), **adds(changed)}}
-            )
+        items: list[Any] = [state_item, *extra, *self.count_items(batch_id, deltas)]
         reasons = transact(self._ddb, items)
         if not reasons:
             return True

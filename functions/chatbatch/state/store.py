@@ -51,7 +51,11 @@ def history_key(batch_id: str, custom_id: str, retry: int) -> str:
     return f"history/{batch_id}/{custom_id}/{retry}.json"
 
 
-def cost_key(day: str, batch_id: str, custom_id: str) -> str:
+def cost_key(day: str, batch_id: str, custom_id: str, attempt: str | None = None) -> str:
+    """A job's cost record; a call whose answer was never read has its own, under the
+    job's name (a custom_id never holds a ``/``)."""
+    if attempt is not None:
+        return f"costs/dt={day}/{batch_id}/{custom_id}/unread-{attempt}.json"
     return f"costs/dt={day}/{batch_id}/{custom_id}.json"
 
 
@@ -148,7 +152,8 @@ class Store:
         return True
 
     def put_cost(self, record: CostRecord) -> None:
-        self._put(cost_key(record.dt, record.batch_id, record.custom_id), record.model_dump_json())
+        key = cost_key(record.dt, record.batch_id, record.custom_id, record.attempt)
+        self._put(key, record.model_dump_json())
 
     def get_cached(self, key: str) -> dict[str, Any] | None:
         raw = self._get(f"cache/{key}.json")

@@ -31,6 +31,7 @@ count a cost twice or not at all.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Sequence
 from decimal import Decimal
@@ -41,10 +42,11 @@ from chatbatch.core.config import Config
 from chatbatch.core.jobs import Job
 from chatbatch.core.metrics import Metric
 from chatbatch.core.output_lines import OutputLine
-from chatbatch.core.pricing import cost, to_nanos
-from chatbatch.provider.client import Attempt, Completion
+from chatbatch.core.pricing import cost, from_nanos, to_nanos
+from chatbatch.provider.attempt import Attempt, Completion
 from chatbatch.provider.errors import ProviderError
 from chatbatch.state.batches import JobState
+from chatbatch.state.budget.budget import HELD_RETRY_S
 from chatbatch.state.budget.errors import (
     AlreadySettled,
     BudgetDeferred,
@@ -53,7 +55,7 @@ from chatbatch.state.budget.errors import (
 )
 from chatbatch.state.budget.reservations import Ask, Reservation
 from chatbatch.state.limiter.limiter import RequestTooLargeError
-from chatbatch.worker import pause, requeue, results
+from chatbatch.worker import pause, requeue, results, unread
 from chatbatch.worker.crash import crash_point
 from chatbatch.worker.intake import Intake
 from chatbatch.worker.invocation import Invocation, Outcome, RetryLater, io, job_key
@@ -62,6 +64,8 @@ from chatbatch.worker.tracing import Span
 logger = Logger(service="chatbatch")
 
 SAFETY_MARGIN_S = 10.0  # left for S3 writes and the settle after the provider call
+UNREAD_REBUYS = 2  # calls re-bought in one delivery after an answer that was never read
+MIN_CALL_S = 5.0  # a call is re-bought in this delivery only with this much time left
 
 
 def _cacheable(config: Config, job: Job) -> bool:
@@ -81,8 +85,11 @@ async def _from_cache(
     return await results.finish(inv, intake, job, result, reservation=reservation, provider_calls=0)
 
 
-async def _call(inv: Invocation, intake: Intake, job: Job) -> Completion | Outcome:
-    """Take rate-limit capacity and call the provider; hand back when there is none soon."""
+async def _call(
+    inv: Invocation, intake: Intake, job: Job, reservation: Reservation
+) -> Completion | Outcome:
+    """Take rate-limit capacity, mark the reservation and call the provider; hand back
+    when there is no capacity soon."""
     services = inv.services
     model = services.config.models[job.model]
     estimate = job.estimated_tokens(model)
@@ -98,6 +105,9 @@ async def _call(inv: Invocation, intake: Intake, job: Job) -> Completion | Outco
             # The reservation stays: the re-sent copy is its owner and takes it back.
             return await requeue.hand_back(inv, intake, got, Outcome.throttled)
         await asyncio.sleep(got)
+    if not await io(services.budget.arm, reservation):  # no longer this copy's
+        lease.reconcile(index, 0)
+        return await requeue.hand_back(inv, intake, HELD_RETRY_S, Outcome.elsewhere)
     url = services.config.providers[model.provider].chat_url
     with inv.span(intake).child("provider", "remote") as span:
         span.annotate(model=job.model)
@@ -108,11 +118,13 @@ async def _call(inv: Invocation, intake: Intake, job: Job) -> Completion | Outco
                 deadline_s=max(1.0, inv.deadline - time.monotonic()),
             )
         except ProviderError as err:
-            lease.reconcile(index, 0)  # the request counted at the provider, its tokens did not
+            # the request counted at the provider; its tokens did unless it never left
+            lease.reconcile(index, estimate if err.maybe_billed else 0)
             _trace_attempts(span, url, err.attempts)
             raise
         _trace_attempts(span, url, completion.attempts)
-    lease.reconcile(index, completion.usage.total_tokens)
+    used = completion.usage.total_tokens if completion.usage is not None else estimate
+    lease.reconcile(index, used)
     return completion
 
 
@@ -235,32 +247,69 @@ async def _process(inv: Invocation, intake: Intake) -> Outcome:
     )
     if not first_delivery and (recovered := await results.recover(inv, intake, job, reservation)):
         return recovered
+    if reservation.armed:  # a call went out under it and no answer was stored
+        reservation = await _rebuy(inv, intake, job, reservation, "its worker died in the call")
+        if isinstance(reservation, Outcome):
+            return reservation
     model = config.models[job.model]
     cache_key = job.cache_key(model) if _cacheable(config, job) else None
     if cache_key and (hit := await _from_cache(inv, intake, job, cache_key, reservation)):
         return hit
-    if (gate := await pause.gate(inv, job.model)) is pause.Gate.paused:
-        await io(services.budget.release, reservation)
-        return await pause.pause(inv, intake)
-    try:
-        called = await _call(inv, intake, job)
-    except (ProviderError, RequestTooLargeError) as err:
-        await io(services.budget.release, reservation)
-        if isinstance(err, RequestTooLargeError):
-            return await results.refuse(inv, intake, "request_too_large", str(err))
-        inv.count(Metric.PROVIDER_ERRORS, intake)
-        if err.account is not None:  # the account's fault, not the job's: pause the model
-            await pause.opened(inv, job.model, err)
+    for rebuys in itertools.count():
+        if (gate := await pause.gate(inv, job.model)) is pause.Gate.paused:
+            await io(services.budget.release, reservation)
             return await pause.pause(inv, intake)
-        if err.permanent:
-            return await results.refuse(inv, intake, f"provider_{err.status}", err.message)
-        return await requeue.retry(inv, intake, err)
+        try:
+            called = await _call(inv, intake, job, reservation)
+        except (ProviderError, RequestTooLargeError) as err:
+            if isinstance(err, ProviderError) and err.maybe_billed:
+                inv.count(Metric.PROVIDER_ERRORS, intake)
+                if rebuys >= UNREAD_REBUYS or time.monotonic() > inv.deadline - MIN_CALL_S:
+                    await unread.book(inv, intake, job, reservation, err.message)
+                    return await requeue.retry(inv, intake, err)
+                reservation = await _rebuy(inv, intake, job, reservation, err.message)
+                if isinstance(reservation, Outcome):
+                    return reservation
+                continue
+            return await _failed(inv, intake, job, reservation, err)
+        break
     if isinstance(called, Outcome):
         return called
     if gate is pause.Gate.probe:
         await pause.probe_passed(inv, job.model)
     crash_point("after_call", intake)
     return await _succeed(inv, intake, job, called, reservation, cache_key)
+
+
+async def _rebuy(
+    inv: Invocation, intake: Intake, job: Job, reservation: Reservation, why: str
+) -> Reservation | Outcome:
+    """Book the call made under ``reservation`` (its answer never read) and reserve anew
+    for the next one: no second call goes out on money already spent."""
+    await unread.book(inv, intake, job, reservation, why)
+    return await _reserve(inv, intake, job)
+
+
+async def _failed(
+    inv: Invocation,
+    intake: Intake,
+    job: Job,
+    reservation: Reservation,
+    err: ProviderError | RequestTooLargeError,
+) -> Outcome:
+    """A call that billed nothing and failed: the reservation goes back; the job is
+    refused, paused (an account error) or retried later."""
+    services = inv.services
+    await io(services.budget.release, reservation)
+    if isinstance(err, RequestTooLargeError):
+        return await results.refuse(inv, intake, "request_too_large", str(err))
+    inv.count(Metric.PROVIDER_ERRORS, intake)
+    if err.account is not None:  # the account's fault, not the job's: pause the model
+        await pause.opened(inv, job.model, err)
+        return await pause.pause(inv, intake)
+    if err.permanent:
+        return await results.refuse(inv, intake, f"provider_{err.status}", err.message)
+    return await requeue.retry(inv, intake, err)
 
 
 async def _succeed(
@@ -272,10 +321,15 @@ async def _succeed(
     cache_key: str | None,
 ) -> Outcome:
     services = inv.services
-    usd = cost(completion.usage, services.config.models[job.model])
+    estimated = completion.usage is None  # billed all the same: booked at the worst case
+    usd = (
+        from_nanos(reservation.nanos)
+        if completion.usage is None
+        else cost(completion.usage, services.config.models[job.model])
+    )
     facts = results.job_facts(
         intake, job, usd, completion.latency_ms, len(completion.attempts), False
-    )
+    ).model_copy(update={"usage_estimated": estimated})
     result = OutputLine.result(job, facts, completion.body)
     inv.count(Metric.RETRIES, intake, len(completion.attempts) - 1)
     inv.count(

@@ -17,7 +17,7 @@ from chatbatch.core.days import utc_day
 from chatbatch.core.jobs import Job
 from chatbatch.core.metrics import Metric
 from chatbatch.core.output_lines import CostRecord, JobFacts, OutputLine
-from chatbatch.core.pricing import Usage, to_nanos
+from chatbatch.core.pricing import Usage, from_nanos, to_nanos
 from chatbatch.state.batches import RETRY_FROM, JobState
 from chatbatch.state.budget.reservations import Reservation
 from chatbatch.state.ddb import s
@@ -90,10 +90,41 @@ def job_facts(
 def cost_record(
     inv: Invocation, intake: Intake, job: Job, result: OutputLine, day: str
 ) -> CostRecord:
-    """The cost record of a stored result: its usage, priced as the result says."""
+    """The cost record of a stored result: its usage, priced as the result says (a result
+    that came without usage says its cost is the worst case: its record says so too)."""
     assert result.chatbatch is not None and result.response is not None
     facts = result.chatbatch
-    usage = Usage.from_api(result.response.body.get("usage"))
+    model = inv.services.config.models[job.model]
+    usage = (
+        job.worst_case_usage(model)
+        if facts.usage_estimated
+        else Usage.from_api(result.response.body.get("usage"))
+    )
+    return record_of(
+        inv,
+        intake,
+        job,
+        usage,
+        to_nanos(facts.cost_usd),
+        day,
+        cached=facts.cached,
+        usage_estimated=facts.usage_estimated,
+    )
+
+
+def record_of(
+    inv: Invocation,
+    intake: Intake,
+    job: Job,
+    usage: Usage,
+    nanos: int,
+    day: str,
+    *,
+    cached: bool = False,
+    usage_estimated: bool = False,
+    attempt: str | None = None,
+) -> CostRecord:
+    """A cost record of ``job``: ``usage`` at ``nanos``, on ``day``'s partition."""
     model = inv.services.config.models[job.model]
     return CostRecord(
         ts=dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
@@ -109,9 +140,11 @@ def cost_record(
         cached_tokens=usage.cached_tokens,
         completion_tokens=usage.completion_tokens,
         reasoning_tokens=usage.reasoning_tokens,
-        cost_nanos=to_nanos(facts.cost_usd),
-        cost_usd=facts.cost_usd,
-        cached=facts.cached,
+        cost_nanos=nanos,
+        cost_usd=from_nanos(nanos),
+        cached=cached,
+        usage_estimated=usage_estimated,
+        attempt=attempt,
     )
 
 
@@ -156,6 +189,9 @@ async def finish(
     if record.cached:
         inv.count(Metric.CACHE_HITS, intake)
         return Outcome.succeeded
+    if record.usage_estimated:
+        inv.count(Metric.ESTIMATED_CALLS, intake)
+        return Outcome.succeeded
     inv.count(Metric.PROMPT_TOKENS, intake, record.prompt_tokens)
     inv.count(Metric.COMPLETION_TOKENS, intake, record.completion_tokens)
     if stored.chatbatch:
@@ -170,11 +206,24 @@ def _counters(record: CostRecord, provider_calls: int) -> dict[str, int]:
     if record.cached:
         saved = record.prompt_tokens + record.completion_tokens
         return {"cost_nanos": record.cost_nanos, "cached_jobs": 1, "cache_saved_tokens": saved}
+    if record.usage_estimated:
+        return estimated_counters(record.cost_nanos, provider_calls)
     return {
         "cost_nanos": record.cost_nanos,
         "prompt_tokens": record.prompt_tokens,
         "completion_tokens": record.completion_tokens,
         "provider_calls": provider_calls,
+    }
+
+
+def estimated_counters(nanos: int, provider_calls: int = 1) -> dict[str, int]:
+    """What one call booked at its worst case adds to its batch's counters (no tokens:
+    the provider's count never came back)."""
+    return {
+        "cost_nanos": nanos,
+        "provider_calls": provider_calls,
+        "estimated_calls": 1,
+        "estimated_nanos": nanos,
     }
 
 

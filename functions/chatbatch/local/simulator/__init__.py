@@ -36,23 +36,33 @@ inside ``completion_tokens`` (OpenAI, DeepSeek) or outside it, in ``total_tokens
 
 Requests and tokens per minute are limited per model over a rolling 60 s window (429 with
 ``retry-after``, ``retry-after-ms``); every chat response carries ``x-ratelimit-*``.
-Faults (seeded probabilities or injected): 500, 503, 429, connection reset, hang past the
-client's timeout, truncated body or stream (no ``[DONE]``), corrupt SSE chunk, and a timed
-outage (every request 503).
+A timed outage answers every request 503. Faults (seeded probabilities or injected) come
+before generation, nothing billed: 500, 503, 429, connection ``reset``, ``hang`` past the
+client's timeout (the request counts in the requests window, its tokens in none); or
+after it, billed in full as a real provider bills a generation it finished: a body or
+stream cut short (``truncate``: no ``[DONE]``, no usage chunk), a ``corrupt`` body or SSE
+chunk, ``reset_after`` (the connection reset before the answer's first byte), ``slow``
+(the first byte after ``hang_s``: a client with a shorter timeout is gone) and
+``no_usage`` (a whole, valid answer without usage, streamed or not:
+``fault_rates={"no_usage": 1.0}`` is a gateway that always drops it).
 
-Stats count completions *delivered whole*, per distinct request body (``duplicates`` are
-completions beyond the first of the same body: work paid for twice); a faulted response
-is not billed.
+Stats count what was billed (``billed_calls``, the token totals, ``billed_by_model``:
+every generation, read or not) and what was *delivered whole* (``completions``, per
+distinct request body; ``duplicates`` are completions beyond the first of the same body:
+work paid for twice); ``billed_unread`` is the difference. A reply whose client left
+before its first byte (or between two stream frames) is not written and not delivered.
 
 The server is the standard library's asyncio streams with a small HTTP/1.1 keep-alive
 parser: run it in-process with ``Simulator`` (a background thread) or in the foreground
 with ``serve`` / ``python -m chatbatch.local.simulator``.
 
 The package, one idea a module: ``settings`` (how it behaves, the fault kinds), ``api``
-(what the chat API accepts and refuses), ``answers`` (tokens, answers, usage, the body and
-SSE shapes), ``windows`` (rolling 60 s windows, header forms of a wait), ``stats`` (what it
-counts), ``engine`` (requests in, replies out, no I/O), ``server`` (HTTP/1.1 over asyncio),
-``background`` (``Simulator`` on a thread), ``command`` (``parse_args``, ``serve``).
+(what the chat API accepts and refuses: bodies, keys, account errors), ``answers`` (tokens,
+answers, usage, the body and SSE shapes), ``windows`` (rolling 60 s windows, the rate
+limits on them, header forms of a wait), ``stats`` (what it counts), ``replies`` (what
+goes over the wire: an answer whole or damaged, a fault), ``engine`` (requests in, replies
+out, no I/O), ``server`` (HTTP/1.1 over asyncio), ``background`` (``Simulator`` on a
+thread), ``command`` (``parse_args``, ``serve``).
 The names importers use are re-exported here.
 """
 

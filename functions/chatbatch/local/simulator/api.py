@@ -1,10 +1,12 @@
 """What the chat API accepts and refuses: the real API's rules and messages for a request
-body, and its error shape (``ApiError``)."""
+body, the API key check, the account errors, and the error shape (``ApiError``)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
+
+from chatbatch.local.simulator.settings import AccountErrorKind
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 
@@ -148,3 +150,41 @@ def load_body(raw: bytes) -> Any:
             "We could not parse the JSON body of your request. The API expects a JSON payload.",
             None,
         ) from None
+
+
+def authorize(key: str | None, headers: dict[str, str]) -> None:
+    """Raise ``ApiError`` (401) unless ``headers`` carry ``key`` (None: no auth)."""
+    if key is None:
+        return
+    given = headers.get("authorization", "")
+    if not given:
+        raise ApiError(
+            401, "You didn't provide an API key in an Authorization header (Bearer KEY)."
+        )
+    if given != f"Bearer {key}":
+        raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+
+
+def account_error(kind: AccountErrorKind, model: str) -> ApiError:
+    """OpenAI's answer to a request of an account in trouble."""
+    if kind is AccountErrorKind.insufficient_quota:
+        return ApiError(
+            429,
+            "You exceeded your current quota, please check your plan and billing details. "
+            "For more information on this error, read the docs: "
+            "https://platform.openai.com/docs/guides/error-codes/api-errors.",
+            type="insufficient_quota",
+            code="insufficient_quota",
+        )
+    if kind is AccountErrorKind.model_not_found:
+        return ApiError(
+            404,
+            f"The model `{model}` does not exist or you do not have access to it.",
+            code="model_not_found",
+        )
+    return ApiError(
+        401,
+        "Incorrect API key provided: sk-****. You can find your API key at "
+        "https://platform.openai.com/account/api-keys.",
+        code="invalid_api_key",
+    )

@@ -1,38 +1,40 @@
-"""The engine: requests in, replies out (no I/O). Routing, auth, the rate limits, faults and
-outages, answers and their billing; the HTTP server only carries its ``Reply``."""
+"""The engine: requests in, replies out (no I/O). Routing, faults and outages, answers and
+their billing; the HTTP server only carries its ``Reply`` (shaped in ``replies``)."""
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
 from chatbatch.local.simulator.answers import (
-    DONE_FRAME,
-    KEEPALIVE_FRAME,
     REQUEST_OVERHEAD_TOKENS,
     Answer,
     Choice,
     answer_for,
-    count_tokens,
     field_tokens,
     message_tokens,
     prefix_digests,
     request_key,
-    stream_pieces,
     usage_fields,
 )
-from chatbatch.local.simulator.api import ApiError, invalid, load_body, validate_request
+from chatbatch.local.simulator.api import (
+    ApiError,
+    account_error,
+    authorize,
+    invalid,
+    load_body,
+    validate_request,
+)
+from chatbatch.local.simulator.replies import Reply, answer_reply, fault_reply, json_reply
 from chatbatch.local.simulator.settings import (
-    AccountErrorKind,
+    GENERATED,
+    WHOLE,
     Fault,
-    FaultKind,
     ReasoningUsage,
     SimulatorSettings,
     as_fault,
@@ -40,26 +42,7 @@ from chatbatch.local.simulator.settings import (
     takes_only_completion_tokens,
 )
 from chatbatch.local.simulator.stats import Counters, Stats
-from chatbatch.local.simulator.windows import Limits, format_duration, retry_after_headers
-
-
-@dataclass
-class Reply:
-    """What to send. ``events`` (delay before, SSE frame) make a streamed body."""
-
-    status: int
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b""
-    events: list[tuple[float, bytes]] | None = None
-    delay_s: float = 0.0
-    drop: bool = False  # close the connection after delay_s instead of answering
-    reset: bool = False  # the close is a TCP reset
-    on_delivered: Callable[[], None] | None = None
-
-
-def _json_reply(status: int, payload: Any, headers: dict[str, str] | None = None) -> Reply:
-    body = json.dumps(payload, separators=(",", ":")).encode()
-    return Reply(status, {"content-type": "application/json", **(headers or {})}, body)
+from chatbatch.local.simulator.windows import Limits
 
 
 class Engine:
@@ -114,7 +97,7 @@ class Engine:
         try:
             reply = self._route(method, route, headers, body)
         except ApiError as err:
-            reply = _json_reply(err.status, err.body(), err.headers)
+            reply = json_reply(err.status, err.body(), err.headers)
         if chat:
             self._counters.count_status(
                 "reset" if reply.reset else "hang" if reply.drop else reply.status
@@ -125,14 +108,14 @@ class Engine:
         if route == "/chat/completions" and method == "POST":
             return self._chat(headers, body)
         if route == "/models" and method == "GET":
-            return _json_reply(200, self._model_list())
+            return json_reply(200, self._model_list())
         if route == "/health" and method == "GET":
-            return _json_reply(200, {"status": "ok"})
+            return json_reply(200, {"status": "ok"})
         if route == "/stats" and method == "GET":
-            return _json_reply(200, self.stats().model_dump())
+            return json_reply(200, self.stats().model_dump())
         if route.startswith("/admin/") and method == "POST":
-            self._authorize(headers)
-            return _json_reply(200, self._admin(route.removeprefix("/admin/"), load_body(body)))
+            authorize(self.settings.api_key, headers)
+            return json_reply(200, self._admin(route.removeprefix("/admin/"), load_body(body)))
         raise ApiError(404, f"Unknown request URL: {method} {route}.", code="unknown_url")
 
     def _admin(self, action: str, payload: Any) -> dict[str, Any]:
@@ -166,7 +149,7 @@ class Engine:
     def _chat(self, headers: dict[str, str], raw: bytes) -> Reply:
         now = self._clock()
         self._counters.count_request(now)
-        self._authorize(headers)
+        authorize(self.settings.api_key, headers)
         body = load_body(raw)
         validate_request(body)
         model = body["model"]
@@ -176,7 +159,11 @@ class Engine:
                 f"The model `{model}` does not exist or you do not have access to it.",
                 code="model_not_found",
             )
-        self._account_error(model)
+        kinds = self.settings.account_errors
+        kind = kinds.get(model) or kinds.get("*")
+        if kind is not None:
+            self._counters.count_fault(f"account_{kind.value}")
+            raise account_error(kind, model)
         if body.get("max_tokens") is not None and takes_only_completion_tokens(
             self.settings, model
         ):
@@ -189,9 +176,9 @@ class Engine:
         try:
             reply = self._complete(body, model, now)
         except ApiError as err:
-            err.headers = self._limit_headers(model, now) | err.headers
+            err.headers = self._limits_of(model).headers(now, self.settings) | err.headers
             raise
-        reply.headers |= self._limit_headers(model, now)
+        reply.headers |= self._limits_of(model).headers(now, self.settings)
         return reply
 
     def _complete(self, body: dict[str, Any], model: str, now: float) -> Reply:
@@ -213,11 +200,17 @@ class Engine:
             choices.append((Choice(content, finish), tokens))
         completion = sum(tokens for _, tokens in choices)
         reasoning = thought * n
-        self._admit(model, now, prompt + completion + reasoning)
-        self._seen.setdefault(model, set()).update(prefix_digests(messages))
+        tokens = prompt + completion + reasoning
+        limits = self._limits_of(model)
+        limits.check(model, now, self.settings, tokens)
         fault = self._next_fault()
-        if fault is not None and fault.kind not in {FaultKind.truncate, FaultKind.corrupt}:
-            return self._fault_reply(fault)
+        if fault is not None and fault.kind not in GENERATED:
+            limits.record(now, 0)  # a request received, nothing generated: no tokens
+            return fault_reply(fault, self.settings)
+        limits.record(now, tokens)
+        self._seen.setdefault(model, set()).update(prefix_digests(messages))
+        # generated: billed now, read or not (a real provider bills what it finished)
+        self._counters.bill(now, model, prompt, cached, completion + reasoning)
         self._serial += 1
         key = request_key(body)
         answer = Answer(
@@ -227,54 +220,17 @@ class Engine:
             choices=[choice for choice, _ in choices],
             usage=usage_fields(prompt, cached, completion, reasoning, outside),
         )
-        damage = fault.kind if fault else None
-        stream_options = body.get("stream_options") or {}
-        if body.get("stream"):
-            reply = self._stream(answer, bool(stream_options.get("include_usage")), damage)
-        else:
-            reply = self._plain(answer, damage)
-        if damage is None:
-            reply.on_delivered = lambda: self._counters.bill(
-                self._clock(), key, prompt, cached, completion + reasoning
-            )
+        kind = fault.kind if fault else None
+        reply = answer_reply(
+            answer,
+            self.settings,
+            stream=bool(body.get("stream")),
+            include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
+            fault=kind,
+        )
+        if kind is None or kind in WHOLE:
+            reply.on_delivered = lambda: self._counters.deliver(key)
         return reply
-
-    def _plain(self, answer: Answer, damage: FaultKind | None) -> Reply:
-        reply = _json_reply(200, answer.body())
-        if damage is not None:
-            reply.body = reply.body[: len(reply.body) // 2]
-        tokens = answer.usage["completion_tokens"]
-        reply.delay_s = (self.settings.latency_ms + self.settings.per_token_ms * tokens) / 1000
-        return reply
-
-    def _stream(self, answer: Answer, include_usage: bool, damage: FaultKind | None) -> Reply:
-        s = self.settings
-        per_token_s = s.per_token_ms / 1000
-        content: list[tuple[float, bytes]] = []
-        finishes: list[tuple[float, bytes]] = []
-        for index, choice in enumerate(answer.choices):
-            content.append((0.0, answer.chunk({"role": "assistant", "content": ""}, None, index)))
-            content += [
-                (per_token_s * count_tokens(p), answer.chunk({"content": p}, None, index))
-                for p in stream_pieces(choice.content, s.stream_chunk_tokens)
-            ]
-            finishes.append((0.0, answer.chunk({}, choice.finish_reason, index)))
-        events = [(0.0, KEEPALIVE_FRAME)] if s.keepalive else []
-        events.append(content.pop(0))
-        half = len(content) // 2
-        if damage is FaultKind.truncate:
-            events += content[:half]
-        else:
-            if damage is FaultKind.corrupt:
-                frame = content[half][1]
-                content.insert(half, (0.0, frame[: len(frame) // 2] + b"\n\n"))
-            events += content
-            events += finishes
-            if include_usage:
-                events.append((0.0, answer.usage_chunk(s.null_usage_choices)))
-            events.append((0.0, DONE_FRAME))
-        headers = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
-        return Reply(200, headers, events=events, delay_s=s.latency_ms / 1000)
 
     def _reasoning(self, model: str, max_tokens: int | None) -> tuple[int, bool]:
         """(reasoning tokens within the cap, reported outside completion_tokens?)"""
@@ -294,38 +250,8 @@ class Engine:
 
     # -- limits, faults, auth ---------------------------------------------------------
 
-    def _admit(self, model: str, now: float, tokens: int) -> None:
-        s, limits = self.settings, self._limits.setdefault(model, Limits())
-        checks = [("requests", "RPM", s.rpm, limits.requests, 1)]
-        checks.append(("tokens", "TPM", s.tpm, limits.tokens, tokens))
-        for kind, unit, limit, window, amount in checks:
-            wait = window.wait_s(now, limit - amount) if limit else 0.0
-            if wait > 0:
-                raise ApiError(
-                    429,
-                    f"Rate limit reached for {model} on {kind} per min ({unit}): "
-                    f"Limit {limit}, Used {window.total}, Requested {amount}. "
-                    f"Please try again in {format_duration(wait)}.",
-                    type=kind,
-                    code="rate_limit_exceeded",
-                    headers=retry_after_headers(wait),
-                )
-        limits.requests.add(now, 1)
-        limits.tokens.add(now, tokens)
-
-    def _limit_headers(self, model: str, now: float) -> dict[str, str]:
-        s, limits = self.settings, self._limits.setdefault(model, Limits())
-        headers = {}
-        for kind, limit, window in (
-            ("requests", s.rpm, limits.requests),
-            ("tokens", s.tpm, limits.tokens),
-        ):
-            if limit:
-                window.prune(now)
-                headers[f"x-ratelimit-limit-{kind}"] = str(limit)
-                headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, limit - window.total))
-                headers[f"x-ratelimit-reset-{kind}"] = format_duration(window.reset_s(now))
-        return headers
+    def _limits_of(self, model: str) -> Limits:
+        return self._limits.setdefault(model, Limits())
 
     def _in_outage(self, now: float) -> bool:
         s = self.settings
@@ -349,63 +275,6 @@ class Engine:
                 return Fault(kind=kind)
             draw -= rate
         return None
-
-    def _fault_reply(self, fault: Fault) -> Reply:
-        if fault.kind is FaultKind.reset:
-            return Reply(0, drop=True, reset=True)
-        if fault.kind is FaultKind.hang:
-            return Reply(0, drop=True, delay_s=self.settings.hang_s)
-        headers = {}
-        if fault.retry_after_s is not None:
-            headers["retry-after"] = f"{fault.retry_after_s:g}"
-        if fault.retry_after_ms is not None:
-            headers["retry-after-ms"] = str(fault.retry_after_ms)
-        status, message, kind = {
-            FaultKind.rate_limited: (429, "Rate limit reached (injected).", "requests"),
-            FaultKind.error_500: (500, "The server had an error processing your request.", ""),
-            FaultKind.error_503: (503, "The engine is currently overloaded.", ""),
-        }[fault.kind]
-        raise ApiError(status, message, type=kind or "server_error", headers=headers)
-
-    def _account_error(self, model: str) -> None:
-        kinds = self.settings.account_errors
-        kind = kinds.get(model) or kinds.get("*")
-        if kind is None:
-            return
-        self._counters.count_fault(f"account_{kind.value}")
-        if kind is AccountErrorKind.insufficient_quota:
-            raise ApiError(
-                429,
-                "You exceeded your current quota, please check your plan and billing details. "
-                "For more information on this error, read the docs: "
-                "https://platform.openai.com/docs/guides/error-codes/api-errors.",
-                type="insufficient_quota",
-                code="insufficient_quota",
-            )
-        if kind is AccountErrorKind.model_not_found:
-            raise ApiError(
-                404,
-                f"The model `{model}` does not exist or you do not have access to it.",
-                code="model_not_found",
-            )
-        raise ApiError(
-            401,
-            "Incorrect API key provided: sk-****. You can find your API key at "
-            "https://platform.openai.com/account/api-keys.",
-            code="invalid_api_key",
-        )
-
-    def _authorize(self, headers: dict[str, str]) -> None:
-        key = self.settings.api_key
-        if key is None:
-            return
-        given = headers.get("authorization", "")
-        if not given:
-            raise ApiError(
-                401, "You didn't provide an API key in an Authorization header (Bearer KEY)."
-            )
-        if given != f"Bearer {key}":
-            raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
 
     # -- bookkeeping ------------------------------------------------------------------
 

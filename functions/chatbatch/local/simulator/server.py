@@ -80,6 +80,11 @@ def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
+def _left(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    """Whether the client has closed or reset the connection (it gave up waiting)."""
+    return reader.at_eof() or reader.exception() is not None or writer.is_closing()
+
+
 def _abort(writer: asyncio.StreamWriter, *, reset: bool) -> None:
     sock = writer.get_extra_info("socket")
     if reset and sock is not None:
@@ -138,7 +143,8 @@ class SimulatorServer:
         reply = self.engine.handle(request.method, request.target, request.headers, request.body)
         if reply.delay_s:
             await asyncio.sleep(reply.delay_s)
-        if reply.drop:
+        # nobody to answer (a drop, or a client that gave up waiting): not delivered
+        if reply.drop or (reply.delay_s and _left(reader, writer)):
             _abort(writer, reset=reply.reset)
             return False
         if reply.events is None:
@@ -146,7 +152,9 @@ class SimulatorServer:
             writer.write(reply.body)
         else:
             writer.write(_head(reply.status, reply.headers, None, request.keep_alive))
-            await self._write_events(writer, reply.events)
+            if not await self._write_events(reader, writer, reply.events):
+                _abort(writer, reset=False)
+                return False
             writer.write(b"0\r\n\r\n")
         await writer.drain()
         if reply.on_delivered is not None:
@@ -154,13 +162,19 @@ class SimulatorServer:
         return request.keep_alive
 
     async def _write_events(
-        self, writer: asyncio.StreamWriter, events: list[tuple[float, bytes]]
-    ) -> None:
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        events: list[tuple[float, bytes]],
+    ) -> bool:
+        """Write the frames; False if the client left between two of them."""
         split = self.engine.settings.write_bytes
         for delay, frame in events:
             if delay:
                 await writer.drain()
                 await asyncio.sleep(delay)
+                if _left(reader, writer):
+                    return False
             if split is None:
                 writer.write(_chunk(frame))
                 continue
@@ -168,3 +182,4 @@ class SimulatorServer:
                 writer.write(_chunk(frame[start : start + split]))
                 await writer.drain()
                 await asyncio.sleep(0)
+        return True

@@ -13,13 +13,34 @@ from chatbatch.core.config import ConfigError, load_config
 
 
 class FaultKind(StrEnum):
+    """What a faulted chat request gets. Before generation (nothing generated, nothing
+    billed, no tokens in the rate-limit window; the request still counts): 500, 503, 429,
+    ``reset``, ``hang``. After it (``GENERATED``: the answer is generated and billed in
+    full, as a real provider bills a generation it finished, read or not): the rest."""
+
     error_500 = "500"
     error_503 = "503"
     rate_limited = "429"
-    reset = "reset"
-    hang = "hang"
-    truncate = "truncate"
-    corrupt = "corrupt"
+    reset = "reset"  # the connection is reset, nothing generated
+    hang = "hang"  # stuck: nothing generated, the connection dropped after hang_s
+    truncate = "truncate"  # half the JSON body; a stream cut before [DONE], no usage chunk
+    corrupt = "corrupt"  # the JSON body cut; a stream with a broken chunk
+    reset_after = "reset_after"  # generated, then reset before its first byte
+    slow = "slow"  # generated, its first byte after hang_s (the client may be gone)
+    no_usage = "no_usage"  # a whole, valid answer without usage (a gateway that drops it)
+
+
+GENERATED = frozenset(
+    {
+        FaultKind.truncate,
+        FaultKind.corrupt,
+        FaultKind.reset_after,
+        FaultKind.slow,
+        FaultKind.no_usage,
+    }
+)
+# of those, the ones whose answer arrives whole (if the client waits for it)
+WHOLE = frozenset({FaultKind.slow, FaultKind.no_usage})
 
 
 class AccountErrorKind(StrEnum):
@@ -89,7 +110,9 @@ class SimulatorSettings(BaseModel):
     )
     seed: int = 0
     fault_rates: dict[FaultKind, Probability] = Field(default_factory=dict)
-    hang_s: float = Field(default=30, gt=0, description="a hang lasts this long, then drops")
+    hang_s: float = Field(
+        default=30, gt=0, description="a hang lasts this long, then drops; a slow answer's wait"
+    )
     outage_at_s: float | None = Field(default=None, ge=0, description="after start")
     outage_s: float = Field(default=0, ge=0)
     keepalive: bool = Field(default=True, description="': keep-alive' opens each stream")

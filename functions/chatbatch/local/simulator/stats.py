@@ -10,18 +10,41 @@ from pydantic import BaseModel, Field
 from chatbatch.local.simulator.windows import Window
 
 
+class ModelBill(BaseModel):
+    """What one model billed: every generation, delivered whole or not."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = Field(default=0, description="output tokens, reasoning included")
+
+
 class Stats(BaseModel):
     uptime_s: float
     connections: int = Field(description="TCP connections accepted")
     requests: int = Field(description="chat completion requests received")
     by_status: dict[str, int] = Field(description="status code, or 'reset' / 'hang'")
     faults: dict[str, int]
-    completions: int = Field(description="completions delivered whole (billed)")
-    distinct_requests: int
-    duplicates: int = Field(description="completions beyond the first per distinct request")
-    prompt_tokens: int
-    cached_tokens: int
-    completion_tokens: int = Field(description="output tokens billed, reasoning included")
+    completions: int = Field(
+        description="completions delivered whole (every byte written, the client still there)"
+    )
+    distinct_requests: int = Field(description="distinct request bodies delivered whole")
+    duplicates: int = Field(
+        description="completions delivered whole beyond the first per distinct request"
+    )
+    billed_calls: int = Field(
+        description="answers generated and billed, delivered whole or not (truncated, "
+        "corrupt, reset after generation, slow past the client's patience, without usage)"
+    )
+    billed_unread: int = Field(
+        description="billed but not delivered whole: billed_calls - completions"
+    )
+    billed_by_model: dict[str, ModelBill] = Field(description="by model id: what it billed")
+    prompt_tokens: int = Field(description="prompt tokens of every billed generation")
+    cached_tokens: int = Field(description="cached prompt tokens of every billed generation")
+    completion_tokens: int = Field(
+        description="output tokens of every billed generation, reasoning included"
+    )
     max_requests_60s: int = Field(description="most chat requests received in any 60 s")
     max_tokens_60s: int = Field(description="most tokens billed in any 60 s")
 
@@ -36,9 +59,7 @@ class Counters:
     faults: dict[str, int] = field(default_factory=dict)
     completions: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    completion_tokens: int = 0
+    billed_by_model: dict[str, ModelBill] = field(default_factory=dict)
     max_requests_60s: int = 0
     max_tokens_60s: int = 0
     received: Window = field(default_factory=Window)
@@ -55,30 +76,41 @@ class Counters:
     def count_fault(self, kind: str) -> None:
         self.faults[kind] = self.faults.get(kind, 0) + 1
 
-    def bill(self, now: float, key: str, prompt: int, cached: int, completion: int) -> None:
+    def bill(self, now: float, model: str, prompt: int, cached: int, completion: int) -> None:
+        """An answer generated: billed, whether or not it is ever delivered."""
+        bill = self.billed_by_model.setdefault(model, ModelBill())
+        bill.calls += 1
+        bill.prompt_tokens += prompt
+        bill.cached_tokens += cached
+        bill.completion_tokens += completion
+        self.billed.add(now, prompt + completion)
+        self.max_tokens_60s = max(self.max_tokens_60s, self.billed.total)
+
+    def deliver(self, key: str) -> None:
         """A completion delivered whole, of the request body ``key`` identifies."""
         seen = self.completions.get(key, 0)
         self.completions[key] = seen + 1
         self.duplicates += 1 if seen else 0
-        self.prompt_tokens += prompt
-        self.cached_tokens += cached
-        self.completion_tokens += completion
-        self.billed.add(now, prompt + completion)
-        self.max_tokens_60s = max(self.max_tokens_60s, self.billed.total)
 
     def stats(self, uptime_s: float) -> Stats:
+        bills = self.billed_by_model.values()
+        billed_calls = sum(b.calls for b in bills)
+        completions = sum(self.completions.values())
         return Stats(
             uptime_s=uptime_s,
             connections=self.connections,
             requests=self.requests,
             by_status=dict(self.by_status),
             faults=dict(self.faults),
-            completions=sum(self.completions.values()),
+            completions=completions,
             distinct_requests=len(self.completions),
             duplicates=self.duplicates,
-            prompt_tokens=self.prompt_tokens,
-            cached_tokens=self.cached_tokens,
-            completion_tokens=self.completion_tokens,
+            billed_calls=billed_calls,
+            billed_unread=billed_calls - completions,
+            billed_by_model={m: b.model_copy() for m, b in self.billed_by_model.items()},
+            prompt_tokens=sum(b.prompt_tokens for b in bills),
+            cached_tokens=sum(b.cached_tokens for b in bills),
+            completion_tokens=sum(b.completion_tokens for b in bills),
             max_requests_60s=self.max_requests_60s,
             max_tokens_60s=self.max_tokens_60s,
         )

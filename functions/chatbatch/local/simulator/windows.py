@@ -1,10 +1,14 @@
-"""Rolling 60 s windows (the per-model rate limits and the busiest-minute stats), and the
-providers' header forms of a wait."""
+"""Rolling 60 s windows (the busiest-minute stats), the per-model rate limits on them
+(``Limits``: the real API's 429 and ``x-ratelimit-*`` headers), and the providers' header
+forms of a wait."""
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+
+from chatbatch.local.simulator.api import ApiError
+from chatbatch.local.simulator.settings import SimulatorSettings
 
 WINDOW_S = 60.0
 
@@ -51,6 +55,43 @@ class Limits:
 
     requests: Window = field(default_factory=Window)
     tokens: Window = field(default_factory=Window)
+
+    def check(self, model: str, now: float, settings: SimulatorSettings, tokens: int) -> None:
+        """Raise the real API's 429 if one more request of ``tokens`` is over a limit."""
+        checks = [("requests", "RPM", settings.rpm, self.requests, 1)]
+        checks.append(("tokens", "TPM", settings.tpm, self.tokens, tokens))
+        for kind, unit, limit, window, amount in checks:
+            wait = window.wait_s(now, limit - amount) if limit else 0.0
+            if wait > 0:
+                raise ApiError(
+                    429,
+                    f"Rate limit reached for {model} on {kind} per min ({unit}): "
+                    f"Limit {limit}, Used {window.total}, Requested {amount}. "
+                    f"Please try again in {format_duration(wait)}.",
+                    type=kind,
+                    code="rate_limit_exceeded",
+                    headers=retry_after_headers(wait),
+                )
+
+    def record(self, now: float, tokens: int) -> None:
+        """A request received; ``tokens`` of it generated (0: nothing was)."""
+        self.requests.add(now, 1)
+        if tokens:
+            self.tokens.add(now, tokens)
+
+    def headers(self, now: float, settings: SimulatorSettings) -> dict[str, str]:
+        """The ``x-ratelimit-*`` headers every chat response carries."""
+        headers = {}
+        for kind, limit, window in (
+            ("requests", settings.rpm, self.requests),
+            ("tokens", settings.tpm, self.tokens),
+        ):
+            if limit:
+                window.prune(now)
+                headers[f"x-ratelimit-limit-{kind}"] = str(limit)
+                headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, limit - window.total))
+                headers[f"x-ratelimit-reset-{kind}"] = format_duration(window.reset_s(now))
+        return headers
 
 
 def format_duration(seconds: float) -> str:

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
+from aws_lambda_powertools import Logger
+
 from chatbatch.core.config import Config
 from chatbatch.core.days import next_midnight, seconds_to_midnight, utc_day
 from chatbatch.core.pricing import from_nanos, to_nanos
@@ -33,10 +35,12 @@ from chatbatch.state.budget.ledger import (
     batch_ledger_key,
     charge_item,
     day_key,
+    reservation_key,
 )
 from chatbatch.state.budget.reservations import (
     Ask,
     Reservation,
+    arm_item,
     extend_items,
     hold_items,
     release_items,
@@ -46,6 +50,8 @@ from chatbatch.state.ddb import int_of, n, s, transact
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
+
+logger = Logger(service="chatbatch", child=True)
 
 BATCH_RETRY_S = 300.0
 BUSY_RETRY_S = 15.0
@@ -273,6 +279,8 @@ class Budget:
             batch_limit=batch is not None,
             owner=r.owner or holder,
             resumed=True,
+            rid=item.get("rid", {}).get("S", "legacy"),
+            armed=item.get("armed", {}).get("BOOL", False),
         )
         if not self._extend(held, holder, now):
             raise HeldElsewhere(r.job_key, HELD_RETRY_S)  # another copy took it over first
@@ -296,12 +304,34 @@ class Budget:
         """Settle on its own; False if it was already settled (or released)."""
         return not self._transact(self.settle_items(r, actual_nanos))
 
-    def release(self, r: Reservation, *, expired_before: float | None = None) -> bool:
-        """Give a reservation back (the job was not sent). False if it was not held.
+    def arm(self, r: Reservation) -> bool:
+        """Mark ``r``: a call under it is about to be sent (``reservations.arm_item``; one
+        plain conditional write, no transaction). False if it is no longer this copy's
+        reservation (reclaimed, taken over)."""
+        try:
+            self._ddb.update_item(**arm_item(self._table, r)["Update"])
+        except self._ddb.exceptions.ConditionalCheckFailedException:
+            return False
+        r.armed = True
+        return True
+
+    def release(
+        self,
+        r: Reservation,
+        *,
+        expired_before: float | None = None,
+        spent_nanos: int = 0,
+        extra: Sequence[Item] = (),
+    ) -> bool:
+        """Give a reservation back. False if it was not held (nothing was written).
 
         With ``expired_before``, only if its deadline is before that time (reclaim).
+        ``spent_nanos`` is booked as spent: what a call under it may have been billed
+        whose answer was never read; ``extra`` items (the batch's counters of that
+        booking) commit with it or not at all.
         """
-        return not self._transact(release_items(self._table, r, expired_before))
+        items = release_items(self._table, r, expired_before, spent_nanos)
+        return not self._transact([*items, *extra])
 
     def _transact(self, items: list[Item]) -> list[Item]:
         """Commit; the cancellation reasons if a condition failed ([] when committed)."""
@@ -328,7 +358,20 @@ class Budget:
         else:
             back = self._config.worker.retention_days + 1
             days = [utc_day(now - d * 86_400) for d in range(back)]
-        return sum(self.release(r, expired_before=now) for d in days for r in self._expired(d, now))
+        return sum(self._reclaim(r, now) for d in days for r in self._expired(d, now))
+
+    def _reclaim(self, r: Reservation, now: float) -> bool:
+        """A dead copy's reservation: given back, or booked at its worst case if the dead
+        copy had sent its call (``armed``): the provider may have billed it."""
+        key = reservation_key(r.job_key)
+        item = self._ddb.get_item(TableName=self._table, Key=key, ConsistentRead=True).get("Item")
+        armed = bool(item and item.get("armed", {}).get("BOOL"))
+        if armed:
+            logger.warning(
+                "booked a dead call at its worst case: its worker died after sending it",
+                extra={"job_key": r.job_key, "nanos": r.nanos, "day": r.day},
+            )
+        return self.release(r, expired_before=now, spent_nanos=r.nanos if armed else 0)
 
     def _expired(self, day: str, now: float) -> Iterator[Reservation]:
         kwargs: dict[str, Any] = {

@@ -8,9 +8,10 @@ package docstring: **Exactly once**).
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, NamedTuple
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from chatbatch.core.resources import TABLE_PK, TABLE_TTL
 from chatbatch.state.budget.ledger import (
@@ -54,12 +55,14 @@ class Reservation(BaseModel):
     batch_limit: bool = False  # whether the batch ledger carries it too
     owner: str | None = None  # the copy of the job (its first SQS message) that holds it
     resumed: bool = False  # it existed before this call: the job may have been called already
+    rid: str = Field(default_factory=lambda: uuid.uuid4().hex[:16])  # this reservation's id
+    armed: bool = False  # a call under it may have reached the provider (``arm_item``)
 
 
 def hold_items(table: str, r: Reservation, now: float, ttl_s: int) -> list[Item]:
     """The reservation item (only if the job holds none yet) and its open marker."""
     reclaim_at = round(now + ttl_s, 3)
-    fields: Item = {"nanos": n(r.nanos), "reclaim_at": n(reclaim_at)}
+    fields: Item = {"nanos": n(r.nanos), "reclaim_at": n(reclaim_at), "rid": s(r.rid)}
     if r.batch_limit and r.batch_id:
         fields["batch_id"] = s(r.batch_id)
     if r.owner:
@@ -127,6 +130,33 @@ def extend_items(
     ]
 
 
+def arm_item(table: str, r: Reservation) -> Item:
+    """Mark the reservation: a call under it is about to be sent. From here on, a copy of
+    the job that finds it (a redelivery after a crash, a takeover) or a reclaim books it
+    as billed at its worst case unless the answer was stored."""
+    names = {"#s": "state", "#d": "day", "#r": "rid", "#a": "armed"}
+    values: Item = {
+        ":reserved": s("reserved"),
+        ":day": s(r.day),
+        ":rid": s(r.rid),
+        ":true": {"BOOL": True},
+    }
+    condition = "#s = :reserved AND #d = :day AND (#r = :rid OR attribute_not_exists(#r))"
+    if r.owner:
+        names["#o"], values[":o"] = "owner", s(r.owner)
+        condition += " AND #o = :o"
+    return {
+        "Update": {
+            "TableName": table,
+            "Key": reservation_key(r.job_key),
+            "UpdateExpression": "SET #a = :true",
+            "ConditionExpression": condition,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+        }
+    }
+
+
 def _ledgers(r: Reservation) -> list[Item]:
     keys = [day_key(r.day)]
     if r.batch_limit and r.batch_id:
@@ -167,9 +197,12 @@ def settle_items(table: str, r: Reservation, actual_nanos: int) -> list[dict[str
     ]
 
 
-def release_items(table: str, r: Reservation, expired_before: float | None) -> list[Item]:
-    """The items that give a reservation back (the job was not sent); with
-    ``expired_before``, only if its deadline is before that time (reclaim)."""
+def release_items(
+    table: str, r: Reservation, expired_before: float | None, spent_nanos: int = 0
+) -> list[Item]:
+    """The items that give a reservation back; with ``expired_before``, only if its
+    deadline is before that time (reclaim). ``spent_nanos`` is what a call under it may
+    have been billed (an answer never read: its worst case), booked as spent."""
     condition = "#s = :reserved AND #d = :day"
     names = {"#s": "state", "#d": "day"}
     values: Item = {":reserved": s("reserved"), ":day": s(r.day)}
@@ -188,5 +221,10 @@ def release_items(table: str, r: Reservation, expired_before: float | None) -> l
             }
         },
         _close_open(table, r),
-        *(add_item(table, key, {"committed": -r.nanos}) for key in _ledgers(r)),
+        *(add_item(table, key, _returned(r, spent_nanos)) for key in _ledgers(r)),
     ]
+
+
+def _returned(r: Reservation, spent_nanos: int) -> dict[str, int]:
+    deltas = {"committed": spent_nanos - r.nanos}
+    return deltas | {"spent": spent_nanos} if spent_nanos else deltas

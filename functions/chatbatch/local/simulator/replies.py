@@ -1,0 +1,134 @@
+"""What goes over the wire: ``Reply`` (a status, headers and a body or SSE frames, when to
+send it and what to do after), shaped from a generated ``Answer`` (``answer_reply``: a JSON
+body or a stream, whole or damaged by a fault), and the replies of the faults that come
+before any generation (``fault_reply``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from chatbatch.local.simulator.answers import (
+    DONE_FRAME,
+    KEEPALIVE_FRAME,
+    Answer,
+    count_tokens,
+    stream_pieces,
+)
+from chatbatch.local.simulator.api import ApiError
+from chatbatch.local.simulator.settings import Fault, FaultKind, SimulatorSettings
+
+
+@dataclass
+class Reply:
+    """What to send. ``events`` (delay before, SSE frame) make a streamed body."""
+
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    events: list[tuple[float, bytes]] | None = None
+    delay_s: float = 0.0
+    drop: bool = False  # close the connection after delay_s instead of answering
+    reset: bool = False  # the close is a TCP reset
+    on_delivered: Callable[[], None] | None = None
+
+
+def json_reply(
+    status: int, payload: Any, headers: dict[str, str] | None = None, delay_s: float = 0.0
+) -> Reply:
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    headers = {"content-type": "application/json", **(headers or {})}
+    return Reply(status, headers, body, delay_s=delay_s)
+
+
+def answer_reply(
+    answer: Answer,
+    settings: SimulatorSettings,
+    *,
+    stream: bool,
+    include_usage: bool,
+    fault: FaultKind | None,
+) -> Reply:
+    """The reply carrying a generated answer, shaped by the fault it meets (one of
+    ``GENERATED``, or None)."""
+    if fault is FaultKind.reset_after:  # generated (it took its time), then the reset
+        return Reply(0, delay_s=_generation_s(answer, settings), drop=True, reset=True)
+    if stream:
+        include_usage = include_usage and fault is not FaultKind.no_usage
+        reply = _stream(answer, settings, include_usage, fault)
+    else:
+        reply = _plain(answer, settings, fault)
+    if fault is FaultKind.slow:
+        reply.delay_s += settings.hang_s
+    return reply
+
+
+def _generation_s(answer: Answer, settings: SimulatorSettings) -> float:
+    tokens = int(answer.usage["total_tokens"]) - int(answer.usage["prompt_tokens"])
+    return (settings.latency_ms + settings.per_token_ms * tokens) / 1000
+
+
+def _plain(answer: Answer, settings: SimulatorSettings, damage: FaultKind | None) -> Reply:
+    """The answer as one JSON body: cut in half (``truncate``, ``corrupt``), without its
+    ``usage`` key (``no_usage``)."""
+    payload = answer.body()
+    if damage is FaultKind.no_usage:
+        del payload["usage"]
+    reply = json_reply(200, payload, delay_s=_generation_s(answer, settings))
+    if damage in (FaultKind.truncate, FaultKind.corrupt):
+        reply.body = reply.body[: len(reply.body) // 2]
+    return reply
+
+
+def _stream(
+    answer: Answer, settings: SimulatorSettings, include_usage: bool, damage: FaultKind | None
+) -> Reply:
+    """The answer as SSE frames: a stream cut before ``[DONE]`` (``truncate``: half the
+    content, no finish, no usage) or with a broken chunk (``corrupt``)."""
+    s = settings
+    per_token_s = s.per_token_ms / 1000
+    content: list[tuple[float, bytes]] = []
+    finishes: list[tuple[float, bytes]] = []
+    for index, choice in enumerate(answer.choices):
+        content.append((0.0, answer.chunk({"role": "assistant", "content": ""}, None, index)))
+        content += [
+            (per_token_s * count_tokens(p), answer.chunk({"content": p}, None, index))
+            for p in stream_pieces(choice.content, s.stream_chunk_tokens)
+        ]
+        finishes.append((0.0, answer.chunk({}, choice.finish_reason, index)))
+    events = [(0.0, KEEPALIVE_FRAME)] if s.keepalive else []
+    events.append(content.pop(0))
+    half = len(content) // 2
+    if damage is FaultKind.truncate:
+        events += content[:half]
+    else:
+        if damage is FaultKind.corrupt:
+            frame = content[half][1]
+            content.insert(half, (0.0, frame[: len(frame) // 2] + b"\n\n"))
+        events += content
+        events += finishes
+        if include_usage:
+            events.append((0.0, answer.usage_chunk(s.null_usage_choices)))
+        events.append((0.0, DONE_FRAME))
+    headers = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
+    return Reply(200, headers, events=events, delay_s=s.latency_ms / 1000)
+
+
+def fault_reply(fault: Fault, settings: SimulatorSettings) -> Reply:
+    if fault.kind is FaultKind.reset:
+        return Reply(0, drop=True, reset=True)
+    if fault.kind is FaultKind.hang:
+        return Reply(0, drop=True, delay_s=settings.hang_s)
+    headers = {}
+    if fault.retry_after_s is not None:
+        headers["retry-after"] = f"{fault.retry_after_s:g}"
+    if fault.retry_after_ms is not None:
+        headers["retry-after-ms"] = str(fault.retry_after_ms)
+    status, message, kind = {
+        FaultKind.rate_limited: (429, "Rate limit reached (injected).", "requests"),
+        FaultKind.error_500: (500, "The server had an error processing your request.", ""),
+        FaultKind.error_503: (503, "The engine is currently overloaded.", ""),
+    }[fault.kind]
+    raise ApiError(status, message, type=kind or "server_error", headers=headers)
