@@ -180,7 +180,11 @@ class BudgetMachine(RuleBasedStateMachine):
             assert h is not None and h.settled is None
             other_copy = owner and h.owner and h.owner != owner and h.reclaim_at > self.clock.now
             # a call went out under it and its worker may still be alive
-            in_call = h.armed and h.armed_at + self.config.worker.timeout_s > self.clock.now
+            in_call = (
+                h.armed
+                and h.armed_at + self.config.worker.timeout_s > self.clock.now
+                and h.reclaim_at > self.clock.now
+            )
             assert other_copy or in_call
             return
         except BudgetDeferred:

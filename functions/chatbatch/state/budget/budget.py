@@ -283,11 +283,12 @@ class Budget:
             armed=item.get("armed", {}).get("BOOL", False),
             armed_at=float(item["armed_at"]["N"]) if "armed_at" in item else None,
         )
-        if held.armed and held.armed_at is not None:
+        if held.armed and held.armed_at is not None and expires_in > 0:
             # Its call went out: a copy that comes while the worker that sent it may still
             # be alive (another message of the same copy: an SQS duplicate, a hand-back
             # re-sent before its original was deleted) waits; once no Lambda can still be
             # running, that worker is dead and the call is booked (``worker/unread.py``).
+            # (A claim that expired is a dead worker's: ``reservation_ttl_s`` is longer.)
             alive_for = held.armed_at + self._config.worker.timeout_s - now
             if alive_for > 0:
                 raise HeldElsewhere(r.job_key, min(alive_for + 1, HELD_RETRY_S))
