@@ -46,7 +46,7 @@ from chatbatch.core.config import Priority
 from chatbatch.core.jobs import ATTR_BATCH
 from chatbatch.state.batches import RETRY_FROM, BatchInfo, JobRecord, JobState
 from chatbatch.state.budget.ledger import reservation_key
-from chatbatch.state.ddb import s
+from chatbatch.state.ddb import error_code, s
 from chatbatch.state.store import KeptRequest, request_key
 
 THREADS = 16
@@ -178,7 +178,7 @@ def _drop_settled_reservation(deployment: Deployment, batch_id: str, custom_id: 
             ExpressionAttributeValues={":settled": s("settled")},
         )
     except ClientError as err:  # by code: see ``transact`` in ``state.ddb`` for why
-        if err.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+        if error_code(err) != "ConditionalCheckFailedException":
             raise
         # none left (released when the job failed), or held by a copy still at work: kept
 

@@ -38,10 +38,11 @@ from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, cast
 
+from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
 from chatbatch.core.resources import TABLE_PK, TABLE_SK, TABLE_TTL
-from chatbatch.state.ddb import adds, n, plain, s, scan_items, transact
+from chatbatch.state.ddb import adds, error_code, n, plain, s, scan_items, transact
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -250,7 +251,9 @@ class Batches:
                 ExpressionAttributeValues=values,
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
-        except self._ddb.exceptions.ConditionalCheckFailedException as err:
+        except ClientError as err:
+            if error_code(err) != "ConditionalCheckFailedException":
+                raise
             held = cast("dict[str, Any]", err.response).get("Item") or {}
             registered = held.get("checksum", {}).get("S") or "?"
             raise SubmittedFromAnotherFile(batch_id, registered, checksum) from None

@@ -20,10 +20,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
 from chatbatch.core.resources import TABLE_PK, TABLE_SK
-from chatbatch.state.ddb import n, plain, s, scan_items
+from chatbatch.state.ddb import error_code, n, plain, s, scan_items
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -134,7 +135,9 @@ class Breakers:
                 ExpressionAttributeNames={"#p": "probe_at"},
                 ExpressionAttributeValues={":now": n(now), ":next": n(now + self.probe_every_s)},
             )
-        except self._ddb.exceptions.ConditionalCheckFailedException:
+        except ClientError as err:
+            if error_code(err) != "ConditionalCheckFailedException":
+                raise
             return False
         return True
 

@@ -169,6 +169,14 @@ def scan_items(
         kwargs["ExclusiveStartKey"] = reply["LastEvaluatedKey"]
 
 
+def error_code(err: ClientError) -> str:
+    """An AWS error's code. Tell errors by it, not by ``client.exceptions``: botocore makes
+    a client's exception classes on first use without a lock, so threads that use a fresh
+    client at once can get different classes, and one thread's ``except`` misses what
+    another's call raised."""
+    return str(err.response.get("Error", {}).get("Code", ""))
+
+
 def transact(
     client: DynamoDBClient,
     items: Sequence[Mapping[str, Any]],
@@ -181,17 +189,14 @@ def transact(
     same hot item, throttling) is tried again after a jittered backoff: botocore does not
     retry those, and the items every job touches (the batch, the day's ledger) are hot.
 
-    The cancellation is told by its error code, not by ``client.exceptions``: botocore
-    makes a client's exception classes on first use without a lock, so threads that use a
-    fresh client at once can get different classes, and one thread's ``except`` misses
-    what another's call raised.
+    The cancellation is told by its error code (``error_code``).
     """
     for attempt in range(CONFLICT_RETRIES):
         try:
             client.transact_write_items(TransactItems=items)  # type: ignore[arg-type]
             return []
         except ClientError as err:
-            if err.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+            if error_code(err) != "TransactionCanceledException":
                 raise
             reasons = [dict(r) for r in err.response.get("CancellationReasons", [])]
             if any(r.get("Code") == "ConditionalCheckFailed" for r in reasons):

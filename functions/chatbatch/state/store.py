@@ -28,6 +28,7 @@ from pydantic import BaseModel
 
 from chatbatch.core.config import Priority
 from chatbatch.core.output_lines import CostRecord, OutputLine
+from chatbatch.state.ddb import error_code
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -86,7 +87,7 @@ class Store:
         try:
             return self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except ClientError as err:  # by code: see ``transact`` in ``state.ddb`` for why
-            if err.response.get("Error", {}).get("Code") != "NoSuchKey":
+            if error_code(err) != "NoSuchKey":
                 raise
             return None
 
@@ -106,7 +107,7 @@ class Store:
                 IfNoneMatch="*",
             )
         except ClientError as err:
-            if err.response.get("Error", {}).get("Code") not in {"PreconditionFailed", "412"}:
+            if error_code(err) not in {"PreconditionFailed", "412"}:
                 raise
             existing = self.get_result(batch_id, line.custom_id)
             if existing is None:  # deleted in between: ours is as good as any
@@ -145,7 +146,7 @@ class Store:
                 CopySource={"Bucket": self.bucket, "Key": source},
             )
         except ClientError as err:
-            if err.response.get("Error", {}).get("Code") not in {"NoSuchKey", "404"}:
+            if error_code(err) not in {"NoSuchKey", "404"}:
                 raise
             return False
         self._s3.delete_object(Bucket=self.bucket, Key=source)

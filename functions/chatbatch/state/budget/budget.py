@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
 from aws_lambda_powertools import Logger
+from botocore.exceptions import ClientError
 
 from chatbatch.core.config import Config
 from chatbatch.core.days import next_midnight, seconds_to_midnight, utc_day
@@ -46,7 +47,7 @@ from chatbatch.state.budget.reservations import (
     release_items,
     settle_items,
 )
-from chatbatch.state.ddb import int_of, n, s, transact
+from chatbatch.state.ddb import error_code, int_of, n, s, transact
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -321,7 +322,9 @@ class Budget:
         now = self._clock()
         try:
             self._ddb.update_item(**arm_item(self._table, r, now)["Update"])
-        except self._ddb.exceptions.ConditionalCheckFailedException:
+        except ClientError as err:
+            if error_code(err) != "ConditionalCheckFailedException":
+                raise
             return False
         r.armed, r.armed_at = True, round(now, 3)
         return True
