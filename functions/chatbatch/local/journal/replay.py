@@ -1,0 +1,173 @@
+"""A journal replayed into a fresh moto: the stack's state as the journal left it.
+
+DynamoDB and S3 writes are applied again, in their order. Every one of them succeeded
+when it was recorded and a replay starts from the same empty tables and bucket, so each
+meets the same state again and does the same thing (``refused`` counts any that does
+not: it should stay 0).
+
+SQS is not replayed call by call: a message's id is SQS's own, and receiving it is not
+a write. What matters is which messages were still there: every message added and never
+deleted is sent again, to the queue it was last in (a dead letter to its DLQ), with its
+attributes and what is left of its delay. A copy carries the job-owner attribute
+(``chatbatch-owner``) set to the id of the message it replaces when it had none: the
+job's budget reservation names that owner, so the copy takes the job up at once instead
+of waiting ``reservation_ttl_s`` for it as a stranger would. A job whose call was in
+flight when the process died is then found armed: its call is booked at its worst case,
+and it is called again (``worker/unread.py``). Each copy is journaled as replacing the
+message it stands for, so the next replay sends it once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from aws_lambda_powertools import Logger
+from botocore import xform_name
+from botocore.exceptions import ClientError
+
+from chatbatch.core.jobs import CLAIM_CHECK_KEY
+from chatbatch.local.journal.journal import Journal, Record, s3_body
+from chatbatch.worker.intake import ATTR_BATCH, ATTR_OWNER
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+
+MAX_DELAY_S = 900  # SQS's limit
+logger = Logger(service="chatbatch-local")
+JobKey = tuple[str, str]
+
+
+@dataclass
+class ReplayReport:
+    """What a replay found and did."""
+
+    lines: int = 0
+    writes: int = 0  # DynamoDB and S3 writes applied again
+    refused: int = 0  # ... that moto refused this time (0 unless the journal is damaged)
+    unreadable: int = 0  # lines that were not a record
+    resent: Counter[str] = field(default_factory=Counter)  # messages sent again, by queue
+    pending_jobs: set[JobKey] = field(default_factory=set)  # the jobs those messages carry
+    seconds: float = 0.0
+
+    @property
+    def resumed(self) -> bool:
+        return self.lines > 0
+
+
+def job_of(body: str, attrs: dict[str, Any]) -> JobKey | None:
+    """(batch_id, custom_id) of the job a message carries, if it names both."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    claim = data.get(CLAIM_CHECK_KEY)
+    source = claim if isinstance(claim, dict) else data
+    carried = attrs.get(ATTR_BATCH, {}).get("StringValue")
+    batch, custom_id = source.get("batch_id") or carried, source.get("custom_id")
+    return (batch, custom_id) if isinstance(batch, str) and isinstance(custom_id, str) else None
+
+
+class Replay:
+    """Applies records to the current (moto) account; ``finish`` sends the messages left."""
+
+    def __init__(self) -> None:
+        self.report = ReplayReport()
+        self._ddb = boto3.client("dynamodb")
+        self._s3 = boto3.client("s3")
+        self._sqs: SQSClient = boto3.client("sqs")
+        self._messages: dict[str, Record] = {}  # id -> its last "add", while not deleted
+
+    def run(self, journal: Iterable[Record | None]) -> None:
+        started = time.monotonic()
+        for record in journal:
+            self.report.lines += 1
+            if record is None:
+                self.report.unreadable += 1
+                continue
+            self.apply(record)
+        self.report.seconds += time.monotonic() - started
+
+    def apply(self, record: Record) -> None:
+        try:
+            if "ddb" in record:
+                getattr(self._ddb, xform_name(record["ddb"]))(**record["p"])
+            elif record.get("s3") == "put":
+                self._s3.put_object(Bucket=record["b"], Key=record["k"], Body=s3_body(record))
+            elif record.get("s3") == "del":
+                self._s3.delete_object(Bucket=record["b"], Key=record["k"])
+            else:
+                self._message(record)
+                return
+        except ClientError as err:
+            self.report.refused += 1
+            logger.warning(f"local state: a journaled write was refused on replay: {err}")
+            return
+        self.report.writes += 1
+
+    def _message(self, record: Record) -> None:
+        kind = record.get("sqs")
+        if kind == "add":
+            self._messages.pop(record.get("was", ""), None)
+            self._messages[record["id"]] = record
+        elif kind == "del":
+            for message_id in record["ids"]:
+                self._messages.pop(message_id, None)
+        elif kind == "purge":
+            gone = [i for i, m in self._messages.items() if m["q"] == record["q"]]
+            for message_id in gone:
+                del self._messages[message_id]
+        else:
+            self.report.unreadable += 1
+
+    def finish(self, journal: Journal) -> ReplayReport:
+        """Send every message still there again, each journaled as replacing its original."""
+        started = time.monotonic()
+        by_queue: dict[str, list[Record]] = {}
+        for record in self._messages.values():
+            by_queue.setdefault(record["q"], []).append(record)
+        for queue, records in by_queue.items():
+            url = self._sqs.get_queue_url(QueueName=queue)["QueueUrl"]
+            for start in range(0, len(records), 10):
+                self._send(url, queue, records[start : start + 10], journal)
+        self.report.seconds += time.monotonic() - started
+        return self.report
+
+    def _send(self, url: str, queue: str, records: list[Record], journal: Journal) -> None:
+        now_ms = time.time() * 1000
+        entries: list[Any] = []
+        for i, record in enumerate(records):
+            attrs = dict(record["attrs"])
+            attrs.setdefault(ATTR_OWNER, {"DataType": "String", "StringValue": record["id"]})
+            delay = min(MAX_DELAY_S, max(0, math.ceil((record["at"] - now_ms) / 1000)))
+            entries.append(
+                {"Id": str(i), "MessageBody": record["body"], "MessageAttributes": attrs}
+                | ({"DelaySeconds": delay} if delay else {})
+            )
+        reply = self._sqs.send_message_batch(QueueUrl=url, Entries=entries)
+        for sent in reply.get("Successful", []):
+            i = int(sent["Id"])
+            record, entry = records[i], entries[i]
+            journal.message(
+                queue,
+                sent["MessageId"],
+                record["body"],
+                entry["MessageAttributes"],
+                record["at"],
+                was=record["id"],
+            )
+            self.report.resent[queue] += 1
+            job = job_of(record["body"], entry["MessageAttributes"])
+            if job:
+                self.report.pending_jobs.add(job)
+        for failed in reply.get("Failed", []):
+            self.report.refused += 1
+            logger.warning(f"local state: a message could not be sent again: {failed}")
