@@ -112,9 +112,11 @@ def install() -> None:
                 _tell("s3_put", bucket_name, key_name, bytes(value))
             return stored
 
-    def tapped_delete_object(self: S3Backend, bucket_name: str, key_name: str, *a: Any) -> Any:
+    def tapped_delete_object(
+        self: S3Backend, bucket_name: str, key_name: str, *args: Any, **kw: Any
+    ) -> Any:
         with LOCK:
-            deleted = delete_object(self, bucket_name, key_name, *a)
+            deleted = delete_object(self, bucket_name, key_name, *args, **kw)
             if _listeners:
                 _tell("s3_delete", bucket_name, key_name)
             return deleted
