@@ -179,8 +179,9 @@ def test_a_replay_rebuilds_the_state_and_sends_each_queued_message_once(
 def test_a_state_of_another_stack_or_in_use_is_refused(tmp_path: Path, config: Config) -> None:
     with moto_in_process():
         res = create_resources(config)
-        with durable(tmp_path, res), pytest.raises(StateError, match="in use"):
-            with durable(tmp_path, res):
+        with durable(tmp_path, res):
+            second = durable(tmp_path, res)
+            with pytest.raises(StateError, match="in use"), second:
                 pass
         other = res.model_copy(update={"table": "another-state"})
         with pytest.raises(StateError, match="another stack"), durable(tmp_path, other):
