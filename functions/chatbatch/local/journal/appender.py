@@ -61,6 +61,7 @@ class SyncedAppender:
         self.path = path
         self.lines = 0
         self._fd = os.open(path, flags, 0o644)
+        self.size = os.fstat(self._fd).st_size  # where the next line starts
         self._every_lines = every_lines
         self._every_s = every_s
         self._unsynced = 0
@@ -71,18 +72,22 @@ class SyncedAppender:
         self._syncer.daemon = True
         self._syncer.start()
 
-    def append(self, line: bytes) -> None:
-        """Write one line (ending in a newline); ignored once closed."""
+    def append(self, line: bytes) -> int:
+        """Write one line (ending in a newline); returns where it starts in the file.
+        Ignored once closed."""
         with self._lock:
+            offset = self.size
             if self._closed:
-                return
+                return offset
             view = memoryview(line)
             while view:
                 view = view[os.write(self._fd, view) :]
+            self.size += len(line)
             self.lines += 1
             self._unsynced += 1
             if self._unsynced >= self._every_lines:
                 self._wake.set()
+        return offset
 
     def sync(self) -> None:
         with self._lock:

@@ -1,10 +1,10 @@
 """The journal: every write of the local stack's state as one JSON line, in the order
-moto applied them (``Journal``, a ``tap.Listener``), and how a line reads back
-(``records``).
+moto applied them (``Journal``, a ``tap.Listener``), and how it reads back (``records``).
 
 The lines, by what they record:
 
-- ``{"ddb": "UpdateItem", "p": {...}}``: a DynamoDB write, its parameters as sent;
+- ``{"ddb": [[table, key, item], ...]}``: a DynamoDB write, as the items it left (an
+  item ``null``: deleted), all in one line as the write was one (``images``);
 - ``{"s3": "put", "b": bucket, "k": key, "t": text}`` (``"x"``: base64, for a body that
   is not UTF-8) and ``{"s3": "del", "b": bucket, "k": key}``;
 - ``{"sqs": "add", "q": queue, "id": id, "body": ..., "attrs": {...}, "at": ms}``: a
@@ -13,8 +13,7 @@ The lines, by what they record:
   replay names the message it replaces: ``"was": old id``;
 - ``{"sqs": "del", "ids": [...]}`` and ``{"sqs": "purge", "q": queue}``.
 
-A DynamoDB line carries the request's own bytes (DynamoDB's wire format is its API's),
-so recording it costs a copy, not a re-encoding.
+The journal keeps its ``Index`` current as it writes.
 """
 
 from __future__ import annotations
@@ -28,25 +27,27 @@ from typing import Any
 from moto.sqs.models import Message
 
 from chatbatch.local.journal.appender import SyncedAppender
+from chatbatch.local.journal.images import Change
+from chatbatch.local.journal.index import Index, Record
 from chatbatch.local.journal.tap import Listener
 
-Record = dict[str, Any]
+# (where the line starts, its length, the record; None for a line that is not one)
+Line = tuple[int, int, Record | None]
 
 
-def _line(record: Record) -> bytes:
+def encode(record: Record) -> bytes:
     return json.dumps(record, separators=(",", ":")).encode() + b"\n"
 
 
 class Journal(Listener):
     """Appends every write it is told about to ``path`` (see ``SyncedAppender``)."""
 
-    def __init__(self, path: Path) -> None:
-        self.appender = SyncedAppender(path)
+    def __init__(self, path: Path, index: Index | None = None, *, truncate: bool = False):
+        self.appender = SyncedAppender(path, truncate=truncate)
+        self.index = index or Index()
 
-    def ddb(self, operation: str, request: bytes) -> None:
-        if b"\n" in request or not request.startswith(b"{"):  # not as botocore sends it
-            request = json.dumps(json.loads(request), separators=(",", ":")).encode()
-        self.appender.append(b'{"ddb":"' + operation.encode() + b'","p":' + request + b"}\n")
+    def ddb(self, changes: list[Change]) -> None:
+        self.appender.append(encode({"ddb": changes}))
 
     def s3_put(self, bucket: str, key: str, body: bytes) -> None:
         record: Record = {"s3": "put", "b": bucket, "k": key}
@@ -54,37 +55,33 @@ class Journal(Listener):
             record["t"] = body.decode()
         except UnicodeDecodeError:
             record["x"] = base64.b64encode(body).decode()
-        self.appender.append(_line(record))
+        self.s3_put_line(bucket, key, encode(record))
+
+    def s3_put_line(self, bucket: str, key: str, line: bytes) -> None:
+        """An S3 put, as the line that records it (copied from another journal)."""
+        self.index.put(bucket, key, self.appender.append(line), len(line))
 
     def s3_delete(self, bucket: str, key: str) -> None:
-        self.appender.append(_line({"s3": "del", "b": bucket, "k": key}))
+        self.index.delete(bucket, key)
+        self.appender.append(encode({"s3": "del", "b": bucket, "k": key}))
 
     def sqs_add(self, queue: str, message: Message) -> None:
-        self.message(
-            queue, message.id, message.body, message.message_attributes, message.delayed_until
-        )
+        record: Record = {"sqs": "add", "q": queue, "id": message.id, "body": message.body}
+        record.update(attrs=message.message_attributes, at=int(message.delayed_until))
+        self.add(record)
 
-    def message(
-        self,
-        queue: str,
-        message_id: str,
-        body: str,
-        attrs: dict[str, Any],
-        at: float,
-        was: str | None = None,
-    ) -> None:
-        """A message in ``queue``; ``was``: the message it replaces (a replay's copy)."""
-        record: Record = {"sqs": "add", "q": queue, "id": message_id, "body": body}
-        record.update(attrs=attrs, at=int(at))
-        if was is not None:
-            record["was"] = was
-        self.appender.append(_line(record))
+    def add(self, record: Record) -> None:
+        """A message in its queue (an ``add`` record, see above)."""
+        self.index.message(record)
+        self.appender.append(encode(record))
 
     def sqs_delete(self, message_ids: list[str]) -> None:
-        self.appender.append(_line({"sqs": "del", "ids": message_ids}))
+        self.index.deleted(message_ids)
+        self.appender.append(encode({"sqs": "del", "ids": message_ids}))
 
     def sqs_purge(self, queue: str) -> None:
-        self.appender.append(_line({"sqs": "purge", "q": queue}))
+        self.index.purged(queue)
+        self.appender.append(encode({"sqs": "purge", "q": queue}))
 
     def close(self) -> None:
         self.appender.close()
@@ -96,15 +93,16 @@ def s3_body(record: Record) -> bytes:
     return text.encode() if text is not None else base64.b64decode(record["x"])
 
 
-def records(path: Path) -> Iterator[Record | None]:
-    """The journal's records in order; ``None`` for a line that does not read as one."""
+def records(path: Path) -> Iterator[Line]:
+    """The journal's lines in order, with where each starts and its length."""
     if not path.exists():
         return
+    offset = 0
     with path.open("rb") as lines:
         for line in lines:
             try:
-                record = json.loads(line)
+                record: Any = json.loads(line)
             except ValueError:
-                yield None
-                continue
-            yield record if isinstance(record, dict) else None
+                record = None
+            yield offset, len(line), record if isinstance(record, dict) else None
+            offset += len(line)

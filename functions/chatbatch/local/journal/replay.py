@@ -1,9 +1,8 @@
 """A journal replayed into a fresh moto: the stack's state as the journal left it.
 
-DynamoDB and S3 writes are applied again, in their order. Every one of them succeeded
-when it was recorded and a replay starts from the same empty tables and bucket, so each
-meets the same state again and does the same thing (``refused`` counts any that does
-not: it should stay 0).
+DynamoDB and S3 writes are applied again, in their order: each item and object left as
+the write left it (``images``). ``refused`` counts a write moto refuses on the way (a
+table or bucket the stack does not have): it stays 0.
 
 SQS is not replayed call by call: a message's id is SQS's own, and receiving it is not
 a write. What matters is which messages were still there: every message added and never
@@ -29,17 +28,24 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 from aws_lambda_powertools import Logger
-from botocore import xform_name
 from botocore.exceptions import ClientError
+from moto.core.exceptions import JsonRESTError, ServiceException
+from moto.core.models import DEFAULT_ACCOUNT_ID
+from moto.dynamodb.models import dynamodb_backends
+from moto.s3.models import s3_backends
 
 from chatbatch.core.jobs import CLAIM_CHECK_KEY
-from chatbatch.local.journal.journal import Journal, Record, s3_body
+from chatbatch.local.aws import REGION
+from chatbatch.local.journal import images
+from chatbatch.local.journal.index import Index, Record
+from chatbatch.local.journal.journal import Journal, Line, s3_body
 from chatbatch.worker.intake import ATTR_BATCH, ATTR_OWNER
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
 MAX_DELAY_S = 900  # SQS's limit
+PARTITION = "aws"
 logger = Logger(service="chatbatch-local")
 JobKey = tuple[str, str]
 
@@ -76,38 +82,52 @@ def job_of(body: str, attrs: dict[str, Any]) -> JobKey | None:
     return (batch, custom_id) if isinstance(batch, str) and isinstance(custom_id, str) else None
 
 
+class MotoBackends:
+    """moto's own S3 and DynamoDB: a replay puts or deletes items and objects as they
+    were, with no condition or expression to evaluate, so it goes straight to them.
+    Through the API it would cost ten times as much (botocore on one side, moto's
+    request parsing on the other)."""
+
+    def __init__(self) -> None:
+        self.s3 = s3_backends[DEFAULT_ACCOUNT_ID][PARTITION]
+        self.ddb = dynamodb_backends[DEFAULT_ACCOUNT_ID][REGION]
+
+
 class Replay:
-    """Applies records to the current (moto) account; ``finish`` sends the messages left."""
+    """Applies a journal's records to the current (moto) account, keeping its ``index``;
+    ``finish`` sends the messages left."""
 
     def __init__(self) -> None:
         self.report = ReplayReport()
-        self._ddb = boto3.client("dynamodb")
-        self._s3 = boto3.client("s3")
+        self.index = Index()
         self._sqs: SQSClient = boto3.client("sqs")
-        self._messages: dict[str, Record] = {}  # id -> its last "add", while not deleted
+        self._moto = MotoBackends()
 
-    def run(self, journal: Iterable[Record | None]) -> None:
+    def run(self, lines: Iterable[Line]) -> None:
         started = time.monotonic()
-        for record in journal:
+        for offset, length, record in lines:
             self.report.lines += 1
             if record is None:
                 self.report.unreadable += 1
-                continue
-            self.apply(record)
+            else:
+                self.apply(record, offset, length)
         self.report.seconds += time.monotonic() - started
 
-    def apply(self, record: Record) -> None:
+    def apply(self, record: Record, offset: int, length: int) -> None:
+        """One record, whose line is ``length`` bytes at ``offset``."""
         try:
             if "ddb" in record:
-                getattr(self._ddb, xform_name(record["ddb"]))(**record["p"])
+                images.apply(self._moto.ddb, record["ddb"])
             elif record.get("s3") == "put":
-                self._s3.put_object(Bucket=record["b"], Key=record["k"], Body=s3_body(record))
+                self._moto.s3.put_object(record["b"], record["k"], s3_body(record))
+                self.index.put(record["b"], record["k"], offset, length)
             elif record.get("s3") == "del":
-                self._s3.delete_object(Bucket=record["b"], Key=record["k"])
+                self._moto.s3.delete_object(record["b"], record["k"])
+                self.index.delete(record["b"], record["k"])
             else:
                 self._message(record)
                 return
-        except ClientError as err:
+        except (ClientError, JsonRESTError, ServiceException) as err:
             self.report.refused += 1
             logger.warning(f"local state: a journaled write was refused on replay: {err}")
             return
@@ -116,15 +136,11 @@ class Replay:
     def _message(self, record: Record) -> None:
         kind = record.get("sqs")
         if kind == "add":
-            self._messages.pop(record.get("was", ""), None)
-            self._messages[record["id"]] = record
+            self.index.message(record)
         elif kind == "del":
-            for message_id in record["ids"]:
-                self._messages.pop(message_id, None)
+            self.index.deleted(record["ids"])
         elif kind == "purge":
-            gone = [i for i, m in self._messages.items() if m["q"] == record["q"]]
-            for message_id in gone:
-                del self._messages[message_id]
+            self.index.purged(record["q"])
         else:
             self.report.unreadable += 1
 
@@ -132,7 +148,7 @@ class Replay:
         """Send every message still there again, each journaled as replacing its original."""
         started = time.monotonic()
         by_queue: dict[str, list[Record]] = {}
-        for record in self._messages.values():
+        for record in self.index.messages.values():
             by_queue.setdefault(record["q"], []).append(record)
         for queue, records in by_queue.items():
             url = self._sqs.get_queue_url(QueueName=queue)["QueueUrl"]
@@ -156,13 +172,13 @@ class Replay:
         for sent in reply.get("Successful", []):
             i = int(sent["Id"])
             record, entry = records[i], entries[i]
-            journal.message(
-                queue,
-                sent["MessageId"],
-                record["body"],
-                entry["MessageAttributes"],
-                record["at"],
-                was=record["id"],
+            journal.add(
+                record
+                | {
+                    "id": sent["MessageId"],
+                    "attrs": entry["MessageAttributes"],
+                    "was": record["id"],
+                }
             )
             self.report.resent[queue] += 1
             job = job_of(record["body"], entry["MessageAttributes"])

@@ -1,8 +1,8 @@
 """A local runtime's state directory: the journal, and which stack it belongs to.
 
 ``durable(path, resources)`` runs after ``create_resources``: it replays the journal in
-``path`` (if any) into the fresh moto, then journals every write until the block ends.
-The directory holds:
+``path`` (if any) into the fresh moto, then journals every write until the block ends
+(compacted after a replay and at the end: ``compact``). The directory holds:
 
 - ``journal.jsonl``: the writes (``journal``);
 - ``stack.json``: the table, bucket and queues the journal writes to; a state made with
@@ -21,12 +21,15 @@ from pathlib import Path
 
 from chatbatch.core.resources import Resources
 from chatbatch.local.journal import tap
+from chatbatch.local.journal.appender import cut_torn_tail
+from chatbatch.local.journal.compact import compact
 from chatbatch.local.journal.journal import Journal, records
 from chatbatch.local.journal.replay import Replay, ReplayReport
+from chatbatch.local.moto_fixes import LOCK
 
 JOURNAL = "journal.jsonl"
 STACK = "stack.json"
-LOCK = "lock"
+LOCK_FILE = "lock"
 
 
 class StateError(RuntimeError):
@@ -57,7 +60,7 @@ def _check_stack(path: Path, resources: Resources) -> None:
 
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -74,16 +77,26 @@ def _locked(path: Path) -> Iterator[None]:
 @contextmanager
 def durable(path: Path, resources: Resources) -> Iterator[ReplayReport]:
     """Replay ``path``'s journal into the current (moto) account, then journal every write
-    there until the block ends; yields what the replay found."""
+    there until the block ends; yields what the replay found. The journal is compacted
+    after a replay, and at the end once it has doubled."""
     path.mkdir(parents=True, exist_ok=True)
+    file = path / JOURNAL
     with _locked(path):
         _check_stack(path, resources)
-        journal = Journal(path / JOURNAL)
+        cut_torn_tail(file)
+        replay = Replay()
+        replay.run(records(file))
+        if replay.report.resumed:
+            journal = compact(file, replay.index, resources.table, replay.finish)
+        else:
+            journal = Journal(file)
+        compacted = journal.appender.size
+        tap.attach(journal)
         try:
-            replay = Replay()
-            replay.run(records(path / JOURNAL))
-            report = replay.finish(journal)
-            with tap.listening(journal):
-                yield report
+            yield replay.report
         finally:
-            journal.close()
+            with LOCK:  # no write between the last line and the compacted state
+                tap.detach(journal)
+                journal.close()
+                if journal.appender.size > 2 * compacted:
+                    compact(file, journal.index, resources.table).close()

@@ -3,8 +3,8 @@
 ``listening(listener)`` hands a ``Listener`` each successful write to the stack's state:
 
 - DynamoDB ``PutItem``, ``UpdateItem``, ``DeleteItem``, ``TransactWriteItems``,
-  ``BatchWriteItem`` answered 2xx, with the request as sent (DynamoDB's JSON protocol);
-  a refused conditional write changed nothing and is not seen;
+  ``BatchWriteItem`` answered 2xx, as the items they left (``images``); a refused
+  conditional write changed nothing and is not seen;
 - S3 objects stored or deleted (a refused ``If-None-Match`` put never stores);
 - SQS messages added to a queue (sent, or moved to its DLQ by the redrive policy),
   deleted, or purged.
@@ -29,6 +29,7 @@ from moto.s3.models import S3Backend
 from moto.sqs.models import Message, Queue, SQSBackend
 
 from chatbatch.local import moto_fixes
+from chatbatch.local.journal.images import Change, after_images
 from chatbatch.local.moto_fixes import LOCK
 
 DDB_WRITES = frozenset(
@@ -40,8 +41,8 @@ logger = Logger(service="chatbatch-local")
 class Listener:
     """Told about each write; every method does nothing unless overridden."""
 
-    def ddb(self, operation: str, request: bytes) -> None:
-        """A DynamoDB write that succeeded; ``request``: its JSON parameters as sent."""
+    def ddb(self, changes: list[Change]) -> None:
+        """A DynamoDB write that succeeded, as the items it left (``images``)."""
 
     def s3_put(self, bucket: str, key: str, body: bytes) -> None:
         """An S3 object stored."""
@@ -62,17 +63,26 @@ class Listener:
 _listeners: list[Listener] = []
 
 
-@contextmanager
-def listening(listener: Listener) -> Iterator[Listener]:
-    """``listener`` is told about every write until the block ends."""
+def attach(listener: Listener) -> None:
+    """``listener`` is told about every write from now on."""
     install()
     with LOCK:
         _listeners.append(listener)
+
+
+def detach(listener: Listener) -> None:
+    with LOCK:
+        _listeners.remove(listener)
+
+
+@contextmanager
+def listening(listener: Listener) -> Iterator[Listener]:
+    """``listener`` is told about every write until the block ends."""
+    attach(listener)
     try:
         yield listener
     finally:
-        with LOCK:
-            _listeners.remove(listener)
+        detach(listener)
 
 
 def _tell(event: str, *args: Any) -> None:
@@ -95,7 +105,9 @@ def install() -> None:
             if _listeners and self.service_name == "dynamodb" and 200 <= int(response[0]) < 300:
                 operation = self._get_action()
                 if operation in DDB_WRITES:
-                    _tell("ddb", operation, bytes(self.raw_body))
+                    handler: Any = self  # DynamoHandler: its parsed parameters are its body
+                    backend = handler.dynamodb_backend
+                    _tell("ddb", after_images(backend, operation, handler.body))
             return response
 
     BaseResponse.call_action = tapped_call_action  # type: ignore[method-assign]
@@ -122,7 +134,7 @@ def install() -> None:
             return deleted
 
     S3Backend.put_object = tapped_put_object  # type: ignore[method-assign]
-    S3Backend.delete_object = tapped_delete_object  # type: ignore[method-assign,assignment]
+    S3Backend.delete_object = tapped_delete_object  # type: ignore[method-assign]
     _tap_sqs()
 
 
