@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import boto3
 import httpx
@@ -140,18 +141,21 @@ def write_jobs(path: Path, n: int, word: str) -> Path:
     return path
 
 
-def assert_each_job_answered_once_its_own(jobs: Path, out: Path, config: Config) -> None:
+def assert_each_job_answered_once_its_own(
+    jobs: Path, out: Path, config: Config, results: str = "results.jsonl"
+) -> None:
     expected = {}
     for number, text in enumerate(jobs.read_text().splitlines(), 1):
         job = parse_line(text, config, line=number)
         body = job.request_body(config.models[job.model])
         expected[job.custom_id] = answer_for(body["messages"], body.get("max_tokens"))[0]
-    results = read_jsonl(out / "results.jsonl")
-    assert [r["custom_id"] for r in results] == list(expected), "one line per job, input order"
-    for result in results:
-        content = result["response"]["body"]["choices"][0]["message"]["content"]
-        assert content == expected[result["custom_id"]]
-    assert read_jsonl(out / "errors.jsonl") == []
+    answers = read_jsonl(out / results)
+    assert [r["custom_id"] for r in answers] == list(expected), "one line per job, input order"
+    for answer in answers:
+        content = answer["response"]["body"]["choices"][0]["message"]["content"]
+        assert content == expected[answer["custom_id"]]
+    if results == "results.jsonl":
+        assert read_jsonl(out / "errors.jsonl") == []
 
 
 def billed_usd(stats: Stats, config: Config) -> Decimal:
@@ -266,3 +270,67 @@ def test_another_file_under_the_same_out_is_refused_and_fresh_starts_over(
     assert LocalRun(other, out, provider).start("--fresh").finish() == 0
     assert_each_job_answered_once_its_own(other, out, config)
     assert provider.stats().billed_calls == 6
+
+
+@dataclass
+class LocalUp:
+    """`chatbatch local up --state STATE` against ``provider``, and the CLI beside it."""
+
+    state: Path
+    provider: Provider
+    proc: subprocess.Popen[str] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    def start(self) -> LocalUp:
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CHATBATCH_"))}
+        command = [CHATBATCH, "local", "up", "--port", "0", "--json", "--state", self.state]
+        command += ["--provider-url", self.provider.url, "--concurrency", str(CONCURRENCY)]
+        command += ["--rpm", "240", "--config", ROOT / "chatbatch.toml"]
+        self.proc = subprocess.Popen(
+            [str(c) for c in command],
+            env=base | {"CHATBATCH_API_KEY": KEY},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        self.env = base | json.loads(self.proc.stdout.readline())["env"]
+        return self
+
+    def cli(self, *args: str) -> Any:
+        command = [str(CHATBATCH), *args, "--config", str(ROOT / "chatbatch.toml"), "--json"]
+        done = subprocess.run(command, env=self.env, capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    def until(self, ready: Callable[[dict[str, Any]], bool], batch: str) -> None:
+        deadline = time.monotonic() + 120
+        while not ready(self.cli("status", batch)):
+            assert time.monotonic() < deadline, "the batch never got there"
+            time.sleep(0.2)
+
+
+def test_local_up_restarted_on_its_state_carries_on_its_batches(
+    tmp_path: Path, provider: Provider, config: Config
+) -> None:
+    n = 60
+    jobs = write_jobs(tmp_path / "jobs.jsonl", n, "up")
+    up = LocalUp(tmp_path / "state", provider).start()
+    assert up.cli("submit", str(jobs), "--batch-id", "up")["sent"] == n
+    up.until(lambda status: status["succeeded"] >= n // 3, "up")
+    assert up.proc is not None
+    up.proc.kill()
+    up.proc.wait()
+
+    up.start()  # the same state: the jobs still queued come back
+    try:
+        up.until(lambda status: status["done"], "up")
+        collected = tmp_path / "collected.jsonl"
+        up.cli("collect", "up", "-o", str(collected))
+    finally:
+        assert up.proc is not None
+        up.proc.send_signal(signal.SIGINT)
+        assert up.proc.wait(timeout=60) == 0
+    assert_each_job_answered_once_its_own(jobs, collected.parent, config, collected.name)
+    stats = provider.stats()
+    assert n <= stats.billed_calls <= n + IN_FLIGHT

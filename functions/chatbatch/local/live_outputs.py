@@ -22,6 +22,7 @@ import boto3
 from chatbatch.core.output_lines import OutputLine
 from chatbatch.local.journal import tap
 from chatbatch.local.journal.appender import SyncedAppender
+from chatbatch.local.journal.replay import MotoBackends
 from chatbatch.local.outputs import is_batch_cost
 
 FILES = {"results": "results.jsonl", "errors": "errors.jsonl", "costs": "costs.jsonl"}
@@ -56,17 +57,19 @@ class LiveOutputs(tap.Listener):
             self._files[kind].append(line.to_line().encode() + b"\n")
 
     def backfill(self) -> int:
-        """Add the batch's objects the bucket already holds; returns how many were new."""
-        s3 = boto3.client("s3")
+        """Add the batch's objects the bucket already holds; returns how many were new.
+        The bodies are read from moto's S3 itself: through the API, a resumed run's
+        answers would cost a GET each."""
+        moto_s3 = MotoBackends().s3
+        pages = boto3.client("s3").get_paginator("list_objects_v2").paginate
         added = 0
-        pages = s3.get_paginator("list_objects_v2").paginate
         for prefix in (f"results/{self._batch_id}/", f"errors/{self._batch_id}/", "costs/"):
             for page in pages(Bucket=self._bucket, Prefix=prefix):
                 for obj in page.get("Contents", []):
                     key, kind = obj["Key"], self.kind(obj["Key"])
-                    if kind and key not in self._seen:
-                        body = s3.get_object(Bucket=self._bucket, Key=key)["Body"].read()
-                        added += self._add(kind, key, body)
+                    stored = moto_s3.get_object(self._bucket, key) if kind else None
+                    if kind and stored is not None and key not in self._seen:
+                        added += self._add(kind, key, stored.value)
         return added
 
     def _add(self, kind: str, key: str, body: bytes) -> bool:
