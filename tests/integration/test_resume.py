@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -79,6 +80,26 @@ def provider() -> Iterator[Provider]:
         proc.wait(timeout=10)
 
 
+def clean_env() -> dict[str, str]:
+    """This environment without AWS's or chatbatch's settings."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CHATBATCH_"))}
+
+
+def local(
+    provider: Provider, *args: str | Path, stdout: int, stderr: int = subprocess.PIPE
+) -> subprocess.Popen[str]:
+    """`chatbatch local ARGS` against ``provider`` in a child process."""
+    command = [CHATBATCH, "local", *args, "--provider-url", provider.url]
+    command += ["--concurrency", str(CONCURRENCY), "--config", ROOT / "chatbatch.toml"]
+    return subprocess.Popen(
+        [str(c) for c in command],
+        env=clean_env() | {"CHATBATCH_API_KEY": KEY},
+        stdout=stdout,
+        stderr=stderr,
+        text=True,
+    )
+
+
 @dataclass
 class LocalRun:
     """`chatbatch local run JOBS --out OUT` against ``provider``, one process at a time."""
@@ -93,17 +114,8 @@ class LocalRun:
 
     def start(self, *extra: str) -> LocalRun:
         self.undelivered = self.provider.undelivered()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CHATBATCH_"))}
-        command = [CHATBATCH, "local", "run", str(self.jobs), "--out", str(self.out), "--json"]
-        command += ["--provider-url", self.provider.url, "--concurrency", str(CONCURRENCY)]
-        command += ["--config", str(ROOT / "chatbatch.toml"), *self.flags, *extra]
-        self.proc = subprocess.Popen(
-            [str(c) for c in command],
-            env=env | {"CHATBATCH_API_KEY": KEY},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        command = ["run", self.jobs, "--out", self.out, "--json", *self.flags, *extra]
+        self.proc = local(self.provider, *command, stdout=subprocess.DEVNULL)
         return self
 
     def answered(self) -> int:
@@ -282,19 +294,14 @@ class LocalUp:
     env: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> LocalUp:
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CHATBATCH_"))}
-        command = [CHATBATCH, "local", "up", "--port", "0", "--json", "--state", self.state]
-        command += ["--provider-url", self.provider.url, "--concurrency", str(CONCURRENCY)]
-        command += ["--rpm", "240", "--config", ROOT / "chatbatch.toml"]
-        self.proc = subprocess.Popen(
-            [str(c) for c in command],
-            env=base | {"CHATBATCH_API_KEY": KEY},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
+        command = ["up", "--port", "0", "--json", "--state", self.state, "--rpm", "240"]
+        self.proc = local(
+            self.provider, *command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
         )
         assert self.proc.stdout is not None
-        self.env = base | json.loads(self.proc.stdout.readline())["env"]
+        self.env = clean_env() | json.loads(self.proc.stdout.readline())["env"]
+        # the workers log to stdout: read on, or a full pipe would stop them
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
         return self
 
     def cli(self, *args: str) -> Any:
