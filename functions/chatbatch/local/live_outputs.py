@@ -20,9 +20,8 @@ from pathlib import Path
 import boto3
 
 from chatbatch.core.output_lines import OutputLine
-from chatbatch.local.journal import tap
+from chatbatch.local.journal import backends, tap
 from chatbatch.local.journal.appender import SyncedAppender
-from chatbatch.local.journal.replay import MotoBackends
 from chatbatch.local.outputs import is_batch_cost
 
 FILES = {"results": "results.jsonl", "errors": "errors.jsonl", "costs": "costs.jsonl"}
@@ -60,7 +59,7 @@ class LiveOutputs(tap.Listener):
         """Add the batch's objects the bucket already holds; returns how many were new.
         The bodies are read from moto's S3 itself: through the API, a resumed run's
         answers would cost a GET each."""
-        moto_s3 = MotoBackends().s3
+        moto_s3 = backends.s3()
         pages = boto3.client("s3").get_paginator("list_objects_v2").paginate
         added = 0
         for prefix in (f"results/{self._batch_id}/", f"errors/{self._batch_id}/", "costs/"):

@@ -19,16 +19,16 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from chatbatch.local.journal import backends
 from chatbatch.local.journal.images import Change, key_of
 from chatbatch.local.journal.index import Index
 from chatbatch.local.journal.journal import Journal
-from chatbatch.local.journal.replay import MotoBackends
 
 
 def _items(table: str) -> Iterator[Change]:
     """The table's items (read from moto, not through its API: the caller may hold the
     lock that moto's request handling takes)."""
-    moto_table = MotoBackends().ddb.get_table(table)
+    moto_table = backends.dynamodb().get_table(table)
     for item in moto_table.all_items():
         attrs = item.to_json()["Attributes"]
         yield table, key_of(moto_table, attrs), attrs

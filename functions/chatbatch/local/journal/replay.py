@@ -1,7 +1,9 @@
 """A journal replayed into a fresh moto: the stack's state as the journal left it.
 
-DynamoDB and S3 writes are applied again, in their order: each item and object left as
-the write left it (``images``). ``refused`` counts a write moto refuses on the way (a
+Each write is recorded as what it left (an item's after-image, an object's body), so
+only the last one of each item and object matters: a replay reads the whole journal,
+then puts each item and object it left, once (a replay starts from an empty moto, so
+what was deleted is simply not put). ``refused`` counts what moto refuses on the way (a
 table or bucket the stack does not have): it stays 0.
 
 SQS is not replayed call by call: a message's id is SQS's own, and receiving it is not
@@ -24,19 +26,15 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
 from aws_lambda_powertools import Logger
-from botocore.exceptions import ClientError
 from moto.core.exceptions import JsonRESTError, ServiceException
-from moto.core.models import DEFAULT_ACCOUNT_ID
-from moto.dynamodb.models import dynamodb_backends
-from moto.s3.models import s3_backends
 
 from chatbatch.core.jobs import CLAIM_CHECK_KEY
-from chatbatch.local.aws import REGION
-from chatbatch.local.journal import images
+from chatbatch.local.journal import backends, images
 from chatbatch.local.journal.index import Index, Record
 from chatbatch.local.journal.journal import Journal, Line, s3_body
 from chatbatch.worker.intake import ATTR_BATCH, ATTR_OWNER
@@ -45,7 +43,6 @@ if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
 MAX_DELAY_S = 900  # SQS's limit
-PARTITION = "aws"
 logger = Logger(service="chatbatch-local")
 JobKey = tuple[str, str]
 
@@ -55,8 +52,8 @@ class ReplayReport:
     """What a replay found and did."""
 
     lines: int = 0
-    writes: int = 0  # DynamoDB and S3 writes applied again
-    refused: int = 0  # ... that moto refused this time (0 unless the journal is damaged)
+    writes: int = 0  # DynamoDB and S3 writes read
+    refused: int = 0  # what moto refused to take back (0 unless the journal is damaged)
     unreadable: int = 0  # lines that were not a record
     resent: Counter[str] = field(default_factory=Counter)  # messages sent again, by queue
     pending_jobs: set[JobKey] = field(default_factory=set)  # the jobs those messages carry
@@ -82,26 +79,15 @@ def job_of(body: str, attrs: dict[str, Any]) -> JobKey | None:
     return (batch, custom_id) if isinstance(batch, str) and isinstance(custom_id, str) else None
 
 
-class MotoBackends:
-    """moto's own S3 and DynamoDB: a replay puts or deletes items and objects as they
-    were, with no condition or expression to evaluate, so it goes straight to them.
-    Through the API it would cost ten times as much (botocore on one side, moto's
-    request parsing on the other)."""
-
-    def __init__(self) -> None:
-        self.s3 = s3_backends[DEFAULT_ACCOUNT_ID][PARTITION]
-        self.ddb = dynamodb_backends[DEFAULT_ACCOUNT_ID][REGION]
-
-
 class Replay:
-    """Applies a journal's records to the current (moto) account, keeping its ``index``;
-    ``finish`` sends the messages left."""
+    """Reads a journal (``run``) and puts back into the current (moto) account what it
+    left (``restore``); ``finish`` sends the messages left. Keeps the journal's ``index``."""
 
     def __init__(self) -> None:
         self.report = ReplayReport()
         self.index = Index()
+        self._items: dict[tuple[str, str], images.Change] = {}  # the last image of each
         self._sqs: SQSClient = boto3.client("sqs")
-        self._moto = MotoBackends()
 
     def run(self, lines: Iterable[Line]) -> None:
         started = time.monotonic()
@@ -109,29 +95,38 @@ class Replay:
             self.report.lines += 1
             if record is None:
                 self.report.unreadable += 1
-            else:
-                self.apply(record, offset, length)
-        self.report.seconds += time.monotonic() - started
-
-    def apply(self, record: Record, offset: int, length: int) -> None:
-        """One record, whose line is ``length`` bytes at ``offset``."""
-        try:
-            if "ddb" in record:
-                images.apply(self._moto.ddb, record["ddb"])
+            elif "ddb" in record:
+                for change in record["ddb"]:
+                    table, key, _ = change
+                    self._items[(table, json.dumps(key, sort_keys=True))] = change
+                self.report.writes += 1
             elif record.get("s3") == "put":
-                self._moto.s3.put_object(record["b"], record["k"], s3_body(record))
                 self.index.put(record["b"], record["k"], offset, length)
+                self.report.writes += 1
             elif record.get("s3") == "del":
-                self._moto.s3.delete_object(record["b"], record["k"])
                 self.index.delete(record["b"], record["k"])
+                self.report.writes += 1
             else:
                 self._message(record)
-                return
-        except (ClientError, JsonRESTError, ServiceException) as err:
-            self.report.refused += 1
-            logger.warning(f"local state: a journaled write was refused on replay: {err}")
+        self.report.seconds += time.monotonic() - started
+
+    def restore(self, path: Path) -> None:
+        """Put each item and object the journal at ``path`` (the one ``run`` read) left."""
+        if not self.report.resumed:
             return
-        self.report.writes += 1
+        started = time.monotonic()
+        try:
+            items = [change for change in self._items.values() if change[2] is not None]
+            images.apply(backends.dynamodb(), items)
+            s3 = backends.s3()
+            with path.open("rb") as journal:
+                for (bucket, key), (offset, length) in self.index.objects.items():
+                    journal.seek(offset)
+                    s3.put_object(bucket, key, s3_body(json.loads(journal.read(length))))
+        except (JsonRESTError, ServiceException) as err:
+            self.report.refused += 1
+            logger.warning(f"local state: moto refused what the journal left: {err}")
+        self.report.seconds += time.monotonic() - started
 
     def _message(self, record: Record) -> None:
         kind = record.get("sqs")

@@ -86,6 +86,7 @@ def durable(path: Path, resources: Resources) -> Iterator[ReplayReport]:
         cut_torn_tail(file)
         replay = Replay()
         replay.run(records(file))
+        replay.restore(file)
         if replay.report.resumed:
             journal = compact(file, replay.index, resources.table, replay.finish)
         else:
