@@ -20,7 +20,7 @@ demo: $(STAMP)
 	@echo "results: out/demo/results.jsonl  errors: out/demo/errors.jsonl  costs: out/demo/costs.jsonl"
 
 test: $(STAMP) lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

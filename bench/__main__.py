@@ -1,7 +1,7 @@
 """``make bench`` = ``python -m bench``: every benchmark, one after the other, each in its own
 process (moto and the simulator start fresh), and their figures in BENCHMARKS.md.
 
-The issue's benchmarks (``bench_utilization`` ... ``bench_faults``) write their own sections;
+The issue's benchmarks (``bench_utilization`` ... ``bench_money``) write their own sections;
 the others (``bench_simulator``, ``bench_limiter``, ``bench_tokens`` and any new
 ``bench_*.py``) are plain scripts whose output is put in a section of its own. Nothing here
 gates on a figure: a benchmark that crashes is reported and the rest still run::
@@ -27,6 +27,7 @@ OURS = (
     "bench_throughput",
     "bench_submit",
     "bench_faults",
+    "bench_money",
 )
 # Plain scripts: their smaller arguments for --quick.
 QUICK_ARGS = {

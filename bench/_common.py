@@ -156,14 +156,14 @@ def write_config(path: Path, config: Config, **sections: dict[str, Any]) -> Path
     """The config with some keys of some sections replaced, as JSON (``LocalOptions.config_path``).
 
     ``sections`` maps a section (``worker``, ``retries``, ``budget``) to the keys to change;
-    ``providers`` changes every provider's keys the same way.
+    ``providers`` and ``models`` change every provider's (model's) keys the same way.
     """
     data = config.model_dump(mode="json")
     for section, changes in sections.items():
-        if section == "providers":
-            for provider in data["providers"].values():
+        if section in ("providers", "models"):
+            for entry in data[section].values():
                 for key, value in changes.items():
-                    provider[key] = provider[key] | value if isinstance(value, dict) else value
+                    entry[key] = entry[key] | value if isinstance(value, dict) else value
         else:
             data[section] |= changes
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -173,10 +173,13 @@ def worker_crashes(
         return True
 
     config = base_config()
-    sections: dict[str, dict[str, Any]] = {}
+    # As in AWS (visibility >= 6x the function timeout), a crashed message comes back after
+    # its sender's Lambda could still be running: a call it sent is then booked at once,
+    # not waited out as a live worker's (docs/budget.md).
+    worker: dict[str, Any] = {"timeout_s": max(10, visibility_timeout_s // 6)}
     if batch_size is not None:
-        sections["worker"] = {"batch_size": batch_size}
-    config_path = write_config(tmp / "crashes.json", config, **sections)
+        worker["batch_size"] = batch_size
+    config_path = write_config(tmp / "crashes.json", config, worker=worker)
     path = write_jobs(tmp / "crashes.jsonl", jobs, stream_every=4, max_tokens=40)
     options = LocalOptions(
         config_path=config_path,

@@ -311,12 +311,14 @@ class Monitoring(Construct):
             lines("Latency p50 (ms)", [per_model_and_priority(Metric.LATENCY, "p50")]),
             lines("Latency p99 (ms)", [per_model_and_priority(Metric.LATENCY, "p99")]),
             lines(
-                "Provider 429s, retries and errors; calls saved by the cache",
+                "Provider 429s, retries and errors; calls saved by the cache; calls booked "
+                "at their worst case (no usage read)",
                 [
                     per_model_and_priority(Metric.PROVIDER_RATE_LIMITED, "Sum"),
                     per_model_and_priority(Metric.RETRIES, "Sum"),
                     per_model_and_priority(Metric.PROVIDER_ERRORS, "Sum"),
                     per_model_and_priority(Metric.CACHE_HITS, "Sum"),
+                    per_model_and_priority(Metric.ESTIMATED_CALLS, "Sum"),
                 ],
             ),
         )

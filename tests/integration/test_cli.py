@@ -26,7 +26,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from chatbatch.cli.app import app
-from chatbatch.core.config import Config
+from chatbatch.core.config import Config, Priority
 from chatbatch.core.job_lines import parse_line
 from chatbatch.core.output_lines import CostRecord
 from chatbatch.core.pricing import Usage, cost, to_nanos
@@ -362,24 +362,185 @@ def dead_letters(local: Local, priority: str) -> int:
     return next(q["dead_letters"] for q in overview["queues"] if q["priority"] == priority)
 
 
-def test_redrive_empties_the_dlq_and_the_jobs_then_finish(local: Local) -> None:
+def submit_dead_letters(local: Local, n: int, prefix: str, priority: str) -> str:
+    """A batch of ``n`` jobs that fail on every delivery (503) until they are dead-lettered
+    and their messages are in the DLQ."""
     local.configure(latency_ms=0, fault_rates={FaultKind("503"): 1.0})
     try:
-        path = local.write("poison.jsonl", job_lines(3, "p", priority="high"))
-        batch = local.json("submit", str(path))["batch_id"]
-        local.wait(batch, lambda s: s["dead_lettered"] == 3)
+        path = local.write(f"{prefix}.jsonl", job_lines(n, prefix, priority=priority))
+        batch: str = local.json("submit", str(path))["batch_id"]
+        local.wait(batch, lambda s: s["dead_lettered"] == n)
         deadline = time.monotonic() + 20
-        while dead_letters(local, "high") < 3:  # SQS moves a message at its next receive
+        while dead_letters(local, priority) < n:  # SQS moves a message at its next receive
             assert time.monotonic() < deadline
             time.sleep(0.2)
     finally:
         local.configure(fault_rates={})
+    return batch
+
+
+def test_redrive_empties_the_dlq_and_the_jobs_then_finish(local: Local) -> None:
+    batch = submit_dead_letters(local, 3, "p", "high")
     moved = local.json("redrive", "--priority", "high")
     assert moved == {"moved": {"high": 3}, "total": 3}
     assert dead_letters(local, "high") == 0
     final = local.wait(batch, lambda s: s["succeeded"] == 3)
     assert final["dead_lettered"] == 0 and final["done"]
     assert local.json("redrive")["total"] == 0
+
+
+def run_cli(local: Local, *args: str) -> subprocess.Popen[str]:
+    """``chatbatch ARGS`` in its own process, finding the local runtime by its stack."""
+    chatbatch = Path(sys.executable).parent / "chatbatch"
+    command = [str(chatbatch), *args, "--config", str(local.config_file)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def s3_json(local: Local, key: str) -> Any:
+    body = boto3.client("s3").get_object(Bucket=local.rt.resources.bucket, Key=key)["Body"]
+    return json.loads(body.read())
+
+
+RETRY_IDS = ["g0", "d0", "g1", "g2", "huge"]
+
+
+def submit_failing(local: Local) -> str:
+    """Three jobs the provider refuses (400: it takes no max_tokens for gpt-4.1), one that
+    succeeds, one over the request cap; the plan of a dry-run retry, which sends nothing."""
+    lines = [
+        json.dumps({"custom_id": i, "model": "gpt-4.1", "max_tokens": 20, "prompt": f"{i}?"})
+        for i in ("g0", "g1", "g2")
+    ]
+    lines.insert(1, json.dumps({"custom_id": "d0", "prompt": "fine"}))
+    huge = {"custom_id": "huge", "model": "claude-sonnet-4.5", "max_tokens": 64000}
+    lines.append(json.dumps(huge | {"prompt": "word " * 4000}))  # worst case $1.01 > $1 cap
+    path = local.write("retry.jsonl", lines)
+    batch = local.json("submit", str(path), "--batch-id", "retry-e2e")["batch_id"]
+    first = local.wait(batch, lambda s: s["done"])
+    assert (first["succeeded"], first["failed"]) == (1, 4)
+    errors = local.workdir / "retry-errors.jsonl"
+    local.cli("collect", batch, "-o", str(local.workdir / "ok.jsonl"), "--errors", str(errors))
+    codes = {e["custom_id"]: e["error"]["code"] for e in read_jsonl(errors)}
+    assert codes == dict.fromkeys(["g0", "g1", "g2"], "provider_400") | {"huge": "over_request_cap"}
+    calls = local.requests()
+    assert local.json("retry", batch, "--dry-run") == {
+        "batch_id": batch,
+        "status": "dry_run",
+        "codes": [],
+        "selected": 4,
+        "by_code": {"over_request_cap": 1, "provider_400": 3},
+        "sent": 0,
+        "skipped": 0,
+        "other_codes": {},
+        "retrying": 0,
+        "not_retriable": 0,
+    }
+    human = local.cli("retry", batch, "--dry-run").stdout
+    assert "dry run: 4 job(s) of batch retry-e2e would be sent again; nothing sent" in human
+    assert "│ provider_400                   │    3 │" in human
+    assert local.status(batch)["failed"] == 4 and queued_anywhere(local) == 0
+    assert local.requests() == calls
+    return batch
+
+
+def test_retry_sends_failed_jobs_again_once_and_collect_keeps_one_line_each(
+    local: Local,
+) -> None:
+    """The cause of the 400s is fixed, two `retry --code provider_400` run at once: each
+    job is called once more and succeeds, `collect` has one line per job, the old errors
+    are in the jobs' history. The job over the cap, sent again, fails again."""
+    default = SimulatorSettings().completion_tokens_only
+    local.configure(completion_tokens_only=[*default, "gpt-4.1"])
+    try:
+        batch = submit_failing(local)
+    finally:
+        local.configure(completion_tokens_only=default)  # the cause is fixed
+    calls = local.requests()
+    racing = [run_cli(local, "retry", batch, "--code", "provider_400", "--json") for _ in range(2)]
+    outputs = [proc.communicate(timeout=120) for proc in racing]
+    assert [proc.returncode for proc in racing] == [0, 0], outputs
+    reports = [json.loads(stdout) for stdout, _ in outputs]
+    assert sum(r["sent"] for r in reports) == 3, reports
+    assert all(r["other_codes"] == {"over_request_cap": 1} for r in reports)
+    final = local.wait(batch, lambda s: s["done"] and s["succeeded"] == 4)
+    assert (final["failed"], final["total"]) == (1, 5)
+    assert local.requests() - calls == 3, "each retried job called once"
+    results = local.workdir / "retry-all.jsonl"
+    collected = local.json("collect", batch, "-o", str(results))
+    assert (collected["results"], collected["errors"], collected["unfinished"]) == (4, 1, 0)
+    lines_out = read_jsonl(results)
+    assert [line["custom_id"] for line in lines_out] == RETRY_IDS  # one line per job
+    assert all(line["response"]["status_code"] == 200 for line in lines_out[:4])
+    assert lines_out[4]["error"]["code"] == "over_request_cap"
+    for custom_id in ("g0", "g1", "g2"):
+        old = s3_json(local, f"history/{batch}/{custom_id}/1.json")
+        assert (old["custom_id"], old["error"]["code"]) == (custom_id, "provider_400")
+    jobs = local.rt.batches.jobs(batch, RETRY_IDS)
+    assert [(j.state.value, j.retries) for j in jobs] == [
+        ("succeeded", 1),
+        ("succeeded", 0),
+        ("succeeded", 1),
+        ("succeeded", 1),
+        ("failed", 0),
+    ]
+    # the cause of the last one is not fixed: sent again, it fails again, still one line
+    assert local.json("retry", batch)["sent"] == 1
+    again = local.wait(batch, lambda s: s["done"])
+    assert (again["succeeded"], again["failed"]) == (4, 1)
+    assert s3_json(local, f"history/{batch}/huge/1.json")["error"]["code"] == "over_request_cap"
+    assert local.json("collect", batch, "-o", str(results))["errors"] == 1
+    assert [line["custom_id"] for line in read_jsonl(results)] == RETRY_IDS
+    assert local.requests() - calls == 3, "over the cap: never sent to the provider"
+    nothing = local.json("retry", batch, "--code", "provider_400")
+    assert (nothing["status"], nothing["sent"]) == ("nothing_to_retry", 0)
+    assert nothing["other_codes"] == {"over_request_cap": 1}
+
+
+def test_retry_covers_dead_lettered_jobs_and_a_later_redrive_calls_nothing(local: Local) -> None:
+    batch = submit_dead_letters(local, 2, "q", "low")
+    calls = local.requests()
+    report = local.json("retry", batch, "--code", "dead_lettered")
+    assert (report["sent"], report["by_code"]) == (2, {"dead_lettered": 2})
+    final = local.wait(batch, lambda s: s["succeeded"] == 2)
+    assert final["dead_lettered"] == 0 and final["done"]
+    assert local.requests() - calls == 2
+    # their first messages are still in the DLQ: redriven, they find the jobs finished
+    assert local.json("redrive", "--priority", "low")["total"] == 2
+    deadline = time.monotonic() + 30
+    while queued_anywhere(local):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert local.requests() - calls == 2 and local.status(batch)["succeeded"] == 2
+
+
+def test_retry_refuses_a_cancelled_batch_and_leaves_invalid_lines(local: Local) -> None:
+    path = local.write("to-cancel.jsonl", job_lines(2, "x", priority="low"))
+    batch = local.json("submit", str(path), "--batch-id", "r-cancelled")["batch_id"]
+    local.cli("cancel", batch)
+    local.wait(batch, lambda s: s["done"])
+    refused = one_line_error(local.cli("retry", batch, code=1))
+    assert refused == (
+        "error: batch r-cancelled was cancelled: its jobs are not run again (the workers "
+        "would cancel them); submit the jobs to run as a new batch"
+    )
+    # a line a worker finds invalid (sent straight to a queue) keeps no request to resend
+    bad = {"custom_id": "bad1", "batch_id": "r-straight", "role": "nope", "prompt": "x"}
+    boto3.client("sqs").send_message(
+        QueueUrl=local.rt.resources.queues[Priority.low], MessageBody=json.dumps(bad)
+    )
+    deadline = time.monotonic() + 30
+    while (info := local.rt.batches.get("r-straight")) is None or info.failed < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    report = local.json("retry", "r-straight")
+    assert (report["status"], report["selected"], report["not_retriable"]) == (
+        "nothing_to_retry",
+        0,
+        1,
+    )
+    human = local.cli("retry", "r-straight")
+    assert "batch r-straight has no failed job to send again" in human.stdout
+    assert "1 failed job(s) of batch r-straight cannot be sent again" in human.stderr
 
 
 def test_an_invalid_file_lists_every_error_and_sends_nothing(local: Local) -> None:
@@ -414,7 +575,7 @@ def one_line_error(result: Result) -> str:
 def test_bad_input_gets_one_line_and_an_exit_code(local: Local) -> None:
     missing = one_line_error(local.cli("submit", str(local.workdir / "nope.jsonl"), code=2))
     assert "no such file" in missing
-    for command in (["status", "nope"], ["collect", "nope"], ["cancel", "nope"]):
+    for command in (["status", "nope"], ["collect", "nope"], ["cancel", "nope"], ["retry", "nope"]):
         assert "batch 'nope' not found" in one_line_error(local.cli(*command, code=1))
     no_stack = one_line_error(local.cli("status", "--stack", "elsewhere", code=1))
     assert "no stack named 'elsewhere'" in no_stack and "chatbatch local up" in no_stack

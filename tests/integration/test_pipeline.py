@@ -22,11 +22,13 @@ import boto3
 import pytest
 from mypy_boto3_sqs.literals import QueueAttributeNameType
 
+from bench._common import write_config
+from chatbatch.client.costs import load_report
 from chatbatch.core.config import Priority
 from chatbatch.core.days import next_midnight, utc_day
 from chatbatch.core.job_lines import parse_line
 from chatbatch.core.jobs import Job
-from chatbatch.core.pricing import to_nanos
+from chatbatch.core.pricing import from_nanos, to_nanos
 from chatbatch.local.options import LocalOptions
 from chatbatch.local.runtime import LOCAL_KEY, LocalRuntime
 from chatbatch.local.simulator import FaultKind, SimulatorSettings, answer_for
@@ -35,7 +37,7 @@ from chatbatch.state.budget.budget import Budget
 from chatbatch.state.budget.ledger import reservation_key
 from chatbatch.worker import crash as crashes
 from chatbatch.worker import services
-from chatbatch.worker.intake import Intake
+from chatbatch.worker.intake import ATTR_OWNER, Intake
 
 ROOT = Path(__file__).resolve().parents[2]
 PRIORITIES = [p.value for p in Priority]
@@ -306,8 +308,39 @@ def test_a_second_copy_after_midnight_waits_for_the_first(
     assert (today.spent_usd, today.reserved_usd) == (0, 0)
 
 
+def test_two_messages_of_one_copy_in_flight_call_the_provider_once(tmp_path: Path):
+    """Two messages of the same copy of a job overlap (an SQS duplicate, or a hand-back
+    re-sent before its original was deleted): the second finds the reservation armed by a
+    worker that may still be in its call, and waits instead of booking that call as dead
+    and buying it again; the records stay equal to the ledger."""
+    body = json.dumps({"custom_id": "twin", "prompt": "only once", "batch_id": "twins"})
+    attrs: dict[str, Any] = {ATTR_OWNER: {"DataType": "String", "StringValue": "copy-x"}}
+    sim = SimulatorSettings(latency_ms=2000)
+    with runtime(simulator=sim, visibility_timeout_s=2) as rt:
+        assert rt.simulator is not None
+        queue = rt.resources.queues[rt.config.defaults.priority]
+        sqs = boto3.client("sqs")
+        sqs.send_message(QueueUrl=queue, MessageBody=body, MessageAttributes=attrs)
+        deadline = time.monotonic() + 90
+        while not rt.simulator.stats().requests and time.monotonic() < deadline:
+            time.sleep(0.05)
+        rt.simulator.inject("truncate")  # what a second call would get: billed, cut
+        sqs.send_message(QueueUrl=queue, MessageBody=body, MessageAttributes=attrs)
+        time.sleep(1)
+        while queue_depth(rt, queue) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        stats = rt.simulator.stats()
+        spent = ledger_spent(rt)
+        info = rt.batches.get("twins")
+        report = load_report(boto3.client("s3"), rt.resources.bucket, batch="twins")
+    assert stats.requests == 1 and stats.billed_unread == 0, "the provider was called once"
+    assert info is not None and (info.succeeded, info.estimated_calls) == (1, 0)
+    assert report.total.cost_usd == spent == from_nanos(info.cost_nanos) > 0
+    assert report.total.estimated_calls == 0
+
+
 @pytest.mark.parametrize("point", crashes.CRASH_POINTS)
-def test_a_worker_killed_mid_job_counts_each_job_once(tmp_path: Path, point: str):
+def test_a_worker_killed_mid_job_counts_each_job_once(tmp_path: Path, config, point: str):
     cacheable = {"prompt": "cached question", "cache": True, "temperature": 0}
     lines = job_lines(14, seed=7) + [
         json.dumps({"custom_id": f"cache{i}", **cacheable}) for i in range(2)
@@ -322,8 +355,11 @@ def test_a_worker_killed_mid_job_counts_each_job_once(tmp_path: Path, point: str
         return False
 
     crashes.crash_hook = crash
+    # a crashed job returns after 2 s; one killed in its call is booked once no Lambda that
+    # sent it can still be running: worker.timeout_s (10 s here) after it was sent
+    cfg = write_config(tmp_path / "chatbatch.json", config, worker={"timeout_s": 10})
     try:
-        with runtime(visibility_timeout_s=2) as rt:  # a crashed job returns after 2 s
+        with runtime(visibility_timeout_s=2, config_path=cfg) as rt:
             summary = rt.run(path, tmp_path / "out")
             assert_costs_counted_once(rt, tmp_path / "out", summary)
             batch = rt.batches.get("local")

@@ -161,7 +161,9 @@ def test_racing_real_jobs_never_pass_the_limit_or_bill_past_their_reservation(
 ):
     """The 64-way race with worst cases computed from real Jobs (open caps, n > 1, tool
     schemas, tool-call histories) and costs billed by the simulator, which answers every
-    request at the length the request allows (the model's own limit when no cap is sent)."""
+    request at the length the request allows (the model's own limit when no cap is sent).
+    The same race through the real worker, with unread answers and answers without usage:
+    ``tests/integration/test_budget_race.py``."""
     budget = make(config, table, daily_usd=Decimal(1))
     jobs = [parse_line(json.dumps(line), config, line=1) for line in HARD_JOBS]
     engine = Engine(

@@ -72,6 +72,7 @@ class Held:
     rid: str  # the reservation's id: a stale copy of an older one arms nothing
     settled: int | None = None  # the actual cost, once settled
     armed: bool = False  # a call went out under it: booked, not given back, if it dies
+    armed_at: float = 0.0
 
 
 class Clock:
@@ -177,7 +178,14 @@ class BudgetMachine(RuleBasedStateMachine):
             return
         except HeldElsewhere:
             assert h is not None and h.settled is None
-            assert owner and h.owner and h.owner != owner and h.reclaim_at > self.clock.now
+            other_copy = owner and h.owner and h.owner != owner and h.reclaim_at > self.clock.now
+            # a call went out under it and its worker may still be alive
+            in_call = (
+                h.armed
+                and h.armed_at + self.config.worker.timeout_s > self.clock.now
+                and h.reclaim_at > self.clock.now
+            )
+            assert other_copy or in_call
             return
         except BudgetDeferred:
             assert nanos <= CAP and h is None
@@ -245,7 +253,7 @@ class BudgetMachine(RuleBasedStateMachine):
         mine = h is not None and h.settled is None and h.rid == r.rid
         assert done == (mine and (r.owner is None or h.owner == r.owner))  # type: ignore[union-attr]
         if done and h is not None:
-            h.armed = True
+            h.armed, h.armed_at = True, self.clock.now
 
     @rule(job=st.sampled_from(JOBS))
     def die_in_call(self, job: str) -> None:

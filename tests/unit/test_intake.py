@@ -12,9 +12,9 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from botocore.exceptions import ClientError
 
 from chatbatch.core.config import Config, Priority
-from chatbatch.core.jobs import CLAIM_CHECK_KEY
+from chatbatch.core.jobs import ATTR_BATCH, CLAIM_CHECK_KEY
 from chatbatch.core.resources import Resources
-from chatbatch.worker.intake import ATTR_BATCH, Intake, read_record
+from chatbatch.worker.intake import Intake, read_record
 
 RESOURCES = Resources(
     table="t", bucket="b", queues={p: f"https://sqs/123/cb-{p.value}" for p in Priority}

@@ -11,7 +11,7 @@ Exit codes: 0 done, 1 failed, 2 usage error (bad option or config, missing file)
 
 This module builds the command tree: the typer app, its error handling, and every command
 by name, in the order ``--help`` lists them; each command lives in the module of its group
-(``submit``, ``status``, ``collect``, ``costs``, ``admin``: cancel, redrive and resume,
+(``submit``, ``status``, ``collect``, ``costs``, ``admin``: cancel, redrive, resume and retry,
 ``local``).
 """
 
@@ -23,7 +23,7 @@ import typer
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
-from chatbatch.cli.admin import cancel, redrive, resume
+from chatbatch.cli.admin import cancel, redrive, resume, retry
 from chatbatch.cli.collect import collect
 from chatbatch.cli.costs import costs
 from chatbatch.cli.errors import explain
@@ -67,6 +67,7 @@ app.command()(costs)
 app.command()(cancel)
 app.command()(redrive)
 app.command()(resume)
+app.command()(retry)
 local.command("run")(local_run)
 local.command("up")(local_up)
 local.command(

@@ -227,6 +227,9 @@ class Job(BaseModel):
 
 
 CLAIM_CHECK_KEY = "chatbatch_claim_check"
+# The SQS message attribute that carries a job's batch when its line names none: set by a
+# worker's hand-back and by ``chatbatch retry`` (a default batch is the day first sent).
+ATTR_BATCH = "chatbatch-batch"
 
 
 class ClaimCheck(BaseModel):

@@ -69,6 +69,6 @@ METRICS: dict[Metric, MetricSpec] = {
     Metric.PROMPT_TOKENS: MetricSpec("Count", "prompt tokens billed (cached ones included)"),
     Metric.COMPLETION_TOKENS: MetricSpec("Count", "completion tokens billed (reasoning included)"),
     Metric.ESTIMATED_CALLS: MetricSpec(
-        "Count", "calls booked at their worst case: maybe billed, no usage read", True
+        "Count", "calls booked at their worst case: maybe billed, no usage read"
     ),
 }

@@ -17,13 +17,18 @@ Items (single table, see ``resources``):
 - ``pk=job#<batch>#<custom_id>, sk=state``: a job's state: ``deferred`` (budget),
   ``throttled`` (rate limit), ``paused`` (account error) or ``dead_lettered`` while it
   waits, then one of the
-  terminal ``succeeded``, ``failed``, ``cancelled``.
+  terminal ``succeeded``, ``failed``, ``cancelled``; ``retrying`` after ``chatbatch
+  retry`` sent a failed or dead-lettered job again (queued or running, like a new job).
+  A job that failed keeps its ``error_code``; ``retries`` counts the times it was sent
+  again.
 
 A job's outcome is written in one transaction with its counters, on the condition that
 the job's state is still the one the worker read. A redelivered or duplicated message
 therefore moves a counter at most once: the loser of the race sees the condition fail
 and does nothing. ``deferred``, ``throttled``, ``paused`` and ``dead_lettered`` are gauges: entering
-the state adds one, leaving it (resumed, redriven) takes one away.
+the state adds one, leaving it (resumed, redriven) takes one away. Leaving a terminal state
+(only ``retry`` does: ``failed -> retrying``) takes one from its counter too, and the job
+counts again when it ends.
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ class JobState(StrEnum):
     throttled = "throttled"  # waiting for rate-limit capacity
     paused = "paused"  # waiting for an account error to be fixed (the model's breaker)
     dead_lettered = "dead_lettered"
+    retrying = "retrying"  # failed or dead-lettered, then sent again by ``chatbatch retry``
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
@@ -85,6 +91,18 @@ class JobState(StrEnum):
     @property
     def counter(self) -> str:
         return "cancelled_jobs" if self is JobState.cancelled else self.value
+
+
+RETRY_FROM = (JobState.failed, JobState.dead_lettered)  # what ``chatbatch retry`` sends again
+
+
+class JobRecord(BaseModel):
+    """A job's item: its state, its last error's code, how many times it was retried."""
+
+    custom_id: str
+    state: JobState = JobState.new
+    error_code: str | None = None
+    retries: int = 0
 
 
 class BatchInfo(BaseModel):
@@ -140,7 +158,27 @@ class Batches:
         """The states of many jobs and their batches in as few reads as possible."""
         jobs = list(dict.fromkeys(jobs))
         batch_ids = list(dict.fromkeys(b for b, _ in jobs))
-        keys = [job_key(b, c) for b, c in jobs] + [batch_key(b) for b in batch_ids]
+        found = self._get_many([job_key(b, c) for b, c in jobs] + [batch_key(b) for b in batch_ids])
+        states = {
+            (b, c): JobState(found.get(f"job#{b}#{c}", {}).get("state", JobState.new))
+            for b, c in jobs
+        }
+        batches = {b: self._info(b, found.get(f"batch#{b}")) for b in batch_ids}
+        return states, batches
+
+    def jobs(self, batch_id: str, custom_ids: Iterable[str]) -> list[JobRecord]:
+        """The items of a batch's jobs (a job without one is ``new``), in the order given."""
+        ids = list(dict.fromkeys(custom_ids))
+        found = self._get_many([job_key(batch_id, c) for c in ids])
+        records = []
+        for custom_id in ids:
+            item = found.get(f"job#{batch_id}#{custom_id}", {})
+            fields = {k: v for k, v in item.items() if k in JobRecord.model_fields}
+            records.append(JobRecord(**(fields | {"custom_id": custom_id})))
+        return records
+
+    def _get_many(self, keys: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Items by partition key (consistent reads, 100 keys a call), plain."""
         found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(keys), 100):
             pending: Any = {
@@ -151,12 +189,7 @@ class Batches:
                 for item in reply["Responses"].get(self._table, []):
                     found[item[TABLE_PK]["S"]] = plain(item)
                 pending = reply.get("UnprocessedKeys") or None
-        states = {
-            (b, c): JobState(found.get(f"job#{b}#{c}", {}).get("state", JobState.new))
-            for b, c in jobs
-        }
-        batches = {b: self._info(b, found.get(f"batch#{b}")) for b in batch_ids}
-        return states, batches
+        return found
 
     def get(self, batch_id: str) -> BatchInfo | None:
         reply = self._ddb.get_item(
@@ -250,38 +283,29 @@ class Batches:
         new: JobState,
         counters: Mapping[str, int] | None = None,
         extra: Iterable[dict[str, Any]] = (),
+        fields: Mapping[str, Any] | None = None,
+        pins: Mapping[str, Any | None] | None = None,
     ) -> bool:
         """Move a job from ``prev`` to ``new`` and its counters, exactly once.
 
         ``extra`` are further TransactWriteItems (the budget's settle) that must happen
-        with it or not at all. Returns False when the job was no longer in ``prev``
-        (another delivery got there first): nothing was written.
+        with it or not at all. ``fields`` are attribute values to set on the job's item;
+        ``pins`` further conditions on it (an attribute equal to a value, or absent for
+        None). Returns False when the job was no longer in ``prev`` (another delivery got
+        there first) or a pin did not hold: nothing was written.
         """
-        if prev is new:
+        if prev is new and not fields:
             return True
         deltas = dict(counters or {})
         if new.gauge or new.terminal:
             deltas[new.counter] = deltas.get(new.counter, 0) + 1
-        if prev.gauge:
-            deltas[prev.gauge] = deltas.get(prev.gauge, 0) - 1
-        if prev is JobState.new:
-            condition = "attribute_not_exists(#s)"
-            values: dict[str, Any] = {}
-        else:
-            condition = "#s = :prev"
-            values = {":prev": s(prev.value)}
+        if prev.gauge or prev.terminal:  # leaving a terminal state: only ``retry`` does
+            deltas[prev.counter] = deltas.get(prev.counter, 0) - 1
         state_item = {
             "Update": {
                 "TableName": self._table,
                 "Key": job_key(batch_id, custom_id),
-                "UpdateExpression": "SET #s = :new, #x = :x",
-                "ConditionExpression": condition,
-                "ExpressionAttributeNames": {"#s": "state", "#x": TABLE_TTL},
-                "ExpressionAttributeValues": {
-                    ":new": s(new.value),
-                    ":x": n(int(time.time()) + JOB_TTL_S),
-                    **values,
-                },
+                **_state_update(prev, new, fields or {}, pins or {}),
             }
         }
         items: list[Any] = [state_item, *extra, *self.count_items(batch_id, deltas)]
@@ -292,3 +316,50 @@ class Batches:
             return False  # the job is no longer in ``prev``: another delivery moved it
         failed = [i for i, r in enumerate(reasons) if r.get("Code") not in (None, "None")]
         raise TransactionRefused(f"job {batch_id}/{custom_id}: items {failed} refused: {reasons}")
+
+    def retry(self, batch_id: str, job: JobRecord) -> bool:
+        """Move a job to ``retrying`` before ``chatbatch retry`` sends it again, exactly once:
+        on the condition that it is still in the state and at the retry count read, so of
+        two retries racing one sends it, and a stale one never sends a job that ran again.
+        Its count (``failed``, or the ``dead_lettered`` gauge) goes down; the job counts
+        again when it ends. False when it had moved (nothing written)."""
+        return self.transition(
+            batch_id,
+            job.custom_id,
+            prev=job.state,
+            new=JobState.retrying,
+            fields={"retries": n(job.retries + 1)},
+            pins={"retries": n(job.retries) if job.retries else None},
+        )
+
+
+def _state_update(
+    prev: JobState, new: JobState, fields: Mapping[str, Any], pins: Mapping[str, Any | None]
+) -> dict[str, Any]:
+    """The job item's update: state ``prev -> new`` (conditional), its TTL, ``fields``, and
+    the ``pins`` as further conditions."""
+    names = {"#s": "state", "#x": TABLE_TTL}
+    values: dict[str, Any] = {":new": s(new.value), ":x": n(int(time.time()) + JOB_TTL_S)}
+    sets = ["#s = :new", "#x = :x"]
+    if prev is JobState.new:
+        conditions = ["attribute_not_exists(#s)"]
+    else:
+        conditions = ["#s = :prev"]
+        values[":prev"] = s(prev.value)
+    placeholders = {attr: f"#f{i}" for i, attr in enumerate(dict.fromkeys([*fields, *pins]))}
+    names |= {placeholder: attr for attr, placeholder in placeholders.items()}
+    for i, (attr, value) in enumerate(fields.items()):
+        values[f":f{i}"] = value
+        sets.append(f"{placeholders[attr]} = :f{i}")
+    for i, (attr, value) in enumerate(pins.items()):
+        if value is None:
+            conditions.append(f"attribute_not_exists({placeholders[attr]})")
+        else:
+            values[f":p{i}"] = value
+            conditions.append(f"{placeholders[attr]} = :p{i}")
+    return {
+        "UpdateExpression": "SET " + ", ".join(sets),
+        "ConditionExpression": " AND ".join(conditions),
+        "ExpressionAttributeNames": names,
+        "ExpressionAttributeValues": values,
+    }

@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from botocore.exceptions import ClientError
+
 from chatbatch.core.resources import TABLE_PK, TABLE_SK
 
 if TYPE_CHECKING:
@@ -178,12 +180,19 @@ def transact(
     A transaction cancelled for another reason (a conflict with a concurrent one on the
     same hot item, throttling) is tried again after a jittered backoff: botocore does not
     retry those, and the items every job touches (the batch, the day's ledger) are hot.
+
+    The cancellation is told by its error code, not by ``client.exceptions``: botocore
+    makes a client's exception classes on first use without a lock, so threads that use a
+    fresh client at once can get different classes, and one thread's ``except`` misses
+    what another's call raised.
     """
     for attempt in range(CONFLICT_RETRIES):
         try:
             client.transact_write_items(TransactItems=items)  # type: ignore[arg-type]
             return []
-        except client.exceptions.TransactionCanceledException as err:
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+                raise
             reasons = [dict(r) for r in err.response.get("CancellationReasons", [])]
             if any(r.get("Code") == "ConditionalCheckFailed" for r in reasons):
                 return reasons

@@ -1,9 +1,16 @@
-"""S3 objects: results, errors, cost records, the response cache and claim checks.
+"""S3 objects: results, errors, cost records, the response cache, claim checks, and what
+``chatbatch retry`` needs (the request of a failed job, the errors of earlier attempts).
 
 Keys are deterministic, so a retry overwrites instead of duplicating:
 
 - ``results/<batch>/<custom_id>.json``: an OpenAI Batch output line (``OutputLine``)
-- ``errors/<batch>/<custom_id>.json``: an error line
+- ``errors/<batch>/<custom_id>.json``: an error line: the job's last outcome, until
+  ``chatbatch retry`` moves it to ``history/``
+- ``requests/<batch>/<custom_id>.json``: the SQS message that carried a job that failed
+  (``KeptRequest``: its body, a job line or a claim check, and its queue's priority), kept
+  by the worker with the error so ``chatbatch retry`` can send it again
+- ``history/<batch>/<custom_id>/<n>.json``: the error line a retry moved away (``n``:
+  the job's retry count after it, so 1 holds the first attempt's error)
 - ``costs/dt=YYYY-MM-DD/<batch>/<custom_id>.json``: one ``CostRecord`` (JSON, one line),
   partitioned by UTC day for Athena (``PARTITIONED BY (dt string)``)
 - ``cache/<sha256>.json``: a cached chat.completion body (expired by a lifecycle rule)
@@ -17,7 +24,9 @@ import json
 from typing import IO, TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
+from pydantic import BaseModel
 
+from chatbatch.core.config import Priority
 from chatbatch.core.output_lines import CostRecord, OutputLine
 
 if TYPE_CHECKING:
@@ -34,6 +43,14 @@ def error_key(batch_id: str, custom_id: str) -> str:
     return f"errors/{batch_id}/{custom_id}.json"
 
 
+def request_key(batch_id: str, custom_id: str) -> str:
+    return f"requests/{batch_id}/{custom_id}.json"
+
+
+def history_key(batch_id: str, custom_id: str, retry: int) -> str:
+    return f"history/{batch_id}/{custom_id}/{retry}.json"
+
+
 def cost_key(day: str, batch_id: str, custom_id: str, attempt: str | None = None) -> str:
     """A job's cost record; a call whose answer was never read has its own, under the
     job's name (a custom_id never holds a ``/``)."""
@@ -44,6 +61,15 @@ def cost_key(day: str, batch_id: str, custom_id: str, attempt: str | None = None
 
 def manifest_key(batch_id: str) -> str:
     return f"batches/{batch_id}/manifest.jsonl"
+
+
+class KeptRequest(BaseModel):
+    """A failed job's SQS message as the worker received it: enough to send it again."""
+
+    batch_id: str
+    custom_id: str
+    priority: Priority  # the queue it came from (a line may name no priority)
+    body: str  # the job line, or the claim check that points at it
 
 
 class Store:
@@ -59,7 +85,9 @@ class Store:
     def _get(self, key: str) -> bytes | None:
         try:
             return self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        except self._s3.exceptions.NoSuchKey:
+        except ClientError as err:  # by code: see ``transact`` in ``state.ddb`` for why
+            if err.response.get("Error", {}).get("Code") != "NoSuchKey":
+                raise
             return None
 
     def put_result_once(self, batch_id: str, line: OutputLine) -> OutputLine:
@@ -96,6 +124,32 @@ class Store:
     def get_error(self, batch_id: str, custom_id: str) -> OutputLine | None:
         raw = self._get(error_key(batch_id, custom_id))
         return OutputLine.model_validate_json(raw) if raw else None
+
+    def put_request(self, kept: KeptRequest) -> None:
+        self._put(request_key(kept.batch_id, kept.custom_id), kept.model_dump_json())
+
+    def get_request(self, batch_id: str, custom_id: str) -> KeptRequest | None:
+        raw = self._get(request_key(batch_id, custom_id))
+        return KeptRequest.model_validate_json(raw) if raw else None
+
+    def move_error_to_history(self, batch_id: str, custom_id: str, retry: int) -> bool:
+        """Move the job's error line to its history, as retry ``retry``; False if it had none.
+
+        Copy, then delete: a crash in between leaves both, never neither.
+        """
+        source = error_key(batch_id, custom_id)
+        try:
+            self._s3.copy_object(
+                Bucket=self.bucket,
+                Key=history_key(batch_id, custom_id, retry),
+                CopySource={"Bucket": self.bucket, "Key": source},
+            )
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") not in {"NoSuchKey", "404"}:
+                raise
+            return False
+        self._s3.delete_object(Bucket=self.bucket, Key=source)
+        return True
 
     def put_cost(self, record: CostRecord) -> None:
         key = cost_key(record.dt, record.batch_id, record.custom_id, record.attempt)

@@ -22,6 +22,7 @@ from chatbatch.core.config import Config, Priority
 from chatbatch.core.days import utc_day
 from chatbatch.core.job_lines import load_json, parse_job
 from chatbatch.core.jobs import (
+    ATTR_BATCH,
     BATCH_ID_PATTERN,
     CLAIM_CHECK_KEY,
     ID_PATTERN,
@@ -33,7 +34,6 @@ from chatbatch.core.resources import Resources
 from chatbatch.state.store import Store
 
 ATTR_HANDBACKS = "chatbatch-handbacks"
-ATTR_BATCH = "chatbatch-batch"
 ATTR_OWNER = "chatbatch-owner"  # the message id of the job's copy that holds its reservation
 
 

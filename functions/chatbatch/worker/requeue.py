@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import math
 
+from chatbatch.core.jobs import ATTR_BATCH
 from chatbatch.core.metrics import Metric
 from chatbatch.provider.errors import ProviderError
 from chatbatch.state.batches import JobState
-from chatbatch.worker.intake import ATTR_BATCH, ATTR_HANDBACKS, ATTR_OWNER, Intake
+from chatbatch.worker.intake import ATTR_HANDBACKS, ATTR_OWNER, Intake
 from chatbatch.worker.invocation import Invocation, Outcome, RetryLater, io
 from chatbatch.worker.results import fail
 

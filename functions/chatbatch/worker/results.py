@@ -1,4 +1,5 @@
-"""How a job ends: its error record, or its result, cost record and one settle transaction.
+"""How a job ends: its error record (with, for a job ``chatbatch retry`` can send again, the
+message that carried it), or its result, cost record and one settle transaction.
 
 The S3 keys are deterministic (batch id + custom_id), so a redelivery writes the same
 objects again; the DynamoDB transaction that moves the job's state also settles the
@@ -17,8 +18,10 @@ from chatbatch.core.jobs import Job
 from chatbatch.core.metrics import Metric
 from chatbatch.core.output_lines import CostRecord, JobFacts, OutputLine
 from chatbatch.core.pricing import Usage, from_nanos, to_nanos
-from chatbatch.state.batches import JobState
+from chatbatch.state.batches import RETRY_FROM, JobState
 from chatbatch.state.budget.reservations import Reservation
+from chatbatch.state.ddb import s
+from chatbatch.state.store import KeptRequest
 from chatbatch.worker.crash import crash_point
 from chatbatch.worker.intake import Intake
 from chatbatch.worker.invocation import Invocation, Outcome, io
@@ -32,13 +35,32 @@ async def fail(
     facts: JobFacts | None = None,
     new: JobState = JobState.failed,
 ) -> bool:
-    """Write the job's error record and move its state (``failed`` unless told otherwise);
-    False when the job was no longer in the state read (another delivery moved it)."""
+    """Write the job's error record and move its state (``failed`` unless told otherwise),
+    keeping the error's code on the job; False when the job was no longer in the state read
+    (another delivery moved it).
+
+    A job that can be sent again (``failed`` or ``dead_lettered``, and not an invalid
+    line) also keeps the message that carried it, before its state moves: every job
+    ``chatbatch retry`` finds failed has its request.
+    """
+    store = inv.services.store
     line = OutputLine.failure(intake.batch_id, intake.custom_id, code, message, facts)
-    await io(inv.services.store.put_error, intake.batch_id, line)
+    writes = [io(store.put_error, intake.batch_id, line)]
+    if new in RETRY_FROM and intake.error is None:
+        kept = KeptRequest(
+            batch_id=intake.batch_id,
+            custom_id=intake.custom_id,
+            priority=intake.priority,
+            body=intake.record.body,
+        )
+        writes.append(io(store.put_request, kept))
+    await asyncio.gather(*writes)
     prev = inv.states[intake.key]
     move = inv.services.batches.transition
-    return bool(await io(move, intake.batch_id, intake.custom_id, prev=prev, new=new))
+    fields = {"error_code": s(code)}
+    return bool(
+        await io(move, intake.batch_id, intake.custom_id, prev=prev, new=new, fields=fields)
+    )
 
 
 async def refuse(inv: Invocation, intake: Intake, code: str, message: str) -> Outcome:

@@ -281,7 +281,17 @@ class Budget:
             resumed=True,
             rid=item.get("rid", {}).get("S", "legacy"),
             armed=item.get("armed", {}).get("BOOL", False),
+            armed_at=float(item["armed_at"]["N"]) if "armed_at" in item else None,
         )
+        if held.armed and held.armed_at is not None and expires_in > 0:
+            # Its call went out: a copy that comes while the worker that sent it may still
+            # be alive (another message of the same copy: an SQS duplicate, a hand-back
+            # re-sent before its original was deleted) waits; once no Lambda can still be
+            # running, that worker is dead and the call is booked (``worker/unread.py``).
+            # (A claim that expired is a dead worker's: ``reservation_ttl_s`` is longer.)
+            alive_for = held.armed_at + self._config.worker.timeout_s - now
+            if alive_for > 0:
+                raise HeldElsewhere(r.job_key, min(alive_for + 1, HELD_RETRY_S))
         if not self._extend(held, holder, now):
             raise HeldElsewhere(r.job_key, HELD_RETRY_S)  # another copy took it over first
         return held
@@ -308,11 +318,12 @@ class Budget:
         """Mark ``r``: a call under it is about to be sent (``reservations.arm_item``; one
         plain conditional write, no transaction). False if it is no longer this copy's
         reservation (reclaimed, taken over)."""
+        now = self._clock()
         try:
-            self._ddb.update_item(**arm_item(self._table, r)["Update"])
+            self._ddb.update_item(**arm_item(self._table, r, now)["Update"])
         except self._ddb.exceptions.ConditionalCheckFailedException:
             return False
-        r.armed = True
+        r.armed, r.armed_at = True, round(now, 3)
         return True
 
     def release(
@@ -391,6 +402,7 @@ class Budget:
                     nanos=int_of(item, "nanos"),
                     batch_id=batch,
                     batch_limit=batch is not None,
+                    rid=item.get("rid", {}).get("S", "legacy"),
                 )
             if "LastEvaluatedKey" not in reply:
                 return

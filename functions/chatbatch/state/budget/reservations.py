@@ -57,6 +57,12 @@ class Reservation(BaseModel):
     resumed: bool = False  # it existed before this call: the job may have been called already
     rid: str = Field(default_factory=lambda: uuid.uuid4().hex[:16])  # this reservation's id
     armed: bool = False  # a call under it may have reached the provider (``arm_item``)
+    armed_at: float | None = None  # when: the worker that armed it may live until + timeout
+
+
+# the reservation the caller holds, not a later one of the same job (items made before
+# reservations had ids match any)
+SAME_RID = "(#rid = :rid OR attribute_not_exists(#rid))"
 
 
 def hold_items(table: str, r: Reservation, now: float, ttl_s: int) -> list[Item]:
@@ -130,18 +136,19 @@ def extend_items(
     ]
 
 
-def arm_item(table: str, r: Reservation) -> Item:
+def arm_item(table: str, r: Reservation, now: float) -> Item:
     """Mark the reservation: a call under it is about to be sent. From here on, a copy of
     the job that finds it (a redelivery after a crash, a takeover) or a reclaim books it
     as billed at its worst case unless the answer was stored."""
-    names = {"#s": "state", "#d": "day", "#r": "rid", "#a": "armed"}
+    names = {"#s": "state", "#d": "day", "#rid": "rid", "#a": "armed", "#t": "armed_at"}
     values: Item = {
         ":reserved": s("reserved"),
         ":day": s(r.day),
         ":rid": s(r.rid),
         ":true": {"BOOL": True},
+        ":t": n(round(now, 3)),
     }
-    condition = "#s = :reserved AND #d = :day AND (#r = :rid OR attribute_not_exists(#r))"
+    condition = f"#s = :reserved AND #d = :day AND {SAME_RID}"
     if r.owner:
         names["#o"], values[":o"] = "owner", s(r.owner)
         condition += " AND #o = :o"
@@ -149,7 +156,7 @@ def arm_item(table: str, r: Reservation) -> Item:
         "Update": {
             "TableName": table,
             "Key": reservation_key(r.job_key),
-            "UpdateExpression": "SET #a = :true",
+            "UpdateExpression": "SET #a = :true, #t = :t",
             "ConditionExpression": condition,
             "ExpressionAttributeNames": names,
             "ExpressionAttributeValues": values,
@@ -179,13 +186,14 @@ def settle_items(table: str, r: Reservation, actual_nanos: int) -> list[dict[str
             "TableName": table,
             "Key": reservation_key(r.job_key),
             "UpdateExpression": "SET #s = :settled, #a = :a",
-            "ConditionExpression": "#s = :reserved AND #d = :day",
-            "ExpressionAttributeNames": {"#s": "state", "#a": "actual", "#d": "day"},
+            "ConditionExpression": f"#s = :reserved AND #d = :day AND {SAME_RID}",
+            "ExpressionAttributeNames": {"#s": "state", "#a": "actual", "#d": "day", "#rid": "rid"},
             "ExpressionAttributeValues": {
                 ":settled": s("settled"),
                 ":reserved": s("reserved"),
                 ":day": s(r.day),
                 ":a": n(actual_nanos),
+                ":rid": s(r.rid),
             },
         }
     }
@@ -203,9 +211,9 @@ def release_items(
     """The items that give a reservation back; with ``expired_before``, only if its
     deadline is before that time (reclaim). ``spent_nanos`` is what a call under it may
     have been billed (an answer never read: its worst case), booked as spent."""
-    condition = "#s = :reserved AND #d = :day"
-    names = {"#s": "state", "#d": "day"}
-    values: Item = {":reserved": s("reserved"), ":day": s(r.day)}
+    condition = f"#s = :reserved AND #d = :day AND {SAME_RID}"
+    names = {"#s": "state", "#d": "day", "#rid": "rid"}
+    values: Item = {":reserved": s("reserved"), ":day": s(r.day), ":rid": s(r.rid)}
     if expired_before is not None:
         condition += " AND #r < :now"
         names["#r"] = "reclaim_at"
