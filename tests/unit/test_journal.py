@@ -101,6 +101,9 @@ def write_a_history(res: Resources, max_receives: int) -> dict[str, str]:
             ConditionExpression="attribute_not_exists(n) OR n < :three",
             ExpressionAttributeValues={":one": {"N": "1"}, ":three": {"N": "3"}},
         )
+    # a reservation whose call was in flight (armed), as the budget leaves it
+    armed = {**key("resv"), "armed": {"BOOL": True}, "armed_at": {"N": "1796000000.5"}}
+    ddb.put_item(TableName=res.table, Item=armed)
     ddb.transact_write_items(
         TransactItems=[
             {"Put": {"TableName": res.table, "Item": {**key("t"), "v": {"S": "x"}}}},
@@ -162,9 +165,11 @@ def test_a_replay_rebuilds_the_state_and_sends_each_queued_message_once(
             shutil.copytree(ended, killed)  # what a kill -9 leaves: the journal as written
 
     report, held = replayed(killed, config)
-    assert report.refused == report.unreadable == 0 and report.writes == 8
-    assert [i["pk"]["S"] for i in held["items"]] == ["counter", "t"]
+    assert report.refused == report.unreadable == 0 and report.writes == 9
+    assert [i["pk"]["S"] for i in held["items"]] == ["counter", "resv", "t"]
     assert held["items"][0]["n"] == {"N": "3"}
+    # the process that armed it is dead: its call is over, to be booked at once
+    assert held["items"][1] == {**key("resv"), "armed": {"BOOL": True}, "armed_at": {"N": "0"}}
     assert held["objects"] == {"kept.json": b'{"k": 1}', "binary": bytes(range(256))}
     # the messages still queued came back, each owned by the copy it stands for (a
     # handed-back one keeps its owner); a delayed one waits out what is left of its delay
@@ -176,11 +181,11 @@ def test_a_replay_rebuilds_the_state_and_sends_each_queued_message_once(
     }
     # the replay compacted the journal: the state, not its history; the same again
     again, held_again = replayed(killed, config)
-    assert again.writes == 4 and again.resent == report.resent, "each message once"
+    assert again.writes == 5 and again.resent == report.resent, "each message once"
     assert held_again == held
     # a process that ended compacts too
     ended_report, held_ended = replayed(ended, config)
-    assert ended_report.writes == 4 and held_ended == held
+    assert ended_report.writes == 5 and held_ended == held
 
 
 def test_a_state_of_another_stack_or_in_use_is_refused(tmp_path: Path, config: Config) -> None:

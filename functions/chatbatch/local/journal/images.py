@@ -11,7 +11,7 @@ so the items it reads are the ones this write left.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from moto.dynamodb.models import DynamoDBBackend
@@ -62,7 +62,7 @@ def key_of(table: Table, attrs: Attrs) -> Attrs:
     return {name: attrs[name] for name in names if name}
 
 
-def apply(backend: DynamoDBBackend, changes: list[Change]) -> None:
+def apply(backend: DynamoDBBackend, changes: Iterable[Change]) -> None:
     """Leave each item as ``changes`` say (a replay)."""
     for table, key, item in changes:
         if item is None:

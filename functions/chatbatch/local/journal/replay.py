@@ -4,7 +4,8 @@ Each write is recorded as what it left (an item's after-image, an object's body)
 only the last one of each item and object matters: a replay reads the whole journal,
 then puts each item and object it left, once (a replay starts from an empty moto, so
 what was deleted is simply not put). ``refused`` counts what moto refuses on the way (a
-table or bucket the stack does not have): it stays 0.
+table or bucket the stack does not have): it stays 0. The calls in flight when the
+journal ended are known dead (``dead``).
 
 SQS is not replayed call by call: a message's id is SQS's own, and receiving it is not
 a write. What matters is which messages were still there: every message added and never
@@ -33,11 +34,11 @@ import boto3
 from aws_lambda_powertools import Logger
 from moto.core.exceptions import JsonRESTError, ServiceException
 
-from chatbatch.core.jobs import CLAIM_CHECK_KEY
+from chatbatch.core.jobs import ATTR_BATCH, CLAIM_CHECK_KEY
 from chatbatch.local.journal import backends, images
 from chatbatch.local.journal.index import Index, Record
 from chatbatch.local.journal.journal import Journal, Line, s3_body
-from chatbatch.worker.intake import ATTR_BATCH, ATTR_OWNER
+from chatbatch.worker.intake import ATTR_OWNER
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -79,6 +80,18 @@ def job_of(body: str, attrs: dict[str, Any]) -> JobKey | None:
     return (batch, custom_id) if isinstance(batch, str) and isinstance(custom_id, str) else None
 
 
+def dead(item: images.Attrs) -> images.Attrs:
+    """An item as this process must see it. A budget reservation whose call was in flight
+    (``armed``) was armed by the process that wrote the journal, and that process is dead:
+    this one holds the state's lock, which only its end released. Its arm time goes back
+    to the epoch, so the job's next copy books the call at once instead of waiting
+    ``worker.timeout_s`` for the worker that sent it to finish (``state/budget/budget.py``
+    ``Budget._existing``)."""
+    if item.get("armed", {}).get("BOOL") and "armed_at" in item:
+        return item | {"armed_at": {"N": "0"}}
+    return item
+
+
 class Replay:
     """Reads a journal (``run``) and puts back into the current (moto) account what it
     left (``restore``); ``finish`` sends the messages left. Keeps the journal's ``index``."""
@@ -116,7 +129,7 @@ class Replay:
             return
         started = time.monotonic()
         try:
-            items = [change for change in self._items.values() if change[2] is not None]
+            items = [(t, key, dead(item)) for t, key, item in self._items.values() if item]
             images.apply(backends.dynamodb(), items)
             s3 = backends.s3()
             with path.open("rb") as journal:
