@@ -33,6 +33,7 @@ OURS = (
 QUICK_ARGS = {
     "bench_simulator": ["--requests", "1000"],
     "bench_limiter": ["--jobs", "200"],
+    "bench_resume": ["--jobs", "200"],
 }
 SCRIPT_TIMEOUT_S = 1800
 

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
+import shutil
 import signal
+import sys
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import BaseModel
@@ -23,7 +28,13 @@ from chatbatch.cli.errors import EXIT_USAGE, CliError
 from chatbatch.cli.output import console, emit, out, progress_bar
 from chatbatch.cli.params import ConfigOpt
 from chatbatch.core.config import Priority
-from chatbatch.state.batches import BatchInfo
+from chatbatch.state.batches import BatchInfo, SubmittedFromAnotherFile
+
+if TYPE_CHECKING:
+    from chatbatch.local.runtime import Interrupted, LocalRuntime
+    from chatbatch.local.summary import Summary
+
+EXIT_INTERRUPTED = 130  # what a shell reports for a command ended by Ctrl-C
 
 ProviderUrlOpt = Annotated[
     str | None,
@@ -41,6 +52,14 @@ LatencyOpt = Annotated[float, typer.Option(help="simulator latency")]
 FaultsOpt = Annotated[
     str | None,
     typer.Option(help='simulator fault rates as JSON, e.g. \'{"500": 0.05, "reset": 0.02}\''),
+]
+StateOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--state",
+        help="directory of the local state (the journal of every write; default for "
+        "`local run`: OUT/.state); the same command again resumes from it",
+    ),
 ]
 
 
@@ -85,17 +104,27 @@ def local_run(
     sim_rpm: Annotated[int | None, typer.Option(help="simulator's own requests/min")] = None,
     sim_tpm: Annotated[int | None, typer.Option(help="simulator's own tokens/min")] = None,
     sim_faults: FaultsOpt = None,
+    state: StateOpt = None,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="delete the state (and so the answers) and start over")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print summary.json")] = False,
 ) -> None:
     """Run JOBS through the local pipeline; write results, errors, costs and a summary to --out.
 
     Outputs: OUT/results.jsonl (input order), OUT/errors.jsonl, OUT/costs.jsonl,
-    OUT/summary.json, and the worker's JSON logs in OUT/worker.log.
+    OUT/summary.json, and the worker's JSON logs in OUT/worker.log. Answers are appended as
+    they finish; Ctrl-C stops (exit 130) and the same command again resumes: jobs already
+    answered are neither sent nor paid again.
     """
-    from chatbatch.local.runtime import LocalRuntime
+    from chatbatch.local.journal.state_dir import StateError
+    from chatbatch.local.runtime import Interrupted, LocalRuntime
 
     if not jobs.is_file():
         raise CliError(f"{jobs}: no such file; give the path of a JSONL jobs file", EXIT_USAGE)
+    state_dir = state or out_dir / ".state"
+    if fresh:
+        shutil.rmtree(state_dir, ignore_errors=True)
     options = _local_options(
         config_path=config,
         provider_url=provider_url,
@@ -110,14 +139,34 @@ def local_run(
         sim_tpm=sim_tpm,
         sim_faults=sim_faults,
         log_file=out_dir / "worker.log",
+        state_dir=state_dir,
     )
-    with LocalRuntime(options) as runtime, progress_bar(as_json) as progress:
-        task = progress.add_task("jobs", total=None)
+    try:
+        with LocalRuntime(options) as runtime, _on_stop_signals(runtime.request_stop):
+            _say_resumed(runtime, state_dir)
+            with progress_bar(as_json) as progress:
+                task = progress.add_task("jobs", total=None)
 
-        def show(info: BatchInfo, total: int) -> None:
-            progress.update(task, total=total, completed=info.finished + info.deferred)
+                def show(info: BatchInfo, total: int) -> None:
+                    progress.update(task, total=total, completed=info.finished + info.deferred)
 
-        summary = runtime.run(jobs, out_dir, on_progress=show)
+                summary = runtime.run(jobs, out_dir, on_progress=show)
+    except StateError as err:
+        raise CliError(str(err)) from None
+    except SubmittedFromAnotherFile as err:
+        raise CliError(
+            f"{state_dir} holds the run of another file (checksum {err.registered[:12]}, this "
+            f"file {err.checksum[:12]}): give another --out (or --state), or start over with "
+            "--fresh (which deletes its answers)"
+        ) from None
+    except Interrupted as stopped:
+        _show_summary(stopped.summary, jobs, out_dir, as_json)
+        _say_how_to_resume(stopped, out_dir)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    _show_summary(summary, jobs, out_dir, as_json)
+
+
+def _show_summary(summary: Summary, jobs: Path, out_dir: Path, as_json: bool) -> None:
     if as_json:
         emit(summary)
         return
@@ -127,6 +176,35 @@ def local_run(
     for key, value in summary.model_dump(exclude={"aws_requests"}).items():
         table.add_row(key, str(value))
     out.print(table)
+
+
+def _say_resumed(runtime: LocalRuntime, state_dir: Path | None) -> None:
+    replayed = runtime.replayed
+    if replayed.resumed:
+        console.print(
+            f"resuming from {state_dir}: {replayed.writes} writes replayed, "
+            f"{sum(replayed.resent.values())} message(s) back in the queues "
+            f"({replayed.seconds:.1f} s)",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _say_how_to_resume(stopped: Interrupted, out_dir: Path) -> None:
+    summary = stopped.summary
+    again = " ".join(["chatbatch", *(shlex.quote(a) for a in sys.argv[1:] if a != "--fresh")])
+    running = (
+        f"; {stopped.running} invocation(s) were still running: their calls are booked at "
+        "their worst case and asked again"
+        if stopped.running
+        else ""
+    )
+    console.print(
+        f"stopped: {summary.succeeded} of {summary.jobs_total} job(s) answered, in "
+        f"{out_dir}/results.jsonl{running}. To resume, run the same command again: {again}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 class LocalUp(BaseModel):
@@ -147,6 +225,7 @@ def local_up(
     seed: SeedOpt = 0,
     sim_latency_ms: LatencyOpt = 0.0,
     sim_faults: FaultsOpt = None,
+    state: StateOpt = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="print the endpoint and environment as JSON")
     ] = False,
@@ -155,10 +234,10 @@ def local_up(
 
     moto's server stands in for AWS, the simulator for the chat API, and emulated Lambda
     workers consume the queues. The config's stack is registered in moto, so every other
-    command finds it once the printed environment is exported.
+    command finds it once the printed environment is exported. With --state DIR the state
+    is kept there: started again with the same DIR, it carries on its batches.
     """
-    from chatbatch.local.aws import FAKE_CREDENTIALS
-    from chatbatch.local.runtime import LocalRuntime
+    from chatbatch.local.journal.state_dir import StateError
 
     options = _local_options(
         config_path=config,
@@ -172,9 +251,23 @@ def local_up(
         sim_faults=sim_faults,
         server=True,
         port=port,
+        state_dir=state,
     )
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
+    try:
+        _serve(options, config, as_json)
+    except StateError as err:
+        raise CliError(str(err)) from None
+    kept = f"; its state is kept in {state}: `chatbatch local up --state {state}` carries on"
+    console.print(f"stopped{kept if state else '; the local state is gone with it'}")
+
+
+def _serve(options: Any, config: Path | None, as_json: bool) -> None:
+    from chatbatch.local.aws import FAKE_CREDENTIALS
+    from chatbatch.local.runtime import LocalRuntime
+
     with LocalRuntime(options) as runtime:
+        _say_resumed(runtime, options.state_dir)
         runtime.register_stack()
         env = {"AWS_ENDPOINT_URL": runtime.endpoint or ""} | FAKE_CREDENTIALS
         env.pop("AWS_DEFAULT_REGION", None)
@@ -184,25 +277,31 @@ def local_up(
             simulator=runtime.simulator.base_url if runtime.simulator else None,
             env=env,
         )
-        _announce(up, config, as_json)
+        _announce(up, config, as_json, options.state_dir)
         _wait_for_stop()
-    console.print("stopped; the local state is gone with it")
 
 
-def _wait_for_stop() -> None:
-    """Block until Ctrl-C or SIGTERM (also when started in the background, where a shell
-    may have set SIGINT to be ignored)."""
-    stop = threading.Event()
+@contextmanager
+def _on_stop_signals(handle: Callable[[], None]) -> Iterator[None]:
+    """Ctrl-C and SIGTERM call ``handle`` instead of ending the process (also when started
+    in the background, where a shell may have set SIGINT to be ignored)."""
     signals = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in signals}
+    previous = {sig: signal.signal(sig, lambda *_: handle()) for sig in signals}
     try:
-        stop.wait()
+        yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
-def _announce(up: LocalUp, config: Path | None, as_json: bool) -> None:
+def _wait_for_stop() -> None:
+    """Block until Ctrl-C or SIGTERM."""
+    stop = threading.Event()
+    with _on_stop_signals(stop.set):
+        stop.wait()
+
+
+def _announce(up: LocalUp, config: Path | None, as_json: bool, state: Path | None) -> None:
     if as_json:
         typer.echo(up.model_dump_json())
         return
@@ -214,9 +313,12 @@ def _announce(up: LocalUp, config: Path | None, as_json: bool) -> None:
     )
     typer.echo("\n".join(f"export {name}={value}" for name, value in up.env.items()))
     option = f" --config {config}" if config else ""
+    kept = (
+        f"its state is kept in {state}" if state else "its state lives in memory and goes with it"
+    )
     console.print(
         f"then e.g. `chatbatch submit jobs.jsonl{option}` and `chatbatch status{option}`. "
-        "Ctrl-C stops it (its state lives in memory and goes with it).",
+        f"Ctrl-C stops it ({kept}).",
         highlight=False,
         soft_wrap=True,
     )

@@ -134,10 +134,22 @@ class EventSourceMapping:
             thread.start()
             self._threads.append(thread)
 
-    def stop(self) -> None:
+    def halt(self) -> None:
+        """Receive no more; the invocations under way run on."""
         self._stop.set()
+
+    def running(self) -> int:
+        """Pollers still running (after ``halt``: those in an invocation)."""
+        return sum(thread.is_alive() for thread in self._threads)
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Halt, and wait for the invocations under way (at most ``timeout_s`` in all;
+        default: the function timeout)."""
+        self.halt()
+        wait_s = self.settings.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + wait_s
         for thread in self._threads:
-            thread.join(timeout=self.settings.timeout_s)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def _receive(self) -> list[MessageTypeDef]:
         s = self.settings

@@ -29,6 +29,9 @@ class LocalOptions:
     visibility_timeout_s: int | None = None
     log_level: str = "WARNING"
     log_file: Path | None = None  # the worker's JSON log lines go here instead of stdout
+    # the journal's directory: the state survives the process (None: in memory only)
+    state_dir: Path | None = None
+    stop_grace_s: float = 15.0  # stopped early: how long the calls in flight may finish
 
 
 def effective_config(config: Config, options: LocalOptions, provider_url: str) -> Config:

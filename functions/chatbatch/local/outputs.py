@@ -1,6 +1,10 @@
 """A local run's output files: ``results.jsonl`` and ``errors.jsonl`` (every line of the
 input, in input order) and ``costs.jsonl`` (the batch's cost records).
 
+Each file is written beside its final name and then renamed over it, so a process killed
+while writing leaves the previous version whole (``chatbatch.local.live_outputs`` keeps
+that version current while the run goes on).
+
 A job that has not finished when the run ends gets an error line that says why it waits:
 ``paused`` (its model's breaker is open: an account error, with the provider's message
 and what to do) or ``deferred`` (waiting for budget). Nothing is dropped: the job is
@@ -8,17 +12,67 @@ still queued and finishes when the cause is gone."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import boto3
 
 from chatbatch.client.submit import Plan, iter_jobs
 from chatbatch.core.config import Config
-from chatbatch.core.jobs import Job
+from chatbatch.core.jobs import Job, JobError
 from chatbatch.core.output_lines import OutputLine
 from chatbatch.state.breaker import Breaker
 from chatbatch.state.store import Store
+
+
+@contextmanager
+def replacing(path: Path) -> Iterator[IO[str]]:
+    """A file written beside ``path``, synced, then renamed over it."""
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("w") as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, path)
+
+
+def invalid_line(batch_id: str, err: JobError) -> OutputLine:
+    """The error line of an input line that is not a valid job."""
+    return OutputLine.failure(batch_id, err.custom_id or f"line-{err.line}", err.code, str(err))
+
+
+def is_batch_cost(key: str, batch_id: str) -> bool:
+    """Whether ``key`` is one of the batch's cost records (``costs/dt=<day>/<batch>/...``)."""
+    parts = key.split("/")
+    return len(parts) > 3 and parts[0] == "costs" and parts[2] == batch_id
+
+
+@dataclass
+class Figures:
+    """The results' latencies and retries, for the summary."""
+
+    latencies: list[int] = field(default_factory=list)
+    retries: int = 0
+
+    def add(self, result: OutputLine) -> None:
+        if result.chatbatch:
+            self.latencies.append(result.chatbatch.latency_ms)
+            self.retries += max(0, result.chatbatch.attempts - 1)
+
+    @classmethod
+    def of_file(cls, path: Path) -> Figures:
+        """The figures of the results in a ``results.jsonl`` (none if it is missing)."""
+        figures = cls()
+        if path.exists():
+            with path.open() as lines:
+                for text in lines:
+                    if text.strip():
+                        figures.add(OutputLine.model_validate_json(text))
+        return figures
 
 
 def _waiting(batch_id: str, job: Job, paused: Mapping[str, Breaker]) -> OutputLine:
@@ -44,9 +98,7 @@ def _outputs(
     lines = iter_jobs(path, config, plan.batch_id)
     for number in range(1, plan.lines + 1):
         if number in errors:
-            err = errors[number]
-            cid = err.custom_id or f"line-{number}"
-            yield OutputLine.failure(plan.batch_id, cid, err.code, str(err)), False
+            yield invalid_line(plan.batch_id, errors[number]), False
             continue
         job = next(lines, None)
         if job is None:
@@ -70,23 +122,21 @@ def write_results(
     """``results.jsonl`` and ``errors.jsonl`` under ``out``; the results' latencies and
     retries (for the summary). ``paused``: the open breakers, by model name."""
     out.mkdir(parents=True, exist_ok=True)
-    latencies: list[int] = []
-    retries = 0
-    with (out / "results.jsonl").open("w") as results, (out / "errors.jsonl").open("w") as errs:
+    figures = Figures()
+    with replacing(out / "results.jsonl") as results, replacing(out / "errors.jsonl") as errs:
         for line, ok in _outputs(path, plan, config, store, paused or {}):
             (results if ok else errs).write(line.to_line() + "\n")
-            if ok and line.chatbatch:
-                latencies.append(line.chatbatch.latency_ms)
-                retries += max(0, line.chatbatch.attempts - 1)
-    return latencies, retries
+            if ok:
+                figures.add(line)
+    return figures.latencies, figures.retries
 
 
 def write_costs(path: Path, bucket: str, batch_id: str) -> None:
     """The batch's cost records, one per line, into ``path``."""
     s3 = boto3.client("s3")
-    with path.open("w") as costs:
+    with replacing(path) as costs:
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="costs/"):
             for obj in page.get("Contents", []):
-                if f"/{batch_id}/" in obj["Key"]:
+                if is_batch_cost(obj["Key"], batch_id):
                     body = s3.get_object(Bucket=bucket, Key=obj["Key"])
                     costs.write(body["Body"].read().decode().strip() + "\n")

@@ -3,11 +3,18 @@
 moto stands in for AWS (in-process for ``run``, its HTTP server for ``up``), the provider
 simulator (or ``--provider-url``) for the chat API, and ``EventSourceMapping`` pollers call
 the real handler (``chatbatch.worker.handler.handler``) with real SQS events. The jobs go through
-``chatbatch.client.submit``, the same code as ``chatbatch submit``, with one difference: moto's
-SQS slows down with queue depth (it rescans every stored message on each send and
-receive), so instead of pouring the whole file into the queues, each priority's queue is
-fed from its own backlog and kept at most ``FEED_DEPTH`` messages deep. Priority order
-survives, since every priority has its own feeder.
+``chatbatch.client.submit``, the same code as ``chatbatch submit``, with one difference: each
+priority's queue is fed from a backlog (``chatbatch.local.feeder``).
+
+With a state directory (``LocalOptions.state_dir``; ``local run`` keeps one under its
+``--out``), the state survives the process: every write is journaled, and the next
+runtime on the same directory replays it before its workers start
+(``chatbatch.local.journal``). A run of the same file then resumes: the jobs already final
+are not sent again, the ones still queued come back from the journal, the others are
+sent. ``request_stop`` (Ctrl-C, SIGTERM) ends a run early: the workers stop receiving,
+the calls in flight get ``stop_grace_s`` to finish, and ``summary.json`` is written with
+the counts so far (``Interrupted``). The answers are on disk as they finish
+(``chatbatch.local.live_outputs``).
 
 A run's options are in ``chatbatch.local.options``; the files it writes in
 ``chatbatch.local.outputs`` and what it reports in ``chatbatch.local.summary``.
@@ -22,10 +29,8 @@ import tempfile
 import threading
 import time
 import warnings
-from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import boto3
@@ -41,8 +46,7 @@ from chatbatch.client.submit import (
     write_manifest,
 )
 from chatbatch.core.config import Priority, load_config
-from chatbatch.core.jobs import Job
-from chatbatch.core.resources import Resources, resources_to_outputs
+from chatbatch.core.resources import Resources, queue_name, resources_to_outputs
 from chatbatch.local.aws import (
     create_resources,
     moto_in_process,
@@ -50,46 +54,34 @@ from chatbatch.local.aws import (
     patched_env,
 )
 from chatbatch.local.emulator import EventSourceMapping, MappingSettings
+from chatbatch.local.feeder import Feeder, Unfinished
+from chatbatch.local.journal.replay import ReplayReport
+from chatbatch.local.journal.state_dir import durable
+from chatbatch.local.live_outputs import live_outputs
 from chatbatch.local.options import LocalOptions, effective_config
-from chatbatch.local.outputs import write_costs, write_results
+from chatbatch.local.outputs import Figures, invalid_line, replacing, write_costs, write_results
 from chatbatch.local.simulator import Simulator, SimulatorSettings
 from chatbatch.local.summary import AwsCallCounter, Summary, summarize
 from chatbatch.state.batches import Batches, BatchInfo
 from chatbatch.state.breaker import Breakers
-from chatbatch.state.store import Store
+from chatbatch.state.store import Store, manifest_key
 
-FEED_DEPTH = 100
 POLL_S = 0.25  # how often the batch's counters are read while waiting
 LOCAL_KEY = "sk-local-simulator"
 
 
-@dataclass
-class Feeder:
-    """Keeps one priority's queue at most ``depth`` deep from a local backlog."""
+class Stopped(Exception):
+    """``request_stop`` was called while a run waited."""
 
-    priority: Priority
-    sender: Sender
-    depth: int = FEED_DEPTH
-    backlog: deque[Job] = field(default_factory=deque)
-    in_queue: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def done(self, n: int) -> None:
-        with self.lock:
-            self.in_queue = max(0, self.in_queue - n)
+class Interrupted(Exception):
+    """A run stopped early (``request_stop``); ``summary``: the counts so far, also in
+    ``summary.json``."""
 
-    def pump(self) -> bool:
-        """Send what fits; True while a backlog remains."""
-        while self.backlog:
-            with self.lock:
-                room = self.depth - self.in_queue
-            if room < 10 and self.in_queue:
-                return True
-            chunk = [self.backlog.popleft() for _ in range(min(10, len(self.backlog)))]
-            self.sender.send(self.priority, chunk)
-            with self.lock:
-                self.in_queue += len(chunk)
-        return False
+    def __init__(self, summary: Summary, running: int) -> None:
+        super().__init__(f"stopped with {summary.succeeded} job(s) answered")
+        self.summary = summary
+        self.running = running  # invocations still under way when the grace ended
 
 
 class LocalRuntime:
@@ -103,6 +95,10 @@ class LocalRuntime:
         self._stack = ExitStack()
         self.mappings: dict[Priority, EventSourceMapping] = {}
         self.feeders: dict[Priority, Feeder] = {}
+        self.replayed = ReplayReport()  # what the state directory held (nothing: a new run)
+        self.kept = 0  # jobs already final when the last run of a file started
+        self.stopping = threading.Event()
+        self.hurry = threading.Event()  # asked twice: stop without waiting
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -116,8 +112,12 @@ class LocalRuntime:
 
     def __exit__(self, *exc: object) -> None:
         for mapping in self.mappings.values():
-            mapping.stop()
+            mapping.stop(0.0 if self.stopping.is_set() else None)
         self._stack.close()
+
+    def request_stop(self) -> None:
+        """End the run early (Ctrl-C); asked again, without waiting for calls in flight."""
+        (self.hurry if self.stopping.is_set() else self.stopping).set()
 
     def _start(self) -> None:
         options = self.options
@@ -140,6 +140,8 @@ class LocalRuntime:
             self.endpoint = None
         self.aws_calls.install()
         self.resources = create_resources(self.config, options.visibility_timeout_s)
+        if options.state_dir is not None:
+            self.replayed = self._stack.enter_context(durable(options.state_dir, self.resources))
         env = {
             **self.resources.env(),
             "CHATBATCH_CONFIG": str(config_file),
@@ -168,6 +170,7 @@ class LocalRuntime:
             url = self.resources.queues[priority]
             arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
             feeder = Feeder(priority, self.sender)
+            feeder.in_queue = self.replayed.resent[queue_name(self.config.stack_name, priority)]
             self.feeders[priority] = feeder
             mapping = EventSourceMapping(
                 boto3.client("sqs"),
@@ -194,14 +197,19 @@ class LocalRuntime:
     # --- a run -------------------------------------------------------------------
 
     def submit(self, path: Path, batch_id: str | None = None) -> Plan:
-        """Validate, register and queue a file's valid jobs into the feeders' backlogs."""
+        """Validate, register and queue a file's valid jobs into the feeders' backlogs.
+        Resumed (the state held a journal), only the jobs still to send are queued."""
         config = self.config
         batch = batch_id or self.options.batch_id
         plan = plan_file(path, config, batch, config.defaults.priority)
         register(plan, self.batches, budget_nanos=None)
-        write_manifest(path, config, batch, self.store)
-        for job in iter_jobs(path, config, batch):
+        if not (self.replayed.resumed and self.store.get_text(manifest_key(batch)) is not None):
+            write_manifest(path, config, batch, self.store)
+        jobs = iter_jobs(path, config, batch)
+        unfinished = Unfinished(self.batches, self.replayed.pending_jobs)
+        for job in unfinished(jobs) if self.replayed.resumed else jobs:
             self.feeders[priority_of(job, plan.default_priority)].backlog.append(job)
+        self.kept = unfinished.kept
         return plan
 
     def wait(
@@ -212,9 +220,10 @@ class LocalRuntime:
         until: Callable[[BatchInfo, Plan], bool] | None = None,
     ) -> BatchInfo:
         """Feed the queues and wait until every job is final or waits for budget or for
-        its paused model (or until ``until`` says so)."""
+        its paused model (or until ``until`` says so). Raises ``Stopped`` once
+        ``request_stop`` was called."""
         deadline = time.monotonic() + self.options.timeout_s
-        while True:
+        while not self.stopping.is_set():
             backlog = [f.pump() for f in self.feeders.values()]
             info = self.batches.get(plan.batch_id) or BatchInfo(batch_id=plan.batch_id)
             if on_progress:
@@ -223,7 +232,8 @@ class LocalRuntime:
                 return info
             if time.monotonic() > deadline:
                 raise TimeoutError(f"batch {plan.batch_id} did not finish in time: {info}")
-            time.sleep(POLL_S)
+            self.stopping.wait(POLL_S)
+        raise Stopped
 
     def run(
         self,
@@ -232,13 +242,39 @@ class LocalRuntime:
         *,
         on_progress: Callable[[BatchInfo, int], None] | None = None,
     ) -> Summary:
+        """Run a file; its answers reach ``out`` as they finish. Raises ``Interrupted``
+        when stopped early (``request_stop``)."""
         started = time.monotonic()
         plan = self.submit(path)
-        info = self.wait(
-            plan, on_progress=(lambda i: on_progress(i, plan.valid)) if on_progress else None
-        )
+        invalid = [invalid_line(plan.batch_id, err) for err in plan.errors]
+        show = (lambda i: on_progress(i, plan.valid)) if on_progress else None
+        running: int | None = None  # set when stopped early
+        with live_outputs(out, self.resources.bucket, plan.batch_id, invalid):
+            try:
+                info = self.wait(plan, on_progress=show)
+            except Stopped:
+                running = self.halt_workers()  # their answers still reach the files
         wall = time.monotonic() - started
-        return self.write_outputs(path, plan, info, out, wall)
+        if running is None:
+            return self.write_outputs(path, plan, info, out, wall)
+        info = self.batches.get(plan.batch_id) or BatchInfo(batch_id=plan.batch_id)
+        figures = Figures.of_file(out / "results.jsonl")
+        summary = self.summarize(plan, info, wall, figures.latencies, figures.retries)
+        summary.interrupted = True
+        write_summary(out, summary)
+        raise Interrupted(summary, running)
+
+    def halt_workers(self) -> int:
+        """Stop receiving, and give the invocations under way ``stop_grace_s`` to end
+        (less if asked to hurry); returns how many are still running."""
+        for mapping in self.mappings.values():
+            mapping.halt()
+        deadline = time.monotonic() + self.options.stop_grace_s
+        while (running := sum(m.running() for m in self.mappings.values())) and not (
+            self.hurry.is_set() or time.monotonic() > deadline
+        ):
+            self.hurry.wait(0.05)
+        return running
 
     # --- outputs -----------------------------------------------------------------
 
@@ -251,16 +287,21 @@ class LocalRuntime:
         latencies, retries = write_results(path, plan, out, self.config, self.store, paused)
         write_costs(out / "costs.jsonl", self.resources.bucket, plan.batch_id)
         summary = self.summarize(plan, info, wall, latencies, retries)
-        (out / "summary.json").write_text(summary.model_dump_json(indent=2) + "\n")
+        write_summary(out, summary)
         return summary
 
     def summarize(
         self, plan: Plan, info: BatchInfo, wall: float, latencies: list[int], retries: int
     ) -> Summary:
         stats = self.simulator.stats() if self.simulator else None
-        return summarize(
-            plan, info, wall, latencies, retries, stats=stats, aws=self.aws_calls.by_service()
-        )
+        aws = self.aws_calls.by_service()
+        return summarize(plan, info, wall, latencies, retries, stats=stats, aws=aws, kept=self.kept)
+
+
+def write_summary(out: Path, summary: Summary) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with replacing(out / "summary.json") as f:
+        f.write(summary.model_dump_json(indent=2) + "\n")
 
 
 def register_stack(resources: Resources, stack_name: str) -> None:

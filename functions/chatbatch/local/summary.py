@@ -42,6 +42,11 @@ class Summary(BaseModel):
     p99_latency_ms: float | None
     aws_requests: dict[str, dict[str, int]]
     aws_requests_per_job: float
+    # a resumed run: the jobs already final when it started (their answers kept, not paid
+    # again); wall_s, jobs_per_s, provider_calls, provider_429s and aws_requests are this
+    # run's, the counts, tokens and cost the batch's over every run
+    resumed_jobs: int = 0
+    interrupted: bool = False  # stopped early (Ctrl-C, SIGTERM): the counts so far
 
 
 class AwsCallCounter:
@@ -77,10 +82,13 @@ def summarize(
     *,
     stats: Stats | None,
     aws: dict[str, dict[str, int]],
+    kept: int = 0,
 ) -> Summary:
     """The batch's counts and cost, throughput, latencies, provider calls (from the
-    simulator's ``stats`` when it ran) and the ``aws`` calls by service."""
+    simulator's ``stats`` when it ran) and the ``aws`` calls by service; ``kept``: the
+    jobs already final when a resumed run started (not in its throughput)."""
     total = plan.valid + plan.invalid
+    ran = total - kept
     aws_total = sum(sum(ops.values()) for ops in aws.values())
     return Summary(
         batch_id=plan.batch_id,
@@ -100,14 +108,15 @@ def summarize(
         estimated_calls=info.estimated_calls,
         estimated_usd=float(from_nanos(info.estimated_nanos)),
         wall_s=round(wall, 3),
-        jobs_per_s=round(total / wall, 2) if wall else 0.0,
+        jobs_per_s=round(ran / wall, 2) if wall else 0.0,
         provider_calls=stats.requests if stats else info.provider_calls,
         provider_429s=stats.by_status.get("429", 0) if stats else None,
         retries=retries,
         p50_latency_ms=_percentile(latencies, 50),
         p99_latency_ms=_percentile(latencies, 99),
         aws_requests=aws,
-        aws_requests_per_job=round(aws_total / total, 2) if total else 0.0,
+        aws_requests_per_job=round(aws_total / ran, 2) if ran else 0.0,
+        resumed_jobs=kept,
     )
 
 

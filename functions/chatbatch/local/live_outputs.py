@@ -1,0 +1,98 @@
+"""Answers on disk as they finish: ``results.jsonl``, ``errors.jsonl`` and ``costs.jsonl``
+appended while a local run goes on.
+
+``live_outputs`` starts the three files afresh, puts the input's invalid lines in the
+error file, then appends each result, error and cost record of the run's batch as the
+worker stores it (a ``tap.Listener`` on S3 puts), and adds what the bucket already held
+(a resumed run's earlier answers). Each object is written once per run, by its key. The
+lines reach the kernel as they are appended and are fsync'ed in small groups
+(``SyncedAppender``), so a run stopped any way leaves every answer it had stored on disk.
+At the end of the run ``outputs`` rewrites the files in input order.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import boto3
+
+from chatbatch.core.output_lines import OutputLine
+from chatbatch.local.journal import backends, tap
+from chatbatch.local.journal.appender import SyncedAppender
+from chatbatch.local.outputs import is_batch_cost
+
+FILES = {"results": "results.jsonl", "errors": "errors.jsonl", "costs": "costs.jsonl"}
+
+
+class LiveOutputs(tap.Listener):
+    """Appends the batch's stored results, errors and cost records to the files under
+    ``out``, each object once."""
+
+    def __init__(self, out: Path, bucket: str, batch_id: str, files: dict[str, SyncedAppender]):
+        self.out = out
+        self._bucket = bucket
+        self._batch_id = batch_id
+        self._files = files
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def kind(self, key: str) -> str | None:
+        """Which file an object of the bucket goes to, if it is the batch's."""
+        for kind in ("results", "errors"):
+            if key.startswith(f"{kind}/{self._batch_id}/"):
+                return kind
+        return "costs" if is_batch_cost(key, self._batch_id) else None
+
+    def s3_put(self, bucket: str, key: str, body: bytes) -> None:
+        kind = self.kind(key) if bucket == self._bucket else None
+        if kind:
+            self._add(kind, key, body)
+
+    def add_lines(self, kind: str, lines: Iterable[OutputLine]) -> None:
+        for line in lines:
+            self._files[kind].append(line.to_line().encode() + b"\n")
+
+    def backfill(self) -> int:
+        """Add the batch's objects the bucket already holds; returns how many were new.
+        The bodies are read from moto's S3 itself: through the API, a resumed run's
+        answers would cost a GET each."""
+        moto_s3 = backends.s3()
+        pages = boto3.client("s3").get_paginator("list_objects_v2").paginate
+        added = 0
+        for prefix in (f"results/{self._batch_id}/", f"errors/{self._batch_id}/", "costs/"):
+            for page in pages(Bucket=self._bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    key, kind = obj["Key"], self.kind(obj["Key"])
+                    stored = moto_s3.get_object(self._bucket, key) if kind else None
+                    if kind and stored is not None and key not in self._seen:
+                        added += self._add(kind, key, stored.value)
+        return added
+
+    def _add(self, kind: str, key: str, body: bytes) -> bool:
+        with self._lock:
+            if key in self._seen:
+                return False
+            self._seen.add(key)
+        self._files[kind].append(body.strip() + b"\n")
+        return True
+
+
+@contextmanager
+def live_outputs(
+    out: Path, bucket: str, batch_id: str, invalid: Iterable[OutputLine] = ()
+) -> Iterator[LiveOutputs]:
+    """The batch's files under ``out``, kept current until the block ends; ``invalid``:
+    the error lines of the input's invalid lines."""
+    with ExitStack() as stack:
+        files = {
+            kind: stack.enter_context(SyncedAppender(out / name, truncate=True))
+            for kind, name in FILES.items()
+        }
+        live = LiveOutputs(out, bucket, batch_id, files)
+        live.add_lines("errors", invalid)
+        stack.enter_context(tap.listening(live))
+        live.backfill()
+        yield live
