@@ -20,8 +20,9 @@ from chatbatch.core.jobs import Job
 from chatbatch.core.pricing import Usage, cost, to_nanos
 from chatbatch.local.aws import create_resources, moto_in_process
 from chatbatch.local.simulator import Engine, SimulatorSettings
-from chatbatch.state.budget.budget import BUSY_RETRY_S, Budget
+from chatbatch.state.budget.budget import Budget
 from chatbatch.state.budget.errors import (
+    BUSY_RETRY_S,
     AlreadySettled,
     BudgetDeferred,
     HeldElsewhere,

@@ -20,7 +20,7 @@ from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 
 from chatbatch.core.config import Config
-from chatbatch.core.days import next_midnight, seconds_to_midnight, utc_day
+from chatbatch.core.days import utc_day
 from chatbatch.core.pricing import from_nanos, to_nanos
 from chatbatch.core.resources import TABLE_PK, TABLE_SK
 from chatbatch.state.budget.errors import (
@@ -28,6 +28,7 @@ from chatbatch.state.budget.errors import (
     BudgetDeferred,
     HeldElsewhere,
     OverRequestCap,
+    deferral,
 )
 from chatbatch.state.budget.ledger import (
     LIMITS_KEY,
@@ -54,8 +55,6 @@ if TYPE_CHECKING:
 
 logger = Logger(service="chatbatch", child=True)
 
-BATCH_RETRY_S = 300.0
-BUSY_RETRY_S = 15.0
 HELD_RETRY_S = 15.0  # a copy of a job another copy is processing looks again after this
 LIMIT_CACHE_S = 10.0
 RECLAIM_EVERY_S = 30.0
@@ -175,33 +174,9 @@ class Budget:
     def _deferral(
         self, r: Reservation, refused: _Refused, now: float, batch_limit: int | None
     ) -> BudgetDeferred:
+        limit = (batch_limit or 0) if refused.scope == "batch" else self.daily_limit_nanos()
         over = self._over(refused, r.nanos, batch_limit)
-        if refused.scope == "batch":
-            limit = from_nanos(batch_limit or 0)
-            if over:
-                return BudgetDeferred(
-                    f"batch {r.batch_id} reached its budget ${limit}",
-                    BATCH_RETRY_S,
-                    scope="batch",
-                )
-            return BudgetDeferred(
-                f"batch {r.batch_id}: its budget ${limit} is held by reservations in flight",
-                BUSY_RETRY_S,
-                scope="batch",
-            )
-        limit = from_nanos(self.daily_limit_nanos())
-        if over:
-            return BudgetDeferred(
-                f"daily budget ${limit} reached for {r.day}",
-                seconds_to_midnight(now),
-                scope="day",
-                until=next_midnight(now),
-            )
-        return BudgetDeferred(
-            f"daily budget ${limit} for {r.day} is held by reservations in flight",
-            BUSY_RETRY_S,
-            scope="day",
-        )
+        return deferral(refused.scope, r.batch_id, r.day, limit, over=over, now=now)
 
     def reserve_many(self, asks: Sequence[Ask]) -> dict[str, Reservation]:
         """Reserve several new jobs in one transaction, with one write per ledger for all.

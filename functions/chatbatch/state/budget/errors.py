@@ -9,7 +9,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
+from chatbatch.core.days import next_midnight, seconds_to_midnight
 from chatbatch.core.pricing import from_nanos
+
+BATCH_RETRY_S = 300.0  # a batch at its limit: its budget may be raised
+BUSY_RETRY_S = 15.0  # only reservations in flight hold the rest: they settle soon
 
 
 class BudgetDeferred(Exception):
@@ -54,3 +58,40 @@ class HeldElsewhere(Exception):
         super().__init__(f"job {job_key} is being processed by another copy of it")
         self.job_key = job_key
         self.retry_after_s = retry_after_s
+
+
+def deferral(
+    scope: Literal["day", "batch"],
+    batch_id: str | None,
+    day: str,
+    limit_nanos: int,
+    *,
+    over: bool,
+    now: float,
+) -> BudgetDeferred:
+    """Why a reservation is refused, and when to ask again: after the next UTC midnight
+    when the day's spending itself is at its limit (``over``), in 5 minutes when a batch's
+    is, in ``BUSY_RETRY_S`` when only reservations in flight hold the room."""
+    limit = from_nanos(limit_nanos)
+    if scope == "batch":
+        if over:
+            return BudgetDeferred(
+                f"batch {batch_id} reached its budget ${limit}", BATCH_RETRY_S, scope="batch"
+            )
+        return BudgetDeferred(
+            f"batch {batch_id}: its budget ${limit} is held by reservations in flight",
+            BUSY_RETRY_S,
+            scope="batch",
+        )
+    if over:
+        return BudgetDeferred(
+            f"daily budget ${limit} reached for {day}",
+            seconds_to_midnight(now),
+            scope="day",
+            until=next_midnight(now),
+        )
+    return BudgetDeferred(
+        f"daily budget ${limit} for {day} is held by reservations in flight",
+        BUSY_RETRY_S,
+        scope="day",
+    )
