@@ -29,7 +29,11 @@ retry can fix and gives up, in time, on what it cannot.
   ``Attempt`` to ``on_attempt`` (the adaptive rate limiter listens there).
 
 The API key is sent as ``Authorization: Bearer`` and nowhere else: no exception text,
-attempt record or log line carries it (any provider text echoing it is redacted).
+attempt record or log line carries it. A key the lookup finds malformed
+(``chatbatch.provider.keys``) is never sent: the call fails as an account error
+(``auth``, code ``malformed_api_key``), so the model pauses as on a 401. Transport
+errors are fixed texts (``classify``); any provider text echoing the key, whole, escaped
+or in pieces, is redacted.
 """
 
 from __future__ import annotations
@@ -48,7 +52,8 @@ from aws_lambda_powertools import Logger
 from chatbatch.core.config import Config, Provider, Timeouts
 from chatbatch.core.pricing import Usage
 from chatbatch.provider.attempt import Attempt, AttemptResult, Completion, Sent, read_answer
-from chatbatch.provider.errors import AccountError, ProviderError
+from chatbatch.provider.errors import AccountError, AccountReason, ProviderError
+from chatbatch.provider.keys import MalformedKeyError, Redactor, checked_key
 from chatbatch.provider.retry import (
     ATTEMPT_ERRORS,
     RateLimitInfo,
@@ -61,7 +66,6 @@ from chatbatch.provider.retry import (
 
 logger = Logger(service="chatbatch", child=True)
 
-REDACTED = "[redacted]"
 USER_AGENT = "chatbatch"
 
 
@@ -134,12 +138,12 @@ class ProviderClient:
         provider = self.config.providers[model.provider]
         total_s = provider.timeouts.total_s
         deadline = start + (total_s if deadline_s is None else min(deadline_s, total_s))
-        key = self._api_key(model.provider)
+        key = _lookup(self._api_key, model.provider)
         request = _Request(
             provider=provider,
             headers=_headers(key),
             content=json.dumps(_with_usage(body), separators=(",", ":")).encode(),
-            secret=key,
+            redact=Redactor(key),
         )
         client = self._http(model.provider, provider)
         attempts: list[Attempt] = []
@@ -307,7 +311,7 @@ class _Request:
     provider: Provider
     headers: dict[str, str]
     content: bytes
-    secret: str | None = field(repr=False)
+    redact: Redactor = field(repr=False)
 
     def build(self, client: httpx.AsyncClient, remaining_s: float, sent: Sent) -> httpx.Request:
         return client.build_request(
@@ -319,8 +323,22 @@ class _Request:
             extensions={"trace": sent},
         )
 
-    def redact(self, text: str) -> str:
-        return text.replace(self.secret, REDACTED) if self.secret else text
+
+def _lookup(api_key: ApiKeyLookup, provider: str) -> str | None:
+    """The provider's key, checked again whatever the lookup did: a malformed one is an
+    account error and never reaches httpx (whose errors would echo the header)."""
+    try:
+        key = api_key(provider)
+        return None if key is None else checked_key(key, f"the API key of provider {provider}")
+    except MalformedKeyError as err:
+        raise ProviderError(
+            str(err),
+            status=None,
+            permanent=True,
+            attempts=[],
+            code="malformed_api_key",
+            account=AccountReason.auth,
+        ) from None
 
 
 def _headers(key: str | None) -> dict[str, str]:

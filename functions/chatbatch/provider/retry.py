@@ -50,15 +50,46 @@ ATTEMPT_ERRORS = (
 )
 
 
+# Fixed texts of transport errors (first match along the class's MRO). Their own text is
+# never used: an illegal header value is echoed in it, and that header is the API key.
+TRANSPORT_TEXTS: dict[type[Exception], str] = {
+    httpx.ConnectTimeout: "timed out connecting",
+    httpx.ReadTimeout: "timed out waiting for the response",
+    httpx.WriteTimeout: "timed out sending the request",
+    httpx.PoolTimeout: "timed out waiting for a free connection",
+    httpx.ConnectError: "could not connect",
+    httpx.ReadError: "the connection broke while reading the response",
+    httpx.WriteError: "the connection broke while sending the request",
+    httpx.LocalProtocolError: "the request could not be sent (an illegal header or body)",
+    httpx.RemoteProtocolError: "the server broke the HTTP protocol",
+    httpx.UnsupportedProtocol: "the URL's scheme is not http or https",
+    httpx.ProxyError: "the proxy refused the request",
+    httpx.DecodingError: "the response body could not be decoded",
+    httpx.TransportError: "transport error",
+}
+
+
 def classify(err: Exception) -> tuple[str, str | None, bool]:
     """(error text, provider error code, permanent?) of a failed attempt."""
     if isinstance(err, ResponseError):
         return str(err), err.code, isinstance(err, PermanentError)
     if isinstance(err, TimeoutError):
         return "deadline reached during the attempt", None, False
+    if isinstance(err, StreamError):  # our words and the provider's (the client redacts)
+        return f"{type(err).__name__}: {err}", None, False
     permanent = isinstance(err, httpx.UnsupportedProtocol | httpx.LocalProtocolError)
-    text = str(err) or str(err.__cause__ or err.__context__ or "")
-    return (f"{type(err).__name__}: {text}" if text else type(err).__name__), None, permanent
+    return transport_text(err), None, permanent
+
+
+def transport_text(err: Exception) -> str:
+    """``Class: fixed text (RootCauseClass)``: only class names and our own words."""
+    name = type(err).__name__
+    text = next((TRANSPORT_TEXTS[c] for c in type(err).__mro__ if c in TRANSPORT_TEXTS), None)
+    root: BaseException = err
+    while (cause := root.__cause__ or root.__context__) is not None and cause is not err:
+        root = cause
+    why = f" ({type(root).__name__})" if type(root).__name__ != name else ""
+    return f"{name}: {text}{why}" if text else name + why
 
 
 def failed_response(status: int, content: bytes) -> ResponseError:

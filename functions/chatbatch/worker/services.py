@@ -2,7 +2,9 @@
 
 Deployed, a provider's API key comes from its Secrets Manager secret (the stack passes the
 secret's ARN in ``CHATBATCH_SECRET_<PROVIDER>``, cached 5 min); locally, from the
-provider's own environment variable, then the fallbacks.
+provider's own environment variable, then the fallbacks. Either is checked when read
+(``chatbatch.provider.keys.checked_key``): a malformed key raises an error naming the
+secret or the variable, never the key, and the provider client pauses the model for it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from aws_lambda_powertools.utilities.parameters import get_secret
 from chatbatch.core.config import Config, load_config
 from chatbatch.core.resources import Resources
 from chatbatch.provider.client import ProviderClient
+from chatbatch.provider.keys import checked_key
 from chatbatch.state.batches import Batches
 from chatbatch.state.breaker import Breakers
 from chatbatch.state.budget.budget import Budget
@@ -51,14 +54,17 @@ def secret_env(provider: str) -> str:
 
 
 def api_key(provider: str) -> str | None:
-    """Deployed: the provider's Secrets Manager secret (cached 5 min); locally: env vars."""
+    """Deployed: the provider's Secrets Manager secret (cached 5 min); locally: env vars.
+
+    Raises ``MalformedKeyError`` for a key that is not a printable-ASCII token (the ends
+    are stripped: a secret saved from a file ends in a newline)."""
     arn = os.environ.get(secret_env(provider))
     if arn:
-        return str(get_secret(arn, max_age=300)).strip()  # a secret saved from a file ends in \n
+        return checked_key(str(get_secret(arn, max_age=300)), f"Secrets Manager secret {arn}")
     env = load_config_cached().providers[provider].api_key_env
     for name in (env, *FALLBACK_KEY_ENVS):
         if os.environ.get(name, "").strip():
-            return os.environ[name].strip()
+            return checked_key(os.environ[name], f"environment variable {name}")
     return None
 
 
