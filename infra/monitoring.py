@@ -11,6 +11,7 @@ from __future__ import annotations
 from aws_cdk import Aws, Duration
 from aws_cdk import aws_cloudwatch as cw
 from aws_cdk import aws_cloudwatch_actions as cw_actions
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
@@ -74,6 +75,23 @@ def per_model_and_priority(name: Metric, statistic: str) -> cw.MathExpression:
     )
 
 
+def alarm_publish_statement(topic: sns.ITopic, stack: str) -> iam.PolicyStatement:
+    """CloudWatch may publish to ``topic``, for this account's alarms of this stack only."""
+    return iam.PolicyStatement(
+        sid="AllowCloudWatchAlarms",
+        principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
+        actions=["sns:Publish"],
+        resources=[topic.topic_arn],
+        conditions={
+            "StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID},
+            "ArnLike": {
+                "aws:SourceArn": f"arn:{Aws.PARTITION}:cloudwatch:{Aws.REGION}:{Aws.ACCOUNT_ID}"
+                f":alarm:{stack}-*"
+            },
+        },
+    )
+
+
 class Monitoring(Construct):
     """Dashboard, alarms and the SNS topic the alarms notify."""
 
@@ -93,6 +111,9 @@ class Monitoring(Construct):
         # No KMS key on the topic: notifications carry alarm names and metric values, no
         # job data, and CloudWatch cannot publish to a topic under the aws/sns managed key.
         self.topic = sns.Topic(self, "AlarmTopic", display_name=f"{stack} alarms", enforce_ssl=True)
+        # enforce_ssl writes a topic policy that replaces SNS's default one; without an
+        # Allow for CloudWatch next to its Deny, alarm notifications are silently dropped.
+        self.topic.add_to_resource_policy(alarm_publish_statement(self.topic, stack))
         if alarm_email:
             self.topic.add_subscription(subscriptions.EmailSubscription(alarm_email))
         action = cw_actions.SnsAction(self.topic)

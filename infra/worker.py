@@ -22,6 +22,7 @@ from chatbatch.core.metrics import SERVICE as SERVICE_NAME
 from chatbatch.core.resources import Resources
 from infra.bundling import CONFIG_IN_ASSET, LAMBDA_TASK_ROOT, AssetInputs, worker_code
 from infra.secrets import secret_env_name
+from infra.worker_policy import S3_PREFIXES, worker_data_statements
 
 HANDLER = "chatbatch.worker.handler.handler"
 
@@ -31,11 +32,6 @@ ARCHITECTURES = {"arm64": lambda_.Architecture.ARM_64, "x86_64": lambda_.Archite
 # python3.12 by default (config.worker.runtime): an Amazon Linux 2023 runtime supported by
 # Lambda into 2028 with wheels for every pinned dependency; 3.13 is allowed by the config.
 RUNTIMES = {"3.12": lambda_.Runtime.PYTHON_3_12, "3.13": lambda_.Runtime.PYTHON_3_13}
-
-# The worker reads and writes objects under several prefixes. s3:ListBucket makes a
-# missing key a 404 (NoSuchKey, which chatbatch.state.store expects) rather than a 403.
-S3_OBJECT_ACTIONS = ("s3:GetObject", "s3:PutObject")
-S3_BUCKET_ACTIONS = ("s3:ListBucket",)
 
 
 class Worker(Construct):
@@ -117,15 +113,9 @@ class Worker(Construct):
                     max_concurrency=config.priorities[priority].max_concurrency,
                 )
             )
-        table.grant_read_write_data(self.role)
-        iam.Grant.add_to_principal(
-            grantee=self.role,
-            actions=list(S3_OBJECT_ACTIONS),
-            resource_arns=[bucket.arn_for_objects("*")],
-        )
-        iam.Grant.add_to_principal(
-            grantee=self.role, actions=list(S3_BUCKET_ACTIONS), resource_arns=[bucket.bucket_arn]
-        )
+        # Table and bucket: only what the worker's code calls (see infra.worker_policy).
+        for statement in worker_data_statements(table, bucket):
+            self.role.add_to_principal_policy(statement)
         for secret in secrets.values():
             secret.grant_read(self.role)
 
@@ -140,10 +130,13 @@ class Worker(Construct):
                 reason="X-Ray PutTraceSegments/PutTelemetryRecords support no resource-level "
                 "permissions; this statement is the one Lambda active tracing adds.",
             ),
-            Acknowledgment(
-                id=f"AwsSolutions-IAM5[Resource::<{bucket_id}.Arn>/*]",
-                reason="Object keys are per batch and job (results/, errors/, costs/, cache/, "
-                "claims/); only GetObject and PutObject, on this one bucket.",
+            *(
+                Acknowledgment(
+                    id=f"AwsSolutions-IAM5[Resource::<{bucket_id}.Arn>/{prefix}*]",
+                    reason=f"Object keys under {prefix} are per batch and job; only the "
+                    "GetObject/PutObject the worker's code calls there, on this one bucket.",
+                )
+                for prefix in S3_PREFIXES
             ),
         )
         Validations.of(self.function).acknowledge(

@@ -63,7 +63,14 @@ EXPECTED = {
     # (construct path, rule id); the bucket's logical id ends in a hash
     ("/Chatbatch/Worker/Function", "AwsSolutions-L1"),
     ("/Chatbatch/Worker/Role/DefaultPolicy", "AwsSolutions-IAM5[Resource::*]"),
-    ("/Chatbatch/Worker/Role/DefaultPolicy", "AwsSolutions-IAM5[Resource::<StorageData*.Arn>/*]"),
+    # one per object prefix the worker reads or writes, never the whole bucket's "/*"
+    *(
+        (
+            "/Chatbatch/Worker/Role/DefaultPolicy",
+            f"AwsSolutions-IAM5[Resource::<StorageData*.Arn>/{p}/*]",
+        )
+        for p in ("results", "errors", "requests", "costs", "cache", "claims")
+    ),
 }
 
 

@@ -1,0 +1,159 @@
+"""Issue 20: alarms reach the topic's subscribers, and the worker's role is pinned to what
+its code calls (a broadening is a diff of this file)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from synth_support import Synth
+
+from chatbatch.core.config import Config
+
+QUEUES = tuple(f"Queues{p}.Arn" for p in ("Critical", "High", "Low", "Normal"))
+SECRETS = tuple(f"Secrets{p}" for p in ("Anthropic", "Deepseek", "Gemini", "Openai"))
+TABLE = ("StateTable.Arn",)
+
+
+def _objects(*prefixes: str) -> tuple[str, ...]:
+    return tuple(f"StorageData.Arn/{p}/*" for p in prefixes)
+
+
+# (sid, effect, actions, resources, condition): the worker role's whole policy.
+WORKER_POLICY: set[tuple[str, str, tuple[str, ...], tuple[str, ...], str]] = {
+    ("", "Allow", ("logs:CreateLogStream", "logs:PutLogEvents"), ("WorkerLogs.Arn",), ""),
+    ("", "Allow", ("xray:PutTelemetryRecords", "xray:PutTraceSegments"), ("*",), ""),
+    (
+        "",
+        "Allow",
+        (
+            "sqs:ChangeMessageVisibility",
+            "sqs:DeleteMessage",
+            "sqs:GetQueueAttributes",
+            "sqs:GetQueueUrl",
+            "sqs:ReceiveMessage",
+            "sqs:SendMessage",
+        ),
+        QUEUES,
+        "",
+    ),
+    ("TableGetItem", "Allow", ("dynamodb:GetItem",), TABLE, ""),
+    ("TableBatchGetItem", "Allow", ("dynamodb:BatchGetItem",), TABLE, ""),
+    ("TableQuery", "Allow", ("dynamodb:Query",), TABLE, ""),
+    ("TablePutItem", "Allow", ("dynamodb:PutItem",), TABLE, ""),
+    ("TableUpdateItem", "Allow", ("dynamodb:UpdateItem",), TABLE, ""),
+    ("TableDeleteItem", "Allow", ("dynamodb:DeleteItem",), TABLE, ""),
+    ("TableTransactWriteItems", "Allow", ("dynamodb:TransactWriteItems",), TABLE, ""),
+    (
+        "NoLimitOverrideWrites",
+        "Deny",
+        ("dynamodb:DeleteItem", "dynamodb:PutItem", "dynamodb:UpdateItem"),
+        TABLE,
+        "{'ForAnyValue:StringEquals': {'dynamodb:LeadingKeys': ['budget#limits']}}",
+    ),
+    ("BucketGetObject", "Allow", ("s3:GetObject",), _objects("cache", "claims", "results"), ""),
+    (
+        "BucketPutObject",
+        "Allow",
+        ("s3:PutObject",),
+        _objects("cache", "costs", "errors", "requests", "results"),
+        "",
+    ),
+    ("BucketListBucket", "Allow", ("s3:ListBucket",), ("StorageData.Arn",), ""),
+    (
+        "",
+        "Allow",
+        ("secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue"),
+        SECRETS,
+        "",
+    ),
+}
+
+
+def _name(logical_id: str) -> str:
+    """A logical id without CDK's hash suffix (``StateTable962DE04C`` -> ``StateTable``)."""
+    return re.sub(r"[0-9A-F]{8}$", "", logical_id)
+
+
+def _render(value: Any) -> str:
+    """A resource ARN expression as text: ``StorageData.Arn/cache/*``."""
+    if isinstance(value, str):
+        return value
+    if "Ref" in value:
+        return str(value["Ref"]) if value["Ref"].startswith("AWS::") else _name(value["Ref"])
+    if "Fn::GetAtt" in value:
+        logical_id, attribute = value["Fn::GetAtt"]
+        return f"{_name(logical_id)}.{attribute}"
+    separator, parts = value["Fn::Join"]
+    return str(separator).join(_render(p) for p in parts)
+
+
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _statements(document: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(document["Statement"])
+
+
+def test_worker_policy_is_exactly_what_its_code_calls(synth: Synth) -> None:
+    (policy,) = synth.resources("AWS::IAM::Policy").values()
+    seen = {
+        (
+            s.get("Sid", ""),
+            s["Effect"],
+            tuple(sorted(_listed(s["Action"]))),
+            tuple(sorted(_render(r) for r in _listed(s["Resource"]))),
+            str(s["Condition"]) if "Condition" in s else "",
+        )
+        for s in _statements(policy["Properties"]["PolicyDocument"])
+    }
+    assert seen == WORKER_POLICY
+
+
+def test_worker_cannot_scan_or_write_the_limit_override(synth: Synth) -> None:
+    (policy,) = synth.resources("AWS::IAM::Policy").values()
+    statements = _statements(policy["Properties"]["PolicyDocument"])
+    allowed = {a for s in statements if s["Effect"] == "Allow" for a in _listed(s["Action"])}
+    unused = {
+        "dynamodb:Scan",
+        "dynamodb:BatchWriteItem",
+        "dynamodb:DescribeTable",
+        "dynamodb:GetRecords",
+        "dynamodb:GetShardIterator",
+        "dynamodb:ConditionCheckItem",
+        "s3:DeleteObject",
+    }
+    assert not allowed & unused
+    (deny,) = (s for s in statements if s["Effect"] == "Deny")
+    # Every item write the role is allowed (a transaction's items are authorised as these).
+    item_writes = {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"}
+    assert set(deny["Action"]) == allowed & item_writes == item_writes
+    assert deny["Condition"] == {
+        "ForAnyValue:StringEquals": {"dynamodb:LeadingKeys": ["budget#limits"]}
+    }
+    for s in statements:  # never the whole bucket's objects
+        assert not [r for r in _listed(s["Resource"]) if _render(r).endswith(".Arn/*")]
+
+
+def test_alarm_topic_lets_this_stacks_alarms_publish_over_tls_only(
+    synth: Synth, config: Config
+) -> None:
+    (topic_id,) = synth.resources("AWS::SNS::Topic")
+    (policy,) = synth.resources("AWS::SNS::TopicPolicy").values()
+    assert policy["Properties"]["Topics"] == [{"Ref": topic_id}]
+    statements = _statements(policy["Properties"]["PolicyDocument"])
+    (deny,) = (s for s in statements if s["Effect"] == "Deny")
+    assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert deny["Principal"] in ("*", {"AWS": "*"})
+    (allow,) = (s for s in statements if s["Effect"] == "Allow")
+    assert allow["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+    assert allow["Action"] == "sns:Publish"
+    assert allow["Resource"] == {"Ref": topic_id}
+    condition = allow["Condition"]
+    assert condition["StringEquals"] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+    assert _render(condition["ArnLike"]["aws:SourceArn"]) == (
+        f"arn:AWS::Partition:cloudwatch:AWS::Region:AWS::AccountId:alarm:{config.stack_name}-*"
+    )
+    alarms = synth.resources("AWS::CloudWatch::Alarm").values()
+    assert all(a["Properties"]["AlarmName"].startswith(f"{config.stack_name}-") for a in alarms)
