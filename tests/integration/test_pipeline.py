@@ -446,6 +446,51 @@ def test_budget_deferral_and_throttling_never_dead_letter(tmp_path: Path, config
         assert info.throttled == 0
 
 
+def worker_config(tmp_path: Path, config: Any, **worker: Any) -> Path:
+    """The test config with these ``[worker]`` settings, as the runtime's JSON config."""
+    cfg = tmp_path / "chatbatch.json"
+    update = {"worker": config.worker.model_copy(update=worker)}
+    cfg.write_text(config.model_copy(update=update).model_dump_json())
+    return cfg
+
+
+def expired_jobs(rt: LocalRuntime, out: Path, summary: Summary) -> list[dict[str, Any]]:
+    """The run's error lines, all ``expired``, each job counted failed once; nothing left
+    reserved (an expired job gave its reservation back) and nothing dead-lettered."""
+    errors = read_jsonl(out / "errors.jsonl")
+    assert errors and {e["error"]["code"] for e in errors} == {"expired"}
+    info = rt.batches.get(summary.batch_id)
+    assert info is not None and info.failed == summary.failed == len(errors)
+    assert summary.succeeded + summary.failed == summary.jobs_total
+    assert summary.deferred == summary.dead_lettered == dlq_depth(rt) == 0
+    ledger_spent(rt)
+    return errors
+
+
+def test_a_job_handed_back_too_often_expires(tmp_path: Path, config):
+    """Deferrals end: with ``worker.max_handbacks = 0`` a job the budget defers expires at
+    once instead of cycling through the queue (as OpenAI's batches, code ``expired``)."""
+    cfg = worker_config(tmp_path, config, max_handbacks=0)
+    with runtime(config_path=cfg, budget_usd=Decimal("0.001"), timeout_s=120) as rt:
+        summary = rt.run(write(tmp_path, job_lines(12, seed=5)), tmp_path / "out")
+        errors = expired_jobs(rt, tmp_path / "out", summary)
+    assert all("worker.max_handbacks" in e["error"]["message"] for e in errors)
+
+
+def test_a_job_older_than_its_max_age_expires(tmp_path: Path, config):
+    """Deferrals end by age too: the first send time travels with the hand-backs, so a job
+    throttled again and again expires once it is older than ``worker.max_job_age_s``."""
+    cfg = worker_config(tmp_path, config, max_job_age_s=1, max_throttle_wait_s=0)
+    # one priority, one model: every throttling hand-back waits seconds, not minutes
+    lines = [
+        json.dumps({"custom_id": f"a{i}", "prompt": f"q {i}", "max_tokens": 20}) for i in range(8)
+    ]
+    with runtime(config_path=cfg, rpm=30, timeout_s=90) as rt:
+        summary = rt.run(write(tmp_path, lines), tmp_path / "out")
+        errors = expired_jobs(rt, tmp_path / "out", summary)
+    assert all("worker.max_job_age_s 1" in e["error"]["message"] for e in errors)
+
+
 def test_a_poison_job_lands_in_its_dlq_after_max_receive_count(tmp_path: Path, config):
     path = write(
         tmp_path,
@@ -537,7 +582,7 @@ def test_a_claim_checked_job_ends_in_its_batch_under_its_custom_id(tmp_path: Pat
             ("ticket-2", {"prompt": big, "max_tokens": 20}),
             ("ticket-3", {"custom_id": "ticket-9", "prompt": big}),
         ):
-            key = f"claims/elsewhere/{custom_id}.json"
+            key = f"claims/support/{custom_id}.json"
             boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=json.dumps(stored))
             claim = {"bucket": bucket, "key": key, "custom_id": custom_id, "batch_id": "support"}
             boto3.client("sqs").send_message(
@@ -561,7 +606,7 @@ def test_a_claim_checked_job_ends_in_its_batch_under_its_custom_id(tmp_path: Pat
     assert refused is not None and refused.error is not None
     assert refused.error.message.startswith(
         "job 'ticket-3': chatbatch_claim_check.custom_id: the claim check names 'ticket-3' "
-        f"but s3://{bucket}/claims/elsewhere/ticket-3.json holds a job with custom_id 'ticket-9'"
+        f"but s3://{bucket}/claims/support/ticket-3.json holds a job with custom_id 'ticket-9'"
     )
 
 

@@ -200,6 +200,26 @@ class Worker(_Strict):
     retention_days: int = Field(default=4, ge=2, le=14)
     log_prompts: bool = False
     max_throttle_wait_s: float = Field(default=10, ge=0, le=60)
+    max_handbacks: int = Field(
+        default=1000,
+        ge=0,
+        description="hand-backs before a job expires: a 2-day budget deferral takes 192 "
+        "(one per 15 minutes), 3 days 288; the rest is room for throttling hand-backs",
+    )
+    max_job_age_s: int = Field(
+        default=3 * 86400,
+        ge=1,
+        description="a job first sent longer ago than this expires at its next hand-back",
+    )
+
+    @model_validator(mode="after")
+    def _age_within_retention(self) -> Worker:
+        if self.max_job_age_s > self.retention_days * 86400:
+            raise ValueError(
+                f"max_job_age_s ({self.max_job_age_s}) must be within the queues' retention "
+                f"(retention_days {self.retention_days} = {self.retention_days * 86400} s)"
+            )
+        return self
 
 
 class Defaults(_Strict):

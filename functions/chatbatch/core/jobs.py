@@ -232,6 +232,11 @@ CLAIM_CHECK_KEY = "chatbatch_claim_check"
 ATTR_BATCH = "chatbatch-batch"
 
 
+def claim_key(batch_id: str, custom_id: str) -> str:
+    """Where a job's claim check is stored: the only key a claim for it may name."""
+    return f"claims/{batch_id}/{custom_id}.json"
+
+
 class ClaimCheck(BaseModel):
     """A job stored in S3 because it is over ``SQS_MAX_BYTES``.
 
@@ -244,6 +249,20 @@ class ClaimCheck(BaseModel):
     key: StrictStr
     custom_id: str = Field(pattern=ID_PATTERN)
     batch_id: str | None = Field(default=None, pattern=BATCH_ID_PATTERN)
+
+    def of_batch(self, batch_id: str) -> ClaimCheck:
+        """The claim in its job's batch (the message's when the claim names none), its
+        key checked: only the job's own claim object, ``claims/{batch}/{custom_id}.json``,
+        is read; any other key (another batch's claim, a result, a manifest) is a
+        ``JobError`` before anything is read."""
+        expected = claim_key(batch_id, self.custom_id)
+        if self.key != expected:
+            raise JobError(
+                f"{CLAIM_CHECK_KEY}.key",
+                f"{self.key!r} is not this job's claim: a claim check for job "
+                f"{self.custom_id!r} of batch {batch_id!r} must name {expected!r}",
+            )
+        return self.model_copy(update={"batch_id": batch_id})
 
     def fill(self, data: Any) -> Any:
         """The stored job line with the claim's ids: one the line leaves out is the

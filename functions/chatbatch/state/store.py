@@ -27,11 +27,13 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
 from chatbatch.core.config import Priority
+from chatbatch.core.jobs import claim_key
 from chatbatch.core.output_lines import CostRecord, OutputLine
 from chatbatch.state.ddb import error_code
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import GetObjectOutputTypeDef
 
 JSON = "application/json"
 
@@ -64,6 +66,22 @@ def manifest_key(batch_id: str) -> str:
     return f"batches/{batch_id}/manifest.jsonl"
 
 
+class ObjectTooLarge(Exception):
+    """An object over the size a reader accepts: refused before it was read whole."""
+
+    def __init__(self, key: str, size: int) -> None:
+        self.key = key
+        self.size = size
+        super().__init__(f"{key} is {size} bytes")
+
+
+def _object_size(reply: GetObjectOutputTypeDef) -> int:
+    """The whole object's size: ``Content-Range``'s total (``bytes 0-9/1234``), else the
+    length sent (a reply that ignored the range sent the whole object)."""
+    total = reply.get("ContentRange", "").rpartition("/")[2]
+    return int(total) if total.isdigit() else reply["ContentLength"]
+
+
 class KeptRequest(BaseModel):
     """A failed job's SQS message as the worker received it: enough to send it again."""
 
@@ -83,13 +101,19 @@ class Store:
     def _put(self, key: str, text: str) -> None:
         self._s3.put_object(Bucket=self.bucket, Key=key, Body=text.encode(), ContentType=JSON)
 
-    def _get(self, key: str) -> bytes | None:
+    def _fetch(self, key: str, byte_range: str | None = None) -> GetObjectOutputTypeDef | None:
         try:
-            return self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            if byte_range is None:
+                return self._s3.get_object(Bucket=self.bucket, Key=key)
+            return self._s3.get_object(Bucket=self.bucket, Key=key, Range=byte_range)
         except ClientError as err:  # by code: see ``transact`` in ``state.ddb`` for why
             if error_code(err) != "NoSuchKey":
                 raise
             return None
+
+    def _get(self, key: str) -> bytes | None:
+        reply = self._fetch(key)
+        return reply["Body"].read() if reply is not None else None
 
     def put_result_once(self, batch_id: str, line: OutputLine) -> OutputLine:
         """Store a job's result unless it has one already; return the one stored.
@@ -164,9 +188,26 @@ class Store:
         self._put(f"cache/{key}.json", json.dumps(body, separators=(",", ":")))
 
     def put_claim(self, batch_id: str, custom_id: str, line: str) -> str:
-        key = f"claims/{batch_id}/{custom_id}.json"
+        key = claim_key(batch_id, custom_id)
         self._put(key, line)
         return key
+
+    def get_text_capped(self, key: str, max_bytes: int) -> str | None:
+        """The object's text, read by a ranged GET of at most ``max_bytes`` + 1 bytes: a
+        larger object raises ``ObjectTooLarge`` (with its size) and is never read whole."""
+        try:
+            reply = self._fetch(key, f"bytes=0-{max_bytes}")
+        except ClientError as err:
+            if error_code(err) != "InvalidRange":
+                raise
+            return ""  # S3 answers a range of an empty object with 416
+        if reply is None:
+            return None
+        with reply["Body"] as body:
+            size = _object_size(reply)
+            if size > max_bytes:
+                raise ObjectTooLarge(key, size)
+            return body.read(max_bytes + 1).decode()
 
     def get_text(self, key: str) -> str | None:
         raw = self._get(key)

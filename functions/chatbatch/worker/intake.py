@@ -31,10 +31,12 @@ from chatbatch.core.jobs import (
     JobError,
 )
 from chatbatch.core.resources import Resources
-from chatbatch.state.store import Store
+from chatbatch.state.store import ObjectTooLarge, Store
 
 ATTR_HANDBACKS = "chatbatch-handbacks"
 ATTR_OWNER = "chatbatch-owner"  # the message id of the job's copy that holds its reservation
+# when the job's first message was sent (epoch ms): its age travels with its hand-backs
+ATTR_FIRST_SENT = "chatbatch-first-sent"
 
 
 def default_batch(now: dt.datetime | None = None) -> str:
@@ -73,6 +75,16 @@ class Intake:
         attr = self.record.message_attributes[ATTR_HANDBACKS]  # None when absent
         return int(attr.string_value or 0) if attr else 0
 
+    @property
+    def first_sent_ms(self) -> int | None:
+        """When the job's first message was sent (epoch ms): carried by its hand-backs,
+        else this message's own ``SentTimestamp``."""
+        attr = self.record.message_attributes[ATTR_FIRST_SENT]  # None when absent
+        if attr and attr.string_value and attr.string_value.isdigit():
+            return int(attr.string_value)
+        sent = self.record.attributes.sent_timestamp
+        return int(sent) if sent else None
+
 
 def _safe(value: Any, pattern: str) -> str | None:
     return value if isinstance(value, str) and re.fullmatch(pattern, value) else None
@@ -91,8 +103,9 @@ def _batch_of(record: SQSRecord, named: str | None) -> str:
     return default_batch(sent)
 
 
-def _claimed(claim: ClaimCheck, store: Store) -> tuple[Any, int]:
-    """The job line a claim check points at (its JSON value and size), with the claim's ids."""
+def _claimed(claim: ClaimCheck, record: SQSRecord, store: Store, max_bytes: int) -> Any:
+    """The job line a claim check points at, with the claim's ids. Only the job's own
+    claim object is read (``ClaimCheck.of_batch``), and at most ``max_bytes`` of it."""
     where = f"s3://{claim.bucket}/{claim.key}"
     if claim.bucket != store.bucket:
         raise JobError(
@@ -100,10 +113,17 @@ def _claimed(claim: ClaimCheck, store: Store) -> tuple[Any, int]:
             f"{where}: the workers read claim checks from their data bucket "
             f"{store.bucket!r} only; store the job there",
         )
-    text = store.get_text(claim.key)
+    claim = claim.of_batch(_batch_of(record, claim.batch_id))
+    try:
+        text = store.get_text_capped(claim.key, max_bytes)
+    except ObjectTooLarge as err:
+        raise JobError(
+            "(body)",
+            f"{where} is {err.size} bytes; the limit is {max_bytes} (limits.max_line_bytes)",
+        ) from None
     if text is None:
         raise JobError(CLAIM_CHECK_KEY, f"{where} not found")
-    return claim.fill(load_json(text, where)), len(text.encode())
+    return claim.fill(load_json(text, where))
 
 
 def _ids(record: SQSRecord, *sources: Any) -> tuple[str, str]:
@@ -127,15 +147,16 @@ def read_record(record: SQSRecord, config: Config, resources: Resources, store: 
     try:
         data = load_json(record.body, "(body)")
         size = len(record.body.encode())
-        if isinstance(data, dict) and CLAIM_CHECK_KEY in data:
-            claim = data[CLAIM_CHECK_KEY]
-            data, size = _claimed(ClaimCheck.model_validate(claim), store)
         if size > config.limits.max_line_bytes:
             raise JobError(
                 "(body)",
                 f"job is {size} bytes; the limit is {config.limits.max_line_bytes} "
                 "(limits.max_line_bytes)",
             )
+        if isinstance(data, dict) and CLAIM_CHECK_KEY in data:
+            claim = data[CLAIM_CHECK_KEY]
+            checked = ClaimCheck.model_validate(claim)
+            data = _claimed(checked, record, store, config.limits.max_line_bytes)
         job = parse_job(data, config)
         batch_id = _batch_of(record, job.batch_id)
         return Intake(record, batch_id, job.custom_id, priority, job=job)

@@ -103,7 +103,7 @@ async def _call(
         remaining = inv.deadline - time.monotonic()
         if got > min(services.config.worker.max_throttle_wait_s, remaining):
             # The reservation stays: the re-sent copy is its owner and takes it back.
-            return await requeue.hand_back(inv, intake, got, Outcome.throttled)
+            return await requeue.hand_back(inv, intake, got, Outcome.throttled, reservation)
         await asyncio.sleep(got)
     if not await io(services.budget.arm, reservation):  # no longer this copy's
         lease.reconcile(index, 0)

@@ -13,12 +13,14 @@ that error's own text.
 from __future__ import annotations
 
 import math
+import time
 
 from chatbatch.core.jobs import ATTR_BATCH
 from chatbatch.core.metrics import Metric
 from chatbatch.provider.errors import ProviderError
 from chatbatch.state.batches import JobState
-from chatbatch.worker.intake import ATTR_HANDBACKS, ATTR_OWNER, Intake
+from chatbatch.state.budget.reservations import Reservation
+from chatbatch.worker.intake import ATTR_FIRST_SENT, ATTR_HANDBACKS, ATTR_OWNER, Intake
 from chatbatch.worker.invocation import Invocation, Outcome, RetryLater, io
 from chatbatch.worker.results import fail
 
@@ -31,9 +33,44 @@ WAITING = {
 }
 
 
-async def hand_back(inv: Invocation, intake: Intake, delay_s: float, outcome: Outcome) -> Outcome:
-    """Re-send the job with a delay and let the original go: never counts toward the DLQ."""
+def expiry(inv: Invocation, intake: Intake, now_s: float | None = None) -> str | None:
+    """Why the job may wait no longer (handed back ``worker.max_handbacks`` times already,
+    or first sent more than ``worker.max_job_age_s`` ago), or None."""
+    worker = inv.services.config.worker
+    if intake.handbacks >= worker.max_handbacks:
+        return f"handed back {intake.handbacks} times (worker.max_handbacks)"
+    first_ms = intake.first_sent_ms
+    now = time.time() if now_s is None else now_s
+    age_s = now - first_ms / 1000 if first_ms is not None else 0.0
+    if age_s > worker.max_job_age_s:
+        return f"first sent {age_s:.0f} s ago (worker.max_job_age_s {worker.max_job_age_s})"
+    return None
+
+
+async def expire(inv: Invocation, intake: Intake, why: str, held: Reservation | None) -> Outcome:
+    """End a job that waited too long: its reservation (if it holds one) goes back, an
+    error record with code ``expired`` (as OpenAI's batches), ``failed``, counted once."""
+    if held is not None:
+        await io(inv.services.budget.release, held)
+    message = f"expired: {why}; send it again with `chatbatch retry` when it can run"
+    if await fail(inv, intake, "expired", message):
+        inv.count(Metric.JOBS_FAILED, intake)
+    return Outcome.failed
+
+
+async def hand_back(
+    inv: Invocation,
+    intake: Intake,
+    delay_s: float,
+    outcome: Outcome,
+    held: Reservation | None = None,
+) -> Outcome:
+    """Re-send the job with a delay and let the original go: never counts toward the DLQ.
+    A job that may wait no longer (``expiry``) expires instead, releasing ``held``; a copy
+    handed back because another copy is at work never does (that copy ends the job)."""
     services = inv.services
+    if outcome is not Outcome.elsewhere and (why := expiry(inv, intake)):
+        return await expire(inv, intake, why, held)
     queue = services.resources.queues[intake.priority]
     attributes = {
         name: {"DataType": attr.data_type, "StringValue": attr.string_value or ""}
@@ -45,6 +82,9 @@ async def hand_back(inv: Invocation, intake: Intake, delay_s: float, outcome: Ou
     attributes[ATTR_BATCH] = {"DataType": "String", "StringValue": intake.batch_id}
     # and stays the same copy: a reservation it holds is still its own
     attributes[ATTR_OWNER] = {"DataType": "String", "StringValue": intake.owner}
+    # and keeps its age: when its first message was sent
+    if (first_ms := intake.first_sent_ms) is not None:
+        attributes[ATTR_FIRST_SENT] = {"DataType": "Number", "StringValue": str(first_ms)}
     await io(
         services.sqs.send_message,
         QueueUrl=queue,
