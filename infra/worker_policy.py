@@ -50,8 +50,7 @@ from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 
-from chatbatch.core.resources import TABLE_PK
-from chatbatch.state.budget.ledger import LIMITS_KEY
+from chatbatch.core.resources import LIMITS_PK
 
 TABLE_ACTIONS = (
     "dynamodb:GetItem",
@@ -63,7 +62,7 @@ TABLE_ACTIONS = (
     "dynamodb:TransactWriteItems",
 )
 # Partition keys the worker may read but never write.
-READ_ONLY_KEYS = (LIMITS_KEY[TABLE_PK]["S"],)
+READ_ONLY_KEYS = (LIMITS_PK,)
 ITEM_WRITES = ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem")
 
 S3_READS = ("results/", "cache/", "claims/")

@@ -21,6 +21,8 @@ from chatbatch.core.config import Priority
 
 TABLE_PK = "pk"
 TABLE_SK = "sk"
+# the daily-limit override an operator stores; the worker may read it, never write it
+LIMITS_PK = "budget#limits"
 TABLE_TTL = "expires_at"
 
 ENV_TABLE = "CHATBATCH_TABLE"

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from chatbatch.core.resources import TABLE_PK, TABLE_SK, TABLE_TTL
+from chatbatch.core.resources import LIMITS_PK, TABLE_PK, TABLE_SK, TABLE_TTL
 from chatbatch.state.ddb import adds, n, s
 
 LEDGER_TTL_S = 40 * 86_400
@@ -48,7 +48,7 @@ def open_key(day: str, job_key: str) -> Item:
     return {TABLE_PK: s(f"budget#open#{day}"), TABLE_SK: s(job_key)}
 
 
-LIMITS_KEY = {TABLE_PK: s("budget#limits"), TABLE_SK: s("daily")}
+LIMITS_KEY = {TABLE_PK: s(LIMITS_PK), TABLE_SK: s("daily")}
 
 
 def charge_item(table: str, key: Item, nanos: int, limit: int, now: float) -> Item:
