@@ -379,13 +379,15 @@ def bad_jobs(bucket: str) -> list[BadJob]:
                 {
                     "chatbatch_claim_check": {
                         "bucket": bucket,
-                        "key": "claims/nowhere/gone.json",
+                        "key": "claims/nowhere/bad-36.json",
+                        "batch_id": "nowhere",
                         "custom_id": "bad-36",
                     }
                 }
             ),
             "bad-36",  # the claim names the job, also when its object is gone
-            ("chatbatch_claim_check", "claims/nowhere/gone.json", "not found"),
+            ("chatbatch_claim_check", "claims/nowhere/bad-36.json", "not found"),
+            batch_id="nowhere",
         ),
         b(
             "claim check malformed",
