@@ -33,7 +33,7 @@ from chatbatch.local.simulator import (
 from chatbatch.provider import client as provider_module
 from chatbatch.provider import sse as sse_module
 from chatbatch.provider.attempt import Attempt, Completion
-from chatbatch.provider.client import ProviderClient
+from chatbatch.provider.client import BeforeRetry, ProviderClient
 from chatbatch.provider.errors import ProviderError
 from chatbatch.provider.retry import RateLimitInfo, backoff_s, parse_duration, parse_retry_after
 
@@ -93,6 +93,7 @@ def _call(
     deadline_s: float | None = None,
     sleep: RecordedSleep | None = None,
     hook: list[tuple[str, Attempt, RateLimitInfo | None]] | None = None,
+    before_retry: BeforeRetry | None = None,
 ) -> Completion:
     async def run() -> Completion:
         client = ProviderClient(
@@ -103,7 +104,9 @@ def _call(
             rng=random.Random(7),
         )
         try:
-            return await client.complete(MODEL, body, deadline_s=deadline_s)
+            return await client.complete(
+                MODEL, body, deadline_s=deadline_s, before_retry=before_retry
+            )
         finally:
             await client.aclose()
 
@@ -208,6 +211,31 @@ def test_5xx_are_retried_then_succeed_and_bill_nothing_but_the_answer(
     assert stats.by_status == {"500": 1, "503": 1, "200": 1}
     assert (stats.completions, stats.duplicates) == (1, 0)
     assert (stats.billed_calls, stats.billed_unread) == (1, 0)  # nothing generated before
+
+
+def test_each_retry_waits_for_the_callers_go_and_a_no_ends_the_call(
+    config: Config, sim: Simulator
+) -> None:
+    """The worker takes rate-limit capacity for every retry there: each one is a request."""
+    asked: list[int] = []
+
+    async def go() -> bool:
+        asked.append(sim.stats().requests)  # asked after the failure, before the retry
+        return True
+
+    sim.inject("500", "429")
+    completion = _call(_config(config, sim), _body(), sleep=RecordedSleep(), before_retry=go)
+    assert _statuses(completion.attempts) == [500, 429, 200]
+    assert asked == [1, 2]
+
+    async def no() -> bool:
+        return False
+
+    sim.inject("503")
+    err = _fails(_config(config, sim), _body(), sleep=RecordedSleep(), before_retry=no)
+    assert _statuses(err.attempts) == [503]  # the retry was never sent
+    assert err.message.startswith("no rate-limit capacity to retry") and not err.permanent
+    assert sim.stats().requests == 4
 
 
 def test_a_reset_after_the_request_left_ends_the_call_maybe_billed(

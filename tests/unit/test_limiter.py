@@ -8,16 +8,19 @@ the races are real and minutes of traffic run in seconds.
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import pytest
 
 from chatbatch.core.config import Config, Priority
+from chatbatch.provider.retry import RateLimitInfo
 from chatbatch.state.limiter.lease import Lease
 from chatbatch.state.limiter.limiter import RateLimiter, RequestTooLargeError
 from chatbatch.state.limiter.policy import WINDOW_S
@@ -112,7 +115,8 @@ def per_minute(book: Book) -> dict[Priority, float]:
 
 @dataclass
 class Book:
-    """Net usage (what the provider saw) by the time of its grant, per priority."""
+    """Net usage (what the provider saw) per priority: requests when sent, tokens by the
+    time of their grant (the limiter's windows)."""
 
     requests: dict[Priority, list[tuple[float, int]]] = field(
         default_factory=lambda: defaultdict(list)
@@ -162,17 +166,23 @@ class Hammer:
         return run
 
     def call(self, lease: Lease, rng: random.Random) -> None:
-        at, sent, used = self.clock(), 0, 0
-        self.clock.sleep(self.latency_s)
-        for i, estimate in enumerate(lease.grant.tokens):
-            if rng.random() < 0.03:  # not sent after all (e.g. the batch ran out of time)
+        """Send each job at the time the limiter spaced it to (requests booked then, as the
+        provider sees them; tokens at the grant, as the limiter books them), then reconcile."""
+        at, used = self.clock(), 0
+        sent = [i for i in range(lease.granted) if rng.random() >= 0.03]
+        for i in range(lease.granted):
+            if i not in sent:  # not sent after all (e.g. the batch ran out of time)
                 lease.release(i)
-                continue
-            real = int(estimate * rng.uniform(*self.usage))
+        for i in sent:
+            self.clock.sleep(lease.send_at(i) - self.clock())
+            self.book.add(lease.grant.priority, self.clock(), 1, 0)
+        self.clock.sleep(self.latency_s)
+        for i in sent:
+            real = int(lease.grant.tokens[i] * rng.uniform(*self.usage))
             lease.reconcile(i, real)
-            sent, used = sent + 1, used + real
+            used += real
         lease.close()
-        self.book.add(lease.grant.priority, at, sent, used)
+        self.book.add(lease.grant.priority, at, 0, used)
 
 
 def limiters(dynamo: Dynamo, config: Config, clock: SimClock, n: int) -> list[RateLimiter]:
@@ -239,8 +249,67 @@ def test_capacity_is_spread_over_the_minute(dynamo: Dynamo, config: Config) -> N
     instances = limiters(dynamo, config, clock, 4)
     clock.run([hammer.worker(instances[i % 4], Priority.normal, 5, i) for i in range(16)])
     per_second = [in_range(book.all("r"), s, s + 1) for s in range(20)]
-    assert max(per_second) <= 12  # 600 / 60, paced at 1.2x
+    assert max(windows(book.all("r"), width=1.0)) <= 10  # any second: 600 / 60, spaced
     assert sum(per_second) >= 0.95 * 600 / 3
+    sends = sorted(t for t, n in book.all("r") if n)  # 4 instances, 16 threads, one spacing
+    assert min(b - a for a, b in itertools.pairwise(sends)) >= 0.1 - 1e-6
+
+
+def saturate(
+    hammer: Hammer, instances: Sequence[RateLimiter], priority: Priority, n: int
+) -> list[Callable[[], None]]:
+    return [hammer.worker(instances[i % len(instances)], priority, 2, seed=i) for i in range(n)]
+
+
+def asker(
+    clock: SimClock, limiter: RateLimiter, priority: Priority, at: float, asks: list[float]
+) -> Callable[[], None]:
+    """One job of ``priority`` arriving at ``at``: asks until granted; ``asks`` gets the
+    arrival and the time its request is sent."""
+
+    def run() -> None:
+        clock.sleep(at - clock())
+        asks.append(clock())
+        while not (lease := limiter.acquire(MODEL, priority, 100)):
+            clock.sleep(lease.wait_s)
+        asks.append(lease.send_at(0))
+        limiter.reconcile(lease, 100)
+
+    return run
+
+
+def test_a_critical_job_goes_ahead_of_a_low_backlog_within_a_second_or_two(
+    dynamo: Dynamo, config: Config
+) -> None:
+    config = with_model(config, 120, 10_000_000)
+    clock, book = SimClock(), Book()
+    hammer = Hammer(clock, book, (100, 100), end=START + 80)
+    instances = limiters(dynamo, config, clock, 4)
+    asks: list[float] = []
+    critical = asker(clock, instances[0], Priority.critical, START + 70, asks)
+    clock.run([*saturate(hammer, instances, Priority.low, 8), critical])
+    arrived, sent = asks
+    assert sent - arrived <= 2.0  # low saturates the limit (2/s); critical waits its turn
+
+
+def test_a_priority_without_demand_lends_its_share_at_once(dynamo: Dynamo, config: Config) -> None:
+    """Critical is denied once and leaves: low is back at the full rate within seconds."""
+    config = with_model(config, 120, 10_000_000)
+    clock, book = SimClock(), Book()
+    hammer = Hammer(clock, book, (100, 100), end=START + 100)
+    instances = limiters(dynamo, config, clock, 4)
+
+    def denied_once() -> None:
+        clock.sleep(70)
+        for _ in range(10):  # asks (and sends) until it is denied: marked starving, leaves
+            lease = instances[0].acquire(MODEL, Priority.critical, 100)
+            if not lease:
+                break
+            instances[0].reconcile(lease, 100)
+        assert not lease, "low fills the limit: critical must run into it"
+
+    clock.run([*saturate(hammer, instances, Priority.low, 8), denied_once])
+    assert in_range(book.requests[Priority.low], 74, 94) >= 0.9 * 2 * 20  # 2/s, all low
 
 
 # --- priorities ----------------------------------------------------------------------
@@ -350,6 +419,7 @@ def run_against(
                 if not lease:
                     clock.sleep(lease.wait_s + rng.uniform(0, 0.3))
                     continue
+                clock.sleep(lease.send_at(0) - clock())  # sent when the spacing says
                 ok = provider.call(clock())
                 if not ok:
                     limiter.report_429(MODEL)
@@ -421,6 +491,22 @@ def test_a_429_takes_a_tenth_off_when_the_limit_is_known(dynamo: Dynamo, config:
     assert limiter.status(MODEL).factor == pytest.approx(factor * 0.9, abs=1e-3)
 
 
+def test_a_429_with_room_in_the_minute_leaves_the_limit(dynamo: Dynamo, config: Config) -> None:
+    """The headers say most of the minute is left: a shorter period refused, or a fault."""
+    limiter = RateLimiter(dynamo.client, dynamo.table, with_model(config, 240, 100_000))
+    room = RateLimitInfo(limit_requests=240, remaining_requests=200, remaining_tokens=90_000)
+    room = room.model_copy(update={"limit_tokens": 100_000})
+    rate_limited = SimpleNamespace(status=429, account=None)
+    limiter.observe_attempt(MODEL, rate_limited, room)
+    assert limiter.status(MODEL).factor == 1.0
+    spent = room.model_copy(update={"remaining_requests": 3})
+    limiter.observe_attempt(MODEL, rate_limited, spent)  # the minute is spent: it was the limit
+    assert limiter.status(MODEL).factor < 1.0
+    limiter2 = RateLimiter(dynamo.client, dynamo.table, with_model(config, 240, 100_000))
+    limiter2.observe_attempt("deepseek-chat", rate_limited, None)  # no headers: lowered
+    assert limiter2.status("deepseek-chat").factor == 0.5
+
+
 # --- the API -------------------------------------------------------------------------
 
 
@@ -429,13 +515,15 @@ def test_a_denial_says_how_long_to_wait(dynamo: Dynamo, config: Config) -> None:
     limiter = RateLimiter(
         dynamo.client, dynamo.table, with_model(config, 60, 100_000), clock=lambda: now[0]
     )
-    assert limiter.acquire(MODEL, Priority.normal, 10)
-    second = limiter.acquire(MODEL, Priority.normal, 10)
-    assert not second
-    assert second.wait_s == pytest.approx(0.75)  # the pace: one a second
-    assert second.grant.reason == "pace"
-    now[0] += second.wait_s
-    assert limiter.acquire(MODEL, Priority.normal, 10)
+    assert limiter.acquire(MODEL, Priority.normal, 10).send_at(0) == START + 0.25
+    second = limiter.acquire(MODEL, Priority.normal, 10)  # spaced: one a second, booked ahead
+    assert second.send_at(0) == pytest.approx(START + 1.25)
+    third = limiter.acquire(MODEL, Priority.normal, 10)
+    assert not third  # its send would start more than the horizon (1 s) ahead
+    assert third.wait_s == pytest.approx(1.0)
+    assert third.grant.reason == "pace"
+    now[0] += third.wait_s
+    assert limiter.acquire(MODEL, Priority.normal, 10).send_at(0) == pytest.approx(START + 2.25)
 
 
 def test_a_lease_takes_several_jobs_in_one_write_and_gives_back(

@@ -26,7 +26,10 @@ retry can fix and gives up, in time, on what it cannot.
   same ``chat.completion`` body a non-streamed call returns, usage included (None in the
   ``Completion`` when the answer carried none).
 - Every response's ``x-ratelimit-*`` headers become a ``RateLimitInfo``, handed with each
-  ``Attempt`` to ``on_attempt`` (the adaptive rate limiter listens there).
+  ``Attempt`` to ``on_attempt`` (the adaptive rate limiter listens there). A retry is
+  sent only once the caller's ``before_retry`` says so (the worker takes rate-limit
+  capacity for it there: every attempt counts at the provider); if it says no, the call
+  ends with the last failure.
 
 The API key is sent as ``Authorization: Bearer`` and nowhere else: no exception text,
 attempt record or log line carries it. A key the lookup finds malformed
@@ -74,6 +77,7 @@ USER_AGENT = "chatbatch"
 ApiKeyLookup = Callable[[str], str | None]
 AttemptHook = Callable[[str, Attempt, RateLimitInfo | None], None]
 Sleep = Callable[[float], Awaitable[None]]
+BeforeRetry = Callable[[], Awaitable[bool]]  # True: send the retry now; False: give up
 
 
 def _attempt_timeout(timeouts: Timeouts, remaining_s: float) -> httpx.Timeout:
@@ -120,12 +124,18 @@ class ProviderClient:
         return f"ProviderClient(providers={sorted(self.config.providers)})"
 
     async def complete(
-        self, model_name: str, body: dict[str, Any], *, deadline_s: float | None = None
+        self,
+        model_name: str,
+        body: dict[str, Any],
+        *,
+        deadline_s: float | None = None,
+        before_retry: BeforeRetry | None = None,
     ) -> Completion:
         """POST ``body`` to the chat endpoint of ``model_name`` (a configured name or id).
 
         ``deadline_s`` is how long the whole call may take from now, attempts and waits
-        included (default and ceiling: the provider's ``timeouts.total_s``). Raises
+        included (default and ceiling: the provider's ``timeouts.total_s``).
+        ``before_retry`` is awaited after a retry's backoff, before it is sent. Raises
         ``ProviderError``.
         """
         start = self._clock()
@@ -182,6 +192,8 @@ class ProviderClient:
                 },
             )
             await self._sleep(delay)
+            if before_retry is not None and not await before_retry():
+                raise self._give_up(name, outcome, attempts, "no rate-limit capacity to retry")
 
     async def aclose(self) -> None:
         """Close this event loop's connection pools (pools of other loops are dropped)."""

@@ -56,6 +56,7 @@ from chatbatch.state.budget.errors import (
 from chatbatch.state.budget.reservations import Ask, Reservation
 from chatbatch.state.limiter.limiter import RequestTooLargeError
 from chatbatch.worker import pause, requeue, results, unread
+from chatbatch.worker.capacity import Slot
 from chatbatch.worker.crash import crash_point
 from chatbatch.worker.intake import Intake
 from chatbatch.worker.invocation import Invocation, Outcome, RetryLater, io, job_key
@@ -85,26 +86,42 @@ async def _from_cache(
     return await results.finish(inv, intake, job, result, reservation=reservation, provider_calls=0)
 
 
+async def _capacity(
+    inv: Invocation, intake: Intake, model: str, tokens: int, *, first: bool
+) -> Slot | float:
+    """Capacity for one send of ``tokens`` estimated tokens, at the time the limiter spaced
+    it to; waits in-process while the limiter's wait is short (``worker.max_throttle_wait_s``
+    and the invocation's time), else returns that wait."""
+    while True:
+        got = await inv.take_capacity(intake, model, tokens, first=first)
+        first = False
+        if isinstance(got, tuple):
+            lease, index = got
+            await asyncio.sleep(max(0.0, lease.send_at(index) - time.time()))
+            return got
+        remaining = inv.deadline - time.monotonic()
+        if got > min(inv.services.config.worker.max_throttle_wait_s, remaining):
+            return got
+        await asyncio.sleep(got)
+
+
 async def _call(
     inv: Invocation, intake: Intake, job: Job, reservation: Reservation
 ) -> Completion | Outcome:
     """Take rate-limit capacity, mark the reservation and call the provider; hand back
-    when there is no capacity soon."""
+    when there is no capacity soon. Each retry of the call takes capacity too."""
     services = inv.services
     model = services.config.models[job.model]
     estimate = job.estimated_tokens(model)
-    first = True
-    while True:
-        got = await inv.take_capacity(intake, job.model, estimate, first=first)
-        first = False
-        if isinstance(got, tuple):
-            lease, index = got
-            break
-        remaining = inv.deadline - time.monotonic()
-        if got > min(services.config.worker.max_throttle_wait_s, remaining):
-            # The reservation stays: the re-sent copy is its owner and takes it back.
-            return await requeue.hand_back(inv, intake, got, Outcome.throttled, reservation)
-        await asyncio.sleep(got)
+    got = await _capacity(inv, intake, job.model, estimate, first=True)
+    if not isinstance(got, tuple):
+        # The reservation stays: the re-sent copy is its owner and takes it back.
+        return await requeue.hand_back(inv, intake, got, Outcome.throttled, reservation)
+    lease, index = got
+
+    async def before_retry() -> bool:  # one more request at the provider: its own capacity
+        return isinstance(await _capacity(inv, intake, job.model, 0, first=False), tuple)
+
     if not await io(services.budget.arm, reservation):  # no longer this copy's
         lease.reconcile(index, 0)
         return await requeue.hand_back(inv, intake, HELD_RETRY_S, Outcome.elsewhere)
@@ -116,6 +133,7 @@ async def _call(
                 job.model,
                 job.request_body(model),
                 deadline_s=max(1.0, inv.deadline - time.monotonic()),
+                before_retry=before_retry,
             )
         except ProviderError as err:
             # the request counted at the provider; its tokens did unless it never left

@@ -2,7 +2,8 @@
 
 Modules: ``policy`` (what a shard allows now: pure arithmetic, no AWS), ``item`` (how a
 shard is stored in DynamoDB: read and written), ``lease`` (capacity held for some jobs
-and given back), ``limiter`` (``RateLimiter``: the conditional writes, shards, the cache).
+and given back), ``spares`` (send times an instance was granted and will not use),
+``limiter`` (``RateLimiter``: the conditional writes, shards, the cache).
 Import from the module itself; this package re-exports nothing.
 
 Design note
@@ -22,11 +23,19 @@ loses its capacity from the steady rate, and the capacity must hold the largest 
 shard item keeps the usage of the last 61 one-second slots (``r<slot>``, ``t<slot>``)
 and a grant in slot ``s`` needs ``sum(slots s-60 .. s) + n <= limit``. Any 60 s window
 lies inside 61 consecutive slots, so it never grants more than the limit; at saturation
-that costs one slot in 61 (98.4 % of the limit is used). Requests are also paced at
-1.2 x ``limit / 60`` per slot, so the minute is spread instead of spent in its first
-second (providers quantise their limits to shorter periods); the 20 % headroom lets
-give-backs be reused, and a single request always fits an empty slot. Tokens are not
-paced: most of a worst-case estimate comes back at reconcile.
+that costs one slot in 61 (98.4 % of the limit is used).
+
+**Sends are spaced.** Providers enforce their limits over shorter periods too (600/min as
+10 per second), so each shard keeps ``nx``, when its next request may be sent, and a
+grant books its requests one interval (``60 / rpm`` s, at the effective limit) after the
+other: ``ADD nx k x interval IF nx <= now + horizon - (k-1) x interval`` while sends are
+booked ahead (concurrent grants stack without a version lock; the returned item says
+which times are whose), a version check when the shard was idle (they start now). The
+worker sends each job at its time, so no rolling second carries more than ``rpm / 60``
+and no minute more than ``rpm`` from all workers together. A time granted and then
+released goes to the instance's next grant (``spares``). Tokens are not spaced: their
+estimates are worst cases, mostly given back; spacing them would spend the minute's
+window in its first seconds.
 
 **Atomic without arithmetic in conditions.** DynamoDB conditions compare an attribute
 with a value; they cannot add. The client reads the item, sums the *closed* slots
@@ -61,18 +70,20 @@ two writes instead of twenty. ``acquire`` is a lease of one.
 **Priorities.** Per priority the item keeps usage in 10-second slots (``q<rank>...``;
 the oldest counted in proportion to its part in the last minute, so the sum estimates
 the last 60 s) and a "starving" mark (``s<rank>``, ``w<rank>``: when it was last denied
-and the tokens it wanted), written at most every 5 s. A priority's *floor* is
+and the tokens it wanted), written at most every 0.5 s and lapsing after 2 s: it means
+"has jobs asking now", so an idle priority's share is lent at once. A priority's *floor* is
 ``share x limit``. A priority below its floor leaves room for the unused floors of the
 *higher* starving priorities; a priority at or above its floor borrows: never while a
 higher priority is starving, and leaving the unused floors of all starving priorities
 (a held floor is at least the request it waits with, so a big request finds room).
-Holds apply to the window and to the pace. So under contention every priority gets its
+Holds apply to the window. So under contention every priority gets its
 share, the surplus goes to the highest one that still wants more, and ``low`` is never
 starved (its share is > 0); the highest starving priority is never held back, so there
 is no deadlock. With slack nobody is denied, nothing is held and everybody runs at full
 speed.
 
-**Adaptive limit.** A 429 multiplies the shards' factor ``f`` by 0.5 (0.9 once the limit
+**Adaptive limit.** A 429 whose headers show a tenth of the minute left was not the
+minute's limit (a shorter period, a fault): the limit stays. Any other 429 multiplies the shards' factor ``f`` by 0.5 (0.9 once the limit
 is learned from headers and no decrease happened in the last 30 s: then a lone 429 is a
 disagreement at the window's edge, not a wrong limit; at most once per 5 s, a conditional
 write on the time of the last decrease); it grows back by 0.05 every

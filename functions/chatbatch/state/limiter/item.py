@@ -6,6 +6,7 @@ Item ``pk=limiter#<model>#<shard>, sk=state`` (numbers; slots in base 36):
 - ``q<rank><metric><10 s slot>``: a priority's usage; ``o<metric><10 s slot>``: the
   estimates of leases still open;
 - ``s<rank>``, ``w<rank>``: when a priority was last denied, and the tokens it wanted;
+- ``nx``: when the next request may be sent (epoch microseconds): sends are spaced;
 - ``f``, ``fa``: the adaptive factor and the time of its last decrease;
 - ``lr``, ``lt``: the limits learned from the provider's headers.
 
@@ -24,6 +25,7 @@ from chatbatch.core.resources import TABLE_PK, TABLE_SK, TABLE_TTL
 from chatbatch.state.ddb import Update, num, s
 from chatbatch.state.limiter.lease import Grant
 from chatbatch.state.limiter.policy import (
+    HORIZON_S,
     MARK_EVERY_S,
     METRICS,
     PRIO_SLOT_S,
@@ -33,6 +35,7 @@ from chatbatch.state.limiter.policy import (
     State,
     cslot_of,
     factor,
+    interval_s,
     slot_of,
 )
 
@@ -45,7 +48,9 @@ else:
 
 ITEM_TTL_S = 2 * 86_400  # an idle limiter item goes away (its state is only minutes old)
 MAX_REMOVES = 40  # expired slots removed per write (the rest on later writes)
-SPECIAL = {"f", "fa", "lr", "lt", TABLE_PK, TABLE_SK, TABLE_TTL}
+NEXT = "nx"  # when the next send may start, epoch microseconds
+SPECIAL = {"f", "fa", "lr", "lt", NEXT, TABLE_PK, TABLE_SK, TABLE_TTL}
+US = 1_000_000
 
 
 def key(model: str, shard: int) -> dict[str, AttributeValueTypeDef]:
@@ -76,6 +81,10 @@ def open_attr(metric: str, cslot: int) -> str:
 
 def _ms(value: float) -> float:
     return round(value, 3)
+
+
+def opt_int(value: float | None) -> int | None:
+    return None if value is None else int(value)
 
 
 # --- read --------------------------------------------------------------------------
@@ -119,6 +128,7 @@ def decode(item: Item, now: float, configured: dict[str, float], shards: int) ->
     f0, at = num(item.get("f")), num(item.get("fa"))
     limits = Limits(base, factor(f0, at, now), at, f0 if f0 is not None else 1.0)
     st = State(now=now, slot=slot_of(now), limits=limits, learned=learned)
+    st.next_send_us = opt_int(num(item.get(NEXT)))
     for name, value in item.items():
         if name not in SPECIAL:
             _decode_attr(st, name, value)
@@ -129,10 +139,44 @@ def decode(item: Item, now: float, configured: dict[str, float], shards: int) ->
 # --- write -------------------------------------------------------------------------
 
 
+def step_us(st: State) -> int:
+    """Microseconds between two sends of this shard."""
+    return math.ceil(interval_s(st.limits.eff("r")) * US)
+
+
+def send_times(item: Item, st: State, count: int) -> tuple[float, ...]:
+    """When each of the ``count`` requests a grant booked may start (epoch seconds), from
+    the item its write returned: the last ``count`` spacing steps before ``nx``."""
+    if not count:
+        return ()
+    after = opt_int(num(item.get(NEXT)))
+    if after is None:  # an item written before sends were spaced: now
+        return (st.now,) * count
+    step = step_us(st)
+    return tuple((after - (count - i) * step) / US for i in range(count))
+
+
 def grant_update(st: State, rank: int, jobs: list[int], bounds: dict[str, int]) -> Update:
-    """Book ``jobs`` in the current slot, if the slot is still within ``bounds``."""
+    """Book ``jobs`` in the current slot, if the slot is still within ``bounds``, and their
+    sends after the shard's last booked send (``nx``), spaced, the first within the horizon.
+
+    Booked ahead (``nx`` after now): ``ADD`` onto ``nx``, so concurrent grants stack their
+    sends without a version lock, bounded so that the first starts within the horizon.
+    Idle (``nx`` passed): the sends start now, a version check on the ``nx`` read.
+    """
     expr = Update()
     need = {"r": len(jobs), "t": sum(jobs)}
+    step = step_us(st)
+    now_us = math.floor(st.now * US)
+    spaced = len(jobs) - st.spare  # the first ones take the instance's unused send times
+    if spaced <= 0:
+        pass
+    elif st.next_send_us is not None and st.next_send_us >= now_us:
+        expr.not_grown(NEXT, math.floor((st.now + HORIZON_S) * US) - (spaced - 1) * step)
+        expr.add(NEXT, spaced * step)
+    else:
+        expr.absent_or_equal(NEXT, st.next_send_us)
+        expr.set(NEXT, now_us + spaced * step)
     for m in METRICS:
         cur = slot_attr(m, st.slot)
         expr.at_most(cur, bounds[m])

@@ -25,26 +25,30 @@ class Grant(BaseModel):
     shard: int
     slot: int  # the one-second slot the usage was booked in
     tokens: tuple[int, ...]  # estimated tokens of each granted job, in order
+    starts: tuple[float, ...] = ()  # when each may be sent (epoch s): sends are spaced
     asked: int  # jobs asked for
     wait_s: float  # 0 when all were granted; else wait this long before asking again
     reason: str | None = None  # why not (all): window, pace, priority, adaptive, contention
 
 
 GiveBack = Callable[[Grant, int, int], None]  # writes (grant, requests, tokens) given back
+Unsent = Callable[[Grant, int], None]  # job ``index`` of the grant will not be sent
 
 
 class Lease:
     """Capacity held for some jobs of a batch; give back what is not used with ``close``.
 
-    ``reconcile(i, used)`` records job ``i``'s real usage, ``release(i)`` a job that was
-    never sent (its request and tokens go back). Jobs left unreported count as used at
-    their estimate. ``close`` writes the net give-back in one request (none if nothing
-    changed); the lease is also a context manager. Safe to share between threads.
+    ``reconcile(i, used)`` records job ``i``'s real usage, ``release(i)`` a job that will
+    never be sent (its request and tokens go back, its send time to the next grant). Jobs
+    left unreported count as used at their estimate. ``close`` writes the net give-back in
+    one request (none if nothing changed); the lease is also a context manager. Safe to
+    share between threads.
     """
 
-    def __init__(self, grant: Grant, give_back_to: GiveBack) -> None:
+    def __init__(self, grant: Grant, give_back_to: GiveBack, unsent: Unsent | None = None) -> None:
         self.grant = grant
         self._give_back_to = give_back_to
+        self._unsent = unsent
         self._used: dict[int, int] = {}
         self._released: set[int] = set()
         self._closed = False
@@ -71,6 +75,11 @@ class Lease:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def send_at(self, index: int) -> float:
+        """When job ``index`` may be sent (epoch seconds; 0 for "now")."""
+        self._check(index)
+        return self.grant.starts[index] if index < len(self.grant.starts) else 0.0
+
     def reconcile(self, index: int, used_tokens: int) -> None:
         self._check(index)
         with self._lock:
@@ -78,10 +87,15 @@ class Lease:
             self._released.discard(index)
 
     def release(self, index: int) -> None:
+        """Job ``index`` is not sent: its request and tokens go back, its send time to the
+        instance's next grant (so reconcile it no more)."""
         self._check(index)
         with self._lock:
+            new = index not in self._released
             self._released.add(index)
             self._used.pop(index, None)
+        if new and self._unsent is not None:
+            self._unsent(self.grant, index)
 
     def give_back(self) -> tuple[int, int]:
         """(requests, tokens) that ``close`` returns; tokens may be negative (extra usage)."""

@@ -31,10 +31,13 @@ from chatbatch.state.limiter.item import (
     grant_update,
     key,
     learned_update,
+    opt_int,
+    send_times,
     starving_update,
 )
 from chatbatch.state.limiter.lease import Grant, Lease
 from chatbatch.state.limiter.policy import MIN_WAIT_S, Policy, State, Verdict, slot_of
+from chatbatch.state.limiter.spares import Spares
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -73,6 +76,25 @@ class _LimitsLike(Protocol):
     @property
     def limit_tokens(self) -> int | None: ...
 
+    @property
+    def remaining_requests(self) -> int | None: ...
+
+    @property
+    def remaining_tokens(self) -> int | None: ...
+
+
+def minute_has_room(limits: _LimitsLike | None) -> bool:
+    """A 429 whose headers say at least a tenth of the minute is left: the minute's limit
+    did not refuse it (a shorter period's did, or a fault), so the minute's limit stays."""
+    if limits is None:
+        return False
+    pairs = (
+        (limits.remaining_requests, limits.limit_requests),
+        (limits.remaining_tokens, limits.limit_tokens),
+    )
+    known = [(left, limit) for left, limit in pairs if left is not None and limit]
+    return bool(known) and all(left >= limit / 10 for left, limit in known)
+
 
 @dataclass(frozen=True)
 class _Ask:
@@ -83,8 +105,11 @@ class _Ask:
     priority: Priority
     tokens: list[int]
 
-    def outcome(self, slot: int, jobs: list[int], all_jobs: Verdict) -> Grant:
-        """The grant of ``jobs`` (booked in ``slot``); ``all_jobs`` says why not all."""
+    def outcome(
+        self, slot: int, jobs: list[int], all_jobs: Verdict, starts: tuple[float, ...] = ()
+    ) -> Grant:
+        """The grant of ``jobs`` (booked in ``slot``, sent at ``starts``); ``all_jobs`` says
+        why not all."""
         complete = len(jobs) == len(self.tokens)
         return Grant(
             model=self.model,
@@ -92,6 +117,7 @@ class _Ask:
             shard=self.shard,
             slot=slot,
             tokens=tuple(jobs),
+            starts=starts,
             asked=len(self.tokens),
             wait_s=0.0 if complete else max(all_jobs.wait_s, MIN_WAIT_S),
             reason=None if complete else all_jobs.reason,
@@ -134,6 +160,7 @@ class RateLimiter:
         shares = [config.priorities[p].share for p in Priority]
         self._policy = Policy(shares)
         self._cache: dict[tuple[str, int], tuple[int, Item]] = {}
+        self._spares = Spares()
         self._observed: dict[str, tuple[int | None, int | None]] = {}
         self._lock = threading.Lock()
 
@@ -158,7 +185,7 @@ class RateLimiter:
         for i in range(min(shards, 2)):
             grant = self._try_shard(model, (first + i) % shards, priority, list(tokens))
             if grant.tokens:
-                return Lease(grant, self._give_back)
+                return Lease(grant, self._give_back, self._unsent)
             denial = grant if denial is None or grant.wait_s < denial.wait_s else denial
         assert denial is not None
         return Lease(denial, self._give_back)
@@ -192,8 +219,10 @@ class RateLimiter:
         self, model: str, attempt: _AttemptLike, limits: _LimitsLike | None
     ) -> None:
         """Hook for the provider client's ``on_attempt``: 429s and limit headers. A 429 that
-        is an account error (``insufficient_quota``) is no rate limit: the limit stays."""
-        if attempt.status == 429 and getattr(attempt, "account", None) is None:
+        is an account error (``insufficient_quota``) is no rate limit, and one whose headers
+        show the minute with room is not the minute's: the limit stays for both."""
+        rate_limited = attempt.status == 429 and getattr(attempt, "account", None) is None
+        if rate_limited and not minute_has_room(limits):
             self.report_429(model)
         if limits is not None:
             self.observe_limits(model, limits.limit_requests, limits.limit_tokens)
@@ -207,8 +236,8 @@ class RateLimiter:
             limit_requests=sum(st.limits.eff("r") for st in states),
             limit_tokens=sum(st.limits.eff("t") for st in states),
             factor=first.limits.factor,
-            learned_requests=_opt_int(first.learned["r"]),
-            learned_tokens=_opt_int(first.learned["t"]),
+            learned_requests=opt_int(first.learned["r"]),
+            learned_tokens=opt_int(first.learned["t"]),
             used_requests=sum(st.used("r") for st in states),
             used_tokens=sum(st.used("t") for st in states),
             starving=[p for p in Priority if any(st.starving(p.rank) for st in states)],
@@ -231,19 +260,22 @@ class RateLimiter:
             ) from None
         return {"r": float(m.rpm), "t": float(m.tpm)}
 
+    def _decode(self, model: str, item: Item, now: float) -> State:
+        return decode(item, now, self._model(model), self.shards(model))
+
     def _state(self, model: str, shard: int, now: float) -> State:
         """The shard as cached in this slot, else read (strongly consistent)."""
         with self._lock:
             cached = self._cache.get((model, shard))
         if cached and cached[0] == slot_of(now):
-            return decode(cached[1], now, self._model(model), self.shards(model))
+            return self._decode(model, cached[1], now)
         return self._read(model, shard, now)
 
     def _read(self, model: str, shard: int, now: float) -> State:
         resp = self._ddb.get_item(TableName=self._table, Key=key(model, shard), ConsistentRead=True)
         item = resp.get("Item", {})
         self._remember(model, shard, now, item)
-        return decode(item, now, self._model(model), self.shards(model))
+        return self._decode(model, item, now)
 
     def _remember(self, model: str, shard: int, now: float, item: Item | None) -> None:
         with self._lock:
@@ -252,8 +284,9 @@ class RateLimiter:
             else:
                 self._cache[(model, shard)] = (slot_of(now), item)
 
-    def _update(self, model: str, shard: int, expr: Update, now: float) -> bool:
-        """One UpdateItem; True if written. The item that came back is cached either way."""
+    def _update(self, model: str, shard: int, expr: Update, now: float) -> Item | None:
+        """One UpdateItem: the item as written, or None if a condition failed. The item
+        that came back is cached either way."""
         expr.set(TABLE_TTL, int(now + ITEM_TTL_S))
         request: dict[str, Any] = {
             "TableName": self._table,
@@ -267,9 +300,10 @@ class RateLimiter:
             resp = self._ddb.update_item(**request)
         except ClientError as err:
             self._remember(model, shard, now, _failed_item(err))
-            return False
-        self._remember(model, shard, now, resp.get("Attributes"))
-        return True
+            return None
+        written: Item = resp.get("Attributes", {})
+        self._remember(model, shard, now, written)
+        return written
 
     # -- acquire --
 
@@ -280,13 +314,21 @@ class RateLimiter:
             now = self._clock()
             st = self._state(model, shard, now)
             self._check_size(model, st, tokens[0])
+            spares = self._spares.take(model, shard, now, len(tokens))
+            st.spare = len(spares)
             jobs, fits, all_jobs = self._fit(st, rank, tokens)
+            used, spares = spares[: len(jobs)], spares[len(jobs) :]
+            self._spares.put(model, shard, spares, now)
             if not jobs:
                 self._mark_starving(model, shard, st, rank, tokens[0])
                 return ask.outcome(-1, [], all_jobs)
             assert fits.bounds is not None
-            if self._update(model, shard, grant_update(st, rank, jobs, fits.bounds), now):
-                return ask.outcome(st.slot, jobs, all_jobs)
+            st.spare = len(used)
+            written = self._update(model, shard, grant_update(st, rank, jobs, fits.bounds), now)
+            if written is not None:
+                starts = (*used, *send_times(written, st, len(jobs) - len(used)))
+                return ask.outcome(st.slot, jobs, all_jobs, starts)
+            self._spares.put(model, shard, used, now)
         return ask.outcome(-1, [], Verdict(None, MIN_WAIT_S, "contention"))
 
     def _fit(self, st: State, rank: int, tokens: list[int]) -> tuple[list[int], Verdict, Verdict]:
@@ -316,6 +358,11 @@ class RateLimiter:
 
     # -- give back --
 
+    def _unsent(self, grant: Grant, index: int) -> None:
+        """A job of ``grant`` released before its send time: the time goes to the next grant."""
+        if index < len(grant.starts):
+            self._spares.put(grant.model, grant.shard, [grant.starts[index]], self._clock())
+
     def _give_back(self, grant: Grant, requests: int, tokens: int) -> None:
         """Close a lease in one write: give-backs into the grant's slots, its estimate closed."""
         now = self._clock()
@@ -333,7 +380,7 @@ class RateLimiter:
             if new_factor is None:
                 return
             expr = decrease_update(st.limits.factor_at, new_factor, now)
-            if self._update(model, shard, expr, now):
+            if self._update(model, shard, expr, now) is not None:
                 return
 
     def _learn(self, model: str, shard: int, learned: tuple[int | None, int | None]) -> None:
@@ -342,7 +389,3 @@ class RateLimiter:
         expr = learned_update(st, learned)
         if expr.sets:
             self._update(model, shard, expr, now)
-
-
-def _opt_int(value: float | None) -> int | None:
-    return None if value is None else int(value)

@@ -1,7 +1,8 @@
 """What one limiter shard allows now: pure arithmetic on its decoded state, no AWS.
 
-The window of one-second slots, the pace, the priority floors and holds, and the adaptive
-factor after 429s (the design note in ``chatbatch.state.limiter`` says why each rule).
+The window of one-second slots, the spacing of sends, the priority
+floors and holds, and the adaptive factor after 429s (the design note in
+``chatbatch.state.limiter`` says why each rule).
 ``State`` is a shard as seen at one instant (``item.decode`` makes it from the item);
 ``Policy.check`` turns it into bounds for the conditional write, or a wait and its reason.
 """
@@ -16,11 +17,11 @@ from dataclasses import dataclass, field
 SLOT_S = 1.0  # one slot of the sliding window
 WINDOW_S = 60.0  # the limits are per minute
 WINDOW_SLOTS = round(WINDOW_S / SLOT_S)  # closed slots in the window besides the current one
-PACE = 1.2  # a slot may grant 1.2x its share of the minute's requests (to reuse give-backs)
+HORIZON_S = 1.0  # a grant's sends are booked at most this far ahead of now
 PRIO_SLOT_S = 10.0  # per-priority usage is kept in coarser slots
 PRIO_SLOTS = 7  # the current one and 6 before: 60-70 s, never less than the window
-STARVING_S = 15.0  # a priority denied this recently is starving
-MARK_EVERY_S = 5.0  # the starving mark is refreshed at most this often
+STARVING_S = 2.0  # a priority denied this recently is starving: it has jobs asking now
+MARK_EVERY_S = 0.5  # the starving mark is refreshed at most this often (waiters ask each second)
 AIMD_DECREASE = 0.5  # a 429 halves the limit ...
 AIMD_DECREASE_KNOWN = 0.9  # ... or takes 10 % off when the provider told us its limit,
 AIMD_ESCALATE_S = 30.0  # unless 429s keep coming: a 429 this soon after a decrease halves
@@ -61,10 +62,9 @@ class Limits:
         return max(self.factor_at + steps * AIMD_STEP_EVERY_S - now, MIN_WAIT_S)
 
 
-def pace(limit: float, slot: int) -> int:
-    """Requests slot ``slot`` may grant: PACE x limit / 60 on average, whole requests."""
-    per_slot = PACE * limit * SLOT_S / WINDOW_S
-    return math.floor((slot + 1) * per_slot) - math.floor(slot * per_slot)
+def interval_s(limit: float) -> float:
+    """Seconds between two sends at ``limit`` requests per minute."""
+    return WINDOW_S / limit
 
 
 def factor(f0: float | None, at: float | None, now: float) -> float:
@@ -95,6 +95,8 @@ class State:
     learned: dict[str, float | None] = field(default_factory=dict)
     expired: list[str] = field(default_factory=list)
     prev: dict[str, int | None] = field(default_factory=dict)  # the pinned previous slot
+    next_send_us: int | None = None  # when the next send may start (epoch microseconds)
+    spare: int = 0  # send times this instance holds unused (``spares``): they need no spacing
 
     @property
     def cslot(self) -> int:
@@ -114,6 +116,11 @@ class State:
 
     def used(self, metric: str) -> int:
         return sum(self.window[metric].values())
+
+    def first_send(self) -> float:
+        """When a grant now may send its first request: the shard's sends are spaced."""
+        booked = self.next_send_us / 1e6 if self.next_send_us is not None else self.now
+        return max(self.now, booked)
 
     def starving(self, rank: int) -> bool:
         return self.now - self.marks.get(rank, -math.inf) < STARVING_S
@@ -175,14 +182,16 @@ class Policy:
         return math.ceil(held)
 
     def check(self, st: State, rank: int, need: dict[str, int]) -> Verdict:
-        """The limit, the pace and the holds; a borrower waits while a higher one starves."""
+        """The limit, the spacing of sends and the holds; a borrower waits while a higher
+        one starves."""
         borrowing = not self.below_floor(st, rank)
         if borrowing and any(st.starving(q) for q in range(rank)):
-            return Verdict(None, self._floor_wait(st, rank), "priority")
+            # the mark lapses within STARVING_S of the last denial: ask again soon
+            return Verdict(None, min(self._floor_wait(st, rank), RECHECK_S), "priority")
         bounds: dict[str, int] = {}
         waits: list[tuple[float, str]] = []
         for m in METRICS:
-            hold = self.hold(st, rank, m, borrowing)
+            hold = self.hold(st, rank, m, borrowing)  # on the window only
             bound, denied = self._metric(st, m, need[m], hold)
             if denied:
                 waits.append(denied)
@@ -205,12 +214,20 @@ class Policy:
             if hold or (m == "t" and st.outstanding[m] >= missing):
                 wait = min(wait, RECHECK_S)  # the holders take their share, give-backs come
             return window_bound, (wait, "window")
-        if m != "r":
-            return window_bound, None
-        pace_bound = max(pace(limit, st.slot), 1) - n - hold  # one fits an empty slot
-        if cur > pace_bound:
-            return pace_bound, ((st.slot + 1) * SLOT_S - st.now, "pace")
-        return min(window_bound, pace_bound), None
+        if m == "r":  # requests are spaced evenly (``spacing_wait``), not paced per slot
+            wait = self.spacing_wait(st, n)
+            return window_bound, ((wait, "pace") if wait > 0 else None)
+        return window_bound, None
+
+    @staticmethod
+    def spacing_wait(st: State, n: int) -> float:
+        """Seconds until ``n`` sends, spaced at the limit's rate, start within the horizon
+        (0: now). So no short period ever sees more than its share of the minute."""
+        spaced = n - st.spare
+        if spaced <= 0:
+            return 0.0
+        last = st.first_send() + (spaced - 1) * interval_s(st.limits.eff("r"))
+        return max(0.0, last - st.now - HORIZON_S)
 
     def _floor_wait(self, st: State, rank: int) -> float:
         """Seconds until the priority's usage of the last minute is back under its floor."""
