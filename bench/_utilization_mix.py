@@ -142,7 +142,8 @@ def mix_run(
 
 
 def describe(key: str, run: RunResult) -> None:
-    """The run's long gaps, and when each priority's last result came (from the submit)."""
+    """The run's long gaps, its hand-backs (SQS SendMessage by the workers) and back-offs
+    (ChangeMessageVisibility), and when each priority's last result came (from the submit)."""
     stats = run.stats
     assert stats is not None
     first = min(stats.received_s, default=0.0)
@@ -158,6 +159,8 @@ def describe(key: str, run: RunResult) -> None:
         f"row {key}: {run.summary.succeeded}/{run.summary.jobs_total} ok in {run.wall_s:.1f} s, "
         f"{stats.requests} requests, 429s {stats.by_status.get('429', 0)} "
         f"{stats.rate_limited}, max {stats.max_requests_60s}/60 s {stats.max_requests_1s}/1 s; "
+        f"hand-backs {run.aws[('sqs', 'SendMessage')]}, back-offs "
+        f"{run.aws[('sqs', 'ChangeMessageVisibility')]}; "
         f"gaps > {GAP_S:g} s (at, from the first request): {long or 'none'}; "
         f"last result by priority: {finished}"
     )
