@@ -9,10 +9,17 @@ makes a tokens-per-minute limit bind before the request limit (every answer is e
 ``max_tokens`` long, so the limiter's estimates are close to the truth)::
 
     python -m bench.bench_utilization [--jobs 2000] [--tpm-jobs 600] [--repeat 2] [--quick]
+        [--mix-only]
+
+The third part runs a realistic mix of jobs (four priorities, prompts of 10 to 400 words, both
+line forms, some streamed), each row once, against a rolling-minute limit, a provider that
+enforces it per second as well, an unlimited provider and a faulty one
+(``bench/_utilization_mix.py``); ``--mix-only`` runs just that part.
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from bench._common import (
@@ -27,6 +34,8 @@ from bench._common import (
     workdir,
     write_jobs,
 )
+from bench._rates import full_minutes, max_in_window, mean_or_nan
+from bench._utilization_mix import mix_section
 from chatbatch.local.options import LocalOptions
 from chatbatch.local.simulator import SimulatorSettings
 
@@ -34,36 +43,6 @@ RPM = 600
 LATENCY_MS = 300
 TPM_ANSWER_TOKENS = 200
 TPM_RPM = 3000  # far above what the tokens allow
-
-
-def max_in_window(times: list[float], span_s: float = 60.0) -> int:
-    """The most events in any ``span_s`` window."""
-    times = sorted(times)
-    best, start = 0, 0
-    for end, t in enumerate(times):
-        while times[start] <= t - span_s:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
-
-
-def full_minutes(run: RunResult, amounts: dict[str, float] | None = None) -> list[float]:
-    """Results (or their ``amounts``) completed in each minute after the first, counted from
-    the submit, for every minute that ended before the last result (the backlog lasted the
-    whole minute). The first minute is left out: a sliding window lets it run ahead."""
-    last = max(run.done_at.values(), default=run.submitted_at) - run.submitted_at
-    minutes = []
-    k = 1
-    while 60.0 * (k + 1) <= last:
-        lo, hi = run.submitted_at + 60.0 * k, run.submitted_at + 60.0 * (k + 1)
-        done = [c for c, t in run.done_at.items() if lo <= t < hi]
-        minutes.append(sum(amounts[c] for c in done) if amounts else float(len(done)))
-        k += 1
-    return minutes
-
-
-def mean_or_nan(values: list[float]) -> float:
-    return sum(values) / len(values) if values else float("nan")
 
 
 def requests_run(tmp: Path, jobs: int, seed: int) -> RunResult:
@@ -105,7 +84,16 @@ def main() -> None:
     p = parser(__doc__)
     p.add_argument("--jobs", type=int, default=None, help="requests-bound run (default 2000)")
     p.add_argument("--tpm-jobs", type=int, default=None, help="tokens-bound run (default 600)")
+    p.add_argument("--mix-only", action="store_true", help="only the realistic-mix rows")
     args = p.parse_args()
+    if not args.mix_only:
+        minute_limits(args)
+    with workdir(args) as tmp:
+        finish(mix_section(args, tmp), args)
+
+
+def minute_limits(args: argparse.Namespace) -> None:
+    """The requests-bound and tokens-bound runs: one priority, jobs alike."""
     jobs = args.jobs or (300 if args.quick else 2000)
     tpm_jobs = args.tpm_jobs or (150 if args.quick else 600)
     # ~276 jobs/min (600 jobs: one full minute after the first; --tpm-jobs 1000 for two):

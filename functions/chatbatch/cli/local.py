@@ -327,7 +327,7 @@ def _announce(up: LocalUp, config: Path | None, as_json: bool, state: Path | Non
 def local_simulator(ctx: typer.Context) -> None:
     """Run the provider simulator (an OpenAI-compatible chat API) in the foreground.
 
-    Options: --port N (0: any free), --host, --api-key, --model ID, --rpm, --tpm,
+    Options: --port N (0: any free), --host, --api-key, --model ID, --rpm, --tpm, --per-second,
     --latency-ms, --per-token-ms, --answer-tokens, --seed, --fault KIND=RATE, --hang-s,
     --outage-at-s, --outage-s (`chatbatch local simulator --help` lists them).
     """

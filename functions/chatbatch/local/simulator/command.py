@@ -64,6 +64,11 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimulatorSettings, st
     parser.add_argument("--model", action="append", default=[], help="accept this model id")
     parser.add_argument("--rpm", type=int, help="requests per minute per model")
     parser.add_argument("--tpm", type=int, help="tokens per minute per model")
+    parser.add_argument(
+        "--per-second",
+        action="store_true",
+        help="also enforce rpm/tpm over every rolling second, as their sixtieth",
+    )
     parser.add_argument("--latency-ms", type=float, default=0)
     parser.add_argument("--per-token-ms", type=float, default=0)
     parser.add_argument("--answer-tokens", type=int, default=24)
@@ -81,6 +86,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimulatorSettings, st
             models=args.model,
             rpm=args.rpm,
             tpm=args.tpm,
+            per_second=args.per_second,
             latency_ms=args.latency_ms,
             per_token_ms=args.per_token_ms,
             answer_tokens=args.answer_tokens,

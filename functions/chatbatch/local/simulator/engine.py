@@ -42,7 +42,7 @@ from chatbatch.local.simulator.settings import (
     takes_only_completion_tokens,
 )
 from chatbatch.local.simulator.stats import Counters, Stats
-from chatbatch.local.simulator.windows import Limits
+from chatbatch.local.simulator.windows import Limits, RateLimited
 
 
 class Engine:
@@ -74,7 +74,7 @@ class Engine:
     def reset(self) -> None:
         """Forget stats, rate-limit windows, cached prefixes, injected faults and outages."""
         self._outage = None
-        self._counters = Counters()
+        self._counters = Counters(started=self._started)
         self._limits: dict[str, Limits] = {}
         self._seen: dict[str, set[bytes]] = {}
         self._script.clear()
@@ -202,7 +202,11 @@ class Engine:
         reasoning = thought * n
         tokens = prompt + completion + reasoning
         limits = self._limits_of(model)
-        limits.check(model, now, self.settings, tokens)
+        try:
+            limits.check(model, now, self.settings, tokens)
+        except RateLimited as err:
+            self._counters.count_rate_limited(err.cause)
+            raise
         fault = self._next_fault()
         if fault is not None and fault.kind not in GENERATED:
             limits.record(now, 0)  # a request received, nothing generated: no tokens

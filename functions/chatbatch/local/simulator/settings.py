@@ -93,6 +93,11 @@ class SimulatorSettings(BaseModel):
     config_models: bool = Field(default=True, description="also accept chatbatch.toml's ids")
     rpm: int | None = Field(default=None, gt=0, description="requests per minute per model")
     tpm: int | None = Field(default=None, gt=0, description="tokens per minute per model")
+    per_second: bool = Field(
+        default=False,
+        description="also enforce rpm and tpm over every rolling second, as their sixtieth "
+        "(600/min as 10 per second), as OpenAI may enforce a minute's limit",
+    )
     latency_ms: float = Field(default=0, ge=0, description="before the first byte")
     per_token_ms: float = Field(default=0, ge=0, description="per output token")
     answer_tokens: int = Field(default=24, ge=4, le=100_000)

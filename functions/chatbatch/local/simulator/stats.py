@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, Field
 
-from chatbatch.local.simulator.windows import Window
+from chatbatch.local.simulator.windows import SECOND_S, Window
 
 
 class ModelBill(BaseModel):
@@ -46,7 +46,15 @@ class Stats(BaseModel):
         description="output tokens of every billed generation, reasoning included"
     )
     max_requests_60s: int = Field(description="most chat requests received in any 60 s")
+    max_requests_1s: int = Field(description="most chat requests received in any 1 s")
     max_tokens_60s: int = Field(description="most tokens billed in any 60 s")
+    rate_limited: dict[str, int] = Field(
+        description="429s for a rate limit, by the limit: requests_per_min, "
+        "tokens_per_min, requests_per_second, tokens_per_second"
+    )
+    received_s: list[float] = Field(
+        description="when each chat request was received, seconds after the start (ms)"
+    )
 
 
 @dataclass
@@ -61,14 +69,25 @@ class Counters:
     duplicates: int = 0
     billed_by_model: dict[str, ModelBill] = field(default_factory=dict)
     max_requests_60s: int = 0
+    max_requests_1s: int = 0
     max_tokens_60s: int = 0
+    rate_limited: dict[str, int] = field(default_factory=dict)
+    started: float = 0.0  # the clock's reading at the simulator's start
+    received_s: list[float] = field(default_factory=list)
     received: Window = field(default_factory=Window)
+    received_1s: Window = field(default_factory=lambda: Window(SECOND_S))
     billed: Window = field(default_factory=Window)
 
     def count_request(self, now: float) -> None:
         self.requests += 1
+        self.received_s.append(round(now - self.started, 3))
         self.received.add(now)
+        self.received_1s.add(now)
         self.max_requests_60s = max(self.max_requests_60s, self.received.total)
+        self.max_requests_1s = max(self.max_requests_1s, self.received_1s.total)
+
+    def count_rate_limited(self, cause: str) -> None:
+        self.rate_limited[cause] = self.rate_limited.get(cause, 0) + 1
 
     def count_status(self, status: int | str) -> None:
         self.by_status[str(status)] = self.by_status.get(str(status), 0) + 1
@@ -112,5 +131,8 @@ class Counters:
             cached_tokens=sum(b.cached_tokens for b in bills),
             completion_tokens=sum(b.completion_tokens for b in bills),
             max_requests_60s=self.max_requests_60s,
+            max_requests_1s=self.max_requests_1s,
             max_tokens_60s=self.max_tokens_60s,
+            rate_limited=dict(self.rate_limited),
+            received_s=list(self.received_s),
         )

@@ -1,16 +1,21 @@
 """Rolling 60 s windows (the busiest-minute stats), the per-model rate limits on them
-(``Limits``: the real API's 429 and ``x-ratelimit-*`` headers), and the providers' header
-forms of a wait."""
+(``Limits``: the real API's 429 and ``x-ratelimit-*`` headers; with ``per_second`` each
+limit is also enforced over every rolling second, as its sixtieth), and the providers'
+header forms of a wait."""
 
 from __future__ import annotations
 
+import math
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from chatbatch.local.simulator.api import ApiError
 from chatbatch.local.simulator.settings import SimulatorSettings
 
 WINDOW_S = 60.0
+SECOND_S = 1.0
 
 
 class Window:
@@ -49,35 +54,83 @@ class Window:
         return self._events[0][0] + self.span_s - now if self._events else 0.0
 
 
+class RateLimited(ApiError):
+    """The real API's 429 for a rate limit; ``cause`` names it (``requests_per_min``,
+    ``tokens_per_second``, ...) for the stats."""
+
+    def __init__(self, cause: str, message: str, wait_s: float, kind: str) -> None:
+        super().__init__(
+            429,
+            message,
+            type=kind,
+            code="rate_limit_exceeded",
+            headers=retry_after_headers(wait_s),
+        )
+        self.cause = cause
+
+
+class _Check(NamedTuple):
+    kind: str  # requests | tokens
+    period: str  # min | second
+    unit: str  # RPM, TPM, RPS, TPS
+    limit: int
+    window: Window
+    amount: int
+
+    def wait_s(self, now: float) -> float:
+        # a request bigger than a second's share passes into an empty second
+        room = self.limit - self.amount
+        return self.window.wait_s(now, max(room, 0) if self.period == "second" else room)
+
+
+def second_share(limit: int) -> int:
+    """A per-minute limit enforced per second: 600/min as 10 per second (rounded up)."""
+    return math.ceil(limit * SECOND_S / WINDOW_S)
+
+
 @dataclass
 class Limits:
-    """One model's requests and tokens in the last minute."""
+    """One model's requests and tokens in the last minute, and in the last second."""
 
     requests: Window = field(default_factory=Window)
     tokens: Window = field(default_factory=Window)
+    requests_1s: Window = field(default_factory=lambda: Window(SECOND_S))
+    tokens_1s: Window = field(default_factory=lambda: Window(SECOND_S))
+
+    def _checks(self, settings: SimulatorSettings, tokens: int) -> Iterator[_Check]:
+        """The minute's limits first, then (``per_second``) each one's share of a second."""
+        limits = [
+            ("requests", "R", settings.rpm, 1, self.requests, self.requests_1s),
+            ("tokens", "T", settings.tpm, tokens, self.tokens, self.tokens_1s),
+        ]
+        for kind, letter, limit, amount, minute, _ in limits:
+            if limit:
+                yield _Check(kind, "min", f"{letter}PM", limit, minute, amount)
+        for kind, letter, limit, amount, _, second in limits:
+            if limit and settings.per_second:
+                yield _Check(kind, "second", f"{letter}PS", second_share(limit), second, amount)
 
     def check(self, model: str, now: float, settings: SimulatorSettings, tokens: int) -> None:
         """Raise the real API's 429 if one more request of ``tokens`` is over a limit."""
-        checks = [("requests", "RPM", settings.rpm, self.requests, 1)]
-        checks.append(("tokens", "TPM", settings.tpm, self.tokens, tokens))
-        for kind, unit, limit, window, amount in checks:
-            wait = window.wait_s(now, limit - amount) if limit else 0.0
+        for c in self._checks(settings, tokens):
+            wait = c.wait_s(now)
             if wait > 0:
-                raise ApiError(
-                    429,
-                    f"Rate limit reached for {model} on {kind} per min ({unit}): "
-                    f"Limit {limit}, Used {window.total}, Requested {amount}. "
+                raise RateLimited(
+                    f"{c.kind}_per_{c.period}",
+                    f"Rate limit reached for {model} on {c.kind} per {c.period} ({c.unit}): "
+                    f"Limit {c.limit}, Used {c.window.total}, Requested {c.amount}. "
                     f"Please try again in {format_duration(wait)}.",
-                    type=kind,
-                    code="rate_limit_exceeded",
-                    headers=retry_after_headers(wait),
+                    wait,
+                    c.kind,
                 )
 
     def record(self, now: float, tokens: int) -> None:
         """A request received; ``tokens`` of it generated (0: nothing was)."""
         self.requests.add(now, 1)
+        self.requests_1s.add(now, 1)
         if tokens:
             self.tokens.add(now, tokens)
+            self.tokens_1s.add(now, tokens)
 
     def headers(self, now: float, settings: SimulatorSettings) -> dict[str, str]:
         """The ``x-ratelimit-*`` headers every chat response carries."""
