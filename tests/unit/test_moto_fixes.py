@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from moto.dynamodb.models.table import Table
 
 from chatbatch.core.config import Config
@@ -139,3 +142,34 @@ def test_an_update_expression_is_parsed_once(table: str, monkeypatch: pytest.Mon
     # the kept parse is never changed by an update: the values are this call's
     item = ddb.get_item(TableName=table, Key=key("parse0"))["Item"]
     assert item["n"] == {"N": "3"} and item["seen_by_parse_test"] == {"S": "4"}
+
+
+def test_s3_writes_if_none_match_from_many_threads_pass_once(
+    config: Config, monkeypatch: pytest.MonkeyPatch
+):
+    """``Store.put_result_once`` relies on it: two deliveries of one job that both "win"
+    each count their own result's cost, and the last written overwrites the one counted
+    (the batch counters then differ from the cost records)."""
+    from moto.s3.models import S3Backend
+
+    put_object = S3Backend.put_object
+
+    def slow_put_object(self: S3Backend, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.05)  # between moto's "does it exist?" and the write
+        return put_object(self, *args, **kwargs)
+
+    monkeypatch.setattr(S3Backend, "put_object", slow_put_object)
+    with moto_in_process():
+        bucket = create_resources(config).bucket
+        s3 = boto3.client("s3")
+
+        def put(i: int) -> bool:
+            try:
+                s3.put_object(Bucket=bucket, Key="results/b/j.json", Body=str(i), IfNoneMatch="*")
+            except ClientError as err:
+                assert err.response["Error"]["Code"] == "PreconditionFailed"
+                return False
+            return True
+
+        with ThreadPoolExecutor(8) as pool:
+            assert sum(pool.map(put, range(8))) == 1

@@ -1,9 +1,12 @@
 """Small, contained fixes to moto (pinned at 5.2.5) for the local runtime.
 
 1. **Thread safety.** moto's backends check, then write, without a lock: two threads can
-   both pass one DynamoDB condition, and two pollers can receive one SQS message. Every
-   moto request is served under one lock (moto is bound to one core by the GIL anyway,
-   so this costs no throughput).
+   both pass one DynamoDB condition, two pollers can receive one SQS message, and two
+   S3 ``PutObject`` calls with ``If-None-Match: *`` can both write (each told it was
+   first: ``Store.put_result_once`` then lets two deliveries count different results).
+   Every moto request is served under one lock (moto is bound to one core by the GIL
+   anyway, so this costs no throughput): ``call_action``, and S3's bucket and object
+   requests, which moto dispatches around it.
 2. **TransactWriteItems.** moto deep-copies every table a transaction touches, before
    each transaction, to roll back on failure: O(table size) per call, which makes a local
    run quadratic, and the rollback overwrites writes made meanwhile. Here only the items
@@ -38,6 +41,7 @@ from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.dynamo_type import DynamoType
 from moto.dynamodb.models.table import Table
 from moto.dynamodb.parsing.expressions import UpdateExpressionParser  # type: ignore[attr-defined]
+from moto.s3.responses import S3Response
 from moto.sqs.models import Queue
 
 LOCK = threading.RLock()
@@ -123,6 +127,15 @@ class QueueAttributes(Mapping[str, Any]):
         return len(self._full())
 
 
+def _locked(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        with LOCK:
+            return method(*args, **kwargs)
+
+    return locked
+
+
 @functools.cache
 def apply() -> None:
     call_action = BaseResponse.call_action
@@ -132,6 +145,10 @@ def apply() -> None:
             return call_action(self)
 
     BaseResponse.call_action = locked_call_action  # type: ignore[method-assign]
+
+    # S3 serves bucket and object requests itself, not through call_action
+    for name in ("bucket_response", "key_response"):
+        setattr(S3Response, name, _locked(getattr(S3Response, name)))
 
     # moto's own table snapshot becomes the table itself (its rollback then a no-op) ...
     shim = types.SimpleNamespace(deepcopy=_deepcopy_but_tables, copy=copy.copy)
