@@ -54,6 +54,7 @@ from chatbatch.state.budget.errors import (
     OverRequestCap,
 )
 from chatbatch.state.budget.reservations import Ask, Reservation
+from chatbatch.state.limiter.lease import Lease
 from chatbatch.state.limiter.limiter import RequestTooLargeError
 from chatbatch.worker import pause, requeue, results, unread
 from chatbatch.worker.capacity import Slot
@@ -89,15 +90,13 @@ async def _from_cache(
 async def _capacity(
     inv: Invocation, intake: Intake, model: str, tokens: int, *, first: bool
 ) -> Slot | float:
-    """Capacity for one send of ``tokens`` estimated tokens, at the time the limiter spaced
-    it to; waits in-process while the limiter's wait is short (``worker.max_throttle_wait_s``
-    and the invocation's time), else returns that wait."""
+    """Capacity for one send of ``tokens`` estimated tokens (send it at ``send_at``); waits
+    in-process while the limiter's wait is short (``worker.max_throttle_wait_s`` and the
+    invocation's time), else returns that wait."""
     while True:
         got = await inv.take_capacity(intake, model, tokens, first=first)
         first = False
         if isinstance(got, tuple):
-            lease, index = got
-            await asyncio.sleep(max(0.0, lease.send_at(index) - time.time()))
             return got
         remaining = inv.deadline - time.monotonic()
         if got > min(inv.services.config.worker.max_throttle_wait_s, remaining):
@@ -120,11 +119,15 @@ async def _call(
     lease, index = got
 
     async def before_retry() -> bool:  # one more request at the provider: its own capacity
-        return isinstance(await _capacity(inv, intake, job.model, 0, first=False), tuple)
+        retry = await _capacity(inv, intake, job.model, 0, first=False)
+        if isinstance(retry, tuple):
+            await send_at(*retry)
+        return isinstance(retry, tuple)
 
     if not await io(services.budget.arm, reservation):  # no longer this copy's
         lease.reconcile(index, 0)
         return await requeue.hand_back(inv, intake, HELD_RETRY_S, Outcome.elsewhere)
+    await send_at(lease, index)  # the slow work (the arm's write) done, sent on time
     url = services.config.providers[model.provider].chat_url
     with inv.span(intake).child("provider", "remote") as span:
         span.annotate(model=job.model)
@@ -144,6 +147,12 @@ async def _call(
     used = completion.usage.total_tokens if completion.usage is not None else estimate
     lease.reconcile(index, used)
     return completion
+
+
+async def send_at(lease: Lease, index: int) -> None:
+    """Wait for the send time the limiter spaced the job to (sends from all workers are
+    spread at the limit's rate; sending early would bunch them)."""
+    await asyncio.sleep(max(0.0, lease.send_at(index) - time.time()))
 
 
 def _trace_attempts(span: Span, url: str, attempts: Sequence[Attempt]) -> None:
@@ -303,8 +312,12 @@ async def _rebuy(
     inv: Invocation, intake: Intake, job: Job, reservation: Reservation, why: str
 ) -> Reservation | Outcome:
     """Book the call made under ``reservation`` (its answer never read) and reserve anew
-    for the next one: no second call goes out on money already spent."""
-    await unread.book(inv, intake, job, reservation, why)
+    for the next one: no second call goes out on money already spent. A reservation that
+    is no longer this delivery's (another delivery of the job booked or released it, or a
+    reclaim booked it) is not bought again here: the job is handed back, so two
+    deliveries never both call."""
+    if not await unread.book(inv, intake, job, reservation, why):
+        return await requeue.hand_back(inv, intake, HELD_RETRY_S, Outcome.elsewhere)
     return await _reserve(inv, intake, job)
 
 

@@ -83,11 +83,12 @@ is no deadlock. With slack nobody is denied, nothing is held and everybody runs 
 speed.
 
 **Adaptive limit.** A 429 whose headers show a tenth of the minute left was not the
-minute's limit (a shorter period, a fault): the limit stays. Any other 429 multiplies the shards' factor ``f`` by 0.5 (0.9 once the limit
-is learned from headers and no decrease happened in the last 30 s: then a lone 429 is a
-disagreement at the window's edge, not a wrong limit; at most once per 5 s, a conditional
-write on the time of the last decrease); it grows back by 0.05 every
-10 s, computed lazily from ``(f, fa)`` so recovery costs no write. Limits learned from
+minute's limit (a shorter period, a fault): the limit stays. Any other 429 multiplies
+the shards' factor ``f`` by 0.5 (0.9 once the limit is learned from headers and no
+decrease happened in the last 30 s: then a lone 429 is a disagreement at the window's
+edge, not a wrong limit; at most once per 5 s, a conditional write on the time of the
+last decrease); it grows back by 0.05 every 10 s, computed lazily from ``(f, fa)`` so
+recovery costs no write. Limits learned from
 ``x-ratelimit-limit-requests/-tokens`` are stored in the shards (``lr``, ``lt``) and the
 effective limit is ``min(config, learned) x f``.
 

@@ -106,9 +106,9 @@ class _Ask:
     tokens: list[int]
 
     def outcome(
-        self, slot: int, jobs: list[int], all_jobs: Verdict, starts: tuple[float, ...] = ()
+        self, slot: int, jobs: list[int], more: Verdict, starts: tuple[float, ...] = ()
     ) -> Grant:
-        """The grant of ``jobs`` (booked in ``slot``, sent at ``starts``); ``all_jobs`` says
+        """The grant of ``jobs`` (booked in ``slot``, sent at ``starts``); ``more`` says
         why not all."""
         complete = len(jobs) == len(self.tokens)
         return Grant(
@@ -119,8 +119,8 @@ class _Ask:
             tokens=tuple(jobs),
             starts=starts,
             asked=len(self.tokens),
-            wait_s=0.0 if complete else max(all_jobs.wait_s, MIN_WAIT_S),
-            reason=None if complete else all_jobs.reason,
+            wait_s=0.0 if complete else max(more.wait_s, MIN_WAIT_S),
+            reason=None if complete else more.reason,
         )
 
 
@@ -316,29 +316,31 @@ class RateLimiter:
             self._check_size(model, st, tokens[0])
             spares = self._spares.take(model, shard, now, len(tokens))
             st.spare = len(spares)
-            jobs, fits, all_jobs = self._fit(st, rank, tokens)
+            jobs, fits, more = self._fit(st, rank, tokens)
             used, spares = spares[: len(jobs)], spares[len(jobs) :]
             self._spares.put(model, shard, spares, now)
             if not jobs:
                 self._mark_starving(model, shard, st, rank, tokens[0])
-                return ask.outcome(-1, [], all_jobs)
+                return ask.outcome(-1, [], more)
             assert fits.bounds is not None
             st.spare = len(used)
             written = self._update(model, shard, grant_update(st, rank, jobs, fits.bounds), now)
             if written is not None:
                 starts = (*used, *send_times(written, st, len(jobs) - len(used)))
-                return ask.outcome(st.slot, jobs, all_jobs, starts)
+                return ask.outcome(st.slot, jobs, more, starts)
             self._spares.put(model, shard, used, now)
         return ask.outcome(-1, [], Verdict(None, MIN_WAIT_S, "contention"))
 
     def _fit(self, st: State, rank: int, tokens: list[int]) -> tuple[list[int], Verdict, Verdict]:
-        """The longest prefix of the jobs that fits and its verdict, and the verdict for all."""
+        """The longest prefix of the jobs that fits and its verdict, and the verdict for one
+        job more: its wait is when the next job fits (asking then keeps the sends booked
+        ahead; waiting until all fit would let the spacing run dry)."""
         verdicts: list[Verdict] = []
         for k in range(len(tokens), 0, -1):
             verdicts.append(self._policy.check(st, rank, {"r": k, "t": sum(tokens[:k])}))
             if verdicts[-1].bounds is not None:
-                return tokens[:k], verdicts[-1], verdicts[0]
-        return [], verdicts[-1], verdicts[0]
+                return tokens[:k], verdicts[-1], verdicts[-2] if k < len(tokens) else verdicts[-1]
+        return [], verdicts[-1], verdicts[-1]
 
     def _check_size(self, model: str, st: State, tokens: int) -> None:
         base = st.limits.base
