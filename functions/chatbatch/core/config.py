@@ -8,6 +8,7 @@ value and what is allowed, so a typo never turns into a silent default.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import json
 import os
 import tomllib
@@ -71,6 +72,18 @@ class Timeouts(_Strict):
         return self
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a URL's host: a name, an IPv4 or a bracketed IPv6 address) is
+    this machine: ``localhost`` or an address in 127.0.0.0/8 or ::1."""
+    name = host.strip("[]").rstrip(".").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 class Provider(_Strict):
     """An OpenAI-compatible endpoint and where its API key comes from."""
 
@@ -87,6 +100,17 @@ class Provider(_Strict):
     )
     timeouts: Timeouts = Timeouts()
     max_connections: int = Field(default=20, ge=1, le=1000)
+
+    @field_validator("base_url")
+    @classmethod
+    def _tls_unless_loopback(cls, url: HttpUrl) -> HttpUrl:
+        if url.scheme == "http" and not is_loopback(url.host or ""):
+            raise ValueError(
+                f"plain http:// sends the API key unencrypted; it is allowed only to this "
+                f"machine (127.0.0.0/8, ::1, localhost), not to {url.host!r}: use https://, or "
+                "run the gateway on loopback"
+            )
+        return url
 
     @property
     def chat_url(self) -> str:
@@ -293,7 +317,7 @@ class Config(_Strict):
         return self.providers[self.models[model].provider]
 
 
-def _format_error(err: ValidationError) -> str:
+def format_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
@@ -308,7 +332,7 @@ def parse_config(data: dict[str, Any], source: str = "config") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(f"{source}: {_format_error(err)}") from None
+        raise ConfigError(f"{source}: {format_error(err)}") from None
 
 
 def find_config(path: str | os.PathLike[str] | None = None) -> Path:
