@@ -139,3 +139,25 @@ def test_an_update_expression_is_parsed_once(table: str, monkeypatch: pytest.Mon
     # the kept parse is never changed by an update: the values are this call's
     item = ddb.get_item(TableName=table, Key=key("parse0"))["Item"]
     assert item["n"] == {"N": "3"} and item["seen_by_parse_test"] == {"S": "4"}
+
+
+def test_a_message_carries_its_senders_principal_id(table: str) -> None:
+    """Fix 5: SQS's SenderId is the sender's, as STS names it (moto stamps one fixed id)."""
+    sqs = boto3.client("sqs")
+    url = sqs.create_queue(QueueName="senders")["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody="mine")
+    role = "arn:aws:iam::123456789012:role/Other"
+    keys = boto3.client("sts").assume_role(RoleArn=role, RoleSessionName="s1")["Credentials"]
+    other = boto3.client(
+        "sqs",
+        aws_access_key_id=keys["AccessKeyId"],
+        aws_secret_access_key=keys["SecretAccessKey"],
+        aws_session_token=keys["SessionToken"],
+    )
+    other.send_message_batch(QueueUrl=url, Entries=[{"Id": "1", "MessageBody": "theirs"}])
+    got = sqs.receive_message(
+        QueueUrl=url, MaxNumberOfMessages=10, MessageSystemAttributeNames=["SenderId"]
+    )["Messages"]
+    senders = {m["Body"]: m["Attributes"]["SenderId"] for m in got}
+    assert senders["mine"] == boto3.client("sts").get_caller_identity()["UserId"]
+    assert senders["theirs"].startswith("AROA") and senders["theirs"].endswith(":s1")

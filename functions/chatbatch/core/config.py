@@ -28,6 +28,8 @@ from pydantic import (
     model_validator,
 )
 
+from chatbatch.core.principals import DEPLOYER, PRODUCER_ARN_PATTERN
+
 CONFIG_ENV = "CHATBATCH_CONFIG"
 CONFIG_FILENAME = "chatbatch.toml"
 
@@ -256,6 +258,15 @@ class Limits(_Strict):
     max_line_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
 
 
+class Security(_Strict):
+    producers: list[Annotated[str, Field(pattern=f"{PRODUCER_ARN_PATTERN}|^{DEPLOYER}$")]] = Field(
+        default=[DEPLOYER],
+        min_length=1,
+        description="who may send to the queues (IAM role or user ARNs; 'deployer': the "
+        "identity that deploys); the worker's own role is always allowed",
+    )
+
+
 class Config(_Strict):
     stack_name: str = Field(default="chatbatch", pattern=r"^[A-Za-z][A-Za-z0-9-]{0,127}$")
     defaults: Defaults
@@ -267,6 +278,7 @@ class Config(_Strict):
     retries: Retries = Retries()
     worker: Worker = Worker()
     limits: Limits = Limits()
+    security: Security = Security()
 
     @model_validator(mode="after")
     def _references(self) -> Config:

@@ -55,7 +55,7 @@ from chatbatch.state.budget.errors import (
 )
 from chatbatch.state.budget.reservations import Ask, Reservation
 from chatbatch.state.limiter.limiter import RequestTooLargeError
-from chatbatch.worker import pause, requeue, results, unread
+from chatbatch.worker import pause, producers, requeue, results, unread
 from chatbatch.worker.crash import crash_point
 from chatbatch.worker.intake import Intake
 from chatbatch.worker.invocation import Invocation, Outcome, RetryLater, io, job_key
@@ -188,7 +188,10 @@ async def _reserve(inv: Invocation, intake: Intake, job: Job) -> Reservation | O
 
 
 async def _before_budget(inv: Invocation, intake: Intake) -> Outcome | None:
-    """Jobs that end before any money moves: duplicates, invalid, cancelled."""
+    """Jobs that end before any money moves: refused senders, duplicates, invalid,
+    cancelled."""
+    if intake.refused:
+        return await producers.refuse(inv, intake)
     if inv.states[intake.key].terminal:
         return Outcome.duplicate
     if intake.transient:
