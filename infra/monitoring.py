@@ -333,13 +333,14 @@ class Monitoring(Construct):
             lines("Latency p99 (ms)", [per_model_and_priority(Metric.LATENCY, "p99")]),
             lines(
                 "Provider 429s, retries and errors; calls saved by the cache; calls booked "
-                "at their worst case (no usage read)",
+                "at their worst case (no usage read); messages refused for their sender",
                 [
                     per_model_and_priority(Metric.PROVIDER_RATE_LIMITED, "Sum"),
                     per_model_and_priority(Metric.RETRIES, "Sum"),
                     per_model_and_priority(Metric.PROVIDER_ERRORS, "Sum"),
                     per_model_and_priority(Metric.CACHE_HITS, "Sum"),
                     per_model_and_priority(Metric.ESTIMATED_CALLS, "Sum"),
+                    service_metric(Metric.MESSAGES_REFUSED),
                 ],
             ),
         )

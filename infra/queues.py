@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from aws_cdk import Duration
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
@@ -22,7 +25,8 @@ def visibility_timeout_s(config: Config) -> int:
 
 
 class PriorityQueues(Construct):
-    """critical, high, normal, low: encrypted, TLS-only, redriving to their DLQs."""
+    """critical, high, normal, low: encrypted, TLS-only, redriving to their DLQs; only
+    named senders may send (``restrict_senders``)."""
 
     def __init__(self, scope: Construct, construct_id: str, *, config: Config) -> None:
         super().__init__(scope, construct_id)
@@ -54,3 +58,19 @@ class PriorityQueues(Construct):
             )
             self.queues[priority] = queue
             self.dlqs[priority] = dlq
+
+    def restrict_senders(self, senders: Sequence[str]) -> None:
+        """Deny SendMessage on every queue and DLQ to any principal whose ARN matches none
+        of ``senders`` (the producers and the worker's role), next to the TLS-only Deny.
+        The DLQs too: a job planted there would come back with whoever redrives it."""
+        for queue in [*self.queues.values(), *self.dlqs.values()]:
+            queue.add_to_resource_policy(
+                iam.PolicyStatement(
+                    sid="OnlyNamedProducersSend",
+                    effect=iam.Effect.DENY,
+                    principals=[iam.AnyPrincipal()],
+                    actions=["sqs:SendMessage"],
+                    resources=[queue.queue_arn],
+                    conditions={"ArnNotLike": {"aws:PrincipalArn": list(senders)}},
+                )
+            )

@@ -19,7 +19,8 @@ from infra.worker import Worker
 
 
 class ChatbatchStack(Stack):
-    """Queues, state, storage, secrets, worker and monitoring of one deployment."""
+    """Queues, state, storage, secrets, worker and monitoring of one deployment.
+    ``producers``: the ARNs that may send to the queues (besides the worker's role)."""
 
     def __init__(
         self,
@@ -29,6 +30,7 @@ class ChatbatchStack(Stack):
         config: Config,
         asset: AssetInputs,
         cache_root: Path,
+        producers: list[str],
         alarm_email: str | None = None,
     ) -> None:
         super().__init__(
@@ -52,6 +54,7 @@ class ChatbatchStack(Stack):
             bucket=self.storage.bucket,
             secrets=self.secrets.secrets,
         )
+        self.queues.restrict_senders([*producers, self.worker.role.role_arn])
         self.monitoring = Monitoring(
             self,
             "Monitoring",

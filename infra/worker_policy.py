@@ -30,6 +30,7 @@ S3, the data bucket (``chatbatch.state.store.Store``):
   after a lost ``put_result_once`` race),
   ``cache/`` (``get_cached``), ``claims/`` (``get_text`` of a claim check)
 - ``PutObject``: ``results/`` (``put_result_once``), ``errors/`` (``put_error``),
+  ``refused/`` (``put_refused``: messages refused for their sender),
   ``requests/`` (``put_request``: a failed job's message, in ``worker.results.fail``),
   ``costs/`` (``put_cost``), ``cache/`` (``put_cached``)
 - ``ListBucket`` on the bucket: a missing key is then a 404 (``NoSuchKey``, which the
@@ -66,7 +67,7 @@ READ_ONLY_KEYS = (LIMITS_PK,)
 ITEM_WRITES = ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem")
 
 S3_READS = ("results/", "cache/", "claims/")
-S3_WRITES = ("results/", "errors/", "requests/", "costs/", "cache/")
+S3_WRITES = ("results/", "errors/", "refused/", "requests/", "costs/", "cache/")
 S3_PREFIXES = tuple(dict.fromkeys((*S3_READS, *S3_WRITES)))
 
 

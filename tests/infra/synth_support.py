@@ -19,6 +19,9 @@ from aws_cdk import assertions  # noqa: E402
 
 from infra.app import build_app  # noqa: E402
 
+# the identity the tests "deploy" as: an assumed role, as `cdk deploy` usually runs
+DEPLOYER = "arn:aws:sts::123456789012:assumed-role/Deployer/ci-session"
+
 
 @dataclass(frozen=True)
 class Synth:
@@ -37,7 +40,9 @@ def synthesize(
     outdir: Path, config_path: Path | None = None, context: dict[str, Any] | None = None
 ) -> Synth:
     """`build_app()` as app.py runs it (cdk-nag included), synthesized into ``outdir``."""
-    app, stack = build_app(outdir=str(outdir), config_path=config_path, context=context)
+    app, stack = build_app(
+        outdir=str(outdir), config_path=config_path, context=context, caller_arn=lambda: DEPLOYER
+    )
     assembly = app.synth()  # raises if cdk-nag reports an unacknowledged finding
     artifact = assembly.get_stack_by_name(stack.stack_name)
     template = artifact.template

@@ -69,7 +69,7 @@ EXPECTED = {
             "/Chatbatch/Worker/Role/DefaultPolicy",
             f"AwsSolutions-IAM5[Resource::<StorageData*.Arn>/{p}/*]",
         )
-        for p in ("results", "errors", "requests", "costs", "cache", "claims")
+        for p in ("results", "errors", "refused", "requests", "costs", "cache", "claims")
     ),
 }
 

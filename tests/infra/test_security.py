@@ -56,7 +56,7 @@ WORKER_POLICY: set[tuple[str, str, tuple[str, ...], tuple[str, ...], str]] = {
         "BucketPutObject",
         "Allow",
         ("s3:PutObject",),
-        _objects("cache", "costs", "errors", "requests", "results"),
+        _objects("cache", "costs", "errors", "refused", "requests", "results"),
         "",
     ),
     ("BucketListBucket", "Allow", ("s3:ListBucket",), ("StorageData.Arn",), ""),
@@ -157,3 +157,32 @@ def test_alarm_topic_lets_this_stacks_alarms_publish_over_tls_only(
     )
     alarms = synth.resources("AWS::CloudWatch::Alarm").values()
     assert all(a["Properties"]["AlarmName"].startswith(f"{config.stack_name}-") for a in alarms)
+
+
+def test_only_named_producers_and_the_worker_may_send_to_any_queue(synth: Synth) -> None:
+    """Issue 20 item 3: each queue and DLQ denies SendMessage to every principal but the
+    producers (``deployer`` resolved from the assumed role to its role, at any path) and
+    the worker's role, next to its TLS-only Deny; nothing else is in the policy."""
+    queues = synth.resources("AWS::SQS::Queue")
+    policies = synth.resources("AWS::SQS::QueuePolicy").values()
+    covered = [_name(q["Ref"]) for p in policies for q in p["Properties"]["Queues"]]
+    assert sorted(covered) == sorted(_name(q) for q in queues)  # all 8, DLQs included
+    (role_id,) = [k for k in synth.resources("AWS::IAM::Role") if k.startswith("WorkerRole")]
+    for policy in policies:
+        (queue,) = policy["Properties"]["Queues"]
+        statements = {
+            s.get("Sid", ""): s for s in _statements(policy["Properties"]["PolicyDocument"])
+        }
+        tls = next(s for s in statements.values() if "aws:SecureTransport" in str(s["Condition"]))
+        assert tls["Effect"] == "Deny"
+        only = statements["OnlyNamedProducersSend"]
+        assert len(statements) == 2
+        assert (only["Effect"], only["Action"]) == ("Deny", "sqs:SendMessage")
+        assert only["Principal"] in ("*", {"AWS": "*"})
+        assert _render(only["Resource"]) == f"{_name(queue['Ref'])}.Arn"
+        senders = [_render(v) for v in only["Condition"]["ArnNotLike"]["aws:PrincipalArn"]]
+        assert senders == [
+            "arn:aws:iam::123456789012:role/Deployer",
+            "arn:aws:iam::123456789012:role/*/Deployer",
+            f"{_name(role_id)}.Arn",
+        ]

@@ -30,6 +30,7 @@ from chatbatch.core.config import Config, Priority
 from chatbatch.core.job_lines import parse_line
 from chatbatch.core.output_lines import CostRecord
 from chatbatch.core.pricing import Usage, cost, to_nanos
+from chatbatch.core.principals import caller_principal
 from chatbatch.local.options import LocalOptions
 from chatbatch.local.runtime import LocalRuntime
 from chatbatch.local.simulator import FaultKind, SimulatorSettings, answer_for
@@ -525,6 +526,10 @@ def test_retry_refuses_a_cancelled_batch_and_leaves_invalid_lines(local: Local) 
     )
     # a line a worker finds invalid (sent straight to a queue) keeps no request to resend
     bad = {"custom_id": "bad1", "batch_id": "r-straight", "role": "nope", "prompt": "x"}
+    me = caller_principal(boto3.client("sts"))  # only the registrant's messages are accepted
+    local.rt.batches.register(
+        "r-straight", total=1, priority="low", checksum="0" * 64, registrant=me
+    )
     boto3.client("sqs").send_message(
         QueueUrl=local.rt.resources.queues[Priority.low], MessageBody=json.dumps(bad)
     )

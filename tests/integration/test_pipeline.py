@@ -29,6 +29,7 @@ from chatbatch.core.days import next_midnight, utc_day
 from chatbatch.core.job_lines import parse_line
 from chatbatch.core.jobs import Job
 from chatbatch.core.pricing import from_nanos, to_nanos
+from chatbatch.core.principals import caller_principal
 from chatbatch.local.options import LocalOptions
 from chatbatch.local.runtime import LOCAL_KEY, LocalRuntime
 from chatbatch.local.simulator import FaultKind, SimulatorSettings, answer_for
@@ -112,6 +113,13 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 def runtime(**options: Any) -> Iterator[LocalRuntime]:
     with LocalRuntime(LocalOptions(**options)) as rt:
         yield rt
+
+
+def registered(rt: LocalRuntime, batch_id: str) -> None:
+    """Register ``batch_id`` as this process's: the jobs a test sends straight to a queue
+    name a batch, and the workers accept them only from its registrant."""
+    me = caller_principal(boto3.client("sts"))
+    rt.batches.register(batch_id, total=1, priority="normal", checksum="0" * 64, registrant=me)
 
 
 def ledger_spent(rt: LocalRuntime) -> Decimal:
@@ -241,6 +249,7 @@ def test_two_copies_of_a_job_in_flight_call_the_provider_once(tmp_path: Path):
     sim = SimulatorSettings(latency_ms=1500)
     with runtime(simulator=sim) as rt:
         queue = rt.resources.queues[rt.config.defaults.priority]
+        registered(rt, "twins")
         sqs = boto3.client("sqs")
         for _ in range(2):
             sqs.send_message(QueueUrl=queue, MessageBody=body)
@@ -284,6 +293,7 @@ def test_a_second_copy_after_midnight_waits_for_the_first(
     body = json.dumps({"custom_id": "late", "prompt": "once across midnight", "batch_id": "night"})
     with runtime(simulator=SimulatorSettings(latency_ms=4000)) as rt:
         assert rt.simulator is not None
+        registered(rt, "night")
         queue = rt.resources.queues[rt.config.defaults.priority]
         sqs = boto3.client("sqs")
         clock.at(midnight - 1)
@@ -318,6 +328,7 @@ def test_two_messages_of_one_copy_in_flight_call_the_provider_once(tmp_path: Pat
     sim = SimulatorSettings(latency_ms=2000)
     with runtime(simulator=sim, visibility_timeout_s=2) as rt:
         assert rt.simulator is not None
+        registered(rt, "twins")
         queue = rt.resources.queues[rt.config.defaults.priority]
         sqs = boto3.client("sqs")
         sqs.send_message(QueueUrl=queue, MessageBody=body, MessageAttributes=attrs)
@@ -389,6 +400,7 @@ def test_a_copy_taking_over_a_dead_copys_job_finishes_from_its_result(tmp_path: 
         # the dead copy's message stays away for 5 minutes: the resend has to take over
         with runtime(visibility_timeout_s=300) as rt:
             queue = rt.resources.queues[rt.config.defaults.priority]
+            registered(rt, "takeover")
             sqs = boto3.client("sqs")
             sqs.send_message(QueueUrl=queue, MessageBody=body)
             deadline = time.monotonic() + 30

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import boto3
 import pytest
 
+from chatbatch.client.submit import checksum_batch_id
 from chatbatch.core.config import Config
 from chatbatch.local.aws import create_resources, moto_in_process
 from chatbatch.state.batches import Batches, JobState, SubmittedFromAnotherFile
@@ -21,7 +22,9 @@ def batches(config: Config) -> Iterator[Batches]:
 
 
 def test_register_then_outcomes_move_counters_once(batches: Batches):
-    batches.register("b1", total=3, priority="high", checksum="abc", budget_nanos=5)
+    batches.register(
+        "b1", total=3, priority="high", checksum="abc", registrant="AIDAME", budget_nanos=5
+    )
     assert batches.transition(
         "b1",
         "a",
@@ -44,16 +47,18 @@ def test_register_then_outcomes_move_counters_once(batches: Batches):
         7,
     )
     assert info.priority == "high" and info.budget_nanos == 5 and info.finished == 2
-    batches.register("b1", total=3, priority="high", checksum="abc")  # re-submit keeps counts
+    batches.register(
+        "b1", total=3, priority="high", checksum="abc", registrant="AIDAME"
+    )  # re-submit keeps counts
     assert batches.get("b1").succeeded == 1  # type: ignore[union-attr]
 
 
 def test_a_batch_id_registered_from_one_file_refuses_another(batches: Batches):
     """The checksum is part of the registering write: a second file under the same id
     is refused (also when two submits race), and the first file's registration stays."""
-    batches.register("b9", total=2, priority="high", checksum="a" * 64)
+    batches.register("b9", total=2, priority="high", checksum="a" * 64, registrant="AIDAME")
     with pytest.raises(SubmittedFromAnotherFile) as caught:
-        batches.register("b9", total=5, priority="low", checksum="b" * 64)
+        batches.register("b9", total=5, priority="low", checksum="b" * 64, registrant="AIDAME")
     assert str(caught.value) == (
         f"batch 'b9' was submitted from another file (checksum {'a' * 12}, "
         f"this file {'b' * 12}): choose another batch id"
@@ -62,11 +67,13 @@ def test_a_batch_id_registered_from_one_file_refuses_another(batches: Batches):
     assert info is not None and (info.total, info.checksum) == (2, "a" * 64)
     # a batch the workers made (jobs sent straight to a queue) has no checksum: it takes one
     assert batches.transition("straight", "x", prev=JobState.new, new=JobState.succeeded)
-    batches.register("straight", total=1, priority="high", checksum="c" * 64)
+    batches.register("straight", total=1, priority="high", checksum="c" * 64, registrant="AIDAME")
 
     def register(i: int) -> bool:
         try:
-            batches.register("race", total=1, priority="high", checksum=f"{i:064d}")
+            batches.register(
+                "race", total=1, priority="high", checksum=f"{i:064d}", registrant="AIDAME"
+            )
         except SubmittedFromAnotherFile:
             return False
         return True
@@ -107,8 +114,26 @@ def test_concurrent_duplicates_count_once(batches: Batches):
 
 
 def test_cancel_and_list(batches: Batches):
-    batches.register("b4", total=1, priority="low", checksum="c")
+    batches.register("b4", total=1, priority="low", checksum="c", registrant="AIDAME")
     batches.cancel("b4")
     _, infos = batches.prefetch([("b4", "j")])
     assert infos["b4"].cancelled
     assert [b.batch_id for b in batches.list_all()] == ["b4"]
+
+
+def test_default_batch_ids_are_stable_per_deployment_and_unguessable(config: Config):
+    """Issue 20: a default batch id carries the deployment's random salt: the same file
+    gets the same id again (re-submit, exactly-once), another deployment another one,
+    and the file's checksum alone does not give it."""
+    checksum = "ab" * 32
+    ids = []
+    for _ in range(2):  # two deployments
+        with moto_in_process():
+            batches = Batches(boto3.client("dynamodb"), create_resources(config).table)
+            with ThreadPoolExecutor(4) as pool:  # racing first submits agree on one salt
+                salts = {f.result() for f in [pool.submit(batches.id_salt) for _ in range(8)]}
+            (salt,) = salts
+            assert checksum_batch_id(checksum, salt) == checksum_batch_id(checksum, salt)
+            ids.append(checksum_batch_id(checksum, salt))
+    assert ids[0] != ids[1]
+    assert all(i.startswith("b-") and checksum[:8] not in i for i in ids)

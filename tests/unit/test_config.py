@@ -82,7 +82,19 @@ BAD_VALUES = [
     ("worker.timeout_s", 901, "worker.timeout_s"),
     ("worker.batch_size", 11, "worker.batch_size"),
     ("stack_name", "9lives", "stack_name"),
+    ("providers.openai.base_url", "http://10.0.0.5/v1", "providers.openai.base_url: plain http"),
+    ("providers.openai.base_url", "http://localhost.evil.com/v1", "only to this machine"),
 ]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:8080/v1", "http://127.9.9.9/v1", "http://[::1]:9/v1", "http://localhost/v1"],
+)
+def test_plain_http_to_loopback_is_accepted(url: str):
+    assert str(
+        parse_config(with_change("providers.openai.base_url", url)).providers["openai"].base_url
+    ).startswith(url.rstrip("/v1"))
 
 
 @pytest.mark.parametrize(("key", "value", "words"), BAD_VALUES)

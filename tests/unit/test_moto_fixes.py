@@ -173,3 +173,25 @@ def test_s3_writes_if_none_match_from_many_threads_pass_once(
 
         with ThreadPoolExecutor(8) as pool:
             assert sum(pool.map(put, range(8))) == 1
+
+
+def test_a_message_carries_its_senders_principal_id(table: str) -> None:
+    """Fix 5: SQS's SenderId is the sender's, as STS names it (moto stamps one fixed id)."""
+    sqs = boto3.client("sqs")
+    url = sqs.create_queue(QueueName="senders")["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody="mine")
+    role = "arn:aws:iam::123456789012:role/Other"
+    keys = boto3.client("sts").assume_role(RoleArn=role, RoleSessionName="s1")["Credentials"]
+    other = boto3.client(
+        "sqs",
+        aws_access_key_id=keys["AccessKeyId"],
+        aws_secret_access_key=keys["SecretAccessKey"],
+        aws_session_token=keys["SessionToken"],
+    )
+    other.send_message_batch(QueueUrl=url, Entries=[{"Id": "1", "MessageBody": "theirs"}])
+    got = sqs.receive_message(
+        QueueUrl=url, MaxNumberOfMessages=10, MessageSystemAttributeNames=["SenderId"]
+    )["Messages"]
+    senders = {m["Body"]: m["Attributes"]["SenderId"] for m in got}
+    assert senders["mine"] == boto3.client("sts").get_caller_identity()["UserId"]
+    assert senders["theirs"].startswith("AROA") and senders["theirs"].endswith(":s1")

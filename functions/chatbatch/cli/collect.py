@@ -18,6 +18,7 @@ from chatbatch.cli.params import BatchArg, ConfigOpt, JsonOpt, StackOpt, Threads
 from chatbatch.client.costs import in_order, list_keys
 from chatbatch.client.deployment import Deployment, connect
 from chatbatch.core.config import load_config
+from chatbatch.core.private_files import private_open
 from chatbatch.state.store import error_key, manifest_key, result_key
 
 
@@ -86,7 +87,7 @@ def _writer(path: Path | None, fallback: IO[str] | None = None) -> Iterator[IO[s
     elif path is None or str(path) == "-":
         yield typer.get_text_stream("stdout")
     else:
-        with path.open("w", encoding="utf-8") as handle:
+        with private_open(path) as handle:
             yield handle
 
 

@@ -33,7 +33,12 @@ from chatbatch.client.submit import (
 from chatbatch.core.config import Config, Priority, load_config
 from chatbatch.core.jobs import BATCH_ID_PATTERN
 from chatbatch.core.pricing import to_nanos
-from chatbatch.state.batches import BatchInfo, SubmittedFromAnotherFile
+from chatbatch.core.principals import caller_principal
+from chatbatch.state.batches import (
+    BatchInfo,
+    RegisteredByAnotherProducer,
+    SubmittedFromAnotherFile,
+)
 
 MAX_SHOWN_ERRORS = 100
 
@@ -93,12 +98,13 @@ def _plan(
             priority,
             on_bytes=lambda n: progress.advance(task, n),
         )
-    plan.batch_id = batch_id or checksum_batch_id(plan.checksum)
+    plan.batch_id = batch_id or ""  # the default id needs the deployment's salt: at send
     return plan
 
 
 def _show_plan(report: SubmitReport) -> None:
-    table = Table(title=f"batch {report.batch_id}: {report.valid} jobs from {report.file}")
+    title = f"batch {report.batch_id}" if report.batch_id else "a new batch"
+    table = Table(title=f"{title}: {report.valid} jobs from {report.file}")
     table.add_column("priority / model")
     table.add_column("jobs", justify="right")
     for name, count in report.by_priority.items():
@@ -218,13 +224,19 @@ def submit(
         _finish_submit(report, as_json)
         return
     deployment = connect(cfg, stack)
+    if not plan.batch_id:
+        plan.batch_id = checksum_batch_id(plan.checksum, deployment.batches.id_salt())
+        report = report.model_copy(update={"batch_id": plan.batch_id})
     if _already_submitted(deployment, plan, resend, as_json):
         _finish_submit(report.model_copy(update={"status": "already_submitted"}), as_json)
         return
     try:  # checked again in the registering write: a submit racing this one
-        register(plan, deployment.batches, to_nanos(budget) if budget is not None else None)
+        me = caller_principal(deployment.aws.client("sts"))
+        register(plan, deployment.batches, to_nanos(budget) if budget is not None else None, me)
     except SubmittedFromAnotherFile as err:
         raise _another_file(err) from None
+    except RegisteredByAnotherProducer as err:
+        raise CliError(str(err)) from None
     write_manifest(file, cfg, plan.batch_id, deployment.store)
     sent = _send(deployment, file, plan, as_json)
     _finish_submit(report.model_copy(update={"status": "sent", "sent": sent}), as_json)
@@ -242,4 +254,5 @@ def _finish_submit(report: SubmitReport, as_json: bool) -> None:
             f"`chatbatch collect {report.batch_id} -o results.jsonl`"
         )
     elif report.status == "dry_run":
-        say(f"dry run: nothing sent (batch id {report.batch_id})")
+        named = report.batch_id or "derived from the file and the deployment when sent"
+        say(f"dry run: nothing sent (batch id {named})")

@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 from chatbatch.core.config import Config
 from chatbatch.core.output_lines import CostRecord
 from chatbatch.core.pricing import Usage, cost
+from chatbatch.core.private_files import private_open
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -222,7 +223,8 @@ def draw_chart(report: CostReport, comparison: list[Comparison], path: Path) -> 
     if comparison:
         _comparison_bars(axes[0][1], report, comparison)
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=100)
+    with private_open(path, "wb") as png:
+        fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
 
 

@@ -11,6 +11,7 @@ is skipped by the worker, so re-running the same submit does not duplicate work.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import tempfile
 from collections import Counter
@@ -21,9 +22,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+import boto3
+
 from chatbatch.core.config import Config, Priority
 from chatbatch.core.job_lines import parse_lines
 from chatbatch.core.jobs import CLAIM_CHECK_KEY, SQS_MAX_BYTES, ClaimCheck, Job, JobError
+from chatbatch.core.principals import caller_principal
 from chatbatch.core.resources import Resources
 from chatbatch.state.batches import Batches
 from chatbatch.state.store import Store
@@ -180,12 +184,17 @@ def write_manifest(path: Path, config: Config, batch_id: str, store: Store) -> N
         store.put_manifest(batch_id, tmp)
 
 
-def register(plan: Plan, batches: Batches, budget_nanos: int | None) -> None:
+def register(
+    plan: Plan, batches: Batches, budget_nanos: int | None, registrant: str | None = None
+) -> None:
+    """Register the plan's batch as this caller's (``registrant``, default: the caller's
+    principal id from STS): the workers refuse its jobs from any other sender."""
     batches.register(
         plan.batch_id,
         total=plan.valid,
         priority=plan.default_priority.value,
         checksum=plan.checksum,
+        registrant=registrant or caller_principal(boto3.client("sts")),
         budget_nanos=budget_nanos,
     )
 
@@ -218,6 +227,8 @@ def send_file(
     return sent
 
 
-def checksum_batch_id(checksum: str) -> str:
-    """A batch id derived from the file's content: re-submitting a file reuses it."""
-    return f"b-{checksum[:12]}"
+def checksum_batch_id(checksum: str, salt: str) -> str:
+    """A batch id derived from the file's content and the deployment's secret salt
+    (``Batches.id_salt``): re-submitting a file to the same deployment reuses it, and no
+    one can guess it from the file without the salt (an HMAC, not a plain hash)."""
+    return f"b-{hmac.new(salt.encode(), checksum.encode(), hashlib.sha256).hexdigest()[:16]}"

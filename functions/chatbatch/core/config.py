@@ -8,6 +8,7 @@ value and what is allowed, so a typo never turns into a silent default.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import json
 import os
 import tomllib
@@ -26,6 +27,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from chatbatch.core.principals import DEPLOYER, PRODUCER_ARN_PATTERN
 
 CONFIG_ENV = "CHATBATCH_CONFIG"
 CONFIG_FILENAME = "chatbatch.toml"
@@ -71,6 +74,18 @@ class Timeouts(_Strict):
         return self
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a URL's host: a name, an IPv4 or a bracketed IPv6 address) is
+    this machine: ``localhost`` or an address in 127.0.0.0/8 or ::1."""
+    name = host.strip("[]").rstrip(".").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 class Provider(_Strict):
     """An OpenAI-compatible endpoint and where its API key comes from."""
 
@@ -87,6 +102,17 @@ class Provider(_Strict):
     )
     timeouts: Timeouts = Timeouts()
     max_connections: int = Field(default=20, ge=1, le=1000)
+
+    @field_validator("base_url")
+    @classmethod
+    def _tls_unless_loopback(cls, url: HttpUrl) -> HttpUrl:
+        if url.scheme == "http" and not is_loopback(url.host or ""):
+            raise ValueError(
+                f"plain http:// sends the API key unencrypted; it is allowed only to this "
+                f"machine (127.0.0.0/8, ::1, localhost), not to {url.host!r}: use https://, or "
+                "run the gateway on loopback"
+            )
+        return url
 
     @property
     def chat_url(self) -> str:
@@ -232,6 +258,15 @@ class Limits(_Strict):
     max_line_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
 
 
+class Security(_Strict):
+    producers: list[Annotated[str, Field(pattern=f"{PRODUCER_ARN_PATTERN}|^{DEPLOYER}$")]] = Field(
+        default=[DEPLOYER],
+        min_length=1,
+        description="who may send to the queues (IAM role or user ARNs; 'deployer': the "
+        "identity that deploys); the worker's own role is always allowed",
+    )
+
+
 class Config(_Strict):
     stack_name: str = Field(default="chatbatch", pattern=r"^[A-Za-z][A-Za-z0-9-]{0,127}$")
     defaults: Defaults
@@ -243,6 +278,7 @@ class Config(_Strict):
     retries: Retries = Retries()
     worker: Worker = Worker()
     limits: Limits = Limits()
+    security: Security = Security()
 
     @model_validator(mode="after")
     def _references(self) -> Config:
@@ -293,7 +329,7 @@ class Config(_Strict):
         return self.providers[self.models[model].provider]
 
 
-def _format_error(err: ValidationError) -> str:
+def format_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
@@ -308,7 +344,7 @@ def parse_config(data: dict[str, Any], source: str = "config") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(f"{source}: {_format_error(err)}") from None
+        raise ConfigError(f"{source}: {format_error(err)}") from None
 
 
 def find_config(path: str | os.PathLike[str] | None = None) -> Path:

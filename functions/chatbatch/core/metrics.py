@@ -40,6 +40,7 @@ class Metric(StrEnum):
     PROMPT_TOKENS = "PromptTokens"
     COMPLETION_TOKENS = "CompletionTokens"
     ESTIMATED_CALLS = "EstimatedCalls"
+    MESSAGES_REFUSED = "MessagesRefused"
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ class MetricSpec:
 
 
 METRICS: dict[Metric, MetricSpec] = {
+    Metric.MESSAGES_REFUSED: MetricSpec(
+        "Count", "messages refused: their sender may not write the batch they name", True
+    ),
     Metric.JOBS_SUCCEEDED: MetricSpec("Count", "jobs that ended with a result", True),
     Metric.JOBS_FAILED: MetricSpec("Count", "jobs that ended with an error record", True),
     Metric.JOBS_DEAD_LETTERED: MetricSpec(

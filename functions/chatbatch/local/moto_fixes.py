@@ -22,11 +22,17 @@
    works on a deep copy of it, so the kept tree is never changed); our expressions are a
    few dozen distinct strings.
 
+5. **SQS SenderId.** moto stamps every message with one fixed ``SenderId``. Here a
+   message carries its sender's principal id, as SQS does: the ``UserId`` STS
+   GetCallerIdentity gives for the request's access key (an assumed role's
+   ``AROA…:SESSION``), which the worker checks against the batch's registrant.
+
 ``apply()`` is idempotent; ``tests/unit/test_moto_fixes.py`` fails if any fix is lost.
 """
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import functools
 import threading
@@ -42,9 +48,12 @@ from moto.dynamodb.models.dynamo_type import DynamoType
 from moto.dynamodb.models.table import Table
 from moto.dynamodb.parsing.expressions import UpdateExpressionParser  # type: ignore[attr-defined]
 from moto.s3.responses import S3Response
-from moto.sqs.models import Queue
+from moto.sqs.models import Message, Queue, SQSBackend
+from moto.sqs.responses import SQSResponse
+from moto.sts.models import sts_backends
 
 LOCK = threading.RLock()
+_SENDER: contextvars.ContextVar[str | None] = contextvars.ContextVar("sender", default=None)
 # moto's own: every attribute at once
 MOTO_QUEUE_ATTRIBUTES: Callable[[Queue], dict[str, Any]] = Queue.__dict__["attributes"].fget
 
@@ -171,3 +180,33 @@ def apply() -> None:
 
     parse = functools.lru_cache(maxsize=1024)(UpdateExpressionParser.make)
     UpdateExpressionParser.make = parse
+
+    _stamp_senders()
+
+
+def _stamp_senders() -> None:
+    """Fix 5: each message sent carries its sender's principal id (``SenderId``)."""
+    send = SQSBackend.send_message
+
+    def stamped_send(self: SQSBackend, *args: Any, **kwargs: Any) -> Message:
+        message = send(self, *args, **kwargs)
+        message.sender_id = _SENDER.get() or message.sender_id
+        return message
+
+    SQSBackend.send_message = stamped_send  # type: ignore[method-assign]
+    for action in ("send_message", "send_message_batch"):
+        setattr(SQSResponse, action, _as_sender(getattr(SQSResponse, action)))
+
+
+def _as_sender(action: Callable[[SQSResponse], Any]) -> Callable[[SQSResponse], Any]:
+    @functools.wraps(action)
+    def sent_as_caller(self: SQSResponse) -> Any:
+        sts = sts_backends[self.current_account][self.partition]
+        user_id, _, _ = sts.get_caller_identity(self.get_access_key(), self.region)
+        token = _SENDER.set(user_id)
+        try:
+            return action(self)
+        finally:
+            _SENDER.reset(token)
+
+    return sent_as_caller

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-from chatbatch.core.config import Config, Priority
+from pydantic import ValidationError
+
+from chatbatch.core.config import Config, ConfigError, Priority, Provider, format_error
 from chatbatch.local.simulator import SimulatorSettings
 
 
@@ -35,7 +37,12 @@ class LocalOptions:
 
 
 def effective_config(config: Config, options: LocalOptions, provider_url: str) -> Config:
-    """The config the local workers run with: every provider at ``provider_url``."""
+    """The config the local workers run with: every provider at ``provider_url``
+    (https, or plain http to loopback only: else a ``ConfigError`` naming it)."""
+    try:
+        Provider.model_validate({"base_url": provider_url})
+    except ValidationError as err:
+        raise ConfigError(f"--provider-url {provider_url}: {format_error(err)}") from None
     data = config.model_dump(mode="json")
     for provider in data["providers"].values():
         provider["base_url"] = provider_url

@@ -25,15 +25,16 @@ from chatbatch.client.submit import Plan, iter_jobs
 from chatbatch.core.config import Config
 from chatbatch.core.jobs import Job, JobError
 from chatbatch.core.output_lines import OutputLine
+from chatbatch.core.private_files import private_dir, private_open
 from chatbatch.state.breaker import Breaker
 from chatbatch.state.store import Store
 
 
 @contextmanager
 def replacing(path: Path) -> Iterator[IO[str]]:
-    """A file written beside ``path``, synced, then renamed over it."""
+    """A private file (0600) written beside ``path``, synced, then renamed over it."""
     partial = path.with_name(path.name + ".partial")
-    with partial.open("w") as f:
+    with private_open(partial) as f:
         yield f
         f.flush()
         os.fsync(f.fileno())
@@ -121,7 +122,7 @@ def write_results(
 ) -> tuple[list[int], int]:
     """``results.jsonl`` and ``errors.jsonl`` under ``out``; the results' latencies and
     retries (for the summary). ``paused``: the open breakers, by model name."""
-    out.mkdir(parents=True, exist_ok=True)
+    private_dir(out)
     figures = Figures()
     with replacing(out / "results.jsonl") as results, replacing(out / "errors.jsonl") as errs:
         for line, ok in _outputs(path, plan, config, store, paused or {}):

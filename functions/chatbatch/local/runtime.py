@@ -46,6 +46,7 @@ from chatbatch.client.submit import (
     write_manifest,
 )
 from chatbatch.core.config import Priority, load_config
+from chatbatch.core.private_files import private_dir, private_open
 from chatbatch.core.resources import Resources, queue_name, resources_to_outputs
 from chatbatch.local.aws import (
     create_resources,
@@ -299,7 +300,7 @@ class LocalRuntime:
 
 
 def write_summary(out: Path, summary: Summary) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+    private_dir(out)
     with replacing(out / "summary.json") as f:
         f.write(summary.model_dump_json(indent=2) + "\n")
 
@@ -333,9 +334,9 @@ def _worker_logs(level: str, path: Path | None) -> Iterator[None]:
     if path is None:
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     streams = [h for h in logger.handlers if isinstance(h, logging.StreamHandler)]
-    with path.open("a") as sink:
+    with private_open(path, "a") as sink:
         saved = [h.setStream(sink) for h in streams]
         try:
             yield

@@ -4,7 +4,9 @@ Items (single table, see ``resources``):
 
 - ``pk=batch#<id>, sk=meta``: the batch: ``total`` (from submit), ``priority``,
   ``budget_nanos``, ``checksum`` (of the file it was submitted from: registering it
-  again from another file is refused), ``created``, ``cancelled`` and the counters
+  again from another file is refused), ``registrant`` (the principal id that registered
+  it: the worker refuses other senders' messages for it), ``created``, ``cancelled`` and
+  the counters
   ``succeeded``, ``failed``, ``deferred``, ``throttled``, ``paused``, ``dead_lettered``,
   ``cancelled_jobs``, ``cost_nanos``, ``prompt_tokens``, ``completion_tokens``,
   ``provider_calls`` (the tokens
@@ -33,6 +35,7 @@ counts again when it ends.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
@@ -48,6 +51,8 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 JOB_TTL_S = 30 * 86_400
+# the deployment's salt for default batch ids (``Batches.id_salt``)
+SALT_KEY = {TABLE_PK: {"S": "deployment#salt"}, TABLE_SK: {"S": "meta"}}
 
 
 class TransactionRefused(RuntimeError):
@@ -65,6 +70,18 @@ class SubmittedFromAnotherFile(ValueError):
         super().__init__(
             f"batch {batch_id!r} was submitted from another file (checksum "
             f"{registered[:12]}, this file {checksum[:12]}): choose another batch id"
+        )
+
+
+class RegisteredByAnotherProducer(ValueError):
+    """The batch id is registered already by another principal: only its registrant (any
+    session of the same role or user) may write it."""
+
+    def __init__(self, batch_id: str, registrant: str) -> None:
+        self.batch_id, self.registrant = batch_id, registrant
+        super().__init__(
+            f"batch {batch_id!r} was registered by another producer ({registrant}): only it "
+            "may send its jobs; choose another batch id"
         )
 
 
@@ -112,6 +129,7 @@ class BatchInfo(BaseModel):
     priority: str | None = None
     budget_nanos: int | None = None
     checksum: str | None = None
+    registrant: str | None = None  # the principal id that registered it (None: not registered)
     created: float | None = None
     cancelled: bool = False
     succeeded: int = 0
@@ -215,6 +233,23 @@ class Batches:
 
     # --- registry ----------------------------------------------------------------
 
+    def id_salt(self) -> str:
+        """The deployment's secret salt for default batch ids, made once (the first
+        caller's conditional write wins; every caller then reads the same one)."""
+        reply = self._ddb.get_item(TableName=self._table, Key=SALT_KEY, ConsistentRead=True)
+        if "Item" not in reply:
+            try:
+                self._ddb.put_item(
+                    TableName=self._table,
+                    Item={**SALT_KEY, "salt": s(secrets.token_hex(32))},
+                    ConditionExpression=f"attribute_not_exists({TABLE_PK})",
+                )
+            except ClientError as err:
+                if error_code(err) != "ConditionalCheckFailedException":
+                    raise
+            reply = self._ddb.get_item(TableName=self._table, Key=SALT_KEY, ConsistentRead=True)
+        return str(reply["Item"]["salt"]["S"])
+
     def register(
         self,
         batch_id: str,
@@ -222,21 +257,27 @@ class Batches:
         total: int,
         priority: str,
         checksum: str,
+        registrant: str,
         budget_nanos: int | None = None,
     ) -> None:
         """Create or update the batch's description; counters are never touched.
+        ``registrant``: the caller's principal id (``core.principals.principal_id``), the
+        only sender (with the workers) whose messages the batch accepts.
 
         Raises ``SubmittedFromAnotherFile`` if the batch was registered with another
-        ``checksum`` (checked in the same write, so two submits racing cannot both pass).
+        ``checksum``, ``RegisteredByAnotherProducer`` if by another principal (checked in
+        the same write, so two submits racing cannot both pass).
         """
         names = {"#t": "total", "#p": "priority", "#c": "checksum", "#cr": "created"}
+        names["#r"] = "registrant"
         values: dict[str, Any] = {
             ":t": n(total),
             ":p": s(priority),
             ":c": s(checksum),
             ":cr": n(round(time.time(), 3)),
+            ":r": s(registrant),
         }
-        expression = "SET #t = :t, #p = :p, #c = :c, #cr = if_not_exists(#cr, :cr)"
+        expression = "SET #t = :t, #p = :p, #c = :c, #cr = if_not_exists(#cr, :cr), #r = :r"
         if budget_nanos is not None:
             names["#b"] = "budget_nanos"
             values[":b"] = n(budget_nanos)
@@ -246,7 +287,8 @@ class Batches:
                 TableName=self._table,
                 Key=batch_key(batch_id),
                 UpdateExpression=expression,
-                ConditionExpression="attribute_not_exists(#c) OR #c = :c",
+                ConditionExpression="(attribute_not_exists(#c) OR #c = :c) AND "
+                "(attribute_not_exists(#r) OR #r = :r)",
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues=values,
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
@@ -255,6 +297,9 @@ class Batches:
             if error_code(err) != "ConditionalCheckFailedException":
                 raise
             held = cast("dict[str, Any]", err.response).get("Item") or {}
+            holder = held.get("registrant", {}).get("S")
+            if holder and holder != registrant:
+                raise RegisteredByAnotherProducer(batch_id, holder) from None
             registered = held.get("checksum", {}).get("S") or "?"
             raise SubmittedFromAnotherFile(batch_id, registered, checksum) from None
 

@@ -46,6 +46,12 @@ def error_key(batch_id: str, custom_id: str) -> str:
     return f"errors/{batch_id}/{custom_id}.json"
 
 
+def refused_key(batch_id: str, message_id: str) -> str:
+    """Where a message refused for its sender is recorded: by its message id, under its
+    own prefix, so it never takes the place of the job it named."""
+    return f"refused/{batch_id}/{message_id}.json"
+
+
 def request_key(batch_id: str, custom_id: str) -> str:
     return f"requests/{batch_id}/{custom_id}.json"
 
@@ -145,6 +151,9 @@ class Store:
 
     def put_error(self, batch_id: str, line: OutputLine) -> None:
         self._put(error_key(batch_id, line.custom_id), line.to_line())
+
+    def put_refused(self, batch_id: str, message_id: str, line: OutputLine) -> None:
+        self._put(refused_key(batch_id, message_id), line.to_line())
 
     def get_error(self, batch_id: str, custom_id: str) -> OutputLine | None:
         raw = self._get(error_key(batch_id, custom_id))

@@ -28,6 +28,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from chatbatch.core.config import Priority
+from chatbatch.worker import producers
 from chatbatch.worker.capacity import Capacity
 from chatbatch.worker.crash import WorkerCrash, crash_point
 from chatbatch.worker.emf import emit_metrics
@@ -58,6 +59,7 @@ class Instance:
             for r in records
         }
         states, batches = services.batches.prefetch(i.key for i in intakes.values())
+        intakes = producers.screen(intakes, batches, services.principal)
         remaining_s = context.get_remaining_time_in_millis() / 1000
         priority = next(iter(intakes.values())).priority if intakes else Priority.normal
         inv = Invocation(

@@ -54,6 +54,13 @@ class Intake:
     job: Job | None = None
     error: JobError | None = None
     transient: str | None = None  # could not be read now (S3 unreachable): retry it
+    refused: str | None = None  # its sender may not write its batch (``worker.producers``)
+
+    @property
+    def sender_id(self) -> str | None:
+        """Who sent this message, as SQS reports it (``AIDA…``, ``AROA…:SESSION``)."""
+        sender = self.record.attributes.get("SenderId")
+        return str(sender) if sender else None
 
     @property
     def key(self) -> tuple[str, str]:

@@ -32,6 +32,7 @@ class Outcome(StrEnum):
     retry = "retry"  # transient failure: the message goes back to the queue
     duplicate = "duplicate"  # already final: nothing to do
     elsewhere = "elsewhere"  # another copy of the job is at it: this one looks again later
+    refused = "refused"  # its sender may not write the batch it names: recorded, deleted
 
 
 class RetryLater(Exception):

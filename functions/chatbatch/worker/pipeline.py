@@ -56,7 +56,7 @@ from chatbatch.state.budget.errors import (
 from chatbatch.state.budget.reservations import Ask, Reservation
 from chatbatch.state.limiter.lease import Lease
 from chatbatch.state.limiter.limiter import RequestTooLargeError
-from chatbatch.worker import pause, requeue, results, unread
+from chatbatch.worker import pause, producers, requeue, results, unread
 from chatbatch.worker.capacity import Slot
 from chatbatch.worker.crash import crash_point
 from chatbatch.worker.intake import Intake
@@ -215,7 +215,10 @@ async def _reserve(inv: Invocation, intake: Intake, job: Job) -> Reservation | O
 
 
 async def _before_budget(inv: Invocation, intake: Intake) -> Outcome | None:
-    """Jobs that end before any money moves: duplicates, invalid, cancelled."""
+    """Jobs that end before any money moves: refused senders, duplicates, invalid,
+    cancelled."""
+    if intake.refused:
+        return await producers.refuse(inv, intake)
     if inv.states[intake.key].terminal:
         return Outcome.duplicate
     if intake.transient:

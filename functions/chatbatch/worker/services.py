@@ -18,6 +18,7 @@ import boto3
 from aws_lambda_powertools.utilities.parameters import get_secret
 
 from chatbatch.core.config import Config, load_config
+from chatbatch.core.principals import caller_principal
 from chatbatch.core.resources import Resources
 from chatbatch.provider.client import ProviderClient
 from chatbatch.provider.keys import checked_key
@@ -47,6 +48,7 @@ class Services:
     provider: ProviderClient
     sqs: SQSClient
     breakers: Breakers
+    principal: str  # this worker's own principal id: its hand-backs are its messages
 
 
 def secret_env(provider: str) -> str:
@@ -73,6 +75,12 @@ def load_config_cached() -> Any:
     return load_config()
 
 
+@cache
+def own_principal() -> str:
+    """The worker's principal id (its role's id), from STS once per process."""
+    return caller_principal(boto3.client("sts"))
+
+
 def build_services() -> Services:
     config = load_config_cached()
     resources = Resources.from_env()
@@ -90,4 +98,5 @@ def build_services() -> Services:
         provider=provider,
         sqs=boto3.client("sqs"),
         breakers=Breakers(ddb, resources.table),
+        principal=own_principal(),
     )

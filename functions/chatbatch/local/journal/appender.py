@@ -16,6 +16,8 @@ import os
 import threading
 from pathlib import Path
 
+from chatbatch.core.private_files import private_dir, private_fd
+
 EVERY_LINES = 50
 EVERY_S = 0.2
 _CHUNK = 1 << 16
@@ -44,7 +46,8 @@ def cut_torn_tail(path: Path) -> int:
 
 
 class SyncedAppender:
-    """Appends whole lines to ``path``: written at once, fsync'ed in small groups."""
+    """Appends whole lines to ``path`` (a private file, 0600): written at once, fsync'ed in
+    small groups."""
 
     def __init__(
         self,
@@ -54,13 +57,13 @@ class SyncedAppender:
         every_lines: int = EVERY_LINES,
         every_s: float = EVERY_S,
     ) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         if not truncate:
             cut_torn_tail(path)
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (os.O_TRUNC if truncate else 0)
         self.path = path
         self.lines = 0
-        self._fd = os.open(path, flags, 0o644)
+        self._fd = private_fd(path, flags)
         self.size = os.fstat(self._fd).st_size  # where the next line starts
         self._every_lines = every_lines
         self._every_s = every_s

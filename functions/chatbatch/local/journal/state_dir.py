@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from chatbatch.core.private_files import private_dir, private_fd, private_open
 from chatbatch.core.resources import Resources
 from chatbatch.local.journal import tap
 from chatbatch.local.journal.appender import cut_torn_tail
@@ -55,12 +56,13 @@ def _check_stack(path: Path, resources: Resources) -> None:
                 "with --fresh"
             )
         return
-    file.write_text(json.dumps(mine) + "\n")
+    with private_open(file) as f:
+        f.write(json.dumps(mine) + "\n")
 
 
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = private_fd(path / LOCK_FILE, os.O_RDWR | os.O_CREAT)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -79,7 +81,7 @@ def durable(path: Path, resources: Resources) -> Iterator[ReplayReport]:
     """Replay ``path``'s journal into the current (moto) account, then journal every write
     there until the block ends; yields what the replay found. The journal is compacted
     after a replay, and at the end once it has doubled."""
-    path.mkdir(parents=True, exist_ok=True)
+    private_dir(path)
     file = path / JOURNAL
     with _locked(path):
         _check_stack(path, resources)
