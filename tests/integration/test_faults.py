@@ -12,10 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import boto3
 import pytest
 
-from bench import bench_faults
 from bench._common import RunResult, measure, read_jsonl, write_jobs
 from bench.bench_faults import (
     PROVIDER_FAULTS,
@@ -29,13 +27,10 @@ from bench.bench_faults import (
 )
 from chatbatch.core.config import Config
 from chatbatch.core.job_lines import parse_line
-from chatbatch.core.principals import caller_principal
 from chatbatch.local.options import LocalOptions
-from chatbatch.local.runtime import LocalRuntime
 from chatbatch.local.simulator import SimulatorSettings, answer_for
 
 pytestmark = pytest.mark.slow
-SEND = bench_faults._send
 
 
 def assert_every_job_once(run: RunResult, jobs: int) -> None:
@@ -93,18 +88,7 @@ def test_worker_crashes_in_one_invocation_of_twenty_count_each_cost_once(tmp_pat
 
 @pytest.fixture(scope="module")
 def bad(tmp_path_factory: pytest.TempPathFactory) -> BadLinesRun:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(bench_faults, "_send", _send_registered)
-        return bad_lines(tmp_path_factory.mktemp("bad"), neighbours_per_bad=1, timeout_s=60)
-
-
-def _send_registered(rt: LocalRuntime, bodies: list[str]) -> list[str]:
-    """``bench_faults._send``, the named batches registered first by this process: the
-    workers accept a batch's messages only from its registrant (issue 20)."""
-    me = caller_principal(boto3.client("sts"))
-    for batch in ("neighbours", "nowhere"):
-        rt.batches.register(batch, total=0, priority="normal", checksum="0" * 64, registrant=me)
-    return SEND(rt, bodies)
+    return bad_lines(tmp_path_factory.mktemp("bad"), neighbours_per_bad=1, timeout_s=60)
 
 
 def _cases(jobs: list[BadJob]) -> list[object]:

@@ -312,6 +312,70 @@ def test_a_priority_without_demand_lends_its_share_at_once(dynamo: Dynamo, confi
     assert in_range(book.requests[Priority.low], 74, 94) >= 0.9 * 2 * 20  # 2/s, all low
 
 
+def test_a_served_priority_holds_nothing_back(dynamo: Dynamo, config: Config) -> None:
+    """Two critical jobs every 3 s while low has a backlog at 600/min: each critical ask
+    meets low's booked sends (a pace denial marks it starving), is served one interval
+    later, and its mark goes with that grant: low keeps the limit full."""
+    config = with_model(config, 600, 100_000_000)
+    clock, book = SimClock(), Book()
+    hammer = Hammer(clock, book, (100, 100), end=START + 60, latency_s=0.5)
+    instances = limiters(dynamo, config, clock, 4)
+
+    def trickle() -> None:
+        clock.sleep(20)
+        while clock() < START + 55:
+            arrived, waiting = clock(), 2
+            while waiting:  # as the worker does: the jobs not granted ask again
+                lease = instances[0].lease(MODEL, Priority.critical, [100] * waiting)
+                for i in range(lease.granted):
+                    clock.sleep(lease.send_at(i) - clock())
+                    book.add(Priority.critical, clock(), 1, 0)
+                lease.close()
+                waiting -= lease.granted
+                if waiting:
+                    clock.sleep(lease.wait_s)
+            clock.sleep(arrived + 3.0 - clock())
+
+    clock.run([*saturate(hammer, instances, Priority.low, 16), trickle])
+    assert in_range(book.requests[Priority.critical], 25, 55) >= 18  # both, every 3 s
+    assert sum(in_range(book.requests[p], 25, 55) for p in Priority) >= 0.95 * 300
+
+
+def test_a_priority_stays_starving_while_its_job_waits(dynamo: Dynamo, config: Config) -> None:
+    """A critical job told to wait many seconds for the window (tokens bind) keeps its
+    mark through the wait: low, borrowing, takes none of what it waits for."""
+    config = with_model(config, 10_000, 60_000)
+    clock, book = SimClock(), Book()
+    hammer = Hammer(clock, book, (1_000, 3_000), end=START + 150, latency_s=4.0, usage=(1, 1))
+    instances = limiters(dynamo, config, clock, 4)
+    asks: list[float] = []
+    waits: list[float] = []
+
+    def staggered(i: int) -> Callable[[], None]:
+        run = hammer.worker(instances[i % 4], Priority.low, 1, seed=i)
+
+        def go() -> None:
+            clock.sleep(i * 0.7)  # low's grants spread over the minute
+            run()
+
+        return go
+
+    def critical() -> None:
+        clock.sleep(100)
+        asks.append(clock())
+        while not (lease := instances[0].acquire(MODEL, Priority.critical, 12_000)):
+            waits.append(lease.wait_s)
+            clock.sleep(lease.wait_s)
+        asks.append(lease.send_at(0))
+        instances[0].reconcile(lease, 12_000)
+
+    clock.run([*(staggered(i) for i in range(6)), critical])
+    arrived, sent = asks
+    assert max(waits) > 2.0  # it did wait past a mark's bare 2 s
+    low_sends = [t for t, n in book.requests[Priority.low] if n and arrived < t < sent]
+    assert low_sends == []
+
+
 # --- priorities ----------------------------------------------------------------------
 
 

@@ -104,6 +104,14 @@ async def _capacity(
         await asyncio.sleep(got)
 
 
+class _RetryThrottled(Exception):
+    """No rate-limit capacity for a retry soon: the call ends, the job is handed back."""
+
+    def __init__(self, wait_s: float) -> None:
+        super().__init__(f"no rate-limit capacity for a retry within {wait_s:.1f} s")
+        self.wait_s = wait_s
+
+
 async def _call(
     inv: Invocation, intake: Intake, job: Job, reservation: Reservation
 ) -> Completion | Outcome:
@@ -120,12 +128,13 @@ async def _call(
 
     async def before_retry() -> bool:  # one more request at the provider: its own capacity
         retry = await _capacity(inv, intake, job.model, 0, first=False)
-        if isinstance(retry, tuple):
-            await send_at(*retry)
-        return isinstance(retry, tuple)
+        if not isinstance(retry, tuple):
+            raise _RetryThrottled(retry)
+        await send_at(*retry)
+        return True
 
     if not await io(services.budget.arm, reservation):  # no longer this copy's
-        lease.reconcile(index, 0)
+        lease.release(index)  # never sent: its request and send time go to others
         return await requeue.hand_back(inv, intake, HELD_RETRY_S, Outcome.elsewhere)
     await send_at(lease, index)  # the slow work (the arm's write) done, sent on time
     url = services.config.providers[model.provider].chat_url
@@ -143,6 +152,13 @@ async def _call(
             lease.reconcile(index, estimate if err.maybe_billed else 0)
             _trace_attempts(span, url, err.attempts)
             raise
+        except _RetryThrottled as err:
+            # Every attempt so far was refused before any answer (only those are retried):
+            # nothing billed. The reservation goes back (its copy reserves anew), and the
+            # job waits in its queue, never burning a receive count on throttling.
+            lease.reconcile(index, 0)
+            await io(services.budget.release, reservation)
+            return await requeue.hand_back(inv, intake, err.wait_s, Outcome.throttled)
         _trace_attempts(span, url, completion.attempts)
     used = completion.usage.total_tokens if completion.usage is not None else estimate
     lease.reconcile(index, used)

@@ -104,7 +104,7 @@ async def hand_back(
 def redelivery_s(inv: Invocation, intake: Intake) -> float:
     """How long a failed job stays away: the call's own retries already backed off, so the
     first redelivery comes at once (``retries.base_s``); the next ones ``retries.max_backoff_s``
-    x1, x4, x16 (30 s, 2 min, 8 min: an outage of ten minutes outlasts the deliveries)."""
+    x1, x4, x16 (30 s, 2 min, 8 min: the deliveries outlast an outage of ten minutes)."""
     retries = inv.services.config.retries
     if intake.receive_count <= 1:
         return retries.base_s

@@ -70,12 +70,14 @@ two writes instead of twenty. ``acquire`` is a lease of one.
 **Priorities.** Per priority the item keeps usage in 10-second slots (``q<rank>...``;
 the oldest counted in proportion to its part in the last minute, so the sum estimates
 the last 60 s) and a "starving" mark (``s<rank>``, ``w<rank>``: when it was last denied
-and the tokens it wanted), written at most every 0.5 s and lapsing after 2 s: it means
-"has jobs asking now", so an idle priority's share is lent at once. A priority's *floor* is
+and the tokens it wanted): the time until which it is starving, i.e. its wait and 2 s
+more; a grant that serves all a priority asked for removes it. It means "has jobs
+waiting", so a served or idle priority's share is lent at once. A priority's *floor* is
 ``share x limit``. A priority below its floor leaves room for the unused floors of the
-*higher* starving priorities; a priority at or above its floor borrows: never while a
-higher priority is starving, and leaving the unused floors of all starving priorities
-(a held floor is at least the request it waits with, so a big request finds room).
+*higher* starving priorities; a priority at or above its floor borrows, leaving the
+unused floors of all starving priorities (a held floor is at least the request it waits
+with, so a big request finds room), and while a higher one starves it only sends now
+(no booking ahead) and leaves the next second of sends free.
 Holds apply to the window. So under contention every priority gets its
 share, the surplus goes to the highest one that still wants more, and ``low`` is never
 starved (its share is > 0); the highest starving priority is never held back, so there

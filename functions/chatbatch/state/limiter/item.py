@@ -5,7 +5,7 @@ Item ``pk=limiter#<model>#<shard>, sk=state`` (numbers; slots in base 36):
 - ``r<slot>``, ``t<slot>``: requests and tokens granted in a one-second slot;
 - ``q<rank><metric><10 s slot>``: a priority's usage; ``o<metric><10 s slot>``: the
   estimates of leases still open;
-- ``s<rank>``, ``w<rank>``: when a priority was last denied, and the tokens it wanted;
+- ``s<rank>``, ``w<rank>``: until when a priority is starving, and the tokens it wanted;
 - ``nx``: when the next request may be sent (epoch microseconds): sends are spaced;
 - ``f``, ``fa``: the adaptive factor and the time of its last decrease;
 - ``lr``, ``lt``: the limits learned from the provider's headers.
@@ -28,7 +28,6 @@ from chatbatch.state.limiter.policy import (
     HORIZON_S,
     MARK_EVERY_S,
     METRICS,
-    PRIO_SLOT_S,
     PRIO_SLOTS,
     WINDOW_SLOTS,
     Limits,
@@ -105,8 +104,6 @@ def _decode_attr(st: State, name: str, value: AttributeValueTypeDef) -> None:
         rank, metric, cslot = int(name[1]), name[2], int(name[3:], 36)
         if cslot > st.cslot - PRIO_SLOTS:
             st.prio[rank][metric] += number * st.prio_weight(cslot)
-            if cslot == st.cslot - PRIO_SLOTS + 1:
-                st.prio_fading[rank][metric] = number / PRIO_SLOT_S
         else:
             st.expired.append(name)
     elif head == "o":
@@ -156,13 +153,23 @@ def send_times(item: Item, st: State, count: int) -> tuple[float, ...]:
     return tuple((after - (count - i) * step) / US for i in range(count))
 
 
-def grant_update(st: State, rank: int, jobs: list[int], bounds: dict[str, int]) -> Update:
+def grant_update(
+    st: State,
+    rank: int,
+    jobs: list[int],
+    bounds: dict[str, int],
+    *,
+    horizon_s: float = HORIZON_S,
+    served: bool = False,
+) -> Update:
     """Book ``jobs`` in the current slot, if the slot is still within ``bounds``, and their
-    sends after the shard's last booked send (``nx``), spaced, the first within the horizon.
+    sends after the shard's last booked send (``nx``), spaced, the first within ``horizon_s``.
 
     Booked ahead (``nx`` after now): ``ADD`` onto ``nx``, so concurrent grants stack their
     sends without a version lock, bounded so that the first starts within the horizon.
     Idle (``nx`` passed): the sends start now, a version check on the ``nx`` read.
+    ``served``: every job asked for is granted; the priority's starving mark goes (it
+    holds others back only while it has jobs waiting).
     """
     expr = Update()
     need = {"r": len(jobs), "t": sum(jobs)}
@@ -172,7 +179,7 @@ def grant_update(st: State, rank: int, jobs: list[int], bounds: dict[str, int]) 
     if spaced <= 0:
         pass
     elif st.next_send_us is not None and st.next_send_us >= now_us:
-        expr.not_grown(NEXT, math.floor((st.now + HORIZON_S) * US) - (spaced - 1) * step)
+        expr.not_grown(NEXT, math.floor((st.now + horizon_s) * US) - (spaced - 1) * step)
         expr.add(NEXT, spaced * step)
     else:
         expr.absent_or_equal(NEXT, st.next_send_us)
@@ -185,14 +192,16 @@ def grant_update(st: State, rank: int, jobs: list[int], bounds: dict[str, int]) 
         expr.add(prio_attr(rank, m, st.cslot), need[m])
         expr.add(open_attr(m, st.cslot), need[m])
     expr.removes = [expr.name(a) for a in st.expired[:MAX_REMOVES]]
+    if served and rank in st.marks:
+        expr.removes.append(expr.name(f"s{rank}"))
     return expr
 
 
-def starving_update(st: State, rank: int, want: int) -> Update:
-    """Mark the priority as starving (unless another worker just did)."""
+def starving_update(st: State, rank: int, want: int, until: float) -> Update:
+    """Mark the priority as starving until ``until`` (unless another worker just did)."""
     expr = Update()
-    expr.older_than(f"s{rank}", _ms(st.now - MARK_EVERY_S))
-    expr.set(f"s{rank}", _ms(st.now))
+    expr.older_than(f"s{rank}", _ms(until - MARK_EVERY_S))
+    expr.set(f"s{rank}", _ms(until))
     expr.set(f"w{rank}", want)
     return expr
 

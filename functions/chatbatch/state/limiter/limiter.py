@@ -320,11 +320,15 @@ class RateLimiter:
             used, spares = spares[: len(jobs)], spares[len(jobs) :]
             self._spares.put(model, shard, spares, now)
             if not jobs:
-                self._mark_starving(model, shard, st, rank, tokens[0])
+                self._mark_starving(model, shard, st, rank, tokens[0], more.wait_s)
                 return ask.outcome(-1, [], more)
             assert fits.bounds is not None
             st.spare = len(used)
-            written = self._update(model, shard, grant_update(st, rank, jobs, fits.bounds), now)
+            served = len(jobs) == len(tokens)
+            expr = grant_update(
+                st, rank, jobs, fits.bounds, horizon_s=fits.horizon_s, served=served
+            )
+            written = self._update(model, shard, expr, now)
             if written is not None:
                 starts = (*used, *send_times(written, st, len(jobs) - len(used)))
                 return ask.outcome(st.slot, jobs, more, starts)
@@ -353,10 +357,12 @@ class RateLimiter:
             f"per minute over {shards} limiter shard(s); lower max_tokens or use fewer shards"
         )
 
-    def _mark_starving(self, model: str, shard: int, st: State, rank: int, want: int) -> None:
-        if not st.mark_stale(rank):
-            return
-        self._update(model, shard, starving_update(st, rank, want), st.now)
+    def _mark_starving(
+        self, model: str, shard: int, st: State, rank: int, want: int, wait_s: float
+    ) -> None:
+        until = st.starving_until(wait_s)
+        if st.mark_stale(rank, until):
+            self._update(model, shard, starving_update(st, rank, want, until), st.now)
 
     # -- give back --
 

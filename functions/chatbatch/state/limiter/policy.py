@@ -20,8 +20,8 @@ WINDOW_SLOTS = round(WINDOW_S / SLOT_S)  # closed slots in the window besides th
 HORIZON_S = 1.0  # a grant's sends are booked at most this far ahead of now
 PRIO_SLOT_S = 10.0  # per-priority usage is kept in coarser slots
 PRIO_SLOTS = 7  # the current one and 6 before: 60-70 s, never less than the window
-STARVING_S = 2.0  # a priority denied this recently is starving: it has jobs asking now
-MARK_EVERY_S = 0.5  # the starving mark is refreshed at most this often (waiters ask each second)
+STARVING_S = 2.0  # a denied priority is starving until its wait is over and this long after
+MARK_EVERY_S = 0.5  # a starving mark is extended only by at least this much
 AIMD_DECREASE = 0.5  # a 429 halves the limit ...
 AIMD_DECREASE_KNOWN = 0.9  # ... or takes 10 % off when the provider told us its limit,
 AIMD_ESCALATE_S = 30.0  # unless 429s keep coming: a 429 this soon after a decrease halves
@@ -86,9 +86,6 @@ class State:
     prio: dict[int, dict[str, float]] = field(
         default_factory=lambda: defaultdict(lambda: dict.fromkeys(METRICS, 0.0))
     )
-    prio_fading: dict[int, dict[str, float]] = field(  # per second, as the oldest slot leaves
-        default_factory=lambda: defaultdict(lambda: dict.fromkeys(METRICS, 0.0))
-    )
     outstanding: dict[str, int] = field(default_factory=lambda: dict.fromkeys(METRICS, 0))
     marks: dict[int, float] = field(default_factory=dict)
     wants: dict[int, int] = field(default_factory=dict)
@@ -123,10 +120,16 @@ class State:
         return max(self.now, booked)
 
     def starving(self, rank: int) -> bool:
-        return self.now - self.marks.get(rank, -math.inf) < STARVING_S
+        """The priority has jobs waiting: its mark (``starving_until``) has not passed."""
+        return self.now < self.marks.get(rank, -math.inf)
 
-    def mark_stale(self, rank: int) -> bool:
-        return self.now - self.marks.get(rank, -math.inf) >= MARK_EVERY_S
+    def starving_until(self, wait_s: float) -> float:
+        """How long a priority denied with ``wait_s`` stays starving: its jobs ask again
+        then (a hand-back's copy as well), and a little longer."""
+        return self.now + min(wait_s, WINDOW_S) + STARVING_S
+
+    def mark_stale(self, rank: int, until: float) -> bool:
+        return self.marks.get(rank, -math.inf) < until - MARK_EVERY_S
 
     def factor_after_429(self) -> float | None:
         """The factor a 429 now leaves (None: a decrease happened within the cooldown)."""
@@ -152,6 +155,7 @@ class Verdict:
     bounds: dict[str, int] | None
     wait_s: float = 0.0
     reason: str | None = None
+    horizon_s: float = HORIZON_S  # how far ahead the grant's first send may be booked
 
 
 class Policy:
@@ -182,26 +186,35 @@ class Policy:
         return math.ceil(held)
 
     def check(self, st: State, rank: int, need: dict[str, int]) -> Verdict:
-        """The limit, the spacing of sends and the holds; a borrower waits while a higher
-        one starves."""
+        """The limit, the spacing of sends and the holds.
+
+        A borrower while a higher priority starves (it has jobs waiting for their share)
+        is held back: it may send only now (no booking ahead of the starving one, whose
+        next ask gets the next interval), and only while the window keeps the next second
+        of sends free besides the floors held. So it uses capacity nobody else would, and
+        the surplus goes to the higher priority.
+        """
         borrowing = not self.below_floor(st, rank)
-        if borrowing and any(st.starving(q) for q in range(rank)):
-            # the mark lapses within STARVING_S of the last denial: ask again soon
-            return Verdict(None, min(self._floor_wait(st, rank), RECHECK_S), "priority")
+        held_back = borrowing and any(st.starving(q) for q in range(rank))
+        horizon = 0.0 if held_back else HORIZON_S
         bounds: dict[str, int] = {}
         waits: list[tuple[float, str]] = []
         for m in METRICS:
             hold = self.hold(st, rank, m, borrowing)  # on the window only
-            bound, denied = self._metric(st, m, need[m], hold)
+            if held_back and m == "r":
+                hold += math.ceil(st.limits.eff(m) * HORIZON_S / WINDOW_S)
+            bound, denied = self._metric(st, m, need[m], hold, horizon)
             if denied:
-                waits.append(denied)
+                waits.append(denied if not held_back else (denied[0], "priority"))
             bounds[m] = bound
         if waits:
             wait_s, reason = max(waits)
             return Verdict(None, max(wait_s, MIN_WAIT_S), reason)
-        return Verdict(bounds)
+        return Verdict(bounds, horizon_s=horizon)
 
-    def _metric(self, st: State, m: str, n: int, hold: int) -> tuple[int, tuple[float, str] | None]:
+    def _metric(
+        self, st: State, m: str, n: int, hold: int, horizon: float
+    ) -> tuple[int, tuple[float, str] | None]:
         limit = st.limits.eff(m)
         if n > limit:
             wait = st.limits.recovery_wait(n / st.limits.base[m], st.now)
@@ -215,29 +228,19 @@ class Policy:
                 wait = min(wait, RECHECK_S)  # the holders take their share, give-backs come
             return window_bound, (wait, "window")
         if m == "r":  # requests are spaced evenly (``spacing_wait``), not paced per slot
-            wait = self.spacing_wait(st, n)
+            wait = self.spacing_wait(st, n, horizon)
             return window_bound, ((wait, "pace") if wait > 0 else None)
         return window_bound, None
 
     @staticmethod
-    def spacing_wait(st: State, n: int) -> float:
-        """Seconds until ``n`` sends, spaced at the limit's rate, start within the horizon
+    def spacing_wait(st: State, n: int, horizon: float = HORIZON_S) -> float:
+        """Seconds until ``n`` sends, spaced at the limit's rate, start within ``horizon``
         (0: now). So no short period ever sees more than its share of the minute."""
         spaced = n - st.spare
         if spaced <= 0:
             return 0.0
         last = st.first_send() + (spaced - 1) * interval_s(st.limits.eff("r"))
-        return max(0.0, last - st.now - HORIZON_S)
-
-    def _floor_wait(self, st: State, rank: int) -> float:
-        """Seconds until the priority's usage of the last minute is back under its floor."""
-        boundary = (st.cslot + 1) * PRIO_SLOT_S - st.now
-        waits = []
-        for m in METRICS:
-            excess = st.prio[rank][m] - self.floor(st, rank, m)
-            fading = st.prio_fading[rank][m]
-            waits.append(excess / fading if 0 < excess < fading * boundary else boundary)
-        return max(min(waits), MIN_WAIT_S)
+        return max(0.0, last - st.now - horizon)
 
     @staticmethod
     def _expiry_wait(st: State, m: str, amount: int) -> float:
