@@ -634,3 +634,32 @@ def test_a_job_bigger_than_the_rate_limit_fails_clearly(tmp_path: Path):
     assert (summary.succeeded, summary.failed, summary.dead_lettered) == (1, 1, 0)
     (error,) = read_jsonl(tmp_path / "out" / "errors.jsonl")
     assert error["custom_id"] == "huge" and error["error"]["code"] == "request_too_large"
+
+
+def test_a_retry_waits_for_capacity_and_never_burns_a_delivery(tmp_path: Path, config):
+    """Every attempt takes rate-limit capacity: after a 429 the retry waits for the next
+    spaced send (seconds at 12/min, halved by the 429), longer than the worker waits in
+    process, so the job is handed back throttled. With one delivery allowed, a retry
+    counted as a failure would dead-letter it; instead it is answered, sent twice in all,
+    the two sends a spacing apart."""
+    path = write(tmp_path, [json.dumps({"custom_id": "r0", "prompt": "hello", "max_tokens": 8})])
+    base = config.model_copy(
+        update={
+            "worker": config.worker.model_copy(
+                update={"max_receive_count": 1, "max_throttle_wait_s": 1}
+            ),
+            "retries": config.retries.model_copy(update={"base_s": 0.05, "max_backoff_s": 0.1}),
+        }
+    )
+    cfg = tmp_path / "chatbatch.json"
+    cfg.write_text(base.model_dump_json())
+    with runtime(config_path=cfg, rpm=12, timeout_s=90) as rt:
+        assert rt.simulator is not None
+        rt.simulator.inject("429")  # the first request: refused, no rate-limit headers
+        summary = rt.run(path, tmp_path / "out")
+        assert (summary.succeeded, summary.dead_lettered, summary.failed) == (1, 0, 0)
+        stats = rt.simulator.stats()
+        assert stats.by_status == {"429": 1, "200": 1}
+        first, retry = stats.received_s
+        assert retry - first >= 4.0  # the next spaced send (5 s at 12/min), not the 0.1 s backoff
+        assert ledger_spent(rt) > 0
