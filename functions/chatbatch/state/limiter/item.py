@@ -147,8 +147,7 @@ def send_times(item: Item, st: State, count: int) -> tuple[float, ...]:
     if not count:
         return ()
     after = opt_int(num(item.get(NEXT)))
-    if after is None:  # an item written before sends were spaced: now
-        return (st.now,) * count
+    assert after is not None, "a grant that books sends writes nx"
     step = step_us(st)
     return tuple((after - (count - i) * step) / US for i in range(count))
 
@@ -173,17 +172,8 @@ def grant_update(
     """
     expr = Update()
     need = {"r": len(jobs), "t": sum(jobs)}
-    step = step_us(st)
-    now_us = math.floor(st.now * US)
-    spaced = len(jobs) - st.spare  # the first ones take the instance's unused send times
-    if spaced <= 0:
-        pass
-    elif st.next_send_us is not None and st.next_send_us >= now_us:
-        expr.not_grown(NEXT, math.floor((st.now + horizon_s) * US) - (spaced - 1) * step)
-        expr.add(NEXT, spaced * step)
-    else:
-        expr.absent_or_equal(NEXT, st.next_send_us)
-        expr.set(NEXT, now_us + spaced * step)
+    if spaced := st.spaced(len(jobs)):
+        _book_sends(expr, st, spaced, horizon_s)
     for m in METRICS:
         cur = slot_attr(m, st.slot)
         expr.at_most(cur, bounds[m])
@@ -195,6 +185,18 @@ def grant_update(
     if served and rank in st.marks:
         expr.removes.append(expr.name(f"s{rank}"))
     return expr
+
+
+def _book_sends(expr: Update, st: State, spaced: int, horizon_s: float) -> None:
+    """``spaced`` sends after ``nx``: stacked onto it while it is ahead, else from now."""
+    step = step_us(st)
+    now_us = math.floor(st.now * US)
+    if st.next_send_us is not None and st.next_send_us >= now_us:
+        expr.not_grown(NEXT, math.floor((st.now + horizon_s) * US) - (spaced - 1) * step)
+        expr.add(NEXT, spaced * step)
+    else:
+        expr.absent_or_equal(NEXT, st.next_send_us)
+        expr.set(NEXT, now_us + spaced * step)
 
 
 def starving_update(st: State, rank: int, want: int, until: float) -> Update:

@@ -114,6 +114,10 @@ class State:
     def used(self, metric: str) -> int:
         return sum(self.window[metric].values())
 
+    def spaced(self, n: int) -> int:
+        """How many of ``n`` sends need a new spaced time (the first take the spares)."""
+        return max(0, n - self.spare)
+
     def first_send(self) -> float:
         """When a grant now may send its first request: the shard's sends are spaced."""
         booked = self.next_send_us / 1e6 if self.next_send_us is not None else self.now
@@ -236,8 +240,8 @@ class Policy:
     def spacing_wait(st: State, n: int, horizon: float = HORIZON_S) -> float:
         """Seconds until ``n`` sends, spaced at the limit's rate, start within ``horizon``
         (0: now). So no short period ever sees more than its share of the minute."""
-        spaced = n - st.spare
-        if spaced <= 0:
+        spaced = st.spaced(n)
+        if not spaced:
             return 0.0
         last = st.first_send() + (spaced - 1) * interval_s(st.limits.eff("r"))
         return max(0.0, last - st.now - horizon)
