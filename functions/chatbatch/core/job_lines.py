@@ -26,7 +26,14 @@ from pydantic import (
 )
 
 from chatbatch.core.config import ROLE_PARAMS, Config, Priority
-from chatbatch.core.jobs import BATCH_ID_PATTERN, ID_PATTERN, Job, JobError, LineModel, Message
+from chatbatch.core.jobs import (
+    BATCH_ID_PATTERN,
+    CustomId,
+    Job,
+    JobError,
+    LineModel,
+    Message,
+)
 from chatbatch.core.request_params import refusal
 
 PASS_THROUGH_PARAMS = ROLE_PARAMS - {"temperature", "max_tokens", "stream"}
@@ -35,7 +42,7 @@ PASS_THROUGH_PARAMS = ROLE_PARAMS - {"temperature", "max_tokens", "stream"}
 class _Common(LineModel):
     """Keys both forms accept (chatbatch's own, beside OpenAI's)."""
 
-    custom_id: str | None = Field(default=None, pattern=ID_PATTERN)
+    custom_id: CustomId | None = None
     batch_id: str | None = Field(default=None, pattern=BATCH_ID_PATTERN)
     priority: Priority | None = None
     role: StrictStr | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -28,9 +29,40 @@ from chatbatch.core.pricing import Usage, cost, estimate_prompt_tokens, prompt_t
 
 SQS_MAX_BYTES = 256 * 1024
 CHAT_URL = "/v1/chat/completions"
-ID_PATTERN = r"^[A-Za-z0-9._:=+@,-]{1,200}$"
+CUSTOM_ID_MAX_CHARS = 512
+# a custom_id made only of these, at most 200 characters, is its own key (see ``id_key``)
+KEY_SAFE_ID = re.compile(r"[A-Za-z0-9._:=+@,-]{1,200}")
+HASHED_ID_PREFIX = "~"  # any other custom_id's key: this and its SHA-256
 BATCH_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 MESSAGE_ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
+# OpenAI's rule: any string of 1-512 characters, unique in its batch
+CustomId = Annotated[StrictStr, Field(min_length=1, max_length=CUSTOM_ID_MAX_CHARS)]
+
+
+def is_custom_id(value: Any) -> bool:
+    """Whether ``value`` is a custom_id (a string of 1-512 characters)."""
+    return isinstance(value, str) and 1 <= len(value) <= CUSTOM_ID_MAX_CHARS
+
+
+def id_key(custom_id: str) -> str:
+    """A custom_id as it appears in S3 and DynamoDB keys (stable, never changes for an id).
+
+    An id of at most 200 characters from ``A-Za-z0-9._:=+@,-`` is its own key, so keys
+    stay readable (and every id the earlier rule accepted keeps its key). Any other id
+    (``request 1``, ``task/1``, unicode, up to 512 characters) is ``~`` and the SHA-256
+    hex digest of its UTF-8 bytes: ``~`` is never in the first form, so no two ids share
+    a key. Results and errors always carry the original custom_id.
+    """
+    if KEY_SAFE_ID.fullmatch(custom_id):
+        return custom_id
+    return HASHED_ID_PREFIX + hashlib.sha256(custom_id.encode()).hexdigest()
+
+
+def job_ref(batch_id: str, custom_id: str) -> str:
+    """A job's name in shared-state keys (its budget reservation): batch and ``id_key``."""
+    return f"{batch_id}#{id_key(custom_id)}"
 
 
 class JobError(ValueError):
@@ -234,7 +266,7 @@ ATTR_BATCH = "chatbatch-batch"
 
 def claim_key(batch_id: str, custom_id: str) -> str:
     """Where a job's claim check is stored: the only key a claim for it may name."""
-    return f"claims/{batch_id}/{custom_id}.json"
+    return f"claims/{batch_id}/{id_key(custom_id)}.json"
 
 
 class ClaimCheck(BaseModel):
@@ -247,13 +279,13 @@ class ClaimCheck(BaseModel):
 
     bucket: StrictStr
     key: StrictStr
-    custom_id: str = Field(pattern=ID_PATTERN)
+    custom_id: CustomId
     batch_id: str | None = Field(default=None, pattern=BATCH_ID_PATTERN)
 
     def of_batch(self, batch_id: str) -> ClaimCheck:
         """The claim in its job's batch (the message's when the claim names none), its
         key checked: only the job's own claim object, ``claims/{batch}/{custom_id}.json``,
-        is read; any other key (another batch's claim, a result, a manifest) is a
+        is read (``claim_key``); any other key (another batch's claim, a result, a manifest) is a
         ``JobError`` before anything is read."""
         expected = claim_key(batch_id, self.custom_id)
         if self.key != expected:
