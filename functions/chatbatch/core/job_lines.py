@@ -2,11 +2,13 @@
 
 A job line is either an OpenAI Batch API line
 ``{"custom_id", "method": "POST", "url": "/v1/chat/completions", "body": {...}}``
-or the short form
+or the short form, the same body's keys at the top beside chatbatch's own
 ``{"custom_id"?, "model"?, "role"?, "messages" | "prompt", "max_tokens"?, ...}``.
-Both normalise to one ``Job``, resolved against the config (role -> model, system
-prompt and defaults). A line that cannot run is a ``JobError`` naming the line (or job)
-and the field.
+Any valid body passes unchanged: the messages mirror the openai SDK's types
+(``core.messages``), every other request key goes through ``request_params`` as given,
+and the output cap is sent under the name the line gave it. Both normalise to one
+``Job``, resolved against the config (role -> model, system prompt and defaults). A line
+that cannot run is a ``JobError`` naming the line (or job) and the field.
 """
 
 from __future__ import annotations
