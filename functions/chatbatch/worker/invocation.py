@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from chatbatch.core.jobs import job_ref
 from chatbatch.core.metrics import Metric
 from chatbatch.state.batches import BatchInfo, JobState
 from chatbatch.state.budget.reservations import Reservation
@@ -99,4 +100,4 @@ async def io(fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def job_key(intake: Intake) -> str:
-    return f"{intake.batch_id}#{intake.custom_id}"
+    return job_ref(intake.batch_id, intake.custom_id)
