@@ -217,7 +217,9 @@ def test_every_job_is_accounted_for_and_gets_its_own_answer(tmp_path: Path, conf
     by_id = {r["custom_id"]: r for r in results}
     assert by_id["j0003"]["chatbatch"]["model"] == "gpt-4.1"  # role "code" routes to gpt-4.1
     assert by_id["j0000"]["chatbatch"]["model"] == "deepseek-chat"  # role "classify"
-    assert not by_id["c1"]["chatbatch"]["cached"] and by_id["c1"]["chatbatch"]["cost_usd"] > 0
+    assert (
+        not by_id["c1"]["chatbatch"]["cached"] and Decimal(by_id["c1"]["chatbatch"]["cost_usd"]) > 0
+    )
     assert c2 is not None and c2.chatbatch is not None and c2.response is not None
     assert c2.chatbatch.cached and c2.chatbatch.cost_usd == 0
     assert c2.response.body["choices"] == by_id["c1"]["response"]["body"]["choices"]
