@@ -357,7 +357,7 @@ def test_cancel_mid_batch_leaves_no_provider_call_for_cancelled_jobs(local: Loca
         "collect", batch, "-o", str(local.workdir / "kept.jsonl"), "--errors", str(errors)
     )
     assert (collected["results"], collected["errors"]) == (final["succeeded"], final["cancelled"])
-    assert {e["error"]["code"] for e in read_jsonl(errors)} == {"cancelled"}
+    assert {e["error"]["code"] for e in read_jsonl(errors)} == {"batch_cancelled"}
 
 
 def dead_letters(local: Local, priority: str) -> int:

@@ -244,7 +244,7 @@ async def _before_budget(inv: Invocation, intake: Intake) -> Outcome | None:
         return await results.refuse(inv, intake, intake.error.code, str(intake.error))
     if inv.batches[intake.batch_id].cancelled:
         message = f"batch {intake.batch_id} was cancelled before this job started"
-        await results.fail(inv, intake, "cancelled", message, new=JobState.cancelled)
+        await results.fail(inv, intake, "batch_cancelled", message, new=JobState.cancelled)
         return Outcome.cancelled
     return None
 
