@@ -119,3 +119,7 @@ def test_every_line_of_a_local_run_reads_as_openai_batch_output(tmp_path: Path) 
     assert len(set(ids)) == len(ids), "each answer's own x-request-id"
     for line in errors:
         assert line.error.code == "invalid_job" and line.error.message
+    # summary.json (and local run --json): money as exact decimal strings too
+    summary_file = json.loads((out / "summary.json").read_text())
+    assert isinstance(summary_file["cost_usd"], str) and summary_file["estimated_usd"] == "0"
+    assert Decimal(summary_file["cost_usd"]) == sum(Decimal(r.chatbatch.cost_usd) for r in results)
