@@ -208,6 +208,14 @@ def test_collect_returns_every_job_in_input_order_in_batch_format(
         "unfinished": 0,
     }
     assert errors_file.read_text() == ""
+    # -e names the error file; with -o -, the errors stay on stdout with the results
+    chosen = finished.results.with_name("chosen-errors.jsonl")
+    again = local.json("collect", finished.batch_id, "-o", str(finished.results), "-e", str(chosen))
+    assert (again["errors_file"], again["results"], chosen.read_text()) == (str(chosen), 48, "")
+    piped = local.cli("collect", finished.batch_id, "-o", "-").stdout.splitlines()
+    assert [json.loads(line)["custom_id"] for line in piped] == [
+        r["custom_id"] for r in read_jsonl(finished.results)
+    ]
     results = read_jsonl(finished.results)
     jobs = [parse_line(text, local.rt.config, line=n) for n, text in enumerate(finished.lines, 1)]
     assert [r["custom_id"] for r in results] == [j.custom_id for j in jobs]
