@@ -1,5 +1,6 @@
 """The utilization benchmark's realistic-mix rows (issue 14's targets), each measured in
-one run against the simulator on 127.0.0.1:
+one run against the simulator on 127.0.0.1, in a process of its own (as a provider is:
+its clock and its counts are not slowed by the pipeline's process):
 
 a. 900 jobs, all ``normal``, a rolling-minute limit of 600/min, 300 ms answers
 b. the same 900 jobs over the four priorities
@@ -17,7 +18,9 @@ any 1 s ÷ limit/60, and the longest gap between successive requests reaching th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,7 @@ from pathlib import Path
 from bench._common import RunResult, Section, measure, say, table
 from bench._mix import PRIORITIES, write_mix
 from bench._rates import full_minutes, gaps, longest_gap, mean_or_nan
+from bench._sim_process import cli_args, simulator_process, stats_of
 from chatbatch.local.options import LocalOptions
 from chatbatch.local.simulator import FaultKind, SimulatorSettings
 
@@ -125,18 +129,21 @@ def mix_run(
         fault_rates=faults or {},
     )
     ideal_s = jobs / (limit / 60) if limit else 0.0
-    options = LocalOptions(
-        rpm=limit or FAST_RPM,
-        tpm=100_000_000,
-        simulator=sim,
-        timeout_s=max(300.0, 4 * ideal_s),
-        log_file=tmp / f"worker-{key}.log",  # its retry warnings, off the figures
-    )
-    try:
-        run = measure(options, path, tmp / f"out-mix-{key}")
-    except TimeoutError as err:
-        say(f"row {key}: {err}")
-        return None
+    os.environ.setdefault("CHATBATCH_API_KEY", "sk-bench")
+    with simulator_process(cli_args(sim)) as url:
+        options = LocalOptions(
+            provider_url=url,
+            rpm=limit or FAST_RPM,
+            tpm=100_000_000,
+            timeout_s=max(300.0, 4 * ideal_s),
+            log_file=tmp / f"worker-{key}.log",  # its retry warnings, off the figures
+        )
+        try:
+            run = measure(options, path, tmp / f"out-mix-{key}")
+        except TimeoutError as err:
+            say(f"row {key}: {err}")
+            return None
+        run = dataclasses.replace(run, stats=stats_of(url))
     describe(key, run)
     return run
 

@@ -251,8 +251,8 @@ def bad_jobs(bucket: str) -> list[BadJob]:
         b("an empty object", "{}", None, ("custom_id", "required")),
         b("no custom_id", json.dumps({"prompt": "hi"}), None, ("custom_id", "required")),
         b("custom_id a number", _short(12345, prompt="x"), None, ("custom_id",)),
-        b("custom_id with a slash", _short("a/b", prompt="x"), None, ("custom_id",)),
-        b("custom_id too long", _short("x" * 201, prompt="x"), None, ("custom_id",)),
+        b("custom_id empty", _short("", prompt="x"), None, ("custom_id", "must not be empty")),
+        b("custom_id too long", _short("x" * 513, prompt="x"), None, ("custom_id", "512")),
         b(
             "batch_id with spaces",
             _short("bad-10", batch_id="no spaces here", prompt="x"),
@@ -329,7 +329,7 @@ def bad_jobs(bucket: str) -> list[BadJob]:
             "an unknown field",
             _short("bad-27", prompt="x", colour="red"),
             "bad-27",
-            ("colour", "unknown field"),
+            ("colour", "unknown parameter"),
         ),
         b(
             "unknown priority",
@@ -404,10 +404,18 @@ def bad_jobs(bucket: str) -> list[BadJob]:
             code="over_request_cap",
         ),
         b(
-            "a parameter the provider refuses",
+            "a parameter out of range",
             _batch_line("bad-39", {"messages": USER, "presence_penalty": 5}),
             "bad-39",
-            ("'presence_penalty'",),
+            ("body.presence_penalty", "at most 2"),
+        ),
+        b(
+            "a request the provider refuses",
+            _batch_line(
+                "bad-39t", {"messages": [{"role": "tool", "tool_call_id": "c9", "content": "4"}]}
+            ),
+            "bad-39t",
+            ("role 'tool' must be a response",),
             code="provider_400",
         ),
         b(

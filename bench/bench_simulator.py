@@ -15,14 +15,14 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from bench._sim_process import start_simulator
 
 WARMUP = 200
 
@@ -73,20 +73,6 @@ def _cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _start_simulator() -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "chatbatch.local.simulator", "--port", "0"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    if "listening on " not in line:
-        process.kill()
-        raise RuntimeError(f"simulator did not start: {line!r}")
-    return process, line.rsplit(" ", 1)[-1].strip()
-
-
 def _cpu_note(before: float | None, after: float | None, requests: int) -> str:
     if before is None or after is None or after <= before:
         return ""
@@ -100,7 +86,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args()
-    process, url = _start_simulator()
+    process, url = start_simulator()
     try:
         offset = 0
         for stream in (False, True):

@@ -17,8 +17,6 @@ The simulator runs in its own process (its CPU is not ours); moto runs in-proces
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,20 +35,9 @@ from bench._common import (
     write_jobs,
 )
 from bench._profile import Profile, py_spy, sampled
+from bench._sim_process import simulator_process
 from bench._stages import Stages
-from bench.bench_simulator import _start_simulator
 from chatbatch.local.options import LocalOptions
-
-
-@contextmanager
-def external_simulator() -> Iterator[str]:
-    """The simulator in its own process (no limits, no latency); yields its /v1 URL."""
-    process, url = _start_simulator()
-    try:
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def options(url: str, seed: int, concurrency: int | None) -> LocalOptions:
@@ -143,7 +130,7 @@ def main() -> None:
     cpu = Figure("CPU ms per job (this process, all threads)", "", False, fmt="{:.1f}")
     aws = Figure("AWS requests per job", "", False, fmt="{:.2f}")
     lost_fig = Figure(f"jobs lost of {big:,} (load test)", "0", False, fmt="{:.0f}")
-    with workdir(args) as tmp, external_simulator() as url:
+    with workdir(args) as tmp, simulator_process() as url:
         for r in range(args.repeat):
             run = throughput_run(tmp, url, small, r, args.concurrency)
             rate_small.add(run.jobs_per_s)

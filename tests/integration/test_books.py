@@ -38,6 +38,7 @@ from chatbatch.local.simulator import (
 from chatbatch.local.summary import Summary
 from chatbatch.state.budget.budget import Budget
 from chatbatch.state.budget.ledger import DayUsage
+from chatbatch.state.limiter.limiter import RateLimiter
 from chatbatch.worker import handler, pipeline
 from chatbatch.worker.intake import Intake
 from chatbatch.worker.invocation import Invocation, Outcome
@@ -274,7 +275,12 @@ def test_every_call_the_provider_may_have_billed_is_booked(
         from chatbatch.client.costs import load_report
 
         report = load_report(boto3.client("s3"), rt.resources.bucket, batch="books")
+        limiter = RateLimiter(boto3.client("dynamodb"), rt.resources.table, rt.config)
+        took = sum(limiter.status(name).used_requests for name in rt.config.models)
     assert summary.succeeded == len(jobs) and summary.failed == 0
+    # each call took its request from the rate limit: the first, and the one re-bought
+    # after each answer never read (the run is shorter than the limit's minute)
+    assert took == stats.requests == len(jobs) + 3
     costs = read_jsonl(tmp_path / "out" / "costs.jsonl")
     unread = [c for c in costs if c["attempt"] is not None]
     estimated = [c for c in costs if c["usage_estimated"]]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,6 +37,7 @@ from chatbatch.local.simulator import FaultKind, SimulatorSettings, answer_for
 from chatbatch.local.summary import Summary
 from chatbatch.state.budget.budget import Budget
 from chatbatch.state.budget.ledger import reservation_key
+from chatbatch.state.store import Store
 from chatbatch.worker import crash as crashes
 from chatbatch.worker import services
 from chatbatch.worker.intake import ATTR_OWNER, Intake
@@ -666,3 +668,25 @@ def test_a_retry_waits_for_capacity_and_never_burns_a_delivery(tmp_path: Path, c
         first, retry = stats.received_s
         assert retry - first >= 4.0  # the next spaced send (5 s at 12/min), not the 0.1 s backoff
         assert ledger_spent(rt) > 0
+
+
+def test_the_aws_calls_of_a_batchs_ten_jobs_run_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Each job's result write waits until all ten are writing. With too few threads
+    (asyncio's default: 6 on two cores) the waiting writes hold them all, the other
+    jobs' calls (their grant, their arm) queue behind, and the barrier breaks: a job's
+    time-critical call must never wait for its neighbours' slow ones."""
+    barrier = threading.Barrier(10, timeout=20)
+    put = Store.put_result_once
+
+    def together(self: Store, *args: Any, **kwargs: Any) -> Any:
+        barrier.wait()
+        return put(self, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "put_result_once", together)
+    lines = [json.dumps({"custom_id": f"t{i}", "prompt": f"q{i}"}) for i in range(10)]
+    with runtime(concurrency=2, rpm=6000) as rt:
+        summary = rt.run(write(tmp_path, lines), tmp_path / "out")
+    assert not barrier.broken
+    assert summary.succeeded == 10

@@ -122,9 +122,10 @@ def test_a_model_that_takes_max_completion_tokens_never_gets_max_tokens(
     tmp_path: Path, config: Config
 ):
     """OpenAI's reasoning models refuse max_tokens (400): such a model is configured with
-    ``output_cap_param = "max_completion_tokens"`` and every job reaches it capped."""
+    ``reasoning = true``; every job reaches it capped with max_completion_tokens, and a job
+    that gives max_tokens is refused at submit (never rewritten)."""
     reasoning = config.models["gpt-4.1"].model_copy(
-        update={"model_id": "o4-mini", "output_cap_param": "max_completion_tokens"}
+        update={"model_id": "o4-mini", "reasoning": True}
     )
     config = config.model_copy(update={"models": config.models | {"o4-mini": reasoning}})
     user = [{"role": "user", "content": "prove it"}]
@@ -146,12 +147,13 @@ def test_a_model_that_takes_max_completion_tokens_never_gets_max_tokens(
     settings = GREEDY.model_copy(update={"models": ["o4-mini"], "answer_tokens": 5000})
     with runtime(tmp_path, config, simulator=settings) as rt:
         summary = rt.run(write(tmp_path, lines), tmp_path / "out")
-        assert summary.succeeded == 4 and summary.failed == 0
+        assert summary.succeeded == 3 and summary.invalid_lines == summary.failed == 1
         assert rt.simulator is not None
-        assert rt.simulator.stats().by_status == {"200": 4}
+        assert rt.simulator.stats().by_status == {"200": 3}
         answers = {
             r["custom_id"]: r["response"]["body"]["choices"][0]["message"]["content"]
             for r in read_jsonl(tmp_path / "out" / "results.jsonl")
         }
-        for line, cap in zip(lines, [50, 60, 4096, 4096], strict=True):
+        assert "r0" not in answers  # max_tokens: refused at submit
+        for line, cap in zip(lines[1:], [60, 4096, 4096], strict=True):
             assert answers[line["custom_id"]] == answer_for(user, cap, 5000)[0]

@@ -37,3 +37,21 @@ def test_the_same_jobs_on_one_priority(tmp_path: Path) -> None:
 def test_gaps_between_successive_requests() -> None:
     assert gaps([0.0, 0.5, 3.0, 3.1, 10.0], over_s=1.0) == [(0.5, 2.5), (3.1, 6.9)]
     assert longest_gap([2.0, 1.0]) == 1.0 and longest_gap([]) == 0.0
+
+
+def test_the_simulator_process_gets_the_rows_settings() -> None:
+    """The command line built for a row's simulator process parses back to its settings."""
+    from bench._sim_process import cli_args
+    from chatbatch.local.simulator import FaultKind, SimulatorSettings
+    from chatbatch.local.simulator.command import parse_args
+
+    row = SimulatorSettings(
+        rpm=600,
+        tpm=90_000,
+        per_second=True,
+        latency_ms=300,
+        seed=7,
+        fault_rates={FaultKind.error_500: 0.05, FaultKind.error_503: 0.03},
+    )
+    parsed, _, _ = parse_args(cli_args(row))
+    assert parsed == row

@@ -4,6 +4,7 @@ hand-back carries."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from typing import Any
 
@@ -162,10 +163,17 @@ def test_a_claim_check_that_cannot_be_read_keeps_the_claims_ids(config: Config):
 
 
 def test_a_claim_check_with_unsafe_ids_is_refused(config: Config):
+    """Any string is a custom_id, but its key is its hash: ``../../etc`` names no path."""
     store = Claims({"claims/x.json": {"prompt": "x"}})
     bad = read(claim("claims/x.json", custom_id="../../etc"), store, config)
-    assert bad.error is not None and bad.key == ("daily-2026-11-28", "msg-m-1")
-    assert str(bad.error).startswith("job 'msg-m-1': chatbatch_claim_check.custom_id: not a valid")
+    assert bad.error is not None and bad.key == ("daily-2026-11-28", "../../etc")
+    assert store.read == []
+    hashed = "~" + hashlib.sha256(b"../../etc").hexdigest()
+    assert f"must name 'claims/daily-2026-11-28/{hashed}.json'" in str(bad.error)
+    empty = read(claim("claims/x.json", custom_id=""), store, config)
+    assert empty.error is not None and empty.key == ("daily-2026-11-28", "msg-m-1")
+    expected = "job 'msg-m-1': chatbatch_claim_check.custom_id: not a valid"
+    assert str(empty.error).startswith(expected)
     batch = read(claim("claims/x.json", batch_id="a/b"), store, config)
     assert batch.error is not None and "chatbatch_claim_check.batch_id" in str(batch.error)
     assert batch.key == ("daily-2026-11-28", "t-1")

@@ -10,7 +10,8 @@ from prompt_corpus import big_tool
 from chatbatch.client.submit import plan_file
 from chatbatch.core.config import Config, Priority
 from chatbatch.core.job_lines import parse_job, parse_line, parse_lines
-from chatbatch.core.jobs import JobError, Message
+from chatbatch.core.jobs import JobError
+from chatbatch.core.messages import Message
 from chatbatch.core.pricing import prompt_token_bound, worst_case_cost
 
 MSG = [{"role": "user", "content": "hi"}]
@@ -49,9 +50,10 @@ BAD_LINES = [
     ('{"prompt": "x", "temperature": -0.1}', "temperature", "must be at least 0"),
     ('{"prompt": "x", "priority": "urgent"}', "priority", "'urgent'"),
     ('{"prompt": "x", "stream": "yes"}', "stream", "must be true or false"),
-    ('{"prompt": "x", "colour": "red"}', "colour", "unknown field"),
-    ('{"prompt": "x", "custom_id": "has space"}', "custom_id", "not allowed"),
-    ('{"prompt": "x", "custom_id": ""}', "custom_id", "not allowed"),
+    ('{"prompt": "x", "colour": "red"}', "colour", "unknown parameter"),
+    ('{"prompt": "x", "custom_id": ""}', "custom_id", "must not be empty"),
+    ('{"prompt": "x", "custom_id": "' + "x" * 513 + '"}', "custom_id", "at most 512 characters"),
+    ('{"prompt": "x", "custom_id": 7}', "custom_id", "must be a string"),
     ('{"prompt": "x", "metadata": {"k": 1}}', "metadata.k", "must be a string"),
     ('{"prompt": "x", "batch_id": "a/b"}', "batch_id", "not allowed"),
     (batch_line(url="/v1/embeddings"), "url", "'/v1/chat/completions'"),
@@ -106,9 +108,37 @@ BAD_LINES = [
         "bills per use",
     ),
     (
-        '{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}',
+        '{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": '
+        '{"url": "https://x/a.png"}}]}]}',
         "messages[0].content",
-        "part 0 is of type 'image_url'",
+        "models.deepseek-chat.image_input_tokens is not set",
+    ),
+    (
+        '{"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]}',
+        "messages[0].content",
+        "part 0 is of type 'input_audio': audio input is billed by its duration",
+    ),
+    (
+        '{"model": "gpt-4.1", "messages": [{"role": "user", "content": '
+        '[{"type": "image_url", "image_url": {}}]}]}',
+        "messages[0].content[0].image_url.url",
+        "required field is missing",
+    ),
+    (
+        '{"messages": [{"role": "system", "content": [{"type": "image_url", "image_url": '
+        '{"url": "u"}}]}]}',
+        "messages[0]",
+        "a system message takes text parts",
+    ),
+    (
+        '{"messages": [{"role": "tool", "content": "42"}]}',
+        "messages[0]",
+        "needs its tool_call_id",
+    ),
+    (
+        '{"messages": [{"role": "assistant", "content": "x", "audio": {"id": "a1"}}]}',
+        "messages[0]",
+        "send its transcript as content",
     ),
     (
         '{"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}',
@@ -239,19 +269,24 @@ def test_a_job_without_a_cap_is_sent_the_cap_it_reserves(config: Config):
     "cap", [{}, {"max_tokens": 300}, {"max_completion_tokens": 300}], ids=["none", "mt", "mct"]
 )
 def test_a_model_that_takes_max_completion_tokens_never_gets_max_tokens(config: Config, cap):
-    config = with_model(
-        config, "o4-mini", model_id="o4-mini", output_cap_param="max_completion_tokens"
-    )
-    job = parse_line(batch_line(body={"model": "o4-mini", "messages": MSG} | cap), config, line=1)
+    """A reasoning model is sent max_completion_tokens; a job giving it max_tokens is
+    refused at submit (OpenAI would answer 400), never rewritten."""
+    config = with_model(config, "o4-mini", model_id="o4-mini", reasoning=True)
+    line = batch_line(body={"model": "o4-mini", "messages": MSG} | cap)
+    if "max_tokens" in cap:
+        with pytest.raises(JobError, match=r"body\.max_tokens: o4-mini is a reasoning model"):
+            parse_line(line, config, line=1)
+        return
+    job = parse_line(line, config, line=1)
     body = job.request_body(config.models["o4-mini"])
     assert "max_tokens" not in body
     assert body["max_completion_tokens"] == (300 if cap else 4096)
-    # and a model that takes max_tokens gets the job's max_completion_tokens under that name
+    # and a model that takes max_tokens keeps the job's max_completion_tokens as given
     plain = parse_line(
         batch_line(body={"messages": MSG, "max_completion_tokens": 7}), config, line=2
     )
     sent = plain.request_body(config.models[plain.model])
-    assert sent["max_tokens"] == 7 and "max_completion_tokens" not in sent
+    assert sent["max_completion_tokens"] == 7 and "max_tokens" not in sent
 
 
 def test_n_multiplies_the_output_and_bills_the_prompt_once(config: Config):

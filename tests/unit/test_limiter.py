@@ -210,6 +210,38 @@ def test_a_429_with_room_in_the_minute_leaves_the_limit(dynamo: Dynamo, config: 
     assert limiter2.status("deepseek-chat").factor == 0.5
 
 
+def test_a_429_of_a_shorter_period_spaces_the_sends_wider_for_everyone(
+    dynamo: Dynamo, config: Config
+) -> None:
+    """The minute had room, the provider still said 429 (it enforces per second): every
+    worker's sends are spaced a tenth wider, once per cooldown, and the spacing grows back;
+    the minute's limit stays."""
+    now = [START]
+    cfg = with_model(config, 600, 10_000_000)
+    one, two = (RateLimiter(dynamo.client, dynamo.table, cfg, clock=lambda: now[0]) for _ in "12")
+    room = RateLimitInfo(limit_requests=600, remaining_requests=500)
+    rate_limited = SimpleNamespace(status=429, account=None)
+
+    def gap() -> float:  # between the two sends of one grant, spaced at the pace
+        now[0] += 3.0  # the shard idle: the grant's sends start now
+        lease = two.lease(MODEL, Priority.normal, [10, 10])
+        assert lease.granted == 2
+        spacing = lease.send_at(1) - lease.send_at(0)
+        lease.close()
+        return spacing
+
+    assert gap() == pytest.approx(0.1, abs=1e-4)
+    one.observe_attempt(MODEL, rate_limited, room)
+    one.observe_attempt(MODEL, rate_limited, room)  # within the cooldown: once
+    status = two.status(MODEL)
+    assert (status.factor, status.burst, status.limit_requests) == (1.0, 0.9, 600)
+    assert gap() == pytest.approx(0.1 / 0.9, abs=1e-4)  # read by the other worker
+    one.observe_attempt(MODEL, rate_limited, room)  # past the 2 s cooldown (gap() took 3 s)
+    assert two.status(MODEL).burst == pytest.approx(0.81)
+    now[0] += 50  # +0.02 every 5 s
+    assert two.status(MODEL).burst == pytest.approx(1.0)
+
+
 # --- the API -------------------------------------------------------------------------
 
 
@@ -227,6 +259,26 @@ def test_a_denial_says_how_long_to_wait(dynamo: Dynamo, config: Config) -> None:
     assert third.grant.reason == "pace"
     now[0] += third.wait_s
     assert limiter.acquire(MODEL, Priority.normal, 10).send_at(0) == pytest.approx(START + 2.25)
+
+
+def test_a_pace_denial_waits_until_half_the_horizons_sends_fit(
+    dynamo: Dynamo, config: Config
+) -> None:
+    """At 600/min the horizon (1 s) holds ten sends: a worker told to wait asks again when
+    five fit, and gets five in one write (not one send per wake, each wake a race)."""
+    now = [START]
+    limiter = RateLimiter(
+        dynamo.client, dynamo.table, with_model(config, 600, 10_000_000), clock=lambda: now[0]
+    )
+    full = limiter.lease(MODEL, Priority.normal, [10] * 11)  # now and ten more within 1 s
+    assert full.granted == 11
+    denied = limiter.lease(MODEL, Priority.normal, [10] * 10)
+    assert (denied.granted, denied.grant.reason) == (0, "pace")
+    assert denied.wait_s == pytest.approx(0.5)  # one would fit after 0.1 s; five after 0.5 s
+    now[0] += denied.wait_s
+    lease = limiter.lease(MODEL, Priority.normal, [10] * 10)
+    assert lease.granted == 5
+    assert lease.send_at(0) == pytest.approx(START + 1.1)  # right after the booked ones
 
 
 def test_a_lease_takes_several_jobs_in_one_write_and_gives_back(

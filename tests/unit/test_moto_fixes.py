@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -195,3 +196,62 @@ def test_a_message_carries_its_senders_principal_id(table: str) -> None:
     senders = {m["Body"]: m["Attributes"]["SenderId"] for m in got}
     assert senders["mine"] == boto3.client("sts").get_caller_identity()["UserId"]
     assert senders["theirs"].startswith("AROA") and senders["theirs"].endswith(":s1")
+
+
+def _dynamodb_session(ddb: Any, table: str) -> list[dict[str, Any]]:
+    """What botocore parses from a run of DynamoDB calls (request metadata left out)."""
+    item = {**key("k"), "n": {"N": "1"}, "s": {"S": "é"}, "b": {"B": b"\x00\xff"}}
+    nested = {**key("m"), "m": {"M": {"l": {"L": [{"N": "2"}, {"BOOL": True}, {"NULL": True}]}}}}
+    calls: list[Callable[[], dict[str, Any]]] = [
+        lambda: ddb.put_item(TableName=table, Item=item, ReturnValues="ALL_OLD"),
+        lambda: ddb.put_item(TableName=table, Item=nested),
+        lambda: ddb.get_item(TableName=table, Key=key("k"), ConsistentRead=True),
+        lambda: ddb.get_item(TableName=table, Key=key("m")),
+        lambda: ddb.get_item(TableName=table, Key=key("absent")),
+        *(
+            lambda rv=rv: ddb.update_item(
+                TableName=table,
+                Key=key("m"),
+                UpdateExpression="ADD c :one SET t = :t",
+                ExpressionAttributeValues={":one": {"N": "1"}, ":t": {"SS": ["a", "b"]}},
+                ReturnValues=rv,
+            )
+            for rv in ("NONE", "ALL_NEW", "UPDATED_NEW", "ALL_OLD", "UPDATED_OLD")
+        ),
+        lambda: ddb.query(
+            TableName=table,
+            KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": {"S": "m"}},
+        ),
+        lambda: ddb.batch_get_item(RequestItems={table: {"Keys": [key("k"), key("m")]}}),
+        lambda: ddb.delete_item(TableName=table, Key=key("k"), ReturnValues="ALL_OLD"),
+    ]
+    answers = []
+    for call in calls:
+        answer = call()
+        answer.pop("ResponseMetadata")
+        answers.append(answer)
+    return answers
+
+
+def test_dynamodb_answers_parse_the_same_as_motos_own(
+    table: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chatbatch.local import moto_fixes
+
+    ddb = boto3.client("dynamodb")
+    by_shape = moto_fixes.DynamoResult.execute_result
+    plain = 0
+
+    def counted(self: Any, context: Any) -> Any:
+        nonlocal plain
+        answer = by_shape(self, context)
+        plain += answer[2] == json.dumps(self.result, default=repr)
+        return answer
+
+    monkeypatch.setattr(moto_fixes.DynamoResult, "execute_result", counted)
+    fast = _dynamodb_session(ddb, table)
+    assert plain >= 8  # most answers took the plain way (not the binary ones)
+    monkeypatch.setattr(moto_fixes, "PLAIN_ANSWERS", False)
+    ddb.delete_item(TableName=table, Key=key("m"))
+    assert _dynamodb_session(ddb, table) == fast

@@ -229,3 +229,15 @@ def test_errors_are_told_by_code_when_threads_got_other_exception_classes(
     assert d.batches.retry(BATCH, job)
     assert not d.batches.retry(BATCH, job)  # a refused transaction: False, not an error
     assert send_retries(d, plan_retry(d, info(d), stuck=True)).sent == 1
+
+
+def test_a_job_with_a_hashed_custom_id_is_retried_by_its_own_id(deployment: Deployment):
+    """``task/1`` is stored under its hash; the retry finds it and sends it back as itself."""
+    d = deployment
+    failed(d, "task/1", "provider_400")
+    plan = plan_retry(d, info(d))
+    assert [j.custom_id for j in plan.jobs] == ["task/1"]
+    assert send_retries(d, plan).sent == 1
+    (sent,) = received(d, Priority.high)
+    assert json.loads(sent["Body"])["custom_id"] == "task/1"
+    assert d.store.get_error(BATCH, "task/1") is None

@@ -43,11 +43,11 @@ from botocore.exceptions import ClientError
 from chatbatch.client.costs import list_keys
 from chatbatch.client.deployment import Deployment
 from chatbatch.core.config import Priority
-from chatbatch.core.jobs import ATTR_BATCH
+from chatbatch.core.jobs import ATTR_BATCH, HASHED_ID_PREFIX, job_ref
 from chatbatch.state.batches import RETRY_FROM, BatchInfo, JobRecord, JobState
 from chatbatch.state.budget.ledger import reservation_key
 from chatbatch.state.ddb import error_code, s
-from chatbatch.state.store import KeptRequest, request_key
+from chatbatch.state.store import KeptRequest, requests_prefix
 
 THREADS = 16
 CHUNK = 100  # jobs moved to ``retrying`` before their messages go out
@@ -138,9 +138,15 @@ def send_retries(
 
 
 def _kept_ids(deployment: Deployment, batch_id: str) -> Iterator[str]:
-    prefix = request_key(batch_id, "")[: -len(".json")]
+    """The custom_ids of the batch's kept requests. A key's name is the job's ``id_key``:
+    the custom_id itself, or its hash, when the kept request names the custom_id."""
+    prefix = requests_prefix(batch_id)
     for key in list_keys(deployment.s3, deployment.resources.bucket, prefix):
-        yield key.removeprefix(prefix).removesuffix(".json")
+        name = key.removeprefix(prefix).removesuffix(".json")
+        if not name.startswith(HASHED_ID_PREFIX):
+            yield name
+        elif (text := deployment.store.get_text(key)) is not None:
+            yield KeptRequest.model_validate_json(text).custom_id
 
 
 def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
@@ -168,7 +174,7 @@ def _prepare(deployment: Deployment, plan: RetryPlan, job: JobRecord) -> KeptReq
 def _drop_settled_reservation(deployment: Deployment, batch_id: str, custom_id: str) -> None:
     """A settled reservation would make the new attempt's copy stop as ``AlreadySettled``
     (paid already): the failed attempt's is dropped (its money stays in the ledgers)."""
-    job_key = f"{batch_id}#{custom_id}"  # the worker's ``invocation.job_key``
+    job_key = job_ref(batch_id, custom_id)  # the worker's ``invocation.job_key``
     try:
         deployment.ddb.delete_item(
             TableName=deployment.resources.table,

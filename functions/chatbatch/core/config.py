@@ -134,8 +134,20 @@ class Model(_Strict):
     default_max_tokens: int | None = Field(default=None, gt=0)
     output_cap_param: Literal["max_tokens", "max_completion_tokens"] = Field(
         default="max_tokens",
-        description="the request parameter every call caps its output with; OpenAI's "
+        description="the request parameter a call that gives no cap is capped with; OpenAI's "
         "reasoning models (o-series, gpt-5) accept only max_completion_tokens",
+    )
+    reasoning: bool = Field(
+        default=False,
+        description="an OpenAI reasoning model (o-series, gpt-5): it refuses max_tokens, so "
+        "a job that gives max_tokens is refused at submit and the default cap is sent as "
+        "max_completion_tokens",
+    )
+    image_input_tokens: int | None = Field(
+        default=None,
+        gt=0,
+        description="the most prompt tokens one image_url content part can bill at this "
+        "model; unset: image parts are refused (chatbatch could not bound them)",
     )
 
     @model_validator(mode="after")
@@ -151,6 +163,12 @@ class Model(_Strict):
                 f"max_output_tokens ({self.max_output_tokens})"
             )
         return self
+
+    @property
+    def cap_param(self) -> Literal["max_tokens", "max_completion_tokens"]:
+        """The parameter a call without its own cap is capped with: a reasoning model's is
+        max_completion_tokens, whatever ``output_cap_param`` says."""
+        return "max_completion_tokens" if self.reasoning else self.output_cap_param
 
     @property
     def reserve_max_tokens(self) -> int:

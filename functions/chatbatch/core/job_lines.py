@@ -2,18 +2,20 @@
 
 A job line is either an OpenAI Batch API line
 ``{"custom_id", "method": "POST", "url": "/v1/chat/completions", "body": {...}}``
-or the short form
+or the short form, the same body's keys at the top beside chatbatch's own
 ``{"custom_id"?, "model"?, "role"?, "messages" | "prompt", "max_tokens"?, ...}``.
-Both normalise to one ``Job``, resolved against the config (role -> model, system
-prompt and defaults). A line that cannot run is a ``JobError`` naming the line (or job)
-and the field.
+Any valid body passes unchanged: the messages mirror the openai SDK's types
+(``core.messages``), every other request key goes through ``request_params`` as given,
+and the output cap is sent under the name the line gave it. Both normalise to one
+``Job``, resolved against the config (role -> model, system prompt and defaults). A line
+that cannot run is a ``JobError`` naming the line (or job) and the field.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -26,43 +28,37 @@ from pydantic import (
 )
 
 from chatbatch.core.config import ROLE_PARAMS, Config, Priority
-from chatbatch.core.jobs import BATCH_ID_PATTERN, ID_PATTERN, Job, JobError, LineModel, Message
+from chatbatch.core.jobs import BATCH_ID_PATTERN, CustomId, Job, JobError
+from chatbatch.core.messages import LineModel, Message
 from chatbatch.core.request_params import refusal
 
 PASS_THROUGH_PARAMS = ROLE_PARAMS - {"temperature", "max_tokens", "stream"}
+# OpenAI's request metadata: at most 16 string pairs
+Metadata = Annotated[dict[str, StrictStr], Field(max_length=16)]
 
 
 class _Common(LineModel):
     """Keys both forms accept (chatbatch's own, beside OpenAI's)."""
 
-    custom_id: str | None = Field(default=None, pattern=ID_PATTERN)
+    custom_id: CustomId | None = None
     batch_id: str | None = Field(default=None, pattern=BATCH_ID_PATTERN)
     priority: Priority | None = None
     role: StrictStr | None = None
     cache: StrictBool = False
-    metadata: dict[str, StrictStr] = Field(default_factory=dict, max_length=16)
     seq: StrictInt | None = Field(default=None, ge=0)
 
 
-class ChatBody(BaseModel):
-    """A /v1/chat/completions request body. Other keys go to the provider when
-    ``request_params`` allows them (it refuses any that could bill past the worst case)."""
+class _Request(BaseModel):
+    """The /v1/chat/completions keys chatbatch reads (the model, the messages, the output
+    cap, temperature and streaming, and the typed sampling keys). Every other key is the
+    provider's, passed through unchanged when ``request_params`` allows it (it refuses any
+    that could bill past the worst case, and unknown ones)."""
 
     model_config = ConfigDict(extra="allow")
 
     model: StrictStr | None = None
-    messages: list[Message] = Field(min_length=1)
     max_tokens: StrictInt | None = None
     max_completion_tokens: StrictInt | None = None
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    stream: StrictBool = False
-
-
-class ShortLine(_Common):
-    model: StrictStr | None = None
-    messages: list[Message] | None = Field(default=None, min_length=1)
-    prompt: StrictStr | None = Field(default=None, min_length=1)
-    max_tokens: StrictInt | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     stream: StrictBool = False
     top_p: float | None = Field(default=None, ge=0, le=1)
@@ -71,18 +67,52 @@ class ShortLine(_Common):
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     response_format: dict[str, Any] | None = None
+    metadata: Metadata | None = None
+
+    def params(self) -> dict[str, Any]:
+        """The keys passed through as given: the typed ones the line set, and the rest."""
+        typed = self.model_dump(include=_TYPED_PARAMS, exclude_unset=True)
+        return typed | dict(self.model_extra or {})
+
+
+_TYPED_PARAMS = {"top_p", "stop", "seed", "presence_penalty", "frequency_penalty"}
+_TYPED_PARAMS |= {"response_format", "metadata"}
+
+
+class ChatBody(_Request):
+    """A /v1/chat/completions request body, as the OpenAI Batch form carries it."""
+
+    messages: list[Message] = Field(min_length=1)
+
+
+class ShortLine(_Common, _Request):
+    """The short form: the request's keys at the top, beside chatbatch's own."""
+
+    model_config = ConfigDict(extra="allow")
+
+    messages: list[Message] | None = Field(default=None, min_length=1)
+    prompt: StrictStr | None = Field(default=None, min_length=1)
 
 
 class BatchLine(_Common):
     method: Literal["POST"]
     url: Literal["/v1/chat/completions"]
     body: ChatBody
+    metadata: Metadata = Field(default_factory=dict)  # chatbatch's own: kept, never sent
+
+
+# pydantic's names of union members in an error's location, not fields of the line: the
+# model and type names, and a tagged union's tag (a part's or a tool call's type) after an index
+_TYPE_NAMES = {"ShortLine", "BatchLine", "str", "none"}
+_TAGS = {"text", "image_url", "refusal", "function", "custom"}
 
 
 def _field(loc: tuple[int | str, ...]) -> str:
     out = ""
-    for part in loc:
-        if part in {"ShortLine", "BatchLine"}:
+    for index, part in enumerate(loc):
+        if isinstance(part, str) and ("[" in part or part in _TYPE_NAMES):
+            continue
+        if part in _TAGS and index and isinstance(loc[index - 1], int):
             continue
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "(line)"
@@ -101,7 +131,8 @@ _HINTS = {
 
 
 def _from_validation(err: ValidationError) -> tuple[str, str]:
-    e = err.errors(include_url=False)[0]
+    # of a union's errors (a string? a list of parts?) the deepest names the field best
+    e = max(err.errors(include_url=False), key=lambda found: len(found["loc"]))
     kind, ctx, value = e["type"], e.get("ctx") or {}, e.get("input")
     bounds = {
         "too_short": "must not be empty",
@@ -123,33 +154,33 @@ def _from_validation(err: ValidationError) -> tuple[str, str]:
     return _field(e["loc"]), msg
 
 
-def _resolve(line: ShortLine | BatchLine, config: Config, seq: int | None) -> Job:
-    cap_field = "max_tokens"
+def _request(line: ShortLine | BatchLine) -> tuple[_Request, list[Message], str]:
+    """The line's request part, its messages and the prefix its fields are named with."""
     if isinstance(line, BatchLine):
-        body = line.body
-        if body.max_tokens is not None and body.max_completion_tokens is not None:
-            raise JobError(
-                "body.max_tokens",
-                "give max_tokens or max_completion_tokens, not both (either caps the output; "
-                "chatbatch sends it as the parameter the model accepts)",
-            )
-        requested_model, messages = body.model, list(body.messages)
-        max_tokens = body.max_tokens if body.max_tokens is not None else body.max_completion_tokens
-        if body.max_completion_tokens is not None:
-            cap_field = "max_completion_tokens"
-        temperature, stream = body.temperature, body.stream
-        params = dict(body.model_extra or {})
-        prefix = "body."
-    else:
-        if line.messages is None and line.prompt is None:
-            raise JobError("messages", "give messages (a list) or prompt (a string)")
-        if line.messages is not None and line.prompt is not None:
-            raise JobError("prompt", "give messages or prompt, not both")
-        requested_model = line.model
-        messages = list(line.messages or [Message(role="user", content=line.prompt or "")])
-        max_tokens, temperature, stream = line.max_tokens, line.temperature, line.stream
-        params = line.model_dump(include=set(PASS_THROUGH_PARAMS), exclude_none=True)
-        prefix = ""
+        return line.body, list(line.body.messages), "body."
+    if line.messages is None and line.prompt is None:
+        raise JobError("messages", "give messages (a list) or prompt (a string)")
+    if line.messages is not None and line.prompt is not None:
+        raise JobError("prompt", "give messages or prompt, not both")
+    return line, list(line.messages or [Message(role="user", content=line.prompt or "")]), ""
+
+
+def _resolve(line: ShortLine | BatchLine, config: Config, seq: int | None) -> Job:
+    request, messages, prefix = _request(line)
+    if request.max_tokens is not None and request.max_completion_tokens is not None:
+        raise JobError(
+            f"{prefix}max_tokens",
+            "give max_tokens or max_completion_tokens, not both (either caps the output; "
+            "chatbatch sends the one given)",
+        )
+    cap_field: Literal["max_tokens", "max_completion_tokens"] | None = None
+    max_tokens = request.max_tokens
+    if max_tokens is not None:
+        cap_field = "max_tokens"
+    elif request.max_completion_tokens is not None:
+        cap_field, max_tokens = "max_completion_tokens", request.max_completion_tokens
+    requested_model, temperature, stream = request.model, request.temperature, request.stream
+    params = request.params()
     for key, value in params.items():
         if refused := refusal(key, value):
             raise JobError(prefix + refused[0], refused[1])
@@ -172,9 +203,16 @@ def _resolve(line: ShortLine | BatchLine, config: Config, seq: int | None) -> Jo
         temperature = preset.get("temperature") if temperature is None else temperature
         stream = stream or bool(preset.get("stream", False))
         params = {k: v for k, v in preset.items() if k in PASS_THROUGH_PARAMS} | params
+    if cap_field == "max_tokens" and model.reasoning:
+        raise JobError(
+            f"{prefix}max_tokens",
+            f"{name} is a reasoning model (models.{name}.reasoning): it refuses max_tokens; "
+            "give max_completion_tokens instead",
+        )
+    _check_images(messages, model.image_input_tokens, name, prefix)
     if max_tokens is not None and not 0 < max_tokens <= model.max_output_tokens:
         raise JobError(
-            prefix + cap_field,
+            prefix + (cap_field or "max_tokens"),
             f"must be between 1 and {model.max_output_tokens} for {name} (got {max_tokens}; "
             f"models.{name}.max_output_tokens)",
         )
@@ -187,12 +225,29 @@ def _resolve(line: ShortLine | BatchLine, config: Config, seq: int | None) -> Jo
         priority=line.priority,
         messages=messages,
         max_tokens=max_tokens,
+        cap_param=cap_field or (model.cap_param if max_tokens is not None else None),
         temperature=temperature,
         stream=stream,
         cache=line.cache,
-        metadata=line.metadata,
+        metadata=line.metadata if isinstance(line, BatchLine) else {},
         params=params,
     )
+
+
+def _check_images(
+    messages: list[Message], image_tokens: int | None, name: str, prefix: str
+) -> None:
+    """An image part needs its model's worst case per image (``image_input_tokens``)."""
+    if image_tokens is not None:
+        return
+    for index, message in enumerate(messages):
+        if message.images():
+            raise JobError(
+                f"{prefix}messages[{index}].content",
+                f"an image_url part, but models.{name}.image_input_tokens is not set: "
+                "chatbatch cannot bound what an image bills at this model; set it in "
+                "chatbatch.toml (the most prompt tokens one image costs) or remove the image",
+            )
 
 
 def parse_job(data: Any, config: Config, *, seq: int | None = None) -> Job:

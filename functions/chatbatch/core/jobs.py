@@ -10,27 +10,51 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    StrictStr,
-    model_validator,
-)
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from chatbatch.core.config import Model, Priority
+from chatbatch.core.messages import Message
 from chatbatch.core.pricing import Usage, cost, estimate_prompt_tokens, prompt_token_bound
 
 SQS_MAX_BYTES = 256 * 1024
 CHAT_URL = "/v1/chat/completions"
-ID_PATTERN = r"^[A-Za-z0-9._:=+@,-]{1,200}$"
+CUSTOM_ID_MAX_CHARS = 512
+# a custom_id made only of these, at most 200 characters, is its own key (see ``id_key``)
+KEY_SAFE_ID = re.compile(r"[A-Za-z0-9._:=+@,-]{1,200}")
+HASHED_ID_PREFIX = "~"  # any other custom_id's key: this and its SHA-256
 BATCH_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
-MESSAGE_ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
+# OpenAI's rule: any string of 1-512 characters, unique in its batch
+CustomId = Annotated[StrictStr, Field(min_length=1, max_length=CUSTOM_ID_MAX_CHARS)]
+
+
+def is_custom_id(value: Any) -> bool:
+    """Whether ``value`` is a custom_id (a string of 1-512 characters)."""
+    return isinstance(value, str) and 1 <= len(value) <= CUSTOM_ID_MAX_CHARS
+
+
+def id_key(custom_id: str) -> str:
+    """A custom_id as it appears in S3 and DynamoDB keys (stable, never changes for an id).
+
+    An id of at most 200 characters from ``A-Za-z0-9._:=+@,-`` is its own key, so keys
+    stay readable (and every id the earlier rule accepted keeps its key). Any other id
+    (``request 1``, ``task/1``, unicode, up to 512 characters) is ``~`` and the SHA-256
+    hex digest of its UTF-8 bytes: ``~`` is never in the first form, so no two ids share
+    a key. Results and errors always carry the original custom_id.
+    """
+    if KEY_SAFE_ID.fullmatch(custom_id):
+        return custom_id
+    return HASHED_ID_PREFIX + hashlib.sha256(custom_id.encode()).hexdigest()
+
+
+def job_ref(batch_id: str, custom_id: str) -> str:
+    """A job's name in shared-state keys (its budget reservation): batch and ``id_key``."""
+    return f"{batch_id}#{id_key(custom_id)}"
 
 
 class JobError(ValueError):
@@ -55,85 +79,6 @@ class JobError(ValueError):
         return f"{prefix}{self.field}: {self.message}"
 
 
-class LineModel(BaseModel):
-    """A part of a job line: an unknown key is an error, not silently dropped."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-class TextPart(LineModel):
-    """A text content part; other kinds (images, audio, files) are billed by their size in
-    pixels or seconds, which no byte count bounds, and are refused."""
-
-    type: Literal["text"]
-    text: StrictStr
-
-
-class CalledFunction(LineModel):
-    name: StrictStr
-    arguments: StrictStr
-
-
-class ToolCall(LineModel):
-    """A tool call of an earlier assistant turn: billed as prompt tokens when sent back."""
-
-    id: StrictStr
-    type: Literal["function"]
-    function: CalledFunction
-
-
-def _content(value: Any) -> Any:
-    """A message's content: a string, a list of text parts, or null (an assistant turn
-    that only called tools). Anything else is refused with what is accepted."""
-    if value is None or isinstance(value, str):
-        return value
-    if not isinstance(value, list):
-        raise PydanticCustomError("string_type", "must be a string (or a list of text parts)")
-    for index, part in enumerate(value):
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind != "text":
-            shown = f"of type {kind!r}" if kind else "not a text part"
-            raise PydanticCustomError(
-                "content_part",
-                f"part {index} is {shown}: only a string or text parts "
-                '({"type": "text", "text": "..."}) are accepted; images, audio and files are '
-                "billed by their size, which chatbatch cannot bound before the call",
-            )
-        if set(part) != {"type", "text"} or not isinstance(part["text"], str):
-            raise PydanticCustomError(
-                "content_part",
-                f'part {index} must be {{"type": "text", "text": "..."}} with a string text '
-                "and no other keys",
-            )
-    return value
-
-
-class Message(LineModel):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Annotated[StrictStr | list[TextPart] | None, BeforeValidator(_content)]
-    name: StrictStr | None = None
-    tool_call_id: StrictStr | None = None
-    tool_calls: list[ToolCall] | None = Field(default=None, min_length=1)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _tool_call_turn(cls, data: Any) -> Any:
-        """An assistant turn that only calls tools may leave ``content`` out (as OpenAI's)."""
-        if isinstance(data, dict) and data.get("tool_calls") and "content" not in data:
-            return {**data, "content": None}
-        return data
-
-    @model_validator(mode="after")
-    def _content_or_calls(self) -> Message:
-        if self.content is None and not (self.role == "assistant" and self.tool_calls):
-            raise PydanticCustomError(
-                "content_null", "content is null: only an assistant turn with tool_calls may"
-            )
-        if self.tool_calls and self.role != "assistant":
-            raise PydanticCustomError("tool_calls_role", "only an assistant turn has tool_calls")
-        return self
-
-
 class Job(BaseModel):
     """One chat request, resolved and ready to run. Its JSON is the SQS message body."""
 
@@ -147,6 +92,8 @@ class Job(BaseModel):
     priority: Priority | None = None
     messages: list[Message]
     max_tokens: int | None = None
+    # the parameter the line gave its cap as: sent as given (None: the model's own)
+    cap_param: Literal["max_tokens", "max_completion_tokens"] | None = None
     temperature: float | None = None
     stream: bool = False
     cache: bool = False
@@ -169,12 +116,13 @@ class Job(BaseModel):
 
     def estimated_tokens(self, model: Model) -> int:
         """Prompt estimate plus the output bound: what the rate limiter takes up front."""
-        return estimate_prompt_tokens(self.request_body(model)) + self.output_bound(model)
+        prompt = estimate_prompt_tokens(self.request_body(model), model.image_input_tokens or 0)
+        return prompt + self.output_bound(model)
 
     def worst_case_usage(self, model: Model) -> Usage:
         """The most a call of this job can be billed: the bound of every billed prompt
         field, uncached, and the output cap sent times ``n``, all used."""
-        bound = prompt_token_bound(self.request_body(model))
+        bound = prompt_token_bound(self.request_body(model), model.image_input_tokens or 0)
         return Usage(prompt_tokens=bound, completion_tokens=self.output_bound(model))
 
     def worst_case_usd(self, model: Model) -> Decimal:
@@ -184,11 +132,11 @@ class Job(BaseModel):
     def _body(self, model: str) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": model,
-            "messages": [m.model_dump(exclude_none=True) for m in self.messages],
+            "messages": [m.to_api() for m in self.messages],
             **self.params,
         }
         if self.max_tokens is not None:
-            body["max_tokens"] = self.max_tokens
+            body[self.cap_param or "max_tokens"] = self.max_tokens
         if self.temperature is not None:
             body["temperature"] = self.temperature
         if self.stream:
@@ -196,12 +144,13 @@ class Job(BaseModel):
         return body
 
     def request_body(self, model: Model) -> dict[str, Any]:
-        """The /v1/chat/completions body sent to the provider. It always carries the output
-        cap (``output_cap``), under the parameter the model accepts (``output_cap_param``),
-        so the provider never applies its own."""
+        """The /v1/chat/completions body sent to the provider: the line's body as given. It
+        always carries the output cap (``output_cap``), under the parameter the line gave
+        (``cap_param``), else the one the model accepts (``Model.cap_param``), so the
+        provider never applies its own."""
         body = self._body(model.model_id)
-        body.pop("max_tokens", None)
-        body[model.output_cap_param] = self.output_cap(model)
+        body.pop(self.cap_param or "max_tokens", None)
+        body[self.cap_param or model.cap_param] = self.output_cap(model)
         if self.stream:
             body["stream_options"] = {"include_usage": True}
         return body
@@ -234,7 +183,7 @@ ATTR_BATCH = "chatbatch-batch"
 
 def claim_key(batch_id: str, custom_id: str) -> str:
     """Where a job's claim check is stored: the only key a claim for it may name."""
-    return f"claims/{batch_id}/{custom_id}.json"
+    return f"claims/{batch_id}/{id_key(custom_id)}.json"
 
 
 class ClaimCheck(BaseModel):
@@ -247,13 +196,13 @@ class ClaimCheck(BaseModel):
 
     bucket: StrictStr
     key: StrictStr
-    custom_id: str = Field(pattern=ID_PATTERN)
+    custom_id: CustomId
     batch_id: str | None = Field(default=None, pattern=BATCH_ID_PATTERN)
 
     def of_batch(self, batch_id: str) -> ClaimCheck:
         """The claim in its job's batch (the message's when the claim names none), its
         key checked: only the job's own claim object, ``claims/{batch}/{custom_id}.json``,
-        is read; any other key (another batch's claim, a result, a manifest) is a
+        is read (``claim_key``); any other key (another batch's claim, a result, a manifest) is a
         ``JobError`` before anything is read."""
         expected = claim_key(batch_id, self.custom_id)
         if self.key != expected:

@@ -14,8 +14,10 @@ Measured against o200k, cl100k and DeepSeek's tokenizer (``tests/unit/test_token
 reconciles every estimate with the real usage.
 
 The budget reserves at a true upper bound instead (``prompt_token_bound``), over every
-field a provider bills as input (``PROMPT_FIELDS`` and the messages: content strings and
-text parts, ``name``, assistant ``tool_calls``, tool results). Every token of a byte-level
+field a provider bills as input (``PROMPT_FIELDS`` and the messages: content strings,
+text and refusal parts, ``name``, assistant ``tool_calls`` (function arguments or custom
+input) and ``function_call``, ``refusal``, tool results; an ``image_url`` part at the
+model's ``image_input_tokens``, the most one image bills). Every token of a byte-level
 BPE covers at least one byte, so a field never has more tokens than its UTF-8 bytes (3-6x
 the real count on that corpus); fields are counted as ``json.dumps`` renders them, with
 spaces and unescaped, the longer form. Around the text a provider adds framing, which
@@ -213,30 +215,53 @@ def _arguments(raw: str, count: Callable[[str], int], framing: Framing) -> int:
     return max(count(raw), count(_as_text(parsed))) + framing.argument * keys
 
 
-def _content(content: Any, count: Callable[[str], int], framing: Framing) -> int:
+def _part(part: Any, count: Callable[[str], int], image_tokens: int) -> int:
+    """A content part: its text (or refusal) as rendered; an image at ``image_tokens``."""
+    if not isinstance(part, dict):
+        return 0
+    if part.get("type") == "image_url":
+        return image_tokens
+    return count(_as_text(part.get("text", part.get("refusal", ""))))
+
+
+def _content(content: Any, count: Callable[[str], int], framing: Framing, images: int) -> int:
     if isinstance(content, str):
         return count(content)
     parts = content if isinstance(content, list) else []
-    return sum(framing.part + count(_as_text(p.get("text", ""))) for p in parts)
+    return sum(framing.part + _part(p, count, images) for p in parts)
 
 
-def _prompt_tokens(body: Mapping[str, Any], count: Callable[[str], int], framing: Framing) -> int:
+def _call(call: Mapping[str, Any], count: Callable[[str], int], framing: Framing) -> int:
+    """A tool call sent back (a function's name and JSON arguments, or a custom tool's
+    name and free-text input), or a legacy ``function_call``."""
+    function = call.get("function") or call.get("custom") or call
+    raw = function.get("arguments", function.get("input", ""))
+    total = framing.tool_call + count(call.get("id") or "") + count(function["name"])
+    return total + _arguments(raw, count, framing)
+
+
+def _called_name(call: Mapping[str, Any]) -> str:
+    return str((call.get("function") or call.get("custom") or {}).get("name", ""))
+
+
+def _prompt_tokens(
+    body: Mapping[str, Any], count: Callable[[str], int], framing: Framing, images: int
+) -> int:
     messages: list[Mapping[str, Any]] = body.get("messages") or []
     calls = [call for m in messages for call in m.get("tool_calls") or []]
-    longest_name = max((count(c["function"]["name"]) for c in calls), default=0)
+    calls += [m["function_call"] for m in messages if m.get("function_call")]
+    longest_name = max((count(_called_name(c) or c.get("name", "")) for c in calls), default=0)
     total = framing.request
     for m in messages:
-        total += framing.message + _content(m.get("content"), count, framing)
+        total += framing.message + _content(m.get("content"), count, framing, images)
         if m.get("name") is not None:
             total += framing.name + count(m["name"])
-        total += count(m.get("tool_call_id") or "")
-        if m.get("tool_calls"):
+        total += count(m.get("tool_call_id") or "") + count(m.get("refusal") or "")
+        if m.get("tool_calls") or m.get("function_call"):
             total += framing.tool_calls
-        for call in m.get("tool_calls") or []:
-            function = call["function"]
-            total += framing.tool_call + count(call.get("id") or "") + count(function["name"])
-            total += _arguments(function["arguments"], count, framing)
-        if m.get("role") == "tool":
+        for call in [*(m.get("tool_calls") or []), *filter(None, [m.get("function_call")])]:
+            total += _call(call, count, framing)
+        if m.get("role") in ("tool", "function"):
             total += framing.tool_result + longest_name
     for key in PROMPT_FIELDS:
         value = body.get(key)
@@ -250,12 +275,14 @@ def _prompt_tokens(body: Mapping[str, Any], count: Callable[[str], int], framing
     return total
 
 
-def prompt_token_bound(body: Mapping[str, Any]) -> int:
+def prompt_token_bound(body: Mapping[str, Any], image_tokens: int = 0) -> int:
     """The most prompt tokens a request body can be billed: every billed field's UTF-8
-    bytes (a byte-level BPE token is >= 1 byte) plus ``BOUND_FRAMING``."""
-    return _prompt_tokens(body, text_token_bound, BOUND_FRAMING)
+    bytes (a byte-level BPE token is >= 1 byte) plus ``BOUND_FRAMING``, and
+    ``image_tokens`` (the model's ``image_input_tokens``) per image part."""
+    return _prompt_tokens(body, text_token_bound, BOUND_FRAMING, image_tokens)
 
 
-def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
-    """Estimated prompt tokens of a request body (for the rate limiter)."""
-    return _prompt_tokens(body, estimate_text_tokens, ESTIMATE_FRAMING)
+def estimate_prompt_tokens(body: Mapping[str, Any], image_tokens: int = 0) -> int:
+    """Estimated prompt tokens of a request body (for the rate limiter); an image part
+    counts at ``image_tokens``, its worst case."""
+    return _prompt_tokens(body, estimate_text_tokens, ESTIMATE_FRAMING, image_tokens)

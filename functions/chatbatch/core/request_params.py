@@ -39,6 +39,7 @@ ALLOWED: Mapping[str, str] = {
     "safety_identifier": "an identifier, not billed",
     "prompt_cache_key": "routes to the prompt cache, which only lowers the cost",
     "prompt_cache_retention": "keeps cached prompts longer, which only lowers the cost",
+    "prompt_cache_options": "where prompts are cached, which only lowers the cost",
     "store": "stores the completion, not billed",
     "metadata": "tags a stored completion, not billed",
     "stream_options": "chatbatch asks for usage itself",
@@ -54,6 +55,8 @@ REFUSED: Mapping[str, str] = {
     "prompt, neither of which chatbatch can bound before the call; remove it",
     "prediction": "rejected predicted tokens are billed as output on top of the answer, "
     "beyond the output cap; remove it",
+    "moderation": "moderating the input and output may be billed apart from the tokens, at "
+    "a price chatbatch has no setting for; remove it",
 }
 
 SERVICE_TIERS = ("auto", "default", "flex")

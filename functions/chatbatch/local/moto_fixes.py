@@ -27,6 +27,12 @@
    GetCallerIdentity gives for the request's access key (an assumed role's
    ``AROA…:SESSION``), which the worker checks against the batch's registrant.
 
+6. **DynamoDB answers as plain JSON.** moto serialises each DynamoDB answer by walking
+   botocore's output shape, value by value: the limiter's item of ~200 numbers costs more
+   CPU than the update itself. An answer of plain JSON values (no bytes, no timestamps, no
+   nulls) is written with ``json.dumps``, as DynamoDB writes it; any other goes the shape
+   way. botocore parses both alike (``test_moto_fixes.py`` compares them).
+
 ``apply()`` is idempotent; ``tests/unit/test_moto_fixes.py`` fails if any fix is lost.
 """
 
@@ -35,6 +41,7 @@ from __future__ import annotations
 import contextvars
 import copy
 import functools
+import json
 import threading
 import types
 from collections.abc import Callable, Iterator, Mapping
@@ -47,12 +54,14 @@ from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.dynamo_type import DynamoType
 from moto.dynamodb.models.table import Table
 from moto.dynamodb.parsing.expressions import UpdateExpressionParser  # type: ignore[attr-defined]
+from moto.dynamodb.responses import DynamoResult
 from moto.s3.responses import S3Response
 from moto.sqs.models import Message, Queue, SQSBackend
 from moto.sqs.responses import SQSResponse
 from moto.sts.models import sts_backends
 
 LOCK = threading.RLock()
+PLAIN_ANSWERS = True  # fix 6 on (tests turn it off to compare with moto's own answers)
 _SENDER: contextvars.ContextVar[str | None] = contextvars.ContextVar("sender", default=None)
 # moto's own: every attribute at once
 MOTO_QUEUE_ATTRIBUTES: Callable[[Queue], dict[str, Any]] = Queue.__dict__["attributes"].fget
@@ -182,6 +191,28 @@ def apply() -> None:
     UpdateExpressionParser.make = parse
 
     _stamp_senders()
+    _plain_dynamo_answers()
+
+
+def _plain(value: Any) -> bool:
+    """Only JSON's own values, no nulls: what DynamoDB's answers hold but for binaries."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return isinstance(value, (str, int, float, bool))
+
+
+def _plain_dynamo_answers() -> None:
+    """Fix 6: a DynamoDB answer of plain JSON values is sent as ``json.dumps`` writes it."""
+    by_shape = DynamoResult.execute_result
+
+    def execute_result(self: DynamoResult, context: Any) -> Any:
+        if not PLAIN_ANSWERS or not _plain(self.result):
+            return by_shape(self, context)
+        return 200, {"Content-Type": "application/x-amz-json-1.0"}, json.dumps(self.result)
+
+    DynamoResult.execute_result = execute_result  # type: ignore[method-assign,assignment]
 
 
 def _stamp_senders() -> None:

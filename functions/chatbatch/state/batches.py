@@ -16,7 +16,7 @@ Items (single table, see ``resources``):
   token total), and ``cached_jobs`` and
   ``cache_saved_tokens`` (succeeded jobs answered from the response cache, and the prompt +
   completion tokens of their stored answers: billed to no one, so in neither token total).
-- ``pk=job#<batch>#<custom_id>, sk=state``: a job's state: ``deferred`` (budget),
+- ``pk=job#<batch>#<id_key(custom_id)>, sk=state``: a job's state: ``deferred`` (budget),
   ``throttled`` (rate limit), ``paused`` (account error) or ``dead_lettered`` while it
   waits, then one of the
   terminal ``succeeded``, ``failed``, ``cancelled``; ``retrying`` after ``chatbatch
@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, cast
 from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
+from chatbatch.core.jobs import id_key
 from chatbatch.core.resources import TABLE_PK, TABLE_SK, TABLE_TTL
 from chatbatch.state.ddb import adds, error_code, n, plain, s, scan_items, transact
 
@@ -158,8 +159,13 @@ def batch_key(batch_id: str) -> dict[str, Any]:
     return {TABLE_PK: s(f"batch#{batch_id}"), TABLE_SK: s("meta")}
 
 
+def job_pk(batch_id: str, custom_id: str) -> str:
+    """A job's partition key: by its ``id_key``, so any custom_id fits (and is short)."""
+    return f"job#{batch_id}#{id_key(custom_id)}"
+
+
 def job_key(batch_id: str, custom_id: str) -> dict[str, Any]:
-    return {TABLE_PK: s(f"job#{batch_id}#{custom_id}"), TABLE_SK: s("state")}
+    return {TABLE_PK: s(job_pk(batch_id, custom_id)), TABLE_SK: s("state")}
 
 
 class Batches:
@@ -179,7 +185,7 @@ class Batches:
         batch_ids = list(dict.fromkeys(b for b, _ in jobs))
         found = self._get_many([job_key(b, c) for b, c in jobs] + [batch_key(b) for b in batch_ids])
         states = {
-            (b, c): JobState(found.get(f"job#{b}#{c}", {}).get("state", JobState.new))
+            (b, c): JobState(found.get(job_pk(b, c), {}).get("state", JobState.new))
             for b, c in jobs
         }
         batches = {b: self._info(b, found.get(f"batch#{b}")) for b in batch_ids}
@@ -191,7 +197,7 @@ class Batches:
         found = self._get_many([job_key(batch_id, c) for c in ids])
         records = []
         for custom_id in ids:
-            item = found.get(f"job#{batch_id}#{custom_id}", {})
+            item = found.get(job_pk(batch_id, custom_id), {})
             fields = {k: v for k, v in item.items() if k in JobRecord.model_fields}
             records.append(JobRecord(**(fields | {"custom_id": custom_id})))
         return records

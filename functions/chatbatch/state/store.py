@@ -1,7 +1,9 @@
 """S3 objects: results, errors, cost records, the response cache, claim checks, and what
 ``chatbatch retry`` needs (the request of a failed job, the errors of earlier attempts).
 
-Keys are deterministic, so a retry overwrites instead of duplicating:
+Keys are deterministic, so a retry overwrites instead of duplicating. ``<custom_id>`` is
+the job's ``id_key`` (``core.jobs``): the custom_id itself when it is a short plain name,
+else ``~`` and its SHA-256, so any custom_id (``task/1``, ``request 1``) makes one key:
 
 - ``results/<batch>/<custom_id>.json``: an OpenAI Batch output line (``OutputLine``)
 - ``errors/<batch>/<custom_id>.json``: an error line: the job's last outcome, until
@@ -27,7 +29,7 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
 from chatbatch.core.config import Priority
-from chatbatch.core.jobs import claim_key
+from chatbatch.core.jobs import claim_key, id_key
 from chatbatch.core.output_lines import CostRecord, OutputLine
 from chatbatch.state.ddb import error_code
 
@@ -39,11 +41,11 @@ JSON = "application/json"
 
 
 def result_key(batch_id: str, custom_id: str) -> str:
-    return f"results/{batch_id}/{custom_id}.json"
+    return f"results/{batch_id}/{id_key(custom_id)}.json"
 
 
 def error_key(batch_id: str, custom_id: str) -> str:
-    return f"errors/{batch_id}/{custom_id}.json"
+    return f"errors/{batch_id}/{id_key(custom_id)}.json"
 
 
 def refused_key(batch_id: str, message_id: str) -> str:
@@ -52,20 +54,24 @@ def refused_key(batch_id: str, message_id: str) -> str:
     return f"refused/{batch_id}/{message_id}.json"
 
 
+def requests_prefix(batch_id: str) -> str:
+    return f"requests/{batch_id}/"
+
+
 def request_key(batch_id: str, custom_id: str) -> str:
-    return f"requests/{batch_id}/{custom_id}.json"
+    return f"{requests_prefix(batch_id)}{id_key(custom_id)}.json"
 
 
 def history_key(batch_id: str, custom_id: str, retry: int) -> str:
-    return f"history/{batch_id}/{custom_id}/{retry}.json"
+    return f"history/{batch_id}/{id_key(custom_id)}/{retry}.json"
 
 
 def cost_key(day: str, batch_id: str, custom_id: str, attempt: str | None = None) -> str:
     """A job's cost record; a call whose answer was never read has its own, under the
-    job's name (a custom_id never holds a ``/``)."""
+    job's name (an ``id_key`` never holds a ``/``)."""
     if attempt is not None:
-        return f"costs/dt={day}/{batch_id}/{custom_id}/unread-{attempt}.json"
-    return f"costs/dt={day}/{batch_id}/{custom_id}.json"
+        return f"costs/dt={day}/{batch_id}/{id_key(custom_id)}/unread-{attempt}.json"
+    return f"costs/dt={day}/{batch_id}/{id_key(custom_id)}.json"
 
 
 def manifest_key(batch_id: str) -> str:

@@ -33,7 +33,7 @@ from chatbatch.worker.capacity import Capacity
 from chatbatch.worker.crash import WorkerCrash, crash_point
 from chatbatch.worker.emf import emit_metrics
 from chatbatch.worker.intake import Intake, read_record
-from chatbatch.worker.invocation import Invocation, Outcome, RetryLater
+from chatbatch.worker.invocation import Invocation, Outcome, RetryLater, io_pool
 from chatbatch.worker.pipeline import SAFETY_MARGIN_S, process, reserve_ahead
 from chatbatch.worker.services import build_services
 from chatbatch.worker.tracing import Span, tracer
@@ -47,6 +47,7 @@ class Instance:
     def __init__(self) -> None:
         self.services = build_services()
         self.loop = asyncio.new_event_loop()
+        self.loop.set_default_executor(io_pool(self.services.config.worker.batch_size))
         self.processor = AsyncBatchProcessor(
             event_type=EventType.SQS, raise_on_entire_batch_failure=False
         )

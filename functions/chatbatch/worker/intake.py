@@ -25,10 +25,10 @@ from chatbatch.core.jobs import (
     ATTR_BATCH,
     BATCH_ID_PATTERN,
     CLAIM_CHECK_KEY,
-    ID_PATTERN,
     ClaimCheck,
     Job,
     JobError,
+    is_custom_id,
 )
 from chatbatch.core.resources import Resources
 from chatbatch.state.store import ObjectTooLarge, Store
@@ -138,7 +138,7 @@ def _ids(record: SQSRecord, *sources: Any) -> tuple[str, str]:
     them well (the claim check, then the job line), else the message's own."""
     named = [v for v in sources if isinstance(v, dict)]
     custom_id = (
-        next((c for v in named if (c := _safe(v.get("custom_id"), ID_PATTERN))), None)
+        next((c for v in named if is_custom_id(c := v.get("custom_id"))), None)
         or f"msg-{record.message_id}"
     )
     batch = next((b for v in named if (b := _safe(v.get("batch_id"), BATCH_ID_PATTERN))), None)

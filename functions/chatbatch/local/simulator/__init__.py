@@ -20,10 +20,16 @@ the first words of the last user message, then filler up to ``answer_tokens``, c
 request's cap (``max_completion_tokens`` or ``max_tokens``). A request sent no cap gets the
 model's own limit, as from a real provider: it is answered at length
 (``open_answer_tokens``, default 8,192). A model of a family in ``completion_tokens_only``
-(OpenAI's reasoning models: o1, o3, o4-mini, gpt-5) refuses ``max_tokens`` with OpenAI's
-400. ``n`` > 1 returns n choices, each its own text, and bills each one's output (the
-prompt once). Tokens are counted by ``count_tokens`` (``\\w+|[^\\w\\s]``), each message
-adding 4 (its content, ``name`` and tool calls counted) and each request 3; ``tools``,
+(OpenAI's reasoning models: o1, o3, o4-mini, gpt-5), or marked ``reasoning = true`` in
+chatbatch.toml, refuses ``max_tokens`` with OpenAI's 400 (``unsupported_parameter``).
+Messages are checked as OpenAI checks them: content parts of a type the role may send
+(``text``, ``image_url``, ... with their required fields), an assistant turn with
+``content: null`` only when it calls tools, a ``tool`` message answering an earlier
+``tool_calls`` id. ``keep_bodies`` keeps every chat request body received
+(``Stats.bodies``), so a test can see what the client really sent. ``n`` > 1 returns n
+choices, each its own text, and bills each one's output (the prompt once). Tokens are
+counted by ``count_tokens`` (``\\w+|[^\\w\\s]``), each message adding 4
+(its content, ``name`` and tool calls counted) and each request 3; ``tools``,
 ``functions``, ``tool_choice``, ``function_call`` and ``response_format`` are billed as
 prompt tokens (their JSON text, plus 12 + 8 per tool for tools, 3 for the others). A
 prompt prefix (leading messages) seen before for the model is cached, reported the OpenAI

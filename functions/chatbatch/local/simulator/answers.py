@@ -33,17 +33,20 @@ def count_tokens(text: str) -> int:
 def _content(message: dict[str, Any]) -> str:
     content = message.get("content")
     if isinstance(content, list):
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+        texts = [p.get("text") or p.get("refusal") or "" for p in content if isinstance(p, dict)]
+        return " ".join(texts)
     return content if isinstance(content, str) else ""
 
 
 def message_tokens(message: dict[str, Any]) -> int:
-    """A message's prompt tokens: its content, its name and the tool calls it carries."""
-    texts = [_content(message), str(message.get("name") or "")]
+    """A message's prompt tokens: its content, its name, its refusal and the tool calls it
+    carries (a function's name and arguments, a custom tool's name and input)."""
+    texts = [_content(message), str(message.get("name") or ""), str(message.get("refusal") or "")]
     for call in message.get("tool_calls") or []:
-        function = call.get("function") if isinstance(call, dict) else None
+        function = call.get("function") or call.get("custom") if isinstance(call, dict) else None
         if isinstance(function, dict):
             texts += [str(function.get("name", "")), str(function.get("arguments", ""))]
+            texts.append(str(function.get("input", "")))
     return MESSAGE_OVERHEAD_TOKENS + sum(count_tokens(t) for t in texts)
 
 

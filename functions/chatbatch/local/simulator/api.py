@@ -8,7 +8,13 @@ from typing import Any
 
 from chatbatch.local.simulator.settings import AccountErrorKind
 
-ROLES = ("system", "developer", "user", "assistant", "tool")
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+PART_TYPES = ("text", "image_url", "input_audio", "refusal", "audio", "file")
+# the part types each role may send (OpenAI's message params); others: text only
+PARTS_OF_ROLE = {
+    "user": ("text", "image_url", "input_audio", "file"),
+    "assistant": ("text", "refusal"),
+}
 
 
 class ApiError(Exception):
@@ -82,7 +88,70 @@ def _check_number(
         )
 
 
-def _check_message(index: int, message: Any) -> None:
+def _values(values: tuple[str, ...]) -> str:
+    return ", ".join(f"'{v}'" for v in values)
+
+
+def _check_parts(where: str, role: str, parts: list[Any]) -> None:
+    """Content parts as OpenAI checks them: a known type the role may send, its fields."""
+    for index, part in enumerate(parts):
+        at = f"{where}.content[{index}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in PART_TYPES:
+            raise invalid(
+                f"Invalid value: {json.dumps(kind)}. Supported values are: {_values(PART_TYPES)}.",
+                f"{at}.type",
+                "invalid_value",
+            )
+        allowed = PARTS_OF_ROLE.get(role, ("text",))
+        if kind not in allowed:
+            raise invalid(
+                f"Invalid value: '{kind}'. Supported values are: {_values(allowed)}.",
+                f"{at}.type",
+                "invalid_value",
+            )
+        field = {"text": "text", "refusal": "refusal", "image_url": "image_url"}.get(kind)
+        value = part.get(field) if field else None
+        if kind == "image_url" and isinstance(value, dict):
+            value = value.get("url")
+        if field and not isinstance(value, str):
+            name = f"{at}.{field}" + (".url" if kind == "image_url" else "")
+            raise invalid(
+                f"Missing required parameter: '{name}'.", name, "missing_required_parameter"
+            )
+
+
+def _check_calls(where: str, calls: Any) -> list[str]:
+    """An assistant turn's ``tool_calls``: each with an id and a function (or custom)
+    call; returns their ids."""
+    if not isinstance(calls, list) or not calls:
+        raise invalid(
+            f"Invalid 'tool_calls': empty array. Expected an array with minimum length 1, "
+            f"but got {'an empty array' if calls == [] else _json_type(calls)} instead.",
+            f"{where}.tool_calls",
+            "empty_array",
+        )
+    ids = []
+    for index, call in enumerate(calls):
+        at = f"{where}.tool_calls[{index}]"
+        kind = call.get("type") if isinstance(call, dict) else None
+        inner = call.get(kind) if isinstance(call, dict) and kind else None
+        text = "arguments" if kind == "function" else "input"
+        if kind not in ("function", "custom") or not isinstance(call.get("id"), str):
+            raise invalid(f"Invalid value for '{at}'.", at, "invalid_value")
+        if not isinstance(inner, dict) or not isinstance(inner.get(text), str):
+            raise invalid(
+                f"Missing required parameter: '{at}.{kind}.{text}'.",
+                f"{at}.{kind}.{text}",
+                "missing_required_parameter",
+            )
+        ids.append(call["id"])
+    return ids
+
+
+def _check_message(index: int, message: Any, open_calls: set[str]) -> None:
+    """One message, as OpenAI checks it; ``open_calls``: the tool call ids of earlier
+    assistant turns not answered yet (a tool message must answer one)."""
     where = f"messages[{index}]"
     if not isinstance(message, dict):
         raise invalid(
@@ -93,21 +162,39 @@ def _check_message(index: int, message: Any) -> None:
         )
     role = message.get("role")
     if role not in ROLES:
-        allowed = ", ".join(f"'{r}'" for r in ROLES)
         raise invalid(
-            f"Invalid value: {json.dumps(role)}. Supported values are: {allowed}.",
+            f"Invalid value: {json.dumps(role)}. Supported values are: {_values(ROLES)}.",
             f"{where}.role",
             "invalid_value",
         )
     content = message.get("content")
-    parts = isinstance(content, list) and all(isinstance(p, dict) for p in content)
-    if not isinstance(content, str) and not parts and not (role == "assistant" and content is None):
+    calls = message.get("tool_calls") is not None or message.get("function_call") is not None
+    nullable = role == "function" or (role == "assistant" and calls)
+    if isinstance(content, list):
+        _check_parts(where, role, content)
+    elif not isinstance(content, str) and not (content is None and nullable):
         raise invalid(
             f"Invalid type for '{where}.content': expected a string, but got "
             f"{_json_type(content)} instead.",
             f"{where}.content",
             "invalid_type",
         )
+    if role == "assistant" and message.get("tool_calls") is not None:
+        open_calls.update(_check_calls(where, message["tool_calls"]))
+    if role == "tool":
+        if not isinstance(message.get("tool_call_id"), str):
+            raise invalid(
+                f"Missing required parameter: '{where}.tool_call_id'.",
+                f"{where}.tool_call_id",
+                "missing_required_parameter",
+            )
+        if message["tool_call_id"] not in open_calls:
+            raise invalid(
+                "Invalid parameter: messages with role 'tool' must be a response to a "
+                "preceeding message with 'tool_calls'.",
+                f"{where}.role",
+            )
+        open_calls.discard(message["tool_call_id"])
 
 
 def validate_request(body: Any) -> None:
@@ -127,8 +214,9 @@ def validate_request(body: Any) -> None:
             "messages",
             "empty_array" if isinstance(messages, list) else "invalid_type",
         )
+    open_calls: set[str] = set()
     for index, message in enumerate(messages):
-        _check_message(index, message)
+        _check_message(index, message, open_calls)
     for name, (low, high, integer) in _RANGES.items():
         if body.get(name) is not None:
             _check_number(name, body[name], low, high, integer)

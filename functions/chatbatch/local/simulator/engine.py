@@ -39,6 +39,7 @@ from chatbatch.local.simulator.settings import (
     ReasoningUsage,
     SimulatorSettings,
     as_fault,
+    config_reasoning_models,
     known_models,
     takes_only_completion_tokens,
 )
@@ -66,6 +67,7 @@ class Engine:
         self.settings = settings
         self._rng = random.Random(settings.seed)
         self._models = known_models(settings)
+        self._reasoning_ids = config_reasoning_models(settings)
 
     def configure(self, changes: dict[str, Any]) -> SimulatorSettings:
         data = self.settings.model_dump() | changes
@@ -153,6 +155,8 @@ class Engine:
         self._counters.count_request(now)
         authorize(self.settings.api_key, headers)
         body = load_body(raw)
+        if self.settings.keep_bodies:
+            self._counters.bodies.append(body)
         validate_request(body)
         model = body["model"]
         if self._models and model not in self._models:
@@ -167,7 +171,7 @@ class Engine:
             self._counters.count_fault(f"account_{kind.value}")
             raise account_error(kind, model)
         if body.get("max_tokens") is not None and takes_only_completion_tokens(
-            self.settings, model
+            self.settings, model, self._reasoning_ids
         ):
             raise invalid(
                 "Unsupported parameter: 'max_tokens' is not supported with this model. "

@@ -133,6 +133,11 @@ class SimulatorSettings(BaseModel):
     reasoning: dict[str, Reasoning] = Field(
         default_factory=dict, description="by model id: the models that think, and how"
     )
+    keep_bodies: bool = Field(
+        default=False,
+        description="keep every chat request body received, in order (``Stats.bodies``): "
+        "what the client really sent",
+    )
 
     @model_validator(mode="after")
     def _rates(self) -> SimulatorSettings:
@@ -146,13 +151,24 @@ def as_fault(value: Any) -> Fault:
     return Fault(kind=FaultKind(value)) if isinstance(value, str) else Fault.model_validate(value)
 
 
-def takes_only_completion_tokens(settings: SimulatorSettings, model: str) -> bool:
+def takes_only_completion_tokens(
+    settings: SimulatorSettings, model: str, reasoning_ids: frozenset[str] = frozenset()
+) -> bool:
     """Whether ``model`` (an id like ``o3-2025-04-16`` or ``gpt-5-mini``) is of a family
-    that refuses ``max_tokens``."""
-    return any(
+    that refuses ``max_tokens``, or one chatbatch.toml marks ``reasoning = true``."""
+    return model in reasoning_ids or any(
         model == family or model.startswith(family + "-")
         for family in settings.completion_tokens_only
     )
+
+
+def config_reasoning_models(settings: SimulatorSettings) -> frozenset[str]:
+    """The model ids chatbatch.toml marks ``reasoning = true`` (they refuse max_tokens)."""
+    if not settings.config_models:
+        return frozenset()
+    with contextlib.suppress(ConfigError):
+        return frozenset(m.model_id for m in load_config().models.values() if m.reasoning)
+    return frozenset()
 
 
 def known_models(settings: SimulatorSettings) -> frozenset[str]:

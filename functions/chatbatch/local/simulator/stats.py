@@ -4,6 +4,7 @@ it."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -55,6 +56,10 @@ class Stats(BaseModel):
     received_s: list[float] = Field(
         description="when each chat request was received, seconds after the start (ms)"
     )
+    bodies: list[Any] = Field(
+        default_factory=list,
+        description="every chat request body received, in order (with ``keep_bodies``)",
+    )
 
 
 @dataclass
@@ -74,6 +79,7 @@ class Counters:
     rate_limited: dict[str, int] = field(default_factory=dict)
     started: float = 0.0  # the clock's reading at the simulator's start
     received_s: list[float] = field(default_factory=list)
+    bodies: list[Any] = field(default_factory=list)
     received: Window = field(default_factory=Window)
     received_1s: Window = field(default_factory=lambda: Window(SECOND_S))
     billed: Window = field(default_factory=Window)
@@ -135,4 +141,5 @@ class Counters:
             max_tokens_60s=self.max_tokens_60s,
             rate_limited=dict(self.rate_limited),
             received_s=list(self.received_s),
+            bodies=list(self.bodies),
         )

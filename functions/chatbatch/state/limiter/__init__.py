@@ -33,7 +33,9 @@ booked ahead (concurrent grants stack without a version lock; the returned item 
 which times are whose), a version check when the shard was idle (they start now). The
 worker sends each job at its time, so no rolling second carries more than ``rpm / 60``
 and no minute more than ``rpm`` from all workers together. A time granted and then
-released goes to the instance's next grant (``spares``). Tokens are not spaced: their
+released goes to the instance's next grant (``spares``). A worker denied for the pace
+asks again when half the horizon is free (one race wins several sends, not one); a 429
+of a shorter period spaces the sends wider (``fb``, grows back). Tokens are not spaced: their
 estimates are worst cases, mostly given back; spacing them would spend the minute's
 window in its first seconds.
 

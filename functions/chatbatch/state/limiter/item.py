@@ -8,6 +8,7 @@ Item ``pk=limiter#<model>#<shard>, sk=state`` (numbers; slots in base 36):
 - ``s<rank>``, ``w<rank>``: until when a priority is starving, and the tokens it wanted;
 - ``nx``: when the next request may be sent (epoch microseconds): sends are spaced;
 - ``f``, ``fa``: the adaptive factor and the time of its last decrease;
+- ``fb``, ``fba``: the same for the spacing alone (429s of a period shorter than a minute);
 - ``lr``, ``lt``: the limits learned from the provider's headers.
 
 ``decode`` reads an item into a ``policy.State``; the ``*_update`` functions build the
@@ -25,6 +26,8 @@ from chatbatch.core.resources import TABLE_PK, TABLE_SK, TABLE_TTL
 from chatbatch.state.ddb import Update, num, s
 from chatbatch.state.limiter.lease import Grant
 from chatbatch.state.limiter.policy import (
+    BURST_STEP,
+    BURST_STEP_EVERY_S,
     HORIZON_S,
     MARK_EVERY_S,
     METRICS,
@@ -48,7 +51,7 @@ else:
 ITEM_TTL_S = 2 * 86_400  # an idle limiter item goes away (its state is only minutes old)
 MAX_REMOVES = 40  # expired slots removed per write (the rest on later writes)
 NEXT = "nx"  # when the next send may start, epoch microseconds
-SPECIAL = {"f", "fa", "lr", "lt", NEXT, TABLE_PK, TABLE_SK, TABLE_TTL}
+SPECIAL = {"f", "fa", "fb", "fba", "lr", "lt", NEXT, TABLE_PK, TABLE_SK, TABLE_TTL}
 US = 1_000_000
 
 
@@ -123,7 +126,9 @@ def decode(item: Item, now: float, configured: dict[str, float], shards: int) ->
     learned = {"r": num(item.get("lr")), "t": num(item.get("lt"))}
     base = {m: min(configured[m], learned[m] or math.inf) / shards for m in METRICS}  # per shard
     f0, at = num(item.get("f")), num(item.get("fa"))
-    limits = Limits(base, factor(f0, at, now), at, f0 if f0 is not None else 1.0)
+    b0, burst_at = num(item.get("fb")), num(item.get("fba"))
+    burst = factor(b0, burst_at, now, BURST_STEP, BURST_STEP_EVERY_S)
+    limits = Limits(base, factor(f0, at, now), at, f0 if f0 is not None else 1.0, burst, burst_at)
     st = State(now=now, slot=slot_of(now), limits=limits, learned=learned)
     st.next_send_us = opt_int(num(item.get(NEXT)))
     for name, value in item.items():
@@ -138,7 +143,7 @@ def decode(item: Item, now: float, configured: dict[str, float], shards: int) ->
 
 def step_us(st: State) -> int:
     """Microseconds between two sends of this shard."""
-    return math.ceil(interval_s(st.limits.eff("r")) * US)
+    return math.ceil(interval_s(st.limits.pace()) * US)
 
 
 def send_times(item: Item, st: State, count: int) -> tuple[float, ...]:
@@ -231,12 +236,13 @@ def give_back_update(grant: Grant, requests: int, tokens: int, now: float) -> Up
     return expr
 
 
-def decrease_update(last: float | None, new_factor: float, now: float) -> Update:
-    """Set the factor, if nobody decreased it since the decrease at ``last``."""
+def decrease_update(last: float | None, new_factor: float, now: float, attr: str = "f") -> Update:
+    """Set the factor ``attr`` (``f``: the limit's, ``fb``: the spacing's), if nobody
+    decreased it since the decrease at ``last`` (kept in ``<attr>a``)."""
     expr = Update()
-    expr.absent_or_equal("fa", None if last is None else _ms(last))
-    expr.set("f", _ms(new_factor))
-    expr.set("fa", _ms(now))
+    expr.absent_or_equal(f"{attr}a", None if last is None else _ms(last))
+    expr.set(attr, _ms(new_factor))
+    expr.set(f"{attr}a", _ms(now))
     return expr
 
 

@@ -57,6 +57,7 @@ class LimiterStatus(BaseModel):
     limit_requests: float
     limit_tokens: float
     factor: float
+    burst: float  # the spacing's own factor (429s of a period shorter than a minute)
     learned_requests: int | None
     learned_tokens: int | None
     used_requests: int
@@ -199,7 +200,13 @@ class RateLimiter:
     def report_429(self, model: str) -> None:
         """The provider said 429: halve the limit for everyone (once per cooldown)."""
         for shard in range(self.shards(model)):
-            self._decrease(model, shard)
+            self._decrease(model, shard, burst=False)
+
+    def report_burst_429(self, model: str) -> None:
+        """A 429 of a period shorter than the minute: the sends, from every worker, are
+        spaced a tenth wider (once per cooldown; it grows back by itself)."""
+        for shard in range(self.shards(model)):
+            self._decrease(model, shard, burst=True)
 
     def observe_limits(
         self, model: str, limit_requests: int | None, limit_tokens: int | None
@@ -219,10 +226,13 @@ class RateLimiter:
         self, model: str, attempt: _AttemptLike, limits: _LimitsLike | None
     ) -> None:
         """Hook for the provider client's ``on_attempt``: 429s and limit headers. A 429 that
-        is an account error (``insufficient_quota``) is no rate limit, and one whose headers
-        show the minute with room is not the minute's: the limit stays for both."""
+        is an account error (``insufficient_quota``) is no rate limit: nothing changes. One
+        whose headers show the minute with room was refused by a shorter period: the
+        sends are spaced wider, the minute's limit stays."""
         rate_limited = attempt.status == 429 and getattr(attempt, "account", None) is None
-        if rate_limited and not minute_has_room(limits):
+        if rate_limited and minute_has_room(limits):
+            self.report_burst_429(model)
+        elif rate_limited:
             self.report_429(model)
         if limits is not None:
             self.observe_limits(model, limits.limit_requests, limits.limit_tokens)
@@ -236,6 +246,7 @@ class RateLimiter:
             limit_requests=sum(st.limits.eff("r") for st in states),
             limit_tokens=sum(st.limits.eff("t") for st in states),
             factor=first.limits.factor,
+            burst=first.limits.burst,
             learned_requests=opt_int(first.learned["r"]),
             learned_tokens=opt_int(first.learned["t"]),
             used_requests=sum(st.used("r") for st in states),
@@ -380,14 +391,17 @@ class RateLimiter:
 
     # -- adaptive --
 
-    def _decrease(self, model: str, shard: int) -> None:
+    def _decrease(self, model: str, shard: int, *, burst: bool) -> None:
         for _ in range(2):
             now = self._clock()
             st = self._state(model, shard, now)
-            new_factor = st.factor_after_429()
+            new_factor = st.burst_after_429() if burst else st.factor_after_429()
             if new_factor is None:
                 return
-            expr = decrease_update(st.limits.factor_at, new_factor, now)
+            if burst:
+                expr = decrease_update(st.limits.burst_at, new_factor, now, attr="fb")
+            else:
+                expr = decrease_update(st.limits.factor_at, new_factor, now)
             if self._update(model, shard, expr, now) is not None:
                 return
 

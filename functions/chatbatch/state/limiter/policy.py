@@ -18,6 +18,7 @@ SLOT_S = 1.0  # one slot of the sliding window
 WINDOW_S = 60.0  # the limits are per minute
 WINDOW_SLOTS = round(WINDOW_S / SLOT_S)  # closed slots in the window besides the current one
 HORIZON_S = 1.0  # a grant's sends are booked at most this far ahead of now
+REFILL_AT = 0.5  # a pace denial asks again once this part of the horizon's sends fit
 PRIO_SLOT_S = 10.0  # per-priority usage is kept in coarser slots
 PRIO_SLOTS = 7  # the current one and 6 before: 60-70 s, never less than the window
 STARVING_S = 2.0  # a denied priority is starving until its wait is over and this long after
@@ -29,6 +30,12 @@ AIMD_COOLDOWN_S = 5.0  # ... at most once in this long
 AIMD_STEP = 0.05  # then it grows back by 5 % of the limit ...
 AIMD_STEP_EVERY_S = 10.0  # ... every 10 s
 AIMD_FLOOR = 0.05
+# A 429 refused by a shorter period (the minute still had room) slows the sends only:
+BURST_DECREASE = 0.9  # the spacing's rate loses a tenth ...
+BURST_COOLDOWN_S = 2.0  # ... at most once in this long
+BURST_STEP = 0.02  # then it grows back by 2 % ...
+BURST_STEP_EVERY_S = 5.0  # ... every 5 s
+BURST_FLOOR = 0.5
 MIN_WAIT_S = 0.01
 RECHECK_S = 1.0  # how soon to ask again when open leases' give-backs may free the tokens
 METRICS = ("r", "t")  # requests, tokens
@@ -50,9 +57,15 @@ class Limits:
     factor: float
     factor_at: float | None  # time of the last decrease
     factor_base: float  # the factor right after that decrease
+    burst: float = 1.0  # the spacing's own factor, after 429s of a shorter period
+    burst_at: float | None = None  # time of its last decrease
 
     def eff(self, metric: str) -> float:
         return self.base[metric] * self.factor
+
+    def pace(self) -> float:
+        """Requests per minute the sends are spaced at: the limit, slowed by ``burst``."""
+        return self.eff("r") * self.burst
 
     def recovery_wait(self, needed_factor: float, now: float) -> float:
         """Seconds until the factor has grown back to ``needed_factor``."""
@@ -67,12 +80,19 @@ def interval_s(limit: float) -> float:
     return WINDOW_S / limit
 
 
-def factor(f0: float | None, at: float | None, now: float) -> float:
-    """The adaptive factor now: ``f0`` after the decrease at ``at``, grown back since."""
+def factor(
+    f0: float | None,
+    at: float | None,
+    now: float,
+    step: float = AIMD_STEP,
+    every_s: float = AIMD_STEP_EVERY_S,
+) -> float:
+    """An adaptive factor now: ``f0`` after the decrease at ``at``, grown back since by
+    ``step`` every ``every_s``."""
     if f0 is None or at is None:
         return 1.0
-    steps = math.floor(max(0.0, now - at) / AIMD_STEP_EVERY_S)
-    return min(1.0, f0 + AIMD_STEP * steps)
+    steps = math.floor(max(0.0, now - at) / every_s)
+    return min(1.0, f0 + step * steps)
 
 
 @dataclass
@@ -147,6 +167,13 @@ class State:
         lone = last is None or self.now - last >= AIMD_ESCALATE_S
         decrease = AIMD_DECREASE_KNOWN if known and lone else AIMD_DECREASE
         return max(AIMD_FLOOR, self.limits.factor * decrease)
+
+    def burst_after_429(self) -> float | None:
+        """The spacing's factor a 429 of a shorter period leaves (None: within cooldown)."""
+        last = self.limits.burst_at
+        if last is not None and self.now - last < BURST_COOLDOWN_S:
+            return None
+        return max(BURST_FLOOR, self.limits.burst * BURST_DECREASE)
 
 
 # --- the decision ------------------------------------------------------------------
@@ -232,8 +259,13 @@ class Policy:
                 wait = min(wait, RECHECK_S)  # the holders take their share, give-backs come
             return window_bound, (wait, "window")
         if m == "r":  # requests are spaced evenly (``spacing_wait``), not paced per slot
-            wait = self.spacing_wait(st, n, horizon)
-            return window_bound, ((wait, "pace") if wait > 0 else None)
+            if self.spacing_wait(st, n, horizon) <= 0:
+                return window_bound, None
+            # Ask again when half the horizon's sends fit, not when one more does: every
+            # waiting worker wakes at that moment and one wins, so a wake that finds
+            # several sends free turns one race into one grant of several jobs.
+            refill = math.ceil(REFILL_AT * horizon / interval_s(st.limits.pace()))
+            return window_bound, (self.spacing_wait(st, max(n, refill), horizon), "pace")
         return window_bound, None
 
     @staticmethod
@@ -243,7 +275,7 @@ class Policy:
         spaced = st.spaced(n)
         if not spaced:
             return 0.0
-        last = st.first_send() + (spaced - 1) * interval_s(st.limits.eff("r"))
+        last = st.first_send() + (spaced - 1) * interval_s(st.limits.pace())
         return max(0.0, last - st.now - horizon)
 
     @staticmethod
