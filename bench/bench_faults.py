@@ -568,9 +568,17 @@ def bad_lines(tmp: Path, *, neighbours_per_bad: int = 1, timeout_s: float = 90) 
 
 
 def names_the_problem(bad: BadJob, line: OutputLine | None) -> bool:
-    if line is None or line.error is None:
+    """The job's line has the bad job's code and says what it should: an error line, or
+    the provider's refusal (its status as ``provider_<status>``, its body's message)."""
+    if line is not None and line.response is not None:
+        error = line.response.body.get("error")
+        message = str(error.get("message", "")) if isinstance(error, dict) else ""
+        code = f"provider_{line.response.status_code}"
+    elif line is not None and line.error is not None:
+        code, message = line.error.code, line.error.message
+    else:
         return False
-    return line.error.code == bad.code and all(s in line.error.message for s in bad.says)
+    return code == bad.code and all(s in message for s in bad.says)
 
 
 # --- the benchmark ------------------------------------------------------------------

@@ -325,7 +325,7 @@ class BatchRun:
 
     @property
     def summary_usd(self) -> Decimal:
-        return Decimal(repr(self.summary.cost_usd))  # a float of at most nine decimals
+        return self.summary.cost_usd
 
 
 @dataclass

@@ -197,15 +197,25 @@ def test_submit_registers_sends_and_status_counts_move(local: Local, finished: F
 def test_collect_returns_every_job_in_input_order_in_batch_format(
     local: Local, finished: Finished
 ) -> None:
+    errors_file = finished.results.with_name("results.errors.jsonl")  # OpenAI's two files
     assert finished.collected == {
         "batch_id": finished.batch_id,
         "output": str(finished.results),
-        "errors_file": None,
+        "errors_file": str(errors_file),
         "source": "manifest",
         "results": 48,
         "errors": 0,
         "unfinished": 0,
     }
+    assert errors_file.read_text() == ""
+    # -e names the error file; with -o -, the errors stay on stdout with the results
+    chosen = finished.results.with_name("chosen-errors.jsonl")
+    again = local.json("collect", finished.batch_id, "-o", str(finished.results), "-e", str(chosen))
+    assert (again["errors_file"], again["results"], chosen.read_text()) == (str(chosen), 48, "")
+    piped = local.cli("collect", finished.batch_id, "-o", "-").stdout.splitlines()
+    assert [json.loads(line)["custom_id"] for line in piped] == [
+        r["custom_id"] for r in read_jsonl(finished.results)
+    ]
     results = read_jsonl(finished.results)
     jobs = [parse_line(text, local.rt.config, line=n) for n, text in enumerate(finished.lines, 1)]
     assert [r["custom_id"] for r in results] == [j.custom_id for j in jobs]
@@ -223,13 +233,13 @@ def test_collect_returns_every_job_in_input_order_in_batch_format(
 
 def test_costs_totals_equal_the_results_costs_to_the_cent(local: Local, finished: Finished) -> None:
     report = local.json("costs", "--batch", finished.batch_id, "--by", "priority")
-    from_results = sum(
-        Decimal(str(r["chatbatch"]["cost_usd"])) for r in read_jsonl(finished.results)
-    )
+    costs = [r["chatbatch"]["cost_usd"] for r in read_jsonl(finished.results)]
+    assert all(isinstance(usd, str) for usd in costs), "money as exact decimal strings"
+    from_results = sum(Decimal(usd) for usd in costs)
     total = Decimal(report["total_usd"])
     assert report["jobs"] == 48 and report["days"] == 1
     assert total.quantize(CENT, ROUND_HALF_UP) == from_results.quantize(CENT, ROUND_HALF_UP)
-    assert abs(total - from_results) < Decimal("1e-9")  # floats in the result lines
+    assert abs(total - from_results) < Decimal("1e-9")
     info = local.rt.batches.get(finished.batch_id)
     assert info is not None and to_nanos(total) == info.cost_nanos
     assert set(report["groups"]) == {"critical", "high", "normal", "low"}
@@ -355,7 +365,7 @@ def test_cancel_mid_batch_leaves_no_provider_call_for_cancelled_jobs(local: Loca
         "collect", batch, "-o", str(local.workdir / "kept.jsonl"), "--errors", str(errors)
     )
     assert (collected["results"], collected["errors"]) == (final["succeeded"], final["cancelled"])
-    assert {e["error"]["code"] for e in read_jsonl(errors)} == {"cancelled"}
+    assert {e["error"]["code"] for e in read_jsonl(errors)} == {"batch_cancelled"}
 
 
 def dead_letters(local: Local, priority: str) -> int:
@@ -419,10 +429,24 @@ def submit_failing(local: Local) -> str:
     batch = local.json("submit", str(path), "--batch-id", "retry-e2e")["batch_id"]
     first = local.wait(batch, lambda s: s["done"])
     assert (first["succeeded"], first["failed"]) == (1, 4)
-    errors = local.workdir / "retry-errors.jsonl"
-    local.cli("collect", batch, "-o", str(local.workdir / "ok.jsonl"), "--errors", str(errors))
+    errors, answers = local.workdir / "retry-errors.jsonl", local.workdir / "ok.jsonl"
+    local.cli("collect", batch, "-o", str(answers), "--errors", str(errors))
+    # the provider's 400s are answers, in the output file as OpenAI writes them: the body
+    # as the provider sent it (type, param, code kept); the job keeps code provider_400
+    refused = {
+        r["custom_id"]: r for r in read_jsonl(answers) if r["response"]["status_code"] != 200
+    }
+    assert sorted(refused) == ["g0", "g1", "g2"]
+    for line in refused.values():
+        assert line["error"] is None and line["response"]["status_code"] == 400
+        error = line["response"]["body"]["error"]
+        assert (error["type"], error["param"], error["code"]) == (
+            "invalid_request_error",
+            "max_tokens",
+            "unsupported_parameter",
+        )
     codes = {e["custom_id"]: e["error"]["code"] for e in read_jsonl(errors)}
-    assert codes == dict.fromkeys(["g0", "g1", "g2"], "provider_400") | {"huge": "over_request_cap"}
+    assert codes == {"huge": "over_request_cap"}  # never sent: no HTTP answer
     calls = local.requests()
     assert local.json("retry", batch, "--dry-run") == {
         "batch_id": batch,
@@ -469,13 +493,13 @@ def test_retry_sends_failed_jobs_again_once_and_collect_keeps_one_line_each(
     results = local.workdir / "retry-all.jsonl"
     collected = local.json("collect", batch, "-o", str(results))
     assert (collected["results"], collected["errors"], collected["unfinished"]) == (4, 1, 0)
-    lines_out = read_jsonl(results)
+    lines_out = read_jsonl(results) + read_jsonl(results.with_name("retry-all.errors.jsonl"))
     assert [line["custom_id"] for line in lines_out] == RETRY_IDS  # one line per job
     assert all(line["response"]["status_code"] == 200 for line in lines_out[:4])
     assert lines_out[4]["error"]["code"] == "over_request_cap"
     for custom_id in ("g0", "g1", "g2"):
         old = s3_json(local, f"history/{batch}/{custom_id}/1.json")
-        assert (old["custom_id"], old["error"]["code"]) == (custom_id, "provider_400")
+        assert (old["custom_id"], old["response"]["status_code"]) == (custom_id, 400)
     jobs = local.rt.batches.jobs(batch, RETRY_IDS)
     assert [(j.state.value, j.retries) for j in jobs] == [
         ("succeeded", 1),
@@ -490,7 +514,10 @@ def test_retry_sends_failed_jobs_again_once_and_collect_keeps_one_line_each(
     assert (again["succeeded"], again["failed"]) == (4, 1)
     assert s3_json(local, f"history/{batch}/huge/1.json")["error"]["code"] == "over_request_cap"
     assert local.json("collect", batch, "-o", str(results))["errors"] == 1
-    assert [line["custom_id"] for line in read_jsonl(results)] == RETRY_IDS
+    assert [line["custom_id"] for line in read_jsonl(results)] == RETRY_IDS[:4]
+    assert [e["custom_id"] for e in read_jsonl(results.with_name("retry-all.errors.jsonl"))] == [
+        "huge"
+    ]
     assert local.requests() - calls == 3, "over the cap: never sent to the provider"
     nothing = local.json("retry", batch, "--code", "provider_400")
     assert (nothing["status"], nothing["sent"]) == ("nothing_to_retry", 0)

@@ -109,8 +109,11 @@ def test_there_are_at_least_thirty_kinds_of_bad_lines() -> None:
 @pytest.mark.parametrize("job", _cases(bad_jobs("bucket")))
 def test_a_bad_line_gets_an_error_record_naming_the_problem(bad: BadLinesRun, job: BadJob) -> None:
     line = bad.errors.get(job.kind)
-    assert line is not None and line.error is not None, f"no error record for {job.kind}"
-    assert names_the_problem(job, line), line.error
+    assert line is not None, f"no error record for {job.kind}"
+    # a provider's refusal is its HTTP answer (OpenAI's output file), the rest error lines
+    refused = job.code.startswith("provider_")
+    assert (line.response is not None, line.error is not None) == (refused, not refused)
+    assert names_the_problem(job, line), line
 
 
 def test_bad_lines_never_crash_the_worker_and_their_neighbours_succeed(bad: BadLinesRun) -> None:

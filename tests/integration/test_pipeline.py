@@ -219,7 +219,9 @@ def test_every_job_is_accounted_for_and_gets_its_own_answer(tmp_path: Path, conf
     by_id = {r["custom_id"]: r for r in results}
     assert by_id["j0003"]["chatbatch"]["model"] == "gpt-4.1"  # role "code" routes to gpt-4.1
     assert by_id["j0000"]["chatbatch"]["model"] == "deepseek-chat"  # role "classify"
-    assert not by_id["c1"]["chatbatch"]["cached"] and by_id["c1"]["chatbatch"]["cost_usd"] > 0
+    assert (
+        not by_id["c1"]["chatbatch"]["cached"] and Decimal(by_id["c1"]["chatbatch"]["cost_usd"]) > 0
+    )
     assert c2 is not None and c2.chatbatch is not None and c2.response is not None
     assert c2.chatbatch.cached and c2.chatbatch.cost_usd == 0
     assert c2.response.body["choices"] == by_id["c1"]["response"]["body"]["choices"]
@@ -469,10 +471,11 @@ def worker_config(tmp_path: Path, config: Any, **worker: Any) -> Path:
 
 
 def expired_jobs(rt: LocalRuntime, out: Path, summary: Summary) -> list[dict[str, Any]]:
-    """The run's error lines, all ``expired``, each job counted failed once; nothing left
-    reserved (an expired job gave its reservation back) and nothing dead-lettered."""
+    """The run's error lines, all ``batch_expired`` (OpenAI's code), each job counted
+    failed once; nothing left reserved (an expired job gave its reservation back) and
+    nothing dead-lettered."""
     errors = read_jsonl(out / "errors.jsonl")
-    assert errors and {e["error"]["code"] for e in errors} == {"expired"}
+    assert errors and {e["error"]["code"] for e in errors} == {"batch_expired"}
     info = rt.batches.get(summary.batch_id)
     assert info is not None and info.failed == summary.failed == len(errors)
     assert summary.succeeded + summary.failed == summary.jobs_total
@@ -483,7 +486,7 @@ def expired_jobs(rt: LocalRuntime, out: Path, summary: Summary) -> list[dict[str
 
 def test_a_job_handed_back_too_often_expires(tmp_path: Path, config):
     """Deferrals end: with ``worker.max_handbacks = 0`` a job the budget defers expires at
-    once instead of cycling through the queue (as OpenAI's batches, code ``expired``)."""
+    once instead of cycling through the queue (as OpenAI's batches, code ``batch_expired``)."""
     cfg = worker_config(tmp_path, config, max_handbacks=0)
     with runtime(config_path=cfg, budget_usd=Decimal("0.001"), timeout_s=120) as rt:
         summary = rt.run(write(tmp_path, job_lines(12, seed=5)), tmp_path / "out")

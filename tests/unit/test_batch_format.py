@@ -36,11 +36,30 @@ OPENAI_RESULT = {
     },
     "error": None,
 }
+# A request the provider refused with an HTTP answer: in the output file, as answered.
+OPENAI_REFUSED = {
+    "id": "batch_req_789",
+    "custom_id": "request-4",
+    "response": {
+        "status_code": 400,
+        "request_id": "req_789",
+        "body": {
+            "error": {
+                "message": "Invalid value for 'temperature'.",
+                "type": "invalid_request_error",
+                "param": "temperature",
+                "code": "invalid_value",
+            }
+        },
+    },
+    "error": None,
+}
+# A request that never got an HTTP answer: in the error file.
 OPENAI_ERROR = {
     "id": "batch_req_456",
     "custom_id": "request-3",
     "response": None,
-    "error": {"code": "invalid_request", "message": "bad"},
+    "error": {"code": "batch_expired", "message": "This request could not be executed."},
 }
 
 INPUT = [
@@ -98,7 +117,8 @@ def test_openai_batch_file_round_trips_to_openai_output_lines(config: Config):
             latency_ms=12,
             attempts=1,
         )
-        out.append(json.loads(OutputLine.result(job, facts, completion(job)).to_line()))
+        line = OutputLine.result(job, facts, completion(job), f"req_{job.custom_id}")
+        out.append(json.loads(line.to_line()))
 
     for line, job in zip(out, jobs, strict=True):
         ours = dict(line)
@@ -106,17 +126,32 @@ def test_openai_batch_file_round_trips_to_openai_output_lines(config: Config):
         assert shape(ours) == shape(OPENAI_RESULT)
         assert ours["custom_id"] == job.custom_id
         assert ours["response"]["body"]["choices"][0]["message"]["content"].endswith(job.custom_id)
-        assert facts["cost_usd"] == 0.0001494 and facts["model"] == job.model
+        # the provider's x-request-id, not the body's chatcmpl id
+        assert ours["response"]["request_id"] == f"req_{job.custom_id}"
+        # money as an exact decimal string
+        assert facts["cost_usd"] == "0.0001494" and facts["model"] == job.model
     assert out[0]["id"] != out[1]["id"]
 
 
+def test_a_provider_http_error_is_an_output_line_with_its_answer_as_sent():
+    """OpenAI writes a refused request as answered: status, request id, the body as the
+    provider sent it (type and param kept), and ``error: null``."""
+    body = json.loads(json.dumps(OPENAI_REFUSED["response"]["body"]))
+    line = OutputLine.answered("b1", "request-4", 400, body, "req_789")
+    assert line.is_result
+    out = json.loads(line.to_line())
+    out.pop("chatbatch")
+    assert shape(out) == shape(OPENAI_REFUSED)
+    assert out["response"] == OPENAI_REFUSED["response"] and out["error"] is None
+
+
 def test_error_line_has_openai_error_shape():
-    line = json.loads(
-        OutputLine.failure("b1", "request-3", "invalid_job", "messages: ...").to_line()
-    )
-    line.pop("chatbatch")
-    assert shape(line) == shape(OPENAI_ERROR)
-    assert line["error"] == {"code": "invalid_job", "message": "messages: ..."}
+    line = OutputLine.failure("b1", "request-3", "invalid_job", "messages: ...")
+    assert not line.is_result
+    out = json.loads(line.to_line())
+    out.pop("chatbatch")
+    assert shape(out) == shape(OPENAI_ERROR)
+    assert out["error"] == {"code": "invalid_job", "message": "messages: ..."}
 
 
 def test_ids_are_deterministic_so_retries_overwrite():

@@ -37,7 +37,7 @@ def cancel(
     """Cancel a batch: its jobs not yet started are skipped, running ones finish.
 
     A skipped job costs no provider call; it is counted as cancelled and gets an error
-    line (code "cancelled") in `collect`.
+    line (OpenAI's code "batch_cancelled") in `collect`.
     """
     deployment = connect(load_config(config), stack)
     info = find_batch(deployment, batch)

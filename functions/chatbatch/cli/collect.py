@@ -1,5 +1,7 @@
-"""``chatbatch collect``: a batch's results (OpenAI Batch output lines) and errors, in
-input order when the batch has a manifest, streamed to files or stdout."""
+"""``chatbatch collect``: a batch's results and errors, OpenAI Batch output lines in input
+order when the batch has a manifest, streamed to two files (or stdout): answers and the
+provider's HTTP error answers to the results file, failures that never got an HTTP answer
+to the error file (``results.jsonl`` → ``results.errors.jsonl`` unless ``--errors``)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from chatbatch.cli.params import BatchArg, ConfigOpt, JsonOpt, StackOpt, Threads
 from chatbatch.client.costs import in_order, list_keys
 from chatbatch.client.deployment import Deployment, connect
 from chatbatch.core.config import load_config
+from chatbatch.core.output_lines import OutputLine
 from chatbatch.core.private_files import private_open
 from chatbatch.state.store import error_key, manifest_key, result_key
 
@@ -33,6 +36,19 @@ class CollectReport(BaseModel):
 
 
 Outcome = tuple[str | None, bool]  # (the stored line or None if unfinished, is a result)
+
+
+def _error_record(text: str | None) -> Outcome:
+    """A stored error record: a result when it carries the provider's HTTP answer."""
+    return text, text is not None and OutputLine.model_validate_json(text).is_result
+
+
+def errors_path(output: Path) -> Path | None:
+    """Where the error lines go when ``--errors`` is not given: beside the results
+    (``results.jsonl`` → ``results.errors.jsonl``); None (with the results) for stdout."""
+    if str(output) == "-":
+        return None
+    return output.with_name(f"{output.stem}.errors{output.suffix or '.jsonl'}")
 
 
 def _manifest(deployment: Deployment, batch_id: str) -> Iterator[str] | None:
@@ -54,7 +70,7 @@ def _outcomes_by_manifest(
         text = store.get_text(result_key(batch_id, custom_id))
         if text is not None:
             return text, True
-        return store.get_text(error_key(batch_id, custom_id)), False
+        return _error_record(store.get_text(error_key(batch_id, custom_id)))
 
     return in_order(ids, outcome, threads)
 
@@ -77,7 +93,7 @@ def _outcomes_by_listing(deployment: Deployment, batch_id: str, threads: int) ->
     for text in in_order(results(), store.get_text, threads):
         yield text, True
     for text in in_order(errors(), store.get_text, threads):
-        yield text, False
+        yield _error_record(text)
 
 
 @contextmanager
@@ -94,21 +110,33 @@ def _writer(path: Path | None, fallback: IO[str] | None = None) -> Iterator[IO[s
 def collect(
     batch: BatchArg,
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="results JSONL ('-': stdout)")
+        Path,
+        typer.Option(
+            "--output", "-o", help="results JSONL: answers and provider HTTP errors ('-': stdout)"
+        ),
     ] = Path("results.jsonl"),
     errors: Annotated[
         Path | None,
-        typer.Option("--errors", help="error lines go here (default: with the results)"),
+        typer.Option(
+            "--errors",
+            "-e",
+            help="error JSONL: failures without an HTTP answer (default: OUTPUT's name "
+            "with .errors before its suffix, e.g. results.errors.jsonl; with '-o -': "
+            "stdout; '-': stdout)",
+        ),
     ] = None,
     threads: ThreadsOpt = 16,
     stack: StackOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Write a batch's results (OpenAI Batch output lines) in input order, as they are read.
+    """Write a batch's results and errors (OpenAI Batch output lines) in input order, as
+    they are read: answers and the provider's HTTP error answers to OUTPUT, failures that
+    never got an HTTP answer to the error file.
 
     Exit code 3 when some jobs have not finished yet (run collect again later).
     """
+    errors = errors if errors is not None else errors_path(output)
     deployment = connect(load_config(config), stack)
     info = deployment.batches.get(batch)
     ids = _manifest(deployment, batch)

@@ -1,7 +1,11 @@
-"""Results out: result and error lines, and cost records.
+"""Results out: output and error lines, and cost records.
 
-Result and error lines use the OpenAI Batch output shape; chatbatch's own facts sit
-under a separate ``chatbatch`` key so OpenAI tooling reads the lines unchanged.
+The lines have OpenAI's Batch output shape; chatbatch's own facts sit under a separate
+``chatbatch`` key so OpenAI tooling reads the lines unchanged. A line with a ``response``
+(an answer, or the provider's HTTP error answer: ``status_code``, its ``x-request-id``,
+its body as sent) belongs in the results file; a line with an ``error`` (a failure that
+never got an HTTP answer: ``code``, ``message``) in the error file (``is_result``).
+Money is written as exact decimal strings.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ def request_id(batch_id: str, custom_id: str) -> str:
 
 
 class BatchResponse(BaseModel):
+    """The provider's HTTP answer: its status, ``x-request-id`` and body."""
+
     status_code: int
     request_id: str
     body: dict[str, Any]
@@ -47,12 +53,13 @@ class JobFacts(BaseModel):
     usage_estimated: bool = False  # the answer came without usage: cost is the worst case
 
     @field_serializer("cost_usd")
-    def _usd(self, value: Decimal) -> float:
-        return float(value)
+    def _usd(self, value: Decimal) -> str:
+        return str(value)
 
 
 class OutputLine(BaseModel):
-    """A result (``response`` set) or an error (``error`` set), in OpenAI Batch output shape."""
+    """An answer or the provider's HTTP error answer (``response`` set), or a failure
+    without an HTTP answer (``error`` set), in OpenAI Batch output shape."""
 
     id: str
     custom_id: str
@@ -60,17 +67,36 @@ class OutputLine(BaseModel):
     error: BatchError | None = None
     chatbatch: JobFacts | None = None
 
+    @property
+    def is_result(self) -> bool:
+        """Whether the line goes in the results file (it has an HTTP answer)."""
+        return self.response is not None
+
     @classmethod
     def result(
-        cls, job: Job, facts: JobFacts, body: dict[str, Any], status: int = 200
+        cls, job: Job, facts: JobFacts, body: dict[str, Any], request: str | None = None
     ) -> OutputLine:
-        rid = request_id(facts.batch_id, job.custom_id)
+        """A job's answer (HTTP 200); ``request``: the answer's ``x-request-id``."""
+        return cls.answered(facts.batch_id, job.custom_id, 200, body, request, facts)
+
+    @classmethod
+    def answered(
+        cls,
+        batch_id: str,
+        custom_id: str,
+        status: int,
+        body: dict[str, Any],
+        request: str | None,
+        facts: JobFacts | None = None,
+    ) -> OutputLine:
+        """A line carrying the provider's HTTP answer, its body as sent. ``request`` is
+        its ``x-request-id``; when it had none (or the answer came from the response
+        cache), the line's own id stands in."""
+        rid = request_id(batch_id, custom_id)
         return cls(
             id=rid,
-            custom_id=job.custom_id,
-            response=BatchResponse(
-                status_code=status, request_id=str(body.get("id") or rid), body=body
-            ),
+            custom_id=custom_id,
+            response=BatchResponse(status_code=status, request_id=request or rid, body=body),
             chatbatch=facts,
         )
 

@@ -3,7 +3,8 @@ appended while a local run goes on.
 
 ``live_outputs`` starts the three files afresh, puts the input's invalid lines in the
 error file, then appends each result, error and cost record of the run's batch as the
-worker stores it (a ``tap.Listener`` on S3 puts), and adds what the bucket already held
+worker stores it (a ``tap.Listener`` on S3 puts; an error record that carries the
+provider's HTTP answer goes to the results file), and adds what the bucket already held
 (a resumed run's earlier answers). Each object is written once per run, by its key. The
 lines reach the kernel as they are appended and are fsync'ed in small groups
 (``SyncedAppender``), so a run stopped any way leaves every answer it had stored on disk.
@@ -76,6 +77,8 @@ class LiveOutputs(tap.Listener):
             if key in self._seen:
                 return False
             self._seen.add(key)
+        if kind == "errors" and OutputLine.model_validate_json(body).is_result:
+            kind = "results"  # an error record carrying the provider's HTTP answer
         self._files[kind].append(body.strip() + b"\n")
         return True
 

@@ -1,5 +1,6 @@
-"""A local run's output files: ``results.jsonl`` and ``errors.jsonl`` (every line of the
-input, in input order) and ``costs.jsonl`` (the batch's cost records).
+"""A local run's output files: ``results.jsonl`` (answers and the provider's HTTP error
+answers) and ``errors.jsonl`` (failures without an HTTP answer), together every line of
+the input, in input order; and ``costs.jsonl`` (the batch's cost records).
 
 Each file is written beside its final name and then renamed over it, so a process killed
 while writing leaves the previous version whole (``chatbatch.local.live_outputs`` keeps
@@ -60,7 +61,8 @@ class Figures:
     retries: int = 0
 
     def add(self, result: OutputLine) -> None:
-        if result.chatbatch:
+        """Count an answer (a provider's HTTP error answer is no answer)."""
+        if result.chatbatch and result.response and result.response.status_code == 200:
             self.latencies.append(result.chatbatch.latency_ms)
             self.retries += max(0, result.chatbatch.attempts - 1)
 
@@ -104,12 +106,12 @@ def _outputs(
         job = next(lines, None)
         if job is None:
             return
-        result = store.get_result(plan.batch_id, job.custom_id)
-        if result:
-            yield result, True
-            continue
-        error = store.get_error(plan.batch_id, job.custom_id)
-        yield error or _waiting(plan.batch_id, job, paused), False
+        line = (
+            store.get_result(plan.batch_id, job.custom_id)
+            or store.get_error(plan.batch_id, job.custom_id)
+            or _waiting(plan.batch_id, job, paused)
+        )
+        yield line, line.is_result
 
 
 def write_results(

@@ -5,10 +5,11 @@ from __future__ import annotations
 import statistics
 import threading
 from collections import Counter
+from decimal import Decimal
 from typing import Any
 
 import boto3
-from pydantic import BaseModel
+from pydantic import BaseModel, field_serializer
 
 from chatbatch.client.submit import Plan
 from chatbatch.core.pricing import from_nanos
@@ -17,6 +18,9 @@ from chatbatch.state.batches import BatchInfo
 
 
 class Summary(BaseModel):
+    """``summary.json`` and ``local run --json``: the batch's counts, tokens and cost
+    (money as exact decimal strings), and this run's figures."""
+
     batch_id: str
     jobs_total: int
     succeeded: int
@@ -30,9 +34,9 @@ class Summary(BaseModel):
     completion_tokens: int
     cached_jobs: int
     cache_saved_tokens: int
-    cost_usd: float
+    cost_usd: Decimal
     estimated_calls: int  # calls booked at their worst case (no usage read), in cost_usd
-    estimated_usd: float
+    estimated_usd: Decimal
     wall_s: float
     jobs_per_s: float
     provider_calls: int
@@ -47,6 +51,10 @@ class Summary(BaseModel):
     # run's, the counts, tokens and cost the batch's over every run
     resumed_jobs: int = 0
     interrupted: bool = False  # stopped early (Ctrl-C, SIGTERM): the counts so far
+
+    @field_serializer("cost_usd", "estimated_usd")
+    def _usd(self, value: Decimal) -> str:
+        return str(value)
 
 
 class AwsCallCounter:
@@ -104,9 +112,9 @@ def summarize(
         completion_tokens=info.completion_tokens,
         cached_jobs=info.cached_jobs,
         cache_saved_tokens=info.cache_saved_tokens,
-        cost_usd=float(from_nanos(info.cost_nanos)),
+        cost_usd=from_nanos(info.cost_nanos),
         estimated_calls=info.estimated_calls,
-        estimated_usd=float(from_nanos(info.estimated_nanos)),
+        estimated_usd=from_nanos(info.estimated_nanos),
         wall_s=round(wall, 3),
         jobs_per_s=round(ran / wall, 2) if wall else 0.0,
         provider_calls=stats.requests if stats else info.provider_calls,

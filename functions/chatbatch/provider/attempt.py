@@ -29,7 +29,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict
 
 from chatbatch.core.pricing import Usage
-from chatbatch.provider.errors import AccountReason
+from chatbatch.provider.errors import AccountReason, HttpAnswer
 from chatbatch.provider.retry import RateLimitInfo
 from chatbatch.provider.sse import StreamError, read_stream
 
@@ -61,6 +61,7 @@ class Completion(BaseModel):
     attempts: list[Attempt]
     latency_ms: int
     rate_limits: RateLimitInfo | None = None
+    request_id: str | None = None  # the answer's x-request-id header, if it had one
 
     @property
     def content(self) -> str | None:
@@ -82,6 +83,8 @@ class AttemptResult:
     message: str = ""
     code: str | None = None
     account: AccountReason | None = None
+    answer: HttpAnswer | None = None  # an error response, as the provider sent it
+    request_id: str | None = None  # the x-request-id of the answer (a body's or an error's)
 
 
 @dataclass

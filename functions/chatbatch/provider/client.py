@@ -46,7 +46,7 @@ import json
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
@@ -55,7 +55,13 @@ from aws_lambda_powertools import Logger
 from chatbatch.core.config import Config, Provider, Timeouts
 from chatbatch.core.pricing import Usage
 from chatbatch.provider.attempt import Attempt, AttemptResult, Completion, Sent, read_answer
-from chatbatch.provider.errors import AccountError, AccountReason, ProviderError
+from chatbatch.provider.errors import (
+    AccountError,
+    AccountReason,
+    HttpAnswer,
+    ProviderError,
+    ResponseError,
+)
 from chatbatch.provider.keys import MalformedKeyError, Redactor, checked_key
 from chatbatch.provider.retry import (
     ATTEMPT_ERRORS,
@@ -168,6 +174,7 @@ class ProviderClient:
                     attempts=attempts,
                     latency_ms=_ms(self._clock() - start),
                     rate_limits=outcome.rate_limits,
+                    request_id=outcome.request_id,
                 )
             retries = self.config.retries
             delay = retry_delay_s(retries, len(attempts), outcome.attempt.retry_after_s, self._rng)
@@ -213,12 +220,14 @@ class ProviderClient:
         status: int | None = None
         rate_limits: RateLimitInfo | None = None
         retry_after: float | None = None
+        request_id: str | None = None
         sent = Sent()
         try:
             async with asyncio.timeout(remaining):
                 response = await client.send(request.build(client, remaining, sent), stream=True)
                 try:
                     status = response.status_code
+                    request_id = response.headers.get("x-request-id")
                     rate_limits = RateLimitInfo.from_headers(response.headers)
                     retry_after = parse_retry_after(response.headers)
                     body, usage = await self._read(response)
@@ -227,9 +236,16 @@ class ProviderClient:
         except ATTEMPT_ERRORS as err:
             error, code, permanent = classify(err)
             account = err.reason if isinstance(err, AccountError) else None
+            answer = err.answer if isinstance(err, ResponseError) else None
         else:
             attempt = Attempt(status=status, latency_ms=_ms(self._clock() - began))
-            return AttemptResult(attempt=attempt, body=body, usage=usage, rate_limits=rate_limits)
+            return AttemptResult(
+                attempt=attempt,
+                body=body,
+                usage=usage,
+                rate_limits=rate_limits,
+                request_id=request_id,
+            )
         error = request.redact(error)
         attempt = Attempt(
             status=status,
@@ -246,6 +262,8 @@ class ProviderClient:
             message=error,
             code=code,
             account=account,
+            answer=_redacted(answer, request.redact),
+            request_id=request_id,
         )
 
     @staticmethod
@@ -253,7 +271,7 @@ class ProviderClient:
         status = response.status_code
         if status == 200:
             return await read_answer(response)
-        raise failed_response(status, await response.aread())
+        raise failed_response(status, await response.aread(), response.headers)
 
     # -- between attempts -----------------------------------------------------------
 
@@ -279,6 +297,7 @@ class ProviderClient:
             retry_after_s=outcome.attempt.retry_after_s,
             code=outcome.code,
             account=outcome.account,
+            answer=outcome.answer,
         )
 
     def _notify(self, model: str, outcome: AttemptResult) -> None:
@@ -365,6 +384,23 @@ def _with_usage(body: dict[str, Any]) -> dict[str, Any]:
     if body.get("stream") and "stream_options" not in body:
         return body | {"stream_options": {"include_usage": True}}
     return body
+
+
+def _redacted(answer: HttpAnswer | None, redact: Redactor) -> HttpAnswer | None:
+    """The answer with the key hidden wherever its body echoes it (every string in it)."""
+    if answer is None:
+        return None
+    return replace(answer, body=_redact_strings(answer.body, redact))
+
+
+def _redact_strings(value: Any, redact: Redactor) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redact(str(k)): _redact_strings(v, redact) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact_strings(v, redact) for v in value]
+    return value
 
 
 def _ms(seconds: float) -> int:

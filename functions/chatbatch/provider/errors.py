@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +41,7 @@ class ProviderError(Exception):
         retry_after_s: float | None = None,
         code: str | None = None,
         account: AccountReason | None = None,
+        answer: HttpAnswer | None = None,
     ) -> None:
         self.message = message
         self.status = status
@@ -47,6 +50,7 @@ class ProviderError(Exception):
         self.retry_after_s = retry_after_s
         self.code = code
         self.account = account  # an account-level error: every job of the model would get it
+        self.answer = answer  # the provider's HTTP answer, when the last attempt got one
         super().__init__(str(self))
 
     @property
@@ -61,12 +65,42 @@ class ProviderError(Exception):
         return f"{status}, {kind}, after {tries}: {self.message}"
 
 
-class ResponseError(Exception):
-    """An error response; its message and code are the provider's own."""
+@dataclass(frozen=True)
+class HttpAnswer:
+    """The provider's answer to a failed request, as it sent it: the status, its
+    ``x-request-id`` header (None if it sent none) and the body (a JSON object; a body
+    that is not one becomes ``{"error": {"message": <its text>, "type": "http_error",
+    "param": null, "code": null}}``)."""
 
-    def __init__(self, message: str, code: str | None = None) -> None:
+    status: int
+    request_id: str | None
+    body: dict[str, Any]
+
+
+def http_answer(status: int, headers: Mapping[str, str], content: bytes) -> HttpAnswer:
+    """The ``HttpAnswer`` of an error response."""
+    try:
+        payload = json.loads(content)
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict):
+        text = content.decode("utf-8", "replace").strip()[:500]
+        message = text or httpx.codes.get_reason_phrase(status) or f"HTTP {status}"
+        error = {"message": message, "type": "http_error", "param": None, "code": None}
+        payload = {"error": error}
+    return HttpAnswer(status=status, request_id=headers.get("x-request-id"), body=payload)
+
+
+class ResponseError(Exception):
+    """An error response; its message and code are the provider's own, ``answer`` the
+    response itself (None for an error raised without one)."""
+
+    def __init__(
+        self, message: str, code: str | None = None, answer: HttpAnswer | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
+        self.answer = answer
 
 
 class TransientError(ResponseError):
@@ -90,8 +124,14 @@ class AccountReason(StrEnum):
 class AccountError(PermanentError):
     """An account-level error: not retried, not a rate limit; the model is paused."""
 
-    def __init__(self, message: str, code: str | None, reason: AccountReason) -> None:
-        super().__init__(message, code)
+    def __init__(
+        self,
+        message: str,
+        code: str | None,
+        reason: AccountReason,
+        answer: HttpAnswer | None = None,
+    ) -> None:
+        super().__init__(message, code, answer)
         self.reason = reason
 
 

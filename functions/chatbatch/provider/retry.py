@@ -30,6 +30,7 @@ from chatbatch.provider.errors import (
     ResponseError,
     TransientError,
     account_reason,
+    http_answer,
     response_error,
 )
 from chatbatch.provider.sse import StreamError
@@ -92,14 +93,17 @@ def transport_text(err: Exception) -> str:
     return f"{name}: {text}{why}" if text else name + why
 
 
-def failed_response(status: int, content: bytes) -> ResponseError:
-    """The error an error response raises: an account error, else transient if a retry
-    may fix its status."""
+def failed_response(
+    status: int, content: bytes, headers: Mapping[str, str] | None = None
+) -> ResponseError:
+    """The error an error response raises (carrying the response as its ``answer``): an
+    account error, else transient if a retry may fix its status."""
     message, code, codes = response_error(status, content)
+    answer = http_answer(status, headers or {}, content)
     if (reason := account_reason(status, message, codes)) is not None:
-        return AccountError(message, code, reason)
+        return AccountError(message, code, reason, answer)
     retryable = status in RETRYABLE_STATUS or status >= 500
-    return (TransientError if retryable else PermanentError)(message, code)
+    return (TransientError if retryable else PermanentError)(message, code, answer)
 
 
 # --- How long to wait, and when to stop -----------------------------------------------

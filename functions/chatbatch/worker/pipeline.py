@@ -244,7 +244,7 @@ async def _before_budget(inv: Invocation, intake: Intake) -> Outcome | None:
         return await results.refuse(inv, intake, intake.error.code, str(intake.error))
     if inv.batches[intake.batch_id].cancelled:
         message = f"batch {intake.batch_id} was cancelled before this job started"
-        await results.fail(inv, intake, "cancelled", message, new=JobState.cancelled)
+        await results.fail(inv, intake, "batch_cancelled", message, new=JobState.cancelled)
         return Outcome.cancelled
     return None
 
@@ -358,7 +358,10 @@ async def _failed(
         await pause.opened(inv, job.model, err)
         return await pause.pause(inv, intake)
     if err.permanent:
-        return await results.refuse(inv, intake, f"provider_{err.status}", err.message)
+        latency = sum(a.latency_ms for a in err.attempts)
+        facts = results.job_facts(intake, job, Decimal(0), latency, len(err.attempts), False)
+        code = f"provider_{err.status}"
+        return await results.refuse(inv, intake, code, err.message, facts, err.answer)
     return await requeue.retry(inv, intake, err)
 
 
@@ -380,7 +383,7 @@ async def _succeed(
     facts = results.job_facts(
         intake, job, usd, completion.latency_ms, len(completion.attempts), False
     ).model_copy(update={"usage_estimated": estimated})
-    result = OutputLine.result(job, facts, completion.body)
+    result = OutputLine.result(job, facts, completion.body, completion.request_id)
     inv.count(Metric.RETRIES, intake, len(completion.attempts) - 1)
     inv.count(
         Metric.PROVIDER_RATE_LIMITED, intake, sum(a.status == 429 for a in completion.attempts)

@@ -18,6 +18,7 @@ from chatbatch.core.jobs import Job
 from chatbatch.core.metrics import Metric
 from chatbatch.core.output_lines import CostRecord, JobFacts, OutputLine
 from chatbatch.core.pricing import Usage, from_nanos, to_nanos
+from chatbatch.provider.errors import HttpAnswer
 from chatbatch.state.batches import RETRY_FROM, JobState
 from chatbatch.state.budget.reservations import Reservation
 from chatbatch.state.ddb import s
@@ -34,17 +35,26 @@ async def fail(
     message: str,
     facts: JobFacts | None = None,
     new: JobState = JobState.failed,
+    answer: HttpAnswer | None = None,
 ) -> bool:
     """Write the job's error record and move its state (``failed`` unless told otherwise),
     keeping the error's code on the job; False when the job was no longer in the state read
-    (another delivery moved it).
+    (another delivery moved it). The record is an error line (``code``, ``message``), or,
+    for a call the provider refused with an HTTP answer, a line carrying that ``answer``
+    (its status, ``x-request-id`` and body as sent; ``code`` stays on the job).
 
     A job that can be sent again (``failed`` or ``dead_lettered``, and not an invalid
     line) also keeps the message that carried it, before its state moves: every job
     ``chatbatch retry`` finds failed has its request.
     """
     store = inv.services.store
-    line = OutputLine.failure(intake.batch_id, intake.custom_id, code, message, facts)
+    line = (
+        OutputLine.failure(intake.batch_id, intake.custom_id, code, message, facts)
+        if answer is None
+        else OutputLine.answered(
+            intake.batch_id, intake.custom_id, answer.status, answer.body, answer.request_id, facts
+        )
+    )
     writes = [io(store.put_error, intake.batch_id, line)]
     if new in RETRY_FROM and intake.error is None:
         kept = KeptRequest(
@@ -63,9 +73,16 @@ async def fail(
     )
 
 
-async def refuse(inv: Invocation, intake: Intake, code: str, message: str) -> Outcome:
-    """A permanent failure: an error record, counted as failed, never retried."""
-    await fail(inv, intake, code, message)
+async def refuse(
+    inv: Invocation,
+    intake: Intake,
+    code: str,
+    message: str,
+    facts: JobFacts | None = None,
+    answer: HttpAnswer | None = None,
+) -> Outcome:
+    """A permanent failure: an error record (``fail``), counted as failed, never retried."""
+    await fail(inv, intake, code, message, facts, answer=answer)
     inv.count(Metric.JOBS_FAILED, intake)
     return Outcome.failed
 

@@ -41,9 +41,11 @@ inside ``completion_tokens`` (OpenAI, DeepSeek) or outside it, in ``total_tokens
 (some gateways).
 
 Requests and tokens per minute are limited per model over a rolling 60 s window (429 with
-``retry-after``, ``retry-after-ms``); every chat response carries ``x-ratelimit-*``.
+``retry-after``, ``retry-after-ms``); every chat response carries ``x-ratelimit-*``, and
+every response an ``x-request-id`` (``req_`` and 32 hex digits), as OpenAI's do.
 A timed outage answers every request 503. Faults (seeded probabilities or injected) come
-before generation, nothing billed: 500, 503, 429, connection ``reset``, ``hang`` past the
+before generation, nothing billed: 500, 503, 429, 400 (OpenAI's ``invalid_request_error``
+body, ``param`` and ``code`` set), connection ``reset``, ``hang`` past the
 client's timeout (the request counts in the requests window, its tokens in none); or
 after it, billed in full as a real provider bills a generation it finished: a body or
 stream cut short (``truncate``: no ``[DONE]``, no usage chunk), a ``corrupt`` body or SSE

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -100,6 +101,7 @@ class Engine:
             reply = self._route(method, route, headers, body)
         except ApiError as err:
             reply = json_reply(err.status, err.body(), err.headers)
+        reply.headers.setdefault("x-request-id", "req_" + uuid.uuid4().hex)
         if chat:
             self._counters.count_status(
                 "reset" if reply.reset else "hang" if reply.drop else reply.status

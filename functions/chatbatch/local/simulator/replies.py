@@ -126,6 +126,9 @@ def fault_reply(fault: Fault, settings: SimulatorSettings) -> Reply:
         headers["retry-after"] = f"{fault.retry_after_s:g}"
     if fault.retry_after_ms is not None:
         headers["retry-after-ms"] = str(fault.retry_after_ms)
+    if fault.kind is FaultKind.bad_request:
+        message = "Invalid value for 'temperature' (injected)."
+        raise ApiError(400, message, param="temperature", code="invalid_value", headers=headers)
     status, message, kind = {
         FaultKind.rate_limited: (429, "Rate limit reached (injected).", "requests"),
         FaultKind.error_500: (500, "The server had an error processing your request.", ""),

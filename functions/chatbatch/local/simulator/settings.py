@@ -15,12 +15,14 @@ from chatbatch.core.config import ConfigError, load_config
 class FaultKind(StrEnum):
     """What a faulted chat request gets. Before generation (nothing generated, nothing
     billed, no tokens in the rate-limit window; the request still counts): 500, 503, 429,
-    ``reset``, ``hang``. After it (``GENERATED``: the answer is generated and billed in
-    full, as a real provider bills a generation it finished, read or not): the rest."""
+    400 (a request the API refuses), ``reset``, ``hang``. After it (``GENERATED``: the
+    answer is generated and billed in full, as a real provider bills a generation it
+    finished, read or not): the rest."""
 
     error_500 = "500"
     error_503 = "503"
     rate_limited = "429"
+    bad_request = "400"  # OpenAI's invalid_request_error, with its param and code
     reset = "reset"  # the connection is reset, nothing generated
     hang = "hang"  # stuck: nothing generated, the connection dropped after hang_s
     truncate = "truncate"  # half the JSON body; a stream cut before [DONE], no usage chunk

@@ -1,0 +1,35 @@
+"""A local run's files as its jobs finish: a stored error record that carries the
+provider's HTTP answer goes to ``results.jsonl`` (OpenAI's output file), one without an
+HTTP answer to ``errors.jsonl``."""
+
+from __future__ import annotations
+
+import json
+from contextlib import ExitStack
+from pathlib import Path
+
+from chatbatch.core.output_lines import OutputLine
+from chatbatch.local.journal.appender import SyncedAppender
+from chatbatch.local.live_outputs import FILES, LiveOutputs
+
+REFUSAL = {"error": {"message": "no", "type": "invalid_request_error", "param": "n", "code": None}}
+
+
+def test_a_stored_refusal_is_appended_to_the_results_file(tmp_path: Path) -> None:
+    refused = OutputLine.answered("b1", "r1", 400, REFUSAL, "req_1")
+    failed = OutputLine.failure("b1", "r2", "dead_lettered", "HTTP 503 on every delivery")
+    with ExitStack() as stack:
+        files = {
+            kind: stack.enter_context(SyncedAppender(tmp_path / name, truncate=True))
+            for kind, name in FILES.items()
+        }
+        live = LiveOutputs(tmp_path, "bucket", "b1", files)
+        live.s3_put("bucket", "errors/b1/r1.json", refused.to_line().encode())
+        live.s3_put("bucket", "errors/b1/r2.json", failed.to_line().encode())
+
+    def custom_ids(name: str) -> list[str]:
+        text = (tmp_path / name).read_text()
+        return [json.loads(line)["custom_id"] for line in text.splitlines()]
+
+    assert custom_ids("results.jsonl") == ["r1"]
+    assert custom_ids("errors.jsonl") == ["r2"]
