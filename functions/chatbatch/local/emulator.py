@@ -1,14 +1,16 @@
 """An event-source emulator: calls the real Lambda handler the way Lambda's SQS event
 source mapping does.
 
-Per queue, ``max_concurrency`` pollers (each one a Lambda instance: its own thread, so
-the handler's per-instance state is reused across its invocations, as in Lambda). A
-poller receives up to ``batch_size`` messages, waits up to the batching window to fill
-the batch, builds a real SQS-shaped event, calls the handler with a context whose
-remaining time counts down from the function timeout, then deletes the messages the
-partial batch response did not report as failed. Failed messages stay in the queue and
-come back when their visibility timeout ends; after ``maxReceiveCount`` receives SQS
-(moto) moves them to the DLQ.
+Per queue, up to ``max_concurrency`` pollers (each one a Lambda instance: its own thread,
+so the handler's per-instance state is reused across its invocations, as in Lambda). Like
+Lambda's, the mapping scales with the queue: while the queue is empty one poller polls
+(backing off to once a second) and the others wait; each poller that receives messages
+starts one more. A poller receives up to ``batch_size`` messages, waits up to the
+batching window to fill the batch, builds a real SQS-shaped event, calls the handler with
+a context whose remaining time counts down from the function timeout, then deletes the
+messages the partial batch response did not report as failed. Failed messages stay in
+the queue and come back when their visibility timeout ends; after ``maxReceiveCount``
+receives SQS (moto) moves them to the DLQ.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from mypy_boto3_sqs.type_defs import MessageTypeDef
 
 Handler = Callable[[dict[str, Any], Any], Any]
+IDLE_RECHECK_S = 5.0  # a waiting poller polls again this often even if nobody woke it
 logger = Logger(service="chatbatch-local")
 
 
@@ -126,6 +129,8 @@ class EventSourceMapping:
         self._threads: list[threading.Thread] = []
         self.invocations = 0
         self._lock = threading.Lock()
+        self._idle = threading.Condition()  # pollers wait on it while the queue is empty
+        self._polling_empty = 0  # pollers polling an empty queue (one is enough)
 
     def start(self) -> None:
         for i in range(self.settings.max_concurrency):
@@ -137,6 +142,8 @@ class EventSourceMapping:
     def halt(self) -> None:
         """Receive no more; the invocations under way run on."""
         self._stop.set()
+        with self._idle:
+            self._idle.notify_all()
 
     def running(self) -> int:
         """Pollers still running (after ``halt``: those in an invocation)."""
@@ -171,12 +178,28 @@ class EventSourceMapping:
         idle = 0.02
         while not self._stop.is_set():
             messages = self._receive()
-            if not messages:
+            if messages:
+                idle = 0.02
+                with self._idle:
+                    self._idle.notify()  # the queue has messages: one more poller
+                self._invoke(messages)
+            elif self._wait_for_work():
+                idle = 0.02
+            else:
                 self._stop.wait(idle)
                 idle = min(idle * 2, 1.0)
-                continue
-            idle = 0.02
-            self._invoke(messages)
+                with self._idle:
+                    self._polling_empty -= 1
+
+    def _wait_for_work(self) -> bool:
+        """The queue was empty: wait while another poller polls it (True), or be the one
+        that polls (False: the caller backs off, then polls again)."""
+        with self._idle:
+            if self._polling_empty == 0:
+                self._polling_empty += 1
+                return False
+            self._idle.wait(timeout=IDLE_RECHECK_S)
+            return True
 
     def _invoke(self, messages: list[MessageTypeDef]) -> None:
         s = self.settings
