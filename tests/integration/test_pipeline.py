@@ -679,8 +679,10 @@ def test_the_aws_calls_of_a_batchs_ten_jobs_run_at_once(
     time-critical call must never wait for its neighbours' slow ones."""
     barrier = threading.Barrier(10, timeout=20)
     put = Store.put_result_once
+    pools: set[int] = set()
 
     def together(self: Store, *args: Any, **kwargs: Any) -> Any:
+        pools.add(self._s3.meta.config.max_pool_connections)  # type: ignore[attr-defined]
         barrier.wait()
         return put(self, *args, **kwargs)
 
@@ -690,3 +692,5 @@ def test_the_aws_calls_of_a_batchs_ten_jobs_run_at_once(
         summary = rt.run(write(tmp_path, lines), tmp_path / "out")
     assert not barrier.broken
     assert summary.succeeded == 10
+    # and the worker's clients keep a connection for each of those threads (boto3: 10)
+    assert pools == {services.io_threads(rt.config)}

@@ -27,7 +27,7 @@ from limiter_sim import (
 from chatbatch.core.config import Config, Priority
 from chatbatch.provider.retry import RateLimitInfo
 from chatbatch.state.limiter.limiter import RateLimiter, RequestTooLargeError
-from chatbatch.state.limiter.policy import WINDOW_S
+from chatbatch.state.limiter.policy import PACE_MARGIN, WINDOW_S
 
 if TYPE_CHECKING:
     from conftest import Dynamo
@@ -214,8 +214,8 @@ def test_a_429_of_a_shorter_period_spaces_the_sends_wider_for_everyone(
     dynamo: Dynamo, config: Config
 ) -> None:
     """The minute had room, the provider still said 429 (it enforces per second): every
-    worker's sends are spaced a tenth wider, once per cooldown, and the spacing grows back;
-    the minute's limit stays."""
+    worker's sends are spaced a tenth wider, once per cooldown, and the spacing grows back
+    (0.02 a second, never below 0.8); the minute's limit stays."""
     now = [START]
     cfg = with_model(config, 600, 10_000_000)
     one, two = (RateLimiter(dynamo.client, dynamo.table, cfg, clock=lambda: now[0]) for _ in "12")
@@ -223,26 +223,28 @@ def test_a_429_of_a_shorter_period_spaces_the_sends_wider_for_everyone(
     rate_limited = SimpleNamespace(status=429, account=None)
 
     def gap() -> float:  # between the two sends of one grant, spaced at the pace
-        now[0] += 3.0  # the shard idle: the grant's sends start now
+        now[0] += 0.5  # the shard idle: the grant's sends start now
         lease = two.lease(MODEL, Priority.normal, [10, 10])
         assert lease.granted == 2
         spacing = lease.send_at(1) - lease.send_at(0)
         lease.close()
         return spacing
 
-    assert gap() == pytest.approx(0.1, abs=1e-4)
+    assert gap() == pytest.approx(0.1 / PACE_MARGIN, abs=1e-4)
     one.observe_attempt(MODEL, rate_limited, room)
     one.observe_attempt(MODEL, rate_limited, room)  # within the cooldown: once
     status = two.status(MODEL)
     assert (status.factor, status.burst, status.limit_requests) == (1.0, 0.9, 600)
-    assert gap() == pytest.approx(0.1 / 0.9, abs=1e-4)  # read by the other worker
-    one.observe_attempt(MODEL, rate_limited, room)  # past the 2 s cooldown (gap() took 3 s)
-    assert two.status(MODEL).burst == pytest.approx(0.81)
-    now[0] += 50  # +0.02 every 5 s
+    assert gap() == pytest.approx(0.1 / PACE_MARGIN / 0.9, abs=1e-4)  # the other worker too
+    now[0] += 1.5  # past the 2 s cooldown; grown back by 0.04 meanwhile
+    one.observe_attempt(MODEL, rate_limited, room)
+    assert two.status(MODEL).burst == pytest.approx(0.94 * 0.9)
+    for _ in range(5):  # 429s that keep coming hold it at its floor
+        now[0] += 2.0
+        one.observe_attempt(MODEL, rate_limited, room)
+    assert two.status(MODEL).burst == pytest.approx(0.8)
+    now[0] += 10  # +0.02 a second
     assert two.status(MODEL).burst == pytest.approx(1.0)
-
-
-# --- the API -------------------------------------------------------------------------
 
 
 def test_a_denial_says_how_long_to_wait(dynamo: Dynamo, config: Config) -> None:
@@ -252,13 +254,16 @@ def test_a_denial_says_how_long_to_wait(dynamo: Dynamo, config: Config) -> None:
     )
     assert limiter.acquire(MODEL, Priority.normal, 10).send_at(0) == START + 0.25
     second = limiter.acquire(MODEL, Priority.normal, 10)  # spaced: one a second, booked ahead
-    assert second.send_at(0) == pytest.approx(START + 1.25)
+    step = 1 / PACE_MARGIN  # one a second, a little less
+    assert second.send_at(0) == pytest.approx(START + 0.25 + step)
     third = limiter.acquire(MODEL, Priority.normal, 10)
     assert not third  # its send would start more than the horizon (1 s) ahead
-    assert third.wait_s == pytest.approx(1.0)
+    assert third.wait_s == pytest.approx(2 * step - 1)
     assert third.grant.reason == "pace"
     now[0] += third.wait_s
-    assert limiter.acquire(MODEL, Priority.normal, 10).send_at(0) == pytest.approx(START + 2.25)
+    assert limiter.acquire(MODEL, Priority.normal, 10).send_at(0) == pytest.approx(
+        START + 0.25 + 2 * step
+    )
 
 
 def test_a_pace_denial_waits_until_half_the_horizons_sends_fit(
@@ -270,15 +275,16 @@ def test_a_pace_denial_waits_until_half_the_horizons_sends_fit(
     limiter = RateLimiter(
         dynamo.client, dynamo.table, with_model(config, 600, 10_000_000), clock=lambda: now[0]
     )
-    full = limiter.lease(MODEL, Priority.normal, [10] * 11)  # now and ten more within 1 s
-    assert full.granted == 11
+    step = 0.1 / PACE_MARGIN
+    full = limiter.lease(MODEL, Priority.normal, [10] * 11)  # ten within the horizon
+    assert full.granted == 10
     denied = limiter.lease(MODEL, Priority.normal, [10] * 10)
     assert (denied.granted, denied.grant.reason) == (0, "pace")
-    assert denied.wait_s == pytest.approx(0.5)  # one would fit after 0.1 s; five after 0.5 s
+    assert denied.wait_s == pytest.approx(14 * step - 1)  # until five fit, not one
     now[0] += denied.wait_s
     lease = limiter.lease(MODEL, Priority.normal, [10] * 10)
     assert lease.granted == 5
-    assert lease.send_at(0) == pytest.approx(START + 1.1)  # right after the booked ones
+    assert lease.send_at(0) == pytest.approx(START + 10 * step)  # after the booked ones
 
 
 def test_a_lease_takes_several_jobs_in_one_write_and_gives_back(

@@ -47,7 +47,7 @@ class Instance:
     def __init__(self) -> None:
         self.services = build_services()
         self.loop = asyncio.new_event_loop()
-        self.loop.set_default_executor(io_pool(self.services.config.worker.batch_size))
+        self.loop.set_default_executor(io_pool(self.services.config))
         self.processor = AsyncBatchProcessor(
             event_type=EventType.SQS, raise_on_entire_batch_failure=False
         )

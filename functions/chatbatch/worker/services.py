@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 from aws_lambda_powertools.utilities.parameters import get_secret
+from botocore.config import Config as BotoConfig
 
 from chatbatch.core.config import Config, load_config
 from chatbatch.core.principals import caller_principal
@@ -81,22 +82,34 @@ def own_principal() -> str:
     return caller_principal(boto3.client("sts"))
 
 
+IO_THREADS_PER_JOB = 2  # a job's blocking calls that may be under way at once
+IO_THREADS_SPARE = 4  # the invocation's own (the limiter's lease, the capacity's close)
+
+
+def io_threads(config: Config) -> int:
+    """Threads for an instance's blocking AWS calls (``invocation.io_pool``): every job of
+    a batch at once. The AWS clients keep as many connections (boto3 keeps 10), or the
+    calls beyond them would open, and throw away, a new connection each."""
+    return IO_THREADS_PER_JOB * config.worker.batch_size + IO_THREADS_SPARE
+
+
 def build_services() -> Services:
     config = load_config_cached()
     resources = Resources.from_env()
-    ddb = boto3.client("dynamodb")
+    pooled = BotoConfig(max_pool_connections=io_threads(config))
+    ddb = boto3.client("dynamodb", config=pooled)
     batches = Batches(ddb, resources.table)
     limiter = RateLimiter(ddb, resources.table, config)
     provider = ProviderClient(config, api_key, on_attempt=limiter.observe_attempt)
     return Services(
         config=config,
         resources=resources,
-        store=Store(boto3.client("s3"), resources.bucket),
+        store=Store(boto3.client("s3", config=pooled), resources.bucket),
         batches=batches,
         budget=Budget(ddb, resources.table, config),
         limiter=limiter,
         provider=provider,
-        sqs=boto3.client("sqs"),
+        sqs=boto3.client("sqs", config=pooled),
         breakers=Breakers(ddb, resources.table),
         principal=own_principal(),
     )

@@ -30,12 +30,15 @@ AIMD_COOLDOWN_S = 5.0  # ... at most once in this long
 AIMD_STEP = 0.05  # then it grows back by 5 % of the limit ...
 AIMD_STEP_EVERY_S = 10.0  # ... every 10 s
 AIMD_FLOOR = 0.05
+# Sends are spaced at a little under the limit's rate: a send that leaves a few ms late
+# (a busy worker, the network) would otherwise be the 11th of a rolling second at 600/min.
+PACE_MARGIN = 0.99
 # A 429 refused by a shorter period (the minute still had room) slows the sends only:
 BURST_DECREASE = 0.9  # the spacing's rate loses a tenth ...
 BURST_COOLDOWN_S = 2.0  # ... at most once in this long
 BURST_STEP = 0.02  # then it grows back by 2 % ...
-BURST_STEP_EVERY_S = 5.0  # ... every 5 s
-BURST_FLOOR = 0.5
+BURST_STEP_EVERY_S = 1.0  # ... every second (429s that keep coming hold it down)
+BURST_FLOOR = 0.8  # such a 429 may be a fault, or another user of the key, too
 MIN_WAIT_S = 0.01
 RECHECK_S = 1.0  # how soon to ask again when open leases' give-backs may free the tokens
 METRICS = ("r", "t")  # requests, tokens
@@ -64,8 +67,9 @@ class Limits:
         return self.base[metric] * self.factor
 
     def pace(self) -> float:
-        """Requests per minute the sends are spaced at: the limit, slowed by ``burst``."""
-        return self.eff("r") * self.burst
+        """Requests per minute the sends are spaced at: the limit less its margin, slowed
+        by ``burst``."""
+        return self.eff("r") * PACE_MARGIN * self.burst
 
     def recovery_wait(self, needed_factor: float, now: float) -> float:
         """Seconds until the factor has grown back to ``needed_factor``."""
