@@ -32,13 +32,14 @@ from chatbatch.state.limiter.policy import (
     MARK_EVERY_S,
     METRICS,
     PRIO_SLOTS,
+    US,
     WINDOW_SLOTS,
     Limits,
     State,
     cslot_of,
     factor,
-    interval_s,
     slot_of,
+    step_us,
 )
 
 if TYPE_CHECKING:
@@ -52,7 +53,6 @@ ITEM_TTL_S = 2 * 86_400  # an idle limiter item goes away (its state is only min
 MAX_REMOVES = 40  # expired slots removed per write (the rest on later writes)
 NEXT = "nx"  # when the next send may start, epoch microseconds
 SPECIAL = {"f", "fa", "fb", "fba", "lr", "lt", NEXT, TABLE_PK, TABLE_SK, TABLE_TTL}
-US = 1_000_000
 
 
 def key(model: str, shard: int) -> dict[str, AttributeValueTypeDef]:
@@ -141,11 +141,6 @@ def decode(item: Item, now: float, configured: dict[str, float], shards: int) ->
 # --- write -------------------------------------------------------------------------
 
 
-def step_us(st: State) -> int:
-    """Microseconds between two sends of this shard."""
-    return math.ceil(interval_s(st.limits.pace()) * US)
-
-
 def send_times(item: Item, st: State, count: int) -> tuple[float, ...]:
     """When each of the ``count`` requests a grant booked may start (epoch seconds), from
     the item its write returned: the last ``count`` spacing steps before ``nx``."""
@@ -153,7 +148,7 @@ def send_times(item: Item, st: State, count: int) -> tuple[float, ...]:
         return ()
     after = opt_int(num(item.get(NEXT)))
     assert after is not None, "a grant that books sends writes nx"
-    step = step_us(st)
+    step = step_us(st.limits)
     return tuple((after - (count - i) * step) / US for i in range(count))
 
 
@@ -194,7 +189,7 @@ def grant_update(
 
 def _book_sends(expr: Update, st: State, spaced: int, horizon_s: float) -> None:
     """``spaced`` sends after ``nx``: stacked onto it while it is ahead, else from now."""
-    step = step_us(st)
+    step = step_us(st.limits)
     now_us = math.floor(st.now * US)
     if st.next_send_us is not None and st.next_send_us >= now_us:
         expr.not_grown(NEXT, math.floor((st.now + horizon_s) * US) - (spaced - 1) * step)

@@ -42,6 +42,7 @@ BURST_FLOOR = 0.8  # such a 429 may be a fault, or another user of the key, too
 MIN_WAIT_S = 0.01
 RECHECK_S = 1.0  # how soon to ask again when open leases' give-backs may free the tokens
 METRICS = ("r", "t")  # requests, tokens
+US = 1_000_000  # send times are kept in microseconds
 
 
 def slot_of(now: float) -> int:
@@ -82,6 +83,11 @@ class Limits:
 def interval_s(limit: float) -> float:
     """Seconds between two sends at ``limit`` requests per minute."""
     return WINDOW_S / limit
+
+
+def step_us(limits: Limits) -> int:
+    """Microseconds between two sends of a shard, as its ``nx`` is booked (rounded up)."""
+    return math.ceil(interval_s(limits.pace()) * US)
 
 
 def factor(
@@ -141,11 +147,6 @@ class State:
     def spaced(self, n: int) -> int:
         """How many of ``n`` sends need a new spaced time (the first take the spares)."""
         return max(0, n - self.spare)
-
-    def first_send(self) -> float:
-        """When a grant now may send its first request: the shard's sends are spaced."""
-        booked = self.next_send_us / 1e6 if self.next_send_us is not None else self.now
-        return max(self.now, booked)
 
     def starving(self, rank: int) -> bool:
         """The priority has jobs waiting: its mark (``starving_until``) has not passed."""
@@ -268,7 +269,7 @@ class Policy:
             # Ask again when half the horizon's sends fit, not when one more does: every
             # waiting worker wakes at that moment and one wins, so a wake that finds
             # several sends free turns one race into one grant of several jobs.
-            refill = math.ceil(REFILL_AT * horizon / interval_s(st.limits.pace()))
+            refill = math.ceil(REFILL_AT * horizon * US / step_us(st.limits))
             return window_bound, (self.spacing_wait(st, max(n, refill), horizon), "pace")
         return window_bound, None
 
@@ -279,8 +280,14 @@ class Policy:
         spaced = st.spaced(n)
         if not spaced:
             return 0.0
-        last = st.first_send() + (spaced - 1) * interval_s(st.limits.pace())
-        return max(0.0, last - st.now - horizon)
+        # in whole microseconds, exactly as the write's condition on ``nx`` is built
+        # (``item.grant_update``): a worker that waits this long then fits, never loses
+        # its write by a rounding at the edge of the horizon
+        now_us = math.floor(st.now * US)
+        first = max(now_us, st.next_send_us if st.next_send_us is not None else now_us)
+        last = first + (spaced - 1) * step_us(st.limits)
+        over = last - math.floor((st.now + horizon) * US)
+        return (over + 1) / US if over > 0 else 0.0
 
     @staticmethod
     def _expiry_wait(st: State, m: str, amount: int) -> float:
