@@ -26,7 +26,7 @@ from limiter_sim import (
 
 from chatbatch.core.config import Config, Priority
 from chatbatch.provider.retry import RateLimitInfo
-from chatbatch.state.limiter.limiter import RateLimiter, RequestTooLargeError
+from chatbatch.state.limiter.limiter import PACE_SPREAD_S, RateLimiter, RequestTooLargeError
 from chatbatch.state.limiter.policy import PACE_MARGIN, WINDOW_S
 
 if TYPE_CHECKING:
@@ -247,10 +247,35 @@ def test_a_429_of_a_shorter_period_spaces_the_sends_wider_for_everyone(
     assert two.status(MODEL).burst == pytest.approx(1.0)
 
 
+class Unspread(random.Random):
+    """Waits not spread at random: the earliest of each spread, so a test can name it."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return a
+
+
+def test_workers_told_to_wait_for_the_same_send_ask_again_at_different_times(
+    dynamo: Dynamo, config: Config
+) -> None:
+    """Every worker denied for the pace would otherwise wake at one instant and all but
+    one lose their write: the waits are spread over a quarter of the horizon."""
+    cfg = with_model(config, 600, 10_000_000)
+    limiter = RateLimiter(dynamo.client, dynamo.table, cfg, clock=lambda: START)
+    assert limiter.lease(MODEL, Priority.normal, [10] * 10).granted == 10
+    waits = [limiter.lease(MODEL, Priority.normal, [10]).wait_s for _ in range(20)]
+    assert max(waits) - min(waits) > PACE_SPREAD_S / 2
+    assert max(waits) - min(waits) <= PACE_SPREAD_S
+    assert min(waits) >= 14 * 0.1 / PACE_MARGIN - 1 - 1e-4  # never before five sends fit
+
+
 def test_a_denial_says_how_long_to_wait(dynamo: Dynamo, config: Config) -> None:
     now = [START + 0.25]
     limiter = RateLimiter(
-        dynamo.client, dynamo.table, with_model(config, 61, 100_000), clock=lambda: now[0]
+        dynamo.client,
+        dynamo.table,
+        with_model(config, 61, 100_000),
+        clock=lambda: now[0],
+        rng=Unspread(),
     )
     step = 60 / (61 * PACE_MARGIN)  # a little under a second between sends
     assert limiter.acquire(MODEL, Priority.normal, 10).send_at(0) == START + 0.25
@@ -272,7 +297,11 @@ def test_a_pace_denial_waits_until_half_the_horizons_sends_fit(
     five fit, and gets five in one write (not one send per wake, each wake a race)."""
     now = [START]
     limiter = RateLimiter(
-        dynamo.client, dynamo.table, with_model(config, 600, 10_000_000), clock=lambda: now[0]
+        dynamo.client,
+        dynamo.table,
+        with_model(config, 600, 10_000_000),
+        clock=lambda: now[0],
+        rng=Unspread(),
     )
     step = 0.1 / PACE_MARGIN
     full = limiter.lease(MODEL, Priority.normal, [10] * 11)  # ten within the horizon

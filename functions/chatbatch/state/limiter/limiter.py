@@ -9,6 +9,7 @@ out ``Lease``s; 429s and limit headers adapt the limit (design note:
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 import time
@@ -36,13 +37,22 @@ from chatbatch.state.limiter.item import (
     starving_update,
 )
 from chatbatch.state.limiter.lease import Grant, Lease
-from chatbatch.state.limiter.policy import MIN_WAIT_S, Policy, State, Verdict, slot_of
+from chatbatch.state.limiter.policy import (
+    HORIZON_S,
+    MIN_WAIT_S,
+    REFILL_AT,
+    Policy,
+    State,
+    Verdict,
+    slot_of,
+)
 from chatbatch.state.limiter.spares import Spares
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 MAX_ATTEMPTS = 8  # conditional-write retries before a denial
+PACE_SPREAD_S = REFILL_AT * HORIZON_S / 2  # waits for a send are spread over this much
 
 
 class RequestTooLargeError(ValueError):
@@ -332,7 +342,7 @@ class RateLimiter:
             self._spares.put(model, shard, spares, now)
             if not jobs:
                 self._mark_starving(model, shard, st, rank, tokens[0], more.wait_s)
-                return ask.outcome(-1, [], more)
+                return ask.outcome(-1, [], self._spread(more))
             assert fits.bounds is not None
             st.spare = len(used)
             served = len(jobs) == len(tokens)
@@ -342,9 +352,19 @@ class RateLimiter:
             written = self._update(model, shard, expr, now)
             if written is not None:
                 starts = (*used, *send_times(written, st, len(jobs) - len(used)))
-                return ask.outcome(st.slot, jobs, more, starts)
+                return ask.outcome(st.slot, jobs, self._spread(more), starts)
             self._spares.put(model, shard, used, now)
-        return ask.outcome(-1, [], Verdict(None, MIN_WAIT_S, "contention"))
+        return ask.outcome(-1, [], self._spread(Verdict(None, MIN_WAIT_S, "contention")))
+
+    def _spread(self, more: Verdict) -> Verdict:
+        """A wait for the spacing (or after lost races), spread at random over a quarter
+        of the horizon: every worker told to wait for the same send would otherwise ask
+        at the same instant, and all but one lose their write (half the horizon is still
+        booked meanwhile, so the provider stays busy)."""
+        if more.reason not in ("pace", "contention"):
+            return more
+        spread = self._rng.uniform(0, PACE_SPREAD_S)
+        return dataclasses.replace(more, wait_s=more.wait_s + spread)
 
     def _fit(self, st: State, rank: int, tokens: list[int]) -> tuple[list[int], Verdict, Verdict]:
         """The longest prefix of the jobs that fits and its verdict, and the verdict for one
