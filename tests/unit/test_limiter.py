@@ -254,6 +254,11 @@ class Unspread(random.Random):
         return a
 
 
+def unspread(dynamo: Dynamo, config: Config, now: list[float]) -> RateLimiter:
+    """A limiter on the clock ``now[0]`` whose waits are not spread."""
+    return RateLimiter(dynamo.client, dynamo.table, config, clock=lambda: now[0], rng=Unspread())
+
+
 def test_workers_told_to_wait_for_the_same_send_ask_again_at_different_times(
     dynamo: Dynamo, config: Config
 ) -> None:
@@ -270,13 +275,7 @@ def test_workers_told_to_wait_for_the_same_send_ask_again_at_different_times(
 
 def test_a_denial_says_how_long_to_wait(dynamo: Dynamo, config: Config) -> None:
     now = [START + 0.25]
-    limiter = RateLimiter(
-        dynamo.client,
-        dynamo.table,
-        with_model(config, 61, 100_000),
-        clock=lambda: now[0],
-        rng=Unspread(),
-    )
+    limiter = unspread(dynamo, with_model(config, 61, 100_000), now)
     step = 60 / (61 * PACE_MARGIN)  # a little under a second between sends
     assert limiter.acquire(MODEL, Priority.normal, 10).send_at(0) == START + 0.25
     second = limiter.acquire(MODEL, Priority.normal, 10)  # spaced, booked ahead
@@ -296,13 +295,7 @@ def test_a_pace_denial_waits_until_half_the_horizons_sends_fit(
     """At 600/min the horizon (1 s) holds ten sends: a worker told to wait asks again when
     five fit, and gets five in one write (not one send per wake, each wake a race)."""
     now = [START]
-    limiter = RateLimiter(
-        dynamo.client,
-        dynamo.table,
-        with_model(config, 600, 10_000_000),
-        clock=lambda: now[0],
-        rng=Unspread(),
-    )
+    limiter = unspread(dynamo, with_model(config, 600, 10_000_000), now)
     step = 0.1 / PACE_MARGIN
     full = limiter.lease(MODEL, Priority.normal, [10] * 11)  # ten within the horizon
     assert full.granted == 10
