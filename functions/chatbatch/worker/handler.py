@@ -33,9 +33,9 @@ from chatbatch.worker.capacity import Capacity
 from chatbatch.worker.crash import WorkerCrash, crash_point
 from chatbatch.worker.emf import emit_metrics
 from chatbatch.worker.intake import Intake, read_record
-from chatbatch.worker.invocation import Invocation, Outcome, RetryLater, io_pool
+from chatbatch.worker.invocation import Invocation, Outcome, RetryLater
 from chatbatch.worker.pipeline import SAFETY_MARGIN_S, process, reserve_ahead
-from chatbatch.worker.services import build_services
+from chatbatch.worker.services import build_services, io_pool
 from chatbatch.worker.tracing import Span, tracer
 
 logger = Logger(service="chatbatch")

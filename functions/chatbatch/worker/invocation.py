@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from chatbatch.core.config import Config
 from chatbatch.core.jobs import job_ref
 from chatbatch.core.metrics import Metric
 from chatbatch.state.batches import BatchInfo, JobState
 from chatbatch.state.budget.reservations import Reservation
 from chatbatch.worker.capacity import Capacity, Slot
 from chatbatch.worker.intake import Intake
-from chatbatch.worker.services import Services, io_threads
+from chatbatch.worker.services import Services
 from chatbatch.worker.tracing import Span
 
 
@@ -80,15 +78,6 @@ class Invocation:
     def count(self, metric: Metric, intake: Intake, value: float = 1) -> None:
         model = intake.job.model if intake.job else "-"
         self.tallies[(metric, model, intake.priority.value)] += int(value)
-
-
-def io_pool(config: Config) -> ThreadPoolExecutor:
-    """The threads an instance runs its blocking AWS calls in (``io``): enough for every
-    job of a batch at once (``services.io_threads``). asyncio's default, ``min(32, cpus +
-    4)`` (6 on 2 vCPUs), made a job's time-critical call (the limiter's grant, the arm
-    before the send) queue behind its neighbours' S3 writes, and the job missed the send
-    time it was spaced to."""
-    return ThreadPoolExecutor(io_threads(config), thread_name_prefix="chatbatch-io")
 
 
 async def io(fn: Any, *args: Any, **kwargs: Any) -> Any:

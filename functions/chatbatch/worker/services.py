@@ -10,6 +10,7 @@ secret or the variable, never the key, and the provider client pauses the model 
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -87,10 +88,19 @@ IO_THREADS_SPARE = 4  # the invocation's own (the limiter's lease, the capacity'
 
 
 def io_threads(config: Config) -> int:
-    """Threads for an instance's blocking AWS calls (``invocation.io_pool``): every job of
+    """Threads for an instance's blocking AWS calls (``io_pool``): every job of
     a batch at once. The AWS clients keep as many connections (boto3 keeps 10), or the
     calls beyond them would open, and throw away, a new connection each."""
     return IO_THREADS_PER_JOB * config.worker.batch_size + IO_THREADS_SPARE
+
+
+def io_pool(config: Config) -> ThreadPoolExecutor:
+    """The threads an instance runs its blocking AWS calls in (``io``): enough for every
+    job of a batch at once (``io_threads``). asyncio's default, ``min(32, cpus +
+    4)`` (6 on 2 vCPUs), made a job's time-critical call (the limiter's grant, the arm
+    before the send) queue behind its neighbours' S3 writes, and the job missed the send
+    time it was spaced to."""
+    return ThreadPoolExecutor(io_threads(config), thread_name_prefix="chatbatch-io")
 
 
 def build_services() -> Services:

@@ -415,13 +415,13 @@ class RateLimiter:
         for _ in range(2):
             now = self._clock()
             st = self._state(model, shard, now)
-            new_factor = st.burst_after_429() if burst else st.factor_after_429()
+            if burst:
+                attr, last, new_factor = "fb", st.limits.burst_at, st.burst_after_429()
+            else:
+                attr, last, new_factor = "f", st.limits.factor_at, st.factor_after_429()
             if new_factor is None:
                 return
-            if burst:
-                expr = decrease_update(st.limits.burst_at, new_factor, now, attr="fb")
-            else:
-                expr = decrease_update(st.limits.factor_at, new_factor, now)
+            expr = decrease_update(last, new_factor, now, attr)
             if self._update(model, shard, expr, now) is not None:
                 return
 
