@@ -186,6 +186,8 @@ BOUND_FRAMING = Framing(
 )  # fmt: skip
 # Request fields the provider bills as prompt tokens (besides the messages).
 PROMPT_FIELDS = ("tools", "functions", "tool_choice", "function_call", "response_format")
+# Anthropic content blocks counted beyond their text (``_block``)
+ANTHROPIC_BLOCKS = ("tool_use", "tool_result", "thinking", "redacted_thinking")
 
 
 def estimate_text_tokens(text: str) -> int:
@@ -215,12 +217,33 @@ def _arguments(raw: str, count: Callable[[str], int], framing: Framing) -> int:
     return max(count(raw), count(_as_text(parsed))) + framing.argument * keys
 
 
-def _part(part: Any, count: Callable[[str], int], image_tokens: int) -> int:
-    """A content part: its text (or refusal) as rendered; an image at ``image_tokens``."""
+def _block(
+    block: Mapping[str, Any], count: Callable[[str], int], framing: Framing, images: int
+) -> int:
+    """An Anthropic content block beyond text and image: a tool call sent back (its id,
+    name and input), a tool result (its id and content), a thinking block (its text and
+    signature) or a redacted one (its data)."""
+    kind = block.get("type")
+    if kind == "tool_use":
+        arguments = json.dumps(block.get("input"), ensure_ascii=False)
+        used = framing.tool_calls + framing.tool_call + count(block.get("id") or "")
+        return used + count(block.get("name") or "") + _arguments(arguments, count, framing)
+    if kind == "tool_result":
+        content = _content(block.get("content") or "", count, framing, images)
+        return framing.tool_result + count(block.get("tool_use_id") or "") + content
+    texts = (block.get("thinking"), block.get("signature"), block.get("data"))
+    return sum(count(text) for text in texts if isinstance(text, str))
+
+
+def _part(part: Any, count: Callable[[str], int], framing: Framing, image_tokens: int) -> int:
+    """A content part (or an Anthropic content block): its text (or refusal) as rendered;
+    an image at ``image_tokens``."""
     if not isinstance(part, dict):
         return 0
-    if part.get("type") == "image_url":
+    if part.get("type") in ("image_url", "image"):
         return image_tokens
+    if part.get("type") in ANTHROPIC_BLOCKS:
+        return _block(part, count, framing, image_tokens)
     return count(_as_text(part.get("text", part.get("refusal", ""))))
 
 
@@ -228,7 +251,7 @@ def _content(content: Any, count: Callable[[str], int], framing: Framing, images
     if isinstance(content, str):
         return count(content)
     parts = content if isinstance(content, list) else []
-    return sum(framing.part + _part(p, count, images) for p in parts)
+    return sum(framing.part + _part(p, count, framing, images) for p in parts)
 
 
 def _call(call: Mapping[str, Any], count: Callable[[str], int], framing: Framing) -> int:
@@ -252,6 +275,8 @@ def _prompt_tokens(
     calls += [m["function_call"] for m in messages if m.get("function_call")]
     longest_name = max((count(_called_name(c) or c.get("name", "")) for c in calls), default=0)
     total = framing.request
+    if body.get("system"):  # Anthropic's system prompt: a message of its own
+        total += framing.message + _content(body["system"], count, framing, images)
     for m in messages:
         total += framing.message + _content(m.get("content"), count, framing, images)
         if m.get("name") is not None:
