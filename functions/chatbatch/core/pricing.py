@@ -39,6 +39,12 @@ rendering adds:
   longer of the sent and the re-serialised text.
 - ``response_format`` json_object: 23 (DeepSeek), 19 (harmony); bound 32 per field.
 
+The same bound reads Anthropic Messages params (an Anthropic-form job's, kept as given):
+``system`` as one more message, image blocks at ``image_input_tokens``, ``tool_use`` as a
+tool call (its JSON ``input`` as arguments), ``tool_result`` as a tool result, thinking
+blocks by their text and signature, with the same framing constants; Anthropic's own
+rendering is not measured here, so the margin above is what covers it.
+
 On requests built so that framing outweighs text (200 empty messages, 60 parameterless
 tools, 200 one-letter arguments, 40 empty tool calls, 20 KB tool schemas, nested response
 schemas) the bound is 1.48-7.4x the most any rendering counts; the test requires 1.25x.
