@@ -244,3 +244,10 @@ def test_the_worst_case_counts_system_tools_images_and_tool_history(config: Conf
     longer = FULL["params"] | {"system": "s" * 500}
     assert prompt_token_bound(longer) >= prompt_token_bound(FULL["params"]) + 480
     assert job.worst_case_usage(model).completion_tokens == 50  # max_tokens, thinking inside
+
+
+def test_chatbatchs_own_keys_beside_params_keep_their_names_in_errors(config: Config) -> None:
+    err = refused(line() | {"role": "nope"}, config)
+    assert err.field == "role" and "unknown role" in err.message
+    err = refused(line() | {"priority": "urgent"}, config)
+    assert err.field == "priority"

@@ -311,7 +311,8 @@ def _anthropic(data: dict[str, Any], config: Config, seq: int | None) -> Job:
     try:
         job = _resolve(BatchLine.model_validate(chat), config, seq)
     except JobError as err:  # the translated request's field, under the line's name
-        err.field = "params." + err.field.removeprefix("body.")
+        if err.field.startswith("body."):
+            err.field = "params." + err.field.removeprefix("body.")
         raise
     update = {"form": "anthropic", "native_params": given, "max_tokens": params.max_tokens}
     return job.model_copy(update=update | {"cap_param": None})
