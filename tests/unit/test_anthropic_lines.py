@@ -185,6 +185,8 @@ def test_max_tokens_is_required_as_at_anthropic(config: Config) -> None:
         ({"max_tokens": 10**6}, "params.max_tokens", "max_output_tokens"),
         ({"model": "nope"}, "params.model", "unknown model"),
         ({"stop_sequences": list("abcde")}, "params.stop_sequences", "at most 4"),
+        ({"tool_choice": {"type": "tool"}}, "params.tool_choice.name", "required"),
+        ({"thinking": {"type": "enabled"}}, "params.thinking.budget_tokens", "required"),
         (
             {"messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]},
             "params.messages[0].content",

@@ -115,7 +115,8 @@ class AnthropicLine(_Common):
 _TYPE_NAMES = {"ShortLine", "BatchLine", "AnthropicLine", "str", "none"}
 _TAGS = {"text", "image_url", "refusal", "function", "custom", "image", "tool_use"}
 _TAGS |= {"tool_result", "thinking", "redacted_thinking", "base64", "url", "auto", "any", "tool"}
-_TAGS |= {"enabled", "disabled", "adaptive"}
+_TAGS |= {"enabled", "disabled", "adaptive", "none"}
+_TAGGED_FIELDS = {"source", "tool_choice", "thinking"}  # a tagged union's field, not a list
 
 
 def _field(loc: tuple[int | str, ...]) -> str:
@@ -123,7 +124,11 @@ def _field(loc: tuple[int | str, ...]) -> str:
     for index, part in enumerate(loc):
         if isinstance(part, str) and ("[" in part or part in _TYPE_NAMES):
             continue
-        if part in _TAGS and index and isinstance(loc[index - 1], int):
+        if (
+            part in _TAGS
+            and index
+            and (isinstance(loc[index - 1], int) or loc[index - 1] in _TAGGED_FIELDS)
+        ):
             continue
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "(line)"
