@@ -56,6 +56,7 @@ from chatbatch.state.budget.errors import (
 from chatbatch.state.budget.reservations import Ask, Reservation
 from chatbatch.state.limiter.lease import Lease
 from chatbatch.state.limiter.limiter import RequestTooLargeError
+from chatbatch.translate import answer_body, wire_body
 from chatbatch.worker import pause, producers, requeue, results, unread
 from chatbatch.worker.capacity import Slot
 from chatbatch.worker.crash import crash_point
@@ -137,13 +138,14 @@ async def _call(
         lease.release(index)  # never sent: its request and send time go to others
         return await requeue.hand_back(inv, intake, HELD_RETRY_S, Outcome.elsewhere)
     await send_at(lease, index)  # the slow work (the arm's write) done, sent on time
-    url = services.config.providers[model.provider].chat_url
+    provider = services.config.providers[model.provider]
+    url = provider.url
     with inv.span(intake).child("provider", "remote") as span:
         span.annotate(model=job.model)
         try:
             completion = await services.provider.complete(
                 job.model,
-                job.request_body(model),
+                wire_body(job, model, provider),
                 deadline_s=max(1.0, inv.deadline - time.monotonic()),
                 before_retry=before_retry,
             )
@@ -160,6 +162,8 @@ async def _call(
             await io(services.budget.release, reservation)
             return await requeue.hand_back(inv, intake, err.wait_s, Outcome.throttled)
         _trace_attempts(span, url, completion.attempts)
+    # the result carries the answer in the job's form (a Message becomes a chat.completion)
+    completion = completion.model_copy(update={"body": answer_body(job, completion.body, provider)})
     used = completion.usage.total_tokens if completion.usage is not None else estimate
     lease.reconcile(index, used)
     return completion
