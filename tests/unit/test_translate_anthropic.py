@@ -97,6 +97,19 @@ def test_the_output_cap_is_always_sent(config: Config) -> None:
     assert body["max_tokens"] == config.models["haiku"].reserve_max_tokens
 
 
+def calling_weather(*cities: str) -> dict[str, Any]:
+    """An assistant turn that calls the weather tool for each city (ids c1, c2, ...)."""
+    calls = [
+        {
+            "id": f"c{number}",
+            "type": "function",
+            "function": {"name": "weather", "arguments": json.dumps({"city": city})},
+        }
+        for number, city in enumerate(cities, 1)
+    ]
+    return {"role": "assistant", "content": None, "tool_calls": calls}
+
+
 def test_tools_and_a_tool_call_history(config: Config) -> None:
     weather = {
         "type": "function",
@@ -111,22 +124,7 @@ def test_tools_and_a_tool_call_history(config: Config) -> None:
         {
             "messages": [
                 {"role": "user", "content": "weather in Oslo and Rome?"},
-                {
-                    "role": "assistant",
-                    "content": None,
-                    "tool_calls": [
-                        {
-                            "id": "c1",
-                            "type": "function",
-                            "function": {"name": "weather", "arguments": '{"city":"Oslo"}'},
-                        },
-                        {
-                            "id": "c2",
-                            "type": "function",
-                            "function": {"name": "weather", "arguments": '{"city":"Rome"}'},
-                        },
-                    ],
-                },
+                calling_weather("Oslo", "Rome"),
                 {"role": "tool", "tool_call_id": "c1", "content": "cold"},
                 {
                     "role": "tool",
