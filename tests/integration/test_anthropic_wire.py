@@ -196,6 +196,14 @@ def test_openai_lines_run_natively_on_anthropic_and_book_what_was_billed(
         + bill.completion_tokens * model.output_per_m
     ) / 1_000_000
     assert billed > 0
+    costs = [
+        json.loads(line)
+        for out in ("first", "second")
+        for line in (tmp_path / out / "costs.jsonl").read_text().splitlines()
+    ]
+    assert sum(c["cache_write_tokens"] for c in costs) == stats.cache_write_tokens
+    assert sum(c["cached_tokens"] for c in costs) == stats.cached_tokens
+    assert sum(Decimal(c["cost_usd"]) for c in costs) == billed
     assert spent.reserved_usd == 0
     assert spent.spent_usd == billed
     assert Decimal(0) < spent.spent_usd

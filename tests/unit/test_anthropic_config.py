@@ -127,3 +127,17 @@ def test_worst_case_prices_the_prompt_bound_at_the_cache_write_price() -> None:
     assert worst.cache_write_tokens == worst.prompt_tokens > 0
     everything_written = (worst.prompt_tokens * Decimal("1.25") + 10 * Decimal(5)) / 10**6
     assert job.worst_case_usd(model) == everything_written
+
+
+def test_a_translated_completions_usage_is_read_with_its_cache_writes() -> None:
+    """The result's chat.completion keeps Anthropic's counts (usage.anthropic): the cost
+    record read back from it has the cache writes, not just OpenAI's cached_tokens."""
+    counts = {
+        "input_tokens": 10,
+        "cache_creation_input_tokens": 20,
+        "cache_read_input_tokens": 30,
+        "output_tokens": 5,
+    }
+    translated = {"prompt_tokens": 60, "completion_tokens": 5, "anthropic": counts}
+    assert Usage.from_api(translated) == Usage.from_anthropic(counts)
+    assert Usage.from_api(counts).cache_write_tokens == 20

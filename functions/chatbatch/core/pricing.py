@@ -134,8 +134,15 @@ class Usage(BaseModel):
 
     @classmethod
     def from_api(cls, usage: dict[str, Any] | None) -> Usage:
+        """A chat.completion's usage. One translated from an Anthropic Message keeps
+        Anthropic's own counts under ``usage.anthropic`` (``translate``): they are read
+        from there, cache writes included, as is an Anthropic usage block itself."""
         if not usage:
             return cls()
+        if isinstance(usage.get("anthropic"), dict):
+            return cls.from_anthropic(usage["anthropic"])
+        if "input_tokens" in usage:
+            return cls.from_anthropic(usage)
         prompt = int(usage.get("prompt_tokens") or 0)
         details = usage.get("prompt_tokens_details") or {}
         cached = details.get("cached_tokens")
