@@ -226,3 +226,13 @@ def test_a_rate_limit_is_anthropics_429() -> None:
     assert anthropic_error(body)[0] == "rate_limit_error"
     assert int(reply.headers["retry-after"]) >= 1
     assert reply.headers["anthropic-ratelimit-requests-remaining"] == "0"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_answer_without_usage_is_whole_and_billed(engine: Engine, stream: bool) -> None:
+    engine.inject([Fault(kind=FaultKind.no_usage)])
+    reply, body = send(engine, BODY | {"stream": stream})
+    message = read_stream(reply) if stream else body
+    assert not message.get("usage")
+    assert message["content"][0]["text"]
+    assert engine.stats().billed_calls == 1
