@@ -5,6 +5,7 @@ ChatCompletion, and what has no equivalent is refused at submit naming job and f
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,13 +17,16 @@ from anthropic.types.message_create_params import (
 from openai.types.chat import ChatCompletion
 from pydantic import TypeAdapter
 
-from chatbatch.core.config import Config, parse_config
+from chatbatch.client.submit import iter_jobs, plan_file
+from chatbatch.core.config import Config, Priority, parse_config
 from chatbatch.core.job_lines import parse_job
 from chatbatch.core.jobs import JobError
-from chatbatch.translate import answer_body, wire_body
+from chatbatch.translate import answer_body, check_job, wire_body
 from chatbatch.translate.chat_to_messages import SAMPLING, Untranslatable, chat_to_messages
 from chatbatch.translate.message_to_completion import message_to_completion
+from chatbatch.worker.intake import read_record
 from tests.unit.test_anthropic_config import anthropic_config
+from tests.unit.test_intake import NOW, RESOURCES, NoStore, record
 
 PLAIN = TypeAdapter(MessageCreateParamsNonStreaming)
 STREAMED = TypeAdapter(MessageCreateParamsStreaming)
@@ -215,21 +219,26 @@ def test_fields_without_an_equivalent_are_refused_at_submit(
 ) -> None:
     data = {"custom_id": "job-7", "model": "haiku", "messages": [{"role": "user", "content": "hi"}]}
     with pytest.raises(JobError) as caught:
-        parse_job(data | line, config)
+        check_job(parse_job(data | line, config), config)
     assert caught.value.field == field
     assert "job 'job-7'" in str(caught.value)
     assert "Anthropic" in str(caught.value)
 
 
-def test_the_batch_form_names_the_field_under_body(config: Config) -> None:
+def test_submit_refuses_them_naming_line_job_and_field(config: Config, tmp_path: Path) -> None:
+    ok = {"custom_id": "a", "model": "haiku", "prompt": "x"}
     line = {
         "custom_id": "b",
         "method": "POST",
         "url": "/v1/chat/completions",
         "body": {"model": "haiku", "messages": [{"role": "user", "content": "x"}], "n": 3},
     }
-    with pytest.raises(JobError, match=r"body\.n: Anthropic answers one choice"):
-        parse_job(line, config)
+    path = tmp_path / "jobs.jsonl"
+    path.write_text(json.dumps(ok) + "\n" + json.dumps(line) + "\n")
+    plan = plan_file(path, config, "b1", Priority.normal)
+    assert (plan.valid, plan.invalid) == (1, 1)
+    assert str(plan.errors[0]).startswith("line 2, job 'b': n: Anthropic answers one choice")
+    assert [job.custom_id for job in iter_jobs(path, config, "b1")] == ["a"]
 
 
 def test_the_same_fields_still_go_to_an_openai_provider(config: Config) -> None:
@@ -330,8 +339,17 @@ def test_sampling_is_refused_under_the_version_that_refuses_it() -> None:
     config = parse_config(data)
     line = {"custom_id": "t", "model": "haiku", "prompt": "x", "temperature": 1.0}
     with pytest.raises(JobError, match=r"temperature: anthropic-version 2026-10-21"):
-        parse_job(line, config)
+        check_job(parse_job(line, config), config)
     job = parse_job({"custom_id": "t", "model": "haiku", "prompt": "x"}, config)
     body = wire_body(job, config.models["haiku"], config.providers["claude"])
     valid_request(body)
     assert "temperature" not in body
+
+
+def test_a_job_sent_straight_to_a_queue_is_refused_at_intake(config: Config) -> None:
+    """The worker checks what submit checks: a producer's job for an Anthropic model with
+    n > 1 is an invalid job (never sent), naming the job and the field."""
+    body = {"custom_id": "q1", "model": "haiku", "prompt": "x", "n": 2}
+    intake = read_record(record(body, sent=NOW), config, RESOURCES, NoStore())
+    assert intake.job is None and intake.error is not None
+    assert (intake.error.field, intake.error.custom_id) == ("n", "q1")

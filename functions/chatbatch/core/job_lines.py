@@ -8,9 +8,9 @@ Any valid body passes unchanged: the messages mirror the openai SDK's types
 (``core.messages``), every other request key goes through ``request_params`` as given,
 and the output cap is sent under the name the line gave it. Both normalise to one
 ``Job``, resolved against the config (role -> model, system prompt and defaults). A line
-that cannot run is a ``JobError`` naming the line (or job) and the field; so is a line
-for a model at a kind anthropic provider with a field that cannot be translated
-(``chatbatch.translate.check_job``).
+that cannot run is a ``JobError`` naming the line (or job) and the field. (A job for a
+model at a kind anthropic provider is checked further by its callers, submit and the
+worker's intake: ``chatbatch.translate.check_job``.)
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from chatbatch.core.config import ROLE_PARAMS, Config, Priority
 from chatbatch.core.jobs import BATCH_ID_PATTERN, CustomId, Job, JobError
 from chatbatch.core.messages import LineModel, Message
 from chatbatch.core.request_params import refusal
-from chatbatch.translate import check_job
 
 PASS_THROUGH_PARAMS = ROLE_PARAMS - {"temperature", "max_tokens", "stream"}
 # OpenAI's request metadata: at most 16 string pairs
@@ -235,10 +234,6 @@ def _resolve(line: ShortLine | BatchLine, config: Config, seq: int | None) -> Jo
         metadata=line.metadata if isinstance(line, BatchLine) else {},
         params=params,
     )
-    try:
-        check_job(job, model, config.providers[model.provider])
-    except JobError as err:
-        raise JobError(prefix + err.field, err.message) from None
     return job
 
 

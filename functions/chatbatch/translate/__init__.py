@@ -1,6 +1,7 @@
 """Which body goes on the wire for a job to a provider, and which body ends in its result:
-the one place that choice is made (``wire_body``, ``answer_body``, and ``check_job`` at
-submit).
+the one place that choice is made (``wire_body``, ``answer_body``, and ``check_job`` /
+``checked`` where a line becomes a job). A layer above ``core`` (whose line parser knows
+nothing of providers' APIs) and below ``provider``, ``worker`` and ``client``.
 
 A job in OpenAI's form to a kind ``openai`` provider goes as it is and its answer is kept
 as it came; to a kind ``anthropic`` provider it goes translated (``chat_to_messages``)
@@ -14,7 +15,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from chatbatch.core.config import Model, Provider
+from chatbatch.core.config import Config, Model, Provider
 from chatbatch.core.jobs import Job, JobError
 from chatbatch.translate.chat_to_messages import (
     Untranslatable,
@@ -49,12 +50,29 @@ def answer_body(
     return native
 
 
-def check_job(job: Job, model: Model, provider: Provider) -> None:
-    """Raise ``JobError`` naming the field when ``job`` cannot be sent to ``provider``
-    unchanged in meaning and cost (called at submit)."""
+def check_job(job: Job, config: Config) -> None:
+    """Raise ``JobError`` naming the job and the field when ``job`` cannot be sent to its
+    model's provider unchanged in meaning and cost. Called wherever a line becomes a job
+    (submit's plan and send, the worker's intake), after ``core.job_lines`` parsed it."""
+    model = config.models[job.model]
     try:
-        wire_body(job, model, provider)
+        wire_body(job, model, config.providers[model.provider])
     except Untranslatable as err:
         raise JobError(
-            err.field, f"{err.message} (model {job.model} is served by Anthropic's API)"
+            err.field,
+            f"{err.message} (model {job.model} is served by Anthropic's API)",
+            custom_id=job.custom_id,
         ) from None
+
+
+def checked(parsed: Job | JobError, config: Config, line: int | None = None) -> Job | JobError:
+    """A parsed line (``core.job_lines.parse_lines``) with ``check_job`` applied: the job,
+    or the ``JobError`` it fails with (naming ``line``)."""
+    if isinstance(parsed, JobError):
+        return parsed
+    try:
+        check_job(parsed, config)
+    except JobError as err:
+        err.line = line
+        return err
+    return parsed
