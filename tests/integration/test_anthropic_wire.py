@@ -207,3 +207,38 @@ def test_openai_lines_run_natively_on_anthropic_and_book_what_was_billed(
     assert spent.reserved_usd == 0
     assert spent.spent_usd == billed
     assert Decimal(0) < spent.spent_usd
+
+
+def test_every_anthropic_call_that_may_have_been_billed_is_booked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Message cut, a stream cut before message_stop, an error event mid-stream and a
+    Message without usage: each is booked at the job's worst case (the first three on
+    their own records, re-sent after), so the books are never below the bill."""
+    config_path = tmp_path / "chatbatch.toml"
+    config_path.write_text((ROOT / "chatbatch.toml").read_text() + CLAUDE)
+    monkeypatch.setenv("CHATBATCH_CONFIG", str(config_path))
+    jobs = [
+        {"custom_id": f"j{i}", "model": MODEL, "prompt": f"tag-j{i} question", "max_tokens": 30}
+        | ({"stream": True} if i % 2 else {})
+        for i in range(5)
+    ]
+    options = LocalOptions(timeout_s=120, simulator=SimulatorSettings(), config_path=config_path)
+    with LocalRuntime(options) as rt:
+        assert rt.simulator is not None
+        rt.simulator.inject("truncate", "corrupt", "truncate", "no_usage")
+        summary = run_batch(rt, jobs, "faults", tmp_path / "faults")
+        stats = rt.simulator.stats()
+        spent = Budget(boto3.client("dynamodb"), rt.resources.table, rt.config).usage()
+        model = rt.config.models[MODEL]
+    assert summary.succeeded == len(jobs) and summary.failed == 0, summary
+    assert stats.billed_unread == 3
+    assert stats.requests == len(jobs) + 3  # one re-send per answer never read, no more
+    costs = [json.loads(c) for c in (tmp_path / "faults" / "costs.jsonl").read_text().splitlines()]
+    assert len([c for c in costs if c["usage_estimated"]]) == 4
+    bill = stats.billed_by_model["claude-haiku-4-5"]
+    billed = (
+        bill.prompt_tokens * model.input_per_m + bill.completion_tokens * model.output_per_m
+    ) / 1_000_000
+    assert spent.reserved_usd == 0
+    assert spent.spent_usd == sum(Decimal(c["cost_usd"]) for c in costs) > billed
