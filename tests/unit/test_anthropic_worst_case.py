@@ -1,6 +1,7 @@
-"""The worst case reserved for a job on an Anthropic model bounds every bill: whatever the
-simulator bills for it (its prompt written to the cache, read from it, or plain), the cost
-at the model's prices is at most ``Job.worst_case_usd``."""
+"""Properties of OpenAI-form jobs on an Anthropic model: every translated request is one
+the anthropic SDK and the simulator accept, and the worst case reserved bounds every bill:
+whatever the simulator bills for a job (its prompt written to the cache, read from it, or
+plain), the cost at the model's prices is at most ``Job.worst_case_usd``."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from chatbatch.core.pricing import Usage, cost
 from chatbatch.local.simulator import Engine, SimulatorSettings
 from chatbatch.translate import wire_body
 from tests.unit.test_anthropic_config import anthropic_config
+from tests.unit.test_translate_anthropic import valid_request
 
 CONFIG: Config = parse_config(anthropic_config())
 HEADERS = {"x-api-key": "k", "anthropic-version": "2023-06-01"}
@@ -86,3 +88,16 @@ def test_any_split_of_the_prompt_bound_is_within_the_worst_case(
         completion_tokens=job.output_bound(model),
     )
     assert cost(usage, model) <= job.worst_case_usd(model)
+
+
+@settings(max_examples=60, deadline=None)
+@given(lines())
+def test_every_translated_request_is_one_the_sdk_and_the_simulator_accept(
+    line: dict[str, Any],
+) -> None:
+    job = parse_job(line, CONFIG)
+    body = wire_body(job, CONFIG.models["haiku"], CONFIG.providers["claude"])
+    valid_request(body)
+    engine = Engine(SimulatorSettings(config_models=False))
+    reply = engine.handle("POST", "/v1/messages", dict(HEADERS), json.dumps(body).encode())
+    assert reply.status == 200, reply.body

@@ -212,6 +212,10 @@ def test_a_cache_breakpoint_becomes_cache_control(config: Config) -> None:
             {"messages": [{"role": "user", "content": "x"}, {"role": "system", "content": "y"}]},
             "messages[1].role",
         ),
+        (
+            {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]},
+            "messages[1].role",
+        ),
     ],
 )
 def test_fields_without_an_equivalent_are_refused_at_submit(

@@ -38,7 +38,8 @@ would differ), ``logprobs`` / ``top_logprobs``, ``seed``, ``presence_penalty``,
 ``response_format`` json_object / json_schema, ``reasoning_effort``, ``verbosity``,
 another ``service_tier``, ``temperature`` above 1, ``functions`` / ``function_call`` and
 ``function`` messages (legacy), custom tools and custom tool calls, a message ``name``, a
-system or developer message after the conversation has begun, tool-call arguments that
+system or developer message after the conversation has begun, a conversation that ends
+with an assistant turn (Anthropic continues it as a prefill), tool-call arguments that
 are not a JSON object, an image URL that is neither ``data:`` (jpeg, png, gif, webp) nor
 ``http(s)``, and any key this module does not know.
 """
@@ -248,6 +249,12 @@ def _conversation(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]],
             turns[-1]["content"] = _as_blocks(turns[-1]["content"]) + blocks
         else:
             turns.append({"role": anthropic_role, "content": _plain(message, blocks)})
+    if turns and turns[-1]["role"] == "assistant":
+        raise Untranslatable(
+            f"messages[{len(messages) - 1}].role",
+            "the conversation ends with an assistant turn: Anthropic would continue that "
+            "turn (a prefill) instead of answering after it; end with a user or tool message",
+        )
     return system, turns
 
 
