@@ -5,11 +5,13 @@ time, read after), and speaks Anthropic's errors, headers and faults."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from anthropic.types import Message
 
+from chatbatch.local import simulator
 from chatbatch.local.simulator import Engine, SimulatorSettings
 from chatbatch.local.simulator.replies import Reply
 from chatbatch.local.simulator.settings import Fault, FaultKind
@@ -236,3 +238,13 @@ def test_an_answer_without_usage_is_whole_and_billed(engine: Engine, stream: boo
     assert not message.get("usage")
     assert message["content"][0]["text"]
     assert engine.stats().billed_calls == 1
+
+
+def test_the_simulator_shares_no_code_with_what_it_checks() -> None:
+    """An adversary: the simulator never imports the translation or the provider client
+    (its only chatbatch import outside itself is the config file's model list)."""
+    folder = Path(simulator.__file__).parent
+    for path in folder.glob("*.py"):
+        text = path.read_text()
+        for banned in ("chatbatch.translate", "chatbatch.provider", "chatbatch.worker"):
+            assert banned not in text, f"{path.name} imports {banned}"
