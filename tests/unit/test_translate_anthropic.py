@@ -21,7 +21,7 @@ from chatbatch.client.submit import iter_jobs, plan_file
 from chatbatch.core.config import Config, Priority, parse_config
 from chatbatch.core.job_lines import parse_job
 from chatbatch.core.jobs import JobError
-from chatbatch.translate import answer_body, check_job, wire_body
+from chatbatch.translate import check_job, result_body, wire_body
 from chatbatch.translate.chat_to_messages import SAMPLING, Untranslatable, chat_to_messages
 from chatbatch.translate.message_to_completion import message_to_completion
 from chatbatch.worker.intake import read_record
@@ -329,11 +329,11 @@ def test_stop_reasons(stop: str, finish: str) -> None:
     assert completion.choices[0].message.tool_calls is None
 
 
-def test_answer_body_keeps_an_openai_answer_and_translates_a_message(config: Config) -> None:
+def test_result_body_keeps_an_openai_answer_and_translates_a_message(config: Config) -> None:
     job = parse_job({"custom_id": "a", "model": "haiku", "prompt": "x"}, config)
     native = {"choices": []}
-    assert answer_body(job, native, config.providers["openai"]) is native
-    translated = answer_body(job, MESSAGE, config.providers["claude"], created=5)
+    assert result_body(job, native, config.providers["openai"]) is native
+    translated = result_body(job, MESSAGE, config.providers["claude"], created=5)
     assert translated["created"] == 5 and translated["object"] == "chat.completion"
 
 

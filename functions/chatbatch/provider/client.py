@@ -34,7 +34,7 @@ retry can fix and gives up, in time, on what it cannot.
 A provider of kind ``anthropic`` is called at its ``/messages`` URL with ``x-api-key``
 and ``anthropic-version`` (``translate.wire_body`` made the body); its 200 is read as a
 Message, plain or streamed (``chatbatch.provider.message_stream``), and the
-``Completion`` carries that Message (``translate.answer_body`` makes the result's
+``Completion`` carries that Message (``translate.result_body`` makes the result's
 chat.completion) with its usage, cache writes and reads included. Its error bodies
 (``{"type": "error", "error": {"type", "message"}}``) are read like OpenAI's (the type
 is the code: 529 ``overloaded_error`` and 5xx retried, 429 ``rate_limit_error`` retried

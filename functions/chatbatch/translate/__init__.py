@@ -1,5 +1,5 @@
 """Which body goes on the wire for a job to a provider, and which body ends in its result:
-the one place that choice is made (``wire_body``, ``answer_body``, and ``check_job`` /
+the one place that choice is made (``wire_body``, ``result_body``, and ``check_job`` /
 ``checked`` where a line becomes a job). A layer above ``core`` (whose line parser knows
 nothing of providers' APIs) and below ``provider``, ``worker`` and ``client``.
 
@@ -39,10 +39,12 @@ def wire_body(job: Job, model: Model, provider: Provider) -> dict[str, Any]:
     return body
 
 
-def answer_body(
+def result_body(
     job: Job, native: dict[str, Any], provider: Provider, created: int | None = None
 ) -> dict[str, Any]:
-    """The body a job's result carries for ``native``, the provider's answer."""
+    """The body a job's result stores for ``native``, the provider's answer, in the
+    worker (a Message from a kind anthropic provider becomes a chat.completion for an
+    OpenAI-form job). Not the collect-time choice of the results file's shape."""
     if _form(job) != "openai":
         raise NotImplementedError(f"jobs in {_form(job)!r} form are not wired yet")
     if provider.kind == "anthropic":
