@@ -23,6 +23,7 @@ from typing import Any
 
 import boto3
 import pytest
+from anthropic.types.messages import MessageBatchIndividualResponse
 from typer.testing import CliRunner, Result
 
 from chatbatch.cli.app import app
@@ -685,3 +686,28 @@ def test_local_up_serves_other_processes_through_the_same_discovery(tmp_path: Pa
     finally:
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=30) == 0
+
+
+def test_a_batch_of_anthropic_lines_is_collected_as_anthropic_results_in_one_file(
+    local: Local,
+) -> None:
+    say = [{"role": "user", "content": "hello there"}]
+    lines = [
+        json.dumps(
+            {
+                "custom_id": f"m{i}",
+                "params": {"model": "gpt-4.1", "max_tokens": 30, "messages": say},
+            }
+        )
+        for i in range(3)
+    ]
+    path = local.write("anthropic.jsonl", lines)
+    batch = local.json("submit", str(path), "--batch-id", "anthropic-1")["batch_id"]
+    local.wait(batch, lambda s: bool(s["done"]))
+    results = local.workdir / "anthropic-results.jsonl"
+    collected = local.json("collect", batch, "-o", str(results))
+    assert (collected["results"], collected["errors"], collected["errors_file"]) == (3, 0, None)
+    assert not results.with_name("anthropic-results.errors.jsonl").exists()
+    read = [MessageBatchIndividualResponse.model_validate(line) for line in read_jsonl(results)]
+    assert [r.custom_id for r in read] == ["m0", "m1", "m2"]
+    assert all(r.result.type == "succeeded" for r in read)

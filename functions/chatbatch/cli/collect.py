@@ -1,7 +1,9 @@
 """``chatbatch collect``: a batch's results and errors, OpenAI Batch output lines in input
 order when the batch has a manifest, streamed to two files (or stdout): answers and the
 provider's HTTP error answers to the results file, failures that never got an HTTP answer
-to the error file (``results.jsonl`` → ``results.errors.jsonl`` unless ``--errors``)."""
+to the error file (``results.jsonl`` → ``results.errors.jsonl`` unless ``--errors``). A
+batch submitted as Anthropic Message Batches lines is written as Anthropic's results
+lines, all in the one results file (as Anthropic's; ``--errors`` is not used)."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from chatbatch.core.config import load_config
 from chatbatch.core.output_lines import OutputLine
 from chatbatch.core.private_files import private_open
 from chatbatch.state.store import error_key, manifest_key, result_key
+from chatbatch.translate.batch_results import written
 
 
 class CollectReport(BaseModel):
@@ -122,7 +125,7 @@ def collect(
             "-e",
             help="error JSONL: failures without an HTTP answer (default: OUTPUT's name "
             "with .errors before its suffix, e.g. results.errors.jsonl; with '-o -': "
-            "stdout; '-': stdout)",
+            "stdout; '-': stdout; a batch of Anthropic lines has none: one results file)",
         ),
     ] = None,
     threads: ThreadsOpt = 16,
@@ -136,12 +139,16 @@ def collect(
 
     Exit code 3 when some jobs have not finished yet (run collect again later).
     """
-    errors = errors if errors is not None else errors_path(output)
     deployment = connect(load_config(config), stack)
     info = deployment.batches.get(batch)
     ids = _manifest(deployment, batch)
     if info is None and ids is None:
         find_batch(deployment, batch)  # raises: unknown batch
+    form = info.form if info else "openai"
+    if form == "anthropic":  # one results file, as Anthropic's
+        errors = None
+    elif errors is None:
+        errors = errors_path(output)
     report = CollectReport(
         batch_id=batch,
         output=str(output),
@@ -160,11 +167,14 @@ def collect(
         progress_bar(as_json or str(output) == "-") as progress,
     ):
         task = progress.add_task("collecting", total=total)
-        for text, ok in outcomes:
+        for stored, is_result in outcomes:
             progress.advance(task)
-            if text is None:
+            if stored is None:
                 report.unfinished += 1
                 continue
+            text, ok = stored, is_result
+            if form == "anthropic":
+                text, ok = written(form, OutputLine.model_validate_json(stored))
             (results if ok else failures).write(text.rstrip("\n") + "\n")
             report.results += ok
             report.errors += not ok

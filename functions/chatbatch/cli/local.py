@@ -112,7 +112,8 @@ def local_run(
 ) -> None:
     """Run JOBS through the local pipeline; write results, errors, costs and a summary to --out.
 
-    Outputs: OUT/results.jsonl (input order), OUT/errors.jsonl, OUT/costs.jsonl,
+    Outputs: OUT/results.jsonl (input order), OUT/errors.jsonl (none for a file of
+    Anthropic lines: every line in results.jsonl, as Anthropic's), OUT/costs.jsonl,
     OUT/summary.json, and the worker's JSON logs in OUT/worker.log. Answers are appended as
     they finish; Ctrl-C stops (exit 130) and the same command again resumes: jobs already
     answered are neither sent nor paid again.

@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Literal
 
 import boto3
 
@@ -54,6 +54,7 @@ class Plan:
     tokens_by_model: Counter[str] = field(default_factory=Counter)
     worst_case_usd: Decimal = Decimal(0)
     checksum: str = ""
+    form: Literal["openai", "anthropic"] = "openai"  # its lines' (one form per file)
 
     def estimate_s(self, config: Config) -> float:
         """Lower bound on wall time from the rate limits: the slowest model's queue."""
@@ -99,6 +100,8 @@ def plan_file(
                     plan.errors.append(parsed)
                 continue
             model = config.models[parsed.model]
+            if not plan.valid:
+                plan.form = parsed.form
             plan.valid += 1
             plan.by_priority[priority_of(parsed, default_priority)] += 1
             plan.by_model[parsed.model] += 1
@@ -199,6 +202,7 @@ def register(
         checksum=plan.checksum,
         registrant=registrant or caller_principal(boto3.client("sts")),
         budget_nanos=budget_nanos,
+        form=plan.form,
     )
 
 

@@ -29,10 +29,12 @@ from pydantic import (
     ValidationError,
 )
 
+from chatbatch.core.anthropic_params import AnthropicParams, ImageBlock, ToolResultBlock
 from chatbatch.core.config import ROLE_PARAMS, Config, Priority
 from chatbatch.core.jobs import BATCH_ID_PATTERN, CustomId, Job, JobError
 from chatbatch.core.messages import LineModel, Message
 from chatbatch.core.request_params import refusal
+from chatbatch.translate.messages_to_chat import Untranslatable, messages_to_chat
 
 PASS_THROUGH_PARAMS = ROLE_PARAMS - {"temperature", "max_tokens", "stream"}
 # OpenAI's request metadata: at most 16 string pairs
@@ -103,10 +105,20 @@ class BatchLine(_Common):
     metadata: Metadata = Field(default_factory=dict)  # chatbatch's own: kept, never sent
 
 
+class AnthropicLine(_Common):
+    """An Anthropic Message Batches line: ``params`` is a ``MessageCreateParams``."""
+
+    params: AnthropicParams
+    metadata: Metadata = Field(default_factory=dict)  # chatbatch's own: kept, never sent
+
+
 # pydantic's names of union members in an error's location, not fields of the line: the
 # model and type names, and a tagged union's tag (a part's or a tool call's type) after an index
-_TYPE_NAMES = {"ShortLine", "BatchLine", "str", "none"}
-_TAGS = {"text", "image_url", "refusal", "function", "custom"}
+_TYPE_NAMES = {"ShortLine", "BatchLine", "AnthropicLine", "str", "none"}
+_TAGS = {"text", "image_url", "refusal", "function", "custom", "image", "tool_use"}
+_TAGS |= {"tool_result", "thinking", "redacted_thinking", "base64", "url", "auto", "any", "tool"}
+_TAGS |= {"enabled", "disabled", "adaptive", "none"}
+_TAGGED_FIELDS = {"source", "tool_choice", "thinking"}  # a tagged union's field, not a list
 
 
 def _field(loc: tuple[int | str, ...]) -> str:
@@ -114,7 +126,11 @@ def _field(loc: tuple[int | str, ...]) -> str:
     for index, part in enumerate(loc):
         if isinstance(part, str) and ("[" in part or part in _TYPE_NAMES):
             continue
-        if part in _TAGS and index and isinstance(loc[index - 1], int):
+        if (
+            part in _TAGS
+            and index
+            and (isinstance(loc[index - 1], int) or loc[index - 1] in _TAGGED_FIELDS)
+        ):
             continue
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "(line)"
@@ -253,6 +269,68 @@ def _check_images(
             )
 
 
+def _anthropic_images(params: AnthropicParams, image_tokens: int | None, name: str) -> None:
+    """An image block needs its model's worst case per image (``image_input_tokens``)."""
+    if image_tokens is not None:
+        return
+    for index, message in enumerate(params.messages):
+        blocks = message.content if isinstance(message.content, list) else []
+        inner = [p for b in blocks if isinstance(b, ToolResultBlock) for p in b.content or []]
+        if any(isinstance(block, ImageBlock) for block in [*blocks, *inner]):
+            raise JobError(
+                f"params.messages[{index}].content",
+                f"an image block, but models.{name}.image_input_tokens is not set: "
+                "chatbatch cannot bound what an image bills at this model; set it in "
+                "chatbatch.toml (the most prompt tokens one image costs) or remove the image",
+            )
+
+
+def _anthropic(data: dict[str, Any], config: Config, seq: int | None) -> Job:
+    """An Anthropic line -> Job: its params validated and kept as given, and translated
+    into the chat request an OpenAI-kind provider is sent (``translate.messages_to_chat``)."""
+    if isinstance(data["params"], dict) and "max_tokens" not in data["params"]:
+        raise JobError(
+            "params.max_tokens",
+            "required: Anthropic's Messages API requires max_tokens (the most output tokens "
+            "of the answer); add it",
+        )
+    line = AnthropicLine.model_validate(data)
+    params = line.params
+    resolved = config.resolve_model(params.model)
+    if resolved is None:
+        raise JobError(
+            "params.model", f"unknown model {params.model!r}; configured: {sorted(config.models)}"
+        )
+    name, model = resolved
+    _anthropic_images(params, model.image_input_tokens, name)
+    if params.max_tokens > model.max_output_tokens:
+        raise JobError(
+            "params.max_tokens",
+            f"must be between 1 and {model.max_output_tokens} for {name} (got "
+            f"{params.max_tokens}; models.{name}.max_output_tokens)",
+        )
+    given = data["params"]
+    try:
+        body = messages_to_chat(given)
+    except Untranslatable as err:
+        raise JobError(f"params.{err.field}", err.why) from None
+    chat = {k: v for k, v in data.items() if k != "params"}
+    chat |= {"method": "POST", "url": "/v1/chat/completions", "body": body}
+    try:
+        job = _resolve(BatchLine.model_validate(chat), config, seq)
+    except JobError as err:  # the translated request's field, under the line's name
+        if err.field.startswith("body."):
+            err.field = "params." + err.field.removeprefix("body.")
+        raise
+    update = {"form": "anthropic", "native_params": given, "max_tokens": params.max_tokens}
+    return job.model_copy(update=update | {"cap_param": None})
+
+
+def line_form(data: Any) -> Literal["openai", "anthropic"]:
+    """The form of a decoded line: Anthropic's when it carries ``params``."""
+    return "anthropic" if isinstance(data, dict) and "params" in data else "openai"
+
+
 def parse_job(data: Any, config: Config, *, seq: int | None = None) -> Job:
     """A decoded JSON value -> Job, or JobError naming the field."""
     if not isinstance(data, dict):
@@ -261,6 +339,8 @@ def parse_job(data: Any, config: Config, *, seq: int | None = None) -> Job:
     try:
         if "custom_id" not in data and seq is None:
             raise JobError("custom_id", "required for a job sent straight to a queue")
+        if line_form(data) == "anthropic":
+            return _anthropic(data, config, seq)
         kind = BatchLine if {"body", "url", "method"} & data.keys() else ShortLine
         line = kind.model_validate(data)
         return _resolve(line, config, seq)
@@ -297,6 +377,27 @@ def parse_line(text: str | bytes, config: Config, *, line: int | None = None) ->
         raise
 
 
+_FORM_NAMES = {
+    "anthropic": 'an Anthropic Message Batches line ({"custom_id", "params"})',
+    "openai": "an OpenAI line (a /v1/chat/completions body, batch or short form)",
+}
+
+
+def _one_form(job: Job, number: int, first: dict[str, int]) -> None:
+    """A file holds lines of one form: its results are written in that form's shape."""
+    first.setdefault(job.form, number)
+    other = next((form for form in first if form != job.form), None)
+    if other is not None:
+        raise JobError(
+            "(line)",
+            f"this is {_FORM_NAMES[job.form]}, but line {first[other]} is "
+            f"{_FORM_NAMES[other]}: a batch's results are written in its form's shape, so a "
+            "file holds lines of one form; put the lines of each form in a file of their own",
+            line=number,
+            custom_id=job.custom_id,
+        )
+
+
 def parse_lines(
     lines: Iterable[str | bytes], config: Config
 ) -> Iterator[tuple[int, Job | JobError]]:
@@ -306,11 +407,13 @@ def parse_lines(
     in memory, never the jobs.
     """
     seen: set[str] = set()
+    first: dict[str, int] = {}  # form -> the first line of that form
     for number, text in enumerate(lines, start=1):
         if not text.strip():
             continue
         try:
             job = parse_line(text, config, line=number)
+            _one_form(job, number, first)
         except JobError as err:
             yield number, err
             continue

@@ -105,6 +105,10 @@ class Job(BaseModel):
     cache: bool = False
     metadata: dict[str, str] = Field(default_factory=dict)
     params: dict[str, Any] = Field(default_factory=dict)
+    # the form of its line; an Anthropic-form job keeps its params as given
+    # (``native_params``), the fields above hold them translated to a chat request
+    form: Literal["openai", "anthropic"] = "openai"
+    native_params: dict[str, Any] | None = None
 
     def output_cap(self, model: Model) -> int:
         """The output cap every call of this job is sent: its own, else the model's."""
@@ -130,6 +134,9 @@ class Job(BaseModel):
         field, at the highest input price (uncached, or written to the cache when that
         costs more), and the output cap sent times ``n``, all used."""
         bound = prompt_token_bound(self.request_body(model), model.image_input_tokens or 0)
+        if self.native_params is not None:  # whichever body goes on the wire
+            native = prompt_token_bound(self.native_params, model.image_input_tokens or 0)
+            bound = max(bound, native)
         return worst_case_prompt(bound, self.output_bound(model), model)
 
     def worst_case_usd(self, model: Model) -> Decimal:
@@ -171,14 +178,20 @@ class Job(BaseModel):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     def to_line(self) -> str:
-        """The job as an OpenAI Batch line (plus chatbatch keys); ``parse_job`` reads it back."""
-        line: dict[str, Any] = {"custom_id": self.custom_id, "method": "POST", "url": CHAT_URL}
+        """The job as its form's batch line (an OpenAI Batch line, or an Anthropic one with
+        its params as given), plus chatbatch keys; ``parse_job`` reads it back."""
+        line: dict[str, Any] = {"custom_id": self.custom_id}
+        if self.native_params is None:
+            line |= {"method": "POST", "url": CHAT_URL}
         line |= self.model_dump(
             include={"batch_id", "seq", "role", "priority", "cache", "metadata"},
             exclude_defaults=True,
             mode="json",
         )
-        line["body"] = self._body(self.model)
+        if self.native_params is None:
+            line["body"] = self._body(self.model)
+        else:
+            line["params"] = self.native_params
         return json.dumps(line, separators=(",", ":"), ensure_ascii=False)
 
 

@@ -39,6 +39,12 @@ rendering adds:
   longer of the sent and the re-serialised text.
 - ``response_format`` json_object: 23 (DeepSeek), 19 (harmony); bound 32 per field.
 
+The same bound reads Anthropic Messages params (an Anthropic-form job's, kept as given):
+``system`` as one more message, image blocks at ``image_input_tokens``, ``tool_use`` as a
+tool call (its JSON ``input`` as arguments), ``tool_result`` as a tool result, thinking
+blocks by their text and signature, with the same framing constants; Anthropic's own
+rendering is not measured here, so the margin above is what covers it.
+
 On requests built so that framing outweighs text (200 empty messages, 60 parameterless
 tools, 200 one-letter arguments, 40 empty tool calls, 20 KB tool schemas, nested response
 schemas) the bound is 1.48-7.4x the most any rendering counts; the test requires 1.25x.
@@ -237,6 +243,8 @@ BOUND_FRAMING = Framing(
 )  # fmt: skip
 # Request fields the provider bills as prompt tokens (besides the messages).
 PROMPT_FIELDS = ("tools", "functions", "tool_choice", "function_call", "response_format")
+# Anthropic content blocks counted beyond their text (``_block``)
+ANTHROPIC_BLOCKS = ("tool_use", "tool_result", "thinking", "redacted_thinking")
 
 
 def estimate_text_tokens(text: str) -> int:
@@ -266,12 +274,33 @@ def _arguments(raw: str, count: Callable[[str], int], framing: Framing) -> int:
     return max(count(raw), count(_as_text(parsed))) + framing.argument * keys
 
 
-def _part(part: Any, count: Callable[[str], int], image_tokens: int) -> int:
-    """A content part: its text (or refusal) as rendered; an image at ``image_tokens``."""
+def _block(
+    block: Mapping[str, Any], count: Callable[[str], int], framing: Framing, images: int
+) -> int:
+    """An Anthropic content block beyond text and image: a tool call sent back (its id,
+    name and input), a tool result (its id and content), a thinking block (its text and
+    signature) or a redacted one (its data)."""
+    kind = block.get("type")
+    if kind == "tool_use":
+        arguments = json.dumps(block.get("input"), ensure_ascii=False)
+        used = framing.tool_calls + framing.tool_call + count(block.get("id") or "")
+        return used + count(block.get("name") or "") + _arguments(arguments, count, framing)
+    if kind == "tool_result":
+        content = _content(block.get("content") or "", count, framing, images)
+        return framing.tool_result + count(block.get("tool_use_id") or "") + content
+    texts = (block.get("thinking"), block.get("signature"), block.get("data"))
+    return sum(count(text) for text in texts if isinstance(text, str))
+
+
+def _part(part: Any, count: Callable[[str], int], framing: Framing, image_tokens: int) -> int:
+    """A content part (or an Anthropic content block): its text (or refusal) as rendered;
+    an image at ``image_tokens``."""
     if not isinstance(part, dict):
         return 0
-    if part.get("type") == "image_url":
+    if part.get("type") in ("image_url", "image"):
         return image_tokens
+    if part.get("type") in ANTHROPIC_BLOCKS:
+        return _block(part, count, framing, image_tokens)
     return count(_as_text(part.get("text", part.get("refusal", ""))))
 
 
@@ -279,7 +308,7 @@ def _content(content: Any, count: Callable[[str], int], framing: Framing, images
     if isinstance(content, str):
         return count(content)
     parts = content if isinstance(content, list) else []
-    return sum(framing.part + _part(p, count, images) for p in parts)
+    return sum(framing.part + _part(p, count, framing, images) for p in parts)
 
 
 def _call(call: Mapping[str, Any], count: Callable[[str], int], framing: Framing) -> int:
@@ -303,6 +332,8 @@ def _prompt_tokens(
     calls += [m["function_call"] for m in messages if m.get("function_call")]
     longest_name = max((count(_called_name(c) or c.get("name", "")) for c in calls), default=0)
     total = framing.request
+    if body.get("system"):  # Anthropic's system prompt: a message of its own
+        total += framing.message + _content(body["system"], count, framing, images)
     for m in messages:
         total += framing.message + _content(m.get("content"), count, framing, images)
         if m.get("name") is not None:

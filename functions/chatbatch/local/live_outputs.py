@@ -8,7 +8,8 @@ provider's HTTP answer goes to the results file), and adds what the bucket alrea
 (a resumed run's earlier answers). Each object is written once per run, by its key. The
 lines reach the kernel as they are appended and are fsync'ed in small groups
 (``SyncedAppender``), so a run stopped any way leaves every answer it had stored on disk.
-At the end of the run ``outputs`` rewrites the files in input order.
+At the end of the run ``outputs`` rewrites the files in input order. A batch of Anthropic
+lines has one file of results, every line in Anthropic's results shape.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from chatbatch.core.output_lines import OutputLine
 from chatbatch.local.journal import backends, tap
 from chatbatch.local.journal.appender import SyncedAppender
 from chatbatch.local.outputs import is_batch_cost
+from chatbatch.translate import Form
+from chatbatch.translate.batch_results import written
 
 FILES = {"results": "results.jsonl", "errors": "errors.jsonl", "costs": "costs.jsonl"}
 
@@ -32,11 +35,19 @@ class LiveOutputs(tap.Listener):
     """Appends the batch's stored results, errors and cost records to the files under
     ``out``, each object once."""
 
-    def __init__(self, out: Path, bucket: str, batch_id: str, files: dict[str, SyncedAppender]):
+    def __init__(
+        self,
+        out: Path,
+        bucket: str,
+        batch_id: str,
+        files: dict[str, SyncedAppender],
+        form: Form = "openai",
+    ):
         self.out = out
         self._bucket = bucket
         self._batch_id = batch_id
         self._files = files
+        self._form = form
         self._seen: set[str] = set()
         self._lock = threading.Lock()
 
@@ -52,9 +63,11 @@ class LiveOutputs(tap.Listener):
         if kind:
             self._add(kind, key, body)
 
-    def add_lines(self, kind: str, lines: Iterable[OutputLine]) -> None:
+    def add_lines(self, lines: Iterable[OutputLine]) -> None:
+        """Append lines to the results or the error file, as the batch's form writes them."""
         for line in lines:
-            self._files[kind].append(line.to_line().encode() + b"\n")
+            text, ok = written(self._form, line)
+            self._files["results" if ok else "errors"].append(text.encode() + b"\n")
 
     def backfill(self) -> int:
         """Add the batch's objects the bucket already holds; returns how many were new.
@@ -77,25 +90,28 @@ class LiveOutputs(tap.Listener):
             if key in self._seen:
                 return False
             self._seen.add(key)
-        if kind == "errors" and OutputLine.model_validate_json(body).is_result:
-            kind = "results"  # an error record carrying the provider's HTTP answer
-        self._files[kind].append(body.strip() + b"\n")
+        if kind == "costs":
+            self._files[kind].append(body.strip() + b"\n")
+        else:  # an error record carrying the provider's HTTP answer goes to the results
+            self.add_lines([OutputLine.model_validate_json(body)])
         return True
 
 
 @contextmanager
 def live_outputs(
-    out: Path, bucket: str, batch_id: str, invalid: Iterable[OutputLine] = ()
+    out: Path, bucket: str, batch_id: str, invalid: Iterable[OutputLine] = (), form: Form = "openai"
 ) -> Iterator[LiveOutputs]:
     """The batch's files under ``out``, kept current until the block ends; ``invalid``:
-    the error lines of the input's invalid lines."""
+    the error lines of the input's invalid lines. An Anthropic-form batch has no error
+    file: every line goes to ``results.jsonl``, in Anthropic's results shape."""
     with ExitStack() as stack:
         files = {
             kind: stack.enter_context(SyncedAppender(out / name, truncate=True))
             for kind, name in FILES.items()
+            if not (kind == "errors" and form == "anthropic")
         }
-        live = LiveOutputs(out, bucket, batch_id, files)
-        live.add_lines("errors", invalid)
+        live = LiveOutputs(out, bucket, batch_id, files, form)
+        live.add_lines(invalid)
         stack.enter_context(tap.listening(live))
         live.backfill()
         yield live

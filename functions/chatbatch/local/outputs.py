@@ -1,6 +1,7 @@
 """A local run's output files: ``results.jsonl`` (answers and the provider's HTTP error
 answers) and ``errors.jsonl`` (failures without an HTTP answer), together every line of
-the input, in input order; and ``costs.jsonl`` (the batch's cost records).
+the input, in input order; and ``costs.jsonl`` (the batch's cost records). A file of
+Anthropic lines gets one ``results.jsonl`` in Anthropic's results shape, every line in it.
 
 Each file is written beside its final name and then renamed over it, so a process killed
 while writing leaves the previous version whole (``chatbatch.local.live_outputs`` keeps
@@ -13,9 +14,10 @@ still queued and finishes when the cause is gone."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -29,6 +31,7 @@ from chatbatch.core.output_lines import OutputLine
 from chatbatch.core.private_files import private_dir, private_open
 from chatbatch.state.breaker import Breaker
 from chatbatch.state.store import Store
+from chatbatch.translate.batch_results import written
 
 
 @contextmanager
@@ -68,13 +71,21 @@ class Figures:
 
     @classmethod
     def of_file(cls, path: Path) -> Figures:
-        """The figures of the results in a ``results.jsonl`` (none if it is missing)."""
+        """The figures of the results in a ``results.jsonl`` of either form (none if it is
+        missing): an Anthropic-form line counts when it ``succeeded``."""
         figures = cls()
         if path.exists():
             with path.open() as lines:
                 for text in lines:
-                    if text.strip():
-                        figures.add(OutputLine.model_validate_json(text))
+                    if not text.strip():
+                        continue
+                    data = json.loads(text)
+                    if "result" not in data:
+                        figures.add(OutputLine.model_validate(data))
+                    elif data["result"].get("type") == "succeeded":
+                        facts = data.get("chatbatch") or {}
+                        figures.latencies.append(int(facts.get("latency_ms", 0)))
+                        figures.retries += max(0, int(facts.get("attempts", 1)) - 1)
         return figures
 
 
@@ -95,23 +106,22 @@ def _waiting(batch_id: str, job: Job, paused: Mapping[str, Breaker]) -> OutputLi
 
 def _outputs(
     path: Path, plan: Plan, config: Config, store: Store, paused: Mapping[str, Breaker]
-) -> Iterator[tuple[OutputLine, bool]]:
-    """(line, is_result) for every line of the file, in input order."""
+) -> Iterator[OutputLine]:
+    """The stored line of every line of the file, in input order."""
     errors = {e.line: e for e in plan.errors}
     lines = iter_jobs(path, config, plan.batch_id)
     for number in range(1, plan.lines + 1):
         if number in errors:
-            yield invalid_line(plan.batch_id, errors[number]), False
+            yield invalid_line(plan.batch_id, errors[number])
             continue
         job = next(lines, None)
         if job is None:
             return
-        line = (
+        yield (
             store.get_result(plan.batch_id, job.custom_id)
             or store.get_error(plan.batch_id, job.custom_id)
             or _waiting(plan.batch_id, job, paused)
         )
-        yield line, line.is_result
 
 
 def write_results(
@@ -122,15 +132,22 @@ def write_results(
     store: Store,
     paused: Mapping[str, Breaker] | None = None,
 ) -> tuple[list[int], int]:
-    """``results.jsonl`` and ``errors.jsonl`` under ``out``; the results' latencies and
-    retries (for the summary). ``paused``: the open breakers, by model name."""
+    """``results.jsonl`` and ``errors.jsonl`` under ``out`` (an Anthropic-form batch: one
+    ``results.jsonl`` in Anthropic's results shape, as Anthropic writes); the results'
+    latencies and retries (for the summary). ``paused``: the open breakers, by model name."""
     private_dir(out)
     figures = Figures()
-    with replacing(out / "results.jsonl") as results, replacing(out / "errors.jsonl") as errs:
-        for line, ok in _outputs(path, plan, config, store, paused or {}):
-            (results if ok else errs).write(line.to_line() + "\n")
-            if ok:
-                figures.add(line)
+    with ExitStack() as files:
+        results = files.enter_context(replacing(out / "results.jsonl"))
+        errs = (
+            files.enter_context(replacing(out / "errors.jsonl"))
+            if plan.form == "openai"
+            else results
+        )
+        for line in _outputs(path, plan, config, store, paused or {}):
+            text, ok = written(plan.form, line)
+            (results if ok else errs).write(text + "\n")
+            figures.add(line)
     return figures.latencies, figures.retries
 
 

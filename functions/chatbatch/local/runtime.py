@@ -250,7 +250,7 @@ class LocalRuntime:
         invalid = [invalid_line(plan.batch_id, err) for err in plan.errors]
         show = (lambda i: on_progress(i, plan.valid)) if on_progress else None
         running: int | None = None  # set when stopped early
-        with live_outputs(out, self.resources.bucket, plan.batch_id, invalid):
+        with live_outputs(out, self.resources.bucket, plan.batch_id, invalid, plan.form):
             try:
                 info = self.wait(plan, on_progress=show)
             except Stopped:

@@ -39,7 +39,7 @@ import secrets
 import time
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from botocore.exceptions import ClientError
 from pydantic import BaseModel
@@ -131,6 +131,7 @@ class BatchInfo(BaseModel):
     budget_nanos: int | None = None
     checksum: str | None = None
     registrant: str | None = None  # the principal id that registered it (None: not registered)
+    form: Literal["openai", "anthropic"] = "openai"  # its lines': the shape of its results
     created: float | None = None
     cancelled: bool = False
     succeeded: int = 0
@@ -265,8 +266,10 @@ class Batches:
         checksum: str,
         registrant: str,
         budget_nanos: int | None = None,
+        form: str = "openai",
     ) -> None:
         """Create or update the batch's description; counters are never touched.
+        ``form``: its lines' form (``openai`` or ``anthropic``), the shape of its results.
         ``registrant``: the caller's principal id (``core.principals.principal_id``), the
         only sender (with the workers) whose messages the batch accepts.
 
@@ -284,6 +287,10 @@ class Batches:
             ":r": s(registrant),
         }
         expression = "SET #t = :t, #p = :p, #c = :c, #cr = if_not_exists(#cr, :cr), #r = :r"
+        if form != "openai":  # a batch without one is an OpenAI-form batch
+            names["#f"] = "form"
+            values[":f"] = s(form)
+            expression += ", #f = :f"
         if budget_nanos is not None:
             names["#b"] = "budget_nanos"
             values[":b"] = n(budget_nanos)

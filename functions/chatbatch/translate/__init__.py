@@ -1,19 +1,26 @@
 """Which body goes on the wire for a job to a provider, and which body ends in its result:
-the one place that choice is made (``wire_body``, ``result_body``, and ``check_job`` /
-``checked`` where a line becomes a job). A layer above ``core`` (whose line parser knows
+the one place that chooses (``wire_body``; ``result_body`` in the worker, for the
+provider's answer; ``answer_body`` at collect, for the batch's form), and ``check_job`` /
+``checked`` where a line becomes a job. A layer above ``core`` (whose line parser knows
 nothing of providers' APIs) and below ``provider``, ``worker`` and ``client``.
 
-A job in OpenAI's form to a kind ``openai`` provider goes as it is and its answer is kept
-as it came; to a kind ``anthropic`` provider it goes translated (``chat_to_messages``)
-and its Message comes back as a chat.completion (``message_to_completion``). Jobs in
-Anthropic's form (``Job.form == "anthropic"``) are another helper's part: here they raise
-``NotImplementedError``.
+One module per direction: ``chat_to_messages`` (chat request -> Anthropic Messages
+request), ``message_to_completion`` (Anthropic Message -> chat.completion),
+``messages_to_chat`` (Anthropic params -> chat request), ``completion_to_message``
+(chat.completion -> Anthropic Message); ``batch_results`` writes a batch submitted in
+Anthropic's form as Anthropic's results lines.
+
+An OpenAI-form job to a kind ``openai`` provider goes as it is; to a kind ``anthropic``
+provider it goes translated and its Message comes back as a chat.completion. An
+Anthropic-form job goes to a kind ``openai`` provider as its params translated at
+submit (``Job.request_body``); to a kind ``anthropic`` provider it is not wired yet
+(``NotImplementedError``: the native pass-through).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 from chatbatch.core.config import Config, Model, Provider
 from chatbatch.core.jobs import Job, JobError
@@ -22,21 +29,21 @@ from chatbatch.translate.chat_to_messages import (
     chat_to_messages,
     takes_sampling,
 )
+from chatbatch.translate.completion_to_message import completion_to_message
 from chatbatch.translate.message_to_completion import message_to_completion
 
-
-def _form(job: Job) -> str:
-    return str(getattr(job, "form", "openai"))
+Form = Literal["openai", "anthropic"]
 
 
 def wire_body(job: Job, model: Model, provider: Provider) -> dict[str, Any]:
     """The request body sent for ``job`` to ``provider`` (at ``provider.url``)."""
-    if _form(job) != "openai":
-        raise NotImplementedError(f"jobs in {_form(job)!r} form are not wired yet")
-    body = job.request_body(model)
-    if provider.kind == "anthropic":
-        return chat_to_messages(body, sampling=takes_sampling(provider.anthropic_version))
-    return body
+    if provider.kind == "openai":
+        return job.request_body(model)
+    if job.form == "openai":
+        return chat_to_messages(
+            job.request_body(model), sampling=takes_sampling(provider.anthropic_version)
+        )
+    raise NotImplementedError(f"{job.form}-form jobs on a {provider.kind}-kind provider")
 
 
 def result_body(
@@ -44,12 +51,22 @@ def result_body(
 ) -> dict[str, Any]:
     """The body a job's result stores for ``native``, the provider's answer, in the
     worker (a Message from a kind anthropic provider becomes a chat.completion for an
-    OpenAI-form job). Not the collect-time choice of the results file's shape."""
-    if _form(job) != "openai":
-        raise NotImplementedError(f"jobs in {_form(job)!r} form are not wired yet")
-    if provider.kind == "anthropic":
+    OpenAI-form job). Not the collect-time choice of the results file's shape
+    (``answer_body``)."""
+    if provider.kind == "openai":
+        return native
+    if job.form == "openai":
         return message_to_completion(native, int(time.time()) if created is None else created)
-    return native
+    raise NotImplementedError(f"{job.form}-form jobs on a {provider.kind}-kind provider")
+
+
+def answer_body(form: Form, body: dict[str, Any]) -> dict[str, Any]:
+    """The answer a result of a batch of ``form`` carries: an OpenAI-form batch's as
+    stored; an Anthropic-form batch's as an Anthropic Message (a chat.completion
+    translated, a Message as it came)."""
+    if form == "openai" or body.get("type") == "message":
+        return body
+    return completion_to_message(body)
 
 
 def check_job(job: Job, config: Config) -> None:
@@ -65,6 +82,8 @@ def check_job(job: Job, config: Config) -> None:
             f"{err.message} (model {job.model} is served by Anthropic's API)",
             custom_id=job.custom_id,
         ) from None
+    except NotImplementedError as err:
+        raise JobError("model", f"not supported yet: {err}", custom_id=job.custom_id) from None
 
 
 def checked(parsed: Job | JobError, config: Config, line: int | None = None) -> Job | JobError:

@@ -1,0 +1,201 @@
+"""The Anthropic half of ``chatbatch.translate`` (lines' side): Anthropic params -> a chat
+request the openai SDK's types and chatbatch's own chat mirror accept; chat.completion ->
+an ``anthropic.types.Message``; stored lines -> ``MessageBatchIndividualResponse`` lines."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from anthropic.types import Message
+from anthropic.types.messages import MessageBatchIndividualResponse
+from hypothesis import given
+from hypothesis import strategies as st
+from openai.types.chat import completion_create_params
+from pydantic import TypeAdapter
+
+from chatbatch.core.config import Priority
+from chatbatch.core.job_lines import ChatBody
+from chatbatch.core.output_lines import JobFacts, OutputLine
+from chatbatch.core.request_params import refusal
+from chatbatch.translate.batch_results import anthropic_line, written
+from chatbatch.translate.completion_to_message import completion_to_message
+from chatbatch.translate.messages_to_chat import messages_to_chat
+from tests.unit.test_anthropic_lines import FULL
+
+CHAT = TypeAdapter(completion_create_params.CompletionCreateParamsStreaming)  # FULL streams
+
+
+def materialised(value: Any) -> Any:
+    """The SDK's TypedDicts validate iterables lazily: walk them so every item is checked."""
+    if isinstance(value, dict):
+        return {k: materialised(v) for k, v in value.items()}
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return [materialised(v) for v in value]
+
+
+def test_translated_params_are_a_chat_request_both_sdk_and_mirror_accept() -> None:
+    body = messages_to_chat(FULL["params"], "max_completion_tokens")
+    assert materialised(CHAT.validate_python(body)) == body
+    ChatBody.model_validate(body)  # chatbatch's own mirror (extra keys forbidden)
+    for key, value in body.items():
+        if key not in ("model", "messages", "max_completion_tokens", "stream", "temperature"):
+            assert refusal(key, value) is None, key
+    assert body["max_completion_tokens"] == 50
+    roles = [m["role"] for m in body["messages"]]
+    assert roles == ["system", "user", "assistant", "tool", "user"]
+    assert body["messages"][3] == {
+        "role": "tool",
+        "tool_call_id": "t1",
+        "content": [{"type": "text", "text": "sun"}],
+    }
+
+
+def test_a_base64_image_becomes_a_data_url() -> None:
+    source = {"type": "base64", "media_type": "image/png", "data": "AAAA"}
+    params = {
+        "model": "m",
+        "max_tokens": 5,
+        "messages": [{"role": "user", "content": [{"type": "image", "source": source}]}],
+    }
+    part = messages_to_chat(params)["messages"][0]["content"][0]
+    assert part == {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+
+
+def completion(message: dict[str, Any], reason: str, usage: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4.1",
+        "choices": [{"index": 0, "message": message, "finish_reason": reason}],
+        "usage": usage,
+    }
+
+
+USAGE = {
+    "prompt_tokens": 30,
+    "completion_tokens": 7,
+    "total_tokens": 37,
+    "prompt_tokens_details": {"cached_tokens": 10},
+}
+
+
+def test_a_completion_with_tool_calls_is_a_message_with_tool_use_blocks() -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
+    body = completion(
+        {"role": "assistant", "content": "calling", "tool_calls": [call]}, "tool_calls", USAGE
+    )
+    message = Message.model_validate(completion_to_message(body))
+    assert [b.type for b in message.content] == ["text", "tool_use"]
+    tool_use = message.content[1]
+    assert tool_use.type == "tool_use" and tool_use.input == {"a": 1}
+    assert message.stop_reason == "tool_use"
+    assert (message.usage.input_tokens, message.usage.cache_read_input_tokens) == (20, 10)
+    assert message.usage.output_tokens == 7
+
+
+@given(
+    content=st.one_of(st.none(), st.text()),
+    reason=st.sampled_from(["stop", "length", "tool_calls", "content_filter", None]),
+    arguments=st.lists(st.text(), max_size=3),
+    prompt=st.integers(0, 10**6),
+    completion_tokens=st.integers(0, 10**6),
+)
+def test_every_completion_is_a_valid_message(
+    content: str | None,
+    reason: str | None,
+    arguments: list[str],
+    prompt: int,
+    completion_tokens: int,
+) -> None:
+    calls = [
+        {"id": f"c{i}", "type": "function", "function": {"name": "f", "arguments": a}}
+        for i, a in enumerate(arguments)
+    ]
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if calls:
+        message["tool_calls"] = calls
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion_tokens}
+    translated = Message.model_validate(completion_to_message(completion(message, reason, usage)))  # type: ignore[arg-type]
+    assert len(translated.content) == (1 if content else 0) + len(calls)
+    assert translated.usage.input_tokens == prompt
+
+
+FACTS = JobFacts(
+    batch_id="b", priority=Priority.normal, model="gpt-4.1", cost_usd=Decimal("0.000123")
+)
+
+
+def provider_error(status: int, kind: str) -> OutputLine:
+    body = {"error": {"message": "no", "type": kind, "param": None, "code": None}}
+    return OutputLine.answered("b", "j", status, body, "req_1", FACTS)
+
+
+@pytest.mark.parametrize(
+    ("line", "kind", "error_type", "code"),
+    [
+        (
+            OutputLine.answered(
+                "b",
+                "j",
+                200,
+                completion({"role": "assistant", "content": "hi"}, "stop", USAGE),
+                "req_1",
+                FACTS,
+            ),
+            "succeeded",
+            None,
+            None,
+        ),
+        (
+            provider_error(400, "invalid_request_error"),
+            "errored",
+            "invalid_request_error",
+            "provider_400",
+        ),
+        (provider_error(429, "rate_limit_error"), "errored", "rate_limit_error", "provider_429"),
+        (provider_error(529, "overloaded"), "errored", "overloaded_error", "provider_529"),
+        (provider_error(500, "server"), "errored", "api_error", "provider_500"),
+        (
+            OutputLine.failure("b", "j", "batch_cancelled", "cancelled"),
+            "canceled",
+            None,
+            "batch_cancelled",
+        ),
+        (
+            OutputLine.failure("b", "j", "batch_expired", "expired"),
+            "expired",
+            None,
+            "batch_expired",
+        ),
+        (
+            OutputLine.failure("b", "j", "invalid_job", "line 2: params.x: bad"),
+            "errored",
+            "invalid_request_error",
+            "invalid_job",
+        ),
+        (
+            OutputLine.failure("b", "j", "dead_lettered", "gave up"),
+            "errored",
+            "api_error",
+            "dead_lettered",
+        ),
+    ],
+)
+def test_every_stored_line_is_an_anthropic_batch_result(
+    line: OutputLine, kind: str, error_type: str | None, code: str | None
+) -> None:
+    data = anthropic_line(line)
+    result = MessageBatchIndividualResponse.model_validate(data).result
+    assert result.type == kind and data["custom_id"] == "j"
+    if result.type == "errored":
+        assert result.error.type == "error" and result.error.error.type == error_type
+    assert data["chatbatch"].get("code") == code
+    if line.chatbatch is not None:
+        assert data["chatbatch"]["cost_usd"] == "0.000123"  # an exact decimal string
+    text, in_results = written("anthropic", line)
+    assert in_results and MessageBatchIndividualResponse.model_validate_json(text)
+    assert written("openai", line) == (line.to_line(), line.is_result)
