@@ -39,7 +39,7 @@ BUNDLER_VERSION = "2"
 PACKAGE = "chatbatch"
 # What the Lambda runs. Left out: client/ (submit, costs), cli/ (typer, rich) and local/
 # (moto, the simulator): they run on the user's machine.
-ASSET_SUBPACKAGES = frozenset({"core", "provider", "state", "worker"})
+ASSET_SUBPACKAGES = frozenset({"core", "provider", "state", "translate", "worker"})
 ASSET_TOP_FILES = frozenset({"__init__.py", "py.typed"})
 CONFIG_IN_ASSET = "chatbatch.toml"
 LAMBDA_TASK_ROOT = "/var/task"

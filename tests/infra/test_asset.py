@@ -57,7 +57,7 @@ def test_asset_leaves_out_the_cli_local_runtime_and_dev_dependencies(synth: Synt
         assert not [n for n in top if n.startswith(f"{absent}-")], absent
     package = root / "chatbatch"
     shipped = {p.relative_to(package).parts[0] for p in package.rglob("*.py")}
-    assert shipped == {"__init__.py", "core", "provider", "state", "worker"}
+    assert shipped == {"__init__.py", "core", "provider", "state", "translate", "worker"}
     for absent in ("client", "cli", "local"):
         assert not (package / absent).exists(), absent
     assert not (root / "bin").exists()

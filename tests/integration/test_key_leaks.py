@@ -201,6 +201,48 @@ def test_every_failure_path_of_a_call_keeps_the_key_out(
     _assert_clean(secret, [text for f in failures for text in _error_texts(f)] + logs)
 
 
+@pytest.mark.parametrize("secret", ODD.values(), ids=ODD.keys())
+def test_an_anthropic_provider_keeps_the_key_out_too(
+    config: Config, secret: str, logs: list[str]
+) -> None:
+    """Kind anthropic sends the key as x-api-key: echoed in an Anthropic error body (an
+    unknown field named by it), refused (401), or timed out, it is nowhere."""
+    key = PREFIX + secret
+
+    def anthropic(base_url: str) -> Config:
+        cfg = _config(config, base_url, read_s=0.3)
+        provider = cfg.providers["deepseek"].model_copy(update={"kind": "anthropic"})
+        models = {
+            n: m.model_copy(update={"cache_write_per_m": m.input_per_m})
+            for n, m in cfg.models.items()
+        }
+        return cfg.model_copy(
+            update={"providers": dict.fromkeys(cfg.providers, provider), "models": models}
+        )
+
+    body = {
+        "model": "deepseek-chat",
+        "max_tokens": 8,
+        "messages": [{"role": "user", "content": "x"}],
+    }
+    failures: list[ProviderError] = []
+    with Simulator(SimulatorSettings(api_key=key, hang_s=3)) as sim:
+        cfg = anthropic(sim.base_url)
+        for echoed in (key, json.dumps(key), key[3:12], key[-9:]):
+            failures.append(_fails(cfg, key, body | {echoed: 1}))
+        assert all("[redacted]" in f.message for f in failures)
+        assert all(f.answer is not None and f.answer.body["type"] == "error" for f in failures)
+        sim.inject("hang")
+        failures.append(_fails(cfg, key, body))  # a read timeout
+        wrong = Simulator(SimulatorSettings(api_key="sk-someone-else"))
+        with wrong:
+            failures.append(_fails(anthropic(wrong.base_url), key, body))  # 401
+        assert failures[-1].account is AccountReason.auth
+        assert sim.stats().requests == 5  # x-api-key accepted: each reached the simulator
+    answers = [json.dumps(f.answer.body) for f in failures if f.answer is not None]
+    _assert_clean(secret, [text for f in failures for text in _error_texts(f)] + logs + answers)
+
+
 def test_redaction_covers_escaped_forms_and_pieces() -> None:
     key = 'sk-Ab3"Cd5\\Ef7Gh9'
     redact = Redactor(key)

@@ -15,14 +15,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "functions" / "chatbatch"
-LAYERS = ("core", "provider", "state", "worker", "client", "local", "cli")
+LAYERS = ("core", "translate", "provider", "state", "worker", "client", "local", "cli")
 ALLOWED = {
-    "core": {"core"},
+    # core's line parser reads Anthropic-form lines with translate.messages_to_chat (from
+    # i15-lines); everything else in core imports only core
+    "core": {"core", "translate"},
+    "translate": {"core", "translate"},
     "provider": {"core", "provider"},
     "state": {"core", "state"},
-    "worker": {"core", "provider", "state", "worker"},
-    "client": {"core", "state", "client"},
-    "local": {"core", "provider", "state", "worker", "client", "local"},
+    "worker": {"core", "translate", "provider", "state", "worker"},
+    "client": {"core", "translate", "state", "client"},
+    "local": {"core", "translate", "provider", "state", "worker", "client", "local"},
     "cli": set(LAYERS),
 }
 

@@ -57,6 +57,7 @@ def bill(text: str, calls: int = 1) -> dict[str, int]:
         "calls": calls,
         "prompt_tokens": prompt * calls,
         "cached_tokens": 0,
+        "cache_write_tokens": 0,  # chat completions write no cache (Anthropic's messages do)
         "completion_tokens": completion * calls,
     }
 

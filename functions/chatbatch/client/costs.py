@@ -64,6 +64,7 @@ class Totals(BaseModel):
     jobs: int = 0
     prompt_tokens: int = 0
     cached_tokens: int = 0
+    cache_write_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: Decimal = Decimal(0)
     # calls booked at their worst case (no usage came back), in the figures above too
@@ -78,6 +79,7 @@ class Totals(BaseModel):
             self.jobs += 1
         self.prompt_tokens += record.prompt_tokens
         self.cached_tokens += record.cached_tokens
+        self.cache_write_tokens += record.cache_write_tokens
         self.completion_tokens += record.completion_tokens
         self.cost_usd += record.cost_usd
 
@@ -86,6 +88,7 @@ class Totals(BaseModel):
         return Usage(
             prompt_tokens=self.prompt_tokens,
             cached_tokens=self.cached_tokens,
+            cache_write_tokens=self.cache_write_tokens,
             completion_tokens=self.completion_tokens,
         )
 

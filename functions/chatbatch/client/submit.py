@@ -31,6 +31,7 @@ from chatbatch.core.principals import caller_principal
 from chatbatch.core.resources import Resources
 from chatbatch.state.batches import Batches
 from chatbatch.state.store import Store
+from chatbatch.translate import checked
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -91,7 +92,8 @@ def plan_file(
     digest = hashlib.sha256()
     with open_lines(path) as lines:
         hashed = _hashing(lines, digest, plan, on_bytes)
-        for _, parsed in parse_lines(hashed, config):
+        for number, line in parse_lines(hashed, config):
+            parsed = checked(line, config, number)
             if isinstance(parsed, JobError):
                 plan.invalid += 1
                 if len(plan.errors) < max_errors:
@@ -126,7 +128,8 @@ def _hashing(
 def iter_jobs(path: Path, config: Config, batch_id: str) -> Iterator[Job]:
     """The valid jobs of a file, in order, stamped with the batch id (streamed)."""
     with open_lines(path) as lines:
-        for _, parsed in parse_lines(lines, config):
+        for number, line in parse_lines(lines, config):
+            parsed = checked(line, config, number)
             if isinstance(parsed, Job):
                 yield parsed.model_copy(update={"batch_id": batch_id})
 

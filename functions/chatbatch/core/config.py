@@ -86,10 +86,25 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+ANTHROPIC_CACHE_WRITE_FACTOR = Decimal("1.25")  # a 5-minute cache write, times the input price
+
+
 class Provider(_Strict):
-    """An OpenAI-compatible endpoint and where its API key comes from."""
+    """An endpoint and where its API key comes from: an OpenAI-compatible
+    ``/chat/completions`` (``kind = "openai"``) or Anthropic's own ``/messages``
+    (``kind = "anthropic"``: ``x-api-key`` and ``anthropic-version`` headers)."""
 
     base_url: HttpUrl
+    kind: Literal["openai", "anthropic"] = Field(
+        default="openai",
+        description="the API the endpoint speaks: openai (/chat/completions) or anthropic "
+        "(/messages); jobs are written in OpenAI's form either way",
+    )
+    anthropic_version: str = Field(
+        default="2023-06-01",
+        pattern=r"^\d{4}-\d{2}-\d{2}$",
+        description="the anthropic-version header a kind anthropic provider is sent",
+    )
     api_key_env: str = Field(
         default="CHATBATCH_API_KEY",
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
@@ -118,6 +133,16 @@ class Provider(_Strict):
     def chat_url(self) -> str:
         return str(self.base_url).rstrip("/") + "/chat/completions"
 
+    @property
+    def messages_url(self) -> str:
+        """Anthropic's Messages endpoint under ``base_url`` (kind anthropic)."""
+        return str(self.base_url).rstrip("/") + "/messages"
+
+    @property
+    def url(self) -> str:
+        """Where a job's request goes: the endpoint of the provider's kind."""
+        return self.messages_url if self.kind == "anthropic" else self.chat_url
+
 
 class Model(_Strict):
     """A model as the pipeline sees it: who serves it, what it costs, how fast it may go."""
@@ -127,6 +152,12 @@ class Model(_Strict):
     input_per_m: Money
     cached_input_per_m: Money
     output_per_m: Money
+    cache_write_per_m: Money | None = Field(
+        default=None,
+        description="the price of prompt tokens written to the cache (Anthropic bills a "
+        "5-minute write at 1.25x input_per_m); required at a kind anthropic provider, "
+        "refused at an openai one (no cache-write price there)",
+    )
     prices_as_of: dt.date
     rpm: int = Field(gt=0, description="requests per minute")
     tpm: int = Field(gt=0, description="tokens per minute (prompt + completion)")
@@ -163,6 +194,11 @@ class Model(_Strict):
                 f"max_output_tokens ({self.max_output_tokens})"
             )
         return self
+
+    @property
+    def cache_write_price(self) -> Decimal:
+        """The price per 1M prompt tokens written to the cache (input_per_m if unset)."""
+        return self.input_per_m if self.cache_write_per_m is None else self.cache_write_per_m
 
     @property
     def cap_param(self) -> Literal["max_tokens", "max_completion_tokens"]:
@@ -306,6 +342,7 @@ class Config(_Strict):
                     f"models.{name}.provider: {model.provider!r} is not a provider; "
                     f"defined: {sorted(self.providers)}"
                 )
+            _check_cache_write(name, model, self.providers[model.provider])
         for name, role in self.roles.items():
             if role.model not in self.models:
                 raise ValueError(
@@ -345,6 +382,23 @@ class Config(_Strict):
 
     def provider_of(self, model: str) -> Provider:
         return self.providers[self.models[model].provider]
+
+
+def _check_cache_write(name: str, model: Model, provider: Provider) -> None:
+    """Anthropic bills cache writes at their own price; OpenAI-compatible APIs do not."""
+    if provider.kind == "anthropic" and model.cache_write_per_m is None:
+        suggested = (model.input_per_m * ANTHROPIC_CACHE_WRITE_FACTOR).normalize()
+        raise ValueError(
+            f"models.{name}.cache_write_per_m: required, provider {model.provider!r} is kind "
+            f"anthropic, which bills prompt tokens written to the cache at their own price; "
+            f"set it (a 5-minute write is 1.25 x input_per_m = {suggested:f})"
+        )
+    if provider.kind == "openai" and model.cache_write_per_m is not None:
+        raise ValueError(
+            f"models.{name}.cache_write_per_m: provider {model.provider!r} is kind openai, "
+            "which bills no cache writes (cached prompt tokens are priced by "
+            'cached_input_per_m); remove it, or set kind = "anthropic" on the provider'
+        )
 
 
 def format_error(err: ValidationError) -> str:

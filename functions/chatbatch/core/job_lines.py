@@ -8,7 +8,9 @@ Any valid body passes unchanged: the messages mirror the openai SDK's types
 (``core.messages``), every other request key goes through ``request_params`` as given,
 and the output cap is sent under the name the line gave it. Both normalise to one
 ``Job``, resolved against the config (role -> model, system prompt and defaults). A line
-that cannot run is a ``JobError`` naming the line (or job) and the field.
+that cannot run is a ``JobError`` naming the line (or job) and the field. (A job for a
+model at a kind anthropic provider is checked further by its callers, submit and the
+worker's intake: ``chatbatch.translate.check_job``.)
 """
 
 from __future__ import annotations
@@ -232,7 +234,7 @@ def _resolve(line: ShortLine | BatchLine, config: Config, seq: int | None) -> Jo
             f"must be between 1 and {model.max_output_tokens} for {name} (got {max_tokens}; "
             f"models.{name}.max_output_tokens)",
         )
-    return Job(
+    job = Job(
         custom_id=line.custom_id or f"line-{seq}",
         batch_id=line.batch_id,
         seq=line.seq if line.seq is not None else seq,
@@ -248,6 +250,7 @@ def _resolve(line: ShortLine | BatchLine, config: Config, seq: int | None) -> Jo
         metadata=line.metadata if isinstance(line, BatchLine) else {},
         params=params,
     )
+    return job
 
 
 def _check_images(

@@ -18,7 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from chatbatch.core.config import Model, Priority
 from chatbatch.core.messages import Message
-from chatbatch.core.pricing import Usage, cost, estimate_prompt_tokens, prompt_token_bound
+from chatbatch.core.pricing import (
+    Usage,
+    cost,
+    estimate_prompt_tokens,
+    prompt_token_bound,
+    worst_case_prompt,
+)
 
 SQS_MAX_BYTES = 256 * 1024
 CHAT_URL = "/v1/chat/completions"
@@ -125,12 +131,13 @@ class Job(BaseModel):
 
     def worst_case_usage(self, model: Model) -> Usage:
         """The most a call of this job can be billed: the bound of every billed prompt
-        field, uncached, and the output cap sent times ``n``, all used."""
+        field, at the highest input price (uncached, or written to the cache when that
+        costs more), and the output cap sent times ``n``, all used."""
         bound = prompt_token_bound(self.request_body(model), model.image_input_tokens or 0)
         if self.native_params is not None:  # whichever body goes on the wire
             native = prompt_token_bound(self.native_params, model.image_input_tokens or 0)
             bound = max(bound, native)
-        return Usage(prompt_tokens=bound, completion_tokens=self.output_bound(model))
+        return worst_case_prompt(bound, self.output_bound(model), model)
 
     def worst_case_usd(self, model: Model) -> Decimal:
         """The most this job can cost (``worst_case_usage`` at the model's prices)."""

@@ -129,6 +129,8 @@ class CostRecord(BaseModel):
     role: str | None = None
     prompt_tokens: int
     cached_tokens: int
+    # prompt tokens written to the provider's cache (Anthropic), priced at cache_write_per_m
+    cache_write_tokens: int = 0
     completion_tokens: int
     reasoning_tokens: int
     cost_nanos: int

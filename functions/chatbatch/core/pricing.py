@@ -91,6 +91,12 @@ class Usage(BaseModel):
 
     That output is added to ``completion_tokens``, so the cost, the cost record, the batch
     counters and the limiter all carry the completion tokens billed.
+
+    Anthropic (``from_anthropic``) bills three kinds of input: ``input_tokens`` (at
+    ``input_per_m``), ``cache_creation_input_tokens`` (written to the cache, at
+    ``cache_write_per_m``) and ``cache_read_input_tokens`` (at ``cached_input_per_m``);
+    ``prompt_tokens`` is all three, ``cached_tokens`` the reads, ``cache_write_tokens`` the
+    writes.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -99,6 +105,7 @@ class Usage(BaseModel):
     completion_tokens: int = Field(default=0, ge=0)
     cached_tokens: int = Field(default=0, ge=0)
     reasoning_tokens: int = Field(default=0, ge=0)
+    cache_write_tokens: int = Field(default=0, ge=0)
 
     @property
     def total_tokens(self) -> int:
@@ -106,12 +113,42 @@ class Usage(BaseModel):
 
     @property
     def uncached_prompt_tokens(self) -> int:
-        return self.prompt_tokens - self.cached_tokens
+        """Prompt tokens billed at the input price: neither read from nor written to a cache."""
+        return max(0, self.prompt_tokens - self.cached_tokens - self.cache_write_tokens)
+
+    @classmethod
+    def from_anthropic(cls, usage: Mapping[str, Any]) -> Usage:
+        """An Anthropic Message's ``usage`` (a missing or null count is 0)."""
+        counts = {}
+        for name in (
+            "input_tokens",
+            "output_tokens",
+            "cache_creation_input_tokens",
+            "cache_read_input_tokens",
+        ):
+            value = int(usage.get(name) or 0)
+            if value < 0:
+                raise ValueError(f"{name} is {value}: a count is never negative")
+            counts[name] = value
+        written, read = counts["cache_creation_input_tokens"], counts["cache_read_input_tokens"]
+        return cls(
+            prompt_tokens=counts["input_tokens"] + written + read,
+            completion_tokens=counts["output_tokens"],
+            cached_tokens=read,
+            cache_write_tokens=written,
+        )
 
     @classmethod
     def from_api(cls, usage: dict[str, Any] | None) -> Usage:
+        """A chat.completion's usage. One translated from an Anthropic Message keeps
+        Anthropic's own counts under ``usage.anthropic`` (``translate``): they are read
+        from there, cache writes included, as is an Anthropic usage block itself."""
         if not usage:
             return cls()
+        if isinstance(usage.get("anthropic"), dict):
+            return cls.from_anthropic(usage["anthropic"])
+        if "input_tokens" in usage:
+            return cls.from_anthropic(usage)
         prompt = int(usage.get("prompt_tokens") or 0)
         details = usage.get("prompt_tokens_details") or {}
         cached = details.get("cached_tokens")
@@ -145,13 +182,27 @@ def cost(usage: Usage, model: Model) -> Decimal:
     return (
         usage.uncached_prompt_tokens * model.input_per_m
         + usage.cached_tokens * model.cached_input_per_m
+        + usage.cache_write_tokens * model.cache_write_price
         + usage.completion_tokens * model.output_per_m
     ) / MILLION
 
 
+def worst_case_prompt(prompt_tokens: int, completion_tokens: int, model: Model) -> Usage:
+    """The costliest usage a prompt bound and an output bound allow: every prompt token at
+    the highest input price the model has (the cache-write price, when it is above the
+    input price: a whole prompt may be written to the cache), every output token used."""
+    written = prompt_tokens if model.cache_write_price > model.input_per_m else 0
+    return Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        cache_write_tokens=written,
+    )
+
+
 def worst_case_cost(prompt_tokens: int, max_tokens: int, model: Model) -> Decimal:
-    """The most a request can cost: every prompt token uncached, every output token used."""
-    return (prompt_tokens * model.input_per_m + max_tokens * model.output_per_m) / MILLION
+    """The most a request can cost: every prompt token at its highest price, every output
+    token used."""
+    return cost(worst_case_prompt(prompt_tokens, max_tokens, model), model)
 
 
 def to_nanos(usd: Decimal) -> int:

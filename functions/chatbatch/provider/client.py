@@ -31,7 +31,18 @@ retry can fix and gives up, in time, on what it cannot.
   capacity for it there: every attempt counts at the provider); if it says no, the call
   ends with the last failure.
 
-The API key is sent as ``Authorization: Bearer`` and nowhere else: no exception text,
+A provider of kind ``anthropic`` is called at its ``/messages`` URL with ``x-api-key``
+and ``anthropic-version`` (``translate.wire_body`` made the body); its 200 is read as a
+Message, plain or streamed (``chatbatch.provider.message_stream``), and the
+``Completion`` carries that Message (``translate.result_body`` makes the result's
+chat.completion) with its usage, cache writes and reads included. Its error bodies
+(``{"type": "error", "error": {"type", "message"}}``) are read like OpenAI's (the type
+is the code: 529 ``overloaded_error`` and 5xx retried, 429 ``rate_limit_error`` retried
+after ``retry-after``, 401/403/404 account errors, 400 permanent), its ``request-id``
+header is the request id, and its ``anthropic-ratelimit-*`` headers the ``RateLimitInfo``.
+
+The API key is sent as ``Authorization: Bearer`` (kind openai) or ``x-api-key`` (kind
+anthropic) and nowhere else: no exception text,
 attempt record or log line carries it. A key the lookup finds malformed
 (``chatbatch.provider.keys``) is never sent: the call fails as an account error
 (``auth``, code ``malformed_api_key``), so the model pauses as on a 401. Transport
@@ -61,8 +72,10 @@ from chatbatch.provider.errors import (
     HttpAnswer,
     ProviderError,
     ResponseError,
+    request_id_of,
 )
 from chatbatch.provider.keys import MalformedKeyError, Redactor, checked_key
+from chatbatch.provider.message_stream import read_message
 from chatbatch.provider.retry import (
     ATTEMPT_ERRORS,
     RateLimitInfo,
@@ -155,10 +168,11 @@ class ProviderClient:
         total_s = provider.timeouts.total_s
         deadline = start + (total_s if deadline_s is None else min(deadline_s, total_s))
         key = _lookup(self._api_key, model.provider)
+        sent_body = _with_usage(body) if provider.kind == "openai" else body
         request = _Request(
             provider=provider,
-            headers=_headers(key),
-            content=json.dumps(_with_usage(body), separators=(",", ":")).encode(),
+            headers=_headers(key, provider),
+            content=json.dumps(sent_body, separators=(",", ":")).encode(),
             redact=Redactor(key),
         )
         client = self._http(model.provider, provider)
@@ -227,10 +241,10 @@ class ProviderClient:
                 response = await client.send(request.build(client, remaining, sent), stream=True)
                 try:
                     status = response.status_code
-                    request_id = response.headers.get("x-request-id")
+                    request_id = request_id_of(response.headers)
                     rate_limits = RateLimitInfo.from_headers(response.headers)
                     retry_after = parse_retry_after(response.headers)
-                    body, usage = await self._read(response)
+                    body, usage = await self._read(response, request.provider)
                 finally:
                     await response.aclose()
         except ATTEMPT_ERRORS as err:
@@ -267,10 +281,13 @@ class ProviderClient:
         )
 
     @staticmethod
-    async def _read(response: httpx.Response) -> tuple[dict[str, Any], Usage | None]:
+    async def _read(
+        response: httpx.Response, provider: Provider
+    ) -> tuple[dict[str, Any], Usage | None]:
         status = response.status_code
         if status == 200:
-            return await read_answer(response)
+            read = read_message if provider.kind == "anthropic" else read_answer
+            return await read(response)
         raise failed_response(status, await response.aread(), response.headers)
 
     # -- between attempts -----------------------------------------------------------
@@ -347,7 +364,7 @@ class _Request:
     def build(self, client: httpx.AsyncClient, remaining_s: float, sent: Sent) -> httpx.Request:
         return client.build_request(
             "POST",
-            self.provider.chat_url,
+            self.provider.url,
             content=self.content,
             headers=self.headers,
             timeout=_attempt_timeout(self.provider.timeouts, remaining_s),
@@ -372,9 +389,15 @@ def _lookup(api_key: ApiKeyLookup, provider: str) -> str | None:
         ) from None
 
 
-def _headers(key: str | None) -> dict[str, str]:
+def _headers(key: str | None, provider: Provider) -> dict[str, str]:
+    """The request's headers: the key as ``Authorization: Bearer`` (kind openai) or as
+    ``x-api-key`` with ``anthropic-version`` (kind anthropic), never both."""
     headers = {"content-type": "application/json"}
-    if key:
+    if provider.kind == "anthropic":
+        headers["anthropic-version"] = provider.anthropic_version
+        if key:
+            headers["x-api-key"] = key
+    elif key:
         headers["authorization"] = f"Bearer {key}"
     return headers
 

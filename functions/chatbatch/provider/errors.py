@@ -88,7 +88,13 @@ def http_answer(status: int, headers: Mapping[str, str], content: bytes) -> Http
         message = text or httpx.codes.get_reason_phrase(status) or f"HTTP {status}"
         error = {"message": message, "type": "http_error", "param": None, "code": None}
         payload = {"error": error}
-    return HttpAnswer(status=status, request_id=headers.get("x-request-id"), body=payload)
+    return HttpAnswer(status=status, request_id=request_id_of(headers), body=payload)
+
+
+def request_id_of(headers: Mapping[str, str]) -> str | None:
+    """The provider's id of a response: ``x-request-id`` (OpenAI), ``request-id``
+    (Anthropic)."""
+    return headers.get("x-request-id") or headers.get("request-id")
 
 
 class ResponseError(Exception):

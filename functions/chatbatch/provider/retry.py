@@ -164,8 +164,14 @@ class RateLimitInfo(BaseModel):
     reset_tokens_s: float | None = None
 
     @classmethod
-    def from_headers(cls, headers: Mapping[str, str]) -> RateLimitInfo | None:
-        """None when the response carries no rate-limit header at all."""
+    def from_headers(
+        cls, headers: Mapping[str, str], now: dt.datetime | None = None
+    ) -> RateLimitInfo | None:
+        """None when the response carries no rate-limit header at all. Anthropic's
+        ``anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}`` (the reset an
+        RFC 3339 time) are read when the ``x-ratelimit-*`` ones are absent."""
+        if any(name.startswith(ANTHROPIC_PREFIX) for name in headers):
+            return cls._from_anthropic(headers, now or dt.datetime.now(dt.UTC))
         info = cls(
             limit_requests=_int(headers.get("x-ratelimit-limit-requests")),
             limit_tokens=_int(headers.get("x-ratelimit-limit-tokens")),
@@ -175,6 +181,36 @@ class RateLimitInfo(BaseModel):
             reset_tokens_s=_duration(headers.get("x-ratelimit-reset-tokens")),
         )
         return info if info.model_dump(exclude_none=True) else None
+
+    @classmethod
+    def _from_anthropic(cls, headers: Mapping[str, str], now: dt.datetime) -> RateLimitInfo:
+        def read(kind: str, part: str) -> str | None:
+            return headers.get(f"{ANTHROPIC_PREFIX}{kind}-{part}")
+
+        return cls(
+            limit_requests=_int(read("requests", "limit")),
+            limit_tokens=_int(read("tokens", "limit")),
+            remaining_requests=_int(read("requests", "remaining")),
+            remaining_tokens=_int(read("tokens", "remaining")),
+            reset_requests_s=_until(read("requests", "reset"), now),
+            reset_tokens_s=_until(read("tokens", "reset"), now),
+        )
+
+
+ANTHROPIC_PREFIX = "anthropic-ratelimit-"
+
+
+def _until(text: str | None, now: dt.datetime) -> float | None:
+    """Seconds from ``now`` to an RFC 3339 time (0 when it is past; None if unreadable)."""
+    if text is None:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, (when - now).total_seconds())
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|us|µs|ns|h|m|s)")

@@ -14,7 +14,7 @@ import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -32,6 +32,17 @@ class SSEEvent:
     data: str
     event: str = "message"
     id: str | None = None
+
+
+def event_object(event: SSEEvent, what: str) -> dict[str, Any]:
+    """An event's data as a JSON object; ``StreamError`` (``corrupt stream {what}``) if not."""
+    try:
+        data = json.loads(event.data)
+    except ValueError as err:
+        raise StreamError(f"corrupt stream {what}: {err}") from None
+    if not isinstance(data, dict):
+        raise StreamError(f"corrupt stream {what}: not a JSON object")
+    return data
 
 
 _EOL = re.compile(rb"\r\n|\r|\n")
@@ -157,12 +168,7 @@ class ChatStream:
         if event.data.strip() == "[DONE]":
             self.done = True
             return
-        try:
-            chunk = json.loads(event.data)
-        except ValueError as err:
-            raise StreamError(f"corrupt stream chunk: {err}") from None
-        if not isinstance(chunk, dict):
-            raise StreamError("corrupt stream chunk: not a JSON object")
+        chunk = event_object(event, "chunk")
         if chunk.get("error"):
             raise StreamError(f"error event in stream: {error_text(chunk)[0]}")
         try:
@@ -203,9 +209,24 @@ class ChatStream:
 # --- Reading a streamed response -------------------------------------------------
 
 
-async def read_stream(response: httpx.Response) -> dict[str, Any]:
-    """The ``chat.completion`` body a ``text/event-stream`` response assembles to."""
-    parser, stream = SSEParser(), ChatStream()
+class EventStream(Protocol):
+    """What assembles a stream's events into one body (``ChatStream``, or Anthropic's
+    ``MessageStream``): ``done`` once the stream's last event came."""
+
+    done: bool
+
+    def add(self, event: SSEEvent) -> None: ...
+
+    def result(self) -> dict[str, Any]: ...
+
+
+async def read_stream(
+    response: httpx.Response, stream: EventStream | None = None
+) -> dict[str, Any]:
+    """The body a ``text/event-stream`` response assembles to (``stream``: a
+    ``ChatStream`` unless another is given)."""
+    parser = SSEParser()
+    stream = ChatStream() if stream is None else stream
     chunks = response.aiter_bytes()
     async for chunk in chunks:
         for event in parser.feed(chunk):

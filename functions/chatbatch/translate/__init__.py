@@ -1,34 +1,63 @@
 """Which body goes on the wire for a job to a provider, and which body ends in its result:
-the one place that chooses (``wire_body``, ``answer_body``).
+the one place that chooses (``wire_body``; ``result_body`` in the worker, for the
+provider's answer; ``answer_body`` at collect, for the batch's form), and ``check_job`` /
+``checked`` where a line becomes a job. A layer above ``core`` (whose line parser knows
+nothing of providers' APIs) and below ``provider``, ``worker`` and ``client``.
 
-One module per direction: ``messages_to_chat`` (Anthropic params -> chat request),
-``completion_to_message`` (chat.completion -> Anthropic Message); ``batch_results``
-writes a batch submitted in Anthropic's form as Anthropic's results lines.
+One module per direction: ``chat_to_messages`` (chat request -> Anthropic Messages
+request), ``message_to_completion`` (Anthropic Message -> chat.completion),
+``messages_to_chat`` (Anthropic params -> chat request), ``completion_to_message``
+(chat.completion -> Anthropic Message); ``batch_results`` writes a batch submitted in
+Anthropic's form as Anthropic's results lines.
+
+An OpenAI-form job to a kind ``openai`` provider goes as it is; to a kind ``anthropic``
+provider it goes translated and its Message comes back as a chat.completion. An
+Anthropic-form job goes to a kind ``openai`` provider as its params translated at
+submit (``Job.request_body``); to a kind ``anthropic`` provider it is not wired yet
+(``NotImplementedError``: the native pass-through).
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, Literal
 
-from chatbatch.core.config import Model, Provider
-from chatbatch.core.jobs import Job
+from chatbatch.core.config import Config, Model, Provider
+from chatbatch.core.jobs import Job, JobError
+from chatbatch.translate.chat_to_messages import (
+    Untranslatable,
+    chat_to_messages,
+    takes_sampling,
+)
 from chatbatch.translate.completion_to_message import completion_to_message
+from chatbatch.translate.message_to_completion import message_to_completion
 
 Form = Literal["openai", "anthropic"]
 
 
-def provider_kind(provider: Provider) -> str:
-    """The API a provider speaks (``openai`` until providers carry a ``kind``)."""
-    return str(getattr(provider, "kind", "openai"))
-
-
 def wire_body(job: Job, model: Model, provider: Provider) -> dict[str, Any]:
-    """The request body sent for ``job`` to ``provider``: on an OpenAI-kind provider the
-    chat body (an Anthropic-form job's params translated at submit, ``Job.request_body``)."""
-    kind = provider_kind(provider)
-    if kind == "openai":
+    """The request body sent for ``job`` to ``provider`` (at ``provider.url``)."""
+    if provider.kind == "openai":
         return job.request_body(model)
-    raise NotImplementedError(f"{job.form}-form jobs on a {kind}-kind provider")
+    if job.form == "openai":
+        return chat_to_messages(
+            job.request_body(model), sampling=takes_sampling(provider.anthropic_version)
+        )
+    raise NotImplementedError(f"{job.form}-form jobs on a {provider.kind}-kind provider")
+
+
+def result_body(
+    job: Job, native: dict[str, Any], provider: Provider, created: int | None = None
+) -> dict[str, Any]:
+    """The body a job's result stores for ``native``, the provider's answer, in the
+    worker (a Message from a kind anthropic provider becomes a chat.completion for an
+    OpenAI-form job). Not the collect-time choice of the results file's shape
+    (``answer_body``)."""
+    if provider.kind == "openai":
+        return native
+    if job.form == "openai":
+        return message_to_completion(native, int(time.time()) if created is None else created)
+    raise NotImplementedError(f"{job.form}-form jobs on a {provider.kind}-kind provider")
 
 
 def answer_body(form: Form, body: dict[str, Any]) -> dict[str, Any]:
@@ -38,3 +67,33 @@ def answer_body(form: Form, body: dict[str, Any]) -> dict[str, Any]:
     if form == "openai" or body.get("type") == "message":
         return body
     return completion_to_message(body)
+
+
+def check_job(job: Job, config: Config) -> None:
+    """Raise ``JobError`` naming the job and the field when ``job`` cannot be sent to its
+    model's provider unchanged in meaning and cost. Called wherever a line becomes a job
+    (submit's plan and send, the worker's intake), after ``core.job_lines`` parsed it."""
+    model = config.models[job.model]
+    try:
+        wire_body(job, model, config.providers[model.provider])
+    except Untranslatable as err:
+        raise JobError(
+            err.field,
+            f"{err.message} (model {job.model} is served by Anthropic's API)",
+            custom_id=job.custom_id,
+        ) from None
+    except NotImplementedError as err:
+        raise JobError("model", f"not supported yet: {err}", custom_id=job.custom_id) from None
+
+
+def checked(parsed: Job | JobError, config: Config, line: int | None = None) -> Job | JobError:
+    """A parsed line (``core.job_lines.parse_lines``) with ``check_job`` applied: the job,
+    or the ``JobError`` it fails with (naming ``line``)."""
+    if isinstance(parsed, JobError):
+        return parsed
+    try:
+        check_job(parsed, config)
+    except JobError as err:
+        err.line = line
+        return err
+    return parsed

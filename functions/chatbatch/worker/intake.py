@@ -32,6 +32,7 @@ from chatbatch.core.jobs import (
 )
 from chatbatch.core.resources import Resources
 from chatbatch.state.store import ObjectTooLarge, Store
+from chatbatch.translate import check_job
 
 ATTR_HANDBACKS = "chatbatch-handbacks"
 ATTR_OWNER = "chatbatch-owner"  # the message id of the job's copy that holds its reservation
@@ -165,6 +166,7 @@ def read_record(record: SQSRecord, config: Config, resources: Resources, store: 
             checked = ClaimCheck.model_validate(claim)
             data = _claimed(checked, record, store, config.limits.max_line_bytes)
         job = parse_job(data, config)
+        check_job(job, config)
         batch_id = _batch_of(record, job.batch_id)
         return Intake(record, batch_id, job.custom_id, priority, job=job)
     except UnicodeDecodeError as err:

@@ -56,7 +56,7 @@ from chatbatch.state.budget.errors import (
 from chatbatch.state.budget.reservations import Ask, Reservation
 from chatbatch.state.limiter.lease import Lease
 from chatbatch.state.limiter.limiter import RequestTooLargeError
-from chatbatch.translate import wire_body
+from chatbatch.translate import result_body, wire_body
 from chatbatch.worker import pause, producers, requeue, results, unread
 from chatbatch.worker.capacity import Slot
 from chatbatch.worker.crash import crash_point
@@ -139,7 +139,7 @@ async def _call(
         return await requeue.hand_back(inv, intake, HELD_RETRY_S, Outcome.elsewhere)
     await send_at(lease, index)  # the slow work (the arm's write) done, sent on time
     provider = services.config.providers[model.provider]
-    url = provider.chat_url
+    url = provider.url
     with inv.span(intake).child("provider", "remote") as span:
         span.annotate(model=job.model)
         try:
@@ -162,6 +162,8 @@ async def _call(
             await io(services.budget.release, reservation)
             return await requeue.hand_back(inv, intake, err.wait_s, Outcome.throttled)
         _trace_attempts(span, url, completion.attempts)
+    # the result carries the answer in the job's form (a Message becomes a chat.completion)
+    completion = completion.model_copy(update={"body": result_body(job, completion.body, provider)})
     used = completion.usage.total_tokens if completion.usage is not None else estimate
     lease.reconcile(index, used)
     return completion

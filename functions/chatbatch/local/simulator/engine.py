@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from chatbatch.local.simulator import messages as anthropic
 from chatbatch.local.simulator.answers import (
     REQUEST_OVERHEAD_TOKENS,
     Answer,
@@ -31,7 +32,15 @@ from chatbatch.local.simulator.api import (
     load_body,
     validate_request,
 )
-from chatbatch.local.simulator.replies import Reply, answer_reply, fault_reply, json_reply
+from chatbatch.local.simulator.messages import AnthropicError
+from chatbatch.local.simulator.replies import (
+    Reply,
+    answer_reply,
+    anthropic_fault_reply,
+    fault_reply,
+    json_reply,
+    message_reply,
+)
 from chatbatch.local.simulator.settings import (
     GENERATED,
     WHOLE,
@@ -96,12 +105,17 @@ class Engine:
 
     def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Reply:
         route = path.split("?", 1)[0].rstrip("/").removeprefix("/v1") or "/"
-        chat = route == "/chat/completions"
+        chat = route in ("/chat/completions", "/messages")
         try:
             reply = self._route(method, route, headers, body)
         except ApiError as err:
+            if route == "/messages" and not isinstance(err, AnthropicError):
+                err = AnthropicError(err.status, err.message, err.headers)
             reply = json_reply(err.status, err.body(), err.headers)
-        reply.headers.setdefault("x-request-id", "req_" + uuid.uuid4().hex)
+        if route == "/messages":
+            reply.headers.setdefault("request-id", "req_" + uuid.uuid4().hex[:24])
+        else:
+            reply.headers.setdefault("x-request-id", "req_" + uuid.uuid4().hex)
         if chat:
             self._counters.count_status(
                 "reset" if reply.reset else "hang" if reply.drop else reply.status
@@ -111,6 +125,8 @@ class Engine:
     def _route(self, method: str, route: str, headers: dict[str, str], body: bytes) -> Reply:
         if route == "/chat/completions" and method == "POST":
             return self._chat(headers, body)
+        if route == "/messages" and method == "POST":
+            return self._messages(headers, body)
         if route == "/models" and method == "GET":
             return json_reply(200, self._model_list())
         if route == "/health" and method == "GET":
@@ -238,6 +254,88 @@ class Engine:
             include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
             fault=kind,
         )
+        if kind is None or kind in WHOLE:
+            reply.on_delivered = lambda: self._counters.deliver(key)
+        return reply
+
+    # -- Anthropic messages -----------------------------------------------------------
+
+    def _messages(self, headers: dict[str, str], raw: bytes) -> Reply:
+        """``POST /v1/messages``: Anthropic's rules (``simulator.messages``), the same
+        limits, faults and billing as the chat path, cache writes and reads billed."""
+        now = self._clock()
+        self._counters.count_request(now)
+        anthropic.authorize(self.settings.api_key, headers)
+        body = load_body(raw)
+        if self.settings.keep_bodies:
+            self._counters.bodies.append(body)
+        anthropic.validate_messages(body)
+        model = body["model"]
+        kinds = self.settings.account_errors
+        kind = kinds.get(model) or kinds.get("*")
+        if (self._models and model not in self._models) or kind is not None:
+            if kind is not None:
+                self._counters.count_fault(f"account_{kind.value}")
+            status = {"insufficient_quota": 402, "invalid_api_key": 401}.get(
+                kind.value if kind else "", 404
+            )
+            message = "invalid x-api-key" if status == 401 else f"model: {model}"
+            if status == 402:
+                message = "Your credit balance is too low to access the Anthropic API."
+            raise anthropic.AnthropicError(status, message)
+        limits = self._limits_of(model)
+        try:
+            reply = self._message(body, model, now, limits)
+        except ApiError as err:
+            err.headers = limits.anthropic_headers(now, self.settings) | err.headers
+            raise
+        reply.headers |= limits.anthropic_headers(now, self.settings)
+        return reply
+
+    def _message(self, body: dict[str, Any], model: str, now: float, limits: Limits) -> Reply:
+        if self._in_outage(now):
+            self._counters.count_fault("outage")
+            raise anthropic.AnthropicError(529, "Overloaded (simulated outage)")
+        seen = self._seen.setdefault("anthropic:" + model, set())
+        cache = anthropic.cache_usage(body, seen)
+        text, output, finish = answer_for(
+            body["messages"], body["max_tokens"], self.settings.answer_tokens
+        )
+        try:
+            limits.check(model, now, self.settings, cache.prompt + output)
+        except RateLimited as err:
+            self._counters.count_rate_limited(err.cause)
+            raise anthropic.AnthropicError(429, err.message, err.headers) from None
+        fault = self._next_fault()
+        if fault is not None and fault.kind not in GENERATED:
+            limits.record(now, 0)
+            return anthropic_fault_reply(fault, self.settings)
+        limits.record(now, cache.prompt + output)
+        seen.update(cache.breakpoints)
+        self._counters.bill(
+            now,
+            model,
+            cache.prompt,
+            cache.cache_read_input_tokens,
+            output,
+            cache_write=cache.cache_creation_input_tokens,
+        )
+        self._serial += 1
+        key = request_key(body)
+        answer = anthropic.MessageAnswer(
+            id=f"msg_{key[:16]}{self._serial:08x}",
+            model=model,
+            text=text,
+            stop_reason=anthropic.STOP[finish],
+            usage={
+                "input_tokens": cache.input_tokens,
+                "cache_creation_input_tokens": cache.cache_creation_input_tokens,
+                "cache_read_input_tokens": cache.cache_read_input_tokens,
+                "output_tokens": output,
+            },
+        )
+        kind = fault.kind if fault else None
+        reply = message_reply(answer, self.settings, stream=bool(body.get("stream")), fault=kind)
         if kind is None or kind in WHOLE:
             reply.on_delivered = lambda: self._counters.deliver(key)
         return reply

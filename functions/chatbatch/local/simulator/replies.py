@@ -18,6 +18,7 @@ from chatbatch.local.simulator.answers import (
     stream_pieces,
 )
 from chatbatch.local.simulator.api import ApiError
+from chatbatch.local.simulator.messages import AnthropicError, MessageAnswer, error_event
 from chatbatch.local.simulator.settings import Fault, FaultKind, SimulatorSettings
 
 
@@ -135,3 +136,70 @@ def fault_reply(fault: Fault, settings: SimulatorSettings) -> Reply:
         FaultKind.error_503: (503, "The engine is currently overloaded.", ""),
     }[fault.kind]
     raise ApiError(status, message, type=kind or "server_error", headers=headers)
+
+
+# --- Anthropic's /v1/messages ----------------------------------------------------------
+
+
+def message_reply(
+    answer: MessageAnswer, settings: SimulatorSettings, *, stream: bool, fault: FaultKind | None
+) -> Reply:
+    """A generated Message, as a JSON body or a stream, shaped by its fault (one of
+    ``GENERATED``, or None) as the chat path's: ``truncate`` / ``corrupt`` cut the body
+    or the stream (a stream cut before ``message_stop``, or an ``error`` event mid-way),
+    ``no_usage`` leaves the usage out."""
+    generation_s = (
+        settings.latency_ms + settings.per_token_ms * answer.usage["output_tokens"]
+    ) / 1000
+    if fault is FaultKind.reset_after:
+        return Reply(0, delay_s=generation_s, drop=True, reset=True)
+    with_usage = fault is not FaultKind.no_usage
+    if stream:
+        per_token_s = settings.per_token_ms / 1000
+        pieces = stream_pieces(answer.text, settings.stream_chunk_tokens)
+        frames = answer.events(pieces, with_usage)
+        half = 3 + len(pieces) // 2  # message_start, ping, block start, then half the text
+        if fault is FaultKind.truncate:
+            frames = frames[:half]
+        elif fault is FaultKind.corrupt:
+            frames = [*frames[:half], error_event("Overloaded")]
+        events = [
+            (per_token_s * count_tokens(f.decode()) if i > 2 else 0.0, f)
+            for i, f in enumerate(frames)
+        ]
+        headers = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
+        reply = Reply(200, headers, events=events, delay_s=settings.latency_ms / 1000)
+    else:
+        payload = answer.body()
+        if not with_usage:
+            del payload["usage"]
+        reply = json_reply(200, payload, delay_s=generation_s)
+        if fault in (FaultKind.truncate, FaultKind.corrupt):
+            reply.body = reply.body[: len(reply.body) // 2]
+    if fault is FaultKind.slow:
+        reply.delay_s += settings.hang_s
+    return reply
+
+
+def anthropic_fault_reply(fault: Fault, settings: SimulatorSettings) -> Reply:
+    """A fault before generation, in Anthropic's words: 429 ``rate_limit_error`` with
+    ``retry-after``, 529 ``overloaded_error`` (for the chat path's 503), 500
+    ``api_error``, 400 ``invalid_request_error``; resets and hangs as the chat path's."""
+    if fault.kind in (FaultKind.reset, FaultKind.hang):
+        return fault_reply(fault, settings)
+    headers = {}
+    if fault.retry_after_s is not None:
+        headers["retry-after"] = f"{fault.retry_after_s:g}"
+    status, message = {
+        FaultKind.rate_limited: (
+            429,
+            "Number of request tokens has exceeded your rate limit (injected).",
+        ),
+        FaultKind.error_500: (500, "Internal server error (injected)."),
+        FaultKind.error_503: (529, "Overloaded (injected)."),
+        FaultKind.bad_request: (
+            400,
+            "temperature: Input should be less than or equal to 1 (injected)",
+        ),
+    }[fault.kind]
+    raise AnthropicError(status, message, headers)

@@ -17,13 +17,16 @@ class ModelBill(BaseModel):
     calls: int = 0
     prompt_tokens: int = 0
     cached_tokens: int = 0
+    cache_write_tokens: int = Field(
+        default=0, description="prompt tokens written to the cache (Anthropic's /v1/messages)"
+    )
     completion_tokens: int = Field(default=0, description="output tokens, reasoning included")
 
 
 class Stats(BaseModel):
     uptime_s: float
     connections: int = Field(description="TCP connections accepted")
-    requests: int = Field(description="chat completion requests received")
+    requests: int = Field(description="chat completion and Anthropic messages requests received")
     by_status: dict[str, int] = Field(description="status code, or 'reset' / 'hang'")
     faults: dict[str, int]
     completions: int = Field(
@@ -43,6 +46,9 @@ class Stats(BaseModel):
     billed_by_model: dict[str, ModelBill] = Field(description="by model id: what it billed")
     prompt_tokens: int = Field(description="prompt tokens of every billed generation")
     cached_tokens: int = Field(description="cached prompt tokens of every billed generation")
+    cache_write_tokens: int = Field(
+        default=0, description="prompt tokens written to the cache by every billed generation"
+    )
     completion_tokens: int = Field(
         description="output tokens of every billed generation, reasoning included"
     )
@@ -101,12 +107,23 @@ class Counters:
     def count_fault(self, kind: str) -> None:
         self.faults[kind] = self.faults.get(kind, 0) + 1
 
-    def bill(self, now: float, model: str, prompt: int, cached: int, completion: int) -> None:
-        """An answer generated: billed, whether or not it is ever delivered."""
+    def bill(
+        self,
+        now: float,
+        model: str,
+        prompt: int,
+        cached: int,
+        completion: int,
+        *,
+        cache_write: int = 0,
+    ) -> None:
+        """An answer generated: billed, whether or not it is ever delivered. ``prompt``
+        holds every input token, ``cached`` (read) and ``cache_write`` (written) included."""
         bill = self.billed_by_model.setdefault(model, ModelBill())
         bill.calls += 1
         bill.prompt_tokens += prompt
         bill.cached_tokens += cached
+        bill.cache_write_tokens += cache_write
         bill.completion_tokens += completion
         self.billed.add(now, prompt + completion)
         self.max_tokens_60s = max(self.max_tokens_60s, self.billed.total)
@@ -135,6 +152,7 @@ class Counters:
             billed_by_model={m: b.model_copy() for m, b in self.billed_by_model.items()},
             prompt_tokens=sum(b.prompt_tokens for b in bills),
             cached_tokens=sum(b.cached_tokens for b in bills),
+            cache_write_tokens=sum(b.cache_write_tokens for b in bills),
             completion_tokens=sum(b.completion_tokens for b in bills),
             max_requests_60s=self.max_requests_60s,
             max_requests_1s=self.max_requests_1s,

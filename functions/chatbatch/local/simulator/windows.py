@@ -5,6 +5,7 @@ header forms of a wait."""
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections import deque
 from collections.abc import Iterator
@@ -132,18 +133,37 @@ class Limits:
             self.tokens.add(now, tokens)
             self.tokens_1s.add(now, tokens)
 
-    def headers(self, now: float, settings: SimulatorSettings) -> dict[str, str]:
-        """The ``x-ratelimit-*`` headers every chat response carries."""
-        headers = {}
+    def _state(
+        self, now: float, settings: SimulatorSettings
+    ) -> Iterator[tuple[str, int, int, float]]:
+        """(requests | tokens, limit, remaining, seconds to the window's next release)."""
         for kind, limit, window in (
             ("requests", settings.rpm, self.requests),
             ("tokens", settings.tpm, self.tokens),
         ):
             if limit:
                 window.prune(now)
-                headers[f"x-ratelimit-limit-{kind}"] = str(limit)
-                headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, limit - window.total))
-                headers[f"x-ratelimit-reset-{kind}"] = format_duration(window.reset_s(now))
+                yield kind, limit, max(0, limit - window.total), window.reset_s(now)
+
+    def headers(self, now: float, settings: SimulatorSettings) -> dict[str, str]:
+        """The ``x-ratelimit-*`` headers every chat response carries."""
+        headers = {}
+        for kind, limit, remaining, reset_s in self._state(now, settings):
+            headers[f"x-ratelimit-limit-{kind}"] = str(limit)
+            headers[f"x-ratelimit-remaining-{kind}"] = str(remaining)
+            headers[f"x-ratelimit-reset-{kind}"] = format_duration(reset_s)
+        return headers
+
+    def anthropic_headers(self, now: float, settings: SimulatorSettings) -> dict[str, str]:
+        """The ``anthropic-ratelimit-*`` headers every Messages response carries (the
+        reset an RFC 3339 time)."""
+        headers = {}
+        wall = dt.datetime.now(dt.UTC)
+        for kind, limit, remaining, reset_s in self._state(now, settings):
+            reset = (wall + dt.timedelta(seconds=reset_s)).isoformat(timespec="milliseconds")
+            headers[f"anthropic-ratelimit-{kind}-limit"] = str(limit)
+            headers[f"anthropic-ratelimit-{kind}-remaining"] = str(remaining)
+            headers[f"anthropic-ratelimit-{kind}-reset"] = reset.replace("+00:00", "Z")
         return headers
 
 

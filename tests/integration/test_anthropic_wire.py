@@ -1,0 +1,244 @@
+"""OpenAI-form lines for a model whose provider is Anthropic's own API, end to end through
+the local runtime: each goes out as a native ``/v1/messages`` request (the simulator,
+validating like Anthropic, answers; what it received validates as the anthropic SDK's
+``MessageCreateParams``), each result's body is a valid ``openai.types.chat.ChatCompletion``
+carrying its own answer, and the ledger books exactly what the simulator billed, cache
+writes and reads included."""
+
+from __future__ import annotations
+
+import json
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from anthropic.types.message_create_params import (
+    MessageCreateParamsNonStreaming,
+    MessageCreateParamsStreaming,
+)
+from openai.types.chat import ChatCompletion
+from pydantic import TypeAdapter
+
+from chatbatch.local.options import LocalOptions
+from chatbatch.local.runtime import LocalRuntime
+from chatbatch.local.simulator import SimulatorSettings
+from chatbatch.state.budget.budget import Budget
+from tests.unit.test_translate_anthropic import calling_weather
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = "haiku"
+CLAUDE = """
+[providers.claude]
+base_url = "https://api.anthropic.com/v1"
+kind = "anthropic"
+api_key_env = "ANTHROPIC_API_KEY"
+
+[models.haiku]
+provider = "claude"
+model_id = "claude-haiku-4-5"
+input_per_m = 1.00
+cached_input_per_m = 0.10
+cache_write_per_m = 1.25
+output_per_m = 5.00
+prices_as_of = 2025-10-15
+rpm = 1000
+tpm = 1_000_000
+max_output_tokens = 64000
+default_max_tokens = 256
+image_input_tokens = 1600
+"""
+PNG = (
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGD4DwABBAEA"
+    "wS2OUAAAAABJRU5ErkJggg=="
+)
+CONTEXT = "Here is a long shared context that every question refers to. " * 40
+
+
+def ask(text: str) -> dict[str, Any]:
+    return {"role": "user", "content": text}
+
+
+def cached_system() -> dict[str, Any]:
+    part = {"type": "text", "text": CONTEXT, "prompt_cache_breakpoint": {"mode": "explicit"}}
+    return {"role": "system", "content": [part]}
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "weather",
+        "description": "today's weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+LINES: list[dict[str, Any]] = [
+    {
+        "custom_id": "text",
+        "model": MODEL,
+        "messages": [{"role": "system", "content": "be brief"}, ask("tag-text what is a haiku?")],
+        "max_tokens": 60,
+        "stop": ["END"],
+    },
+    {
+        "custom_id": "parts",
+        "model": MODEL,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "tag-parts describe"},
+                    {"type": "image_url", "image_url": {"url": PNG}},
+                    {"type": "text", "text": "this picture"},
+                ],
+            }
+        ],
+    },
+    {
+        "custom_id": "tools",
+        "model": MODEL,
+        "messages": [
+            ask("weather in Oslo and Rome?"),
+            calling_weather("Oslo", "Rome"),
+            {"role": "tool", "tool_call_id": "c1", "content": "cold"},
+            {"role": "tool", "tool_call_id": "c2", "content": "warm"},
+            ask("tag-tools so which is warmer?"),
+        ],
+        "tools": [WEATHER],
+        "tool_choice": "auto",
+        "max_completion_tokens": 80,
+    },
+    {
+        "custom_id": "stream",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {
+            "model": MODEL,
+            "messages": [ask("tag-stream count to three")],
+            "stream": True,
+            "max_tokens": 40,
+        },
+    },
+    {
+        "custom_id": "cache-2",
+        "model": MODEL,
+        "messages": [cached_system(), ask("tag-cache2 second question")],
+    },
+]
+FIRST = [
+    {
+        "custom_id": "cache-1",
+        "model": MODEL,
+        "messages": [cached_system(), ask("tag-cache1 first question")],
+    }
+]
+
+
+def valid_anthropic_request(body: dict[str, Any]) -> None:
+    kind = MessageCreateParamsStreaming if body.get("stream") else MessageCreateParamsNonStreaming
+    TypeAdapter(kind).validate_python(body)
+    assert set(body) <= kind.__required_keys__ | kind.__optional_keys__, body.keys()
+
+
+def run_batch(rt: LocalRuntime, lines: list[dict[str, Any]], batch_id: str, out: Path) -> Any:
+    path = out.with_suffix(".jsonl")
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    started = time.monotonic()
+    plan = rt.submit(path, batch_id)
+    info = rt.wait(plan)
+    return rt.write_outputs(path, plan, info, out, time.monotonic() - started)
+
+
+def test_openai_lines_run_natively_on_anthropic_and_book_what_was_billed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config_path = tmp_path / "chatbatch.toml"
+    config_path.write_text((ROOT / "chatbatch.toml").read_text() + CLAUDE)
+    monkeypatch.setenv("CHATBATCH_CONFIG", str(config_path))
+    settings = SimulatorSettings(keep_bodies=True, rpm=10_000, tpm=10_000_000)
+    options = LocalOptions(timeout_s=120, simulator=settings, config_path=config_path)
+    with LocalRuntime(options) as rt:
+        first = run_batch(rt, FIRST, "first", tmp_path / "first")
+        second = run_batch(rt, LINES, "second", tmp_path / "second")
+        assert rt.simulator is not None
+        stats = rt.simulator.stats()
+        spent = Budget(boto3.client("dynamodb"), rt.resources.table, rt.config).usage()
+        model = rt.config.models[MODEL]
+    assert (first.succeeded, second.succeeded) == (1, len(LINES)), (first, second)
+    assert second.failed == 0 and second.invalid_lines == 0
+    # every request the simulator saw was a valid Anthropic Messages request
+    assert len(stats.bodies) == 1 + len(LINES) == stats.requests
+    for body in stats.bodies:
+        valid_anthropic_request(body)
+    assert all(b["model"] == "claude-haiku-4-5" and "max_tokens" in b for b in stats.bodies)
+    # every result is a valid chat.completion carrying its own answer
+    results = [
+        json.loads(line)
+        for out in ("first", "second")
+        for line in (tmp_path / out / "results.jsonl").read_text().splitlines()
+    ]
+    assert {r["custom_id"] for r in results} == {"cache-1", *(line["custom_id"] for line in LINES)}
+    for result in results:
+        completion = ChatCompletion.model_validate(result["response"]["body"])
+        tag = "tag-" + result["custom_id"].replace("-", "")
+        assert tag in (completion.choices[0].message.content or ""), result["custom_id"]
+        assert result["response"]["request_id"].startswith("req_")
+    # the cache: written by the first batch's job, read by the second's
+    assert stats.cache_write_tokens > 0 and stats.cached_tokens > 0
+    bill = stats.billed_by_model["claude-haiku-4-5"]
+    plain = bill.prompt_tokens - bill.cached_tokens - bill.cache_write_tokens
+    billed = (
+        plain * model.input_per_m
+        + bill.cached_tokens * model.cached_input_per_m
+        + bill.cache_write_tokens * model.cache_write_per_m  # type: ignore[operator]
+        + bill.completion_tokens * model.output_per_m
+    ) / 1_000_000
+    assert billed > 0
+    costs = [
+        json.loads(line)
+        for out in ("first", "second")
+        for line in (tmp_path / out / "costs.jsonl").read_text().splitlines()
+    ]
+    assert sum(c["cache_write_tokens"] for c in costs) == stats.cache_write_tokens
+    assert sum(c["cached_tokens"] for c in costs) == stats.cached_tokens
+    assert sum(Decimal(c["cost_usd"]) for c in costs) == billed
+    assert spent.reserved_usd == 0
+    assert spent.spent_usd == billed
+    assert Decimal(0) < spent.spent_usd
+
+
+def test_every_anthropic_call_that_may_have_been_billed_is_booked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Message cut, a stream cut before message_stop, an error event mid-stream and a
+    Message without usage: each is booked at the job's worst case (the first three on
+    their own records, re-sent after), so the books are never below the bill."""
+    config_path = tmp_path / "chatbatch.toml"
+    config_path.write_text((ROOT / "chatbatch.toml").read_text() + CLAUDE)
+    monkeypatch.setenv("CHATBATCH_CONFIG", str(config_path))
+    jobs = [
+        {"custom_id": f"j{i}", "model": MODEL, "prompt": f"tag-j{i} question", "max_tokens": 30}
+        | ({"stream": True} if i % 2 else {})
+        for i in range(5)
+    ]
+    options = LocalOptions(timeout_s=120, simulator=SimulatorSettings(), config_path=config_path)
+    with LocalRuntime(options) as rt:
+        assert rt.simulator is not None
+        rt.simulator.inject("truncate", "corrupt", "truncate", "no_usage")
+        summary = run_batch(rt, jobs, "faults", tmp_path / "faults")
+        stats = rt.simulator.stats()
+        spent = Budget(boto3.client("dynamodb"), rt.resources.table, rt.config).usage()
+        model = rt.config.models[MODEL]
+    assert summary.succeeded == len(jobs) and summary.failed == 0, summary
+    assert stats.billed_unread == 3
+    assert stats.requests == len(jobs) + 3  # one re-send per answer never read, no more
+    costs = [json.loads(c) for c in (tmp_path / "faults" / "costs.jsonl").read_text().splitlines()]
+    assert len([c for c in costs if c["usage_estimated"]]) == 4
+    bill = stats.billed_by_model["claude-haiku-4-5"]
+    billed = (
+        bill.prompt_tokens * model.input_per_m + bill.completion_tokens * model.output_per_m
+    ) / 1_000_000
+    assert spent.reserved_usd == 0
+    assert spent.spent_usd == sum(Decimal(c["cost_usd"]) for c in costs) > billed
