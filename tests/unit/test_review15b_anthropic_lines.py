@@ -28,7 +28,10 @@ MODEL = "gpt-4.1"
 
 def line(**params: Any) -> dict[str, Any]:
     say = [{"role": "user", "content": "hi"}]
-    return {"custom_id": "a", "params": {"model": MODEL, "max_tokens": 50, "messages": say} | params}
+    return {
+        "custom_id": "a",
+        "params": {"model": MODEL, "max_tokens": 50, "messages": say} | params,
+    }
 
 
 def completion(message: dict[str, Any], reason: str | None, usage: Any) -> dict[str, Any]:
@@ -106,7 +109,9 @@ def test_a_forced_tool_call_is_stop_reason_tool_use(
         "required",
         {"type": "function", "function": {"name": "weather"}},
     )
-    body = completion({"role": "assistant", "content": None, "tool_calls": [CALL | {"id": "c1"}]}, "stop", USAGE)
+    body = completion(
+        {"role": "assistant", "content": None, "tool_calls": [CALL | {"id": "c1"}]}, "stop", USAGE
+    )
     message = Message.model_validate(completion_to_message(body))
     assert [b.type for b in message.content] == ["tool_use"]
     assert message.stop_reason == "tool_use"
@@ -124,7 +129,9 @@ def test_every_completion_has_a_message_even_a_tool_call_without_an_id(
     Message". A tool call without ``id`` (chatbatch's own SSE assembler leaves ``id: None``
     when no delta carries one) raises KeyError (collect of the whole batch stops) or gives a
     ``tool_use`` with ``id: null`` that is no ``anthropic.types.Message``."""
-    body = completion({"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls", USAGE)
+    body = completion(
+        {"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls", USAGE
+    )
     facts = JobFacts(batch_id="b", priority=Priority.normal, model=MODEL)
     stored = OutputLine.answered("b", "j", 200, body, "req_1", facts)
     text, in_results = written("anthropic", stored)
@@ -165,10 +172,35 @@ def test_a_file_of_only_invalid_anthropic_lines_is_answered_in_anthropic_form(
     errors file. Expected: the form of the file's lines (``line_form``), valid or not."""
     path = tmp_path / "jobs.jsonl"
     lines = [
-        {"custom_id": f"r{i}", "params": {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}}
+        {
+            "custom_id": f"r{i}",
+            "params": {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+        }
         for i in range(2)
     ]
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
     plan = plan_file(path, config, "b-1", Priority.normal)
     assert plan.invalid == 2
     assert plan.form == "anthropic"
+
+
+def test_a_search_result_block_is_not_refused_as_a_server_tools_block(config: Config) -> None:
+    """Promise (README): refused blocks are refused "because what they bill cannot be
+    bounded" (documents, server tools and their blocks). A ``search_result`` block
+    (``anthropic.types.SearchResultBlockParam``, GA in the 2.15 SDK's MessageParam) is
+    client-supplied text, billed as prompt tokens like a text block; it is refused as if
+    it were a server tool's block that "bills per use". Expected: accepted (its text
+    counted, sent as text parts on an OpenAI-kind provider), or refused for a true reason."""
+    block = {
+        "type": "search_result",
+        "source": "https://example.com/a",
+        "title": "A",
+        "content": [{"type": "text", "text": "Paris is the capital of France."}],
+    }
+    data = line(
+        messages=[{"role": "user", "content": [block, {"type": "text", "text": "capital?"}]}]
+    )
+    try:
+        parse_job(data, config, seq=1)
+    except JobError as err:
+        assert "per use" not in str(err), str(err)
