@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from chatbatch.core.config import Model, Provider
 from chatbatch.core.jobs import Job
+from chatbatch.core.pricing import Usage
 from chatbatch.translate.completion_to_message import completion_to_message
 
 Form = Literal["openai", "anthropic"]
@@ -31,10 +32,13 @@ def wire_body(job: Job, model: Model, provider: Provider) -> dict[str, Any]:
     raise NotImplementedError(f"{job.form}-form jobs on a {kind}-kind provider")
 
 
-def answer_body(form: Form, body: dict[str, Any]) -> dict[str, Any]:
+def answer_body(
+    form: Form, body: dict[str, Any], custom_id: str = "", booked: Usage | None = None
+) -> dict[str, Any]:
     """The answer a result of a batch of ``form`` carries: an OpenAI-form batch's as
     stored; an Anthropic-form batch's as an Anthropic Message (a chat.completion
-    translated, a Message as it came)."""
+    translated, a Message as it came). ``custom_id`` and ``booked``: see
+    ``completion_to_message``."""
     if form == "openai" or body.get("type") == "message":
         return body
-    return completion_to_message(body)
+    return completion_to_message(body, custom_id, booked)
