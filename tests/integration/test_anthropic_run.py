@@ -93,7 +93,8 @@ def anthropic_lines() -> list[dict[str, Any]]:
         },
         {
             "custom_id": "streamed",
-            "params": params("streamed", stream=True, metadata={"user_id": "u1"}),
+            # stream: false only (a Message Batches request never streams)
+            "params": params("streamed", stream=False, metadata={"user_id": "u1"}),
         },
         {"custom_id": "refused", "params": params("refused")},
         {
@@ -163,4 +164,4 @@ def test_a_file_of_anthropic_lines_runs_and_reads_as_anthropic_results(tmp_path:
         "content": "sunny, 21 C",
     }
     assert any(b.get("stop") == ["END"] for b in received)
-    assert any(b.get("stream") and b.get("user") == "u1" for b in received)
+    assert any(not b.get("stream") and b.get("user") == "u1" for b in received)

@@ -295,6 +295,14 @@ def test_every_call_the_provider_may_have_billed_is_booked(
     no_usage = [r for r in results.values() if r["chatbatch"]["usage_estimated"]]
     assert len(no_usage) == 1 and no_usage[0]["response"]["body"].get("usage") is None
     assert [c["custom_id"] for c in estimated if c["attempt"] is None] == [no_usage[0]["custom_id"]]
+    # its line says the usage booked, as its cost record has it (an Anthropic result reports it)
+    booked = no_usage[0]["chatbatch"]["booked_usage"]
+    record = next(c for c in estimated if c["attempt"] is None)
+    assert (booked["prompt_tokens"], booked["completion_tokens"]) == (
+        record["prompt_tokens"],
+        record["completion_tokens"],
+    )
+    assert booked["completion_tokens"] > 0
     # booked >= billed; every record adds up to the ledger, the summary and costs
     from_records = sum(Decimal(c["cost_usd"]) for c in costs)
     assert spent == from_records == report.total.cost_usd

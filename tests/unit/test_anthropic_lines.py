@@ -5,12 +5,15 @@ line and field, a file holds one form, and the worst case counts Anthropic's sha
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from anthropic import types as sdk
 from anthropic.types import message_create_params
+from pydantic import TypeAdapter
 
+from chatbatch.client.submit import plan_file
 from chatbatch.core.anthropic_params import (
     REFUSED_KEYS,
     AnthropicMessage,
@@ -18,8 +21,10 @@ from chatbatch.core.anthropic_params import (
     AnthropicParams,
     Base64Source,
     CacheControl,
+    CitationsConfig,
     ImageBlock,
     RedactedThinkingBlock,
+    SearchResultBlock,
     TextBlock,
     ThinkingAdaptive,
     ThinkingBlock,
@@ -34,7 +39,7 @@ from chatbatch.core.anthropic_params import (
     ToolUseBlock,
     UrlSource,
 )
-from chatbatch.core.config import Config
+from chatbatch.core.config import Config, Priority
 from chatbatch.core.job_lines import parse_job, parse_lines
 from chatbatch.core.jobs import Job, JobError
 from chatbatch.core.pricing import prompt_token_bound
@@ -51,6 +56,8 @@ MIRRORS: list[tuple[type[Any], Any]] = [
     (ToolResultBlock, sdk.ToolResultBlockParam),
     (ThinkingBlock, sdk.ThinkingBlockParam),
     (RedactedThinkingBlock, sdk.RedactedThinkingBlockParam),
+    (SearchResultBlock, sdk.SearchResultBlockParam),
+    (CitationsConfig, sdk.CitationsConfigParam),
     (AnthropicMessage, sdk.MessageParam.__args__[0]),  # UserMessageParam
     (Tool, sdk.ToolParam),
     (ToolChoiceAuto, sdk.ToolChoiceAutoParam),
@@ -129,7 +136,7 @@ FULL = line(
     metadata={"user_id": "u-1"},
     service_tier="standard_only",
     cache_control={"type": "ephemeral"},
-    stream=True,
+    stream=False,  # a Message Batches request never streams
 ) | {"priority": "high", "metadata": {"team": "x"}, "cache": True, "batch_id": "b-1"}
 
 
@@ -142,7 +149,7 @@ def test_a_valid_line_parses_with_its_params_kept_as_given(config: Config) -> No
         {"team": "x"},
         True,
     )
-    assert job.max_tokens == 50 and job.stream
+    assert job.max_tokens == 50 and not job.stream
     # read back from its SQS body: the same job
     assert parse_job(json.loads(job.to_line()), config) == job
     body = job.request_body(config.models[MODEL])
@@ -185,6 +192,46 @@ def test_max_tokens_is_required_as_at_anthropic(config: Config) -> None:
         ({"max_tokens": 10**6}, "params.max_tokens", "max_output_tokens"),
         ({"model": "nope"}, "params.model", "unknown model"),
         ({"stop_sequences": list("abcde")}, "params.stop_sequences", "at most 4"),
+        ({"stream": True}, "params.stream", "does not stream"),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image", "source": {"type": "file", "file_id": "f"}}],
+                    }
+                ]
+            },
+            "params.messages[0].content[0].source",
+            "Files API",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "server_tool_use", "id": "s"}]}]},
+            "params.messages[0].content",
+            "bill per use",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "Capital of France, as JSON?"},
+                    {"role": "assistant", "content": '{"capital": "'},
+                ]
+            },
+            "params.messages[1]",
+            "prefill",
+        ),
+        (  # an empty assistant turn before the last: Anthropic refuses it too
+            {
+                "system": "Be brief.",
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": []},
+                    {"role": "user", "content": "again"},
+                ],
+            },
+            "params.messages[1]",
+            "content is null",
+        ),
         ({"tool_choice": {"type": "tool"}}, "params.tool_choice.name", "required"),
         ({"thinking": {"type": "enabled"}}, "params.thinking.budget_tokens", "required"),
         (
@@ -253,3 +300,96 @@ def test_chatbatchs_own_keys_beside_params_keep_their_names_in_errors(config: Co
     assert err.field == "role" and "unknown role" in err.message
     err = refused(line() | {"priority": "urgent"}, config)
     assert err.field == "priority"
+
+
+def test_a_prefilled_last_assistant_turn_is_refused_naming_the_turn(config: Config) -> None:
+    """Anthropic continues a final assistant turn (a prefill, '{' to force JSON); a chat
+    completion answers a new turn after it: the answer would differ, so it is refused."""
+    data = line(
+        messages=[
+            {"role": "user", "content": "Give me the capital of France as JSON."},
+            {"role": "assistant", "content": [{"type": "text", "text": '{"capital": "'}]},
+        ]
+    )
+    err = refused(data, config)
+    assert err.field == "params.messages[1]" and "prefill" in err.message
+
+
+@pytest.mark.parametrize("empty", ["", []])
+def test_an_empty_final_assistant_turn_is_dropped(config: Config, empty: Any) -> None:
+    """Anthropic accepts an empty final assistant turn and answers a new turn, as a chat
+    completion does: it is dropped from the translation (its errors would have named
+    ``body.messages[2]``, a field of the translation, not of the line)."""
+    data = line(
+        system="Be brief.",
+        messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": empty}],
+    )
+    job = parse_job(data, config, seq=1)
+    assert job.native_params == data["params"]
+    sent = job.request_body(config.models[MODEL])["messages"]
+    assert sent == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+
+
+def test_a_search_result_block_is_prompt_text_counted_in_the_worst_case(config: Config) -> None:
+    """A search_result block is client-supplied text billed as prompt tokens: accepted,
+    sent as one text part on an OpenAI-kind provider, every byte in the worst case."""
+    block = {
+        "type": "search_result",
+        "source": "https://example.com/a",
+        "title": "A",
+        "content": [{"type": "text", "text": "Paris is the capital of France."}],
+        "citations": {"enabled": False},
+    }
+    data = line(
+        messages=[{"role": "user", "content": [block, {"type": "text", "text": "capital?"}]}]
+    )
+    job = parse_job(data, config, seq=1)
+    model = config.models[MODEL]
+    part = job.request_body(model)["messages"][0]["content"][0]
+    assert part["type"] == "text"
+    assert all(s in part["text"] for s in ("https://example.com/a", "Paris is the capital"))
+    longer = json.loads(json.dumps(data["params"]))
+    longer["messages"][0]["content"][0]["content"][0]["text"] += "x" * 500
+    assert prompt_token_bound(longer) >= prompt_token_bound(data["params"]) + 500
+    assert job.worst_case_usage(model).prompt_tokens >= prompt_token_bound(data["params"])
+    cited = json.loads(json.dumps(data))
+    cited["params"]["messages"][0]["content"][0]["citations"] = {"enabled": True}
+    err = refused(cited, config)
+    assert err.field == "params.messages[0].content[0].citations"
+    assert "cannot honour" in err.message
+
+
+def test_a_system_message_inside_messages_is_accepted_as_the_sdk_declares_it(
+    config: Config,
+) -> None:
+    """The 2.15 SDK's ``MessageParam`` holds ``SystemMessageParam`` (role ``system``): it
+    is accepted and sent as a system message in its place."""
+    turns = [
+        {"role": "user", "content": "hi"},
+        {"role": "system", "content": "Answer in French."},
+        {"role": "user", "content": "again"},
+    ]
+    assert TypeAdapter(list[sdk.MessageParam]).validate_python(turns)
+    job = parse_job(line(messages=turns), config, seq=1)
+    sent = job.request_body(config.models[MODEL])["messages"]
+    assert sent[1] == {"role": "system", "content": "Answer in French."}
+
+
+def test_a_file_of_only_invalid_anthropic_lines_is_an_anthropic_batch(
+    config: Config, tmp_path: Path
+) -> None:
+    """A batch's form is its lines' (``line_form``), valid or not: a file whose Anthropic
+    lines are all refused (every one without max_tokens, the commonest first mistake)
+    has its errors written in Anthropic's results format, not OpenAI's error file."""
+    path = tmp_path / "jobs.jsonl"
+    lines = [
+        {
+            "custom_id": f"r{i}",
+            "params": {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+        }
+        for i in range(2)
+    ]
+    path.write_text("not json\n" + "".join(json.dumps(x) + "\n" for x in lines))
+    plan = plan_file(path, config, "b-1", Priority.normal)
+    assert (plan.valid, plan.invalid) == (0, 3)
+    assert plan.form == "anthropic"

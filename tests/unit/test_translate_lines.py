@@ -15,16 +15,17 @@ from hypothesis import strategies as st
 from openai.types.chat import completion_create_params
 from pydantic import TypeAdapter
 
-from chatbatch.core.config import Priority
-from chatbatch.core.job_lines import ChatBody
+from chatbatch.core.config import Config, Priority
+from chatbatch.core.job_lines import ChatBody, parse_job
 from chatbatch.core.output_lines import JobFacts, OutputLine
+from chatbatch.core.pricing import Usage
 from chatbatch.core.request_params import refusal
 from chatbatch.translate.batch_results import anthropic_line, written
-from chatbatch.translate.completion_to_message import completion_to_message
+from chatbatch.translate.completion_to_message import completion_to_message, tool_use_id
 from chatbatch.translate.messages_to_chat import messages_to_chat
-from tests.unit.test_anthropic_lines import FULL
+from tests.unit.test_anthropic_lines import FULL, line
 
-CHAT = TypeAdapter(completion_create_params.CompletionCreateParamsStreaming)  # FULL streams
+CHAT = TypeAdapter(completion_create_params.CompletionCreateParamsNonStreaming)
 
 
 def materialised(value: Any) -> Any:
@@ -64,15 +65,17 @@ def test_a_base64_image_becomes_a_data_url() -> None:
     assert part == {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
 
 
-def completion(message: dict[str, Any], reason: str, usage: dict[str, Any]) -> dict[str, Any]:
-    return {
+def completion(
+    message: dict[str, Any], reason: str | None, usage: dict[str, Any] | None
+) -> dict[str, Any]:
+    body = {
         "id": "chatcmpl-1",
         "object": "chat.completion",
         "created": 1,
         "model": "gpt-4.1",
         "choices": [{"index": 0, "message": message, "finish_reason": reason}],
-        "usage": usage,
     }
+    return body if usage is None else body | {"usage": usage}
 
 
 USAGE = {
@@ -95,6 +98,87 @@ def test_a_completion_with_tool_calls_is_a_message_with_tool_use_blocks() -> Non
     assert message.stop_reason == "tool_use"
     assert (message.usage.input_tokens, message.usage.cache_read_input_tokens) == (20, 10)
     assert message.usage.output_tokens == 7
+
+
+CALL = {"type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
+
+
+@pytest.mark.parametrize("tool_choice", [{"type": "tool", "name": "weather"}, {"type": "any"}])
+def test_a_forced_tool_call_is_stop_reason_tool_use(
+    config: Config, tool_choice: dict[str, Any]
+) -> None:
+    """OpenAI answers a forced call (tool_choice a named function or required) with
+    ``finish_reason: "stop"``: tool calls present are ``tool_use`` whatever it says, so an
+    Anthropic agent loop (``if stop_reason == "tool_use"``) runs the tool."""
+    tools = [{"name": "weather", "input_schema": {"type": "object"}}]
+    job = parse_job(line(tools=tools, tool_choice=tool_choice), config, seq=1)
+    assert job.request_body(config.models["gpt-4.1"])["tool_choice"] in (
+        "required",
+        {"type": "function", "function": {"name": "weather"}},
+    )
+    for reason, stop_reason in [("stop", "tool_use"), (None, "tool_use"), ("length", "max_tokens")]:
+        message = {"role": "assistant", "content": None, "tool_calls": [CALL | {"id": "c1"}]}
+        body = completion(message, reason, USAGE)
+        translated = Message.model_validate(completion_to_message(body))
+        assert [b.type for b in translated.content] == ["tool_use"]
+        assert translated.stop_reason == stop_reason, reason
+
+
+@pytest.mark.parametrize(
+    "call",
+    [CALL, CALL | {"id": None}, CALL | {"id": ""}],  # a gateway's; ChatStream's assembly
+    ids=["no-id", "id-none", "id-empty"],
+)
+def test_a_tool_call_without_an_id_gets_a_stable_one(call: dict[str, Any]) -> None:
+    """ "Every completion has a Message": a call without an id is a ``tool_use`` with a
+    stable ``toolu_`` id (the job's custom_id and the call's index), never a KeyError that
+    stops collect nor ``id: null``."""
+    body = completion(
+        {"role": "assistant", "content": None, "tool_calls": [CALL | {"id": "c0"}, call]},
+        "tool_calls",
+        USAGE,
+    )
+    stored = OutputLine.answered("b", "j", 200, body, "req_1", FACTS)
+    text, in_results = written("anthropic", stored)
+    assert in_results
+    result = MessageBatchIndividualResponse.model_validate_json(text).result
+    assert result.type == "succeeded"
+    ids = [block.id for block in result.message.content if block.type == "tool_use"]
+    assert ids == ["c0", tool_use_id("j", 1)] and ids[1].startswith("toolu_")
+    assert tool_use_id("j", 1) == tool_use_id("j", 1) != tool_use_id("k", 1)
+
+
+def test_an_answer_billed_at_its_worst_case_reports_the_usage_booked() -> None:
+    """An answer that came without usage is booked at its worst case (``usage_estimated``,
+    ``booked_usage``): its Message's usage is that, as its cost record has it, not 0 (the
+    review's test gave the facts no booked usage: nothing in a line said what was booked,
+    so the pipeline now writes it, tested in tests/integration/test_books.py)."""
+    body = completion({"role": "assistant", "content": "hi"}, "stop", None)
+    booked = Usage(prompt_tokens=2048, completion_tokens=50)
+    facts = FACTS.model_copy(update={"usage_estimated": True, "booked_usage": booked})
+    data = anthropic_line(OutputLine.answered("b", "j", 200, body, "req_1", facts))
+    result = MessageBatchIndividualResponse.model_validate(data).result
+    assert result.type == "succeeded"
+    usage = result.message.usage
+    assert (usage.input_tokens, usage.output_tokens) == (2048, 50)
+    assert data["chatbatch"]["booked_usage"]["prompt_tokens"] == 2048
+
+
+def test_an_unknown_finish_reason_is_kept_beside_its_end_turn() -> None:
+    """No Anthropic stop_reason means DeepSeek's ``insufficient_system_resource`` (an
+    answer cut by the provider): the Message says ``end_turn`` and the line's chatbatch
+    extension keeps the provider's ``finish_reason``, so a cut answer is not shown
+    complete; a known reason adds nothing."""
+    body = completion(
+        {"role": "assistant", "content": "Par"}, "insufficient_system_resource", USAGE
+    )
+    data = anthropic_line(OutputLine.answered("b", "j", 200, body, "req_1", FACTS))
+    result = MessageBatchIndividualResponse.model_validate(data).result
+    assert result.type == "succeeded" and result.message.stop_reason == "end_turn"
+    assert data["chatbatch"]["finish_reason"] == "insufficient_system_resource"
+    known = completion({"role": "assistant", "content": "Paris"}, "stop", USAGE)
+    data = anthropic_line(OutputLine.answered("b", "j", 200, known, "req_1", FACTS))
+    assert "finish_reason" not in data["chatbatch"]
 
 
 @given(

@@ -86,15 +86,19 @@ def plan_file(
 ) -> Plan:
     """Validate every line (streamed) and add up what the batch will ask for.
 
-    ``on_bytes`` is told the size of every line read (for a progress bar).
+    ``on_bytes`` is told the size of every line read (for a progress bar). The batch's
+    form is its valid lines' (one form per file); when none is valid, the form of its
+    first line that is a JSON object, so its errors are written in the form it was sent in.
     """
     plan = Plan(batch_id=batch_id, default_priority=default_priority)
     digest = hashlib.sha256()
+    refused_form = None  # a file of only invalid lines is answered in its lines' form
     with open_lines(path) as lines:
         hashed = _hashing(lines, digest, plan, on_bytes)
         for number, line in parse_lines(hashed, config):
             parsed = checked(line, config, number)
             if isinstance(parsed, JobError):
+                refused_form = refused_form or parsed.form
                 plan.invalid += 1
                 if len(plan.errors) < max_errors:
                     plan.errors.append(parsed)
@@ -107,6 +111,8 @@ def plan_file(
             plan.by_model[parsed.model] += 1
             plan.tokens_by_model[parsed.model] += parsed.estimated_tokens(model)
             plan.worst_case_usd += parsed.worst_case_usd(model)
+    if not plan.valid and refused_form is not None:
+        plan.form = refused_form
     plan.checksum = digest.hexdigest()
     return plan
 

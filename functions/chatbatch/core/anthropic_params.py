@@ -8,16 +8,31 @@ against the SDK's TypedDicts. ``temperature``, ``top_p`` and ``top_k`` are accep
 Anthropic's API reference documents them (the 2.15 SDK no longer declares them).
 
 Accepted content blocks: text, image (base64 or url source), tool_use, tool_result,
-thinking and redacted_thinking. Refused, because what they bill cannot be bounded before
-the call: document blocks (billed by their pages, text and an image each), server tools
-and their blocks (billed per use), and the keys in ``REFUSED_KEYS``.
+thinking, redacted_thinking and search_result (client-supplied text, billed as prompt
+tokens like a text block). An image's ``file`` source is refused: it names a file of
+Anthropic's Files API (a beta), which no other provider can read and chatbatch does not
+send. ``stream: true`` is refused as Anthropic's Message Batches refuse it (a batch
+request is ``MessageCreateParamsNonStreaming``); ``stream: false`` is accepted.
+
+Refused, because what they bill cannot be bounded before the call: document blocks
+(billed by their pages, text and an image each), server tools and their blocks (billed
+per use), and the keys in ``REFUSED_KEYS``. A ``system`` message inside ``messages`` is
+accepted: the 2.15 SDK's ``MessageParam`` declares it (``SystemMessageParam``).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, StrictBool, StrictInt, StrictStr, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from chatbatch.core.messages import LineModel
@@ -33,11 +48,22 @@ REFUSED_KEYS = {
     "user_profile_id": "not supported; remove it",
     "workspace_id": "not supported; remove it",
 }
-BLOCK_TYPES = ("text", "image", "tool_use", "tool_result", "thinking", "redacted_thinking")
+BLOCK_TYPES = (
+    "text",
+    "image",
+    "tool_use",
+    "tool_result",
+    "thinking",
+    "redacted_thinking",
+    "search_result",
+)
 REFUSED_BLOCKS = {
     "document": "a document is billed by its pages (text and an image each), which "
     "chatbatch cannot bound before the call; send its text as a text block",
 }
+
+# an unknown block kind that names a tool is a server tool's (server_tool_use, ...)
+SERVER_BLOCKS = " (server tools and their blocks bill per use, which chatbatch cannot bound)"
 
 
 class CacheControl(LineModel):
@@ -63,7 +89,20 @@ class UrlSource(LineModel):
     url: StrictStr
 
 
-ImageSource = Annotated[Base64Source | UrlSource, Field(discriminator="type")]
+def _image_source(value: Any) -> Any:
+    if isinstance(value, dict) and value.get("type") == "file":
+        raise PydanticCustomError(
+            "image_source",
+            "a file source names a file of Anthropic's Files API (a beta), which chatbatch "
+            "does not send and other providers cannot read; give the image as a base64 or "
+            "url source",
+        )
+    return value
+
+
+ImageSource = Annotated[
+    Base64Source | UrlSource, Field(discriminator="type"), BeforeValidator(_image_source)
+]
 
 
 class ImageBlock(LineModel):
@@ -101,6 +140,21 @@ class ToolResultBlock(LineModel):
     toolset_name: StrictStr | None = None
 
 
+class CitationsConfig(LineModel):
+    enabled: StrictBool | None = None
+
+
+class SearchResultBlock(LineModel):
+    """A search result the caller supplies (its source, title and text): prompt text."""
+
+    type: Literal["search_result"]
+    source: StrictStr
+    title: StrictStr
+    content: list[TextBlock]
+    cache_control: CacheControl | None = None
+    citations: CitationsConfig | None = None
+
+
 class ThinkingBlock(LineModel):
     type: Literal["thinking"]
     thinking: StrictStr
@@ -113,7 +167,13 @@ class RedactedThinkingBlock(LineModel):
 
 
 Block = Annotated[
-    TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | RedactedThinkingBlock,
+    TextBlock
+    | ImageBlock
+    | ToolUseBlock
+    | ToolResultBlock
+    | ThinkingBlock
+    | RedactedThinkingBlock
+    | SearchResultBlock,
     Field(discriminator="type"),
 ]
 
@@ -131,10 +191,10 @@ def _blocks(value: Any) -> Any:
             )
         if kind not in BLOCK_TYPES:
             shown = f"of type {kind!r}" if kind else "not a content block"
+            why = SERVER_BLOCKS if isinstance(kind, str) and "tool" in kind else ""
             raise PydanticCustomError(
                 "content_block",
-                f"block {index} is {shown}: accepted blocks are {', '.join(BLOCK_TYPES)} "
-                "(server tools and their blocks bill per use, which chatbatch cannot bound)",
+                f"block {index} is {shown}: accepted blocks are {', '.join(BLOCK_TYPES)}{why}",
             )
     return value
 
@@ -230,6 +290,16 @@ def _refused_keys(value: Any) -> Any:
     return value
 
 
+def _not_streamed(value: bool | None) -> bool | None:
+    if value:
+        raise PydanticCustomError(
+            "batch_stream",
+            "a Message Batches request does not stream (Anthropic refuses stream: true in a "
+            "batch; its answer is one Message): remove it",
+        )
+    return value
+
+
 class AnthropicParams(LineModel):
     """``MessageCreateParams``: model and max_tokens are required, as at Anthropic."""
 
@@ -247,7 +317,7 @@ class AnthropicParams(LineModel):
     metadata: AnthropicMetadata | None = None
     service_tier: Literal["auto", "standard_only"] | None = None
     cache_control: CacheControl | None = None
-    stream: StrictBool | None = None
+    stream: Annotated[StrictBool | None, AfterValidator(_not_streamed)] = None
 
     _refused = model_validator(mode="before")(_refused_keys)
 

@@ -16,6 +16,7 @@ worker's intake: ``chatbatch.translate.check_job``.)
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from typing import Annotated, Any, Literal
 
@@ -34,7 +35,11 @@ from chatbatch.core.config import ROLE_PARAMS, Config, Priority
 from chatbatch.core.jobs import BATCH_ID_PATTERN, CustomId, Job, JobError
 from chatbatch.core.messages import LineModel, Message
 from chatbatch.core.request_params import refusal
-from chatbatch.translate.messages_to_chat import Untranslatable, messages_to_chat
+from chatbatch.translate.messages_to_chat import (
+    Untranslatable,
+    messages_to_chat,
+    translated_messages,
+)
 
 PASS_THROUGH_PARAMS = ROLE_PARAMS - {"temperature", "max_tokens", "stream"}
 # OpenAI's request metadata: at most 16 string pairs
@@ -285,6 +290,19 @@ def _anthropic_images(params: AnthropicParams, image_tokens: int | None, name: s
             )
 
 
+def _line_field(field: str, params: dict[str, Any]) -> str:
+    """A field of an Anthropic line's translated chat request, named as the line's: a
+    translated message as the line's message (or ``system``) it comes from."""
+    if not field.startswith("body."):
+        return field
+    rest = field.removeprefix("body.")
+    found = re.match(r"messages\[(\d+)\]", rest)
+    origins = [origin for origin, _ in translated_messages(params)]
+    if found and int(found[1]) < len(origins):
+        return "params." + origins[int(found[1])]
+    return "params." + rest
+
+
 def _anthropic(data: dict[str, Any], config: Config, seq: int | None) -> Job:
     """An Anthropic line -> Job: its params validated and kept as given, and translated
     into the chat request an OpenAI-kind provider is sent (``translate.messages_to_chat``)."""
@@ -318,9 +336,11 @@ def _anthropic(data: dict[str, Any], config: Config, seq: int | None) -> Job:
     chat |= {"method": "POST", "url": "/v1/chat/completions", "body": body}
     try:
         job = _resolve(BatchLine.model_validate(chat), config, seq)
-    except JobError as err:  # the translated request's field, under the line's name
-        if err.field.startswith("body."):
-            err.field = "params." + err.field.removeprefix("body.")
+    except ValidationError as err:  # the translated request's field, under the line's name
+        field, msg = _from_validation(err)
+        raise JobError(_line_field(field, given), msg) from None
+    except JobError as err:
+        err.field = _line_field(err.field, given)
         raise
     update = {"form": "anthropic", "native_params": given, "max_tokens": params.max_tokens}
     return job.model_copy(update=update | {"cap_param": None})
@@ -346,9 +366,12 @@ def parse_job(data: Any, config: Config, *, seq: int | None = None) -> Job:
         return _resolve(line, config, seq)
     except ValidationError as err:
         field, msg = _from_validation(err)
-        raise JobError(field, msg, custom_id=custom_id) from None
+        refused = JobError(field, msg, custom_id=custom_id)
+        refused.form = line_form(data)
+        raise refused from None
     except JobError as err:
         err.custom_id = err.custom_id or custom_id
+        err.form = line_form(data)
         raise
 
 

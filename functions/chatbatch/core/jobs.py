@@ -75,6 +75,8 @@ class JobError(ValueError):
         self.message = message
         self.line = line
         self.custom_id = custom_id
+        # the form of the line refused (``job_lines.line_form``), when it decoded to an object
+        self.form: Literal["openai", "anthropic"] | None = None
         super().__init__(str(self))
 
     def __str__(self) -> str:

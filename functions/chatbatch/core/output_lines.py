@@ -18,6 +18,7 @@ from pydantic import BaseModel, field_serializer
 
 from chatbatch.core.config import Priority
 from chatbatch.core.jobs import Job
+from chatbatch.core.pricing import Usage
 
 
 def request_id(batch_id: str, custom_id: str) -> str:
@@ -51,6 +52,7 @@ class JobFacts(BaseModel):
     seq: int | None = None
     day: str | None = None  # UTC day the result was made: its cost record's partition
     usage_estimated: bool = False  # the answer came without usage: cost is the worst case
+    booked_usage: Usage | None = None  # with usage_estimated: the usage booked (worst case)
 
     @field_serializer("cost_usd")
     def _usd(self, value: Decimal) -> str:

@@ -244,7 +244,7 @@ BOUND_FRAMING = Framing(
 # Request fields the provider bills as prompt tokens (besides the messages).
 PROMPT_FIELDS = ("tools", "functions", "tool_choice", "function_call", "response_format")
 # Anthropic content blocks counted beyond their text (``_block``)
-ANTHROPIC_BLOCKS = ("tool_use", "tool_result", "thinking", "redacted_thinking")
+ANTHROPIC_BLOCKS = ("tool_use", "tool_result", "thinking", "redacted_thinking", "search_result")
 
 
 def estimate_text_tokens(text: str) -> int:
@@ -279,8 +279,12 @@ def _block(
 ) -> int:
     """An Anthropic content block beyond text and image: a tool call sent back (its id,
     name and input), a tool result (its id and content), a thinking block (its text and
-    signature) or a redacted one (its data)."""
+    signature), a redacted one (its data) or a search result (its source, title and text
+    blocks)."""
     kind = block.get("type")
+    if kind == "search_result":
+        named = count(str(block.get("source") or "")) + count(str(block.get("title") or ""))
+        return named + _content(block.get("content") or "", count, framing, images)
     if kind == "tool_use":
         arguments = json.dumps(block.get("input"), ensure_ascii=False)
         used = framing.tool_calls + framing.tool_call + count(block.get("id") or "")

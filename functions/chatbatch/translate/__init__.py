@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from chatbatch.core.config import Config, Model, Provider
 from chatbatch.core.jobs import Job, JobError
+from chatbatch.core.pricing import Usage
 from chatbatch.translate.chat_to_messages import (
     Untranslatable,
     chat_to_messages,
@@ -60,13 +61,16 @@ def result_body(
     raise NotImplementedError(f"{job.form}-form jobs on a {provider.kind}-kind provider")
 
 
-def answer_body(form: Form, body: dict[str, Any]) -> dict[str, Any]:
+def answer_body(
+    form: Form, body: dict[str, Any], custom_id: str = "", booked: Usage | None = None
+) -> dict[str, Any]:
     """The answer a result of a batch of ``form`` carries: an OpenAI-form batch's as
     stored; an Anthropic-form batch's as an Anthropic Message (a chat.completion
-    translated, a Message as it came)."""
+    translated, a Message as it came). ``custom_id`` and ``booked``: see
+    ``completion_to_message``."""
     if form == "openai" or body.get("type") == "message":
         return body
-    return completion_to_message(body)
+    return completion_to_message(body, custom_id, booked)
 
 
 def check_job(job: Job, config: Config) -> None:

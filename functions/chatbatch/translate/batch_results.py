@@ -12,6 +12,9 @@ Anthropic writes them:
 
 The ``chatbatch`` extension keeps chatbatch's facts (money as exact decimal strings), its
 own ``code``, and for an HTTP error the ``status_code``, ``request_id`` and body as sent.
+An answer whose ``finish_reason`` no Anthropic stop_reason means (its Message says
+``end_turn``) keeps it there as ``finish_reason``. An answer that came without usage
+reports the usage booked for it (``booked_usage``, its worst case).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 
 from chatbatch.core.output_lines import OutputLine
 from chatbatch.translate import Form, answer_body
+from chatbatch.translate.completion_to_message import known_finish
 
 STATUS_TYPES = {
     400: "invalid_request_error",
@@ -55,12 +59,23 @@ def _errored(kind: str, message: str) -> dict[str, Any]:
     return {"type": "errored", "error": {"type": "error", "error": error}}
 
 
+def _finish_reason(body: dict[str, Any]) -> Any:
+    choices = body.get("choices")
+    first = choices[0] if isinstance(choices, list) and choices else None
+    return first.get("finish_reason") if isinstance(first, dict) else None
+
+
 def anthropic_line(line: OutputLine) -> dict[str, Any]:
     """The Anthropic results line of a stored line."""
     extension = line.chatbatch.model_dump(mode="json") if line.chatbatch else {}
     if line.response is not None and line.response.status_code == 200:
-        answer = answer_body("anthropic", line.response.body)
+        body, facts = line.response.body, line.chatbatch
+        booked = facts.booked_usage if facts and facts.usage_estimated else None
+        answer = answer_body("anthropic", body, line.custom_id, booked)
         result: dict[str, Any] = {"type": "succeeded", "message": answer}
+        finish = _finish_reason(body)
+        if not known_finish(finish):  # its stop_reason says end_turn: what it was
+            extension["finish_reason"] = finish
     elif line.response is not None:
         status, body = line.response.status_code, line.response.body
         error = body.get("error")

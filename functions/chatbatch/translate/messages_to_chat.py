@@ -5,7 +5,8 @@ For an Anthropic-form job sent to an OpenAI-kind provider. What maps:
 - ``system`` (a string or text blocks) -> a system message first; a ``system`` message of
   ``messages`` -> a system message in its place.
 - text blocks -> text parts; image blocks -> ``image_url`` parts (a base64 source as a
-  ``data:`` URL, a url source as given).
+  ``data:`` URL, a url source as given); a search_result block -> one text part (its
+  title, source and texts; every byte of it counted in the worst case).
 - an assistant's ``tool_use`` blocks -> its ``tool_calls`` (``input`` as JSON
   ``arguments``); a user's ``tool_result`` blocks -> ``tool`` messages, before the rest of
   that user turn (OpenAI wants them right after the calls).
@@ -18,11 +19,16 @@ For an Anthropic-form job sent to an OpenAI-kind provider. What maps:
 
 Dropped, because they cannot change the answer, nor make the bill exceed the worst case
 (which counts every prompt token uncached): ``cache_control`` anywhere (OpenAI-kind
-providers cache on their own), ``thinking: {"type": "disabled"}``, ``is_error: false``.
+providers cache on their own), ``thinking: {"type": "disabled"}``, ``is_error: false``,
+``citations: {"enabled": false}``, and an empty final assistant turn (Anthropic answers
+it as a new turn, as a chat completion does).
 
 Refused (``Untranslatable``, naming the field), because an OpenAI-kind provider cannot
-honour them and the answer would differ: ``thinking`` enabled or adaptive, ``top_k``,
-thinking and redacted_thinking blocks, text ``citations``, images in a tool result,
+honour them and the answer would differ: a final assistant turn with content (a prefill:
+Anthropic continues it, a chat completion answers a new turn after it), ``thinking``
+enabled or adaptive, ``top_k``,
+thinking and redacted_thinking blocks, text ``citations`` and citations enabled on a
+search result, images in a tool result,
 ``is_error: true``, more than 4 stop sequences, image ``transformations``, and a tool's
 Anthropic-only keys (``allowed_callers``, ``defer_loading``, ``eager_input_streaming``,
 ``input_examples``). Documents and server tools are refused earlier, for every provider
@@ -74,6 +80,16 @@ def _image(block: dict[str, Any], field: str) -> dict[str, Any]:
     return {"type": "image_url", "image_url": {"url": url}}
 
 
+def _search_result(block: dict[str, Any], field: str) -> dict[str, Any]:
+    if (block.get("citations") or {}).get("enabled"):
+        raise _refuse_openai(f"{field}.citations", "citations")
+    texts = [
+        _text(part, f"{field}.content[{i}]")["text"] for i, part in enumerate(block["content"])
+    ]
+    heading = f"Search result: {block['title']}\nSource: {block['source']}"
+    return {"type": "text", "text": "\n\n".join([heading, *texts])}
+
+
 def _tool_result(block: dict[str, Any], field: str) -> dict[str, Any]:
     if block.get("is_error"):
         raise _refuse_openai(f"{field}.is_error", "a tool result marked as an error")
@@ -109,6 +125,8 @@ def _turn(message: dict[str, Any], field: str) -> list[dict[str, Any]]:
             parts.append(_text(block, where))
         elif kind == "image" and role == "user":
             parts.append(_image(block, where))
+        elif kind == "search_result" and role == "user":
+            parts.append(_search_result(block, where))
         elif kind == "tool_use" and role == "assistant":
             calls.append(_tool_call(block))
         elif kind == "tool_result" and role == "user":
@@ -171,15 +189,34 @@ def _system(system: Any) -> dict[str, Any]:
     return {"role": "system", "content": [_text(b, f"system[{i}]") for i, b in enumerate(system)]}
 
 
+def translated_messages(params: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The chat messages of valid Anthropic params, each with the field of the line it
+    comes from (``system``, ``messages[i]``): an error on a translated message names it.
+    An empty final assistant turn is dropped; one with content (a prefill) refused."""
+    turns = list(enumerate(params["messages"]))
+    if turns and turns[-1][1]["role"] == "assistant" and turns[-1][1]["content"] in ("", []):
+        turns.pop()
+    out = [("system", _system(params["system"]))] if params.get("system") else []
+    for index, message in turns:
+        field = f"messages[{index}]"
+        if message["role"] == "system":
+            out.append((field, _system(message["content"])))
+        else:
+            out.extend((field, turn) for turn in _turn(message, field))
+    if turns and turns[-1][1]["role"] == "assistant":
+        raise Untranslatable(
+            f"messages[{turns[-1][0]}]",
+            "a final assistant turn is a prefill: Anthropic continues it, an OpenAI-kind "
+            "provider answers a new turn after it, so the answer would differ; end with a "
+            "user turn or send the job to an Anthropic model",
+        )
+    return out
+
+
 def messages_to_chat(params: dict[str, Any], cap_param: str | None = None) -> dict[str, Any]:
     """The chat request body for valid Anthropic params (``core.anthropic_params``);
     ``cap_param``: the name ``max_tokens`` is sent under (None: left out)."""
-    messages = [_system(params["system"])] if params.get("system") else []
-    for index, message in enumerate(params["messages"]):
-        if message["role"] == "system":
-            messages.append(_system(message["content"]))
-        else:
-            messages.extend(_turn(message, f"messages[{index}]"))
+    messages = [message for _, message in translated_messages(params)]
     body: dict[str, Any] = {"model": params["model"], "messages": messages}
     if cap_param is not None:
         body[cap_param] = params["max_tokens"]

@@ -387,6 +387,9 @@ async def _succeed(
     facts = results.job_facts(
         intake, job, usd, completion.latency_ms, len(completion.attempts), False
     ).model_copy(update={"usage_estimated": estimated})
+    if estimated:
+        booked = job.worst_case_usage(services.config.models[job.model])
+        facts = facts.model_copy(update={"booked_usage": booked})
     result = OutputLine.result(job, facts, completion.body, completion.request_id)
     inv.count(Metric.RETRIES, intake, len(completion.attempts) - 1)
     inv.count(
