@@ -19,6 +19,7 @@ from anthropic.types.message_create_params import (
     MessageCreateParamsNonStreaming,
     MessageCreateParamsStreaming,
 )
+from anthropic.types.messages import MessageBatchIndividualResponse
 from openai.types.chat import ChatCompletion
 from pydantic import TypeAdapter
 
@@ -26,6 +27,7 @@ from chatbatch.local.options import LocalOptions
 from chatbatch.local.runtime import LocalRuntime
 from chatbatch.local.simulator import SimulatorSettings
 from chatbatch.state.budget.budget import Budget
+from chatbatch.translate.chat_to_messages import SAMPLING
 from tests.unit.test_translate_anthropic import calling_weather
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,9 +139,13 @@ FIRST = [
 
 
 def valid_anthropic_request(body: dict[str, Any]) -> None:
+    """Valid per the SDK's request type; the sampling keys (``temperature``, ``top_p``,
+    ``top_k``) aside: the SDK describes API version 2026-10-21, which dropped them, and
+    chatbatch sends ``anthropic-version: 2023-06-01``, which takes them."""
     kind = MessageCreateParamsStreaming if body.get("stream") else MessageCreateParamsNonStreaming
-    TypeAdapter(kind).validate_python(body)
-    assert set(body) <= kind.__required_keys__ | kind.__optional_keys__, body.keys()
+    rest = {k: v for k, v in body.items() if k not in SAMPLING}
+    TypeAdapter(kind).validate_python(rest)
+    assert set(rest) <= kind.__required_keys__ | kind.__optional_keys__, body.keys()
 
 
 def run_batch(rt: LocalRuntime, lines: list[dict[str, Any]], batch_id: str, out: Path) -> Any:
@@ -242,3 +248,138 @@ def test_every_anthropic_call_that_may_have_been_billed_is_booked(
     ) / 1_000_000
     assert spent.reserved_usd == 0
     assert spent.spent_usd == sum(Decimal(c["cost_usd"]) for c in costs) > billed
+
+
+CACHED_SYSTEM = [{"type": "text", "text": CONTEXT, "cache_control": {"type": "ephemeral"}}]
+NATIVE: list[dict[str, Any]] = [
+    {
+        "custom_id": "plain",
+        "params": {
+            "model": MODEL,
+            "max_tokens": 64,
+            "system": CACHED_SYSTEM,
+            "messages": [{"role": "user", "content": "tag-plain what is a haiku?"}],
+            "stop_sequences": ["END"],
+            "metadata": {"user_id": "u-1"},
+        },
+    },
+    {  # what an OpenAI-kind provider could not honour, sent as given to Anthropic's API
+        "custom_id": "native",
+        "priority": "high",
+        "params": {
+            "model": MODEL,
+            "max_tokens": 2048,
+            "system": CACHED_SYSTEM,
+            "thinking": {"type": "enabled", "budget_tokens": 1024},
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "weather in Oslo?"},
+                        {
+                            "type": "image",
+                            "source": {
+                                "type": "base64",
+                                "media_type": "image/png",
+                                "data": PNG.split(",", 1)[1],
+                            },
+                        },
+                    ],
+                },
+                {
+                    "role": "assistant",
+                    "content": [
+                        {
+                            "type": "tool_use",
+                            "id": "toolu_1",
+                            "name": "weather",
+                            "input": {"city": "Oslo"},
+                        },
+                    ],
+                },
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "tool_result", "tool_use_id": "toolu_1", "content": "cold"},
+                        {"type": "text", "text": "tag-native so, a coat?"},
+                    ],
+                },
+            ],
+            "tools": [
+                {
+                    "name": "weather",
+                    "description": "today's weather in a city",
+                    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+                }
+            ],
+            "tool_choice": {"type": "auto"},
+        },
+    },
+    {
+        "custom_id": "sampled",
+        "params": {
+            "model": MODEL,
+            "max_tokens": 32,
+            "top_k": 5,
+            "messages": [
+                {"role": "user", "content": "tag-sampled name a colour"},
+                {"role": "assistant", "content": "The colour is"},  # a prefill, continued
+            ],
+        },
+    },
+    {"custom_id": "no-cap", "params": {"model": MODEL, "messages": [ask("no max_tokens")]}},
+]
+
+
+def test_anthropic_lines_go_to_anthropic_as_given_and_come_back_as_its_batch_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Message Batches lines for a model served by Anthropic's own API: each request the
+    simulator received is the line's params as given (only the model id configured), each
+    result line is an Anthropic batch result carrying its own Message, the invalid line is
+    an errored result naming its field, and the ledger books what the simulator billed."""
+    config_path = tmp_path / "chatbatch.toml"
+    config_path.write_text((ROOT / "chatbatch.toml").read_text() + CLAUDE)
+    monkeypatch.setenv("CHATBATCH_CONFIG", str(config_path))
+    settings = SimulatorSettings(keep_bodies=True, rpm=10_000, tpm=10_000_000)
+    options = LocalOptions(timeout_s=120, simulator=settings, config_path=config_path)
+    with LocalRuntime(options) as rt:
+        summary = run_batch(rt, NATIVE, "native", tmp_path / "native")
+        assert rt.simulator is not None
+        stats = rt.simulator.stats()
+        spent = Budget(boto3.client("dynamodb"), rt.resources.table, rt.config).usage()
+        model = rt.config.models[MODEL]
+    valid = [line for line in NATIVE if "max_tokens" in line["params"]]
+    assert (summary.succeeded, summary.invalid_lines) == (len(valid), 1), summary
+    sent = sorted(stats.bodies, key=lambda body: json.dumps(body["messages"]))
+    given = sorted(
+        ({**line["params"], "model": "claude-haiku-4-5"} for line in valid),
+        key=lambda params: json.dumps(params["messages"]),
+    )
+    assert sent == given  # nothing added, dropped or altered
+    for body in sent:
+        valid_anthropic_request(body)
+    out = tmp_path / "native"
+    assert not (out / "errors.jsonl").exists() or not (out / "errors.jsonl").read_text()
+    lines = [json.loads(text) for text in (out / "results.jsonl").read_text().splitlines()]
+    results = {line["custom_id"]: line for line in lines}
+    assert set(results) == {line["custom_id"] for line in NATIVE}
+    for custom_id, line in results.items():
+        result = MessageBatchIndividualResponse.model_validate(line).result
+        if custom_id == "no-cap":
+            assert result.type == "errored"
+            assert "params.max_tokens" in result.error.error.message
+            continue
+        assert result.type == "succeeded", line
+        text = "".join(b.text for b in result.message.content if b.type == "text")
+        assert f"tag-{custom_id}" in text, (custom_id, text)
+    assert stats.cache_write_tokens > 0  # the system's cache_control went as given
+    bill = stats.billed_by_model["claude-haiku-4-5"]
+    plain = bill.prompt_tokens - bill.cached_tokens - bill.cache_write_tokens
+    billed = (
+        plain * model.input_per_m
+        + bill.cached_tokens * model.cached_input_per_m
+        + bill.cache_write_tokens * model.cache_write_per_m  # type: ignore[operator]
+        + bill.completion_tokens * model.output_per_m
+    ) / 1_000_000
+    assert spent.reserved_usd == 0 and spent.spent_usd == billed > 0

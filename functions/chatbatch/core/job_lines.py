@@ -31,7 +31,7 @@ from pydantic import (
 )
 
 from chatbatch.core.anthropic_params import AnthropicParams, ImageBlock, ToolResultBlock
-from chatbatch.core.config import ROLE_PARAMS, Config, Priority
+from chatbatch.core.config import ROLE_PARAMS, Config, Priority, Role
 from chatbatch.core.jobs import BATCH_ID_PATTERN, CustomId, Job, JobError
 from chatbatch.core.messages import LineModel, Message
 from chatbatch.core.request_params import refusal
@@ -188,6 +188,13 @@ def _request(line: ShortLine | BatchLine) -> tuple[_Request, list[Message], str]
     return line, list(line.messages or [Message(role="user", content=line.prompt or "")]), ""
 
 
+def _role(name: str | None, config: Config) -> Role | None:
+    role = config.roles.get(name) if name else None
+    if name and role is None:
+        raise JobError("role", f"unknown role {name!r}; configured: {sorted(config.roles)}")
+    return role
+
+
 def _resolve(line: ShortLine | BatchLine, config: Config, seq: int | None) -> Job:
     request, messages, prefix = _request(line)
     if request.max_tokens is not None and request.max_completion_tokens is not None:
@@ -208,9 +215,7 @@ def _resolve(line: ShortLine | BatchLine, config: Config, seq: int | None) -> Jo
         if refused := refusal(key, value):
             raise JobError(prefix + refused[0], refused[1])
 
-    role = config.roles.get(line.role) if line.role else None
-    if line.role and role is None:
-        raise JobError("role", f"unknown role {line.role!r}; configured: {sorted(config.roles)}")
+    role = _role(line.role, config)
     model_name = requested_model or (role.model if role else config.defaults.model)
     resolved = config.resolve_model(model_name)
     if resolved is None:
@@ -328,6 +333,11 @@ def _anthropic(data: dict[str, Any], config: Config, seq: int | None) -> Job:
             f"{params.max_tokens}; models.{name}.max_output_tokens)",
         )
     given = data["params"]
+    role = _role(line.role, config)
+    if role and role.system_prompt and "system" not in given:
+        given = {**given, "system": role.system_prompt}
+    if config.providers[model.provider].kind == "anthropic":
+        return _native(line, given, name, seq)
     try:
         body = messages_to_chat(given)
     except Untranslatable as err:
@@ -344,6 +354,26 @@ def _anthropic(data: dict[str, Any], config: Config, seq: int | None) -> Job:
         raise
     update = {"form": "anthropic", "native_params": given, "max_tokens": params.max_tokens}
     return job.model_copy(update=update | {"cap_param": None})
+
+
+def _native(line: AnthropicLine, given: dict[str, Any], model: str, seq: int | None) -> Job:
+    """An Anthropic line for a model served by Anthropic's own API: its params are sent as
+    given (``translate.native_body``), so nothing is refused for a translation's sake. Its
+    chat fields stay empty: its bound, estimate and cache key read the params."""
+    return Job(
+        custom_id=line.custom_id or f"line-{seq}",
+        batch_id=line.batch_id,
+        seq=line.seq if line.seq is not None else seq,
+        model=model,
+        role=line.role,
+        priority=line.priority,
+        messages=[],
+        max_tokens=line.params.max_tokens,
+        cache=line.cache,
+        metadata=line.metadata,
+        form="anthropic",
+        native_params=given,
+    )
 
 
 def line_form(data: Any) -> Literal["openai", "anthropic"]:

@@ -127,9 +127,14 @@ class Job(BaseModel):
         return self.output_cap(model) * self.choices
 
     def estimated_tokens(self, model: Model) -> int:
-        """Prompt estimate plus the output bound: what the rate limiter takes up front."""
-        prompt = estimate_prompt_tokens(self.request_body(model), model.image_input_tokens or 0)
+        """Prompt estimate plus the output bound: what the rate limiter takes up front (an
+        Anthropic-form job's prompt read from its params as given)."""
+        prompt = estimate_prompt_tokens(self.prompt_body(model), model.image_input_tokens or 0)
         return prompt + self.output_bound(model)
+
+    def prompt_body(self, model: Model) -> dict[str, Any]:
+        """The request as its line gave it: an Anthropic-form job's params, else the chat body."""
+        return self.native_params if self.native_params is not None else self.request_body(model)
 
     def worst_case_usage(self, model: Model) -> Usage:
         """The most a call of this job can be billed: the bound of every billed prompt
@@ -172,8 +177,10 @@ class Job(BaseModel):
         return body
 
     def cache_key(self, model: Model) -> str:
-        """Identical requests (same model, messages, parameters and cap) share a key."""
-        body = self.request_body(model)
+        """Identical requests (same model, messages, parameters and cap) share a key; an
+        Anthropic-form job's request is its params as given (with the model and cap)."""
+        body = dict(self.prompt_body(model))
+        body |= {"model": model.model_id, "cap": self.output_cap(model)}
         body.pop("stream", None)
         body.pop("stream_options", None)
         canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))

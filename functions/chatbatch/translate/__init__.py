@@ -13,8 +13,10 @@ Anthropic's form as Anthropic's results lines.
 An OpenAI-form job to a kind ``openai`` provider goes as it is; to a kind ``anthropic``
 provider it goes translated and its Message comes back as a chat.completion. An
 Anthropic-form job goes to a kind ``openai`` provider as its params translated at
-submit (``Job.request_body``); to a kind ``anthropic`` provider it is not wired yet
-(``NotImplementedError``: the native pass-through).
+submit (``Job.request_body``), its chat.completion kept and written as a Message at
+collect; to a kind ``anthropic`` provider its params go as given (``native_body``: only
+the model id configured for the model and the output cap, which the line gave) and its
+Message is kept as it came.
 """
 
 from __future__ import annotations
@@ -40,11 +42,17 @@ def wire_body(job: Job, model: Model, provider: Provider) -> dict[str, Any]:
     """The request body sent for ``job`` to ``provider`` (at ``provider.url``)."""
     if provider.kind == "openai":
         return job.request_body(model)
-    if job.form == "openai":
-        return chat_to_messages(
-            job.request_body(model), sampling=takes_sampling(provider.anthropic_version)
-        )
-    raise NotImplementedError(f"{job.form}-form jobs on a {provider.kind}-kind provider")
+    if job.native_params is not None:
+        return native_body(job.native_params, model, job.output_cap(model))
+    return chat_to_messages(
+        job.request_body(model), sampling=takes_sampling(provider.anthropic_version)
+    )
+
+
+def native_body(params: dict[str, Any], model: Model, cap: int) -> dict[str, Any]:
+    """An Anthropic-form job's params as given, to Anthropic's own API: the model named by
+    its configured id, the output cap as given (``max_tokens`` is required in the form)."""
+    return {**params, "model": model.model_id, "max_tokens": cap}
 
 
 def result_body(
@@ -54,11 +62,9 @@ def result_body(
     worker (a Message from a kind anthropic provider becomes a chat.completion for an
     OpenAI-form job). Not the collect-time choice of the results file's shape
     (``answer_body``)."""
-    if provider.kind == "openai":
+    if provider.kind == "openai" or job.native_params is not None:
         return native
-    if job.form == "openai":
-        return message_to_completion(native, int(time.time()) if created is None else created)
-    raise NotImplementedError(f"{job.form}-form jobs on a {provider.kind}-kind provider")
+    return message_to_completion(native, int(time.time()) if created is None else created)
 
 
 def answer_body(
@@ -86,8 +92,6 @@ def check_job(job: Job, config: Config) -> None:
             f"{err.message} (model {job.model} is served by Anthropic's API)",
             custom_id=job.custom_id,
         ) from None
-    except NotImplementedError as err:
-        raise JobError("model", f"not supported yet: {err}", custom_id=job.custom_id) from None
 
 
 def checked(parsed: Job | JobError, config: Config, line: int | None = None) -> Job | JobError:

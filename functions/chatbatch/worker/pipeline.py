@@ -413,7 +413,7 @@ async def _succeed(
             extra={
                 "batch_id": intake.batch_id,
                 "custom_id": intake.custom_id,
-                "messages": job.request_body(services.config.models[job.model])["messages"],
+                "messages": job.prompt_body(services.config.models[job.model])["messages"],
                 "answer": completion.content,
             },
         )
