@@ -17,9 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "functions" / "chatbatch"
 LAYERS = ("core", "translate", "provider", "state", "worker", "client", "local", "cli")
 ALLOWED = {
-    # core's line parser reads Anthropic-form lines with translate.messages_to_chat (from
-    # i15-lines); everything else in core imports only core
-    "core": {"core", "translate"},
+    "core": {"core"},
     "translate": {"core", "translate"},
     "provider": {"core", "provider"},
     "state": {"core", "state"},

@@ -21,8 +21,9 @@ from chatbatch.client.submit import iter_jobs, plan_file
 from chatbatch.core.config import Config, Priority, parse_config
 from chatbatch.core.job_lines import parse_job
 from chatbatch.core.jobs import JobError
+from chatbatch.core.untranslatable import Untranslatable
 from chatbatch.translate import check_job, result_body, wire_body
-from chatbatch.translate.chat_to_messages import SAMPLING, Untranslatable, chat_to_messages
+from chatbatch.translate.chat_to_messages import SAMPLING, chat_to_messages
 from chatbatch.translate.message_to_completion import message_to_completion
 from chatbatch.worker.intake import read_record
 from tests.unit.test_anthropic_config import anthropic_config

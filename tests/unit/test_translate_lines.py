@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from openai.types.chat import completion_create_params
 from pydantic import TypeAdapter
 
+from chatbatch.core.anthropic_to_chat import messages_to_chat
 from chatbatch.core.config import Config, Priority
 from chatbatch.core.job_lines import ChatBody, parse_job
 from chatbatch.core.output_lines import JobFacts, OutputLine
@@ -22,7 +23,6 @@ from chatbatch.core.pricing import Usage
 from chatbatch.core.request_params import refusal
 from chatbatch.translate.batch_results import anthropic_line, written
 from chatbatch.translate.completion_to_message import completion_to_message, tool_use_id
-from chatbatch.translate.messages_to_chat import messages_to_chat
 from tests.unit.test_anthropic_lines import FULL, line
 
 CHAT = TypeAdapter(completion_create_params.CompletionCreateParamsNonStreaming)

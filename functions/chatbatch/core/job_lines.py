@@ -31,15 +31,12 @@ from pydantic import (
 )
 
 from chatbatch.core.anthropic_params import AnthropicParams, ImageBlock, ToolResultBlock
+from chatbatch.core.anthropic_to_chat import messages_to_chat, translated_messages
 from chatbatch.core.config import ROLE_PARAMS, Config, Priority, Role
 from chatbatch.core.jobs import BATCH_ID_PATTERN, CustomId, Job, JobError
 from chatbatch.core.messages import LineModel, Message
 from chatbatch.core.request_params import refusal
-from chatbatch.translate.messages_to_chat import (
-    Untranslatable,
-    messages_to_chat,
-    translated_messages,
-)
+from chatbatch.core.untranslatable import Untranslatable
 
 PASS_THROUGH_PARAMS = ROLE_PARAMS - {"temperature", "max_tokens", "stream"}
 # OpenAI's request metadata: at most 16 string pairs
@@ -310,7 +307,7 @@ def _line_field(field: str, params: dict[str, Any]) -> str:
 
 def _anthropic(data: dict[str, Any], config: Config, seq: int | None) -> Job:
     """An Anthropic line -> Job: its params validated and kept as given, and translated
-    into the chat request an OpenAI-kind provider is sent (``translate.messages_to_chat``)."""
+    into the chat request an OpenAI-kind provider is sent (``core.anthropic_to_chat``)."""
     if isinstance(data["params"], dict) and "max_tokens" not in data["params"]:
         raise JobError(
             "params.max_tokens",

@@ -6,9 +6,10 @@ nothing of providers' APIs) and below ``provider``, ``worker`` and ``client``.
 
 One module per direction: ``chat_to_messages`` (chat request -> Anthropic Messages
 request), ``message_to_completion`` (Anthropic Message -> chat.completion),
-``messages_to_chat`` (Anthropic params -> chat request), ``completion_to_message``
-(chat.completion -> Anthropic Message); ``batch_results`` writes a batch submitted in
-Anthropic's form as Anthropic's results lines.
+``completion_to_message`` (chat.completion -> Anthropic Message); the fourth, Anthropic
+params -> chat request, is ``core.anthropic_to_chat`` (a line becomes a job with it).
+``batch_results`` writes a batch submitted in Anthropic's form as Anthropic's results
+lines.
 
 An OpenAI-form job to a kind ``openai`` provider goes as it is; to a kind ``anthropic``
 provider it goes translated and its Message comes back as a chat.completion. An
@@ -27,11 +28,8 @@ from typing import Any, Literal
 from chatbatch.core.config import Config, Model, Provider
 from chatbatch.core.jobs import Job, JobError
 from chatbatch.core.pricing import Usage
-from chatbatch.translate.chat_to_messages import (
-    Untranslatable,
-    chat_to_messages,
-    takes_sampling,
-)
+from chatbatch.core.untranslatable import Untranslatable
+from chatbatch.translate.chat_to_messages import chat_to_messages, takes_sampling
 from chatbatch.translate.completion_to_message import completion_to_message
 from chatbatch.translate.message_to_completion import message_to_completion
 
@@ -89,7 +87,7 @@ def check_job(job: Job, config: Config) -> None:
     except Untranslatable as err:
         raise JobError(
             err.field,
-            f"{err.message} (model {job.model} is served by Anthropic's API)",
+            f"{err.why} (model {job.model} is served by Anthropic's API)",
             custom_id=job.custom_id,
         ) from None
 

@@ -50,6 +50,8 @@ import json
 import re
 from typing import Any
 
+from chatbatch.core.untranslatable import Untranslatable
+
 ROLE_SYSTEM = ("system", "developer")
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 DATA_URL = re.compile(r"^data:(?P<type>[\w/+.-]+);base64,(?P<data>.*)$", re.DOTALL)
@@ -81,15 +83,6 @@ DROPPED = frozenset(
         "prompt_cache_options",
     }
 )
-
-
-class Untranslatable(ValueError):
-    """A request field Anthropic's Messages API has no equivalent for."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
 
 
 SAMPLING = ("temperature", "top_p", "top_k")

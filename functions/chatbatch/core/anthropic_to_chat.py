@@ -1,6 +1,7 @@
 """Anthropic Messages params -> an OpenAI /v1/chat/completions request body (pure, on dicts).
 
-For an Anthropic-form job sent to an OpenAI-kind provider. What maps:
+For an Anthropic-form job sent to an OpenAI-kind provider. In ``core`` (not ``translate``)
+because an Anthropic line becomes a job with it (``core.job_lines``). What maps:
 
 - ``system`` (a string or text blocks) -> a system message first; a ``system`` message of
   ``messages`` -> a system message in its place.
@@ -40,18 +41,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from chatbatch.core.untranslatable import Untranslatable
+
 MAX_STOP = 4  # OpenAI's limit on ``stop``
 TOOL_KEYS = {"name", "description", "input_schema", "strict", "type", "cache_control"}
 SERVICE_TIERS = {"auto": "auto", "standard_only": "default"}
-
-
-class Untranslatable(ValueError):
-    """A params field an OpenAI-kind provider cannot honour: ``field`` and why."""
-
-    def __init__(self, field: str, why: str) -> None:
-        super().__init__(f"{field}: {why}")
-        self.field = field
-        self.why = why
 
 
 def _refuse_openai(field: str, what: str) -> Untranslatable:
