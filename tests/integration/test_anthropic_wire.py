@@ -23,9 +23,11 @@ from anthropic.types.messages import MessageBatchIndividualResponse
 from openai.types.chat import ChatCompletion
 from pydantic import TypeAdapter
 
+from chatbatch.core.config import Model
 from chatbatch.local.options import LocalOptions
 from chatbatch.local.runtime import LocalRuntime
 from chatbatch.local.simulator import SimulatorSettings
+from chatbatch.local.simulator.stats import Stats
 from chatbatch.state.budget.budget import Budget
 from chatbatch.translate.chat_to_messages import SAMPLING
 from tests.unit.test_translate_anthropic import calling_weather
@@ -148,6 +150,29 @@ def valid_anthropic_request(body: dict[str, Any]) -> None:
     assert set(rest) <= kind.__required_keys__ | kind.__optional_keys__, body.keys()
 
 
+def claude_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LocalOptions:
+    """A local run whose config adds the Anthropic provider and model; the simulator
+    keeps the bodies it received."""
+    config_path = tmp_path / "chatbatch.toml"
+    config_path.write_text((ROOT / "chatbatch.toml").read_text() + CLAUDE)
+    monkeypatch.setenv("CHATBATCH_CONFIG", str(config_path))
+    settings = SimulatorSettings(keep_bodies=True, rpm=10_000, tpm=10_000_000)
+    return LocalOptions(timeout_s=120, simulator=settings, config_path=config_path)
+
+
+def billed_usd(stats: Stats, model: Model) -> Decimal:
+    """What the simulator billed the model, at its input, cache-read, cache-write and output
+    prices."""
+    bill = stats.billed_by_model[model.model_id]
+    plain = bill.prompt_tokens - bill.cached_tokens - bill.cache_write_tokens
+    return (
+        plain * model.input_per_m
+        + bill.cached_tokens * model.cached_input_per_m
+        + bill.cache_write_tokens * model.cache_write_per_m  # type: ignore[operator]
+        + bill.completion_tokens * model.output_per_m
+    ) / 1_000_000
+
+
 def run_batch(rt: LocalRuntime, lines: list[dict[str, Any]], batch_id: str, out: Path) -> Any:
     path = out.with_suffix(".jsonl")
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
@@ -160,12 +185,7 @@ def run_batch(rt: LocalRuntime, lines: list[dict[str, Any]], batch_id: str, out:
 def test_openai_lines_run_natively_on_anthropic_and_book_what_was_billed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config_path = tmp_path / "chatbatch.toml"
-    config_path.write_text((ROOT / "chatbatch.toml").read_text() + CLAUDE)
-    monkeypatch.setenv("CHATBATCH_CONFIG", str(config_path))
-    settings = SimulatorSettings(keep_bodies=True, rpm=10_000, tpm=10_000_000)
-    options = LocalOptions(timeout_s=120, simulator=settings, config_path=config_path)
-    with LocalRuntime(options) as rt:
+    with LocalRuntime(claude_options(tmp_path, monkeypatch)) as rt:
         first = run_batch(rt, FIRST, "first", tmp_path / "first")
         second = run_batch(rt, LINES, "second", tmp_path / "second")
         assert rt.simulator is not None
@@ -193,14 +213,7 @@ def test_openai_lines_run_natively_on_anthropic_and_book_what_was_billed(
         assert result["response"]["request_id"].startswith("req_")
     # the cache: written by the first batch's job, read by the second's
     assert stats.cache_write_tokens > 0 and stats.cached_tokens > 0
-    bill = stats.billed_by_model["claude-haiku-4-5"]
-    plain = bill.prompt_tokens - bill.cached_tokens - bill.cache_write_tokens
-    billed = (
-        plain * model.input_per_m
-        + bill.cached_tokens * model.cached_input_per_m
-        + bill.cache_write_tokens * model.cache_write_per_m  # type: ignore[operator]
-        + bill.completion_tokens * model.output_per_m
-    ) / 1_000_000
+    billed = billed_usd(stats, model)
     assert billed > 0
     costs = [
         json.loads(line)
@@ -338,12 +351,7 @@ def test_anthropic_lines_go_to_anthropic_as_given_and_come_back_as_its_batch_res
     simulator received is the line's params as given (only the model id configured), each
     result line is an Anthropic batch result carrying its own Message, the invalid line is
     an errored result naming its field, and the ledger books what the simulator billed."""
-    config_path = tmp_path / "chatbatch.toml"
-    config_path.write_text((ROOT / "chatbatch.toml").read_text() + CLAUDE)
-    monkeypatch.setenv("CHATBATCH_CONFIG", str(config_path))
-    settings = SimulatorSettings(keep_bodies=True, rpm=10_000, tpm=10_000_000)
-    options = LocalOptions(timeout_s=120, simulator=settings, config_path=config_path)
-    with LocalRuntime(options) as rt:
+    with LocalRuntime(claude_options(tmp_path, monkeypatch)) as rt:
         summary = run_batch(rt, NATIVE, "native", tmp_path / "native")
         assert rt.simulator is not None
         stats = rt.simulator.stats()
@@ -374,12 +382,5 @@ def test_anthropic_lines_go_to_anthropic_as_given_and_come_back_as_its_batch_res
         text = "".join(b.text for b in result.message.content if b.type == "text")
         assert f"tag-{custom_id}" in text, (custom_id, text)
     assert stats.cache_write_tokens > 0  # the system's cache_control went as given
-    bill = stats.billed_by_model["claude-haiku-4-5"]
-    plain = bill.prompt_tokens - bill.cached_tokens - bill.cache_write_tokens
-    billed = (
-        plain * model.input_per_m
-        + bill.cached_tokens * model.cached_input_per_m
-        + bill.cache_write_tokens * model.cache_write_per_m  # type: ignore[operator]
-        + bill.completion_tokens * model.output_per_m
-    ) / 1_000_000
+    billed = billed_usd(stats, model)
     assert spent.reserved_usd == 0 and spent.spent_usd == billed > 0

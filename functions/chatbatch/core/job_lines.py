@@ -242,22 +242,29 @@ def _resolve(line: ShortLine | BatchLine, config: Config, seq: int | None) -> Jo
             f"models.{name}.max_output_tokens)",
         )
     job = Job(
-        custom_id=line.custom_id or f"line-{seq}",
-        batch_id=line.batch_id,
-        seq=line.seq if line.seq is not None else seq,
+        **_line_keys(line, seq),
         model=name,
-        role=line.role,
-        priority=line.priority,
         messages=messages,
         max_tokens=max_tokens,
         cap_param=cap_field or (model.cap_param if max_tokens is not None else None),
         temperature=temperature,
         stream=stream,
-        cache=line.cache,
         metadata=line.metadata if isinstance(line, BatchLine) else {},
         params=params,
     )
     return job
+
+
+def _line_keys(line: _Common, seq: int | None) -> dict[str, Any]:
+    """chatbatch's own keys of a line, as its job holds them."""
+    return {
+        "custom_id": line.custom_id or f"line-{seq}",
+        "batch_id": line.batch_id,
+        "seq": line.seq if line.seq is not None else seq,
+        "role": line.role,
+        "priority": line.priority,
+        "cache": line.cache,
+    }
 
 
 def _check_images(
@@ -358,15 +365,10 @@ def _native(line: AnthropicLine, given: dict[str, Any], model: str, seq: int | N
     given (``translate.native_body``), so nothing is refused for a translation's sake. Its
     chat fields stay empty: its bound, estimate and cache key read the params."""
     return Job(
-        custom_id=line.custom_id or f"line-{seq}",
-        batch_id=line.batch_id,
-        seq=line.seq if line.seq is not None else seq,
+        **_line_keys(line, seq),
         model=model,
-        role=line.role,
-        priority=line.priority,
         messages=[],
         max_tokens=line.params.max_tokens,
-        cache=line.cache,
         metadata=line.metadata,
         form="anthropic",
         native_params=given,
