@@ -10,9 +10,10 @@ d. an unlimited provider (pipeline at 6,000/min), 50 ms answers, 120 jobs: all `
 e. 900 jobs over the four priorities with 5% 500s and 3% 503s, rolling-minute limit
 
 Each row: wall ÷ ideal (ideal = jobs ÷ limit), achieved ÷ limit (whole run, and per full
-minute from the submit), 429s ÷ requests, the most requests in any 60 s ÷ the limit and in
-any 1 s ÷ limit/60, and the longest gap between successive requests reaching the provider
-(jobs were waiting through all of it: it lies between the run's first and last request).
+minute from the submit), requests ÷ limit (retries count at the provider), 429s ÷ requests,
+the most requests in any 60 s ÷ the limit and in any 1 s ÷ limit/60, and the longest gap
+between successive requests reaching the provider (jobs were waiting through all of it: it
+lies between the run's first and last request).
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ class Row:
             "wall/ideal": run.wall_s / self.ideal_s,
             "achieved/limit": ok / run.wall_s / (limit / 60) if run.wall_s else math.nan,
             "per full minute": mean_or_nan(full_minutes(run, first=0)) / limit,
+            # retries are requests too: what the provider's limit counts
+            "requests/limit": stats.requests / run.wall_s / (limit / 60)
+            if run.wall_s
+            else math.nan,
             "429s": stats.by_status.get("429", 0) / max(stats.requests, 1),
             "max60/limit": stats.max_requests_60s / limit,
             "max1/share": stats.max_requests_1s / (limit / 60),
@@ -75,7 +80,7 @@ class Row:
     def cells(self) -> list[str]:
         r = self.ratios()
         if not r:
-            return [self.key, self.label, f"timed out ({self.jobs} jobs)"] + [""] * 8
+            return [self.key, self.label, f"timed out ({self.jobs} jobs)"] + [""] * 9
         assert self.run is not None and self.run.stats is not None
         causes = ", ".join(f"{k} {v}" for k, v in sorted(self.run.stats.rate_limited.items()))
 
@@ -89,6 +94,7 @@ class Row:
             f"{r['wall_s']:.1f} s" + ("" if self.limit is None else f" / {self.ideal_s:.0f} s"),
             f("wall/ideal", "{:.2f}"),
             f"{f('achieved/limit')} / {f('per full minute')}",
+            f("requests/limit"),
             f"{100 * r['429s']:.2f}%" + (f" ({causes})" if causes else ""),
             f("max60/limit"),
             f"{f('max1/share', '{:.2f}')} ({r['max1']:.0f})",
@@ -103,6 +109,7 @@ HEADER = [
     "wall / ideal",
     "wall ÷ ideal",
     "achieved ÷ limit: whole run / per full minute",
+    "requests ÷ limit (retries too)",
     "429s ÷ requests (by limit)",
     "max in 60 s ÷ limit",
     "max in 1 s ÷ limit/60 (requests)",
