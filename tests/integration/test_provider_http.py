@@ -378,6 +378,17 @@ def test_the_deadline_stops_retrying_in_time(config: Config, sim: Simulator) -> 
     assert "deadline" in str(err)
 
 
+def test_no_retry_starts_in_the_deadlines_last_moment(config: Config, sim: Simulator) -> None:
+    """Retries 0.3 s apart, a deadline at 0.8 s: the third attempt would start at 0.6 s
+    with 0.2 s left (under ``MIN_ATTEMPT_S``), most likely cut after it was sent, a request
+    billed for nothing: it is not started."""
+    sim.inject(*[Fault(kind=FaultKind.error_503, retry_after_s=0.3)] * 20)
+    err = _fails(_config(config, sim, max_attempts=20), _body(), deadline_s=0.8)
+    assert not err.maybe_billed and "deadline" in str(err)
+    assert len(err.attempts) <= 2
+    assert sim.stats().requests == len(err.attempts)
+
+
 def test_the_deadline_inside_an_attempt_leaves_it_maybe_billed(
     config: Config, sim: Simulator
 ) -> None:

@@ -9,7 +9,8 @@ retry can fix and gives up, in time, on what it cannot.
   after ``asyncio.run``, are dropped and rebuilt on the next loop). Timeouts (connect,
   read, write, pool) and the pool size come from ``[providers.NAME]``; every call also
   has an overall deadline that the caller sets and that bounds attempts and the waits
-  between them.
+  between them (no retry starts in its last ``MIN_ATTEMPT_S``: it would most likely be cut
+  after it was sent).
 - Retried: 429, 408, 409, 5xx, and an attempt whose request never left (a connect
   error, a write that failed). An attempt the provider may have billed (a 200 whose body
   is not valid JSON, a stream that is corrupt or ends without ``[DONE]``, a reset or a

@@ -124,6 +124,11 @@ def retry_delay_s(
     return backoff_s(retries, attempt_count, rng)
 
 
+# A retry is not started with less than this left before the call's deadline: it would most
+# likely be cut after it was sent, a request the provider may bill with no answer read.
+MIN_ATTEMPT_S = 0.25
+
+
 def stop_reason(
     retries: Retries,
     *,
@@ -143,7 +148,7 @@ def stop_reason(
         return "answer not read"
     if attempt_count >= retries.max_attempts:
         return "out of attempts"
-    if retry_at >= deadline:
+    if retry_at >= deadline - MIN_ATTEMPT_S:
         return "deadline"
     return None
 
