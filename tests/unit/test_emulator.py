@@ -11,6 +11,7 @@ from typing import Any
 import boto3
 import pytest
 
+from chatbatch.local import emulator
 from chatbatch.local.aws import moto_in_process
 from chatbatch.local.emulator import EventSourceMapping, MappingSettings
 
@@ -72,3 +73,30 @@ def test_an_empty_queue_is_polled_by_one_poller_and_a_busy_one_by_all(queue) -> 
         mapping.stop(5)
     assert mapping.invocations == 40  # 80 messages in batches of two
     assert most[0] == 8  # every poller took part
+
+
+def test_a_send_wakes_the_poller_backing_off(queue, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local run's feeder calls ``wake`` after a send: the poller of the empty queue
+    polls at once (as SQS long polling returns when a message arrives), not at the end of
+    its back-off (made a minute long here, so only the wake can explain a receive)."""
+    sqs, url, arn = queue
+    monkeypatch.setattr(emulator, "IDLE_POLL_MAX_S", 60.0)
+    counted = Counted(sqs)
+    got, at = threading.Event(), [0]
+
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        at[0] = counted.receives
+        got.set()
+        return {"batchItemFailures": []}
+
+    mapping = EventSourceMapping(counted, handler, MappingSettings(url, arn, max_concurrency=2))
+    mapping.start()
+    try:
+        time.sleep(2.0)  # backs off: 0.02, 0.04, ... 1.28 s, then 2.56 s
+        receives = counted.receives
+        sqs.send_message(QueueUrl=url, MessageBody="m")
+        mapping.wake()
+        assert got.wait(20), "received only after the back-off"
+        assert at[0] == receives + 1  # the first receive after the send got it
+    finally:
+        mapping.stop(5)

@@ -5,7 +5,10 @@ Per queue, up to ``max_concurrency`` pollers (each one a Lambda instance: its ow
 so the handler's per-instance state is reused across its invocations, as in Lambda). Like
 Lambda's, the mapping scales with the queue: while the queue is empty one poller polls
 (backing off to once a second) and the others wait; each poller that receives messages
-starts one more. A poller receives up to ``batch_size`` messages, waits up to the
+starts one more. ``wake`` (the local run's feeder calls it after a send) ends the polling
+poller's back-off at once, as SQS long polling returns when a message arrives; producers
+outside the process are seen within the back-off (a second at most). A poller receives up
+to ``batch_size`` messages, waits up to the
 batching window to fill the batch, builds a real SQS-shaped event, calls the handler with
 a context whose remaining time counts down from the function timeout, then deletes the
 messages the partial batch response did not report as failed. Failed messages stay in
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
 
 Handler = Callable[[dict[str, Any], Any], Any]
 IDLE_RECHECK_S = 5.0  # a waiting poller polls again this often even if nobody woke it
+IDLE_POLL_MAX_S = 1.0  # the polling poller of an empty queue backs off to this
 logger = Logger(service="chatbatch-local")
 
 
@@ -130,6 +134,7 @@ class EventSourceMapping:
         self.invocations = 0
         self._lock = threading.Lock()
         self._idle = threading.Condition()  # pollers wait on it while the queue is empty
+        self._sent = threading.Event()  # a message was sent: the polling poller polls now
         self._polling_empty = 0  # pollers polling an empty queue (one is enough)
 
     def start(self) -> None:
@@ -139,9 +144,14 @@ class EventSourceMapping:
             thread.start()
             self._threads.append(thread)
 
+    def wake(self) -> None:
+        """Messages were just sent to the queue: the poller backing off polls at once."""
+        self._sent.set()
+
     def halt(self) -> None:
         """Receive no more; the invocations under way run on."""
         self._stop.set()
+        self._sent.set()
         with self._idle:
             self._idle.notify_all()
 
@@ -186,8 +196,11 @@ class EventSourceMapping:
             elif self._wait_for_work():
                 idle = 0.02
             else:
-                self._stop.wait(idle)
-                idle = min(idle * 2, 1.0)
+                if self._sent.wait(idle):
+                    self._sent.clear()
+                    idle = 0.02
+                else:
+                    idle = min(idle * 2, IDLE_POLL_MAX_S)
                 with self._idle:
                     self._polling_empty -= 1
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 
@@ -34,6 +34,7 @@ class Feeder:
     backlog: deque[Job] = field(default_factory=deque)
     in_queue: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    on_sent: Callable[[], None] = lambda: None  # the queue's mapping polls at once
 
     def done(self, n: int) -> None:
         with self.lock:
@@ -50,6 +51,7 @@ class Feeder:
             self.sender.send(self.priority, chunk)
             with self.lock:
                 self.in_queue += len(chunk)
+            self.on_sent()
         return False
 
 

@@ -187,6 +187,7 @@ class LocalRuntime:
                 ),
                 on_done=feeder.done,
             )
+            feeder.on_sent = mapping.wake
             mapping.start()
             self.mappings[priority] = mapping
 
