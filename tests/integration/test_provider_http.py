@@ -13,6 +13,7 @@ import json
 import logging
 import random
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -33,7 +34,7 @@ from chatbatch.local.simulator import (
 from chatbatch.provider import client as provider_module
 from chatbatch.provider import sse as sse_module
 from chatbatch.provider.attempt import Attempt, Completion
-from chatbatch.provider.client import BeforeRetry, ProviderClient
+from chatbatch.provider.client import BeforeRetry, ProviderClient, tls_context
 from chatbatch.provider.errors import ProviderError
 from chatbatch.provider.retry import RateLimitInfo, backoff_s, parse_duration, parse_retry_after
 
@@ -164,6 +165,23 @@ def test_a_client_serves_successive_event_loops(config: Config, sim: Simulator) 
     first = asyncio.run(client.complete(MODEL, _body()))
     second = asyncio.run(client.complete(MODEL, _body()))
     assert first.content == second.content
+
+
+def test_every_pool_of_the_process_shares_one_tls_context(config: Config, sim: Simulator) -> None:
+    """A pool per event loop and provider, each verifying TLS with the one context built
+    for the process (~60 ms of CPU each otherwise: dozens of local instances start at once)."""
+    client = ProviderClient(_config(config, sim), lambda _provider: KEY)
+    contexts = []
+
+    async def run() -> None:
+        await client.complete(MODEL, _body())
+        for pool in client._pools[asyncio.get_running_loop()].values():
+            contexts.append(pool._transport._pool._ssl_context)  # type: ignore[attr-defined]
+
+    asyncio.run(run())
+    asyncio.run(run())  # a second loop: its own pool
+    assert len(contexts) == 2 and all(c is tls_context() for c in contexts)
+    assert tls_context().verify_mode is ssl.CERT_REQUIRED and tls_context().check_hostname
 
 
 # --- retries -------------------------------------------------------------------------
