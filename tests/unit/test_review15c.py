@@ -143,3 +143,76 @@ def test_simulator_accepts_native_params_anthropic_accepts(extra: dict[str, Any]
     body = wire_body(job, CONFIG.models["haiku"], CONFIG.providers["claude"])
     status, answer = _simulate(body)
     assert status == 200, answer
+
+
+# --- the simulator refuses what Anthropic refuses --------------------------------------
+
+USER = {"role": "user", "content": "hi"}
+TOOLS = [{"name": "f", "input_schema": {"type": "object"}}]
+THINKING = {"type": "enabled", "budget_tokens": 1024}
+
+
+@pytest.mark.parametrize(
+    ("params", "anthropic_says"),
+    [
+        pytest.param({"messages": [{"role": "user", "content": ""}]},
+                     "messages.0: all messages must have non-empty content except for the "
+                     "optional final assistant message", id="empty_user_content"),
+        pytest.param({"messages": [{"role": "user", "content": [{"type": "text", "text": " \n"}]}]},
+                     "messages: text content blocks must contain non-whitespace text",
+                     id="whitespace_only_text_block"),
+        pytest.param({"system": [{"type": "text", "text": ""}], "messages": [USER]},
+                     "system: text content blocks must be non-empty", id="empty_system_block"),
+        pytest.param({"messages": [USER, {"role": "assistant", "content": "The answer is "}]},
+                     "messages: final assistant content cannot end with trailing whitespace",
+                     id="prefill_trailing_whitespace"),
+        pytest.param({"max_tokens": 2000, "thinking": THINKING, "temperature": 0.2,
+                      "messages": [USER]},
+                     "temperature may only be set to 1 when thinking is enabled",
+                     id="thinking_with_temperature"),
+        pytest.param({"max_tokens": 2000, "thinking": THINKING, "tools": TOOLS,
+                      "tool_choice": {"type": "any"}, "messages": [USER]},
+                     "Thinking may not be enabled when tool_choice forces tool use",
+                     id="thinking_with_forced_tool"),
+    ],
+)  # fmt: skip
+def test_simulator_refuses_what_anthropic_refuses(params: dict[str, Any], anthropic_says: str) -> None:
+    """Documented refusals of Anthropic's Messages API (the message is Anthropic's 400):
+    the simulator answers 200, so local run and every test pass on a line Anthropic
+    refuses."""
+    body = {"model": "claude-haiku-4-5", "max_tokens": 50} | params
+    status, answer = _simulate(body)
+    assert status == 400, f"Anthropic: 400 {anthropic_says!r}; simulator: {status} {answer}"
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        pytest.param([{"role": "user", "content": ""}], id="empty_user"),
+        pytest.param([{"role": "system", "content": ""}, USER], id="empty_system"),
+        pytest.param([{"role": "user", "content": [{"type": "text", "text": "  "}]}],
+                     id="whitespace_part"),
+    ],
+)  # fmt: skip
+def test_openai_job_for_anthropic_is_refused_at_submit_or_sent_valid(
+    messages: list[dict[str, Any]],
+) -> None:
+    """OpenAI accepts empty and whitespace-only content; Anthropic refuses the translated
+    request with a 400. chatbatch must refuse the job at submit (naming it) or send a
+    request Anthropic takes -- it does neither: the text goes as an empty or blank block."""
+    from chatbatch.core.jobs import JobError
+    from chatbatch.translate import check_job
+
+    job = parse_job({"custom_id": "e", "model": "haiku", "messages": messages}, CONFIG)
+    try:
+        check_job(job, CONFIG)
+    except JobError:
+        return
+    body = wire_body(job, CONFIG.models["haiku"], CONFIG.providers["claude"])
+    texts = [body["system"]] if isinstance(body.get("system"), str) else body.get("system") or []
+    for message in body["messages"]:
+        content = message["content"]
+        texts += [content] if isinstance(content, str) else content
+    for text in texts:
+        value = text if isinstance(text, str) else text.get("text")
+        assert value is None or value.strip(), f"sent {body} (Anthropic refuses it)"
