@@ -216,3 +216,24 @@ def test_openai_job_for_anthropic_is_refused_at_submit_or_sent_valid(
     for text in texts:
         value = text if isinstance(text, str) else text.get("text")
         assert value is None or value.strip(), f"sent {body} (Anthropic refuses it)"
+
+
+def test_native_line_with_temperature_is_refused_under_a_version_that_refuses_sampling() -> None:
+    """chatbatch's own rule (translate.chat_to_messages): anthropic-version 2026-10-21
+    refuses temperature, top_p and top_k, so an OpenAI-form job carrying one is refused at
+    submit naming the field. An Anthropic-form line with the same temperature, for the same
+    provider, is accepted and sent as given -- a request that provider refuses, found only
+    after it was queued and sent."""
+    from chatbatch.core.jobs import JobError
+    from chatbatch.translate import check_job
+
+    data = anthropic_config()
+    data["providers"]["claude"]["anthropic_version"] = "2026-10-21"
+    config = parse_config(data)
+    openai_form = {"custom_id": "o", "model": "haiku", "temperature": 0.5,
+                   "messages": [USER]}  # fmt: skip
+    with pytest.raises(JobError, match="temperature"):
+        check_job(parse_job(openai_form, config), config)
+    native = {"custom_id": "n", "params": {**BODY, "model": "haiku", "temperature": 0.5}}
+    with pytest.raises(JobError, match="temperature"):
+        check_job(parse_job(native, config), config)
