@@ -174,6 +174,22 @@ THINKING = {"type": "enabled", "budget_tokens": 1024}
                       "tool_choice": {"type": "any"}, "messages": [USER]},
                      "Thinking may not be enabled when tool_choice forces tool use",
                      id="thinking_with_forced_tool"),
+        pytest.param({"messages": [{"role": "user", "content": [
+                         {"type": "text", "text": f"part {i}", "cache_control": {"type": "ephemeral"}}
+                         for i in range(5)]}]},
+                     "A maximum of 4 blocks with cache_control may be provided. Found 5.",
+                     id="five_cache_breakpoints"),
+        pytest.param({"tools": TOOLS + TOOLS, "messages": [USER]},
+                     "tools: Tool names must be unique.", id="duplicate_tool_names"),
+        pytest.param({"tools": TOOLS, "messages": [
+                         USER,
+                         {"role": "assistant", "content": [
+                             {"type": "tool_use", "id": "t1", "name": "f", "input": {}}]},
+                         {"role": "user", "content": [
+                             {"type": "text", "text": "here it is"},
+                             {"type": "tool_result", "tool_use_id": "t1", "content": "r"}]}]},
+                     "tool_result blocks must come first in the user message's content",
+                     id="tool_result_after_text"),
     ],
 )  # fmt: skip
 def test_simulator_refuses_what_anthropic_refuses(params: dict[str, Any], anthropic_says: str) -> None:
@@ -237,3 +253,23 @@ def test_native_line_with_temperature_is_refused_under_a_version_that_refuses_sa
     native = {"custom_id": "n", "params": {**BODY, "model": "haiku", "temperature": 0.5}}
     with pytest.raises(JobError, match="temperature"):
         check_job(parse_job(native, config), config)
+
+
+def test_openai_job_with_five_cache_breakpoints_for_anthropic_is_refused_at_submit() -> None:
+    """Each prompt_cache_breakpoint becomes a cache_control block; Anthropic refuses more
+    than 4 ("A maximum of 4 blocks with cache_control may be provided. Found 5."). The job
+    is accepted at submit and the request sent is one Anthropic refuses."""
+    from chatbatch.core.jobs import JobError
+    from chatbatch.translate import check_job
+
+    parts = [{"type": "text", "text": f"part {i}", "prompt_cache_breakpoint": {"mode": "explicit"}}
+             for i in range(5)]  # fmt: skip
+    job = parse_job({"custom_id": "b", "model": "haiku",
+                     "messages": [{"role": "user", "content": parts}]}, CONFIG)  # fmt: skip
+    try:
+        check_job(job, CONFIG)
+    except JobError:
+        return
+    body = wire_body(job, CONFIG.models["haiku"], CONFIG.providers["claude"])
+    marks = json.dumps(body).count('"cache_control"')
+    assert marks <= 4, f"{marks} cache_control blocks sent: Anthropic refuses the request"
