@@ -6,6 +6,7 @@ import json
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import pytest
 from anthropic.types import Message as AnthropicMessage
 
@@ -273,3 +274,15 @@ def test_openai_job_with_five_cache_breakpoints_for_anthropic_is_refused_at_subm
     body = wire_body(job, CONFIG.models["haiku"], CONFIG.providers["claude"])
     marks = json.dumps(body).count('"cache_control"')
     assert marks <= 4, f"{marks} cache_control blocks sent: Anthropic refuses the request"
+
+
+def test_a_usage_without_its_input_count_is_not_booked_as_zero_input() -> None:
+    """Anthropic's Usage requires input_tokens (anthropic.types.Usage); a Message whose
+    usage lacks it (cut short, or a gateway's) did bill its prompt. chatbatch reads the
+    missing count as 0 and books the output alone, below the bill: it should book the
+    worst case (usage None) as for an answer without usage, or refuse the usage as
+    malformed (StreamError, maybe billed)."""
+    message = MESSAGE | {"usage": {"output_tokens": 2}}
+    result, _ = run(CONFIG, lambda _: httpx.Response(200, json=message))
+    if isinstance(result, Completion):
+        assert result.usage is None or result.usage.prompt_tokens > 0, result.usage
