@@ -21,7 +21,11 @@ from tests.unit.test_anthropic_config import anthropic_config
 
 CONFIG: Config = parse_config(anthropic_config())
 HEADERS = {"x-api-key": "k", "anthropic-version": "2023-06-01"}
-BODY = {"model": "claude-haiku-4-5", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}
+BODY = {
+    "model": "claude-haiku-4-5",
+    "max_tokens": 50,
+    "messages": [{"role": "user", "content": "hi"}],
+}
 
 
 # --- money: a stream's usage ------------------------------------------------------------
@@ -151,6 +155,7 @@ def test_simulator_accepts_native_params_anthropic_accepts(extra: dict[str, Any]
 USER = {"role": "user", "content": "hi"}
 TOOLS = [{"name": "f", "input_schema": {"type": "object"}}]
 THINKING = {"type": "enabled", "budget_tokens": 1024}
+EPHEMERAL = {"type": "ephemeral"}
 
 
 @pytest.mark.parametrize(
@@ -176,7 +181,7 @@ THINKING = {"type": "enabled", "budget_tokens": 1024}
                      "Thinking may not be enabled when tool_choice forces tool use",
                      id="thinking_with_forced_tool"),
         pytest.param({"messages": [{"role": "user", "content": [
-                         {"type": "text", "text": f"part {i}", "cache_control": {"type": "ephemeral"}}
+                         {"type": "text", "text": f"part {i}", "cache_control": EPHEMERAL}
                          for i in range(5)]}]},
                      "A maximum of 4 blocks with cache_control may be provided. Found 5.",
                      id="five_cache_breakpoints"),
@@ -193,7 +198,9 @@ THINKING = {"type": "enabled", "budget_tokens": 1024}
                      id="tool_result_after_text"),
     ],
 )  # fmt: skip
-def test_simulator_refuses_what_anthropic_refuses(params: dict[str, Any], anthropic_says: str) -> None:
+def test_simulator_refuses_what_anthropic_refuses(
+    params: dict[str, Any], anthropic_says: str
+) -> None:
     """Documented refusals of Anthropic's Messages API (the message is Anthropic's 400):
     the simulator answers 200, so local run and every test pass on a line Anthropic
     refuses."""
