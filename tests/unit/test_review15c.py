@@ -314,3 +314,28 @@ def test_anthropic_credit_too_low_400_pauses_the_model_as_quota() -> None:
     )  # fmt: skip
     assert isinstance(result, ProviderError) and len(seen) == 1
     assert result.account is AccountReason.quota, (result.account, result.message)
+
+
+def test_native_line_with_search_results_as_a_tool_result_is_accepted() -> None:
+    """The anthropic SDK's ToolResultBlockParam content takes SearchResultBlockParam (search
+    results returned by the caller's own search tool: the documented use of search_result
+    blocks). chatbatch accepts a search_result block at the top level of a message and
+    bounds it as text, and README lists no refusal of it inside a tool_result, yet refuses
+    the line ("does not match any of the expected tags: 'text', 'image'")."""
+    result = {"type": "search_result", "source": "https://e.x/a", "title": "A",
+              "content": [{"type": "text", "text": "a fact"}]}  # fmt: skip
+    params = {
+        "model": "haiku",
+        "max_tokens": 50,
+        "tools": [{"name": "search", "input_schema": {"type": "object"}}],
+        "messages": [
+            USER,
+            {"role": "assistant", "content": [
+                {"type": "tool_use", "id": "t1", "name": "search", "input": {"q": "x"}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "t1", "content": [result]}]},
+        ],
+    }  # fmt: skip
+    job = parse_job({"custom_id": "sr", "params": params}, CONFIG)
+    body = wire_body(job, CONFIG.models["haiku"], CONFIG.providers["claude"])
+    assert body["messages"] == params["messages"]
