@@ -46,6 +46,7 @@ model_id = "claude-haiku-4-5"
 input_per_m = 1.00
 cached_input_per_m = 0.10
 cache_write_per_m = 1.25
+cache_write_1h_per_m = 2.00
 output_per_m = 5.00
 prices_as_of = 2025-10-15
 rpm = 1000
