@@ -367,3 +367,20 @@ def test_a_usage_without_its_input_count_is_not_booked_as_zero_input(config: Con
     result, _ = run(config, lambda _: httpx.Response(200, json=message))
     if isinstance(result, Completion):
         assert result.usage is None or result.usage.prompt_tokens > 0, result.usage
+
+
+def test_anthropic_credit_too_low_400_pauses_the_model_as_quota(config: Config) -> None:
+    """Anthropic answers an account out of credit with HTTP 400 invalid_request_error
+    "Your credit balance is too low to access the Anthropic API. ..." (not 402). No job
+    of the model can succeed until someone adds credit: it must pause the model as
+    quota (as a 402 or billing_error does), not fail each job one by one as a 400."""
+    message = (
+        "Your credit balance is too low to access the Anthropic API. Please go to Plans & "
+        "Billing to upgrade or purchase credits."
+    )
+    result, seen = run(
+        config, json_answer(400, error_body("invalid_request_error", message),
+                            **{"request-id": "req_1"})
+    )  # fmt: skip
+    assert isinstance(result, ProviderError) and len(seen) == 1
+    assert result.account is AccountReason.quota, (result.account, result.message)

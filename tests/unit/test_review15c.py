@@ -11,7 +11,6 @@ from chatbatch.core.config import Config, parse_config
 from chatbatch.core.job_lines import parse_job
 from chatbatch.local.simulator import Engine, SimulatorSettings
 from chatbatch.translate import wire_body
-from tests.unit.test_anthropic_client import run
 from tests.unit.test_anthropic_config import anthropic_config
 
 CONFIG: Config = parse_config(anthropic_config())
@@ -199,27 +198,6 @@ def test_openai_job_with_five_cache_breakpoints_for_anthropic_is_refused_at_subm
     body = wire_body(job, CONFIG.models["haiku"], CONFIG.providers["claude"])
     marks = json.dumps(body).count('"cache_control"')
     assert marks <= 4, f"{marks} cache_control blocks sent: Anthropic refuses the request"
-
-
-def test_anthropic_credit_too_low_400_pauses_the_model_as_quota() -> None:
-    """Anthropic answers an account out of credit with HTTP 400 invalid_request_error
-    "Your credit balance is too low to access the Anthropic API. ..." (not 402). No job
-    of the model can succeed until someone adds credit: it must pause the model as
-    quota (as a 402 or billing_error does), not fail each job one by one as a 400.
-    (The simulator answers this case with 402, which is why the tests do not see it.)"""
-    from chatbatch.provider.errors import AccountReason, ProviderError
-    from tests.unit.test_anthropic_client import error_body, json_answer
-
-    message = (
-        "Your credit balance is too low to access the Anthropic API. Please go to Plans & "
-        "Billing to upgrade or purchase credits."
-    )
-    result, seen = run(
-        CONFIG, json_answer(400, error_body("invalid_request_error", message),
-                            **{"request-id": "req_1"})
-    )  # fmt: skip
-    assert isinstance(result, ProviderError) and len(seen) == 1
-    assert result.account is AccountReason.quota, (result.account, result.message)
 
 
 def test_native_line_with_search_results_as_a_tool_result_is_accepted() -> None:

@@ -248,3 +248,17 @@ def test_the_simulator_shares_no_code_with_what_it_checks() -> None:
         text = path.read_text()
         for banned in ("chatbatch.translate", "chatbatch.provider", "chatbatch.worker"):
             assert banned not in text, f"{path.name} imports {banned}"
+
+
+def test_out_of_credit_is_anthropics_400() -> None:
+    """Anthropic answers an account out of credit with a 400 invalid_request_error (its
+    message says the credit balance is too low), not a 402."""
+    settings = SimulatorSettings.model_validate(
+        {"config_models": False, "api_key": KEY, "account_errors": {"*": "insufficient_quota"}}
+    )
+    engine = Engine(settings)
+    reply, body = send(engine, BODY)
+    assert reply.status == 400
+    kind, message = anthropic_error(body)
+    assert kind == "invalid_request_error"
+    assert message.startswith("Your credit balance is too low to access the Anthropic API.")

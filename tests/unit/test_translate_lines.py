@@ -164,6 +164,29 @@ def test_an_answer_billed_at_its_worst_case_reports_the_usage_booked() -> None:
     assert data["chatbatch"]["booked_usage"]["prompt_tokens"] == 2048
 
 
+@pytest.mark.parametrize("usage", [None, {"output_tokens": 3}], ids=["none", "no_input_count"])
+def test_a_native_message_billed_at_its_worst_case_reports_the_usage_booked(
+    usage: dict[str, Any] | None,
+) -> None:
+    """A Message from Anthropic's own API kept as it came, which came without usage (or
+    without its input count): booked at its worst case, its results line reports that usage
+    (every prompt token under the count it was booked as: here all written for an hour), a
+    valid SDK batch result."""
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "m",
+               "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn",
+               "stop_sequence": None} | ({"usage": usage} if usage else {})  # fmt: skip
+    booked = Usage(
+        prompt_tokens=900, completion_tokens=50, cache_write_tokens=900, cache_write_1h_tokens=900
+    )
+    facts = FACTS.model_copy(update={"usage_estimated": True, "booked_usage": booked})
+    data = anthropic_line(OutputLine.answered("b", "j", 200, message, "req_1", facts))
+    result = MessageBatchIndividualResponse.model_validate(data).result
+    assert result.type == "succeeded"
+    got = result.message.usage
+    assert (got.input_tokens, got.cache_creation_input_tokens, got.output_tokens) == (0, 900, 50)
+    assert got.cache_creation is not None and got.cache_creation.ephemeral_1h_input_tokens == 900
+
+
 def test_an_unknown_finish_reason_is_kept_beside_its_end_turn() -> None:
     """No Anthropic stop_reason means DeepSeek's ``insufficient_system_resource`` (an
     answer cut by the provider): the Message says ``end_turn`` and the line's chatbatch

@@ -30,7 +30,7 @@ from chatbatch.core.jobs import Job, JobError
 from chatbatch.core.pricing import Usage
 from chatbatch.core.untranslatable import Untranslatable
 from chatbatch.translate.chat_to_messages import chat_to_messages, takes_sampling
-from chatbatch.translate.completion_to_message import completion_to_message
+from chatbatch.translate.completion_to_message import completion_to_message, message_usage
 from chatbatch.translate.message_to_completion import message_to_completion
 
 Form = Literal["openai", "anthropic"]
@@ -70,10 +70,13 @@ def answer_body(
 ) -> dict[str, Any]:
     """The answer a result of a batch of ``form`` carries: an OpenAI-form batch's as
     stored; an Anthropic-form batch's as an Anthropic Message (a chat.completion
-    translated, a Message as it came). ``custom_id`` and ``booked``: see
+    translated, a Message as it came, but for its usage when it came without one:
+    ``booked`` then, as for a translated one). ``custom_id`` and ``booked``: see
     ``completion_to_message``."""
-    if form == "openai" or body.get("type") == "message":
+    if form == "openai":
         return body
+    if body.get("type") == "message":
+        return body if booked is None else body | {"usage": message_usage(booked)}
     return completion_to_message(body, custom_id, booked)
 
 

@@ -276,12 +276,12 @@ class Engine:
         if (self._models and model not in self._models) or kind is not None:
             if kind is not None:
                 self._counters.count_fault(f"account_{kind.value}")
-            status = {"insufficient_quota": 402, "invalid_api_key": 401}.get(
+            status = {"insufficient_quota": 400, "invalid_api_key": 401}.get(
                 kind.value if kind else "", 404
             )
             message = "invalid x-api-key" if status == 401 else f"model: {model}"
-            if status == 402:
-                message = "Your credit balance is too low to access the Anthropic API."
+            if status == 400:  # Anthropic's out-of-credit answer: a 400, not a 402
+                message = anthropic.NO_CREDIT
             raise anthropic.AnthropicError(status, message)
         limits = self._limits_of(model)
         try:

@@ -59,6 +59,11 @@ ERROR_TYPES = {
     500: "api_error",
     529: "overloaded_error",
 }
+# Anthropic's answer to an account out of credit: a 400 invalid_request_error, not a 402
+NO_CREDIT = (
+    "Your credit balance is too low to access the Anthropic API. Please go to Plans & "
+    "Billing to upgrade or purchase credits."
+)
 MESSAGE_OVERHEAD = 4
 REQUEST_OVERHEAD = 3
 
