@@ -32,19 +32,25 @@ from chatbatch.core.untranslatable import Untranslatable
 from chatbatch.translate.chat_to_messages import chat_to_messages, takes_sampling
 from chatbatch.translate.completion_to_message import completion_to_message, message_usage
 from chatbatch.translate.message_to_completion import message_to_completion
+from chatbatch.translate.messages_rules import check_messages
 
 Form = Literal["openai", "anthropic"]
 
 
 def wire_body(job: Job, model: Model, provider: Provider) -> dict[str, Any]:
-    """The request body sent for ``job`` to ``provider`` (at ``provider.url``)."""
+    """The request body sent for ``job`` to ``provider`` (at ``provider.url``). A body for
+    a kind anthropic provider meets ``messages_rules`` (else ``Untranslatable``: the
+    submit check refuses the line)."""
     if provider.kind == "openai":
         return job.request_body(model)
+    sampling = takes_sampling(provider.anthropic_version)
     if job.native_params is not None:
-        return native_body(job.native_params, model, job.output_cap(model))
-    return chat_to_messages(
-        job.request_body(model), sampling=takes_sampling(provider.anthropic_version)
-    )
+        body = native_body(job.native_params, model, job.output_cap(model))
+        check_messages(body, sampling=sampling, prefix="params.")
+        return body
+    body = chat_to_messages(job.request_body(model), sampling=sampling)
+    check_messages(body, sampling=sampling, prefix="(as sent to Anthropic) ")
+    return body
 
 
 def native_body(params: dict[str, Any], model: Model, cap: int) -> dict[str, Any]:

@@ -305,7 +305,8 @@ class Engine:
             limits.check(model, now, self.settings, cache.prompt + output)
         except RateLimited as err:
             self._counters.count_rate_limited(err.cause)
-            raise anthropic.AnthropicError(429, err.message, err.headers) from None
+            headers = {k: v for k, v in err.headers.items() if k != "retry-after-ms"}
+            raise anthropic.AnthropicError(429, err.message, headers) from None  # no -ms: OpenAI's
         fault = self._next_fault()
         if fault is not None and fault.kind not in GENERATED:
             limits.record(now, 0)

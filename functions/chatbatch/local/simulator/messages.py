@@ -1,8 +1,10 @@
 """Anthropic's Messages API as the simulator speaks it (``POST /v1/messages``), written
 from Anthropic's documentation and never from chatbatch's translation: what it accepts
 and refuses (``validate_messages``: ``x-api-key`` and ``anthropic-version`` required,
-``max_tokens`` required, roles user and assistant only, typed content blocks,
-``tool_use`` / ``tool_result`` pairing, unknown top-level fields refused), its error
+``max_tokens`` required, roles user, assistant and system (a system message in
+``messages``, as the SDK declares), typed content blocks (search_result included),
+``tool_use`` / ``tool_result`` pairing, unknown top-level fields refused, a top-level
+``cache_control`` taken, and the refusals of ``message_refusals``), its error
 shape (``AnthropicError``: ``{"type": "error", "error": {"type", "message"},
 "request_id"}``), prompt caching (``cache_usage``: a prefix ending in a block marked
 ``cache_control`` is billed as ``cache_creation_input_tokens`` the first time and
@@ -24,6 +26,7 @@ from typing import Any
 
 from chatbatch.local.simulator.answers import count_tokens
 from chatbatch.local.simulator.api import ApiError
+from chatbatch.local.simulator.message_refusals import refusal
 
 TOP_LEVEL = frozenset(
     {
@@ -41,11 +44,13 @@ TOP_LEVEL = frozenset(
         "tool_choice",
         "thinking",
         "service_tier",
+        "cache_control",
     }
 )
 BLOCK_TYPES = {
-    "user": ("text", "image", "tool_result", "document"),
+    "user": ("text", "image", "tool_result", "document", "search_result"),
     "assistant": ("text", "tool_use", "thinking", "redacted_thinking"),
+    "system": ("text",),  # a system message in messages (the SDK's SystemMessageParam)
 }
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 ERROR_TYPES = {
@@ -122,8 +127,26 @@ def _check_block(where: str, role: str, block: Any) -> None:
         raise invalid(f"{where}: a tool_use block needs id, name and an input object")
     if kind == "tool_result" and not isinstance(block.get("tool_use_id"), str):
         raise invalid(f"{where}.tool_use_id: Field required")
-    control = block.get("cache_control")
-    if control is not None and control.get("type") != "ephemeral":
+    if kind == "search_result":
+        _check_search_result(where, block)
+    _check_cache_control(where, block.get("cache_control"))
+
+
+def _check_search_result(where: str, block: dict[str, Any]) -> None:
+    if not (isinstance(block.get("source"), str) and isinstance(block.get("title"), str)):
+        raise invalid(f"{where}: a search_result block needs source and title")
+    content = block.get("content")
+    if not isinstance(content, list) or not all(
+        isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
+        for b in content
+    ):
+        raise invalid(f"{where}.content: Input should be a list of text blocks")
+
+
+def _check_cache_control(where: str, control: Any) -> None:
+    if control is not None and (
+        not isinstance(control, dict) or control.get("type") != "ephemeral"
+    ):
         raise invalid(f"{where}.cache_control.type: Input should be 'ephemeral'")
 
 
@@ -134,15 +157,8 @@ def _check_messages(messages: Any) -> None:
     for index, message in enumerate(messages):
         where = f"messages.{index}"
         role = message.get("role") if isinstance(message, dict) else None
-        if role not in ("user", "assistant"):
-            raise invalid(
-                f"{where}.role: Input should be 'user' or 'assistant'"
-                + (
-                    " (a system prompt goes in the top-level system field)"
-                    if role == "system"
-                    else ""
-                )
-            )
+        if role not in BLOCK_TYPES:
+            raise invalid(f"{where}.role: Input should be 'user', 'assistant' or 'system'")
         content = message.get("content")
         if isinstance(content, str):
             blocks: list[Any] = []
@@ -184,6 +200,7 @@ def validate_messages(body: Any) -> None:
     if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
         raise invalid("max_tokens: Input should be a valid integer greater than or equal to 1")
     _check_messages(body.get("messages"))
+    _check_cache_control("cache_control", body.get("cache_control"))
     system = body.get("system")
     if system is not None and not isinstance(system, str):
         for number, block in enumerate(system if isinstance(system, list) else [None]):
@@ -195,6 +212,9 @@ def validate_messages(body: Any) -> None:
     for number, tool in enumerate(body.get("tools") or []):
         if not isinstance(tool, dict) or not isinstance(tool.get("input_schema"), dict):
             raise invalid(f"tools.{number}.input_schema: Field required")
+    refused = refusal(body)
+    if refused is not None:
+        raise invalid(refused)
 
 
 # --- what is billed -------------------------------------------------------------------
@@ -213,6 +233,9 @@ def _text_of(block: Any) -> str:
         return " ".join(_text_of(b) for b in inner if b is not None)
     if block.get("type") == "image":
         return "image " * 85
+    if block.get("type") == "search_result":
+        texts = " ".join(_text_of(b) for b in block.get("content") or [])
+        return f"{block.get('source', '')} {block.get('title', '')} {texts}"
     if block.get("type") == "tool_use" or "input_schema" in block:
         return json.dumps(block)
     return str(block.get("text") or block.get("thinking") or "")
