@@ -408,3 +408,27 @@ def test_openai_job_with_five_cache_breakpoints_for_anthropic_is_refused_at_subm
     body = wire_body(job, config.models["haiku"], config.providers["claude"])
     marks = json.dumps(body).count('"cache_control"')
     assert marks <= 4, f"{marks} cache_control blocks sent: Anthropic refuses the request"
+
+
+@pytest.mark.parametrize("content", ["", " ", []])
+def test_an_assistant_message_with_neither_content_nor_calls_is_refused(
+    config: Config, content: Any
+) -> None:
+    """Anthropic refuses an empty message (but a final assistant one, which chatbatch
+    refuses as a prefill): refused at submit naming the line's message."""
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": content},
+                {"role": "user", "content": "and?"}]  # fmt: skip
+    job = parse_job({"custom_id": "e", "model": "haiku", "messages": messages}, config)
+    with pytest.raises(JobError) as caught:
+        check_job(job, config)
+    assert caught.value.field == "messages[1].content"
+
+
+def test_an_empty_text_beside_tool_calls_is_dropped_not_refused(config: Config) -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    body = wire(config, {"messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "r"},
+    ], "tools": [{"type": "function", "function": {"name": "f"}}]})  # fmt: skip
+    assert [b["type"] for b in body["messages"][1]["content"]] == ["tool_use"]

@@ -65,6 +65,29 @@ def test_a_base64_image_becomes_a_data_url() -> None:
     assert part == {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
 
 
+def test_a_search_result_in_a_tool_result_becomes_text_of_the_tool_message() -> None:
+    """Search results the caller's own search tool returned (inside a tool_result) reach
+    an OpenAI-kind provider as the tool message's text, as a top-level one does."""
+    result = {"type": "search_result", "source": "https://e.x/a", "title": "A",
+              "content": [{"type": "text", "text": "a fact"}]}  # fmt: skip
+    call = {"type": "tool_use", "id": "t1", "name": "search", "input": {}}
+    params = {
+        "model": "m",
+        "max_tokens": 5,
+        "messages": [
+            {"role": "user", "content": "look it up"},
+            {"role": "assistant", "content": [call]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "t1", "content": [result]}]},
+        ],
+    }  # fmt: skip
+    tool = messages_to_chat(params)["messages"][2]
+    assert tool["role"] == "tool" and tool["tool_call_id"] == "t1"
+    assert tool["content"] == [
+        {"type": "text", "text": "Search result: A\nSource: https://e.x/a\n\na fact"}
+    ]
+
+
 def completion(
     message: dict[str, Any], reason: str | None, usage: dict[str, Any] | None
 ) -> dict[str, Any]:

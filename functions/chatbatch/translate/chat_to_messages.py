@@ -349,12 +349,15 @@ def _image_source(where: str, url: str) -> dict[str, Any]:
 def _assistant(where: str, message: dict[str, Any]) -> list[dict[str, Any]]:
     # an empty text beside tool calls says nothing (Anthropic refuses empty text blocks)
     content = message.get("content")
-    parts = [{"type": "text", "text": content}] if isinstance(content, str) else content or []
-    blocks = [
-        _part(f"{where}.content" + ("" if isinstance(content, str) else f"[{index}]"), part)
-        for index, part in enumerate(parts)
-        if not (part.get("type") == "text" and part.get("text") == "" and message.get("tool_calls"))
-    ]
+    calls = bool(message.get("tool_calls"))
+    if isinstance(content, str):
+        blocks = [] if calls and content == "" else _blocks(where, content)
+    else:
+        blocks = [
+            _part(f"{where}.content[{index}]", part)
+            for index, part in enumerate(content or [])
+            if not (calls and part.get("type") == "text" and part.get("text") == "")
+        ]
     if message.get("refusal"):
         blocks.append({"type": "text", "text": message["refusal"]})
     for index, call in enumerate(message.get("tool_calls") or []):
