@@ -162,14 +162,16 @@ def claude_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LocalOpti
 
 
 def billed_usd(stats: Stats, model: Model) -> Decimal:
-    """What the simulator billed the model, at its input, cache-read, cache-write and output
-    prices."""
+    """What the simulator billed the model, at its input, cache-read, cache-write (5-minute
+    and 1-hour) and output prices."""
     bill = stats.billed_by_model[model.model_id]
     plain = bill.prompt_tokens - bill.cached_tokens - bill.cache_write_tokens
+    five_minutes = bill.cache_write_tokens - bill.cache_write_1h_tokens
     return (
         plain * model.input_per_m
         + bill.cached_tokens * model.cached_input_per_m
-        + bill.cache_write_tokens * model.cache_write_per_m  # type: ignore[operator]
+        + five_minutes * model.cache_write_per_m  # type: ignore[operator]
+        + bill.cache_write_1h_tokens * model.cache_write_1h_per_m  # type: ignore[operator]
         + bill.completion_tokens * model.output_per_m
     ) / 1_000_000
 
@@ -264,6 +266,7 @@ def test_every_anthropic_call_that_may_have_been_billed_is_booked(
     assert spent.spent_usd == sum(Decimal(c["cost_usd"]) for c in costs) > billed
 
 
+HOUR = {"type": "ephemeral", "ttl": "1h"}
 CACHED_SYSTEM = [{"type": "text", "text": CONTEXT, "cache_control": {"type": "ephemeral"}}]
 NATIVE: list[dict[str, Any]] = [
     {
@@ -341,6 +344,21 @@ NATIVE: list[dict[str, Any]] = [
             ],
         },
     },
+    {  # written to the 1-hour cache: booked at cache_write_1h_per_m, as billed
+        "custom_id": "hour",
+        "params": {
+            "model": MODEL,
+            "max_tokens": 32,
+            "system": [
+                {
+                    "type": "text",
+                    "text": "An hour-long policy. " * 60,
+                    "cache_control": {"type": "ephemeral", "ttl": "1h"},
+                }
+            ],
+            "messages": [ask("tag-hour what does the policy say?")],
+        },
+    },
     {"custom_id": "no-cap", "params": {"model": MODEL, "messages": [ask("no max_tokens")]}},
 ]
 
@@ -383,6 +401,7 @@ def test_anthropic_lines_go_to_anthropic_as_given_and_come_back_as_its_batch_res
         text = "".join(b.text for b in result.message.content if b.type == "text")
         assert f"tag-{custom_id}" in text, (custom_id, text)
     assert stats.cache_write_tokens > 0  # the system's cache_control went as given
+    assert stats.cache_write_1h_tokens > 0  # and the 1-hour one
     billed = billed_usd(stats, model)
     assert spent.reserved_usd == 0 and spent.spent_usd == billed > 0
 

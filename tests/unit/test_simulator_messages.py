@@ -180,6 +180,25 @@ def test_a_marked_prefix_is_written_then_read(engine: Engine) -> None:
     assert stats.prompt_tokens == billed
 
 
+def test_a_prefix_marked_for_an_hour_is_written_to_the_one_hour_cache(engine: Engine) -> None:
+    """Up to the last block marked ttl "1h" the write goes to the 1-hour cache, the rest
+    of the written prefix to the 5-minute one (usage.cache_creation splits them)."""
+    hour = {"type": "ephemeral", "ttl": "1h"}
+    body = BODY | {
+        "system": [
+            {"type": "text", "text": "the policy " * 50, "cache_control": hour},
+            {"type": "text", "text": "today's notes " * 20, "cache_control": EPHEMERAL},
+        ],
+    }
+    _, first = send(engine, body)
+    Message.model_validate(first)
+    usage = first["usage"]
+    split = usage["cache_creation"]
+    assert split["ephemeral_1h_input_tokens"] > 100 and split["ephemeral_5m_input_tokens"] > 20
+    assert sum(split.values()) == usage["cache_creation_input_tokens"]
+    assert engine.stats().cache_write_1h_tokens == split["ephemeral_1h_input_tokens"]
+
+
 def read_stream(reply: Reply) -> dict[str, Any]:
     parser, stream = SSEParser(), MessageStream()
     for _, frame in reply.events or []:

@@ -320,6 +320,7 @@ class Engine:
             cache.cache_read_input_tokens,
             output,
             cache_write=cache.cache_creation_input_tokens,
+            cache_write_1h=cache.cache_write_1h_tokens,
         )
         self._serial += 1
         key = request_key(body)
@@ -328,12 +329,7 @@ class Engine:
             model=model,
             text=text,
             stop_reason=anthropic.STOP[finish],
-            usage={
-                "input_tokens": cache.input_tokens,
-                "cache_creation_input_tokens": cache.cache_creation_input_tokens,
-                "cache_read_input_tokens": cache.cache_read_input_tokens,
-                "output_tokens": output,
-            },
+            usage=cache.usage(output),
         )
         kind = fault.kind if fault else None
         reply = message_reply(answer, self.settings, stream=bool(body.get("stream")), fault=kind)

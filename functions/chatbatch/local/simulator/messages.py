@@ -241,21 +241,25 @@ def _text_of(block: Any) -> str:
     return str(block.get("text") or block.get("thinking") or "")
 
 
-def _units(body: dict[str, Any]) -> Iterator[tuple[Any, int, bool]]:
-    """(unit, tokens, cache breakpoint after it?) in the cache's order: tools, system,
-    messages (each message's blocks)."""
+def _ttl(unit: Any) -> str | None:
+    """A unit's cache breakpoint: its ttl ("5m" unless it says "1h"), or None."""
+    control = unit.get("cache_control") if isinstance(unit, dict) else None
+    return (control.get("ttl") or "5m") if isinstance(control, dict) else None
+
+
+def _units(body: dict[str, Any]) -> Iterator[tuple[Any, int, str | None]]:
+    """(unit, tokens, the ttl of a cache breakpoint after it or None) in the cache's order:
+    tools, system, messages (each message's blocks)."""
     for tool in body.get("tools") or []:
-        yield tool, count_tokens(json.dumps(tool)), tool.get("cache_control") is not None
+        yield tool, count_tokens(json.dumps(tool)), _ttl(tool)
     system = body.get("system")
     for block in [system] if isinstance(system, str) else system or []:
-        marked = isinstance(block, dict) and block.get("cache_control") is not None
-        yield block, count_tokens(_text_of(block)), marked
+        yield block, count_tokens(_text_of(block)), _ttl(block)
     for message in body["messages"]:
         content = message["content"]
-        yield message["role"], MESSAGE_OVERHEAD, False
+        yield message["role"], MESSAGE_OVERHEAD, None
         for block in [content] if isinstance(content, str) else content:
-            marked = isinstance(block, dict) and block.get("cache_control") is not None
-            yield block, count_tokens(_text_of(block)), marked
+            yield block, count_tokens(_text_of(block)), _ttl(block)
 
 
 @dataclass(frozen=True)
@@ -266,6 +270,21 @@ class CacheUsage:
     cache_creation_input_tokens: int
     cache_read_input_tokens: int
     breakpoints: list[bytes]  # the digests of the prefixes marked for caching
+    cache_write_1h_tokens: int = 0  # of the writes, those to the 1-hour cache
+
+    def usage(self, output: int) -> dict[str, Any]:
+        """Anthropic's usage block for these input tokens and ``output``."""
+        hour = self.cache_write_1h_tokens
+        return {
+            "input_tokens": self.input_tokens,
+            "cache_creation_input_tokens": self.cache_creation_input_tokens,
+            "cache_read_input_tokens": self.cache_read_input_tokens,
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": self.cache_creation_input_tokens - hour,
+                "ephemeral_1h_input_tokens": hour,
+            },
+            "output_tokens": output,
+        }
 
     @property
     def prompt(self) -> int:
@@ -274,18 +293,20 @@ class CacheUsage:
 
 def cache_usage(body: dict[str, Any], seen: set[bytes]) -> CacheUsage:
     """The input tokens of ``body``: the longest marked prefix in ``seen`` read from the
-    cache, the rest up to the last marked prefix written to it, the remainder plain."""
+    cache, the rest up to the last marked prefix written to it (up to the last one marked
+    ttl "1h" written to the 1-hour cache, the rest to the 5-minute one), the remainder
+    plain."""
     running, total = hashlib.sha256(), REQUEST_OVERHEAD
-    marks: list[tuple[bytes, int]] = []
-    for unit, tokens, marked in _units(body):
+    marks: list[tuple[bytes, int, str]] = []
+    for unit, tokens, ttl in _units(body):
         running.update(json.dumps(unit, sort_keys=True).encode())
         total += tokens
-        if marked:
-            marks.append((running.copy().digest()[:16], total))
-    read = max((end for digest, end in marks if digest in seen), default=0)
-    written = max((end for _, end in marks), default=0) - read
-    written = max(written, 0)
-    return CacheUsage(total - read - written, written, read, [d for d, _ in marks])
+        if ttl is not None:
+            marks.append((running.copy().digest()[:16], total, ttl))
+    read = max((end for digest, end, _ in marks if digest in seen), default=0)
+    written = max(max((end for _, end, _ in marks), default=0) - read, 0)
+    hour = max(max((end for _, end, ttl in marks if ttl == "1h"), default=0) - read, 0)
+    return CacheUsage(total - read - written, written, read, [d for d, _, _ in marks], hour)
 
 
 # --- the answer -----------------------------------------------------------------------
@@ -301,7 +322,7 @@ class MessageAnswer:
     model: str
     text: str
     stop_reason: str
-    usage: dict[str, int]
+    usage: dict[str, Any]
 
     def body(self) -> dict[str, Any]:
         return {
