@@ -401,7 +401,9 @@ def test_anthropic_lines_go_to_anthropic_as_given_and_come_back_as_its_batch_res
         text = "".join(b.text for b in result.message.content if b.type == "text")
         assert f"tag-{custom_id}" in text, (custom_id, text)
     assert stats.cache_write_tokens > 0  # the system's cache_control went as given
-    assert stats.cache_write_1h_tokens > 0  # and the 1-hour one
+    assert stats.cache_write_1h_tokens > 0  # and the 1-hour one, recorded as such
+    costs = [json.loads(text) for text in (out / "costs.jsonl").read_text().splitlines()]
+    assert sum(c["cache_write_1h_tokens"] for c in costs) == stats.cache_write_1h_tokens
     billed = billed_usd(stats, model)
     assert spent.reserved_usd == 0 and spent.spent_usd == billed > 0
 
