@@ -46,6 +46,7 @@ model_id = "claude-haiku-4-5"
 input_per_m = 1.00
 cached_input_per_m = 0.10
 cache_write_per_m = 1.25
+cache_write_1h_per_m = 2.00
 output_per_m = 5.00
 prices_as_of = 2025-10-15
 rpm = 1000
@@ -161,14 +162,16 @@ def claude_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LocalOpti
 
 
 def billed_usd(stats: Stats, model: Model) -> Decimal:
-    """What the simulator billed the model, at its input, cache-read, cache-write and output
-    prices."""
+    """What the simulator billed the model, at its input, cache-read, cache-write (5-minute
+    and 1-hour) and output prices."""
     bill = stats.billed_by_model[model.model_id]
     plain = bill.prompt_tokens - bill.cached_tokens - bill.cache_write_tokens
+    five_minutes = bill.cache_write_tokens - bill.cache_write_1h_tokens
     return (
         plain * model.input_per_m
         + bill.cached_tokens * model.cached_input_per_m
-        + bill.cache_write_tokens * model.cache_write_per_m  # type: ignore[operator]
+        + five_minutes * model.cache_write_per_m  # type: ignore[operator]
+        + bill.cache_write_1h_tokens * model.cache_write_1h_per_m  # type: ignore[operator]
         + bill.completion_tokens * model.output_per_m
     ) / 1_000_000
 
@@ -263,6 +266,7 @@ def test_every_anthropic_call_that_may_have_been_billed_is_booked(
     assert spent.spent_usd == sum(Decimal(c["cost_usd"]) for c in costs) > billed
 
 
+HOUR = {"type": "ephemeral", "ttl": "1h"}
 CACHED_SYSTEM = [{"type": "text", "text": CONTEXT, "cache_control": {"type": "ephemeral"}}]
 NATIVE: list[dict[str, Any]] = [
     {
@@ -340,6 +344,21 @@ NATIVE: list[dict[str, Any]] = [
             ],
         },
     },
+    {  # written to the 1-hour cache: booked at cache_write_1h_per_m, as billed
+        "custom_id": "hour",
+        "params": {
+            "model": MODEL,
+            "max_tokens": 32,
+            "system": [
+                {
+                    "type": "text",
+                    "text": "An hour-long policy. " * 60,
+                    "cache_control": {"type": "ephemeral", "ttl": "1h"},
+                }
+            ],
+            "messages": [ask("tag-hour what does the policy say?")],
+        },
+    },
     {"custom_id": "no-cap", "params": {"model": MODEL, "messages": [ask("no max_tokens")]}},
 ]
 
@@ -382,5 +401,45 @@ def test_anthropic_lines_go_to_anthropic_as_given_and_come_back_as_its_batch_res
         text = "".join(b.text for b in result.message.content if b.type == "text")
         assert f"tag-{custom_id}" in text, (custom_id, text)
     assert stats.cache_write_tokens > 0  # the system's cache_control went as given
+    assert stats.cache_write_1h_tokens > 0  # and the 1-hour one, recorded as such
+    costs = [json.loads(text) for text in (out / "costs.jsonl").read_text().splitlines()]
+    assert sum(c["cache_write_1h_tokens"] for c in costs) == stats.cache_write_1h_tokens
     billed = billed_usd(stats, model)
     assert spent.reserved_usd == 0 and spent.spent_usd == billed > 0
+
+
+def test_native_message_without_usage_is_a_valid_batch_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An Anthropic-form batch on Anthropic's own API whose answer came without usage: it
+    is booked at its worst case, and its results line must still be an SDK batch result
+    (Message.usage is required; an OpenAI-form job's translated Message carries the usage
+    booked, the native Message is written as it came, without any)."""
+    config_path = tmp_path / "chatbatch.toml"
+    config_path.write_text((ROOT / "chatbatch.toml").read_text() + CLAUDE)
+    monkeypatch.setenv("CHATBATCH_CONFIG", str(config_path))
+    lines = [
+        {
+            "custom_id": f"n{i}",
+            "params": {
+                "model": MODEL,
+                "max_tokens": 30,
+                "messages": [{"role": "user", "content": f"tag-n{i} question"}],
+            },
+        }
+        for i in range(2)
+    ]
+    options = LocalOptions(timeout_s=120, simulator=SimulatorSettings(), config_path=config_path)
+    with LocalRuntime(options) as rt:
+        assert rt.simulator is not None
+        rt.simulator.inject("no_usage")
+        summary = run_batch(rt, lines, "nousage", tmp_path / "nousage")
+        spent = Budget(boto3.client("dynamodb"), rt.resources.table, rt.config).usage()
+    assert summary.succeeded == 2, summary
+    assert spent.reserved_usd == 0
+    out = (tmp_path / "nousage" / "results.jsonl").read_text().splitlines()
+    assert len(out) == 2
+    for text in out:
+        line = json.loads(text)
+        result = MessageBatchIndividualResponse.model_validate(line).result
+        assert result.type == "succeeded"

@@ -159,6 +159,16 @@ ACCOUNT_CASES: list[tuple[str, int, bytes, AccountReason]] = [
         _anthropic("billing_error", "Your credit balance is too low."),
         AccountReason.quota,
     ),
+    (
+        "anthropic credit too low (its real answer: a 400)",
+        400,
+        _anthropic(
+            "invalid_request_error",
+            "Your credit balance is too low to access the Anthropic API. Please go to Plans "
+            "& Billing to upgrade or purchase credits.",
+        ),
+        AccountReason.quota,
+    ),
 ]
 
 JOB_CASES: list[tuple[str, int, bytes, type[Exception]]] = [

@@ -327,3 +327,60 @@ def test_anthropic_rate_limit_headers_are_read() -> None:
         remaining_tokens=29000,
         reset_tokens_s=30.0,
     )
+
+
+def test_message_delta_null_usage_counts_keep_the_message_start_counts(config: Config) -> None:
+    """MessageDeltaUsage declares input_tokens and the cache counts Optional (the anthropic
+    SDK's own accumulator keeps the earlier count when the delta's is null): a null in
+    message_delta must not erase the input billed."""
+    start = MESSAGE | {"content": [], "stop_reason": None}
+    start["usage"] = MESSAGE["usage"] | {"output_tokens": 1}
+    events = [
+        ("message_start", {"type": "message_start", "message": start}),
+        ("content_block_start", {"type": "content_block_start", "index": 0,
+                                 "content_block": {"type": "text", "text": ""}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                 "delta": {"type": "text_delta", "text": "hello"}}),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("message_delta", {"type": "message_delta",
+                           "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                           "usage": {"output_tokens": 2, "input_tokens": None,
+                                     "cache_creation_input_tokens": None,
+                                     "cache_read_input_tokens": None}}),
+        ("message_stop", {"type": "message_stop"}),
+    ]  # fmt: skip
+    result, _ = run(config, stream_answer(sse(*events)), BODY | {"stream": True})
+    assert isinstance(result, Completion)
+    assert result.usage is not None
+    # billed: 5 input + 7 written + 11 read, as message_start said
+    assert (result.usage.prompt_tokens, result.usage.cache_write_tokens) == (23, 7)
+    AnthropicMessage.model_validate(result.body)  # and the Message's usage is an int
+
+
+def test_a_usage_without_its_input_count_is_not_booked_as_zero_input(config: Config) -> None:
+    """Anthropic's Usage requires input_tokens (anthropic.types.Usage); a Message whose
+    usage lacks it (cut short, or a gateway's) did bill its prompt. chatbatch reads the
+    missing count as 0 and books the output alone, below the bill: it should book the
+    worst case (usage None) as for an answer without usage, or refuse the usage as
+    malformed (StreamError, maybe billed)."""
+    message = MESSAGE | {"usage": {"output_tokens": 2}}
+    result, _ = run(config, lambda _: httpx.Response(200, json=message))
+    if isinstance(result, Completion):
+        assert result.usage is None or result.usage.prompt_tokens > 0, result.usage
+
+
+def test_anthropic_credit_too_low_400_pauses_the_model_as_quota(config: Config) -> None:
+    """Anthropic answers an account out of credit with HTTP 400 invalid_request_error
+    "Your credit balance is too low to access the Anthropic API. ..." (not 402). No job
+    of the model can succeed until someone adds credit: it must pause the model as
+    quota (as a 402 or billing_error does), not fail each job one by one as a 400."""
+    message = (
+        "Your credit balance is too low to access the Anthropic API. Please go to Plans & "
+        "Billing to upgrade or purchase credits."
+    )
+    result, seen = run(
+        config, json_answer(400, error_body("invalid_request_error", message),
+                            **{"request-id": "req_1"})
+    )  # fmt: skip
+    assert isinstance(result, ProviderError) and len(seen) == 1
+    assert result.account is AccountReason.quota, (result.account, result.message)

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from chatbatch.core.config import Config, ConfigError, parse_config
+from chatbatch.core.job_lines import parse_job
 from chatbatch.core.jobs import Job
 from chatbatch.core.messages import Message
 from chatbatch.core.pricing import Usage, cost
@@ -34,6 +35,7 @@ def anthropic_config(**model: Any) -> dict[str, Any]:
         "input_per_m": 1.00,
         "cached_input_per_m": 0.10,
         "cache_write_per_m": 1.25,
+        "cache_write_1h_per_m": 2.00,
         "output_per_m": 5.00,
         "prices_as_of": "2025-10-15",
         "rpm": 50,
@@ -95,6 +97,7 @@ def test_the_shipped_example_of_an_anthropic_provider_parses() -> None:
     for name in extra["models"]:
         model = config.models[name]
         assert model.cache_write_per_m == model.input_per_m * Decimal("1.25")
+        assert model.cache_write_1h_per_m == model.input_per_m * 2
 
 
 def test_anthropic_usage_prices_each_input_kind_at_its_own_rate() -> None:
@@ -141,3 +144,56 @@ def test_a_translated_completions_usage_is_read_with_its_cache_writes() -> None:
     translated = {"prompt_tokens": 60, "completion_tokens": 5, "anthropic": counts}
     assert Usage.from_api(translated) == Usage.from_anthropic(counts)
     assert Usage.from_api(counts).cache_write_tokens == 20
+
+
+def test_anthropic_model_without_a_one_hour_cache_write_price_is_refused() -> None:
+    data = anthropic_config()
+    del data["models"]["haiku"]["cache_write_1h_per_m"]
+    with pytest.raises(ConfigError, match=r"models\.haiku\.cache_write_1h_per_m: required.*2"):
+        parse_config(data)
+
+
+def test_one_hour_cache_write_price_at_an_openai_provider_is_refused() -> None:
+    data = anthropic_config()
+    data["models"]["gpt-4.1"]["cache_write_1h_per_m"] = 4
+    with pytest.raises(ConfigError, match=r"gpt-4\.1\.cache_write_1h_per_m: .*kind openai"):
+        parse_config(data)
+
+
+def test_worst_case_of_a_native_line_marking_no_one_hour_block_is_the_five_minute_write() -> None:
+    """Only a request marking a block ttl "1h" can be billed 1-hour writes."""
+    config: Config = parse_config(anthropic_config())
+    model = config.models["haiku"]
+    params = {"model": "haiku", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}]}
+    job = parse_job({"custom_id": "a", "params": params}, config)
+    worst = job.worst_case_usage(model)
+    assert worst.cache_write_tokens == worst.prompt_tokens and worst.cache_write_1h_tokens == 0
+
+
+def test_one_hour_cache_writes_are_booked_at_anthropics_price() -> None:
+    """A native line may mark a block cache_control {"ttl": "1h"} (accepted at submit);
+    Anthropic bills 1-hour cache writes at 2x the base input price (5-minute ones 1.25x)
+    and reports them in usage.cache_creation.ephemeral_1h_input_tokens. The ledger must
+    book what Anthropic bills."""
+    line = {
+        "custom_id": "c1",
+        "params": {
+            "model": "haiku",
+            "max_tokens": 16,
+            "system": [{"type": "text", "text": "long policy " * 50,
+                        "cache_control": {"type": "ephemeral", "ttl": "1h"}}],
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+    }  # fmt: skip
+    config: Config = parse_config(anthropic_config())
+    parse_job(line, config)  # accepted
+    model = config.models["haiku"]  # input 1.00 / M
+    usage = {
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "cache_creation_input_tokens": 1_000_000,
+        "cache_read_input_tokens": 0,
+        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 1_000_000},
+    }
+    billed_by_anthropic = Decimal("2.00")  # 1M tokens written to the 1-hour cache at 2x 1.00
+    assert cost(Usage.from_anthropic(usage), model) == billed_by_anthropic

@@ -39,10 +39,12 @@ from chatbatch.core.anthropic_params import (
     ToolUseBlock,
     UrlSource,
 )
-from chatbatch.core.config import Config, Priority
+from chatbatch.core.config import Config, Priority, parse_config
 from chatbatch.core.job_lines import parse_job, parse_lines
 from chatbatch.core.jobs import Job, JobError
 from chatbatch.core.pricing import prompt_token_bound
+from chatbatch.translate import wire_body
+from tests.unit.test_anthropic_config import anthropic_config
 
 MODEL = "gpt-4.1"  # has image_input_tokens
 NO_IMAGES = "deepseek-chat"  # has none
@@ -393,3 +395,29 @@ def test_a_file_of_only_invalid_anthropic_lines_is_an_anthropic_batch(
     plan = plan_file(path, config, "b-1", Priority.normal)
     assert (plan.valid, plan.invalid) == (0, 3)
     assert plan.form == "anthropic"
+
+
+def test_native_line_with_search_results_as_a_tool_result_is_accepted() -> None:
+    """The anthropic SDK's ToolResultBlockParam content takes SearchResultBlockParam (search
+    results returned by the caller's own search tool: the documented use of search_result
+    blocks). chatbatch accepts a search_result block at the top level of a message and
+    bounds it as text, and README lists no refusal of it inside a tool_result, yet refuses
+    the line ("does not match any of the expected tags: 'text', 'image'")."""
+    result = {"type": "search_result", "source": "https://e.x/a", "title": "A",
+              "content": [{"type": "text", "text": "a fact"}]}  # fmt: skip
+    params = {
+        "model": "haiku",
+        "max_tokens": 50,
+        "tools": [{"name": "search", "input_schema": {"type": "object"}}],
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": [
+                {"type": "tool_use", "id": "t1", "name": "search", "input": {"q": "x"}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "t1", "content": [result]}]},
+        ],
+    }  # fmt: skip
+    config = parse_config(anthropic_config())
+    job = parse_job({"custom_id": "sr", "params": params}, config)
+    body = wire_body(job, config.models["haiku"], config.providers["claude"])
+    assert body["messages"] == params["messages"]

@@ -1,4 +1,5 @@
-"""Properties of OpenAI-form jobs on an Anthropic model: every translated request is one
+"""Properties of jobs on an Anthropic model (OpenAI-form, and Anthropic-form lines marking
+a block ttl "1h"): every translated request is one
 the anthropic SDK and the simulator accept, and the worst case reserved bounds every bill:
 whatever the simulator bills for a job (its prompt written to the cache, read from it, or
 plain), the cost at the model's prices is at most ``Job.worst_case_usd``."""
@@ -101,3 +102,51 @@ def test_every_translated_request_is_one_the_sdk_and_the_simulator_accept(
     engine = Engine(SimulatorSettings(config_models=False))
     reply = engine.handle("POST", "/v1/messages", dict(HEADERS), json.dumps(body).encode())
     assert reply.status == 200, reply.body
+
+
+@settings(max_examples=60, deadline=None)
+@given(words, st.integers(1, 300), st.floats(0, 1), st.floats(0, 1), st.floats(0, 1))
+def test_any_split_of_a_one_hour_lines_bound_is_within_the_worst_case(
+    system: str, max_tokens: int, written_share: float, hour_share: float, read_share: float
+) -> None:
+    """An Anthropic-form line marking a block ttl "1h": however the prompt bound splits
+    between plain input, 5-minute writes (1.25x), 1-hour writes (2x) and reads, up to the
+    whole bound written for an hour, the bill stays within the worst case reserved."""
+    block = {"type": "text", "text": system, "cache_control": {"type": "ephemeral", "ttl": "1h"}}
+    params = {"model": "haiku", "max_tokens": max_tokens, "system": [block],
+              "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+    job = parse_job({"custom_id": "h", "params": params}, CONFIG)
+    model = CONFIG.models["haiku"]
+    worst = job.worst_case_usage(model)
+    written = int(worst.prompt_tokens * written_share)
+    read = int((worst.prompt_tokens - written) * read_share)
+    for hour in (int(written * hour_share), written):
+        usage = Usage(
+            prompt_tokens=worst.prompt_tokens,
+            cache_write_tokens=written,
+            cache_write_1h_tokens=hour,
+            cached_tokens=read,
+            completion_tokens=job.output_bound(model),
+        )
+        assert cost(usage, model) <= job.worst_case_usd(model)
+
+
+def test_one_hour_cache_write_worst_case_bounds_the_whole_prompt_written_for_an_hour() -> None:
+    """The reservation prices the prompt bound at cache_write_per_m (1.25x); a line whose
+    prompt is all written to the 1-hour cache is billed at 2x input per token."""
+    line = {
+        "custom_id": "c1",
+        "params": {
+            "model": "haiku",
+            "max_tokens": 1,
+            "system": [{"type": "text", "text": "x" * 4000,
+                        "cache_control": {"type": "ephemeral", "ttl": "1h"}}],
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+    }  # fmt: skip
+    job = parse_job(line, CONFIG)
+    model = CONFIG.models["haiku"]
+    bound = job.worst_case_usage(model).prompt_tokens
+    # the same split the project's own property allows: the whole prompt bound written
+    all_written_1h = bound * 2 * model.input_per_m / 1_000_000 + model.output_per_m / 1_000_000
+    assert all_written_1h <= job.worst_case_usd(model)

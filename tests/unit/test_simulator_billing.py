@@ -58,6 +58,7 @@ def bill(text: str, calls: int = 1) -> dict[str, int]:
         "prompt_tokens": prompt * calls,
         "cached_tokens": 0,
         "cache_write_tokens": 0,  # chat completions write no cache (Anthropic's messages do)
+        "cache_write_1h_tokens": 0,
         "completion_tokens": completion * calls,
     }
 

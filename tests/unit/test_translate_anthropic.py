@@ -358,3 +358,77 @@ def test_a_job_sent_straight_to_a_queue_is_refused_at_intake(config: Config) -> 
     intake = read_record(record(body, sent=NOW), config, RESOURCES, NoStore())
     assert intake.job is None and intake.error is not None
     assert (intake.error.field, intake.error.custom_id) == ("n", "q1")
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        pytest.param([{"role": "user", "content": ""}], id="empty_user"),
+        pytest.param([{"role": "system", "content": ""}, {"role": "user", "content": "hi"}],
+                     id="empty_system"),
+        pytest.param([{"role": "user", "content": [{"type": "text", "text": "  "}]}],
+                     id="whitespace_part"),
+    ],
+)  # fmt: skip
+def test_openai_job_for_anthropic_is_refused_at_submit_or_sent_valid(
+    config: Config, messages: list[dict[str, Any]]
+) -> None:
+    """OpenAI accepts empty and whitespace-only content; Anthropic refuses the translated
+    request with a 400. chatbatch must refuse the job at submit (naming it) or send a
+    request Anthropic takes -- it does neither: the text goes as an empty or blank block."""
+    job = parse_job({"custom_id": "e", "model": "haiku", "messages": messages}, config)
+    try:
+        check_job(job, config)
+    except JobError:
+        return
+    body = wire_body(job, config.models["haiku"], config.providers["claude"])
+    texts = [body["system"]] if isinstance(body.get("system"), str) else body.get("system") or []
+    for message in body["messages"]:
+        content = message["content"]
+        texts += [content] if isinstance(content, str) else content
+    for text in texts:
+        value = text if isinstance(text, str) else text.get("text")
+        assert value is None or value.strip(), f"sent {body} (Anthropic refuses it)"
+
+
+def test_openai_job_with_five_cache_breakpoints_for_anthropic_is_refused_at_submit(
+    config: Config,
+) -> None:
+    """Each prompt_cache_breakpoint becomes a cache_control block; Anthropic refuses more
+    than 4 ("A maximum of 4 blocks with cache_control may be provided. Found 5."). The job
+    is accepted at submit and the request sent is one Anthropic refuses."""
+    parts = [{"type": "text", "text": f"part {i}", "prompt_cache_breakpoint": {"mode": "explicit"}}
+             for i in range(5)]  # fmt: skip
+    job = parse_job({"custom_id": "b", "model": "haiku",
+                     "messages": [{"role": "user", "content": parts}]}, config)  # fmt: skip
+    try:
+        check_job(job, config)
+    except JobError:
+        return
+    body = wire_body(job, config.models["haiku"], config.providers["claude"])
+    marks = json.dumps(body).count('"cache_control"')
+    assert marks <= 4, f"{marks} cache_control blocks sent: Anthropic refuses the request"
+
+
+@pytest.mark.parametrize("content", ["", " ", []])
+def test_an_assistant_message_with_neither_content_nor_calls_is_refused(
+    config: Config, content: Any
+) -> None:
+    """Anthropic refuses an empty message (but a final assistant one, which chatbatch
+    refuses as a prefill): refused at submit naming the line's message."""
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": content},
+                {"role": "user", "content": "and?"}]  # fmt: skip
+    job = parse_job({"custom_id": "e", "model": "haiku", "messages": messages}, config)
+    with pytest.raises(JobError) as caught:
+        check_job(job, config)
+    assert caught.value.field == "messages[1].content"
+
+
+def test_an_empty_text_beside_tool_calls_is_dropped_not_refused(config: Config) -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    body = wire(config, {"messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "r"},
+    ], "tools": [{"type": "function", "function": {"name": "f"}}]})  # fmt: skip
+    assert [b["type"] for b in body["messages"][1]["content"]] == ["tool_use"]

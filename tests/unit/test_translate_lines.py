@@ -65,6 +65,29 @@ def test_a_base64_image_becomes_a_data_url() -> None:
     assert part == {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
 
 
+def test_a_search_result_in_a_tool_result_becomes_text_of_the_tool_message() -> None:
+    """Search results the caller's own search tool returned (inside a tool_result) reach
+    an OpenAI-kind provider as the tool message's text, as a top-level one does."""
+    result = {"type": "search_result", "source": "https://e.x/a", "title": "A",
+              "content": [{"type": "text", "text": "a fact"}]}  # fmt: skip
+    call = {"type": "tool_use", "id": "t1", "name": "search", "input": {}}
+    params = {
+        "model": "m",
+        "max_tokens": 5,
+        "messages": [
+            {"role": "user", "content": "look it up"},
+            {"role": "assistant", "content": [call]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "t1", "content": [result]}]},
+        ],
+    }  # fmt: skip
+    tool = messages_to_chat(params)["messages"][2]
+    assert tool["role"] == "tool" and tool["tool_call_id"] == "t1"
+    assert tool["content"] == [
+        {"type": "text", "text": "Search result: A\nSource: https://e.x/a\n\na fact"}
+    ]
+
+
 def completion(
     message: dict[str, Any], reason: str | None, usage: dict[str, Any] | None
 ) -> dict[str, Any]:
@@ -162,6 +185,29 @@ def test_an_answer_billed_at_its_worst_case_reports_the_usage_booked() -> None:
     usage = result.message.usage
     assert (usage.input_tokens, usage.output_tokens) == (2048, 50)
     assert data["chatbatch"]["booked_usage"]["prompt_tokens"] == 2048
+
+
+@pytest.mark.parametrize("usage", [None, {"output_tokens": 3}], ids=["none", "no_input_count"])
+def test_a_native_message_billed_at_its_worst_case_reports_the_usage_booked(
+    usage: dict[str, Any] | None,
+) -> None:
+    """A Message from Anthropic's own API kept as it came, which came without usage (or
+    without its input count): booked at its worst case, its results line reports that usage
+    (every prompt token under the count it was booked as: here all written for an hour), a
+    valid SDK batch result."""
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "m",
+               "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn",
+               "stop_sequence": None} | ({"usage": usage} if usage else {})  # fmt: skip
+    booked = Usage(
+        prompt_tokens=900, completion_tokens=50, cache_write_tokens=900, cache_write_1h_tokens=900
+    )
+    facts = FACTS.model_copy(update={"usage_estimated": True, "booked_usage": booked})
+    data = anthropic_line(OutputLine.answered("b", "j", 200, message, "req_1", facts))
+    result = MessageBatchIndividualResponse.model_validate(data).result
+    assert result.type == "succeeded"
+    got = result.message.usage
+    assert (got.input_tokens, got.cache_creation_input_tokens, got.output_tokens) == (0, 900, 50)
+    assert got.cache_creation is not None and got.cache_creation.ephemeral_1h_input_tokens == 900
 
 
 def test_an_unknown_finish_reason_is_kept_beside_its_end_turn() -> None:

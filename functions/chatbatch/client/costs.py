@@ -65,6 +65,7 @@ class Totals(BaseModel):
     prompt_tokens: int = 0
     cached_tokens: int = 0
     cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: Decimal = Decimal(0)
     # calls booked at their worst case (no usage came back), in the figures above too
@@ -80,6 +81,7 @@ class Totals(BaseModel):
         self.prompt_tokens += record.prompt_tokens
         self.cached_tokens += record.cached_tokens
         self.cache_write_tokens += record.cache_write_tokens
+        self.cache_write_1h_tokens += record.cache_write_1h_tokens
         self.completion_tokens += record.completion_tokens
         self.cost_usd += record.cost_usd
 
@@ -89,6 +91,7 @@ class Totals(BaseModel):
             prompt_tokens=self.prompt_tokens,
             cached_tokens=self.cached_tokens,
             cache_write_tokens=self.cache_write_tokens,
+            cache_write_1h_tokens=self.cache_write_1h_tokens,
             completion_tokens=self.completion_tokens,
         )
 

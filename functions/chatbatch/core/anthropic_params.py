@@ -9,10 +9,12 @@ Anthropic's API reference documents them (the 2.15 SDK no longer declares them).
 
 Accepted content blocks: text, image (base64 or url source), tool_use, tool_result,
 thinking, redacted_thinking and search_result (client-supplied text, billed as prompt
-tokens like a text block). An image's ``file`` source is refused: it names a file of
-Anthropic's Files API (a beta), which no other provider can read and chatbatch does not
-send. ``stream: true`` is refused as Anthropic's Message Batches refuse it (a batch
-request is ``MessageCreateParamsNonStreaming``); ``stream: false`` is accepted.
+tokens like a text block; also inside a tool_result). An image's ``file`` source is
+refused: it names a file of Anthropic's Files API (a beta), which no other provider can
+read and chatbatch does not send. ``stream: true`` is refused as Anthropic's Message
+Batches refuse it (a batch request is ``MessageCreateParamsNonStreaming``); ``stream:
+false`` is accepted. What Anthropic's API refuses of accepted params (empty or blank text,
+more than 4 cache breakpoints, ...) is refused at submit by ``translate.messages_rules``.
 
 Refused, because what they bill cannot be bounded before the call: document blocks
 (billed by their pages, text and an image each), server tools and their blocks (billed
@@ -126,11 +128,8 @@ class ToolUseBlock(LineModel):
     toolset_name: StrictStr | None = None
 
 
-ResultPart = Annotated[TextBlock | ImageBlock, Field(discriminator="type")]
-
-
 class ToolResultBlock(LineModel):
-    """A tool's answer to an earlier call (text or image blocks)."""
+    """A tool's answer to an earlier call (text, image or search_result blocks)."""
 
     type: Literal["tool_result"]
     tool_use_id: StrictStr
@@ -153,6 +152,10 @@ class SearchResultBlock(LineModel):
     content: list[TextBlock]
     cache_control: CacheControl | None = None
     citations: CitationsConfig | None = None
+
+
+# a tool result's content: text, images, and search results (the caller's own search tool)
+ResultPart = Annotated[TextBlock | ImageBlock | SearchResultBlock, Field(discriminator="type")]
 
 
 class ThinkingBlock(LineModel):

@@ -7,7 +7,8 @@ because an Anthropic line becomes a job with it (``core.job_lines``). What maps:
   ``messages`` -> a system message in its place.
 - text blocks -> text parts; image blocks -> ``image_url`` parts (a base64 source as a
   ``data:`` URL, a url source as given); a search_result block -> one text part (its
-  title, source and texts; every byte of it counted in the worst case).
+  title, source and texts; every byte of it counted in the worst case), in a tool_result
+  as at the top level of a message.
 - an assistant's ``tool_use`` blocks -> its ``tool_calls`` (``input`` as JSON
   ``arguments``); a user's ``tool_result`` blocks -> ``tool`` messages, before the rest of
   that user turn (OpenAI wants them right after the calls).
@@ -84,15 +85,22 @@ def _search_result(block: dict[str, Any], field: str) -> dict[str, Any]:
     return {"type": "text", "text": "\n\n".join([heading, *texts])}
 
 
+def _result_part(part: dict[str, Any], field: str) -> dict[str, Any]:
+    """A tool result's text block, or a search result in it as one text part."""
+    return (
+        _search_result(part, field) if part.get("type") == "search_result" else _text(part, field)
+    )
+
+
 def _tool_result(block: dict[str, Any], field: str) -> dict[str, Any]:
     if block.get("is_error"):
         raise _refuse_openai(f"{field}.is_error", "a tool result marked as an error")
     content = block.get("content")
     if isinstance(content, list):
         for index, part in enumerate(content):
-            if part.get("type") != "text":
+            if part.get("type") == "image":
                 raise _refuse_openai(f"{field}.content[{index}]", "an image in a tool result")
-        content = [_text(part, f"{field}.content[{i}]") for i, part in enumerate(content)]
+        content = [_result_part(part, f"{field}.content[{i}]") for i, part in enumerate(content)]
     return {"role": "tool", "tool_call_id": block["tool_use_id"], "content": content or ""}
 
 

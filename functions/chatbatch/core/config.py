@@ -87,6 +87,7 @@ def is_loopback(host: str) -> bool:
 
 
 ANTHROPIC_CACHE_WRITE_FACTOR = Decimal("1.25")  # a 5-minute cache write, times the input price
+ANTHROPIC_CACHE_WRITE_1H_FACTOR = Decimal(2)  # a 1-hour cache write, times the input price
 
 
 class Provider(_Strict):
@@ -158,6 +159,12 @@ class Model(_Strict):
         "5-minute write at 1.25x input_per_m); required at a kind anthropic provider, "
         "refused at an openai one (no cache-write price there)",
     )
+    cache_write_1h_per_m: Money | None = Field(
+        default=None,
+        description="the price of prompt tokens written to the 1-hour cache (a block marked "
+        'cache_control.ttl = "1h"; Anthropic bills it at 2x input_per_m); required with '
+        "cache_write_per_m at a kind anthropic provider, refused at an openai one",
+    )
     prices_as_of: dt.date
     rpm: int = Field(gt=0, description="requests per minute")
     tpm: int = Field(gt=0, description="tokens per minute (prompt + completion)")
@@ -199,6 +206,12 @@ class Model(_Strict):
     def cache_write_price(self) -> Decimal:
         """The price per 1M prompt tokens written to the cache (input_per_m if unset)."""
         return self.input_per_m if self.cache_write_per_m is None else self.cache_write_per_m
+
+    @property
+    def cache_write_1h_price(self) -> Decimal:
+        """The price per 1M prompt tokens written to the 1-hour cache (the 5-minute write's
+        price if unset: only a kind openai model leaves it unset, which writes none)."""
+        return self.cache_write_1h_per_m or self.cache_write_price
 
     @property
     def cap_param(self) -> Literal["max_tokens", "max_completion_tokens"]:
@@ -385,20 +398,29 @@ class Config(_Strict):
 
 
 def _check_cache_write(name: str, model: Model, provider: Provider) -> None:
-    """Anthropic bills cache writes at their own price; OpenAI-compatible APIs do not."""
-    if provider.kind == "anthropic" and model.cache_write_per_m is None:
-        suggested = (model.input_per_m * ANTHROPIC_CACHE_WRITE_FACTOR).normalize()
-        raise ValueError(
-            f"models.{name}.cache_write_per_m: required, provider {model.provider!r} is kind "
-            f"anthropic, which bills prompt tokens written to the cache at their own price; "
-            f"set it (a 5-minute write is 1.25 x input_per_m = {suggested:f})"
-        )
-    if provider.kind == "openai" and model.cache_write_per_m is not None:
-        raise ValueError(
-            f"models.{name}.cache_write_per_m: provider {model.provider!r} is kind openai, "
-            "which bills no cache writes (cached prompt tokens are priced by "
-            'cached_input_per_m); remove it, or set kind = "anthropic" on the provider'
-        )
+    """Anthropic bills cache writes at their own prices (5-minute and 1-hour);
+    OpenAI-compatible APIs do not."""
+    for key, factor, what in _CACHE_WRITE_PRICES:
+        if provider.kind == "anthropic" and getattr(model, key) is None:
+            suggested = (model.input_per_m * factor).normalize()
+            raise ValueError(
+                f"models.{name}.{key}: required, provider {model.provider!r} is kind "
+                f"anthropic, which bills prompt tokens written to the cache at their own "
+                f"price; set it ({what} is {factor} x input_per_m = {suggested:f})"
+            )
+        if provider.kind == "openai" and getattr(model, key) is not None:
+            raise ValueError(
+                f"models.{name}.{key}: provider {model.provider!r} is kind openai, "
+                "which bills no cache writes (cached prompt tokens are priced by "
+                'cached_input_per_m); remove it, or set kind = "anthropic" on the provider'
+            )
+
+
+# a cache-write price key, Anthropic's factor over input_per_m, the write it prices
+_CACHE_WRITE_PRICES = (
+    ("cache_write_per_m", ANTHROPIC_CACHE_WRITE_FACTOR, "a 5-minute write"),
+    ("cache_write_1h_per_m", ANTHROPIC_CACHE_WRITE_1H_FACTOR, 'a 1-hour write (ttl "1h")'),
+)
 
 
 def format_error(err: ValidationError) -> str:

@@ -24,6 +24,7 @@ from chatbatch.core.pricing import (
     estimate_prompt_tokens,
     prompt_token_bound,
     worst_case_prompt,
+    writes_one_hour,
 )
 
 SQS_MAX_BYTES = 256 * 1024
@@ -139,12 +140,14 @@ class Job(BaseModel):
     def worst_case_usage(self, model: Model) -> Usage:
         """The most a call of this job can be billed: the bound of every billed prompt
         field, at the highest input price (uncached, or written to the cache when that
-        costs more), and the output cap sent times ``n``, all used."""
+        costs more: the 1-hour write's when its params mark a block ``ttl = "1h"``), and
+        the output cap sent times ``n``, all used."""
         bound = prompt_token_bound(self.request_body(model), model.image_input_tokens or 0)
         if self.native_params is not None:  # whichever body goes on the wire
             native = prompt_token_bound(self.native_params, model.image_input_tokens or 0)
             bound = max(bound, native)
-        return worst_case_prompt(bound, self.output_bound(model), model)
+        hour = writes_one_hour(self.native_params)  # an OpenAI-form job sends no ttl
+        return worst_case_prompt(bound, self.output_bound(model), model, one_hour=hour)
 
     def worst_case_usd(self, model: Model) -> Decimal:
         """The most this job can cost (``worst_case_usage`` at the model's prices)."""

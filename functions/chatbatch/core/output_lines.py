@@ -133,6 +133,8 @@ class CostRecord(BaseModel):
     cached_tokens: int
     # prompt tokens written to the provider's cache (Anthropic), priced at cache_write_per_m
     cache_write_tokens: int = 0
+    # of them, those written to the 1-hour cache, priced at cache_write_1h_per_m
+    cache_write_1h_tokens: int = 0
     completion_tokens: int
     reasoning_tokens: int
     cost_nanos: int

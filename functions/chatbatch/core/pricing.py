@@ -96,7 +96,9 @@ class Usage(BaseModel):
     ``input_per_m``), ``cache_creation_input_tokens`` (written to the cache, at
     ``cache_write_per_m``) and ``cache_read_input_tokens`` (at ``cached_input_per_m``);
     ``prompt_tokens`` is all three, ``cached_tokens`` the reads, ``cache_write_tokens`` the
-    writes.
+    writes. Of the writes, those to the 1-hour cache (``usage.cache_creation.
+    ephemeral_1h_input_tokens``, a block marked ``cache_control.ttl = "1h"``) are
+    ``cache_write_1h_tokens``, at ``cache_write_1h_per_m``.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -106,6 +108,7 @@ class Usage(BaseModel):
     cached_tokens: int = Field(default=0, ge=0)
     reasoning_tokens: int = Field(default=0, ge=0)
     cache_write_tokens: int = Field(default=0, ge=0)
+    cache_write_1h_tokens: int = Field(default=0, ge=0)  # of cache_write_tokens
 
     @property
     def total_tokens(self) -> int:
@@ -130,12 +133,18 @@ class Usage(BaseModel):
             if value < 0:
                 raise ValueError(f"{name} is {value}: a count is never negative")
             counts[name] = value
-        written, read = counts["cache_creation_input_tokens"], counts["cache_read_input_tokens"]
+        ttls = usage.get("cache_creation") or {}
+        five, hour = (int(ttls.get(f"ephemeral_{t}_input_tokens") or 0) for t in ("5m", "1h"))
+        if min(five, hour) < 0:
+            raise ValueError(f"cache_creation is {ttls}: a count is never negative")
+        written = max(counts["cache_creation_input_tokens"], five + hour)
+        read = counts["cache_read_input_tokens"]
         return cls(
             prompt_tokens=counts["input_tokens"] + written + read,
             completion_tokens=counts["output_tokens"],
             cached_tokens=read,
             cache_write_tokens=written,
+            cache_write_1h_tokens=hour,
         )
 
     @classmethod
@@ -182,27 +191,50 @@ def cost(usage: Usage, model: Model) -> Decimal:
     return (
         usage.uncached_prompt_tokens * model.input_per_m
         + usage.cached_tokens * model.cached_input_per_m
-        + usage.cache_write_tokens * model.cache_write_price
+        + (usage.cache_write_tokens - usage.cache_write_1h_tokens) * model.cache_write_price
+        + usage.cache_write_1h_tokens * model.cache_write_1h_price
         + usage.completion_tokens * model.output_per_m
     ) / MILLION
 
 
-def worst_case_prompt(prompt_tokens: int, completion_tokens: int, model: Model) -> Usage:
+def worst_case_prompt(
+    prompt_tokens: int, completion_tokens: int, model: Model, one_hour: bool = True
+) -> Usage:
     """The costliest usage a prompt bound and an output bound allow: every prompt token at
-    the highest input price the model has (the cache-write price, when it is above the
-    input price: a whole prompt may be written to the cache), every output token used."""
-    written = prompt_tokens if model.cache_write_price > model.input_per_m else 0
+    the highest input price the model has (a cache-write price when it is above the input
+    price: a whole prompt may be written to the cache; the 1-hour write's unless
+    ``one_hour`` is False, for a request that marks no block ``ttl = "1h"``), every output
+    token used."""
+    hour = one_hour and model.cache_write_1h_price > model.cache_write_price
+    write = model.cache_write_1h_price if hour else model.cache_write_price
+    written = prompt_tokens if write > model.input_per_m else 0
     return Usage(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         cache_write_tokens=written,
+        cache_write_1h_tokens=written if hour else 0,
     )
 
 
-def worst_case_cost(prompt_tokens: int, max_tokens: int, model: Model) -> Decimal:
+def worst_case_cost(
+    prompt_tokens: int, max_tokens: int, model: Model, one_hour: bool = True
+) -> Decimal:
     """The most a request can cost: every prompt token at its highest price, every output
     token used."""
-    return cost(worst_case_prompt(prompt_tokens, max_tokens, model), model)
+    return cost(worst_case_prompt(prompt_tokens, max_tokens, model, one_hour), model)
+
+
+def writes_one_hour(value: Any) -> bool:
+    """Whether a request (or any part of it) marks a block ``cache_control.ttl = "1h"``:
+    only such a request can be billed 1-hour cache writes."""
+    if isinstance(value, dict):
+        control = value.get("cache_control")
+        if isinstance(control, dict) and control.get("ttl") == "1h":
+            return True
+        return any(writes_one_hour(v) for v in value.values())
+    if isinstance(value, list):
+        return any(writes_one_hour(v) for v in value)
+    return False
 
 
 def to_nanos(usd: Decimal) -> int:

@@ -124,7 +124,8 @@ class AccountReason(StrEnum):
     auth = "auth"  # 401: a wrong, missing or revoked key
     forbidden = "forbidden"  # 403: the key may not use this model or endpoint
     model_not_found = "model_not_found"  # no such model (or no access to it)
-    quota = "quota"  # out of quota, credit or balance (429 insufficient_quota, 402)
+    quota = "quota"  # out of quota, credit or balance (429 insufficient_quota, 402,
+    # Anthropic's 400 "Your credit balance is too low")
 
 
 class AccountError(PermanentError):
@@ -146,6 +147,8 @@ QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "bi
 MODEL_CODES = frozenset({"model_not_found"})
 # DeepSeek: 400 "Model Not Exist"; OpenAI: "The model `x` does not exist ..."
 _NO_MODEL = re.compile(r"\bmodel\b.*\b(does not exist|not exist|not found)\b", re.I | re.S)
+# Anthropic: out of credit is a 400 invalid_request_error "Your credit balance is too low ..."
+_NO_CREDIT = re.compile(r"\bcredit balance is too low\b", re.I)
 
 
 def account_reason(
@@ -154,9 +157,10 @@ def account_reason(
     """The account-level reason of an error response, or None for a job's own error.
 
     ``codes`` are the body's ``error.code`` and ``error.type`` values. A 429 is a rate
-    limit unless its code says the quota or credit is gone.
+    limit unless its code says the quota or credit is gone; a 400 saying the credit balance
+    is too low is Anthropic's out-of-credit answer.
     """
-    if codes & QUOTA_CODES or status == 402:
+    if codes & QUOTA_CODES or status == 402 or (status == 400 and _NO_CREDIT.search(message)):
         return AccountReason.quota
     if status == 429 or status >= 500:
         return None

@@ -6,7 +6,8 @@ Events: ``message_start`` (the Message with empty content and its first usage),
 ``content_block_start`` / ``content_block_delta`` (``text_delta``, ``input_json_delta``,
 ``thinking_delta``, ``signature_delta``; others, such as ``citations_delta``, ignored) /
 ``content_block_stop``, ``message_delta`` (``stop_reason``, ``stop_sequence`` and usage
-counts, cumulative: they replace the earlier ones), ``message_stop``, ``ping``. An
+counts, cumulative: they replace the earlier ones, except a null one, which keeps the earlier
+count as the anthropic SDK's accumulator does), ``message_stop``, ``ping``. An
 ``error`` event, a corrupt event or a stream that ends before ``message_stop`` raises
 ``StreamError``: the request was sent, so the attempt is maybe billed
 (``chatbatch.provider.attempt``).
@@ -72,7 +73,8 @@ class MessageStream:
                 block["input"] = json.loads(raw) if raw else block.get("input") or {}
         elif kind == "message_delta":
             message.update(data.get("delta") or {})
-            message["usage"].update({k: v for k, v in (data.get("usage") or {}).items()})
+            counts = (data.get("usage") or {}).items()
+            message["usage"].update({k: v for k, v in counts if v is not None})
         elif kind == "message_stop":
             self.done = True
 
@@ -93,7 +95,9 @@ class MessageStream:
 
 
 async def read_message(response: httpx.Response) -> tuple[dict[str, Any], Usage | None]:
-    """The Message of a 200 (JSON or a stream) and its usage (None: the answer had none).
+    """The Message of a 200 (JSON or a stream) and its usage (None: the answer had none, or
+    one without ``input_tokens``, which Anthropic's Usage requires: the prompt was billed, so
+    the attempt is booked at its worst case as an answer without usage).
     Raises ``StreamError`` for an answer that cannot be read."""
     if response.headers.get("content-type", "").startswith("text/event-stream"):
         message = await read_stream(response, MessageStream())
@@ -105,8 +109,8 @@ async def read_message(response: httpx.Response) -> tuple[dict[str, Any], Usage 
         if not isinstance(message, dict) or not isinstance(message.get("content"), list):
             raise StreamError("200 with a body that is not a Message")
     usage = message.get("usage")
-    if not usage:
-        return message, None
+    if not usage or usage.get("input_tokens") is None:
+        return message, None  # no usage, or one without its input count: the worst case
     try:
         return message, Usage.from_anthropic(usage)
     except (AttributeError, TypeError, ValueError) as err:

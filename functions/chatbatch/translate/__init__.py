@@ -30,21 +30,27 @@ from chatbatch.core.jobs import Job, JobError
 from chatbatch.core.pricing import Usage
 from chatbatch.core.untranslatable import Untranslatable
 from chatbatch.translate.chat_to_messages import chat_to_messages, takes_sampling
-from chatbatch.translate.completion_to_message import completion_to_message
+from chatbatch.translate.completion_to_message import completion_to_message, message_usage
 from chatbatch.translate.message_to_completion import message_to_completion
+from chatbatch.translate.messages_rules import check_messages
 
 Form = Literal["openai", "anthropic"]
 
 
 def wire_body(job: Job, model: Model, provider: Provider) -> dict[str, Any]:
-    """The request body sent for ``job`` to ``provider`` (at ``provider.url``)."""
+    """The request body sent for ``job`` to ``provider`` (at ``provider.url``). A body for
+    a kind anthropic provider meets ``messages_rules`` (else ``Untranslatable``: the
+    submit check refuses the line)."""
     if provider.kind == "openai":
         return job.request_body(model)
+    sampling = takes_sampling(provider.anthropic_version)
     if job.native_params is not None:
-        return native_body(job.native_params, model, job.output_cap(model))
-    return chat_to_messages(
-        job.request_body(model), sampling=takes_sampling(provider.anthropic_version)
-    )
+        body = native_body(job.native_params, model, job.output_cap(model))
+        check_messages(body, sampling=sampling, prefix="params.")
+        return body
+    body = chat_to_messages(job.request_body(model), sampling=sampling)
+    check_messages(body, sampling=sampling, prefix="(as sent to Anthropic) ")
+    return body
 
 
 def native_body(params: dict[str, Any], model: Model, cap: int) -> dict[str, Any]:
@@ -70,10 +76,13 @@ def answer_body(
 ) -> dict[str, Any]:
     """The answer a result of a batch of ``form`` carries: an OpenAI-form batch's as
     stored; an Anthropic-form batch's as an Anthropic Message (a chat.completion
-    translated, a Message as it came). ``custom_id`` and ``booked``: see
+    translated, a Message as it came, but for its usage when it came without one:
+    ``booked`` then, as for a translated one). ``custom_id`` and ``booked``: see
     ``completion_to_message``."""
-    if form == "openai" or body.get("type") == "message":
+    if form == "openai":
         return body
+    if body.get("type") == "message":
+        return body if booked is None else body | {"usage": message_usage(booked)}
     return completion_to_message(body, custom_id, booked)
 
 

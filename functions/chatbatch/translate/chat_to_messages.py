@@ -88,6 +88,7 @@ DROPPED = frozenset(
 SAMPLING = ("temperature", "top_p", "top_k")
 # the first anthropic-version that refuses the sampling parameters
 NO_SAMPLING_VERSION = "2026-10-21"
+MAX_BREAKPOINTS = 4  # blocks marked cache_control Anthropic takes in one request
 
 
 def takes_sampling(anthropic_version: str) -> bool:
@@ -108,14 +109,42 @@ def chat_to_messages(body: dict[str, Any], *, sampling: bool = True) -> dict[str
         out["system"] = system
     for key, value in body.items():
         if key in SAMPLING and not sampling and value is not None:
-            raise Untranslatable(
-                key,
-                f"anthropic-version {NO_SAMPLING_VERSION} and later refuse {key} (even at "
-                "its default): remove it, or set the provider's anthropic_version to "
-                "2023-06-01",
-            )
+            raise sampling_refused(key)
         _param(key, value, body, out)
+    _check_breakpoints(body.get("messages") or [])
     return out
+
+
+def sampling_refused(field: str) -> Untranslatable:
+    """The refusal of ``field`` (temperature, top_p or top_k) under an anthropic-version
+    that refuses the sampling parameters."""
+    key = field.rsplit(".", 1)[-1]
+    return Untranslatable(
+        field,
+        f"anthropic-version {NO_SAMPLING_VERSION} and later refuse {key} (even at its "
+        "default): remove it, or set the provider's anthropic_version to 2023-06-01",
+    )
+
+
+def _check_breakpoints(messages: list[dict[str, Any]]) -> None:
+    """Each ``prompt_cache_breakpoint`` becomes a block marked cache_control, of which
+    Anthropic takes at most 4."""
+    marked = [
+        f"messages[{index}].content[{at}].prompt_cache_breakpoint"
+        for index, message in enumerate(messages)
+        for at, part in enumerate(_parts(message.get("content")))
+        if part.get("prompt_cache_breakpoint") is not None
+    ]
+    if len(marked) > MAX_BREAKPOINTS:
+        raise Untranslatable(
+            marked[MAX_BREAKPOINTS],
+            f"{len(marked)} cache breakpoints: Anthropic takes at most {MAX_BREAKPOINTS} "
+            "blocks marked cache_control; keep the last 4",
+        )
+
+
+def _parts(content: Any) -> list[dict[str, Any]]:
+    return [p for p in content if isinstance(p, dict)] if isinstance(content, list) else []
 
 
 def _param(key: str, value: Any, body: dict[str, Any], out: dict[str, Any]) -> None:
@@ -271,16 +300,27 @@ def _blocks(where: str, content: Any) -> list[dict[str, Any]]:
     if content is None:
         return []
     if isinstance(content, str):
-        return [{"type": "text", "text": content}]
+        return [{"type": "text", "text": _nonblank(f"{where}.content", content)}]
     return [_part(f"{where}.content[{index}]", part) for index, part in enumerate(content)]
+
+
+def _nonblank(field: str, text: str) -> str:
+    """Anthropic refuses an empty or whitespace-only text (OpenAI takes it)."""
+    if not text.strip():
+        raise Untranslatable(
+            field,
+            f"{'empty' if not text else 'whitespace only'}: Anthropic refuses empty or "
+            "whitespace-only text; give it some text or remove it",
+        )
+    return text
 
 
 def _part(where: str, part: dict[str, Any]) -> dict[str, Any]:
     kind = part.get("type")
     if kind == "text":
-        block: dict[str, Any] = {"type": "text", "text": part["text"]}
+        block: dict[str, Any] = {"type": "text", "text": _nonblank(f"{where}.text", part["text"])}
     elif kind == "refusal":
-        block = {"type": "text", "text": part["refusal"]}
+        block = {"type": "text", "text": _nonblank(f"{where}.refusal", part["refusal"])}
     elif kind == "image_url":
         block = {"type": "image", "source": _image_source(where, part["image_url"]["url"])}
     else:
@@ -308,7 +348,16 @@ def _image_source(where: str, url: str) -> dict[str, Any]:
 
 def _assistant(where: str, message: dict[str, Any]) -> list[dict[str, Any]]:
     # an empty text beside tool calls says nothing (Anthropic refuses empty text blocks)
-    blocks = [b for b in _blocks(where, message.get("content")) if b.get("text") != ""]
+    content = message.get("content")
+    calls = bool(message.get("tool_calls"))
+    if isinstance(content, str):
+        blocks = [] if calls and content == "" else _blocks(where, content)
+    else:
+        blocks = [
+            _part(f"{where}.content[{index}]", part)
+            for index, part in enumerate(content or [])
+            if not (calls and part.get("type") == "text" and part.get("text") == "")
+        ]
     if message.get("refusal"):
         blocks.append({"type": "text", "text": message["refusal"]})
     for index, call in enumerate(message.get("tool_calls") or []):
@@ -331,6 +380,12 @@ def _assistant(where: str, message: dict[str, Any]) -> list[dict[str, Any]]:
                 "name": call["function"]["name"],
                 "input": arguments,
             }
+        )
+    if not blocks:
+        raise Untranslatable(
+            f"{where}.content",
+            "an assistant message with no content and no tool calls: Anthropic refuses "
+            "empty messages; remove it",
         )
     return blocks
 

@@ -88,12 +88,19 @@ def _stop_reason(reason: Any, blocks: list[dict[str, Any]]) -> str | None:
     return STOP_REASONS.get(reason, "end_turn") if reason else None
 
 
-def _usage(counted: Usage) -> dict[str, Any]:
+def message_usage(counted: Usage) -> dict[str, Any]:
+    """A usage in an Anthropic Message's form: every prompt token under the count it was
+    billed as (plain input, cache read, cache write: 5-minute or 1-hour)."""
+    written, hour = counted.cache_write_tokens, counted.cache_write_1h_tokens
     return {
         "input_tokens": counted.uncached_prompt_tokens,
         "output_tokens": counted.completion_tokens,
         "cache_read_input_tokens": counted.cached_tokens,
-        "cache_creation_input_tokens": 0,
+        "cache_creation_input_tokens": written,
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": written - hour,
+            "ephemeral_1h_input_tokens": hour,
+        },
     }
 
 
@@ -114,5 +121,5 @@ def completion_to_message(
         "content": blocks,
         "stop_reason": _stop_reason(choice.get("finish_reason"), blocks),
         "stop_sequence": None,
-        "usage": _usage(booked or Usage.from_api(completion.get("usage"))),
+        "usage": message_usage(booked or Usage.from_api(completion.get("usage"))),
     }

@@ -70,7 +70,7 @@ def message_to_completion(message: dict[str, Any], created: int) -> dict[str, An
         ],
     }
     usage = message.get("usage")
-    if usage:
+    if usage and usage.get("input_tokens") is not None:  # else none: booked at worst case
         completion["usage"] = completion_usage(usage)
     return completion
 
@@ -91,5 +91,6 @@ def completion_usage(usage: dict[str, Any]) -> dict[str, Any]:
             "cache_creation_input_tokens": written,
             "cache_read_input_tokens": read,
             "output_tokens": output,
-        },
+        }
+        | ({"cache_creation": usage["cache_creation"]} if usage.get("cache_creation") else {}),
     }

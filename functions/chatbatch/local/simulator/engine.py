@@ -276,12 +276,12 @@ class Engine:
         if (self._models and model not in self._models) or kind is not None:
             if kind is not None:
                 self._counters.count_fault(f"account_{kind.value}")
-            status = {"insufficient_quota": 402, "invalid_api_key": 401}.get(
+            status = {"insufficient_quota": 400, "invalid_api_key": 401}.get(
                 kind.value if kind else "", 404
             )
             message = "invalid x-api-key" if status == 401 else f"model: {model}"
-            if status == 402:
-                message = "Your credit balance is too low to access the Anthropic API."
+            if status == 400:  # Anthropic's out-of-credit answer: a 400, not a 402
+                message = anthropic.NO_CREDIT
             raise anthropic.AnthropicError(status, message)
         limits = self._limits_of(model)
         try:
@@ -305,7 +305,8 @@ class Engine:
             limits.check(model, now, self.settings, cache.prompt + output)
         except RateLimited as err:
             self._counters.count_rate_limited(err.cause)
-            raise anthropic.AnthropicError(429, err.message, err.headers) from None
+            headers = {k: v for k, v in err.headers.items() if k != "retry-after-ms"}
+            raise anthropic.AnthropicError(429, err.message, headers) from None  # no -ms: OpenAI's
         fault = self._next_fault()
         if fault is not None and fault.kind not in GENERATED:
             limits.record(now, 0)
@@ -319,6 +320,7 @@ class Engine:
             cache.cache_read_input_tokens,
             output,
             cache_write=cache.cache_creation_input_tokens,
+            cache_write_1h=cache.cache_write_1h_tokens,
         )
         self._serial += 1
         key = request_key(body)
@@ -327,12 +329,7 @@ class Engine:
             model=model,
             text=text,
             stop_reason=anthropic.STOP[finish],
-            usage={
-                "input_tokens": cache.input_tokens,
-                "cache_creation_input_tokens": cache.cache_creation_input_tokens,
-                "cache_read_input_tokens": cache.cache_read_input_tokens,
-                "output_tokens": output,
-            },
+            usage=cache.usage(output),
         )
         kind = fault.kind if fault else None
         reply = message_reply(answer, self.settings, stream=bool(body.get("stream")), fault=kind)

@@ -1,8 +1,10 @@
 """Anthropic's Messages API as the simulator speaks it (``POST /v1/messages``), written
 from Anthropic's documentation and never from chatbatch's translation: what it accepts
 and refuses (``validate_messages``: ``x-api-key`` and ``anthropic-version`` required,
-``max_tokens`` required, roles user and assistant only, typed content blocks,
-``tool_use`` / ``tool_result`` pairing, unknown top-level fields refused), its error
+``max_tokens`` required, roles user, assistant and system (a system message in
+``messages``, as the SDK declares), typed content blocks (search_result included),
+``tool_use`` / ``tool_result`` pairing, unknown top-level fields refused, a top-level
+``cache_control`` taken, and the refusals of ``message_refusals``), its error
 shape (``AnthropicError``: ``{"type": "error", "error": {"type", "message"},
 "request_id"}``), prompt caching (``cache_usage``: a prefix ending in a block marked
 ``cache_control`` is billed as ``cache_creation_input_tokens`` the first time and
@@ -24,6 +26,7 @@ from typing import Any
 
 from chatbatch.local.simulator.answers import count_tokens
 from chatbatch.local.simulator.api import ApiError
+from chatbatch.local.simulator.message_refusals import refusal
 
 TOP_LEVEL = frozenset(
     {
@@ -41,11 +44,13 @@ TOP_LEVEL = frozenset(
         "tool_choice",
         "thinking",
         "service_tier",
+        "cache_control",
     }
 )
 BLOCK_TYPES = {
-    "user": ("text", "image", "tool_result", "document"),
+    "user": ("text", "image", "tool_result", "document", "search_result"),
     "assistant": ("text", "tool_use", "thinking", "redacted_thinking"),
+    "system": ("text",),  # a system message in messages (the SDK's SystemMessageParam)
 }
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 ERROR_TYPES = {
@@ -59,6 +64,11 @@ ERROR_TYPES = {
     500: "api_error",
     529: "overloaded_error",
 }
+# Anthropic's answer to an account out of credit: a 400 invalid_request_error, not a 402
+NO_CREDIT = (
+    "Your credit balance is too low to access the Anthropic API. Please go to Plans & "
+    "Billing to upgrade or purchase credits."
+)
 MESSAGE_OVERHEAD = 4
 REQUEST_OVERHEAD = 3
 
@@ -117,8 +127,26 @@ def _check_block(where: str, role: str, block: Any) -> None:
         raise invalid(f"{where}: a tool_use block needs id, name and an input object")
     if kind == "tool_result" and not isinstance(block.get("tool_use_id"), str):
         raise invalid(f"{where}.tool_use_id: Field required")
-    control = block.get("cache_control")
-    if control is not None and control.get("type") != "ephemeral":
+    if kind == "search_result":
+        _check_search_result(where, block)
+    _check_cache_control(where, block.get("cache_control"))
+
+
+def _check_search_result(where: str, block: dict[str, Any]) -> None:
+    if not (isinstance(block.get("source"), str) and isinstance(block.get("title"), str)):
+        raise invalid(f"{where}: a search_result block needs source and title")
+    content = block.get("content")
+    if not isinstance(content, list) or not all(
+        isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
+        for b in content
+    ):
+        raise invalid(f"{where}.content: Input should be a list of text blocks")
+
+
+def _check_cache_control(where: str, control: Any) -> None:
+    if control is not None and (
+        not isinstance(control, dict) or control.get("type") != "ephemeral"
+    ):
         raise invalid(f"{where}.cache_control.type: Input should be 'ephemeral'")
 
 
@@ -129,15 +157,8 @@ def _check_messages(messages: Any) -> None:
     for index, message in enumerate(messages):
         where = f"messages.{index}"
         role = message.get("role") if isinstance(message, dict) else None
-        if role not in ("user", "assistant"):
-            raise invalid(
-                f"{where}.role: Input should be 'user' or 'assistant'"
-                + (
-                    " (a system prompt goes in the top-level system field)"
-                    if role == "system"
-                    else ""
-                )
-            )
+        if role not in BLOCK_TYPES:
+            raise invalid(f"{where}.role: Input should be 'user', 'assistant' or 'system'")
         content = message.get("content")
         if isinstance(content, str):
             blocks: list[Any] = []
@@ -179,6 +200,7 @@ def validate_messages(body: Any) -> None:
     if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
         raise invalid("max_tokens: Input should be a valid integer greater than or equal to 1")
     _check_messages(body.get("messages"))
+    _check_cache_control("cache_control", body.get("cache_control"))
     system = body.get("system")
     if system is not None and not isinstance(system, str):
         for number, block in enumerate(system if isinstance(system, list) else [None]):
@@ -190,6 +212,9 @@ def validate_messages(body: Any) -> None:
     for number, tool in enumerate(body.get("tools") or []):
         if not isinstance(tool, dict) or not isinstance(tool.get("input_schema"), dict):
             raise invalid(f"tools.{number}.input_schema: Field required")
+    refused = refusal(body)
+    if refused is not None:
+        raise invalid(refused)
 
 
 # --- what is billed -------------------------------------------------------------------
@@ -208,26 +233,33 @@ def _text_of(block: Any) -> str:
         return " ".join(_text_of(b) for b in inner if b is not None)
     if block.get("type") == "image":
         return "image " * 85
+    if block.get("type") == "search_result":
+        texts = " ".join(_text_of(b) for b in block.get("content") or [])
+        return f"{block.get('source', '')} {block.get('title', '')} {texts}"
     if block.get("type") == "tool_use" or "input_schema" in block:
         return json.dumps(block)
     return str(block.get("text") or block.get("thinking") or "")
 
 
-def _units(body: dict[str, Any]) -> Iterator[tuple[Any, int, bool]]:
-    """(unit, tokens, cache breakpoint after it?) in the cache's order: tools, system,
-    messages (each message's blocks)."""
+def _ttl(unit: Any) -> str | None:
+    """A unit's cache breakpoint: its ttl ("5m" unless it says "1h"), or None."""
+    control = unit.get("cache_control") if isinstance(unit, dict) else None
+    return (control.get("ttl") or "5m") if isinstance(control, dict) else None
+
+
+def _units(body: dict[str, Any]) -> Iterator[tuple[Any, int, str | None]]:
+    """(unit, tokens, the ttl of a cache breakpoint after it or None) in the cache's order:
+    tools, system, messages (each message's blocks)."""
     for tool in body.get("tools") or []:
-        yield tool, count_tokens(json.dumps(tool)), tool.get("cache_control") is not None
+        yield tool, count_tokens(json.dumps(tool)), _ttl(tool)
     system = body.get("system")
     for block in [system] if isinstance(system, str) else system or []:
-        marked = isinstance(block, dict) and block.get("cache_control") is not None
-        yield block, count_tokens(_text_of(block)), marked
+        yield block, count_tokens(_text_of(block)), _ttl(block)
     for message in body["messages"]:
         content = message["content"]
-        yield message["role"], MESSAGE_OVERHEAD, False
+        yield message["role"], MESSAGE_OVERHEAD, None
         for block in [content] if isinstance(content, str) else content:
-            marked = isinstance(block, dict) and block.get("cache_control") is not None
-            yield block, count_tokens(_text_of(block)), marked
+            yield block, count_tokens(_text_of(block)), _ttl(block)
 
 
 @dataclass(frozen=True)
@@ -238,6 +270,21 @@ class CacheUsage:
     cache_creation_input_tokens: int
     cache_read_input_tokens: int
     breakpoints: list[bytes]  # the digests of the prefixes marked for caching
+    cache_write_1h_tokens: int = 0  # of the writes, those to the 1-hour cache
+
+    def usage(self, output: int) -> dict[str, Any]:
+        """Anthropic's usage block for these input tokens and ``output``."""
+        hour = self.cache_write_1h_tokens
+        return {
+            "input_tokens": self.input_tokens,
+            "cache_creation_input_tokens": self.cache_creation_input_tokens,
+            "cache_read_input_tokens": self.cache_read_input_tokens,
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": self.cache_creation_input_tokens - hour,
+                "ephemeral_1h_input_tokens": hour,
+            },
+            "output_tokens": output,
+        }
 
     @property
     def prompt(self) -> int:
@@ -246,18 +293,20 @@ class CacheUsage:
 
 def cache_usage(body: dict[str, Any], seen: set[bytes]) -> CacheUsage:
     """The input tokens of ``body``: the longest marked prefix in ``seen`` read from the
-    cache, the rest up to the last marked prefix written to it, the remainder plain."""
+    cache, the rest up to the last marked prefix written to it (up to the last one marked
+    ttl "1h" written to the 1-hour cache, the rest to the 5-minute one), the remainder
+    plain."""
     running, total = hashlib.sha256(), REQUEST_OVERHEAD
-    marks: list[tuple[bytes, int]] = []
-    for unit, tokens, marked in _units(body):
+    marks: list[tuple[bytes, int, str]] = []
+    for unit, tokens, ttl in _units(body):
         running.update(json.dumps(unit, sort_keys=True).encode())
         total += tokens
-        if marked:
-            marks.append((running.copy().digest()[:16], total))
-    read = max((end for digest, end in marks if digest in seen), default=0)
-    written = max((end for _, end in marks), default=0) - read
-    written = max(written, 0)
-    return CacheUsage(total - read - written, written, read, [d for d, _ in marks])
+        if ttl is not None:
+            marks.append((running.copy().digest()[:16], total, ttl))
+    read = max((end for digest, end, _ in marks if digest in seen), default=0)
+    written = max(max((end for _, end, _ in marks), default=0) - read, 0)
+    hour = max(max((end for _, end, ttl in marks if ttl == "1h"), default=0) - read, 0)
+    return CacheUsage(total - read - written, written, read, [d for d, _, _ in marks], hour)
 
 
 # --- the answer -----------------------------------------------------------------------
@@ -273,7 +322,7 @@ class MessageAnswer:
     model: str
     text: str
     stop_reason: str
-    usage: dict[str, int]
+    usage: dict[str, Any]
 
     def body(self) -> dict[str, Any]:
         return {

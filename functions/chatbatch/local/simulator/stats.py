@@ -20,6 +20,9 @@ class ModelBill(BaseModel):
     cache_write_tokens: int = Field(
         default=0, description="prompt tokens written to the cache (Anthropic's /v1/messages)"
     )
+    cache_write_1h_tokens: int = Field(
+        default=0, description="of cache_write_tokens, those written to the 1-hour cache"
+    )
     completion_tokens: int = Field(default=0, description="output tokens, reasoning included")
 
 
@@ -48,6 +51,9 @@ class Stats(BaseModel):
     cached_tokens: int = Field(description="cached prompt tokens of every billed generation")
     cache_write_tokens: int = Field(
         default=0, description="prompt tokens written to the cache by every billed generation"
+    )
+    cache_write_1h_tokens: int = Field(
+        default=0, description="of cache_write_tokens, those written to the 1-hour cache"
     )
     completion_tokens: int = Field(
         description="output tokens of every billed generation, reasoning included"
@@ -116,14 +122,17 @@ class Counters:
         completion: int,
         *,
         cache_write: int = 0,
+        cache_write_1h: int = 0,
     ) -> None:
         """An answer generated: billed, whether or not it is ever delivered. ``prompt``
-        holds every input token, ``cached`` (read) and ``cache_write`` (written) included."""
+        holds every input token, ``cached`` (read) and ``cache_write`` (written; of them
+        ``cache_write_1h`` to the 1-hour cache) included."""
         bill = self.billed_by_model.setdefault(model, ModelBill())
         bill.calls += 1
         bill.prompt_tokens += prompt
         bill.cached_tokens += cached
         bill.cache_write_tokens += cache_write
+        bill.cache_write_1h_tokens += cache_write_1h
         bill.completion_tokens += completion
         self.billed.add(now, prompt + completion)
         self.max_tokens_60s = max(self.max_tokens_60s, self.billed.total)
@@ -153,6 +162,7 @@ class Counters:
             prompt_tokens=sum(b.prompt_tokens for b in bills),
             cached_tokens=sum(b.cached_tokens for b in bills),
             cache_write_tokens=sum(b.cache_write_tokens for b in bills),
+            cache_write_1h_tokens=sum(b.cache_write_1h_tokens for b in bills),
             completion_tokens=sum(b.completion_tokens for b in bills),
             max_requests_60s=self.max_requests_60s,
             max_requests_1s=self.max_requests_1s,
