@@ -3,7 +3,7 @@ anthropic SDK's ``MessageCreateParamsNonStreaming`` and the content blocks it ho
 
 A line ``{"custom_id", "params": {...}}`` is validated here and its params are kept as
 given (``AnthropicParams.given``). Every key the SDK declares is declared here or refused
-with a reason (``REFUSED_KEYS``); ``tests/unit/test_anthropic_params.py`` checks the mirror
+with a reason (``REFUSED_KEYS``); ``tests/unit/test_anthropic_lines.py`` checks the mirror
 against the SDK's TypedDicts. ``temperature``, ``top_p`` and ``top_k`` are accepted as
 Anthropic's API reference documents them (the 2.15 SDK no longer declares them).
 
