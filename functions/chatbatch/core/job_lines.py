@@ -313,8 +313,10 @@ def _line_field(field: str, params: dict[str, Any]) -> str:
 
 
 def _anthropic(data: dict[str, Any], config: Config, seq: int | None) -> Job:
-    """An Anthropic line -> Job: its params validated and kept as given, and translated
-    into the chat request an OpenAI-kind provider is sent (``core.anthropic_to_chat``)."""
+    """An Anthropic line -> Job: its params validated and kept as given (a role's system
+    prompt added when they have no ``system``); for a model on Anthropic's own API that is
+    all (``_native``), for an OpenAI-kind one they are also translated into the chat request
+    it is sent (``core.anthropic_to_chat``)."""
     if isinstance(data["params"], dict) and "max_tokens" not in data["params"]:
         raise JobError(
             "params.max_tokens",
