@@ -421,3 +421,31 @@ def test_native_line_with_search_results_as_a_tool_result_is_accepted() -> None:
     job = parse_job({"custom_id": "sr", "params": params}, config)
     body = wire_body(job, config.models["haiku"], config.providers["claude"])
     assert body["messages"] == params["messages"]
+
+
+def test_a_roles_system_prompt_goes_into_a_line_without_system_for_either_kind() -> None:
+    """A line's ``role`` adds its system prompt to params without ``system`` (sent as given
+    to Anthropic's API, translated for an OpenAI-kind one); a line's own system stays."""
+    config = parse_config(anthropic_config())
+    prompt = config.roles["classify"].system_prompt
+    for model in ("haiku", "deepseek-chat"):
+        line = {
+            "custom_id": "r",
+            "role": "classify",
+            "params": {
+                "model": model,
+                "max_tokens": 8,
+                "messages": [{"role": "user", "content": "x"}],
+            },
+        }
+        job = parse_job(line, config, seq=1)
+        assert job.native_params is not None and job.native_params["system"] == prompt
+        again = parse_job(json.loads(job.to_line()), config)
+        assert again == job  # read back, the prompt is not added twice
+        sent = wire_body(job, config.models[model], config.providers[config.models[model].provider])
+        assert sent.get("system") == prompt or sent["messages"][0] == {
+            "role": "system",
+            "content": prompt,
+        }
+        own = {**line, "params": {**line["params"], "system": "mine"}}
+        assert parse_job(own, config, seq=1).native_params["system"] == "mine"  # type: ignore[index]
