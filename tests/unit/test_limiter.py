@@ -33,7 +33,7 @@ from chatbatch.state.limiter.limiter import (
     RateLimiter,
     RequestTooLargeError,
 )
-from chatbatch.state.limiter.policy import HORIZON_S, PACE_MARGIN, WINDOW_S
+from chatbatch.state.limiter.policy import PACE_MARGIN, WINDOW_S
 
 if TYPE_CHECKING:
     from conftest import Dynamo
@@ -312,37 +312,6 @@ def test_a_pace_denial_waits_until_half_the_horizons_sends_fit(
     lease = limiter.lease(MODEL, Priority.normal, [10] * 10)
     assert lease.granted == 5, (lease.wait_s, lease.grant.reason)
     assert lease.send_at(0) == pytest.approx(START + 10 * step)  # after the booked ones
-
-
-def test_a_grant_written_after_others_stacked_sends_lands_behind_them(
-    dynamo: Dynamo, config: Config
-) -> None:
-    """Workers decide on what they read. A grant whose read missed others' sends still
-    lands in its one write, its sends stacked after theirs, while its last send starts
-    within two horizons (the horizon and ``STACK_SLACK_S``); further out it loses the write
-    and is told to wait for the pace."""
-    now = [START]
-    cfg = with_model(config, 600, 10_000_000)
-    a, b, c = (unspread(dynamo, cfg, now) for _ in range(3))
-    step = 0.1 / PACE_MARGIN
-    calls: list[str] = []
-    dynamo.client.meta.events.register(
-        "before-call.dynamodb", lambda model, **_: calls.append(model.name)
-    )
-    assert b.lease(MODEL, Priority.normal, [10]).granted == 1  # B reads the shard: nx 1 step
-    assert c.lease(MODEL, Priority.normal, [10]).granted == 1  # C reads it: nx 2 steps
-    assert a.lease(MODEL, Priority.normal, [10] * 10).granted == 8  # A: the horizon is full
-    calls.clear()
-    late = b.lease(MODEL, Priority.normal, [10] * 10)  # B saw nx at 1 step: 9 more fit
-    assert late.granted == 9 and calls == ["UpdateItem"]  # one write, no lost race
-    sends = [late.send_at(i) for i in range(9)]
-    assert sends == pytest.approx([START + (10 + i) * step for i in range(9)], abs=1e-4)
-    assert sends[-1] <= START + 2 * HORIZON_S
-    calls.clear()
-    later = c.lease(MODEL, Priority.normal, [10] * 10)  # C's view is older still
-    assert (later.granted, later.grant.reason) == (0, "pace")
-    # its write failed; the item it returned says wait (and the priority is marked waiting)
-    assert calls == ["UpdateItem", "UpdateItem"]
 
 
 def test_a_lease_takes_several_jobs_in_one_write_and_gives_back(

@@ -25,20 +25,19 @@ and a grant in slot ``s`` needs ``sum(slots s-60 .. s) + n <= limit``. Any 60 s 
 lies inside 61 consecutive slots, so it never grants more than the limit; at saturation
 that costs one slot in 61 (98.4 % of the limit is used).
 
-**Sends are spaced.** Providers enforce their limits over shorter periods too (600/min
-as 10 per second), so each shard keeps ``nx``, when its next request may be sent, and a
+**Sends are spaced.** Providers enforce their limits over shorter periods too (600/min as
+10 per second), so each shard keeps ``nx``, when its next request may be sent, and a
 grant books its requests one interval (``60 / rpm`` s, at the effective limit) after the
-other: ``ADD nx k x interval IF nx <= now + horizon + slack - (k-1) x interval`` while
-sends are booked ahead (granted when they fit the horizon as read; the slack lets grants
-that landed since push them later rather than fail the write; concurrent grants stack
-without a version lock; the returned item says which times are whose), a version check
-when the shard was idle (they start now). The worker sends each job at its time, so no
-rolling second carries more than ``rpm / 60`` and no minute more than ``rpm`` from all
-workers together. A time granted and then released goes to the instance's next grant
-(``spares``). A worker denied for the pace asks again when half the horizon is free (one
-race wins several sends, not one); a 429 of a shorter period spaces the sends wider
-(``fb``, grows back). Tokens are not spaced: their estimates are worst cases, mostly
-given back; spacing them would spend the minute's window in its first seconds.
+other: ``ADD nx k x interval IF nx <= now + horizon - (k-1) x interval`` while sends are
+booked ahead (concurrent grants stack without a version lock; the returned item says
+which times are whose), a version check when the shard was idle (they start now). The
+worker sends each job at its time, so no rolling second carries more than ``rpm / 60``
+and no minute more than ``rpm`` from all workers together. A time granted and then
+released goes to the instance's next grant (``spares``). A worker denied for the pace
+asks again when half the horizon is free (one race wins several sends, not one); a 429
+of a shorter period spaces the sends wider (``fb``, grows back). Tokens are not spaced: their
+estimates are worst cases, mostly given back; spacing them would spend the minute's
+window in its first seconds.
 
 **Atomic without arithmetic in conditions.** DynamoDB conditions compare an attribute
 with a value; they cannot add. The client reads the item, sums the *closed* slots

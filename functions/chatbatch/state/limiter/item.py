@@ -32,7 +32,6 @@ from chatbatch.state.limiter.policy import (
     MARK_EVERY_S,
     METRICS,
     PRIO_SLOTS,
-    STACK_SLACK_S,
     US,
     WINDOW_SLOTS,
     Limits,
@@ -166,10 +165,8 @@ def grant_update(
     sends after the shard's last booked send (``nx``), spaced, the first within ``horizon_s``.
 
     Booked ahead (``nx`` after now): ``ADD`` onto ``nx``, so concurrent grants stack their
-    sends without a version lock, bounded so that the first starts within the horizon and
-    ``STACK_SLACK_S`` (grants that landed since the read push it that much further at most;
-    a held-back grant, horizon 0, has no slack). Idle (``nx`` passed): the sends start now, a
-    version check on the ``nx`` read.
+    sends without a version lock, bounded so that the first starts within the horizon.
+    Idle (``nx`` passed): the sends start now, a version check on the ``nx`` read.
     ``served``: every job asked for is granted; the priority's starving mark goes (it
     holds others back only while it has jobs waiting).
     """
@@ -195,8 +192,7 @@ def _book_sends(expr: Update, st: State, spaced: int, horizon_s: float) -> None:
     step = step_us(st.limits)
     now_us = math.floor(st.now * US)
     if st.next_send_us is not None and st.next_send_us >= now_us:
-        latest = st.now + horizon_s + (STACK_SLACK_S if horizon_s > 0 else 0.0)
-        expr.not_grown(NEXT, math.floor(latest * US) - (spaced - 1) * step)
+        expr.not_grown(NEXT, math.floor((st.now + horizon_s) * US) - (spaced - 1) * step)
         expr.add(NEXT, spaced * step)
     else:
         expr.absent_or_equal(NEXT, st.next_send_us)

@@ -17,11 +17,7 @@ from dataclasses import dataclass, field
 SLOT_S = 1.0  # one slot of the sliding window
 WINDOW_S = 60.0  # the limits are per minute
 WINDOW_SLOTS = round(WINDOW_S / SLOT_S)  # closed slots in the window besides the current one
-HORIZON_S = 1.0  # a grant's sends are booked at most this far ahead of now (as read)
-# A grant's write still lands when other grants stacked sends after the worker's read, as
-# long as its first send starts within this much more than the horizon: the worker sends a
-# little later instead of losing the write (and asking again, and losing again) to them.
-STACK_SLACK_S = HORIZON_S
+HORIZON_S = 1.0  # a grant's sends are booked at most this far ahead of now
 REFILL_AT = 0.5  # a pace denial asks again once this part of the horizon's sends fit
 PRIO_SLOT_S = 10.0  # per-priority usage is kept in coarser slots
 PRIO_SLOTS = 7  # the current one and 6 before: 60-70 s, never less than the window
