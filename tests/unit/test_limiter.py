@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import itertools
 import random
 import threading
 from collections.abc import Callable
@@ -281,8 +280,8 @@ def test_workers_told_to_wait_for_the_same_send_ask_again_at_different_times(
 
 def test_a_denial_says_how_long_to_wait(dynamo: Dynamo, config: Config) -> None:
     now = [START + 0.25]
-    limiter = unspread(dynamo, with_model(config, 62, 100_000), now)
-    step = 60 / (62 * PACE_MARGIN)  # a little under a second between sends
+    limiter = unspread(dynamo, with_model(config, 61, 100_000), now)
+    step = 60 / (61 * PACE_MARGIN)  # a little under a second between sends
     assert limiter.acquire(MODEL, Priority.normal, 10).send_at(0) == START + 0.25
     second = limiter.acquire(MODEL, Priority.normal, 10)  # spaced, booked ahead
     assert second.send_at(0) == pytest.approx(START + 0.25 + step, abs=1e-5)
@@ -335,31 +334,6 @@ def test_a_lease_takes_several_jobs_in_one_write_and_gives_back(
     assert (status.used_requests, status.used_tokens) == (6, 6 * 400)
 
 
-def test_a_steady_stream_at_the_pace_is_never_stopped_by_the_window(
-    dynamo: Dynamo, config: Config
-) -> None:
-    """One worker sending as fast as the pace allows for three minutes: the minute's
-    window (61 one-second slots) never denies it, so the provider sees an even stream, not
-    the pace's surplus piling up until the window stops every send for seconds."""
-    now = [START]
-    limiter = unspread(dynamo, with_model(config, 600, 100_000_000), now)
-    sends: list[float] = []
-    reasons: list[str] = []
-    while now[0] < START + 180:
-        lease = limiter.lease(MODEL, Priority.normal, [10] * 5)
-        if lease.granted:
-            sends += [lease.send_at(i) for i in range(lease.granted)]
-            lease.close()
-        else:
-            reasons.append(lease.grant.reason)
-        now[0] = max(now[0], sends[-1]) + (lease.wait_s if not lease.granted else 0.001)
-    assert "window" not in reasons
-    gaps = [b - a for a, b in itertools.pairwise(sends)]
-    assert max(gaps) < 0.2  # never a stop
-    minute = [sum(1 for t in sends if s <= t < s + 60) for s in sends if s + 60 <= sends[-1]]
-    assert min(minute) >= 0.97 * 600 and max(minute) <= 600
-
-
 def test_a_worker_reads_the_shard_again_only_once_its_copy_is_a_second_old(
     dynamo: Dynamo, config: Config
 ) -> None:
@@ -389,7 +363,7 @@ def test_a_lease_is_cut_to_what_fits(dynamo: Dynamo, config: Config) -> None:
         dynamo.client, dynamo.table, with_model(config, 300, 100_000), clock=lambda: START
     )
     lease = limiter.lease(MODEL, Priority.normal, [100] * 10)
-    # sends spaced at 60 / (300 x 0.98) s: now and four more within the horizon (1 s)
+    # sends spaced at 60 / (300 x 0.99) s: now and four more within the horizon (1 s)
     assert lease.granted == 5, (lease.wait_s, lease.grant.reason)
     assert lease.wait_s > 0
     assert lease.grant.reason == "pace"

@@ -31,10 +31,8 @@ AIMD_STEP = 0.05  # then it grows back by 5 % of the limit ...
 AIMD_STEP_EVERY_S = 10.0  # ... every 10 s
 AIMD_FLOOR = 0.05
 # Sends are spaced at a little under the limit's rate: a send that leaves a few ms late
-# (a busy worker, the network) would otherwise be the 11th of a rolling second at 600/min;
-# and under what the window holds (61 one-second slots of grants <= the limit: 60/61 of
-# it), or a steady stream fills the window and every send stops for seconds at a time.
-PACE_MARGIN = 0.98
+# (a busy worker, the network) would otherwise be the 11th of a rolling second at 600/min.
+PACE_MARGIN = 0.99
 # A 429 refused by a shorter period (the minute still had room) slows the sends only:
 BURST_DECREASE = 0.9  # the spacing's rate loses a tenth ...
 BURST_COOLDOWN_S = 2.0  # ... at most once in this long
