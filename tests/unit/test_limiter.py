@@ -26,12 +26,7 @@ from limiter_sim import (
 
 from chatbatch.core.config import Config, Priority
 from chatbatch.provider.retry import RateLimitInfo
-from chatbatch.state.limiter.limiter import (
-    CACHE_S,
-    PACE_SPREAD_S,
-    RateLimiter,
-    RequestTooLargeError,
-)
+from chatbatch.state.limiter.limiter import PACE_SPREAD_S, RateLimiter, RequestTooLargeError
 from chatbatch.state.limiter.policy import PACE_MARGIN, WINDOW_S
 
 if TYPE_CHECKING:
@@ -332,30 +327,6 @@ def test_a_lease_takes_several_jobs_in_one_write_and_gives_back(
     assert calls.count("UpdateItem") == 2  # take 10, give back 4 jobs and 3,600 tokens
     status = limiter.status(MODEL)
     assert (status.used_requests, status.used_tokens) == (6, 6 * 400)
-
-
-def test_a_worker_reads_the_shard_again_only_once_its_copy_is_a_second_old(
-    dynamo: Dynamo, config: Config
-) -> None:
-    """The copy a write returned serves the next ask across a slot's edge (no read per
-    slot); once it is ``CACHE_S`` old the shard is read again (another worker's 429
-    reaches every worker within that time)."""
-    now = [START + 0.9]
-    limiter = unspread(dynamo, with_model(config, 600, 100_000_000), now)
-    calls: list[str] = []
-    dynamo.client.meta.events.register(
-        "before-call.dynamodb", lambda model, **_: calls.append(model.name)
-    )
-    assert limiter.lease(MODEL, Priority.normal, [10]).granted == 1
-    assert calls == ["GetItem", "UpdateItem"]
-    now[0] = START + 1.2  # the next slot, the copy 0.3 s old
-    calls.clear()
-    assert limiter.lease(MODEL, Priority.normal, [10]).granted == 1
-    assert calls == ["UpdateItem"]
-    now[0] = START + 1.2 + CACHE_S
-    calls.clear()
-    assert limiter.lease(MODEL, Priority.normal, [10]).granted == 1
-    assert calls == ["GetItem", "UpdateItem"]
 
 
 def test_a_lease_is_cut_to_what_fits(dynamo: Dynamo, config: Config) -> None:

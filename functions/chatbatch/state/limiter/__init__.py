@@ -52,8 +52,7 @@ Closed slots only shrink (give-backs), except the previous slot at a slot bounda
 which the condition pins (``r<s-1> <= value read``). A failed write returns the fresh
 item (``ReturnValuesOnConditionCheckFailure=ALL_OLD``) and the grant is recomputed
 without a read. Each instance caches the item its last request returned and re-reads
-(strongly consistent) once that copy is ``CACHE_S`` (1 s) old; denials meanwhile cost no
-request.
+(strongly consistent) at most once per slot; denials inside a slot cost no request.
 
 **Reconcile.** A give-back (unused request, estimate minus real usage) is a plain
 ``ADD`` of a negative number *into the slot of the grant*, so every window that counted

@@ -44,6 +44,7 @@ from chatbatch.state.limiter.policy import (
     Policy,
     State,
     Verdict,
+    slot_of,
 )
 from chatbatch.state.limiter.spares import Spares
 
@@ -51,9 +52,6 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 MAX_ATTEMPTS = 8  # conditional-write retries before a denial
-# A shard's item is read again once the copy at hand is this old: a worker sees another's
-# 429 (the factors) or a released mark within it.
-CACHE_S = 1.0
 PACE_SPREAD_S = REFILL_AT * HORIZON_S / 2  # waits for a send are spread over this much
 
 
@@ -172,7 +170,7 @@ class RateLimiter:
         self._rng = rng or random.Random()
         shares = [config.priorities[p].share for p in Priority]
         self._policy = Policy(shares)
-        self._cache: dict[tuple[str, int], tuple[float, Item]] = {}  # when read, the item
+        self._cache: dict[tuple[str, int], tuple[int, Item]] = {}
         self._spares = Spares()
         self._observed: dict[str, tuple[int | None, int | None]] = {}
         self._lock = threading.Lock()
@@ -287,13 +285,10 @@ class RateLimiter:
         return decode(item, now, self._model(model), self.shards(model))
 
     def _state(self, model: str, shard: int, now: float) -> State:
-        """The shard as last read or written here if that is less than ``CACHE_S`` old, else
-        read (strongly consistent). Another worker's 429 (the factors) reaches this one within
-        ``CACHE_S``; any other staleness costs at most a failed write (its conditions hold the
-        item to what the view decided on, and the item comes back)."""
+        """The shard as cached in this slot, else read (strongly consistent)."""
         with self._lock:
             cached = self._cache.get((model, shard))
-        if cached and 0 <= now - cached[0] < CACHE_S:
+        if cached and cached[0] == slot_of(now):
             return self._decode(model, cached[1], now)
         return self._read(model, shard, now)
 
@@ -308,7 +303,7 @@ class RateLimiter:
             if item is None:
                 self._cache.pop((model, shard), None)
             else:
-                self._cache[(model, shard)] = (now, item)
+                self._cache[(model, shard)] = (slot_of(now), item)
 
     def _update(self, model: str, shard: int, expr: Update, now: float) -> Item | None:
         """One UpdateItem: the item as written, or None if a condition failed. The item
