@@ -92,8 +92,10 @@ def test_a_send_wakes_the_poller_backing_off(queue, monkeypatch: pytest.MonkeyPa
     mapping = EventSourceMapping(counted, handler, MappingSettings(url, arn, max_concurrency=2))
     mapping.start()
     try:
-        time.sleep(2.0)  # backs off: 0.02, 0.04, ... 1.28 s, then 2.56 s
-        receives = counted.receives
+        receives = -1
+        while counted.receives != receives:  # until it waits a long back-off (> 3 s)
+            receives = counted.receives
+            time.sleep(3.0)
         sqs.send_message(QueueUrl=url, MessageBody="m")
         mapping.wake()
         assert got.wait(20), "received only after the back-off"
