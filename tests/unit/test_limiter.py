@@ -308,6 +308,52 @@ def test_a_pace_denial_waits_until_half_the_horizons_sends_fit(
     assert lease.send_at(0) == pytest.approx(START + 10 * step)  # after the booked ones
 
 
+def test_a_send_or_two_that_came_free_wait_for_the_refill(dynamo: Dynamo, config: Config) -> None:
+    """Crumbs of the horizon go to nobody: a worker that finds only one or two sends free
+    while it wants more waits until five fit (every waiting worker would race for the
+    crumbs, and all but one lose the write); one that wants only what fits gets it."""
+    now = [START]
+    limiter = unspread(dynamo, with_model(config, 600, 10_000_000), now)
+    step = 0.1 / PACE_MARGIN
+    assert limiter.lease(MODEL, Priority.normal, [10] * 10).granted == 10
+    now[0] += 2 * step  # two sends came free
+    crumbs = limiter.lease(MODEL, Priority.normal, [10] * 10)
+    assert (crumbs.granted, crumbs.grant.reason) == (0, "pace")
+    assert now[0] + crumbs.wait_s == pytest.approx(START + 14 * step - 1, abs=1e-4)
+    assert limiter.lease(MODEL, Priority.normal, [10] * 2).granted == 2  # wants no more
+
+
+class Widest(random.Random):
+    """Waits spread as far as allowed: the spread itself can be read off the wait."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+def test_a_worker_denied_again_and_again_asks_less_often(dynamo: Dynamo, config: Config) -> None:
+    """While a higher priority starves, a worker's pace denials in a row spread its next
+    ask twice as wide each time (up to 8x a quarter of the horizon), so a herd of waiting
+    workers does not race for every refill; a grant resets it, and the priority served
+    next (none above it starving) asks undelayed."""
+    now = [START]
+    cfg = with_model(config, 600, 10_000_000)
+    critical, normal = (
+        RateLimiter(dynamo.client, dynamo.table, cfg, clock=lambda: now[0], rng=Widest())
+        for _ in range(2)
+    )
+    assert critical.lease(MODEL, Priority.critical, [10] * 10).granted == 10
+    base = 14 * 0.1 / PACE_MARGIN - 1  # until five fit
+    top = [critical.acquire(MODEL, Priority.critical, 10).wait_s - base for _ in range(3)]
+    assert top == pytest.approx([PACE_SPREAD_S] * 3, abs=1e-4)  # critical starves now
+    spreads = [normal.acquire(MODEL, Priority.normal, 10).wait_s - base for _ in range(5)]
+    assert spreads == pytest.approx([PACE_SPREAD_S * k for k in (1, 2, 4, 8, 8)], abs=1e-4)
+    now[0] += 2.0  # the booked sends are past: a grant, and the backoff starts over
+    assert normal.acquire(MODEL, Priority.normal, 10).granted == 1
+    assert normal.lease(MODEL, Priority.normal, [10] * 10).granted == 9
+    again = normal.acquire(MODEL, Priority.normal, 10)
+    assert again.wait_s - base == pytest.approx(PACE_SPREAD_S, abs=1e-4)
+
+
 def test_a_lease_takes_several_jobs_in_one_write_and_gives_back(
     dynamo: Dynamo, config: Config
 ) -> None:

@@ -34,7 +34,10 @@ which times are whose), a version check when the shard was idle (they start now)
 worker sends each job at its time, so no rolling second carries more than ``rpm / 60``
 and no minute more than ``rpm`` from all workers together. A time granted and then
 released goes to the instance's next grant (``spares``). A worker denied for the pace
-asks again when half the horizon is free (one race wins several sends, not one); a 429
+asks again when half the horizon is free (one race wins several sends, not one), and one
+that finds only crumbs free (fewer sends than that, wanting more) waits for them too; its
+wait is spread at random, twice as wide per denial in a row while a higher priority
+starves (a herd of waiting workers asks about as often as there are sends to win); a 429
 of a shorter period spaces the sends wider (``fb``, grows back). Tokens are not spaced: their
 estimates are worst cases, mostly given back; spacing them would spend the minute's
 window in its first seconds.

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 
 MAX_ATTEMPTS = 8  # conditional-write retries before a denial
 PACE_SPREAD_S = REFILL_AT * HORIZON_S / 2  # waits for a send are spread over this much
+MAX_DOUBLINGS = 3  # ... doubled per denial in a row while a higher priority starves, up to 8x
 
 
 class RequestTooLargeError(ValueError):
@@ -172,6 +173,7 @@ class RateLimiter:
         self._policy = Policy(shares)
         self._cache: dict[tuple[str, int], tuple[int, Item]] = {}
         self._spares = Spares()
+        self._denials: dict[tuple[str, int], int] = {}  # pace denials in a row (backoff)
         self._observed: dict[str, tuple[int | None, int | None]] = {}
         self._lock = threading.Lock()
 
@@ -338,11 +340,17 @@ class RateLimiter:
             spares = self._spares.take(model, shard, now, len(tokens))
             st.spare = len(spares)
             jobs, fits, more = self._fit(st, rank, tokens)
+            if more.reason == "pace" and len(jobs) < min(len(tokens), Policy.refill(st)):
+                # Crumbs of the horizon (a send or two that came free) go to nobody: every
+                # waiting worker would race for them and all but one lose the write. The
+                # jobs ask again when the refill share fits, one grant of several sends.
+                jobs = []
             used, spares = spares[: len(jobs)], spares[len(jobs) :]
             self._spares.put(model, shard, spares, now)
             if not jobs:
                 self._mark_starving(model, shard, st, rank, tokens[0], more.wait_s)
-                return ask.outcome(-1, [], self._spread(more))
+                backoff = self._backoff(model, shard, st, rank)
+                return ask.outcome(-1, [], self._spread(more, backoff))
             assert fits.bounds is not None
             st.spare = len(used)
             served = len(jobs) == len(tokens)
@@ -352,18 +360,31 @@ class RateLimiter:
             written = self._update(model, shard, expr, now)
             if written is not None:
                 starts = (*used, *send_times(written, st, len(jobs) - len(used)))
+                self._denials.pop((model, shard), None)
                 return ask.outcome(st.slot, jobs, self._spread(more), starts)
             self._spares.put(model, shard, used, now)
-        return ask.outcome(-1, [], self._spread(Verdict(None, MIN_WAIT_S, "contention")))
+        contention = Verdict(None, MIN_WAIT_S, "contention")
+        return ask.outcome(-1, [], self._spread(contention, self._backoff(model, shard, st, rank)))
 
-    def _spread(self, more: Verdict) -> Verdict:
+    def _backoff(self, model: str, shard: int, st: State, rank: int) -> int:
+        """How many times to double the spread of this denial's wait: once more per pace
+        denial in a row of this instance on the shard (up to ``MAX_DOUBLINGS``), unless no
+        higher priority is starving: the priority that is served next asks undelayed."""
+        top = not any(st.starving(q) for q in range(rank))
+        with self._lock:
+            doublings = self._denials.get((model, shard), 0)
+            self._denials[(model, shard)] = min(doublings + 1, MAX_DOUBLINGS)
+        return 0 if top else doublings
+
+    def _spread(self, more: Verdict, doublings: int = 0) -> Verdict:
         """A wait for the spacing (or after lost races), spread at random over a quarter
-        of the horizon: every worker told to wait for the same send would otherwise ask
-        at the same instant, and all but one lose their write (half the horizon is still
-        booked meanwhile, so the provider stays busy)."""
+        of the horizon, ``doublings`` times doubled (``_backoff``): every worker told to
+        wait for the same send would otherwise ask at the same instant, and all but one
+        lose their write (half the horizon is still booked meanwhile, so the provider
+        stays busy)."""
         if more.reason not in ("pace", "contention"):
             return more
-        spread = self._rng.uniform(0, PACE_SPREAD_S)
+        spread = self._rng.uniform(0, PACE_SPREAD_S * 2**doublings)
         return dataclasses.replace(more, wait_s=more.wait_s + spread)
 
     def _fit(self, st: State, rank: int, tokens: list[int]) -> tuple[list[int], Verdict, Verdict]:

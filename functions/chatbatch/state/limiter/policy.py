@@ -22,7 +22,9 @@ REFILL_AT = 0.5  # a pace denial asks again once this part of the horizon's send
 PRIO_SLOT_S = 10.0  # per-priority usage is kept in coarser slots
 PRIO_SLOTS = 7  # the current one and 6 before: 60-70 s, never less than the window
 STARVING_S = 2.0  # a denied priority is starving until its wait is over and this long after
-MARK_EVERY_S = 0.5  # a starving mark is extended only by at least this much
+# A starving mark is extended only by at least this much: it lasts 2 s past its jobs'
+# next ask, so it still covers the ask, and a priority's denials write it every 1.5 s.
+MARK_EVERY_S = 1.5
 AIMD_DECREASE = 0.5  # a 429 halves the limit ...
 AIMD_DECREASE_KNOWN = 0.9  # ... or takes 10 % off when the provider told us its limit,
 AIMD_ESCALATE_S = 30.0  # unless 429s keep coming: a 429 this soon after a decrease halves
@@ -269,9 +271,14 @@ class Policy:
             # Ask again when half the horizon's sends fit, not when one more does: every
             # waiting worker wakes at that moment and one wins, so a wake that finds
             # several sends free turns one race into one grant of several jobs.
-            refill = math.ceil(REFILL_AT * horizon * US / step_us(st.limits))
+            refill = self.refill(st, horizon)
             return window_bound, (self.spacing_wait(st, max(n, refill), horizon), "pace")
         return window_bound, None
+
+    @staticmethod
+    def refill(st: State, horizon: float = HORIZON_S) -> int:
+        """The sends a pace denial waits for: the ``REFILL_AT`` part of the horizon's."""
+        return math.ceil(REFILL_AT * horizon * US / step_us(st.limits))
 
     @staticmethod
     def spacing_wait(st: State, n: int, horizon: float = HORIZON_S) -> float:
