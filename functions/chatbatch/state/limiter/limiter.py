@@ -348,9 +348,10 @@ class RateLimiter:
             used, spares = spares[: len(jobs)], spares[len(jobs) :]
             self._spares.put(model, shard, spares, now)
             if not jobs:
+                more = self._spread(more, self._backoff(model, shard, st, rank))
+                # starving until its jobs ask again (the spread wait) and a little longer
                 self._mark_starving(model, shard, st, rank, tokens[0], more.wait_s)
-                backoff = self._backoff(model, shard, st, rank)
-                return ask.outcome(-1, [], self._spread(more, backoff))
+                return ask.outcome(-1, [], more)
             assert fits.bounds is not None
             st.spare = len(used)
             served = len(jobs) == len(tokens)

@@ -23,8 +23,8 @@ PRIO_SLOT_S = 10.0  # per-priority usage is kept in coarser slots
 PRIO_SLOTS = 7  # the current one and 6 before: 60-70 s, never less than the window
 STARVING_S = 2.0  # a denied priority is starving until its wait is over and this long after
 # A starving mark is extended only by at least this much: it lasts 2 s past its jobs'
-# next ask, so it still covers the ask, and a priority's denials write it every 1.5 s.
-MARK_EVERY_S = 1.5
+# next ask, so it still covers the ask, and a priority's denials write it once a second.
+MARK_EVERY_S = 1.0
 AIMD_DECREASE = 0.5  # a 429 halves the limit ...
 AIMD_DECREASE_KNOWN = 0.9  # ... or takes 10 % off when the provider told us its limit,
 AIMD_ESCALATE_S = 30.0  # unless 429s keep coming: a 429 this soon after a decrease halves
