@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 
 MAX_ATTEMPTS = 8  # conditional-write retries before a denial
 PACE_SPREAD_S = REFILL_AT * HORIZON_S / 2  # waits for a send are spread over this much
-MAX_DOUBLINGS = 3  # ... doubled per denial in a row while a higher priority starves, up to 8x
+MAX_DOUBLINGS = 2  # ... doubled per denial in a row while a higher priority starves, up to 4x
 
 
 class RequestTooLargeError(ValueError):
@@ -348,10 +348,9 @@ class RateLimiter:
             used, spares = spares[: len(jobs)], spares[len(jobs) :]
             self._spares.put(model, shard, spares, now)
             if not jobs:
-                more = self._spread(more, self._backoff(model, shard, st, rank))
-                # starving until its jobs ask again (the spread wait) and a little longer
                 self._mark_starving(model, shard, st, rank, tokens[0], more.wait_s)
-                return ask.outcome(-1, [], more)
+                backoff = self._backoff(model, shard, st, rank)
+                return ask.outcome(-1, [], self._spread(more, backoff))
             assert fits.bounds is not None
             st.spare = len(used)
             served = len(jobs) == len(tokens)
