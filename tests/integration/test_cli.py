@@ -138,9 +138,18 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def queued_anywhere(local: Local) -> int:
-    overview = local.json("status")
-    return sum(q["queued"] + q["in_flight"] + q["delayed"] for q in overview["queues"])
+def queued_anywhere(local: Local, settle_s: float = 10.0) -> int:
+    """Messages left in the queues (visible, in flight, delayed). A job's result is stored
+    before its invocation returns and the emulated mapping deletes the message, so a
+    message may still be in flight for a moment after the batch counts it done: wait up
+    to ``settle_s`` for it to go."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        overview = local.json("status")
+        left = sum(q["queued"] + q["in_flight"] + q["delayed"] for q in overview["queues"])
+        if left == 0 or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
 
 
 @dataclass
