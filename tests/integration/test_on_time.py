@@ -8,8 +8,7 @@ Through the local runtime at 60 requests/min (a send a second): every third wake
 stalled by 1.3 s. With the guard no two requests reach the provider closer than the
 spacing allows, every job is answered once, and the re-booked sends' first capacity went
 back to the limiter; without it (the same run, the guard off) a stalled send lands 0.3 s
-after the next one. A re-booked send is not re-booked again (``on_time`` takes capacity
-anew once): here it is not stalled.
+after the next one.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import boto3
 import pytest
@@ -48,24 +46,17 @@ class Run:
 
 @pytest.fixture
 def stalled(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """Every third wake for a first send time comes ``STALL_S`` late (a send re-booked
-    after a stall is not stalled again: it is sent late then); yields the stall count."""
-    wakes, stalls, rebooked = itertools.count(), [0], set()
-    original, retry_capacity = pipeline.send_at, pipeline._retry_capacity
+    """Every third wake for a send time comes ``STALL_S`` late; yields the stall count."""
+    wakes, stalls = itertools.count(), [0]
+    original = pipeline.send_at
 
     async def late(lease: Lease, index: int) -> None:
         await original(lease, index)
-        if (id(lease), index) not in rebooked and next(wakes) % 3 == 0:
+        if next(wakes) % 3 == 0:
             stalls[0] += 1
             await asyncio.sleep(STALL_S)
 
-    async def anew(*args: Any) -> tuple[Lease, int]:
-        lease, index = await retry_capacity(*args)
-        rebooked.add((id(lease), index))
-        return lease, index
-
     monkeypatch.setattr(pipeline, "send_at", late)
-    monkeypatch.setattr(pipeline, "_retry_capacity", anew)
     yield stalls
 
 

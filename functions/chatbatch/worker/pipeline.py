@@ -193,18 +193,14 @@ async def on_time(inv: Invocation, intake: Intake, model: str, tokens: int, slot
     it (stalled: a busy CPU, a slow write before the send) gives the slot back and takes
     capacity anew: the late send would bunch with the sends booked after it, and the
     provider's minute would see it in a later window than the limiter counted it in.
-    Once: a worker late again is stalled by its process, not by its slot, and taking
-    capacity again and again would only add to the load that stalls it (a saturated
-    process would spend itself on re-booking). Returns the slot to send on; raises
-    ``_RetryThrottled`` if none comes soon."""
-    lease, index = slot
-    await send_at(lease, index)
-    if time.time() - lease.send_at(index) <= MAX_LATE_S:
-        return slot
-    lease.release(index)  # never sent: its request goes back, the passed time is gone
-    slot = await _retry_capacity(inv, intake, model, tokens)
-    await send_at(*slot)
-    return slot
+    Returns the slot to send on; raises ``_RetryThrottled`` if none comes soon."""
+    while True:
+        lease, index = slot
+        await send_at(lease, index)
+        if time.time() - lease.send_at(index) <= MAX_LATE_S:
+            return slot
+        lease.release(index)  # never sent: its request goes back, the passed time is gone
+        slot = await _retry_capacity(inv, intake, model, tokens)
 
 
 def _trace_attempts(span: Span, url: str, attempts: Sequence[Attempt]) -> None:
