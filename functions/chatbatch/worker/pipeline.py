@@ -69,9 +69,6 @@ logger = Logger(service="chatbatch")
 SAFETY_MARGIN_S = 10.0  # left for S3 writes and the settle after the provider call
 UNREAD_REBUYS = 2  # calls re-bought in one delivery after an answer that was never read
 MIN_CALL_S = 5.0  # a call is re-bought in this delivery only with this much time left
-# A send that leaves later than this after the time the limiter spaced it to (a stalled
-# worker) would land among the sends booked after it: it takes capacity anew instead.
-MAX_LATE_S = 0.1
 
 
 def _cacheable(config: Config, job: Job) -> bool:
@@ -131,18 +128,16 @@ async def _call(
     lease, index = got
 
     async def before_retry() -> bool:  # one more request at the provider: its own capacity
-        retry = await _retry_capacity(inv, intake, job.model, 0)
-        await on_time(inv, intake, job.model, 0, retry)
+        retry = await _capacity(inv, intake, job.model, 0, first=False)
+        if not isinstance(retry, tuple):
+            raise _RetryThrottled(retry)
+        await send_at(*retry)
         return True
 
     if not await io(services.budget.arm, reservation):  # no longer this copy's
         lease.release(index)  # never sent: its request and send time go to others
         return await requeue.hand_back(inv, intake, HELD_RETRY_S, Outcome.elsewhere)
-    try:  # the slow work (the arm's write) done, sent on time
-        lease, index = await on_time(inv, intake, job.model, estimate, (lease, index))
-    except _RetryThrottled as err:  # late, and no capacity again soon: never sent
-        await io(services.budget.release, reservation)
-        return await requeue.hand_back(inv, intake, err.wait_s, Outcome.throttled)
+    await send_at(lease, index)  # the slow work (the arm's write) done, sent on time
     provider = services.config.providers[model.provider]
     url = provider.url
     with inv.span(intake).child("provider", "remote") as span:
@@ -178,29 +173,6 @@ async def send_at(lease: Lease, index: int) -> None:
     """Wait for the send time the limiter spaced the job to (sends from all workers are
     spread at the limit's rate; sending early would bunch them)."""
     await asyncio.sleep(max(0.0, lease.send_at(index) - time.time()))
-
-
-async def _retry_capacity(inv: Invocation, intake: Intake, model: str, tokens: int) -> Slot:
-    """Capacity for one more send of a call; none soon ends the call (handed back)."""
-    got = await _capacity(inv, intake, model, tokens, first=False)
-    if not isinstance(got, tuple):
-        raise _RetryThrottled(got)
-    return got
-
-
-async def on_time(inv: Invocation, intake: Intake, model: str, tokens: int, slot: Slot) -> Slot:
-    """Wait for the slot's send time; a worker that wakes more than ``MAX_LATE_S`` after
-    it (stalled: a busy CPU, a slow write before the send) gives the slot back and takes
-    capacity anew: the late send would bunch with the sends booked after it, and the
-    provider's minute would see it in a later window than the limiter counted it in.
-    Returns the slot to send on; raises ``_RetryThrottled`` if none comes soon."""
-    while True:
-        lease, index = slot
-        await send_at(lease, index)
-        if time.time() - lease.send_at(index) <= MAX_LATE_S:
-            return slot
-        lease.release(index)  # never sent: its request goes back, the passed time is gone
-        slot = await _retry_capacity(inv, intake, model, tokens)
 
 
 def _trace_attempts(span: Span, url: str, attempts: Sequence[Attempt]) -> None:

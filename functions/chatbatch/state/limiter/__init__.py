@@ -31,8 +31,7 @@ grant books its requests one interval (``60 / rpm`` s, at the effective limit) a
 other: ``ADD nx k x interval IF nx <= now + horizon - (k-1) x interval`` while sends are
 booked ahead (concurrent grants stack without a version lock; the returned item says
 which times are whose), a version check when the shard was idle (they start now). The
-worker sends each job at its time (one that wakes later than ``MAX_LATE_S`` takes capacity
-anew instead: ``worker.pipeline.on_time``), so no rolling second carries more than ``rpm / 60``
+worker sends each job at its time, so no rolling second carries more than ``rpm / 60``
 and no minute more than ``rpm`` from all workers together. A time granted and then
 released goes to the instance's next grant (``spares``). A worker denied for the pace
 asks again when half the horizon is free (one race wins several sends, not one), and one
