@@ -340,11 +340,6 @@ class RateLimiter:
             spares = self._spares.take(model, shard, now, len(tokens))
             st.spare = len(spares)
             jobs, fits, more = self._fit(st, rank, tokens)
-            if more.reason == "pace" and len(jobs) < min(len(tokens), Policy.refill(st)):
-                # Crumbs of the horizon (a send or two that came free) go to nobody: every
-                # waiting worker would race for them and all but one lose the write. The
-                # jobs ask again when the refill share fits, one grant of several sends.
-                jobs = []
             used, spares = spares[: len(jobs)], spares[len(jobs) :]
             self._spares.put(model, shard, spares, now)
             if not jobs:
@@ -390,12 +385,20 @@ class RateLimiter:
     def _fit(self, st: State, rank: int, tokens: list[int]) -> tuple[list[int], Verdict, Verdict]:
         """The longest prefix of the jobs that fits and its verdict, and the verdict for one
         job more: its wait is when the next job fits (asking then keeps the sends booked
-        ahead; waiting until all fit would let the spacing run dry)."""
+        ahead; waiting until all fit would let the spacing run dry). None when only crumbs
+        of the pace fit (fewer than its refill share, and more were asked)."""
         verdicts: list[Verdict] = []
         for k in range(len(tokens), 0, -1):
             verdicts.append(self._policy.check(st, rank, {"r": k, "t": sum(tokens[:k])}))
-            if verdicts[-1].bounds is not None:
-                return tokens[:k], verdicts[-1], verdicts[-2] if k < len(tokens) else verdicts[-1]
+            if verdicts[-1].bounds is None:
+                continue
+            more = verdicts[-2] if k < len(tokens) else verdicts[-1]
+            if more.reason == "pace" and k < min(len(tokens), Policy.refill(st)):
+                # Crumbs of the horizon (a send or two that came free) go to nobody: every
+                # waiting worker would race for them and all but one lose the write. The
+                # jobs ask again when the refill share fits, one grant of several sends.
+                return [], more, more
+            return tokens[:k], verdicts[-1], more
         return [], verdicts[-1], verdicts[-1]
 
     def _check_size(self, model: str, st: State, tokens: int) -> None:
