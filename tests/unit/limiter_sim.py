@@ -180,6 +180,26 @@ class Hammer:
         self.book.add(lease.grant.priority, at, 0, used)
 
 
+def send_jobs(
+    clock: SimClock, limiter: RateLimiter, priority: Priority, jobs: int, book: Book
+) -> float:
+    """As the worker does for one invocation: lease capacity for the jobs that wait, send
+    each granted one at its spaced time, and let the rest ask again after the denial's
+    wait. Returns the time of the last send."""
+    last, waiting = clock(), jobs
+    while waiting:
+        lease = limiter.lease(MODEL, priority, [100] * waiting)
+        for i in range(lease.granted):
+            clock.sleep(lease.send_at(i) - clock())
+            book.add(priority, clock(), 1, 0)
+        last = clock()
+        lease.close()
+        waiting -= lease.granted
+        if waiting:
+            clock.sleep(lease.wait_s)
+    return last
+
+
 def limiters(dynamo: Dynamo, config: Config, clock: SimClock, n: int) -> list[RateLimiter]:
     """``n`` worker instances, each with its own cache, all on one table."""
     return [

@@ -19,6 +19,7 @@ from limiter_sim import (
     in_range,
     limiters,
     per_minute,
+    send_jobs,
     windows,
     with_model,
 )
@@ -81,6 +82,62 @@ def test_a_critical_job_goes_ahead_of_a_low_backlog_within_a_second_or_two(
     assert sent - arrived <= 2.0  # low saturates the limit (2/s); critical waits its turn
 
 
+def instance(
+    clock: SimClock, limiter: RateLimiter, priority: Priority, book: Book, end: float
+) -> Callable[[], None]:
+    """A worker instance with a backlog: an invocation of ten jobs after another (each
+    ends one 0.3 s answer after its last send) until ``end``."""
+
+    def run() -> None:
+        while clock() < end:
+            last = send_jobs(clock, limiter, priority, 10, book)
+            clock.sleep(last + 0.3 - clock())
+
+    return run
+
+
+def critical_burst(
+    dynamo: Dynamo, config: Config, priority: Priority, loaded: bool, start: float = START
+) -> float:
+    """p95 seconds from arrival to send of 100 jobs of ``priority`` (ten instances with ten
+    jobs each) that arrive once ten low instances have filled the minute (or on an idle
+    limit), all twenty instances on one limit of 600/min. ``start``: a run on a table that
+    served another starts after that one's window."""
+    config = with_model(config, 600, 100_000_000)
+    clock, book, backlog_book = SimClock(start), Book(), Book()
+    instances = limiters(dynamo, config, clock, 20)
+    arrival = start + 61
+    burst = [
+        instance(clock, limiter, priority, book, arrival + 0.1)  # one invocation each
+        for limiter in instances[:10]
+    ]
+    backlog = [
+        instance(clock, limiter, Priority.low, backlog_book, arrival + 15)
+        for limiter in instances[10:]
+    ]
+
+    def arriving(run: Callable[[], None]) -> Callable[[], None]:
+        return lambda: (clock.sleep(arrival - clock()), run())[1]
+
+    clock.run([*map(arriving, burst), *(backlog if loaded else [])])
+    waits = sorted(t - arrival for t, _ in book.requests[priority])
+    assert len(waits) == 100
+    return waits[94]
+
+
+def test_critical_jobs_overtake_a_low_backlog_as_if_the_limit_were_idle(
+    dynamo: Dynamo, config: Config
+) -> None:
+    """The issue's setting on the limiter alone (20 instances, no process to saturate): 100
+    critical jobs behind a low backlog reach the provider about as fast as on an idle limit
+    (measured: p95 10.5 s vs 9.5 s; the issue's target is 1.5x). The same burst at low
+    priority, competing as an equal, takes 24.1 s: the check can fail."""
+    idle = critical_burst(dynamo, config, Priority.critical, loaded=False)
+    assert idle <= 10.0  # 100 sends at 10/s
+    loaded = critical_burst(dynamo, config, Priority.critical, loaded=True, start=START + 600)
+    assert loaded <= 1.5 * idle
+
+
 def test_a_priority_without_demand_lends_its_share_at_once(dynamo: Dynamo, config: Config) -> None:
     """Critical is denied once and leaves: low is back at the full rate within seconds."""
     config = with_model(config, 120, 10_000_000)
@@ -113,16 +170,8 @@ def test_a_served_priority_holds_nothing_back(dynamo: Dynamo, config: Config) ->
     def trickle() -> None:
         clock.sleep(20)
         while clock() < START + 55:
-            arrived, waiting = clock(), 2
-            while waiting:  # as the worker does: the jobs not granted ask again
-                lease = instances[0].lease(MODEL, Priority.critical, [100] * waiting)
-                for i in range(lease.granted):
-                    clock.sleep(lease.send_at(i) - clock())
-                    book.add(Priority.critical, clock(), 1, 0)
-                lease.close()
-                waiting -= lease.granted
-                if waiting:
-                    clock.sleep(lease.wait_s)
+            arrived = clock()
+            send_jobs(clock, instances[0], Priority.critical, 2, book)
             clock.sleep(arrived + 3.0 - clock())
 
     clock.run([*saturate(hammer, instances, Priority.low, 16), trickle])
