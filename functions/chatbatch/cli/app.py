@@ -11,8 +11,8 @@ Exit codes: 0 done, 1 failed, 2 usage error (bad option or config, missing file)
 
 This module builds the command tree: the typer app, its error handling, and every command
 by name, in the order ``--help`` lists them; each command lives in the module of its group
-(``submit``, ``status``, ``collect``, ``costs``, ``admin``: cancel, redrive, resume and retry,
-``local``).
+(``submit``, ``status``, ``batches``, ``collect``, ``costs``, ``admin``: cancel, redrive, resume
+and retry, ``local``).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typer.exceptions import TyperException
 
 import chatbatch
 from chatbatch.cli.admin import cancel, redrive, resume, retry
+from chatbatch.cli.batches import batches
 from chatbatch.cli.collect import collect
 from chatbatch.cli.costs import costs
 from chatbatch.cli.errors import explain
@@ -64,6 +65,7 @@ app.add_typer(local, name="local")
 
 app.command()(submit)
 app.command()(status)
+app.command()(batches)
 app.command()(collect)
 app.command()(costs)
 app.command()(cancel)
