@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[cli,cdk,dev]'
+	$(PY) -m pip install --quiet -e '.[cdk,dev]'
 	@touch $(STAMP)
 
 # ~200 jobs, every priority, roles, streaming, a few invalid lines, against a simulator

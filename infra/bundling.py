@@ -2,8 +2,9 @@
 
 The asset is the worker's part of the ``chatbatch`` package (``core``, ``provider``, ``state``,
 ``worker`` and the package's own ``__init__.py``; never ``client``, ``cli`` or ``local``),
-``chatbatch.toml`` at the asset root, and the runtime dependencies from pyproject.toml's
-``[project].dependencies`` installed by pip *for the Lambda platform*: manylinux wheels of
+``chatbatch.toml`` at the asset root, and the worker's dependencies (those of pyproject.toml's
+``[project].dependencies`` named in ``[tool.chatbatch.lambda-asset].dependencies``; the
+CLI's are left out) installed by pip *for the Lambda platform*: manylinux wheels of
 the function's architecture and CPython version (``--only-binary=:all:``, so nothing is
 compiled here and nothing built for this host can slip in).
 
@@ -132,16 +133,32 @@ def _name(requirement: str) -> str:
 
 
 def runtime_requirements(pyproject: Path) -> Requirements:
-    """The Lambda's dependencies: pyproject.toml ``[project].dependencies``, as pinned there.
+    """The Lambda's dependencies: those named in ``[tool.chatbatch.lambda-asset].dependencies``,
+    as pinned in ``[project].dependencies``.
 
-    Those listed in ``[tool.chatbatch.lambda-asset].without-dependencies`` are installed
-    with ``--no-deps``: their dependencies are provided by the Lambda runtime (botocore).
+    ``[project].dependencies`` also holds the CLI's (boto3, typer, rich, matplotlib: a plain
+    ``pip install chatbatch`` runs the command), which the worker never imports; only the
+    named ones ship. Those listed in ``without-dependencies`` are installed with
+    ``--no-deps``: their dependencies are provided by the Lambda runtime (botocore).
     """
     data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
     asset = data.get("tool", {}).get("chatbatch", {}).get("lambda-asset", {})
+    if "dependencies" not in asset:
+        raise ValueError(
+            f"{pyproject}: [tool.chatbatch.lambda-asset] has no `dependencies`: name the "
+            "worker's dependencies there (those of [project].dependencies the asset ships)"
+        )
+    pins = {_name(r): r for r in data["project"]["dependencies"]}
+    wanted = [_name(r) for r in asset["dependencies"]]
+    unknown = [name for name in wanted if name not in pins]
+    if unknown:
+        raise ValueError(
+            f"{pyproject}: [tool.chatbatch.lambda-asset] dependencies names {', '.join(unknown)}, "
+            "which [project].dependencies does not list: add it there (pinned) or remove it"
+        )
     without = tuple(asset.get("without-dependencies", ()))
     skipped = {_name(r) for r in without}
-    with_deps = tuple(r for r in data["project"]["dependencies"] if _name(r) not in skipped)
+    with_deps = tuple(pins[name] for name in wanted if name not in skipped)
     return Requirements(with_deps=with_deps, without_deps=without)
 
 

@@ -12,7 +12,7 @@ import pytest
 from synth_support import ROOT, Synth
 
 from chatbatch.core.config import Config
-from infra.bundling import AssetInputs, check_binaries, runtime_requirements
+from infra.bundling import AssetInputs, _name, check_binaries, runtime_requirements
 from infra.worker import HANDLER
 
 MACHINE = {"arm64": "aarch64", "x86_64": "x86_64"}
@@ -42,8 +42,10 @@ def test_asset_holds_the_handler_and_runtime_dependencies(synth: Synth) -> None:
     # The versions pinned in pyproject.toml are the ones shipped, including those installed
     # without their dependencies (X-Ray's botocore comes with the Lambda runtime).
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    pins = project["project"]["dependencies"]
-    pins += project["tool"]["chatbatch"]["lambda-asset"]["without-dependencies"]
+    asset = project["tool"]["chatbatch"]["lambda-asset"]
+    requirements = runtime_requirements(ROOT / "pyproject.toml")
+    pins = [*requirements.with_deps, *requirements.without_deps]
+    assert {_name(p) for p in pins} == {*asset["dependencies"], "wrapt"}
     for pin in pins:
         name, version = pin.split("==")
         assert (root / f"{name.replace('-', '_')}-{version}.dist-info").is_dir(), pin
@@ -52,7 +54,8 @@ def test_asset_holds_the_handler_and_runtime_dependencies(synth: Synth) -> None:
 def test_asset_leaves_out_the_cli_local_runtime_and_dev_dependencies(synth: Synth) -> None:
     root = synth.asset_dir
     top = {p.name.lower() for p in root.iterdir()}
-    for absent in ("boto3", "botocore", "s3transfer", "moto", "typer", "rich", "click"):
+    cli = ("boto3", "botocore", "s3transfer", "typer", "rich", "click", "matplotlib", "numpy")
+    for absent in (*cli, "moto"):
         assert absent not in top, absent
         assert not [n for n in top if n.startswith(f"{absent}-")], absent
     package = root / "chatbatch"
@@ -94,11 +97,34 @@ def test_requirements_without_dependencies_leave_the_first_pip_run(tmp_path: Pat
     pyproject = tmp_path / "pyproject.toml"
     pyproject.write_text(
         '[project]\ndependencies = ["httpx==0.28.1", "Aws_Xray_SDK[extra]>=2", "wrapt"]\n'
-        '[tool.chatbatch.lambda-asset]\nwithout-dependencies = ["aws-xray-sdk==2.15.0"]\n'
+        '[tool.chatbatch.lambda-asset]\ndependencies = ["httpx", "aws-xray-sdk", "wrapt"]\n'
+        'without-dependencies = ["aws-xray-sdk==2.15.0"]\n'
     )
     requirements = runtime_requirements(pyproject)
     assert requirements.with_deps == ("httpx==0.28.1", "wrapt")
     assert requirements.without_deps == ("aws-xray-sdk==2.15.0",)
+
+
+def test_only_the_workers_dependencies_go_into_the_asset(tmp_path: Path) -> None:
+    # the project's own list: the CLI's dependencies are in a plain install, not in the asset
+    names = {_name(r) for r in runtime_requirements(ROOT / "pyproject.toml").with_deps}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    everything = {_name(r) for r in project["project"]["dependencies"]}
+    assert {"boto3", "typer", "rich", "matplotlib"} <= everything - names
+    assert {"httpx", "pydantic", "aws-lambda-powertools"} <= names
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text(
+        '[project]\ndependencies = ["httpx==0.28.1", "typer>=0.29", "boto3>=1.40"]\n'
+        '[tool.chatbatch.lambda-asset]\ndependencies = ["httpx"]\n'
+    )
+    assert runtime_requirements(pyproject).with_deps == ("httpx==0.28.1",)
+    # a name the project does not list, or no list at all: a clear error, never everything
+    pyproject.write_text(pyproject.read_text().replace('["httpx"]', '["httpx", "Orjson"]'))
+    with pytest.raises(ValueError, match=r"names orjson, which \[project\]\.dependencies"):
+        runtime_requirements(pyproject)
+    pyproject.write_text('[project]\ndependencies = ["httpx==0.28.1", "typer>=0.29"]\n')
+    with pytest.raises(ValueError, match="has no `dependencies`"):
+        runtime_requirements(pyproject)
 
 
 def test_asset_hash_follows_its_inputs(config: Config, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ so a slow simulator makes a batch last long enough to watch it move and to cance
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -722,3 +723,42 @@ def test_a_batch_of_anthropic_lines_is_collected_as_anthropic_results_in_one_fil
     read = [MessageBatchIndividualResponse.model_validate(line) for line in read_jsonl(results)]
     assert [r.custom_id for r in read] == ["m0", "m1", "m2"]
     assert all(r.result.type == "succeeded" for r in read)
+
+
+def test_batches_lists_every_batch_newest_first_with_its_counts_cost_and_state(
+    local: Local, finished: Finished
+) -> None:
+    local.configure(latency_ms=400)
+    try:
+        path = local.write("listed.jsonl", job_lines(20, "l", priority="low"))
+        running = local.json("submit", str(path))["batch_id"]
+        listing = local.json("batches")
+        table = local.cli("batches").stdout
+        newest = local.json("batches", "--limit", "1")
+        local.json("cancel", running)
+        local.wait(running, lambda s: s["done"])
+    finally:
+        local.configure(latency_ms=0)
+    rows = {row["batch_id"]: row for row in listing["batches"]}
+    assert listing["found"] == len(rows) >= 2
+    created = [row["created"] for row in listing["batches"]]
+    assert created == sorted(created, reverse=True), "newest first"
+    assert listing["batches"][0]["batch_id"] == running
+    status = local.status(finished.batch_id)
+    info = local.rt.batches.get(finished.batch_id)
+    assert info is not None and info.created is not None
+    done = rows[finished.batch_id]
+    assert (done["total"], done["done"], done["failed"], done["state"]) == (48, 48, 0, "complete")
+    assert Decimal(done["cost_usd"]) == Decimal(status["cost_usd"]) > 0
+    assert abs(dt.datetime.fromisoformat(done["created"]).timestamp() - info.created) < 1
+    unfinished = rows[running]
+    assert (unfinished["total"], unfinished["state"]) == (20, "running")
+    assert unfinished["done"] < 20 and unfinished["failed"] == 0
+    # --limit: the newest only, and how many there are
+    assert [row["batch_id"] for row in newest["batches"]] == [running]
+    assert newest["found"] == listing["found"]
+    for batch_id in (running, finished.batch_id):
+        assert batch_id in table
+    assert "complete" in table and "running" in table
+    cancelled = {row["batch_id"]: row for row in local.json("batches")["batches"]}[running]
+    assert cancelled["state"] == "cancelled"

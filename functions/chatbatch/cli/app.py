@@ -11,19 +11,22 @@ Exit codes: 0 done, 1 failed, 2 usage error (bad option or config, missing file)
 
 This module builds the command tree: the typer app, its error handling, and every command
 by name, in the order ``--help`` lists them; each command lives in the module of its group
-(``submit``, ``status``, ``collect``, ``costs``, ``admin``: cancel, redrive, resume and retry,
-``local``).
+(``submit``, ``status``, ``batches``, ``collect``, ``costs``, ``admin``: cancel, redrive, resume
+and retry, ``local``).
 """
 
 from __future__ import annotations
 
+from importlib import metadata
 from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
+import chatbatch
 from chatbatch.cli.admin import cancel, redrive, resume, retry
+from chatbatch.cli.batches import batches
 from chatbatch.cli.collect import collect
 from chatbatch.cli.costs import costs
 from chatbatch.cli.errors import explain
@@ -62,6 +65,7 @@ app.add_typer(local, name="local")
 
 app.command()(submit)
 app.command()(status)
+app.command()(batches)
 app.command()(collect)
 app.command()(costs)
 app.command()(cancel)
@@ -77,11 +81,35 @@ local.command(
 )(local_simulator)
 
 
+def installed_version() -> str:
+    """The installed distribution's version; the package's own when it is not installed
+    (run from a checkout with ``PYTHONPATH``)."""
+    try:
+        return metadata.version("chatbatch")
+    except metadata.PackageNotFoundError:
+        return chatbatch.__version__
+
+
+def _show_version(show: bool) -> None:
+    if show:
+        typer.echo(f"chatbatch {installed_version()}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _options(
     ctx: typer.Context,
     debug: Annotated[
         bool, typer.Option("--debug", envvar="CHATBATCH_DEBUG", help="show tracebacks")
+    ] = False,
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_show_version,
+            is_eager=True,
+            help="print the installed version and exit",
+        ),
     ] = False,
 ) -> None:
     ctx.meta[DEBUG] = debug

@@ -2,7 +2,8 @@
 
 ``ChatbatchGroup`` (``cli/app.py``) catches what a command raises and prints ``explain``'s
 line instead of a traceback: a ``CliError`` says what to do in its own words; config,
-stack, AWS credential and endpoint errors are translated here.
+stack, AWS credential and endpoint errors are translated here, and so are a missing module
+(the ``local`` commands without ``chatbatch[local]``) and an unsupported moto.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from botocore.exceptions import (
 
 from chatbatch.client.deployment import StackNotFound
 from chatbatch.core.config import ConfigError
+from chatbatch.local.extra import LOCAL_INSTALL, LOCAL_MODULES, UnsupportedMoto
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -56,9 +58,23 @@ def explain(err: Exception) -> tuple[str, int]:
         return _client_error(err), EXIT_FAILURE
     if isinstance(err, BotoCoreError):
         return _botocore_error(err), EXIT_FAILURE
+    if isinstance(err, UnsupportedMoto):
+        return str(err), EXIT_USAGE
+    if isinstance(err, ModuleNotFoundError):
+        return _missing_module(err), EXIT_USAGE
     if isinstance(err, OSError):
         return str(err), EXIT_FAILURE
     return f"unexpected {type(err).__name__}: {err} (run `chatbatch --debug ...` for details)", 1
+
+
+def _missing_module(err: ModuleNotFoundError) -> str:
+    name = (err.name or "").split(".")[0]
+    if name in LOCAL_MODULES:
+        return (
+            f"the local runtime needs {name}, which is not installed: {LOCAL_INSTALL} "
+            "(moto's server and the version its fixes were written for)"
+        )
+    return f"{err}: chatbatch's install is incomplete; reinstall it: pip install chatbatch"
 
 
 def _client_error(err: ClientError) -> str:

@@ -1,5 +1,9 @@
 """Small, contained fixes to moto (pinned at 5.2.5) for the local runtime.
 
+They patch moto's internals, so they are written for one moto version
+(``extra.SUPPORTED_MOTO``): ``apply()`` refuses any other with ``UnsupportedMoto``, which
+names both versions and the pin to install.
+
 1. **Thread safety.** moto's backends check, then write, without a lock: two threads can
    both pass one DynamoDB condition, two pollers can receive one SQS message, and two
    S3 ``PutObject`` calls with ``If-None-Match: *`` can both write (each told it was
@@ -59,6 +63,8 @@ from moto.s3.responses import S3Response
 from moto.sqs.models import Message, Queue, SQSBackend
 from moto.sqs.responses import SQSResponse
 from moto.sts.models import sts_backends
+
+from chatbatch.local.extra import check_moto
 
 LOCK = threading.RLock()
 PLAIN_ANSWERS = True  # fix 6 on (tests turn it off to compare with moto's own answers)
@@ -154,8 +160,14 @@ def _locked(method: Callable[..., Any]) -> Callable[..., Any]:
     return locked
 
 
-@functools.cache
 def apply() -> None:
+    """Check the installed moto is the one the fixes were written for, then apply them once."""
+    check_moto()
+    _apply_once()
+
+
+@functools.cache
+def _apply_once() -> None:
     call_action = BaseResponse.call_action
 
     def locked_call_action(self: BaseResponse) -> Any:

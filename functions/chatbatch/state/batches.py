@@ -225,9 +225,16 @@ class Batches:
         return self._info(batch_id, plain(item)) if item else None
 
     def list_all(self) -> list[BatchInfo]:
+        """Every batch of the deployment, oldest first.
+
+        No index names the batch items, so they are found by a Scan, page by page, each
+        item returning only the batch's fields. It reads the whole table (billed by the size
+        read, job states included): for a person's command (``chatbatch batches``), never
+        the worker's path. See docs/everyday-commands.md for the index it could use."""
+        fields = [name for name in BatchInfo.model_fields if name != "batch_id"]
         out = [
-            self._info(fields[TABLE_PK].removeprefix("batch#"), fields)
-            for fields in scan_items(self._ddb, self._table, "batch#", "meta")
+            self._info(item[TABLE_PK].removeprefix("batch#"), item)
+            for item in scan_items(self._ddb, self._table, "batch#", "meta", attributes=fields)
         ]
         return sorted(out, key=lambda b: b.created or 0)
 

@@ -151,16 +151,28 @@ def adds(deltas: Mapping[str, int]) -> dict[str, Any]:
 
 
 def scan_items(
-    client: DynamoDBClient, table: str, prefix: str, sort: str, *, consistent: bool = False
+    client: DynamoDBClient,
+    table: str,
+    prefix: str,
+    sort: str,
+    *,
+    consistent: bool = False,
+    attributes: Sequence[str] = (),
 ) -> Iterator[dict[str, Any]]:
-    """Every item whose partition key starts with ``prefix`` and sort key is ``sort``, plain."""
+    """Every item whose partition key starts with ``prefix`` and sort key is ``sort``, plain,
+    page by page. ``attributes``: only these (and the partition key) come back."""
+    names = {"#pk": TABLE_PK, "#sk": TABLE_SK}
     kwargs: dict[str, Any] = {
         "TableName": table,
         "FilterExpression": "begins_with(#pk, :p) AND #sk = :sk",
-        "ExpressionAttributeNames": {"#pk": TABLE_PK, "#sk": TABLE_SK},
+        "ExpressionAttributeNames": names,
         "ExpressionAttributeValues": {":p": s(prefix), ":sk": s(sort)},
         "ConsistentRead": consistent,
     }
+    if attributes:
+        projected = {f"#a{i}": name for i, name in enumerate(attributes)}
+        names.update(projected)
+        kwargs["ProjectionExpression"] = ", ".join(["#pk", *projected])
     while True:
         reply = client.scan(**kwargs)
         yield from (plain(item) for item in reply.get("Items", []))
