@@ -13,9 +13,11 @@ from pydantic import BaseModel
 from rich.progress import TextColumn
 from rich.table import Table
 
+from chatbatch.cli.errors import EXIT_USAGE, CliError
 from chatbatch.cli.output import console, emit, out, progress_bar, usd
 from chatbatch.cli.params import ConfigOpt, JsonOpt, StackOpt, ThreadsOpt, find_batch
-from chatbatch.client.costs import Comparison, CostReport, GroupBy, draw_chart, load_report
+from chatbatch.client.cost_groups import BadGrouping, Grouping
+from chatbatch.client.costs import Comparison, CostReport, draw_chart, load_report
 from chatbatch.client.deployment import connect
 from chatbatch.core.config import load_config
 
@@ -23,7 +25,7 @@ from chatbatch.core.config import load_config
 class CostsOutput(BaseModel):
     batch: str | None
     since: dt.date | None
-    by: GroupBy
+    by: str  # the --by keys, comma-separated: `model`, `model,metadata.tenant`
     days: int
     jobs: int
     total_usd: Decimal
@@ -47,7 +49,7 @@ def _costs_output(
     return CostsOutput(
         batch=batch,
         since=report.since,
-        by=report.by,
+        by=report.by.label,
         days=days,
         jobs=total.jobs,
         total_usd=total.cost_usd,
@@ -66,10 +68,10 @@ def _costs_output(
 
 def _costs_tables(result: CostsOutput) -> None:
     table = Table(
-        title=f"costs by {result.by.value}" + (f", batch {result.batch}" if result.batch else "")
+        title=f"costs by {result.by}" + (f", batch {result.batch}" if result.batch else "")
     )
-    for name in (result.by.value, "jobs", "prompt (cached)", "completion", "USD"):
-        table.add_column(name, justify="left" if name == result.by.value else "right")
+    for name in (result.by, "jobs", "prompt (cached)", "completion", "USD"):
+        table.add_column(name, justify="left" if name == result.by else "right")
     for name, group in result.groups.items():
         table.add_row(
             name,
@@ -104,7 +106,13 @@ def costs(
         dt.datetime | None,
         typer.Option(formats=["%Y-%m-%d"], help="first UTC day (default: all days)"),
     ] = None,
-    by: Annotated[GroupBy, typer.Option(help="group the totals by")] = GroupBy.model,
+    by: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="group by model, priority, role, day, batch or metadata.KEY (a key of the "
+            "jobs' metadata; without it: (none)); repeat to combine  [default: model]"
+        ),
+    ] = None,
     compare: Annotated[
         bool, typer.Option("--compare", help="price the same usage on every model; project a year")
     ] = False,
@@ -117,6 +125,10 @@ def costs(
     as_json: JsonOpt = False,
 ) -> None:
     """Cost totals from the cost records (one per finished job), grouped, compared, charted."""
+    try:
+        grouping = Grouping.parse(by or [])
+    except BadGrouping as err:
+        raise CliError(str(err), EXIT_USAGE) from None
     cfg = load_config(config)
     deployment = connect(cfg, stack)
     with progress_bar(as_json, TextColumn("{task.completed} records")) as progress:
@@ -126,7 +138,7 @@ def costs(
             deployment.resources.bucket,
             since=since.date() if since else None,
             batch=batch,
-            by=by,
+            by=grouping,
             threads=threads,
             on_record=lambda _: progress.advance(task),
         )
