@@ -20,15 +20,20 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
 from chatbatch.cli.app import app
+from chatbatch.client.athena_costs import report_sql
+from chatbatch.client.cost_groups import Grouping
 from chatbatch.core.config import Config
 from chatbatch.core.output_lines import CostRecord
+from chatbatch.core.resources import COSTS_TABLE, costs_database, costs_workgroup
 from chatbatch.local.options import LocalOptions
 from chatbatch.local.runtime import LocalRuntime
 from chatbatch.local.simulator import SimulatorSettings
+from tests.unit import athena_sqlite
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -176,3 +181,89 @@ def test_a_bad_by_is_a_usage_error_naming_it(local: Local) -> None:
     assert "--by 'tenant'" in bad.output and "metadata.KEY" in bad.output
     empty = local.cli("costs", "--by", "metadata.", code=2)
     assert "a metadata key has 1 to 64 characters" in empty.output
+
+
+def moto_api(local: Local, path: str, body: dict[str, Any]) -> None:
+    """A call to moto's own API on the runtime's server (seeding answers, state machines)."""
+    endpoint = boto3.client("s3").meta.endpoint_url
+    reply = httpx.post(f"{endpoint}/moto-api/{path}", json=body)
+    assert reply.status_code in (200, 201), reply.text
+
+
+def seed_athena(local: Local, rows: list[dict[str, Any]]) -> None:
+    """moto's Athena answers the next query with ``rows``, as Athena sends them: a header
+    row, then every value as text (a boolean as ``true``/``false``, NULL as no value)."""
+
+    def cell(value: Any) -> dict[str, str]:
+        if value is None:
+            return {}
+        return {"VarCharValue": str(value).lower() if isinstance(value, bool) else str(value)}
+
+    names = list(rows[0]) if rows else []
+    table = [{"Data": [cell(n) for n in names]}]
+    table += [{"Data": [cell(row[n]) for n in names]} for row in rows]
+    region = boto3.client("athena").meta.region_name
+    moto_api(
+        local,
+        "static/athena/query-results",
+        {"region": region, "results": [{"rows": table, "column_info": []}]},
+    )
+
+
+def test_costs_athena_prints_the_s3_report_from_athenas_answer(
+    local: Local, finished: Finished
+) -> None:
+    """The SQL ``--athena`` sends, run over the batch's records (SQLite standing in for
+    Athena), seeded as moto's answer: the CLI polls, reads and prints the report the S3
+    reader adds up, and the query moto received is that SQL in the stack's workgroup."""
+    stack = local.rt.config.stack_name
+    athena = boto3.client("athena")
+    athena.create_work_group(Name=costs_workgroup(stack))  # what the stack deploys
+    by = ["--by", "metadata.tenant", "--by", "model"]
+    database = costs_database(stack)
+    sql = report_sql(
+        database, COSTS_TABLE, Grouping.parse(["metadata.tenant", "model"]), batch=finished.batch_id
+    )
+    records = [r.model_dump(mode="json") for r in cost_records(local, finished.batch_id)]
+    rows = athena_sqlite.run(sql, database, COSTS_TABLE, records)
+    assert len(rows) == 4  # acme: deepseek-chat, globex: gpt-4.1, (none): both
+    seed_athena(local, rows)
+    seed_athena(local, rows)
+    # the query is QUEUED, then RUNNING for a few polls before it SUCCEEDS
+    transition = {"progression": "manual", "times": 2}
+    moto_api(
+        local,
+        "state-manager/set-transition",
+        {"model_name": "athena::execution", "transition": transition},
+    )
+    try:
+        via_athena = local.json("costs", "--athena", "--batch", finished.batch_id, *by)
+        human = local.cli("costs", "--athena", "--batch", finished.batch_id, *by)
+    finally:
+        moto_api(local, "state-manager/unset-transition", {"model_name": "athena::execution"})
+    via_s3 = local.json("costs", "--batch", finished.batch_id, *by)
+
+    def figures(report: dict[str, Any]) -> dict[str, Any]:
+        groups = {
+            name: (g["jobs"], g["prompt_tokens"], g["completion_tokens"], Decimal(g["cost_usd"]))
+            for name, g in report["groups"].items()
+        }
+        return {
+            "groups": groups,
+            "total": Decimal(report["total_usd"]),
+            "jobs": report["jobs"],
+            "days": report["days"],
+            "by": report["by"],
+        }
+
+    assert figures(via_athena) == figures(via_s3)
+    assert {name.split(" / ")[0] for name in via_athena["groups"]} == {"acme", "globex", "(none)"}
+    execution = athena.get_query_execution(QueryExecutionId=via_athena["athena_query_id"])
+    sent = execution["QueryExecution"]
+    assert sent["Query"] == sql
+    assert sent["WorkGroup"] == costs_workgroup(stack)
+    assert sent["QueryExecutionContext"] == {"Database": database}
+    assert "costs by metadata.tenant,model" in human.stdout
+    assert "added up by Athena: query" in human.output  # on stderr, beside the table
+    for name in via_s3["groups"]:
+        assert name.split(" / ")[0] in human.stdout
