@@ -113,7 +113,7 @@ def costs(
         list[str] | None,
         typer.Option(
             help="group by model, priority, role, day, batch or metadata.KEY (a key of the "
-            "jobs' metadata; without it: (none)); repeat to combine  [default: model]"
+            "jobs' metadata; without it: (none)); repeat to combine (default: model)"
         ),
     ] = None,
     compare: Annotated[
