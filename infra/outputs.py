@@ -11,6 +11,8 @@ from __future__ import annotations
 from chatbatch.core.resources import (
     ALARM_TOPIC_ARN,
     BUCKET_NAME,
+    COSTS_QUERY_POLICY_ARN,
+    COSTS_WORKGROUP,
     DASHBOARD_NAME,
     OUTPUT_KEYS,
     TABLE_NAME,
@@ -23,6 +25,8 @@ from chatbatch.core.resources import (
 __all__ = [
     "ALARM_TOPIC_ARN",
     "BUCKET_NAME",
+    "COSTS_QUERY_POLICY_ARN",
+    "COSTS_WORKGROUP",
     "DASHBOARD_NAME",
     "OUTPUT_KEYS",
     "TABLE_NAME",

@@ -10,6 +10,7 @@ from constructs import Construct
 from chatbatch.core.config import Config
 from infra import outputs
 from infra.bundling import AssetInputs
+from infra.costs_table import CostsTable
 from infra.monitoring import Monitoring
 from infra.queues import PriorityQueues
 from infra.secrets import ProviderSecrets
@@ -54,6 +55,7 @@ class ChatbatchStack(Stack):
             bucket=self.storage.bucket,
             secrets=self.secrets.secrets,
         )
+        self.costs = CostsTable(self, "Costs", bucket=self.storage.bucket)
         self.queues.restrict_senders([*producers, self.worker.role.role_arn])
         self.monitoring = Monitoring(
             self,
@@ -79,6 +81,12 @@ class ChatbatchStack(Stack):
         output(outputs.ALARM_TOPIC_ARN, self.monitoring.topic.topic_arn, "alarm notifications")
         output(
             outputs.DASHBOARD_NAME, self.monitoring.dashboard.dashboard_name, "CloudWatch dashboard"
+        )
+        output(outputs.COSTS_WORKGROUP, self.costs.workgroup_name, "Athena: costs --athena")
+        output(
+            outputs.COSTS_QUERY_POLICY_ARN,
+            self.costs.query_policy.managed_policy_arn,
+            "attach to whoever runs `chatbatch costs --athena`",
         )
         for provider, secret in self.secrets.secrets.items():
             output(

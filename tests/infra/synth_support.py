@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,3 +68,21 @@ def synthesize(
         acknowledgements=acks,
         asset_dir=outdir / f"asset.{asset_hash}",
     )
+
+
+def logical_name(logical_id: str) -> str:
+    """A logical id without CDK's hash suffix (``StateTable962DE04C`` -> ``StateTable``)."""
+    return re.sub(r"[0-9A-F]{8}$", "", logical_id)
+
+
+def render(value: Any) -> str:
+    """A template expression as text: ``StorageData.Arn/cache/*``, ``s3://StorageData/costs/``."""
+    if isinstance(value, str):
+        return value
+    if "Ref" in value:
+        return str(value["Ref"]) if value["Ref"].startswith("AWS::") else logical_name(value["Ref"])
+    if "Fn::GetAtt" in value:
+        logical_id, attribute = value["Fn::GetAtt"]
+        return f"{logical_name(logical_id)}.{attribute}"
+    separator, parts = value["Fn::Join"]
+    return str(separator).join(render(p) for p in parts)

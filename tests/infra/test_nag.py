@@ -71,6 +71,11 @@ EXPECTED = {
         )
         for p in ("results", "errors", "refused", "requests", "costs", "cache", "claims")
     ),
+    # costs --athena: Athena reads the cost records and writes its results, by prefix
+    *(
+        ("/Chatbatch/Costs/QueryPolicy", f"AwsSolutions-IAM5[Resource::<StorageData*.Arn>/{p}/*]")
+        for p in ("costs", "athena-results")
+    ),
 }
 
 

@@ -3,10 +3,11 @@ its code calls (a broadening is a diff of this file)."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from synth_support import Synth
+from synth_support import logical_name as _name
+from synth_support import render as _render
 
 from chatbatch.core.config import Config
 
@@ -68,24 +69,6 @@ WORKER_POLICY: set[tuple[str, str, tuple[str, ...], tuple[str, ...], str]] = {
         "",
     ),
 }
-
-
-def _name(logical_id: str) -> str:
-    """A logical id without CDK's hash suffix (``StateTable962DE04C`` -> ``StateTable``)."""
-    return re.sub(r"[0-9A-F]{8}$", "", logical_id)
-
-
-def _render(value: Any) -> str:
-    """A resource ARN expression as text: ``StorageData.Arn/cache/*``."""
-    if isinstance(value, str):
-        return value
-    if "Ref" in value:
-        return str(value["Ref"]) if value["Ref"].startswith("AWS::") else _name(value["Ref"])
-    if "Fn::GetAtt" in value:
-        logical_id, attribute = value["Fn::GetAtt"]
-        return f"{_name(logical_id)}.{attribute}"
-    separator, parts = value["Fn::Join"]
-    return str(separator).join(_render(p) for p in parts)
 
 
 def _listed(value: Any) -> list[Any]:

@@ -56,6 +56,10 @@ BAD_LINES = [
     ('{"prompt": "x", "custom_id": 7}', "custom_id", "must be a string"),
     ('{"prompt": "x", "metadata": {"k": 1}}', "metadata.k", "must be a string"),
     ('{"prompt": "x", "batch_id": "a/b"}', "batch_id", "not allowed"),
+    # chatbatch's own metadata is copied into every cost record: bounded like OpenAI's
+    (batch_line(metadata={"k" * 65: "v"}), "metadata." + "k" * 65, "at most 64 characters"),
+    (batch_line(metadata={"tenant": "v" * 513}), "metadata.tenant", "at most 512 characters"),
+    (batch_line(metadata={f"k{i}": "v" for i in range(17)}), "metadata", "at most 16 items"),
     (batch_line(url="/v1/embeddings"), "url", "'/v1/chat/completions'"),
     (batch_line(method="GET"), "method", "'POST'"),
     (batch_line(body={"model": "deepseek-chat"}), "body.messages", "required field is missing"),

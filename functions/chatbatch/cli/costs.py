@@ -13,17 +13,20 @@ from pydantic import BaseModel
 from rich.progress import TextColumn
 from rich.table import Table
 
+from chatbatch.cli.errors import EXIT_USAGE, CliError
 from chatbatch.cli.output import console, emit, out, progress_bar, usd
 from chatbatch.cli.params import ConfigOpt, JsonOpt, StackOpt, ThreadsOpt, find_batch
-from chatbatch.client.costs import Comparison, CostReport, GroupBy, draw_chart, load_report
-from chatbatch.client.deployment import connect
+from chatbatch.client.athena_costs import AthenaError, AthenaQuery, athena_report
+from chatbatch.client.cost_groups import BadGrouping, Grouping
+from chatbatch.client.costs import Comparison, CostReport, draw_chart, load_report
+from chatbatch.client.deployment import Deployment, connect
 from chatbatch.core.config import load_config
 
 
 class CostsOutput(BaseModel):
     batch: str | None
     since: dt.date | None
-    by: GroupBy
+    by: str  # the --by keys, comma-separated: `model`, `model,metadata.tenant`
     days: int
     jobs: int
     total_usd: Decimal
@@ -37,6 +40,8 @@ class CostsOutput(BaseModel):
     groups: dict[str, Any]
     compare: list[Comparison] | None = None
     chart: str | None = None
+    athena_query_id: str | None = None  # with --athena: the query that added them up
+    athena_scanned_bytes: int | None = None
 
 
 def _costs_output(
@@ -47,7 +52,7 @@ def _costs_output(
     return CostsOutput(
         batch=batch,
         since=report.since,
-        by=report.by,
+        by=report.by.label,
         days=days,
         jobs=total.jobs,
         total_usd=total.cost_usd,
@@ -66,10 +71,10 @@ def _costs_output(
 
 def _costs_tables(result: CostsOutput) -> None:
     table = Table(
-        title=f"costs by {result.by.value}" + (f", batch {result.batch}" if result.batch else "")
+        title=f"costs by {result.by}" + (f", batch {result.batch}" if result.batch else "")
     )
-    for name in (result.by.value, "jobs", "prompt (cached)", "completion", "USD"):
-        table.add_column(name, justify="left" if name == result.by.value else "right")
+    for name in (result.by, "jobs", "prompt (cached)", "completion", "USD"):
+        table.add_column(name, justify="left" if name == result.by else "right")
     for name, group in result.groups.items():
         table.add_row(
             name,
@@ -104,41 +109,96 @@ def costs(
         dt.datetime | None,
         typer.Option(formats=["%Y-%m-%d"], help="first UTC day (default: all days)"),
     ] = None,
-    by: Annotated[GroupBy, typer.Option(help="group the totals by")] = GroupBy.model,
+    by: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="group by model, priority, role, day, batch or metadata.KEY (a key of the "
+            "jobs' metadata; without it: (none)); repeat to combine (default: model)"
+        ),
+    ] = None,
     compare: Annotated[
         bool, typer.Option("--compare", help="price the same usage on every model; project a year")
     ] = False,
     chart: Annotated[
         Path | None, typer.Option(help="draw a PNG: cost per day by model (+ the comparison)")
     ] = None,
+    athena: Annotated[
+        bool,
+        typer.Option(
+            "--athena",
+            help="add the records up with Athena in the stack's workgroup (one query instead "
+            "of one S3 read per job: for large volumes)",
+        ),
+    ] = False,
     threads: ThreadsOpt = 16,
     stack: StackOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Cost totals from the cost records (one per finished job), grouped, compared, charted."""
+    try:
+        grouping = Grouping.parse(by or [])
+    except BadGrouping as err:
+        raise CliError(str(err), EXIT_USAGE) from None
     cfg = load_config(config)
     deployment = connect(cfg, stack)
-    with progress_bar(as_json, TextColumn("{task.completed} records")) as progress:
-        task = progress.add_task("reading cost records", total=None)
-        report = load_report(
-            deployment.s3,
-            deployment.resources.bucket,
-            since=since.date() if since else None,
-            batch=batch,
-            by=by,
-            threads=threads,
-            on_record=lambda _: progress.advance(task),
-        )
+    day = since.date() if since else None
+    query: AthenaQuery | None = None
+    if athena:
+        report, query = _athena_report(deployment, grouping, day, batch, as_json)
+    else:
+        with progress_bar(as_json, TextColumn("{task.completed} records")) as progress:
+            task = progress.add_task("reading cost records", total=None)
+            report = load_report(
+                deployment.s3,
+                deployment.resources.bucket,
+                since=day,
+                batch=batch,
+                by=grouping,
+                threads=threads,
+                on_record=lambda _: progress.advance(task),
+            )
     if batch and not report.total.jobs and deployment.batches.get(batch) is None:
         find_batch(deployment, batch)  # raises: unknown batch
     comparison = report.compare(cfg) if compare else None
     if chart:
         draw_chart(report, comparison or [], chart)
     result = _costs_output(report, batch, comparison, chart)
+    if query is not None:
+        result.athena_query_id = query.query_id
+        result.athena_scanned_bytes = query.scanned_bytes
     if as_json:
         emit(result)
         return
     _costs_tables(result)
+    if query is not None:
+        console.print(
+            f"added up by Athena: query {query.query_id}, "
+            f"{query.scanned_bytes / 1e6:,.1f} MB scanned",
+            highlight=False,
+        )
     if chart:
         console.print(f"chart written to {chart}", highlight=False)
+
+
+def _athena_report(
+    deployment: Deployment,
+    grouping: Grouping,
+    since: dt.date | None,
+    batch: str | None,
+    as_json: bool,
+) -> tuple[CostReport, AthenaQuery]:
+    """The report added up by Athena in the stack's workgroup, its state shown meanwhile."""
+    with progress_bar(as_json, TextColumn("{task.fields[state]}")) as progress:
+        task = progress.add_task("Athena query", total=None, state="starting")
+        try:
+            return athena_report(
+                deployment.aws.client("athena"),
+                deployment.stack,
+                grouping,
+                since=since,
+                batch=batch,
+                on_state=lambda state: progress.update(task, state=state.lower()),
+            )
+        except AthenaError as err:
+            raise CliError(str(err)) from None

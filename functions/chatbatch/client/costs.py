@@ -18,12 +18,12 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from decimal import Decimal
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import BaseModel, Field
 
+from chatbatch.client.cost_groups import Grouping
 from chatbatch.core.config import Config
 from chatbatch.core.output_lines import CostRecord
 from chatbatch.core.pricing import Usage, cost
@@ -37,25 +37,6 @@ COSTS_PREFIX = "costs/"
 DAYS_PER_YEAR = 365
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-class GroupBy(StrEnum):
-    model = "model"
-    priority = "priority"
-    role = "role"
-    day = "day"
-    batch = "batch"
-
-
-def group_of(record: CostRecord, by: GroupBy) -> str:
-    value = {
-        GroupBy.model: record.model,
-        GroupBy.priority: record.priority.value,
-        GroupBy.role: record.role,
-        GroupBy.day: record.dt,
-        GroupBy.batch: record.batch_id,
-    }[by]
-    return value or "(none)"
 
 
 class Totals(BaseModel):
@@ -72,18 +53,25 @@ class Totals(BaseModel):
     estimated_calls: int = 0
     estimated_usd: Decimal = Decimal(0)
 
-    def add(self, record: CostRecord) -> None:
-        if record.usage_estimated:
-            self.estimated_calls += 1
-            self.estimated_usd += record.cost_usd
-        if record.attempt is None:  # a job's own record (an unread call has its own too)
-            self.jobs += 1
-        self.prompt_tokens += record.prompt_tokens
-        self.cached_tokens += record.cached_tokens
-        self.cache_write_tokens += record.cache_write_tokens
-        self.cache_write_1h_tokens += record.cache_write_1h_tokens
-        self.completion_tokens += record.completion_tokens
-        self.cost_usd += record.cost_usd
+    @classmethod
+    def of(cls, record: CostRecord) -> Totals:
+        """One record's figures."""
+        return cls(
+            jobs=1 if record.attempt is None else 0,  # an unread call has its own record too
+            prompt_tokens=record.prompt_tokens,
+            cached_tokens=record.cached_tokens,
+            cache_write_tokens=record.cache_write_tokens,
+            cache_write_1h_tokens=record.cache_write_1h_tokens,
+            completion_tokens=record.completion_tokens,
+            cost_usd=record.cost_usd,
+            estimated_calls=1 if record.usage_estimated else 0,
+            estimated_usd=record.cost_usd if record.usage_estimated else Decimal(0),
+        )
+
+    def add(self, other: Totals) -> None:
+        """Add ``other``'s figures to these."""
+        for name in Totals.model_fields:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
     @property
     def usage(self) -> Usage:
@@ -107,7 +95,7 @@ class Comparison(BaseModel):
 
 class CostReport(BaseModel):
     since: dt.date | None = None
-    by: GroupBy = GroupBy.model
+    by: Grouping = Field(default_factory=Grouping)
     total: Totals = Field(default_factory=Totals)
     billed: Totals = Field(default_factory=Totals, description="records not from the cache")
     groups: dict[str, Totals] = Field(default_factory=dict)
@@ -116,12 +104,19 @@ class CostReport(BaseModel):
     )
 
     def add(self, record: CostRecord) -> None:
-        self.total.add(record)
-        if not record.cached:
-            self.billed.add(record)
-        self.groups.setdefault(group_of(record, self.by), Totals()).add(record)
-        per_model = self.daily.setdefault(record.dt, {})
-        per_model[record.model] = per_model.get(record.model, Decimal(0)) + record.cost_usd
+        self.add_totals(
+            self.by.group_of(record), record.dt, record.model, record.cached, Totals.of(record)
+        )
+
+    def add_totals(self, group: str, day: str, model: str, cached: bool, totals: Totals) -> None:
+        """Records of one group, day, model and cache flag, added up (one record, or a row
+        of Athena's answer)."""
+        self.total.add(totals)
+        if not cached:
+            self.billed.add(totals)
+        self.groups.setdefault(group, Totals()).add(totals)
+        per_model = self.daily.setdefault(day, {})
+        per_model[model] = per_model.get(model, Decimal(0)) + totals.cost_usd
 
     @property
     def days(self) -> int:
@@ -197,12 +192,12 @@ def load_report(
     *,
     since: dt.date | None = None,
     batch: str | None = None,
-    by: GroupBy = GroupBy.model,
+    by: Grouping | None = None,
     threads: int = 16,
     on_record: Callable[[CostRecord], None] = lambda record: None,
 ) -> CostReport:
     """Read and add up the cost records of the days from ``since`` (of one batch, or all)."""
-    report = CostReport(since=since, by=by)
+    report = CostReport(since=since, by=by or Grouping())
 
     def read(key: str) -> CostRecord:
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()

@@ -39,8 +39,18 @@ from chatbatch.core.request_params import refusal
 from chatbatch.core.untranslatable import Untranslatable
 
 PASS_THROUGH_PARAMS = ROLE_PARAMS - {"temperature", "max_tokens", "stream"}
-# OpenAI's request metadata: at most 16 string pairs
-Metadata = Annotated[dict[str, StrictStr], Field(max_length=16)]
+# OpenAI's request metadata: at most 16 string pairs, keys up to 64 characters, values up
+# to 512; chatbatch's own metadata (copied into every cost record) is bounded the same way
+METADATA_MAX_KEYS = 16
+METADATA_KEY_MAX_CHARS = 64
+METADATA_VALUE_MAX_CHARS = 512
+Metadata = Annotated[
+    dict[
+        Annotated[StrictStr, Field(min_length=1, max_length=METADATA_KEY_MAX_CHARS)],
+        Annotated[StrictStr, Field(max_length=METADATA_VALUE_MAX_CHARS)],
+    ],
+    Field(max_length=METADATA_MAX_KEYS),
+]
 
 
 class _Common(LineModel):

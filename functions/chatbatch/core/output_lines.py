@@ -14,7 +14,7 @@ import hashlib
 from decimal import Decimal
 from typing import Any
 
-from pydantic import BaseModel, field_serializer
+from pydantic import BaseModel, Field, field_serializer
 
 from chatbatch.core.config import Priority
 from chatbatch.core.jobs import Job
@@ -145,6 +145,9 @@ class CostRecord(BaseModel):
     usage_estimated: bool = False
     # a call whose answer was never read has its own record: its reservation's id
     attempt: str | None = None
+    # the job's own ``metadata`` (bounded at intake: 16 keys of 64, values of 512
+    # characters), for attribution: ``costs --by metadata.KEY``; absent in older records
+    metadata: dict[str, str] = Field(default_factory=dict)
 
     @field_serializer("cost_usd")
     def _usd(self, value: Decimal) -> str:

@@ -82,6 +82,8 @@ TABLE_NAME = "TableName"
 WORKER_FUNCTION_NAME = "WorkerFunctionName"
 ALARM_TOPIC_ARN = "AlarmTopicArn"
 DASHBOARD_NAME = "DashboardName"
+COSTS_WORKGROUP = "CostsWorkGroup"  # the Athena workgroup of `costs --athena`
+COSTS_QUERY_POLICY_ARN = "CostsQueryPolicyArn"  # what a user of `costs --athena` needs
 
 
 def _camel(name: str) -> str:
@@ -109,6 +111,8 @@ OUTPUT_KEYS: dict[str, str] = {
     "worker": WORKER_FUNCTION_NAME,
     "alarm_topic": ALARM_TOPIC_ARN,
     "dashboard": DASHBOARD_NAME,
+    "costs_workgroup": COSTS_WORKGROUP,
+    "costs_query_policy": COSTS_QUERY_POLICY_ARN,
     **{f"queue.{p.value}": queue_url_key(p) for p in Priority},
     **{f"dlq.{p.value}": dlq_url_key(p) for p in Priority},
 }
@@ -138,3 +142,21 @@ def resources_to_outputs(resources: Resources) -> dict[str, str]:
     outputs |= {queue_url_key(p): url for p, url in resources.queues.items()}
     outputs |= {dlq_url_key(p): url for p, url in resources.dlqs.items()}
     return outputs
+
+
+# --- Athena over the cost records ------------------------------------------------------
+# The stack's Glue database and table over ``costs/`` and the Athena workgroup that
+# queries them (``chatbatch costs --athena``): named from the stack, so the CLI finds them
+# without an output. A Glue database name holds lower-case letters, digits and ``_``.
+
+COSTS_TABLE = "cost_records"
+ATHENA_RESULTS_PREFIX = "athena-results/"  # the workgroup's query results, in the bucket
+
+
+def costs_database(stack: str) -> str:
+    """``chatbatch-prod`` -> ``chatbatch_prod_costs``."""
+    return re.sub(r"[^a-z0-9_]", "_", stack.lower()) + "_costs"
+
+
+def costs_workgroup(stack: str) -> str:
+    return f"{stack}-costs"

@@ -164,6 +164,7 @@ def record_of(
         cached=cached,
         usage_estimated=usage_estimated,
         attempt=attempt,
+        metadata=job.metadata,
     )
 
 

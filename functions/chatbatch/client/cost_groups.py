@@ -1,0 +1,109 @@
+"""What ``chatbatch costs --by`` groups the cost records by.
+
+A grouping is one or more keys (``--by`` repeated): a field of the cost record (``model``,
+``priority``, ``role``, ``day``, ``batch``) or a key of the job's own metadata
+(``metadata.KEY``). A record without a value for a key (no role, no such metadata key)
+falls in the group ``(none)``. Each key is also a SQL expression over the Athena table of
+the cost records (``sql``), so ``costs --athena`` groups exactly as the S3 reader does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+from chatbatch.core.job_lines import METADATA_KEY_MAX_CHARS
+from chatbatch.core.output_lines import CostRecord
+
+METADATA = "metadata."
+NONE = "(none)"
+SEPARATOR = " / "  # between the values of a combined grouping, in a group's name
+
+
+class GroupBy(StrEnum):
+    model = "model"
+    priority = "priority"
+    role = "role"
+    day = "day"
+    batch = "batch"
+
+
+# each field's column in the cost records (and the Athena table: ``dt`` is its partition)
+COLUMNS = {
+    GroupBy.model: "model",
+    GroupBy.priority: "priority",
+    GroupBy.role: "role",
+    GroupBy.day: "dt",
+    GroupBy.batch: "batch_id",
+}
+
+
+class BadGrouping(ValueError):
+    """A ``--by`` that names neither a field nor a metadata key; the message says which."""
+
+
+def sql_string(text: str) -> str:
+    """A SQL string literal (Trino and SQLite): single quotes, doubled inside."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+class Grouping(BaseModel):
+    """The keys a report groups by, in order (the default: the model)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    keys: tuple[str, ...] = (GroupBy.model.value,)
+
+    @classmethod
+    def parse(cls, specs: Iterable[str]) -> Grouping:
+        """``--by`` values -> a grouping, or ``BadGrouping`` naming the bad one."""
+        keys = tuple(specs)
+        for key in keys:
+            if key.startswith(METADATA):
+                name = key.removeprefix(METADATA)
+                if not 1 <= len(name) <= METADATA_KEY_MAX_CHARS:
+                    raise BadGrouping(
+                        f"--by {key!r}: a metadata key has 1 to {METADATA_KEY_MAX_CHARS} "
+                        "characters (e.g. --by metadata.tenant)"
+                    )
+            elif key not in GroupBy.__members__:
+                raise BadGrouping(
+                    f"--by {key!r}: not a field; use one of {', '.join(GroupBy)} "
+                    "or metadata.KEY (repeat --by to combine)"
+                )
+        if len(set(keys)) != len(keys):
+            raise BadGrouping(f"--by {', '.join(keys)}: a key is given twice")
+        return cls(keys=keys) if keys else cls()
+
+    @property
+    def label(self) -> str:
+        """The grouping as the user wrote it: ``model`` or ``model,metadata.tenant``."""
+        return ",".join(self.keys)
+
+    def group_of(self, record: CostRecord) -> str:
+        """The name of the group ``record`` falls in."""
+        return self.name(tuple(_value(record, key) or NONE for key in self.keys))
+
+    @staticmethod
+    def name(values: Iterable[str]) -> str:
+        return SEPARATOR.join(values)
+
+    def sql(self) -> list[str]:
+        """Each key as a SQL expression over the cost-record table, ``(none)`` when absent."""
+        return [f"coalesce(nullif({_column(key)}, ''), {sql_string(NONE)})" for key in self.keys]
+
+
+def _value(record: CostRecord, key: str) -> str | None:
+    if key.startswith(METADATA):
+        return record.metadata.get(key.removeprefix(METADATA))
+    value = getattr(record, COLUMNS[GroupBy(key)])
+    return str(value) if value else None
+
+
+def _column(key: str) -> str:
+    if key.startswith(METADATA):
+        # element_at: NULL for a missing key (a subscript would fail the query)
+        return f"element_at(metadata, {sql_string(key.removeprefix(METADATA))})"
+    return COLUMNS[GroupBy(key)]
