@@ -273,8 +273,9 @@ def _serve(options: Any, config: Path | None, as_json: bool) -> None:
     with LocalRuntime(options) as runtime:
         _say_resumed(runtime, options.state_dir)
         runtime.register_stack()
+        # both region variables: boto3 and the AWS CLI read AWS_DEFAULT_REGION, other SDKs
+        # (JavaScript, Go, Java) AWS_REGION
         env = {"AWS_ENDPOINT_URL": runtime.endpoint or ""} | FAKE_CREDENTIALS
-        env.pop("AWS_DEFAULT_REGION", None)
         up = LocalUp(
             stack=runtime.config.stack_name,
             endpoint=runtime.endpoint or "",
