@@ -40,6 +40,7 @@ ProviderUrlOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--provider-url",
+        metavar="[NAME=]URL",
         help="a real OpenAI-compatible /v1 URL instead of the simulator: URL sends every "
         "model there with the key in CHATBATCH_API_KEY; NAME=URL sends provider NAME's "
         "models there with the key in its own api_key_env (repeatable; providers named "
