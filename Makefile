@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format typecheck bench synth clean
+.PHONY: demo test e2e lint format typecheck bench synth clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ demo: $(STAMP)
 
 test: $(STAMP) lint
 	$(PY) -m pytest -n 2 --dist loadfile
+
+# Against a real AWS account and DeepSeek: deploys a stack of its own, runs 20 jobs, checks
+# their costs, destroys it (~15 min, a few cents). Needs AWS credentials and a region,
+# DEEPSEEK_API_KEY and Node 20; skipped (with what is missing) otherwise. `make test` skips it.
+e2e: $(STAMP)
+	CHATBATCH_E2E=1 $(PY) -m pytest tests/e2e -p no:xdist -rs
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

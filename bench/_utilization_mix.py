@@ -153,7 +153,7 @@ def mix_run(
     os.environ.setdefault("CHATBATCH_API_KEY", "sk-bench")
     with simulator_process(cli_args(sim)) as url:
         options = LocalOptions(
-            provider_url=url,
+            provider_urls=[url],
             rpm=limit or FAST_RPM,
             tpm=100_000_000,
             timeout_s=max(300.0, 4 * ideal_s),

@@ -43,7 +43,7 @@ from chatbatch.local.options import LocalOptions
 def options(url: str, seed: int, concurrency: int | None) -> LocalOptions:
     os.environ.setdefault("CHATBATCH_API_KEY", "sk-bench")
     return LocalOptions(
-        provider_url=url,
+        provider_urls=[url],
         rpm=10_000_000,
         tpm=10_000_000_000,
         concurrency=concurrency,

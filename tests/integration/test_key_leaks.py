@@ -121,10 +121,10 @@ def _error_texts(err: ProviderError) -> list[str]:
 def test_a_malformed_key_is_refused_by_name_and_never_sent(
     config: Config, secret: str, monkeypatch: pytest.MonkeyPatch, logs: list[str]
 ) -> None:
-    monkeypatch.setenv("CHATBATCH_API_KEY", PREFIX + secret)
+    monkeypatch.setenv("DEEPSEEK_API_KEY", PREFIX + secret)
     with pytest.raises(MalformedKeyError) as read:
         services.api_key("deepseek")
-    assert "environment variable CHATBATCH_API_KEY" in str(read.value)
+    assert "environment variable DEEPSEEK_API_KEY" in str(read.value)
     assert "malformed" in str(read.value)
     with Simulator(SimulatorSettings(api_key="sk-other")) as sim:
         err = _fails(_config(config, sim.base_url), PREFIX + secret)

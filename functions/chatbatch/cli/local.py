@@ -37,10 +37,14 @@ if TYPE_CHECKING:
 EXIT_INTERRUPTED = 130  # what a shell reports for a command ended by Ctrl-C
 
 ProviderUrlOpt = Annotated[
-    str | None,
+    list[str] | None,
     typer.Option(
-        help="a real OpenAI-compatible /v1 URL instead of the simulator "
-        "(key from CHATBATCH_API_KEY, else OPENAI_API_KEY)"
+        "--provider-url",
+        metavar="[NAME=]URL",
+        help="a real OpenAI-compatible /v1 URL instead of the simulator: URL sends every "
+        "model there with the key in CHATBATCH_API_KEY; NAME=URL sends provider NAME's "
+        "models there with the key in its own api_key_env (repeatable; providers named "
+        "nowhere go to the bare URL, else to their configured base_url)",
     ),
 ]
 RpmOpt = Annotated[int | None, typer.Option(help="requests/min for every model")]
@@ -128,7 +132,7 @@ def local_run(
         shutil.rmtree(state_dir, ignore_errors=True)
     options = _local_options(
         config_path=config,
-        provider_url=provider_url,
+        provider_urls=provider_url or (),
         rpm=rpm,
         tpm=tpm,
         budget_usd=budget_usd,
@@ -242,7 +246,7 @@ def local_up(
 
     options = _local_options(
         config_path=config,
-        provider_url=provider_url,
+        provider_urls=provider_url or (),
         rpm=rpm,
         tpm=tpm,
         budget_usd=budget_usd,
@@ -270,8 +274,9 @@ def _serve(options: Any, config: Path | None, as_json: bool) -> None:
     with LocalRuntime(options) as runtime:
         _say_resumed(runtime, options.state_dir)
         runtime.register_stack()
+        # both region variables: boto3 and the AWS CLI read AWS_DEFAULT_REGION, other SDKs
+        # (JavaScript, Go, Java) AWS_REGION
         env = {"AWS_ENDPOINT_URL": runtime.endpoint or ""} | FAKE_CREDENTIALS
-        env.pop("AWS_DEFAULT_REGION", None)
         up = LocalUp(
             stack=runtime.config.stack_name,
             endpoint=runtime.endpoint or "",

@@ -1,7 +1,9 @@
-"""What a local run can be told (``LocalOptions``), and the config its workers run with."""
+"""What a local run can be told (``LocalOptions``), and the config its workers run with:
+where each provider is sent (``--provider-url``) and where its key comes from."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -15,7 +17,9 @@ from chatbatch.local.simulator import SimulatorSettings
 @dataclass
 class LocalOptions:
     config_path: Path | None = None
-    provider_url: str | None = None
+    # --provider-url, as given: URL (every provider there, one key) and NAME=URL (that
+    # provider there, with its own key); none: the simulator answers
+    provider_urls: Sequence[str] = ()
     rpm: int | None = None
     tpm: int | None = None
     budget_usd: Decimal | None = None
@@ -36,17 +40,64 @@ class LocalOptions:
     stop_grace_s: float = 15.0  # stopped early: how long the calls in flight may finish
 
 
-def effective_config(config: Config, options: LocalOptions, provider_url: str) -> Config:
-    """The config the local workers run with: every provider at ``provider_url``
-    (https, or plain http to loopback only: else a ``ConfigError`` naming it)."""
+SHARED_KEY_ENV = "CHATBATCH_API_KEY"  # the key of a bare --provider-url (and the simulator's)
+
+
+def parse_provider_urls(values: Sequence[str]) -> tuple[str | None, dict[str, str]]:
+    """``--provider-url`` values: at most one bare URL (every provider not named goes
+    there, with the key in ``CHATBATCH_API_KEY``) and any ``NAME=URL`` (that provider
+    goes there, with its own ``api_key_env``). A ``ConfigError`` says what is wrong."""
+    bare: str | None = None
+    named: dict[str, str] = {}
+    for value in values:
+        name, sep, url = value.partition("=")
+        if sep and "://" not in name:
+            if name in named:
+                raise ConfigError(f"--provider-url {value}: provider {name!r} is given twice")
+            named[name] = _checked_url(value, url)
+        elif bare is not None:
+            raise ConfigError(
+                f"--provider-url {value}: a second bare URL (the first: {bare}); give one "
+                "URL for every provider, and NAME=URL for each provider to send elsewhere"
+            )
+        else:
+            bare = _checked_url(value, value)
+    return bare, named
+
+
+def _checked_url(value: str, url: str) -> str:
+    """``url`` if it can be a provider's base_url (https, or plain http to loopback)."""
     try:
-        Provider.model_validate({"base_url": provider_url})
+        Provider.model_validate({"base_url": url})
     except ValidationError as err:
-        raise ConfigError(f"--provider-url {provider_url}: {format_error(err)}") from None
+        raise ConfigError(
+            f"--provider-url {value}: {format_error(err)}; give an OpenAI-compatible /v1 URL "
+            "(e.g. https://api.deepseek.com/v1), or NAME=URL for one provider"
+        ) from None
+    return url
+
+
+def effective_config(config: Config, options: LocalOptions, simulator_url: str | None) -> Config:
+    """The config the local workers run with. Every provider goes to the simulator
+    (``simulator_url``), else to a bare ``--provider-url``, with the key in
+    ``CHATBATCH_API_KEY``; a provider named in ``--provider-url NAME=URL`` goes to its URL
+    with its own ``api_key_env``, as does one named nowhere when no bare URL is given (to
+    its configured ``base_url``). A ``ConfigError`` names an unknown provider or a bad URL."""
+    bare, named = parse_provider_urls(options.provider_urls)
+    unknown = sorted(set(named) - set(config.providers))
+    if unknown:
+        raise ConfigError(
+            f"--provider-url {unknown[0]}=...: no provider {unknown[0]!r} in the config; "
+            f"its providers: {', '.join(sorted(config.providers))} ([providers.NAME])"
+        )
+    shared_url = simulator_url or bare
     data = config.model_dump(mode="json")
-    for provider in data["providers"].values():
-        provider["base_url"] = provider_url
-        provider["api_key_env"] = "CHATBATCH_API_KEY"
+    for name, provider in data["providers"].items():
+        if name in named:
+            provider["base_url"] = named[name]
+        elif shared_url:
+            provider["base_url"] = shared_url
+            provider["api_key_env"] = SHARED_KEY_ENV
         provider.pop("secret_arn", None)
     for model in data["models"].values():
         model["rpm"] = options.rpm or model["rpm"]

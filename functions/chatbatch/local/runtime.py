@@ -59,7 +59,7 @@ from chatbatch.local.feeder import Feeder, Unfinished
 from chatbatch.local.journal.replay import ReplayReport
 from chatbatch.local.journal.state_dir import durable
 from chatbatch.local.live_outputs import live_outputs
-from chatbatch.local.options import LocalOptions, effective_config
+from chatbatch.local.options import SHARED_KEY_ENV, LocalOptions, effective_config
 from chatbatch.local.outputs import Figures, invalid_line, replacing, write_costs, write_results
 from chatbatch.local.simulator import Simulator, SimulatorSettings
 from chatbatch.local.summary import AwsCallCounter, Summary, summarize
@@ -122,15 +122,14 @@ class LocalRuntime:
 
     def _start(self) -> None:
         options = self.options
-        key = os.environ.get("CHATBATCH_API_KEY") or os.environ.get("OPENAI_API_KEY")
-        if options.provider_url:
-            provider_url = options.provider_url
-        else:
+        keys: dict[str, str] = {}  # each provider's key comes from its own api_key_env
+        if not options.provider_urls:
             settings = options.simulator or SimulatorSettings(seed=options.seed)
             settings = settings.model_copy(update={"api_key": LOCAL_KEY, "seed": options.seed})
             self.simulator = self._stack.enter_context(Simulator(settings))
-            provider_url, key = self.simulator.base_url, LOCAL_KEY
-        self.config = effective_config(self.base_config, options, provider_url)
+            keys[SHARED_KEY_ENV] = LOCAL_KEY
+        simulator_url = self.simulator.base_url if self.simulator else None
+        self.config = effective_config(self.base_config, options, simulator_url)
         workdir = Path(self._stack.enter_context(tempfile.TemporaryDirectory()))
         config_file = workdir / "chatbatch.json"
         config_file.write_text(self.config.model_dump_json())
@@ -152,7 +151,7 @@ class LocalRuntime:
             # no X-Ray daemon here; opt in with POWERTOOLS_TRACE_DISABLED=false
             **_trace_env(),
             "POWERTOOLS_LOG_LEVEL": options.log_level,
-            "CHATBATCH_API_KEY": key or "",
+            **keys,
         }
         self._stack.enter_context(patched_env(env))
         self._stack.enter_context(_worker_logs(options.log_level, options.log_file))

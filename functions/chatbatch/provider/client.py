@@ -46,7 +46,8 @@ The API key is sent as ``Authorization: Bearer`` (kind openai) or ``x-api-key`` 
 anthropic) and nowhere else: no exception text,
 attempt record or log line carries it. A key the lookup finds malformed
 (``chatbatch.provider.keys``) is never sent: the call fails as an account error
-(``auth``, code ``malformed_api_key``), so the model pauses as on a 401. Transport
+(``auth``, code ``malformed_api_key``), so the model pauses as on a 401; so does a
+provider with no key at all (``MissingKeyError``, code ``missing_api_key``). Transport
 errors are fixed texts (``classify``); any provider text echoing the key, whole, escaped
 or in pieces, is redacted.
 """
@@ -77,7 +78,7 @@ from chatbatch.provider.errors import (
     ResponseError,
     request_id_of,
 )
-from chatbatch.provider.keys import MalformedKeyError, Redactor, checked_key
+from chatbatch.provider.keys import MalformedKeyError, MissingKeyError, Redactor, checked_key
 from chatbatch.provider.message_stream import read_message
 from chatbatch.provider.retry import (
     ATTEMPT_ERRORS,
@@ -390,13 +391,13 @@ def _lookup(api_key: ApiKeyLookup, provider: str) -> str | None:
     try:
         key = api_key(provider)
         return None if key is None else checked_key(key, f"the API key of provider {provider}")
-    except MalformedKeyError as err:
+    except (MalformedKeyError, MissingKeyError) as err:
         raise ProviderError(
             str(err),
             status=None,
             permanent=True,
             attempts=[],
-            code="malformed_api_key",
+            code=err.code,
             account=AccountReason.auth,
         ) from None
 

@@ -7,6 +7,9 @@
   control or non-ASCII character). The error names where the key came from and what is
   wrong with it, never the key; the client turns it into an account-level error, so the
   model pauses as on a 401 and no job fails for it.
+- ``MissingKeyError``: a provider whose key is nowhere to be found (locally: its own
+  ``api_key_env`` is unset; no other provider's key is ever used instead). The text
+  names the provider and the variable; the client pauses the model for it, as above.
 - ``Redactor`` scrubs a key from text a provider or a library produced: the key itself,
   its escaped forms (``repr``, JSON, a bytes ``repr``) and any piece of
   ``MIN_PIECE`` or more characters of any of them.
@@ -15,6 +18,7 @@
 from __future__ import annotations
 
 import json
+from typing import ClassVar
 
 REDACTED = "[redacted]"
 MIN_PIECE = 6  # shorter pieces of a key are not treated as a leak
@@ -23,11 +27,28 @@ MIN_PIECE = 6  # shorter pieces of a key are not treated as a leak
 class MalformedKeyError(ValueError):
     """A stored API key that is not a printable-ASCII token; the text names its source."""
 
+    code: ClassVar[str] = "malformed_api_key"  # the code of the account error it becomes
+
     def __init__(self, source: str, problem: str) -> None:
         self.source = source
         super().__init__(
             f"the stored API key in {source} is malformed ({problem}): a key is printable "
             "ASCII with no whitespace inside; store the bare key, once"
+        )
+
+
+class MissingKeyError(ValueError):
+    """A provider with no key: its environment variable is unset or empty."""
+
+    code: ClassVar[str] = "missing_api_key"
+
+    def __init__(self, provider: str, env: str) -> None:
+        self.provider = provider
+        self.env = env
+        super().__init__(
+            f"provider {provider} has no API key: set the environment variable {env} "
+            f"(its api_key_env in the config) to {provider}'s key; no other provider's key "
+            "is used for it"
         )
 
 

@@ -2,9 +2,11 @@
 
 Deployed, a provider's API key comes from its Secrets Manager secret (the stack passes the
 secret's ARN in ``CHATBATCH_SECRET_<PROVIDER>``, cached 5 min); locally, from the
-provider's own environment variable, then the fallbacks. Either is checked when read
+provider's own environment variable (``api_key_env``) and nowhere else: one provider's
+key is never sent to another. Either is checked when read
 (``chatbatch.provider.keys.checked_key``): a malformed key raises an error naming the
-secret or the variable, never the key, and the provider client pauses the model for it.
+secret or the variable, never the key, an unset variable one naming the provider and the
+variable (``MissingKeyError``), and the provider client pauses the model for either.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from chatbatch.core.config import Config, load_config
 from chatbatch.core.principals import caller_principal
 from chatbatch.core.resources import Resources
 from chatbatch.provider.client import ProviderClient
-from chatbatch.provider.keys import checked_key
+from chatbatch.provider.keys import MissingKeyError, checked_key
 from chatbatch.state.batches import Batches
 from chatbatch.state.breaker import Breakers
 from chatbatch.state.budget.budget import Budget
@@ -34,7 +36,6 @@ if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
 SECRET_ENV_PREFIX = "CHATBATCH_SECRET_"
-FALLBACK_KEY_ENVS = ("CHATBATCH_API_KEY", "OPENAI_API_KEY")
 
 
 @dataclass
@@ -58,18 +59,20 @@ def secret_env(provider: str) -> str:
 
 
 def api_key(provider: str) -> str | None:
-    """Deployed: the provider's Secrets Manager secret (cached 5 min); locally: env vars.
+    """Deployed: the provider's Secrets Manager secret (cached 5 min); locally: the
+    provider's own ``api_key_env``, with no fallback to any other variable.
 
     Raises ``MalformedKeyError`` for a key that is not a printable-ASCII token (the ends
-    are stripped: a secret saved from a file ends in a newline)."""
+    are stripped: a secret saved from a file ends in a newline), ``MissingKeyError`` when
+    the variable is unset or blank."""
     arn = os.environ.get(secret_env(provider))
     if arn:
         return checked_key(str(get_secret(arn, max_age=300)), f"Secrets Manager secret {arn}")
     env = load_config_cached().providers[provider].api_key_env
-    for name in (env, *FALLBACK_KEY_ENVS):
-        if os.environ.get(name, "").strip():
-            return checked_key(os.environ[name], f"environment variable {name}")
-    return None
+    raw = os.environ.get(env, "")
+    if not raw.strip():
+        raise MissingKeyError(provider, env)
+    return checked_key(raw, f"environment variable {env}")
 
 
 @cache
