@@ -24,7 +24,13 @@ from chatbatch.client.deployment import Deployment, connect
 from chatbatch.core.config import load_config
 from chatbatch.core.output_lines import OutputLine
 from chatbatch.core.private_files import private_open
-from chatbatch.state.store import error_key, manifest_key, result_key
+from chatbatch.state.store import (
+    error_key,
+    errors_prefix,
+    manifest_key,
+    result_key,
+    results_prefix,
+)
 from chatbatch.translate.batch_results import written
 
 
@@ -84,12 +90,12 @@ def _outcomes_by_listing(deployment: Deployment, batch_id: str, threads: int) ->
     succeeded: set[str] = set()
 
     def results() -> Iterator[str]:
-        for key in list_keys(s3, bucket, f"results/{batch_id}/"):
+        for key in list_keys(s3, bucket, results_prefix(batch_id)):
             succeeded.add(key.rsplit("/", 1)[-1])
             yield key
 
     def errors() -> Iterator[str]:
-        for key in list_keys(s3, bucket, f"errors/{batch_id}/"):
+        for key in list_keys(s3, bucket, errors_prefix(batch_id)):
             if key.rsplit("/", 1)[-1] not in succeeded:
                 yield key
 
