@@ -162,6 +162,11 @@ class BatchInfo(BaseModel):
         """Jobs in a terminal state (dead-lettered counts until it is redriven)."""
         return self.succeeded + self.failed + self.cancelled_jobs + self.dead_lettered
 
+    @property
+    def complete(self) -> bool:
+        """Every job of the registered ``total`` is final (never, without a total)."""
+        return self.total is not None and self.finished >= self.total
+
 
 def batch_key(batch_id: str) -> dict[str, Any]:
     return {TABLE_PK: s(f"batch#{batch_id}"), TABLE_SK: s("meta")}

@@ -40,7 +40,7 @@ _NAMES = {
 
 def due(info: BatchInfo) -> bool:
     """Every job of a registered batch is final and this completion's event is not sent."""
-    if info.total is None or info.finished < info.total:
+    if not info.complete:
         return False
     return info.completion_sent_gen is None or info.completion_sent_gen < info.retried
 
