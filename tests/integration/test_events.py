@@ -22,6 +22,8 @@ from typing import Any
 import boto3
 import pytest
 
+from chatbatch.client.deployment import connect
+from chatbatch.client.retry import plan_retry, send_retries
 from chatbatch.core.config import Config, Priority
 from chatbatch.core.events import BATCH_COMPLETED, SOURCE, BatchCompleted
 from chatbatch.core.pricing import from_nanos
@@ -102,9 +104,12 @@ class Run:
     events: list[dict[str, Any]]
     cost_nanos: int  # the sum of the batch's cost records
     puts: list[str]  # the batches whose event the worker tried to put (with fail_first_put)
+    first: BatchInfo  # the counters at the first completion
 
 
-def run_batch(tmp: Path, config: Config, *, duplicate: bool, fail_first_put: bool) -> Iterator[Run]:
+def run_batch(
+    tmp: Path, config: Config, *, duplicate: bool, fail_first_put: bool, retry: bool = False
+) -> Iterator[Run]:
     quick = config.model_copy(
         update={"worker": config.worker.model_copy(update={"batch_size": 2, "batch_window_s": 0})}
     )
@@ -143,10 +148,28 @@ def run_batch(tmp: Path, config: Config, *, duplicate: bool, fail_first_put: boo
         wait_for(lambda: queues_empty(rt), 60, "every copy and redelivery to end")
         time.sleep(1)
         events += drain(sink)
-        info = rt.batches.get(plan.batch_id)
+        info = first = rt.batches.get(plan.batch_id)
         assert info is not None
+        if retry:  # `chatbatch retry`: the failed jobs again, answered this time
+            assert rt.simulator is not None
+            rt.simulator.configure(fault_rates={})
+            rt.register_stack()
+            deployment = connect(rt.config)
+            send_retries(deployment, plan_retry(deployment, info))
+            wait_for(lambda: _completed_again(rt, plan.batch_id), 60, "the second completion")
+            wait_for(lambda: events.extend(drain(sink)) or len(events) > 1, 30, "event 2")
+            wait_for(lambda: queues_empty(rt), 60, "the retried jobs to end")
+            time.sleep(1)
+            events += drain(sink)
+            info = rt.batches.get(plan.batch_id)
+            assert info is not None
         costs = _cost_nanos(rt.resources.bucket, plan.batch_id)
-        yield Run(info=info, events=events, cost_nanos=costs, puts=puts)
+        yield Run(info=info, events=events, cost_nanos=costs, puts=puts, first=first)
+
+
+def _completed_again(rt: LocalRuntime, batch_id: str) -> bool:
+    info = rt.batches.get(batch_id)
+    return info is not None and info.retried > 0 and info.complete
 
 
 def _cost_nanos(bucket: str, batch_id: str) -> int:
@@ -173,10 +196,16 @@ def flaky(tmp_path: Path, config: Config) -> Iterator[Run]:
 def check_one_event(run: Run) -> None:
     info = run.info
     assert len(run.events) == 1, run.events
-    (event,) = run.events
+    check_event(run.events[0], info, run.cost_nanos)
+    assert info.completion_sent_gen == 0 and info.completed_at is not None
+
+
+def check_event(event: dict[str, Any], info: BatchInfo, cost_nanos: int) -> None:
+    """The event is ``info``'s completion: its counts, its cost (= its cost records)."""
     assert event["source"] == SOURCE and event["detail-type"] == BATCH_COMPLETED
     detail = BatchCompleted.model_validate(event["detail"])
-    assert detail.batch_id == info.batch_id and detail.event_id == f"{info.batch_id}#0"
+    assert detail.batch_id == info.batch_id and detail.completion == info.retried
+    assert detail.event_id == f"{info.batch_id}#{info.retried}"
     assert detail.total == JOBS
     assert (detail.succeeded, detail.failed, detail.cancelled, detail.dead_lettered) == (
         info.succeeded,
@@ -185,17 +214,17 @@ def check_one_event(run: Run) -> None:
         info.dead_lettered,
     )
     assert detail.succeeded + detail.failed + detail.cancelled + detail.dead_lettered == JOBS
-    assert detail.succeeded > 0 and detail.failed > 0  # the 400s: failed, never retried
-    assert detail.cost_nanos == info.cost_nanos == run.cost_nanos > 0
-    assert detail.cost_usd == from_nanos(run.cost_nanos) > Decimal(0)
+    assert detail.succeeded > 0
+    assert detail.cost_nanos == info.cost_nanos == cost_nanos > 0
+    assert detail.cost_usd == from_nanos(cost_nanos) > Decimal(0)
     assert detail.results.startswith("s3://") and detail.results.endswith(
         f"/results/{info.batch_id}/"
     )
-    assert info.completion_sent_gen == 0 and info.completed_at is not None
 
 
 def test_twenty_workers_and_every_job_twice_make_exactly_one_event(doubled: Run) -> None:
     check_one_event(doubled)
+    assert doubled.info.failed > 0  # the 400s: failed, never retried, counted
 
 
 def test_a_failed_put_comes_back_with_its_records_and_is_put_once(flaky: Run) -> None:
@@ -266,3 +295,18 @@ def test_a_batch_retried_and_completed_again_completes_anew(
     )
     assert due(again) and completions.claim(again, now + 1)
     assert not completions.claim(again, now + 2)
+
+
+def test_a_batch_retried_after_completing_completes_again_with_a_new_event(
+    tmp_path: Path, config: Config
+) -> None:
+    (run,) = run_batch(tmp_path, config, duplicate=False, fail_first_put=False, retry=True)
+    first, info = run.first, run.info
+    assert len(run.events) == 2, run.events
+    assert first.failed > 0 and first.retried == 0
+    assert run.events[0]["detail"]["failed"] == first.failed
+    assert run.events[0]["detail"]["event_id"] == f"{info.batch_id}#0"
+    # the retried jobs answered: the second completion counts them, with the new cost
+    assert info.retried == first.failed and (info.succeeded, info.failed) == (JOBS, 0)
+    check_event(run.events[1], info, run.cost_nanos)
+    assert info.completion_sent_gen == info.retried
