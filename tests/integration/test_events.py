@@ -79,16 +79,22 @@ def drain(url: str) -> list[dict[str, Any]]:
 
 def queues_empty(rt: LocalRuntime) -> bool:
     sqs = boto3.client("sqs")
-    names = [
+    names: list[Any] = [
         "ApproximateNumberOfMessages",
         "ApproximateNumberOfMessagesNotVisible",
         "ApproximateNumberOfMessagesDelayed",
     ]
     for url in rt.resources.queues.values():
-        attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"]  # type: ignore[arg-type]
-        if any(int(attrs[name]) for name in names):
+        reply = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)
+        if any(int(count) for count in reply["Attributes"].values()):
             return False
     return True
+
+
+def received(url: str, events: list[dict[str, Any]], n: int) -> bool:
+    """Read the sink into ``events``; True once it holds ``n``."""
+    events.extend(drain(url))
+    return len(events) >= n
 
 
 def wait_for(check: Any, timeout_s: float, what: str) -> None:
@@ -144,12 +150,12 @@ def run_batch(
                 feeder.backlog.extend(list(feeder.backlog))
         rt.wait(plan)
         events: list[dict[str, Any]] = []
-        wait_for(lambda: events.extend(drain(sink)) or bool(events), 30, "the event")
+        wait_for(lambda: received(sink, events, 1), 30, "the event")
         wait_for(lambda: queues_empty(rt), 60, "every copy and redelivery to end")
         time.sleep(1)
         events += drain(sink)
         info = first = rt.batches.get(plan.batch_id)
-        assert info is not None
+        assert first is not None and info is not None
         if retry:  # `chatbatch retry`: the failed jobs again, answered this time
             assert rt.simulator is not None
             rt.simulator.configure(fault_rates={})
@@ -157,7 +163,7 @@ def run_batch(
             deployment = connect(rt.config)
             send_retries(deployment, plan_retry(deployment, info))
             wait_for(lambda: _completed_again(rt, plan.batch_id), 60, "the second completion")
-            wait_for(lambda: events.extend(drain(sink)) or len(events) > 1, 30, "event 2")
+            wait_for(lambda: received(sink, events, 2), 30, "the second event")
             wait_for(lambda: queues_empty(rt), 60, "the retried jobs to end")
             time.sleep(1)
             events += drain(sink)
@@ -275,9 +281,9 @@ def test_a_stale_unsent_claim_is_taken_over_a_fresh_one_is_not(
     # the claimer crashed before PutEvents (or after it, before the mark): once stale, yes
     assert completions.claim(info, now + CLAIM_LEASE_S + 1)
     completions.sent("b1", 0, now + CLAIM_LEASE_S + 2)
-    info = batches.get("b1")
-    assert info is not None and not due(info)
-    assert not completions.claim(info, now + 10 * CLAIM_LEASE_S)  # sent: never again
+    sent = batches.get("b1")
+    assert sent is not None and not due(sent)
+    assert not completions.claim(sent, now + 10 * CLAIM_LEASE_S)  # sent: never again
 
 
 def test_a_batch_retried_and_completed_again_completes_anew(
