@@ -8,6 +8,7 @@ A put that fails gives the claim back and sends the batch's records back to thei
 their redelivery (jobs already final: ``duplicate``) looks again. A crash between the put
 and the mark leaves a claim that goes stale after ``CLAIM_LEASE_S``; the redelivery then
 puts the event again, with the same ``event_id`` (at least once; consumers dedupe on it).
+A mark that fails after a put is only logged: the records are not sent back for it.
 See docs/events.md.
 """
 
@@ -92,7 +93,14 @@ def announce_one(services: Services, batch_id: str) -> bool:
     except Exception:
         services.completions.release(batch_id, info.retried, claimed_at)
         raise
-    services.completions.sent(batch_id, info.retried, time.time())
+    try:
+        services.completions.sent(batch_id, info.retried, time.time())
+    except Exception:  # the event is out: sending the records back would put it again
+        logger.exception(
+            "completion event put but not marked sent: a redelivery after the claim's "
+            "lease would put it again (same event_id)",
+            extra={"batch_id": batch_id},
+        )
     logger.info("batch completed", extra={"batch_id": batch_id, "completion": info.retried})
     return True
 
