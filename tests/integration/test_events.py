@@ -126,8 +126,10 @@ def run_batch(
         concurrency=5,  # 4 priorities x 5: 20 workers
         rpm=1_000_000,
         tpm=1_000_000_000,
-        visibility_timeout_s=8,  # no redelivery while a job runs: the put's
-        # failure sends its records back, and they come again after this
+        # a message comes back only when its invocation failed it: never while its job
+        # runs (two deliveries of one message would both call the provider); a failed put
+        # sends the records back, and they come again after this
+        visibility_timeout_s=20 if fail_first_put else None,
         simulator=SimulatorSettings(latency_ms=150, fault_rates={FaultKind.bad_request: 0.15}),
         timeout_s=120,
     )
@@ -150,8 +152,8 @@ def run_batch(
                 feeder.backlog.extend(list(feeder.backlog))
         rt.wait(plan)
         events: list[dict[str, Any]] = []
-        wait_for(lambda: received(sink, events, 1), 30, "the event")
-        wait_for(lambda: queues_empty(rt), 60, "every copy and redelivery to end")
+        wait_for(lambda: received(sink, events, 1), 90, "the event")
+        wait_for(lambda: queues_empty(rt), 120, "every copy and redelivery to end")
         time.sleep(1)
         events += drain(sink)
         info = first = rt.batches.get(plan.batch_id)
@@ -162,9 +164,9 @@ def run_batch(
             rt.register_stack()
             deployment = connect(rt.config)
             send_retries(deployment, plan_retry(deployment, info))
-            wait_for(lambda: _completed_again(rt, plan.batch_id), 60, "the second completion")
-            wait_for(lambda: received(sink, events, 2), 30, "the second event")
-            wait_for(lambda: queues_empty(rt), 60, "the retried jobs to end")
+            wait_for(lambda: _completed_again(rt, plan.batch_id), 120, "the second completion")
+            wait_for(lambda: received(sink, events, 2), 60, "the second event")
+            wait_for(lambda: queues_empty(rt), 120, "the retried jobs to end")
             time.sleep(1)
             events += drain(sink)
             info = rt.batches.get(plan.batch_id)
