@@ -11,6 +11,7 @@ from chatbatch.core.config import Config
 from infra import outputs
 from infra.bundling import AssetInputs
 from infra.costs_table import CostsTable
+from infra.events import CompletionEvents
 from infra.monitoring import Monitoring
 from infra.queues import PriorityQueues
 from infra.secrets import ProviderSecrets
@@ -20,7 +21,7 @@ from infra.worker import Worker
 
 
 class ChatbatchStack(Stack):
-    """Queues, state, storage, secrets, worker and monitoring of one deployment.
+    """Queues, state, storage, secrets, worker, monitoring and events of one deployment.
     ``producers``: the ARNs that may send to the queues (besides the worker's role)."""
 
     def __init__(
@@ -66,6 +67,7 @@ class ChatbatchStack(Stack):
             dlqs=self.queues.dlqs,
             alarm_email=alarm_email,
         )
+        self.events = CompletionEvents(self, "Events", config=config)
 
         # Outputs live at stack level so their keys are exactly the names in infra.outputs.
         def output(key: str, value: str, description: str) -> None:

@@ -21,6 +21,7 @@ from chatbatch.core.metrics import NAMESPACE as METRICS_NAMESPACE
 from chatbatch.core.metrics import SERVICE as SERVICE_NAME
 from chatbatch.core.resources import Resources
 from infra.bundling import CONFIG_IN_ASSET, LAMBDA_TASK_ROOT, AssetInputs, worker_code
+from infra.events import put_events_statement
 from infra.secrets import secret_env_name
 from infra.worker_policy import S3_PREFIXES, worker_data_statements
 
@@ -118,6 +119,8 @@ class Worker(Construct):
             self.role.add_to_principal_policy(statement)
         for secret in secrets.values():
             secret.grant_read(self.role)
+        if config.events.enabled:  # the Batch Completed event (see infra.events)
+            self.role.add_to_principal_policy(put_events_statement(self, config.events.bus))
 
         self._acknowledge(runtime, bucket)
 

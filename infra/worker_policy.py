@@ -42,7 +42,10 @@ A claim check whose key is outside ``claims/`` is refused by S3 (403, not read).
 The worker never reads ``requests/``, ``errors/``, ``history/`` or ``batches/``, and never
 copies or deletes objects (``move_error_to_history`` and ``put_manifest`` are the CLI's).
 SQS (send and change visibility on the four queues, plus what the event source mapping
-needs), the secrets, the log group and X-Ray are granted in ``infra.worker``.
+needs), the secrets, the log group and X-Ray are granted in ``infra.worker``; EventBridge
+``PutEvents`` (the Batch Completed event, ``chatbatch`` source only, one bus) in
+``infra.events``. ``GetItem`` and ``UpdateItem`` above also serve the completion check
+(``worker.completion``: the batch's counters read, its completion claimed and marked).
 """
 
 from __future__ import annotations

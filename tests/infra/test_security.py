@@ -62,6 +62,13 @@ WORKER_POLICY: set[tuple[str, str, tuple[str, ...], tuple[str, ...], str]] = {
     ),
     ("BucketListBucket", "Allow", ("s3:ListBucket",), ("StorageData.Arn",), ""),
     (
+        "PutBatchCompletedEvents",
+        "Allow",
+        ("events:PutEvents",),
+        ("arn:AWS::Partition:events:AWS::Region:AWS::AccountId:event-bus/default",),
+        "{'StringEquals': {'events:source': 'chatbatch'}}",
+    ),
+    (
         "",
         "Allow",
         ("secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue"),

@@ -3,7 +3,8 @@ order when the batch has a manifest, streamed to two files (or stdout): answers 
 provider's HTTP error answers to the results file, failures that never got an HTTP answer
 to the error file (``results.jsonl`` → ``results.errors.jsonl`` unless ``--errors``). A
 batch submitted as Anthropic Message Batches lines is written as Anthropic's results
-lines, all in the one results file (as Anthropic's; ``--errors`` is not used)."""
+lines, all in the one results file (as Anthropic's; ``--errors`` is not used).
+``--wait`` first waits until every job is final (``chatbatch.client.wait``)."""
 
 from __future__ import annotations
 
@@ -16,15 +17,23 @@ from typing import IO, Annotated, Literal
 import typer
 from pydantic import BaseModel
 
-from chatbatch.cli.errors import EXIT_INCOMPLETE
+from chatbatch.cli.errors import EXIT_INCOMPLETE, EXIT_USAGE, CliError
 from chatbatch.cli.output import console, emit, progress_bar, warn
 from chatbatch.cli.params import BatchArg, ConfigOpt, JsonOpt, StackOpt, ThreadsOpt, find_batch
 from chatbatch.client.costs import in_order, list_keys
 from chatbatch.client.deployment import Deployment, connect
+from chatbatch.client.wait import NoTotal, wait_until_complete
 from chatbatch.core.config import load_config
 from chatbatch.core.output_lines import OutputLine
 from chatbatch.core.private_files import private_open
-from chatbatch.state.store import error_key, manifest_key, result_key
+from chatbatch.state.batches import BatchInfo
+from chatbatch.state.store import (
+    error_key,
+    errors_prefix,
+    manifest_key,
+    result_key,
+    results_prefix,
+)
 from chatbatch.translate.batch_results import written
 
 
@@ -84,12 +93,12 @@ def _outcomes_by_listing(deployment: Deployment, batch_id: str, threads: int) ->
     succeeded: set[str] = set()
 
     def results() -> Iterator[str]:
-        for key in list_keys(s3, bucket, f"results/{batch_id}/"):
+        for key in list_keys(s3, bucket, results_prefix(batch_id)):
             succeeded.add(key.rsplit("/", 1)[-1])
             yield key
 
     def errors() -> Iterator[str]:
-        for key in list_keys(s3, bucket, f"errors/{batch_id}/"):
+        for key in list_keys(s3, bucket, errors_prefix(batch_id)):
             if key.rsplit("/", 1)[-1] not in succeeded:
                 yield key
 
@@ -128,6 +137,23 @@ def collect(
             "stdout; '-': stdout; a batch of Anthropic lines has none: one results file)",
         ),
     ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="first wait until every job of the batch is final (its counters polled "
+            "with backoff, progress on stderr), then collect",
+        ),
+    ] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--timeout",
+            min=0,
+            help="with --wait: stop waiting after this many seconds and collect what is "
+            "there (exit code 3 if jobs are unfinished)",
+        ),
+    ] = None,
     threads: ThreadsOpt = 16,
     stack: StackOpt = None,
     config: ConfigOpt = None,
@@ -137,10 +163,13 @@ def collect(
     they are read: answers and the provider's HTTP error answers to OUTPUT, failures that
     never got an HTTP answer to the error file.
 
-    Exit code 3 when some jobs have not finished yet (run collect again later).
+    Exit code 3 when some jobs have not finished yet (run collect again later, or use
+    --wait).
     """
+    if timeout is not None and not wait:
+        raise CliError("--timeout is a limit on --wait: add --wait, or drop --timeout", EXIT_USAGE)
     deployment = connect(load_config(config), stack)
-    info = deployment.batches.get(batch)
+    info = _wait(deployment, batch, timeout) if wait else deployment.batches.get(batch)
     ids = _manifest(deployment, batch)
     if info is None and ids is None:
         find_batch(deployment, batch)  # raises: unknown batch
@@ -181,6 +210,36 @@ def collect(
     if report.source == "listing" and total is not None:
         report.unfinished = max(0, total - report.results - report.errors)
     _finish_collect(report, as_json)
+
+
+def _wait(deployment: Deployment, batch: str, timeout: float | None) -> BatchInfo:
+    """Wait until the batch is complete (or ``timeout``), its progress on stderr."""
+    find_batch(deployment, batch)  # an unknown batch: its error now, not after a wait
+    shown: list[str] = []
+
+    def show(info: BatchInfo) -> None:
+        line = (
+            f"waiting for batch {batch}: {info.finished}/{info.total} final "
+            f"({info.succeeded} succeeded, {info.failed} failed, {info.dead_lettered} "
+            f"dead-lettered, {info.deferred} deferred for budget, {info.paused} paused)"
+        )
+        if not shown or shown[-1] != line:
+            console.print(line, highlight=False, soft_wrap=True)
+            shown.append(line)
+
+    try:
+        info, complete = wait_until_complete(
+            deployment.batches, batch, timeout_s=timeout, on_poll=show
+        )
+    except NoTotal as err:
+        raise CliError(str(err), EXIT_USAGE) from None
+    if not complete:
+        left = (info.total or 0) - info.finished
+        warn(
+            f"gave up waiting after {timeout:g} s: {left} job(s) of batch {batch} are not "
+            "final; collecting what is there"
+        )
+    return info
 
 
 def _finish_collect(report: CollectReport, as_json: bool) -> None:

@@ -334,6 +334,26 @@ class Security(_Strict):
     )
 
 
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+EVENT_BUS_PATTERN = r"^[A-Za-z0-9._\-/]{1,256}$"
+
+
+class Events(_Strict):
+    """The "Batch Completed" event (EventBridge) and its optional e-mail (SNS)."""
+
+    enabled: bool = True
+    bus: str = Field(
+        default="default",
+        pattern=EVENT_BUS_PATTERN,
+        description="the EventBridge bus the worker puts the event on (its name)",
+    )
+    email: str | None = Field(
+        default=None,
+        pattern=EMAIL_PATTERN,
+        description="an address subscribed (SNS e-mail) to every Batch Completed event",
+    )
+
+
 class Config(_Strict):
     stack_name: str = Field(default="chatbatch", pattern=r"^[A-Za-z][A-Za-z0-9-]{0,127}$")
     defaults: Defaults
@@ -346,6 +366,7 @@ class Config(_Strict):
     worker: Worker = Worker()
     limits: Limits = Limits()
     security: Security = Security()
+    events: Events = Events()
 
     @model_validator(mode="after")
     def _references(self) -> Config:

@@ -9,13 +9,14 @@ Items (single table, see ``resources``):
   the counters
   ``succeeded``, ``failed``, ``deferred``, ``throttled``, ``paused``, ``dead_lettered``,
   ``cancelled_jobs``, ``cost_nanos``, ``prompt_tokens``, ``completion_tokens``,
-  ``provider_calls`` (the tokens
+  ``provider_calls``, ``retried`` (jobs sent again by ``chatbatch retry``) (the tokens
   are what the provider billed, reasoning included), ``estimated_calls`` and
   ``estimated_nanos`` (calls the provider may have billed whose usage never came back:
   booked at their worst case, in ``cost_nanos`` and ``provider_calls`` too, in neither
   token total), and ``cached_jobs`` and
   ``cache_saved_tokens`` (succeeded jobs answered from the response cache, and the prompt +
-  completion tokens of their stored answers: billed to no one, so in neither token total).
+  completion tokens of their stored answers: billed to no one, so in neither token total),
+  and the completion event's marks (``state.completion``).
 - ``pk=job#<batch>#<id_key(custom_id)>, sk=state``: a job's state: ``deferred`` (budget),
   ``throttled`` (rate limit), ``paused`` (account error) or ``dead_lettered`` while it
   waits, then one of the
@@ -149,11 +150,22 @@ class BatchInfo(BaseModel):
     estimated_nanos: int = 0
     cached_jobs: int = 0
     cache_saved_tokens: int = 0
+    retried: int = 0  # jobs sent again by ``chatbatch retry``: numbers the batch's completions
+    # the "Batch Completed" event (``state.completion``): claimed for a completion, then sent
+    completion_gen: int | None = None
+    completion_claimed_at: float | None = None
+    completion_sent_gen: int | None = None
+    completed_at: float | None = None
 
     @property
     def finished(self) -> int:
         """Jobs in a terminal state (dead-lettered counts until it is redriven)."""
         return self.succeeded + self.failed + self.cancelled_jobs + self.dead_lettered
+
+    @property
+    def complete(self) -> bool:
+        """Every job of the registered ``total`` is final (never, without a total)."""
+        return self.total is not None and self.finished >= self.total
 
 
 def batch_key(batch_id: str) -> dict[str, Any]:
@@ -396,6 +408,7 @@ class Batches:
             job.custom_id,
             prev=job.state,
             new=JobState.retrying,
+            counters={"retried": 1},
             fields={"retries": n(job.retries + 1)},
             pins={"retries": n(job.retries) if job.retries else None},
         )

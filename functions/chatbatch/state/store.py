@@ -41,11 +41,20 @@ JSON = "application/json"
 
 
 def result_key(batch_id: str, custom_id: str) -> str:
-    return f"results/{batch_id}/{id_key(custom_id)}.json"
+    return f"{results_prefix(batch_id)}{id_key(custom_id)}.json"
+
+
+def results_prefix(batch_id: str) -> str:
+    """Where a batch's results are (``collect`` lists it; the completion event names it)."""
+    return f"results/{batch_id}/"
+
+
+def errors_prefix(batch_id: str) -> str:
+    return f"errors/{batch_id}/"
 
 
 def error_key(batch_id: str, custom_id: str) -> str:
-    return f"errors/{batch_id}/{id_key(custom_id)}.json"
+    return f"{errors_prefix(batch_id)}{id_key(custom_id)}.json"
 
 
 def refused_key(batch_id: str, message_id: str) -> str:

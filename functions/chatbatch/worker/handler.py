@@ -28,7 +28,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from chatbatch.core.config import Priority
-from chatbatch.worker import producers
+from chatbatch.worker import completion, producers
 from chatbatch.worker.capacity import Capacity
 from chatbatch.worker.crash import WorkerCrash, crash_point
 from chatbatch.worker.emf import emit_metrics
@@ -73,6 +73,7 @@ class Instance:
             trace=Span.current(),
         )
         reserve_ahead(inv)
+        outcomes: dict[str, Outcome] = {}
 
         async def record_handler(record: SQSRecord) -> str:
             intake = inv.intakes[record.message_id]
@@ -80,6 +81,7 @@ class Instance:
                 outcome = await process(inv, intake)
             finally:
                 inv.done(intake)
+            outcomes[record.message_id] = outcome
             _log_outcome(intake, outcome)
             return outcome.value
 
@@ -91,10 +93,11 @@ class Instance:
             self.loop.run_until_complete(inv.capacity.close())
         except Exception:  # the give-back is an optimisation: never fail the batch for it
             logger.exception("could not give back unused rate-limit capacity")
+        reply = completion.announce(services, intakes, outcomes, dict(response))
         for intake in intakes.values():
             crash_point("before_delete", intake)
         emit_metrics(inv)
-        return dict(response)
+        return reply
 
     def die(self) -> None:
         """After a (simulated) crash: nothing of this instance survives."""

@@ -29,6 +29,7 @@ from chatbatch.provider.keys import MissingKeyError, checked_key
 from chatbatch.state.batches import Batches
 from chatbatch.state.breaker import Breakers
 from chatbatch.state.budget.budget import Budget
+from chatbatch.state.completion import Completions
 from chatbatch.state.limiter.limiter import RateLimiter
 from chatbatch.state.store import Store
 
@@ -51,6 +52,8 @@ class Services:
     provider: ProviderClient
     sqs: SQSClient
     breakers: Breakers
+    completions: Completions
+    events: Any  # EventBridge client (no type stubs installed)
     principal: str  # this worker's own principal id: its hand-backs are its messages
 
 
@@ -124,5 +127,7 @@ def build_services() -> Services:
         provider=provider,
         sqs=boto3.client("sqs", config=pooled),
         breakers=Breakers(ddb, resources.table),
+        completions=Completions(ddb, resources.table),
+        events=boto3.client("events", config=pooled),
         principal=own_principal(),
     )
