@@ -42,7 +42,10 @@ A claim check whose key is outside ``claims/`` is refused by S3 (403, not read).
 The worker never reads ``requests/``, ``errors/``, ``history/`` or ``batches/``, and never
 copies or deletes objects (``move_error_to_history`` and ``put_manifest`` are the CLI's).
 SQS (send and change visibility on the four queues, plus what the event source mapping
-needs), the secrets, the log group and X-Ray are granted in ``infra.worker``.
+needs), the secrets, the log group and X-Ray are granted in ``infra.worker``; Lambda's
+``UpdateEventSourceMapping`` (its own mappings) and ``ListEventSourceMappings`` (the
+budget pause) in ``infra.budget_pause``. The pause item (``pause#budget``) is written
+with the table actions above.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
 from chatbatch.cli.admin import cancel, redrive, resume, retry
+from chatbatch.cli.budget import budget
 from chatbatch.cli.collect import collect
 from chatbatch.cli.costs import costs
 from chatbatch.cli.errors import explain
@@ -59,6 +60,7 @@ app = typer.Typer(
 )
 local = typer.Typer(help="Run the whole pipeline on this machine (moto + provider simulator).")
 app.add_typer(local, name="local")
+app.add_typer(budget, name="budget")
 
 app.command()(submit)
 app.command()(status)

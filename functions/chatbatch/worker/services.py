@@ -27,7 +27,9 @@ from chatbatch.provider.keys import checked_key
 from chatbatch.state.batches import Batches
 from chatbatch.state.breaker import Breakers
 from chatbatch.state.budget.budget import Budget
+from chatbatch.state.budget.pause import BudgetPause
 from chatbatch.state.limiter.limiter import RateLimiter
+from chatbatch.state.queue_switch import QueueSwitch, queue_switch
 from chatbatch.state.store import Store
 
 if TYPE_CHECKING:
@@ -51,6 +53,9 @@ class Services:
     sqs: SQSClient
     breakers: Breakers
     principal: str  # this worker's own principal id: its hand-backs are its messages
+    pause: BudgetPause  # the pipeline's pause when the day's budget is spent
+    switch: QueueSwitch  # every queue's consumer, on or off
+    paused_since: float | None = None  # the pause this instance switched the queues off for
 
 
 def secret_env(provider: str) -> str:
@@ -122,4 +127,6 @@ def build_services() -> Services:
         sqs=boto3.client("sqs", config=pooled),
         breakers=Breakers(ddb, resources.table),
         principal=own_principal(),
+        pause=BudgetPause(ddb, resources.table),
+        switch=queue_switch(ddb, resources.table, lambda: boto3.client("lambda")),
     )
