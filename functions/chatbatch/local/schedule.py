@@ -2,7 +2,8 @@
 sending the worker function ``RESUME_EVENT``) run on the local runtime's clock.
 
 A thread looks at the clock every ``TICK_S`` and invokes the real handler with the
-schedule's event each time the clock enters a new hour, as the rule would. A test that
+schedule's event each time the clock enters a new hour, as the rule would, and once when
+the runtime starts (a resumed run's state may hold a pause that is over by now). A test that
 moves the clock past midnight sees the pipeline resume by itself.
 """
 
@@ -36,7 +37,17 @@ class HourlySchedule:
         self.fired: list[Any] = []  # what each invocation returned
 
     def start(self) -> None:
+        """Fire once now (a pause a resumed run's state brought back may be over, or its
+        limit raised by ``--budget-usd``), then every hour of the clock."""
+        self.fire()
         self._thread.start()
+
+    def fire(self) -> None:
+        context = LambdaContext(self._function_name, self._timeout_s)
+        try:
+            self.fired.append(self._handler(dict(RESUME_EVENT), context))
+        except Exception as err:  # as a failed scheduled invocation: the next hour retries
+            logger.warning(f"the resume schedule's invocation failed: {err!r}")
 
     def stop(self) -> None:
         self._stop.set()
@@ -49,8 +60,4 @@ class HourlySchedule:
             if now_hour == hour:
                 continue
             hour = now_hour
-            context = LambdaContext(self._function_name, self._timeout_s)
-            try:
-                self.fired.append(self._handler(dict(RESUME_EVENT), context))
-            except Exception as err:  # as a failed scheduled invocation: the next hour retries
-                logger.warning(f"the resume schedule's invocation failed: {err!r}")
+            self.fire()
