@@ -163,4 +163,3 @@ def test_a_paused_run_resumes_by_itself_when_the_utc_day_resets(
         assert TableSwitch(boto3.client("dynamodb"), rt.resources.table).enabled()
         assert rt.schedule is not None
         assert {"resumed": "the UTC day reset"} in rt.schedule.fired
-
