@@ -20,6 +20,7 @@ from chatbatch.core.config import CONFIG_ENV, Config, Priority
 from chatbatch.core.metrics import NAMESPACE as METRICS_NAMESPACE
 from chatbatch.core.metrics import SERVICE as SERVICE_NAME
 from chatbatch.core.resources import Resources
+from infra.budget_pause import BudgetPause
 from infra.bundling import CONFIG_IN_ASSET, LAMBDA_TASK_ROOT, AssetInputs, worker_code
 from infra.events import put_events_statement
 from infra.secrets import secret_env_name
@@ -121,6 +122,8 @@ class Worker(Construct):
             secret.grant_read(self.role)
         if config.events.enabled:  # the Batch Completed event (see infra.events)
             self.role.add_to_principal_policy(put_events_statement(self, config.events.bus))
+        # the day's budget spent: the worker switches its mappings off; a schedule resumes
+        self.budget_pause = BudgetPause(self, "BudgetPause", function=self.function, role=self.role)
 
         self._acknowledge(runtime, bucket)
 

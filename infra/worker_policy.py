@@ -44,8 +44,11 @@ copies or deletes objects (``move_error_to_history`` and ``put_manifest`` are th
 SQS (send and change visibility on the four queues, plus what the event source mapping
 needs), the secrets, the log group and X-Ray are granted in ``infra.worker``; EventBridge
 ``PutEvents`` (the Batch Completed event, ``chatbatch`` source only, one bus) in
-``infra.events``. ``GetItem`` and ``UpdateItem`` above also serve the completion check
-(``worker.completion``: the batch's counters read, its completion claimed and marked).
+``infra.events``; Lambda's ``UpdateEventSourceMapping`` (its own mappings) and
+``ListEventSourceMappings`` (the budget pause) in ``infra.budget_pause``. ``GetItem`` and
+``UpdateItem`` above also serve the completion check (``worker.completion``: the batch's
+counters read, its completion claimed and marked) and write the pause item
+(``pause#budget``).
 """
 
 from __future__ import annotations

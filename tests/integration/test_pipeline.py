@@ -24,7 +24,9 @@ import pytest
 from mypy_boto3_sqs.literals import QueueAttributeNameType
 
 from bench._common import write_config
+from chatbatch.client.budget import set_daily_limit
 from chatbatch.client.costs import load_report
+from chatbatch.client.deployment import connect
 from chatbatch.core.config import Priority
 from chatbatch.core.days import next_midnight, utc_day
 from chatbatch.core.job_lines import parse_line
@@ -41,6 +43,7 @@ from chatbatch.state.store import Store
 from chatbatch.worker import crash as crashes
 from chatbatch.worker import services
 from chatbatch.worker.intake import ATTR_OWNER, Intake
+from tests.integration.clocks import ShiftedClock
 
 ROOT = Path(__file__).resolve().parents[2]
 PRIORITIES = [p.value for p in Priority]
@@ -271,19 +274,6 @@ def test_two_copies_of_a_job_in_flight_call_the_provider_once(tmp_path: Path):
     assert spent == result.chatbatch.cost_usd
 
 
-class ShiftedClock:
-    """The workers' budget clock: real time, moved by ``offset`` seconds."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def at(self, when: float) -> None:
-        self.offset = when - time.time()
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-
 def test_a_second_copy_after_midnight_waits_for_the_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
@@ -453,8 +443,10 @@ def test_budget_deferral_and_throttling_never_dead_letter(tmp_path: Path, config
         assert dlq_depth(rt) == 0
         spent = ledger_spent(rt)
         assert spent <= Decimal("0.004")
-        # raising the budget resumes the deferred jobs
-        Budget(boto3.client("dynamodb"), rt.resources.table, rt.config).set_daily_limit(Decimal(5))
+        # raising the budget (`chatbatch budget set --daily 5`: it also lifts the pause the
+        # spent day's budget opened) resumes the deferred jobs
+        rt.register_stack()
+        set_daily_limit(connect(rt.config), Decimal(5))
         plan = rt.submit(path)  # same batch id and ids: finished jobs are skipped
         info = rt.wait(plan, until=lambda i, p: i.finished >= p.valid)
         assert info.succeeded == 24 and info.deferred == 0 and info.dead_lettered == 0

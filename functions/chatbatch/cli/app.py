@@ -27,6 +27,7 @@ from typer.exceptions import TyperException
 import chatbatch
 from chatbatch.cli.admin import cancel, redrive, resume, retry
 from chatbatch.cli.batches import batches
+from chatbatch.cli.budget import budget
 from chatbatch.cli.collect import collect
 from chatbatch.cli.costs import costs
 from chatbatch.cli.errors import explain
@@ -62,6 +63,7 @@ app = typer.Typer(
 )
 local = typer.Typer(help="Run the whole pipeline on this machine (moto + provider simulator).")
 app.add_typer(local, name="local")
+app.add_typer(budget, name="budget")
 
 app.command()(submit)
 app.command()(status)

@@ -16,6 +16,7 @@ from rich.console import RenderableType
 from rich.live import Live
 from rich.table import Table
 
+from chatbatch.cli.budget import pause_line
 from chatbatch.cli.output import duration, emit, out, usd
 from chatbatch.cli.params import ConfigOpt, JsonOpt, StackOpt, find_batch
 from chatbatch.client.deployment import QueueDepth, connect
@@ -24,6 +25,7 @@ from chatbatch.core.pricing import from_nanos
 from chatbatch.state.batches import BatchInfo
 from chatbatch.state.breaker import Breaker
 from chatbatch.state.budget.ledger import DayUsage
+from chatbatch.state.budget.pause import DayPause
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -59,6 +61,7 @@ class Overview(BaseModel):
     queues: list[QueueDepth]
     budget: DayUsage
     paused: list[Breaker] = []  # models paused by an account error
+    budget_pause: DayPause | None = None  # every queue paused: the day's budget is spent
 
 
 def batch_status(info: BatchInfo, in_flight: int, now: float) -> BatchStatus:
@@ -146,6 +149,8 @@ def _overview_table(view: Overview) -> Table:
         f"budget {b.day} (UTC): spent {usd(b.spent_usd)}{used}, "
         f"reserved {usd(b.reserved_usd)}, limit {usd(b.limit_usd)}"
     )
+    if view.budget_pause is not None:
+        table.caption += "\n" + pause_line(view.budget_pause)
     for paused in view.paused:
         since = dt.datetime.fromtimestamp(paused.since, dt.UTC).isoformat(timespec="seconds")
         status = f"HTTP {paused.status}" if paused.status is not None else "no status"
@@ -199,6 +204,7 @@ def status(
                 queues=deployment.queue_depths(),
                 budget=deployment.budget.usage(),
                 paused=deployment.breakers.list_open(),
+                budget_pause=deployment.pause.get(fresh=True),
             )
 
         _show(read_overview, _overview_table, watch, interval, as_json, lambda _: False)

@@ -27,6 +27,8 @@ from chatbatch.core.resources import MissingOutputs, Resources, resources_from_o
 from chatbatch.state.batches import Batches
 from chatbatch.state.breaker import Breakers
 from chatbatch.state.budget.budget import Budget
+from chatbatch.state.budget.pause import BudgetPause
+from chatbatch.state.queue_switch import QueueSwitch, queue_switch
 from chatbatch.state.store import Store
 
 if TYPE_CHECKING:
@@ -124,6 +126,21 @@ class Deployment:
     @cached_property
     def budget(self) -> Budget:
         return Budget(self.ddb, self.resources.table, self.config)
+
+    @cached_property
+    def pause(self) -> BudgetPause:
+        return BudgetPause(self.ddb, self.resources.table, cache_s=0)
+
+    @cached_property
+    def switch(self) -> QueueSwitch:
+        """The queues' switch: the worker function's event source mappings (its name from
+        the stack's outputs), or a local runtime's table switch."""
+        spec = self.resources.queue_switch
+        if spec is None:
+            raise MissingOutputs(
+                f"stack {self.stack!r} has no WorkerFunctionName output: redeploy it"
+            )
+        return queue_switch(self.ddb, self.resources.table, lambda: self.aws.client("lambda"), spec)
 
     # --- queues ------------------------------------------------------------------
 

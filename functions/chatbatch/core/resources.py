@@ -28,6 +28,11 @@ TABLE_TTL = "expires_at"
 ENV_TABLE = "CHATBATCH_TABLE"
 ENV_BUCKET = "CHATBATCH_BUCKET"
 ENV_QUEUE_PREFIX = "CHATBATCH_QUEUE_"  # + PRIORITY in upper case, e.g. CHATBATCH_QUEUE_HIGH
+# which switch turns the queues' consumers off and on (``chatbatch.state.queue_switch``):
+# ``table`` (the local runtime) or ``lambda:FUNCTION`` (a deployment's event source mappings)
+ENV_QUEUE_SWITCH = "CHATBATCH_QUEUE_SWITCH"
+# the event the resume schedule sends the worker function (EventBridge, every hour at :00)
+RESUME_EVENT = {"chatbatch": "resume-budget"}
 
 
 def queue_name(stack: str, priority: Priority, *, dlq: bool = False) -> str:
@@ -43,10 +48,14 @@ class Resources(BaseModel):
     bucket: str
     queues: dict[Priority, str]  # priority -> queue URL
     dlqs: dict[Priority, str] = {}
+    # the queues' switch (``ENV_QUEUE_SWITCH``); None: the worker's own function's mappings
+    queue_switch: str | None = None
 
     def env(self) -> dict[str, str]:
         """The worker's environment variables for these resources."""
         env = {ENV_TABLE: self.table, ENV_BUCKET: self.bucket}
+        if self.queue_switch:
+            env[ENV_QUEUE_SWITCH] = self.queue_switch
         env |= {f"{ENV_QUEUE_PREFIX}{p.value.upper()}": url for p, url in self.queues.items()}
         return env
 
@@ -84,6 +93,7 @@ ALARM_TOPIC_ARN = "AlarmTopicArn"
 DASHBOARD_NAME = "DashboardName"
 COSTS_WORKGROUP = "CostsWorkGroup"  # the Athena workgroup of `costs --athena`
 COSTS_QUERY_POLICY_ARN = "CostsQueryPolicyArn"  # what a user of `costs --athena` needs
+QUEUE_SWITCH = "QueueSwitch"  # published by a local stack only: its switch is ``table``
 
 
 def _camel(name: str) -> str:
@@ -133,7 +143,16 @@ def resources_from_outputs(outputs: Mapping[str, str]) -> Resources:
         bucket=outputs[BUCKET_NAME],
         queues={p: outputs[queue_url_key(p)] for p in Priority},
         dlqs={p: outputs[dlq_url_key(p)] for p in Priority if outputs.get(dlq_url_key(p))},
+        queue_switch=_switch_of(outputs),
     )
+
+
+def _switch_of(outputs: Mapping[str, str]) -> str | None:
+    """A local stack's switch, else the deployed worker function's mappings."""
+    if outputs.get(QUEUE_SWITCH):
+        return outputs[QUEUE_SWITCH]
+    worker = outputs.get(WORKER_FUNCTION_NAME)
+    return f"lambda:{worker}" if worker else None
 
 
 def resources_to_outputs(resources: Resources) -> dict[str, str]:
@@ -141,6 +160,8 @@ def resources_to_outputs(resources: Resources) -> dict[str, str]:
     outputs = {TABLE_NAME: resources.table, BUCKET_NAME: resources.bucket}
     outputs |= {queue_url_key(p): url for p, url in resources.queues.items()}
     outputs |= {dlq_url_key(p): url for p, url in resources.dlqs.items()}
+    if resources.queue_switch:
+        outputs[QUEUE_SWITCH] = resources.queue_switch
     return outputs
 
 

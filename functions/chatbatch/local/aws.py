@@ -144,4 +144,5 @@ def create_resources(config: Config, visibility_timeout_s: int | None = None) ->
     create_table(boto3.client("dynamodb"), table)
     bucket = f"{config.stack_name}-data-local"
     boto3.client("s3").create_bucket(Bucket=bucket)
-    return Resources(table=table, bucket=bucket, queues=queues, dlqs=dlqs)
+    # the queues' consumers (the emulator's pollers) are switched by an item on the table
+    return Resources(table=table, bucket=bucket, queues=queues, dlqs=dlqs, queue_switch="table")

@@ -14,6 +14,10 @@ a context whose remaining time counts down from the function timeout, then delet
 messages the partial batch response did not report as failed. Failed messages stay in
 the queue and come back when their visibility timeout ends; after ``maxReceiveCount``
 receives SQS (moto) moves them to the DLQ.
+
+Like a disabled mapping, the pollers receive nothing while the queue switch
+(``chatbatch.state.queue_switch``, the one the worker turns off when the day's budget is
+spent) is off; the invocations under way run on.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
 
+from chatbatch.state.queue_switch import QueueSwitch
 from chatbatch.worker.crash import WorkerCrash
 
 if TYPE_CHECKING:
@@ -36,6 +41,7 @@ if TYPE_CHECKING:
 Handler = Callable[[dict[str, Any], Any], Any]
 IDLE_RECHECK_S = 5.0  # a waiting poller polls again this often even if nobody woke it
 IDLE_POLL_MAX_S = 1.0  # the polling poller of an empty queue backs off to this
+SWITCHED_OFF_S = 0.25  # a poller of a switched-off mapping looks at the switch this often
 logger = Logger(service="chatbatch-local")
 
 
@@ -124,14 +130,17 @@ class EventSourceMapping:
         settings: MappingSettings,
         *,
         on_done: Callable[[int], None] | None = None,
+        switch: QueueSwitch | None = None,
     ) -> None:
         self._sqs = sqs
+        self._switch = switch
         self._handler = handler
         self.settings = settings
         self._on_done = on_done
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.invocations = 0
+        self.busy = 0  # invocations under way
         self._lock = threading.Lock()
         self._idle = threading.Condition()  # pollers wait on it while the queue is empty
         self._sent = threading.Event()  # a message was sent: the polling poller polls now
@@ -187,6 +196,9 @@ class EventSourceMapping:
     def _poll(self) -> None:
         idle = 0.02
         while not self._stop.is_set():
+            if not self.enabled():
+                self._stop.wait(SWITCHED_OFF_S)
+                continue
             messages = self._receive()
             if messages:
                 idle = 0.02
@@ -203,6 +215,10 @@ class EventSourceMapping:
                     idle = min(idle * 2, IDLE_POLL_MAX_S)
                 with self._idle:
                     self._polling_empty -= 1
+
+    def enabled(self) -> bool:
+        """Whether the mapping receives (its queue switch is on, or it has none)."""
+        return self._switch is None or self._switch.enabled()
 
     def _wait_for_work(self) -> bool:
         """The queue was empty: wait while another poller polls it (True), or be the one
@@ -221,6 +237,7 @@ class EventSourceMapping:
         context = LambdaContext(s.function_name, s.timeout_s, s.memory_mb)
         with self._lock:
             self.invocations += 1
+            self.busy += 1
         try:
             response = self._handler(event, context) or {}
             failed = {f["itemIdentifier"] for f in response.get("batchItemFailures", [])}
@@ -229,6 +246,9 @@ class EventSourceMapping:
             # message of the batch comes back after its visibility timeout.
             logger.warning(f"invocation failed, its batch returns to the queue: {err!r}")
             return
+        finally:
+            with self._lock:
+                self.busy -= 1
         done = [m for m in messages if m["MessageId"] not in failed]
         for start in range(0, len(done), 10):
             chunk = done[start : start + 10]

@@ -61,10 +61,13 @@ from chatbatch.local.journal.state_dir import durable
 from chatbatch.local.live_outputs import live_outputs
 from chatbatch.local.options import SHARED_KEY_ENV, LocalOptions, effective_config
 from chatbatch.local.outputs import Figures, invalid_line, replacing, write_costs, write_results
+from chatbatch.local.schedule import HourlySchedule
 from chatbatch.local.simulator import Simulator, SimulatorSettings
 from chatbatch.local.summary import AwsCallCounter, Summary, summarize
 from chatbatch.state.batches import Batches, BatchInfo
 from chatbatch.state.breaker import Breakers
+from chatbatch.state.budget.pause import BudgetPause
+from chatbatch.state.queue_switch import TableSwitch
 from chatbatch.state.store import Store, manifest_key
 
 POLL_S = 0.25  # how often the batch's counters are read while waiting
@@ -86,10 +89,15 @@ class Interrupted(Exception):
 
 
 class LocalRuntime:
-    """moto + simulator + emulated Lambda, as a context manager."""
+    """moto + simulator + emulated Lambda, as a context manager. ``clock`` is the resume
+    schedule's (``chatbatch.local.schedule``): a test moves it past midnight."""
 
-    def __init__(self, options: LocalOptions | None = None) -> None:
+    def __init__(
+        self, options: LocalOptions | None = None, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.options = options or LocalOptions()
+        self.clock = clock
+        self.schedule: HourlySchedule | None = None
         self.base_config = load_config(self.options.config_path)
         self.aws_calls = AwsCallCounter()
         self.simulator: Simulator | None = None
@@ -112,6 +120,8 @@ class LocalRuntime:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.schedule is not None:
+            self.schedule.stop()
         for mapping in self.mappings.values():
             mapping.stop(0.0 if self.stopping.is_set() else None)
         self._stack.close()
@@ -159,6 +169,7 @@ class LocalRuntime:
         self.store = Store(boto3.client("s3"), self.resources.bucket)
         self.batches = Batches(boto3.client("dynamodb"), self.resources.table)
         self.sender = Sender(boto3.client("sqs"), self.store, self.resources)
+        self.pause = BudgetPause(boto3.client("dynamodb"), self.resources.table, cache_s=0)
         self._start_mappings()
 
     def _start_mappings(self) -> None:
@@ -185,10 +196,18 @@ class LocalRuntime:
                     memory_mb=worker_settings.memory_mb,
                 ),
                 on_done=feeder.done,
+                switch=TableSwitch(boto3.client("dynamodb"), self.resources.table),
             )
             feeder.on_sent = mapping.wake
             mapping.start()
             self.mappings[priority] = mapping
+        self.schedule = HourlySchedule(
+            worker_handler.handler,
+            self.clock,
+            function_name="chatbatch-worker",
+            timeout_s=worker_settings.timeout_s,
+        )
+        self.schedule.start()
 
     def register_stack(self) -> None:
         """Publish this runtime's resources as the config's CloudFormation stack (in moto),
@@ -221,7 +240,8 @@ class LocalRuntime:
         until: Callable[[BatchInfo, Plan], bool] | None = None,
     ) -> BatchInfo:
         """Feed the queues and wait until every job is final or waits for budget or for
-        its paused model (or until ``until`` says so). Raises ``Stopped`` once
+        its paused model, or the pipeline is paused for the day's budget with no
+        invocation under way (or until ``until`` says so). Raises ``Stopped`` once
         ``request_stop`` was called."""
         deadline = time.monotonic() + self.options.timeout_s
         while not self.stopping.is_set():
@@ -230,6 +250,8 @@ class LocalRuntime:
             if on_progress:
                 on_progress(info)
             if not any(backlog) and (until or _settled)(info, plan):
+                return info
+            if until is None and self.budget_paused():
                 return info
             if time.monotonic() > deadline:
                 raise TimeoutError(f"batch {plan.batch_id} did not finish in time: {info}")
@@ -277,6 +299,12 @@ class LocalRuntime:
             self.hurry.wait(0.05)
         return running
 
+    def budget_paused(self) -> bool:
+        """The pipeline is paused for the day's budget, and nothing runs any more."""
+        if self.pause.get() is None:
+            return False
+        return not any(m.enabled() or m.busy for m in self.mappings.values())
+
     # --- outputs -----------------------------------------------------------------
 
     def write_outputs(
@@ -296,7 +324,18 @@ class LocalRuntime:
     ) -> Summary:
         stats = self.simulator.stats() if self.simulator else None
         aws = self.aws_calls.by_service()
-        return summarize(plan, info, wall, latencies, retries, stats=stats, aws=aws, kept=self.kept)
+        pause = self.pause.get()
+        return summarize(
+            plan,
+            info,
+            wall,
+            latencies,
+            retries,
+            stats=stats,
+            aws=aws,
+            kept=self.kept,
+            paused_until=pause.until if pause else None,
+        )
 
 
 def write_summary(out: Path, summary: Summary) -> None:

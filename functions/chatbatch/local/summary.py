@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import statistics
 import threading
 from collections import Counter
@@ -51,6 +52,10 @@ class Summary(BaseModel):
     # run's, the counts, tokens and cost the batch's over every run
     resumed_jobs: int = 0
     interrupted: bool = False  # stopped early (Ctrl-C, SIGTERM): the counts so far
+    # the pipeline paused for the day's budget: until when (ISO 8601, UTC), and the jobs
+    # still queued, never received (they run when it resumes; their lines say ``deferred``)
+    budget_paused_until: str | None = None
+    queued: int = 0
 
     @field_serializer("cost_usd", "estimated_usd")
     def _usd(self, value: Decimal) -> str:
@@ -91,6 +96,7 @@ def summarize(
     stats: Stats | None,
     aws: dict[str, dict[str, int]],
     kept: int = 0,
+    paused_until: float | None = None,
 ) -> Summary:
     """The batch's counts and cost, throughput, latencies, provider calls (from the
     simulator's ``stats`` when it ran) and the ``aws`` calls by service; ``kept``: the
@@ -125,6 +131,12 @@ def summarize(
         aws_requests=aws,
         aws_requests_per_job=round(aws_total / ran, 2) if ran else 0.0,
         resumed_jobs=kept,
+        budget_paused_until=(
+            None
+            if paused_until is None
+            else dt.datetime.fromtimestamp(paused_until, dt.UTC).isoformat(timespec="seconds")
+        ),
+        queued=max(0, plan.valid - info.finished - info.deferred - info.throttled - info.paused),
     )
 
 

@@ -24,6 +24,7 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
 from chatbatch.core.resources import TABLE_PK, TABLE_SK
+from chatbatch.state.cached_items import CachedItems
 from chatbatch.state.ddb import error_code, n, plain, s, scan_items
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ def breaker_key(model: str) -> dict[str, Any]:
     return {TABLE_PK: s(PREFIX + model), TABLE_SK: s(SORT)}
 
 
-class Breakers:
+class Breakers(CachedItems):
     """The breakers of all models on the shared table, with a short per-worker cache."""
 
     def __init__(
@@ -64,10 +65,7 @@ class Breakers:
         cache_s: float | None = None,
         probe_every_s: float | None = None,
     ) -> None:
-        self._ddb = ddb
-        self._table = table
-        self._clock = clock
-        self._cache_s = CACHE_S if cache_s is None else cache_s
+        super().__init__(ddb, table, clock=clock, cache_s=CACHE_S if cache_s is None else cache_s)
         self.probe_every_s = PROBE_EVERY_S if probe_every_s is None else probe_every_s
         self._cache: dict[str, tuple[float, Breaker | None]] = {}
 

@@ -1,6 +1,7 @@
 """The Lambda handler: one for all four priority queues. Thin on purpose.
 
-It decodes the batch, prefetches every job's state in one read, runs the jobs
+The resume schedule's event (``RESUME_EVENT``) goes to ``budget_pause.resume_if_due``.
+Otherwise it decodes the batch, prefetches every job's state in one read, runs the jobs
 concurrently (``pipeline.process``) with Powertools' async batch processor and returns a
 partial batch response, so one bad job never fails its neighbours. Metrics go out as
 EMF, one blob per (model, priority) (``emf.py``).
@@ -28,7 +29,9 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from chatbatch.core.config import Priority
+from chatbatch.core.resources import RESUME_EVENT
 from chatbatch.worker import completion, producers
+from chatbatch.worker.budget_pause import resume_if_due
 from chatbatch.worker.capacity import Capacity
 from chatbatch.worker.crash import WorkerCrash, crash_point
 from chatbatch.worker.emf import emit_metrics
@@ -133,6 +136,8 @@ def instance() -> Instance:
 @tracer.capture_lambda_handler(capture_response=False)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     current = instance()
+    if event == RESUME_EVENT:  # the resume schedule (a paused pipeline's day may be over)
+        return {"resumed": resume_if_due(current.services)}
     try:
         return current.handle(event, context)
     except WorkerCrash:

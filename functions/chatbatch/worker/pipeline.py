@@ -8,7 +8,9 @@ calls run in threads so they overlap too):
    (keyed on batch id + custom_id, never the SQS message id) -> already final: skip
 3. cancelled batch                                    -> ``cancelled``, no provider call
 4. budget: reserve the worst case (an invocation's new -> over budget: handed back, ``deferred``;
-   jobs together: ``reserve_ahead``)                     held by another copy: looks again later
+   jobs together: ``reserve_ahead``)                     the day's spent: the pipeline pauses
+                                                         (``budget_pause``); held by another
+                                                         copy: looks again later
 5. response cache (opt-in)                            -> hit: free result, ``cached: true``,
                                                          in ``cached_jobs``, not billed tokens
 6. the model's breaker (``pause``), then rate limit:  -> paused (account error): handed back
@@ -57,7 +59,7 @@ from chatbatch.state.budget.reservations import Ask, Reservation
 from chatbatch.state.limiter.lease import Lease
 from chatbatch.state.limiter.limiter import RequestTooLargeError
 from chatbatch.translate import result_body, wire_body
-from chatbatch.worker import pause, producers, requeue, results, unread
+from chatbatch.worker import budget_pause, pause, producers, requeue, results, unread
 from chatbatch.worker.capacity import Slot
 from chatbatch.worker.crash import crash_point
 from chatbatch.worker.intake import Intake
@@ -226,6 +228,8 @@ async def _reserve(inv: Invocation, intake: Intake, job: Job) -> Reservation | O
     except OverRequestCap as err:
         return await results.refuse(inv, intake, "over_request_cap", str(err))
     except BudgetDeferred as err:
+        if err.until is not None:  # the day's spending is at its limit: pause everything
+            return await budget_pause.paused(inv, intake, err)
         return await requeue.hand_back(inv, intake, err.retry_after_s, Outcome.deferred)
     except HeldElsewhere as err:
         return await requeue.hand_back(inv, intake, err.retry_after_s, Outcome.elsewhere)

@@ -29,8 +29,10 @@ from chatbatch.provider.keys import MissingKeyError, checked_key
 from chatbatch.state.batches import Batches
 from chatbatch.state.breaker import Breakers
 from chatbatch.state.budget.budget import Budget
+from chatbatch.state.budget.pause import BudgetPause
 from chatbatch.state.completion import Completions
 from chatbatch.state.limiter.limiter import RateLimiter
+from chatbatch.state.queue_switch import QueueSwitch, queue_switch
 from chatbatch.state.store import Store
 
 if TYPE_CHECKING:
@@ -55,6 +57,9 @@ class Services:
     completions: Completions
     events: Any  # EventBridge client (no type stubs installed)
     principal: str  # this worker's own principal id: its hand-backs are its messages
+    pause: BudgetPause  # the pipeline's pause when the day's budget is spent
+    switch: QueueSwitch  # every queue's consumer, on or off
+    paused_since: float | None = None  # the pause this instance switched the queues off for
 
 
 def secret_env(provider: str) -> str:
@@ -130,4 +135,6 @@ def build_services() -> Services:
         completions=Completions(ddb, resources.table),
         events=boto3.client("events", config=pooled),
         principal=own_principal(),
+        pause=BudgetPause(ddb, resources.table),
+        switch=queue_switch(ddb, resources.table, lambda: boto3.client("lambda")),
     )
