@@ -76,6 +76,14 @@ EXPECTED = {
         ("/Chatbatch/Costs/QueryPolicy", f"AwsSolutions-IAM5[Resource::<StorageData*.Arn>/{p}/*]")
         for p in ("costs", "athena-results")
     ),
+    # the budget pause: ListEventSourceMappings exists only on "*"; UpdateEventSourceMapping
+    # on any mapping ARN, narrowed by the condition that its function is the worker
+    ("/Chatbatch/Worker/BudgetPause/SwitchMappings", "AwsSolutions-IAM5[Resource::*]"),
+    (
+        "/Chatbatch/Worker/BudgetPause/SwitchMappings",
+        "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:lambda:<AWS::Region>:"
+        "<AWS::AccountId>:event-source-mapping:*]",
+    ),
 }
 
 

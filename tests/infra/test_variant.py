@@ -51,9 +51,9 @@ def test_existing_secret_is_used_not_created(variant: Synth) -> None:
     assert len(created) == 3  # openai, anthropic, gemini; deepseek's exists already
     (function,) = variant.resources("AWS::Lambda::Function").values()
     assert function["Properties"]["Environment"]["Variables"][secret_env_name("deepseek")] == ARN
-    (policy,) = variant.resources("AWS::IAM::Policy").values()
     (read,) = (
         s
+        for policy in variant.resources("AWS::IAM::Policy").values()
         for s in policy["Properties"]["PolicyDocument"]["Statement"]
         if "secretsmanager:GetSecretValue" in s["Action"]
     )

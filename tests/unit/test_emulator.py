@@ -81,6 +81,7 @@ def test_a_send_wakes_the_poller_backing_off(queue, monkeypatch: pytest.MonkeyPa
     its back-off (made a minute long here, so only the wake can explain a receive)."""
     sqs, url, arn = queue
     monkeypatch.setattr(emulator, "IDLE_POLL_MAX_S", 60.0)
+    monkeypatch.setattr(emulator, "IDLE_RECHECK_S", 60.0)  # nor the waiting poller's recheck
     counted = Counted(sqs)
     got, at = threading.Event(), [0]
 
@@ -99,6 +100,8 @@ def test_a_send_wakes_the_poller_backing_off(queue, monkeypatch: pytest.MonkeyPa
         sqs.send_message(QueueUrl=url, MessageBody="m")
         mapping.wake()
         assert got.wait(20), "received only after the back-off"
-        assert at[0] == receives + 1  # the first receive after the send got it
+        # the receive the wake started got it: the first after the send, or the second when
+        # a back-off poll happened to be under way as the message was sent (it found none)
+        assert receives + 1 <= at[0] <= receives + 2
     finally:
         mapping.stop(5)

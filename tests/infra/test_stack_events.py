@@ -45,7 +45,11 @@ def test_the_worker_may_put_only_chatbatch_events_on_its_bus(emailed: Synth) -> 
 
 
 def test_a_rule_on_batch_completed_emails_the_address(emailed: Synth) -> None:
-    (rule,) = emailed.resources("AWS::Events::Rule").values()
+    (rule,) = (  # (the other rule is the budget pause's hourly resume schedule)
+        r
+        for r in emailed.resources("AWS::Events::Rule").values()
+        if "EventPattern" in r["Properties"]
+    )
     props = rule["Properties"]
     assert props["EventPattern"] == {"source": ["chatbatch"], "detail-type": ["Batch Completed"]}
     assert props["EventBusName"] == "default" and props["State"] == "ENABLED"
