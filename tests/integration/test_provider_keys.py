@@ -8,6 +8,7 @@ its place. The endpoints are simulators on loopback that accept exactly one key 
 from __future__ import annotations
 
 import json
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ runner = CliRunner()
 OPENAI_KEY = "sk-openai-only-for-openai"
 DEEPSEEK_KEY = "sk-deepseek-only-for-deepseek"
 KEY_ENVS = ("CHATBATCH_API_KEY", "OPENAI_API_KEY", "DEEPSEEK_API_KEY", "GEMINI_API_KEY")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -138,3 +140,70 @@ def test_a_provider_or_a_bare_url_given_twice_is_refused(tmp_path: Path) -> None
         args = [arg for value in twice for arg in ("--provider-url", value)]
         result = runner.invoke(app, ["local", "run", str(jobs), *args])
         assert result.exit_code == 2 and said in result.stderr, result.stderr
+
+
+def config_file(tmp_path: Path, key_envs: dict[str, str | None]) -> Path:
+    """The shipped config with each provider of ``key_envs`` given that ``api_key_env``
+    (None: none, as a config that does not name it), as JSON the local runtime reads."""
+    data = tomllib.loads((ROOT / "chatbatch.toml").read_text())
+    for name, env in key_envs.items():
+        data["providers"][name].pop("api_key_env", None)
+        if env is not None:
+            data["providers"][name]["api_key_env"] = env
+    path = tmp_path / "chatbatch.json"
+    path.write_text(json.dumps(data, default=str))  # prices_as_of: a TOML date
+    return path
+
+
+def test_providers_naming_no_key_variable_each_read_their_own(
+    sims: dict[str, Simulator], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A config that names no ``api_key_env`` (as older configs do), each provider at its
+    own URL: each key comes from ``<NAME>_API_KEY``. ``CHATBATCH_API_KEY`` holds the
+    DeepSeek key, and it never reaches the OpenAI endpoint (it once was both providers'
+    default, so OpenAI's jobs were sent with DeepSeek's key)."""
+    monkeypatch.setenv("CHATBATCH_API_KEY", DEEPSEEK_KEY)
+    monkeypatch.setenv("DEEPSEEK_API_KEY", DEEPSEEK_KEY)
+    monkeypatch.setenv("OPENAI_API_KEY", OPENAI_KEY)
+    options = LocalOptions(
+        config_path=config_file(tmp_path, {"deepseek": None, "openai": None}),
+        provider_urls=[f"{name}={sim.base_url}" for name, sim in sims.items()],
+        timeout_s=60,
+    )
+    models = ["deepseek-chat", "gpt-4.1", "gpt-4.1", "deepseek-chat"]
+    with LocalRuntime(options) as rt:
+        summary = rt.run(jobs_file(tmp_path, models), tmp_path / "out")
+    assert all(sim.stats().by_status.get("401", 0) == 0 for sim in sims.values())
+    assert (summary.succeeded, summary.failed, summary.paused) == (4, 0, 0)
+    calls = {
+        name: {model: bill.calls for model, bill in sim.stats().billed_by_model.items()}
+        for name, sim in sims.items()
+    }
+    assert calls == {"deepseek": {"deepseek-chat": 2}, "openai": {"gpt-4.1": 2}}
+    envs = {name: rt.config.key_env(name) for name in sims}
+    assert envs == {"deepseek": "DEEPSEEK_API_KEY", "openai": "OPENAI_API_KEY"}
+
+
+def test_two_providers_at_two_urls_reading_one_variable_are_refused(tmp_path: Path) -> None:
+    """Two providers that name one ``api_key_env`` and go to different URLs would send one
+    provider's key to the other: the run is refused before anything is sent, naming both
+    providers and the variable. A bare ``--provider-url`` that shares the variable with a
+    provider sent elsewhere is refused the same way."""
+    jobs = jobs_file(tmp_path, ["deepseek-chat"])
+    url = "http://127.0.0.1:9/v1"
+    cases = [
+        ({"deepseek": "SHARED_KEY", "openai": "SHARED_KEY"}, [], "SHARED_KEY"),
+        ({"deepseek": "CHATBATCH_API_KEY"}, [url, "deepseek=http://127.0.0.2:9/v1"], None),
+    ]
+    for key_envs, urls, env in cases:
+        config = config_file(tmp_path, dict(key_envs))
+        args = [arg for value in urls for arg in ("--provider-url", value)]
+        result = runner.invoke(app, ["local", "run", str(jobs), "--config", str(config), *args])
+        assert result.exit_code == 2, (result.stdout, result.stderr, result.exception)
+        if env is None:  # the bare URL's providers come first or last: which pair is named
+            assert "both read their API key from CHATBATCH_API_KEY" in result.stderr
+            assert "'deepseek'" in result.stderr, result.stderr
+        else:
+            said = f"providers 'deepseek' and 'openai' both read their API key from {env}"
+            assert said in result.stderr, result.stderr
+        assert "give each provider its own api_key_env" in result.stderr

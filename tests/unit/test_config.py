@@ -123,3 +123,74 @@ def test_missing_and_malformed_files_say_what_to_do(tmp_path: Path, monkeypatch)
         load_config()
     monkeypatch.setenv("CHATBATCH_CONFIG", str(ROOT / "chatbatch.toml"))
     assert load_config().stack_name == "chatbatch"
+
+
+def without_key_envs(*providers: str) -> dict[str, Any]:
+    """The shipped config with ``api_key_env`` removed from ``providers``."""
+    data = copy.deepcopy(RAW)
+    for name in providers:
+        del data["providers"][name]["api_key_env"]
+    return data
+
+
+def test_a_provider_naming_no_key_env_reads_its_own_upper_cased_name():
+    data = without_key_envs("deepseek", "openai")
+    data["providers"]["my-gateway.v2"] = {"base_url": "https://gw.example.com/v1"}
+    config = parse_config(data)
+    assert config.providers["deepseek"].api_key_env is None
+    envs = {name: config.key_env(name) for name in config.providers}
+    assert envs == {
+        "deepseek": "DEEPSEEK_API_KEY",
+        "openai": "OPENAI_API_KEY",
+        "anthropic": "ANTHROPIC_API_KEY",
+        "gemini": "GEMINI_API_KEY",
+        "my-gateway.v2": "MY_GATEWAY_V2_API_KEY",
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "first", "second", "env"),
+    [
+        # both name it
+        ({"deepseek": "SHARED_KEY", "openai": "SHARED_KEY"}, "deepseek", "openai", "SHARED_KEY"),
+        # one names the other's default
+        ({"openai": "DEEPSEEK_API_KEY"}, "deepseek", "openai", "DEEPSEEK_API_KEY"),
+        # the variable the bare --provider-url uses, named in the file
+        (
+            {"anthropic": "CHATBATCH_API_KEY", "gemini": "CHATBATCH_API_KEY"},
+            "anthropic",
+            "gemini",
+            "CHATBATCH_API_KEY",
+        ),
+    ],
+)
+def test_two_providers_reading_one_key_variable_are_refused(
+    change: dict[str, str], first: str, second: str, env: str
+):
+    data = without_key_envs("deepseek")
+    for name, value in change.items():
+        data["providers"][name]["api_key_env"] = value
+    with pytest.raises(ConfigError) as err:
+        parse_config(data, "chatbatch.toml")
+    message = str(err.value)
+    assert f"providers {first!r} and {second!r} both read their API key from {env}" in message
+    assert "give each provider its own api_key_env" in message
+
+
+def test_providers_at_one_url_may_share_a_key_variable():
+    """One endpoint, one key (a gateway serving several providers' models): the key goes
+    nowhere else, so the variable may be shared."""
+    data = copy.deepcopy(RAW)
+    for name in ("deepseek", "openai"):
+        data["providers"][name]["base_url"] = "https://gateway.example.com/v1"
+        data["providers"][name]["api_key_env"] = "GATEWAY_KEY"
+    config = parse_config(data)
+    assert config.key_env("deepseek") == config.key_env("openai") == "GATEWAY_KEY"
+
+
+def test_a_default_key_env_that_is_no_variable_name_says_to_set_it():
+    data = copy.deepcopy(RAW)
+    data["providers"]["1gw"] = {"base_url": "https://gw.example.com/v1"}
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert "providers.1gw.api_key_env: unset, and the default '1GW_API_KEY'" in str(err.value)

@@ -11,6 +11,7 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import re
 import tomllib
 from decimal import Decimal
 from enum import StrEnum
@@ -90,6 +91,16 @@ ANTHROPIC_CACHE_WRITE_FACTOR = Decimal("1.25")  # a 5-minute cache write, times 
 ANTHROPIC_CACHE_WRITE_1H_FACTOR = Decimal(2)  # a 1-hour cache write, times the input price
 
 
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+def default_key_env(provider: str) -> str:
+    """The variable a provider's key is read from when it names no ``api_key_env``:
+    its name upper-cased, every other character than a letter or digit as ``_``
+    (``my-gateway`` -> ``MY_GATEWAY_API_KEY``)."""
+    return "".join(c if c.isalnum() else "_" for c in provider.upper()) + "_API_KEY"
+
+
 class Provider(_Strict):
     """An endpoint and where its API key comes from: an OpenAI-compatible
     ``/chat/completions`` (``kind = "openai"``) or Anthropic's own ``/messages``
@@ -106,10 +117,12 @@ class Provider(_Strict):
         pattern=r"^\d{4}-\d{2}-\d{2}$",
         description="the anthropic-version header a kind anthropic provider is sent",
     )
-    api_key_env: str = Field(
-        default="CHATBATCH_API_KEY",
-        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-        description="environment variable holding the key when running locally",
+    api_key_env: str | None = Field(
+        default=None,
+        pattern=ENV_NAME_PATTERN,
+        description="environment variable holding the key when running locally; unset: "
+        "<NAME>_API_KEY (the provider's name upper-cased, see Config.key_env); no two "
+        "providers may read the same variable unless they share the base_url",
     )
     secret_arn: str | None = Field(
         default=None,
@@ -383,6 +396,7 @@ class Config(_Strict):
                     f"roles.{name}.model: {role.model!r} is not a model; "
                     f"defined: {sorted(self.models)}"
                 )
+        _check_key_envs(self)
         if self.defaults.model not in self.models:
             raise ValueError(
                 f"defaults.model: {self.defaults.model!r} is not a model; "
@@ -416,6 +430,34 @@ class Config(_Strict):
 
     def provider_of(self, model: str) -> Provider:
         return self.providers[self.models[model].provider]
+
+    def key_env(self, provider: str) -> str:
+        """The environment variable provider ``provider``'s key is read from locally: its
+        ``api_key_env``, else ``<NAME>_API_KEY`` (``default_key_env``)."""
+        return self.providers[provider].api_key_env or default_key_env(provider)
+
+
+def _check_key_envs(config: Config) -> None:
+    """Every provider reads its key from a variable of its own: two that read the same
+    one would send one provider's key to the other's URL. Providers at the same
+    ``base_url`` may share one (a local run sends every provider to one endpoint with
+    one key, ``CHATBATCH_API_KEY``): the key then goes nowhere else."""
+    readers: dict[str, str] = {}
+    for name, provider in config.providers.items():
+        env = config.key_env(name)
+        if re.fullmatch(ENV_NAME_PATTERN, env) is None:
+            raise ValueError(
+                f"providers.{name}.api_key_env: unset, and the default {env!r} (the name "
+                "upper-cased + _API_KEY) is not a variable name; set api_key_env"
+            )
+        other = readers.setdefault(env, name)
+        if other != name and config.providers[other].base_url != provider.base_url:
+            raise ValueError(
+                f"providers {other!r} and {name!r} both read their API key from {env} "
+                f"(api_key_env, unset: <NAME>_API_KEY), so one's key would be sent to the "
+                f"other's URL ({config.providers[other].base_url} and {provider.base_url}); "
+                "give each provider its own api_key_env"
+            )
 
 
 def _check_cache_write(name: str, model: Model, provider: Provider) -> None:

@@ -10,7 +10,14 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from chatbatch.core.config import Config, ConfigError, Priority, Provider, format_error
+from chatbatch.core.config import (
+    Config,
+    ConfigError,
+    Priority,
+    Provider,
+    format_error,
+    parse_config,
+)
 from chatbatch.local.simulator import SimulatorSettings
 
 
@@ -109,4 +116,4 @@ def effective_config(config: Config, options: LocalOptions, simulator_url: str |
     if options.concurrency is not None:
         for settings in data["priorities"].values():
             settings["max_concurrency"] = options.concurrency
-    return Config.model_validate(data)
+    return parse_config(data, "the local run's config (with --provider-url)")

@@ -47,8 +47,8 @@ class MissingKeyError(ValueError):
         self.env = env
         super().__init__(
             f"provider {provider} has no API key: set the environment variable {env} "
-            f"(its api_key_env in the config) to {provider}'s key; no other provider's key "
-            "is used for it"
+            f"(its api_key_env in the config; unset: <NAME>_API_KEY) to {provider}'s key; no "
+            "other provider's key is used for it"
         )
 
 

@@ -2,8 +2,8 @@
 
 Deployed, a provider's API key comes from its Secrets Manager secret (the stack passes the
 secret's ARN in ``CHATBATCH_SECRET_<PROVIDER>``, cached 5 min); locally, from the
-provider's own environment variable (``api_key_env``) and nowhere else: one provider's
-key is never sent to another. Either is checked when read
+provider's own environment variable (``api_key_env``, default ``<NAME>_API_KEY``) and
+nowhere else: one provider's key is never sent to another. Either is checked when read
 (``chatbatch.provider.keys.checked_key``): a malformed key raises an error naming the
 secret or the variable, never the key, an unset variable one naming the provider and the
 variable (``MissingKeyError``), and the provider client pauses the model for either.
@@ -76,7 +76,7 @@ def api_key(provider: str) -> str | None:
     arn = os.environ.get(secret_env(provider))
     if arn:
         return checked_key(str(get_secret(arn, max_age=300)), f"Secrets Manager secret {arn}")
-    env = load_config_cached().providers[provider].api_key_env
+    env = load_config_cached().key_env(provider)
     raw = os.environ.get(env, "")
     if not raw.strip():
         raise MissingKeyError(provider, env)
