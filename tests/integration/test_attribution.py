@@ -94,20 +94,25 @@ class Finished:
     results: list[dict[str, Any]]
 
 
-@pytest.fixture(scope="module")
-def finished(local: Local) -> Finished:
-    path = local.workdir / "jobs.jsonl"
-    path.write_text("\n".join(lines(30)) + "\n")
+def run_batch(local: Local, name: str, jsonl: list[str]) -> Finished:
+    """``jsonl`` submitted, run to the end and collected."""
+    path = local.workdir / f"{name}.jsonl"
+    path.write_text("\n".join(jsonl) + "\n")
     batch = local.json("submit", str(path))["batch_id"]
     deadline = time.monotonic() + 60
     while not local.json("status", batch)["done"]:
         assert time.monotonic() < deadline, "batch did not finish"
         time.sleep(0.1)
-    out = local.workdir / "results.jsonl"
+    out = local.workdir / f"{name}-results.jsonl"
     local.json("collect", batch, "-o", str(out))
     results = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
-    assert len(results) == 30
+    assert len(results) == len(jsonl)
     return Finished(batch, results)
+
+
+@pytest.fixture(scope="module")
+def finished(local: Local) -> Finished:
+    return run_batch(local, "jobs", lines(30))
 
 
 def cost_records(local: Local, batch: str) -> list[CostRecord]:
@@ -145,10 +150,12 @@ def test_costs_by_metadata_tenant_match_the_results_per_tenant(
         jobs[tenant] += 1
     report = local.json("costs", "--batch", finished.batch_id, "--by", "metadata.tenant")
     assert report["by"] == "metadata.tenant"
-    assert set(report["groups"]) == {"acme", "globex", "(none)"}
+    assert [g["key"] for g in report["groups"]] == [[None], ["acme"], ["globex"]]
+    groups = {g["name"]: g for g in report["groups"]}
+    assert set(groups) == {"acme", "globex", "(none)"}
     for tenant, usd in by_hand.items():
-        assert Decimal(report["groups"][tenant]["cost_usd"]) == usd, tenant
-        assert report["groups"][tenant]["jobs"] == jobs[tenant], tenant
+        assert Decimal(groups[tenant]["cost_usd"]) == usd, tenant
+        assert groups[tenant]["jobs"] == jobs[tenant], tenant
     assert all(usd > 0 for usd in by_hand.values())
     human = local.cli("costs", "--batch", finished.batch_id, "--by", "metadata.tenant")
     assert "costs by metadata.tenant" in human.stdout and "globex" in human.stdout
@@ -173,7 +180,49 @@ def test_costs_combine_metadata_keys_with_fields(local: Local, finished: Finishe
         feature = TENANTS[tenant] if tenant else "(none)"
         name = " / ".join([result["chatbatch"]["model"], tenant or "(none)", feature])
         by_hand[name] += Decimal(result["chatbatch"]["cost_usd"])
-    assert {name: Decimal(g["cost_usd"]) for name, g in report["groups"].items()} == by_hand
+    assert {g["name"]: Decimal(g["cost_usd"]) for g in report["groups"]} == by_hand
+
+
+def test_groups_whose_joined_names_look_alike_stay_apart(local: Local) -> None:
+    """Groups are keyed by their values, not by the values joined: ``acme / eu`` + ``search``
+    and ``acme`` + ``eu / search`` are two groups, and a tenant literally named ``(none)``
+    is not the jobs without one. ``--json`` gives each group's values as a list (null:
+    none)."""
+    metadata = [
+        {"org": "acme / eu", "team": "search"},
+        {"org": "acme", "team": "eu / search"},
+        {"org": "(none)", "team": "x"},
+        {"team": "x"},
+        {"team": "x"},
+    ]
+    jsonl = [
+        json.dumps(
+            {
+                "custom_id": f"c{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": "deepseek-chat", "max_tokens": 10 + i, "messages": [msg]},
+                "metadata": meta,
+            }
+        )
+        for i, meta in enumerate(metadata)
+        for msg in [{"role": "user", "content": f"collide {i} " + "words " * i}]
+    ]
+    done = run_batch(local, "collide", jsonl)
+    by_hand: dict[tuple[str | None, ...], Decimal] = defaultdict(Decimal)
+    for result in done.results:
+        meta = metadata[int(result["custom_id"][1:])]
+        by_hand[(meta.get("org"), meta.get("team"))] += Decimal(result["chatbatch"]["cost_usd"])
+    by = ["--by", "metadata.org", "--by", "metadata.team"]
+    report = local.json("costs", "--batch", done.batch_id, *by)
+    assert len(report["groups"]) == 4
+    assert {tuple(g["key"]): Decimal(g["cost_usd"]) for g in report["groups"]} == by_hand
+    assert [(g["key"], g["name"], g["jobs"]) for g in report["groups"]] == [
+        ([None, "x"], "(none) / x", 2),
+        (["(none)", "x"], "(none) / x", 1),
+        (["acme", "eu / search"], "acme / eu / search", 1),
+        (["acme / eu", "search"], "acme / eu / search", 1),
+    ]
 
 
 def test_a_bad_by_is_a_usage_error_naming_it(local: Local) -> None:
@@ -245,8 +294,14 @@ def test_costs_athena_prints_the_s3_report_from_athenas_answer(
 
     def figures(report: dict[str, Any]) -> dict[str, Any]:
         groups = {
-            name: (g["jobs"], g["prompt_tokens"], g["completion_tokens"], Decimal(g["cost_usd"]))
-            for name, g in report["groups"].items()
+            tuple(g["key"]): (
+                g["name"],
+                g["jobs"],
+                g["prompt_tokens"],
+                g["completion_tokens"],
+                Decimal(g["cost_usd"]),
+            )
+            for g in report["groups"]
         }
         return {
             "groups": groups,
@@ -257,7 +312,7 @@ def test_costs_athena_prints_the_s3_report_from_athenas_answer(
         }
 
     assert figures(via_athena) == figures(via_s3)
-    assert {name.split(" / ")[0] for name in via_athena["groups"]} == {"acme", "globex", "(none)"}
+    assert {g["key"][0] for g in via_athena["groups"]} == {"acme", "globex", None}
     execution = athena.get_query_execution(QueryExecutionId=via_athena["athena_query_id"])
     sent = execution["QueryExecution"]
     assert sent["Query"] == sql
@@ -265,5 +320,5 @@ def test_costs_athena_prints_the_s3_report_from_athenas_answer(
     assert sent["QueryExecutionContext"] == {"Database": database}
     assert "costs by metadata.tenant,model" in human.stdout
     assert "added up by Athena: query" in human.output  # on stderr, beside the table
-    for name in via_s3["groups"]:
-        assert name.split(" / ")[0] in human.stdout
+    for group in via_s3["groups"]:
+        assert group["name"].split(" / ")[0] in human.stdout

@@ -253,8 +253,9 @@ def test_costs_totals_equal_the_results_costs_to_the_cent(local: Local, finished
     assert abs(total - from_results) < Decimal("1e-9")
     info = local.rt.batches.get(finished.batch_id)
     assert info is not None and to_nanos(total) == info.cost_nanos
-    assert set(report["groups"]) == {"critical", "high", "normal", "low"}
-    assert sum(Decimal(g["cost_usd"]) for g in report["groups"].values()) == total
+    assert [g["key"] for g in report["groups"]] == [["critical"], ["high"], ["low"], ["normal"]]
+    assert [g["name"] for g in report["groups"]] == ["critical", "high", "low", "normal"]
+    assert sum(Decimal(g["cost_usd"]) for g in report["groups"]) == total
     human = local.cli("costs", "--batch", finished.batch_id)
     assert "deepseek-chat" in human.stdout and "gpt-4.1" in human.stdout
 
@@ -329,7 +330,7 @@ def test_compare_reprices_the_usage_by_hand_and_charts_it(local: Local) -> None:
     )
     # deepseek 0.8M x 0.28 + 0.2M x 0.028 + 0.5M x 0.42 = 0.4396; gpt-4.1 0.1M x 2 + 0.05M x 8 = 0.6
     assert Decimal(report["total_usd"]) == Decimal("1.0396")
-    assert {day: Decimal(g["cost_usd"]) for day, g in report["groups"].items()} == {
+    assert {g["name"]: Decimal(g["cost_usd"]) for g in report["groups"]} == {
         "2025-01-01": Decimal("0.4396"),
         "2025-01-02": Decimal("0.6"),
     }

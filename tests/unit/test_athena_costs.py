@@ -13,7 +13,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from chatbatch.client.athena_costs import AthenaError, AthenaQuery, report_from_rows, report_sql
-from chatbatch.client.cost_groups import Grouping
+from chatbatch.client.cost_groups import Grouping, group_name, group_order
 from chatbatch.client.costs import CostReport
 from chatbatch.core.output_lines import CostRecord
 from chatbatch.core.pricing import from_nanos
@@ -143,3 +143,36 @@ def test_a_missing_workgroup_says_to_deploy() -> None:
     query = AthenaQuery(_NoWorkgroup(), "chatbatch-costs")
     with pytest.raises(AthenaError, match="deploy this version of the stack"):
         query.rows("SELECT 1", DATABASE)
+
+
+def test_groups_are_keyed_by_their_values_not_their_joined_names() -> None:
+    """Values containing `` / `` and a value literally ``(none)``: four distinct groups, in
+    the S3 reader and in the Athena SQL alike; a missing value is None, not ``(none)``."""
+    metadata = [
+        {"org": "acme / eu", "team": "search"},
+        {"org": "acme", "team": "eu / search"},
+        {"org": "(none)", "team": "x"},
+        {"team": "x"},
+        {"org": "", "team": "x"},  # an empty value counts as missing, as in SQL
+    ]
+    data = []
+    for i, meta in enumerate(metadata):
+        record = CostRecord.model_validate(records()[1] | {"custom_id": f"c{i}", "metadata": meta})
+        data.append(record.model_dump(mode="json"))
+    grouping = Grouping.parse(["metadata.org", "metadata.team"])
+    expected = s3_report(data, grouping, None, None)
+    sql = report_sql(DATABASE, TABLE, grouping)
+    athena = report_from_rows(athena_sqlite.run(sql, DATABASE, TABLE, data), grouping)
+    assert athena.groups == expected.groups
+    assert {key: totals.jobs for key, totals in expected.groups.items()} == {
+        ("acme / eu", "search"): 1,
+        ("acme", "eu / search"): 1,
+        ("(none)", "x"): 1,
+        (None, "x"): 2,
+    }
+    assert [group_name(key) for key in sorted(expected.groups, key=group_order)] == [
+        "(none) / x",
+        "(none) / x",
+        "acme / eu / search",
+        "acme / eu / search",
+    ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from pydantic import BaseModel
@@ -17,10 +17,18 @@ from chatbatch.cli.errors import EXIT_USAGE, CliError
 from chatbatch.cli.output import console, emit, out, progress_bar, usd
 from chatbatch.cli.params import ConfigOpt, JsonOpt, StackOpt, ThreadsOpt, find_batch
 from chatbatch.client.athena_costs import AthenaError, AthenaQuery, athena_report
-from chatbatch.client.cost_groups import BadGrouping, Grouping
-from chatbatch.client.costs import Comparison, CostReport, draw_chart, load_report
+from chatbatch.client.cost_groups import BadGrouping, Grouping, group_name, group_order
+from chatbatch.client.costs import Comparison, CostReport, Totals, draw_chart, load_report
 from chatbatch.client.deployment import Deployment, connect
 from chatbatch.core.config import load_config
+
+
+class CostGroup(Totals):
+    """One group's figures, with its key: each --by key's value (null: the records have
+    none) and the values joined for display (``name``: null shown as ``(none)``)."""
+
+    key: list[str | None]
+    name: str
 
 
 class CostsOutput(BaseModel):
@@ -37,7 +45,7 @@ class CostsOutput(BaseModel):
     completion_tokens: int
     estimated_calls: int  # booked at their worst case (no usage came back); in total_usd
     estimated_usd: Decimal
-    groups: dict[str, Any]
+    groups: list[CostGroup]  # ordered by key, a missing value first
     compare: list[Comparison] | None = None
     chart: str | None = None
     athena_query_id: str | None = None  # with --athena: the query that added them up
@@ -63,7 +71,10 @@ def _costs_output(
         completion_tokens=total.completion_tokens,
         estimated_calls=total.estimated_calls,
         estimated_usd=total.estimated_usd,
-        groups={k: v.model_dump() for k, v in sorted(report.groups.items())},
+        groups=[
+            CostGroup(key=list(key), name=group_name(key), **report.groups[key].model_dump())
+            for key in sorted(report.groups, key=group_order)
+        ],
         compare=comparison,
         chart=str(chart) if chart else None,
     )
@@ -75,13 +86,13 @@ def _costs_tables(result: CostsOutput) -> None:
     )
     for name in (result.by, "jobs", "prompt (cached)", "completion", "USD"):
         table.add_column(name, justify="left" if name == result.by else "right")
-    for name, group in result.groups.items():
+    for group in result.groups:
         table.add_row(
-            name,
-            str(group["jobs"]),
-            f"{group['prompt_tokens']} ({group['cached_tokens']})",
-            str(group["completion_tokens"]),
-            usd(group["cost_usd"]),
+            group.name,
+            str(group.jobs),
+            f"{group.prompt_tokens} ({group.cached_tokens})",
+            str(group.completion_tokens),
+            usd(group.cost_usd),
         )
     table.caption = (
         f"total {usd(result.total_usd)} over {result.days} day(s): "

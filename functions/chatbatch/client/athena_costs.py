@@ -93,7 +93,8 @@ def report_from_rows(
             cost_usd=from_nanos(nanos),
             estimated_usd=from_nanos(int(row["estimated_nanos"])),
         )
-        group = grouping.name(str(row[f"g{i}"]) for i in range(len(grouping.keys)))
+        values = (row[f"g{i}"] for i in range(len(grouping.keys)))
+        group = tuple(None if value is None else str(value) for value in values)
         report.add_totals(group, str(row["dt"]), str(row["model"]), _flag(row["cached"]), totals)
     return report
 

@@ -2,9 +2,13 @@
 
 A grouping is one or more keys (``--by`` repeated): a field of the cost record (``model``,
 ``priority``, ``role``, ``day``, ``batch``) or a key of the job's own metadata
-(``metadata.KEY``). A record without a value for a key (no role, no such metadata key)
-falls in the group ``(none)``. Each key is also a SQL expression over the Athena table of
-the cost records (``sql``), so ``costs --athena`` groups exactly as the S3 reader does.
+(``metadata.KEY``). A group is keyed by the tuple of its values (``GroupKey``), one per
+key, ``None`` where the record has no value (no role, no such metadata key): distinct from
+any string, even a value literally ``(none)``, and never merged with another group whose
+values only look the same once joined. Its name (``name``) is the values joined with
+`` / ``, a missing one shown as ``(none)``: for display only. Each key is also a SQL
+expression over the Athena table of the cost records (``sql``, NULL where missing), so
+``costs --athena`` groups exactly as the S3 reader does.
 """
 
 from __future__ import annotations
@@ -18,8 +22,11 @@ from chatbatch.core.job_lines import METADATA_KEY_MAX_CHARS
 from chatbatch.core.output_lines import CostRecord
 
 METADATA = "metadata."
-NONE = "(none)"
+NONE = "(none)"  # a missing value, as a group's name shows it
 SEPARATOR = " / "  # between the values of a combined grouping, in a group's name
+
+# a group: its value of each --by key, in order; None where the record has none
+GroupKey = tuple[str | None, ...]
 
 
 class GroupBy(StrEnum):
@@ -82,22 +89,30 @@ class Grouping(BaseModel):
         """The grouping as the user wrote it: ``model`` or ``model,metadata.tenant``."""
         return ",".join(self.keys)
 
-    def group_of(self, record: CostRecord) -> str:
-        """The name of the group ``record`` falls in."""
-        return self.name(tuple(_value(record, key) or NONE for key in self.keys))
-
-    @staticmethod
-    def name(values: Iterable[str]) -> str:
-        return SEPARATOR.join(values)
+    def group_of(self, record: CostRecord) -> GroupKey:
+        """The key of the group ``record`` falls in."""
+        return tuple(_value(record, key) for key in self.keys)
 
     def sql(self) -> list[str]:
-        """Each key as a SQL expression over the cost-record table, ``(none)`` when absent."""
-        return [f"coalesce(nullif({_column(key)}, ''), {sql_string(NONE)})" for key in self.keys]
+        """Each key as a SQL expression over the cost-record table, NULL when absent (an
+        empty value too, as ``group_of``)."""
+        return [f"nullif({_column(key)}, '')" for key in self.keys]
+
+
+def group_name(key: GroupKey) -> str:
+    """A group's name, for display: its values joined, ``(none)`` for a missing one."""
+    return SEPARATOR.join(NONE if value is None else value for value in key)
+
+
+def group_order(key: GroupKey) -> tuple[tuple[bool, str], ...]:
+    """A sort key for groups: by each value in turn, a missing one before any other."""
+    return tuple((value is not None, value or "") for value in key)
 
 
 def _value(record: CostRecord, key: str) -> str | None:
+    """The record's value of ``key``; None when it has none (an empty value too)."""
     if key.startswith(METADATA):
-        return record.metadata.get(key.removeprefix(METADATA))
+        return record.metadata.get(key.removeprefix(METADATA)) or None
     value = getattr(record, COLUMNS[GroupBy(key)])
     return str(value) if value else None
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import BaseModel, Field
 
-from chatbatch.client.cost_groups import Grouping
+from chatbatch.client.cost_groups import Grouping, GroupKey
 from chatbatch.core.config import Config
 from chatbatch.core.output_lines import CostRecord
 from chatbatch.core.pricing import Usage, cost
@@ -98,7 +98,7 @@ class CostReport(BaseModel):
     by: Grouping = Field(default_factory=Grouping)
     total: Totals = Field(default_factory=Totals)
     billed: Totals = Field(default_factory=Totals, description="records not from the cache")
-    groups: dict[str, Totals] = Field(default_factory=dict)
+    groups: dict[GroupKey, Totals] = Field(default_factory=dict)
     daily: dict[str, dict[str, Decimal]] = Field(
         default_factory=dict, description="day -> model -> USD"
     )
@@ -108,7 +108,9 @@ class CostReport(BaseModel):
             self.by.group_of(record), record.dt, record.model, record.cached, Totals.of(record)
         )
 
-    def add_totals(self, group: str, day: str, model: str, cached: bool, totals: Totals) -> None:
+    def add_totals(
+        self, group: GroupKey, day: str, model: str, cached: bool, totals: Totals
+    ) -> None:
         """Records of one group, day, model and cache flag, added up (one record, or a row
         of Athena's answer)."""
         self.total.add(totals)
