@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from decimal import Decimal
 from functools import partial
@@ -27,6 +28,7 @@ from chatbatch.cli.app import app
 from chatbatch.core.days import next_midnight
 from chatbatch.local.options import LocalOptions
 from chatbatch.local.runtime import LocalRuntime
+from chatbatch.local.summary import Summary
 from chatbatch.state.budget import errors as budget_errors
 from chatbatch.state.budget.budget import Budget
 from chatbatch.state.budget.pause import BudgetPause
@@ -163,3 +165,57 @@ def test_a_paused_run_resumes_by_itself_when_the_utc_day_resets(
         assert TableSwitch(boto3.client("dynamodb"), rt.resources.table).enabled()
         assert rt.schedule is not None
         assert {"resumed": "the UTC day reset"} in rt.schedule.fired
+
+
+def test_a_job_over_the_whole_daily_limit_waits_alone_and_pauses_nothing(tmp_path: Path) -> None:
+    """Its worst case alone ($0.0034) is above the day's $0.002: no spending leaves room
+    for it. It alone is deferred (for a higher limit); the pipeline is not paused, the
+    others all run, and the run ends."""
+    path = tmp_path / "jobs.jsonl"
+    big = {"custom_id": "big", "prompt": "a long essay", "max_tokens": 8000, "priority": "critical"}
+    small = [
+        {"custom_id": f"s{i}", "prompt": f"q{i}", "max_tokens": 16, "priority": "low"}
+        for i in range(20)
+    ]
+    path.write_text("".join(json.dumps(job) + "\n" for job in [big, *small]))
+    out = tmp_path / "out"
+    with _runtime(budget_usd=Decimal("0.002"), timeout_s=120) as rt:
+        summary = rt.run(path, out)
+        assert BudgetPause(boto3.client("dynamodb"), rt.resources.table).get() is None
+        assert TableSwitch(boto3.client("dynamodb"), rt.resources.table).enabled()
+    assert (summary.succeeded, summary.failed, summary.deferred) == (20, 0, 1)
+    assert summary.budget_paused_until is None
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    assert [(e["custom_id"], e["error"]["code"]) for e in errors] == [("big", "deferred")]
+
+
+def test_a_resumed_run_with_a_larger_budget_answers_the_jobs_the_pause_left(
+    tmp_path: Path,
+) -> None:
+    """Two runs in one process on one state directory (as ``local run`` twice on one
+    --out): the first pauses on its budget; the second, with a larger one, lifts the pause
+    at start-up (with its own config, not the first run's) and waits for every job, not
+    returning on the deferred ones. Both run on one new thread, as a caller's own thread
+    would hold a worker instance made by the first run."""
+    total = 60
+    path = _jobs(tmp_path, total)
+    out = tmp_path / "out"
+
+    def two_runs() -> tuple[Summary, list[Any]]:
+        with _runtime(budget_usd=Decimal("0.0003"), timeout_s=120, state_dir=out / ".state") as rt:
+            first = rt.run(path, out)
+            assert first.budget_paused_until is not None and 0 < first.succeeded < total
+        with _runtime(budget_usd=Decimal("5"), timeout_s=120, state_dir=out / ".state") as rt:
+            assert rt.schedule is not None
+            fired = list(rt.schedule.fired)
+            return rt.run(path, out), fired
+
+    with ThreadPoolExecutor(1) as caller:
+        second, fired = caller.submit(two_runs).result()
+    assert fired == [{"resumed": "the daily limit was raised"}]
+    assert (second.succeeded, second.deferred, second.failed) == (total, 0, 0)
+    assert second.budget_paused_until is None
+    results = (out / "results.jsonl").read_text().splitlines()
+    assert sorted(json.loads(line)["custom_id"] for line in results) == [
+        f"p{i:04d}" for i in range(total)
+    ]

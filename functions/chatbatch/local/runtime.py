@@ -66,11 +66,13 @@ from chatbatch.local.simulator import Simulator, SimulatorSettings
 from chatbatch.local.summary import AwsCallCounter, Summary, summarize
 from chatbatch.state.batches import Batches, BatchInfo
 from chatbatch.state.breaker import Breakers
+from chatbatch.state.budget import errors as budget_errors
 from chatbatch.state.budget.pause import BudgetPause
 from chatbatch.state.queue_switch import TableSwitch
 from chatbatch.state.store import Store, manifest_key
 
 POLL_S = 0.25  # how often the batch's counters are read while waiting
+STILL_S = 5.0  # beyond BUSY_RETRY_S: how long only deferred jobs, none running, end a wait
 LOCAL_KEY = "sk-local-simulator"
 
 
@@ -239,11 +241,15 @@ class LocalRuntime:
         on_progress: Callable[[BatchInfo], None] | None = None,
         until: Callable[[BatchInfo, Plan], bool] | None = None,
     ) -> BatchInfo:
-        """Feed the queues and wait until every job is final or waits for budget or for
-        its paused model, or the pipeline is paused for the day's budget with no
-        invocation under way (or until ``until`` says so). Raises ``Stopped`` once
-        ``request_stop`` was called."""
+        """Feed the queues and wait until every job is final or waits for its paused
+        model, or the pipeline is paused for the day's budget with no invocation under
+        way (or until ``until`` says so): jobs deferred for a while (reservations in
+        flight) are waited for, and a wait whose jobs are all final or deferred, with none
+        running for ``BUSY_RETRY_S + STILL_S`` (each such deferral came back and was
+        refused again: a batch at its limit, a job alone above the daily limit), ends.
+        Raises ``Stopped`` once ``request_stop`` was called."""
         deadline = time.monotonic() + self.options.timeout_s
+        still_since: float | None = None  # since when only deferred jobs were left, idle
         while not self.stopping.is_set():
             backlog = [f.pump() for f in self.feeders.values()]
             info = self.batches.get(plan.batch_id) or BatchInfo(batch_id=plan.batch_id)
@@ -253,6 +259,12 @@ class LocalRuntime:
                 return info
             if until is None and self.budget_paused():
                 return info
+            if until is None and not any(backlog) and self._only_deferred_idle(info, plan):
+                still_since = still_since or time.monotonic()
+                if time.monotonic() - still_since > budget_errors.BUSY_RETRY_S + STILL_S:
+                    return info
+            else:
+                still_since = None
             if time.monotonic() > deadline:
                 raise TimeoutError(f"batch {plan.batch_id} did not finish in time: {info}")
             self.stopping.wait(POLL_S)
@@ -298,6 +310,11 @@ class LocalRuntime:
         ):
             self.hurry.wait(0.05)
         return running
+
+    def _only_deferred_idle(self, info: BatchInfo, plan: Plan) -> bool:
+        """Every job final, deferred or paused, and no invocation under way."""
+        waiting = info.finished + info.deferred + info.paused >= plan.valid
+        return waiting and not any(m.busy for m in self.mappings.values())
 
     def budget_paused(self) -> bool:
         """The pipeline is paused for the day's budget, and nothing runs any more."""
@@ -359,7 +376,10 @@ def register_stack(resources: Resources, stack_name: str) -> None:
 
 
 def _settled(info: BatchInfo, plan: Plan) -> bool:
-    return info.finished + info.deferred + info.paused >= plan.valid
+    """Every job is final or waits for its paused model. A deferred job is not settled: it
+    comes back (reservations in flight, a limit raised by a resumed run); a spent day's
+    budget ends the wait through ``budget_paused``."""
+    return info.finished + info.paused >= plan.valid
 
 
 @contextmanager

@@ -3,7 +3,10 @@ sending the worker function ``RESUME_EVENT``) run on the local runtime's clock.
 
 A thread looks at the clock every ``TICK_S`` and invokes the real handler with the
 schedule's event each time the clock enters a new hour, as the rule would, and once when
-the runtime starts (a resumed run's state may hold a pause that is over by now). A test that
+the runtime starts (a resumed run's state may hold a pause that is over by now). Every
+invocation runs on the schedule's own thread, so the worker instance it makes (one per
+thread, ``worker/handler.py``) is this runtime's, with this runtime's config, and ends
+with it. A test that
 moves the clock past midnight sees the pipeline resume by itself.
 """
 
@@ -33,14 +36,16 @@ class HourlySchedule:
         self._function_name = function_name
         self._timeout_s = timeout_s
         self._stop = threading.Event()
+        self._first = threading.Event()  # the start-up invocation has returned
         self._thread = threading.Thread(target=self._run, name="resume-schedule", daemon=True)
         self.fired: list[Any] = []  # what each invocation returned
 
     def start(self) -> None:
         """Fire once now (a pause a resumed run's state brought back may be over, or its
-        limit raised by ``--budget-usd``), then every hour of the clock."""
-        self.fire()
+        limit raised by ``--budget-usd``), then every hour of the clock; returns once the
+        first invocation has (on the schedule's thread)."""
         self._thread.start()
+        self._first.wait(self._timeout_s)
 
     def fire(self) -> None:
         context = LambdaContext(self._function_name, self._timeout_s)
@@ -55,6 +60,10 @@ class HourlySchedule:
 
     def _run(self) -> None:
         hour = int(self._clock() // 3600)
+        try:
+            self.fire()
+        finally:
+            self._first.set()
         while not self._stop.wait(TICK_S):
             now_hour = int(self._clock() // 3600)
             if now_hour == hour:

@@ -5,7 +5,9 @@ pollers receive only while it is on).
 
 - ``LambdaMappings``, deployed: the worker function's SQS event source mappings, switched
   with Lambda's ``UpdateEventSourceMapping`` (``Enabled``). A disabled mapping receives
-  nothing, so a paused backlog costs no requests.
+  nothing, so a paused backlog costs no requests. A mapping in transition (``Disabling``,
+  ``Enabling``, ...) refuses an update (``ResourceInUseException``): it is tried again,
+  every ``IN_USE_WAIT_S``, up to ``IN_USE_TRIES`` times.
 - ``TableSwitch``, the local runtime: an item on the shared table (``pk=switch#queues``),
   read by the emulator's pollers (``chatbatch.local.emulator``) as Lambda's pollers read
   the mapping's state. moto's own event source mappings would invoke the function
@@ -23,8 +25,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
+from botocore.exceptions import ClientError
+
 from chatbatch.core.resources import ENV_QUEUE_SWITCH, TABLE_PK, TABLE_SK
-from chatbatch.state.ddb import s
+from chatbatch.state.ddb import error_code, s
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -34,6 +38,8 @@ LambdaClient = Any  # boto3's Lambda client (no type stubs installed for it)
 SWITCH_KEY = {TABLE_PK: s("switch#queues"), TABLE_SK: s("switch")}
 READ_EVERY_S = 0.25  # how stale a poller's view of the local switch may be
 OFF_STATES = ("Disabled", "Disabling")
+IN_USE_TRIES = 10  # a mapping in transition: how many times the switch tries it
+IN_USE_WAIT_S = 2.0  # and how long it waits between tries
 
 
 class QueueSwitch(Protocol):
@@ -51,9 +57,16 @@ class QueueSwitch(Protocol):
 class LambdaMappings:
     """The event source mappings of one function (deployed)."""
 
-    def __init__(self, client: LambdaClient, function: str) -> None:
+    def __init__(
+        self,
+        client: LambdaClient,
+        function: str,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self._client = client
         self.function = function
+        self._sleep = sleep
 
     def _mappings(self) -> list[dict[str, Any]]:
         pages = self._client.get_paginator("list_event_source_mappings")
@@ -64,11 +77,24 @@ class LambdaMappings:
         ]
 
     def set_enabled(self, enabled: bool) -> int:
+        """Raises the ``ResourceInUseException`` of a mapping still in transition after
+        ``IN_USE_TRIES`` tries."""
         changed = 0
-        for mapping in self._mappings():
-            if (mapping.get("State") not in OFF_STATES) != enabled:
-                self._client.update_event_source_mapping(UUID=mapping["UUID"], Enabled=enabled)
-                changed += 1
+        for tries_left in reversed(range(IN_USE_TRIES)):
+            in_use = False
+            for mapping in self._mappings():
+                if (mapping.get("State") not in OFF_STATES) == enabled:
+                    continue
+                try:
+                    self._client.update_event_source_mapping(UUID=mapping["UUID"], Enabled=enabled)
+                    changed += 1
+                except ClientError as err:
+                    if error_code(err) != "ResourceInUseException" or not tries_left:
+                        raise
+                    in_use = True
+            if not in_use:
+                break
+            self._sleep(IN_USE_WAIT_S)
         return changed
 
     def enabled(self) -> bool:

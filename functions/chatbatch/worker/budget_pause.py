@@ -7,14 +7,18 @@
   pause per worker instance. The job is handed back as a deferral, as every job in flight
   is (a new message: no receive count burnt), with a short delay (``PAUSED_DELAY_S``):
   nothing receives it while paused, and it runs soon after the pause is lifted. If the
-  switch fails, the job waits the deferral's own delay, as before the pause existed.
+  switch fails, the job waits the deferral's own delay, as before the pause existed. A
+  refusal whose midnight has passed by now opens nothing (the new day has room), and a
+  pause lifted while the switch was being turned off (``chatbatch budget set``, the
+  schedule) turns it back on: the consumers are never left off with no pause open.
 - ``resume_if_due``: what the resume schedule runs (EventBridge, every hour at :00 UTC,
   invoking the worker function with ``RESUME_EVENT``; locally the runtime's clock): lifts
   the pause once the UTC day has reset or the daily limit was raised above the one it was
   reached at, and turns the consumers back on if they were left off with no pause open.
 
 A batch's own limit never pauses the pipeline: that job is deferred as before
-(``BATCH_RETRY_S``), other batches run on.
+(``BATCH_RETRY_S``), other batches run on. Nor does a job whose worst case alone is above
+the daily limit (its deferral has no ``until``): it alone waits for a higher limit.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ async def paused(inv: Invocation, intake: Intake, err: BudgetDeferred) -> Outcom
 def pause_queues(services: Services, err: BudgetDeferred) -> None:
     """Open the pause and switch the consumers off, once per pause per instance."""
     assert err.until is not None
+    if err.until.timestamp() <= services.pause.now():
+        return  # refused before midnight, here after it: the new day has room
     current = services.pause.get()
     if current is not None and current.since == services.paused_since:
         return  # this instance switched this pause off already
@@ -53,6 +59,11 @@ def pause_queues(services: Services, err: BudgetDeferred) -> None:
         str(err), until=err.until.timestamp(), limit_nanos=services.budget.daily_limit_nanos()
     )
     changed = services.switch.set_enabled(False)
+    if services.pause.get(fresh=True) is None:  # lifted while the switch went off
+        services.switch.set_enabled(True)
+        services.paused_since = None
+        logger.info("the pause was lifted while the queues were being switched off: back on")
+        return
     services.paused_since = pause.since
     logger.warning(
         "pipeline paused: the day's budget is spent",

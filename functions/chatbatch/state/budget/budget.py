@@ -176,7 +176,10 @@ class Budget:
     ) -> BudgetDeferred:
         limit = (batch_limit or 0) if refused.scope == "batch" else self.daily_limit_nanos()
         over = self._over(refused, r.nanos, batch_limit)
-        return deferral(refused.scope, r.batch_id, r.day, limit, over=over, now=now)
+        alone = r.nanos if refused.scope == "day" else 0  # above the limit alone: no pause
+        return deferral(
+            refused.scope, r.batch_id, r.day, limit, over=over, now=now, job_nanos=alone
+        )
 
     def reserve_many(self, asks: Sequence[Ask]) -> dict[str, Reservation]:
         """Reserve several new jobs in one transaction, with one write per ledger for all.

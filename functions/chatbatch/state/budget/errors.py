@@ -20,7 +20,9 @@ class BudgetDeferred(Exception):
     """No budget now; ask again after ``retry_after_s`` seconds.
 
     ``scope`` is ``"day"`` or ``"batch"``; ``until`` the next UTC midnight when the day's
-    spending itself is at the limit (None when the room may come back sooner).
+    spending itself is at the limit (None when the room may come back sooner, or when the
+    job's worst case alone is above the daily limit: no day has room for it, only a
+    higher limit).
     """
 
     def __init__(
@@ -68,10 +70,13 @@ def deferral(
     *,
     over: bool,
     now: float,
+    job_nanos: int = 0,
 ) -> BudgetDeferred:
     """Why a reservation is refused, and when to ask again: after the next UTC midnight
     when the day's spending itself is at its limit (``over``), in 5 minutes when a batch's
-    is, in ``BUSY_RETRY_S`` when only reservations in flight hold the room."""
+    is, in ``BUSY_RETRY_S`` when only reservations in flight hold the room. A job whose
+    worst case alone (``job_nanos``) is above the daily limit waits as before the pause
+    existed (after midnight, in steps), alone: with no ``until`` it pauses nothing."""
     limit = from_nanos(limit_nanos)
     if scope == "batch":
         if over:
@@ -82,6 +87,14 @@ def deferral(
             f"batch {batch_id}: its budget ${limit} is held by reservations in flight",
             BUSY_RETRY_S,
             scope="batch",
+        )
+    if job_nanos > limit_nanos:
+        return BudgetDeferred(
+            f"worst case ${from_nanos(job_nanos)} alone is above the daily budget ${limit}: "
+            "the job waits for a higher limit (chatbatch budget set --daily USD) or a lower "
+            "max_tokens",
+            seconds_to_midnight(now),
+            scope="day",
         )
     if over:
         return BudgetDeferred(

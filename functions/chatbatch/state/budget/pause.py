@@ -8,7 +8,8 @@ opens it again), ``until`` (the next UTC midnight, when the day's ledger resets)
 
 - ``open`` creates or refreshes the item; the first opener sets ``since``.
 - ``get`` is cached per worker for ``cache_s`` seconds (``fresh`` reads through).
-- ``close`` deletes it; ``lift`` closes it and turns the queues back on: the day reset
+- ``close`` deletes it; ``lift`` turns the queues back on, then closes it (in that order:
+  a switch that fails leaves the pause open, for the next lift to retry): the day reset
   (the schedule, ``worker/budget_pause.py`` ``resume_if_due``) or the budget was raised
   (``chatbatch budget set``).
 - ``due`` tells whether a pause has run its course at ``now``.
@@ -92,8 +93,8 @@ class BudgetPause(CachedItems):
         return DayPause.model_validate(plain(old)) if old else None
 
     def lift(self, switch: QueueSwitch) -> DayPause | None:
-        """Close the pause, then turn every queue's consumer back on (also when no pause
-        was open: a switch left off by a worker that died between the two is healed)."""
-        lifted = self.close()
+        """Turn every queue's consumer back on, then close the pause (the switch is turned
+        on also when no pause was open: one left off by a worker that died between its
+        two writes is healed). A switch that fails raises, and leaves the pause open."""
         switch.set_enabled(True)
-        return lifted
+        return self.close()
