@@ -355,21 +355,25 @@ async def _failed(
     reservation: Reservation,
     err: ProviderError | RequestTooLargeError,
 ) -> Outcome:
-    """A call that billed nothing and failed: the reservation goes back; the job is
-    refused, paused (an account error) or retried later."""
-    services = inv.services
-    await io(services.budget.release, reservation)
+    """A call that billed nothing and failed: the job is refused (its reservation settled
+    at 0 as it fails: ``results.fail``), or the reservation goes back and the job is
+    paused (an account error) or retried later."""
     if isinstance(err, RequestTooLargeError):
-        return await results.refuse(inv, intake, "request_too_large", str(err))
+        return await results.refuse(
+            inv, intake, "request_too_large", str(err), reservation=reservation
+        )
     inv.count(Metric.PROVIDER_ERRORS, intake)
-    if err.account is not None:  # the account's fault, not the job's: pause the model
-        await pause.opened(inv, job.model, err)
-        return await pause.pause(inv, intake)
-    if err.permanent:
+    if err.permanent and err.account is None:
         latency = sum(a.latency_ms for a in err.attempts)
         facts = results.job_facts(intake, job, Decimal(0), latency, len(err.attempts), False)
         code = f"provider_{err.status}"
-        return await results.refuse(inv, intake, code, err.message, facts, err.answer)
+        return await results.refuse(
+            inv, intake, code, err.message, facts, err.answer, reservation=reservation
+        )
+    await io(inv.services.budget.release, reservation)
+    if err.account is not None:  # the account's fault, not the job's: pause the model
+        await pause.opened(inv, job.model, err)
+        return await pause.pause(inv, intake)
     return await requeue.retry(inv, intake, err)
 
 

@@ -12,6 +12,9 @@ import asyncio
 import datetime as dt
 from collections.abc import Awaitable, Sequence
 from decimal import Decimal
+from functools import partial
+
+from aws_lambda_powertools import Logger
 
 from chatbatch.core.days import utc_day
 from chatbatch.core.jobs import Job
@@ -19,13 +22,15 @@ from chatbatch.core.metrics import Metric
 from chatbatch.core.output_lines import CostRecord, JobFacts, OutputLine
 from chatbatch.core.pricing import Usage, from_nanos, to_nanos
 from chatbatch.provider.errors import HttpAnswer
-from chatbatch.state.batches import RETRY_FROM, JobState
+from chatbatch.state.batches import RETRY_FROM, JobState, TransactionRefused
 from chatbatch.state.budget.reservations import Reservation
 from chatbatch.state.ddb import s
 from chatbatch.state.store import KeptRequest
 from chatbatch.worker.crash import crash_point
 from chatbatch.worker.intake import Intake
 from chatbatch.worker.invocation import Invocation, Outcome, io
+
+logger = Logger(service="chatbatch")
 
 
 async def fail(
@@ -36,12 +41,19 @@ async def fail(
     facts: JobFacts | None = None,
     new: JobState = JobState.failed,
     answer: HttpAnswer | None = None,
+    reservation: Reservation | None = None,
 ) -> bool:
     """Write the job's error record and move its state (``failed`` unless told otherwise),
     keeping the error's code on the job; False when the job was no longer in the state read
     (another delivery moved it). The record is an error line (``code``, ``message``), or,
     for a call the provider refused with an HTTP answer, a line carrying that ``answer``
     (its status, ``x-request-id`` and body as sent; ``code`` stays on the job).
+
+    A ``reservation`` the job still holds is settled at 0 in the same transaction, never
+    released before it: a copy of the job that read its state before this one ended it
+    then finds the job paid for (``AlreadySettled``) and calls nothing, where a released
+    reservation would let it reserve anew and call (``chatbatch retry`` drops the settled
+    reservation when it sends the job again).
 
     A job that can be sent again (``failed`` or ``dead_lettered``, and not an invalid
     line) also keeps the message that carried it, before its state moves: every job
@@ -65,12 +77,23 @@ async def fail(
         )
         writes.append(io(store.put_request, kept))
     await asyncio.gather(*writes)
-    prev = inv.states[intake.key]
-    move = inv.services.batches.transition
-    fields = {"error_code": s(code)}
-    return bool(
-        await io(move, intake.batch_id, intake.custom_id, prev=prev, new=new, fields=fields)
+    services = inv.services
+    settle = services.budget.settle_items(reservation, 0) if reservation else []
+    move = partial(
+        services.batches.transition,
+        intake.batch_id,
+        intake.custom_id,
+        prev=inv.states[intake.key],
+        new=new,
+        fields={"error_code": s(code)},
     )
+    try:
+        moved = bool(await io(move, extra=settle))
+    except TransactionRefused:  # the reservation is no longer this copy's (reclaimed)
+        return bool(await io(move))
+    if not moved and reservation:  # another delivery ended the job: its money goes back
+        await io(services.budget.release, reservation)
+    return moved
 
 
 async def refuse(
@@ -80,9 +103,10 @@ async def refuse(
     message: str,
     facts: JobFacts | None = None,
     answer: HttpAnswer | None = None,
+    reservation: Reservation | None = None,
 ) -> Outcome:
     """A permanent failure: an error record (``fail``), counted as failed, never retried."""
-    await fail(inv, intake, code, message, facts, answer=answer)
+    await fail(inv, intake, code, message, facts, answer=answer, reservation=reservation)
     inv.count(Metric.JOBS_FAILED, intake)
     return Outcome.failed
 
@@ -191,18 +215,7 @@ async def finish(
     record = cost_record(inv, intake, job, stored, day)
     await asyncio.gather(io(services.store.put_cost, record), *extra_writes)
     crash_point("after_s3_write", intake)
-    counters = _counters(record, provider_calls)
-    settle = services.budget.settle_items(reservation, record.cost_nanos) if reservation else []
-    done = await io(
-        services.batches.transition,
-        intake.batch_id,
-        intake.custom_id,
-        prev=inv.states[intake.key],
-        new=JobState.succeeded,
-        counters=counters,
-        extra=settle,
-    )
-    if not done:
+    if not await _settle(inv, intake, record, reservation, provider_calls):
         return Outcome.duplicate
     inv.count(Metric.JOBS_SUCCEEDED, intake)
     inv.count(Metric.COST_USD, intake, record.cost_nanos)
@@ -217,6 +230,55 @@ async def finish(
     if stored.chatbatch:
         inv.latencies[(job.model, intake.priority.value)].append(stored.chatbatch.latency_ms)
     return Outcome.succeeded
+
+
+async def _settle(
+    inv: Invocation,
+    intake: Intake,
+    record: CostRecord,
+    reservation: Reservation | None,
+    provider_calls: int,
+) -> bool:
+    """The final transaction: the job ``succeeded`` from the state read, its counters, its
+    reservation settled at the record's cost. False when another delivery ended the job.
+
+    The state read may be stale: another copy of the job may have moved it since, to a
+    state that is not an end (``deferred``, ``dead_lettered``): the job is still this
+    delivery's to finish, from that state. When another copy ended it (``failed``,
+    ``cancelled``) after this one read it, the answer in hand was still paid for: a
+    reservation this copy still holds is given back with the record's cost spent and the
+    call in the batch's counters, so no billed call goes unbooked.
+    """
+    services = inv.services
+    counters = _counters(record, provider_calls)
+    settle = services.budget.settle_items(reservation, record.cost_nanos) if reservation else []
+    for _ in range(len(JobState)):  # each pass sees the state move on: bounded
+        prev = inv.states[intake.key]
+        done = await io(
+            services.batches.transition,
+            intake.batch_id,
+            intake.custom_id,
+            prev=prev,
+            new=JobState.succeeded,
+            counters=counters,
+            extra=settle,
+        )
+        if done:
+            return True
+        [job] = await io(services.batches.jobs, intake.batch_id, [intake.custom_id])
+        if job.state.terminal or job.state is prev:
+            break
+        inv.states[intake.key] = job.state
+    if reservation is not None:
+        counted = services.batches.count_items(intake.batch_id, counters)
+        spent = record.cost_nanos
+        if await io(services.budget.release, reservation, spent_nanos=spent, extra=counted):
+            logger.warning(
+                "booked an answer another copy of its job had made needless",
+                extra={"batch_id": intake.batch_id, "custom_id": intake.custom_id},
+            )
+            inv.count(Metric.COST_USD, intake, spent)
+    return False
 
 
 def _counters(record: CostRecord, provider_calls: int) -> dict[str, int]:
