@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -376,6 +376,34 @@ class Batches:
         """
         if prev is new and not fields:
             return True
+        state_item, deltas = self.move(batch_id, custom_id, prev, new, counters, fields, pins)
+        items: list[Any] = [state_item, *extra, *self.count_items(batch_id, deltas)]
+        reasons = transact(self._ddb, items)
+        if not reasons:
+            return True
+        if reasons[0].get("Code") == "ConditionalCheckFailed":
+            return False  # the job is no longer in ``prev``: another delivery moved it
+        failed = [i for i, r in enumerate(reasons) if r.get("Code") not in (None, "None")]
+        raise TransactionRefused(f"job {batch_id}/{custom_id}: items {failed} refused: {reasons}")
+
+    def commit(self, items: Sequence[Mapping[str, Any]]) -> bool:
+        """Commit a transaction made of several jobs' ``move`` parts and their batches'
+        ``count_items`` (and whatever else must go with them); False when a condition
+        failed: nothing was written."""
+        return not transact(self._ddb, items)
+
+    def move(
+        self,
+        batch_id: str,
+        custom_id: str,
+        prev: JobState,
+        new: JobState,
+        counters: Mapping[str, int] | None = None,
+        fields: Mapping[str, Any] | None = None,
+        pins: Mapping[str, Any | None] | None = None,
+    ) -> tuple[dict[str, Any], dict[str, int]]:
+        """The parts of a ``transition``, for a caller that commits several together: the
+        job item's conditional update, and what the move adds to its batch's counters."""
         deltas = dict(counters or {})
         if new.gauge or new.terminal:
             deltas[new.counter] = deltas.get(new.counter, 0) + 1
@@ -388,14 +416,7 @@ class Batches:
                 **_state_update(prev, new, fields or {}, pins or {}),
             }
         }
-        items: list[Any] = [state_item, *extra, *self.count_items(batch_id, deltas)]
-        reasons = transact(self._ddb, items)
-        if not reasons:
-            return True
-        if reasons[0].get("Code") == "ConditionalCheckFailed":
-            return False  # the job is no longer in ``prev``: another delivery moved it
-        failed = [i for i, r in enumerate(reasons) if r.get("Code") not in (None, "None")]
-        raise TransactionRefused(f"job {batch_id}/{custom_id}: items {failed} refused: {reasons}")
+        return state_item, deltas
 
     def retry(self, batch_id: str, job: JobRecord) -> bool:
         """Move a job to ``retrying`` before ``chatbatch retry`` sends it again, exactly once:

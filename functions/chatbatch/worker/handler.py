@@ -35,6 +35,7 @@ from chatbatch.worker.budget_pause import resume_if_due
 from chatbatch.worker.capacity import Capacity
 from chatbatch.worker.crash import WorkerCrash, crash_point
 from chatbatch.worker.emf import emit_metrics
+from chatbatch.worker.finals import Finals
 from chatbatch.worker.intake import Intake, read_record
 from chatbatch.worker.invocation import Invocation, Outcome, RetryLater
 from chatbatch.worker.pipeline import SAFETY_MARGIN_S, process, reserve_ahead
@@ -73,6 +74,7 @@ class Instance:
             batches=batches,
             deadline=time.monotonic() + remaining_s - SAFETY_MARGIN_S,
             capacity=Capacity(services.limiter, priority, len(intakes)),
+            finals=Finals(services, intakes),
             trace=Span.current(),
         )
         reserve_ahead(inv)

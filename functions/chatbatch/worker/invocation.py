@@ -17,6 +17,7 @@ from chatbatch.core.metrics import Metric
 from chatbatch.state.batches import BatchInfo, JobState
 from chatbatch.state.budget.reservations import Reservation
 from chatbatch.worker.capacity import Capacity, Slot
+from chatbatch.worker.finals import Finals
 from chatbatch.worker.intake import Intake
 from chatbatch.worker.services import Services
 from chatbatch.worker.tracing import Span
@@ -50,6 +51,7 @@ class Invocation:
     batches: dict[str, BatchInfo]
     deadline: float  # monotonic time by which the provider call must be over
     capacity: Capacity
+    finals: Finals  # the jobs' final transactions, committed together
     tallies: Counter[tuple[Metric, str, str]] = field(default_factory=Counter)
     latencies: defaultdict[tuple[str, str], list[int]] = field(
         default_factory=lambda: defaultdict(list)
@@ -67,7 +69,9 @@ class Invocation:
         return await self.capacity.take(model, tokens, first=first)
 
     def done(self, intake: Intake) -> None:
-        """The job's pipeline is over: if it never asked for capacity, say so."""
+        """The job's pipeline is over: if it never asked for capacity, say so; its final
+        transaction, if it has one, is no longer to wait for."""
+        self.finals.leave(intake.record.message_id)
         if intake.record.message_id not in self.asked:
             self.asked.add(intake.record.message_id)
             self.capacity.leave()

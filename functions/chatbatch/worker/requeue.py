@@ -48,12 +48,11 @@ def expiry(inv: Invocation, intake: Intake, now_s: float | None = None) -> str |
 
 
 async def expire(inv: Invocation, intake: Intake, why: str, held: Reservation | None) -> Outcome:
-    """End a job that waited too long: its reservation (if it holds one) goes back, an
-    error record with OpenAI's code ``batch_expired``, ``failed``, counted once."""
-    if held is not None:
-        await io(inv.services.budget.release, held)
+    """End a job that waited too long: an error record with OpenAI's code
+    ``batch_expired``, ``failed``, counted once; a reservation it holds is settled at 0
+    with it (``results.fail``)."""
     message = f"expired: {why}; send it again with `chatbatch retry` when it can run"
-    if await fail(inv, intake, "batch_expired", message):
+    if await fail(inv, intake, "batch_expired", message, reservation=held):
         inv.count(Metric.JOBS_FAILED, intake)
     return Outcome.failed
 

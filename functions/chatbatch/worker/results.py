@@ -12,9 +12,7 @@ import asyncio
 import datetime as dt
 from collections.abc import Awaitable, Sequence
 from decimal import Decimal
-from functools import partial
-
-from aws_lambda_powertools import Logger
+from typing import Any
 
 from chatbatch.core.days import utc_day
 from chatbatch.core.jobs import Job
@@ -27,10 +25,9 @@ from chatbatch.state.budget.reservations import Reservation
 from chatbatch.state.ddb import s
 from chatbatch.state.store import KeptRequest
 from chatbatch.worker.crash import crash_point
+from chatbatch.worker.finals import Final
 from chatbatch.worker.intake import Intake
 from chatbatch.worker.invocation import Invocation, Outcome, io
-
-logger = Logger(service="chatbatch")
 
 
 async def fail(
@@ -79,21 +76,38 @@ async def fail(
     await asyncio.gather(*writes)
     services = inv.services
     settle = services.budget.settle_items(reservation, 0) if reservation else []
-    move = partial(
-        services.batches.transition,
-        intake.batch_id,
-        intake.custom_id,
-        prev=inv.states[intake.key],
-        new=new,
-        fields={"error_code": s(code)},
-    )
+    fields = {"error_code": s(code)}
     try:
-        moved = bool(await io(move, extra=settle))
+        moved = await _move(inv, intake, new, ENDS, extra=settle, fields=fields)
     except TransactionRefused:  # the reservation is no longer this copy's (reclaimed)
-        return bool(await io(move))
+        return await _move(inv, intake, new, ENDS, fields=fields)
     if not moved and reservation:  # another delivery ended the job: its money goes back
         await io(services.budget.release, reservation)
     return moved
+
+
+ENDS = frozenset(state for state in JobState if state.terminal)
+
+
+async def _move(
+    inv: Invocation, intake: Intake, new: JobState, stop: frozenset[JobState], **changes: Any
+) -> bool:
+    """Move the job to ``new`` from the state read, with ``changes`` (``transition``'s
+    counters, extra items, fields). The read may be stale: when another copy of the job
+    moved it since, to a state not in ``stop``, the job is still this delivery's to move,
+    from that state. False when it stopped at a state in ``stop`` (nothing written)."""
+    batches = inv.services.batches
+    for _ in range(len(JobState)):  # each pass sees the state move on: bounded
+        prev = inv.states[intake.key]
+        if await io(
+            batches.transition, intake.batch_id, intake.custom_id, prev=prev, new=new, **changes
+        ):
+            return True
+        [job] = await io(batches.jobs, intake.batch_id, [intake.custom_id])
+        if job.state is prev or job.state in stop:
+            return False
+        inv.states[intake.key] = job.state
+    return False
 
 
 async def refuse(
@@ -105,9 +119,10 @@ async def refuse(
     answer: HttpAnswer | None = None,
     reservation: Reservation | None = None,
 ) -> Outcome:
-    """A permanent failure: an error record (``fail``), counted as failed, never retried."""
-    await fail(inv, intake, code, message, facts, answer=answer, reservation=reservation)
-    inv.count(Metric.JOBS_FAILED, intake)
+    """A permanent failure: an error record (``fail``), counted as failed (once: not when
+    another copy had ended the job), never retried."""
+    if await fail(inv, intake, code, message, facts, answer=answer, reservation=reservation):
+        inv.count(Metric.JOBS_FAILED, intake)
     return Outcome.failed
 
 
@@ -239,46 +254,45 @@ async def _settle(
     reservation: Reservation | None,
     provider_calls: int,
 ) -> bool:
-    """The final transaction: the job ``succeeded`` from the state read, its counters, its
-    reservation settled at the record's cost. False when another delivery ended the job.
+    """The final transaction: the job ``succeeded``, its counters, its reservation settled
+    at the record's cost; with the invocation's other jobs (``_settle_together``), else on
+    its own. False when another delivery ended the job with an answer (or, for a copy that
+    holds no reservation, ended it at all).
 
-    The state read may be stale: another copy of the job may have moved it since, to a
+    The state read may be stale: another copy of the job may have moved it since. To a
     state that is not an end (``deferred``, ``dead_lettered``): the job is still this
-    delivery's to finish, from that state. When another copy ended it (``failed``,
-    ``cancelled``) after this one read it, the answer in hand was still paid for: a
-    reservation this copy still holds is given back with the record's cost spent and the
-    call in the batch's counters, so no billed call goes unbooked.
+    delivery's to finish, from that state. To ``failed`` or ``cancelled`` (it expired, or
+    the batch was cancelled, while this copy's call was out): the answer in hand, paid
+    under the reservation this copy holds, ends the job instead, from that state, so no
+    billed answer is left outside the books or next to an error.
     """
-    services = inv.services
     counters = _counters(record, provider_calls)
-    settle = services.budget.settle_items(reservation, record.cost_nanos) if reservation else []
-    for _ in range(len(JobState)):  # each pass sees the state move on: bounded
-        prev = inv.states[intake.key]
-        done = await io(
-            services.batches.transition,
-            intake.batch_id,
-            intake.custom_id,
-            prev=prev,
-            new=JobState.succeeded,
-            counters=counters,
-            extra=settle,
-        )
-        if done:
-            return True
-        [job] = await io(services.batches.jobs, intake.batch_id, [intake.custom_id])
-        if job.state.terminal or job.state is prev:
-            break
-        inv.states[intake.key] = job.state
-    if reservation is not None:
-        counted = services.batches.count_items(intake.batch_id, counters)
-        spent = record.cost_nanos
-        if await io(services.budget.release, reservation, spent_nanos=spent, extra=counted):
-            logger.warning(
-                "booked an answer another copy of its job had made needless",
-                extra={"batch_id": intake.batch_id, "custom_id": intake.custom_id},
-            )
-            inv.count(Metric.COST_USD, intake, spent)
-    return False
+    if await _settle_together(inv, intake, record, reservation, counters):
+        return True
+    budget = inv.services.budget
+    settle = budget.settle_items(reservation, record.cost_nanos) if reservation else []
+    stop = frozenset({JobState.succeeded}) if reservation else ENDS
+    return await _move(inv, intake, JobState.succeeded, stop, counters=counters, extra=settle)
+
+
+async def _settle_together(
+    inv: Invocation,
+    intake: Intake,
+    record: CostRecord,
+    reservation: Reservation | None,
+    counters: dict[str, int],
+) -> bool:
+    """The final transaction as one part of the invocation's group commit
+    (``worker/finals.py``); False when the job has to make its own."""
+    services = inv.services
+    move, deltas = services.batches.move(
+        intake.batch_id, intake.custom_id, inv.states[intake.key], JobState.succeeded, counters
+    )
+    own, ledgers = (
+        services.budget.settle_parts(reservation, record.cost_nanos) if reservation else ([], [])
+    )
+    final = Final(batch_id=intake.batch_id, own=[move, *own], ledgers=ledgers, counters=deltas)
+    return await inv.finals.commit(intake.record.message_id, final)
 
 
 def _counters(record: CostRecord, provider_calls: int) -> dict[str, int]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -34,6 +34,7 @@ from chatbatch.state.budget.ledger import (
     LIMITS_KEY,
     DayUsage,
     Item,
+    add_item,
     batch_ledger_key,
     charge_item,
     day_key,
@@ -47,6 +48,7 @@ from chatbatch.state.budget.reservations import (
     hold_items,
     release_items,
     settle_items,
+    settle_parts,
 )
 from chatbatch.state.ddb import error_code, int_of, n, s, transact
 
@@ -288,6 +290,23 @@ class Budget:
         """The items that settle ``r`` at its real cost, exactly once, for the caller to
         commit with its own (the job's final state): ``reservations.settle_items``."""
         return settle_items(self._table, r, actual_nanos)
+
+    def settle_parts(
+        self, r: Reservation, actual_nanos: int
+    ) -> tuple[list[Item], list[tuple[Item, dict[str, int]]]]:
+        """``settle_items`` split for a settle of many in one transaction
+        (``reservations.settle_parts``); ``ledger_items`` makes the summed additions."""
+        return settle_parts(self._table, r, actual_nanos)
+
+    def ledger_items(self, additions: Iterable[tuple[Item, Mapping[str, int]]]) -> list[Item]:
+        """One write per ledger: the sum of ``additions`` to it."""
+        summed: dict[tuple[str, str], tuple[Item, dict[str, int]]] = {}
+        for key, deltas in additions:
+            at = (key[TABLE_PK]["S"], key[TABLE_SK]["S"])
+            total = summed.setdefault(at, (key, {}))[1]
+            for name, delta in deltas.items():
+                total[name] = total.get(name, 0) + delta
+        return [add_item(self._table, key, deltas) for key, deltas in summed.values()]
 
     def settle(self, r: Reservation, actual_nanos: int) -> bool:
         """Settle on its own; False if it was already settled (or released)."""

@@ -181,6 +181,17 @@ def settle_items(table: str, r: Reservation, actual_nanos: int) -> list[dict[str
     The caller commits them with its own items (the job's final state); the first
     item fails its condition if the reservation was already settled or released.
     """
+    own, ledgers = settle_parts(table, r, actual_nanos)
+    return [*own, *(add_item(table, key, deltas) for key, deltas in ledgers)]
+
+
+def settle_parts(
+    table: str, r: Reservation, actual_nanos: int
+) -> tuple[list[Item], list[tuple[Item, dict[str, int]]]]:
+    """``settle_items`` in two parts: the reservation's own items (its conditional update,
+    its marker's delete), and each ledger's key with what the settle adds to it, for a
+    caller that settles several reservations in one transaction and sums the additions
+    into one write per ledger."""
     settled: Item = {
         "Update": {
             "TableName": table,
@@ -198,11 +209,7 @@ def settle_items(table: str, r: Reservation, actual_nanos: int) -> list[dict[str
         }
     }
     deltas = {"committed": actual_nanos - r.nanos, "spent": actual_nanos}
-    return [
-        settled,
-        _close_open(table, r),
-        *(add_item(table, key, deltas) for key in _ledgers(r)),
-    ]
+    return [settled, _close_open(table, r)], [(key, dict(deltas)) for key in _ledgers(r)]
 
 
 def release_items(

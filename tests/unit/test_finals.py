@@ -1,0 +1,115 @@
+"""The group commit of an invocation's final transactions (``worker/finals.py``), on moto.
+
+Jobs settle together once every job of the invocation has arrived or left: one
+transaction, one write per ledger and per batch for their sums. All or nothing: a refused
+condition writes nothing and sends every job to its own transaction; so do two parts for
+one item (two messages of one job), and a job alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from chatbatch.core.config import Config
+from chatbatch.state.batches import Batches, JobState
+from chatbatch.state.budget.budget import Budget
+from chatbatch.state.budget.reservations import Reservation
+from chatbatch.worker.finals import Final, Finals
+from tests.unit.conftest import Dynamo
+
+BATCH = "group"
+
+
+class Services:
+    """What ``Finals`` uses of a worker's services, on moto; counts the commits."""
+
+    def __init__(self, dynamo: Dynamo, config: Config) -> None:
+        self.batches = Batches(dynamo.client, dynamo.table)
+        self.budget = Budget(dynamo.client, dynamo.table, config)
+        self.commits: list[bool] = []
+        real = self.batches.commit
+
+        def counted(items: Any) -> bool:
+            self.commits.append(real(items))
+            return self.commits[-1]
+
+        self.batches.commit = counted  # type: ignore[method-assign]
+
+
+def final(services: Services, custom_id: str, r: Reservation, cost: int) -> Final:
+    move, deltas = services.batches.move(
+        BATCH, custom_id, JobState.new, JobState.succeeded, {"cost_nanos": cost}
+    )
+    own, ledgers = services.budget.settle_parts(r, cost)
+    return Final(batch_id=BATCH, own=[move, *own], ledgers=ledgers, counters=deltas)
+
+
+def reserve(services: Services, custom_id: str) -> Reservation:
+    return services.budget.reserve(f"{BATCH}#{custom_id}", 1_000, owner=custom_id)
+
+
+def run(*steps: Callable[[], Awaitable[Any]]) -> list[Any]:
+    async def together() -> list[Any]:
+        return list(await asyncio.gather(*(step() for step in steps)))
+
+    return asyncio.run(together())
+
+
+@pytest.fixture
+def services(dynamo: Dynamo, config: Config) -> Services:
+    return Services(dynamo, config)
+
+
+def test_jobs_settle_in_one_transaction_once_every_job_arrived_or_left(services: Services):
+    ids = ["a", "b", "c", "gone"]
+    held = {i: reserve(services, i) for i in ids[:3]}
+    finals = Finals(services, ids)  # type: ignore[arg-type]
+
+    async def arrive(i: str, cost: int) -> bool:
+        await asyncio.sleep(0.01 * cost)  # in turn: the last to come commits for all
+        return await finals.commit(i, final(services, i, held[i], cost))
+
+    async def leave() -> None:
+        await asyncio.sleep(0.05)
+        finals.leave("gone")
+
+    settled = run(lambda: arrive("a", 1), lambda: arrive("b", 2), lambda: arrive("c", 3), leave)
+    assert settled[:3] == [True, True, True]
+    assert services.commits == [True], "one transaction for the three"
+    info = services.batches.get(BATCH)
+    assert info is not None and (info.succeeded, info.cost_nanos) == (3, 6)
+    usage = services.budget.usage(held["a"].day)
+    assert (usage.spent_usd * 10**9, usage.reserved_usd) == (6, 0)
+
+
+def test_a_refused_condition_writes_nothing_and_each_job_settles_alone(services: Services):
+    held = {i: reserve(services, i) for i in ("a", "b")}
+    # another copy ended "b" since this invocation read it
+    assert services.batches.transition(BATCH, "b", prev=JobState.new, new=JobState.failed)
+    finals = Finals(services, ["a", "b"])  # type: ignore[arg-type]
+    settled = run(
+        lambda: finals.commit("a", final(services, "a", held["a"], 5)),
+        lambda: finals.commit("b", final(services, "b", held["b"], 7)),
+    )
+    assert settled == [False, False] and services.commits == [False]
+    info = services.batches.get(BATCH)
+    assert info is not None and (info.succeeded, info.failed, info.cost_nanos) == (0, 1, 0)
+    usage = services.budget.usage(held["a"].day)
+    assert usage.spent_usd == 0 and usage.reserved_usd > 0, "nothing settled"
+
+
+def test_two_parts_for_one_item_or_a_job_alone_make_no_group(services: Services):
+    r = reserve(services, "a")
+    twice = Finals(services, ["m1", "m2"])  # type: ignore[arg-type]
+    settled = run(
+        lambda: twice.commit("m1", final(services, "a", r, 5)),
+        lambda: twice.commit("m2", final(services, "a", r, 5)),
+    )
+    alone = Finals(services, ["m3"])  # type: ignore[arg-type]
+    settled += run(lambda: alone.commit("m3", final(services, "a", r, 5)))
+    assert settled == [False, False, False]
+    assert services.commits == [], "no transaction tried"
