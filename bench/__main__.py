@@ -28,6 +28,7 @@ OURS = (
     "bench_submit",
     "bench_faults",
     "bench_money",
+    "bench_hot_items",
 )
 # Plain scripts: their smaller arguments for --quick.
 QUICK_ARGS = {

@@ -11,11 +11,12 @@ Three runs of the same file (300 ms per answer, no rate limit in the way):
 - **sequential**: ``worker.batch_size = 1``, one job per invocation: what a worker that
   processes a batch's jobs one after the other is billed for.
 
-Every AWS request is counted by botocore's event hooks; DynamoDB capacity units are
-estimated from each request and the item sizes that come back (1 WRU per KB written, 2 per
-KB in a transaction; 1 RRU per 4 KB strongly consistent). Prices: us-east-1 list prices
-(SQS $0.40/M requests; DynamoDB on-demand $0.625/M WRU, $0.125/M RRU; S3 PUT/LIST
-$0.005/1k, GET $0.0004/1k; Lambda arm64 $0.0000133334/GB-s + $0.20/M requests)::
+Every AWS request is counted by botocore's event hooks; DynamoDB capacity units come from
+each request and the size of the items it wrote, as moto holds them (``bench._capacity``:
+1 WRU per started KB written, 2 in a transaction; 1 RRU per 4 KB strongly consistent).
+Prices: us-east-1 list prices (SQS $0.40/M requests; DynamoDB on-demand $0.625/M WRU,
+$0.125/M RRU; S3 PUT/LIST $0.005/1k, GET $0.0004/1k; Lambda arm64 $0.0000133334/GB-s +
+$0.20/M requests)::
 
     python -m bench.bench_overhead [--jobs 300] [--repeat 2] [--quick]
 """
@@ -23,17 +24,13 @@ $0.005/1k, GET $0.0004/1k; Lambda arm64 $0.0000133334/GB-s + $0.20/M requests)::
 from __future__ import annotations
 
 import asyncio
-import math
-import threading
-from collections import Counter, defaultdict
+from collections import Counter
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
-import boto3
-
+from bench._capacity import metered
 from bench._common import (
     Figure,
     RunResult,
@@ -77,101 +74,6 @@ PROJECTED_LATENCY_S = (1.0, 5.0, 20.0)
 # Two instances per queue (the least the config allows): every emulated instance shares
 # this process's CPU with moto, and more of them would bill GIL waits as Lambda time.
 CONCURRENCY = 2
-
-
-# --- DynamoDB capacity units --------------------------------------------------------
-
-
-def _value_size(value: Any) -> int:
-    if isinstance(value, dict):
-        return sum(len(k) + _value_size(v) for k, v in value.items())
-    if isinstance(value, list):
-        return sum(_value_size(v) for v in value)
-    return len(str(value))
-
-
-def item_size(item: dict[str, Any] | None) -> int:
-    """Roughly DynamoDB's item size: attribute names plus values, in bytes."""
-    return _value_size(item or {})
-
-
-def _units(size: int, per: int) -> int:
-    return max(1, math.ceil(size / per))
-
-
-def _purpose(key: dict[str, Any] | None) -> str:
-    pk = str((key or {}).get("pk", {}).get("S", ""))
-    return pk.split("#", 1)[0] or "?"
-
-
-@dataclass
-class CapacityMeter:
-    """Estimated DynamoDB capacity units by purpose (limiter, budget, job, batch ...)."""
-
-    active: bool = False
-    wru: Counter[str] = field(default_factory=Counter)
-    rru: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
-    writes: Counter[str] = field(default_factory=Counter)  # requests; transactions as one
-    _sizes: dict[str, int] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def install(self) -> None:
-        session = boto3.DEFAULT_SESSION
-        assert session is not None
-        session.events.register("before-parameter-build.dynamodb", self._before)
-        session.events.register("after-call.dynamodb", self._after)
-
-    def _before(self, params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
-        context["bench_params"] = params
-
-    def _after(self, model: Any, parsed: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
-        params = context.get("bench_params") or {}
-        if not self.active:
-            return
-        with self._lock:
-            self._count(model.name, params, parsed)
-
-    def _count(self, op: str, params: dict[str, Any], parsed: dict[str, Any]) -> None:
-        if op in {"UpdateItem", "PutItem", "DeleteItem"}:
-            key = params.get("Key") or params.get("Item")
-            name = str(key.get("pk")) if key else "?"
-            returned = parsed.get("Attributes") or params.get("Item")
-            if returned:
-                self._sizes[name] = item_size(returned)
-            purpose = _purpose(key)
-            self.wru[purpose] += _units(self._sizes.get(name, 0), 1024)
-            self.writes[purpose] += 1
-        elif op == "TransactWriteItems":
-            for entry in params.get("TransactItems", []):
-                ((_kind, body),) = entry.items()
-                key = body.get("Key") or body.get("Item")
-                purpose = f"txn:{_purpose(key)}"
-                self.wru[purpose] += 2 * _units(item_size(body.get("Item")), 1024)
-            self.writes["transactions (their WRU by item kind: txn:*)"] += 1
-        elif op == "GetItem":
-            purpose = _purpose(params.get("Key"))
-            size = item_size(parsed.get("Item"))
-            self.rru[purpose] += _units(size, 4096) if params.get("ConsistentRead") else 0.5
-        elif op == "BatchGetItem":
-            for table_items in parsed.get("Responses", {}).values():
-                for item in table_items:
-                    self.rru[f"batch:{_purpose(item)}"] += _units(item_size(item), 4096)
-            asked = sum(len(t["Keys"]) for t in params.get("RequestItems", {}).values())
-            found = sum(len(t) for t in parsed.get("Responses", {}).values())
-            self.rru["batch:missing"] += max(0, asked - found)
-        elif op in {"Query", "Scan"}:
-            size = sum(item_size(i) for i in parsed.get("Items", []))
-            self.rru[op.lower()] += _units(size, 4096)
-
-    def start(self) -> None:
-        with self._lock:
-            self.wru.clear()
-            self.rru.clear()
-            self.writes.clear()
-            self.active = True
-
-    def stop(self) -> None:
-        self.active = False
 
 
 # --- without leases -----------------------------------------------------------------
@@ -277,10 +179,8 @@ def measured_run(tmp: Path, jobs: int, mode: str, seed: int) -> Measured:
         timeout_s=1800,
         concurrency=CONCURRENCY,
     )
-    meter = CapacityMeter()
     patch = without_leases() if mode == "no leases" else nullcontext()
-    with patch, watched() as seen, runtime(options) as rt:
-        meter.install()
+    with patch, watched() as seen, runtime(options) as rt, metered() as meter:
         meter.start()
         run = run_file(rt, path, tmp / f"out-{mode}-{seed}", on_settled=meter.stop)
     return Measured(
