@@ -45,7 +45,7 @@ from chatbatch.local.summary import Summary
 from chatbatch.state.batches import BatchInfo
 from chatbatch.state.budget.ledger import day_key
 from chatbatch.worker import handler
-from chatbatch.worker.intake import Intake
+from chatbatch.worker.intake import ATTR_HANDBACKS, Intake
 from chatbatch.worker.invocation import Invocation, Outcome
 from tests.unit.prompt_corpus import big_tool
 
@@ -96,6 +96,25 @@ def job_line(i: int) -> dict[str, Any]:
 
 def batch_line(custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
     return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
+
+
+def never_received(url: str) -> int:
+    """Messages in the queue that no worker ever received: first deliveries, never handed
+    back (a deferred job's re-sent copy is visible once its delay is over: not counted)."""
+    sqs, seen = boto3.client("sqs"), 0
+    while True:
+        got = sqs.receive_message(
+            QueueUrl=url,
+            MaxNumberOfMessages=10,
+            VisibilityTimeout=60,  # each read once
+            MessageAttributeNames=["All"],
+            MessageSystemAttributeNames=["ApproximateReceiveCount"],
+        ).get("Messages", [])
+        if not got:
+            return seen
+        for message in got:
+            first = message["Attributes"]["ApproximateReceiveCount"] == "1"
+            seen += first and ATTR_HANDBACKS not in message.get("MessageAttributes", {})
 
 
 def race_config(config: Config) -> Config:
@@ -244,15 +263,7 @@ def race(tmp_path_factory: pytest.TempPathFactory, config: Config) -> Race:
         info = rt.batches.get(plan.batch_id)
         assert info is not None
         summary = rt.write_outputs(path, plan, info, tmp / "out", time.monotonic() - started)
-        sqs = boto3.client("sqs")
-        visible = sum(  # messages never received (not the deferred ones' delayed copies)
-            int(
-                sqs.get_queue_attributes(
-                    QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"]
-                )["Attributes"]["ApproximateNumberOfMessages"]
-            )
-            for url in rt.resources.queues.values()
-        )
+        visible = sum(never_received(url) for url in rt.resources.queues.values())
         assert rt.simulator is not None
         stats = rt.simulator.stats()
     if utc_day() != sampler.day:

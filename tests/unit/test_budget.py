@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
+from typing import Any
 
 import boto3
 import pytest
@@ -398,6 +399,46 @@ def test_reclaim_reads_only_open_reservations(config: Config, table: str):
     assert reader.reclaim() == 1
     assert sum(scanned) == 1  # the one open reservation, not the 30 settled ones
     assert reader.usage().reserved_usd == 0
+
+
+def open_markers(table: str, day: str) -> list[dict[str, Any]]:
+    reply = boto3.client("dynamodb").query(
+        TableName=table,
+        KeyConditionExpression="pk = :pk",
+        ExpressionAttributeValues={":pk": {"S": f"budget#open#{day}"}},
+        ConsistentRead=True,
+    )
+    return reply["Items"]
+
+
+def test_a_group_has_one_open_marker_and_reclaim_reads_through_it(config: Config, table: str):
+    """``reserve_many`` writes one open marker for its jobs, not one each, and settling one
+    of them writes none. When the group's worker died: its expired reservations are
+    reclaimed through the marker, one a copy took back since (extended) is not, and the
+    marker goes once everything it names is closed."""
+    clock = Clock()
+    budget = make(config, table, clock, daily_usd=Decimal(10), reservation_ttl_s=900)
+    held = budget.reserve_many([Ask(f"b#g{i}", USD // 10, owner=f"m{i}") for i in range(4)])
+    day = held["b#g0"].day
+    [marker] = open_markers(table, day)
+    assert [j["S"] for j in marker["jobs"]["L"]] == [f"b#g{i}" for i in range(4)]
+    assert budget.settle(held["b#g0"], USD // 100)
+    assert len(open_markers(table, day)) == 1
+    clock.now += 600
+    again = budget.reserve("b#g1", USD // 10, owner="m1")  # its copy came back: extended
+    assert again.resumed and again.marker == held["b#g1"].marker
+    clock.now += 400  # g2 and g3 are past their deadline, g1 is not
+    reader = Budget(boto3.client("dynamodb"), table, budget._config, clock=clock)
+    assert reader.reclaim() == 2
+    assert reader.usage(day).reserved_usd == Decimal("0.1")
+    [marker] = open_markers(table, day)
+    assert float(marker["reclaim_at"]["N"]) == pytest.approx(clock.now - 400 + 900)
+    assert budget.settle(again, USD // 100)
+    clock.now += 1_000
+    assert reader.reclaim() == 0
+    assert open_markers(table, day) == []
+    usage = reader.usage(day)
+    assert (usage.spent_usd, usage.reserved_usd) == (Decimal("0.02"), 0)
 
 
 def test_a_dead_reservation_from_yesterday_frees_its_batch(config: Config, table: str):

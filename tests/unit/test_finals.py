@@ -17,7 +17,7 @@ import pytest
 from chatbatch.core.config import Config
 from chatbatch.state.batches import Batches, JobState
 from chatbatch.state.budget.budget import Budget
-from chatbatch.state.budget.reservations import Reservation
+from chatbatch.state.budget.reservations import Ask, Reservation
 from chatbatch.worker.finals import Final, Finals
 from tests.unit.conftest import Dynamo
 
@@ -45,7 +45,13 @@ def final(services: Services, custom_id: str, r: Reservation, cost: int) -> Fina
         BATCH, custom_id, JobState.new, JobState.succeeded, {"cost_nanos": cost}
     )
     own, ledgers = services.budget.settle_parts(r, cost)
-    return Final(batch_id=BATCH, own=[move, *own], ledgers=ledgers, counters=deltas)
+    return Final(
+        job=f"{BATCH}#{custom_id}",
+        batch_id=BATCH,
+        own=[move, *own],
+        ledgers=ledgers,
+        counters=deltas,
+    )
 
 
 def reserve(services: Services, custom_id: str) -> Reservation:
@@ -113,3 +119,63 @@ def test_two_parts_for_one_item_or_a_job_alone_make_no_group(services: Services)
     settled += run(lambda: alone.commit("m3", final(services, "a", r, 5)))
     assert settled == [False, False, False]
     assert services.commits == [], "no transaction tried"
+
+
+def markers(dynamo: Dynamo, day: str) -> int:
+    reply = dynamo.client.query(
+        TableName=dynamo.table,
+        KeyConditionExpression="pk = :pk",
+        ExpressionAttributeValues={":pk": {"S": f"budget#open#{day}"}},
+    )
+    return len(reply["Items"])
+
+
+def reserve_group(services: Services, finals: Finals, ids: list[str]) -> dict[str, Reservation]:
+    held = services.budget.reserve_many([Ask(f"{BATCH}#{i}", 1_000, owner=i) for i in ids])
+    first = next(iter(held.values()))
+    assert first.marker is not None
+    finals.cover(first.day, first.marker, held)
+    return {i: held[f"{BATCH}#{i}"] for i in ids}
+
+
+def test_the_group_commit_closes_the_marker_of_the_jobs_reserved_together(
+    services: Services, dynamo: Dynamo
+):
+    finals = Finals(services, ["a", "b"])  # type: ignore[arg-type]
+    held = reserve_group(services, finals, ["a", "b"])
+    day = held["a"].day
+    assert markers(dynamo, day) == 1
+    run(
+        lambda: finals.commit("a", final(services, "a", held["a"], 1)),
+        lambda: finals.commit("b", final(services, "b", held["b"], 2)),
+    )
+    assert services.commits == [True] and markers(dynamo, day) == 0
+    run(lambda: finals.end([], kept=False))  # nothing left to close
+    assert services.budget.usage(day).reserved_usd == 0
+
+
+@pytest.mark.parametrize("kept", [False, True])
+def test_the_end_closes_the_marker_unless_a_job_kept_its_reservation(
+    services: Services, dynamo: Dynamo, kept: bool
+):
+    """ "a" settles alone, "b" ended otherwise (its reservation closed), "c" was never
+    used: "c" goes back; the marker goes, unless a job was handed back keeping one."""
+    finals = Finals(services, ["a", "b", "c"])  # type: ignore[arg-type]
+    held = reserve_group(services, finals, ["a", "b", "c"])
+    day = held["a"].day
+    assert services.budget.settle(held["b"], 0)  # "b" ended another way
+    settled = run(
+        lambda: finals.commit("a", final(services, "a", held["a"], 1)),
+        lambda: _leave(finals, "b"),
+        lambda: _leave(finals, "c"),
+    )
+    assert settled[0] is False and services.commits == []  # alone: its own transaction
+    assert services.budget.settle(held["a"], 1)
+    run(lambda: finals.end([held["c"]], kept=kept))
+    assert markers(dynamo, day) == (1 if kept else 0)
+    assert services.budget.usage(day).reserved_usd == 0
+
+
+async def _leave(finals: Finals, job: str) -> None:
+    await asyncio.sleep(0.01)
+    finals.leave(job)

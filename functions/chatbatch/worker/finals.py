@@ -27,6 +27,7 @@ from aws_lambda_powertools import Logger
 
 from chatbatch.core.resources import TABLE_PK, TABLE_SK
 from chatbatch.state.budget.ledger import Item
+from chatbatch.state.budget.reservations import Reservation
 from chatbatch.worker.services import Services
 
 logger = Logger(service="chatbatch")
@@ -37,6 +38,7 @@ class Final:
     """One job's final transaction, in parts: its own conditional items (its state, its
     reservation), the additions to the ledgers, and those to its batch's counters."""
 
+    job: str  # its job key
     batch_id: str
     own: list[Item]
     ledgers: list[tuple[Item, dict[str, int]]]
@@ -51,6 +53,13 @@ class Finals:
         self._running = set(jobs)  # message ids not yet arrived nor left
         self._arrived: list[tuple[Final, asyncio.Future[bool]]] = []
         self._flushes: list[asyncio.Task[None]] = []
+        self._marker: tuple[str, str, frozenset[str]] | None = None  # day, marker, its jobs
+        self._marker_closed = False
+
+    def cover(self, day: str, marker: str, jobs: Iterable[str]) -> None:
+        """The jobs reserved together under one open marker (``Budget.reserve_many``): the
+        group's transaction closes it when they all settle in it; else ``end`` does."""
+        self._marker = (day, marker, frozenset(jobs))
 
     async def commit(self, job: str, final: Final) -> bool:
         """Wait for the invocation's other jobs; True once committed with them, False when
@@ -77,8 +86,26 @@ class Finals:
                 committed = await asyncio.to_thread(self._services.batches.commit, items)
             except Exception:  # each job's own transaction will meet it again, and say so
                 logger.exception("the invocation's final transactions failed together")
+        if committed and self._closes_marker([final for final, _ in group]):
+            self._marker_closed = True
         for _, done in group:
             done.set_result(committed)
+
+    def _closes_marker(self, finals: list[Final]) -> bool:
+        return self._marker is not None and self._marker[2] <= {f.job for f in finals}
+
+    async def end(self, unused: Iterable[Reservation], *, kept: bool) -> None:
+        """After the invocation's jobs: reservations made ahead and never used go back, and
+        the group's marker goes unless a job was handed back keeping its reservation (the
+        marker keeps covering it; ``reclaim`` closes it once all it names are closed) or
+        the group's transaction closed it. A worker that dies before leaves the marker for
+        ``reclaim``."""
+        budget = self._services.budget
+        for r in unused:
+            await asyncio.to_thread(budget.release, r)
+        if self._marker is not None and not self._marker_closed and not kept:
+            day, marker, _ = self._marker
+            await asyncio.to_thread(budget.close_marker, day, marker)
 
     def _items(self, finals: list[Final]) -> list[Item] | None:
         """The one transaction of ``finals``; None if two of them touch one item."""
@@ -96,6 +123,9 @@ class Finals:
                 total[name] = total.get(name, 0) + delta
         batches = self._services.batches
         shared = [item for b, deltas in counters.items() for item in batches.count_items(b, deltas)]
+        if self._marker is not None and self._closes_marker(finals):
+            day, marker, _ = self._marker
+            shared.append(self._services.budget.close_marker_item(day, marker))
         return [*own, *ledgers, *shared]
 
 

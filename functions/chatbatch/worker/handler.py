@@ -98,6 +98,10 @@ class Instance:
             self.loop.run_until_complete(inv.capacity.close())
         except Exception:  # the give-back is an optimisation: never fail the batch for it
             logger.exception("could not give back unused rate-limit capacity")
+        try:
+            self.loop.run_until_complete(inv.finals.end(inv.reserved.values(), kept=bool(inv.kept)))
+        except Exception:  # what it leaves, ``reclaim`` closes: never fail the batch for it
+            logger.exception("could not close the invocation's reservations marker")
         reply = completion.announce(services, intakes, outcomes, dict(response))
         for intake in intakes.values():
             crash_point("before_delete", intake)

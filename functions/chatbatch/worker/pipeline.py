@@ -208,6 +208,10 @@ def reserve_ahead(inv: Invocation) -> None:
             and not inv.batches[intake.batch_id].cancelled
         ]
         inv.reserved = inv.services.budget.reserve_many(asks)
+        if inv.reserved:
+            first = next(iter(inv.reserved.values()))
+            assert first.marker is not None
+            inv.finals.cover(first.day, first.marker, inv.reserved)
     except Exception:  # an optimisation: never fail the batch for it (each job retries)
         logger.exception("could not reserve the invocation's jobs together")
 

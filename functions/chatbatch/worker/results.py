@@ -27,7 +27,7 @@ from chatbatch.state.store import KeptRequest
 from chatbatch.worker.crash import crash_point
 from chatbatch.worker.finals import Final
 from chatbatch.worker.intake import Intake
-from chatbatch.worker.invocation import Invocation, Outcome, io
+from chatbatch.worker.invocation import Invocation, Outcome, io, job_key
 
 
 async def fail(
@@ -291,7 +291,13 @@ async def _settle_together(
     own, ledgers = (
         services.budget.settle_parts(reservation, record.cost_nanos) if reservation else ([], [])
     )
-    final = Final(batch_id=intake.batch_id, own=[move, *own], ledgers=ledgers, counters=deltas)
+    final = Final(
+        job=job_key(intake),
+        batch_id=intake.batch_id,
+        own=[move, *own],
+        ledgers=ledgers,
+        counters=deltas,
+    )
     return await inv.finals.commit(intake.record.message_id, final)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
@@ -38,15 +39,19 @@ from chatbatch.state.budget.ledger import (
     batch_ledger_key,
     charge_item,
     day_key,
+    open_key,
     reservation_key,
 )
 from chatbatch.state.budget.reservations import (
     Ask,
     Reservation,
     arm_item,
+    close_marker_item,
     extend_items,
+    group_marker_item,
     hold_items,
     release_items,
+    reservation_of,
     settle_items,
     settle_parts,
 )
@@ -198,15 +203,28 @@ class Budget:
             for a in asks
             if a.batch_id is not None and a.batch_limit_nanos is not None
         }
-        size = 2 * len(asks) + 1 + len(limits)
+        size = len(asks) + 2 + len(limits)
         if len(asks) < 2 or len(keys) < len(asks) or size > MAX_TRANSACT_ITEMS:
             return {}
         if any(a.nanos > cap for a in asks):
             return {}
         now = self._clock()
-        held = {a.job_key: a.held(utc_day(now)) for a in asks}
+        marker = f"group#{uuid.uuid4().hex}"
+        held = {a.job_key: a.held(utc_day(now)).model_copy(update={"marker": marker}) for a in asks}
+        ttl_s = self._config.budget.reservation_ttl_s
+        group = group_marker_item(self._table, list(held.values()), now, ttl_s)
         items = self._reservation_items(list(held.values()), limits, now)
-        return {} if self._transact(items) else held
+        return {} if self._transact([group, *items]) else held
+
+    def close_marker_item(self, day: str, marker: str) -> Item:
+        """The item that deletes a group's open marker, for a caller that closes every
+        reservation it names in the same transaction (``worker/finals.py``)."""
+        return close_marker_item(self._table, day, marker)
+
+    def close_marker(self, day: str, marker: str) -> None:
+        """Delete a group's open marker: every reservation it names is closed, or held by
+        a copy that gave it its own marker."""
+        self._ddb.delete_item(TableName=self._table, Key=open_key(day, marker))
 
     def _reservation_items(
         self, held: list[Reservation], batch_limits: Mapping[str, int], now: float
@@ -251,18 +269,13 @@ class Budget:
         expires_in = float(item.get("reclaim_at", {}).get("N", "0")) - now
         if r.owner and holder and holder != r.owner and expires_in > 0:
             raise HeldElsewhere(r.job_key, min(expires_in, HELD_RETRY_S))
-        batch = item.get("batch_id", {}).get("S")
-        held = Reservation(
-            job_key=r.job_key,
-            day=item["day"]["S"],
-            nanos=int_of(item, "nanos"),
-            batch_id=batch or r.batch_id,
-            batch_limit=batch is not None,
-            owner=r.owner or holder,
-            resumed=True,
-            rid=item.get("rid", {}).get("S", "legacy"),
-            armed=item.get("armed", {}).get("BOOL", False),
-            armed_at=float(item["armed_at"]["N"]) if "armed_at" in item else None,
+        stored = reservation_of(item)
+        held = stored.model_copy(
+            update={
+                "batch_id": stored.batch_id or r.batch_id,
+                "owner": r.owner or holder,
+                "resumed": True,
+            }
         )
         if held.armed and held.armed_at is not None and expires_in > 0:
             # Its call went out: a copy that comes while the worker that sent it may still
@@ -395,6 +408,9 @@ class Budget:
         while True:
             reply = self._ddb.query(**kwargs)
             for item in reply.get("Items", []):
+                if "jobs" in item:
+                    yield from self._expired_in_group(day, item, now)
+                    continue
                 batch = item.get("batch_id", {}).get("S")
                 yield Reservation(
                     job_key=item[TABLE_SK]["S"],
@@ -407,3 +423,33 @@ class Budget:
             if "LastEvaluatedKey" not in reply:
                 return
             kwargs["ExclusiveStartKey"] = reply["LastEvaluatedKey"]
+
+    def _expired_in_group(
+        self, day: str, marker: Mapping[str, Any], now: float
+    ) -> Iterator[Reservation]:
+        """The expired reservations a group's marker names (each read: an extended one is
+        not expired, a closed one is gone or settled, a later one of the job is another's).
+        The marker then says when the first of those still open expires, or goes."""
+        group = marker[TABLE_SK]["S"]
+        held = []
+        for job in marker["jobs"]["L"]:
+            key = reservation_key(job["S"])
+            reply = self._ddb.get_item(TableName=self._table, Key=key, ConsistentRead=True)
+            found = reply.get("Item") or {}
+            reserved = found.get("state", {}).get("S") == "reserved"
+            if reserved and found.get("marker", {}).get("S") == group:
+                held.append(found)
+        expired = [i for i in held if float(i["reclaim_at"]["N"]) < now]
+        later = [float(i["reclaim_at"]["N"]) for i in held if i not in expired]
+        if later:
+            self._ddb.update_item(
+                TableName=self._table,
+                Key=open_key(day, group),
+                UpdateExpression="SET #r = :r",
+                ExpressionAttributeNames={"#r": "reclaim_at"},
+                ExpressionAttributeValues={":r": n(min(later))},
+            )
+        else:
+            self.close_marker(day, group)
+        for item in expired:
+            yield reservation_of(item)

@@ -38,10 +38,13 @@ def batch_ledger_key(batch_id: str) -> Item:
     return {TABLE_PK: s(f"budget#batch#{batch_id}"), TABLE_SK: s("ledger")}
 
 
+RESERVATION_PREFIX = "budget#job#"
+
+
 def reservation_key(job_key: str) -> Item:
     """A job's reservation: one per job, whatever the day (its ``day`` is an attribute), so
     a copy of the job that comes after midnight still finds the one that holds it."""
-    return {TABLE_PK: s(f"budget#job#{job_key}"), TABLE_SK: s("resv")}
+    return {TABLE_PK: s(f"{RESERVATION_PREFIX}{job_key}"), TABLE_SK: s("resv")}
 
 
 def open_key(day: str, job_key: str) -> Item:

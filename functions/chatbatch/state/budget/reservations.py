@@ -9,6 +9,7 @@ package docstring: **Exactly once**).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from pydantic import BaseModel, Field
@@ -16,6 +17,7 @@ from pydantic import BaseModel, Field
 from chatbatch.core.resources import TABLE_PK, TABLE_TTL
 from chatbatch.state.budget.ledger import (
     LEDGER_TTL_S,
+    RESERVATION_PREFIX,
     Item,
     add_item,
     batch_ledger_key,
@@ -58,6 +60,25 @@ class Reservation(BaseModel):
     rid: str = Field(default_factory=lambda: uuid.uuid4().hex[:16])  # this reservation's id
     armed: bool = False  # a call under it may have reached the provider (``arm_item``)
     armed_at: float | None = None  # when: the worker that armed it may live until + timeout
+    # the open marker of the group it was reserved in (``reserve_many``), or None: its own
+    marker: str | None = None
+
+
+def reservation_of(item: Mapping[str, Any]) -> Reservation:
+    """The reservation a stored reservation item holds (its holder as ``owner``)."""
+    batch = item.get("batch_id", {}).get("S")
+    return Reservation(
+        job_key=item[TABLE_PK]["S"].removeprefix(RESERVATION_PREFIX),
+        day=item["day"]["S"],
+        nanos=int(item["nanos"]["N"]),
+        batch_id=batch,
+        batch_limit=batch is not None,
+        owner=item.get("owner", {}).get("S"),
+        rid=item.get("rid", {}).get("S", "legacy"),
+        armed=item.get("armed", {}).get("BOOL", False),
+        armed_at=float(item["armed_at"]["N"]) if "armed_at" in item else None,
+        marker=item.get("marker", {}).get("S"),
+    )
 
 
 # the reservation the caller holds, not a later one of the same job (items made before
@@ -66,7 +87,8 @@ SAME_RID = "(#rid = :rid OR attribute_not_exists(#rid))"
 
 
 def hold_items(table: str, r: Reservation, now: float, ttl_s: int) -> list[Item]:
-    """The reservation item (only if the job holds none yet) and its open marker."""
+    """The reservation item (only if the job holds none yet) and its own open marker; a
+    reservation of a group names the group's marker instead (``group_marker_item``)."""
     reclaim_at = round(now + ttl_s, 3)
     fields: Item = {"nanos": n(r.nanos), "reclaim_at": n(reclaim_at), "rid": s(r.rid)}
     if r.batch_limit and r.batch_id:
@@ -74,36 +96,60 @@ def hold_items(table: str, r: Reservation, now: float, ttl_s: int) -> list[Item]
     if r.owner:
         fields["owner"] = s(r.owner)
     expires = {TABLE_TTL: n(int(now) + LEDGER_TTL_S)}
-    return [
-        {
-            "Put": {
-                "TableName": table,
-                "Item": {
-                    **reservation_key(r.job_key),
-                    **fields,
-                    **expires,
-                    "day": s(r.day),
-                    "state": s("reserved"),
-                },
-                "ConditionExpression": "attribute_not_exists(#pk)",
-                "ExpressionAttributeNames": {"#pk": TABLE_PK},
-                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-            }
-        },
-        {
-            "Put": {
-                "TableName": table,
-                "Item": {**open_key(r.day, r.job_key), **fields, **expires},
-            }
-        },
-    ]
+    reservation: Item = {
+        "Put": {
+            "TableName": table,
+            "Item": {
+                **reservation_key(r.job_key),
+                **fields,
+                **expires,
+                "day": s(r.day),
+                "state": s("reserved"),
+                **({"marker": s(r.marker)} if r.marker else {}),
+            },
+            "ConditionExpression": "attribute_not_exists(#pk)",
+            "ExpressionAttributeNames": {"#pk": TABLE_PK},
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+    }
+    if r.marker:
+        return [reservation]
+    own = {"Put": {"TableName": table, "Item": {**open_key(r.day, r.job_key), **fields, **expires}}}
+    return [reservation, own]
+
+
+def group_marker_item(table: str, held: list[Reservation], now: float, ttl_s: int) -> Item:
+    """One open marker for reservations made together (``reserve_many``): the keys of their
+    jobs, and when the first of them may be reclaimed. One write for the group where each
+    job's own marker would be one each (and one more each to close it); ``reclaim`` reads
+    the reservations it names."""
+    first = held[0]
+    assert first.marker is not None and all(r.marker == first.marker for r in held)
+    return {
+        "Put": {
+            "TableName": table,
+            "Item": {
+                **open_key(first.day, first.marker),
+                "jobs": {"L": [s(r.job_key) for r in held]},
+                "reclaim_at": n(round(now + ttl_s, 3)),
+                TABLE_TTL: n(int(now) + LEDGER_TTL_S),
+            },
+        }
+    }
+
+
+def close_marker_item(table: str, day: str, marker: str) -> Item:
+    """Delete a group's open marker (every reservation it names is closed)."""
+    return {"Delete": {"TableName": table, "Key": open_key(day, marker)}}
 
 
 def extend_items(
     table: str, r: Reservation, holder: str | None, now: float, ttl_s: int
 ) -> list[Item]:
     """A redelivered job keeps its reservation: not reclaimable for another TTL. The
-    owner changes only from the ``holder`` seen (a copy taking over an expired claim)."""
+    owner changes only from the ``holder`` seen (a copy taking over an expired claim).
+    Its own marker says so too; a group's marker is left as it is (``reclaim`` reads
+    the deadline of each reservation it names)."""
     reclaim_at = n(round(now + ttl_s, 3))
     names = {"#r": "reclaim_at", "#s": "state", "#o": "owner"}
     values: Item = {":r": reclaim_at, ":reserved": s("reserved")}
@@ -112,17 +158,20 @@ def extend_items(
         update, values[":o"] = update + ", #o = :o", s(r.owner)
     if holder:
         owned, values[":holder"] = "#o = :holder", s(holder)
+    extended: Item = {
+        "Update": {
+            "TableName": table,
+            "Key": reservation_key(r.job_key),
+            "UpdateExpression": update,
+            "ConditionExpression": f"#s = :reserved AND {owned}",
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+        }
+    }
+    if r.marker:
+        return [extended]
     return [
-        {
-            "Update": {
-                "TableName": table,
-                "Key": reservation_key(r.job_key),
-                "UpdateExpression": update,
-                "ConditionExpression": f"#s = :reserved AND {owned}",
-                "ExpressionAttributeNames": names,
-                "ExpressionAttributeValues": values,
-            }
-        },
+        extended,
         {
             "Update": {
                 "TableName": table,
@@ -171,8 +220,10 @@ def _ledgers(r: Reservation) -> list[Item]:
     return keys
 
 
-def _close_open(table: str, r: Reservation) -> Item:
-    return {"Delete": {"TableName": table, "Key": open_key(r.day, r.job_key)}}
+def _close_open(table: str, r: Reservation) -> list[Item]:
+    """Its own marker's delete; none for one of a group (the group's marker is closed with
+    the group: ``close_marker_item``, or by ``reclaim`` once all it names are closed)."""
+    return [] if r.marker else [{"Delete": {"TableName": table, "Key": open_key(r.day, r.job_key)}}]
 
 
 def settle_items(table: str, r: Reservation, actual_nanos: int) -> list[dict[str, Any]]:
@@ -209,7 +260,7 @@ def settle_parts(
         }
     }
     deltas = {"committed": actual_nanos - r.nanos, "spent": actual_nanos}
-    return [settled, _close_open(table, r)], [(key, dict(deltas)) for key in _ledgers(r)]
+    return [settled, *_close_open(table, r)], [(key, dict(deltas)) for key in _ledgers(r)]
 
 
 def release_items(
@@ -235,7 +286,7 @@ def release_items(
                 "ExpressionAttributeValues": values,
             }
         },
-        _close_open(table, r),
+        *_close_open(table, r),
         *(add_item(table, key, _returned(r, spent_nanos)) for key in _ledgers(r)),
     ]
 
