@@ -441,6 +441,34 @@ def test_a_group_has_one_open_marker_and_reclaim_reads_through_it(config: Config
     assert (usage.spent_usd, usage.reserved_usd) == (Decimal("0.02"), 0)
 
 
+def test_a_release_that_fails_in_reclaim_leaves_the_groups_marker(
+    config: Config, table: str, monkeypatch: pytest.MonkeyPatch
+):
+    """The marker of a group outlives a release that fails during ``reclaim`` (a conflict
+    on the hot ledger past its retries): the next reclaim still finds the reservations
+    (an adversarial review found the marker deleted before the releases)."""
+    clock = Clock()
+    budget = make(config, table, clock, daily_usd=Decimal(10), reservation_ttl_s=900)
+    held = budget.reserve_many([Ask(f"b#{i}", 1_000, owner=str(i)) for i in range(3)])
+    day = held["b#0"].day
+    clock.now += 1_000
+    real, calls = Budget.release, []
+
+    def flaky(self: Budget, r: Any, **kw: Any) -> bool:
+        calls.append(r)
+        if len(calls) == 1:
+            raise RuntimeError("TransactionCanceledException: TransactionConflict")
+        return real(self, r, **kw)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Budget, "release", flaky)
+        with pytest.raises(RuntimeError):
+            budget.reclaim()
+    assert len(open_markers(table, day)) == 1
+    assert budget.reclaim() == 3
+    assert budget.usage(day).reserved_usd == 0 and open_markers(table, day) == []
+
+
 def test_a_dead_reservation_from_yesterday_frees_its_batch(config: Config, table: str):
     clock = Clock(next_midnight(1_790_000_000.0).timestamp() - 60)  # 23:59 UTC
     budget = make(config, table, clock, daily_usd=Decimal(10), reservation_ttl_s=900)

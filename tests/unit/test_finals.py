@@ -150,20 +150,22 @@ def test_the_group_commit_closes_the_marker_of_the_jobs_reserved_together(
         lambda: finals.commit("b", final(services, "b", held["b"], 2)),
     )
     assert services.commits == [True] and markers(dynamo, day) == 0
-    run(lambda: finals.end([], kept=False))  # nothing left to close
+    run(lambda: finals.end([]))  # nothing left to close
     assert services.budget.usage(day).reserved_usd == 0
 
 
-@pytest.mark.parametrize("kept", [False, True])
-def test_the_end_closes_the_marker_unless_a_job_kept_its_reservation(
-    services: Services, dynamo: Dynamo, kept: bool
+@pytest.mark.parametrize("b_open", [False, True])
+def test_the_end_closes_the_marker_unless_a_reservation_it_names_is_open(
+    services: Services, dynamo: Dynamo, b_open: bool
 ):
-    """ "a" settles alone, "b" ended otherwise (its reservation closed), "c" was never
-    used: "c" goes back; the marker goes, unless a job was handed back keeping one."""
+    """ "a" settles alone, "b" ended another way (its reservation closed), or left it open
+    (handed back keeping it, or raised), "c" was never used: "c" goes back; the marker
+    goes, unless "b"'s reservation is still open."""
     finals = Finals(services, ["a", "b", "c"])  # type: ignore[arg-type]
     held = reserve_group(services, finals, ["a", "b", "c"])
     day = held["a"].day
-    assert services.budget.settle(held["b"], 0)  # "b" ended another way
+    if not b_open:
+        assert services.budget.settle(held["b"], 0)
     settled = run(
         lambda: finals.commit("a", final(services, "a", held["a"], 1)),
         lambda: _leave(finals, "b"),
@@ -171,9 +173,10 @@ def test_the_end_closes_the_marker_unless_a_job_kept_its_reservation(
     )
     assert settled[0] is False and services.commits == []  # alone: its own transaction
     assert services.budget.settle(held["a"], 1)
-    run(lambda: finals.end([held["c"]], kept=kept))
-    assert markers(dynamo, day) == (1 if kept else 0)
-    assert services.budget.usage(day).reserved_usd == 0
+    run(lambda: finals.end([held["c"]]))
+    assert markers(dynamo, day) == (1 if b_open else 0)
+    usage = services.budget.usage(day)
+    assert usage.reserved_usd * 10**9 == (1_000 if b_open else 0)
 
 
 async def _leave(finals: Finals, job: str) -> None:

@@ -80,32 +80,34 @@ class Finals:
 
     async def _flush(self, group: list[tuple[Final, asyncio.Future[bool]]]) -> None:
         committed = False
-        items = self._items([final for final, _ in group]) if len(group) > 1 else None
-        if items is not None:
-            try:
+        try:
+            items = self._items([final for final, _ in group]) if len(group) > 1 else None
+            if items is not None:
                 committed = await asyncio.to_thread(self._services.batches.commit, items)
-            except Exception:  # each job's own transaction will meet it again, and say so
-                logger.exception("the invocation's final transactions failed together")
-        if committed and self._closes_marker([final for final, _ in group]):
-            self._marker_closed = True
-        for _, done in group:
-            done.set_result(committed)
+            if committed and self._closes_marker([final for final, _ in group]):
+                self._marker_closed = True
+        except Exception:  # each job's own transaction will meet it again, and say so
+            logger.exception("the invocation's final transactions failed together")
+        finally:  # every waiting job goes on, whatever happened
+            for _, done in group:
+                if not done.done():
+                    done.set_result(committed)
 
     def _closes_marker(self, finals: list[Final]) -> bool:
         return self._marker is not None and self._marker[2] <= {f.job for f in finals}
 
-    async def end(self, unused: Iterable[Reservation], *, kept: bool) -> None:
+    async def end(self, unused: Iterable[Reservation]) -> None:
         """After the invocation's jobs: reservations made ahead and never used go back, and
-        the group's marker goes unless a job was handed back keeping its reservation (the
-        marker keeps covering it; ``reclaim`` closes it once all it names are closed) or
-        the group's transaction closed it. A worker that dies before leaves the marker for
-        ``reclaim``."""
+        the group's marker goes unless the group's transaction closed it, or a reservation
+        it names is still open (a job handed back keeping it, a job that raised, a copy
+        that took one over): then it stays, for ``reclaim``. A worker that dies before
+        leaves the marker for ``reclaim`` too."""
         budget = self._services.budget
         for r in unused:
             await asyncio.to_thread(budget.release, r)
-        if self._marker is not None and not self._marker_closed and not kept:
-            day, marker, _ = self._marker
-            await asyncio.to_thread(budget.close_marker, day, marker)
+        if self._marker is not None and not self._marker_closed:
+            day, marker, jobs = self._marker
+            await asyncio.to_thread(budget.close_group_marker, day, marker, sorted(jobs))
 
     def _items(self, finals: list[Final]) -> list[Item] | None:
         """The one transaction of ``finals``; None if two of them touch one item."""

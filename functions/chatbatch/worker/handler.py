@@ -99,7 +99,7 @@ class Instance:
         except Exception:  # the give-back is an optimisation: never fail the batch for it
             logger.exception("could not give back unused rate-limit capacity")
         try:
-            self.loop.run_until_complete(inv.finals.end(inv.reserved.values(), kept=bool(inv.kept)))
+            self.loop.run_until_complete(inv.finals.end(inv.reserved.values()))
         except Exception:  # what it leaves, ``reclaim`` closes: never fail the batch for it
             logger.exception("could not close the invocation's reservations marker")
         reply = completion.announce(services, intakes, outcomes, dict(response))

@@ -58,7 +58,6 @@ class Invocation:
     )
     asked: set[str] = field(default_factory=set)
     reserved: dict[str, Reservation] = field(default_factory=dict)  # by job key, ahead
-    kept: set[str] = field(default_factory=set)  # jobs handed back keeping their reservation
     trace: Span = field(default_factory=Span)  # the handler's span
     spans: dict[str, Span] = field(default_factory=dict)  # each job's, by message id
 

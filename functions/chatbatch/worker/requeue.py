@@ -21,7 +21,7 @@ from chatbatch.provider.errors import ProviderError
 from chatbatch.state.batches import JobState
 from chatbatch.state.budget.reservations import Reservation
 from chatbatch.worker.intake import ATTR_FIRST_SENT, ATTR_HANDBACKS, ATTR_OWNER, Intake
-from chatbatch.worker.invocation import Invocation, Outcome, RetryLater, io, job_key
+from chatbatch.worker.invocation import Invocation, Outcome, RetryLater, io
 from chatbatch.worker.results import fail
 
 MAX_DELAY_S = 900  # SQS DelaySeconds limit
@@ -91,8 +91,6 @@ async def hand_back(
         DelaySeconds=max(0, min(MAX_DELAY_S, round(delay_s))),
         MessageAttributes=attributes,
     )
-    if held is not None:  # its open marker must outlive this invocation
-        inv.kept.add(job_key(intake))
     if outcome is Outcome.elsewhere:  # the job's state is the other copy's to move
         return outcome
     prev = inv.states[intake.key]

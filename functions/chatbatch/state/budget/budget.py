@@ -221,11 +221,6 @@ class Budget:
         reservation it names in the same transaction (``worker/finals.py``)."""
         return close_marker_item(self._table, day, marker)
 
-    def close_marker(self, day: str, marker: str) -> None:
-        """Delete a group's open marker: every reservation it names is closed, or held by
-        a copy that gave it its own marker."""
-        self._ddb.delete_item(TableName=self._table, Key=open_key(day, marker))
-
     def _reservation_items(
         self, held: list[Reservation], batch_limits: Mapping[str, int], now: float
     ) -> list[Item]:
@@ -382,7 +377,54 @@ class Budget:
         else:
             back = self._config.worker.retention_days + 1
             days = [utc_day(now - d * 86_400) for d in range(back)]
-        return sum(self._reclaim(r, now) for d in days for r in self._expired(d, now))
+        return sum(self._reclaim_marker(d, m, now) for d in days for m in self._expired(d, now))
+
+    def _reclaim_marker(self, day: str, marker: Mapping[str, Any], now: float) -> int:
+        """Reclaim what an expired marker covers: its own reservation, or the expired ones
+        of a group; a group's marker then says the next deadline among those still open,
+        or goes when none is (after the releases: a release that fails leaves it)."""
+        if "jobs" not in marker:
+            return int(self._reclaim(_own_reservation(day, marker), now))
+        group, jobs = marker[TABLE_SK]["S"], [j["S"] for j in marker["jobs"]["L"]]
+        expired = [r for r, at in self.open_in_group(group, jobs) if at < now]
+        reclaimed = sum(self._reclaim(r, now) for r in expired)
+        if still := self.open_in_group(group, jobs):
+            self._ddb.update_item(
+                TableName=self._table,
+                Key=open_key(day, group),
+                UpdateExpression="SET #r = :r",
+                ExpressionAttributeNames={"#r": "reclaim_at"},
+                ExpressionAttributeValues={":r": n(min(at for _, at in still))},
+            )
+        else:
+            self._ddb.delete_item(TableName=self._table, Key=open_key(day, group))
+        return reclaimed
+
+    def open_in_group(self, group: str, jobs: Sequence[str]) -> list[tuple[Reservation, float]]:
+        """The reservations of a group's jobs still ``reserved`` under the group's marker
+        (not a later reservation of the job), with their deadlines: consistent reads."""
+        keys: Any = [reservation_key(job) for job in jobs]
+        found: list[Mapping[str, Any]] = []
+        pending: Any = {self._table: {"Keys": keys, "ConsistentRead": True}}
+        while pending:
+            reply = self._ddb.batch_get_item(RequestItems=pending)
+            found += reply["Responses"].get(self._table, [])
+            pending = reply.get("UnprocessedKeys") or None
+        return [
+            (reservation_of(item), float(item["reclaim_at"]["N"]))
+            for item in found
+            if item.get("state", {}).get("S") == "reserved"
+            and item.get("marker", {}).get("S") == group
+        ]
+
+    def close_group_marker(self, day: str, group: str, jobs: Sequence[str]) -> bool:
+        """Delete a group's open marker if no reservation it names is still open (a job
+        that raised, a copy that took one over, a throttled hand-back keep it); True if
+        it is gone."""
+        if self.open_in_group(group, jobs):
+            return False
+        self._ddb.delete_item(TableName=self._table, Key=open_key(day, group))
+        return True
 
     def _reclaim(self, r: Reservation, now: float) -> bool:
         """A dead copy's reservation: given back, or booked at its worst case if the dead
@@ -397,7 +439,8 @@ class Budget:
             )
         return self.release(r, expired_before=now, spent_nanos=r.nanos if armed else 0)
 
-    def _expired(self, day: str, now: float) -> Iterator[Reservation]:
+    def _expired(self, day: str, now: float) -> Iterator[Mapping[str, Any]]:
+        """The day's open markers whose deadline has passed."""
         kwargs: dict[str, Any] = {
             "TableName": self._table,
             "KeyConditionExpression": "#pk = :pk",
@@ -407,49 +450,20 @@ class Budget:
         }
         while True:
             reply = self._ddb.query(**kwargs)
-            for item in reply.get("Items", []):
-                if "jobs" in item:
-                    yield from self._expired_in_group(day, item, now)
-                    continue
-                batch = item.get("batch_id", {}).get("S")
-                yield Reservation(
-                    job_key=item[TABLE_SK]["S"],
-                    day=day,
-                    nanos=int_of(item, "nanos"),
-                    batch_id=batch,
-                    batch_limit=batch is not None,
-                    rid=item.get("rid", {}).get("S", "legacy"),
-                )
+            yield from reply.get("Items", [])
             if "LastEvaluatedKey" not in reply:
                 return
             kwargs["ExclusiveStartKey"] = reply["LastEvaluatedKey"]
 
-    def _expired_in_group(
-        self, day: str, marker: Mapping[str, Any], now: float
-    ) -> Iterator[Reservation]:
-        """The expired reservations a group's marker names (each read: an extended one is
-        not expired, a closed one is gone or settled, a later one of the job is another's).
-        The marker then says when the first of those still open expires, or goes."""
-        group = marker[TABLE_SK]["S"]
-        held = []
-        for job in marker["jobs"]["L"]:
-            key = reservation_key(job["S"])
-            reply = self._ddb.get_item(TableName=self._table, Key=key, ConsistentRead=True)
-            found = reply.get("Item") or {}
-            reserved = found.get("state", {}).get("S") == "reserved"
-            if reserved and found.get("marker", {}).get("S") == group:
-                held.append(found)
-        expired = [i for i in held if float(i["reclaim_at"]["N"]) < now]
-        later = [float(i["reclaim_at"]["N"]) for i in held if i not in expired]
-        if later:
-            self._ddb.update_item(
-                TableName=self._table,
-                Key=open_key(day, group),
-                UpdateExpression="SET #r = :r",
-                ExpressionAttributeNames={"#r": "reclaim_at"},
-                ExpressionAttributeValues={":r": n(min(later))},
-            )
-        else:
-            self.close_marker(day, group)
-        for item in expired:
-            yield reservation_of(item)
+
+def _own_reservation(day: str, marker: Mapping[str, Any]) -> Reservation:
+    """The reservation a job's own open marker stands for."""
+    batch = marker.get("batch_id", {}).get("S")
+    return Reservation(
+        job_key=marker[TABLE_SK]["S"],
+        day=day,
+        nanos=int_of(marker, "nanos"),
+        batch_id=batch,
+        batch_limit=batch is not None,
+        rid=marker.get("rid", {}).get("S", "legacy"),
+    )
