@@ -135,7 +135,7 @@ class CostsTable(Construct):
     def _table_input(self, bucket: s3.Bucket) -> glue.CfnTable.TableInputProperty:
         return glue.CfnTable.TableInputProperty(
             name=self.table_name,
-            description="one row per cost record (costs/dt=YYYY-MM-DD/<batch>/<job>.json)",
+            description="one row per cost record (a line of costs/dt=YYYY-MM-DD/<batch>/*.jsonl)",
             table_type="EXTERNAL_TABLE",
             partition_keys=[glue.CfnTable.ColumnProperty(name=PARTITION, type="string")],
             parameters={

@@ -30,7 +30,7 @@ BATCH = "group"
 
 
 class Objects:
-    """What ``Finals`` writes to S3: each object's lines by key (a deleted one goes)."""
+    """What ``Finals`` writes to S3: each object's lines by key."""
 
     def __init__(self) -> None:
         self.lines: dict[str, list[str]] = {}
@@ -39,9 +39,6 @@ class Objects:
     def put_lines(self, key: str, lines: list[str]) -> None:
         self.lines[key] = list(lines)
         self.puts += 1
-
-    def delete(self, key: str) -> None:
-        del self.lines[key]
 
 
 class Services:
@@ -260,3 +257,21 @@ def test_two_messages_of_one_job_put_their_lines_in_two_flushes(services: Servic
     first, second = finals.place(f"{BATCH}#a"), finals.place(f"{BATCH}#a")
     assert first == finals.flush and second != first
     assert finals.place(f"{BATCH}#b") == finals.flush
+
+
+def test_a_job_alone_that_lost_leaves_its_objects_empty(services: Services):
+    """A job alone writes its objects too; when its own transaction loses they are
+    written again with no line (a worker puts objects, it may not delete them)."""
+    held = reserve(services, "b")
+    assert services.batches.transition(BATCH, "b", prev=JobState.new, new=JobState.failed)
+    finals = Finals(services, ["b"])  # type: ignore[arg-type]
+
+    async def arrive() -> None:
+        part = final(services, "b", held, 7)
+        part.flush, part.lines = finals.place(part.job), lines("b", 7)
+        assert not await finals.commit("b", part)
+        await finals.settled("b", False)
+
+    run(arrive)
+    assert services.store.puts == 4 and services.commits == []
+    assert all(not kept for kept in services.store.lines.values())

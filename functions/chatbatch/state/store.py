@@ -180,9 +180,6 @@ class Store:
             ContentType=JSONL,
         )
 
-    def delete(self, key: str) -> None:
-        self._s3.delete_object(Bucket=self.bucket, Key=key)
-
     def get_lines(self, key: str) -> list[str] | None:
         """The records of a results or costs object; None if there is none."""
         raw = self._get(key)

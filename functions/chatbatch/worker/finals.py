@@ -202,13 +202,9 @@ class Finals:
             await asyncio.gather(*(asyncio.to_thread(self._write, key) for key in sorted(keys)))
 
     def _write(self, key: str) -> None:
-        """Write the object ``key`` with its lines now (gone once none is left)."""
-        store = self._services.store
-        lines = [line for _, line in self._objects[key]]
-        if lines:
-            store.put_lines(key, lines)
-        else:
-            store.delete(key)
+        """Write the object ``key`` with its lines now (empty once none is left: the worker
+        may put objects, never delete them)."""
+        self._services.store.put_lines(key, [line for _, line in self._objects[key]])
 
     def _closes_marker(self, finals: list[Final]) -> bool:
         return self._marker is not None and self._marker[2] <= {f.job for f in finals}
