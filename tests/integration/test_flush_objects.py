@@ -145,11 +145,8 @@ def test_collect_and_costs_drop_an_orphan_line(tmp_path: Path, config: Config) -
     quick = config.model_copy(update={"worker": config.worker.model_copy(update={"batch_size": 4})})
     config_file = tmp_path / "chatbatch.json"
     config_file.write_text(quick.model_dump_json())
-    options = LocalOptions(
-        config_path=config_file,
-        server=True,
-        concurrency=2,
-        simulator=SimulatorSettings(latency_ms=20),
+    options = LocalOptions(  # moto in this process: the CLI below reaches it too
+        config_path=config_file, concurrency=2, simulator=SimulatorSettings(latency_ms=20)
     )
 
     def cli(*args: str) -> Any:
