@@ -52,8 +52,8 @@ from chatbatch.core.principals import caller_principal
 from chatbatch.local.options import LocalOptions
 from chatbatch.local.runtime import LocalRuntime
 from chatbatch.local.simulator import FaultKind, SimulatorSettings
-from chatbatch.state.batches import BatchInfo
-from chatbatch.state.store import error_key, result_key
+from chatbatch.state.batches import BatchInfo, JobState
+from chatbatch.state.store import error_key
 from chatbatch.worker import crash as crashes
 from chatbatch.worker.intake import Intake, default_batch
 
@@ -490,17 +490,18 @@ def _send(rt: LocalRuntime, bodies: list[str]) -> list[str]:
     return ids
 
 
-def _wait_for(rt: LocalRuntime, keys: set[str], timeout_s: float) -> None:
+def _wait_for(rt: LocalRuntime, keys: set[str], succeeded: list[str], timeout_s: float) -> None:
+    """Until the error records ``keys`` exist and the jobs ``succeeded`` (of the batch
+    ``neighbours``) have their results (lines of flush objects: their state says so)."""
     s3 = boto3.client("s3")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        found: set[str] = set()
-        for prefix in ("errors/", "results/"):
-            pages = s3.get_paginator("list_objects_v2").paginate(
-                Bucket=rt.resources.bucket, Prefix=prefix
-            )
-            found |= {o["Key"] for page in pages for o in page.get("Contents", [])}
-        if keys <= found:
+        pages = s3.get_paginator("list_objects_v2").paginate(
+            Bucket=rt.resources.bucket, Prefix="errors/"
+        )
+        found = {o["Key"] for page in pages for o in page.get("Contents", [])}
+        states = rt.batches.jobs("neighbours", succeeded) if succeeded else []
+        if keys <= found and all(job.state is JobState.succeeded for job in states):
             return
         time.sleep(0.5)
 
@@ -543,15 +544,14 @@ def bad_lines(tmp: Path, *, neighbours_per_bad: int = 1, timeout_s: float = 90) 
                 bad_messages.add(message_id)
                 cid = bad_or_good.custom_id or f"msg-{message_id}"
                 expected[bad_or_good.kind] = error_key(bad_or_good.batch_id or day, cid)
-        keys = set(expected.values()) | {result_key("neighbours", c) for c in good_ids}
-        keys -= {expected[b.kind] for b in bads if b.known_bug}
-        _wait_for(rt, keys, timeout_s)
+        keys = set(expected.values()) - {expected[b.kind] for b in bads if b.known_bug}
+        _wait_for(rt, keys, good_ids, timeout_s)
         errors: dict[str, OutputLine | None] = {}
         for bad in bads:
             _, _, rest = expected[bad.kind].partition("/")
             batch, _, name = rest.partition("/")
             errors[bad.kind] = rt.store.get_error(batch, name.removesuffix(".json"))
-        neighbours_ok = sum(rt.store.get_result("neighbours", c) is not None for c in good_ids)
+        neighbours_ok = sum(rt.result("neighbours", c) is not None for c in good_ids)
         mixed = sum(
             any(m in bad_messages for m in batch) and any(m not in bad_messages for m in batch)
             for batch in seen.batches

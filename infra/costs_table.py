@@ -1,11 +1,12 @@
 """Athena over the cost records: a Glue database and table, an Athena workgroup, and the
 managed policy ``chatbatch costs --athena`` needs.
 
-The table reads ``costs/dt=YYYY-MM-DD/<batch>/…`` (``chatbatch.state.store.cost_key``) as
-JSON lines, one ``CostRecord`` each. Its columns are the record's fields, derived from the
-pydantic model (a new field is a new column), except ``dt``, which is the partition key;
-partition projection on ``dt`` (a date, one partition a day) spares any crawler or
-``MSCK REPAIR``. The workgroup enforces its own settings: results under
+The table reads ``costs/dt=YYYY-MM-DD/<batch>/…`` (``chatbatch.state.store.flush_cost_key``:
+an invocation's records of the batch, one a line; ``cost_key``: an unread call's, a job's
+from before flush objects) as JSON lines, one ``CostRecord`` each. Its columns are the
+record's fields, derived from the pydantic model (a new field is a new column), except
+``dt``, which is the partition key; partition projection on ``dt`` (a date, one partition
+a day) spares any crawler or ``MSCK REPAIR``. The workgroup enforces its own settings: results under
 ``athena-results/`` of the same bucket (SSE-S3, expired after a week) and a cap on the
 bytes one query may scan.
 """
@@ -77,7 +78,8 @@ def glue_columns(model: type[BaseModel], partitions: tuple[str, ...] = ()) -> li
 
 
 def projection_template(bucket: str) -> str:
-    """Where the records of day ``${dt}`` are (the layout ``Store.put_cost`` writes)."""
+    """Where the records of day ``${dt}`` are (the layout ``worker/finals.py`` and
+    ``Store.put_cost`` write)."""
     return f"s3://{bucket}/{COSTS_PREFIX}{PARTITION}=${{{PARTITION}}}/"
 
 
@@ -133,7 +135,7 @@ class CostsTable(Construct):
     def _table_input(self, bucket: s3.Bucket) -> glue.CfnTable.TableInputProperty:
         return glue.CfnTable.TableInputProperty(
             name=self.table_name,
-            description="one row per cost record (costs/dt=YYYY-MM-DD/<batch>/<job>.json)",
+            description="one row per cost record (a line of costs/dt=YYYY-MM-DD/<batch>/*.jsonl)",
             table_type="EXTERNAL_TABLE",
             partition_keys=[glue.CfnTable.ColumnProperty(name=PARTITION, type="string")],
             parameters={

@@ -27,6 +27,7 @@ from typer.testing import CliRunner, Result
 from chatbatch.cli.app import app
 from chatbatch.client.athena_costs import report_sql
 from chatbatch.client.cost_groups import Grouping
+from chatbatch.client.flush_objects import cost_lines
 from chatbatch.core.config import Config
 from chatbatch.core.output_lines import CostRecord
 from chatbatch.core.resources import COSTS_TABLE, costs_database, costs_workgroup
@@ -116,18 +117,9 @@ def finished(local: Local) -> Finished:
 
 
 def cost_records(local: Local, batch: str) -> list[CostRecord]:
-    s3 = boto3.client("s3")
-    bucket = local.rt.resources.bucket
-    keys = [
-        obj["Key"]
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="costs/")
-        for obj in page.get("Contents", [])
-        if f"/{batch}/" in obj["Key"]
-    ]
-    return [
-        CostRecord.model_validate_json(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-        for key in keys
-    ]
+    rt = local.rt
+    lines = cost_lines(boto3.client("s3"), rt.resources.bucket, rt.batches, batch)
+    return [CostRecord.model_validate_json(line) for line in lines]
 
 
 def test_cost_records_carry_the_jobs_metadata(local: Local, finished: Finished) -> None:

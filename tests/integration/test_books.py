@@ -274,7 +274,9 @@ def test_every_call_the_provider_may_have_billed_is_booked(
         billed = sum(_priced(u.model_dump(), models[m]) for m, u in stats.billed_by_model.items())
         from chatbatch.client.costs import load_report
 
-        report = load_report(boto3.client("s3"), rt.resources.bucket, batch="books")
+        report = load_report(
+            boto3.client("s3"), rt.resources.bucket, batch="books", batches=rt.batches
+        )
         limiter = RateLimiter(boto3.client("dynamodb"), rt.resources.table, rt.config)
         took = sum(limiter.status(name).used_requests for name in rt.config.models)
     assert summary.succeeded == len(jobs) and summary.failed == 0

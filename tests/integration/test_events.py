@@ -23,6 +23,7 @@ import boto3
 import pytest
 
 from chatbatch.client.deployment import connect
+from chatbatch.client.flush_objects import cost_lines
 from chatbatch.client.retry import plan_retry, send_retries
 from chatbatch.core.config import Config, Priority
 from chatbatch.core.events import BATCH_COMPLETED, SOURCE, BatchCompleted
@@ -171,7 +172,7 @@ def run_batch(
             events += drain(sink)
             info = rt.batches.get(plan.batch_id)
             assert info is not None
-        costs = _cost_nanos(rt.resources.bucket, plan.batch_id)
+        costs = _cost_nanos(rt, plan.batch_id)
         yield Run(info=info, events=events, cost_nanos=costs, puts=puts, first=first)
 
 
@@ -180,15 +181,9 @@ def _completed_again(rt: LocalRuntime, batch_id: str) -> bool:
     return info is not None and info.retried > 0 and info.complete
 
 
-def _cost_nanos(bucket: str, batch_id: str) -> int:
-    s3 = boto3.client("s3")
-    total = 0
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="costs/"):
-        for obj in page.get("Contents", []):
-            record = json.loads(s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read())
-            if record["batch_id"] == batch_id:
-                total += int(record["cost_nanos"])
-    return total
+def _cost_nanos(rt: LocalRuntime, batch_id: str) -> int:
+    lines = cost_lines(boto3.client("s3"), rt.resources.bucket, rt.batches, batch_id)
+    return sum(int(json.loads(line)["cost_nanos"]) for line in lines)
 
 
 @pytest.fixture

@@ -203,7 +203,7 @@ def test_every_job_is_accounted_for_and_gets_its_own_answer(tmp_path: Path, conf
                 write(tmp_path, [json.dumps({"custom_id": "c2", **cached})], "c2.jsonl"), "later"
             )
         )
-        c2 = rt.store.get_result("later", "c2")
+        c2 = rt.result("later", "c2")
     out = tmp_path / "out"
     assert summary.jobs_total == 51
     assert (summary.succeeded, summary.failed, summary.invalid_lines) == (49, 2, 2)
@@ -267,7 +267,7 @@ def test_two_copies_of_a_job_in_flight_call_the_provider_once(tmp_path: Path):
         info = rt.batches.get("twins")
         stats = rt.simulator.stats() if rt.simulator else None
         spent = ledger_spent(rt)  # and nothing left reserved
-        result = rt.store.get_result("twins", "twin")
+        result = rt.result("twins", "twin")
         assert queue_depth(rt, queue) == 0, "the waiting copy came back and was dropped"
     assert stats is not None and stats.requests == 1
     assert info is not None and info.succeeded == 1 and info.provider_calls == 1
@@ -303,7 +303,7 @@ def test_a_second_copy_after_midnight_waits_for_the_first(
         assert queue_depth(rt, queue) == 0, "copy B came back and was dropped"
         requests = rt.simulator.stats().requests
         info = rt.batches.get("night")
-        result = rt.store.get_result("night", "late")
+        result = rt.result("night", "late")
         budget = Budget(boto3.client("dynamodb"), rt.resources.table, rt.config)
         yesterday, today = budget.usage(before), budget.usage(after)
     assert requests == 1, "the provider was called once"
@@ -338,7 +338,9 @@ def test_two_messages_of_one_copy_in_flight_call_the_provider_once(tmp_path: Pat
         stats = rt.simulator.stats()
         spent = ledger_spent(rt)
         info = rt.batches.get("twins")
-        report = load_report(boto3.client("s3"), rt.resources.bucket, batch="twins")
+        report = load_report(
+            boto3.client("s3"), rt.resources.bucket, batch="twins", batches=rt.batches
+        )
     assert stats.requests == 1 and stats.billed_unread == 0, "the provider was called once"
     assert info is not None and (info.succeeded, info.estimated_calls) == (1, 0)
     assert report.total.cost_usd == spent == from_nanos(info.cost_nanos) > 0
@@ -415,7 +417,7 @@ def test_a_copy_taking_over_a_dead_copys_job_finishes_from_its_result(tmp_path: 
                 info = rt.batches.get("takeover")
             stats = rt.simulator.stats() if rt.simulator else None
             spent = ledger_spent(rt)  # and nothing left reserved
-            result = rt.store.get_result("takeover", "orphan")
+            result = rt.result("takeover", "orphan")
     finally:
         crashes.crash_hook = None
     assert died, "the first copy died after its S3 write"
@@ -604,8 +606,8 @@ def test_a_claim_checked_job_ends_in_its_batch_under_its_custom_id(tmp_path: Pat
             time.sleep(0.3)
             info = rt.batches.get("support")
         first, second = (
-            rt.store.get_result("support", "ticket-1"),
-            rt.store.get_result("support", "ticket-2"),
+            rt.result("support", "ticket-1"),
+            rt.result("support", "ticket-2"),
         )
         refused = rt.store.get_error("support", "ticket-3")
     assert info is not None and (info.succeeded, info.failed) == (2, 1)
@@ -666,12 +668,13 @@ def test_a_retry_waits_for_capacity_and_never_burns_a_delivery(tmp_path: Path, c
 def test_the_aws_calls_of_a_batchs_ten_jobs_run_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    """Each job's result write waits until all ten are writing. With too few threads
-    (asyncio's default: 6 on two cores) the waiting writes hold them all, the other
-    jobs' calls (their grant, their arm) queue behind, and the barrier breaks: a job's
-    time-critical call must never wait for its neighbours' slow ones."""
+    """Each job's own write (its answer into the response cache: the results are written
+    once for all, ``worker/finals.py``) waits until all ten are writing. With too few
+    threads (asyncio's default: 6 on two cores) the waiting writes hold them all, the
+    other jobs' calls (their grant, their arm) queue behind, and the barrier breaks: a
+    job's time-critical call must never wait for its neighbours' slow ones."""
     barrier = threading.Barrier(10, timeout=20)
-    put = Store.put_result_once
+    put = Store.put_cached
     pools: set[int] = set()
 
     def together(self: Store, *args: Any, **kwargs: Any) -> Any:
@@ -679,8 +682,10 @@ def test_the_aws_calls_of_a_batchs_ten_jobs_run_at_once(
         barrier.wait()
         return put(self, *args, **kwargs)
 
-    monkeypatch.setattr(Store, "put_result_once", together)
-    lines = [json.dumps({"custom_id": f"t{i}", "prompt": f"q{i}"}) for i in range(10)]
+    monkeypatch.setattr(Store, "put_cached", together)
+    lines = [
+        json.dumps({"custom_id": f"t{i}", "prompt": f"q{i}", "cache": True}) for i in range(10)
+    ]
     with runtime(concurrency=2, rpm=6000) as rt:
         summary = rt.run(write(tmp_path, lines), tmp_path / "out")
     assert not barrier.broken

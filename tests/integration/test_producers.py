@@ -140,4 +140,4 @@ def test_any_producer_may_send_to_the_days_batch(rt: LocalRuntime) -> None:
         assert time.monotonic() < deadline
         time.sleep(0.1)
         done = [b for b in rt.batches.list_all() if b.batch_id.startswith("daily-")]
-    assert rt.store.get_result(done[0].batch_id, "d1") is not None
+    assert rt.result(done[0].batch_id, "d1") is not None

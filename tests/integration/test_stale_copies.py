@@ -26,6 +26,7 @@ import boto3
 import pytest
 
 from chatbatch.client.deployment import connect
+from chatbatch.client.flush_objects import cost_lines
 from chatbatch.client.retry import plan_retry, send_retries
 from chatbatch.core.pricing import from_nanos
 from chatbatch.local.options import LocalOptions
@@ -86,13 +87,8 @@ def send_stale(rt: LocalRuntime, monkeypatch: pytest.MonkeyPatch, *others: dict[
 def cost_records(rt: LocalRuntime) -> Decimal:
     s3 = boto3.client("s3")
     total = Decimal(0)
-    listing = s3.list_objects_v2(Bucket=rt.resources.bucket, Prefix="costs/")
-    for obj in listing.get("Contents", []):
-        record = json.loads(
-            s3.get_object(Bucket=rt.resources.bucket, Key=obj["Key"])["Body"].read()
-        )
-        if record["batch_id"] == BATCH:
-            total += Decimal(record["cost_usd"])
+    for line in cost_lines(s3, rt.resources.bucket, rt.batches, BATCH):
+        total += Decimal(json.loads(line)["cost_usd"])
     return total
 
 
@@ -122,7 +118,7 @@ def test_a_copy_that_read_the_job_before_another_failed_it_calls_nothing(
         send_stale(rt, monkeypatch)  # B
         info, recorded, spent = books(rt)
         calls = requests(rt)
-        stored = rt.store.get_result(BATCH, JOB)
+        stored = rt.result(BATCH, JOB)
     assert calls == 1, "B called the provider after A failed the job"
     assert (info.failed, info.succeeded, info.provider_calls) == (1, 0, 0)
     assert info.cost_nanos == 0 and recorded == spent == 0
@@ -160,7 +156,7 @@ def test_an_answer_paid_after_another_copy_cancelled_the_job_ends_it(
         send_stale(rt, monkeypatch)  # B
         info, recorded, spent = books(rt)
         calls = requests(rt)
-        stored = rt.store.get_result(BATCH, JOB)
+        stored = rt.result(BATCH, JOB)
     assert calls == 1
     assert (info.cancelled_jobs, info.succeeded, info.provider_calls) == (0, 1, 1)
     assert from_nanos(info.cost_nanos) == recorded == spent > 0

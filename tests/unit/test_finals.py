@@ -3,31 +3,49 @@
 Jobs settle together once every job of the invocation has arrived or left: one
 transaction, one write per ledger and per batch for their sums. All or nothing: a refused
 condition writes nothing and sends every job to its own transaction; so do two parts for
-one item (two messages of one job), and a job alone.
+one item (two messages of one job), and a job alone. Before it, the jobs' lines go into
+the invocation's flush objects, one write each; the lines of a job whose own transaction
+lost leave them again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from chatbatch.core.config import Config
+from chatbatch.core.config import Config, Priority
+from chatbatch.core.output_lines import CostRecord, OutputLine
 from chatbatch.state.batches import Batches, JobState
 from chatbatch.state.budget.budget import Budget
 from chatbatch.state.budget.reservations import Ask, Reservation
-from chatbatch.worker.finals import Final, Finals
+from chatbatch.state.store import flush_cost_key, flush_result_key
+from chatbatch.worker.finals import Final, Finals, Lines
 from tests.unit.conftest import Dynamo
 
 BATCH = "group"
+
+
+class Objects:
+    """What ``Finals`` writes to S3: each object's lines by key."""
+
+    def __init__(self) -> None:
+        self.lines: dict[str, list[str]] = {}
+        self.puts = 0
+
+    def put_lines(self, key: str, lines: list[str]) -> None:
+        self.lines[key] = list(lines)
+        self.puts += 1
 
 
 class Services:
     """What ``Finals`` uses of a worker's services, on moto; counts the commits."""
 
     def __init__(self, dynamo: Dynamo, config: Config) -> None:
+        self.store = Objects()
         self.batches = Batches(dynamo.client, dynamo.table)
         self.budget = Budget(dynamo.client, dynamo.table, config)
         self.commits: list[bool] = []
@@ -52,6 +70,27 @@ def final(services: Services, custom_id: str, r: Reservation, cost: int) -> Fina
         ledgers=ledgers,
         counters=deltas,
     )
+
+
+def lines(custom_id: str, cost: int) -> Lines:
+    """A job's result (here an error line: any ``OutputLine`` will do) and cost record."""
+    record = CostRecord(
+        ts="2026-12-02T00:00:00.000+00:00",
+        dt="2026-12-02",
+        batch_id=BATCH,
+        custom_id=custom_id,
+        priority=Priority.normal,
+        model="m",
+        model_id="m-1",
+        provider="p",
+        prompt_tokens=1,
+        cached_tokens=0,
+        completion_tokens=1,
+        reasoning_tokens=0,
+        cost_nanos=cost,
+        cost_usd=cost / 10**9,
+    )
+    return Lines(OutputLine.failure(BATCH, custom_id, "x", "an answer"), record)
 
 
 def reserve(services: Services, custom_id: str) -> Reservation:
@@ -182,3 +221,60 @@ def test_the_end_closes_the_marker_unless_a_reservation_it_names_is_open(
 async def _leave(finals: Finals, job: str) -> None:
     await asyncio.sleep(0.01)
     finals.leave(job)
+
+
+def test_the_lines_of_a_job_whose_own_transaction_lost_leave_the_objects(services: Services):
+    """The group's objects are written once, with both jobs' lines, before its transaction
+    (refused: another copy ended "b"); "a" commits alone, "b" loses: the objects are
+    written again without "b"'s lines, and "a"'s line names the flush its state holds."""
+    held = {i: reserve(services, i) for i in ("a", "b")}
+    assert services.batches.transition(BATCH, "b", prev=JobState.new, new=JobState.failed)
+    finals = Finals(services, ["a", "b"])  # type: ignore[arg-type]
+
+    async def arrive(i: str, cost: int) -> bool:
+        part = final(services, i, held[i], cost)
+        part.flush, part.lines = finals.place(part.job), lines(i, cost)
+        committed = await finals.commit(i, part)
+        assert not committed, "the group's transaction is refused"
+        mine = services.batches.transition(
+            BATCH, i, prev=JobState.new, new=JobState.succeeded, extra=[], fields={}
+        )
+        await finals.settled(i, mine)
+        return mine
+
+    assert run(lambda: arrive("a", 5), lambda: arrive("b", 7)) == [True, False]
+    results, costs = (
+        flush_result_key(BATCH, finals.flush),
+        flush_cost_key("2026-12-02", BATCH, finals.flush),
+    )
+    assert set(services.store.lines) == {results, costs}
+    assert services.store.puts == 4, "each object written once, then once more without b"
+    for key in (results, costs):
+        assert [json.loads(line)["custom_id"] for line in services.store.lines[key]] == ["a"]
+
+
+def test_two_messages_of_one_job_put_their_lines_in_two_flushes(services: Services):
+    """An object holds one line per job: a second message of the job in the same
+    invocation gets a flush of its own."""
+    finals = Finals(services, ["m1", "m2"])  # type: ignore[arg-type]
+    first, second = finals.place(f"{BATCH}#a"), finals.place(f"{BATCH}#a")
+    assert first == finals.flush and second != first
+    assert finals.place(f"{BATCH}#b") == finals.flush
+
+
+def test_a_job_alone_that_lost_leaves_its_objects_empty(services: Services):
+    """A job alone writes its objects too; when its own transaction loses they are
+    written again with no line (a worker puts objects, it may not delete them)."""
+    held = reserve(services, "b")
+    assert services.batches.transition(BATCH, "b", prev=JobState.new, new=JobState.failed)
+    finals = Finals(services, ["b"])  # type: ignore[arg-type]
+
+    async def arrive() -> None:
+        part = final(services, "b", held, 7)
+        part.flush, part.lines = finals.place(part.job), lines("b", 7)
+        assert not await finals.commit("b", part)
+        await finals.settled("b", False)
+
+    run(arrive)
+    assert services.store.puts == 4 and services.commits == []
+    assert all(not kept for kept in services.store.lines.values())

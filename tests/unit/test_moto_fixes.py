@@ -148,9 +148,10 @@ def test_an_update_expression_is_parsed_once(table: str, monkeypatch: pytest.Mon
 def test_s3_writes_if_none_match_from_many_threads_pass_once(
     config: Config, monkeypatch: pytest.MonkeyPatch
 ):
-    """``Store.put_result_once`` relies on it: two deliveries of one job that both "win"
-    each count their own result's cost, and the last written overwrites the one counted
-    (the batch counters then differ from the cost records)."""
+    """A result written with ``If-None-Match`` (as before flush objects) relies on it: two
+    deliveries of one job that both "win" each count their own result's cost, and the
+    last written overwrites the one counted (the batch counters then differ from the cost
+    records)."""
     from moto.s3.models import S3Backend
 
     put_object = S3Backend.put_object

@@ -4,7 +4,11 @@ provider's HTTP error answers to the results file, failures that never got an HT
 to the error file (``results.jsonl`` → ``results.errors.jsonl`` unless ``--errors``). A
 batch submitted as Anthropic Message Batches lines is written as Anthropic's results
 lines, all in the one results file (as Anthropic's; ``--errors`` is not used).
-``--wait`` first waits until every job is final (``chatbatch.client.wait``)."""
+``--wait`` first waits until every job is final (``chatbatch.client.wait``).
+
+The results are read in one pass over the batch's results objects (a few jobs' lines
+each: ``client/flush_objects.py``), never a GET per job; a job's orphan line (a copy
+whose final transaction lost) is dropped. Error records stay one object per job."""
 
 from __future__ import annotations
 
@@ -20,20 +24,16 @@ from pydantic import BaseModel
 from chatbatch.cli.errors import EXIT_INCOMPLETE, EXIT_USAGE, CliError
 from chatbatch.cli.output import console, emit, progress_bar, warn
 from chatbatch.cli.params import BatchArg, ConfigOpt, JsonOpt, StackOpt, ThreadsOpt, find_batch
-from chatbatch.client.costs import in_order, list_keys
 from chatbatch.client.deployment import Deployment, connect
+from chatbatch.client.flush_objects import ResultIndex, index_results
+from chatbatch.client.listing import in_order, list_keys
 from chatbatch.client.wait import NoTotal, wait_until_complete
 from chatbatch.core.config import load_config
+from chatbatch.core.jobs import id_key
 from chatbatch.core.output_lines import OutputLine
 from chatbatch.core.private_files import private_open
 from chatbatch.state.batches import BatchInfo
-from chatbatch.state.store import (
-    error_key,
-    errors_prefix,
-    manifest_key,
-    result_key,
-    results_prefix,
-)
+from chatbatch.state.store import error_key, errors_prefix, manifest_key
 from chatbatch.translate.batch_results import written
 
 
@@ -74,12 +74,14 @@ def _manifest(deployment: Deployment, batch_id: str) -> Iterator[str] | None:
 
 
 def _outcomes_by_manifest(
-    deployment: Deployment, batch_id: str, ids: Iterable[str], threads: int
+    deployment: Deployment, index: ResultIndex, batch_id: str, ids: Iterable[str], threads: int
 ) -> Iterator[Outcome]:
+    """In the manifest's order: each job's committed result (through the index, objects
+    read through its cache), else its error record (a GET per job)."""
     store = deployment.store
 
     def outcome(custom_id: str) -> Outcome:
-        text = store.get_text(result_key(batch_id, custom_id))
+        text = index.result(custom_id)
         if text is not None:
             return text, True
         return _error_record(store.get_text(error_key(batch_id, custom_id)))
@@ -87,25 +89,22 @@ def _outcomes_by_manifest(
     return in_order(ids, outcome, threads)
 
 
-def _outcomes_by_listing(deployment: Deployment, batch_id: str, threads: int) -> Iterator[Outcome]:
+def _outcomes_by_listing(
+    deployment: Deployment, index: ResultIndex, batch_id: str, threads: int
+) -> Iterator[Outcome]:
     """Jobs from other producers (no manifest): results, then errors of jobs without one."""
     s3, bucket, store = deployment.s3, deployment.resources.bucket, deployment.store
-    succeeded: set[str] = set()
-
-    def results() -> Iterator[str]:
-        for key in list_keys(s3, bucket, results_prefix(batch_id)):
-            succeeded.add(key.rsplit("/", 1)[-1])
-            yield key
+    succeeded = {id_key(custom_id) for custom_id in index.where}
 
     def errors() -> Iterator[str]:
         for key in list_keys(s3, bucket, errors_prefix(batch_id)):
-            if key.rsplit("/", 1)[-1] not in succeeded:
+            if key.rsplit("/", 1)[-1].removesuffix(".json") not in succeeded:
                 yield key
 
-    for text in in_order(results(), store.get_text, threads):
+    for text in index.in_listing_order():
         yield text, True
-    for text in in_order(errors(), store.get_text, threads):
-        yield _error_record(text)
+    for error in in_order(errors(), store.get_text, threads):
+        yield _error_record(error)
 
 
 @contextmanager
@@ -184,10 +183,11 @@ def collect(
         errors_file=str(errors) if errors else None,
         source="manifest" if ids is not None else "listing",
     )
+    index = index_results(deployment.s3, deployment.store, deployment.batches, batch, threads)
     outcomes = (
-        _outcomes_by_manifest(deployment, batch, ids, threads)
+        _outcomes_by_manifest(deployment, index, batch, ids, threads)
         if ids is not None
-        else _outcomes_by_listing(deployment, batch, threads)
+        else _outcomes_by_listing(deployment, index, batch, threads)
     )
     total = info.total if info else None
     with (

@@ -168,6 +168,7 @@ def costs(
                 by=grouping,
                 threads=threads,
                 on_record=lambda _: progress.advance(task),
+                batches=deployment.batches,
             )
     if batch and not report.total.jobs and deployment.batches.get(batch) is None:
         find_batch(deployment, batch)  # raises: unknown batch

@@ -1,8 +1,10 @@
-"""Cost reports from the cost records in S3 (``costs/dt=YYYY-MM-DD/<batch>/<job>.json``).
+"""Cost reports from the cost records in S3 (``costs/dt=YYYY-MM-DD/<batch>/<flush>.jsonl``,
+a record a line, ``client/flush_objects.py``).
 
 ``chatbatch costs`` reads the records of the days asked for (one ``CostRecord`` per
 finished job, and one per call whose answer was never read, booked at its worst case:
-``usage_estimated``), adds them up exactly (``Decimal``), groups them, re-prices the same token
+``usage_estimated``; a job's record found twice, an orphan beside it, counts once), adds
+them up exactly (``Decimal``), groups them, re-prices the same token
 usage on every model of the price table and projects a year at the current daily rate:
 ``total / days covered * 365``, where the days covered run from ``--since`` (else the
 first day with a record) to the last day with a record.
@@ -14,20 +16,22 @@ comparison re-prices only the usage a provider billed.
 from __future__ import annotations
 
 import datetime as dt
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
 from chatbatch.client.cost_groups import Grouping, GroupKey
+from chatbatch.client.flush_objects import CostLines
+from chatbatch.client.listing import in_order, list_keys
 from chatbatch.core.config import Config
 from chatbatch.core.output_lines import CostRecord
 from chatbatch.core.pricing import Usage, cost
 from chatbatch.core.private_files import private_open
+from chatbatch.state.batches import Batches
+from chatbatch.state.store import object_lines
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -35,8 +39,6 @@ if TYPE_CHECKING:
 
 COSTS_PREFIX = "costs/"
 DAYS_PER_YEAR = 365
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 class Totals(BaseModel):
@@ -147,27 +149,6 @@ class CostReport(BaseModel):
         return sorted(rows, key=lambda row: row.cost_usd)
 
 
-def in_order(items: Iterable[T], fetch: Callable[[T], R], threads: int) -> Iterator[R]:
-    """``fetch`` of every item on a bounded thread pool, yielded in the items' order.
-
-    At most ``4 * threads`` fetches are in flight, so a long input is streamed, not held.
-    """
-    with ThreadPoolExecutor(threads) as pool:
-        window: deque[Future[R]] = deque()
-        for item in items:
-            window.append(pool.submit(fetch, item))
-            if len(window) >= 4 * threads:
-                yield window.popleft().result()
-        for future in window:
-            yield future.result()
-
-
-def list_keys(s3: S3Client, bucket: str, prefix: str) -> Iterator[str]:
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            yield obj["Key"]
-
-
 def cost_days(s3: S3Client, bucket: str, since: dt.date | None = None) -> list[str]:
     """The days (``YYYY-MM-DD``) that have cost records, from ``since`` on."""
     days = []
@@ -197,18 +178,30 @@ def load_report(
     by: Grouping | None = None,
     threads: int = 16,
     on_record: Callable[[CostRecord], None] = lambda record: None,
+    batches: Batches | None = None,
 ) -> CostReport:
-    """Read and add up the cost records of the days from ``since`` (of one batch, or all)."""
+    """Read and add up the cost records of the days from ``since`` (of one batch, or all).
+    A job's record found in two objects counts once, the one its state item names
+    (``batches``: the deployment's job states, needed only then). ``on_record``: each
+    record as it counts."""
     report = CostReport(since=since, by=by or Grouping())
 
-    def read(key: str) -> CostRecord:
-        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-        return CostRecord.model_validate_json(body)
+    def read(key: str) -> tuple[str, list[str]]:
+        return key, object_lines(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
 
-    keys = cost_keys(s3, bucket, cost_days(s3, bucket, since), batch)
-    for record in in_order(keys, read, threads):
+    def count(text: str) -> None:
+        record = CostRecord.model_validate_json(text)
         report.add(record)
         on_record(record)
+
+    lines = CostLines()
+    keys = cost_keys(s3, bucket, cost_days(s3, bucket, since), batch)
+    for key, texts in in_order(keys, read, threads):
+        for text in texts:
+            if (now := lines.add(key, text)) is not None:
+                count(now)
+    for text in lines.resolved(batches):
+        count(text)
     return report
 
 

@@ -40,8 +40,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from chatbatch.client.costs import list_keys
 from chatbatch.client.deployment import Deployment
+from chatbatch.client.listing import list_keys
 from chatbatch.core.config import Priority
 from chatbatch.core.jobs import ATTR_BATCH, HASHED_ID_PREFIX, job_ref
 from chatbatch.state.batches import RETRY_FROM, BatchInfo, JobRecord, JobState

@@ -5,7 +5,10 @@ appended while a local run goes on.
 error file, then appends each result, error and cost record of the run's batch as the
 worker stores it (a ``tap.Listener`` on S3 puts; an error record that carries the
 provider's HTTP answer goes to the results file), and adds what the bucket already held
-(a resumed run's earlier answers). Each object is written once per run, by its key. The
+(a resumed run's earlier answers). Each object is written once per run, by its key: a
+flush object (``results/<batch>/<flush>.jsonl``, its costs likewise) as its lines, when
+first stored; a line a later rewrite of it drops (a copy whose final transaction lost:
+rare) stays in the live files until ``outputs`` rewrites them. The
 lines reach the kernel as they are appended and are fsync'ed in small groups
 (``SyncedAppender``), so a run stopped any way leaves every answer it had stored on disk.
 At the end of the run ``outputs`` rewrites the files in input order. A batch of Anthropic
@@ -25,6 +28,7 @@ from chatbatch.core.output_lines import OutputLine
 from chatbatch.local.journal import backends, tap
 from chatbatch.local.journal.appender import SyncedAppender
 from chatbatch.local.outputs import is_batch_cost
+from chatbatch.state.store import object_lines
 from chatbatch.translate import Form
 from chatbatch.translate.batch_results import written
 
@@ -90,10 +94,11 @@ class LiveOutputs(tap.Listener):
             if key in self._seen:
                 return False
             self._seen.add(key)
+        lines = object_lines(body)  # a flush object holds an invocation's jobs' lines
         if kind == "costs":
-            self._files[kind].append(body.strip() + b"\n")
+            self._files[kind].append(b"".join(f"{line}\n".encode() for line in lines))
         else:  # an error record carrying the provider's HTTP answer goes to the results
-            self.add_lines([OutputLine.model_validate_json(body)])
+            self.add_lines(OutputLine.model_validate_json(line) for line in lines)
         return True
 
 

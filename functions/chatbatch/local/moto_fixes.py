@@ -7,7 +7,8 @@ names both versions and the pin to install.
 1. **Thread safety.** moto's backends check, then write, without a lock: two threads can
    both pass one DynamoDB condition, two pollers can receive one SQS message, and two
    S3 ``PutObject`` calls with ``If-None-Match: *`` can both write (each told it was
-   first: ``Store.put_result_once`` then lets two deliveries count different results).
+   first: results written that way, as before flush objects, let two deliveries count
+   different results).
    Every moto request is served under one lock (moto is bound to one core by the GIL
    anyway, so this costs no throughput): ``call_action``, and S3's bucket and object
    requests, which moto dispatches around it.

@@ -1,6 +1,7 @@
 """A local run's output files: ``results.jsonl`` (answers and the provider's HTTP error
 answers) and ``errors.jsonl`` (failures without an HTTP answer), together every line of
-the input, in input order; and ``costs.jsonl`` (the batch's cost records). A file of
+the input, in input order; and ``costs.jsonl`` (the batch's cost records). Both read the
+batch's flush objects, orphan lines dropped (``client/flush_objects.py``). A file of
 Anthropic lines gets one ``results.jsonl`` in Anthropic's results shape, every line in it.
 
 Each file is written beside its final name and then renamed over it, so a process killed
@@ -24,11 +25,13 @@ from typing import IO
 
 import boto3
 
+from chatbatch.client.flush_objects import cost_lines, index_results
 from chatbatch.client.submit import Plan, iter_jobs
 from chatbatch.core.config import Config
 from chatbatch.core.jobs import Job, JobError
 from chatbatch.core.output_lines import OutputLine
 from chatbatch.core.private_files import private_dir, private_open
+from chatbatch.state.batches import Batches
 from chatbatch.state.breaker import Breaker
 from chatbatch.state.store import Store
 from chatbatch.translate.batch_results import written
@@ -105,9 +108,16 @@ def _waiting(batch_id: str, job: Job, paused: Mapping[str, Breaker]) -> OutputLi
 
 
 def _outputs(
-    path: Path, plan: Plan, config: Config, store: Store, paused: Mapping[str, Breaker]
+    path: Path,
+    plan: Plan,
+    config: Config,
+    store: Store,
+    batches: Batches,
+    paused: Mapping[str, Breaker],
 ) -> Iterator[OutputLine]:
-    """The stored line of every line of the file, in input order."""
+    """The stored line of every line of the file, in input order (the committed result,
+    else the error record, else why it waits)."""
+    index = index_results(boto3.client("s3"), store, batches, plan.batch_id)
     errors = {e.line: e for e in plan.errors}
     lines = iter_jobs(path, config, plan.batch_id)
     for number in range(1, plan.lines + 1):
@@ -117,8 +127,9 @@ def _outputs(
         job = next(lines, None)
         if job is None:
             return
+        result = index.result(job.custom_id)
         yield (
-            store.get_result(plan.batch_id, job.custom_id)
+            (OutputLine.model_validate_json(result) if result else None)
             or store.get_error(plan.batch_id, job.custom_id)
             or _waiting(plan.batch_id, job, paused)
         )
@@ -130,6 +141,7 @@ def write_results(
     out: Path,
     config: Config,
     store: Store,
+    batches: Batches,
     paused: Mapping[str, Breaker] | None = None,
 ) -> tuple[list[int], int]:
     """``results.jsonl`` and ``errors.jsonl`` under ``out`` (an Anthropic-form batch: one
@@ -144,19 +156,16 @@ def write_results(
             if plan.form == "openai"
             else results
         )
-        for line in _outputs(path, plan, config, store, paused or {}):
+        for line in _outputs(path, plan, config, store, batches, paused or {}):
             text, ok = written(plan.form, line)
             (results if ok else errs).write(text + "\n")
             figures.add(line)
     return figures.latencies, figures.retries
 
 
-def write_costs(path: Path, bucket: str, batch_id: str) -> None:
-    """The batch's cost records, one per line, into ``path``."""
-    s3 = boto3.client("s3")
+def write_costs(path: Path, bucket: str, batch_id: str, batches: Batches) -> None:
+    """The batch's cost records, one per line, into ``path`` (a job's once: an orphan
+    record beside it is dropped, ``client/flush_objects.py``)."""
     with replacing(path) as costs:
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="costs/"):
-            for obj in page.get("Contents", []):
-                if is_batch_cost(obj["Key"], batch_id):
-                    body = s3.get_object(Bucket=bucket, Key=obj["Key"])
-                    costs.write(body["Body"].read().decode().strip() + "\n")
+        for text in cost_lines(boto3.client("s3"), bucket, batches, batch_id):
+            costs.write(text + "\n")

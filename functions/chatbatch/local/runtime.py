@@ -36,6 +36,7 @@ from pathlib import Path
 import boto3
 from aws_lambda_powertools import Logger
 
+from chatbatch.client.flush_objects import committed_result
 from chatbatch.client.submit import (
     Plan,
     Sender,
@@ -46,6 +47,7 @@ from chatbatch.client.submit import (
     write_manifest,
 )
 from chatbatch.core.config import Priority, load_config
+from chatbatch.core.output_lines import OutputLine
 from chatbatch.core.private_files import private_dir, private_open
 from chatbatch.core.resources import Resources, queue_name, resources_to_outputs
 from chatbatch.local.aws import (
@@ -270,6 +272,10 @@ class LocalRuntime:
             self.stopping.wait(POLL_S)
         raise Stopped
 
+    def result(self, batch_id: str, custom_id: str) -> OutputLine | None:
+        """A job's committed result (``client/flush_objects.committed_result``)."""
+        return committed_result(self.store, self.batches, batch_id, custom_id)
+
     def run(
         self,
         path: Path,
@@ -330,8 +336,10 @@ class LocalRuntime:
         """The run's files under ``out``: results, errors, costs and ``summary.json``."""
         breakers = Breakers(boto3.client("dynamodb"), self.resources.table)
         paused = {b.model: b for b in breakers.list_open()}
-        latencies, retries = write_results(path, plan, out, self.config, self.store, paused)
-        write_costs(out / "costs.jsonl", self.resources.bucket, plan.batch_id)
+        latencies, retries = write_results(
+            path, plan, out, self.config, self.store, self.batches, paused
+        )
+        write_costs(out / "costs.jsonl", self.resources.bucket, plan.batch_id, self.batches)
         summary = self.summarize(plan, info, wall, latencies, retries)
         write_summary(out, summary)
         return summary

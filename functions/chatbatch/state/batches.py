@@ -117,12 +117,15 @@ RETRY_FROM = (JobState.failed, JobState.dead_lettered)  # what ``chatbatch retry
 
 
 class JobRecord(BaseModel):
-    """A job's item: its state, its last error's code, how many times it was retried."""
+    """A job's item: its state, its last error's code, how many times it was retried, and
+    the flush whose objects hold its result (``worker/finals.py``; None for a job that
+    has none, or whose result is its own ``.json`` object, from before flush objects)."""
 
     custom_id: str
     state: JobState = JobState.new
     error_code: str | None = None
     retries: int = 0
+    flush: str | None = None
 
 
 class BatchInfo(BaseModel):

@@ -5,7 +5,13 @@ Keys are deterministic, so a retry overwrites instead of duplicating. ``<custom_
 the job's ``id_key`` (``core.jobs``): the custom_id itself when it is a short plain name,
 else ``~`` and its SHA-256, so any custom_id (``task/1``, ``request 1``) makes one key:
 
-- ``results/<batch>/<custom_id>.json``: an OpenAI Batch output line (``OutputLine``)
+- ``results/<batch>/<flush>.jsonl``: the results (OpenAI Batch output lines,
+  ``OutputLine``) of the jobs of one worker invocation that finished in the batch, one a
+  line, written once per invocation (``worker/finals.py``; ``<flush>``: the invocation's
+  flush id). The job's state item names the flush whose line is its result (``flush``):
+  a line in another flush's object is an orphan, a copy whose final transaction lost
+  (``state/flushed.py`` reads them). ``results/<batch>/<custom_id>.json``: the one-line
+  object of a job finished before flush objects (read as a one-line file)
 - ``errors/<batch>/<custom_id>.json``: an error line: the job's last outcome, until
   ``chatbatch retry`` moves it to ``history/``
 - ``requests/<batch>/<custom_id>.json``: the SQS message that carried a job that failed
@@ -13,8 +19,10 @@ else ``~`` and its SHA-256, so any custom_id (``task/1``, ``request 1``) makes o
   by the worker with the error so ``chatbatch retry`` can send it again
 - ``history/<batch>/<custom_id>/<n>.json``: the error line a retry moved away (``n``:
   the job's retry count after it, so 1 holds the first attempt's error)
-- ``costs/dt=YYYY-MM-DD/<batch>/<custom_id>.json``: one ``CostRecord`` (JSON, one line),
-  partitioned by UTC day for Athena (``PARTITIONED BY (dt string)``)
+- ``costs/dt=YYYY-MM-DD/<batch>/<flush>.jsonl``: the ``CostRecord`` of each job of that
+  results object, one a line (JSONL), partitioned by UTC day for Athena (``PARTITIONED BY
+  (dt string)``); a call whose answer was never read has its own one-line object,
+  ``costs/dt=YYYY-MM-DD/<batch>/<custom_id>/unread-<attempt>.json``
 - ``cache/<sha256>.json``: a cached chat.completion body (expired by a lifecycle rule)
 - ``claims/<batch>/<custom_id>.json``: a job too large for an SQS message
 - ``batches/<batch>/manifest.jsonl``: the custom_ids of a submitted batch, in input order
@@ -38,10 +46,36 @@ if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import GetObjectOutputTypeDef
 
 JSON = "application/json"
+JSONL = "application/x-ndjson"
 
 
 def result_key(batch_id: str, custom_id: str) -> str:
+    """A job's own result object, as jobs had before flush objects (still read)."""
     return f"{results_prefix(batch_id)}{id_key(custom_id)}.json"
+
+
+def flush_result_key(batch_id: str, flush: str) -> str:
+    """The results of an invocation's jobs of ``batch_id`` (one ``OutputLine`` a line)."""
+    return f"{results_prefix(batch_id)}{flush}.jsonl"
+
+
+def flush_cost_key(day: str, batch_id: str, flush: str) -> str:
+    """The cost records of an invocation's jobs of ``batch_id`` on ``day`` (one a line)."""
+    return f"costs/dt={day}/{batch_id}/{flush}.jsonl"
+
+
+def flush_of(key: str) -> str | None:
+    """The flush id of a flush object's key (``.../<flush>.jsonl``); None for a one-record
+    ``.json`` object (a job's own, or an unread call's cost record)."""
+    name = key.rsplit("/", 1)[-1]
+    return name.removesuffix(".jsonl") if name.endswith(".jsonl") else None
+
+
+def object_lines(body: bytes | str) -> list[str]:
+    """The records of a results or costs object: one a line (a ``.json`` object is a
+    one-line file)."""
+    text = body.decode() if isinstance(body, bytes) else body
+    return [line for line in text.splitlines() if line.strip()]
 
 
 def results_prefix(batch_id: str) -> str:
@@ -76,8 +110,9 @@ def history_key(batch_id: str, custom_id: str, retry: int) -> str:
 
 
 def cost_key(day: str, batch_id: str, custom_id: str, attempt: str | None = None) -> str:
-    """A job's cost record; a call whose answer was never read has its own, under the
-    job's name (an ``id_key`` never holds a ``/``)."""
+    """A call whose answer was never read has its own cost record, under the job's name
+    (an ``id_key`` never holds a ``/``); without ``attempt``: a job's own record, as jobs
+    had before flush objects (still read)."""
     if attempt is not None:
         return f"costs/dt={day}/{batch_id}/{id_key(custom_id)}/unread-{attempt}.json"
     return f"costs/dt={day}/{batch_id}/{id_key(custom_id)}.json"
@@ -136,33 +171,27 @@ class Store:
         reply = self._fetch(key)
         return reply["Body"].read() if reply is not None else None
 
-    def put_result_once(self, batch_id: str, line: OutputLine) -> OutputLine:
-        """Store a job's result unless it has one already; return the one stored.
+    def put_lines(self, key: str, lines: list[str]) -> None:
+        """One JSONL object: ``lines``, one a line (a flush object, written whole)."""
+        self._s3.put_object(
+            Bucket=self.bucket,
+            Key=key,
+            Body="".join(f"{line}\n" for line in lines).encode(),
+            ContentType=JSONL,
+        )
 
-        S3's ``If-None-Match: *`` makes the first writer win, so racing deliveries of a
-        job agree on one result (and on its cost).
-        """
-        key = result_key(batch_id, line.custom_id)
-        try:
-            self._s3.put_object(
-                Bucket=self.bucket,
-                Key=key,
-                Body=line.to_line().encode(),
-                ContentType=JSON,
-                IfNoneMatch="*",
-            )
-        except ClientError as err:
-            if error_code(err) not in {"PreconditionFailed", "412"}:
-                raise
-            existing = self.get_result(batch_id, line.custom_id)
-            if existing is None:  # deleted in between: ours is as good as any
-                return self.put_result_once(batch_id, line)
-            return existing
-        return line
+    def get_lines(self, key: str) -> list[str] | None:
+        """The records of a results or costs object; None if there is none."""
+        raw = self._get(key)
+        return object_lines(raw) if raw is not None else None
 
-    def get_result(self, batch_id: str, custom_id: str) -> OutputLine | None:
-        raw = self._get(result_key(batch_id, custom_id))
-        return OutputLine.model_validate_json(raw) if raw else None
+    def result_in(self, batch_id: str, flush: str, custom_id: str) -> OutputLine | None:
+        """The job's line in the results object of ``flush``, if it holds one."""
+        for text in self.get_lines(flush_result_key(batch_id, flush)) or []:
+            line = OutputLine.model_validate_json(text)
+            if line.custom_id == custom_id:
+                return line
+        return None
 
     def put_error(self, batch_id: str, line: OutputLine) -> None:
         self._put(error_key(batch_id, line.custom_id), line.to_line())

@@ -14,35 +14,72 @@ a job moved it, a reservation was reclaimed) or the items do not make one transa
 (two messages of one job in the invocation), nothing is written and every job makes its
 own transaction (``results._settle``), which sorts each case out. A job that arrives
 alone goes straight to its own.
+
+The jobs' results and cost records are written here too, once per invocation: before the
+transaction, one object per batch (``results/<batch>/<flush>.jsonl``) and one per day and
+batch (``costs/dt=<day>/<batch>/<flush>.jsonl``) hold every arrived job's lines (a job
+alone too), named by the invocation's flush id (``flush``, also recorded on each
+reservation its calls go out under: ``Budget.arm``). The transaction that makes a job
+``succeeded`` sets its item's ``flush`` to the flush whose objects hold its lines, so a
+line elsewhere (a copy whose transaction lost) is an orphan that readers drop. To keep
+those rare, once every job of a refused group has made its own transaction (``settled``),
+the objects are written again without the lines of the jobs that lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aws_lambda_powertools import Logger
 
+from chatbatch.core.output_lines import CostRecord, OutputLine
 from chatbatch.core.resources import TABLE_PK, TABLE_SK
 from chatbatch.state.budget.ledger import Item
 from chatbatch.state.budget.reservations import Reservation
+from chatbatch.state.store import flush_cost_key, flush_of, flush_result_key
+from chatbatch.worker.crash import WorkerCrash, crash_point
+from chatbatch.worker.intake import Intake
 from chatbatch.worker.services import Services
 
 logger = Logger(service="chatbatch")
 
 
 @dataclass
+class Lines:
+    """What a job's success stores: its result line and its cost record (``None`` in a
+    ``Final`` whose lines a flush object already holds: a job recovered from one)."""
+
+    result: OutputLine
+    cost: CostRecord
+
+
+@dataclass
 class Final:
     """One job's final transaction, in parts: its own conditional items (its state, its
-    reservation), the additions to the ledgers, and those to its batch's counters."""
+    reservation), the additions to the ledgers, and those to its batch's counters; and
+    the lines it stores, in the objects of ``flush`` (``Finals.place``)."""
 
     job: str  # its job key
     batch_id: str
     own: list[Item]
     ledgers: list[tuple[Item, dict[str, int]]]
     counters: dict[str, int]
+    intake: Intake | None = None  # its job (for the crash point after the objects' write)
+    flush: str = ""
+    lines: Lines | None = None
+
+
+@dataclass
+class _Group:
+    """The jobs flushed together, and (once the group's transaction was refused) which
+    of them committed on their own."""
+
+    finals: dict[str, Final]  # by message id
+    outcomes: dict[str, bool] = field(default_factory=dict)  # by message id
 
 
 class Finals:
@@ -50,9 +87,13 @@ class Finals:
 
     def __init__(self, services: Services, jobs: Iterable[str]) -> None:
         self._services = services
+        self.flush = uuid.uuid4().hex  # the invocation's flush id: its objects' names
         self._running = set(jobs)  # message ids not yet arrived nor left
-        self._arrived: list[tuple[Final, asyncio.Future[bool]]] = []
+        self._arrived: list[tuple[str, Final, asyncio.Future[bool]]] = []  # by message id
         self._flushes: list[asyncio.Task[None]] = []
+        self._placed: dict[str, set[str]] = {}  # flush id -> the jobs whose lines it holds
+        self._objects: dict[str, list[tuple[str, str]]] = {}  # key -> (job, line)
+        self._groups: dict[str, _Group] = {}  # by message id, until the job settled
         self._marker: tuple[str, str, frozenset[str]] | None = None  # day, marker, its jobs
         self._marker_closed = False
 
@@ -61,13 +102,45 @@ class Finals:
         group's transaction closes it when they all settle in it; else ``end`` does."""
         self._marker = (day, marker, frozenset(jobs))
 
+    def place(self, job: str) -> str:
+        """The flush whose objects will hold ``job``'s lines: the invocation's, unless
+        another message of the same job has its lines there already (then one of its
+        own: a job has one line per object)."""
+        flush = self.flush
+        while job in self._placed.setdefault(flush, set()):
+            flush = uuid.uuid4().hex
+        self._placed.setdefault(flush, set()).add(job)
+        return flush
+
     async def commit(self, job: str, final: Final) -> bool:
         """Wait for the invocation's other jobs; True once committed with them, False when
-        this job has to make its own transaction (alone, or the group's was refused)."""
+        this job has to make its own transaction (alone, or the group's was refused), and
+        then tell ``settled`` how it went. Raises what the objects' writes raised (the
+        job goes back to its queue) and a crash at ``after_s3_write``."""
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._arrived.append((final, done))
+        self._arrived.append((job, final, done))
         self.leave(job)
         return await done
+
+    async def settled(self, job: str, committed: bool) -> None:
+        """``job`` (a message id) made its own final transaction, committed or not; once
+        every job of its group has, the lines of those that lost leave the objects."""
+        group = self._groups.pop(job, None)
+        if group is None:
+            return
+        group.outcomes[job] = committed
+        if len(group.outcomes) < len(group.finals):
+            return
+        lost = {
+            (f.job, f.flush) for m, f in group.finals.items() if f.lines and not group.outcomes[m]
+        }
+        keys = []
+        for key, lines in self._objects.items():
+            kept = [(j, line) for j, line in lines if (j, flush_of(key)) not in lost]
+            if len(kept) < len(lines):
+                self._objects[key] = kept
+                keys.append(key)
+        await asyncio.gather(*(asyncio.to_thread(self._write, key) for key in keys))
 
     def leave(self, job: str) -> None:
         """``job`` will not arrive (it ended another way), or has: when no job is left
@@ -78,20 +151,62 @@ class Finals:
         group, self._arrived = self._arrived, []
         self._flushes.append(asyncio.get_running_loop().create_task(self._flush(group)))
 
-    async def _flush(self, group: list[tuple[Final, asyncio.Future[bool]]]) -> None:
+    async def _flush(self, group: list[tuple[str, Final, asyncio.Future[bool]]]) -> None:
+        finals = [final for _, final, _ in group]
+        try:
+            await self._store(finals)
+            for final in finals:
+                if final.intake is not None:
+                    crash_point("after_s3_write", final.intake)
+        except (Exception, WorkerCrash) as err:  # each job raises it: retried, or the crash
+            for _, _, done in group:
+                done.set_exception(err)
+            return
         committed = False
         try:
-            items = self._items([final for final, _ in group]) if len(group) > 1 else None
+            items = self._items(finals) if len(group) > 1 else None
             if items is not None:
                 committed = await asyncio.to_thread(self._services.batches.commit, items)
-            if committed and self._closes_marker([final for final, _ in group]):
+            if committed and self._closes_marker(finals):
                 self._marker_closed = True
         except Exception:  # each job's own transaction will meet it again, and say so
             logger.exception("the invocation's final transactions failed together")
         finally:  # every waiting job goes on, whatever happened
-            for _, done in group:
+            if not committed:  # each job commits on its own, then says how it went
+                state = _Group({message: final for message, final, _ in group})
+                self._groups |= dict.fromkeys(state.finals, state)
+            for _, _, done in group:
                 if not done.done():
                     done.set_result(committed)
+
+    async def _store(self, finals: list[Final]) -> None:
+        """The group's lines into their flush objects: one PUT per object, each holding
+        every line it has (of this and any earlier group of the invocation). The cost
+        records first: a results object found after a crash (``results.recover``) always
+        has its costs beside it."""
+        costs: set[str] = set()
+        results: set[str] = set()
+        for final in finals:
+            if final.lines is None:  # recovered: its lines are stored already
+                continue
+            result, cost = final.lines.result, final.lines.cost
+            for keys, key, line in (
+                (
+                    costs,
+                    flush_cost_key(cost.dt, final.batch_id, final.flush),
+                    cost.model_dump_json(),
+                ),
+                (results, flush_result_key(final.batch_id, final.flush), result.to_line()),
+            ):
+                self._objects.setdefault(key, []).append((final.job, line))
+                keys.add(key)
+        for keys in (costs, results):
+            await asyncio.gather(*(asyncio.to_thread(self._write, key) for key in sorted(keys)))
+
+    def _write(self, key: str) -> None:
+        """Write the object ``key`` with its lines now (empty once none is left: the worker
+        may put objects, never delete them)."""
+        self._services.store.put_lines(key, [line for _, line in self._objects[key]])
 
     def _closes_marker(self, finals: list[Final]) -> bool:
         return self._marker is not None and self._marker[2] <= {f.job for f in finals}

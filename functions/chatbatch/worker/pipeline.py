@@ -20,9 +20,11 @@ calls run in threads so they overlap too):
                                                          permanent error: ``failed``;
                                                          transient: back to the queue, DLQ
                                                          after maxReceiveCount
-8. S3: result + cost record (deterministic keys)
-9. one transaction: settle the budget to the exact cost, job state ``succeeded``, batch
-   counters. A redelivery after step 8 finds the result and only does step 9.
+8. S3: result + cost record, as lines of the invocation's flush objects (one PUT per
+   object for all its jobs: ``worker/finals.py``)
+9. one transaction: settle the budget to the exact cost, job state ``succeeded`` (and its
+   ``flush``), batch counters. A redelivery after step 8 finds the result in the objects
+   of the flush its reservation names and only does step 9.
 
 Idempotency is our own conditional writes, not Powertools' idempotency utility: its
 decorators do not support coroutines, and here the "already done" check has to be one
@@ -136,6 +138,7 @@ async def _call(
         await send_at(*retry)
         return True
 
+    reservation.flush = inv.finals.flush  # where its answer will be: recorded as it arms
     if not await io(services.budget.arm, reservation):  # no longer this copy's
         lease.release(index)  # never sent: its request and send time go to others
         return await requeue.hand_back(inv, intake, HELD_RETRY_S, Outcome.elsewhere)

@@ -1,9 +1,10 @@
 """How a job ends: its error record (with, for a job ``chatbatch retry`` can send again, the
 message that carried it), or its result, cost record and one settle transaction.
 
-The S3 keys are deterministic (batch id + custom_id), so a redelivery writes the same
-objects again; the DynamoDB transaction that moves the job's state also settles the
-budget and adds to the batch's counters, so a cost is counted once or not at all.
+The result and the cost record are lines of the invocation's flush objects, written with
+the other jobs' (``worker/finals.py``); the DynamoDB transaction that moves the job's
+state (and names that flush on it) also settles the budget and adds to the batch's
+counters, so a cost is counted once or not at all, and the line it names is the result.
 """
 
 from __future__ import annotations
@@ -24,8 +25,7 @@ from chatbatch.state.batches import RETRY_FROM, JobState, TransactionRefused
 from chatbatch.state.budget.reservations import Reservation
 from chatbatch.state.ddb import s
 from chatbatch.state.store import KeptRequest
-from chatbatch.worker.crash import crash_point
-from chatbatch.worker.finals import Final
+from chatbatch.worker.finals import Final, Lines
 from chatbatch.worker.intake import Intake
 from chatbatch.worker.invocation import Invocation, Outcome, io, job_key
 
@@ -216,21 +216,23 @@ async def finish(
     reservation: Reservation | None,
     provider_calls: int,
     extra_writes: Sequence[Awaitable[None]] = (),
+    stored_in: str | None = None,
 ) -> Outcome:
-    """Store the result, then settle and count once, in one transaction with the job's state.
+    """Store the result and its cost record, then settle and count once, in one transaction
+    with the job's state.
 
-    The result object is written only if none exists (S3 ``If-None-Match``): when two
-    deliveries of one job race, the first result stored is the job's result, and the
-    cost record, the budget and the counters all follow that one.
+    The lines go into the invocation's flush objects (``Finals.commit`` writes them for
+    all its jobs at once) unless ``stored_in`` names the flush whose objects hold them
+    already (a job recovered after a crash: ``recover``). Of two deliveries of one job,
+    the one whose transaction commits names its flush on the job: its line is the job's
+    result, and the cost record, the budget and the counters all follow that one.
     """
-    services = inv.services
-    stored = await io(services.store.put_result_once, intake.batch_id, result)
     # the day the result was first stored: a redelivery after midnight keeps it
-    day = (stored.chatbatch.day if stored.chatbatch else None) or utc_day()
-    record = cost_record(inv, intake, job, stored, day)
-    await asyncio.gather(io(services.store.put_cost, record), *extra_writes)
-    crash_point("after_s3_write", intake)
-    if not await _settle(inv, intake, record, reservation, provider_calls):
+    day = (result.chatbatch.day if result.chatbatch else None) or utc_day()
+    record = cost_record(inv, intake, job, result, day)
+    await asyncio.gather(*extra_writes)
+    lines = Lines(result, record) if stored_in is None else None
+    if not await _settle(inv, intake, record, reservation, provider_calls, lines, stored_in):
         return Outcome.duplicate
     inv.count(Metric.JOBS_SUCCEEDED, intake)
     inv.count(Metric.COST_USD, intake, record.cost_nanos)
@@ -242,8 +244,8 @@ async def finish(
         return Outcome.succeeded
     inv.count(Metric.PROMPT_TOKENS, intake, record.prompt_tokens)
     inv.count(Metric.COMPLETION_TOKENS, intake, record.completion_tokens)
-    if stored.chatbatch:
-        inv.latencies[(job.model, intake.priority.value)].append(stored.chatbatch.latency_ms)
+    if result.chatbatch:
+        inv.latencies[(job.model, intake.priority.value)].append(result.chatbatch.latency_ms)
     return Outcome.succeeded
 
 
@@ -253,11 +255,13 @@ async def _settle(
     record: CostRecord,
     reservation: Reservation | None,
     provider_calls: int,
+    lines: Lines | None,
+    stored_in: str | None,
 ) -> bool:
-    """The final transaction: the job ``succeeded``, its counters, its reservation settled
-    at the record's cost; with the invocation's other jobs (``_settle_together``), else on
-    its own. False when another delivery ended the job with an answer (or, for a copy that
-    holds no reservation, ended it at all).
+    """The final transaction: the job ``succeeded`` (its ``flush``: where its lines are),
+    its counters, its reservation settled at the record's cost; with the invocation's
+    other jobs (``Finals.commit``), else on its own. False when another delivery ended
+    the job with an answer (or, for a copy that holds no reservation, ended it at all).
 
     The state read may be stale: another copy of the job may have moved it since. To a
     state that is not an end (``deferred``, ``dead_lettered``): the job is still this
@@ -267,38 +271,55 @@ async def _settle(
     billed answer is left outside the books or next to an error.
     """
     counters = _counters(record, provider_calls)
-    if await _settle_together(inv, intake, record, reservation, counters):
+    flush = stored_in or inv.finals.place(job_key(intake))
+    fields = {"flush": s(flush)}
+    final = _final(inv, intake, record, reservation, counters, fields, flush, lines)
+    if await inv.finals.commit(intake.record.message_id, final):
         return True
     budget = inv.services.budget
     settle = budget.settle_items(reservation, record.cost_nanos) if reservation else []
     stop = frozenset({JobState.succeeded}) if reservation else ENDS
-    return await _move(inv, intake, JobState.succeeded, stop, counters=counters, extra=settle)
+    moved = await _move(
+        inv, intake, JobState.succeeded, stop, counters=counters, extra=settle, fields=fields
+    )
+    await inv.finals.settled(intake.record.message_id, moved)
+    return moved
 
 
-async def _settle_together(
+def _final(
     inv: Invocation,
     intake: Intake,
     record: CostRecord,
     reservation: Reservation | None,
     counters: dict[str, int],
-) -> bool:
+    fields: dict[str, Any],
+    flush: str,
+    lines: Lines | None,
+) -> Final:
     """The final transaction as one part of the invocation's group commit
-    (``worker/finals.py``); False when the job has to make its own."""
+    (``worker/finals.py``), with the lines it stores in the objects of ``flush``."""
     services = inv.services
     move, deltas = services.batches.move(
-        intake.batch_id, intake.custom_id, inv.states[intake.key], JobState.succeeded, counters
+        intake.batch_id,
+        intake.custom_id,
+        inv.states[intake.key],
+        JobState.succeeded,
+        counters,
+        fields,
     )
     own, ledgers = (
         services.budget.settle_parts(reservation, record.cost_nanos) if reservation else ([], [])
     )
-    final = Final(
+    return Final(
         job=job_key(intake),
         batch_id=intake.batch_id,
         own=[move, *own],
         ledgers=ledgers,
         counters=deltas,
+        intake=intake,
+        flush=flush,
+        lines=lines,
     )
-    return await inv.finals.commit(intake.record.message_id, final)
 
 
 def _counters(record: CostRecord, provider_calls: int) -> dict[str, int]:
@@ -332,8 +353,16 @@ def estimated_counters(nanos: int, provider_calls: int = 1) -> dict[str, int]:
 async def recover(
     inv: Invocation, intake: Intake, job: Job, reservation: Reservation | None
 ) -> Outcome | None:
-    """A redelivery after the S3 write: finish from the stored result, call nothing."""
-    result = await io(inv.services.store.get_result, intake.batch_id, intake.custom_id)
+    """A redelivery after the S3 write: finish from the job's line in the results object of
+    the flush its reservation names (``Budget.arm``), call nothing; its line is not
+    written again (the job's ``flush`` names that object). None when there is none (no
+    reservation, as for a job already paid for: nothing to finish from)."""
+    if reservation is None or reservation.flush is None:
+        return None
+    flush = reservation.flush
+    result = await io(inv.services.store.result_in, intake.batch_id, flush, intake.custom_id)
     if result is None or result.chatbatch is None or result.response is None:
         return None
-    return await finish(inv, intake, job, result, reservation=reservation, provider_calls=0)
+    return await finish(
+        inv, intake, job, result, reservation=reservation, provider_calls=0, stored_in=flush
+    )

@@ -322,8 +322,9 @@ class Budget:
 
     def arm(self, r: Reservation) -> bool:
         """Mark ``r``: a call under it is about to be sent (``reservations.arm_item``; one
-        plain conditional write, no transaction). False if it is no longer this copy's
-        reservation (reclaimed, taken over)."""
+        plain conditional write, no transaction), its answer to be stored in the objects
+        of ``r.flush``. False if it is no longer this copy's reservation (reclaimed, taken
+        over)."""
         now = self._clock()
         try:
             self._ddb.update_item(**arm_item(self._table, r, now)["Update"])

@@ -62,6 +62,9 @@ class Reservation(BaseModel):
     armed_at: float | None = None  # when: the worker that armed it may live until + timeout
     # the open marker of the group it was reserved in (``reserve_many``), or None: its own
     marker: str | None = None
+    # the flush id of the invocation that armed it last: its objects may hold the answer
+    # (``worker/finals.py``; ``results.recover`` looks there after a crash)
+    flush: str | None = None
 
 
 def reservation_of(item: Mapping[str, Any]) -> Reservation:
@@ -78,6 +81,7 @@ def reservation_of(item: Mapping[str, Any]) -> Reservation:
         armed=item.get("armed", {}).get("BOOL", False),
         armed_at=float(item["armed_at"]["N"]) if "armed_at" in item else None,
         marker=item.get("marker", {}).get("S"),
+        flush=item.get("flush", {}).get("S"),
     )
 
 
@@ -188,7 +192,8 @@ def extend_items(
 def arm_item(table: str, r: Reservation, now: float) -> Item:
     """Mark the reservation: a call under it is about to be sent. From here on, a copy of
     the job that finds it (a redelivery after a crash, a takeover) or a reclaim books it
-    as billed at its worst case unless the answer was stored."""
+    as billed at its worst case unless the answer was stored. It records ``r.flush``, the
+    flush id whose objects will hold the answer (where a redelivery looks for it)."""
     names = {"#s": "state", "#d": "day", "#rid": "rid", "#a": "armed", "#t": "armed_at"}
     values: Item = {
         ":reserved": s("reserved"),
@@ -197,6 +202,10 @@ def arm_item(table: str, r: Reservation, now: float) -> Item:
         ":true": {"BOOL": True},
         ":t": n(round(now, 3)),
     }
+    update = "SET #a = :true, #t = :t"
+    if r.flush is not None:
+        names["#f"], values[":f"] = "flush", s(r.flush)
+        update += ", #f = :f"
     condition = f"#s = :reserved AND #d = :day AND {SAME_RID}"
     if r.owner:
         names["#o"], values[":o"] = "owner", s(r.owner)
@@ -205,7 +214,7 @@ def arm_item(table: str, r: Reservation, now: float) -> Item:
         "Update": {
             "TableName": table,
             "Key": reservation_key(r.job_key),
-            "UpdateExpression": "SET #a = :true, #t = :t",
+            "UpdateExpression": update,
             "ConditionExpression": condition,
             "ExpressionAttributeNames": names,
             "ExpressionAttributeValues": values,
