@@ -367,6 +367,16 @@ class Events(_Strict):
     )
 
 
+class Scale(_Strict):
+    target_jobs_per_s: PositiveFloat | None = Field(
+        default=None,
+        description="jobs/s the deployment must take with no DynamoDB item above half its "
+        "write limit: the hot items (the day's and a batch's budget ledger, the open "
+        "reservation markers, a batch's counters, each model's limiter) get as many shards "
+        "as that needs (core/scale.py). None: one item each, the cheapest below ~1,000 jobs/s",
+    )
+
+
 class Config(_Strict):
     stack_name: str = Field(default="chatbatch", pattern=r"^[A-Za-z][A-Za-z0-9-]{0,127}$")
     defaults: Defaults
@@ -380,6 +390,7 @@ class Config(_Strict):
     limits: Limits = Limits()
     security: Security = Security()
     events: Events = Events()
+    scale: Scale = Scale()
 
     @model_validator(mode="after")
     def _references(self) -> Config:

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 from chatbatch.core.config import Config, Priority
 from chatbatch.core.resources import TABLE_TTL
+from chatbatch.core.scale import plan
 from chatbatch.state.ddb import Update
 from chatbatch.state.limiter.item import (
     ITEM_TTL_S,
@@ -149,7 +150,8 @@ class RateLimiter:
     ``client`` is a low-level boto3 DynamoDB client (the local runtime points it at
     moto), ``table`` the single table of ``resources``. ``shards`` splits a model's
     limits over several items for more than ~2,500 acquisitions/s (an int for every
-    model, or per model name). ``clock`` (epoch seconds) and ``rng`` are for tests.
+    model, or per model name; by default what ``scale.target_jobs_per_s`` needs:
+    ``core/scale.py``). ``clock`` (epoch seconds) and ``rng`` are for tests.
     Thread-safe; one instance per worker process.
     """
 
@@ -159,14 +161,14 @@ class RateLimiter:
         table: str,
         config: Config,
         *,
-        shards: int | Mapping[str, int] = 1,
+        shards: int | Mapping[str, int] | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
         self._ddb = client
         self._table = table
         self._config = config
-        self._shards = shards
+        self._shards = (plan(config).limiter_shards or 1) if shards is None else shards
         self._clock = clock
         self._rng = rng or random.Random()
         shares = [config.priorities[p].share for p in Priority]

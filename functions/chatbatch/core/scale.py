@@ -1,0 +1,67 @@
+"""How many shards each hot DynamoDB item needs for ``scale.target_jobs_per_s``.
+
+One DynamoDB partition takes 1,000 write units per second (``ITEM_WCU_S``); an item that
+every job writes caps the deployment at 1,000 ÷ (its write units per job) jobs/s. The
+write units per job of each hot kind follow from the code (a transactional write of an
+item under 1 KB costs 2 WCU) and are checked against a measured run by
+``bench/bench_hot_items.py``:
+
+- the day's budget ledger and a limited batch's ledger: one charge when an invocation's
+  jobs reserve together, one addition when they settle together: 4 WCU per invocation;
+- the open reservation markers of a day (one partition): a group's marker put with the
+  reservations and deleted with the settle: 4 WCU per invocation;
+- a batch's counters: one addition per invocation that settles jobs of the batch, plus a
+  hand-back's or a failure's own: 4 WCU per invocation;
+- a model's limiter shard: a lease of up to ten requests is one write of a ~2 KB item,
+  its give-back another: 0.4 WCU per job.
+
+Each kind gets the shards that keep every item at ``HEADROOM`` (half) of its limit at the
+target rate, so bursts and uneven shard picks have room. Without a target every kind is
+one item: the cheapest layout (one read gives a ledger's whole state) and enough for a
+deployment below about a thousand jobs/s. ``docs/scale.md`` explains the sharded layouts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from chatbatch.core.config import Config
+
+ITEM_WCU_S = 1_000  # write units per second one DynamoDB partition takes
+HEADROOM = 0.5  # the share of it a hot item may use at the target rate
+TXN_WCU = 2  # a transactional write of an item under 1 KB
+PER_INVOCATION_WCU = 2 * TXN_WCU  # ledger, markers, counters: two writes per invocation
+LIMITER_WCU_PER_JOB = 0.4
+
+
+def shards_for(jobs_per_s: float, wcu_per_job: float) -> int:
+    """The items needed so that none passes ``HEADROOM`` of ``ITEM_WCU_S`` at that rate."""
+    return max(1, math.ceil(jobs_per_s * wcu_per_job / (ITEM_WCU_S * HEADROOM)))
+
+
+@dataclass(frozen=True)
+class ScalePlan:
+    """Shard counts for one config (1 everywhere without a target)."""
+
+    target_jobs_per_s: float | None
+    ledger_shards: int = 1
+    marker_shards: int = 1
+    counter_shards: int = 1
+    limiter_shards: dict[str, int] | None = None
+
+    def limiter(self, model: str) -> int:
+        return (self.limiter_shards or {}).get(model, 1)
+
+
+def plan(config: Config) -> ScalePlan:
+    target = config.scale.target_jobs_per_s
+    if target is None:
+        return ScalePlan(None)
+    per_invocation = PER_INVOCATION_WCU / config.worker.batch_size
+    shards = shards_for(target, per_invocation)
+    limiter = {
+        name: shards_for(min(target, model.rpm / 60), LIMITER_WCU_PER_JOB)
+        for name, model in config.models.items()
+    }
+    return ScalePlan(target, shards, shards, shards, limiter)
