@@ -15,11 +15,18 @@ ledgers must equal the model's, and the model's invariants must hold:
   another copy before it expires.
 
 Each example runs on a day of its own (the ledger is per UTC day), and stays within it.
+
+The machine runs twice: with one ledger item each, and with the day's ledger in three
+shards and the batch's in two (``scale.target_jobs_per_s``), where the sums of the
+shards must equal the model's ledgers, each shard stay within its slice of the limit, and
+a reservation that fits the shards together is never refused (a shard without room
+makes room: ``Budget._make_room``).
 """
 
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -47,7 +54,7 @@ from chatbatch.state.budget.errors import (
     HeldElsewhere,
     OverRequestCap,
 )
-from chatbatch.state.budget.ledger import batch_ledger_key, day_key
+from chatbatch.state.budget.ledger import batch_ledger_key, day_key, share
 from chatbatch.state.budget.reservations import Ask, Reservation
 from chatbatch.state.ddb import int_of
 
@@ -86,6 +93,7 @@ class Clock:
 class BudgetMachine(RuleBasedStateMachine):
     table: str
     config: Config
+    batch_shards = 1  # and the day's: what ``config`` plans
 
     def __init__(self) -> None:
         super().__init__()
@@ -105,7 +113,9 @@ class BudgetMachine(RuleBasedStateMachine):
             self.config.model_copy(update={"budget": budget}),
             clock=self.clock,
             sleep=lambda _s: None,
+            rng=random.Random(0),  # the shards picked: the same each time hypothesis replays
         )
+        self.day_shards = self.budget.shards(self.day)
         self.held: dict[str, Held] = {}
         self.reservations: dict[str, Reservation] = {}  # as last handed to a caller
         self.reclaimed_at = -RECLAIM_EVERY_S
@@ -168,7 +178,12 @@ class BudgetMachine(RuleBasedStateMachine):
         h = self.held.get(job)
         try:
             got = self.budget.reserve(
-                self._key(job), nanos, batch_id=self.batch, batch_limit_nanos=limit, owner=owner
+                self._key(job),
+                nanos,
+                batch_id=self.batch,
+                batch_limit_nanos=limit,
+                owner=owner,
+                batch_shards=self.batch_shards,
             )
         except OverRequestCap:
             assert nanos > CAP
@@ -210,7 +225,9 @@ class BudgetMachine(RuleBasedStateMachine):
         asks = [Ask(self._key(j), 900, self.batch, None, f"m-{j}") for j in jobs]
         got = self.budget.reserve_many(asks)
         fresh = not any(j in self.held for j in jobs)
-        if fresh and self._fits(900 * len(jobs), False) is None:
+        # sharded, the group charges one shard: it may lack room the shards have together
+        granted = fresh and self._fits(900 * len(jobs), False) is None
+        if granted and (got or self.day_shards == 1):
             assert set(got) == {a.job_key for a in asks}
             for j in jobs:
                 self.held[j] = Held(
@@ -289,15 +306,22 @@ class BudgetMachine(RuleBasedStateMachine):
 
     # --- invariants --------------------------------------------------------------
 
-    def _read(self, key: dict[str, Any]) -> tuple[int, int]:
-        item = self.budget._ddb.get_item(TableName=self.table, Key=key, ConsistentRead=True)
-        ledger = item.get("Item", {})
-        return int_of(ledger, "committed"), int_of(ledger, "spent")
+    def _read(self, keys: list[dict[str, Any]], limit: int) -> tuple[int, int]:
+        """The ledger's (committed, spent), summed over its shards, each within its slice."""
+        committed = spent = 0
+        for shard, key in enumerate(keys):
+            got = self.budget._ddb.get_item(TableName=self.table, Key=key, ConsistentRead=True)
+            ledger = got.get("Item", {})
+            assert int_of(ledger, "committed") <= share(limit, len(keys), shard)
+            committed += int_of(ledger, "committed")
+            spent += int_of(ledger, "spent")
+        return committed, spent
 
     @invariant()
     def ledgers_match_the_model_and_stay_within_their_limits(self) -> None:
-        day = self._read(day_key(self.day))
-        batch = self._read(batch_ledger_key(self.batch))
+        day = self._read([day_key(self.day, i) for i in range(self.day_shards)], DAILY)
+        batch_keys = [batch_ledger_key(self.batch, i) for i in range(self.batch_shards)]
+        batch = self._read(batch_keys, BATCH_LIMIT)
         assert day == self._ledger(False)
         assert batch == self._ledger(True)
         assert day[1] <= day[0] <= DAILY
@@ -310,9 +334,15 @@ def table(config: Config) -> Iterator[str]:
         yield create_resources(config).table
 
 
-def test_the_budget_follows_its_model(config: Config, table: str) -> None:
+@pytest.mark.parametrize("sharded", [False, True], ids=["one item", "sharded"])
+def test_the_budget_follows_its_model(config: Config, table: str, sharded: bool) -> None:
     BudgetMachine.table = table
     BudgetMachine.config = config
+    BudgetMachine.batch_shards = 1
+    if sharded:  # the day's ledger in 3 shards (2.8 items' worth at half their limit)
+        scale = config.scale.model_copy(update={"target_jobs_per_s": 3_500})
+        BudgetMachine.config = config.model_copy(update={"scale": scale})
+        BudgetMachine.batch_shards = 2
     run_state_machine_as_test(
         BudgetMachine,
         settings=settings(

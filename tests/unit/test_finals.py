@@ -173,7 +173,7 @@ def reserve_group(services: Services, finals: Finals, ids: list[str]) -> dict[st
     held = services.budget.reserve_many([Ask(f"{BATCH}#{i}", 1_000, owner=i) for i in ids])
     first = next(iter(held.values()))
     assert first.marker is not None
-    finals.cover(first.day, first.marker, held)
+    finals.cover(first.marker_at(), held)
     return {i: held[f"{BATCH}#{i}"] for i in ids}
 
 

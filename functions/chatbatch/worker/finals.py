@@ -39,7 +39,7 @@ from aws_lambda_powertools import Logger
 from chatbatch.core.output_lines import CostRecord, OutputLine
 from chatbatch.core.resources import TABLE_PK, TABLE_SK
 from chatbatch.state.budget.ledger import Item
-from chatbatch.state.budget.reservations import Reservation
+from chatbatch.state.budget.reservations import MarkerAt, Reservation
 from chatbatch.state.store import flush_cost_key, flush_of, flush_result_key
 from chatbatch.worker.crash import WorkerCrash, crash_point
 from chatbatch.worker.intake import Intake
@@ -94,13 +94,13 @@ class Finals:
         self._placed: dict[str, set[str]] = {}  # flush id -> the jobs whose lines it holds
         self._objects: dict[str, list[tuple[str, str]]] = {}  # key -> (job, line)
         self._groups: dict[str, _Group] = {}  # by message id, until the job settled
-        self._marker: tuple[str, str, frozenset[str]] | None = None  # day, marker, its jobs
+        self._marker: tuple[MarkerAt, frozenset[str]] | None = None  # a group's, its jobs
         self._marker_closed = False
 
-    def cover(self, day: str, marker: str, jobs: Iterable[str]) -> None:
+    def cover(self, at: MarkerAt, jobs: Iterable[str]) -> None:
         """The jobs reserved together under one open marker (``Budget.reserve_many``): the
         group's transaction closes it when they all settle in it; else ``end`` does."""
-        self._marker = (day, marker, frozenset(jobs))
+        self._marker = (at, frozenset(jobs))
 
     def place(self, job: str) -> str:
         """The flush whose objects will hold ``job``'s lines: the invocation's, unless
@@ -209,7 +209,7 @@ class Finals:
         self._services.store.put_lines(key, [line for _, line in self._objects[key]])
 
     def _closes_marker(self, finals: list[Final]) -> bool:
-        return self._marker is not None and self._marker[2] <= {f.job for f in finals}
+        return self._marker is not None and self._marker[1] <= {f.job for f in finals}
 
     async def end(self, unused: Iterable[Reservation]) -> None:
         """After the invocation's jobs: reservations made ahead and never used go back, and
@@ -221,8 +221,8 @@ class Finals:
         for r in unused:
             await asyncio.to_thread(budget.release, r)
         if self._marker is not None and not self._marker_closed:
-            day, marker, jobs = self._marker
-            await asyncio.to_thread(budget.close_group_marker, day, marker, sorted(jobs))
+            at, jobs = self._marker
+            await asyncio.to_thread(budget.close_group_marker, at, sorted(jobs))
 
     def _items(self, finals: list[Final]) -> list[Item] | None:
         """The one transaction of ``finals``; None if two of them touch one item."""
@@ -241,8 +241,7 @@ class Finals:
         batches = self._services.batches
         shared = [item for b, deltas in counters.items() for item in batches.count_items(b, deltas)]
         if self._marker is not None and self._closes_marker(finals):
-            day, marker, _ = self._marker
-            shared.append(self._services.budget.close_marker_item(day, marker))
+            shared.append(self._services.budget.close_marker_item(self._marker[0]))
         return [*own, *ledgers, *shared]
 
 

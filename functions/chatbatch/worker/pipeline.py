@@ -213,8 +213,7 @@ def reserve_ahead(inv: Invocation) -> None:
         inv.reserved = inv.services.budget.reserve_many(asks)
         if inv.reserved:
             first = next(iter(inv.reserved.values()))
-            assert first.marker is not None
-            inv.finals.cover(first.day, first.marker, inv.reserved)
+            inv.finals.cover(first.marker_at(), inv.reserved)
     except Exception:  # an optimisation: never fail the batch for it (each job retries)
         logger.exception("could not reserve the invocation's jobs together")
 

@@ -9,9 +9,9 @@ is one item per job, ``budget#job#<job key>`` / ``resv``, whatever the day: it n
 its ``owner`` and the ``day`` it was made, whose ledger holds its money (so the one-copy
 guard does not reset at midnight, and a settle after midnight charges that day).
 Reservations not yet settled also have a small marker in ``budget#open#YYYY-MM-DD``
-(``sk=<job key>``, the reservation's day) so finding the dead ones never reads the
-settled ones. An optional per-batch ledger lives at ``budget#batch#<id>``; a raised
-daily limit at ``budget#limits``. Amounts are integer nano-dollars.
+(``sk=<job key>``, the reservation's day; ``...#<k>`` for shard ``k``) so finding the
+dead ones never reads the settled ones. An optional per-batch ledger lives at
+``budget#batch#<id>``; a raised daily limit at ``budget#limits``. Amounts are integer nano-dollars.
 
 **No arithmetic in conditions.** A ledger keeps ``committed`` (reserved + spent) and
 ``spent``. A reservation of ``n`` is ``ADD committed :n IF committed <= limit - n``: the
@@ -63,11 +63,21 @@ alone is above ``request_cap_usd`` is refused for good.
 **Raising the daily limit** without a deploy: ``set_daily_limit`` stores an override
 item (``budget#limits``) that every worker reads at most every ``LIMIT_CACHE_S``.
 
-**Scale.** Every settlement and every invocation's reservation writes the day ledger,
-one item: DynamoDB
-serialises transactions on it (a concurrent one is cancelled with ``TransactionConflict``
-and retried here with a jittered backoff). That is a few hundred jobs per second, well
-above what provider rate limits allow; more would need ledger shards like the limiter's.
+**Scale.** Every invocation's reservation and settlement writes the day ledger: one
+item takes 1,000 WCU/s, about 2,300 jobs/s at 0.43 WCU per job. For more,
+``scale.target_jobs_per_s`` splits the day's ledger (and its open markers' partition, and
+a limited batch's ledger) into shards: ``budget#day#<day>`` (shard 0, the unsharded item)
+and ``budget#day#<day>#<k>``. Shard ``k`` is charged against its slice of the limit
+(``ledger.share``: the slices add up to the limit), so the shards' ``committed`` add up
+to at most the limit. A reservation picks a shard at random (an invocation's group: one
+for all); a shard without room for it names another that has room, or, when none has
+alone, moves every other shard's room to it in one transaction (each moved slice is a
+conditional charge on its shard, taken off the tried shard's ``committed``: the sum is
+unchanged and each shard stays within its slice). Refused only when the shards together
+have no room. The day's shard count is fixed by its first reservation
+(``budget#day#<day>`` / ``layout``; a day whose unsharded ledger exists already stays one
+item): workers deployed with another target agree with it until midnight. A batch's
+ledger has the shards the batch was registered with. ``docs/scale.md`` has the figures.
 
 **Where the code is.** ``ledger``: the UTC day, every item's key and the two writes a
 ledger takes (a charge within the limit, an addition). ``reservations``: a job's ``Ask``

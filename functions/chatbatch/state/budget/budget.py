@@ -10,10 +10,12 @@ not failure**, **Raising the daily limit**, **Scale**).
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -24,6 +26,7 @@ from chatbatch.core.config import Config
 from chatbatch.core.days import utc_day
 from chatbatch.core.pricing import from_nanos, to_nanos
 from chatbatch.core.resources import TABLE_PK, TABLE_SK
+from chatbatch.core.scale import plan
 from chatbatch.state.budget.errors import (
     AlreadySettled,
     BudgetDeferred,
@@ -39,11 +42,14 @@ from chatbatch.state.budget.ledger import (
     batch_ledger_key,
     charge_item,
     day_key,
+    layout_key,
     open_key,
     reservation_key,
+    share,
 )
 from chatbatch.state.budget.reservations import (
     Ask,
+    MarkerAt,
     Reservation,
     arm_item,
     close_marker_item,
@@ -54,8 +60,9 @@ from chatbatch.state.budget.reservations import (
     reservation_of,
     settle_items,
     settle_parts,
+    shards_of,
 )
-from chatbatch.state.ddb import error_code, int_of, n, s, transact
+from chatbatch.state.ddb import error_code, int_of, n, transact
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -66,12 +73,40 @@ HELD_RETRY_S = 15.0  # a copy of a job another copy is processing looks again af
 LIMIT_CACHE_S = 10.0
 RECLAIM_EVERY_S = 30.0
 MAX_TRANSACT_ITEMS = 100  # DynamoDB's limit per TransactWriteItems
+ROOM_TRIES = 4  # a reservation refused by one shard of a sharded ledger looks this often
+
+
+Scope = Literal["day", "batch"]
+
+
+@dataclass(frozen=True)
+class _Ledger:
+    """One ledger a reservation charges (the day's, or a batch's: ``name``), as a set of
+    shards: which one it charges (``at``) against that shard's slice of the limit."""
+
+    scope: Scope
+    name: str
+    shards: int
+    limit: int
+    at: int
+
+    def key(self, shard: int) -> Item:
+        return (
+            day_key(self.name, shard) if self.scope == "day" else batch_ledger_key(self.name, shard)
+        )
+
+    def carries(self, r: Reservation) -> bool:
+        return self.scope == "day" or r.batch_id == self.name
+
+    def charge(self, table: str, nanos: int, now: float) -> Item:
+        slice_ = share(self.limit, self.shards, self.at)
+        return charge_item(table, self.key(self.at), nanos, slice_, now)
 
 
 class _Refused(Exception):
     """A ledger's condition failed: which one, and what it held."""
 
-    def __init__(self, scope: Literal["day", "batch"], ledger: Mapping[str, Any] | None) -> None:
+    def __init__(self, scope: Scope, ledger: Mapping[str, Any] | None) -> None:
         self.scope = scope
         self.spent = int_of(ledger, "spent")
         self.committed = int_of(ledger, "committed")
@@ -88,12 +123,16 @@ class Budget:
         *,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
     ) -> None:
         self._ddb = client
         self._table = table
         self._config = config
         self._clock = clock
         self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._planned_shards = plan(config).ledger_shards
+        self._layouts: dict[str, int] = {}
         self._limit_cache: tuple[float, int] | None = None
         self._reclaimed_at = -RECLAIM_EVERY_S
         self._lock = threading.Lock()
@@ -123,15 +162,124 @@ class Budget:
     def usage(self, day: str | None = None) -> DayUsage:
         """The day's spending, reservations in flight and limit (for ``status``)."""
         day = day or utc_day(self._clock())
-        item = self._ddb.get_item(TableName=self._table, Key=day_key(day), ConsistentRead=True)
-        ledger = item.get("Item", {})
-        committed, spent = int_of(ledger, "committed"), int_of(ledger, "spent")
+        shards = self._read_all([day_key(day, i) for i in range(self.shards(day, create=False))])
+        committed = sum(int_of(ledger, "committed") for ledger in shards)
+        spent = sum(int_of(ledger, "spent") for ledger in shards)
         return DayUsage(
             day=day,
             limit_usd=from_nanos(self.daily_limit_nanos()),
             spent_usd=from_nanos(spent),
             reserved_usd=from_nanos(committed - spent),
         )
+
+    # --- shards ------------------------------------------------------------------
+
+    def shards(self, day: str, *, create: bool = True) -> int:
+        """How many shards the day's ledger and open markers have: fixed for the day by the
+        first worker that reserves on it (``scale.target_jobs_per_s`` then), so workers
+        deployed with another target agree with it until midnight. Without ``create`` a
+        day nobody reserved on has 1."""
+        with self._lock:
+            known = self._layouts.get(day)
+        if known is None:
+            known = self._layout(day, create)
+            if known is None:
+                return 1
+            with self._lock:
+                self._layouts[day] = known
+        return known
+
+    def _layout(self, day: str, create: bool) -> int | None:
+        key = layout_key(day)
+        item = self._ddb.get_item(TableName=self._table, Key=key, ConsistentRead=True)
+        if "Item" in item:
+            return int(item["Item"]["shards"]["N"])
+        if not create:
+            return None
+        # The planned count, unless the day's (unsharded) ledger exists already: a day
+        # begun before shards were configured stays one item until midnight.
+        if self._planned_shards > 1:
+            fresh: Item = {
+                "ConditionCheck": {
+                    "TableName": self._table,
+                    "Key": day_key(day),
+                    "ConditionExpression": "attribute_not_exists(#pk)",
+                    "ExpressionAttributeNames": {"#pk": TABLE_PK},
+                }
+            }
+            reasons = self._transact([{"Put": self._layout_put(day, self._planned_shards)}, fresh])
+            if not reasons:
+                return self._planned_shards
+            if reasons[0].get("Code") == "ConditionalCheckFailed":  # another worker's
+                return int(reasons[0]["Item"]["shards"]["N"])
+        try:
+            self._ddb.put_item(**self._layout_put(day, 1))
+        except ClientError as err:
+            if error_code(err) != "ConditionalCheckFailedException":
+                raise
+            return int(err.response["Item"]["shards"]["N"])  # type: ignore[typeddict-item]
+        return 1
+
+    def _layout_put(self, day: str, shards: int) -> Any:
+        return {
+            "TableName": self._table,
+            "Item": {**layout_key(day), "shards": n(shards)},
+            "ConditionExpression": "attribute_not_exists(#pk)",
+            "ExpressionAttributeNames": {"#pk": TABLE_PK},
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+
+    def _read_all(self, keys: Sequence[Item]) -> list[Mapping[str, Any]]:
+        """The items at ``keys``, in that order (``{}`` where none): consistent reads."""
+        if len(keys) == 1:
+            got = self._ddb.get_item(TableName=self._table, Key=keys[0], ConsistentRead=True)
+            return [got.get("Item", {})]
+        found: dict[tuple[str, str], Mapping[str, Any]] = {}
+        pending: Any = {self._table: {"Keys": list(keys), "ConsistentRead": True}}
+        while pending:
+            reply = self._ddb.batch_get_item(RequestItems=pending)
+            for item in reply["Responses"].get(self._table, []):
+                found[(item[TABLE_PK]["S"], item[TABLE_SK]["S"])] = item
+            pending = reply.get("UnprocessedKeys") or None
+        return [found.get((k[TABLE_PK]["S"], k[TABLE_SK]["S"]), {}) for k in keys]
+
+    def _ledgers(self, r: Reservation, batch_limit: int | None, batch_shards: int) -> list[_Ledger]:
+        """The ledgers ``r`` charges: the day's, then its batch's if the batch is limited."""
+        limit = self.daily_limit_nanos()
+        ledgers = [_Ledger("day", r.day, self.shards(r.day), limit, r.shard)]
+        if r.batch_id is not None and batch_limit is not None:
+            ledgers.append(_Ledger("batch", r.batch_id, batch_shards, batch_limit, r.batch_shard))
+        return ledgers
+
+    def _make_room(self, refused: _Refused, ledger: _Ledger, nanos: int) -> tuple[int, _Refused]:
+        """A shard of a sharded ledger refused ``nanos``: the shard to try next, and the
+        ledger's refusal with its totals (what stands if the next try fails too). The
+        shard: one with room for ``nanos``; else the shard tried, after one transaction
+        that moves every other shard's room to it (each slice moved is charged to its
+        shard on the condition that the shard stays within its slice of the limit, and
+        taken off the tried shard's ``committed``: the sum of the shards' commitments is
+        unchanged and each stays within its slice, so the sum never passes the limit).
+        Raises that refusal when all the shards together have no room."""
+        if ledger.shards == 1:
+            raise refused
+        items = self._read_all([ledger.key(i) for i in range(ledger.shards)])
+        committed = [int_of(item, "committed") for item in items]
+        spent = sum(int_of(item, "spent") for item in items)
+        totals = _Refused(ledger.scope, {"committed": n(sum(committed)), "spent": n(spent)})
+        slices = [share(ledger.limit, ledger.shards, i) for i in range(ledger.shards)]
+        rooms = [slice_ - used for slice_, used in zip(slices, committed, strict=True)]
+        if sum(max(room, 0) for room in rooms) < nanos:
+            raise totals
+        if fits := [i for i, room in enumerate(rooms) if room >= nanos]:
+            return self._rng.choice(fits), totals
+        now = self._clock()
+        moves = {i: room for i, room in enumerate(rooms) if i != ledger.at and room > 0}
+        given = [
+            charge_item(self._table, ledger.key(i), m, slices[i], now) for i, m in moves.items()
+        ]
+        taken = add_item(self._table, ledger.key(ledger.at), {"committed": -sum(moves.values())})
+        self._transact([*given, taken])  # refused: something moved; the next try reads again
+        return ledger.at, totals
 
     # --- reserve -----------------------------------------------------------------
 
@@ -143,6 +291,7 @@ class Budget:
         batch_id: str | None = None,
         batch_limit_nanos: int | None = None,
         owner: str | None = None,
+        batch_shards: int = 1,
     ) -> Reservation:
         """Reserve a job's worst case (nano-dollars).
 
@@ -150,7 +299,8 @@ class Budget:
         (never affordable), ``AlreadySettled`` (paid already: do not call again) or
         ``HeldElsewhere`` (another ``owner`` holds it and has not expired: look later).
         Idempotent per job and owner, whatever the day: the owner of a reservation gets it
-        back, with the day it was made (whose ledger holds the money).
+        back, with the day it was made (whose ledger holds the money). ``batch_shards``:
+        how many shards the batch's ledger has (what the batch was registered with).
         """
         cap = to_nanos(self._config.budget.request_cap_usd)
         if nanos > cap:
@@ -159,9 +309,10 @@ class Budget:
                 f"budget.request_cap_usd ${from_nanos(cap)}; lower max_tokens or raise the cap"
             )
         now = self._clock()
-        reservation = Ask(job_key, nanos, batch_id, batch_limit_nanos, owner).held(utc_day(now))
+        ask = Ask(job_key, nanos, batch_id, batch_limit_nanos, owner, batch_shards)
+        reservation = self._held(ask, utc_day(now))
         try:
-            return self._reserve(reservation, now, batch_limit_nanos)
+            return self._reserve(reservation, now, batch_limit_nanos, batch_shards)
         except _Refused as first:
             # Before saying no: the limit may have been raised, and dead workers'
             # reservations may be holding room. Look again, once.
@@ -169,9 +320,15 @@ class Budget:
             if not self._over(first, nanos, batch_limit_nanos):
                 self._maybe_reclaim(now)
             try:
-                return self._reserve(reservation, now, batch_limit_nanos)
+                return self._reserve(reservation, now, batch_limit_nanos, batch_shards)
             except _Refused as refused:
                 raise self._deferral(reservation, refused, now, batch_limit_nanos) from None
+
+    def _held(self, ask: Ask, day: str, marker: str | None = None) -> Reservation:
+        """``ask``'s reservation on ``day``, on a shard of each ledger picked at random."""
+        shard = self._rng.randrange(self.shards(day))
+        held = ask.held(day, shard, self._rng.randrange(ask.batch_shards))
+        return held.model_copy(update={"marker": marker}) if marker else held
 
     def _over(self, refused: _Refused, nanos: int, batch_limit: int | None) -> bool:
         """Whether the spending itself (not reservations in flight) leaves no room."""
@@ -194,12 +351,13 @@ class Budget:
         For the jobs of one invocation on their first delivery: all or nothing. ``{}``
         when any condition fails (a job already holds a reservation, a ledger has no room
         for the sum) or the jobs do not make one transaction; the caller then reserves
-        job by job with ``reserve``, which sorts out each of those cases.
+        job by job with ``reserve``, which sorts out each of those cases. The group
+        charges one shard of each sharded ledger (one batch's jobs the same shard).
         """
         keys = {a.job_key for a in asks}
         cap = to_nanos(self._config.budget.request_cap_usd)
         limits = {
-            a.batch_id: a.batch_limit_nanos
+            a.batch_id: (a.batch_limit_nanos, a.batch_shards)
             for a in asks
             if a.batch_id is not None and a.batch_limit_nanos is not None
         }
@@ -209,55 +367,85 @@ class Budget:
         if any(a.nanos > cap for a in asks):
             return {}
         now = self._clock()
+        day = utc_day(now)
         marker = f"group#{uuid.uuid4().hex}"
-        held = {a.job_key: a.held(utc_day(now)).model_copy(update={"marker": marker}) for a in asks}
+        shard = self._rng.randrange(self.shards(day))
+        batch_shards = {b: self._rng.randrange(count) for b, (_, count) in limits.items()}
+        held = {
+            a.job_key: a.held(day, shard, batch_shards.get(a.batch_id or "", 0)).model_copy(
+                update={"marker": marker}
+            )
+            for a in asks
+        }
         ttl_s = self._config.budget.reservation_ttl_s
         group = group_marker_item(self._table, list(held.values()), now, ttl_s)
-        items = self._reservation_items(list(held.values()), limits, now)
+        ledgers = {
+            ledger: None
+            for a in asks
+            for ledger in self._ledgers(held[a.job_key], *limits.get(a.batch_id or "", (None, 1)))
+        }
+        items = self._reservation_items(list(held.values()), list(ledgers), now)
         return {} if self._transact([group, *items]) else held
 
-    def close_marker_item(self, day: str, marker: str) -> Item:
+    def close_marker_item(self, at: MarkerAt) -> Item:
         """The item that deletes a group's open marker, for a caller that closes every
         reservation it names in the same transaction (``worker/finals.py``)."""
-        return close_marker_item(self._table, day, marker)
+        return close_marker_item(self._table, at)
 
     def _reservation_items(
-        self, held: list[Reservation], batch_limits: Mapping[str, int], now: float
+        self, held: list[Reservation], ledgers: Sequence[_Ledger], now: float
     ) -> list[Item]:
-        """Each reservation with its marker, then one charge per ledger for their sum: the
-        day's, then each limited batch's (in that order: ``_reserve`` reads the reasons)."""
+        """Each reservation with its marker, then one charge per ledger for the sum of what
+        it carries: the day's, then each limited batch's (in that order: ``_reserve``
+        reads the reasons)."""
         ttl_s = self._config.budget.reservation_ttl_s
         items = [item for r in held for item in hold_items(self._table, r, now, ttl_s)]
-        total = sum(r.nanos for r in held)
-        items.append(
-            charge_item(self._table, day_key(held[0].day), total, self.daily_limit_nanos(), now)
-        )
-        for batch_id, limit in batch_limits.items():
-            in_batch = sum(r.nanos for r in held if r.batch_limit and r.batch_id == batch_id)
-            items.append(charge_item(self._table, batch_ledger_key(batch_id), in_batch, limit, now))
+        for ledger in ledgers:
+            carried = sum(r.nanos for r in held if ledger.carries(r))
+            items.append(ledger.charge(self._table, carried, now))
         return items
 
-    def _reserve(self, r: Reservation, now: float, batch_limit: int | None) -> Reservation:
-        limits = {r.batch_id: batch_limit} if r.batch_id and batch_limit is not None else {}
-        reasons = self._transact(self._reservation_items([r], limits, now))
-        if not reasons:
-            return r
-        if reasons[0].get("Code") == "ConditionalCheckFailed":
-            return self._existing(r, reasons[0].get("Item"), now, batch_limit)
-        for index, scope in ((2, "day"), (3, "batch")):
-            if len(reasons) > index and reasons[index].get("Code") == "ConditionalCheckFailed":
-                raise _Refused(scope, reasons[index].get("Item"))  # type: ignore[arg-type]
-        raise AssertionError(f"a condition failed, none of the budget's: {reasons}")
+    def _reserve(
+        self, r: Reservation, now: float, batch_limit: int | None, batch_shards: int
+    ) -> Reservation:
+        """Reserve ``r``; a shard of a sharded ledger that has no room for it makes room
+        or names another (``_make_room``), a few times before the refusal stands."""
+        for attempt in range(ROOM_TRIES):
+            ledgers = self._ledgers(r, batch_limit, batch_shards)
+            reasons = self._transact(self._reservation_items([r], ledgers, now))
+            if not reasons:
+                return r
+            if reasons[0].get("Code") == "ConditionalCheckFailed":
+                return self._existing(r, reasons[0].get("Item"), now, batch_limit, batch_shards)
+            first = 2 if r.marker is None else 1  # after the reservation and its own marker
+            refused = [
+                (ledger, _Refused(ledger.scope, reason.get("Item")))
+                for ledger, reason in zip(ledgers, reasons[first:], strict=False)
+                if reason.get("Code") == "ConditionalCheckFailed"
+            ]
+            if not refused:
+                raise AssertionError(f"a condition failed, none of the budget's: {reasons}")
+            ledger, why = refused[0]
+            moved, totals = self._make_room(why, ledger, r.nanos)
+            if attempt == ROOM_TRIES - 1:
+                raise totals  # room in the shards together, taken each time: a busy ledger
+            r = r.model_copy(update={"shard" if ledger.scope == "day" else "batch_shard": moved})
+        raise AssertionError("unreachable")
 
     def _existing(
-        self, r: Reservation, item: Mapping[str, Any] | None, now: float, batch_limit: int | None
+        self,
+        r: Reservation,
+        item: Mapping[str, Any] | None,
+        now: float,
+        batch_limit: int | None,
+        batch_shards: int,
     ) -> Reservation:
         """The job's reservation exists (made today or on an earlier day): its owner gets it
         back (another copy of the job is told to look later, until the owner's claim
         expires), or it is paid. It keeps the day it was made: that day's ledger holds its
         money, and its settle or release goes there."""
         if item is None:  # gone in between (released or reclaimed): reserve anew
-            return self._reserve(r, now, batch_limit)
+            return self._reserve(r, now, batch_limit, batch_shards)
         if item.get("state", {}).get("S") == "settled":
             raise AlreadySettled(r.job_key, int_of(item, "actual"))
         holder = item.get("owner", {}).get("S")
@@ -378,7 +566,12 @@ class Budget:
         else:
             back = self._config.worker.retention_days + 1
             days = [utc_day(now - d * 86_400) for d in range(back)]
-        return sum(self._reclaim_marker(d, m, now) for d in days for m in self._expired(d, now))
+        return sum(
+            self._reclaim_marker(d, m, now)
+            for d in days
+            for shard in range(self.shards(d, create=False))
+            for m in self._expired(d, shard, now)
+        )
 
     def _reclaim_marker(self, day: str, marker: Mapping[str, Any], now: float) -> int:
         """Reclaim what an expired marker covers: its own reservation, or the expired ones
@@ -387,18 +580,19 @@ class Budget:
         if "jobs" not in marker:
             return int(self._reclaim(_own_reservation(day, marker), now))
         group, jobs = marker[TABLE_SK]["S"], [j["S"] for j in marker["jobs"]["L"]]
-        expired = [r for r, at in self.open_in_group(group, jobs) if at < now]
+        at = MarkerAt(day, group, shards_of(marker).get("shard", 0))
+        expired = [r for r, deadline in self.open_in_group(group, jobs) if deadline < now]
         reclaimed = sum(self._reclaim(r, now) for r in expired)
         if still := self.open_in_group(group, jobs):
             self._ddb.update_item(
                 TableName=self._table,
-                Key=open_key(day, group),
+                Key=open_key(*at),
                 UpdateExpression="SET #r = :r",
                 ExpressionAttributeNames={"#r": "reclaim_at"},
-                ExpressionAttributeValues={":r": n(min(at for _, at in still))},
+                ExpressionAttributeValues={":r": n(min(deadline for _, deadline in still))},
             )
         else:
-            self._ddb.delete_item(TableName=self._table, Key=open_key(day, group))
+            self._ddb.delete_item(TableName=self._table, Key=open_key(*at))
         return reclaimed
 
     def open_in_group(self, group: str, jobs: Sequence[str]) -> list[tuple[Reservation, float]]:
@@ -418,13 +612,13 @@ class Budget:
             and item.get("marker", {}).get("S") == group
         ]
 
-    def close_group_marker(self, day: str, group: str, jobs: Sequence[str]) -> bool:
+    def close_group_marker(self, at: MarkerAt, jobs: Sequence[str]) -> bool:
         """Delete a group's open marker if no reservation it names is still open (a job
         that raised, a copy that took one over, a throttled hand-back keep it); True if
         it is gone."""
-        if self.open_in_group(group, jobs):
+        if self.open_in_group(at.marker, jobs):
             return False
-        self._ddb.delete_item(TableName=self._table, Key=open_key(day, group))
+        self._ddb.delete_item(TableName=self._table, Key=open_key(*at))
         return True
 
     def _reclaim(self, r: Reservation, now: float) -> bool:
@@ -440,14 +634,17 @@ class Budget:
             )
         return self.release(r, expired_before=now, spent_nanos=r.nanos if armed else 0)
 
-    def _expired(self, day: str, now: float) -> Iterator[Mapping[str, Any]]:
-        """The day's open markers whose deadline has passed."""
+    def _expired(self, day: str, shard: int, now: float) -> Iterator[Mapping[str, Any]]:
+        """The open markers of the day's partition ``shard`` whose deadline has passed."""
         kwargs: dict[str, Any] = {
             "TableName": self._table,
             "KeyConditionExpression": "#pk = :pk",
             "FilterExpression": "#r < :now",
             "ExpressionAttributeNames": {"#pk": TABLE_PK, "#r": "reclaim_at"},
-            "ExpressionAttributeValues": {":pk": s(f"budget#open#{day}"), ":now": n(now)},
+            "ExpressionAttributeValues": {
+                ":pk": open_key(day, "", shard)[TABLE_PK],
+                ":now": n(now),
+            },
         }
         while True:
             reply = self._ddb.query(**kwargs)
@@ -467,4 +664,5 @@ def _own_reservation(day: str, marker: Mapping[str, Any]) -> Reservation:
         batch_id=batch,
         batch_limit=batch is not None,
         rid=marker.get("rid", {}).get("S", "legacy"),
+        **shards_of(marker),
     )

@@ -30,12 +30,22 @@ class DayUsage(BaseModel):
     reserved_usd: Decimal
 
 
-def day_key(day: str) -> Item:
-    return {TABLE_PK: s(f"budget#day#{day}"), TABLE_SK: s("ledger")}
+def _sharded(pk: str, shard: int) -> str:
+    """Shard 0 is the unsharded item itself; shard k a partition key of its own."""
+    return f"{pk}#{shard}" if shard else pk
 
 
-def batch_ledger_key(batch_id: str) -> Item:
-    return {TABLE_PK: s(f"budget#batch#{batch_id}"), TABLE_SK: s("ledger")}
+def day_key(day: str, shard: int = 0) -> Item:
+    return {TABLE_PK: s(_sharded(f"budget#day#{day}", shard)), TABLE_SK: s("ledger")}
+
+
+def batch_ledger_key(batch_id: str, shard: int = 0) -> Item:
+    return {TABLE_PK: s(_sharded(f"budget#batch#{batch_id}", shard)), TABLE_SK: s("ledger")}
+
+
+def layout_key(day: str) -> Item:
+    """How many shards the day's ledger and open markers have (fixed for the day)."""
+    return {TABLE_PK: s(f"budget#day#{day}"), TABLE_SK: s("layout")}
 
 
 RESERVATION_PREFIX = "budget#job#"
@@ -47,8 +57,14 @@ def reservation_key(job_key: str) -> Item:
     return {TABLE_PK: s(f"{RESERVATION_PREFIX}{job_key}"), TABLE_SK: s("resv")}
 
 
-def open_key(day: str, job_key: str) -> Item:
-    return {TABLE_PK: s(f"budget#open#{day}"), TABLE_SK: s(job_key)}
+def open_key(day: str, job_key: str, shard: int = 0) -> Item:
+    return {TABLE_PK: s(_sharded(f"budget#open#{day}", shard)), TABLE_SK: s(job_key)}
+
+
+def share(limit: int, shards: int, shard: int) -> int:
+    """A shard's slice of a ledger's limit; the slices add up to the limit exactly."""
+    base, rest = divmod(limit, shards)
+    return base + (rest if shard == 0 else 0)
 
 
 LIMITS_KEY = {TABLE_PK: s(LIMITS_PK), TABLE_SK: s("daily")}

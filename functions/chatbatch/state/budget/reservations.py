@@ -36,9 +36,10 @@ class Ask(NamedTuple):
     batch_id: str | None = None
     batch_limit_nanos: int | None = None
     owner: str | None = None
+    batch_shards: int = 1  # the batch ledger's shards (what the batch was registered with)
 
-    def held(self, day: str) -> Reservation:
-        """The reservation this ask makes on ``day``."""
+    def held(self, day: str, shard: int = 0, batch_shard: int = 0) -> Reservation:
+        """The reservation this ask makes on ``day``, charged to those ledger shards."""
         return Reservation(
             job_key=self.job_key,
             day=day,
@@ -46,7 +47,17 @@ class Ask(NamedTuple):
             batch_id=self.batch_id,
             batch_limit=self.batch_limit_nanos is not None,
             owner=self.owner,
+            shard=shard,
+            batch_shard=batch_shard,
         )
+
+
+class MarkerAt(NamedTuple):
+    """Where a group's open marker is: its day, its id and its partition's shard."""
+
+    day: str
+    marker: str
+    shard: int = 0
 
 
 class Reservation(BaseModel):
@@ -65,6 +76,14 @@ class Reservation(BaseModel):
     # the flush id of the invocation that armed it last: its objects may hold the answer
     # (``worker/finals.py``; ``results.recover`` looks there after a crash)
     flush: str | None = None
+    # the shard of the day's ledger that holds its money (its open marker is in that
+    # shard's partition), and of its batch's ledger: 0 when they are not sharded
+    shard: int = 0
+    batch_shard: int = 0
+
+    def marker_at(self) -> MarkerAt:
+        assert self.marker is not None
+        return MarkerAt(self.day, self.marker, self.shard)
 
 
 def reservation_of(item: Mapping[str, Any]) -> Reservation:
@@ -82,7 +101,17 @@ def reservation_of(item: Mapping[str, Any]) -> Reservation:
         armed_at=float(item["armed_at"]["N"]) if "armed_at" in item else None,
         marker=item.get("marker", {}).get("S"),
         flush=item.get("flush", {}).get("S"),
+        **shards_of(item),
     )
+
+
+def shards_of(item: Mapping[str, Any]) -> dict[str, int]:
+    """The ledger shards a stored reservation or marker names (absent: 0)."""
+    return {name: int(item[name]["N"]) for name in ("shard", "batch_shard") if name in item}
+
+
+def _shard_fields(r: Reservation) -> Item:
+    return {name: n(v) for name, v in (("shard", r.shard), ("batch_shard", r.batch_shard)) if v}
 
 
 # the reservation the caller holds, not a later one of the same job (items made before
@@ -99,6 +128,7 @@ def hold_items(table: str, r: Reservation, now: float, ttl_s: int) -> list[Item]
         fields["batch_id"] = s(r.batch_id)
     if r.owner:
         fields["owner"] = s(r.owner)
+    fields |= _shard_fields(r)
     expires = {TABLE_TTL: n(int(now) + LEDGER_TTL_S)}
     reservation: Item = {
         "Put": {
@@ -118,7 +148,8 @@ def hold_items(table: str, r: Reservation, now: float, ttl_s: int) -> list[Item]
     }
     if r.marker:
         return [reservation]
-    own = {"Put": {"TableName": table, "Item": {**open_key(r.day, r.job_key), **fields, **expires}}}
+    marker = open_key(r.day, r.job_key, r.shard)
+    own = {"Put": {"TableName": table, "Item": {**marker, **fields, **expires}}}
     return [reservation, own]
 
 
@@ -133,8 +164,9 @@ def group_marker_item(table: str, held: list[Reservation], now: float, ttl_s: in
         "Put": {
             "TableName": table,
             "Item": {
-                **open_key(first.day, first.marker),
+                **open_key(first.day, first.marker, first.shard),
                 "jobs": {"L": [s(r.job_key) for r in held]},
+                **_shard_fields(first),
                 "reclaim_at": n(round(now + ttl_s, 3)),
                 TABLE_TTL: n(int(now) + LEDGER_TTL_S),
             },
@@ -142,9 +174,9 @@ def group_marker_item(table: str, held: list[Reservation], now: float, ttl_s: in
     }
 
 
-def close_marker_item(table: str, day: str, marker: str) -> Item:
+def close_marker_item(table: str, at: MarkerAt) -> Item:
     """Delete a group's open marker (every reservation it names is closed)."""
-    return {"Delete": {"TableName": table, "Key": open_key(day, marker)}}
+    return {"Delete": {"TableName": table, "Key": open_key(*at)}}
 
 
 def extend_items(
@@ -179,7 +211,7 @@ def extend_items(
         {
             "Update": {
                 "TableName": table,
-                "Key": open_key(r.day, r.job_key),
+                "Key": open_key(r.day, r.job_key, r.shard),
                 "UpdateExpression": "SET #r = :r",
                 "ConditionExpression": "attribute_exists(#r)",
                 "ExpressionAttributeNames": {"#r": "reclaim_at"},
@@ -223,16 +255,17 @@ def arm_item(table: str, r: Reservation, now: float) -> Item:
 
 
 def _ledgers(r: Reservation) -> list[Item]:
-    keys = [day_key(r.day)]
+    keys = [day_key(r.day, r.shard)]
     if r.batch_limit and r.batch_id:
-        keys.append(batch_ledger_key(r.batch_id))
+        keys.append(batch_ledger_key(r.batch_id, r.batch_shard))
     return keys
 
 
 def _close_open(table: str, r: Reservation) -> list[Item]:
     """Its own marker's delete; none for one of a group (the group's marker is closed with
     the group: ``close_marker_item``, or by ``reclaim`` once all it names are closed)."""
-    return [] if r.marker else [{"Delete": {"TableName": table, "Key": open_key(r.day, r.job_key)}}]
+    own = open_key(r.day, r.job_key, r.shard)
+    return [] if r.marker else [{"Delete": {"TableName": table, "Key": own}}]
 
 
 def settle_items(table: str, r: Reservation, actual_nanos: int) -> list[dict[str, Any]]:
