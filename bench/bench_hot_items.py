@@ -16,9 +16,16 @@ started KB, 2 in a transaction, refused writes included) and given a kind by its
 
 The deployment's ceiling is the lowest of them. The peak WCU/s one item took in any
 one-second window of the run is printed as a sanity figure (it is this machine's rate times
-the WCU per job, not a limit)::
+the WCU per job, not a limit).
 
-    python -m bench.bench_hot_items [--jobs 300] [--batches 4] [--repeat 2] [--quick]
+Each run is made twice: with the shipped config, and with the same config planned for
+``--target`` jobs/s (``[scale] target_jobs_per_s``: the hot kinds sharded as
+``core/scale.py`` says), so the section shows both ceilings; ``--target 0`` runs the
+shipped config only. The write units every job costs the whole table (all its items) are
+printed too: ``core/sizing.py`` sizes the table-level quota with them::
+
+    python -m bench.bench_hot_items [--jobs 300] [--batches 4] [--target 2000] [--repeat 2]
+        [--quick]
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import boto3
 
 from bench._capacity import ItemKey, Write, metered
 from bench._common import (
+    ROOT,
     Figure,
     Section,
     figures_table,
@@ -49,6 +57,7 @@ from bench._item_kinds import UNCLASSIFIED, Kind, Scope, kind_of
 from bench._mix import write_mix
 from chatbatch.client.submit import Plan, register
 from chatbatch.core.pricing import to_nanos
+from chatbatch.core.sizing import TABLE_WRU_PER_JOB
 from chatbatch.local.options import LocalOptions
 from chatbatch.local.simulator import SimulatorSettings
 from chatbatch.state.batches import Batches, BatchInfo
@@ -58,6 +67,7 @@ LATENCY_MS = 5
 BATCH_BUDGET_USD = Decimal(50)  # the budgeted batch's limit: far above what it spends
 WINDOW_S = 1.0
 ALL_ITEMS = "*"  # the sort key of a partition key's row: every item under it
+DEFAULT_TARGET = 2_000.0  # jobs/s the scaled config is planned for (issue 18)
 
 
 # --- the model ----------------------------------------------------------------------
@@ -106,11 +116,17 @@ class HotModel:
         """The kind whose hottest item caps the deployment first."""
         return min(self.rows, key=lambda r: r.ceiling)
 
-    def verdict(self) -> str:
+    @property
+    def table_wru_per_job(self) -> float:
+        """Write units each job costs the table over all its items, unclassified included."""
+        wru = sum(r.wru for r in self.rows) + sum(w.wru for w in self.unclassified)
+        return wru / self.jobs if self.jobs else math.nan
+
+    def verdict(self, label: str = "default config") -> str:
         worst = self.limiting
         pk, sk = worst.hottest
         text = (
-            f"Ceiling of one deployment (default config): {fmt_ceiling(worst.ceiling)} jobs/s, "
+            f"Ceiling of one deployment ({label}): {fmt_ceiling(worst.ceiling)} jobs/s, "
             f"set by the {worst.kind} ({pk} / {sk}: {worst.wcu_per_job:.2f} WCU per job "
             f"reach {ITEM_WCU_S:,} WCU/s there)."
         )
@@ -287,14 +303,32 @@ def split_mix(tmp: Path, jobs: int, batches: int, seed: int) -> list[tuple[str, 
     return files
 
 
+def scaled_config(tmp: Path, target: float) -> Path:
+    """The shipped config planned for ``target`` jobs/s (its ``[scale]`` table added)."""
+    text = (ROOT / "chatbatch.toml").read_text()
+    if "[scale]" in text:
+        raise SystemExit("chatbatch.toml has a [scale] table already: plan from a copy of it")
+    path = tmp / f"chatbatch-{target:g}.toml"
+    path.write_text(f"{text}\n[scale]\ntarget_jobs_per_s = {target!r}\n")
+    return path
+
+
 def measured_run(
-    tmp: Path, jobs: int, batches: int, *, seed: int = 0, timeout_s: float = 900
+    tmp: Path,
+    jobs: int,
+    batches: int,
+    *,
+    seed: int = 0,
+    timeout_s: float = 900,
+    config_path: Path | None = None,
 ) -> Measured:
     """Run ``jobs`` jobs in ``batches`` batches at once (the first under its own budget) and
-    record every DynamoDB write from the first submit to the last batch settled."""
+    record every DynamoDB write from the first submit to the last batch settled
+    (``config_path``: the config the runtime runs; default the shipped one)."""
     tmp.mkdir(parents=True, exist_ok=True)
     files = split_mix(tmp, jobs, batches, seed)
     options = LocalOptions(
+        config_path=config_path,
         rpm=1_000_000,
         tpm=1_000_000_000,
         simulator=SimulatorSettings(latency_ms=LATENCY_MS),
@@ -321,43 +355,93 @@ def measured_run(
     return Measured(writes, sum(batch_jobs.values()), batch_jobs, wall, infos)
 
 
+@dataclass
+class Variant:
+    """One config the benchmark runs, and the figures its runs add to."""
+
+    label: str
+    config_path: Path | None
+    ceiling: Figure
+    ledger: Figure
+    table_wru: Figure
+    last: Measured | None = None
+
+
+def variants(tmp: Path, target: float) -> list[Variant]:
+    plans: list[tuple[str, Path | None, str]] = [("default config", None, "")]
+    if target > 0:
+        label = f"scaled config, target {target:,g}"
+        plans.append((label, scaled_config(tmp, target), f"≥ {target:,g}"))
+    return [
+        Variant(
+            label,
+            path,
+            Figure(f"deployment ceiling ({label})", goal, True, " jobs/s", "{:,.0f}"),
+            Figure(
+                f"day's ledger WCU per job on its hottest item ({label})", "", False, fmt="{:.3f}"
+            ),
+            Figure(
+                f"table WRU per job, all items ({label})",
+                f"≤ {TABLE_WRU_PER_JOB:g} (core/sizing.py)",
+                False,
+                fmt="{:.2f}",
+            ),
+        )
+        for label, path, goal in plans
+    ]
+
+
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--jobs", type=int, default=None, help="jobs per run (default 300)")
     p.add_argument("--batches", type=int, default=4, help="batches per run (default 4)")
+    p.add_argument(
+        "--target",
+        type=float,
+        default=DEFAULT_TARGET,
+        help="jobs/s of the scaled config run next to the default one (0: default only)",
+    )
     args = p.parse_args()
     jobs = args.jobs or (80 if args.quick else 300)
     section = Section("hot_items", "Hot items: write units per DynamoDB item, and the ceiling")
-    ceiling = Figure("deployment ceiling (default config)", "≥ 2,000", True, " jobs/s", "{:,.0f}")
-    ledger = Figure("day's ledger WCU per job", "", False, fmt="{:.3f}")
-    last: Measured | None = None
     with workdir(args) as tmp:
+        runs = variants(tmp, args.target)
         for r in range(args.repeat):
-            m = measured_run(tmp / f"r{r}", jobs, args.batches, seed=r)
-            model = m.model
-            ceiling.add(model.limiting.ceiling)
-            if any(row.kind == "day's budget ledger" for row in model.rows):
-                ledger.add(model.row("day's budget ledger").wcu_per_job)
-            say(
-                f"run {r + 1}: {m.jobs} jobs in {len(m.batch_jobs)} batches, {m.wall_s:.1f} s "
-                f"({m.jobs / m.wall_s:.1f} jobs/s), {len(m.writes):,} item writes, "
-                f"{m.unfinished} not succeeded, {len(model.unclassified)} unclassified. "
-                + model.verdict()
-            )
-            last = m
-    assert last is not None
-    model = last.model
+            for n, v in enumerate(runs):
+                m = measured_run(
+                    tmp / f"r{r}-{n}", jobs, args.batches, seed=r, config_path=v.config_path
+                )
+                model = m.model
+                v.ceiling.add(model.limiting.ceiling)
+                v.table_wru.add(model.table_wru_per_job)
+                if any(row.kind == "day's budget ledger" for row in model.rows):
+                    v.ledger.add(model.row("day's budget ledger").wcu_per_job)
+                say(
+                    f"run {r + 1}, {v.label}: {m.jobs} jobs in {len(m.batch_jobs)} batches, "
+                    f"{m.wall_s:.1f} s ({m.jobs / m.wall_s:.1f} jobs/s), {len(m.writes):,} "
+                    f"item writes, {m.unfinished} not succeeded, {len(model.unclassified)} "
+                    "unclassified. " + model.verdict(v.label)
+                )
+                v.last = m
     section.add(
         f"{jobs} realistic jobs per run (every priority, both line forms) in {args.batches} "
-        f"batches submitted together (the first under its own budget), the default config, "
-        f"the simulator answering in {LATENCY_MS} ms and no rate limit in the way; every "
-        "DynamoDB write from the first submit to the last batch settled, refused ones "
-        "included (1 WRU per started KB of the larger of the item before and after, 2 in a "
-        f"transaction). The last run of {args.repeat}:"
+        f"batches submitted together (the first under its own budget), the simulator "
+        f"answering in {LATENCY_MS} ms and no rate limit in the way; every DynamoDB write "
+        "from the first submit to the last batch settled, refused ones included (1 WRU per "
+        "started KB of the larger of the item before and after, 2 in a transaction). Each "
+        "run is made with the shipped config and, with `--target`, with the same config "
+        "planned for that rate (`[scale] target_jobs_per_s`: the hot kinds sharded as "
+        "`chatbatch scale` shows)."
     )
-    section.add(model_table(model))
-    section.add(figures_table([ceiling, ledger]))
-    section.add(model.verdict())
+    for v in runs:
+        assert v.last is not None
+        section.add(f"The last run of {args.repeat}, {v.label}:")
+        section.add(model_table(v.last.model))
+    figures = [f for v in runs for f in (v.ceiling, v.ledger, v.table_wru)]
+    section.add(figures_table(figures))
+    for v in runs:
+        assert v.last is not None
+        section.add(v.last.model.verdict(v.label))
     finish(section, args)
 
 

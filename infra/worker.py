@@ -20,6 +20,7 @@ from chatbatch.core.config import CONFIG_ENV, Config, Priority
 from chatbatch.core.metrics import NAMESPACE as METRICS_NAMESPACE
 from chatbatch.core.metrics import SERVICE as SERVICE_NAME
 from chatbatch.core.resources import Resources
+from chatbatch.core.sizing import worker_sizing
 from infra.budget_pause import BudgetPause
 from infra.bundling import CONFIG_IN_ASSET, LAMBDA_TASK_ROOT, AssetInputs, worker_code
 from infra.events import put_events_statement
@@ -55,6 +56,9 @@ class Worker(Construct):
         super().__init__(scope, construct_id)
         w = config.worker
         runtime = RUNTIMES[w.runtime]
+        # scale.target_jobs_per_s raises the mappings' concurrency and reserves their sum
+        # (core/sizing.py); without a target the mappings are as configured, nothing reserved
+        sizing = worker_sizing(config)
 
         self.log_group = logs.LogGroup(self, "Logs", retention=logs.RetentionDays.ONE_MONTH)
         # An explicit role instead of AWSLambdaBasicExecutionRole (logs:* on every group).
@@ -100,6 +104,7 @@ class Worker(Construct):
             # The worker re-sends deferred jobs (budget, rate limit) to its own queues with
             # a delay. Lambda's loop detection would drop such a job after ~16 rounds.
             recursive_loop=lambda_.RecursiveLoop.ALLOW,
+            reserved_concurrent_executions=sizing.reserved,
         )
 
         for priority, queue in queues.items():
@@ -112,7 +117,7 @@ class Worker(Construct):
                         Duration.seconds(w.batch_window_s) if w.batch_window_s else None
                     ),
                     report_batch_item_failures=True,
-                    max_concurrency=config.priorities[priority].max_concurrency,
+                    max_concurrency=sizing.mappings[priority],
                 )
             )
         # Table and bucket: only what the worker's code calls (see infra.worker_policy).

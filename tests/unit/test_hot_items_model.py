@@ -5,13 +5,17 @@ hottest item per job sharing it, the ceiling, and writes no kind claims kept asi
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
 from bench._capacity import Write, item_size, units, value_size
+from bench._common import ROOT
 from bench._item_kinds import Scope, kind_of
-from bench.bench_hot_items import ITEM_WCU_S, hot_model
+from bench.bench_hot_items import ITEM_WCU_S, hot_model, scaled_config
+from chatbatch.core.config import load_config
 from chatbatch.core.resources import TABLE_PK, TABLE_SK
+from chatbatch.core.scale import plan
 from chatbatch.state.batches import batch_key, job_key
 from chatbatch.state.budget.ledger import day_key, open_key
 from chatbatch.state.limiter.item import key as limiter_key
@@ -68,3 +72,12 @@ def test_the_hottest_item_per_job_sharing_it_sets_the_ceiling() -> None:
     assert partition.hottest[0] == "budget#open#d" and partition.wcu_per_job == 2.0
     assert [(w.pk, w.sk) for w in model.unclassified] == [("stray#item", "x")]
     assert "batch counters" in model.verdict()
+
+
+def test_the_scaled_run_plans_the_shipped_config_for_the_target(tmp_path: Path) -> None:
+    path = scaled_config(tmp_path, 2_000)
+    scaled = load_config(path)
+    assert scaled.scale.target_jobs_per_s == 2_000
+    assert plan(scaled).ledger_shards == 2  # what the run's workers shard by
+    shipped = load_config(ROOT / "chatbatch.toml")
+    assert scaled.model_dump(exclude={"scale"}) == shipped.model_dump(exclude={"scale"})

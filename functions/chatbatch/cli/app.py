@@ -12,7 +12,7 @@ Exit codes: 0 done, 1 failed, 2 usage error (bad option or config, missing file)
 This module builds the command tree: the typer app, its error handling, and every command
 by name, in the order ``--help`` lists them; each command lives in the module of its group
 (``submit``, ``status``, ``batches``, ``collect``, ``costs``, ``admin``: cancel, redrive, resume
-and retry, ``local``).
+and retry, ``scale``, ``local``).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from chatbatch.cli.costs import costs
 from chatbatch.cli.errors import explain
 from chatbatch.cli.local import local_run, local_simulator, local_up
 from chatbatch.cli.output import error
+from chatbatch.cli.scale import scale
 from chatbatch.cli.status import status
 from chatbatch.cli.submit import submit
 
@@ -74,6 +75,7 @@ app.command()(cancel)
 app.command()(redrive)
 app.command()(resume)
 app.command()(retry)
+app.command()(scale)
 local.command("run")(local_run)
 local.command("up")(local_up)
 local.command(

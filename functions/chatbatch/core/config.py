@@ -375,6 +375,12 @@ class Scale(_Strict):
         "reservation markers, a batch's counters, each model's limiter) get as many shards "
         "as that needs (core/scale.py). None: one item each, the cheapest below ~1,000 jobs/s",
     )
+    answer_s: PositiveFloat = Field(
+        default=5.0,
+        description="the typical provider answer time (seconds) used to size the worker's "
+        "concurrency for target_jobs_per_s (core/sizing.py): an invocation lasts about one "
+        "answer, since its jobs run concurrently",
+    )
 
 
 class Config(_Strict):

@@ -19,6 +19,10 @@ Each kind gets the shards that keep every item at ``HEADROOM`` (half) of its lim
 target rate, so bursts and uneven shard picks have room. Without a target every kind is
 one item: the cheapest layout (one read gives a ledger's whole state) and enough for a
 deployment below about a thousand jobs/s. ``docs/scale.md`` explains the sharded layouts.
+
+The plan also sizes the worker (``core/sizing.py``: event source mappings, reserved
+concurrency, account quotas), and ``ceilings`` says what each hot kind, Lambda and the
+table let through, so ``chatbatch scale`` can show where the deployment stops.
 """
 
 from __future__ import annotations
@@ -27,6 +31,13 @@ import math
 from dataclasses import dataclass
 
 from chatbatch.core.config import Config
+from chatbatch.core.sizing import (
+    LAMBDA_ACCOUNT_CONCURRENCY,
+    TABLE_WRU_PER_JOB,
+    TABLE_WRU_S,
+    Sizing,
+    worker_sizing,
+)
 
 ITEM_WCU_S = 1_000  # write units per second one DynamoDB partition takes
 HEADROOM = 0.5  # the share of it a hot item may use at the target rate
@@ -49,6 +60,7 @@ class ScalePlan:
     marker_shards: int = 1
     counter_shards: int = 1
     limiter_shards: dict[str, int] | None = None
+    worker: Sizing | None = None  # Lambda and SQS (``core/sizing.py``)
 
     def limiter(self, model: str) -> int:
         return (self.limiter_shards or {}).get(model, 1)
@@ -57,11 +69,83 @@ class ScalePlan:
 def plan(config: Config) -> ScalePlan:
     target = config.scale.target_jobs_per_s
     if target is None:
-        return ScalePlan(None)
+        return ScalePlan(None, worker=worker_sizing(config))
     per_invocation = PER_INVOCATION_WCU / config.worker.batch_size
     shards = shards_for(target, per_invocation)
     limiter = {
         name: shards_for(min(target, model.rpm / 60), LIMITER_WCU_PER_JOB)
         for name, model in config.models.items()
     }
-    return ScalePlan(target, shards, shards, shards, limiter)
+    return ScalePlan(target, shards, shards, shards, limiter, worker_sizing(config))
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    """The jobs/s one part of the deployment lets through (``ITEM_WCU_S`` on each of a hot
+    kind's items, at the full limit rather than ``HEADROOM``), and why. A model's limiter
+    does not ``bind`` the deployment while the model's own rpm is below its ceiling."""
+
+    limit: str
+    jobs_per_s: float
+    detail: str
+    binds: bool = True
+
+
+def ceilings(config: Config, scale: ScalePlan) -> list[Ceiling]:
+    """Each hot kind's, each model's limiter's, the table's and the worker's ceiling,
+    lowest first; the deployment's is the lowest that binds (``deployment_ceiling``)."""
+    per_job = PER_INVOCATION_WCU / config.worker.batch_size
+    rows = [
+        _item_ceiling(name, shards, per_job)
+        for name, shards in (
+            ("day's budget ledger", scale.ledger_shards),
+            ("open markers' partition", scale.marker_shards),
+            ("a batch's counters", scale.counter_shards),
+        )
+    ]
+    for name, model in config.models.items():
+        row = _item_ceiling(f"limiter {name}", scale.limiter(name), LIMITER_WCU_PER_JOB)
+        rate = model.rpm / 60
+        rows.append(
+            Ceiling(
+                row.limit, row.jobs_per_s, f"{row.detail}; rpm {model.rpm:,}", rate > row.jobs_per_s
+            )
+        )
+    rows.append(
+        Ceiling(
+            "table (on-demand quota)",
+            TABLE_WRU_S / TABLE_WRU_PER_JOB,
+            f"{TABLE_WRU_S:,} WRU/s, ~{TABLE_WRU_PER_JOB:g} per job",
+        )
+    )
+    if scale.worker is not None:
+        w = scale.worker
+        each = f"{w.batch_size} jobs in {w.invocation_s:g} s per invocation"
+        rows.append(
+            Ceiling(
+                "Lambda, one priority alone",
+                w.one_priority_ceiling,
+                f"{min(w.mappings.values()):,} invocations, {each}",
+            )
+        )
+        rows.append(
+            Ceiling(
+                "Lambda, every priority busy",
+                w.ceiling,
+                f"{min(sum(w.mappings.values()), w.reserved or LAMBDA_ACCOUNT_CONCURRENCY):,} "
+                f"invocations, {each}",
+            )
+        )
+    return sorted(rows, key=lambda c: c.jobs_per_s)
+
+
+def deployment_ceiling(rows: list[Ceiling]) -> Ceiling:
+    return min((c for c in rows if c.binds), key=lambda c: c.jobs_per_s)
+
+
+def _item_ceiling(name: str, shards: int, wcu_per_job: float) -> Ceiling:
+    return Ceiling(
+        name,
+        shards * ITEM_WCU_S / wcu_per_job,
+        f"{shards} x {ITEM_WCU_S:,} WCU/s, {wcu_per_job:g} WCU per job",
+    )
