@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from chatbatch.core.resources import TABLE_PK, TABLE_SK
-from chatbatch.state.batches import SALT_KEY, batch_key, job_key
+from chatbatch.state.batches import SALT_KEY, batch_key, counter_key, job_key
 from chatbatch.state.breaker import breaker_key
 from chatbatch.state.budget.ledger import (
     LIMITS_KEY,
@@ -47,28 +47,46 @@ class Kind:
     scope: Scope
     # the jobs that share one partition key of the kind, when it holds many items
     partition: Scope | None = None
+    # the exact sort key of the kind's shard items, under the same partition key prefix
+    # (a batch's counter shards: ``batch#<id>#c<k>`` / ``count``)
+    shard_sk: str | None = None
 
     @classmethod
     def of(
-        cls, name: str, key: dict[str, Any], scope: Scope, partition: Scope | None = None
+        cls,
+        name: str,
+        key: dict[str, Any],
+        scope: Scope,
+        partition: Scope | None = None,
+        shard: dict[str, Any] | None = None,
     ) -> Kind:
         pk, sk = str(key[TABLE_PK]["S"]), str(key[TABLE_SK]["S"])
-        return cls(name, pk.split(ANY, 1)[0], sk.split(ANY, 1)[0], ANY not in sk, scope, partition)
+        shard_sk = None
+        if shard is not None:
+            shard_pk, shard_sk = str(shard[TABLE_PK]["S"]), str(shard[TABLE_SK]["S"])
+            assert shard_pk.startswith(pk.split(ANY, 1)[0]) and ANY not in shard_sk
+        prefixes = (pk.split(ANY, 1)[0], sk.split(ANY, 1)[0], ANY not in sk)
+        return cls(name, *prefixes, scope, partition, shard_sk)
 
     def matches(self, pk: str, sk: str) -> bool:
         if not pk.startswith(self.pk_prefix):
             return False
+        if sk == self.shard_sk:
+            return True
         return sk == self.sk_prefix if self.sk_exact else sk.startswith(self.sk_prefix)
 
     def batch_of(self, pk: str) -> str | None:
-        """The batch an item of a batch-scoped kind belongs to (its key's identifier)."""
-        return pk.removeprefix(self.pk_prefix) if self.scope is Scope.BATCH else None
+        """The batch an item of a batch-scoped kind belongs to (its key's identifier, up to
+        a shard's suffix: batch ids hold no ``#``)."""
+        if self.scope is not Scope.BATCH:
+            return None
+        return pk.removeprefix(self.pk_prefix).split("#", 1)[0]
 
 
 KINDS = (
     Kind.of("day's budget ledger", day_key(ANY), Scope.DEPLOYMENT),
     Kind.of("batch budget ledger", batch_ledger_key(ANY), Scope.BATCH),
-    Kind.of("batch counters + completion", batch_key(ANY), Scope.BATCH),
+    Kind.of("batch counters + completion", batch_key(ANY), Scope.BATCH, shard=counter_key(ANY, 0)),
     Kind.of("job state", job_key(ANY, ANY), Scope.JOB),
     Kind.of("budget reservation", reservation_key(ANY), Scope.JOB),
     # a job's marker under its day's partition key (``budget#open#<day>``)

@@ -56,6 +56,7 @@ from bench._common import (
 from bench._item_kinds import UNCLASSIFIED, Kind, Scope, kind_of
 from bench._mix import write_mix
 from chatbatch.client.submit import Plan, register
+from chatbatch.core import scale
 from chatbatch.core.pricing import to_nanos
 from chatbatch.core.sizing import TABLE_WRU_PER_JOB
 from chatbatch.local.options import LocalOptions
@@ -338,7 +339,8 @@ def measured_run(
     )
     with runtime(options) as rt, metered() as meter:
         # the runtime's own client was made before the meter's hooks (a client copies them)
-        rt.batches = Batches(boto3.client("dynamodb"), rt.resources.table)
+        shards = scale.plan(rt.config).counter_shards
+        rt.batches = Batches(boto3.client("dynamodb"), rt.resources.table, counter_shards=shards)
         meter.start()
         started = time.monotonic()
         plans: list[Plan] = []

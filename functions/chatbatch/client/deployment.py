@@ -22,6 +22,7 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
+from chatbatch.core import scale
 from chatbatch.core.config import Config, Priority
 from chatbatch.core.resources import MissingOutputs, Resources, resources_from_outputs
 from chatbatch.state.batches import Batches
@@ -113,7 +114,9 @@ class Deployment:
 
     @cached_property
     def batches(self) -> Batches:
-        return Batches(self.ddb, self.resources.table)
+        return Batches(
+            self.ddb, self.resources.table, counter_shards=scale.plan(self.config).counter_shards
+        )
 
     @cached_property
     def breakers(self) -> Breakers:

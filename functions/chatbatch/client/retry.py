@@ -44,7 +44,7 @@ from chatbatch.client.deployment import Deployment
 from chatbatch.client.listing import list_keys
 from chatbatch.core.config import Priority
 from chatbatch.core.jobs import ATTR_BATCH, HASHED_ID_PREFIX, job_ref
-from chatbatch.state.batches import RETRY_FROM, BatchInfo, JobRecord, JobState
+from chatbatch.state.batches import RETRY_FROM, BatchInfo, JobRecord, JobState, pick_shard
 from chatbatch.state.budget.ledger import reservation_key
 from chatbatch.state.ddb import error_code, s
 from chatbatch.state.store import KeptRequest, requests_prefix
@@ -75,6 +75,7 @@ class RetryPlan:
     other_codes: Counter[str] = field(default_factory=Counter)  # failed, left out by codes
     retrying: int = 0  # sent again earlier and not finished yet (not chosen unless stuck)
     not_retriable: int = 0  # failed without a kept request: invalid lines
+    counter_shards: int = 1  # the batch's, as registered: each retry counts on one at random
 
 
 @dataclass
@@ -92,7 +93,7 @@ def plan_retry(
 ) -> RetryPlan:
     """The batch's failed (and dead-lettered) jobs whose last error code is one of
     ``codes`` (any code when empty); with ``stuck``, also the jobs left in ``retrying``."""
-    plan = RetryPlan(batch_id=info.batch_id)
+    plan = RetryPlan(batch_id=info.batch_id, counter_shards=info.counter_shards)
     kept = 0
     for chunk in _chunks(_kept_ids(deployment, info.batch_id), CHUNK):
         for job in deployment.batches.jobs(info.batch_id, chunk):
@@ -164,7 +165,8 @@ def _prepare(deployment: Deployment, plan: RetryPlan, job: JobRecord) -> KeptReq
     """Steps 1 to 3 for one job: its kept message, or None when another retry (or a
     delivery) moved the job first."""
     kept = deployment.store.get_request(plan.batch_id, job.custom_id)
-    if kept is None or not deployment.batches.retry(plan.batch_id, job):
+    shard = pick_shard(plan.counter_shards)
+    if kept is None or not deployment.batches.retry(plan.batch_id, job, shard):
         return None
     _drop_settled_reservation(deployment, plan.batch_id, job.custom_id)
     deployment.store.move_error_to_history(plan.batch_id, job.custom_id, job.retries + 1)

@@ -46,6 +46,7 @@ from chatbatch.client.submit import (
     register,
     write_manifest,
 )
+from chatbatch.core import scale
 from chatbatch.core.config import Priority, load_config
 from chatbatch.core.output_lines import OutputLine
 from chatbatch.core.private_files import private_dir, private_open
@@ -171,7 +172,11 @@ class LocalRuntime:
         self._stack.enter_context(_worker_logs(options.log_level, options.log_file))
         self._stack.enter_context(_fresh_worker())
         self.store = Store(boto3.client("s3"), self.resources.bucket)
-        self.batches = Batches(boto3.client("dynamodb"), self.resources.table)
+        self.batches = Batches(
+            boto3.client("dynamodb"),
+            self.resources.table,
+            counter_shards=scale.plan(self.config).counter_shards,
+        )
         self.sender = Sender(boto3.client("sqs"), self.store, self.resources)
         self.pause = BudgetPause(boto3.client("dynamodb"), self.resources.table, cache_s=0)
         self._start_mappings()

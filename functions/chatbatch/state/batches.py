@@ -16,7 +16,12 @@ Items (single table, see ``resources``):
   token total), and ``cached_jobs`` and
   ``cache_saved_tokens`` (succeeded jobs answered from the response cache, and the prompt +
   completion tokens of their stored answers: billed to no one, so in neither token total),
-  and the completion event's marks (``state.completion``).
+  and the completion event's marks (``state.completion``), and ``counter_shards`` when the
+  batch was registered with its counters sharded (absent: 1, the counters are here).
+- ``pk=batch#<id>#c<k>, sk=count`` (k < ``counter_shards``, only when it is 2 or more): a
+  shard of the batch's counters, the same attributes plus ``writes`` (additions made to
+  it). Each invocation adds to one shard, picked at random, so no partition takes every
+  job's writes (``core.scale``); readers add the meta item's counters and every shard's.
 - ``pk=job#<batch>#<id_key(custom_id)>, sk=state``: a job's state: ``deferred`` (budget),
   ``throttled`` (rate limit), ``paused`` (account error) or ``dead_lettered`` while it
   waits, then one of the
@@ -36,6 +41,7 @@ counts again when it ends.
 
 from __future__ import annotations
 
+import random
 import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -53,6 +59,27 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 JOB_TTL_S = 30 * 86_400
+# The counters: what ``count_items`` adds and a reader sums over the meta item and shards.
+COUNTERS = (
+    "succeeded",
+    "failed",
+    "deferred",
+    "throttled",
+    "paused",
+    "dead_lettered",
+    "cancelled_jobs",
+    "cost_nanos",
+    "prompt_tokens",
+    "completion_tokens",
+    "provider_calls",
+    "estimated_calls",
+    "estimated_nanos",
+    "cached_jobs",
+    "cache_saved_tokens",
+    "retried",
+)
+WRITES = "writes"  # a shard's count of additions: two reads of it differ if any came between
+CONFIRM_READS = 5  # reads of a sharded batch that looks complete, until two agree
 # the deployment's salt for default batch ids (``Batches.id_salt``)
 SALT_KEY = {TABLE_PK: {"S": "deployment#salt"}, TABLE_SK: {"S": "meta"}}
 
@@ -138,6 +165,7 @@ class BatchInfo(BaseModel):
     form: Literal["openai", "anthropic"] = "openai"  # its lines': the shape of its results
     created: float | None = None
     cancelled: bool = False
+    counter_shards: int = 1  # as registered: the shard items its counters are spread over
     succeeded: int = 0
     failed: int = 0
     deferred: int = 0
@@ -175,6 +203,18 @@ def batch_key(batch_id: str) -> dict[str, Any]:
     return {TABLE_PK: s(f"batch#{batch_id}"), TABLE_SK: s("meta")}
 
 
+def counter_key(batch_id: str, shard: int) -> dict[str, Any]:
+    """A shard of a batch's counters: a partition key of its own (DynamoDB's write limit
+    is per partition). Batch ids hold no ``#``, so the key names its batch."""
+    return {TABLE_PK: s(f"batch#{batch_id}#c{shard}"), TABLE_SK: s("count")}
+
+
+def pick_shard(counter_shards: int) -> int | None:
+    """The counter item a writer adds to: None (the meta item) for an unsharded batch, else
+    a shard at random; over many invocations each shard takes an even share."""
+    return random.randrange(counter_shards) if counter_shards > 1 else None
+
+
 def job_pk(batch_id: str, custom_id: str) -> str:
     """A job's partition key: by its ``id_key``, so any custom_id fits (and is short)."""
     return f"job#{batch_id}#{id_key(custom_id)}"
@@ -185,26 +225,43 @@ def job_key(batch_id: str, custom_id: str) -> dict[str, Any]:
 
 
 class Batches:
-    """Batch registry, counters and job states on the shared table."""
+    """Batch registry, counters and job states on the shared table.
 
-    def __init__(self, ddb: DynamoDBClient, table: str) -> None:
+    ``counter_shards``: the shards a batch registered through this object gets
+    (``core.scale.plan(config).counter_shards``); a batch keeps the count it was registered
+    with, whatever the config says later."""
+
+    def __init__(self, ddb: DynamoDBClient, table: str, *, counter_shards: int = 1) -> None:
         self._ddb = ddb
         self._table = table
+        self._counter_shards = counter_shards
 
     # --- reads -------------------------------------------------------------------
 
     def prefetch(
         self, jobs: Iterable[tuple[str, str]]
     ) -> tuple[dict[tuple[str, str], JobState], dict[str, BatchInfo]]:
-        """The states of many jobs and their batches in as few reads as possible."""
+        """The states of many jobs and their batches in as few reads as possible: the
+        shards of this deployment's count are read with them, the rest of a batch
+        registered with more (if any) in a second read. The counters are summed over the
+        shards but are not one instant's (see ``get``): the worker decides nothing on them."""
         jobs = list(dict.fromkeys(jobs))
         batch_ids = list(dict.fromkeys(b for b, _ in jobs))
-        found = self._get_many([job_key(b, c) for b, c in jobs] + [batch_key(b) for b in batch_ids])
+        guess = self._counter_shards if self._counter_shards > 1 else 0
+        keys = [job_key(b, c) for b, c in jobs] + [batch_key(b) for b in batch_ids]
+        keys += [counter_key(b, k) for b in batch_ids for k in range(guess)]
+        found = self._get_many(keys)
+        more = [
+            counter_key(b, k)
+            for b in batch_ids
+            for k in range(guess, _shards(found.get(f"batch#{b}")))
+        ]
+        found |= self._get_many(more)
         states = {
             (b, c): JobState(found.get(job_pk(b, c), {}).get("state", JobState.new))
             for b, c in jobs
         }
-        batches = {b: self._info(b, found.get(f"batch#{b}")) for b in batch_ids}
+        batches = {b: self._summed(b, found) for b in batch_ids}
         return states, batches
 
     def jobs(self, batch_id: str, custom_ids: Iterable[str]) -> list[JobRecord]:
@@ -233,11 +290,43 @@ class Batches:
         return found
 
     def get(self, batch_id: str) -> BatchInfo | None:
+        """The batch, its counters summed over its shards, from consistent reads.
+
+        The completion announcer (``worker/completion.py``) reads after its own commit and
+        must see the batch complete when that commit moved the last counter. Each commit's
+        addition lands on one item; a consistent read of an item returns every write
+        acknowledged before the read began. Take the commits that moved the counters: the
+        one acknowledged last was acknowledged after all the others, and its worker reads
+        every shard after that, so it sees them all, whichever shards they went to.
+
+        Reads of several items are no snapshot, though: a shard read early and another
+        read late can add up to totals that never held at once (a ``retry`` taking a job
+        from ``failed`` on one shard while another job succeeds on another could read as
+        complete). So a sharded batch that reads complete is read again until two reads
+        agree (each shard's ``writes`` only grows: equal reads mean nothing was written in
+        between, so the totals held at one instant); after ``CONFIRM_READS`` the last is
+        returned (its counters were moving all along). With one shard it is one read."""
         reply = self._ddb.get_item(
             TableName=self._table, Key=batch_key(batch_id), ConsistentRead=True
         )
         item = reply.get("Item")
-        return self._info(batch_id, plain(item)) if item else None
+        if not item:
+            return None
+        meta = plain(item)
+        shards = _shards(meta)
+        if shards == 1:
+            return self._info(batch_id, meta)
+        keys = [batch_key(batch_id), *(counter_key(batch_id, k) for k in range(shards))]
+        found = {f"batch#{batch_id}": meta} | self._get_many(keys[1:])
+        for _ in range(CONFIRM_READS):
+            info = self._summed(batch_id, found)
+            if not info.complete:
+                return info
+            again = self._get_many(keys)
+            if again == found:
+                return info
+            found = again
+        return self._summed(batch_id, found)
 
     def list_all(self) -> list[BatchInfo]:
         """Every batch of the deployment, oldest first.
@@ -245,19 +334,42 @@ class Batches:
         No index names the batch items, so they are found by a Scan, page by page, each
         item returning only the batch's fields. It reads the whole table (billed by the size
         read, job states included): for a person's command (``chatbatch batches``), never
-        the worker's path. See docs/everyday-commands.md for the index it could use."""
+        the worker's path. See docs/everyday-commands.md for the index it could use.
+        The same scan returns the batches' counter shards (``count`` items), summed into
+        their batch's: one pass, however many batches are sharded."""
         fields = [name for name in BatchInfo.model_fields if name != "batch_id"]
-        out = [
-            self._info(item[TABLE_PK].removeprefix("batch#"), item)
-            for item in scan_items(self._ddb, self._table, "batch#", "meta", attributes=fields)
-        ]
+        metas: dict[str, dict[str, Any]] = {}
+        shards: dict[str, list[dict[str, Any]]] = {}
+        for item in scan_items(
+            self._ddb, self._table, "batch#", ("meta", "count"), attributes=fields
+        ):
+            batch_id, _, shard = item[TABLE_PK].removeprefix("batch#").partition("#")
+            if shard:
+                shards.setdefault(batch_id, []).append(item)
+            else:
+                metas[batch_id] = item
+        out = [self._info(b, meta, shards.get(b, ())) for b, meta in metas.items()]
         return sorted(out, key=lambda b: b.created or 0)
 
+    def _summed(self, batch_id: str, found: Mapping[str, dict[str, Any]]) -> BatchInfo:
+        """The batch in ``found`` (items by partition key), its shards' counters added."""
+        meta = found.get(f"batch#{batch_id}")
+        keys = (counter_key(batch_id, k)[TABLE_PK]["S"] for k in range(_shards(meta)))
+        return self._info(batch_id, meta, [found[pk] for pk in keys if pk in found])
+
     @staticmethod
-    def _info(batch_id: str, plain: dict[str, Any] | None) -> BatchInfo:
+    def _info(
+        batch_id: str, plain: dict[str, Any] | None, shards: Iterable[Mapping[str, Any]] = ()
+    ) -> BatchInfo:
+        """The batch from its meta item, with the counters of ``shards`` added to its own
+        (a meta item may hold counts too: a batch's writes before its registration)."""
         if not plain:
             return BatchInfo(batch_id=batch_id)
         fields = {k: v for k, v in plain.items() if k in BatchInfo.model_fields}
+        for shard in shards:
+            for name in COUNTERS:
+                if name in shard:
+                    fields[name] = fields.get(name, 0) + shard[name]
         return BatchInfo(batch_id=batch_id, **fields)
 
     # --- registry ----------------------------------------------------------------
@@ -293,7 +405,10 @@ class Batches:
         """Create or update the batch's description; counters are never touched.
         ``form``: its lines' form (``openai`` or ``anthropic``), the shape of its results.
         ``registrant``: the caller's principal id (``core.principals.principal_id``), the
-        only sender (with the workers) whose messages the batch accepts.
+        only sender (with the workers) whose messages the batch accepts. A batch first
+        registered here gets this object's ``counter_shards`` (kept when registered again;
+        one is not written: the unsharded layout). A batch registered unsharded before, then
+        again with shards, counts on: its meta item's counts stay in every reader's sum.
 
         Raises ``SubmittedFromAnotherFile`` if the batch was registered with another
         ``checksum``, ``RegisteredByAnotherProducer`` if by another principal (checked in
@@ -313,6 +428,10 @@ class Batches:
             names["#f"] = "form"
             values[":f"] = s(form)
             expression += ", #f = :f"
+        if self._counter_shards > 1:
+            names["#cs"] = "counter_shards"
+            values[":cs"] = n(self._counter_shards)
+            expression += ", #cs = if_not_exists(#cs, :cs)"
         if budget_nanos is not None:
             names["#b"] = "budget_nanos"
             values[":b"] = n(budget_nanos)
@@ -349,13 +468,19 @@ class Batches:
 
     # --- job transitions ---------------------------------------------------------
 
-    def count_items(self, batch_id: str, counters: Mapping[str, int]) -> list[dict[str, Any]]:
+    def count_items(
+        self, batch_id: str, counters: Mapping[str, int], shard: int | None = None
+    ) -> list[dict[str, Any]]:
         """The TransactWriteItem that adds ``counters`` to the batch's (none if all are 0),
-        for a caller to commit with its own items."""
+        for a caller to commit with its own items: on the meta item, or on the counter
+        ``shard`` (``pick_shard`` of the batch's ``counter_shards``), with ``writes``."""
         changed = {name: delta for name, delta in counters.items() if delta}
         if not changed:
             return []
-        return [{"Update": {"TableName": self._table, "Key": batch_key(batch_id), **adds(changed)}}]
+        key = batch_key(batch_id)
+        if shard is not None:
+            key, changed = counter_key(batch_id, shard), changed | {WRITES: 1}
+        return [{"Update": {"TableName": self._table, "Key": key, **adds(changed)}}]
 
     def transition(
         self,
@@ -368,19 +493,21 @@ class Batches:
         extra: Iterable[dict[str, Any]] = (),
         fields: Mapping[str, Any] | None = None,
         pins: Mapping[str, Any | None] | None = None,
+        shard: int | None = None,
     ) -> bool:
         """Move a job from ``prev`` to ``new`` and its counters, exactly once.
 
         ``extra`` are further TransactWriteItems (the budget's settle) that must happen
         with it or not at all. ``fields`` are attribute values to set on the job's item;
         ``pins`` further conditions on it (an attribute equal to a value, or absent for
-        None). Returns False when the job was no longer in ``prev`` (another delivery got
-        there first) or a pin did not hold: nothing was written.
+        None). ``shard``: the counter item to add to (``count_items``). Returns False when
+        the job was no longer in ``prev`` (another delivery got there first) or a pin did
+        not hold: nothing was written.
         """
         if prev is new and not fields:
             return True
         state_item, deltas = self.move(batch_id, custom_id, prev, new, counters, fields, pins)
-        items: list[Any] = [state_item, *extra, *self.count_items(batch_id, deltas)]
+        items: list[Any] = [state_item, *extra, *self.count_items(batch_id, deltas, shard)]
         reasons = transact(self._ddb, items)
         if not reasons:
             return True
@@ -421,7 +548,7 @@ class Batches:
         }
         return state_item, deltas
 
-    def retry(self, batch_id: str, job: JobRecord) -> bool:
+    def retry(self, batch_id: str, job: JobRecord, shard: int | None = None) -> bool:
         """Move a job to ``retrying`` before ``chatbatch retry`` sends it again, exactly once:
         on the condition that it is still in the state and at the retry count read, so of
         two retries racing one sends it, and a stale one never sends a job that ran again.
@@ -435,7 +562,13 @@ class Batches:
             counters={"retried": 1},
             fields={"retries": n(job.retries + 1)},
             pins={"retries": n(job.retries) if job.retries else None},
+            shard=shard,
         )
+
+
+def _shards(meta: Mapping[str, Any] | None) -> int:
+    """The counter shards a batch was registered with (1: its meta item holds them)."""
+    return int((meta or {}).get("counter_shards", 1))
 
 
 def _state_update(

@@ -154,19 +154,23 @@ def scan_items(
     client: DynamoDBClient,
     table: str,
     prefix: str,
-    sort: str,
+    sort: str | tuple[str, ...],
     *,
     consistent: bool = False,
     attributes: Sequence[str] = (),
 ) -> Iterator[dict[str, Any]]:
-    """Every item whose partition key starts with ``prefix`` and sort key is ``sort``, plain,
-    page by page. ``attributes``: only these (and the partition key) come back."""
+    """Every item whose partition key starts with ``prefix`` and sort key is ``sort`` (or
+    one of several), plain, page by page. ``attributes``: only these (and the partition
+    key) come back."""
     names = {"#pk": TABLE_PK, "#sk": TABLE_SK}
+    sorts = {
+        f":sk{i}": s(value) for i, value in enumerate((sort,) if isinstance(sort, str) else sort)
+    }
     kwargs: dict[str, Any] = {
         "TableName": table,
-        "FilterExpression": "begins_with(#pk, :p) AND #sk = :sk",
+        "FilterExpression": f"begins_with(#pk, :p) AND #sk IN ({', '.join(sorts)})",
         "ExpressionAttributeNames": names,
-        "ExpressionAttributeValues": {":p": s(prefix), ":sk": s(sort)},
+        "ExpressionAttributeValues": {":p": s(prefix), **sorts},
         "ConsistentRead": consistent,
     }
     if attributes:

@@ -68,6 +68,7 @@ class Final:
     own: list[Item]
     ledgers: list[tuple[Item, dict[str, int]]]
     counters: dict[str, int]
+    shard: int | None = None  # the counter shard they go to (``Invocation.counter_shard``)
     intake: Intake | None = None  # its job (for the crash point after the objects' write)
     flush: str = ""
     lines: Lines | None = None
@@ -233,13 +234,17 @@ class Finals:
         ledgers = self._services.budget.ledger_items(
             addition for final in finals for addition in final.ledgers
         )
-        counters: dict[str, dict[str, int]] = {}
+        counters: dict[tuple[str, int | None], dict[str, int]] = {}
         for final in finals:
-            total = counters.setdefault(final.batch_id, {})
+            total = counters.setdefault((final.batch_id, final.shard), {})
             for name, delta in final.counters.items():
                 total[name] = total.get(name, 0) + delta
         batches = self._services.batches
-        shared = [item for b, deltas in counters.items() for item in batches.count_items(b, deltas)]
+        shared = [
+            item
+            for (b, shard), deltas in counters.items()
+            for item in batches.count_items(b, deltas, shard)
+        ]
         if self._marker is not None and self._closes_marker(finals):
             shared.append(self._services.budget.close_marker_item(self._marker[0]))
         return [*own, *ledgers, *shared]

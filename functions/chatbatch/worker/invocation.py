@@ -14,7 +14,7 @@ from typing import Any
 
 from chatbatch.core.jobs import job_ref
 from chatbatch.core.metrics import Metric
-from chatbatch.state.batches import BatchInfo, JobState
+from chatbatch.state.batches import BatchInfo, JobState, pick_shard
 from chatbatch.state.budget.reservations import Reservation
 from chatbatch.worker.capacity import Capacity, Slot
 from chatbatch.worker.finals import Finals
@@ -60,6 +60,17 @@ class Invocation:
     reserved: dict[str, Reservation] = field(default_factory=dict)  # by job key, ahead
     trace: Span = field(default_factory=Span)  # the handler's span
     spans: dict[str, Span] = field(default_factory=dict)  # each job's, by message id
+    # the counter shard each batch's additions go to, picked once (``counter_shard``)
+    shards: dict[str, int | None] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.shards = {b: pick_shard(info.counter_shards) for b, info in self.batches.items()}
+
+    def counter_shard(self, batch_id: str) -> int | None:
+        """Where this invocation adds to the batch's counters: one shard for all its jobs
+        (their group commit then writes it once), a random one per invocation (so a big
+        batch's invocations spread over them); None, the meta item, when unsharded."""
+        return self.shards.get(batch_id)
 
     async def take_capacity(
         self, intake: Intake, model: str, tokens: int, *, first: bool

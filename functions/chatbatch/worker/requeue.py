@@ -95,7 +95,15 @@ async def hand_back(
         return outcome
     prev = inv.states[intake.key]
     new, metric = WAITING[outcome]
-    await io(services.batches.transition, intake.batch_id, intake.custom_id, prev=prev, new=new)
+    shard = inv.counter_shard(intake.batch_id)
+    await io(
+        services.batches.transition,
+        intake.batch_id,
+        intake.custom_id,
+        prev=prev,
+        new=new,
+        shard=shard,
+    )
     inv.count(metric, intake)
     return outcome
 

@@ -100,7 +100,13 @@ async def _move(
     for _ in range(len(JobState)):  # each pass sees the state move on: bounded
         prev = inv.states[intake.key]
         if await io(
-            batches.transition, intake.batch_id, intake.custom_id, prev=prev, new=new, **changes
+            batches.transition,
+            intake.batch_id,
+            intake.custom_id,
+            prev=prev,
+            new=new,
+            shard=inv.counter_shard(intake.batch_id),
+            **changes,
         ):
             return True
         [job] = await io(batches.jobs, intake.batch_id, [intake.custom_id])
@@ -316,6 +322,7 @@ def _final(
         own=[move, *own],
         ledgers=ledgers,
         counters=deltas,
+        shard=inv.counter_shard(intake.batch_id),
         intake=intake,
         flush=flush,
         lines=lines,

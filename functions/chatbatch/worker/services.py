@@ -21,6 +21,7 @@ import boto3
 from aws_lambda_powertools.utilities.parameters import get_secret
 from botocore.config import Config as BotoConfig
 
+from chatbatch.core import scale
 from chatbatch.core.config import Config, load_config
 from chatbatch.core.principals import caller_principal
 from chatbatch.core.resources import Resources
@@ -119,7 +120,7 @@ def build_services() -> Services:
     resources = Resources.from_env()
     pooled = BotoConfig(max_pool_connections=io_threads(config))
     ddb = boto3.client("dynamodb", config=pooled)
-    batches = Batches(ddb, resources.table)
+    batches = Batches(ddb, resources.table, counter_shards=scale.plan(config).counter_shards)
     limiter = RateLimiter(ddb, resources.table, config)
     provider = ProviderClient(config, api_key, on_attempt=limiter.observe_attempt)
     return Services(

@@ -35,7 +35,8 @@ async def book(inv: Invocation, intake: Intake, job: Job, r: Reservation, why: s
     record = record_of(inv, intake, job, usage, r.nanos, r.day, usage_estimated=True, attempt=r.rid)
     await io(services.store.put_cost, record)
     crash_point("after_unread_record", intake)
-    counters = services.batches.count_items(intake.batch_id, estimated_counters(r.nanos))
+    shard = inv.counter_shard(intake.batch_id)
+    counters = services.batches.count_items(intake.batch_id, estimated_counters(r.nanos), shard)
     booked = await io(services.budget.release, r, spent_nanos=r.nanos, extra=counters)
     logger.warning(
         "a call the provider may have billed was booked at its worst case",
