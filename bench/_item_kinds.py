@@ -19,6 +19,7 @@ from chatbatch.state.budget.ledger import (
     LIMITS_KEY,
     batch_ledger_key,
     day_key,
+    layout_key,
     open_key,
     reservation_key,
 )
@@ -84,7 +85,9 @@ class Kind:
 
 
 KINDS = (
+    # shards too: ``budget#day#<day>#<k>`` (and a limited batch's, its open markers')
     Kind.of("day's budget ledger", day_key(ANY), Scope.DEPLOYMENT),
+    Kind.of("day's ledger layout", layout_key(ANY), Scope.DEPLOYMENT),
     Kind.of("batch budget ledger", batch_ledger_key(ANY), Scope.BATCH),
     Kind.of("batch counters + completion", batch_key(ANY), Scope.BATCH, shard=counter_key(ANY, 0)),
     Kind.of("job state", job_key(ANY, ANY), Scope.JOB),

@@ -192,7 +192,9 @@ def _ask(inv: Invocation, intake: Intake, job: Job) -> Ask:
     if batch_limit is None and config.budget.batch_usd is not None:
         batch_limit = to_nanos(config.budget.batch_usd)
     worst = to_nanos(job.worst_case_usd(config.models[job.model]))
-    return Ask(job_key(intake), worst, intake.batch_id, batch_limit, intake.owner)
+    # a batch's ledger has as many shards as its counters (what it was registered with)
+    shards = inv.batches[intake.batch_id].counter_shards
+    return Ask(job_key(intake), worst, intake.batch_id, batch_limit, intake.owner, shards)
 
 
 def reserve_ahead(inv: Invocation) -> None:
@@ -230,6 +232,7 @@ async def _reserve(inv: Invocation, intake: Intake, job: Job) -> Reservation | O
             batch_id=ask.batch_id,
             batch_limit_nanos=ask.batch_limit_nanos,
             owner=ask.owner,
+            batch_shards=ask.batch_shards,
         )
     except OverRequestCap as err:
         return await results.refuse(inv, intake, "over_request_cap", str(err))
