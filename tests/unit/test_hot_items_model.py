@@ -8,12 +8,13 @@ import math
 
 import pytest
 
-from bench._capacity import Write, item_size, units, value_size
+from bench._capacity import Write
 from bench._item_kinds import Scope, kind_of
 from bench.bench_hot_items import ITEM_WCU_S, hot_model
 from chatbatch.core.resources import TABLE_PK, TABLE_SK
 from chatbatch.state.batches import batch_key, job_key
 from chatbatch.state.budget.ledger import day_key, open_key
+from chatbatch.state.item_size import item_size, units, value_size
 from chatbatch.state.limiter.item import key as limiter_key
 
 
