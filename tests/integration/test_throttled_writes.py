@@ -4,7 +4,8 @@ The local runtime limits every item to ``WCU_S`` write units a second
 (``LocalOptions.throttle_wcu_s``, ``chatbatch.local.throttle``): low enough that the day's
 budget ledger, the batch's counters and the limiter's item are refused again and again
 while 24 Lambda instances (six per priority) run a realistic job mix (``bench._mix``)
-against a daily limit a third of what the jobs could cost. A refused plain write is
+against a daily limit a sixth of what the jobs could cost (``LIMIT_SHARE``). A refused
+plain write is
 retried by botocore, a refused transaction by ``state.ddb.transact``; what still fails
 fails the invocation, and its messages come back.
 
@@ -26,7 +27,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,18 +37,23 @@ from chatbatch.core.config import Config
 from chatbatch.core.days import utc_day
 from chatbatch.core.job_lines import parse_line
 from chatbatch.core.pricing import to_nanos
+from chatbatch.core.resources import TABLE_PK
 from chatbatch.local.options import LocalOptions
 from chatbatch.local.runtime import LocalRuntime
 from chatbatch.local.simulator import SimulatorSettings, Stats
 from chatbatch.local.summary import Summary
 from chatbatch.state.batches import BatchInfo
+from chatbatch.state.budget.ledger import day_key
 from tests.integration.test_budget_race import LedgerSampler, never_received
 
 pytestmark = pytest.mark.slow
 
 JOBS = 96
 PER_PRIORITY = 6  # 4 priorities x 6: 24 instances
-WCU_S = 30.0  # per item: the ledger takes 4 WCU per invocation, so ~7 invocations a second
+WCU_S = 40.0  # per item: the ledger takes 4 WCU per invocation, so ~10 invocations a second
+# the daily limit: this share of what the jobs could cost (their answers cost about a
+# third of it: about half of the jobs are answered before the limit is reached)
+LIMIT_SHARE = 6
 SCALES: list[float | None] = [None]
 CUSTOM_ID = re.compile(r"^[chnl]\d{6}")
 
@@ -70,6 +75,7 @@ class Throttled:
 
     limit: int  # nanos
     throttled: int  # writes refused (a transaction once)
+    hot: Counter[str]  # refusals by partition key
     sampler: LedgerSampler
     info: BatchInfo
     summary: Summary
@@ -100,7 +106,7 @@ def throttled(
     for number, text in enumerate(path.read_text().splitlines(), 1):
         job = parse_line(text, config, line=number)
         worst += to_nanos(job.worst_case_usd(config.models[job.model]))
-    limit_usd = (Decimal(worst) / 3 / 10**9).quantize(Decimal("0.000001"))
+    limit_usd = (Decimal(worst) / LIMIT_SHARE / 10**9).quantize(Decimal("0.000001"))
     config_path = tmp / "chatbatch.json"
     config_path.write_text(config.model_dump_json())
     options = LocalOptions(
@@ -122,11 +128,13 @@ def throttled(
         sampler = LedgerSampler(rt.resources.table, to_nanos(limit_usd))
         sampler.start()
         started = time.monotonic()
-        plan = rt.submit(path)
-        rt.wait(plan)
-        for mapping in rt.mappings.values():  # calls in flight end; nothing new starts
-            mapping.stop()
-        sampler.stop()
+        try:
+            plan = rt.submit(path)
+            rt.wait(plan)
+            for mapping in rt.mappings.values():  # calls in flight end; nothing new starts
+                mapping.stop()
+        finally:
+            sampler.stop()
         wall = time.monotonic() - started
         info = rt.batches.get(plan.batch_id)
         assert info is not None
@@ -135,11 +143,13 @@ def throttled(
         assert rt.simulator is not None and rt.throttle is not None
         stats = rt.simulator.stats()
         refused = rt.throttle.throttled
+        hot = Counter({pk: n for (_table, pk, _sk), n in rt.throttle.refused_items.items()})
     if utc_day() != sampler.day:
         pytest.skip("the run crossed UTC midnight: its money is in two day ledgers")
     return Throttled(
         limit=to_nanos(limit_usd),
         throttled=refused,
+        hot=hot,
         sampler=sampler,
         info=info,
         summary=summary,
@@ -151,7 +161,9 @@ def throttled(
 
 
 def test_hot_items_were_throttled(throttled: Throttled) -> None:
+    """The day's ledger among them, and the run still answered jobs."""
     assert throttled.throttled > 0
+    assert throttled.hot[day_key(throttled.sampler.day)[TABLE_PK]["S"]] > 0, throttled.hot
     assert throttled.summary.ddb_writes_throttled == throttled.throttled
     assert throttled.summary.succeeded > 0
 

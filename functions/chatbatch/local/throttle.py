@@ -34,7 +34,7 @@ import functools
 import json
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -84,7 +84,7 @@ class ItemThrottle:
     wcu_s: float
     clock: Callable[[], float] = time.monotonic
     throttled: int = 0  # requests refused (a transaction counts once)
-    throttled_items: int = 0  # items refused (a transaction's hot items each)
+    refused_items: Counter[ItemId] = field(default_factory=Counter)  # each hot item's refusals
     _windows: dict[ItemId, deque[tuple[float, int]]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -106,10 +106,10 @@ class ItemThrottle:
     def spend(self, item: ItemId, cost: int, now: float) -> None:
         self._windows.setdefault(item, deque()).append((now, cost))
 
-    def refused(self, items: int) -> None:
+    def refused(self, items: list[ItemId]) -> None:
         with self._lock:
             self.throttled += 1
-            self.throttled_items += items
+            self.refused_items.update(items)
 
 
 # the throttles turned on, the latest one in force (a stack: blocks may nest)
@@ -215,7 +215,7 @@ def _limited(
         now = throttle.clock()
         hot = [throttle.over(t.ident, t.estimate, now) for t in targets]
         if any(hot):
-            throttle.refused(sum(hot))
+            throttle.refused([t.ident for t, h in zip(targets, hot, strict=True) if h])
             raise refuse(hot)
         token = _nested.set(True)
         try:
