@@ -5,9 +5,8 @@ The local runtime limits every item to ``WCU_S`` write units a second
 budget ledger, the batch's counters and the limiter's item are refused again and again
 while 24 Lambda instances (six per priority) run a realistic job mix (``bench._mix``)
 against a daily limit a sixth of what the jobs could cost (``LIMIT_SHARE``). A refused
-plain write is
-retried by botocore, a refused transaction by ``state.ddb.transact``; what still fails
-fails the invocation, and its messages come back.
+plain write is retried by botocore, a refused transaction by ``state.ddb.transact``; what
+still fails fails the invocation, and its messages come back.
 
 What must hold, throttled: writes really were refused; every job is accounted for
 (answered, waiting for the budget, or still in its queue: none lost, none failed); no

@@ -231,5 +231,5 @@ def transact(
 def backoff_s(attempt: int, *, throttled: bool) -> float:
     """The jittered wait before a cancelled transaction's ``attempt + 1``-th retry."""
     if throttled:
-        return random.uniform(0.5, 1.0) * THROTTLE_BACKOFF_S * 2**attempt
-    return random.uniform(0.005, 0.02) * 2**attempt
+        return float(random.uniform(0.5, 1.0) * THROTTLE_BACKOFF_S * 2**attempt)
+    return float(random.uniform(0.005, 0.02) * 2**attempt)
