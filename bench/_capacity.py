@@ -6,7 +6,8 @@ Requests are seen by botocore's event hooks on the default session (``after-call
 for refused writes too, which DynamoDB bills as well). The size of what a write left comes
 from moto's side (``chatbatch.local.journal.tap``: the after-image of every item it
 touched); with moto in-process that runs in the caller's thread, before ``after-call``, so
-the two are joined through a thread-local. Units follow DynamoDB's rules: an item's size is
+the two are joined through a thread-local. Units follow DynamoDB's rules
+(``chatbatch.state.item_size``, shared with the local throttle): an item's size is
 its attribute names plus its values; a write costs 1 WRU per started KB of the larger of
 the item before and after it (at least 1), twice that in a transaction; a strongly
 consistent read 1 RRU per started 4 KB (0.5 eventually consistent).
@@ -14,8 +15,6 @@ consistent read 1 RRU per started 4 KB (0.5 eventually consistent).
 
 from __future__ import annotations
 
-import base64
-import math
 import threading
 import time
 from collections import Counter, defaultdict
@@ -29,6 +28,7 @@ import boto3
 from chatbatch.core.resources import TABLE_PK, TABLE_SK
 from chatbatch.local.journal import tap
 from chatbatch.local.journal.images import Change
+from chatbatch.state.item_size import READ_UNIT_BYTES, item_size, units, write_units
 
 PLAIN_WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem"})
 # The actions of a TransactWriteItems (a ConditionCheck is billed like a write of the item).
@@ -38,42 +38,7 @@ TXN_LABEL = "transactions (their WRU by item kind: txn:*)"
 ItemKey = tuple[str, str]  # (pk, sk)
 
 
-# --- sizes and units ------------------------------------------------------------------
-
-
-def _number_size(text: str) -> int:
-    digits = text.lstrip("-").replace(".", "").split("e")[0].split("E")[0].strip("0")
-    return 1 + math.ceil(len(digits) / 2)
-
-
-def value_size(value: dict[str, Any]) -> int:
-    """The size of one AttributeValue (``{"S": ...}``, ``{"N": ...}``, ``{"M": {...}}``)."""
-    ((kind, inner),) = value.items()
-    if kind == "S":
-        return len(str(inner).encode())
-    if kind == "N":
-        return _number_size(str(inner))
-    if kind == "B":
-        return len(inner) if isinstance(inner, bytes) else len(base64.b64decode(inner))
-    if kind in ("BOOL", "NULL"):
-        return 1
-    if kind in ("SS", "NS", "BS"):
-        return sum(value_size({kind[0]: v}) for v in inner)
-    if kind == "L":
-        return 3 + sum(1 + value_size(v) for v in inner)
-    if kind == "M":
-        return 3 + sum(1 + len(k.encode()) + value_size(v) for k, v in inner.items())
-    raise ValueError(f"not a DynamoDB AttributeValue: {kind!r}")
-
-
-def item_size(item: dict[str, Any] | None) -> int:
-    """DynamoDB's size of an item: each attribute's name plus its value, in bytes."""
-    return sum(len(name.encode()) + value_size(v) for name, v in (item or {}).items())
-
-
-def units(size: int, per: int) -> int:
-    """Capacity units of ``size`` bytes at ``per`` bytes a unit: started units, at least 1."""
-    return max(1, math.ceil(size / per))
+# --- items -------------------------------------------------------------------------
 
 
 def item_key(key: dict[str, Any] | None) -> ItemKey:
@@ -110,7 +75,7 @@ class Write:
 
     @property
     def wru(self) -> int:
-        return units(self.size, 1024) * (2 if self.transactional else 1)
+        return write_units(self.size, 0, transactional=self.transactional)
 
 
 class _Images(tap.Listener):
@@ -219,18 +184,20 @@ class CapacityMeter:
     def _read(self, op: str, params: dict[str, Any], parsed: dict[str, Any]) -> None:
         if op == "GetItem":
             size = item_size(parsed.get("Item"))
-            rru = units(size, 4096) if params.get("ConsistentRead") else 0.5
+            rru = units(size, READ_UNIT_BYTES) if params.get("ConsistentRead") else 0.5
             self.rru[purpose(item_key(params.get("Key"))[0])] += rru
         elif op == "BatchGetItem":
             for table_items in parsed.get("Responses", {}).values():
                 for item in table_items:
-                    self.rru[f"batch:{purpose(item_key(item)[0])}"] += units(item_size(item), 4096)
+                    self.rru[f"batch:{purpose(item_key(item)[0])}"] += units(
+                        item_size(item), READ_UNIT_BYTES
+                    )
             asked = sum(len(t["Keys"]) for t in params.get("RequestItems", {}).values())
             found = sum(len(t) for t in parsed.get("Responses", {}).values())
             self.rru["batch:missing"] += max(0, asked - found)
         elif op in {"Query", "Scan"}:
             size = sum(item_size(i) for i in parsed.get("Items", []))
-            self.rru[op.lower()] += units(size, 4096)
+            self.rru[op.lower()] += units(size, READ_UNIT_BYTES)
 
     @property
     def wru(self) -> Counter[str]:

@@ -31,6 +31,7 @@ import boto3
 from chatbatch.core.config import Config, Priority, load_config
 from chatbatch.core.resources import TABLE_PK, TABLE_SK, TABLE_TTL
 from chatbatch.local.aws import create_table, moto_in_process
+from chatbatch.state.item_size import item_size
 from chatbatch.state.limiter.item import open_attr, prio_attr, slot_attr
 from chatbatch.state.limiter.limiter import RateLimiter
 from chatbatch.state.limiter.policy import METRICS, PRIO_SLOTS, WINDOW_SLOTS
@@ -75,20 +76,6 @@ def bench_config(config: Config, rpm: int) -> Config:
         update={"rpm": rpm, "tpm": 10**12, "model_id": MODEL}
     )
     return config.model_copy(update={"models": {**config.models, MODEL: model}})
-
-
-def number_bytes(text: str) -> int:
-    """DynamoDB's size of a number: a byte per two significant digits, plus one."""
-    digits = text.lstrip("-").replace(".", "").strip("0") or "0"
-    return math.ceil(len(digits) / 2) + 1
-
-
-def item_size(item: dict[str, Any]) -> int:
-    size = 0
-    for name, value in item.items():
-        size += len(name.encode())
-        size += number_bytes(value["N"]) if "N" in value else len(value["S"].encode())
-    return size
 
 
 def run(config: Config, args: argparse.Namespace, *, lease: bool, rpm: int, rate: float) -> Counts:

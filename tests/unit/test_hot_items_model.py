@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench._capacity import Write, item_size, units, value_size
+from bench._capacity import Write
 from bench._common import ROOT
 from bench._item_kinds import Scope, kind_of
 from bench.bench_hot_items import ITEM_WCU_S, hot_model, scaled_config
@@ -18,6 +18,7 @@ from chatbatch.core.resources import TABLE_PK, TABLE_SK
 from chatbatch.core.scale import plan
 from chatbatch.state.batches import batch_key, job_key
 from chatbatch.state.budget.ledger import day_key, open_key
+from chatbatch.state.item_size import item_size, units, value_size
 from chatbatch.state.limiter.item import key as limiter_key
 
 

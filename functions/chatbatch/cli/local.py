@@ -109,6 +109,14 @@ def local_run(
     sim_tpm: Annotated[int | None, typer.Option(help="simulator's own tokens/min")] = None,
     sim_faults: FaultsOpt = None,
     state: StateOpt = None,
+    throttle_wcu_s: Annotated[
+        float | None,
+        typer.Option(
+            "--throttle-wcu-s",
+            help="write units a second each DynamoDB item takes; past it, writes are refused "
+            "as DynamoDB refuses a hot key (default: no limit)",
+        ),
+    ] = None,
     fresh: Annotated[
         bool, typer.Option("--fresh", help="delete the state (and so the answers) and start over")
     ] = False,
@@ -145,6 +153,7 @@ def local_run(
         sim_faults=sim_faults,
         log_file=out_dir / "worker.log",
         state_dir=state_dir,
+        throttle_wcu_s=throttle_wcu_s,
     )
     try:
         with LocalRuntime(options) as runtime, _on_stop_signals(runtime.request_stop):

@@ -45,6 +45,9 @@ class LocalOptions:
     # the journal's directory: the state survives the process (None: in memory only)
     state_dir: Path | None = None
     stop_grace_s: float = 15.0  # stopped early: how long the calls in flight may finish
+    # each DynamoDB item may take this many write units a second, refused past it as
+    # DynamoDB refuses a hot key (``chatbatch.local.throttle``); None: no limit, as moto
+    throttle_wcu_s: float | None = None
 
 
 SHARED_KEY_ENV = "CHATBATCH_API_KEY"  # the key of a bare --provider-url (and the simulator's)

@@ -67,6 +67,7 @@ from chatbatch.local.outputs import Figures, invalid_line, replacing, write_cost
 from chatbatch.local.schedule import HourlySchedule
 from chatbatch.local.simulator import Simulator, SimulatorSettings
 from chatbatch.local.summary import AwsCallCounter, Summary, summarize
+from chatbatch.local.throttle import ItemThrottle, throttling
 from chatbatch.state.batches import Batches, BatchInfo
 from chatbatch.state.breaker import Breakers
 from chatbatch.state.budget import errors as budget_errors
@@ -113,6 +114,7 @@ class LocalRuntime:
         self.kept = 0  # jobs already final when the last run of a file started
         self.stopping = threading.Event()
         self.hurry = threading.Event()  # asked twice: stop without waiting
+        self.throttle: ItemThrottle | None = None  # the DynamoDB write limit, if any
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -157,6 +159,8 @@ class LocalRuntime:
         self.resources = create_resources(self.config, options.visibility_timeout_s)
         if options.state_dir is not None:
             self.replayed = self._stack.enter_context(durable(options.state_dir, self.resources))
+        if options.throttle_wcu_s is not None:  # after the replay: that is no traffic
+            self.throttle = self._stack.enter_context(throttling(options.throttle_wcu_s))
         env = {
             **self.resources.env(),
             "CHATBATCH_CONFIG": str(config_file),
@@ -365,6 +369,7 @@ class LocalRuntime:
             aws=aws,
             kept=self.kept,
             paused_until=pause.until if pause else None,
+            ddb_throttled=self.throttle.throttled if self.throttle else None,
         )
 
 

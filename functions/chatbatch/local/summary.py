@@ -56,6 +56,8 @@ class Summary(BaseModel):
     # still queued, never received (they run when it resumes; their lines say ``deferred``)
     budget_paused_until: str | None = None
     queued: int = 0
+    # DynamoDB writes refused for a hot item (``local run --throttle-wcu-s``; None: no limit)
+    ddb_writes_throttled: int | None = None
 
     @field_serializer("cost_usd", "estimated_usd")
     def _usd(self, value: Decimal) -> str:
@@ -97,6 +99,7 @@ def summarize(
     aws: dict[str, dict[str, int]],
     kept: int = 0,
     paused_until: float | None = None,
+    ddb_throttled: int | None = None,
 ) -> Summary:
     """The batch's counts and cost, throughput, latencies, provider calls (from the
     simulator's ``stats`` when it ran) and the ``aws`` calls by service; ``kept``: the
@@ -137,6 +140,7 @@ def summarize(
             else dt.datetime.fromtimestamp(paused_until, dt.UTC).isoformat(timespec="seconds")
         ),
         queued=max(0, plan.valid - info.finished - info.deferred - info.throttled - info.paused),
+        ddb_writes_throttled=ddb_throttled,
     )
 
 

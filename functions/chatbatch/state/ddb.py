@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb.type_defs import AttributeValueTypeDef
 
 CONFLICT_RETRIES = 6
+# A cancellation for a conflict clears in milliseconds; one for throttling (a hot item past
+# its write units a second) clears when DynamoDB's one-second window moves on: its backoff
+# doubles from THROTTLE_BACKOFF_S, so the tries span more than that second (~1.5 s).
+THROTTLE_BACKOFF_S = 0.05
 
 
 def s(value: str) -> AttributeValueTypeDef:
@@ -204,6 +208,7 @@ def transact(
     A transaction cancelled for another reason (a conflict with a concurrent one on the
     same hot item, throttling) is tried again after a jittered backoff: botocore does not
     retry those, and the items every job touches (the batch, the day's ledger) are hot.
+    A throttled one (a reason ``ThrottlingError``) backs off longer (``backoff_s``).
 
     The cancellation is told by its error code (``error_code``).
     """
@@ -219,5 +224,16 @@ def transact(
                 return reasons
             if attempt == CONFLICT_RETRIES - 1:
                 raise
-            sleep(random.uniform(0.005, 0.02) * 2**attempt)
+            sleep(
+                backoff_s(
+                    attempt, throttled=any(r.get("Code") == "ThrottlingError" for r in reasons)
+                )
+            )
     raise AssertionError("unreachable")
+
+
+def backoff_s(attempt: int, *, throttled: bool) -> float:
+    """The jittered wait before a cancelled transaction's ``attempt + 1``-th retry."""
+    if throttled:
+        return float(random.uniform(0.5, 1.0) * THROTTLE_BACKOFF_S * 2**attempt)
+    return float(random.uniform(0.005, 0.02) * 2**attempt)

@@ -40,6 +40,12 @@ if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
 SECRET_ENV_PREFIX = "CHATBATCH_SECRET_"
+# A throttled DynamoDB write (ProvisionedThroughputExceededException: a hot item past its
+# write units a second) is retried by botocore with a jittered backoff that doubles from
+# 1 s ("standard" mode; "legacy", which AWS_RETRY_MODE or an older botocore could pick,
+# doubles from 50 ms without jitter: every instance throttled at once retries at once).
+# Past the last attempt the call raises; the job's message comes back (``docs/exactly-once.md``).
+DDB_RETRIES = BotoConfig(retries={"mode": "standard", "total_max_attempts": 5})
 
 
 @dataclass
@@ -119,7 +125,7 @@ def build_services() -> Services:
     config = load_config_cached()
     resources = Resources.from_env()
     pooled = BotoConfig(max_pool_connections=io_threads(config))
-    ddb = boto3.client("dynamodb", config=pooled)
+    ddb = boto3.client("dynamodb", config=pooled.merge(DDB_RETRIES))
     batches = Batches(ddb, resources.table, counter_shards=scale.plan(config).counter_shards)
     limiter = RateLimiter(ddb, resources.table, config)
     provider = ProviderClient(config, api_key, on_attempt=limiter.observe_attempt)
