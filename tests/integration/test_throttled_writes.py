@@ -19,7 +19,7 @@ the cost records and the batch's cost.
 
 The run is a fixture over ``SCALES``, the config's ``scale.target_jobs_per_s``: 750
 jobs/s in invocations of two puts the day's ledger, its open markers and the batch's
-counters in 3 shards each (``core/scale.py``), and the sampler reads the ledger's shards
+counters in 4 shards each (``core/scale.py``), and the sampler reads the ledger's shards
 in one transactional read. (The same run with one item per hot kind needs about 60 WCU/s
 to get through in reasonable time: at 40 its one ledger item lets about ten invocations
 a second through, and the run crawls.)

@@ -31,7 +31,7 @@ def test_json_is_the_plan_of_the_target(config: Config) -> None:
     )
     want = plan(cfg)
     assert got["target_jobs_per_s"] == 2000
-    assert got["shards"]["ledger"] == want.ledger_shards == 2
+    assert got["shards"]["ledger"] == want.ledger_shards == 3
     assert got["shards"]["limiter"] == {m: want.limiter(m) for m in config.models}
     assert got["worker"]["mapping_concurrency"] == {p.value: MAPPING_MAX for p in Priority}
     assert got["worker"]["reserved_concurrency"] == 4 * MAPPING_MAX + RESUME_INVOCATIONS
