@@ -7,22 +7,29 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import boto3
 import pytest
 from test_budget import USD, Clock
-from test_budget_shards import FOUR_SHARDS, committed, make, sharded, table  # noqa: F401
+from test_budget_shards import FOUR_SHARDS, committed, make, sharded
 from test_review11_shard_breaks import CENT, Picks, budget_with
 
 from chatbatch.core.config import Config
 from chatbatch.core.days import utc_day
-from chatbatch.state.budget.budget import Budget
+from chatbatch.local.aws import create_resources, moto_in_process
 from chatbatch.state.budget.errors import BudgetDeferred
 from chatbatch.state.budget.ledger import batch_ledger_key, day_key, open_key, share
 from chatbatch.state.budget.reservations import Ask
 from chatbatch.state.ddb import int_of
+
+
+@pytest.fixture
+def table(config: Config) -> Iterator[str]:
+    with moto_in_process():
+        yield create_resources(config).table
 
 
 def snapshot(table: str, keys: list[dict]) -> list[int]:
