@@ -39,6 +39,7 @@ from chatbatch.state.budget.ledger import (
     DayUsage,
     Item,
     add_item,
+    batch_layout_key,
     batch_ledger_key,
     charge_item,
     day_key,
@@ -133,6 +134,7 @@ class Budget:
         self._rng = rng or random.Random()
         self._planned_shards = plan(config).ledger_shards
         self._layouts: dict[str, int] = {}
+        self._batch_layouts: dict[str, int] = {}
         self._limit_cache: tuple[float, int] | None = None
         self._reclaimed_at = -RECLAIM_EVERY_S
         self._lock = threading.Lock()
@@ -154,6 +156,7 @@ class Budget:
     def set_daily_limit(self, usd: Decimal) -> None:
         self._ddb.put_item(TableName=self._table, Item={**LIMITS_KEY, "limit": n(to_nanos(usd))})
         self._forget_limit()
+        self.rebalance()  # lowered: shards over their new slices must not hide it
 
     def _forget_limit(self) -> None:
         with self._lock:
@@ -189,6 +192,25 @@ class Budget:
                 self._layouts[day] = known
         return known
 
+    def batch_shards(self, batch_id: str, planned: int) -> int:
+        """How many shards a limited batch's ledger has: fixed by its first reservation
+        (``planned``: what the batch was registered with then), as the day's count is. A
+        batch registered unsharded and again with shards (``Batches.register`` gives it
+        counter shards) keeps one ledger item: new slices of a limit its one item holds
+        would give the same money twice."""
+        with self._lock:
+            known = self._batch_layouts.get(batch_id)
+        if known is None:
+            key = batch_layout_key(batch_id)
+            item = self._ddb.get_item(TableName=self._table, Key=key, ConsistentRead=True)
+            if "Item" in item:
+                known = int(item["Item"]["shards"]["N"])
+            else:
+                known = self._fix_layout(key, batch_ledger_key(batch_id), planned)
+            with self._lock:
+                self._batch_layouts[batch_id] = known
+        return known
+
     def _layout(self, day: str, create: bool) -> int | None:
         key = layout_key(day)
         item = self._ddb.get_item(TableName=self._table, Key=key, ConsistentRead=True)
@@ -196,34 +218,38 @@ class Budget:
             return int(item["Item"]["shards"]["N"])
         if not create:
             return None
-        # The planned count, unless the day's (unsharded) ledger exists already: a day
-        # begun before shards were configured stays one item until midnight.
-        if self._planned_shards > 1:
+        return self._fix_layout(key, day_key(day), self._planned_shards)
+
+    def _fix_layout(self, key: Item, unsharded: Item, planned: int) -> int:
+        """Write a ledger's count at ``key`` once: ``planned``, unless its ``unsharded``
+        ledger exists already (a day or batch begun before shards were configured stays
+        one item); the count another worker wrote first if it did."""
+        if planned > 1:
             fresh: Item = {
                 "ConditionCheck": {
                     "TableName": self._table,
-                    "Key": day_key(day),
+                    "Key": unsharded,
                     "ConditionExpression": "attribute_not_exists(#pk)",
                     "ExpressionAttributeNames": {"#pk": TABLE_PK},
                 }
             }
-            reasons = self._transact([{"Put": self._layout_put(day, self._planned_shards)}, fresh])
+            reasons = self._transact([{"Put": self._layout_put(key, planned)}, fresh])
             if not reasons:
-                return self._planned_shards
+                return planned
             if reasons[0].get("Code") == "ConditionalCheckFailed":  # another worker's
                 return int(reasons[0]["Item"]["shards"]["N"])
         try:
-            self._ddb.put_item(**self._layout_put(day, 1))
+            self._ddb.put_item(**self._layout_put(key, 1))
         except ClientError as err:
             if error_code(err) != "ConditionalCheckFailedException":
                 raise
             return int(err.response["Item"]["shards"]["N"])  # type: ignore[typeddict-item]
         return 1
 
-    def _layout_put(self, day: str, shards: int) -> Any:
+    def _layout_put(self, key: Item, shards: int) -> Any:
         return {
             "TableName": self._table,
-            "Item": {**layout_key(day), "shards": n(shards)},
+            "Item": {**key, "shards": n(shards)},
             "ConditionExpression": "attribute_not_exists(#pk)",
             "ExpressionAttributeNames": {"#pk": TABLE_PK},
             "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
@@ -268,11 +294,14 @@ class Budget:
         totals = _Refused(ledger.scope, {"committed": n(sum(committed)), "spent": n(spent)})
         slices = [share(ledger.limit, ledger.shards, i) for i in range(ledger.shards)]
         rooms = [slice_ - used for slice_, used in zip(slices, committed, strict=True)]
-        if sum(max(room, 0) for room in rooms) < nanos:
+        if sum(rooms) < nanos:  # a shard over its slice (a lowered limit) holds the others'
             raise totals
+        now = self._clock()
+        if any(room < 0 for room in rooms):
+            self._spread(ledger, rooms, now)  # refused: something moved; the next try reads
+            return ledger.at, totals
         if fits := [i for i, room in enumerate(rooms) if room >= nanos]:
             return self._rng.choice(fits), totals
-        now = self._clock()
         moves = {i: room for i, room in enumerate(rooms) if i != ledger.at and room > 0}
         given = [
             charge_item(self._table, ledger.key(i), m, slices[i], now) for i, m in moves.items()
@@ -280,6 +309,43 @@ class Budget:
         taken = add_item(self._table, ledger.key(ledger.at), {"committed": -sum(moves.values())})
         self._transact([*given, taken])  # refused: something moved; the next try reads again
         return ledger.at, totals
+
+    def _spread(self, ledger: _Ledger, rooms: Sequence[int], now: float) -> None:
+        """Move what shards hold past their slices (the limit was lowered under them) onto
+        the shards with room, as far as it goes: each amount is a conditional charge on
+        its receiving shard and taken off a shard over its slice; the sum is unchanged.
+        Afterwards no shard is over its slice while another has room, so a charge that
+        one shard's condition lets through fits the shards' sum too."""
+        excess = {i: -room for i, room in enumerate(rooms) if room < 0}
+        room = {i: r for i, r in enumerate(rooms) if r > 0}
+        moving = min(sum(excess.values()), sum(room.values()))
+        if moving <= 0:
+            return
+        items: list[Item] = []
+        for amounts, charge in ((room, True), (excess, False)):
+            left = moving
+            for i, amount in amounts.items():
+                m = min(amount, left)
+                left -= m
+                if m and charge:
+                    slice_ = share(ledger.limit, ledger.shards, i)
+                    items.append(charge_item(self._table, ledger.key(i), m, slice_, now))
+                elif m:
+                    items.append(add_item(self._table, ledger.key(i), {"committed": -m}))
+        self._transact(items)
+
+    def rebalance(self, day: str | None = None) -> None:
+        """After the daily limit was lowered: the day's shards' excess over their new
+        slices moved onto the shards with room (``_spread``)."""
+        day = day or utc_day(self._clock())
+        count = self.shards(day, create=False)
+        if count == 1:
+            return
+        ledger = _Ledger("day", day, count, self.daily_limit_nanos(), 0)
+        items = self._read_all([ledger.key(i) for i in range(count)])
+        slices = [share(ledger.limit, count, i) for i in range(count)]
+        rooms = [s_ - int_of(item, "committed") for s_, item in zip(slices, items, strict=True)]
+        self._spread(ledger, rooms, self._clock())
 
     # --- reserve -----------------------------------------------------------------
 
@@ -309,6 +375,8 @@ class Budget:
                 f"budget.request_cap_usd ${from_nanos(cap)}; lower max_tokens or raise the cap"
             )
         now = self._clock()
+        if batch_id is not None and batch_limit_nanos is not None:
+            batch_shards = self.batch_shards(batch_id, batch_shards)
         ask = Ask(job_key, nanos, batch_id, batch_limit_nanos, owner, batch_shards)
         reservation = self._held(ask, utc_day(now))
         try:
@@ -356,16 +424,20 @@ class Budget:
         """
         keys = {a.job_key for a in asks}
         cap = to_nanos(self._config.budget.request_cap_usd)
-        limits = {
-            a.batch_id: (a.batch_limit_nanos, a.batch_shards)
+        limited = {
+            a.batch_id: a
             for a in asks
             if a.batch_id is not None and a.batch_limit_nanos is not None
         }
-        size = len(asks) + 2 + len(limits)
+        size = len(asks) + 2 + len(limited)
         if len(asks) < 2 or len(keys) < len(asks) or size > MAX_TRANSACT_ITEMS:
             return {}
         if any(a.nanos > cap for a in asks):
             return {}
+        limits = {
+            b: (a.batch_limit_nanos, self.batch_shards(b, a.batch_shards))
+            for b, a in limited.items()
+        }
         now = self._clock()
         day = utc_day(now)
         marker = f"group#{uuid.uuid4().hex}"

@@ -48,6 +48,11 @@ def layout_key(day: str) -> Item:
     return {TABLE_PK: s(f"budget#day#{day}"), TABLE_SK: s("layout")}
 
 
+def batch_layout_key(batch_id: str) -> Item:
+    """How many shards a batch's ledger has (fixed by its first reservation)."""
+    return {TABLE_PK: s(f"budget#batch#{batch_id}"), TABLE_SK: s("layout")}
+
+
 RESERVATION_PREFIX = "budget#job#"
 
 
