@@ -3,7 +3,7 @@ shards' ``committed`` never adding up past the limit: a daily limit lowered whil
 shards hold money (a shard over its new slice does not stop the others), and a batch
 whose ledger count changes between two asks (registered unsharded, then again with
 shards: ``Batches.register`` keeps counting, the ledger got new slices). Both fixed;
-an overrun on one shard (a settle above its reservation) is not (strict xfail)."""
+so is an overrun on one shard (a settle above its reservation: spread onto the others)."""
 
 from __future__ import annotations
 
@@ -116,11 +116,6 @@ def test_review11_a_batch_registered_again_with_shards_keeps_its_limit(
     assert granted == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed: a settle above its reservation is a plain addition to its shard; "
-    "the other shards' conditions do not see it (review 11 report: spread it at settle)",
-)
 def test_review11_an_overrun_on_one_shard_is_not_spent_again_by_the_others(
     config: Config, table: str
 ) -> None:

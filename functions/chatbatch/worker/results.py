@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Sequence
 from decimal import Decimal
 from typing import Any
 
+from aws_lambda_powertools import Logger
+
 from chatbatch.core.days import utc_day
 from chatbatch.core.jobs import Job
 from chatbatch.core.metrics import Metric
@@ -28,6 +30,8 @@ from chatbatch.state.store import KeptRequest
 from chatbatch.worker.finals import Final, Lines
 from chatbatch.worker.intake import Intake
 from chatbatch.worker.invocation import Invocation, Outcome, io, job_key
+
+logger = Logger(service="chatbatch", child=True)
 
 
 async def fail(
@@ -280,15 +284,21 @@ async def _settle(
     flush = stored_in or inv.finals.place(job_key(intake))
     fields = {"flush": s(flush)}
     final = _final(inv, intake, record, reservation, counters, fields, flush, lines)
-    if await inv.finals.commit(intake.record.message_id, final):
-        return True
     budget = inv.services.budget
-    settle = budget.settle_items(reservation, record.cost_nanos) if reservation else []
-    stop = frozenset({JobState.succeeded}) if reservation else ENDS
-    moved = await _move(
-        inv, intake, JobState.succeeded, stop, counters=counters, extra=settle, fields=fields
-    )
-    await inv.finals.settled(intake.record.message_id, moved)
+    if await inv.finals.commit(intake.record.message_id, final):
+        moved = True
+    else:
+        settle = budget.settle_items(reservation, record.cost_nanos) if reservation else []
+        stop = frozenset({JobState.succeeded}) if reservation else ENDS
+        moved = await _move(
+            inv, intake, JobState.succeeded, stop, counters=counters, extra=settle, fields=fields
+        )
+        await inv.finals.settled(intake.record.message_id, moved)
+    if moved and reservation is not None and record.cost_nanos > reservation.nanos:
+        try:  # an overrun (billed past the worst case): its shard's excess is spread
+            await io(budget.settled, reservation, record.cost_nanos)
+        except Exception:  # the money is booked; the next refused reservation spreads it
+            logger.exception("could not spread an overrun over the ledger's shards")
     return moved
 
 

@@ -578,7 +578,18 @@ class Budget:
 
     def settle(self, r: Reservation, actual_nanos: int) -> bool:
         """Settle on its own; False if it was already settled (or released)."""
-        return not self._transact(self.settle_items(r, actual_nanos))
+        done = not self._transact(self.settle_items(r, actual_nanos))
+        if done:
+            self.settled(r, actual_nanos)
+        return done
+
+    def settled(self, r: Reservation, actual_nanos: int) -> None:
+        """After a settle committed (here or in the caller's transaction): one above its
+        reservation (a provider that billed past the worst case) put its shard over its
+        slice, which the other shards' conditions cannot see; its excess is spread onto
+        them (``rebalance``), as the unsharded ledger would count it against them all."""
+        if actual_nanos > r.nanos:
+            self.rebalance(r.day)
 
     def arm(self, r: Reservation) -> bool:
         """Mark ``r``: a call under it is about to be sent (``reservations.arm_item``; one
