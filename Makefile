@@ -20,7 +20,7 @@ demo: $(STAMP)
 	@echo "results: out/demo/results.jsonl  errors: out/demo/errors.jsonl  costs: out/demo/costs.jsonl"
 
 test: $(STAMP) lint
-	$(PY) -m pytest -n 2 --dist loadfile
+	$(PY) -m pytest -n 4 --dist loadfile
 
 # Against a real AWS account and DeepSeek: deploys a stack of its own, runs 20 jobs, checks
 # their costs, destroys it (~15 min, a few cents). Needs AWS credentials and a region,

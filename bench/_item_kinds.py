@@ -17,6 +17,7 @@ from chatbatch.state.batches import SALT_KEY, batch_key, counter_key, job_key
 from chatbatch.state.breaker import breaker_key
 from chatbatch.state.budget.ledger import (
     LIMITS_KEY,
+    batch_layout_key,
     batch_ledger_key,
     day_key,
     layout_key,
@@ -89,6 +90,7 @@ KINDS = (
     Kind.of("day's budget ledger", day_key(ANY), Scope.DEPLOYMENT),
     Kind.of("day's ledger layout", layout_key(ANY), Scope.DEPLOYMENT),
     Kind.of("batch budget ledger", batch_ledger_key(ANY), Scope.BATCH),
+    Kind.of("batch ledger layout", batch_layout_key(ANY), Scope.BATCH),
     Kind.of("batch counters + completion", batch_key(ANY), Scope.BATCH, shard=counter_key(ANY, 0)),
     Kind.of("job state", job_key(ANY, ANY), Scope.JOB),
     Kind.of("budget reservation", reservation_key(ANY), Scope.JOB),

@@ -112,9 +112,9 @@ def _assert_paused_and_silent(rt: LocalRuntime, total: int, batch_id: str) -> in
 
 
 def test_a_spent_budget_pauses_the_queues_and_budget_set_resumes_them(tmp_path: Path) -> None:
-    total = 240
+    total = 120
     path = _jobs(tmp_path, total)
-    with _runtime(budget_usd=Decimal("0.0005"), timeout_s=300) as rt:
+    with _runtime(budget_usd=Decimal("0.00025"), timeout_s=300) as rt:
         plan = rt.submit(path)
         rt.wait(plan, until=lambda i, p: rt.budget_paused())
         answered = _assert_paused_and_silent(rt, total, plan.batch_id)
@@ -125,7 +125,7 @@ def test_a_spent_budget_pauses_the_queues_and_budget_set_resumes_them(tmp_path: 
         assert shown.exit_code == 0, shown.output
         view = json.loads(shown.stdout)
         assert view["pause"]["reason"] == "daily_budget"
-        assert Decimal(view["usage"]["limit_usd"]) == Decimal("0.0005")
+        assert Decimal(view["usage"]["limit_usd"]) == Decimal("0.00025")
         status = runner.invoke(app, ["status", "--config", str(config_file)])
         assert "PAUSED since" in status.stdout and "daily budget" in status.stdout
         bad = runner.invoke(app, ["budget", "set", "--daily", "-1", "--config", str(config_file)])

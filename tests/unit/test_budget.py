@@ -29,7 +29,8 @@ from chatbatch.state.budget.errors import (
     HeldElsewhere,
     OverRequestCap,
 )
-from chatbatch.state.budget.reservations import Ask
+from chatbatch.state.budget.ledger import reservation_key
+from chatbatch.state.budget.reservations import Ask, arm_item
 
 USD = 1_000_000_000  # nanos
 
@@ -533,3 +534,21 @@ def test_a_dead_copys_claim_from_yesterday_is_taken_over_on_its_day(config: Conf
     assert budget.usage(before).reserved_usd == 0
     fresh = budget.reserve("b#job", USD // 10, owner="C")  # reclaimed: reserved anew, today
     assert (fresh.day, fresh.resumed) == (utc_day(clock.now), False)
+
+
+def test_a_reservation_is_armed_once_whoever_got_it_back(config: Config, table: str):
+    """Two deliveries of one message (the first outlived its visibility timeout) both get
+    the reservation back before either armed it: only the first arm passes, so only one
+    of them calls; a retry of the same arm request (its write landed, its answer was lost)
+    passes again."""
+    budget = make(config, table)
+    first = budget.reserve("twice", USD // 100, owner="copy-1")
+    second = budget.reserve("twice", USD // 100, owner="copy-1")  # the same copy, again
+    assert second.resumed and second.rid == first.rid and not second.armed
+    assert budget.arm(first)
+    assert not budget.arm(second), "the second delivery must not call too"
+    ddb = boto3.client("dynamodb")
+    item = ddb.get_item(TableName=table, Key=reservation_key("twice"))["Item"]
+    again = arm_item(table, first, Clock()(), item["arm_token"]["S"])["Update"]
+    ddb.update_item(**again)  # the same request, sent again: passes
+    assert budget.settle(first, USD // 200)

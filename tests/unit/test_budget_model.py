@@ -268,7 +268,8 @@ class BudgetMachine(RuleBasedStateMachine):
         h = self.held.get(job)
         done = self.budget.arm(r)
         mine = h is not None and h.settled is None and h.rid == r.rid
-        assert done == (mine and (r.owner is None or h.owner == r.owner))  # type: ignore[union-attr]
+        first = h is not None and not h.armed  # a reservation carries one call
+        assert done == (mine and first and (r.owner is None or h.owner == r.owner))  # type: ignore[union-attr]
         if done and h is not None:
             h.armed, h.armed_at = True, self.clock.now
 

@@ -595,10 +595,10 @@ class Budget:
         """Mark ``r``: a call under it is about to be sent (``reservations.arm_item``; one
         plain conditional write, no transaction), its answer to be stored in the objects
         of ``r.flush``. False if it is no longer this copy's reservation (reclaimed, taken
-        over)."""
+        over) or another delivery armed it first (its call is that delivery's)."""
         now = self._clock()
         try:
-            self._ddb.update_item(**arm_item(self._table, r, now)["Update"])
+            self._ddb.update_item(**arm_item(self._table, r, now, uuid.uuid4().hex)["Update"])
         except ClientError as err:
             if error_code(err) != "ConditionalCheckFailedException":
                 raise

@@ -221,24 +221,39 @@ def extend_items(
     ]
 
 
-def arm_item(table: str, r: Reservation, now: float) -> Item:
+def arm_item(table: str, r: Reservation, now: float, token: str) -> Item:
     """Mark the reservation: a call under it is about to be sent. From here on, a copy of
     the job that finds it (a redelivery after a crash, a takeover) or a reclaim books it
     as billed at its worst case unless the answer was stored. It records ``r.flush``, the
-    flush id whose objects will hold the answer (where a redelivery looks for it)."""
-    names = {"#s": "state", "#d": "day", "#rid": "rid", "#a": "armed", "#t": "armed_at"}
+    flush id whose objects will hold the answer (where a redelivery looks for it).
+
+    Once: a reservation carries one call (another is bought under a new one), so only
+    the first arm passes, and the same request sent again (``token``: a retry of a write
+    that landed). Two deliveries of one message that both got the reservation back before
+    either armed it (the first outlived its visibility timeout) cannot both call."""
+    names = {
+        "#s": "state",
+        "#d": "day",
+        "#rid": "rid",
+        "#a": "armed",
+        "#t": "armed_at",
+        "#k": "arm_token",
+    }
     values: Item = {
         ":reserved": s("reserved"),
         ":day": s(r.day),
         ":rid": s(r.rid),
         ":true": {"BOOL": True},
         ":t": n(round(now, 3)),
+        ":k": s(token),
     }
-    update = "SET #a = :true, #t = :t"
+    update = "SET #a = :true, #t = :t, #k = :k"
     if r.flush is not None:
         names["#f"], values[":f"] = "flush", s(r.flush)
         update += ", #f = :f"
-    condition = f"#s = :reserved AND #d = :day AND {SAME_RID}"
+    condition = (
+        f"#s = :reserved AND #d = :day AND {SAME_RID} AND (attribute_not_exists(#a) OR #k = :k)"
+    )
     if r.owner:
         names["#o"], values[":o"] = "owner", s(r.owner)
         condition += " AND #o = :o"
