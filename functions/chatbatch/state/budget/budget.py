@@ -311,9 +311,10 @@ class Budget:
         return ledger.at, totals
 
     def _spread(self, ledger: _Ledger, rooms: Sequence[int], now: float) -> None:
-        """Move what shards hold past their slices (the limit was lowered under them) onto
-        the shards with room, as far as it goes: each amount is a conditional charge on
-        its receiving shard and taken off a shard over its slice; the sum is unchanged.
+        """Move what shards hold past their slices (the limit was lowered under them, or a
+        settle came above its reservation) onto the shards with room, as far as it goes:
+        each amount is a conditional charge on its receiving shard and taken off a shard
+        over its slice; the sum is unchanged.
         Afterwards no shard is over its slice while another has room, so a charge that
         one shard's condition lets through fits the shards' sum too."""
         excess = {i: -room for i, room in enumerate(rooms) if room < 0}
@@ -335,8 +336,8 @@ class Budget:
         self._transact(items)
 
     def rebalance(self, day: str | None = None) -> None:
-        """After the daily limit was lowered: the day's shards' excess over their new
-        slices moved onto the shards with room (``_spread``)."""
+        """After the daily limit was lowered, or a settle above its reservation: the day's
+        shards' excess over their slices moved onto the shards with room (``_spread``)."""
         day = day or utc_day(self._clock())
         count = self.shards(day, create=False)
         if count == 1:
