@@ -7,6 +7,7 @@ from chatbatch.core.scale import (
     HEADROOM,
     IMBALANCE,
     ITEM_WCU_S,
+    LIMITER_WCU_PER_JOB,
     PER_INVOCATION_WCU,
     plan,
     shards_for,
@@ -41,4 +42,4 @@ def test_a_model_limiter_is_sharded_for_what_its_limit_lets_through(config: Conf
     fast = scaled(config, 10_000)
     for name, model in config.models.items():
         rate = min(10_000, model.rpm / 60)
-        assert plan(fast).limiter(name) == shards_for(rate, 0.4)
+        assert plan(fast).limiter(name) == shards_for(rate, LIMITER_WCU_PER_JOB)
