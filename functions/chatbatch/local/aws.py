@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import boto3
+import httpx
 
 from chatbatch.core.config import Config, Priority
 from chatbatch.core.resources import TABLE_PK, TABLE_SK, TABLE_TTL, Resources, queue_name
@@ -72,6 +73,10 @@ def moto_server(port: int = 0) -> Iterator[str]:
     server.start()
     host, bound = server.get_host_and_port()
     endpoint = f"http://{host}:{bound}"
+    # The server serves the process's own moto backends, which an earlier server of the
+    # process left as they were (its queues, with their attributes, refuse a new
+    # runtime's CreateQueue): start from nothing, as an in-process mock_aws does.
+    httpx.post(f"{endpoint}/moto-api/reset", timeout=30, trust_env=False).raise_for_status()
     try:
         with patched_env({**FAKE_CREDENTIALS, "AWS_ENDPOINT_URL": endpoint}):
             yield endpoint
