@@ -299,14 +299,9 @@ class LocalUp:
             self.provider, *command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
         )
         assert self.proc.stdout is not None
-        # its line: the workers it resumes may log (JSON lines on stdout) before it
-        announced = next(
-            parsed
-            for line in self.proc.stdout
-            if isinstance(parsed := json.loads(line), dict) and "env" in parsed
-        )
-        self.env = clean_env() | announced["env"]
-        # the workers log to stdout: read on, or a full pipe would stop them
+        # its first line, even when the workers it resumes log at once (to stderr, --json)
+        self.env = clean_env() | json.loads(self.proc.stdout.readline())["env"]
+        # read on, or a full pipe would stop it
         threading.Thread(target=self.proc.stdout.read, daemon=True).start()
         return self
 

@@ -266,6 +266,7 @@ def local_up(
         server=True,
         port=port,
         state_dir=state,
+        log_stderr=as_json,  # stdout holds the JSON line alone
     )
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
     try:

@@ -42,6 +42,7 @@ class LocalOptions:
     visibility_timeout_s: int | None = None
     log_level: str = "WARNING"
     log_file: Path | None = None  # the worker's JSON log lines go here instead of stdout
+    log_stderr: bool = False  # or to stderr (`local up --json`: stdout is its JSON line)
     # the journal's directory: the state survives the process (None: in memory only)
     state_dir: Path | None = None
     stop_grace_s: float = 15.0  # stopped early: how long the calls in flight may finish

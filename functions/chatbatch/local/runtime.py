@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -32,6 +33,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import IO
 
 import boto3
 from aws_lambda_powertools import Logger
@@ -173,7 +175,8 @@ class LocalRuntime:
             **keys,
         }
         self._stack.enter_context(patched_env(env))
-        self._stack.enter_context(_worker_logs(options.log_level, options.log_file))
+        sink = sys.stderr if options.log_stderr else None
+        self._stack.enter_context(_worker_logs(options.log_level, options.log_file, sink))
         self._stack.enter_context(_fresh_worker())
         self.store = Store(boto3.client("s3"), self.resources.bucket)
         self.batches = Batches(
@@ -401,26 +404,30 @@ def _settled(info: BatchInfo, plan: Plan) -> bool:
 
 
 @contextmanager
-def _worker_logs(level: str, path: Path | None) -> Iterator[None]:
-    """The worker's log level, and its Powertools handler pointed at ``path`` if given."""
+def _worker_logs(level: str, path: Path | None, stream: IO[str] | None = None) -> Iterator[None]:
+    """The worker's log level, and its Powertools handler pointed at ``path`` if given,
+    else at ``stream`` if given (else it stays on stdout)."""
     # The worker's Powertools logger, made here if no worker module has made it yet (it adds
     # its handler once per service; a handler made after this point would not be moved).
     Logger(service="chatbatch")
     logger = logging.getLogger("chatbatch")
     logger.setLevel(level)
-    if path is None:
+    if path is None and stream is None:
         yield
         return
-    private_dir(path.parent)
-    streams = [h for h in logger.handlers if isinstance(h, logging.StreamHandler)]
-    with private_open(path, "a") as sink:
-        saved = [h.setStream(sink) for h in streams]
+    with ExitStack() as opened:
+        if path is not None:
+            private_dir(path.parent)
+            stream = opened.enter_context(private_open(path, "a"))
+        assert stream is not None
+        handlers = [h for h in logger.handlers if isinstance(h, logging.StreamHandler)]
+        saved = [h.setStream(stream) for h in handlers]
         try:
             yield
         finally:
-            for handler, stream in zip(streams, saved, strict=True):
-                if stream is not None:
-                    handler.setStream(stream)
+            for handler, before in zip(handlers, saved, strict=True):
+                if before is not None:
+                    handler.setStream(before)
 
 
 def _trace_env() -> dict[str, str]:
