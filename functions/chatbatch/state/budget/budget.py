@@ -288,12 +288,10 @@ class Budget:
         Raises that refusal when all the shards together have no room."""
         if ledger.shards == 1:
             raise refused
-        items = self._read_all([ledger.key(i) for i in range(ledger.shards)])
-        committed = [int_of(item, "committed") for item in items]
+        items, slices, rooms = self._rooms(ledger)
+        committed = sum(int_of(item, "committed") for item in items)
         spent = sum(int_of(item, "spent") for item in items)
-        totals = _Refused(ledger.scope, {"committed": n(sum(committed)), "spent": n(spent)})
-        slices = [share(ledger.limit, ledger.shards, i) for i in range(ledger.shards)]
-        rooms = [slice_ - used for slice_, used in zip(slices, committed, strict=True)]
+        totals = _Refused(ledger.scope, {"committed": n(committed), "spent": n(spent)})
         if sum(rooms) < nanos:  # a shard over its slice (a lowered limit) holds the others'
             raise totals
         now = self._clock()
@@ -343,10 +341,15 @@ class Budget:
         if count == 1:
             return
         ledger = _Ledger("day", day, count, self.daily_limit_nanos(), 0)
-        items = self._read_all([ledger.key(i) for i in range(count)])
-        slices = [share(ledger.limit, count, i) for i in range(count)]
+        self._spread(ledger, self._rooms(ledger)[2], self._clock())
+
+    def _rooms(self, ledger: _Ledger) -> tuple[list[Mapping[str, Any]], list[int], list[int]]:
+        """A sharded ledger's shards (consistent reads), their slices of the limit and the
+        room each has left (below zero: a shard over its slice)."""
+        items = self._read_all([ledger.key(i) for i in range(ledger.shards)])
+        slices = [share(ledger.limit, ledger.shards, i) for i in range(ledger.shards)]
         rooms = [s_ - int_of(item, "committed") for s_, item in zip(slices, items, strict=True)]
-        self._spread(ledger, rooms, self._clock())
+        return items, slices, rooms
 
     # --- reserve -----------------------------------------------------------------
 
@@ -682,13 +685,7 @@ class Budget:
     def open_in_group(self, group: str, jobs: Sequence[str]) -> list[tuple[Reservation, float]]:
         """The reservations of a group's jobs still ``reserved`` under the group's marker
         (not a later reservation of the job), with their deadlines: consistent reads."""
-        keys: Any = [reservation_key(job) for job in jobs]
-        found: list[Mapping[str, Any]] = []
-        pending: Any = {self._table: {"Keys": keys, "ConsistentRead": True}}
-        while pending:
-            reply = self._ddb.batch_get_item(RequestItems=pending)
-            found += reply["Responses"].get(self._table, [])
-            pending = reply.get("UnprocessedKeys") or None
+        found = self._read_all([reservation_key(job) for job in jobs])
         return [
             (reservation_of(item), float(item["reclaim_at"]["N"]))
             for item in found
