@@ -2,14 +2,22 @@
 Lambda GB-seconds per job (concurrent vs sequential), and the infrastructure bill per 1M
 jobs next to the LLM bill.
 
-Three runs of the same file (300 ms per answer, no rate limit in the way):
+Four runs of the same file (300 ms per answer, no rate limit in the way):
 
 - **leases**: the worker as shipped: the jobs of a batch run concurrently and take their
   rate-limit capacity in one lease (one write, one give-back write per batch);
 - **no leases**: the same, with the worker's ``Capacity`` replaced (from this benchmark,
   not in product code) by one that acquires and gives back per job;
+- **batches of 40**: the shipped worker at ``worker.batch_size = 40`` (above 10, SQS
+  fills a batch within the batching window, ``worker.batch_window_s``); the local feeder
+  keeps each queue at most 100 deep, so the invocations here hold fewer than 40 jobs on
+  average (the figure says how many), where a deployment's backlog fills them;
 - **sequential**: ``worker.batch_size = 1``, one job per invocation: what a worker that
   processes a batch's jobs one after the other is billed for.
+
+Lambda's time is what the invocations took here, plus the worker's own CPU time (its
+event loop's thread and its io pool's, measured with ``time.thread_time``) stretched by
+Lambda's CPU share: one vCPU at 1,769 MB, so at 512 MB that work takes 3.5 times as long.
 
 Every AWS request is counted by botocore's event hooks; DynamoDB capacity units come from
 each request and the size of the items it wrote, as moto holds them (``bench._capacity``:
@@ -24,11 +32,16 @@ $0.20/M requests)::
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections import Counter
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from bench._capacity import metered
 from bench._common import (
@@ -49,13 +62,14 @@ from bench._common import (
     write_config,
     write_jobs,
 )
-from chatbatch.core.config import Priority
+from chatbatch.core.config import Config, Priority
 from chatbatch.local.options import LocalOptions
 from chatbatch.local.simulator import SimulatorSettings
 from chatbatch.state.limiter.lease import Lease
 from chatbatch.state.limiter.limiter import RateLimiter
 from chatbatch.worker import handler as worker
 from chatbatch.worker.capacity import Slot
+from chatbatch.worker.services import io_threads
 
 LATENCY_MS = 300
 PRICES = {
@@ -71,6 +85,7 @@ S3_PUT_CLASS = {"PutObject", "ListObjectsV2", "CopyObject", "PostObject", "ListO
 S3_GET_CLASS = {"GetObject", "HeadObject"}
 DDB_WRITES = {"PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem"}
 PROJECTED_LATENCY_S = (1.0, 5.0, 20.0)
+FULL_VCPU_MB = 1769  # Lambda's memory setting with one full vCPU
 # Two instances per queue (the least the config allows): every emulated instance shares
 # this process's CPU with moto, and more of them would bill GIL waits as Lambda time.
 CONCURRENCY = 2
@@ -107,6 +122,52 @@ def without_leases() -> AbstractContextManager[None]:
     return patched((worker, "Capacity", PerJobCapacity))
 
 
+# --- the worker's CPU ---------------------------------------------------------------
+
+
+class CpuMeter:
+    """CPU seconds the worker spent: each invocation's own thread (its event loop) and its
+    blocking AWS calls (the instance's io pool), not moto's, the simulator's or the
+    runtime's threads that share this process."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._lock = threading.Lock()
+
+    def add(self, seconds: float) -> None:
+        with self._lock:
+            self.seconds += seconds
+
+
+def timed(meter: CpuMeter, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        start = time.thread_time()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            meter.add(time.thread_time() - start)
+
+    return call
+
+
+@contextmanager
+def cpu_metered() -> Iterator[CpuMeter]:
+    meter = CpuMeter()
+
+    class MeteredPool(ThreadPoolExecutor):
+        def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+            return super().submit(timed(meter, fn), *args, **kwargs)
+
+    def pool(config: Config) -> ThreadPoolExecutor:
+        return MeteredPool(io_threads(config), thread_name_prefix="chatbatch-io")
+
+    with patched(
+        (worker, "io_pool", pool),
+        (worker.Instance, "handle", timed(meter, worker.Instance.handle)),
+    ):
+        yield meter
+
+
 # --- a run and its bill -------------------------------------------------------------
 
 
@@ -121,6 +182,7 @@ class Measured:
     durations: list[float]
     records: list[int]
     memory_gb: float
+    cpu_s: float  # the worker's CPU seconds in all (``CpuMeter``)
 
     def per_job(self, value: float) -> float:
         return value / self.jobs
@@ -131,8 +193,17 @@ class Measured:
         )
 
     @property
+    def slowdown_s(self) -> float:
+        """Seconds an invocation lasts longer on Lambda than here: Lambda gives a function
+        CPU in proportion to its memory (one vCPU at 1,769 MB), so its CPU work takes
+        ``1769 / memory_mb`` times as long as on this machine's one core. An upper bound:
+        it counts none of that work as overlapping the answers' wait."""
+        share = min(1.0, self.memory_gb * 1024 / FULL_VCPU_MB)
+        return self.cpu_s / len(self.durations) * (1 / share - 1)
+
+    @property
     def gb_s(self) -> float:
-        return self.memory_gb * sum(self.durations)
+        return self.memory_gb * (sum(self.durations) + self.slowdown_s * len(self.durations))
 
     @property
     def overhead_s(self) -> float:
@@ -144,7 +215,8 @@ class Measured:
     def projected_gb_s(self, latency_s: float) -> float:
         """GB-s per job if each answer took ``latency_s`` (invocations last their slowest)."""
         invocations = len(self.durations)
-        return self.memory_gb * (self.overhead_s + latency_s) * invocations / self.jobs
+        billed_s = self.overhead_s + self.slowdown_s + latency_s
+        return self.memory_gb * billed_s * invocations / self.jobs
 
     def bill(self, latency_s: float | None = None) -> dict[str, Decimal]:
         """USD per job by service."""
@@ -164,10 +236,20 @@ class Measured:
         }
 
 
+# The runs: a name and the worker keys it changes from the shipped config.
+MODES: dict[str, dict[str, Any]] = {
+    "leases": {},
+    "batches of 40": {"batch_size": 40},
+    "no leases": {},
+    "sequential": {"batch_size": 1},
+}
+
+
 def measured_run(tmp: Path, jobs: int, mode: str, seed: int) -> Measured:
     config = base_config()
-    batch_size = 1 if mode == "sequential" else config.worker.batch_size
-    config_path = write_config(tmp / f"{mode}.json", config, worker={"batch_size": batch_size})
+    changes = {"batch_size": config.worker.batch_size} | MODES[mode]
+    config = config.model_copy(update={"worker": config.worker.model_copy(update=changes)})
+    config_path = write_config(tmp / f"{mode}.json", config, worker=changes)
     path = write_jobs(tmp / "jobs.jsonl", jobs, max_tokens=50)
     sim = SimulatorSettings(latency_ms=LATENCY_MS)
     options = LocalOptions(
@@ -180,7 +262,7 @@ def measured_run(tmp: Path, jobs: int, mode: str, seed: int) -> Measured:
         concurrency=CONCURRENCY,
     )
     patch = without_leases() if mode == "no leases" else nullcontext()
-    with patch, watched() as seen, runtime(options) as rt, metered() as meter:
+    with patch, cpu_metered() as cpu, watched() as seen, runtime(options) as rt, metered() as meter:
         meter.start()
         run = run_file(rt, path, tmp / f"out-{mode}-{seed}", on_settled=meter.stop)
     return Measured(
@@ -193,6 +275,7 @@ def measured_run(tmp: Path, jobs: int, mode: str, seed: int) -> Measured:
         durations=list(seen.durations),
         records=[len(b) for b in seen.batches],
         memory_gb=config.worker.memory_mb / 1024,
+        cpu_s=cpu.seconds,
     )
 
 
@@ -266,9 +349,10 @@ def cost_table(m: Measured, llm: Decimal) -> str:
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--jobs", type=int, default=None, help="jobs per run (default 300)")
+    p.add_argument("--modes", nargs="+", choices=list(MODES), help="runs to make (default all)")
     args = p.parse_args()
     jobs = args.jobs or (100 if args.quick else 300)
-    modes = ("leases", "no leases", "sequential")
+    modes = args.modes or list(MODES)
     section = Section("overhead", "4. Overhead and cost")
     llm = llm_cost_per_job()
     reference = llm["500 in, 500 out"]
@@ -282,6 +366,8 @@ def main() -> None:
             Figure(f"limiter writes per job ({mode})", "", False, fmt="{:.3f}"),
             Figure(f"GB-s per job at {LATENCY_MS} ms ({mode})", "", False, fmt="{:.4f}"),
             Figure(f"invocation overhead beyond the answer ({mode})", "", False, " s", "{:.3f}"),
+            Figure(f"worker CPU per job ({mode})", "", False, " ms", "{:.1f}"),
+            Figure(f"jobs per invocation ({mode})", "", False, fmt="{:.1f}"),
             Figure(
                 f"infrastructure ÷ LLM bill, answers of 5 s ({mode})",
                 "< 2%",
@@ -302,6 +388,8 @@ def main() -> None:
                     m.per_job(m.writes.get("limiter", 0)),
                     m.gb_s / m.jobs,
                     m.overhead_s,
+                    1000 * m.cpu_s / m.jobs,
+                    m.jobs / len(m.durations),
                     float(100 * sum(m.bill(5.0).values()) / reference),
                 ]
                 for fig, value in zip(figs[mode], values, strict=True):
@@ -324,8 +412,9 @@ def main() -> None:
     section.add(units_table(last))
     llm_rows = [[split, f"${usd * 1_000_000:,.0f}"] for split, usd in llm.items()]
     section.add(table(llm_rows, ["LLM bill per 1M jobs of 1,000 tokens (deepseek-chat)", "USD"]))
-    for mode in ("leases", "sequential"):
-        section.add(cost_table(last[mode], reference))
+    for mode in modes:
+        if mode != "no leases":
+            section.add(cost_table(last[mode], reference))
     finish(section, args)
 
 

@@ -80,7 +80,7 @@ BAD_VALUES = [
     ("retries.base_s", 100, "base_s (100.0) cannot exceed max_backoff_s"),
     ("worker.architecture", "mips", "worker.architecture"),
     ("worker.timeout_s", 901, "worker.timeout_s"),
-    ("worker.batch_size", 11, "worker.batch_size"),
+    ("worker.batch_size", 101, "worker.batch_size"),
     ("stack_name", "9lives", "stack_name"),
     ("providers.openai.base_url", "http://10.0.0.5/v1", "providers.openai.base_url: plain http"),
     ("providers.openai.base_url", "http://localhost.evil.com/v1", "only to this machine"),
@@ -106,6 +106,15 @@ def test_bad_config_value_names_key_value_and_rule(key: str, value: Any, words: 
     assert words in message
     if value is not DELETE and not isinstance(value, dict) and "not a" not in words:
         assert repr(value) in message or str(value) in message
+
+
+def test_batches_above_ten_need_a_batching_window():
+    raw = with_change("worker.batch_size", 40)
+    raw["worker"]["batch_window_s"] = 0
+    with pytest.raises(ConfigError, match="batch_size 40 needs batch_window_s >= 1"):
+        parse_config(raw, "chatbatch.toml")
+    raw["worker"]["batch_window_s"] = 1
+    assert parse_config(raw, "chatbatch.toml").worker.batch_size == 40
 
 
 def test_there_are_at_least_twenty_bad_config_cases():

@@ -278,3 +278,47 @@ def test_a_job_alone_that_lost_leaves_its_objects_empty(services: Services):
     run(arrive)
     assert services.store.puts == 4 and services.commits == []
     assert all(not kept for kept in services.store.lines.values())
+
+
+def test_more_jobs_than_one_transaction_holds_commit_in_several(services: Services, dynamo: Dynamo):
+    """70 jobs have 140 items of their own: two transactions within DynamoDB's 100 items,
+    the marker of their reservation deleted by the one that completes it."""
+    ids = [f"j{i:02}" for i in range(70)]
+    finals = Finals(services, ids)  # type: ignore[arg-type]
+    held = reserve_group(services, finals, ids)
+    day = held[ids[0]].day
+    settled = run(*(lambda i=i: finals.commit(i, final(services, i, held[i], 1)) for i in ids))
+    assert settled == [True] * 70
+    assert services.commits == [True, True]
+    info = services.batches.get(BATCH)
+    assert info is not None and (info.succeeded, info.cost_nanos) == (70, 70)
+    usage = services.budget.usage(day)
+    assert (usage.spent_usd * 10**9, usage.reserved_usd) == (70, 0)
+    assert markers(dynamo, day) == 0
+
+
+def test_a_refused_part_of_a_large_group_settles_alone_and_the_rest_commits(
+    services: Services, dynamo: Dynamo
+):
+    ids = [f"j{i:02}" for i in range(70)]
+    finals = Finals(services, ids)  # type: ignore[arg-type]
+    held = reserve_group(services, finals, ids)
+    day = held[ids[0]].day
+    # another copy ended the first job since this invocation read it
+    assert services.batches.transition(BATCH, ids[0], prev=JobState.new, new=JobState.failed)
+    settled = run(*(lambda i=i: finals.commit(i, final(services, i, held[i], 1)) for i in ids))
+    assert services.commits == [False, True]
+    refused = settled.count(False)
+    assert 0 < refused < 70 and settled[0] is False
+    info = services.batches.get(BATCH)
+    assert info is not None and (info.succeeded, info.failed) == (70 - refused, 1)
+    assert info.cost_nanos == 70 - refused
+    assert markers(dynamo, day) == 1, "jobs of the marker are still open: end or reclaim"
+
+
+def test_reserving_more_jobs_than_one_transaction_holds_takes_the_first(services: Services):
+    asks = [Ask(f"{BATCH}#j{i:03}", 1_000, owner=f"j{i:03}") for i in range(120)]
+    held = services.budget.reserve_many(asks)
+    assert list(held) == [a.job_key for a in asks[:98]], "98 jobs, the marker and the ledger"
+    day = next(iter(held.values())).day
+    assert services.budget.usage(day).reserved_usd * 10**9 == pytest.approx(98_000)

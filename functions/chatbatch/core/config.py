@@ -295,12 +295,22 @@ class Retries(_Strict):
         return self
 
 
+# Jobs per invocation: one group commit holds each job's two items and the shared ones in
+# DynamoDB's 100 items per transaction (larger groups are split: worker/finals.py)
+MAX_BATCH_SIZE = 100
+
+
 class Worker(_Strict):
     architecture: Literal["arm64", "x86_64"] = "arm64"
     runtime: Literal["3.12", "3.13"] = "3.12"
     memory_mb: int = Field(default=512, ge=128, le=10240)
     timeout_s: int = Field(default=120, ge=10, le=900)
-    batch_size: int = Field(default=10, ge=1, le=10)
+    batch_size: int = Field(
+        default=10,
+        ge=1,
+        le=MAX_BATCH_SIZE,
+        description="jobs per invocation; above 10 the queues need batch_window_s >= 1",
+    )
     batch_window_s: int = Field(default=1, ge=0, le=300)
     max_receive_count: int = Field(default=5, ge=1, le=1000)
     retention_days: int = Field(default=4, ge=2, le=14)
@@ -317,6 +327,15 @@ class Worker(_Strict):
         ge=1,
         description="a job first sent longer ago than this expires at its next hand-back",
     )
+
+    @model_validator(mode="after")
+    def _window_for_big_batches(self) -> Worker:
+        if self.batch_size > 10 and self.batch_window_s < 1:
+            raise ValueError(
+                f"batch_size {self.batch_size} needs batch_window_s >= 1: SQS hands Lambda "
+                "more than 10 messages only within a batching window"
+            )
+        return self
 
     @model_validator(mode="after")
     def _age_within_retention(self) -> Worker:

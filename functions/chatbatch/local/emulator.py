@@ -8,8 +8,8 @@ Lambda's, the mapping scales with the queue: while the queue is empty one poller
 starts one more. ``wake`` (the local run's feeder calls it after a send) ends the polling
 poller's back-off at once, as SQS long polling returns when a message arrives; producers
 outside the process are seen within the back-off (a second at most). A poller receives up
-to ``batch_size`` messages, waits up to the
-batching window to fill the batch, builds a real SQS-shaped event, calls the handler with
+to ``batch_size`` messages (ten a receive, as SQS hands them), waits up to the batching
+window to fill the batch, builds a real SQS-shaped event, calls the handler with
 a context whose remaining time counts down from the function timeout, then deletes the
 messages the partial batch response did not report as failed. Failed messages stay in
 the queue and come back when their visibility timeout ends; after ``maxReceiveCount``
@@ -42,6 +42,7 @@ Handler = Callable[[dict[str, Any], Any], Any]
 IDLE_RECHECK_S = 5.0  # a waiting poller polls again this often even if nobody woke it
 IDLE_POLL_MAX_S = 1.0  # the polling poller of an empty queue backs off to this
 SWITCHED_OFF_S = 0.25  # a poller of a switched-off mapping looks at the switch this often
+SQS_MAX_RECEIVE = 10  # messages one ReceiveMessage (and one DeleteMessageBatch) takes
 logger = Logger(service="chatbatch-local")
 
 
@@ -184,7 +185,7 @@ class EventSourceMapping:
         while len(messages) < s.batch_size and not self._stop.is_set():
             got = self._sqs.receive_message(
                 QueueUrl=s.queue_url,
-                MaxNumberOfMessages=s.batch_size - len(messages),
+                MaxNumberOfMessages=min(SQS_MAX_RECEIVE, s.batch_size - len(messages)),
                 MessageSystemAttributeNames=["All"],
                 MessageAttributeNames=["All"],
             ).get("Messages", [])
@@ -250,8 +251,8 @@ class EventSourceMapping:
             with self._lock:
                 self.busy -= 1
         done = [m for m in messages if m["MessageId"] not in failed]
-        for start in range(0, len(done), 10):
-            chunk = done[start : start + 10]
+        for start in range(0, len(done), SQS_MAX_RECEIVE):
+            chunk = done[start : start + SQS_MAX_RECEIVE]
             self._sqs.delete_message_batch(
                 QueueUrl=s.queue_url,
                 Entries=[

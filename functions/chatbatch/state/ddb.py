@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_dynamodb.type_defs import AttributeValueTypeDef
 
+MAX_TRANSACT_ITEMS = 100  # DynamoDB's limit per TransactWriteItems
 CONFLICT_RETRIES = 6
 # A cancellation for a conflict clears in milliseconds; one for throttling (a hot item past
 # its write units a second) clears when DynamoDB's one-second window moves on: its backoff

@@ -40,6 +40,7 @@ from chatbatch.core.output_lines import CostRecord, OutputLine
 from chatbatch.core.resources import TABLE_PK, TABLE_SK
 from chatbatch.state.budget.ledger import Item
 from chatbatch.state.budget.reservations import MarkerAt, Reservation
+from chatbatch.state.ddb import MAX_TRANSACT_ITEMS
 from chatbatch.state.store import flush_cost_key, flush_of, flush_result_key
 from chatbatch.worker.crash import WorkerCrash, crash_point
 from chatbatch.worker.intake import Intake
@@ -97,6 +98,7 @@ class Finals:
         self._groups: dict[str, _Group] = {}  # by message id, until the job settled
         self._marker: tuple[MarkerAt, frozenset[str]] | None = None  # a group's, its jobs
         self._marker_closed = False
+        self._committed: set[str] = set()  # the jobs committed in the group's transactions
 
     def cover(self, at: MarkerAt, jobs: Iterable[str]) -> None:
         """The jobs reserved together under one open marker (``Budget.reserve_many``): the
@@ -163,22 +165,44 @@ class Finals:
             for _, _, done in group:
                 done.set_exception(err)
             return
+        try:
+            chunks = self._chunks(finals) if len(group) > 1 else None
+        except Exception:  # each job's own transaction will meet it again, and say so
+            logger.exception("the invocation's final transactions could not be made")
+            chunks = None
+        if chunks is None:  # alone, or two parts for one item: each job on its own
+            self._alone(group)
+            return
+        for chunk in chunks:
+            await self._commit([group[index] for index in chunk])
+
+    async def _commit(self, part: list[tuple[str, Final, asyncio.Future[bool]]]) -> None:
+        """One transaction of the group's: its jobs committed together, or each on its own."""
         committed = False
         try:
-            items = self._items(finals) if len(group) > 1 else None
-            if items is not None:
+            if len(part) > 1:
+                items = self._items([final for _, final, _ in part])
                 committed = await asyncio.to_thread(self._services.batches.commit, items)
-            if committed and self._closes_marker(finals):
-                self._marker_closed = True
+            if committed:
+                self._committed |= {final.job for _, final, _ in part}
+                self._marker_closed |= self._closes_marker()
         except Exception:  # each job's own transaction will meet it again, and say so
             logger.exception("the invocation's final transactions failed together")
         finally:  # every waiting job goes on, whatever happened
-            if not committed:  # each job commits on its own, then says how it went
-                state = _Group({message: final for message, final, _ in group})
-                self._groups |= dict.fromkeys(state.finals, state)
-            for _, _, done in group:
-                if not done.done():
-                    done.set_result(committed)
+            if committed:
+                for _, _, done in part:
+                    if not done.done():
+                        done.set_result(True)
+            else:
+                self._alone(part)
+
+    def _alone(self, part: list[tuple[str, Final, asyncio.Future[bool]]]) -> None:
+        """Each job of ``part`` commits on its own, then says how it went (``settled``)."""
+        state = _Group({message: final for message, final, _ in part})
+        self._groups |= dict.fromkeys(state.finals, state)
+        for _, _, done in part:
+            if not done.done():
+                done.set_result(False)
 
     async def _store(self, finals: list[Final]) -> None:
         """The group's lines into their flush objects: one PUT per object, each holding
@@ -209,8 +233,11 @@ class Finals:
         may put objects, never delete them)."""
         self._services.store.put_lines(key, [line for _, line in self._objects[key]])
 
-    def _closes_marker(self, finals: list[Final]) -> bool:
-        return self._marker is not None and self._marker[1] <= {f.job for f in finals}
+    def _closes_marker(self, finals: Iterable[Final] = ()) -> bool:
+        """Whether the group's marker names no job but those committed and ``finals``."""
+        return self._marker is not None and self._marker[1] <= self._committed | {
+            f.job for f in finals
+        }
 
     async def end(self, unused: Iterable[Reservation]) -> None:
         """After the invocation's jobs: reservations made ahead and never used go back, and
@@ -225,12 +252,26 @@ class Finals:
             at, jobs = self._marker
             await asyncio.to_thread(budget.close_group_marker, at, sorted(jobs))
 
-    def _items(self, finals: list[Final]) -> list[Item] | None:
-        """The one transaction of ``finals``; None if two of them touch one item."""
+    def _chunks(self, finals: list[Final]) -> list[list[int]] | None:
+        """``finals`` (their indexes) in transactions of at most DynamoDB's item limit,
+        in order, each job's own items in one of them (and room kept for the marker's
+        delete, which the last may carry); None if two jobs touch one item."""
         own = [item for final in finals for item in final.own]
-        touched = {_target(item) for item in own}
-        if len(touched) < len(own):
+        if len({_target(item) for item in own}) < len(own):
             return None
+        chunks: list[list[int]] = [[]]
+        for index in range(len(finals)):
+            chunk = [*chunks[-1], index]
+            if chunks[-1] and len(self._items([finals[i] for i in chunk])) >= MAX_TRANSACT_ITEMS:
+                chunks.append([index])
+            else:
+                chunks[-1] = chunk
+        return chunks
+
+    def _items(self, finals: list[Final]) -> list[Item]:
+        """The one transaction of ``finals``: their own items, one write of the sums per
+        ledger and per batch counter, and the group's marker if this closes it."""
+        own = [item for final in finals for item in final.own]
         ledgers = self._services.budget.ledger_items(
             addition for final in finals for addition in final.ledgers
         )

@@ -63,7 +63,7 @@ from chatbatch.state.budget.reservations import (
     settle_parts,
     shards_of,
 )
-from chatbatch.state.ddb import error_code, int_of, n, transact
+from chatbatch.state.ddb import MAX_TRANSACT_ITEMS, error_code, int_of, n, transact
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -73,7 +73,6 @@ logger = Logger(service="chatbatch", child=True)
 HELD_RETRY_S = 15.0  # a copy of a job another copy is processing looks again after this
 LIMIT_CACHE_S = 10.0
 RECLAIM_EVERY_S = 30.0
-MAX_TRANSACT_ITEMS = 100  # DynamoDB's limit per TransactWriteItems
 ROOM_TRIES = 4  # a reservation refused by one shard of a sharded ledger looks this often
 
 
@@ -420,12 +419,15 @@ class Budget:
     def reserve_many(self, asks: Sequence[Ask]) -> dict[str, Reservation]:
         """Reserve several new jobs in one transaction, with one write per ledger for all.
 
-        For the jobs of one invocation on their first delivery: all or nothing. ``{}``
-        when any condition fails (a job already holds a reservation, a ledger has no room
-        for the sum) or the jobs do not make one transaction; the caller then reserves
-        job by job with ``reserve``, which sorts out each of those cases. The group
-        charges one shard of each sharded ledger (one batch's jobs the same shard).
+        For the jobs of one invocation on their first delivery: all or nothing, for as
+        many of them as one transaction holds (the first ones; the others are not in the
+        result and reserve alone). ``{}`` when any condition fails (a job already holds a
+        reservation, a ledger has no room for the sum) or the jobs do not make one
+        transaction; the caller then reserves job by job with ``reserve``, which sorts
+        out each of those cases. The group charges one shard of each sharded ledger
+        (one batch's jobs the same shard).
         """
+        asks = _fitting(asks)
         keys = {a.job_key for a in asks}
         cap = to_nanos(self._config.budget.request_cap_usd)
         limited = {
@@ -433,8 +435,7 @@ class Budget:
             for a in asks
             if a.batch_id is not None and a.batch_limit_nanos is not None
         }
-        size = len(asks) + 2 + len(limited)
-        if len(asks) < 2 or len(keys) < len(asks) or size > MAX_TRANSACT_ITEMS:
+        if len(asks) < 2 or len(keys) < len(asks):
             return {}
         if any(a.nanos > cap for a in asks):
             return {}
@@ -747,3 +748,16 @@ def _own_reservation(day: str, marker: Mapping[str, Any]) -> Reservation:
         rid=marker.get("rid", {}).get("S", "legacy"),
         **shards_of(marker),
     )
+
+
+def _fitting(asks: Sequence[Ask]) -> Sequence[Ask]:
+    """The longest prefix of ``asks`` whose reservations make one transaction: one item
+    per job, the group's marker, one shard of the day's ledger and one of each limited
+    batch's ledger."""
+    limited: set[str] = set()
+    for count, a in enumerate(asks):
+        if a.batch_id is not None and a.batch_limit_nanos is not None:
+            limited.add(a.batch_id)
+        if count + 1 + 2 + len(limited) > MAX_TRANSACT_ITEMS:
+            return asks[:count]
+    return asks
