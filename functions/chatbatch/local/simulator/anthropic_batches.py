@@ -3,7 +3,8 @@
 /v1/messages/batches`` (newest first, ``limit`` 1-1000, ``after_id`` / ``before_id``),
 ``POST .../{id}/cancel``, ``GET .../{id}/results`` (JSONL), ``DELETE .../{id}``.
 
-What is refused at once (400 ``invalid_request_error``): a body other than ``requests``,
+What is refused at once (400 ``invalid_request_error``; 413 ``request_too_large`` past
+256 MB): a body other than ``requests``,
 no request or more than 100,000, a custom_id outside ``^[a-zA-Z0-9_-]{1,64}$`` or used
 twice, ``params`` not an object. Each ``params`` is checked as ``POST /v1/messages``
 checks its body, but later, when its line runs (Anthropic validates params
@@ -33,6 +34,7 @@ from chatbatch.local.simulator.messages import AnthropicError, invalid
 from chatbatch.local.simulator.settings import SimulatorSettings
 
 MAX_REQUESTS = 100_000
+MAX_BYTES = 256 * 1024 * 1024
 CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 PROCESSING = {Phase.in_progress: "in_progress", Phase.finalizing: "in_progress"}
 PROCESSING[Phase.cancelling] = "canceling"
@@ -103,12 +105,13 @@ class AnthropicBatches:
     ) -> None:
         self._answer, self._settings, self._unix = answer, settings, unix
         self._batches: dict[str, _Batch] = {}
-        self.max_requests = MAX_REQUESTS
 
     # -- the API ----------------------------------------------------------------------
 
     def create(self, raw: bytes, now: float, host: str) -> dict[str, Any]:
-        requests = _check_create(load_body(raw), self.max_requests)
+        if len(raw) > MAX_BYTES:
+            raise AnthropicError(413, f"Request exceeds the maximum size of {MAX_BYTES} bytes")
+        requests = _check_create(load_body(raw), MAX_REQUESTS)
         batch_id = "msgbatch_01" + uuid.uuid4().hex[:22]
         run = Run.start(now, len(requests), self._settings())
         run.finalize_s = 0.0  # Anthropic's batch ends when its last request does

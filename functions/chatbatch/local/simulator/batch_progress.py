@@ -67,8 +67,8 @@ class Run:
         return self.started + self.turnaround_s * (index + 1) / self.count
 
     def _due_by(self, moment: float) -> int:
-        if self.turnaround_s <= 0:
-            return self.count
+        if self.turnaround_s <= 0 or moment >= self.started + self.turnaround_s:
+            return self.count  # (and no division by a vanishing turnaround)
         share = (moment - self.started) / self.turnaround_s * self.count
         return min(self.count, max(0, math.floor(share + 1e-9)))
 
@@ -87,7 +87,8 @@ class Run:
             done = self.due(self.count - 1) + self.finalize_s
             if now >= done:
                 self._end(Phase.completed, done)
-        elif self.cancel_at is not None and now >= self.cancel_at + self.cancel_s:
+        elif self.cancel_at is not None and now > self.cancel_at + self.cancel_s:
+            # strictly after: the cancel's own answer is always cancelling, as the APIs answer
             self._end(Phase.cancelled, self.cancel_at + self.cancel_s)
         elif now >= self.expire_at:
             self._end(Phase.expired, self.expire_at)

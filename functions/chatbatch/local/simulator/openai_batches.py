@@ -125,7 +125,6 @@ class OpenAIBatches:
     ) -> None:
         self.files, self._answer, self._settings, self._unix = files, answer, settings, unix
         self._batches: dict[str, _Batch] = {}
-        self.max_lines = MAX_LINES
 
     # -- the API ----------------------------------------------------------------------
 
@@ -134,7 +133,7 @@ class OpenAIBatches:
         source = self.files.get(file_id)
         if source.purpose != "batch":
             raise invalid(f"File {file_id} was not uploaded with purpose 'batch'.", "input_file_id")
-        lines, model, errors = read_lines(source.data, endpoint, self.max_lines)
+        lines, model, errors = read_lines(source.data, endpoint, MAX_LINES)
         run = None if errors else Run.start(now, len(lines), self._settings())
         batch = _Batch(
             "batch_" + uuid.uuid4().hex, file_id, endpoint, metadata, now, lines, model, errors, run
