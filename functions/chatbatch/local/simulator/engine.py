@@ -1,5 +1,6 @@
 """The engine: requests in, replies out (no I/O). Routing, faults and outages, answers and
-their billing; the HTTP server only carries its ``Reply`` (shaped in ``replies``)."""
+their billing, the batch APIs (``batch_routes``, their lines answered by the same
+generation); the HTTP server only carries its ``Reply`` (shaped in ``replies``)."""
 
 from __future__ import annotations
 
