@@ -11,9 +11,28 @@ demo and benchmarks. Endpoints (``/v1`` is optional):
   answers that model's requests with OpenAI's 401, 429 ``insufficient_quota`` or 404 body
   until switched off.
 - ``GET /v1/models``, ``GET /health``, ``GET /stats`` (``Stats`` as JSON).
+- The providers' batch APIs, in memory: OpenAI's Files (``POST /v1/files`` multipart
+  ``purpose`` + ``file``, ``GET /v1/files/{id}``, ``GET /v1/files/{id}/content``,
+  ``DELETE /v1/files/{id}``) and Batches (``POST /v1/batches``, ``GET /v1/batches/{id}``,
+  ``GET /v1/batches``, ``POST /v1/batches/{id}/cancel``); Anthropic's Message Batches
+  (``POST /v1/messages/batches``, ``GET /v1/messages/batches/{id}``, ``GET
+  /v1/messages/batches``, ``POST .../{id}/cancel``, ``GET .../{id}/results``, ``DELETE
+  .../{id}``). Each line is answered exactly as the synchronous endpoint answers the same
+  body (the same generation, usage and refusals), progressively over
+  ``batch_turnaround_s``; ``batch_finalize_s``, ``batch_cancel_s`` and
+  ``batch_expire_after_s`` time the rest (``batch_progress``). Batches move lazily, on
+  every request, on the engine's one clock. Batch lines use the providers' separate batch
+  queue, so they take nothing from the rate-limit windows (no batch queue limit is
+  simulated). The providers bill batch work at 50%: ``Stats.batch_billed_by_model``
+  counts the answered (succeeded) lines' tokens apart from the synchronous bill, for the
+  caller to price with the batch prices; a cancelled, expired or refused line is not
+  billed.
 - ``POST /admin/faults`` ``{"faults": ["503", {"kind": "429", "retry_after_s": 2}]}``
   (applied to the next chat requests, in order), ``POST /admin/outage`` ``{"seconds": N}``,
-  ``POST /admin/settings`` (any ``SimulatorSettings`` keys), ``POST /admin/reset``.
+  ``POST /admin/settings`` (any ``SimulatorSettings`` keys), ``POST /admin/reset`` (files
+  and batches too), ``POST /admin/batches/{id}/expire`` and ``.../fail`` (either
+  provider's batch, still running: the lines due so far stay answered, the rest expire /
+  never run).
 
 Answers are derived from the messages (``answer_for``): ``sim:<sha256 of the messages>``,
 the first words of the last user message, then filler up to ``answer_tokens``, cut at the
@@ -70,12 +89,16 @@ answers, usage, the body and SSE shapes), ``windows`` (rolling 60 s windows, the
 limits on them, header forms of a wait), ``stats`` (what it counts), ``replies`` (what
 goes over the wire: an answer whole or damaged, a fault), ``engine`` (requests in, replies
 out, no I/O), ``server`` (HTTP/1.1 over asyncio), ``background`` (``Simulator`` on a
-thread), ``command`` (``parse_args``, ``serve``).
+thread), ``command`` (``parse_args``, ``serve``); the batch APIs: ``batch_progress`` (a
+batch's run on the clock), ``batch_files`` (the file store, multipart uploads),
+``openai_batch_lines`` (an input file's checks), ``openai_batches``,
+``anthropic_batches``, ``batch_routes`` (their HTTP routes and admin actions).
 The names importers use are re-exported here.
 """
 
 from chatbatch.local.simulator.answers import answer_for, count_tokens
 from chatbatch.local.simulator.background import Simulator
+from chatbatch.local.simulator.batch_routes import BatchApis
 from chatbatch.local.simulator.command import parse_args, serve
 from chatbatch.local.simulator.engine import Engine
 from chatbatch.local.simulator.settings import (
@@ -86,13 +109,15 @@ from chatbatch.local.simulator.settings import (
     ReasoningUsage,
     SimulatorSettings,
 )
-from chatbatch.local.simulator.stats import Stats
+from chatbatch.local.simulator.stats import ModelBill, Stats
 
 __all__ = [
     "AccountErrorKind",
+    "BatchApis",
     "Engine",
     "Fault",
     "FaultKind",
+    "ModelBill",
     "Reasoning",
     "ReasoningUsage",
     "Simulator",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -19,15 +20,21 @@ class Simulator:
     """The simulator on a background thread with its own event loop.
 
     ``with Simulator(SimulatorSettings(rpm=60)) as sim: ... sim.base_url ...``; port 0
-    takes a free port. The methods are safe to call from any thread.
+    takes a free port; ``clock`` is the engine's (a test's own clock moves the batches and
+    the windows without waiting). The methods are safe to call from any thread.
     """
 
     def __init__(
-        self, settings: SimulatorSettings | None = None, *, host: str = "127.0.0.1", port: int = 0
+        self,
+        settings: SimulatorSettings | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.host = host
         self.port = port
-        self._server = SimulatorServer(settings or SimulatorSettings())
+        self._server = SimulatorServer(settings or SimulatorSettings(), clock)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread: threading.Thread | None = None

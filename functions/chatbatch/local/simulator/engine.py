@@ -1,5 +1,6 @@
 """The engine: requests in, replies out (no I/O). Routing, faults and outages, answers and
-their billing; the HTTP server only carries its ``Reply`` (shaped in ``replies``)."""
+their billing, the batch APIs (``batch_routes``, their lines answered by the same
+generation); the HTTP server only carries its ``Reply`` (shaped in ``replies``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import parse_qsl
 
 from pydantic import ValidationError
 
@@ -32,6 +34,7 @@ from chatbatch.local.simulator.api import (
     load_body,
     validate_request,
 )
+from chatbatch.local.simulator.batch_routes import BatchApis, admin_target
 from chatbatch.local.simulator.messages import AnthropicError
 from chatbatch.local.simulator.replies import (
     Reply,
@@ -64,6 +67,7 @@ class Engine:
     ) -> None:
         self._clock = clock
         self._started = clock()
+        self._epoch = time.time()  # the wall time of _started: batch timestamps
         self._script: deque[Fault] = deque()
         self._outage: tuple[float, float] | None = None
         self._serial = 0
@@ -84,8 +88,15 @@ class Engine:
         return self.settings
 
     def reset(self) -> None:
-        """Forget stats, rate-limit windows, cached prefixes, injected faults and outages."""
+        """Forget stats, rate-limit windows, cached prefixes, injected faults and outages,
+        files and batches."""
         self._outage = None
+        self._batches = BatchApis(
+            self._chat_line,
+            self._message_line,
+            lambda: self.settings,
+            lambda now: self._epoch + now - self._started,
+        )
         self._counters = Counters(started=self._started)
         self._limits: dict[str, Limits] = {}
         self._seen: dict[str, set[bytes]] = {}
@@ -99,20 +110,26 @@ class Engine:
         self._outage = (now, now + seconds)
 
     def stats(self) -> Stats:
+        self._batches.advance(self._clock())
         return self._counters.stats(uptime_s=round(self._clock() - self._started, 3))
 
     # -- HTTP entry point -------------------------------------------------------------
 
     def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Reply:
-        route = path.split("?", 1)[0].rstrip("/").removeprefix("/v1") or "/"
+        target, _, query = path.partition("?")
+        route = target.rstrip("/").removeprefix("/v1") or "/"
         chat = route in ("/chat/completions", "/messages")
+        claude = route == "/messages" or route.startswith("/messages/")
         try:
-            reply = self._route(method, route, headers, body)
+            now = self._clock()
+            self._batches.advance(now)  # batches move lazily, on every request
+            batch = self._batches.route(method, route, dict(parse_qsl(query)), headers, body, now)
+            reply = batch or self._route(method, route, headers, body)
         except ApiError as err:
-            if route == "/messages" and not isinstance(err, AnthropicError):
+            if claude and not isinstance(err, AnthropicError):
                 err = AnthropicError(err.status, err.message, err.headers)
             reply = json_reply(err.status, err.body(), err.headers)
-        if route == "/messages":
+        if claude:
             reply.headers.setdefault("request-id", "req_" + uuid.uuid4().hex[:24])
         else:
             reply.headers.setdefault("x-request-id", "req_" + uuid.uuid4().hex)
@@ -135,7 +152,12 @@ class Engine:
             return json_reply(200, self.stats().model_dump())
         if route.startswith("/admin/") and method == "POST":
             authorize(self.settings.api_key, headers)
-            return json_reply(200, self._admin(route.removeprefix("/admin/"), load_body(body)))
+            action = route.removeprefix("/admin/")
+            target = admin_target(action)
+            if target is not None:
+                host = headers.get("host", "127.0.0.1")
+                return json_reply(200, self._batches.force(*target, self._clock(), host))
+            return json_reply(200, self._admin(action, load_body(body)))
         raise ApiError(404, f"Unknown request URL: {method} {route}.", code="unknown_url")
 
     def _admin(self, action: str, payload: Any) -> dict[str, Any]:
@@ -173,6 +195,17 @@ class Engine:
         body = load_body(raw)
         if self.settings.keep_bodies:
             self._counters.bodies.append(body)
+        model = self._check_chat(body)
+        try:
+            reply = self._complete(body, model, now)
+        except ApiError as err:
+            err.headers = self._limits_of(model).headers(now, self.settings) | err.headers
+            raise
+        reply.headers |= self._limits_of(model).headers(now, self.settings)
+        return reply
+
+    def _check_chat(self, body: Any) -> str:
+        """The chat API's refusals of a body (``ApiError``); its model when accepted."""
         validate_request(body)
         model = body["model"]
         if self._models and model not in self._models:
@@ -195,18 +228,22 @@ class Engine:
                 "max_tokens",
                 "unsupported_parameter",
             )
-        try:
-            reply = self._complete(body, model, now)
-        except ApiError as err:
-            err.headers = self._limits_of(model).headers(now, self.settings) | err.headers
-            raise
-        reply.headers |= self._limits_of(model).headers(now, self.settings)
-        return reply
+        return str(model)
 
-    def _complete(self, body: dict[str, Any], model: str, now: float) -> Reply:
-        if self._in_outage(now):
-            self._counters.count_fault("outage")
-            raise ApiError(503, "Service unavailable (simulated outage).", type="server_error")
+    def _chat_line(self, body: Any) -> tuple[int, dict[str, Any]]:
+        """A batch line for ``/v1/chat/completions``: the synchronous answer to ``body``
+        (or its refusal, unbilled), billed as batch work, outside the rate limits."""
+        try:
+            model = self._check_chat(body)
+        except ApiError as err:
+            return err.status, err.body()
+        answer, (prompt, cached, output) = self._generate(body, model)
+        self._seen.setdefault(model, set()).update(prefix_digests(body["messages"]))
+        self._counters.bill_batch(model, prompt, cached, output)
+        return 200, answer.body()
+
+    def _generate(self, body: dict[str, Any], model: str) -> tuple[Answer, tuple[int, int, int]]:
+        """The answer to ``body`` and its (prompt, cached, output) tokens; nothing billed."""
         messages = body["messages"]
         prompt, cached = self._prompt_usage(model, messages)
         prompt += field_tokens(body)
@@ -222,7 +259,22 @@ class Engine:
             choices.append((Choice(content, finish), tokens))
         completion = sum(tokens for _, tokens in choices)
         reasoning = thought * n
-        tokens = prompt + completion + reasoning
+        self._serial += 1
+        answer = Answer(
+            id=f"chatcmpl-{request_key(body)[:20]}{self._serial:08x}",
+            created=int(time.time()),
+            model=model,
+            choices=[choice for choice, _ in choices],
+            usage=usage_fields(prompt, cached, completion, reasoning, outside),
+        )
+        return answer, (prompt, cached, completion + reasoning)
+
+    def _complete(self, body: dict[str, Any], model: str, now: float) -> Reply:
+        if self._in_outage(now):
+            self._counters.count_fault("outage")
+            raise ApiError(503, "Service unavailable (simulated outage).", type="server_error")
+        answer, (prompt, cached, output) = self._generate(body, model)
+        tokens = prompt + output
         limits = self._limits_of(model)
         try:
             limits.check(model, now, self.settings, tokens)
@@ -234,18 +286,10 @@ class Engine:
             limits.record(now, 0)  # a request received, nothing generated: no tokens
             return fault_reply(fault, self.settings)
         limits.record(now, tokens)
-        self._seen.setdefault(model, set()).update(prefix_digests(messages))
+        self._seen.setdefault(model, set()).update(prefix_digests(body["messages"]))
         # generated: billed now, read or not (a real provider bills what it finished)
-        self._counters.bill(now, model, prompt, cached, completion + reasoning)
-        self._serial += 1
+        self._counters.bill(now, model, prompt, cached, output)
         key = request_key(body)
-        answer = Answer(
-            id=f"chatcmpl-{key[:20]}{self._serial:08x}",
-            created=int(time.time()),
-            model=model,
-            choices=[choice for choice, _ in choices],
-            usage=usage_fields(prompt, cached, completion, reasoning, outside),
-        )
         kind = fault.kind if fault else None
         reply = answer_reply(
             answer,
@@ -269,6 +313,18 @@ class Engine:
         body = load_body(raw)
         if self.settings.keep_bodies:
             self._counters.bodies.append(body)
+        model = self._check_message(body)
+        limits = self._limits_of(model)
+        try:
+            reply = self._message(body, model, now, limits)
+        except ApiError as err:
+            err.headers = limits.anthropic_headers(now, self.settings) | err.headers
+            raise
+        reply.headers |= limits.anthropic_headers(now, self.settings)
+        return reply
+
+    def _check_message(self, body: Any) -> str:
+        """The Messages API's refusals of a body (``AnthropicError``); its model if accepted."""
         anthropic.validate_messages(body)
         model = body["model"]
         kinds = self.settings.account_errors
@@ -283,24 +339,51 @@ class Engine:
             if status == 400:  # Anthropic's out-of-credit answer: a 400, not a 402
                 message = anthropic.NO_CREDIT
             raise anthropic.AnthropicError(status, message)
-        limits = self._limits_of(model)
+        return str(model)
+
+    def _message_line(self, params: Any) -> tuple[int, dict[str, Any]]:
+        """A Message Batches request: the synchronous answer to ``params`` (or its refusal,
+        unbilled), billed as batch work, outside the rate limits."""
         try:
-            reply = self._message(body, model, now, limits)
+            model = self._check_message(params)
         except ApiError as err:
-            err.headers = limits.anthropic_headers(now, self.settings) | err.headers
-            raise
-        reply.headers |= limits.anthropic_headers(now, self.settings)
-        return reply
+            return err.status, err.body()
+        answer, cache = self._generate_message(params, model)
+        self._seen.setdefault("anthropic:" + model, set()).update(cache.breakpoints)
+        self._counters.bill_batch(
+            model,
+            cache.prompt,
+            cache.cache_read_input_tokens,
+            answer.usage["output_tokens"],
+            cache_write=cache.cache_creation_input_tokens,
+            cache_write_1h=cache.cache_write_1h_tokens,
+        )
+        return 200, answer.body()
+
+    def _generate_message(
+        self, body: dict[str, Any], model: str
+    ) -> tuple[anthropic.MessageAnswer, anthropic.CacheUsage]:
+        """The Message answering ``body`` and its input tokens; nothing billed."""
+        cache = anthropic.cache_usage(body, self._seen.get("anthropic:" + model, set()))
+        text, output, finish = answer_for(
+            body["messages"], body["max_tokens"], self.settings.answer_tokens
+        )
+        self._serial += 1
+        answer = anthropic.MessageAnswer(
+            id=f"msg_{request_key(body)[:16]}{self._serial:08x}",
+            model=model,
+            text=text,
+            stop_reason=anthropic.STOP[finish],
+            usage=cache.usage(output),
+        )
+        return answer, cache
 
     def _message(self, body: dict[str, Any], model: str, now: float, limits: Limits) -> Reply:
         if self._in_outage(now):
             self._counters.count_fault("outage")
             raise anthropic.AnthropicError(529, "Overloaded (simulated outage)")
-        seen = self._seen.setdefault("anthropic:" + model, set())
-        cache = anthropic.cache_usage(body, seen)
-        text, output, finish = answer_for(
-            body["messages"], body["max_tokens"], self.settings.answer_tokens
-        )
+        answer, cache = self._generate_message(body, model)
+        output = answer.usage["output_tokens"]
         try:
             limits.check(model, now, self.settings, cache.prompt + output)
         except RateLimited as err:
@@ -312,7 +395,7 @@ class Engine:
             limits.record(now, 0)
             return anthropic_fault_reply(fault, self.settings)
         limits.record(now, cache.prompt + output)
-        seen.update(cache.breakpoints)
+        self._seen.setdefault("anthropic:" + model, set()).update(cache.breakpoints)
         self._counters.bill(
             now,
             model,
@@ -322,15 +405,7 @@ class Engine:
             cache_write=cache.cache_creation_input_tokens,
             cache_write_1h=cache.cache_write_1h_tokens,
         )
-        self._serial += 1
         key = request_key(body)
-        answer = anthropic.MessageAnswer(
-            id=f"msg_{key[:16]}{self._serial:08x}",
-            model=model,
-            text=text,
-            stop_reason=anthropic.STOP[finish],
-            usage=cache.usage(output),
-        )
         kind = fault.kind if fault else None
         reply = message_reply(answer, self.settings, stream=bool(body.get("stream")), fault=kind)
         if kind is None or kind in WHOLE:

@@ -8,12 +8,17 @@ import contextlib
 import http
 import socket
 import struct
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from chatbatch.local.simulator.engine import Engine
 from chatbatch.local.simulator.settings import SimulatorSettings
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
+# a batch file upload or a message batch: the providers take up to 200 MB / 256 MB
+MAX_UPLOAD_BYTES = 257 * 1024 * 1024
+UPLOAD_ROUTES = ("/v1/files", "/files", "/v1/messages/batches", "/messages/batches")
 
 
 class _BadRequestError(Exception):
@@ -57,7 +62,8 @@ async def _read_request(reader: asyncio.StreamReader) -> _Request | None:
         length = int(headers.get("content-length") or 0)
     except ValueError:
         raise _BadRequestError from None
-    if not 0 <= length <= MAX_BODY_BYTES:
+    most = MAX_UPLOAD_BYTES if parts[1].split("?")[0].rstrip("/") in UPLOAD_ROUTES else None
+    if not 0 <= length <= (most or MAX_BODY_BYTES):
         raise _BadRequestError(413)
     body = await reader.readexactly(length) if length else b""
     connection = headers.get("connection", "").lower()
@@ -96,8 +102,10 @@ def _abort(writer: asyncio.StreamWriter, *, reset: bool) -> None:
 class SimulatorServer:
     """The engine behind an asyncio HTTP/1.1 server; runs on the caller's event loop."""
 
-    def __init__(self, settings: SimulatorSettings) -> None:
-        self.engine = Engine(settings)
+    def __init__(
+        self, settings: SimulatorSettings, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.engine = Engine(settings, clock)
         self.port = 0
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()

@@ -138,6 +138,28 @@ class SimulatorSettings(BaseModel):
         description="keep every chat request body received, in order (``Stats.bodies``): "
         "what the client really sent",
     )
+    batch_turnaround_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="batch APIs: from a batch's start to its last line answered; line i of "
+        "n is answered at (i + 1) / n of it, so a cancel or an expiry part-way leaves part "
+        "done (the providers' own turnaround is minutes to 24 h)",
+    )
+    batch_finalize_s: float = Field(
+        default=0.0, ge=0, description="batch APIs: how long an OpenAI batch stays finalizing"
+    )
+    batch_cancel_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="batch APIs: how long a cancel stays cancelling / canceling before the "
+        "batch ends (no line is answered meanwhile)",
+    )
+    batch_expire_after_s: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="batch APIs: a batch not ended this long after its creation expires "
+        "(its lines not answered yet expire, unbilled); the providers' window is 24 h",
+    )
 
     @model_validator(mode="after")
     def _rates(self) -> SimulatorSettings:

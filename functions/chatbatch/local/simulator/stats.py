@@ -25,6 +25,16 @@ class ModelBill(BaseModel):
     )
     completion_tokens: int = Field(default=0, description="output tokens, reasoning included")
 
+    def add(
+        self, prompt: int, cached: int, completion: int, cache_write: int, cache_write_1h: int
+    ) -> None:
+        self.calls += 1
+        self.prompt_tokens += prompt
+        self.cached_tokens += cached
+        self.cache_write_tokens += cache_write
+        self.cache_write_1h_tokens += cache_write_1h
+        self.completion_tokens += completion
+
 
 class Stats(BaseModel):
     uptime_s: float
@@ -47,6 +57,12 @@ class Stats(BaseModel):
         description="billed but not delivered whole: billed_calls - completions"
     )
     billed_by_model: dict[str, ModelBill] = Field(description="by model id: what it billed")
+    batch_billed_by_model: dict[str, ModelBill] = Field(
+        default_factory=dict,
+        description="by model id: the batch lines answered (succeeded) through the batch "
+        "APIs, billed apart: the providers bill them at half price, so the caller prices "
+        "these tokens with the batch prices. Not in billed_calls nor in the token totals",
+    )
     prompt_tokens: int = Field(description="prompt tokens of every billed generation")
     cached_tokens: int = Field(description="cached prompt tokens of every billed generation")
     cache_write_tokens: int = Field(
@@ -85,6 +101,7 @@ class Counters:
     completions: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0
     billed_by_model: dict[str, ModelBill] = field(default_factory=dict)
+    batch_billed_by_model: dict[str, ModelBill] = field(default_factory=dict)
     max_requests_60s: int = 0
     max_requests_1s: int = 0
     max_tokens_60s: int = 0
@@ -128,14 +145,23 @@ class Counters:
         holds every input token, ``cached`` (read) and ``cache_write`` (written; of them
         ``cache_write_1h`` to the 1-hour cache) included."""
         bill = self.billed_by_model.setdefault(model, ModelBill())
-        bill.calls += 1
-        bill.prompt_tokens += prompt
-        bill.cached_tokens += cached
-        bill.cache_write_tokens += cache_write
-        bill.cache_write_1h_tokens += cache_write_1h
-        bill.completion_tokens += completion
+        bill.add(prompt, cached, completion, cache_write, cache_write_1h)
         self.billed.add(now, prompt + completion)
         self.max_tokens_60s = max(self.max_tokens_60s, self.billed.total)
+
+    def bill_batch(
+        self,
+        model: str,
+        prompt: int,
+        cached: int,
+        completion: int,
+        *,
+        cache_write: int = 0,
+        cache_write_1h: int = 0,
+    ) -> None:
+        """A batch line answered: billed apart (at the batch price), outside the windows."""
+        bill = self.batch_billed_by_model.setdefault(model, ModelBill())
+        bill.add(prompt, cached, completion, cache_write, cache_write_1h)
 
     def deliver(self, key: str) -> None:
         """A completion delivered whole, of the request body ``key`` identifies."""
@@ -159,6 +185,9 @@ class Counters:
             billed_calls=billed_calls,
             billed_unread=billed_calls - completions,
             billed_by_model={m: b.model_copy() for m, b in self.billed_by_model.items()},
+            batch_billed_by_model={
+                m: b.model_copy() for m, b in self.batch_billed_by_model.items()
+            },
             prompt_tokens=sum(b.prompt_tokens for b in bills),
             cached_tokens=sum(b.cached_tokens for b in bills),
             cache_write_tokens=sum(b.cache_write_tokens for b in bills),
