@@ -10,7 +10,7 @@ import pytest
 from synth_support import ROOT, Synth, synthesize
 
 from chatbatch.core.config import Config, Priority, load_config
-from chatbatch.core.sizing import MAPPING_MAX, RESUME_INVOCATIONS, concurrency_for
+from chatbatch.core.sizing import RESUME_INVOCATIONS, concurrency_for
 
 TARGET = 2_000
 
@@ -46,14 +46,14 @@ def test_a_target_raises_the_mappings_and_reserves_their_sum(
     scaled: Synth, scaled_config: tuple[Config, Any]
 ) -> None:
     config = scaled_config[0]
-    # 2,000 jobs/s in invocations of 10 that last 5.5 s, twice over: 2,200 > Lambda's 1,000
-    assert concurrency_for(TARGET, config.worker.batch_size, 5.5) == 2_200
+    # 2,000 jobs/s in invocations of 40 that last 5.5 s, twice over: 550 (Lambda takes 1,000)
+    assert concurrency_for(TARGET, config.worker.batch_size, 5.5) == 550
     mappings = _mapping_concurrency(scaled)
-    assert mappings == dict.fromkeys(Priority, MAPPING_MAX)
+    assert mappings == dict.fromkeys(Priority, 550)
     assert all(mappings[p] > config.priorities[p].max_concurrency for p in Priority)
     (function,) = scaled.resources("AWS::Lambda::Function").values()
     reserved = function["Properties"]["ReservedConcurrentExecutions"]
-    assert reserved == 4 * MAPPING_MAX + RESUME_INVOCATIONS
+    assert reserved == 4 * 550 + RESUME_INVOCATIONS
 
 
 def test_without_a_target_the_mappings_are_as_configured_and_nothing_reserved(

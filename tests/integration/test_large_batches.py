@@ -27,6 +27,7 @@ from chatbatch.local.options import LocalOptions
 from chatbatch.local.runtime import LocalRuntime
 from chatbatch.local.simulator import SimulatorSettings
 from chatbatch.state.batches import Batches
+from chatbatch.state.queue_switch import TableSwitch
 from tests.integration.test_flush_objects import lines_under
 from tests.integration.test_pipeline import ledger_spent
 
@@ -125,10 +126,17 @@ def test_invocations_of_sixty_jobs_settle_each_job_once(
     )
     files = {"one": ("o", 140, ("normal",)), "mixed": ("m", 60, ("critical", "normal", "low"))}
     with watched() as seen, LocalRuntime(options) as rt:
+        # the mappings held off until the queues are full, so the first invocations take
+        # as many jobs as the batch size lets them (not what had arrived at their receive)
+        switch = TableSwitch(boto3.client("dynamodb"), rt.resources.table)
+        switch.set_enabled(False)
         plans = [
             rt.submit(write(tmp_path / f"{b}.jsonl", prefix, n, prios), b)
             for b, (prefix, n, prios) in files.items()
         ]
+        for feeder in rt.feeders.values():
+            feeder.pump()
+        switch.set_enabled(True)
         infos = {plan.batch_id: rt.wait(plan) for plan in plans}
         spent = ledger_spent(rt)
         assert rt.simulator is not None

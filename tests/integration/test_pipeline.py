@@ -23,7 +23,7 @@ import boto3
 import pytest
 from mypy_boto3_sqs.literals import QueueAttributeNameType
 
-from bench._common import write_config
+from bench._common import watched, write_config
 from chatbatch.client.budget import set_daily_limit
 from chatbatch.client.costs import load_report
 from chatbatch.client.deployment import connect
@@ -234,18 +234,18 @@ def test_every_job_is_accounted_for_and_gets_its_own_answer(tmp_path: Path, conf
 
 
 def test_new_jobs_reserve_once_per_invocation(tmp_path: Path):
-    """Ten fresh jobs of one invocation reserve in one transaction and settle in one (the
+    """The fresh jobs of one invocation reserve in one transaction and settle in one (the
     group commit: ``worker/finals.py``)."""
     lines = [
         json.dumps({"custom_id": f"r{i}", "prompt": f"q{i}", "priority": "normal"})
-        for i in range(40)
+        for i in range(80)
     ]
-    with runtime(concurrency=2) as rt:
+    with watched() as seen, runtime(concurrency=2) as rt:
         summary = rt.run(write(tmp_path, lines), tmp_path / "out")
         spent = ledger_spent(rt)  # and nothing left reserved
-    assert summary.succeeded == 40 and spent == Decimal(str(summary.cost_usd))
+    assert summary.succeeded == 80 and spent == Decimal(str(summary.cost_usd))
     transactions = summary.aws_requests["dynamodb"]["TransactWriteItems"]
-    invocations = summary.aws_requests["sqs"]["DeleteMessageBatch"]
+    invocations = seen.count
     assert transactions == 2 * invocations  # a reservation and a settle per invocation
     assert invocations < 20
 

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHATBATCH = Path(sys.executable).parent / "chatbatch"
 KEY = "sk-resume-test"
 CONCURRENCY = 2  # pollers per priority; every job here is `normal`
-BATCH_SIZE = 10  # the config's worker.batch_size: jobs of one invocation run together
+BATCH_SIZE = 40  # the config's worker.batch_size: jobs of one invocation run together
 IN_FLIGHT = CONCURRENCY * BATCH_SIZE  # the most jobs a run can have under way
 
 
@@ -242,7 +242,7 @@ def test_killed_anywhere_the_same_command_finishes_and_pays_each_job_once(
 def test_ctrl_c_stops_with_partial_answers_and_the_same_command_resumes(
     tmp_path: Path, provider: Provider, config: Config
 ) -> None:
-    n = 40
+    n = IN_FLIGHT + 40  # more than the run can have under way when it is stopped
     run = LocalRun(write_jobs(tmp_path / "jobs.jsonl", n, "stop"), tmp_path / "out", provider)
     run.start().until(lambda: run.answered() >= 5)
     assert run.proc is not None

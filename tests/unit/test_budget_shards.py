@@ -26,6 +26,7 @@ from chatbatch.state.budget.reservations import Ask
 from chatbatch.state.ddb import int_of
 
 FOUR_SHARDS = 3_800  # jobs/s: 3.95 items at half their write limit (busiest x1.3) -> 4
+BATCH_SIZE = 10  # jobs per invocation in these plans (the shard counts above are for it)
 
 
 @pytest.fixture
@@ -36,7 +37,8 @@ def table(config: Config) -> Iterator[str]:
 
 def sharded(config: Config, target: float | None = FOUR_SHARDS, **budget: object) -> Config:
     scale = config.scale.model_copy(update={"target_jobs_per_s": target})
-    return with_budget(config, **budget).model_copy(update={"scale": scale})
+    worker = config.worker.model_copy(update={"batch_size": BATCH_SIZE})
+    return with_budget(config, **budget).model_copy(update={"scale": scale, "worker": worker})
 
 
 def make(config: Config, table: str, clock: Clock, seed: int = 0) -> Budget:

@@ -76,9 +76,9 @@ def test_the_hottest_item_per_job_sharing_it_sets_the_ceiling() -> None:
 
 
 def test_the_scaled_run_plans_the_shipped_config_for_the_target(tmp_path: Path) -> None:
-    path = scaled_config(tmp_path, 2_000)
+    path = scaled_config(tmp_path, 8_000)
     scaled = load_config(path)
-    assert scaled.scale.target_jobs_per_s == 2_000
+    assert scaled.scale.target_jobs_per_s == 8_000
     assert plan(scaled).ledger_shards == 3  # what the run's workers shard by
     shipped = load_config(ROOT / "chatbatch.toml")
     assert scaled.model_dump(exclude={"scale"}) == shipped.model_dump(exclude={"scale"})

@@ -15,8 +15,12 @@ from chatbatch.core.scale import (
 
 
 def scaled(config: Config, target: float | None) -> Config:
+    """The config planned for ``target`` at batches of 10 (the figures below are for it)."""
     return config.model_copy(
-        update={"scale": config.scale.model_copy(update={"target_jobs_per_s": target})}
+        update={
+            "scale": config.scale.model_copy(update={"target_jobs_per_s": target}),
+            "worker": config.worker.model_copy(update={"batch_size": 10}),
+        }
     )
 
 
@@ -28,8 +32,9 @@ def test_without_a_target_every_hot_item_is_one(config: Config) -> None:
 
 def test_shards_keep_each_item_at_half_its_limit_at_the_target(config: Config) -> None:
     for target in (100, 1_000, 2_000, 10_000):
-        got = plan(scaled(config, target))
-        per_job = PER_INVOCATION_WCU / config.worker.batch_size * IMBALANCE  # the busiest
+        cfg = scaled(config, target)
+        got = plan(cfg)
+        per_job = PER_INVOCATION_WCU / cfg.worker.batch_size * IMBALANCE  # the busiest
         assert target * per_job / got.ledger_shards <= ITEM_WCU_S * HEADROOM
         # and not more shards than that needs
         fewer = max(got.ledger_shards - 1, 1)

@@ -20,8 +20,10 @@ from chatbatch.core.sizing import (
 
 
 def scaled(config: Config, target: float | None, answer_s: float = 5.0) -> Config:
+    """The config sized for ``target`` at batches of 10 (the figures below are for it)."""
     scale = config.scale.model_copy(update={"target_jobs_per_s": target, "answer_s": answer_s})
-    return config.model_copy(update={"scale": scale})
+    worker = config.worker.model_copy(update={"batch_size": 10})
+    return config.model_copy(update={"scale": scale, "worker": worker})
 
 
 def test_without_a_target_nothing_is_raised_or_reserved(config: Config) -> None:
@@ -86,15 +88,18 @@ def test_one_priority_stops_below_2_000_jobs_per_s_of_5_s_answers(config: Config
 
 
 def test_ceilings_follow_the_shards(config: Config) -> None:
-    one = {c.limit: c.jobs_per_s for c in ceilings(config, plan(config))}
+    base = scaled(config, None)
+    one = {c.limit: c.jobs_per_s for c in ceilings(base, plan(base))}
     cfg = scaled(config, 10_000)
     many = {c.limit: c.jobs_per_s for c in ceilings(cfg, plan(cfg))}
     shards = plan(cfg).ledger_shards
     assert shards > 1
     assert many["day's budget ledger"] == shards * one["day's budget ledger"]
-    assert one["day's budget ledger"] == ITEM_WCU_S / (4 / config.worker.batch_size)
+    assert one["day's budget ledger"] == ITEM_WCU_S / (4 / base.worker.batch_size)
     # without a target the worker shares the account's default 1,000 with its 40 invocations
-    assert one["Lambda, every priority busy"] == min(40, LAMBDA_ACCOUNT_CONCURRENCY) * 10 / 5.5
+    assert one["Lambda, every priority busy"] == (
+        min(40, LAMBDA_ACCOUNT_CONCURRENCY) * base.worker.batch_size / 5.5
+    )
 
 
 def test_a_limiter_binds_only_where_its_model_is_faster(config: Config) -> None:
