@@ -98,6 +98,11 @@ def local(tmp_path_factory: pytest.TempPathFactory, config: Config) -> Iterator[
             "retries": config.retries.model_copy(
                 update={"max_attempts": 1, "base_s": 0.1, "max_backoff_s": 0.5}
             ),
+            # every job here takes the synchronous route: a low job's 24 h deadline would
+            # route it to the batch API, which `submit` refuses until it is deployed (issue 17)
+            "priorities": {
+                p: s.model_copy(update={"deadline_h": 0}) for p, s in config.priorities.items()
+            },
         }
     )
     config_file = workdir / "chatbatch.json"
