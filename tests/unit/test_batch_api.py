@@ -37,13 +37,13 @@ from chatbatch.provider.batch_api import (
     OpenAIBatchClient,
     TooLarge,
     provider_custom_id,
-    split,
 )
 from chatbatch.provider.batch_api import custom_ids as ids_module
 from chatbatch.provider.batch_api.openai import line_outcome
 from chatbatch.provider.batch_api.results import ResultLines
 from chatbatch.provider.client import ProviderClient
 from chatbatch.translate import checked, result_body, wire_body
+from chatbatch.worker.batch_jobs import batch_parts, stored
 
 ROOT = Path(__file__).resolve().parents[2]
 RAW = tomllib.loads((ROOT / "chatbatch.toml").read_text())
@@ -230,7 +230,7 @@ def test_each_answer_is_the_synchronous_one_and_usage_adds_up_to_the_bill(
     jobs = jobs_of(config, lines())
     expected = synchronous(config, jobs)
     sim.reset()  # the same prompt-cache state for the batch, and nothing billed yet
-    [part] = split(jobs, config)
+    [part] = batch_parts(jobs, config)
     assert [r.job for r in part.requests] == jobs
     for request in part.requests:  # each line carries the synchronous request body
         model = config.models[request.job.model]
@@ -240,7 +240,10 @@ def test_each_answer_is_the_synchronous_one_and_usage_adds_up_to_the_bill(
     created = client.create(part)
     assert not created.ended
     run_to_end(client, created.id, clock)
-    outcomes = client.results(created.id, part)
+    answers = client.results(created.id, part)
+    if part.api == "anthropic":  # the provider's answer is a Message, as the chat client's
+        assert all(o.body is not None and o.body["type"] == "message" for o in answers)
+    outcomes = [stored(o, part, config) for o in answers]
     assert sorted(o.custom_id for o in outcomes) == sorted(j.custom_id for j in jobs)
     for outcome in outcomes:
         assert outcome.kind == "succeeded" and outcome.batch_id == "b-1", outcome
@@ -264,7 +267,7 @@ def many(config: Config, model: str, n: int, batch_id: str = "b-1") -> list[Job]
 def test_a_batch_expired_part_way_sends_the_rest_back(
     sim: Simulator, config: Config, clock: Clock, model: str
 ) -> None:
-    [part] = split(many(config, model, 10), config)
+    [part] = batch_parts(many(config, model, 10), config)
     client = client_for(part, config)
     batch = client.create(part)
     clock.advance(TURNAROUND_S * 0.45)  # 4 of 10 lines due
@@ -281,7 +284,7 @@ def test_a_batch_expired_part_way_sends_the_rest_back(
 
 @pytest.mark.parametrize("model", ["gpt-4.1", "haiku"])
 def test_cancel_mid_batch(sim: Simulator, config: Config, clock: Clock, model: str) -> None:
-    [part] = split(many(config, model, 10), config)
+    [part] = batch_parts(many(config, model, 10), config)
     client = client_for(part, config)
     batch = client.create(part)
     clock.advance(TURNAROUND_S * 0.35)
@@ -311,7 +314,7 @@ def test_a_line_the_api_refuses_fails_for_good_with_its_message(
         },
     ]
     jobs = jobs_of(config, lines)
-    [part] = split(jobs, config)
+    [part] = batch_parts(jobs, config)
     client = client_for(part, config)
     batch = client.create(part)
     run_to_end(client, batch.id, clock)
@@ -329,7 +332,7 @@ def test_an_anthropic_line_the_api_refuses_fails_for_good(
     """Anthropic validates each request's params when it runs: a body it refuses is an
     ``errored`` result (chatbatch checks lines at submit, so the line here is broken after
     the split, as a provider whose rules changed would see it)."""
-    [part] = split(many(config, "haiku", 2), config)
+    [part] = batch_parts(many(config, "haiku", 2), config)
     broken = part.requests[0]
     params = broken.line["params"] | {"messages": []}
     part.requests[0] = replace(broken, line=broken.line | {"params": params})
@@ -347,7 +350,7 @@ def test_an_anthropic_line_the_api_refuses_fails_for_good(
 def test_a_failed_batch_sends_every_unanswered_job_back(
     sim: Simulator, config: Config, clock: Clock
 ) -> None:
-    [part] = split(many(config, GPT, 4), config)
+    [part] = batch_parts(many(config, GPT, 4), config)
     client = client_for(part, config)
     batch = client.create(part)
     clock.advance(TURNAROUND_S * 0.55)
@@ -359,7 +362,7 @@ def test_a_failed_batch_sends_every_unanswered_job_back(
 
 
 def test_results_before_the_end_are_refused(sim: Simulator, config: Config) -> None:
-    [part] = split(many(config, GPT, 2), config)
+    [part] = batch_parts(many(config, GPT, 2), config)
     client = client_for(part, config)
     batch = client.create(part)
     with pytest.raises(Exception, match="its results are not ready"):
@@ -371,7 +374,7 @@ def test_split_at_the_limits(
 ) -> None:
     monkeypatch.setitem(LIMITS, "openai", Limits(requests=3, bytes=10**9))
     jobs = many(config, GPT, 7) + many(config, "haiku", 2) + many(config, GPT, 1, "b-2")
-    parts = split(jobs, config)
+    parts = batch_parts(jobs, config)
     assert [(p.api, len(p.requests)) for p in parts] == [
         ("openai", 3),
         ("openai", 3),
@@ -381,14 +384,14 @@ def test_split_at_the_limits(
     assert all(p.model == GPT for p in parts if p.api == "openai")
     size = parts[0].requests[0].size
     monkeypatch.setitem(LIMITS, "anthropic", Limits(requests=100, bytes=size * 2 + 20))
-    assert [len(p.requests) for p in split(many(config, "haiku", 5), config)] == [2, 2, 1]
+    assert [len(p.requests) for p in batch_parts(many(config, "haiku", 5), config)] == [2, 2, 1]
     monkeypatch.setitem(LIMITS, "openai", Limits(requests=3, bytes=10))
     with pytest.raises(TooLarge, match="job 'q0' of batch 'b-1': its openai batch line is"):
-        split(many(config, GPT, 1), config)
+        batch_parts(many(config, GPT, 1), config)
     # the parts run as batches of their own, every job answered once
     monkeypatch.setitem(LIMITS, "openai", Limits(requests=2, bytes=10**9))
     done: list[JobOutcome] = []
-    for part in split(many(config, GPT, 5), config):
+    for part in batch_parts(many(config, GPT, 5), config):
         client = client_for(part, config)
         batch = client.create(part)
         run_to_end(client, batch.id, clock)
@@ -401,7 +404,7 @@ def test_one_model_per_openai_file(config: Config) -> None:
     data["models"]["gpt-4.1-mini"] = data["models"][GPT] | {"model_id": "gpt-4.1-mini"}
     two = parse_config(data)
     jobs = many(two, GPT, 2) + many(two, "gpt-4.1-mini", 2, "b-2")
-    assert [p.model for p in split(jobs, two)] == [GPT, "gpt-4.1-mini"]
+    assert [p.model for p in batch_parts(jobs, two)] == [GPT, "gpt-4.1-mini"]
 
 
 @given(
@@ -431,7 +434,7 @@ def test_a_collision_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_malformed_result_lines_name_the_batch_file_and_line(config: Config) -> None:
     jobs = many(config, GPT, 2)
-    [part] = split(jobs, config)
+    [part] = batch_parts(jobs, config)
     key = part.requests[0].key
     cases = [
         (b"{not json\n", "line 1: not JSON"),
@@ -458,7 +461,7 @@ def test_malformed_result_lines_name_the_batch_file_and_line(config: Config) -> 
 def test_a_usage_the_line_reports_is_read_as_the_synchronous_path_reads_it(
     config: Config,
 ) -> None:
-    [part] = split(many(config, GPT, 1), config)
+    [part] = batch_parts(many(config, GPT, 1), config)
     key = part.requests[0].key
     usage = {
         "prompt_tokens": 10,

@@ -1,7 +1,8 @@
 """The providers' own batch APIs, for jobs that can wait (issue 17): what the scheduled
-function stands on. ``requests`` builds each job's line (its request body exactly as the
-synchronous worker sends it) and splits jobs into provider batches within each API's
-limits; ``custom_ids`` names each job inside a provider batch and maps it back;
+function stands on (``worker.batch_jobs`` gives it each job's request body exactly as
+the synchronous worker sends it, and stores each answer as the worker does).
+``requests`` builds each job's line around its body and splits jobs into provider batches
+within each API's limits; ``custom_ids`` names each job inside a provider batch and maps it back;
 ``openai`` (Files + Batches) and ``anthropic`` (Message Batches) create, poll, cancel
 and read the results of a provider batch, each line becoming a job's outcome
 (``common.JobOutcome``: succeeded, failed for good, or back to the synchronous path);

@@ -5,9 +5,9 @@ request (``POST /messages/batches`` ``{"requests": [{"custom_id", "params"}]}``)
 (``GET .../{id}/results``, JSONL).
 
 A result line is ``{"custom_id", "result": {"type": ...}}``: ``succeeded`` carries the
-Message the synchronous ``/messages`` answers (stored as the worker stores it:
-``translate.result_body`` makes a chat.completion of it for an OpenAI-form job, and keeps
-it for an Anthropic-form one), with its usage; ``errored`` carries Anthropic's error body
+Message the synchronous ``/messages`` answers, with its usage (the outcome's body is that
+Message, as the chat client's ``Completion`` is: the worker stores it with
+``translate.result_body``, ``worker.batch_jobs.stored``); ``errored`` carries Anthropic's error body
 ``{"type": "error", "error": {"type", "message"}}``: a request error (``invalid_request_error``
 and the other 4xx types) fails for good, an ``api_error``, ``overloaded_error`` or any other
 goes back to the synchronous path, as do ``canceled`` and ``expired``.
@@ -15,7 +15,6 @@ goes back to the synchronous path, as do ``canceled`` and ``expired``.
 
 from __future__ import annotations
 
-import time
 from typing import Any, ClassVar
 
 import httpx
@@ -33,7 +32,6 @@ from chatbatch.provider.batch_api.common import (
 from chatbatch.provider.batch_api.http import BatchHttp
 from chatbatch.provider.batch_api.results import ResultLines, missing_outcomes
 from chatbatch.provider.client import ApiKeyLookup
-from chatbatch.translate import result_body
 
 PATH = "/messages/batches"
 # Anthropic's error types that are the request's fault, with their HTTP status
@@ -94,7 +92,6 @@ class AnthropicBatchClient:
             )
         content = self.http.call("GET", f"{PATH}/{batch_id}/results").content
         lines = ResultLines(batch_id, part)
-        created = int(time.time())
 
         def outcome(item: dict[str, Any], batch: str, custom_id: str, where: str) -> JobOutcome:
             result = item.get("result")
@@ -103,13 +100,11 @@ class AnthropicBatchClient:
                 message = result.get("message")
                 if not isinstance(message, dict) or not isinstance(message.get("content"), list):
                     raise MalformedResult(f"{where}: a succeeded result without a Message")
-                job = part.jobs[item["custom_id"]]
                 usage = message.get("usage") or {}
                 billed = (
                     Usage.from_anthropic(usage) if usage.get("input_tokens") is not None else None
                 )
-                body = result_body(job, message, self.http.provider, created)
-                return JobOutcome(batch, custom_id, "succeeded", body=body, usage=billed)
+                return JobOutcome(batch, custom_id, "succeeded", body=message, usage=billed)
             if kind == "errored" and isinstance(result, dict):
                 return _errored(result.get("error"), batch, custom_id)
             if kind in UNRUN:

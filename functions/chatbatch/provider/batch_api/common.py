@@ -4,9 +4,9 @@ protocol the scheduled function drives (``BatchApi``).
 
 A job's outcome is one of three:
 
-- ``succeeded``: the answer, as the synchronous worker would store it (a chat.completion;
-  an Anthropic Message translated for an OpenAI-form job, as ``translate.result_body``
-  does), with the usage the provider billed (None when the line carried none);
+- ``succeeded``: the provider's answer (a chat.completion, or an Anthropic Message: the
+  worker stores it as it stores a synchronous answer, ``worker.batch_jobs.stored``), with
+  the usage the provider billed (None when the line carried none);
 - ``failed``: the API refused the line for good (a 4xx it gave that line: the same body
   would be refused synchronously), with the provider's status, message and error body;
 - ``retry_sync``: the line did not run, or failed for a reason that may pass (expired,
@@ -77,7 +77,7 @@ class JobOutcome:
     batch_id: str
     custom_id: str
     kind: OutcomeKind
-    body: dict[str, Any] | None = None  # succeeded: the answer the result stores
+    body: dict[str, Any] | None = None  # succeeded: the provider's answer
     usage: Usage | None = None  # succeeded: what the provider billed (None: not reported)
     status: int | None = None  # failed: the HTTP status the API gave the line
     error: dict[str, Any] | None = None  # failed: the provider's error body

@@ -1,6 +1,6 @@
-"""Provider batch files from jobs: each job's line (its request body exactly as the
-synchronous worker sends it: ``translate.wire_body``), and the split into provider batches
-within each API's limits.
+"""Provider batch files from jobs: each job's line around the request body it is given
+(the worker gives the body it sends synchronously: ``worker.batch_jobs``), and the split
+into provider batches within each API's limits.
 
 - OpenAI (Batch API guide): an input file of at most 50,000 requests and 200 MB, every
   line for one model (a file mixing models fails ``mismatched_model``); a line is
@@ -24,7 +24,6 @@ from chatbatch.core.config import Config
 from chatbatch.core.jobs import CHAT_URL, Job
 from chatbatch.provider.batch_api.common import BatchApiKind, BatchPart, BatchRequest
 from chatbatch.provider.batch_api.custom_ids import provider_custom_id
-from chatbatch.translate import wire_body
 
 MB = 1024 * 1024
 ANTHROPIC_ENVELOPE = len(b'{"requests":[]}')
@@ -48,35 +47,35 @@ class TooLarge(ValueError):
     """A job whose line alone is over its API's byte limit: it cannot go in any batch."""
 
 
-def batch_line(job: Job, config: Config) -> dict[str, Any]:
-    """The job's line in its model's batch API, under its provider custom_id. ValueError
-    for a job whose model has no ``batch_api`` or that names no batch."""
+def batch_line(job: Job, body: dict[str, Any], config: Config) -> dict[str, Any]:
+    """The job's line in its model's batch API, carrying ``body`` under the job's provider
+    custom_id. ValueError for a job whose model has no ``batch_api`` or that names no batch."""
     model = config.models[job.model]
     if model.batch_api is None:
         raise ValueError(f"job {job.custom_id!r}: model {job.model} has no batch_api")
     if job.batch_id is None:
         raise ValueError(f"job {job.custom_id!r} names no batch: its result would have no home")
     key = provider_custom_id(job.batch_id, job.custom_id)
-    body = wire_body(job, model, config.providers[model.provider])
     if model.batch_api == "openai":
         return {"custom_id": key, "method": "POST", "url": CHAT_URL, "body": body}
     return {"custom_id": key, "params": body}
 
 
-def batch_request(job: Job, config: Config) -> BatchRequest:
-    line = batch_line(job, config)
+def batch_request(job: Job, body: dict[str, Any], config: Config) -> BatchRequest:
+    line = batch_line(job, body, config)
     # a file line ends in a newline; a request in Anthropic's list is followed by a comma
     size = len(json.dumps(line, separators=(",", ":")).encode()) + 1
     return BatchRequest(key=line["custom_id"], job=job, line=line, size=size)
 
 
-def split(jobs: Iterable[Job], config: Config) -> list[BatchPart]:
-    """The provider batches ``jobs`` go in: per provider (and model, at OpenAI), in input
-    order, each within ``LIMITS``. Raises ``TooLarge`` for a job over the byte limit alone."""
+def split(jobs: Iterable[tuple[Job, dict[str, Any]]], config: Config) -> list[BatchPart]:
+    """The provider batches ``jobs`` (each with its request body) go in: per provider (and
+    model, at OpenAI), in input order, each within ``LIMITS``. Raises ``TooLarge`` for a job
+    over the byte limit alone."""
     open_parts: dict[tuple[str, str | None], BatchPart] = {}
     done: list[BatchPart] = []
-    for job in jobs:
-        request = batch_request(job, config)
+    for job, body in jobs:
+        request = batch_request(job, body, config)
         model = config.models[job.model]
         api = model.batch_api
         assert api is not None  # batch_line checked it
