@@ -84,6 +84,9 @@ BAD_VALUES = [
     ("stack_name", "9lives", "stack_name"),
     ("providers.openai.base_url", "http://10.0.0.5/v1", "providers.openai.base_url: plain http"),
     ("providers.openai.base_url", "http://localhost.evil.com/v1", "only to this machine"),
+    ("models.deepseek-chat.batch_input_per_m", 0.14, "is set but batch_api is not"),
+    ("models.deepseek-chat.batch_api", "openai", "batch_input_per_m: required with batch_api"),
+    ("priorities.low.deadline_h", -1, "priorities.low.deadline_h"),
 ]
 
 

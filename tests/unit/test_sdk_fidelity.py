@@ -83,7 +83,7 @@ def test_every_request_key_of_the_sdk_is_read_passed_or_refused_with_a_reason():
     # the typed keys of both forms are request keys (a short line's own are chatbatch's)
     assert set(ChatBody.model_fields) <= keys
     assert set(ShortLine.model_fields) - keys == {
-        "custom_id", "batch_id", "priority", "role", "cache", "seq", "prompt",
+        "custom_id", "batch_id", "priority", "role", "cache", "seq", "prompt", "deadline_h",
     }  # fmt: skip
 
 

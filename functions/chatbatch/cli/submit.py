@@ -23,6 +23,7 @@ from chatbatch.cli.params import ConfigOpt, JsonOpt, StackOpt
 from chatbatch.client.deployment import Deployment, connect
 from chatbatch.client.submit import (
     Plan,
+    RouteTotals,
     Sender,
     checksum_batch_id,
     plan_file,
@@ -34,6 +35,7 @@ from chatbatch.core.config import Config, Priority, load_config
 from chatbatch.core.jobs import BATCH_ID_PATTERN
 from chatbatch.core.pricing import to_nanos
 from chatbatch.core.principals import caller_principal
+from chatbatch.core.routing import Override
 from chatbatch.state.batches import (
     BatchInfo,
     RegisteredByAnotherProducer,
@@ -41,12 +43,32 @@ from chatbatch.state.batches import (
 )
 
 MAX_SHOWN_ERRORS = 100
+BATCH_NOT_DEPLOYED = "the batch route is not deployed yet (issue 17)"
+
+
+class RouteReport(BaseModel):
+    """One route's share of the file: its jobs per model and their worst-case cost at the
+    route's prices (and at the synchronous prices: the difference is what it saves)."""
+
+    jobs: int
+    by_model: dict[str, int]
+    worst_case_usd: Decimal
+    at_sync_prices_usd: Decimal
+
+    @classmethod
+    def of(cls, totals: RouteTotals) -> RouteReport:
+        return cls(
+            jobs=totals.jobs,
+            by_model=dict(sorted(totals.by_model.items())),
+            worst_case_usd=totals.worst_case_usd,
+            at_sync_prices_usd=totals.at_sync_prices_usd,
+        )
 
 
 class SubmitReport(BaseModel):
     batch_id: str
     file: str
-    status: Literal["dry_run", "invalid", "already_submitted", "sent"]
+    status: Literal["dry_run", "invalid", "already_submitted", "sent", "batch_not_deployed"]
     lines: int
     valid: int
     invalid: int
@@ -56,6 +78,8 @@ class SubmitReport(BaseModel):
     worst_case_usd: Decimal
     estimate_s: float
     checksum: str
+    route: Override = "auto"
+    routes: dict[str, RouteReport] = {}
     budget_usd: Decimal | None = None
     sent: int = 0
 
@@ -75,13 +99,19 @@ def _report(plan: Plan, path: Path, config: Config, status: str, **extra: Any) -
             "worst_case_usd": plan.worst_case_usd,
             "estimate_s": round(plan.estimate_s(config), 1),
             "checksum": plan.checksum,
+            "routes": {kind: RouteReport.of(totals) for kind, totals in plan.routes.items()},
             **extra,
         }
     )
 
 
 def _plan(
-    path: Path, config: Config, batch_id: str | None, priority: Priority, quiet: bool
+    path: Path,
+    config: Config,
+    batch_id: str | None,
+    priority: Priority,
+    quiet: bool,
+    override: Override = "auto",
 ) -> Plan:
     if not path.is_file():
         raise CliError(f"{path}: no such file; give the path of a JSONL jobs file", EXIT_USAGE)
@@ -97,6 +127,7 @@ def _plan(
             batch_id or "",
             priority,
             on_bytes=lambda n: progress.advance(task, n),
+            override=override,
         )
     plan.batch_id = batch_id or ""  # the default id needs the deployment's salt: at send
     return plan
@@ -112,10 +143,31 @@ def _show_plan(report: SubmitReport) -> None:
     for name, count in report.by_model.items():
         table.add_row(f"model {name}", str(count))
     out.print(table)
+    if report.routes.get("batch") and report.routes["batch"].jobs:
+        _show_routes(report)
     say(
         f"worst-case cost {usd(report.worst_case_usd)}; at least "
         f"{duration(report.estimate_s)} at the configured rate limits"
     )
+
+
+def _show_routes(report: SubmitReport) -> None:
+    """The split between the synchronous route and the providers' batch APIs."""
+    table = Table(title=f"routes (--route {report.route})")
+    table.add_column("route / model")
+    table.add_column("jobs", justify="right")
+    table.add_column("worst case", justify="right")
+    table.add_column("at sync prices", justify="right")
+    for kind, part in report.routes.items():
+        table.add_row(
+            f"{kind}", str(part.jobs), usd(part.worst_case_usd), usd(part.at_sync_prices_usd)
+        )
+        for model, count in part.by_model.items():
+            table.add_row(f"  {model}", str(count), "", "")
+    out.print(table)
+    batch = report.routes["batch"]
+    saved = batch.at_sync_prices_usd - batch.worst_case_usd
+    say(f"the batch route saves up to {usd(saved)} on {batch.jobs} job(s)")
 
 
 def _show_invalid(plan: Plan) -> None:
@@ -196,6 +248,15 @@ def submit(
             help="send again a batch already submitted from this file (never another file)",
         ),
     ] = False,
+    route: Annotated[
+        str,
+        typer.Option(
+            "--route",
+            help="sync: every job synchronously; batch: every job through its provider's "
+            "batch API; auto: a job whose deadline_h is 24 h or more, on a model with a "
+            "batch_api, goes to batch (with --dry-run: shows the split and each route's cost)",
+        ),
+    ] = "auto",
     stack: StackOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
@@ -205,10 +266,11 @@ def submit(
     Every line is checked first; if any is invalid, every error is listed with its line
     number and nothing is sent (unless --skip-invalid).
     """
+    override = _override(route)
     cfg = load_config(config)
-    plan = _plan(file, cfg, batch_id, priority or cfg.defaults.priority, as_json)
+    plan = _plan(file, cfg, batch_id, priority or cfg.defaults.priority, as_json, override)
     budget = Decimal(str(budget_usd)) if budget_usd is not None else None
-    report = _report(plan, file, cfg, "dry_run", budget_usd=budget)
+    report = _report(plan, file, cfg, "dry_run", budget_usd=budget, route=override)
     if plan.invalid and not as_json:
         _show_invalid(plan)
     if plan.invalid and not skip_invalid:
@@ -223,6 +285,7 @@ def submit(
     if dry_run:
         _finish_submit(report, as_json)
         return
+    _refuse_batch_route(report, as_json)
     deployment = connect(cfg, stack)
     if not plan.batch_id:
         plan.batch_id = checksum_batch_id(plan.checksum, deployment.batches.id_salt())
@@ -240,6 +303,30 @@ def submit(
     write_manifest(file, cfg, plan.batch_id, deployment.store)
     sent = _send(deployment, file, plan, as_json)
     _finish_submit(report.model_copy(update={"status": "sent", "sent": sent}), as_json)
+
+
+def _override(value: str) -> Override:
+    if value not in ("sync", "batch", "auto"):
+        raise CliError(f"--route {value!r}: use sync, batch or auto", EXIT_USAGE)
+    return value  # type: ignore[return-value]
+
+
+def _refuse_batch_route(report: SubmitReport, as_json: bool) -> None:
+    """Nothing is sent while a job would go to a batch API: the scheduled function that
+    would send it is not deployed, and sending it synchronously instead would pay twice
+    what was planned without saying so."""
+    batch = report.routes["batch"]
+    if not batch.jobs:
+        return
+    if as_json:
+        emit(report.model_copy(update={"status": "batch_not_deployed"}))
+    else:
+        _show_plan(report)
+    raise CliError(
+        f"{BATCH_NOT_DEPLOYED}: {batch.jobs} job(s) of {report.valid} would go through a "
+        f"provider's batch API (--route {report.route}); nothing was sent. Pass --route sync "
+        "to send every job synchronously at the full price, or --dry-run to see the split"
+    )
 
 
 def _finish_submit(report: SubmitReport, as_json: bool) -> None:

@@ -29,6 +29,7 @@ from chatbatch.core.job_lines import parse_lines
 from chatbatch.core.jobs import CLAIM_CHECK_KEY, SQS_MAX_BYTES, ClaimCheck, Job, JobError
 from chatbatch.core.principals import caller_principal
 from chatbatch.core.resources import Resources
+from chatbatch.core.routing import ROUTE_KINDS, Override, RouteKind, route
 from chatbatch.state.batches import Batches
 from chatbatch.state.store import Store
 from chatbatch.translate import checked
@@ -37,6 +38,18 @@ if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
 SEND_THREADS = 8
+
+
+@dataclass
+class RouteTotals:
+    """The jobs of a file one route takes (``core.routing``), and what they may cost: the
+    worst case at the route's prices (a batch job's at its model's batch prices) and, to
+    show what the route saves, at the synchronous prices."""
+
+    jobs: int = 0
+    by_model: Counter[str] = field(default_factory=Counter)
+    worst_case_usd: Decimal = Decimal(0)
+    at_sync_prices_usd: Decimal = Decimal(0)
 
 
 @dataclass
@@ -55,6 +68,9 @@ class Plan:
     worst_case_usd: Decimal = Decimal(0)
     checksum: str = ""
     form: Literal["openai", "anthropic"] = "openai"  # its lines' (one form per file)
+    routes: dict[RouteKind, RouteTotals] = field(
+        default_factory=lambda: {kind: RouteTotals() for kind in ROUTE_KINDS}
+    )
 
     def estimate_s(self, config: Config) -> float:
         """Lower bound on wall time from the rate limits: the slowest model's queue."""
@@ -83,9 +99,13 @@ def plan_file(
     max_errors: int = 1000,
     *,
     on_bytes: Callable[[int], None] | None = None,
+    override: Override = "auto",
 ) -> Plan:
     """Validate every line (streamed) and add up what the batch will ask for.
 
+    Each valid job is routed (``core.routing.route`` under ``override``): a job an
+    override ``batch`` cannot take is an invalid line naming the field; the others are
+    added up per route, at that route's prices.
     ``on_bytes`` is told the size of every line read (for a progress bar). The batch's
     form is its valid lines' (one form per file); when none is valid, the form of its
     first line that is a JSON object, so its errors are written in the form it was sent in.
@@ -96,25 +116,48 @@ def plan_file(
     with open_lines(path) as lines:
         hashed = _hashing(lines, digest, plan, on_bytes)
         for number, line in parse_lines(hashed, config):
-            parsed = checked(line, config, number)
-            if isinstance(parsed, JobError):
-                refused_form = refused_form or parsed.form
+            routed = _routed(
+                checked(line, config, number), config, override, default_priority, number
+            )
+            if isinstance(routed, JobError):
+                refused_form = refused_form or routed.form
                 plan.invalid += 1
                 if len(plan.errors) < max_errors:
-                    plan.errors.append(parsed)
+                    plan.errors.append(routed)
                 continue
-            model = config.models[parsed.model]
+            job, kind = routed
+            model = config.models[job.model]
             if not plan.valid:
-                plan.form = parsed.form
+                plan.form = job.form
             plan.valid += 1
-            plan.by_priority[priority_of(parsed, default_priority)] += 1
-            plan.by_model[parsed.model] += 1
-            plan.tokens_by_model[parsed.model] += parsed.estimated_tokens(model)
-            plan.worst_case_usd += parsed.worst_case_usd(model)
+            plan.by_priority[priority_of(job, default_priority)] += 1
+            plan.by_model[job.model] += 1
+            plan.tokens_by_model[job.model] += job.estimated_tokens(model)
+            totals = plan.routes[kind]
+            totals.jobs += 1
+            totals.by_model[job.model] += 1
+            at_sync = job.worst_case_usd(model)
+            worst = job.worst_case_usd(model.batch_priced()) if kind == "batch" else at_sync
+            totals.worst_case_usd += worst
+            totals.at_sync_prices_usd += at_sync
+            plan.worst_case_usd += worst
     if not plan.valid and refused_form is not None:
         plan.form = refused_form
     plan.checksum = digest.hexdigest()
     return plan
+
+
+def _routed(
+    parsed: Job | JobError, config: Config, override: Override, default: Priority, line: int
+) -> tuple[Job, RouteKind] | JobError:
+    """A checked line with its route, or the ``JobError`` of a line or of a route refused."""
+    if isinstance(parsed, JobError):
+        return parsed
+    try:
+        return parsed, route(parsed, config, override, default_priority=default).kind
+    except JobError as err:
+        err.line, err.form = line, parsed.form
+        return err
 
 
 def _hashing(

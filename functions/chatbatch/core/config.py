@@ -13,7 +13,7 @@ import json
 import os
 import re
 import tomllib
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
@@ -158,6 +158,20 @@ class Provider(_Strict):
         return self.messages_url if self.kind == "anthropic" else self.chat_url
 
 
+# each batch price key and the synchronous price it may not exceed
+BATCH_PRICES = {
+    "batch_input_per_m": "input_per_m",
+    "batch_cached_input_per_m": "cached_input_per_m",
+    "batch_output_per_m": "output_per_m",
+}
+PRICE_STEP = Decimal("0.000001")  # the finest price a config can give (Money's 6 decimals)
+
+
+def _price_up(value: Decimal) -> Decimal:
+    """A derived price on the config's 6-decimal grid, rounded up: never under-counts."""
+    return value.quantize(PRICE_STEP, rounding=ROUND_CEILING)
+
+
 class Model(_Strict):
     """A model as the pipeline sees it: who serves it, what it costs, how fast it may go."""
 
@@ -200,6 +214,44 @@ class Model(_Strict):
         description="the most prompt tokens one image_url content part can bill at this "
         "model; unset: image parts are refused (chatbatch could not bound them)",
     )
+    batch_api: Literal["openai", "anthropic"] | None = Field(
+        default=None,
+        description="the provider's own batch API jobs that can wait go through (openai: "
+        "Files + Batches; anthropic: Message Batches); it must match the provider's kind. "
+        "None: no batch route for this model",
+    )
+    batch_input_per_m: Money | None = Field(
+        default=None, description="the batch API's input price; required with batch_api"
+    )
+    batch_cached_input_per_m: Money | None = Field(
+        default=None, description="the batch API's cached input price; required with batch_api"
+    )
+    batch_output_per_m: Money | None = Field(
+        default=None, description="the batch API's output price; required with batch_api"
+    )
+
+    @model_validator(mode="after")
+    def _batch_prices(self) -> Model:
+        """The batch prices come with ``batch_api`` and only with it, none above its
+        synchronous twin (a batch route that cost more would never be worth routing)."""
+        for key, sync in BATCH_PRICES.items():
+            price = getattr(self, key)
+            if self.batch_api is None and price is not None:
+                raise ValueError(
+                    f"{key} ({price}) is set but batch_api is not: a batch price needs a "
+                    'batch route; set batch_api ("openai" or "anthropic") or remove it'
+                )
+            if self.batch_api is not None and price is None:
+                raise ValueError(
+                    f"{key}: required with batch_api = {self.batch_api!r} (the batch API's "
+                    f"price per 1M tokens, at most {sync} = {getattr(self, sync)})"
+                )
+            if price is not None and price > getattr(self, sync):
+                raise ValueError(
+                    f"{key} ({price}) cannot exceed {sync} ({getattr(self, sync)}): the "
+                    "batch route is never dearer than the synchronous one"
+                )
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> Model:
@@ -232,6 +284,29 @@ class Model(_Strict):
         max_completion_tokens, whatever ``output_cap_param`` says."""
         return "max_completion_tokens" if self.reasoning else self.output_cap_param
 
+    def batch_priced(self) -> Model:
+        """This model at its batch prices (``cost`` and ``Job.worst_case_usd`` take it as
+        they take the model): input, cached input and output from the ``batch_*`` keys, the
+        cache writes scaled as the input price is (Anthropic's cache multipliers apply to
+        the batch price), rounded up to the sixth decimal. Raises ValueError for a model
+        without ``batch_api``."""
+        if self.batch_input_per_m is None or self.batch_api is None:
+            raise ValueError(f"model {self.model_id!r} has no batch_api: no batch prices")
+        ratio = self.batch_input_per_m / self.input_per_m if self.input_per_m else Decimal(1)
+        scaled = {
+            key: _price_up(value * ratio)
+            for key in ("cache_write_per_m", "cache_write_1h_per_m")
+            if (value := getattr(self, key)) is not None
+        }
+        return self.model_copy(
+            update={
+                "input_per_m": self.batch_input_per_m,
+                "cached_input_per_m": self.batch_cached_input_per_m,
+                "output_per_m": self.batch_output_per_m,
+                **scaled,
+            }
+        )
+
     @property
     def reserve_max_tokens(self) -> int:
         """The output cap a job that gives none is sent (and reserved): never the
@@ -249,6 +324,14 @@ class Budget(_Strict):
 class PrioritySettings(_Strict):
     max_concurrency: int = Field(default=2, ge=2, le=1000)
     share: float = Field(gt=0, le=1, description="share of the rate limit under contention")
+    deadline_h: float = Field(
+        default=0,
+        ge=0,
+        allow_inf_nan=False,
+        description="hours a job of this priority may take when its line gives no "
+        "deadline_h; 0: as soon as possible. At 24 or more its jobs may go through a "
+        "provider's batch API (core/routing.py)",
+    )
 
 
 class Role(_Strict):
@@ -426,6 +509,7 @@ class Config(_Strict):
                     f"defined: {sorted(self.providers)}"
                 )
             _check_cache_write(name, model, self.providers[model.provider])
+            _check_batch_api(name, model, self.providers[model.provider])
         for name, role in self.roles.items():
             if role.model not in self.models:
                 raise ValueError(
@@ -513,6 +597,18 @@ def _check_cache_write(name: str, model: Model, provider: Provider) -> None:
                 "which bills no cache writes (cached prompt tokens are priced by "
                 'cached_input_per_m); remove it, or set kind = "anthropic" on the provider'
             )
+
+
+def _check_batch_api(name: str, model: Model, provider: Provider) -> None:
+    """A model's batch API is its provider's own: OpenAI's Files + Batches speak the
+    OpenAI form, Anthropic's Message Batches the Messages one, at the provider's URL."""
+    if model.batch_api is not None and model.batch_api != provider.kind:
+        raise ValueError(
+            f"models.{name}.batch_api: {model.batch_api!r} does not match provider "
+            f"{model.provider!r}, which is kind {provider.kind!r} (its requests go to "
+            f"{provider.url}); a model's batch API is its provider's own: set batch_api = "
+            f'"{provider.kind}" if that provider has one, or remove it'
+        )
 
 
 # a cache-write price key, Anthropic's factor over input_per_m, the write it prices

@@ -53,6 +53,10 @@ Metadata = Annotated[
 ]
 
 
+# hours a job may take (a JSON number above 0): its priority's ``deadline_h`` when unset
+DeadlineHours = Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False)]
+
+
 class _Common(LineModel):
     """Keys both forms accept (chatbatch's own, beside OpenAI's)."""
 
@@ -62,6 +66,7 @@ class _Common(LineModel):
     role: StrictStr | None = None
     cache: StrictBool = False
     seq: StrictInt | None = Field(default=None, ge=0)
+    deadline_h: DeadlineHours | None = None
 
 
 class _Request(BaseModel):
@@ -155,6 +160,7 @@ _HINTS = {
     "int_type": "must be an integer",
     "bool_type": "must be true or false",
     "float_type": "must be a number",
+    "finite_number": "must be a finite number",
     "dict_type": "must be a JSON object",
     "list_type": "must be a list",
 }
@@ -274,6 +280,7 @@ def _line_keys(line: _Common, seq: int | None) -> dict[str, Any]:
         "role": line.role,
         "priority": line.priority,
         "cache": line.cache,
+        "deadline_h": line.deadline_h,
     }
 
 

@@ -99,6 +99,8 @@ class Job(BaseModel):
     model: str
     role: str | None = None
     priority: Priority | None = None
+    # hours the job may take (its line's ``deadline_h``; None: its priority's)
+    deadline_h: float | None = None
     messages: list[Message]
     max_tokens: int | None = None
     # the parameter the line gave its cap as: sent as given (None: the model's own)
@@ -196,7 +198,7 @@ class Job(BaseModel):
         if self.native_params is None:
             line |= {"method": "POST", "url": CHAT_URL}
         line |= self.model_dump(
-            include={"batch_id", "seq", "role", "priority", "cache", "metadata"},
+            include={"batch_id", "seq", "role", "priority", "cache", "metadata", "deadline_h"},
             exclude_defaults=True,
             mode="json",
         )

@@ -237,7 +237,8 @@ class LocalRuntime:
         Resumed (the state held a journal), only the jobs still to send are queued."""
         config = self.config
         batch = batch_id or self.options.batch_id
-        plan = plan_file(path, config, batch, config.defaults.priority)
+        # no batch route runs locally yet (issue 17): every job goes synchronously
+        plan = plan_file(path, config, batch, config.defaults.priority, override="sync")
         register(plan, self.batches, budget_nanos=None)
         if not (self.replayed.resumed and self.store.get_text(manifest_key(batch)) is not None):
             write_manifest(path, config, batch, self.store)

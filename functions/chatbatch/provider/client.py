@@ -171,11 +171,11 @@ class ProviderClient:
         provider = self.config.providers[model.provider]
         total_s = provider.timeouts.total_s
         deadline = start + (total_s if deadline_s is None else min(deadline_s, total_s))
-        key = _lookup(self._api_key, model.provider)
+        key = provider_key(self._api_key, model.provider)
         sent_body = _with_usage(body) if provider.kind == "openai" else body
         request = _Request(
             provider=provider,
-            headers=_headers(key, provider),
+            headers=auth_headers(key, provider),
             content=json.dumps(sent_body, separators=(",", ":")).encode(),
             redact=Redactor(key),
         )
@@ -385,7 +385,7 @@ def tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-def _lookup(api_key: ApiKeyLookup, provider: str) -> str | None:
+def provider_key(api_key: ApiKeyLookup, provider: str) -> str | None:
     """The provider's key, checked again whatever the lookup did: a malformed one is an
     account error and never reaches httpx (whose errors would echo the header)."""
     try:
@@ -402,7 +402,7 @@ def _lookup(api_key: ApiKeyLookup, provider: str) -> str | None:
         ) from None
 
 
-def _headers(key: str | None, provider: Provider) -> dict[str, str]:
+def auth_headers(key: str | None, provider: Provider) -> dict[str, str]:
     """The request's headers: the key as ``Authorization: Bearer`` (kind openai) or as
     ``x-api-key`` with ``anthropic-version`` (kind anthropic), never both."""
     headers = {"content-type": "application/json"}
