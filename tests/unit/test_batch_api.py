@@ -19,6 +19,7 @@ import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from test_simulator_batches import Clock
 
 from chatbatch.core.config import Config, parse_config
 from chatbatch.core.job_lines import parse_line
@@ -50,17 +51,6 @@ RAW = tomllib.loads((ROOT / "chatbatch.toml").read_text())
 KEY = "sk-sim-batch-route"
 TURNAROUND_S = 10.0
 GPT, HAIKU = "gpt-4.1", "claude-haiku-4-5"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 5_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

@@ -17,21 +17,16 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import httpx
-
-from chatbatch.core.config import Config
 from chatbatch.core.pricing import Usage
 from chatbatch.provider.batch_api.common import (
-    BatchApiError,
     BatchApiKind,
     BatchPart,
     BatchState,
     JobOutcome,
     MalformedResult,
 )
-from chatbatch.provider.batch_api.http import BatchHttp
+from chatbatch.provider.batch_api.http import HttpBatchClient
 from chatbatch.provider.batch_api.results import ResultLines, missing_outcomes
-from chatbatch.provider.client import ApiKeyLookup
 
 PATH = "/messages/batches"
 # Anthropic's error types that are the request's fault, with their HTTP status
@@ -57,39 +52,21 @@ def state_of(raw: dict[str, Any]) -> BatchState:
     )
 
 
-class AnthropicBatchClient:
+class AnthropicBatchClient(HttpBatchClient):
     """One kind anthropic provider's Message Batches endpoints."""
 
-    api: ClassVar[BatchApiKind] = "anthropic"
+    path = PATH
+    state = staticmethod(state_of)
 
-    def __init__(
-        self,
-        config: Config,
-        provider: str,
-        api_key: ApiKeyLookup,
-        *,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        self.http = BatchHttp(config, provider, api_key, transport=transport)
+    api: ClassVar[BatchApiKind] = "anthropic"
 
     def create(self, part: BatchPart, metadata: dict[str, str] | None = None) -> BatchState:
         """(Message Batches have no metadata: ``metadata`` is not sent.)"""
         body = {"requests": [r.line for r in part.requests]}
         return state_of(self.http.call("POST", PATH, json=body).json())
 
-    def poll(self, batch_id: str) -> BatchState:
-        return state_of(self.http.call("GET", f"{PATH}/{batch_id}").json())
-
-    def cancel(self, batch_id: str) -> BatchState:
-        return state_of(self.http.call("POST", f"{PATH}/{batch_id}/cancel").json())
-
     def results(self, batch_id: str, part: BatchPart) -> list[JobOutcome]:
-        state = self.poll(batch_id)
-        if not state.ended:
-            raise BatchApiError(
-                f"provider batch {batch_id} is {state.status}: its results are not ready",
-                status=None,
-            )
+        state = self.ended(batch_id)
         content = self.http.call("GET", f"{PATH}/{batch_id}/results").content
         lines = ResultLines(batch_id, part)
 

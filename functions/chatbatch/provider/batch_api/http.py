@@ -9,12 +9,13 @@ run may try again), its text the provider's message with the key redacted.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import httpx
 
 from chatbatch.core.config import Config, Provider
-from chatbatch.provider.batch_api.common import BatchApiError
+from chatbatch.provider.batch_api.common import BatchApiError, BatchState
 from chatbatch.provider.client import (
     USER_AGENT,
     ApiKeyLookup,
@@ -90,3 +91,37 @@ class BatchHttp:
 
     def close(self) -> None:
         self._client.close()
+
+
+class HttpBatchClient:
+    """What both providers' batch clients share: one ``BatchHttp`` to the provider, the
+    batches under ``path``, and a batch object read by ``state`` (each provider's own)."""
+
+    path: ClassVar[str]
+    state: Callable[[dict[str, Any]], BatchState]
+
+    def __init__(
+        self,
+        config: Config,
+        provider: str,
+        api_key: ApiKeyLookup,
+        *,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.http = BatchHttp(config, provider, api_key, transport=transport)
+
+    def poll(self, batch_id: str) -> BatchState:
+        return self.state(self.http.call("GET", f"{self.path}/{batch_id}").json())
+
+    def cancel(self, batch_id: str) -> BatchState:
+        return self.state(self.http.call("POST", f"{self.path}/{batch_id}/cancel").json())
+
+    def ended(self, batch_id: str) -> BatchState:
+        """The batch, once it has ended; a ``BatchApiError`` while it runs."""
+        state = self.poll(batch_id)
+        if not state.ended:
+            raise BatchApiError(
+                f"provider batch {batch_id} is {state.status}: its results are not ready",
+                status=None,
+            )
+        return state

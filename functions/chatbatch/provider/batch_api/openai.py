@@ -17,13 +17,9 @@ from __future__ import annotations
 import json
 from typing import Any, ClassVar
 
-import httpx
-
-from chatbatch.core.config import Config
 from chatbatch.core.jobs import CHAT_URL
 from chatbatch.core.pricing import Usage
 from chatbatch.provider.batch_api.common import (
-    BatchApiError,
     BatchApiKind,
     BatchPart,
     BatchState,
@@ -31,9 +27,8 @@ from chatbatch.provider.batch_api.common import (
     MalformedResult,
     transient_status,
 )
-from chatbatch.provider.batch_api.http import BatchHttp
+from chatbatch.provider.batch_api.http import HttpBatchClient
 from chatbatch.provider.batch_api.results import ResultLines, missing_outcomes
-from chatbatch.provider.client import ApiKeyLookup
 from chatbatch.provider.errors import error_text
 
 COMPLETION_WINDOW = "24h"
@@ -51,20 +46,13 @@ def state_of(raw: dict[str, Any]) -> BatchState:
     )
 
 
-class OpenAIBatchClient:
+class OpenAIBatchClient(HttpBatchClient):
     """One kind openai provider's Files + Batches endpoints."""
 
-    api: ClassVar[BatchApiKind] = "openai"
+    path = "/batches"
+    state = staticmethod(state_of)
 
-    def __init__(
-        self,
-        config: Config,
-        provider: str,
-        api_key: ApiKeyLookup,
-        *,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        self.http = BatchHttp(config, provider, api_key, transport=transport)
+    api: ClassVar[BatchApiKind] = "openai"
 
     def create(self, part: BatchPart, metadata: dict[str, str] | None = None) -> BatchState:
         data = b"".join(
@@ -81,19 +69,8 @@ class OpenAIBatchClient:
             body["metadata"] = metadata
         return state_of(self.http.call("POST", "/batches", json=body).json())
 
-    def poll(self, batch_id: str) -> BatchState:
-        return state_of(self.http.call("GET", f"/batches/{batch_id}").json())
-
-    def cancel(self, batch_id: str) -> BatchState:
-        return state_of(self.http.call("POST", f"/batches/{batch_id}/cancel").json())
-
     def results(self, batch_id: str, part: BatchPart) -> list[JobOutcome]:
-        state = self.poll(batch_id)
-        if not state.ended:
-            raise BatchApiError(
-                f"provider batch {batch_id} is {state.status}: its results are not ready",
-                status=None,
-            )
+        state = self.ended(batch_id)
         lines = ResultLines(batch_id, part)
         for name in ("output_file_id", "error_file_id"):
             file_id = state.raw.get(name)
