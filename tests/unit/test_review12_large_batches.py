@@ -416,11 +416,6 @@ def test_two_messages_of_one_job_among_sixty_send_every_job_alone(fresh: Any) ->
     assert open_markers(services, day) == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Finals._commit's finally sends a crashed transaction's jobs alone and the "
-    "WorkerCrash dies in the flush task: the instance goes on instead of dying",
-)
 def test_a_crash_between_two_group_transactions_leaves_the_rest_to_reclaim(
     fresh: Any, config: Config
 ) -> None:
