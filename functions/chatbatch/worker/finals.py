@@ -173,11 +173,17 @@ class Finals:
         if chunks is None:  # alone, or two parts for one item: each job on its own
             self._alone(group)
             return
-        for chunk in chunks:
-            await self._commit([group[index] for index in chunk])
+        try:
+            for chunk in chunks:
+                await self._commit([group[index] for index in chunk])
+        except WorkerCrash as err:  # the instance died between two of them: every job
+            for _, _, done in group:  # still waiting dies with it (never goes on alone)
+                if not done.done():
+                    done.set_exception(err)
 
     async def _commit(self, part: list[tuple[str, Final, asyncio.Future[bool]]]) -> None:
-        """One transaction of the group's: its jobs committed together, or each on its own."""
+        """One transaction of the group's: its jobs committed together, or each on its own
+        (whatever failed; a crash, a ``BaseException``, stops the invocation instead)."""
         committed = False
         try:
             if len(part) > 1:
@@ -188,13 +194,12 @@ class Finals:
                 self._marker_closed |= self._closes_marker()
         except Exception:  # each job's own transaction will meet it again, and say so
             logger.exception("the invocation's final transactions failed together")
-        finally:  # every waiting job goes on, whatever happened
-            if committed:
-                for _, _, done in part:
-                    if not done.done():
-                        done.set_result(True)
-            else:
-                self._alone(part)
+        if committed:
+            for _, _, done in part:
+                if not done.done():
+                    done.set_result(True)
+        else:
+            self._alone(part)
 
     def _alone(self, part: list[tuple[str, Final, asyncio.Future[bool]]]) -> None:
         """Each job of ``part`` commits on its own, then says how it went (``settled``)."""
