@@ -38,6 +38,7 @@ from aws_lambda_powertools import Logger
 
 from chatbatch.core.output_lines import CostRecord, OutputLine
 from chatbatch.core.resources import TABLE_PK, TABLE_SK
+from chatbatch.state.batches import JobState
 from chatbatch.state.budget.ledger import Item
 from chatbatch.state.budget.reservations import MarkerAt, Reservation
 from chatbatch.state.ddb import MAX_TRANSACT_ITEMS
@@ -70,6 +71,7 @@ class Final:
     ledgers: list[tuple[Item, dict[str, int]]]
     counters: dict[str, int]
     shard: int | None = None  # the counter shard they go to (``Invocation.counter_shard``)
+    custom_id: str = ""  # its id in the batch (to read its state back: ``_holds``)
     intake: Intake | None = None  # its job (for the crash point after the objects' write)
     flush: str = ""
     lines: Lines | None = None
@@ -125,15 +127,18 @@ class Finals:
         self.leave(job)
         return await done
 
-    async def settled(self, job: str, committed: bool) -> None:
+    async def settled(self, job: str, committed: bool) -> bool:
         """``job`` (a message id) made its own final transaction, committed or not; once
-        every job of its group has, the lines of those that lost leave the objects."""
+        every job of its group has, the lines of those that lost leave the objects.
+        Returns whether the job's final transaction committed: its own, or the group's
+        whose reply was lost (its own then met the job done: ``_holds``)."""
         group = self._groups.pop(job, None)
         if group is None:
-            return
+            return committed
+        committed = committed or await self._holds(group.finals[job])
         group.outcomes[job] = committed
         if len(group.outcomes) < len(group.finals):
-            return
+            return committed
         lost = {
             (f.job, f.flush) for m, f in group.finals.items() if f.lines and not group.outcomes[m]
         }
@@ -144,6 +149,17 @@ class Finals:
                 self._objects[key] = kept
                 keys.append(key)
         await asyncio.gather(*(asyncio.to_thread(self._write, key) for key in keys))
+        return committed
+
+    async def _holds(self, final: Final) -> bool:
+        """Whether the job's item is ``succeeded`` with ``final``'s flush: then the group's
+        transaction that held it committed although it raised (its reply lost), and the
+        lines in that flush's objects are the job's, to keep."""
+        if not final.custom_id or final.lines is None:
+            return False
+        batches = self._services.batches
+        [record] = await asyncio.to_thread(batches.jobs, final.batch_id, [final.custom_id])
+        return record.state is JobState.succeeded and record.flush == final.flush
 
     def leave(self, job: str) -> None:
         """``job`` will not arrive (it ended another way), or has: when no job is left

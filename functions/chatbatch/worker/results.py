@@ -293,7 +293,7 @@ async def _settle(
         moved = await _move(
             inv, intake, JobState.succeeded, stop, counters=counters, extra=settle, fields=fields
         )
-        await inv.finals.settled(intake.record.message_id, moved)
+        moved = await inv.finals.settled(intake.record.message_id, moved)
     if moved and reservation is not None and record.cost_nanos > reservation.nanos:
         try:  # an overrun (billed past the worst case): its shard's excess is spread
             await io(budget.settled, reservation, record.cost_nanos)
@@ -329,6 +329,7 @@ def _final(
     return Final(
         job=job_key(intake),
         batch_id=intake.batch_id,
+        custom_id=intake.custom_id,
         own=[move, *own],
         ledgers=ledgers,
         counters=deltas,
