@@ -23,6 +23,7 @@ import boto3
 import pytest
 from mypy_boto3_sqs.literals import QueueAttributeNameType
 
+from bench._capacity import metered
 from bench._common import watched, write_config
 from chatbatch.client.budget import set_daily_limit
 from chatbatch.client.costs import load_report
@@ -41,7 +42,7 @@ from chatbatch.state.budget.budget import Budget
 from chatbatch.state.budget.ledger import reservation_key
 from chatbatch.state.store import Store
 from chatbatch.worker import crash as crashes
-from chatbatch.worker import services
+from chatbatch.worker import pipeline, services
 from chatbatch.worker.intake import ATTR_OWNER, Intake
 from tests.integration.clocks import ShiftedClock
 
@@ -235,12 +236,14 @@ def test_every_job_is_accounted_for_and_gets_its_own_answer(tmp_path: Path, conf
 
 def test_new_jobs_reserve_once_per_invocation(tmp_path: Path):
     """The fresh jobs of one invocation reserve in one transaction and settle in one (the
-    group commit: ``worker/finals.py``)."""
+    group commit: ``worker/finals.py``), their reservations made armed for the
+    invocation's calls: no arm write per job."""
     lines = [
         json.dumps({"custom_id": f"r{i}", "prompt": f"q{i}", "priority": "normal"})
         for i in range(80)
     ]
-    with watched() as seen, runtime(concurrency=2) as rt:
+    with watched() as seen, runtime(concurrency=2) as rt, metered() as meter:
+        meter.start()
         summary = rt.run(write(tmp_path, lines), tmp_path / "out")
         spent = ledger_spent(rt)  # and nothing left reserved
     assert summary.succeeded == 80 and spent == Decimal(str(summary.cost_usd))
@@ -248,6 +251,28 @@ def test_new_jobs_reserve_once_per_invocation(tmp_path: Path):
     invocations = seen.count
     assert transactions == 2 * invocations  # a reservation and a settle per invocation
     assert invocations < 20
+    # budget items written outside transactions: the day's layout, no arms (80 before)
+    assert meter.writes["budget"] <= 2, meter.writes
+
+
+def test_jobs_handed_back_unsent_keep_their_reservation_unarmed(tmp_path: Path, config):
+    """Jobs reserved armed as a group and handed back for want of rate-limit capacity
+    (``max_throttle_wait_s`` 0) are unarmed as they go: each comes back, takes its
+    reservation again and calls once. None is held off as if its call were in flight,
+    none booked at a worst case it never cost: the ledger is what the calls cost."""
+    lines = [json.dumps({"custom_id": f"t{i}", "prompt": f"q{i}"}) for i in range(24)]
+    cfg = write_config(
+        tmp_path / "chatbatch.json", config, worker={"max_throttle_wait_s": 0, "timeout_s": 30}
+    )
+    with runtime(config_path=cfg, rpm=240, concurrency=2, timeout_s=120) as rt:
+        assert rt.simulator is not None
+        summary = rt.run(write(tmp_path, lines), tmp_path / "out")
+        stats = rt.simulator.stats()
+        assert_costs_counted_once(rt, tmp_path / "out", summary)
+    assert summary.succeeded == 24 and summary.estimated_calls == 0
+    assert summary.aws_requests["sqs"].get("SendMessage", 0) > 0, "jobs were handed back"
+    assert stats.requests == 24 and stats.by_status.get("429", 0) == 0
+    assert summary.wall_s < 60, "no copy waited out a call that never went out"
 
 
 def test_two_copies_of_a_job_in_flight_call_the_provider_once(tmp_path: Path):
@@ -345,6 +370,35 @@ def test_two_messages_of_one_copy_in_flight_call_the_provider_once(tmp_path: Pat
     assert info is not None and (info.succeeded, info.estimated_calls) == (1, 0)
     assert report.total.cost_usd == spent == from_nanos(info.cost_nanos) > 0
     assert report.total.estimated_calls == 0
+
+
+def test_a_job_that_raises_before_its_call_is_unarmed_for_its_redelivery(
+    tmp_path: Path, config, monkeypatch: pytest.MonkeyPatch
+):
+    """Jobs reserved armed as a group raise before their call (a transient error): each
+    is unarmed as it fails, so its redelivery takes the reservation back and calls once;
+    none is booked as a call that went out."""
+    failed_once: set[str] = set()
+    gate = pipeline.pause.gate
+
+    async def flaky(inv: Any, model: str) -> Any:
+        # a first delivery's invocation raises for each of its jobs (one message id each)
+        if fresh := sorted(set(inv.intakes) - failed_once):
+            failed_once.add(fresh[0])
+            raise RuntimeError("DynamoDB was not there")
+        return await gate(inv, model)
+
+    monkeypatch.setattr(pipeline.pause, "gate", flaky)
+    lines = [json.dumps({"custom_id": f"x{i}", "prompt": f"q{i}"}) for i in range(12)]
+    cfg = write_config(tmp_path / "chatbatch.json", config, worker={"timeout_s": 30})
+    with runtime(config_path=cfg, visibility_timeout_s=2, concurrency=2, timeout_s=120) as rt:
+        assert rt.simulator is not None
+        summary = rt.run(write(tmp_path, lines), tmp_path / "out")
+        stats = rt.simulator.stats()
+        assert_costs_counted_once(rt, tmp_path / "out", summary)
+    assert failed_once, "jobs raised before their call"
+    assert summary.succeeded == 12 and summary.estimated_calls == 0
+    assert stats.requests == 12
 
 
 @pytest.mark.parametrize("point", crashes.CRASH_POINTS)

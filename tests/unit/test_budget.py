@@ -552,3 +552,50 @@ def test_a_reservation_is_armed_once_whoever_got_it_back(config: Config, table: 
     again = arm_item(table, first, Clock()(), item["arm_token"]["S"])["Update"]
     ddb.update_item(**again)  # the same request, sent again: passes
     assert budget.settle(first, USD // 200)
+
+
+def test_a_group_reserved_armed_skips_each_arm_write_and_unarms_what_stays_unsent(
+    config: Config, table: str
+):
+    """``reserve_many(armed_for=flush)`` writes each reservation armed for that flush: the
+    delivery's ``arm`` writes nothing; another delivery of the same copy is held off as
+    from a call in flight; ``disarm`` (the job leaves unsent, keeping it) makes it the
+    copy's to take back and arm again, and never unarms one whose call went out."""
+    clock = Clock()
+    budget = make(config, table, clock)
+    ddb = boto3.client("dynamodb")
+
+    def stored(key: str) -> dict[str, Any]:
+        return ddb.get_item(TableName=table, Key=reservation_key(key), ConsistentRead=True)["Item"]
+
+    asks = [Ask(f"b#{i}", USD // 100, owner=f"m{i}") for i in range(3)]
+    held = budget.reserve_many(asks, armed_for="flush-1")
+    assert set(held) == {"b#0", "b#1", "b#2"}
+    for key, r in held.items():
+        item = stored(key)
+        assert item["armed"]["BOOL"] and item["flush"]["S"] == "flush-1"
+        assert item["arm_token"]["S"] == r.arm_token and r.armed_unsent
+    sent, kept, raised = held["b#0"], held["b#1"], held["b#2"]
+    before = stored("b#0")
+    assert budget.arm(sent) and not sent.armed_unsent
+    assert stored("b#0") == before, "its arm was the reservation's own write"
+    assert not budget.disarm(sent), "a call that went out is never unarmed"
+    assert stored("b#0")["armed"]["BOOL"]
+    # another delivery of the same copy while the reserving worker may live: held off
+    with pytest.raises(HeldElsewhere):
+        budget.reserve("b#1", USD // 100, owner="m1")
+    assert budget.disarm(kept) and not kept.armed
+    assert "armed" not in stored("b#1") and "arm_token" not in stored("b#1")
+    back = budget.reserve("b#1", USD // 100, owner="m1")  # its next delivery takes it back
+    assert back.resumed and not back.armed and back.rid == kept.rid
+    assert budget.arm(back) and stored("b#1")["armed"]["BOOL"]
+    assert not budget.disarm(kept), "armed again by the next delivery: not this arm's"
+    assert budget.settle(back, USD // 200)
+    # the worker dies: the call it sent (b#0) and the one it never sent (b#2) are both
+    # booked at their worst case (over-booked, never under)
+    clock.now += 901
+    assert budget.reclaim() == 2
+    day = budget.usage(utc_day(clock.now - 901))
+    assert day.reserved_usd == 0
+    assert day.spent_usd == Decimal(USD // 200 + USD // 100 + USD // 100) / USD
+    assert not budget.disarm(raised), "reclaimed: nothing left to unarm"

@@ -212,7 +212,8 @@ def reserve_ahead(inv: Invocation) -> None:
             and inv.states[intake.key] is JobState.new
             and not inv.batches[intake.batch_id].cancelled
         ]
-        inv.reserved = inv.services.budget.reserve_many(asks)
+        # armed as they are made, for this invocation's calls: no arm write each
+        inv.reserved = inv.services.budget.reserve_many(asks, armed_for=inv.finals.flush)
         if inv.reserved:
             first = next(iter(inv.reserved.values()))
             inv.finals.cover(first.marker_at(), inv.reserved)
@@ -222,6 +223,7 @@ def reserve_ahead(inv: Invocation) -> None:
 
 async def _reserve(inv: Invocation, intake: Intake, job: Job) -> Reservation | Outcome:
     if (held := inv.reserved.pop(job_key(intake), None)) is not None:
+        inv.unsent[job_key(intake)] = held  # armed as it was made: unarmed if it leaves unsent
         return held
     ask = _ask(inv, intake, job)
     try:
@@ -282,6 +284,8 @@ async def process(inv: Invocation, intake: Intake) -> Outcome:
         try:
             outcome = await _process(inv, intake)
         except Exception as err:
+            if (held := inv.unsent.pop(job_key(intake), None)) is not None:
+                await io(inv.services.budget.disarm, held)  # its call never went out
             if requeue.last_delivery(inv, intake):
                 reason = str(err) if isinstance(err, RetryLater) else f"{type(err).__name__}: {err}"
                 await requeue.dead_letter(inv, intake, reason)
@@ -310,7 +314,7 @@ async def _process(inv: Invocation, intake: Intake) -> Outcome:
     )
     if not first_delivery and (recovered := await results.recover(inv, intake, job, reservation)):
         return recovered
-    if reservation.armed:  # a call went out under it and no answer was stored
+    if reservation.armed and not reservation.armed_unsent:  # a call went out, no answer stored
         reservation = await _rebuy(inv, intake, job, reservation, "its worker died in the call")
         if isinstance(reservation, Outcome):
             return reservation

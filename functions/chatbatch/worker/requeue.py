@@ -66,10 +66,14 @@ async def hand_back(
 ) -> Outcome:
     """Re-send the job with a delay and let the original go: never counts toward the DLQ.
     A job that may wait no longer (``expiry``) expires instead, releasing ``held``; a copy
-    handed back because another copy is at work never does (that copy ends the job)."""
+    handed back because another copy is at work never does (that copy ends the job).
+    A ``held`` the copy keeps, armed as it was made and never sent, is unarmed first: its
+    next delivery takes it back rather than booking a call that never went out."""
     services = inv.services
     if outcome is not Outcome.elsewhere and (why := expiry(inv, intake)):
         return await expire(inv, intake, why, held)
+    if held is not None and held.armed_unsent:  # kept, its call never sent: unarmed
+        await io(services.budget.disarm, held)
     queue = services.resources.queues[intake.priority]
     attributes = {
         name: {"DataType": attr.data_type, "StringValue": attr.string_value or ""}

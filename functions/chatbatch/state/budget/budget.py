@@ -54,6 +54,7 @@ from chatbatch.state.budget.reservations import (
     Reservation,
     arm_item,
     close_marker_item,
+    disarm_item,
     extend_items,
     group_marker_item,
     hold_items,
@@ -416,7 +417,9 @@ class Budget:
             refused.scope, r.batch_id, r.day, limit, over=over, now=now, job_nanos=alone
         )
 
-    def reserve_many(self, asks: Sequence[Ask]) -> dict[str, Reservation]:
+    def reserve_many(
+        self, asks: Sequence[Ask], *, armed_for: str | None = None
+    ) -> dict[str, Reservation]:
         """Reserve several new jobs in one transaction, with one write per ledger for all.
 
         For the jobs of one invocation on their first delivery: all or nothing, for as
@@ -426,6 +429,13 @@ class Budget:
         transaction; the caller then reserves job by job with ``reserve``, which sorts
         out each of those cases. The group charges one shard of each sharded ledger
         (one batch's jobs the same shard).
+
+        With ``armed_for`` (the flush id of the invocation that will call) each
+        reservation is made armed for that invocation's call (``Reservation.armed_unsent``):
+        its ``arm`` writes nothing, one write per job fewer. A worker that dies before
+        the call leaves it armed: it is then booked at its worst case like a call that
+        went out (over-booked, never under), and ``disarm`` unarms one whose job leaves
+        unsent keeping it.
         """
         asks = _fitting(asks)
         keys = {a.job_key for a in asks}
@@ -448,9 +458,14 @@ class Budget:
         marker = f"group#{uuid.uuid4().hex}"
         shard = self._rng.randrange(self.shards(day))
         batch_shards = {b: self._rng.randrange(count) for b, (_, count) in limits.items()}
+        armed: dict[str, Any] = {}
+        if armed_for is not None:
+            armed = {"armed": True, "armed_at": round(now, 3), "flush": armed_for}
         held = {
             a.job_key: a.held(day, shard, batch_shards.get(a.batch_id or "", 0)).model_copy(
                 update={"marker": marker}
+                | armed
+                | ({"arm_token": uuid.uuid4().hex, "armed_unsent": True} if armed else {})
             )
             for a in asks
         }
@@ -600,7 +615,11 @@ class Budget:
         """Mark ``r``: a call under it is about to be sent (``reservations.arm_item``; one
         plain conditional write, no transaction), its answer to be stored in the objects
         of ``r.flush``. False if it is no longer this copy's reservation (reclaimed, taken
-        over) or another delivery armed it first (its call is that delivery's)."""
+        over) or another delivery armed it first (its call is that delivery's). One armed
+        as it was made (``reserve_many``) is this delivery's already: nothing to write."""
+        if r.armed_unsent:
+            r.armed_unsent = False
+            return True
         now = self._clock()
         try:
             self._ddb.update_item(**arm_item(self._table, r, now, uuid.uuid4().hex)["Update"])
@@ -609,6 +628,21 @@ class Budget:
                 raise
             return False
         r.armed, r.armed_at = True, round(now, 3)
+        return True
+
+    def disarm(self, r: Reservation) -> bool:
+        """Unarm a reservation armed as it was made whose call never went out
+        (``reservations.disarm_item``), for a job that leaves keeping it. False if nothing
+        was to be done or it is no longer that arm's (settled, released, armed again)."""
+        if not r.armed_unsent:
+            return False
+        try:
+            self._ddb.update_item(**disarm_item(self._table, r)["Update"])
+        except ClientError as err:
+            if error_code(err) != "ConditionalCheckFailedException":
+                raise
+            return False
+        r.armed, r.armed_at, r.armed_unsent = False, None, False
         return True
 
     def release(

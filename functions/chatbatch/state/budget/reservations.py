@@ -71,6 +71,11 @@ class Reservation(BaseModel):
     rid: str = Field(default_factory=lambda: uuid.uuid4().hex[:16])  # this reservation's id
     armed: bool = False  # a call under it may have reached the provider (``arm_item``)
     armed_at: float | None = None  # when: the worker that armed it may live until + timeout
+    arm_token: str | None = None  # the arm's own token (``disarm_item`` matches it)
+    # armed as it was made (``reserve_many``) and its call not sent yet: this delivery's
+    # ``Budget.arm`` writes nothing, and ``Budget.disarm`` takes the mark off if the job
+    # leaves unsent keeping it (not stored: what the item says is ``armed``)
+    armed_unsent: bool = Field(default=False, exclude=True)
     # the open marker of the group it was reserved in (``reserve_many``), or None: its own
     marker: str | None = None
     # the flush id of the invocation that armed it last: its objects may hold the answer
@@ -99,6 +104,7 @@ def reservation_of(item: Mapping[str, Any]) -> Reservation:
         rid=item.get("rid", {}).get("S", "legacy"),
         armed=item.get("armed", {}).get("BOOL", False),
         armed_at=float(item["armed_at"]["N"]) if "armed_at" in item else None,
+        arm_token=item.get("arm_token", {}).get("S"),
         marker=item.get("marker", {}).get("S"),
         flush=item.get("flush", {}).get("S"),
         **shards_of(item),
@@ -130,6 +136,11 @@ def hold_items(table: str, r: Reservation, now: float, ttl_s: int) -> list[Item]
         fields["owner"] = s(r.owner)
     fields |= _shard_fields(r)
     expires = {TABLE_TTL: n(int(now) + LEDGER_TTL_S)}
+    armed: Item = {}
+    if r.armed:  # armed as it is made (``reserve_many``): its arm is this write
+        assert r.arm_token is not None and r.armed_at is not None
+        armed = {"armed": {"BOOL": True}, "armed_at": n(r.armed_at), "arm_token": s(r.arm_token)}
+        armed |= {"flush": s(r.flush)} if r.flush is not None else {}
     reservation: Item = {
         "Put": {
             "TableName": table,
@@ -140,6 +151,7 @@ def hold_items(table: str, r: Reservation, now: float, ttl_s: int) -> list[Item]
                 "day": s(r.day),
                 "state": s("reserved"),
                 **({"marker": s(r.marker)} if r.marker else {}),
+                **armed,
             },
             "ConditionExpression": "attribute_not_exists(#pk)",
             "ExpressionAttributeNames": {"#pk": TABLE_PK},
@@ -265,6 +277,34 @@ def arm_item(table: str, r: Reservation, now: float, token: str) -> Item:
             "ConditionExpression": condition,
             "ExpressionAttributeNames": names,
             "ExpressionAttributeValues": values,
+        }
+    }
+
+
+def disarm_item(table: str, r: Reservation) -> Item:
+    """Take the mark off a reservation armed as it was made (``reserve_many``) whose call
+    never went out: the job leaves keeping it (handed back, or raised), and its next
+    delivery gets it back unarmed instead of booking a call that was never sent. Only
+    while it is still that arm's (``arm_token``) and still reserved."""
+    assert r.arm_token is not None
+    return {
+        "Update": {
+            "TableName": table,
+            "Key": reservation_key(r.job_key),
+            "UpdateExpression": "REMOVE #a, #t, #k",
+            "ConditionExpression": f"#s = :reserved AND {SAME_RID} AND #k = :k",
+            "ExpressionAttributeNames": {
+                "#s": "state",
+                "#rid": "rid",
+                "#a": "armed",
+                "#t": "armed_at",
+                "#k": "arm_token",
+            },
+            "ExpressionAttributeValues": {
+                ":reserved": s("reserved"),
+                ":rid": s(r.rid),
+                ":k": s(r.arm_token),
+            },
         }
     }
 
