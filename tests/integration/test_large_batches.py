@@ -25,6 +25,7 @@ import pytest
 from bench._common import watched
 from chatbatch.core.config import Config, Model
 from chatbatch.core.days import utc_day
+from chatbatch.local import runtime as runtime_module
 from chatbatch.local.options import LocalOptions
 from chatbatch.local.runtime import LocalRuntime
 from chatbatch.local.simulator import SimulatorSettings, Stats
@@ -136,6 +137,9 @@ def run_large(
             commits.append((len(items), committed))
 
     monkeypatch.setattr(Batches, "commit", commit)
+    # the whole window of 1 s, as Lambda waits it: a loaded machine's slow receives from
+    # full queues still fill the first invocations (0.2 s locally otherwise)
+    monkeypatch.setattr(runtime_module, "BATCH_WINDOW_CAP_S", 1.0)
     big = config.model_copy(
         update={
             "worker": config.worker.model_copy(

@@ -80,6 +80,8 @@ from chatbatch.state.store import Store, manifest_key
 POLL_S = 0.25  # how often the batch's counters are read while waiting
 STILL_S = 5.0  # beyond BUSY_RETRY_S: how long only deferred jobs, none running, end a wait
 LOCAL_KEY = "sk-local-simulator"
+# the batching window locally, at most: a local run's invocations start without waiting
+BATCH_WINDOW_CAP_S = 0.2
 
 
 class Stopped(Exception):
@@ -207,7 +209,7 @@ class LocalRuntime:
                     queue_arn=arn["Attributes"]["QueueArn"],
                     max_concurrency=self.config.priorities[priority].max_concurrency,
                     batch_size=worker_settings.batch_size,
-                    batch_window_s=min(worker_settings.batch_window_s, 0.2),
+                    batch_window_s=min(worker_settings.batch_window_s, BATCH_WINDOW_CAP_S),
                     timeout_s=worker_settings.timeout_s,
                     memory_mb=worker_settings.memory_mb,
                 ),
