@@ -7,14 +7,19 @@ keeping its reservation is neither booked as a dead call nor held off for
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import boto3
 import pytest
 from botocore.exceptions import ConnectionClosedError
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from chatbatch.core.config import Config
+from chatbatch.core.days import utc_day
 from chatbatch.local.aws import create_resources, moto_in_process
 from chatbatch.state.budget.budget import Budget
 from chatbatch.state.budget.errors import HeldElsewhere
@@ -110,3 +115,70 @@ def test_review13_held_off_for_the_worker_timeout(config: Config, table: str) ->
     clock.now += 2
     late = budget.reserve("b#1", USD // 100, owner="m1")
     assert late.armed, "then taken back armed: the pipeline books it as a dead call"
+
+
+_days = itertools.count(1)
+# what each job of the group does: its call sent or not, then how it leaves
+_fates = st.sampled_from(
+    [
+        "sent_settled",
+        "sent_crashed",
+        "sent_raised",
+        "unsent_handed_back",
+        "unsent_crashed",
+        "unused",
+    ]
+)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(fates=st.lists(_fates, min_size=2, max_size=6))
+def test_review13_an_armed_group_books_every_sent_call_and_only_those_unsent_that_died(
+    config: Config, table: str, fates: list[str]
+) -> None:
+    """A group made armed, each job meeting a drawn fate as the pipeline would treat it: a
+    sent call (``arm``) is never unarmed, whatever ``disarm`` is tried after it (a raise
+    after the call: ``process`` tries it); a job handed back unsent (``disarm``) is taken
+    back at once by its next delivery and booked only at what its call costs; a worker
+    that died leaves its jobs, sent or not, booked at the worst case by ``reclaim``;
+    unused ones go back (``Finals.end``). Then nothing is reserved and the day's spent is
+    exactly: the settled costs + the worst case of each job whose worker died or whose
+    call went out unread, and never less than what went out (booked >= billed)."""
+    clock = Clock(1_790_035_200.0 + 86_400 * next(_days) + 10)
+    budget = Budget(boto3.client("dynamodb"), table, config, clock=clock)
+    worst, actual = USD // 100, USD // 300
+    asks = [Ask(f"p{clock.now}#{i}", worst, owner=f"m{i}") for i in range(len(fates))]
+    held = budget.reserve_many(asks, armed_for="flush-1")
+    assert len(held) == len(fates)
+    spent, billed = 0, 0
+    for ask, fate in zip(asks, fates, strict=True):
+        r = held[ask.job_key]
+        if fate.startswith("sent"):
+            assert budget.arm(r)
+            billed += actual
+            assert not budget.disarm(r), "a call that went out is never unarmed"
+        if fate == "sent_settled":
+            assert budget.settle(r, actual)
+            spent += actual
+        elif fate in ("sent_crashed", "sent_raised", "unsent_crashed"):
+            spent += worst  # reclaim books it (a raise after its call: redelivery or reclaim)
+        elif fate == "unsent_handed_back":
+            assert budget.disarm(r)
+            back = budget.reserve(ask.job_key, worst, owner=ask.owner)  # no HeldElsewhere
+            assert back.resumed and not back.armed and back.rid == r.rid
+            assert budget.arm(back)
+            billed += actual
+            assert budget.settle(back, actual)
+            spent += actual
+        elif fate == "unused":
+            assert budget.release(r)
+    clock.now += config.budget.reservation_ttl_s + 1
+    budget.reclaim(utc_day(clock.now - config.budget.reservation_ttl_s - 1))
+    usage = budget.usage(utc_day(clock.now - config.budget.reservation_ttl_s - 1))
+    assert usage.reserved_usd == 0, "nothing stays reserved"
+    assert usage.spent_usd == Decimal(spent) / USD
+    assert spent >= billed, "booked >= billed"
