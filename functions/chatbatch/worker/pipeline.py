@@ -268,6 +268,18 @@ async def _before_budget(inv: Invocation, intake: Intake) -> Outcome | None:
     return None
 
 
+async def _unarm(inv: Invocation, intake: Intake) -> None:
+    """A job that raised before its call, keeping a reservation armed as it was made:
+    unarmed, so its redelivery takes it back (``Budget.disarm``). Best effort: the job's
+    own error is what counts (one left armed is over-booked, never under)."""
+    if (held := inv.unsent.pop(job_key(intake), None)) is None or not held.armed_unsent:
+        return
+    try:
+        await io(inv.services.budget.disarm, held)
+    except Exception:
+        logger.exception("could not unarm the reservation of a job that raised")
+
+
 async def process(inv: Invocation, intake: Intake) -> Outcome:
     """One job, start to end, in its own trace span. Whatever ends its last delivery in
     failure dead-letters it here, once: the error record keeps that error's own text (a
@@ -284,8 +296,7 @@ async def process(inv: Invocation, intake: Intake) -> Outcome:
         try:
             outcome = await _process(inv, intake)
         except Exception as err:
-            if (held := inv.unsent.pop(job_key(intake), None)) is not None:
-                await io(inv.services.budget.disarm, held)  # its call never went out
+            await _unarm(inv, intake)
             if requeue.last_delivery(inv, intake):
                 reason = str(err) if isinstance(err, RetryLater) else f"{type(err).__name__}: {err}"
                 await requeue.dead_letter(inv, intake, reason)

@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
 from aws_lambda_powertools import Logger
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from chatbatch.core.config import Config
 from chatbatch.core.days import utc_day
@@ -477,7 +477,24 @@ class Budget:
             for ledger in self._ledgers(held[a.job_key], *limits.get(a.batch_id or "", (None, 1)))
         }
         items = self._reservation_items(list(held.values()), list(ledgers), now)
-        return {} if self._transact([group, *items]) else held
+        try:
+            refused = self._transact([group, *items])
+        except Exception:
+            if armed_for is not None:  # it may have committed, its reply lost: unarmed
+                self._disarm_all(held.values())
+            raise
+        return {} if refused else held
+
+    def _disarm_all(self, held: Iterable[Reservation]) -> None:
+        """Unarm reservations of a group whose transaction raised: if it committed (its
+        reply lost), each job finds its reservation unarmed and takes it back, rather
+        than waiting out a call that never went out and booking it; if it did not, each
+        write finds nothing. Best effort: one that fails stays armed (over-booked)."""
+        for r in held:
+            try:
+                self.disarm(r)
+            except (ClientError, BotoCoreError):
+                logger.exception("could not unarm a group's reservation", extra={"job": r.job_key})
 
     def close_marker_item(self, at: MarkerAt) -> Item:
         """The item that deletes a group's open marker, for a caller that closes every
@@ -642,7 +659,7 @@ class Budget:
             if error_code(err) != "ConditionalCheckFailedException":
                 raise
             return False
-        r.armed, r.armed_at, r.armed_unsent = False, None, False
+        r.armed, r.armed_at, r.armed_unsent, r.flush = False, None, False, None
         return True
 
     def release(

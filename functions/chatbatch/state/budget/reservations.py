@@ -284,14 +284,15 @@ def arm_item(table: str, r: Reservation, now: float, token: str) -> Item:
 def disarm_item(table: str, r: Reservation) -> Item:
     """Take the mark off a reservation armed as it was made (``reserve_many``) whose call
     never went out: the job leaves keeping it (handed back, or raised), and its next
-    delivery gets it back unarmed instead of booking a call that was never sent. Only
-    while it is still that arm's (``arm_token``) and still reserved."""
+    delivery gets it back unarmed instead of booking a call that was never sent (and
+    without a ``flush``: no answer to look for). Only while it is still that arm's
+    (``arm_token``) and still reserved."""
     assert r.arm_token is not None
     return {
         "Update": {
             "TableName": table,
             "Key": reservation_key(r.job_key),
-            "UpdateExpression": "REMOVE #a, #t, #k",
+            "UpdateExpression": "REMOVE #a, #t, #k, #f",
             "ConditionExpression": f"#s = :reserved AND {SAME_RID} AND #k = :k",
             "ExpressionAttributeNames": {
                 "#s": "state",
@@ -299,6 +300,7 @@ def disarm_item(table: str, r: Reservation) -> Item:
                 "#a": "armed",
                 "#t": "armed_at",
                 "#k": "arm_token",
+                "#f": "flush",
             },
             "ExpressionAttributeValues": {
                 ":reserved": s("reserved"),
