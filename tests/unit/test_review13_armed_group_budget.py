@@ -23,16 +23,9 @@ from chatbatch.core.days import utc_day
 from chatbatch.local.aws import create_resources, moto_in_process
 from chatbatch.state.budget.budget import Budget
 from chatbatch.state.budget.reservations import Ask
+from tests.unit.test_budget import Clock
 
 USD = 1_000_000_000  # nanos
-
-
-class Clock:
-    def __init__(self, now: float = 1_790_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
