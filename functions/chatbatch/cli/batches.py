@@ -51,7 +51,7 @@ def batch_state(info: BatchInfo) -> BatchState:
         return BatchState.open
     if info.finished >= info.total:
         return BatchState.complete
-    if info.finished + info.deferred + info.throttled + info.paused >= info.total:
+    if info.finished + info.waiting >= info.total:
         return BatchState.waiting
     return BatchState.running
 

@@ -33,7 +33,7 @@ M = TypeVar("M", bound=BaseModel)
 class BatchStatus(BaseModel):
     batch_id: str
     total: int | None
-    pending: int | None  # queued or running: total - finished - deferred - throttled - paused
+    pending: int | None  # queued or running: total - finished - waiting (``BatchInfo.waiting``)
     queued: int | None
     running: int | None  # messages in flight on the queues (every batch's), capped at pending
     succeeded: int
@@ -41,6 +41,7 @@ class BatchStatus(BaseModel):
     deferred: int
     throttled: int
     paused: int
+    batched: int = 0  # in a provider's batch (the batch route)
     dead_lettered: int
     cancelled: int
     batch_cancelled: bool
@@ -66,11 +67,7 @@ class Overview(BaseModel):
 
 def batch_status(info: BatchInfo, in_flight: int, now: float) -> BatchStatus:
     finished = info.finished
-    pending = (
-        max(0, info.total - finished - info.deferred - info.throttled - info.paused)
-        if info.total is not None
-        else None
-    )
+    pending = max(0, info.total - finished - info.waiting) if info.total is not None else None
     running = min(pending, in_flight) if pending is not None else None
     elapsed = now - info.created if info.created else None
     rate = finished / elapsed if elapsed and finished else None
@@ -85,6 +82,7 @@ def batch_status(info: BatchInfo, in_flight: int, now: float) -> BatchStatus:
         deferred=info.deferred,
         throttled=info.throttled,
         paused=info.paused,
+        batched=info.batched,
         dead_lettered=info.dead_lettered,
         cancelled=info.cancelled_jobs,
         batch_cancelled=info.cancelled,

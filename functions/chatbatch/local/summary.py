@@ -139,7 +139,7 @@ def summarize(
             if paused_until is None
             else dt.datetime.fromtimestamp(paused_until, dt.UTC).isoformat(timespec="seconds")
         ),
-        queued=max(0, plan.valid - info.finished - info.deferred - info.throttled - info.paused),
+        queued=max(0, plan.valid - info.finished - info.waiting),
         ddb_writes_throttled=ddb_throttled,
     )
 

@@ -66,6 +66,7 @@ COUNTERS = (
     "deferred",
     "throttled",
     "paused",
+    "batched",
     "dead_lettered",
     "cancelled_jobs",
     "cost_nanos",
@@ -119,6 +120,7 @@ class JobState(StrEnum):
     deferred = "deferred"  # waiting for budget
     throttled = "throttled"  # waiting for rate-limit capacity
     paused = "paused"  # waiting for an account error to be fixed (the model's breaker)
+    batched = "batched"  # in a provider's batch (the batch route: ``state/parts.py``)
     dead_lettered = "dead_lettered"
     retrying = "retrying"  # failed or dead-lettered, then sent again by ``chatbatch retry``
     succeeded = "succeeded"
@@ -132,7 +134,13 @@ class JobState(StrEnum):
     @property
     def gauge(self) -> str | None:
         """The counter that holds jobs while they are in this state, if any."""
-        waiting = (JobState.deferred, JobState.throttled, JobState.paused, JobState.dead_lettered)
+        waiting = (
+            JobState.deferred,
+            JobState.throttled,
+            JobState.paused,
+            JobState.batched,
+            JobState.dead_lettered,
+        )
         return self.value if self in waiting else None
 
     @property
@@ -153,6 +161,7 @@ class JobRecord(BaseModel):
     error_code: str | None = None
     retries: int = 0
     flush: str | None = None
+    part: str | None = None  # while ``batched``: the provider batch's part (``state/parts.py``)
 
 
 class BatchInfo(BaseModel):
@@ -171,6 +180,7 @@ class BatchInfo(BaseModel):
     deferred: int = 0
     throttled: int = 0
     paused: int = 0
+    batched: int = 0  # in a provider's batch, waiting for its answer (the batch route)
     dead_lettered: int = 0
     cancelled_jobs: int = 0
     cost_nanos: int = 0
@@ -187,6 +197,12 @@ class BatchInfo(BaseModel):
     completion_claimed_at: float | None = None
     completion_sent_gen: int | None = None
     completed_at: float | None = None
+
+    @property
+    def waiting(self) -> int:
+        """Jobs waiting outside the workers: for budget, rate-limit capacity, a paused
+        model, or a provider's batch."""
+        return self.deferred + self.throttled + self.paused + self.batched
 
     @property
     def finished(self) -> int:

@@ -1,0 +1,232 @@
+"""The batch route's parts: the jobs one provider batch holds (docs/batch-route.md).
+
+A **part** is chosen by the gatherer before anything leaves for the provider: a part id,
+the model and API, the jobs. Its record (``PART_PK`` / ``<part id>``) goes through
+``creating`` → ``open`` (the provider's batch id known) → ``ingesting`` → ``done``; every
+record sits in one partition, so a run lists them with one Query. The record holds no
+job list: each job's own item says ``batched`` and names its part (``part``), and the
+part's input file (``batches/<part>.jsonl``, written before the messages are deleted)
+holds every line sent.
+
+``Parts.create`` moves the jobs into the part exactly once: the record is put first (only
+if absent), then each job goes from the state its delivery read to ``batched`` naming the
+part, in transactions of at most DynamoDB's 100 items, each conditional on the record
+still ``creating``. A chunk refused for one job's stale state is retried job by job; the
+jobs that moved on meanwhile (another delivery ended them) are left out and returned. A
+crash between chunks leaves the record ``creating`` with the jobs moved so far, each
+named by it and by no other part, which is what the next run resumes from.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel
+
+from chatbatch.core.jobs import job_ref
+from chatbatch.core.resources import TABLE_PK, TABLE_SK
+from chatbatch.state.batches import Batches, JobState
+from chatbatch.state.ddb import MAX_TRANSACT_ITEMS, n, plain, s, transact
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+PART_PK = "parts"  # every part's record under one partition key: one Query lists them
+PART_FIELD = "part"  # on a job's item: the part that holds it while it is ``batched``
+
+
+class PartState(StrEnum):
+    creating = "creating"  # the record and its jobs written; no provider batch known yet
+    open = "open"  # the provider's batch created: polled until it ends
+    ingesting = "ingesting"  # ended: its answers being stored and settled
+    done = "done"  # every job final or sent back; the part's money closed
+
+
+class Part(BaseModel):
+    """A provider batch as the gatherer plans and tracks it."""
+
+    part_id: str
+    model: str
+    api: Literal["openai", "anthropic"]
+    jobs: int = 0  # how many jobs it holds
+    state: PartState = PartState.creating
+    provider_batch_id: str | None = None
+    created_at: float = 0.0
+
+
+class JobIn(BaseModel):
+    """A job to put in a part: its batch, custom id and the state its delivery read."""
+
+    batch_id: str
+    custom_id: str
+    state: JobState = JobState.new
+
+    @property
+    def ref(self) -> str:
+        return job_ref(self.batch_id, self.custom_id)
+
+
+def part_key(part_id: str) -> dict[str, Any]:
+    return {TABLE_PK: s(PART_PK), TABLE_SK: s(part_id)}
+
+
+class Parts:
+    """The parts' records and the moves of their jobs, on the pipeline's table."""
+
+    def __init__(self, ddb: DynamoDBClient, table: str, batches: Batches) -> None:
+        self._ddb = ddb
+        self._table = table
+        self._batches = batches
+
+    def create(self, part: Part, jobs: Sequence[JobIn]) -> list[JobIn]:
+        """Put the part's record (``creating``, only if no record has its id) and move
+        ``jobs`` into it; the jobs that could not be moved (their state was no longer
+        the one read), which the part does not hold. Raises ``PartExists`` if the id is
+        taken."""
+        record = {
+            "Put": {
+                "TableName": self._table,
+                "Item": {
+                    **part_key(part.part_id),
+                    "model": s(part.model),
+                    "api": s(part.api),
+                    "state": s(PartState.creating.value),
+                    "jobs": n(0),
+                    "created_at": n(round(part.created_at or time.time(), 3)),
+                },
+                "ConditionExpression": "attribute_not_exists(#pk)",
+                "ExpressionAttributeNames": {"#pk": TABLE_PK},
+            }
+        }
+        if transact(self._ddb, [record]):
+            raise PartExists(part.part_id)
+        left_out: list[JobIn] = []
+        for chunk in _chunks(jobs):
+            if not self._move(part.part_id, chunk):
+                left_out += [job for job in chunk if not self._move(part.part_id, [job])]
+        return left_out
+
+    def _move(self, part_id: str, jobs: Sequence[JobIn]) -> bool:
+        """One transaction: ``jobs`` to ``batched`` naming the part, their batches'
+        counters, the record's job count, on the record still ``creating``. False when a
+        condition failed (nothing written)."""
+        items: list[Any] = []
+        counters: dict[str, dict[str, int]] = {}
+        for job in jobs:
+            item, deltas = self._batches.move(
+                job.batch_id,
+                job.custom_id,
+                job.state,
+                JobState.batched,
+                fields={PART_FIELD: s(part_id)},
+            )
+            items.append(item)
+            total = counters.setdefault(job.batch_id, {})
+            for name, delta in deltas.items():
+                total[name] = total.get(name, 0) + delta
+        for batch_id, deltas in counters.items():
+            items += self._batches.count_items(batch_id, deltas)
+        items.append(
+            {
+                "Update": {
+                    "TableName": self._table,
+                    "Key": part_key(part_id),
+                    "UpdateExpression": "ADD #j :n",
+                    "ConditionExpression": "#s = :creating",
+                    "ExpressionAttributeNames": {"#j": "jobs", "#s": "state"},
+                    "ExpressionAttributeValues": {
+                        ":n": n(len(jobs)),
+                        ":creating": s(PartState.creating.value),
+                    },
+                }
+            }
+        )
+        return not transact(self._ddb, items)
+
+    def opened(self, part_id: str, provider_batch_id: str) -> bool:
+        """The provider's batch is created: record its id (``creating`` → ``open``, once).
+        False if the record was not ``creating``."""
+        return self._advance(
+            part_id, PartState.creating, PartState.open, {"provider_batch_id": provider_batch_id}
+        )
+
+    def advance(self, part_id: str, prev: PartState, new: PartState) -> bool:
+        """``prev`` → ``new`` (``open`` → ``ingesting`` → ``done``), once."""
+        return self._advance(part_id, prev, new, {})
+
+    def _advance(
+        self, part_id: str, prev: PartState, new: PartState, fields: Mapping[str, str]
+    ) -> bool:
+        names = {"#s": "state", **{f"#f{i}": k for i, k in enumerate(fields)}}
+        values = {":prev": s(prev.value), ":new": s(new.value)}
+        values |= {f":f{i}": s(v) for i, v in enumerate(fields.values())}
+        sets = ", ".join(["#s = :new", *(f"#f{i} = :f{i}" for i in range(len(fields)))])
+        try:
+            self._ddb.update_item(
+                TableName=self._table,
+                Key=part_key(part_id),
+                UpdateExpression=f"SET {sets}",
+                ConditionExpression="#s = :prev",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+        except self._ddb.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def get(self, part_id: str) -> Part | None:
+        item = self._ddb.get_item(
+            TableName=self._table, Key=part_key(part_id), ConsistentRead=True
+        ).get("Item")
+        return _part(item) if item else None
+
+    def listed(self, *states: PartState) -> Iterator[Part]:
+        """Every part's record (in ``states`` if any are given), from its one partition."""
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "#pk = :pk",
+            "ExpressionAttributeNames": {"#pk": TABLE_PK},
+            "ExpressionAttributeValues": {":pk": s(PART_PK)},
+            "ConsistentRead": True,
+        }
+        while True:
+            reply = self._ddb.query(**kwargs)
+            for item in reply.get("Items", []):
+                part = _part(item)
+                if not states or part.state in states:
+                    yield part
+            if "LastEvaluatedKey" not in reply:
+                return
+            kwargs["ExclusiveStartKey"] = reply["LastEvaluatedKey"]
+
+
+class PartExists(Exception):
+    """A part's id is taken: parts are never written twice."""
+
+    def __init__(self, part_id: str) -> None:
+        super().__init__(f"part {part_id} exists already")
+        self.part_id = part_id
+
+
+def _part(item: Mapping[str, Any]) -> Part:
+    fields = plain(item)
+    return Part(
+        part_id=item[TABLE_SK]["S"],
+        model=fields["model"],
+        api=fields["api"],
+        jobs=int(fields.get("jobs", 0)),
+        state=PartState(fields["state"]),
+        provider_batch_id=fields.get("provider_batch_id"),
+        created_at=float(fields.get("created_at", 0)),
+    )
+
+
+def _chunks(jobs: Sequence[JobIn]) -> Iterator[Sequence[JobIn]]:
+    """``jobs`` in transactions: each job's item, a counter item per batch (at most one per
+    job) and the record's, within DynamoDB's item limit."""
+    size = (MAX_TRANSACT_ITEMS - 1) // 2
+    for start in range(0, len(jobs), size):
+        yield jobs[start : start + size]
