@@ -45,6 +45,8 @@ def test_a_part_of_230_jobs_moves_each_once_in_chunks(stores: tuple[Parts, Batch
     assert parts.create(part, jobs) == []
     got = parts.get(part.part_id)
     assert got is not None and (got.state, got.jobs) == (PartState.creating, 230)
+    assert got.batches == ["b1", "b2"], "where the part's money is"
+
     for batch_id in ("b1", "b2"):
         ids = [j.custom_id for j in jobs if j.batch_id == batch_id]
         assert set(states(batches, batch_id, ids).values()) == {(JobState.batched, part.part_id)}

@@ -52,6 +52,7 @@ class Part(BaseModel):
     model: str
     api: Literal["openai", "anthropic"]
     jobs: int = 0  # how many jobs it holds
+    batches: list[str] = []  # the batches among its jobs (where its money is: one each)
     state: PartState = PartState.creating
     provider_batch_id: str | None = None
     created_at: float = 0.0
@@ -85,7 +86,8 @@ class Parts:
         """Put the part's record (``creating``, only if no record has its id) and move
         ``jobs`` into it; the jobs that could not be moved (their state was no longer
         the one read), which the part does not hold. Raises ``PartExists`` if the id is
-        taken."""
+        taken. The record names the batches among ``jobs``."""
+        batches = sorted({job.batch_id for job in jobs})
         record = {
             "Put": {
                 "TableName": self._table,
@@ -96,6 +98,7 @@ class Parts:
                     "state": s(PartState.creating.value),
                     "jobs": n(0),
                     "created_at": n(round(part.created_at or time.time(), 3)),
+                    **({"batches": {"SS": batches}} if batches else {}),
                 },
                 "ConditionExpression": "attribute_not_exists(#pk)",
                 "ExpressionAttributeNames": {"#pk": TABLE_PK},
@@ -218,6 +221,7 @@ def _part(item: Mapping[str, Any]) -> Part:
         model=fields["model"],
         api=fields["api"],
         jobs=int(fields.get("jobs", 0)),
+        batches=sorted(item.get("batches", {}).get("SS", [])),
         state=PartState(fields["state"]),
         provider_batch_id=fields.get("provider_batch_id"),
         created_at=float(fields.get("created_at", 0)),
