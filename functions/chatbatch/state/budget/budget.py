@@ -27,6 +27,7 @@ from chatbatch.core.days import utc_day
 from chatbatch.core.pricing import from_nanos, to_nanos
 from chatbatch.core.resources import TABLE_PK, TABLE_SK
 from chatbatch.core.scale import plan
+from chatbatch.state.batches import TransactionRefused
 from chatbatch.state.budget.errors import (
     AlreadySettled,
     BudgetDeferred,
@@ -48,6 +49,7 @@ from chatbatch.state.budget.ledger import (
     reservation_key,
     share,
 )
+from chatbatch.state.budget.parts import PART_HOLD_S, ingest_parts
 from chatbatch.state.budget.reservations import (
     Ask,
     MarkerAt,
@@ -440,50 +442,100 @@ class Budget:
         asks = _fitting(asks)
         keys = {a.job_key for a in asks}
         cap = to_nanos(self._config.budget.request_cap_usd)
-        limited = {
-            a.batch_id: a
-            for a in asks
-            if a.batch_id is not None and a.batch_limit_nanos is not None
-        }
         if len(asks) < 2 or len(keys) < len(asks):
             return {}
         if any(a.nanos > cap for a in asks):
             return {}
-        limits = {
-            b: (a.batch_limit_nanos, self.batch_shards(b, a.batch_shards))
-            for b, a in limited.items()
-        }
         now = self._clock()
+        armed: dict[str, Any] = {}
+        if armed_for is not None:
+            armed = {"armed": True, "armed_at": round(now, 3), "flush": armed_for}
+
+        def arm() -> dict[str, Any]:  # each its own token
+            return armed | {"arm_token": uuid.uuid4().hex, "armed_unsent": True} if armed else {}
+
+        held, items, _ = self._group(asks, now, self._config.budget.reservation_ttl_s, arm)
+        try:
+            refused = self._transact(items)
+        except Exception:
+            if armed_for is not None:  # it may have committed, its reply lost: unarmed
+                self._disarm_all(held.values())
+            raise
+        return {} if refused else held
+
+    def _group(
+        self,
+        asks: Sequence[Ask],
+        now: float,
+        ttl_s: int,
+        extra: Callable[[], dict[str, Any]],
+    ) -> tuple[dict[str, Reservation], list[Item], list[_Ledger]]:
+        """The reservations of ``asks`` made together (by job key; ``extra`` fields each),
+        the transaction that makes them (their group's open marker, each reservation, one
+        charge per ledger for its sum: one shard of each sharded ledger, one batch's
+        reservations the same shard) and those ledgers, in the transaction's order."""
+        limits = {
+            a.batch_id: (a.batch_limit_nanos, self.batch_shards(a.batch_id, a.batch_shards))
+            for a in asks
+            if a.batch_id is not None and a.batch_limit_nanos is not None
+        }
         day = utc_day(now)
         marker = f"group#{uuid.uuid4().hex}"
         shard = self._rng.randrange(self.shards(day))
         batch_shards = {b: self._rng.randrange(count) for b, (_, count) in limits.items()}
-        armed: dict[str, Any] = {}
-        if armed_for is not None:
-            armed = {"armed": True, "armed_at": round(now, 3), "flush": armed_for}
         held = {
             a.job_key: a.held(day, shard, batch_shards.get(a.batch_id or "", 0)).model_copy(
-                update={"marker": marker}
-                | armed
-                | ({"arm_token": uuid.uuid4().hex, "armed_unsent": True} if armed else {})
+                update={"marker": marker} | extra()
             )
             for a in asks
         }
-        ttl_s = self._config.budget.reservation_ttl_s
         group = group_marker_item(self._table, list(held.values()), now, ttl_s)
         ledgers = {
             ledger: None
             for a in asks
             for ledger in self._ledgers(held[a.job_key], *limits.get(a.batch_id or "", (None, 1)))
         }
-        items = self._reservation_items(list(held.values()), list(ledgers), now)
-        try:
-            refused = self._transact([group, *items])
-        except Exception:
-            if armed_for is not None:  # it may have committed, its reply lost: unarmed
-                self._disarm_all(held.values())
-            raise
-        return {} if refused else held
+        items = self._reservation_items(list(held.values()), list(ledgers), now, ttl_s)
+        return held, [group, *items], list(ledgers)
+
+    def reserve_part(self, asks: Sequence[Ask]) -> dict[str, Reservation]:
+        """Reserve for a provider batch's part (the batch route): ``asks`` one per batch
+        among its jobs (``parts.part_ask``: the batch's jobs' worst cases at the batch
+        prices, summed), made together; by batch id. Never reclaimed by ``reclaim``: the
+        gatherer settles them as answers come and closes them with the part
+        (``state/budget/parts.py``). Raises ``BudgetDeferred`` when a ledger has no room
+        for its sum: nothing is reserved."""
+        now = self._clock()
+        held, items, ledgers = self._group(asks, now, PART_HOLD_S, dict)
+        reasons = self._transact(items)
+        if not reasons:
+            return {r.batch_id or "": r for r in held.values()}
+        first = 1 + len(held)  # after the group's marker and each reservation
+        for ledger, reason in zip(ledgers, reasons[first:], strict=False):
+            if reason.get("Code") == "ConditionalCheckFailed":
+                carried = [r for r in held.values() if ledger.carries(r)]
+                total = carried[0].model_copy(update={"nanos": sum(r.nanos for r in carried)})
+                limit = ledger.limit if ledger.scope == "batch" else None
+                raise self._deferral(total, _Refused(ledger.scope, reason.get("Item")), now, limit)
+        raise TransactionRefused(f"a part's reservations exist already: {reasons}")
+
+    def close_part(self, held: Iterable[Reservation]) -> bool:
+        """A part is done: give back what each of its reservations still holds (read
+        back, and released only while it holds that), then its group's marker. False if
+        one had moved meanwhile (nothing of it written): close again."""
+        closed = True
+        held = list(held)
+        for r in held:
+            item = self._ddb.get_item(
+                TableName=self._table, Key=reservation_key(r.job_key), ConsistentRead=True
+            ).get("Item")
+            if item is None:
+                continue  # closed already
+            current = reservation_of(item)  # what it holds now
+            closed &= not self._transact(release_items(self._table, current, None, holding=True))
+        if closed and held and held[0].marker is not None:
+            self.close_group_marker(held[0].marker_at(), [r.job_key for r in held])
+        return closed
 
     def _disarm_all(self, held: Iterable[Reservation]) -> None:
         """Unarm reservations of a group whose transaction raised: if it committed (its
@@ -502,12 +554,16 @@ class Budget:
         return close_marker_item(self._table, at)
 
     def _reservation_items(
-        self, held: list[Reservation], ledgers: Sequence[_Ledger], now: float
+        self,
+        held: list[Reservation],
+        ledgers: Sequence[_Ledger],
+        now: float,
+        ttl_s: int | None = None,
     ) -> list[Item]:
         """Each reservation with its marker, then one charge per ledger for the sum of what
         it carries: the day's, then each limited batch's (in that order: ``_reserve``
         reads the reasons)."""
-        ttl_s = self._config.budget.reservation_ttl_s
+        ttl_s = self._config.budget.reservation_ttl_s if ttl_s is None else ttl_s
         items = [item for r in held for item in hold_items(self._table, r, now, ttl_s)]
         for ledger in ledgers:
             carried = sum(r.nanos for r in held if ledger.carries(r))
@@ -602,6 +658,13 @@ class Budget:
         """``settle_items`` split for a settle of many in one transaction
         (``reservations.settle_parts``); ``ledger_items`` makes the summed additions."""
         return settle_parts(self._table, r, actual_nanos)
+
+    def ingest_parts(
+        self, r: Reservation, actual_nanos: int, worst_nanos: int
+    ) -> tuple[list[Item], list[tuple[Item, dict[str, int]]]]:
+        """A part's chunk answered (``parts.ingest_parts``): its jobs' worst cases out of
+        the part's reservation ``r``, their real cost into the ledgers."""
+        return ingest_parts(self._table, r, actual_nanos, worst_nanos)
 
     def ledger_items(self, additions: Iterable[tuple[Item, Mapping[str, int]]]) -> list[Item]:
         """One write per ledger: the sum of ``additions`` to it."""

@@ -311,7 +311,8 @@ def disarm_item(table: str, r: Reservation) -> Item:
     }
 
 
-def _ledgers(r: Reservation) -> list[Item]:
+def ledgers_of(r: Reservation) -> list[Item]:
+    """The keys of the ledger shards ``r`` holds money in: the day's, its batch's if limited."""
     keys = [day_key(r.day, r.shard)]
     if r.batch_limit and r.batch_id:
         keys.append(batch_ledger_key(r.batch_id, r.batch_shard))
@@ -359,18 +360,28 @@ def settle_parts(
         }
     }
     deltas = {"committed": actual_nanos - r.nanos, "spent": actual_nanos}
-    return [settled, *_close_open(table, r)], [(key, dict(deltas)) for key in _ledgers(r)]
+    return [settled, *_close_open(table, r)], [(key, dict(deltas)) for key in ledgers_of(r)]
 
 
 def release_items(
-    table: str, r: Reservation, expired_before: float | None, spent_nanos: int = 0
+    table: str,
+    r: Reservation,
+    expired_before: float | None,
+    spent_nanos: int = 0,
+    *,
+    holding: bool = False,
 ) -> list[Item]:
     """The items that give a reservation back; with ``expired_before``, only if its
     deadline is before that time (reclaim). ``spent_nanos`` is what a call under it may
-    have been billed (an answer never read: its worst case), booked as spent."""
+    have been billed (an answer never read: its worst case), booked as spent. With
+    ``holding``, only while it holds ``r.nanos`` (a part's, which shrinks as it is
+    ingested: ``state/budget/parts.py``)."""
     condition = f"#s = :reserved AND #d = :day AND {SAME_RID}"
     names = {"#s": "state", "#d": "day", "#rid": "rid"}
     values: Item = {":reserved": s("reserved"), ":day": s(r.day), ":rid": s(r.rid)}
+    if holding:
+        condition += " AND #n = :nanos"
+        names["#n"], values[":nanos"] = "nanos", n(r.nanos)
     if expired_before is not None:
         condition += " AND #r < :now"
         names["#r"] = "reclaim_at"
@@ -386,7 +397,7 @@ def release_items(
             }
         },
         *_close_open(table, r),
-        *(add_item(table, key, _returned(r, spent_nanos)) for key in _ledgers(r)),
+        *(add_item(table, key, _returned(r, spent_nanos)) for key in ledgers_of(r)),
     ]
 
 
