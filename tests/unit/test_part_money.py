@@ -127,3 +127,12 @@ def test_chunks_against_a_model_of_the_ledger(
     assert budget.close_part(held.values())
     committed, booked = ledger(budget)
     assert (committed - before[0], booked - before[1]) == (spent, spent)
+
+
+def test_a_part_of_more_batches_than_one_transaction_holds_is_refused(budget: Budget) -> None:
+    part = f"p{next(_parts)}"
+    asks = [part_ask(part, f"b{i}", 1) for i in range(99)]  # + marker + day ledger: 101
+    with pytest.raises(ValueError, match="99 batches"):
+        budget.reserve_part(asks)
+    assert ledger(budget) == (0, 0)
+    assert set(budget.reserve_part(asks[:98])) == {f"b{i}" for i in range(98)}

@@ -507,6 +507,8 @@ class Budget:
         for its sum: nothing is reserved."""
         now = self._clock()
         held, items, ledgers = self._group(asks, now, PART_HOLD_S, dict)
+        if len(items) > MAX_TRANSACT_ITEMS:  # the gatherer makes parts of fewer batches
+            raise ValueError(f"a part's {len(asks)} batches do not make one transaction")
         reasons = self._transact(items)
         if not reasons:
             return {r.batch_id or "": r for r in held.values()}
