@@ -38,6 +38,7 @@ from chatbatch.local.options import LocalOptions
 from chatbatch.local.runtime import LOCAL_KEY, LocalRuntime
 from chatbatch.local.simulator import FaultKind, SimulatorSettings, answer_for
 from chatbatch.local.summary import Summary
+from chatbatch.state import batches as batches_module
 from chatbatch.state.budget.budget import Budget
 from chatbatch.state.budget.ledger import reservation_key
 from chatbatch.state.store import Store
@@ -399,6 +400,38 @@ def test_a_job_that_raises_before_its_call_is_unarmed_for_its_redelivery(
     assert failed_once, "jobs raised before their call"
     assert summary.succeeded == 12 and summary.estimated_calls == 0
     assert stats.requests == 12
+
+
+def test_a_job_whose_final_transaction_raised_is_finished_at_once_by_its_redelivery(
+    tmp_path: Path, config, monkeypatch: pytest.MonkeyPatch
+):
+    """The jobs' final transactions raise (a throttled table), after their calls and
+    their answers' objects: each job raises and comes back. Its reservation is marked as
+    no longer in a call (``Budget.call_over``), so the redelivery finishes from the
+    stored answer at once, instead of waiting ``worker.timeout_s`` (30 s here) for a
+    worker that is no longer in it: one call each, nothing booked twice."""
+    real = batches_module.transact
+    failed: list[int] = []
+
+    def throttled(ddb: Any, items: Any, **kwargs: Any) -> Any:
+        finals = json.dumps(items).count('"succeeded"')
+        if finals and len(failed) < 2:  # the group's transaction, then the job's own
+            failed.append(finals)
+            raise RuntimeError("ThrottlingError: the table refused the write")
+        return real(ddb, items, **kwargs)
+
+    monkeypatch.setattr(batches_module, "transact", throttled)
+    lines = [json.dumps({"custom_id": f"f{i}", "prompt": f"q{i}"}) for i in range(6)]
+    cfg = write_config(tmp_path / "chatbatch.json", config, worker={"timeout_s": 30})
+    with runtime(config_path=cfg, visibility_timeout_s=2, concurrency=2, timeout_s=120) as rt:
+        assert rt.simulator is not None
+        summary = rt.run(write(tmp_path, lines), tmp_path / "out")
+        stats = rt.simulator.stats()
+        assert_costs_counted_once(rt, tmp_path / "out", summary)
+    assert failed, "a final transaction raised"
+    assert summary.succeeded == 6 and summary.estimated_calls == 0
+    assert stats.requests == 6, "each job called once: its redelivery took the stored answer"
+    assert summary.wall_s < 20, "no redelivery waited out worker.timeout_s"
 
 
 @pytest.mark.parametrize("point", crashes.CRASH_POINTS)

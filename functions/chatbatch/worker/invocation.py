@@ -58,8 +58,8 @@ class Invocation:
     )
     asked: set[str] = field(default_factory=set)
     reserved: dict[str, Reservation] = field(default_factory=dict)  # by job key, ahead
-    # those of ``reserved`` taken by their jobs, armed as they were made (by job key)
-    unsent: dict[str, Reservation] = field(default_factory=dict)
+    # the reservation each job holds now, by job key: what to put right if the job raises
+    held: dict[str, Reservation] = field(default_factory=dict)
     trace: Span = field(default_factory=Span)  # the handler's span
     spans: dict[str, Span] = field(default_factory=dict)  # each job's, by message id
     # the counter shard each batch's additions go to, picked once (``counter_shard``)

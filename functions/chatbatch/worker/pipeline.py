@@ -222,9 +222,15 @@ def reserve_ahead(inv: Invocation) -> None:
 
 
 async def _reserve(inv: Invocation, intake: Intake, job: Job) -> Reservation | Outcome:
-    if (held := inv.reserved.pop(job_key(intake), None)) is not None:
-        inv.unsent[job_key(intake)] = held  # armed as it was made: unarmed if it leaves unsent
-        return held
+    got: Reservation | Outcome | None = inv.reserved.pop(job_key(intake), None)
+    if got is None:
+        got = await _reserve_alone(inv, intake, job)
+    if isinstance(got, Reservation):
+        inv.held[job_key(intake)] = got  # put right if the job raises (``_after_raise``)
+    return got
+
+
+async def _reserve_alone(inv: Invocation, intake: Intake, job: Job) -> Reservation | Outcome:
     ask = _ask(inv, intake, job)
     try:
         return await io(  # type: ignore[no-any-return]
@@ -268,16 +274,23 @@ async def _before_budget(inv: Invocation, intake: Intake) -> Outcome | None:
     return None
 
 
-async def _unarm(inv: Invocation, intake: Intake) -> None:
-    """A job that raised before its call, keeping a reservation armed as it was made:
-    unarmed, so its redelivery takes it back (``Budget.disarm``). Best effort: the job's
-    own error is what counts (one left armed is over-booked, never under)."""
-    if (held := inv.unsent.pop(job_key(intake), None)) is None or not held.armed_unsent:
+async def _after_raise(inv: Invocation, intake: Intake) -> None:
+    """A job that raised, keeping its reservation: its next delivery must not wait for a
+    call of this one. Armed as it was made and never sent: unarmed (``Budget.disarm``), so
+    it is taken back as it is. Its call sent: marked over (``Budget.call_over``), so the
+    next delivery finishes from the stored answer, or books the call, at once instead of
+    waiting ``worker.timeout_s`` for a worker that is no longer in it. Best effort: the
+    job's own error is what counts (left as it is, the next delivery waits, then books)."""
+    if (held := inv.held.pop(job_key(intake), None)) is None:
         return
+    budget = inv.services.budget
     try:
-        await io(inv.services.budget.disarm, held)
+        if held.armed_unsent:
+            await io(budget.disarm, held)
+        elif held.armed:
+            await io(budget.call_over, held)
     except Exception:
-        logger.exception("could not unarm the reservation of a job that raised")
+        logger.exception("could not put right the reservation of a job that raised")
 
 
 async def process(inv: Invocation, intake: Intake) -> Outcome:
@@ -296,7 +309,7 @@ async def process(inv: Invocation, intake: Intake) -> Outcome:
         try:
             outcome = await _process(inv, intake)
         except Exception as err:
-            await _unarm(inv, intake)
+            await _after_raise(inv, intake)
             if requeue.last_delivery(inv, intake):
                 reason = str(err) if isinstance(err, RetryLater) else f"{type(err).__name__}: {err}"
                 await requeue.dead_letter(inv, intake, reason)

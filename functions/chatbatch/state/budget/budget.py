@@ -55,6 +55,7 @@ from chatbatch.state.budget.reservations import (
     MarkerAt,
     Reservation,
     arm_item,
+    call_over_item,
     close_marker_item,
     disarm_item,
     extend_items,
@@ -702,27 +703,40 @@ class Budget:
         if r.armed_unsent:
             r.armed_unsent = False
             return True
-        now = self._clock()
+        now, token = self._clock(), uuid.uuid4().hex
         try:
-            self._ddb.update_item(**arm_item(self._table, r, now, uuid.uuid4().hex)["Update"])
+            self._ddb.update_item(**arm_item(self._table, r, now, token)["Update"])
         except ClientError as err:
             if error_code(err) != "ConditionalCheckFailedException":
                 raise
             return False
-        r.armed, r.armed_at = True, round(now, 3)
+        r.armed, r.armed_at, r.arm_token = True, round(now, 3), token
+        return True
+
+    def call_over(self, r: Reservation) -> bool:
+        """The call ``r`` was armed for is over and its delivery ends without settling (it
+        raised): ``armed_at`` goes back to 0 (``reservations.call_over_item``), so another
+        delivery of the copy does not wait ``worker.timeout_s`` for it, and finishes from
+        the stored answer or books the call at once. False if it is no longer that arm's."""
+        if not r.armed or r.armed_unsent or r.arm_token is None:
+            return False
+        return self._update(call_over_item(self._table, r))
+
+    def _update(self, item: Item) -> bool:
+        """One conditional ``UpdateItem``; False when its condition failed."""
+        try:
+            self._ddb.update_item(**item["Update"])
+        except ClientError as err:
+            if error_code(err) != "ConditionalCheckFailedException":
+                raise
+            return False
         return True
 
     def disarm(self, r: Reservation) -> bool:
         """Unarm a reservation armed as it was made whose call never went out
         (``reservations.disarm_item``), for a job that leaves keeping it. False if nothing
         was to be done or it is no longer that arm's (settled, released, armed again)."""
-        if not r.armed_unsent:
-            return False
-        try:
-            self._ddb.update_item(**disarm_item(self._table, r)["Update"])
-        except ClientError as err:
-            if error_code(err) != "ConditionalCheckFailedException":
-                raise
+        if not r.armed_unsent or not self._update(disarm_item(self._table, r)):
             return False
         r.armed, r.armed_at, r.armed_unsent, r.flush = False, None, False, None
         return True

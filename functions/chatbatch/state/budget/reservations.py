@@ -311,6 +311,33 @@ def disarm_item(table: str, r: Reservation) -> Item:
     }
 
 
+def call_over_item(table: str, r: Reservation) -> Item:
+    """The call ``r`` was armed for is over (its delivery raised after it): ``armed_at`` 0,
+    so no delivery waits for the worker that sent it; it stays armed (the call may have
+    been billed: booked unless its answer is found). Only while it is still that arm's."""
+    assert r.arm_token is not None
+    return {
+        "Update": {
+            "TableName": table,
+            "Key": reservation_key(r.job_key),
+            "UpdateExpression": "SET #t = :zero",
+            "ConditionExpression": f"#s = :reserved AND {SAME_RID} AND #k = :k",
+            "ExpressionAttributeNames": {
+                "#s": "state",
+                "#rid": "rid",
+                "#t": "armed_at",
+                "#k": "arm_token",
+            },
+            "ExpressionAttributeValues": {
+                ":zero": n(0),
+                ":reserved": s("reserved"),
+                ":rid": s(r.rid),
+                ":k": s(r.arm_token),
+            },
+        }
+    }
+
+
 def ledgers_of(r: Reservation) -> list[Item]:
     """The keys of the ledger shards ``r`` holds money in: the day's, its batch's if limited."""
     keys = [day_key(r.day, r.shard)]
