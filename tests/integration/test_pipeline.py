@@ -36,7 +36,7 @@ from chatbatch.core.pricing import from_nanos, to_nanos
 from chatbatch.core.principals import caller_principal
 from chatbatch.local.options import LocalOptions
 from chatbatch.local.runtime import LOCAL_KEY, LocalRuntime
-from chatbatch.local.simulator import FaultKind, SimulatorSettings, answer_for
+from chatbatch.local.simulator import FaultKind, SimulatorSettings, Stats, answer_for
 from chatbatch.local.summary import Summary
 from chatbatch.state import batches as batches_module
 from chatbatch.state.budget.budget import Budget
@@ -373,6 +373,19 @@ def test_two_messages_of_one_copy_in_flight_call_the_provider_once(tmp_path: Pat
     assert report.total.estimated_calls == 0
 
 
+def redelivered_run(tmp_path: Path, config: Any, prefix: str, n: int) -> tuple[Summary, Stats]:
+    """``n`` small jobs through a runtime whose failed deliveries come back after 2 s and
+    whose worker may run 30 s (a redelivery that waited for it would show): the run's
+    summary, checked to book every cost once, and the simulator's stats."""
+    lines = [json.dumps({"custom_id": f"{prefix}{i}", "prompt": f"q{i}"}) for i in range(n)]
+    cfg = write_config(tmp_path / "chatbatch.json", config, worker={"timeout_s": 30})
+    with runtime(config_path=cfg, visibility_timeout_s=2, concurrency=2, timeout_s=120) as rt:
+        assert rt.simulator is not None
+        summary = rt.run(write(tmp_path, lines), tmp_path / "out")
+        assert_costs_counted_once(rt, tmp_path / "out", summary)
+        return summary, rt.simulator.stats()
+
+
 def test_a_job_that_raises_before_its_call_is_unarmed_for_its_redelivery(
     tmp_path: Path, config, monkeypatch: pytest.MonkeyPatch
 ):
@@ -390,13 +403,7 @@ def test_a_job_that_raises_before_its_call_is_unarmed_for_its_redelivery(
         return await gate(inv, model)
 
     monkeypatch.setattr(pipeline.pause, "gate", flaky)
-    lines = [json.dumps({"custom_id": f"x{i}", "prompt": f"q{i}"}) for i in range(12)]
-    cfg = write_config(tmp_path / "chatbatch.json", config, worker={"timeout_s": 30})
-    with runtime(config_path=cfg, visibility_timeout_s=2, concurrency=2, timeout_s=120) as rt:
-        assert rt.simulator is not None
-        summary = rt.run(write(tmp_path, lines), tmp_path / "out")
-        stats = rt.simulator.stats()
-        assert_costs_counted_once(rt, tmp_path / "out", summary)
+    summary, stats = redelivered_run(tmp_path, config, "x", 12)
     assert failed_once, "jobs raised before their call"
     assert summary.succeeded == 12 and summary.estimated_calls == 0
     assert stats.requests == 12
@@ -421,13 +428,7 @@ def test_a_job_whose_final_transaction_raised_is_finished_at_once_by_its_redeliv
         return real(ddb, items, **kwargs)
 
     monkeypatch.setattr(batches_module, "transact", throttled)
-    lines = [json.dumps({"custom_id": f"f{i}", "prompt": f"q{i}"}) for i in range(6)]
-    cfg = write_config(tmp_path / "chatbatch.json", config, worker={"timeout_s": 30})
-    with runtime(config_path=cfg, visibility_timeout_s=2, concurrency=2, timeout_s=120) as rt:
-        assert rt.simulator is not None
-        summary = rt.run(write(tmp_path, lines), tmp_path / "out")
-        stats = rt.simulator.stats()
-        assert_costs_counted_once(rt, tmp_path / "out", summary)
+    summary, stats = redelivered_run(tmp_path, config, "f", 6)
     assert failed, "a final transaction raised"
     assert summary.succeeded == 6 and summary.estimated_calls == 0
     assert stats.requests == 6, "each job called once: its redelivery took the stored answer"

@@ -287,53 +287,32 @@ def disarm_item(table: str, r: Reservation) -> Item:
     delivery gets it back unarmed instead of booking a call that was never sent (and
     without a ``flush``: no answer to look for). Only while it is still that arm's
     (``arm_token``) and still reserved."""
-    assert r.arm_token is not None
-    return {
-        "Update": {
-            "TableName": table,
-            "Key": reservation_key(r.job_key),
-            "UpdateExpression": "REMOVE #a, #t, #k, #f",
-            "ConditionExpression": f"#s = :reserved AND {SAME_RID} AND #k = :k",
-            "ExpressionAttributeNames": {
-                "#s": "state",
-                "#rid": "rid",
-                "#a": "armed",
-                "#t": "armed_at",
-                "#k": "arm_token",
-                "#f": "flush",
-            },
-            "ExpressionAttributeValues": {
-                ":reserved": s("reserved"),
-                ":rid": s(r.rid),
-                ":k": s(r.arm_token),
-            },
-        }
-    }
+    names = {"#a": "armed", "#t": "armed_at", "#k": "arm_token", "#f": "flush"}
+    return _on_its_arm(table, r, "REMOVE #a, #t, #k, #f", names, {})
 
 
 def call_over_item(table: str, r: Reservation) -> Item:
     """The call ``r`` was armed for is over (its delivery raised after it): ``armed_at`` 0,
     so no delivery waits for the worker that sent it; it stays armed (the call may have
     been billed: booked unless its answer is found). Only while it is still that arm's."""
+    return _on_its_arm(table, r, "SET #t = :zero", {"#t": "armed_at"}, {":zero": n(0)})
+
+
+def _on_its_arm(
+    table: str, r: Reservation, update: str, names: dict[str, str], values: Item
+) -> Item:
+    """An update of ``r``'s item while it is still reserved, the same reservation and
+    armed by the arm ``r`` holds the token of."""
     assert r.arm_token is not None
     return {
         "Update": {
             "TableName": table,
             "Key": reservation_key(r.job_key),
-            "UpdateExpression": "SET #t = :zero",
+            "UpdateExpression": update,
             "ConditionExpression": f"#s = :reserved AND {SAME_RID} AND #k = :k",
-            "ExpressionAttributeNames": {
-                "#s": "state",
-                "#rid": "rid",
-                "#t": "armed_at",
-                "#k": "arm_token",
-            },
-            "ExpressionAttributeValues": {
-                ":zero": n(0),
-                ":reserved": s("reserved"),
-                ":rid": s(r.rid),
-                ":k": s(r.arm_token),
-            },
+            "ExpressionAttributeNames": names | {"#s": "state", "#rid": "rid", "#k": "arm_token"},
+            "ExpressionAttributeValues": values
+            | {":reserved": s("reserved"), ":rid": s(r.rid), ":k": s(r.arm_token)},
         }
     }
 
