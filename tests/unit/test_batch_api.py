@@ -19,13 +19,14 @@ import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_simulator_batches import Clock
+from test_anthropic_config import anthropic_config
+from test_simulator_batches import TURNAROUND_S, Clock, batch_simulator
 
 from chatbatch.core.config import Config, parse_config
 from chatbatch.core.job_lines import parse_line
 from chatbatch.core.jobs import BATCH_ID_PATTERN, Job
 from chatbatch.core.pricing import Usage
-from chatbatch.local.simulator import Simulator, SimulatorSettings
+from chatbatch.local.simulator import Simulator
 from chatbatch.provider.batch_api import (
     LIMITS,
     AnthropicBatchClient,
@@ -49,7 +50,6 @@ from chatbatch.worker.batch_jobs import batch_parts, stored
 ROOT = Path(__file__).resolve().parents[2]
 RAW = tomllib.loads((ROOT / "chatbatch.toml").read_text())
 KEY = "sk-sim-batch-route"
-TURNAROUND_S = 10.0
 GPT, HAIKU = "gpt-4.1", "claude-haiku-4-5"
 
 
@@ -60,44 +60,26 @@ def clock() -> Clock:
 
 @pytest.fixture
 def sim(clock: Clock) -> Iterator[Simulator]:
-    settings = SimulatorSettings(
-        api_key=KEY,
-        config_models=False,
-        models=[GPT, HAIKU],
-        batch_turnaround_s=TURNAROUND_S,
-        batch_finalize_s=1.0,
-        batch_cancel_s=2.0,
-        latency_ms=0,
-    )
-    with Simulator(settings, clock=clock) as running:
+    settings = {"batch_finalize_s": 1.0, "batch_cancel_s": 2.0, "latency_ms": 0}
+    with batch_simulator(clock, KEY, [GPT, HAIKU], **settings) as running:
         yield running
 
 
 def sim_config(base_url: str) -> Config:
     """The shipped config, its OpenAI provider and a kind anthropic one (Claude Haiku with
     its batch prices) at the simulator."""
-    data = copy.deepcopy(RAW)
+    data = anthropic_config(
+        rpm=10_000,
+        tpm=10_000_000,
+        default_max_tokens=200,
+        batch_api="anthropic",
+        batch_input_per_m=0.50,
+        batch_cached_input_per_m=0.05,
+        batch_output_per_m=2.50,
+    )
     data["providers"]["openai"]["base_url"] = base_url
-    data["providers"]["claude"] = {"base_url": base_url, "kind": "anthropic"}
+    data["providers"]["claude"]["base_url"] = base_url
     data["providers"]["claude"]["api_key_env"] = "OPENAI_API_KEY"  # same URL: may share
-    data["models"]["haiku"] = {
-        "provider": "claude",
-        "model_id": HAIKU,
-        "input_per_m": 1.00,
-        "cached_input_per_m": 0.10,
-        "cache_write_per_m": 1.25,
-        "cache_write_1h_per_m": 2.00,
-        "output_per_m": 5.00,
-        "prices_as_of": "2025-10-15",
-        "rpm": 10_000,
-        "tpm": 10_000_000,
-        "max_output_tokens": 64000,
-        "default_max_tokens": 200,
-        "batch_api": "anthropic",
-        "batch_input_per_m": 0.50,
-        "batch_cached_input_per_m": 0.05,
-        "batch_output_per_m": 2.50,
-    }
     data["models"][GPT] |= {"default_max_tokens": 200}
     return parse_config(data)
 
@@ -211,6 +193,14 @@ def run_to_end(client: BatchApi, batch_id: str, clock: Clock) -> None:
     assert client.poll(batch_id).ended
 
 
+def answered(part: BatchPart, config: Config, clock: Clock) -> list[JobOutcome]:
+    """``part`` created at the simulator, run to its end, and its results."""
+    client = client_for(part, config)
+    batch = client.create(part)
+    run_to_end(client, batch.id, clock)
+    return client.results(batch.id, part)
+
+
 @pytest.mark.parametrize(
     "lines", [openai_lines, anthropic_lines, native_lines], ids=["openai", "anthropic", "native"]
 )
@@ -305,10 +295,7 @@ def test_a_line_the_api_refuses_fails_for_good_with_its_message(
     ]
     jobs = jobs_of(config, lines)
     [part] = batch_parts(jobs, config)
-    client = client_for(part, config)
-    batch = client.create(part)
-    run_to_end(client, batch.id, clock)
-    outcomes = {o.custom_id: o for o in client.results(batch.id, part)}
+    outcomes = {o.custom_id: o for o in answered(part, config, clock)}
     refused = outcomes["orphan tool result"]
     assert refused.kind == "failed" and refused.status == 400
     assert "tool" in refused.message and refused.error is not None
@@ -326,10 +313,7 @@ def test_an_anthropic_line_the_api_refuses_fails_for_good(
     broken = part.requests[0]
     params = broken.line["params"] | {"messages": []}
     part.requests[0] = replace(broken, line=broken.line | {"params": params})
-    client = client_for(part, config)
-    batch = client.create(part)
-    run_to_end(client, batch.id, clock)
-    outcomes = {o.custom_id: o for o in client.results(batch.id, part)}
+    outcomes = {o.custom_id: o for o in answered(part, config, clock)}
     refused = outcomes["q0"]
     assert refused.kind == "failed" and refused.status == 400
     assert refused.error is not None and refused.error["type"] == "error"
@@ -382,10 +366,7 @@ def test_split_at_the_limits(
     monkeypatch.setitem(LIMITS, "openai", Limits(requests=2, bytes=10**9))
     done: list[JobOutcome] = []
     for part in batch_parts(many(config, GPT, 5), config):
-        client = client_for(part, config)
-        batch = client.create(part)
-        run_to_end(client, batch.id, clock)
-        done += client.results(batch.id, part)
+        done += answered(part, config, clock)
     assert sorted(o.custom_id for o in done) == [f"q{i}" for i in range(5)]
 
 

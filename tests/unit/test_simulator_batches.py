@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import anthropic
@@ -51,16 +52,26 @@ def clock() -> Clock:
     return Clock()
 
 
+@contextmanager
+def batch_simulator(
+    clock: Clock, key: str, models: list[str], **settings: Any
+) -> Iterator[Simulator]:
+    """The simulator on the test's clock, answering its batches after ``TURNAROUND_S``."""
+    config = SimulatorSettings(
+        api_key=key,
+        config_models=False,
+        models=models,
+        batch_turnaround_s=TURNAROUND_S,
+        **settings,
+    )
+    with Simulator(config, clock=clock) as running:
+        yield running
+
+
 @pytest.fixture
 def sim(clock: Clock) -> Iterator[Simulator]:
-    settings = SimulatorSettings(
-        api_key=KEY,
-        config_models=False,
-        models=[MODEL, "gpt-4.1", CLAUDE],
-        batch_turnaround_s=TURNAROUND_S,
-        rpm=1,  # one synchronous request a minute: the batches must not need more
-    )
-    with Simulator(settings, clock=clock) as running:
+    # one synchronous request a minute: the batches must not need more
+    with batch_simulator(clock, KEY, [MODEL, "gpt-4.1", CLAUDE], rpm=1) as running:
         yield running
 
 
