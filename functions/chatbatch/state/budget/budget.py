@@ -704,11 +704,7 @@ class Budget:
             r.armed_unsent = False
             return True
         now, token = self._clock(), uuid.uuid4().hex
-        try:
-            self._ddb.update_item(**arm_item(self._table, r, now, token)["Update"])
-        except ClientError as err:
-            if error_code(err) != "ConditionalCheckFailedException":
-                raise
+        if not self._update(arm_item(self._table, r, now, token)):
             return False
         r.armed, r.armed_at, r.arm_token = True, round(now, 3), token
         return True
