@@ -386,6 +386,47 @@ def redelivered_run(tmp_path: Path, config: Any, prefix: str, n: int) -> tuple[S
         return summary, rt.simulator.stats()
 
 
+def test_a_group_reserved_before_midnight_and_handed_back_after_it_books_its_own_day(
+    tmp_path: Path, config, monkeypatch: pytest.MonkeyPatch
+):
+    """Jobs reserved as a group (written armed) at 23:59:58 by the budget's clock, most
+    handed back for rate-limit capacity and coming back after midnight: each takes its
+    reservation back unarmed, is called once, and its cost goes to the day it reserved
+    on; the new day holds nothing, nothing is booked at a worst case."""
+    clock = ShiftedClock()
+    monkeypatch.setattr(services, "Budget", partial(Budget, clock=clock))
+    midnight = next_midnight(time.time() + 3 * 86_400).timestamp()
+    before, after = utc_day(midnight - 1), utc_day(midnight + 1)
+    clock.at(midnight - 2)
+    lines = [json.dumps({"custom_id": f"m{i}", "prompt": f"q{i}"}) for i in range(24)]
+    cfg = write_config(
+        tmp_path / "chatbatch.json", config, worker={"max_throttle_wait_s": 0, "timeout_s": 30}
+    )
+    with runtime(config_path=cfg, rpm=240, concurrency=2, timeout_s=120) as rt:
+        assert rt.simulator is not None
+        simulator = rt.simulator
+
+        def past_midnight_once_calls_start() -> None:
+            while not simulator.stats().requests:
+                time.sleep(0.05)
+            clock.at(midnight + 5)
+
+        mover = threading.Thread(target=past_midnight_once_calls_start, daemon=True)
+        mover.start()
+        summary = rt.run(write(tmp_path, lines), tmp_path / "out")
+        mover.join(5)
+        stats = rt.simulator.stats()
+        budget = Budget(boto3.client("dynamodb"), rt.resources.table, rt.config)
+        first, second = budget.usage(before), budget.usage(after)
+    results = read_jsonl(tmp_path / "out" / "results.jsonl")
+    assert summary.succeeded == 24 and summary.estimated_calls == 0
+    assert summary.aws_requests["sqs"].get("SendMessage", 0) > 0, "jobs were handed back"
+    assert stats.requests == 24, "each job called once"
+    booked = sum(Decimal(str(r["chatbatch"]["cost_usd"])) for r in results)
+    assert (first.spent_usd, first.reserved_usd) == (booked, 0), "the day it reserved on"
+    assert (second.spent_usd, second.reserved_usd) == (0, 0)
+
+
 def test_a_job_that_raises_before_its_call_is_unarmed_for_its_redelivery(
     tmp_path: Path, config, monkeypatch: pytest.MonkeyPatch
 ):
