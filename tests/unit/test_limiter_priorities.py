@@ -219,6 +219,10 @@ def test_a_priority_stays_starving_while_its_job_waits(dynamo: Dynamo, config: C
 
 @pytest.mark.slow
 def test_all_priorities_saturating_get_their_shares(dynamo: Dynamo, config: Config) -> None:
+    """Each priority gets its share of the limit. Per minute, critical's share is of what
+    went out that minute: the 3% of grants the harness releases unsent leave their paced
+    slots idle (a minute sends 114-118 of 120), which is not critical's to make up (the
+    absolute 0.9 x 48 failed 1 run in 8 at 42-43 of a 115-request minute)."""
     config = with_model(config, 120, 10_000_000)
     clock, book = SimClock(), Book()
     hammer = Hammer(clock, book, (100, 100), end=START + 130)
@@ -236,9 +240,10 @@ def test_all_priorities_saturating_get_their_shares(dynamo: Dynamo, config: Conf
     assert got[Priority.low] > 0, got
     assert got[Priority.critical] >= got[Priority.high] >= got[Priority.normal] >= got[Priority.low]
     assert sum(got.values()) >= 0.95 * 120, got
-    for start in range(0, 71, 10):  # and in every minute of the run
-        minute = in_range(book.requests[Priority.critical], start, start + 60)
-        assert minute >= 0.9 * floor[Priority.critical], (start, minute)
+    for start in range(0, 71, 10):  # and its share of what went out in every minute
+        sent = {p: in_range(book.requests[p], start, start + 60) for p in Priority}
+        share = config.priorities[Priority.critical].share
+        assert sent[Priority.critical] >= 0.9 * share * sum(sent.values()), (start, sent)
 
 
 @pytest.mark.slow
