@@ -10,15 +10,16 @@ Money is written as exact decimal strings.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_serializer
 
-from chatbatch.core.config import Priority
+from chatbatch.core.config import Model, Priority
 from chatbatch.core.jobs import Job
-from chatbatch.core.pricing import Usage
+from chatbatch.core.pricing import Usage, from_nanos
 
 
 def request_id(batch_id: str, custom_id: str) -> str:
@@ -148,7 +149,46 @@ class CostRecord(BaseModel):
     # the job's own ``metadata`` (bounded at intake: 16 keys of 64, values of 512
     # characters), for attribution: ``costs --by metadata.KEY``; absent in older records
     metadata: dict[str, str] = Field(default_factory=dict)
+    # how the job went: a synchronous call, or its provider's batch API at the batch prices
+    route: Literal["sync", "batch"] = "sync"
 
     @field_serializer("cost_usd")
     def _usd(self, value: Decimal) -> str:
         return str(value)
+
+    @classmethod
+    def of(
+        cls,
+        job: Job,
+        model: Model,
+        *,
+        batch_id: str,
+        priority: Priority,
+        usage: Usage,
+        nanos: int,
+        day: str,
+        **facts: Any,
+    ) -> CostRecord:
+        """``job``'s record: ``usage`` at ``nanos`` on ``day``'s partition (``facts``:
+        ``cached``, ``usage_estimated``, ``attempt``, ``route``)."""
+        return cls(
+            ts=dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+            dt=day,
+            batch_id=batch_id,
+            custom_id=job.custom_id,
+            priority=priority,
+            model=job.model,
+            model_id=model.model_id,
+            provider=model.provider,
+            role=job.role,
+            prompt_tokens=usage.prompt_tokens,
+            cached_tokens=usage.cached_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            cache_write_1h_tokens=usage.cache_write_1h_tokens,
+            completion_tokens=usage.completion_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            cost_nanos=nanos,
+            cost_usd=from_nanos(nanos),
+            metadata=job.metadata,
+            **facts,
+        )

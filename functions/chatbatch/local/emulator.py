@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
 
+from chatbatch.core.sqs_records import sqs_record
 from chatbatch.state.queue_switch import QueueSwitch
 from chatbatch.worker.crash import WorkerCrash
 
@@ -74,39 +75,6 @@ class LambdaContext:
 
     def get_remaining_time_in_millis(self) -> int:
         return max(0, int((self.timeout_s - (time.monotonic() - self.started)) * 1000))
-
-
-def sqs_record(message: MessageTypeDef, queue_arn: str, region: str) -> dict[str, Any]:
-    """A ReceiveMessage message -> a Lambda SQS event record."""
-    attributes = {
-        key: message.get("Attributes", {}).get(key, "")
-        for key in (
-            "ApproximateReceiveCount",
-            "SentTimestamp",
-            "SenderId",
-            "ApproximateFirstReceiveTimestamp",
-        )
-    }
-    message_attributes: dict[str, dict[str, Any]] = {
-        name: {
-            "stringValue": value.get("StringValue"),
-            "stringListValues": [],
-            "binaryListValues": [],
-            "dataType": value["DataType"],
-        }
-        for name, value in message.get("MessageAttributes", {}).items()
-    }
-    return {
-        "messageId": message["MessageId"],
-        "receiptHandle": message["ReceiptHandle"],
-        "body": message["Body"],
-        "attributes": attributes,
-        "messageAttributes": message_attributes,
-        "md5OfBody": message.get("MD5OfBody", ""),
-        "eventSource": "aws:sqs",
-        "eventSourceARN": queue_arn,
-        "awsRegion": region,
-    }
 
 
 @dataclass

@@ -28,7 +28,7 @@ from pydantic import BaseModel
 
 from chatbatch.core.jobs import job_ref
 from chatbatch.core.resources import TABLE_PK, TABLE_SK
-from chatbatch.state.batches import Batches, JobState
+from chatbatch.state.batches import Batches, JobState, job_key
 from chatbatch.state.ddb import MAX_TRANSACT_ITEMS, n, plain, s, transact
 
 if TYPE_CHECKING:
@@ -49,8 +49,9 @@ class Part(BaseModel):
     """A provider batch as the gatherer plans and tracks it."""
 
     part_id: str
-    model: str
+    model: str  # the model id of every line (OpenAI), else "" (Anthropic may mix models)
     api: Literal["openai", "anthropic"]
+    provider: str = ""  # the config's provider whose batch API holds it
     jobs: int = 0  # how many jobs it holds
     batches: list[str] = []  # the batches among its jobs (where its money is: one each)
     state: PartState = PartState.creating
@@ -95,6 +96,7 @@ class Parts:
                     **part_key(part.part_id),
                     "model": s(part.model),
                     "api": s(part.api),
+                    "provider": s(part.provider),
                     "state": s(PartState.creating.value),
                     "jobs": n(0),
                     "created_at": n(round(part.created_at or time.time(), 3)),
@@ -132,22 +134,68 @@ class Parts:
                 total[name] = total.get(name, 0) + delta
         for batch_id, deltas in counters.items():
             items += self._batches.count_items(batch_id, deltas)
-        items.append(
-            {
-                "Update": {
-                    "TableName": self._table,
-                    "Key": part_key(part_id),
-                    "UpdateExpression": "ADD #j :n",
-                    "ConditionExpression": "#s = :creating",
-                    "ExpressionAttributeNames": {"#j": "jobs", "#s": "state"},
-                    "ExpressionAttributeValues": {
-                        ":n": n(len(jobs)),
-                        ":creating": s(PartState.creating.value),
-                    },
-                }
-            }
-        )
+        items.append(self._count_on_record(part_id, len(jobs)))
         return not transact(self._ddb, items)
+
+    def abandon(self, part_id: str, jobs: Sequence[JobIn]) -> None:
+        """Let a part that never reached its provider go: each of ``jobs`` it still holds
+        leaves it as if never gathered (its state removed: ``new``, so its message, which
+        is still on the queue, gathers it again), in transactions on the record still
+        ``creating``; then the record is ``done``. A job the part no longer holds is
+        skipped. Safe to repeat."""
+        for chunk in _chunks(jobs):
+            if not self._release(part_id, chunk):
+                for job in chunk:
+                    self._release(part_id, [job])
+        self._advance(part_id, PartState.creating, PartState.done, {})
+
+    def _release(self, part_id: str, jobs: Sequence[JobIn]) -> bool:
+        items: list[Any] = []
+        counts: dict[str, int] = {}
+        for job in jobs:
+            item, deltas = self.send_back_item(part_id, job.batch_id, job.custom_id)
+            items.append(item)
+            counts[job.batch_id] = counts.get(job.batch_id, 0) + deltas[JobState.batched.counter]
+        for batch_id, count in counts.items():
+            items += self._batches.count_items(batch_id, {JobState.batched.counter: count})
+        items.append(self._count_on_record(part_id, -len(jobs)))
+        return not transact(self._ddb, items)
+
+    def send_back_item(
+        self, part_id: str, batch_id: str, custom_id: str
+    ) -> tuple[dict[str, Any], dict[str, int]]:
+        """The job's item out of the part as if never gathered (its state removed: ``new``),
+        on the condition that the part holds it; and what that adds to its batch's counters."""
+        item = {
+            "Update": {
+                "TableName": self._table,
+                "Key": job_key(batch_id, custom_id),
+                "UpdateExpression": "REMOVE #s, #p",
+                "ConditionExpression": "#s = :batched AND #p = :part",
+                "ExpressionAttributeNames": {"#s": "state", "#p": PART_FIELD},
+                "ExpressionAttributeValues": {
+                    ":batched": s(JobState.batched.value),
+                    ":part": s(part_id),
+                },
+            }
+        }
+        return item, {JobState.batched.counter: -1}
+
+    def _count_on_record(self, part_id: str, jobs: int) -> dict[str, Any]:
+        """The record's job count changed by ``jobs``, on the record still ``creating``."""
+        return {
+            "Update": {
+                "TableName": self._table,
+                "Key": part_key(part_id),
+                "UpdateExpression": "ADD #j :n",
+                "ConditionExpression": "#s = :creating",
+                "ExpressionAttributeNames": {"#j": "jobs", "#s": "state"},
+                "ExpressionAttributeValues": {
+                    ":n": n(jobs),
+                    ":creating": s(PartState.creating.value),
+                },
+            }
+        }
 
     def opened(self, part_id: str, provider_batch_id: str) -> bool:
         """The provider's batch is created: record its id (``creating`` → ``open``, once).
@@ -220,6 +268,7 @@ def _part(item: Mapping[str, Any]) -> Part:
         part_id=item[TABLE_SK]["S"],
         model=fields["model"],
         api=fields["api"],
+        provider=fields.get("provider", ""),
         jobs=int(fields.get("jobs", 0)),
         batches=sorted(item.get("batches", {}).get("SS", [])),
         state=PartState(fields["state"]),

@@ -10,7 +10,6 @@ counters, so a cost is counted once or not at all, and the line it names is the 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 from collections.abc import Awaitable, Sequence
 from decimal import Decimal
 from typing import Any
@@ -21,7 +20,7 @@ from chatbatch.core.days import utc_day
 from chatbatch.core.jobs import Job
 from chatbatch.core.metrics import Metric
 from chatbatch.core.output_lines import CostRecord, JobFacts, OutputLine
-from chatbatch.core.pricing import Usage, from_nanos, to_nanos
+from chatbatch.core.pricing import Usage, to_nanos
 from chatbatch.provider.errors import HttpAnswer
 from chatbatch.state.batches import RETRY_FROM, JobState, TransactionRefused
 from chatbatch.state.budget.reservations import Reservation
@@ -191,29 +190,17 @@ def record_of(
     attempt: str | None = None,
 ) -> CostRecord:
     """A cost record of ``job``: ``usage`` at ``nanos``, on ``day``'s partition."""
-    model = inv.services.config.models[job.model]
-    return CostRecord(
-        ts=dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
-        dt=day,
+    return CostRecord.of(
+        job,
+        inv.services.config.models[job.model],
         batch_id=intake.batch_id,
-        custom_id=intake.custom_id,
         priority=intake.priority,
-        model=job.model,
-        model_id=model.model_id,
-        provider=model.provider,
-        role=job.role,
-        prompt_tokens=usage.prompt_tokens,
-        cached_tokens=usage.cached_tokens,
-        cache_write_tokens=usage.cache_write_tokens,
-        cache_write_1h_tokens=usage.cache_write_1h_tokens,
-        completion_tokens=usage.completion_tokens,
-        reasoning_tokens=usage.reasoning_tokens,
-        cost_nanos=nanos,
-        cost_usd=from_nanos(nanos),
+        usage=usage,
+        nanos=nanos,
+        day=day,
         cached=cached,
         usage_estimated=usage_estimated,
         attempt=attempt,
-        metadata=job.metadata,
     )
 
 

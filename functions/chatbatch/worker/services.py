@@ -33,6 +33,7 @@ from chatbatch.state.budget.budget import Budget
 from chatbatch.state.budget.pause import BudgetPause
 from chatbatch.state.completion import Completions
 from chatbatch.state.limiter.limiter import RateLimiter
+from chatbatch.state.parts import Parts
 from chatbatch.state.queue_switch import QueueSwitch, queue_switch
 from chatbatch.state.store import Store
 
@@ -66,6 +67,7 @@ class Services:
     principal: str  # this worker's own principal id: its hand-backs are its messages
     pause: BudgetPause  # the pipeline's pause when the day's budget is spent
     switch: QueueSwitch  # every queue's consumer, on or off
+    parts: Parts  # the batch route's provider batches (the gatherer's)
     paused_since: float | None = None  # the pause this instance switched the queues off for
 
 
@@ -144,4 +146,5 @@ def build_services() -> Services:
         principal=own_principal(),
         pause=BudgetPause(ddb, resources.table),
         switch=queue_switch(ddb, resources.table, lambda: boto3.client("lambda")),
+        parts=Parts(ddb, resources.table, batches),
     )

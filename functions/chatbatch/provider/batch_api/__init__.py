@@ -21,7 +21,7 @@ from chatbatch.provider.batch_api.common import (
 )
 from chatbatch.provider.batch_api.custom_ids import CustomIds, provider_custom_id
 from chatbatch.provider.batch_api.openai import OpenAIBatchClient
-from chatbatch.provider.batch_api.requests import LIMITS, Limits, TooLarge, split
+from chatbatch.provider.batch_api.requests import LIMITS, Limits, TooLarge, request_of, split
 
 __all__ = [
     "LIMITS",
@@ -38,5 +38,6 @@ __all__ = [
     "OpenAIBatchClient",
     "TooLarge",
     "provider_custom_id",
+    "request_of",
     "split",
 ]

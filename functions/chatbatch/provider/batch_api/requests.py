@@ -62,7 +62,11 @@ def batch_line(job: Job, body: dict[str, Any], config: Config) -> dict[str, Any]
 
 
 def batch_request(job: Job, body: dict[str, Any], config: Config) -> BatchRequest:
-    line = batch_line(job, body, config)
+    return request_of(job, batch_line(job, body, config))
+
+
+def request_of(job: Job, line: dict[str, Any]) -> BatchRequest:
+    """``job`` under its batch ``line`` (as built, or read back from a part's file)."""
     # a file line ends in a newline; a request in Anthropic's list is followed by a comma
     size = len(json.dumps(line, separators=(",", ":")).encode()) + 1
     return BatchRequest(key=line["custom_id"], job=job, line=line, size=size)

@@ -49,7 +49,7 @@ from chatbatch.state.budget.ledger import (
     reservation_key,
     share,
 )
-from chatbatch.state.budget.parts import PART_HOLD_S, ingest_parts
+from chatbatch.state.budget.parts import PART_HOLD_S, ingest_parts, part_key
 from chatbatch.state.budget.reservations import (
     Ask,
     MarkerAt,
@@ -521,6 +521,20 @@ class Budget:
                 limit = ledger.limit if ledger.scope == "batch" else None
                 raise self._deferral(total, _Refused(ledger.scope, reason.get("Item")), now, limit)
         raise TransactionRefused(f"a part's reservations exist already: {reasons}")
+
+    def part_held(self, part_id: str, batches: Iterable[str]) -> dict[str, Reservation]:
+        """A part's reservations that exist (strongly consistent), by batch id: what
+        ``reserve_part`` made for it, found from its record's batches after a crash."""
+        held: dict[str, Reservation] = {}
+        for batch_id in batches:
+            item = self._ddb.get_item(
+                TableName=self._table,
+                Key=reservation_key(part_key(part_id, batch_id)),
+                ConsistentRead=True,
+            ).get("Item")
+            if item is not None:
+                held[batch_id] = reservation_of(item)
+        return held
 
     def close_part(self, held: Iterable[Reservation]) -> bool:
         """A part is done: give back what each of its reservations still holds (read

@@ -1,0 +1,295 @@
+"""Ingest: an ended provider batch's answers stored, costed and settled, each once
+(docs/batch-route.md, "Poll and ingest").
+
+An ``open`` part is polled; once its provider batch has ended the record goes to
+``ingesting`` and every job the part still holds (``batched`` naming it: a job ingested
+before a crash is no longer, so nothing is written twice) gets its outcome, in chunks of
+one batch's jobs:
+
+- **succeeded**: its answer stored as the synchronous worker stores it
+  (``worker.batch_jobs.stored``), priced at the batch prices (an answer without usage at
+  its worst case, as the synchronous path books one), in the chunk's results and cost
+  objects (``results/<batch>/<flush>.jsonl``, ``costs/dt=<day>/<batch>/<flush>.jsonl``,
+  the flush ``<part>-<run>-<chunk>``: a repeat after a crash writes objects of its own,
+  and the lines of a chunk that never committed are orphans readers drop);
+- **failed** (the API refused the line): its error record, ``provider_<status>``;
+- **retry_sync** (expired, cancelled, a transient error): sent to its priority queue if
+  its deadline still leaves room, its item ``new`` again; else ``batch_expired``.
+
+Then one transaction per chunk: each job's final state (conditional on ``batched`` by this
+part), its batch's counters, the part's reservation giving up the chunk's worst cases and
+each ledger booking their real cost (``Budget.ingest_parts``). A chunk refused (a job
+moved meanwhile, e.g. cancelled) goes job by job. When every job is done the part's
+reservations give back what they still hold (``Budget.close_part``) and the record is
+``done``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aws_lambda_powertools import Logger
+
+from chatbatch.batchroute import part_files
+from chatbatch.batchroute.clients import BatchClients
+from chatbatch.batchroute.recover import held_keys
+from chatbatch.client.submit import Sender
+from chatbatch.core.days import utc_day
+from chatbatch.core.jobs import Job
+from chatbatch.core.output_lines import CostRecord, JobFacts, OutputLine
+from chatbatch.core.pricing import cost, from_nanos, to_nanos
+from chatbatch.core.routing import deadline_of
+from chatbatch.provider.batch_api import BatchPart, JobOutcome, provider_custom_id
+from chatbatch.state.batches import JobState
+from chatbatch.state.budget.reservations import Reservation
+from chatbatch.state.ddb import s as text
+from chatbatch.state.parts import PART_FIELD, Part, PartState
+from chatbatch.state.store import flush_cost_key, flush_result_key
+from chatbatch.worker.batch_jobs import stored
+from chatbatch.worker.results import estimated_counters
+from chatbatch.worker.services import Services
+
+logger = Logger(service="chatbatch")
+
+CHUNK_JOBS = 40  # one batch's jobs per transaction: their items, a counter, the ledgers
+SYNC_MARGIN_S = 3600  # a job sent back needs at least this much of its deadline left
+
+
+@dataclass
+class Ingested:
+    parts: list[str] = field(default_factory=list)  # parts done
+    succeeded: int = 0
+    failed: int = 0
+    to_sync: int = 0
+
+
+@dataclass
+class _Job:
+    """One held job's outcome, ready for its chunk's transaction."""
+
+    job: Job
+    outcome: JobOutcome
+    new: JobState  # succeeded, failed, or new (sent back to the synchronous path)
+    nanos: int = 0  # its real cost at the batch prices
+    worst: int = 0  # what the part reserved for it
+    result: OutputLine | None = None
+    record: CostRecord | None = None
+    error: OutputLine | None = None
+    counters: dict[str, int] = field(default_factory=dict)
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+class Ingester:
+    def __init__(
+        self, services: Services, clients: BatchClients, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.s = services
+        self.clients = clients
+        self.clock = clock
+        self.sender = Sender(services.sqs, services.store, services.resources)
+        self.done = Ingested()
+
+    def poll(self, record: Part) -> None:
+        """An ``open`` part: ingest it once its provider batch has ended."""
+        assert record.provider_batch_id is not None
+        client = self.clients.of(record.provider, record.api)
+        state = client.poll(record.provider_batch_id)
+        if not state.ended:
+            return
+        if self.s.parts.advance(record.part_id, PartState.open, PartState.ingesting):
+            self.ingest(record.model_copy(update={"state": PartState.ingesting}))
+
+    def ingest(self, record: Part) -> None:
+        """An ``ingesting`` part: every job it still holds, then its money and record."""
+        assert record.provider_batch_id is not None
+        part = part_files.read(self.s.store, record, self.s.config)
+        if part is None:
+            logger.error("a part's record has no input file", extra={"part": record.part_id})
+            return
+        held = set(held_keys(self.s, record, part))
+        client = self.clients.of(record.provider, record.api)
+        outcomes = client.results(record.provider_batch_id, part)
+        money = self.s.budget.part_held(record.part_id, record.batches)
+        jobs = [self._job(record, part, o) for o in outcomes if (o.batch_id, o.custom_id) in held]
+        run = uuid.uuid4().hex[:8]  # a repeat's chunks differ: never overwrite a committed one
+        for k, chunk in enumerate(_chunks(jobs)):
+            self._commit(record, chunk, money, f"{record.part_id}-{run}-{k:05d}")
+        if self.s.budget.close_part(money.values()):
+            self.s.parts.advance(record.part_id, PartState.ingesting, PartState.done)
+            self.done.parts.append(record.part_id)
+
+    def _job(self, record: Part, part: BatchPart, outcome: JobOutcome) -> _Job:
+        job = part.jobs[provider_custom_id(outcome.batch_id, outcome.custom_id)]
+        model = self.s.config.models[job.model].batch_priced()
+        worst = to_nanos(job.worst_case_usd(model))
+        if outcome.kind == "succeeded":
+            return self._answered(stored(outcome, part, self.s.config), job, worst)
+        if outcome.kind == "failed":
+            code = f"provider_{outcome.status}"
+            line = OutputLine.answered(
+                outcome.batch_id,
+                job.custom_id,
+                outcome.status or 400,
+                outcome.error or {"error": {"message": outcome.message}},
+                None,
+            )
+            return _Job(
+                job,
+                outcome,
+                JobState.failed,
+                worst=worst,
+                error=line,
+                fields={"error_code": text(code)},
+            )
+        deadline = record.created_at + deadline_of(job, self.s.config) * 3600
+        if deadline - self.clock() >= SYNC_MARGIN_S:
+            return _Job(job, outcome, JobState.new, worst=worst)
+        why = (
+            f"its provider batch did not run it ({outcome.message}) and its deadline "
+            f"(deadline_h {deadline_of(job, self.s.config):g}) leaves no time to run it "
+            "synchronously; send it again with `chatbatch retry`"
+        )
+        line = OutputLine.failure(outcome.batch_id, job.custom_id, "batch_expired", why)
+        return _Job(
+            job,
+            outcome,
+            JobState.failed,
+            worst=worst,
+            error=line,
+            fields={"error_code": text("batch_expired")},
+        )
+
+    def _answered(self, outcome: JobOutcome, job: Job, worst: int) -> _Job:
+        model = self.s.config.models[job.model]
+        priced = model.batch_priced()
+        estimated = outcome.usage is None
+        usage = job.worst_case_usage(priced) if outcome.usage is None else outcome.usage
+        nanos = worst if estimated else to_nanos(cost(usage, priced))
+        batch_id = outcome.batch_id
+        priority = job.priority or self.s.config.defaults.priority
+        day = ""  # set per chunk: the reservation's day
+        facts = JobFacts(
+            batch_id=batch_id,
+            priority=priority,
+            model=job.model,
+            role=job.role,
+            cost_usd=from_nanos(nanos),
+            attempts=1,
+            seq=job.seq,
+            usage_estimated=estimated,
+            booked_usage=usage if estimated else None,
+        )
+        assert outcome.body is not None
+        result = OutputLine.result(job, facts, outcome.body, outcome.body.get("id"))
+        record = CostRecord.of(
+            job,
+            model,
+            batch_id=batch_id,
+            priority=priority,
+            usage=usage,
+            nanos=nanos,
+            day=day,
+            usage_estimated=estimated,
+            route="batch",
+        )
+        counters = (
+            estimated_counters(nanos)
+            if estimated
+            else {
+                "cost_nanos": nanos,
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "provider_calls": 1,
+            }
+        )
+        return _Job(
+            job,
+            outcome,
+            JobState.succeeded,
+            nanos=nanos,
+            worst=worst,
+            result=result,
+            record=record,
+            counters=counters,
+        )
+
+    def _commit(
+        self, record: Part, chunk: Sequence[_Job], money: dict[str, Reservation], flush: str
+    ) -> None:
+        batch_id = chunk[0].outcome.batch_id
+        held = money.get(batch_id)
+        day = held.day if held else utc_day(self.clock())  # its cost on the day it reserved
+        answered = [j for j in chunk if j.new is JobState.succeeded]
+        for j in answered:
+            assert j.result and j.result.chatbatch and j.record
+            j.result.chatbatch.day = day
+            j.record.dt = day
+            j.fields = {"flush": text(flush)}
+        if answered:
+            self.s.store.put_lines(
+                flush_result_key(batch_id, flush),
+                [j.result.to_line() for j in answered if j.result],
+            )
+            self.s.store.put_lines(
+                flush_cost_key(day, batch_id, flush),
+                [j.record.model_dump_json() for j in answered if j.record],
+            )
+        for j in chunk:
+            if j.error is not None:
+                self.s.store.put_error(batch_id, j.error)
+            if j.new is JobState.new:
+                self.sender.send(j.job.priority or self.s.config.defaults.priority, [j.job])
+        if not self._transact(record, chunk, held):
+            for j in chunk:
+                self._transact(record, [j], held)
+
+    def _transact(self, record: Part, jobs: Sequence[_Job], held: Reservation | None) -> bool:
+        batch_id = jobs[0].outcome.batch_id
+        items: list[Any] = []
+        counters: dict[str, int] = {}
+        for j in jobs:
+            if j.new is JobState.new:
+                item, deltas = self.s.parts.send_back_item(
+                    record.part_id, batch_id, j.job.custom_id
+                )
+            else:
+                item, deltas = self.s.batches.move(
+                    batch_id,
+                    j.job.custom_id,
+                    JobState.batched,
+                    j.new,
+                    j.counters,
+                    j.fields,
+                    pins={PART_FIELD: text(record.part_id)},
+                )
+            items.append(item)
+            for name, delta in deltas.items():
+                counters[name] = counters.get(name, 0) + delta
+        items += self.s.batches.count_items(batch_id, counters)
+        if held is not None:
+            actual = sum(j.nanos for j in jobs)
+            own, ledgers = self.s.budget.ingest_parts(held, actual, sum(j.worst for j in jobs))
+            items += own + self.s.budget.ledger_items(ledgers)
+        if not self.s.batches.commit(items):
+            return False
+        for j in jobs:
+            if j.new is JobState.succeeded:
+                self.done.succeeded += 1
+            elif j.new is JobState.failed:
+                self.done.failed += 1
+            else:
+                self.done.to_sync += 1
+        return True
+
+
+def _chunks(jobs: Sequence[_Job]) -> Iterator[list[_Job]]:
+    by_batch: dict[str, list[_Job]] = {}
+    for j in jobs:
+        by_batch.setdefault(j.outcome.batch_id, []).append(j)
+    for batch in by_batch.values():
+        for start in range(0, len(batch), CHUNK_JOBS):
+            yield batch[start : start + CHUNK_JOBS]
