@@ -49,6 +49,8 @@ class LocalOptions:
     # each DynamoDB item may take this many write units a second, refused past it as
     # DynamoDB refuses a hot key (``chatbatch.local.throttle``); None: no limit, as moto
     throttle_wcu_s: float | None = None
+    # the gatherer's schedule (the batch route: deployed, every GATHER_EVERY_MIN minutes)
+    gather_every_s: float = 5.0
 
 
 SHARED_KEY_ENV = "CHATBATCH_API_KEY"  # the key of a bare --provider-url (and the simulator's)

@@ -52,7 +52,13 @@ from chatbatch.core import scale
 from chatbatch.core.config import Priority, load_config
 from chatbatch.core.output_lines import OutputLine
 from chatbatch.core.private_files import private_dir, private_open
-from chatbatch.core.resources import Resources, queue_name, resources_to_outputs
+from chatbatch.core.resources import (
+    GATHER_EVENT,
+    GATHER_TIMEOUT_S,
+    Resources,
+    queue_name,
+    resources_to_outputs,
+)
 from chatbatch.local.aws import (
     create_resources,
     moto_in_process,
@@ -66,7 +72,7 @@ from chatbatch.local.journal.state_dir import durable
 from chatbatch.local.live_outputs import live_outputs
 from chatbatch.local.options import SHARED_KEY_ENV, LocalOptions, effective_config
 from chatbatch.local.outputs import Figures, invalid_line, replacing, write_costs, write_results
-from chatbatch.local.schedule import HourlySchedule
+from chatbatch.local.schedule import Schedule
 from chatbatch.local.simulator import Simulator, SimulatorSettings
 from chatbatch.local.summary import AwsCallCounter, Summary, summarize
 from chatbatch.local.throttle import ItemThrottle, throttling
@@ -107,7 +113,8 @@ class LocalRuntime:
     ) -> None:
         self.options = options or LocalOptions()
         self.clock = clock
-        self.schedule: HourlySchedule | None = None
+        self.schedule: Schedule | None = None
+        self.gatherer: Schedule | None = None  # the batch route's scheduled function
         self.base_config = load_config(self.options.config_path)
         self.aws_calls = AwsCallCounter()
         self.simulator: Simulator | None = None
@@ -131,8 +138,9 @@ class LocalRuntime:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.schedule is not None:
-            self.schedule.stop()
+        for schedule in (self.gatherer, self.schedule):
+            if schedule is not None:
+                schedule.stop()
         for mapping in self.mappings.values():
             mapping.stop(0.0 if self.stopping.is_set() else None)
         self._stack.close()
@@ -191,6 +199,7 @@ class LocalRuntime:
         self._start_mappings()
 
     def _start_mappings(self) -> None:
+        from chatbatch.batchroute import handler as gatherer_handler
         from chatbatch.worker import handler as worker_handler
 
         sqs = boto3.client("sqs")
@@ -219,13 +228,22 @@ class LocalRuntime:
             feeder.on_sent = mapping.wake
             mapping.start()
             self.mappings[priority] = mapping
-        self.schedule = HourlySchedule(
+        self.schedule = Schedule(
             worker_handler.handler,
             self.clock,
             function_name="chatbatch-worker",
             timeout_s=worker_settings.timeout_s,
         )
         self.schedule.start()
+        self.gatherer = Schedule(
+            gatherer_handler.handler,
+            self.clock,
+            function_name="chatbatch-gatherer",
+            timeout_s=GATHER_TIMEOUT_S,
+            event=GATHER_EVENT,
+            period_s=self.options.gather_every_s,
+        )
+        self.gatherer.start()
 
     def register_stack(self) -> None:
         """Publish this runtime's resources as the config's CloudFormation stack (in moto),

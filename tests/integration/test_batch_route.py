@@ -1,0 +1,101 @@
+"""The batch route end to end through the local runtime: the gatherer on its timer, the
+simulator's batch APIs with a turnaround of seconds (docs/batch-route.md).
+
+A mixed file: the jobs whose deadline allows it go through OpenAI's Batch API at the batch
+prices, the rest synchronously; every job's answer is its own, each cost record says its
+route and is priced at that route's prices, and the ledger equals what the simulator
+billed, each call at its own prices.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from bench._common import read_jsonl
+from chatbatch.core.config import Model
+from chatbatch.core.pricing import Usage, cost, from_nanos
+from chatbatch.local.options import LocalOptions
+from chatbatch.local.runtime import LocalRuntime
+from chatbatch.local.simulator import SimulatorSettings
+from chatbatch.state.budget.budget import Budget
+
+MODEL = "gpt-4.1"  # batch_api = "openai" in the shipped config
+
+
+def job(i: int, batch: bool, **extra: Any) -> dict[str, Any]:
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": f"word{i} please answer"}],
+        "max_tokens": 40,
+    }
+    return {"custom_id": f"job-{i}", "body": body, **({"deadline_h": 24} if batch else {}), **extra}
+
+
+def write(tmp_path: Path, lines: list[dict[str, Any]]) -> Path:
+    path = tmp_path / "jobs.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def priced(bill: dict[str, int], model: Model) -> Decimal:
+    """A simulator bill at ``model``'s prices (the test's own arithmetic)."""
+    uncached = bill["prompt_tokens"] - bill["cached_tokens"]
+    return (
+        uncached * model.input_per_m
+        + bill["cached_tokens"] * model.cached_input_per_m
+        + bill["completion_tokens"] * model.output_per_m
+    ) / 1_000_000
+
+
+def options(**settings: Any) -> LocalOptions:
+    sim = SimulatorSettings(batch_turnaround_s=2.0, **settings)
+    return LocalOptions(timeout_s=120, gather_every_s=1.0, simulator=sim)
+
+
+def test_a_mixed_file_goes_part_sync_part_batch_each_answer_its_own_and_the_books_exact(
+    tmp_path: Path,
+) -> None:
+    lines = [job(i, batch=i % 3 != 0) for i in range(30)]  # 20 batch, 10 sync
+    path = write(tmp_path, lines)
+    out = tmp_path / "out"
+    with LocalRuntime(options()) as rt:
+        assert rt.simulator is not None
+        summary = rt.run(path, out)
+        stats = rt.simulator.stats()
+        spent = Budget(boto3.client("dynamodb"), rt.resources.table, rt.config).usage().spent_usd
+        info = rt.batches.get(summary.batch_id)
+        model = next(m for m in rt.config.models.values() if m.model_id == MODEL)
+    assert summary.succeeded == 30 and summary.failed == 0, summary
+    assert info is not None and info.batched == 0 and info.succeeded == 30
+    # only the synchronous jobs were called synchronously
+    assert stats.billed_by_model[MODEL].calls == 10
+    assert stats.batch_billed_by_model[MODEL].calls == 20
+
+    results = {r["custom_id"]: r for r in read_jsonl(out / "results.jsonl")}
+    assert sorted(results) == sorted(line["custom_id"] for line in lines)
+    for i in range(30):
+        content = results[f"job-{i}"]["response"]["body"]["choices"][0]["message"]["content"]
+        assert f"word{i} " in content + " ", (i, content)
+
+    costs = {c["custom_id"]: c for c in read_jsonl(out / "costs.jsonl")}
+    for i in range(30):
+        record = costs[f"job-{i}"]
+        route = "sync" if i % 3 == 0 else "batch"
+        assert record["route"] == route, record
+        usage = Usage(
+            prompt_tokens=record["prompt_tokens"],
+            cached_tokens=record["cached_tokens"],
+            completion_tokens=record["completion_tokens"],
+        )
+        prices = model if route == "sync" else model.batch_priced()
+        assert Decimal(record["cost_usd"]) == cost(usage, prices), record
+    billed = priced(stats.billed_by_model[MODEL].model_dump(), model) + priced(
+        stats.batch_billed_by_model[MODEL].model_dump(), model.batch_priced()
+    )
+    assert spent == billed
+    assert from_nanos(info.cost_nanos) == billed
