@@ -154,30 +154,35 @@ class HttpBatchClient:
         caller that looks for a batch it created after a moment of its own gives some
         margin (OpenAI's ``created_at`` is in whole seconds, too).
 
-        A page of batches all listed already (a cursor the provider no longer knows,
-        such as a batch deleted since, may start the list over) is a transient
-        ``BatchApiError``, not the end of the list: a caller must not take a list cut
-        short for "no such batch" and create a second one."""
+        A cursor the provider no longer knows (a batch deleted since) may start the list
+        over: the batches listed already are passed over and the list goes on from its
+        page's last id. The same page answered twice for the same cursor is a list that
+        goes round (it would page forever): a transient ``BatchApiError``, never the end
+        of the list, as a caller must not take a list cut short for "no such batch" and
+        create a second one."""
         seen: set[str] = set()
+        answered: dict[str | None, list[str]] = {}  # each cursor sent -> its page's ids
         params = {"limit": str(page_size)}
         while True:
             page = self.http.call("GET", self.path, params=params).json()
             data = page.get("data") or []
-            fresh = [state for state in map(self.state, data) if state.id not in seen]
-            if data and not fresh:
+            cursor, ids = params.get(self.cursor), [str(raw.get("id")) for raw in data]
+            if answered.get(cursor) == ids:
                 raise BatchApiError(
-                    f"GET {self.path} after {params.get(self.cursor)}: a page of batches "
-                    "listed already (the list started over?)",
+                    f"GET {self.path}: the page after {cursor} came twice (a list that goes round)",
                     status=None,
                 )
-            for state in fresh:
+            answered[cursor] = ids
+            for state in map(self.state, data):
+                if state.id in seen:
+                    continue
                 if state.created_at < created_after:
                     return
                 seen.add(state.id)
                 yield state
             if not data or not page.get("has_more"):
                 return
-            params[self.cursor] = str(page.get("last_id") or data[-1]["id"])
+            params[self.cursor] = str(page.get("last_id") or ids[-1])
 
     def ended(self, batch_id: str) -> BatchState:
         """The batch, once it has ended; a ``BatchApiError`` while it runs."""
