@@ -7,6 +7,7 @@ the test's own clock, handed to the simulator: a batch moves only when the test 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ import httpx
 import openai
 import pytest
 from anthropic.types import Message
-from anthropic.types.messages import MessageBatchIndividualResponse
+from anthropic.types.messages import MessageBatch, MessageBatchIndividualResponse
 from openai.types import Batch
 from openai.types.chat import ChatCompletion
 
@@ -480,3 +481,50 @@ def test_a_cancel_mid_batch_and_an_expiry_part_way(
         batches.cancel(cancelled.id)
     with pytest.raises(anthropic.NotFoundError):
         batches.retrieve("msgbatch_nope")
+
+
+# -- both lists -----------------------------------------------------------------------
+
+
+def test_both_lists_page_newest_first_as_the_sdks_read_them(
+    oai: openai.OpenAI, claude: anthropic.Anthropic, clock: Clock
+) -> None:
+    """Each page is the API's own list object (OpenAI ``object``, ``data``, ``first_id``,
+    ``last_id``, ``has_more``; Anthropic without ``object``), each batch in it exactly
+    the SDK's type's fields; ``after`` / ``after_id`` walks to older batches, Anthropic's
+    ``before_id`` to newer ones (the nearest first, ``has_more`` looking that way), and
+    the SDKs' own paging follows them."""
+    openai_ids = [submit(oai, line("a", chat_body(f"t {i}"))).id for i in range(5)][::-1]
+    batches = claude.messages.batches
+    claude_ids = [batches.create(requests=requests_of(1)).id for _ in range(5)][::-1]  # type: ignore[arg-type]
+    clock.advance(TURNAROUND_S / 2)
+    assert [b.id for b in oai.batches.list(limit=2)] == openai_ids
+    assert [b.id for b in batches.list(limit=2)] == claude_ids
+    assert [b.id for b in batches.list(limit=2, before_id=claude_ids[4])] == (
+        claude_ids[2:4] + claude_ids[:2]
+    )
+    oai_page, claude_page = oai.batches.with_raw_response.list, batches.with_raw_response.list
+    pages = [  # (the page as sent, its batches, has_more, the SDK's type of a batch)
+        (oai_page(limit=2, after=openai_ids[1]), openai_ids[2:4], True, Batch),
+        (oai_page(limit=2, after=openai_ids[3]), openai_ids[4:], False, Batch),
+        (claude_page(limit=2, after_id=claude_ids[1]), claude_ids[2:4], True, MessageBatch),
+        (claude_page(limit=2, before_id=claude_ids[4]), claude_ids[2:4], True, MessageBatch),
+        (claude_page(limit=2, before_id=claude_ids[2]), claude_ids[:2], False, MessageBatch),
+    ]
+    for raw, ids, more, kind in pages:
+        page = raw.http_response.json()
+        listing = {"object", "data", "first_id", "last_id", "has_more"}
+        assert set(page) == (listing if kind is Batch else listing - {"object"})
+        assert [b["id"] for b in page["data"]] == ids and page["has_more"] is more
+        assert (page["first_id"], page["last_id"]) == (ids[0], ids[-1])
+        for item in page["data"]:  # every field the SDK's, and read back as sent
+            assert set(item) == set(kind.model_fields)
+            for key, value in kind.model_validate(item).to_dict().items():
+                assert as_sent(value) == item[key], key
+
+
+def as_sent(value: Any) -> Any:
+    """A field the SDK read, as the simulator sent it (Anthropic's times RFC 3339, to ms)."""
+    if isinstance(value, dt.datetime):
+        return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return value

@@ -130,15 +130,21 @@ class AnthropicBatches:
             limit = 0
         if not 1 <= limit <= 1000:
             raise invalid("limit: Input should be greater than or equal to 1 and at most 1000")
-        ids = list(reversed(self._batches))
-        if query.get("after_id") in ids:
-            ids = ids[ids.index(query["after_id"]) + 1 :]
-        if query.get("before_id") in ids:
-            ids = ids[: ids.index(query["before_id"])][-limit:]
-        page = [self.get(i, now, host) for i in ids[:limit]]
+        ids = list(reversed(self._batches))  # newest first
+        after, before = query.get("after_id"), query.get("before_id")
+        # (a cursor it does not know, such as a batch deleted since, is ignored: the
+        # list starts over from the newest, which a client must not take for more)
+        if after in ids:  # the page just after (older than) that batch
+            ids = ids[ids.index(after) + 1 :]
+        if before in ids:  # the ``limit`` batches just before (newer than) it
+            newer = ids[: ids.index(before)]
+            shown, more = newer[-limit:], len(newer) > limit
+        else:
+            shown, more = ids[:limit], len(ids) > limit
+        page = [self.get(i, now, host) for i in shown]
         return {
             "data": page,
-            "has_more": len(ids) > limit,
+            "has_more": more,  # in the direction asked for, as Anthropic documents
             "first_id": page[0]["id"] if page else None,
             "last_id": page[-1]["id"] if page else None,
         }

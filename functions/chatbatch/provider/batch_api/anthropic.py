@@ -2,7 +2,9 @@
 request (``POST /messages/batches`` ``{"requests": [{"custom_id", "params"}]}``), polled
 (``GET /messages/batches/{id}``: ``processing_status`` ``in_progress``, ``canceling``,
 ``ended``), cancelled (``POST .../{id}/cancel``) and, once ended, its results read
-(``GET .../{id}/results``, JSONL).
+(``GET .../{id}/results``, JSONL); ``GET /messages/batches`` lists them (newest first,
+``after_id`` the last id of the page before: ``HttpBatchClient.listed``), and a batch's
+first result line names its part (``first_custom_id``).
 
 A result line is ``{"custom_id", "result": {"type": ...}}``: ``succeeded`` carries the
 Message the synchronous ``/messages`` answers, with its usage (the outcome's body is that
@@ -15,6 +17,7 @@ goes back to the synchronous path, as do ``canceled`` and ``expired``.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, ClassVar
 
 from chatbatch.core.pricing import Usage
@@ -26,7 +29,7 @@ from chatbatch.provider.batch_api.common import (
     MalformedResult,
 )
 from chatbatch.provider.batch_api.http import HttpBatchClient
-from chatbatch.provider.batch_api.results import ResultLines, missing_outcomes
+from chatbatch.provider.batch_api.results import ResultLines, keyed_line, missing_outcomes
 
 PATH = "/messages/batches"
 # Anthropic's error types that are the request's fault, with their HTTP status
@@ -48,14 +51,24 @@ def state_of(raw: dict[str, Any]) -> BatchState:
         status=status,
         ended=status == "ended",
         counts=dict(raw.get("request_counts") or {}),
+        created_at=_epoch(raw.get("created_at")),
+        metadata={},
         raw=raw,
     )
+
+
+def _epoch(moment: Any) -> float:
+    """An RFC 3339 time (``2024-08-20T18:37:24.100435Z``) -> epoch seconds; 0 if none."""
+    if not isinstance(moment, str) or not moment:
+        return 0.0
+    return dt.datetime.fromisoformat(moment).timestamp()
 
 
 class AnthropicBatchClient(HttpBatchClient):
     """One kind anthropic provider's Message Batches endpoints."""
 
     path = PATH
+    cursor = "after_id"
     state = staticmethod(state_of)
 
     api: ClassVar[BatchApiKind] = "anthropic"
@@ -64,6 +77,19 @@ class AnthropicBatchClient(HttpBatchClient):
         """(Message Batches have no metadata: ``metadata`` is not sent.)"""
         body = {"requests": [r.line for r in part.requests]}
         return state_of(self.http.call("POST", PATH, json=body).json())
+
+    def first_custom_id(self, batch_id: str) -> str | None:
+        """The ``custom_id`` of the first result line of an ended batch (None: it has no
+        line), read off the stream, which is then closed: Message Batches carry no
+        metadata, so a run that lost a batch's id matches it to its part by the part's
+        prefix on its custom_ids (every job is in one part only, so one line tells).
+        A batch still running is a ``BatchApiError`` (the provider refuses its results)."""
+        with self.http.stream("GET", f"{PATH}/{batch_id}/results") as response:
+            for number, text in enumerate(response.iter_lines(), start=1):
+                if text.strip():
+                    where = f"provider batch {batch_id}, results, line {number}"
+                    return keyed_line(text, where)[1]
+        return None
 
     def results(self, batch_id: str, part: BatchPart) -> list[JobOutcome]:
         state = self.ended(batch_id)

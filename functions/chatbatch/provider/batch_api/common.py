@@ -16,6 +16,7 @@ A job's outcome is one of three:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -61,12 +62,16 @@ class BatchPart:
 
 @dataclass(frozen=True)
 class BatchState:
-    """A provider batch as its API reports it."""
+    """A provider batch as its API reports it. ``created_at`` and ``metadata`` are what a
+    run finds a batch by after a crash between creating it and recording its id (the
+    part's record still ``creating``): ``created_at`` is the provider's clock, not ours."""
 
     id: str
     status: str  # the provider's own word (OpenAI ``status``, Anthropic ``processing_status``)
     ended: bool  # no line will change any more: its results can be read
     counts: dict[str, int]  # the provider's ``request_counts``
+    created_at: float  # epoch seconds (OpenAI's integer ``created_at``, Anthropic's RFC 3339)
+    metadata: dict[str, str]  # OpenAI's ``metadata`` ({} when none); Anthropic has none: {}
     raw: dict[str, Any] = field(repr=False, compare=False)
 
 
@@ -128,4 +133,8 @@ class BatchApi(Protocol):
 
     def results(self, batch_id: str, part: BatchPart) -> list[JobOutcome]:
         """Every job of ``part`` with its outcome, once the batch has ended."""
+        ...
+
+    def listed(self, created_after: float, *, page_size: int = ...) -> Iterator[BatchState]:
+        """Every provider batch created at ``created_after`` or later, newest first."""
         ...

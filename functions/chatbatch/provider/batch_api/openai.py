@@ -1,7 +1,9 @@
 """OpenAI's Batch API (``OpenAIBatchClient``): a part is uploaded as a file (``POST
 /files``, ``purpose=batch``), then a batch is created over it (``POST /batches``,
 ``endpoint`` ``/v1/chat/completions``, ``completion_window`` ``24h``); ``GET
-/batches/{id}`` polls it, ``POST /batches/{id}/cancel`` cancels it, and once it has ended
+/batches/{id}`` polls it, ``GET /batches`` lists them (newest first, ``after`` the last id
+of the page before: ``HttpBatchClient.listed``; a part's batch is the one whose
+``metadata`` names it), ``POST /batches/{id}/cancel`` cancels it, and once it has ended
 (``completed``, ``expired``, ``cancelled``, ``failed``) its output file (200s) and error
 file (refused lines, and lines never run) are read (``GET /files/{id}/content``).
 
@@ -42,6 +44,8 @@ def state_of(raw: dict[str, Any]) -> BatchState:
         status=status,
         ended=status in ENDED,
         counts=dict(raw.get("request_counts") or {}),
+        created_at=float(raw.get("created_at") or 0),
+        metadata={str(k): str(v) for k, v in (raw.get("metadata") or {}).items()},
         raw=raw,
     )
 
@@ -50,6 +54,7 @@ class OpenAIBatchClient(HttpBatchClient):
     """One kind openai provider's Files + Batches endpoints."""
 
     path = "/batches"
+    cursor = "after"
     state = staticmethod(state_of)
 
     api: ClassVar[BatchApiKind] = "openai"

@@ -17,6 +17,18 @@ from chatbatch.provider.batch_api.common import BatchPart, JobOutcome, Malformed
 Reader = Callable[[dict[str, Any], str, str, str], JobOutcome]
 
 
+def keyed_line(text: str | bytes, where: str) -> tuple[dict[str, Any], str]:
+    """One result line -> (the line's object, its ``custom_id``); ``where`` names it."""
+    try:
+        item = json.loads(text)
+    except ValueError as err:
+        raise MalformedResult(f"{where}: not JSON ({err})") from None
+    key = item.get("custom_id") if isinstance(item, dict) else None
+    if not isinstance(key, str):
+        raise MalformedResult(f"{where}: not an object with a custom_id")
+    return item, key
+
+
 class ResultLines:
     """The outcomes read so far of one provider batch's jobs."""
 
@@ -32,13 +44,7 @@ class ResultLines:
             if not text.strip():
                 continue
             where = f"provider batch {self.batch_id}, {source}, line {number}"
-            try:
-                item = json.loads(text)
-            except ValueError as err:
-                raise MalformedResult(f"{where}: not JSON ({err})") from None
-            key = item.get("custom_id") if isinstance(item, dict) else None
-            if not isinstance(key, str):
-                raise MalformedResult(f"{where}: not an object with a custom_id")
+            item, key = keyed_line(text, where)
             job = self.part.ids.job_of(key)
             if job is None:
                 raise MalformedResult(f"{where}: custom_id {key!r} is not a job of this batch")
