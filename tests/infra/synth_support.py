@@ -73,6 +73,27 @@ def synthesize(
     )
 
 
+TABLE = ("StateTable.Arn",)
+# (sid, effect, actions, resources, condition): the state table's statements of the
+# worker's role and the gatherer's (infra.worker_policy.worker_data_statements)
+TABLE_POLICY: set[tuple[str, str, tuple[str, ...], tuple[str, ...], str]] = {
+    ("TableGetItem", "Allow", ("dynamodb:GetItem",), TABLE, ""),
+    ("TableBatchGetItem", "Allow", ("dynamodb:BatchGetItem",), TABLE, ""),
+    ("TableQuery", "Allow", ("dynamodb:Query",), TABLE, ""),
+    ("TablePutItem", "Allow", ("dynamodb:PutItem",), TABLE, ""),
+    ("TableUpdateItem", "Allow", ("dynamodb:UpdateItem",), TABLE, ""),
+    ("TableDeleteItem", "Allow", ("dynamodb:DeleteItem",), TABLE, ""),
+    ("TableTransactWriteItems", "Allow", ("dynamodb:TransactWriteItems",), TABLE, ""),
+    (
+        "NoLimitOverrideWrites",
+        "Deny",
+        ("dynamodb:DeleteItem", "dynamodb:PutItem", "dynamodb:UpdateItem"),
+        TABLE,
+        "{'ForAnyValue:StringEquals': {'dynamodb:LeadingKeys': ['budget#limits']}}",
+    ),
+}
+
+
 def logical_name(logical_id: str) -> str:
     """A logical id without CDK's hash suffix (``StateTable962DE04C`` -> ``StateTable``)."""
     return re.sub(r"[0-9A-F]{8}$", "", logical_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from synth_support import Synth, role_statements
+from synth_support import TABLE_POLICY, Synth, role_statements
 from synth_support import logical_name as _name
 from synth_support import render as _render
 
@@ -13,7 +13,6 @@ from chatbatch.core.config import Config
 
 QUEUES = tuple(f"Queues{p}.Arn" for p in ("Critical", "High", "Low", "Normal"))
 SECRETS = tuple(f"Secrets{p}" for p in ("Anthropic", "Deepseek", "Gemini", "Openai"))
-TABLE = ("StateTable.Arn",)
 
 
 def _objects(*prefixes: str) -> tuple[str, ...]:
@@ -37,20 +36,6 @@ WORKER_POLICY: set[tuple[str, str, tuple[str, ...], tuple[str, ...], str]] = {
         ),
         QUEUES,
         "",
-    ),
-    ("TableGetItem", "Allow", ("dynamodb:GetItem",), TABLE, ""),
-    ("TableBatchGetItem", "Allow", ("dynamodb:BatchGetItem",), TABLE, ""),
-    ("TableQuery", "Allow", ("dynamodb:Query",), TABLE, ""),
-    ("TablePutItem", "Allow", ("dynamodb:PutItem",), TABLE, ""),
-    ("TableUpdateItem", "Allow", ("dynamodb:UpdateItem",), TABLE, ""),
-    ("TableDeleteItem", "Allow", ("dynamodb:DeleteItem",), TABLE, ""),
-    ("TableTransactWriteItems", "Allow", ("dynamodb:TransactWriteItems",), TABLE, ""),
-    (
-        "NoLimitOverrideWrites",
-        "Deny",
-        ("dynamodb:DeleteItem", "dynamodb:PutItem", "dynamodb:UpdateItem"),
-        TABLE,
-        "{'ForAnyValue:StringEquals': {'dynamodb:LeadingKeys': ['budget#limits']}}",
     ),
     ("BucketGetObject", "Allow", ("s3:GetObject",), _objects("cache", "claims", "results"), ""),
     (
@@ -84,7 +69,7 @@ WORKER_POLICY: set[tuple[str, str, tuple[str, ...], tuple[str, ...], str]] = {
         "{'ArnEquals': {'lambda:FunctionArn': 'WorkerFunction.Arn'}}",
     ),
     ("ListMappings", "Allow", ("lambda:ListEventSourceMappings",), ("*",), ""),
-}
+} | TABLE_POLICY
 
 
 def _listed(value: Any) -> list[Any]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from synth_support import Synth, function, role_statements
+from synth_support import TABLE_POLICY, Synth, function, role_statements
 from synth_support import logical_name as _name
 from synth_support import render as _render
 
@@ -24,7 +24,6 @@ from infra import outputs
 
 PRIORITY_QUEUES = tuple(f"Queues{p}.Arn" for p in ("Critical", "High", "Low", "Normal"))
 SECRETS = tuple(f"Secrets{p}" for p in ("Anthropic", "Deepseek", "Gemini", "Openai"))
-TABLE = ("StateTable.Arn",)
 
 
 def _objects(*prefixes: str) -> tuple[str, ...]:
@@ -49,20 +48,6 @@ GATHERER_POLICY: set[tuple[str, str, tuple[str, ...], tuple[str, ...], str]] = {
         PRIORITY_QUEUES,
         "",
     ),
-    ("TableGetItem", "Allow", ("dynamodb:GetItem",), TABLE, ""),
-    ("TableBatchGetItem", "Allow", ("dynamodb:BatchGetItem",), TABLE, ""),
-    ("TableQuery", "Allow", ("dynamodb:Query",), TABLE, ""),
-    ("TablePutItem", "Allow", ("dynamodb:PutItem",), TABLE, ""),
-    ("TableUpdateItem", "Allow", ("dynamodb:UpdateItem",), TABLE, ""),
-    ("TableDeleteItem", "Allow", ("dynamodb:DeleteItem",), TABLE, ""),
-    ("TableTransactWriteItems", "Allow", ("dynamodb:TransactWriteItems",), TABLE, ""),
-    (
-        "NoLimitOverrideWrites",
-        "Deny",
-        ("dynamodb:DeleteItem", "dynamodb:PutItem", "dynamodb:UpdateItem"),
-        TABLE,
-        "{'ForAnyValue:StringEquals': {'dynamodb:LeadingKeys': ['budget#limits']}}",
-    ),
     ("BucketGetObject", "Allow", ("s3:GetObject",), _objects("batches", "claims", "results"), ""),
     (
         "BucketPutObject",
@@ -79,7 +64,7 @@ GATHERER_POLICY: set[tuple[str, str, tuple[str, ...], tuple[str, ...], str]] = {
         SECRETS,
         "",
     ),
-}
+} | TABLE_POLICY
 
 
 def _listed(value: Any) -> list[Any]:
