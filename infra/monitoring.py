@@ -8,6 +8,9 @@ service-level metrics, the queues' and the function's.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 from aws_cdk import Aws, Duration
 from aws_cdk import aws_cloudwatch as cw
 from aws_cdk import aws_cloudwatch_actions as cw_actions
@@ -26,6 +29,9 @@ from chatbatch.core.metrics import (
 )
 from chatbatch.core.metrics import NAMESPACE as METRICS_NAMESPACE
 from chatbatch.core.metrics import SERVICE as SERVICE_NAME
+
+if TYPE_CHECKING:
+    from infra.batch_route import BatchRoute
 
 BUDGET_ALARM_FRACTION = 0.8
 JOB_ERROR_RATE_PERCENT = 10
@@ -104,6 +110,7 @@ class Monitoring(Construct):
         function: lambda_.Function,
         queues: dict[Priority, sqs.Queue],
         dlqs: dict[Priority, sqs.Queue],
+        batch_route: BatchRoute | None = None,
         alarm_email: str | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
@@ -247,6 +254,9 @@ class Monitoring(Construct):
             ),
         )
 
+        if batch_route is not None:
+            self._batch_route_alarms(stack, batch_route, alarm)
+
         self.dashboard = cw.Dashboard(
             self,
             "Dashboard",
@@ -260,7 +270,64 @@ class Monitoring(Construct):
             dlqs=dlqs,
             cost_today=cost_today,
             daily=daily,
+            batch_route=batch_route,
         )
+
+    def _batch_route_alarms(
+        self, stack: str, route: BatchRoute, alarm: Callable[[str, cw.Alarm], cw.Alarm]
+    ) -> None:
+        """The gatherer failed; a routed job gave up in the batch DLQ; a provider batch is
+        open past its deadline (a gauge each run emits: its maximum); a provider batch
+        failed or was cancelled (a count: its sum)."""
+        at_least_one = {
+            "threshold": 1,
+            "evaluation_periods": 1,
+            "comparison_operator": cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            "treat_missing_data": cw.TreatMissingData.NOT_BREACHING,
+        }
+        watched: list[tuple[str, str, cw.IMetric, str]] = [
+            (
+                "gatherer-errors",
+                "GathererErrorsAlarm",
+                route.function.metric_errors(period=PERIOD, statistic="Sum"),
+                "A gatherer run failed (crash or timeout); the next run, minutes later, "
+                "resumes from what the failed one wrote. Its log group says why.",
+            ),
+            (
+                "dlq-batch",
+                "DlqBatchAlarm",
+                route.dlq.metric_approximate_number_of_messages_visible(
+                    period=PERIOD, statistic="Maximum"
+                ),
+                "A batch-routed job is in the batch route's dead-letter queue: inspect it, "
+                "fix the cause, redrive it.",
+            ),
+            (
+                "batch-overdue",
+                "BatchOverdueAlarm",
+                service_metric(Metric.BATCH_ROUTE_OVERDUE, statistic="Maximum"),
+                "A provider batch is still open past its deadline: "
+                f"{METRICS[Metric.BATCH_ROUTE_OVERDUE].meaning}.",
+            ),
+            (
+                "batch-failed",
+                "BatchFailedAlarm",
+                service_metric(Metric.BATCH_ROUTE_FAILED),
+                "A provider batch failed or was cancelled; its jobs went back to the "
+                "synchronous path where their deadline allows, else failed (batch_expired).",
+            ),
+        ]
+        for key, construct_id, metric, description in watched:
+            alarm(
+                key,
+                metric.create_alarm(
+                    self,
+                    construct_id,
+                    alarm_name=f"{stack}-{key}",
+                    alarm_description=description,
+                    **at_least_one,
+                ),
+            )
 
     def _widgets(
         self,
@@ -271,6 +338,7 @@ class Monitoring(Construct):
         dlqs: dict[Priority, sqs.Queue],
         cost_today: cw.Metric,
         daily: float,
+        batch_route: BatchRoute | None,
     ) -> None:
         def by_priority(title: str, name: Metric) -> cw.GraphWidget:
             return cw.GraphWidget(
@@ -409,11 +477,54 @@ class Monitoring(Construct):
                 ],
             ),
         )
+        if batch_route is not None:
+            d.add_widgets(*_batch_route_widgets(batch_route, lines))
         d.add_widgets(
             cw.AlarmStatusWidget(
                 title="Alarms", alarms=list(self.alarms.values()), width=24, height=4
             )
         )
+
+
+def _batch_route_widgets(
+    route: BatchRoute, lines: Callable[[str, list[cw.IMetric]], cw.GraphWidget]
+) -> list[cw.IWidget]:
+    """The batch route's row: its queue's depth, the jobs batched (sent to its queue by
+    ``submit``, taken off it by the gatherer), its provider batches' trouble, its runs."""
+    queue, dlq, function = route.queue, route.dlq, route.function
+    return [
+        lines(
+            "Batch route queue depth (visible)",
+            [
+                queue.metric_approximate_number_of_messages_visible(
+                    period=PERIOD, statistic="Maximum", label="batch queue"
+                ),
+                dlq.metric_approximate_number_of_messages_visible(
+                    period=PERIOD, statistic="Maximum", label="batch dead-letter queue"
+                ),
+            ],
+        ),
+        lines(
+            "Jobs batched: routed to the batch queue, taken into provider batches",
+            [
+                queue.metric_number_of_messages_sent(
+                    period=PERIOD, statistic="Sum", label="routed (sent by submit)"
+                ),
+                queue.metric_number_of_messages_deleted(
+                    period=PERIOD, statistic="Sum", label="gathered (deleted by the gatherer)"
+                ),
+            ],
+        ),
+        lines(
+            "Provider batches overdue and failed; gatherer runs",
+            [
+                service_metric(Metric.BATCH_ROUTE_OVERDUE, statistic="Maximum"),
+                service_metric(Metric.BATCH_ROUTE_FAILED),
+                function.metric_invocations(period=PERIOD, statistic="Sum"),
+                function.metric_errors(period=PERIOD, statistic="Sum"),
+            ],
+        ),
+    ]
 
 
 def _relabel(expression: cw.MathExpression, label: str) -> cw.MathExpression:

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from chatbatch.core.resources import (
     ALARM_TOPIC_ARN,
+    BATCH_DLQ_URL,
+    BATCH_QUEUE_URL,
     BUCKET_NAME,
     COSTS_QUERY_POLICY_ARN,
     COSTS_WORKGROUP,
     DASHBOARD_NAME,
+    GATHERER_FUNCTION_NAME,
     OUTPUT_KEYS,
     TABLE_NAME,
     WORKER_FUNCTION_NAME,
@@ -24,10 +27,13 @@ from chatbatch.core.resources import (
 
 __all__ = [
     "ALARM_TOPIC_ARN",
+    "BATCH_DLQ_URL",
+    "BATCH_QUEUE_URL",
     "BUCKET_NAME",
     "COSTS_QUERY_POLICY_ARN",
     "COSTS_WORKGROUP",
     "DASHBOARD_NAME",
+    "GATHERER_FUNCTION_NAME",
     "OUTPUT_KEYS",
     "TABLE_NAME",
     "WORKER_FUNCTION_NAME",

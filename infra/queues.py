@@ -24,6 +24,58 @@ def visibility_timeout_s(config: Config) -> int:
     return VISIBILITY_FACTOR * config.worker.timeout_s + config.worker.batch_window_s
 
 
+def queue_with_dlq(
+    scope: Construct,
+    construct_id: str,
+    *,
+    name: str,
+    dlq_name: str,
+    config: Config,
+    visibility_timeout: Duration,
+) -> tuple[sqs.Queue, sqs.Queue]:
+    """An encrypted, TLS-only queue redriving to its own DLQ after ``max_receive_count``
+    deliveries: (queue, DLQ). The construct ids are ``construct_id`` and ``...Dlq``."""
+    dlq = sqs.Queue(
+        scope,
+        f"{construct_id}Dlq",
+        queue_name=dlq_name,
+        encryption=sqs.QueueEncryption.SQS_MANAGED,
+        enforce_ssl=True,
+        retention_period=DLQ_RETENTION,
+    )
+    # Retention (config.worker.retention_days, 4 by default) outlasts a budget
+    # deferral across a UTC day boundary: a deferred job is re-sent, never dropped.
+    queue = sqs.Queue(
+        scope,
+        construct_id,
+        queue_name=name,
+        encryption=sqs.QueueEncryption.SQS_MANAGED,
+        enforce_ssl=True,
+        retention_period=Duration.days(config.worker.retention_days),
+        visibility_timeout=visibility_timeout,
+        dead_letter_queue=sqs.DeadLetterQueue(
+            queue=dlq, max_receive_count=config.worker.max_receive_count
+        ),
+    )
+    return queue, dlq
+
+
+def deny_other_senders(queues: Sequence[sqs.Queue], senders: Sequence[str]) -> None:
+    """Deny SendMessage on each of ``queues`` to any principal whose ARN matches none of
+    ``senders``, next to the TLS-only Deny."""
+    for queue in queues:
+        queue.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="OnlyNamedProducersSend",
+                effect=iam.Effect.DENY,
+                principals=[iam.AnyPrincipal()],
+                actions=["sqs:SendMessage"],
+                resources=[queue.queue_arn],
+                conditions={"ArnNotLike": {"aws:PrincipalArn": list(senders)}},
+            )
+        )
+
+
 class PriorityQueues(Construct):
     """critical, high, normal, low: encrypted, TLS-only, redriving to their DLQs; only
     named senders may send (``restrict_senders``)."""
@@ -33,44 +85,20 @@ class PriorityQueues(Construct):
         self.queues: dict[Priority, sqs.Queue] = {}
         self.dlqs: dict[Priority, sqs.Queue] = {}
         for priority in Priority:
-            name = priority.value.capitalize()
-            dlq = sqs.Queue(
+            queue, dlq = queue_with_dlq(
                 self,
-                f"{name}Dlq",
-                queue_name=queue_name(config.stack_name, priority, dlq=True),
-                encryption=sqs.QueueEncryption.SQS_MANAGED,
-                enforce_ssl=True,
-                retention_period=DLQ_RETENTION,
-            )
-            # Retention (config.worker.retention_days, 4 by default) outlasts a budget
-            # deferral across a UTC day boundary: a deferred job is re-sent, never dropped.
-            queue = sqs.Queue(
-                self,
-                name,
-                queue_name=queue_name(config.stack_name, priority),
-                encryption=sqs.QueueEncryption.SQS_MANAGED,
-                enforce_ssl=True,
-                retention_period=Duration.days(config.worker.retention_days),
+                priority.value.capitalize(),
+                name=queue_name(config.stack_name, priority),
+                dlq_name=queue_name(config.stack_name, priority, dlq=True),
+                config=config,
                 visibility_timeout=Duration.seconds(visibility_timeout_s(config)),
-                dead_letter_queue=sqs.DeadLetterQueue(
-                    queue=dlq, max_receive_count=config.worker.max_receive_count
-                ),
             )
             self.queues[priority] = queue
             self.dlqs[priority] = dlq
 
     def restrict_senders(self, senders: Sequence[str]) -> None:
         """Deny SendMessage on every queue and DLQ to any principal whose ARN matches none
-        of ``senders`` (the producers and the worker's role), next to the TLS-only Deny.
-        The DLQs too: a job planted there would come back with whoever redrives it."""
-        for queue in [*self.queues.values(), *self.dlqs.values()]:
-            queue.add_to_resource_policy(
-                iam.PolicyStatement(
-                    sid="OnlyNamedProducersSend",
-                    effect=iam.Effect.DENY,
-                    principals=[iam.AnyPrincipal()],
-                    actions=["sqs:SendMessage"],
-                    resources=[queue.queue_arn],
-                    conditions={"ArnNotLike": {"aws:PrincipalArn": list(senders)}},
-                )
-            )
+        of ``senders`` (the producers, the worker's role and the gatherer's, which sends
+        jobs back to the synchronous path), next to the TLS-only Deny. The DLQs too: a
+        job planted there would come back with whoever redrives it."""
+        deny_other_senders([*self.queues.values(), *self.dlqs.values()], senders)

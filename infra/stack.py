@@ -9,6 +9,7 @@ from constructs import Construct
 
 from chatbatch.core.config import Config
 from infra import outputs
+from infra.batch_route import BatchRoute
 from infra.bundling import AssetInputs
 from infra.costs_table import CostsTable
 from infra.events import CompletionEvents
@@ -21,8 +22,9 @@ from infra.worker import Worker
 
 
 class ChatbatchStack(Stack):
-    """Queues, state, storage, secrets, worker, monitoring and events of one deployment.
-    ``producers``: the ARNs that may send to the queues (besides the worker's role)."""
+    """Queues, state, storage, secrets, worker, batch route, monitoring and events of one
+    deployment. ``producers``: the ARNs that may send to the queues (besides the worker's
+    and the gatherer's roles)."""
 
     def __init__(
         self,
@@ -56,8 +58,20 @@ class ChatbatchStack(Stack):
             bucket=self.storage.bucket,
             secrets=self.secrets.secrets,
         )
+        self.batch_route = BatchRoute(
+            self,
+            "BatchRoute",
+            config=config,
+            worker=self.worker,
+            queues=self.queues.queues,
+            table=self.state.table,
+            bucket=self.storage.bucket,
+            secrets=self.secrets.secrets,
+        )
         self.costs = CostsTable(self, "Costs", bucket=self.storage.bucket)
-        self.queues.restrict_senders([*producers, self.worker.role.role_arn])
+        senders = [*producers, self.worker.role.role_arn, self.batch_route.role.role_arn]
+        self.queues.restrict_senders(senders)
+        self.batch_route.restrict_senders(senders)
         self.monitoring = Monitoring(
             self,
             "Monitoring",
@@ -65,6 +79,7 @@ class ChatbatchStack(Stack):
             function=self.worker.function,
             queues=self.queues.queues,
             dlqs=self.queues.dlqs,
+            batch_route=self.batch_route,
             alarm_email=alarm_email,
         )
         self.events = CompletionEvents(self, "Events", config=config)
@@ -80,6 +95,10 @@ class ChatbatchStack(Stack):
         output(outputs.BUCKET_NAME, self.storage.bucket.bucket_name, "results, errors, costs")
         output(outputs.TABLE_NAME, self.state.table.table_name, "shared state")
         output(outputs.WORKER_FUNCTION_NAME, self.worker.function.function_name, "worker")
+        route = self.batch_route
+        output(outputs.BATCH_QUEUE_URL, route.queue.queue_url, "batch route queue")
+        output(outputs.BATCH_DLQ_URL, route.dlq.queue_url, "batch route dead-letter queue")
+        output(outputs.GATHERER_FUNCTION_NAME, route.function.function_name, "gatherer")
         output(outputs.ALARM_TOPIC_ARN, self.monitoring.topic.topic_arn, "alarm notifications")
         output(
             outputs.DASHBOARD_NAME, self.monitoring.dashboard.dashboard_name, "CloudWatch dashboard"

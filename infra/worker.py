@@ -37,6 +37,57 @@ ARCHITECTURES = {"arm64": lambda_.Architecture.ARM_64, "x86_64": lambda_.Archite
 RUNTIMES = {"3.12": lambda_.Runtime.PYTHON_3_12, "3.13": lambda_.Runtime.PYTHON_3_13}
 
 
+def logged_role(scope: Construct, description: str) -> tuple[logs.LogGroup, iam.Role]:
+    """A function's log group and role, the role allowed to write only that group: an
+    explicit role instead of AWSLambdaBasicExecutionRole (logs:* on every group)."""
+    log_group = logs.LogGroup(scope, "Logs", retention=logs.RetentionDays.ONE_MONTH)
+    role = iam.Role(
+        scope,
+        "Role",
+        assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+        description=description,
+    )
+    log_group.grant_write(role)
+    return log_group, role
+
+
+def acknowledge_function(
+    function: lambda_.Function,
+    role: iam.Role,
+    *,
+    runtime: lambda_.Runtime,
+    bucket: s3.IBucket,
+    prefixes: tuple[str, ...],
+) -> None:
+    """The cdk-nag findings every chatbatch function shares, with their reasons: active
+    tracing's X-Ray statement, the bucket's per-prefix object statements, the runtime."""
+    policy = role.node.find_child("DefaultPolicy")
+    bucket_id = Stack.of(function).get_logical_id(cast(CfnElement, bucket.node.default_child))
+    Validations.of(policy).acknowledge(
+        Acknowledgment(
+            id="AwsSolutions-IAM5[Resource::*]",
+            reason="X-Ray PutTraceSegments/PutTelemetryRecords support no resource-level "
+            "permissions; this statement is the one Lambda active tracing adds.",
+        ),
+        *(
+            Acknowledgment(
+                id=f"AwsSolutions-IAM5[Resource::<{bucket_id}.Arn>/{prefix}*]",
+                reason=f"Object keys under {prefix} are per batch and job; only the "
+                "GetObject/PutObject the function's code calls there, on this one bucket.",
+            )
+            for prefix in prefixes
+        ),
+    )
+    Validations.of(function).acknowledge(
+        Acknowledgment(
+            id="AwsSolutions-L1",
+            reason=f"{runtime.name} is pinned in chatbatch.toml [worker].runtime and the "
+            "asset's compiled wheels are built for exactly that version; it is a supported "
+            "Lambda runtime. Move to a newer one by changing that key.",
+        )
+    )
+
+
 class Worker(Construct):
     """The function, its log group, least-privilege role and the event source mappings."""
 
@@ -60,22 +111,18 @@ class Worker(Construct):
         # (core/sizing.py); without a target the mappings are as configured, nothing reserved
         sizing = worker_sizing(config)
 
-        self.log_group = logs.LogGroup(self, "Logs", retention=logs.RetentionDays.ONE_MONTH)
-        # An explicit role instead of AWSLambdaBasicExecutionRole (logs:* on every group).
-        self.role = iam.Role(
-            self,
-            "Role",
-            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-            description="chatbatch worker",
-        )
-        self.log_group.grant_write(self.role)
+        self.log_group, self.role = logged_role(self, "chatbatch worker")
 
         resources = Resources(
             table=table.table_name,
             bucket=bucket.bucket_name,
             queues={p: q.queue_url for p, q in queues.items()},
         )
-        environment = {
+        # shared with the batch route's gatherer (infra.batch_route): one asset, one env
+        self.runtime = runtime
+        self.architecture = ARCHITECTURES[w.architecture]
+        self.code = worker_code(asset, cache_root, runtime)
+        self.environment = {
             CONFIG_ENV: f"{LAMBDA_TASK_ROOT}/{CONFIG_IN_ASSET}",
             **resources.env(),
             **{secret_env_name(name): s.secret_arn for name, s in secrets.items()},
@@ -92,12 +139,12 @@ class Worker(Construct):
             "Function",
             description="chatbatch worker: SQS jobs -> chat API -> S3",
             runtime=runtime,
-            architecture=ARCHITECTURES[w.architecture],
+            architecture=self.architecture,
             handler=HANDLER,
-            code=worker_code(asset, cache_root, runtime),
+            code=self.code,
             memory_size=w.memory_mb,
             timeout=Duration.seconds(w.timeout_s),
-            environment=environment,
+            environment=self.environment,
             role=self.role,
             log_group=self.log_group,
             tracing=lambda_.Tracing.ACTIVE,
@@ -130,31 +177,6 @@ class Worker(Construct):
         # the day's budget spent: the worker switches its mappings off; a schedule resumes
         self.budget_pause = BudgetPause(self, "BudgetPause", function=self.function, role=self.role)
 
-        self._acknowledge(runtime, bucket)
-
-    def _acknowledge(self, runtime: lambda_.Runtime, bucket: s3.Bucket) -> None:
-        policy = self.role.node.find_child("DefaultPolicy")
-        bucket_id = Stack.of(self).get_logical_id(cast(CfnElement, bucket.node.default_child))
-        Validations.of(policy).acknowledge(
-            Acknowledgment(
-                id="AwsSolutions-IAM5[Resource::*]",
-                reason="X-Ray PutTraceSegments/PutTelemetryRecords support no resource-level "
-                "permissions; this statement is the one Lambda active tracing adds.",
-            ),
-            *(
-                Acknowledgment(
-                    id=f"AwsSolutions-IAM5[Resource::<{bucket_id}.Arn>/{prefix}*]",
-                    reason=f"Object keys under {prefix} are per batch and job; only the "
-                    "GetObject/PutObject the worker's code calls there, on this one bucket.",
-                )
-                for prefix in S3_PREFIXES
-            ),
-        )
-        Validations.of(self.function).acknowledge(
-            Acknowledgment(
-                id="AwsSolutions-L1",
-                reason=f"{runtime.name} is pinned in chatbatch.toml [worker].runtime and the "
-                "asset's compiled wheels are built for exactly that version; it is a supported "
-                "Lambda runtime. Move to a newer one by changing that key.",
-            )
+        acknowledge_function(
+            self.function, self.role, runtime=runtime, bucket=bucket, prefixes=S3_PREFIXES
         )

@@ -74,7 +74,14 @@ ITEM_WRITES = ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem")
 
 S3_READS = ("results/", "cache/", "claims/")
 S3_WRITES = ("results/", "errors/", "refused/", "requests/", "costs/", "cache/")
-S3_PREFIXES = tuple(dict.fromkeys((*S3_READS, *S3_WRITES)))
+
+
+def prefixes(reads: tuple[str, ...], writes: tuple[str, ...]) -> tuple[str, ...]:
+    """Every prefix a role reads or writes, each once (its cdk-nag acknowledgements)."""
+    return tuple(dict.fromkeys((*reads, *writes)))
+
+
+S3_PREFIXES = prefixes(S3_READS, S3_WRITES)
 
 
 def _name(action: str) -> str:
@@ -82,8 +89,16 @@ def _name(action: str) -> str:
     return action.split(":", 1)[1]
 
 
-def worker_data_statements(table: dynamodb.ITable, bucket: s3.IBucket) -> list[iam.PolicyStatement]:
-    """One statement per action: the table's, the limit override's Deny, the bucket's."""
+def worker_data_statements(
+    table: dynamodb.ITable,
+    bucket: s3.IBucket,
+    *,
+    reads: tuple[str, ...] = S3_READS,
+    writes: tuple[str, ...] = S3_WRITES,
+) -> list[iam.PolicyStatement]:
+    """One statement per action: the table's, the limit override's Deny, the bucket's
+    (``reads``/``writes``: the object prefixes; the worker's by default, the batch route's
+    gatherer passes its own, ``infra.batch_route``)."""
     statements = [
         iam.PolicyStatement(
             sid=f"Table{_name(action)}", actions=[action], resources=[table.table_arn]
@@ -103,14 +118,14 @@ def worker_data_statements(table: dynamodb.ITable, bucket: s3.IBucket) -> list[i
         iam.PolicyStatement(
             sid="BucketGetObject",
             actions=["s3:GetObject"],
-            resources=[bucket.arn_for_objects(f"{p}*") for p in S3_READS],
+            resources=[bucket.arn_for_objects(f"{p}*") for p in reads],
         )
     )
     statements.append(
         iam.PolicyStatement(
             sid="BucketPutObject",
             actions=["s3:PutObject"],
-            resources=[bucket.arn_for_objects(f"{p}*") for p in S3_WRITES],
+            resources=[bucket.arn_for_objects(f"{p}*") for p in writes],
         )
     )
     statements.append(

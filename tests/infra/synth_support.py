@@ -56,10 +56,13 @@ def synthesize(
         if entry["type"] == "aws:cdk:acknowledged-rules"
         for rule, reason in entry["data"].items()
     ]
-    (function,) = (
-        r for r in template["Resources"].values() if r["Type"] == "AWS::Lambda::Function"
-    )
-    asset_hash = function["Properties"]["Code"]["S3Key"].removesuffix(".zip")
+    # the worker and the gatherer run the one code asset (infra.batch_route)
+    (asset_key,) = {
+        r["Properties"]["Code"]["S3Key"]
+        for r in template["Resources"].values()
+        if r["Type"] == "AWS::Lambda::Function"
+    }
+    asset_hash = asset_key.removesuffix(".zip")
     return Synth(
         outdir=outdir,
         stack_name=stack.stack_name,
@@ -68,6 +71,27 @@ def synthesize(
         acknowledgements=acks,
         asset_dir=outdir / f"asset.{asset_hash}",
     )
+
+
+TABLE = ("StateTable.Arn",)
+# (sid, effect, actions, resources, condition): the state table's statements of the
+# worker's role and the gatherer's (infra.worker_policy.worker_data_statements)
+TABLE_POLICY: set[tuple[str, str, tuple[str, ...], tuple[str, ...], str]] = {
+    ("TableGetItem", "Allow", ("dynamodb:GetItem",), TABLE, ""),
+    ("TableBatchGetItem", "Allow", ("dynamodb:BatchGetItem",), TABLE, ""),
+    ("TableQuery", "Allow", ("dynamodb:Query",), TABLE, ""),
+    ("TablePutItem", "Allow", ("dynamodb:PutItem",), TABLE, ""),
+    ("TableUpdateItem", "Allow", ("dynamodb:UpdateItem",), TABLE, ""),
+    ("TableDeleteItem", "Allow", ("dynamodb:DeleteItem",), TABLE, ""),
+    ("TableTransactWriteItems", "Allow", ("dynamodb:TransactWriteItems",), TABLE, ""),
+    (
+        "NoLimitOverrideWrites",
+        "Deny",
+        ("dynamodb:DeleteItem", "dynamodb:PutItem", "dynamodb:UpdateItem"),
+        TABLE,
+        "{'ForAnyValue:StringEquals': {'dynamodb:LeadingKeys': ['budget#limits']}}",
+    ),
+}
 
 
 def logical_name(logical_id: str) -> str:
@@ -86,3 +110,27 @@ def render(value: Any) -> str:
         return f"{logical_name(logical_id)}.{attribute}"
     separator, parts = value["Fn::Join"]
     return str(separator).join(render(p) for p in parts)
+
+
+def function(synth: Synth, name: str = "Worker") -> tuple[str, dict[str, Any]]:
+    """(logical id, resource) of the one function of construct ``name`` (``Worker``, or
+    ``BatchRoute``: the gatherer)."""
+    (found,) = (
+        (lid, r)
+        for lid, r in synth.resources("AWS::Lambda::Function").items()
+        if logical_name(lid) == f"{name}Function"
+    )
+    return found
+
+
+def role_statements(synth: Synth, name: str = "Worker") -> list[dict[str, Any]]:
+    """Every statement of the IAM policies attached to construct ``name``'s role."""
+    (role_id,) = (
+        lid for lid in synth.resources("AWS::IAM::Role") if logical_name(lid) == f"{name}Role"
+    )
+    return [
+        statement
+        for policy in synth.resources("AWS::IAM::Policy").values()
+        if {"Ref": role_id} in policy["Properties"]["Roles"]
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+    ]

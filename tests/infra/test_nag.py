@@ -71,6 +71,16 @@ EXPECTED = {
         )
         for p in ("results", "errors", "refused", "requests", "costs", "cache", "claims")
     ),
+    # the batch route's gatherer (infra/batch_route.py): the same, for its own prefixes
+    ("/Chatbatch/BatchRoute/Function", "AwsSolutions-L1"),
+    ("/Chatbatch/BatchRoute/Role/DefaultPolicy", "AwsSolutions-IAM5[Resource::*]"),
+    *(
+        (
+            "/Chatbatch/BatchRoute/Role/DefaultPolicy",
+            f"AwsSolutions-IAM5[Resource::<StorageData*.Arn>/{p}/*]",
+        )
+        for p in ("batches", "claims", "results", "costs", "errors", "requests")
+    ),
     # costs --athena: Athena reads the cost records and writes its results, by prefix
     *(
         ("/Chatbatch/Costs/QueryPolicy", f"AwsSolutions-IAM5[Resource::<StorageData*.Arn>/{p}/*]")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from synth_support import Synth
+from synth_support import TABLE_POLICY, Synth, role_statements
 from synth_support import logical_name as _name
 from synth_support import render as _render
 
@@ -13,7 +13,6 @@ from chatbatch.core.config import Config
 
 QUEUES = tuple(f"Queues{p}.Arn" for p in ("Critical", "High", "Low", "Normal"))
 SECRETS = tuple(f"Secrets{p}" for p in ("Anthropic", "Deepseek", "Gemini", "Openai"))
-TABLE = ("StateTable.Arn",)
 
 
 def _objects(*prefixes: str) -> tuple[str, ...]:
@@ -37,20 +36,6 @@ WORKER_POLICY: set[tuple[str, str, tuple[str, ...], tuple[str, ...], str]] = {
         ),
         QUEUES,
         "",
-    ),
-    ("TableGetItem", "Allow", ("dynamodb:GetItem",), TABLE, ""),
-    ("TableBatchGetItem", "Allow", ("dynamodb:BatchGetItem",), TABLE, ""),
-    ("TableQuery", "Allow", ("dynamodb:Query",), TABLE, ""),
-    ("TablePutItem", "Allow", ("dynamodb:PutItem",), TABLE, ""),
-    ("TableUpdateItem", "Allow", ("dynamodb:UpdateItem",), TABLE, ""),
-    ("TableDeleteItem", "Allow", ("dynamodb:DeleteItem",), TABLE, ""),
-    ("TableTransactWriteItems", "Allow", ("dynamodb:TransactWriteItems",), TABLE, ""),
-    (
-        "NoLimitOverrideWrites",
-        "Deny",
-        ("dynamodb:DeleteItem", "dynamodb:PutItem", "dynamodb:UpdateItem"),
-        TABLE,
-        "{'ForAnyValue:StringEquals': {'dynamodb:LeadingKeys': ['budget#limits']}}",
     ),
     ("BucketGetObject", "Allow", ("s3:GetObject",), _objects("cache", "claims", "results"), ""),
     (
@@ -84,7 +69,7 @@ WORKER_POLICY: set[tuple[str, str, tuple[str, ...], tuple[str, ...], str]] = {
         "{'ArnEquals': {'lambda:FunctionArn': 'WorkerFunction.Arn'}}",
     ),
     ("ListMappings", "Allow", ("lambda:ListEventSourceMappings",), ("*",), ""),
-}
+} | TABLE_POLICY
 
 
 def _listed(value: Any) -> list[Any]:
@@ -107,11 +92,16 @@ def _condition(value: Any) -> Any:
 
 
 def _worker_statements(synth: Synth) -> list[dict[str, Any]]:
-    """Every statement of the stack's IAM policies, all of them the worker role's."""
+    """Every statement of the IAM policies on the worker's role. The stack's other role,
+    the gatherer's, is pinned in test_stack_batch_route; no policy is on two roles."""
     policies = list(synth.resources("AWS::IAM::Policy").values())
-    roles = {str(r) for p in policies for r in p["Properties"]["Roles"]}
-    assert len(roles) == 1 and "WorkerRole" in roles.pop()
-    return [s for p in policies for s in _statements(p["Properties"]["PolicyDocument"])]
+    roles = [str(r) for p in policies for r in p["Properties"]["Roles"]]
+    assert len(roles) == len(policies)
+    assert {_name(r["Ref"]) for p in policies for r in p["Properties"]["Roles"]} == {
+        "WorkerRole",
+        "BatchRouteRole",
+    }
+    return role_statements(synth)
 
 
 def test_worker_policy_is_exactly_what_its_code_calls(synth: Synth) -> None:
@@ -177,13 +167,17 @@ def test_alarm_topic_lets_this_stacks_alarms_publish_over_tls_only(
 
 def test_only_named_producers_and_the_worker_may_send_to_any_queue(synth: Synth) -> None:
     """Issue 20 item 3: each queue and DLQ denies SendMessage to every principal but the
-    producers (``deployer`` resolved from the assumed role to its role, at any path) and
-    the worker's role, next to its TLS-only Deny; nothing else is in the policy."""
+    producers (``deployer`` resolved from the assumed role to its role, at any path), the
+    worker's role and the gatherer's (issue 17: it sends jobs back to the synchronous
+    path), next to its TLS-only Deny; nothing else is in the policy. The batch route's
+    queue and DLQ too."""
     queues = synth.resources("AWS::SQS::Queue")
     policies = synth.resources("AWS::SQS::QueuePolicy").values()
     covered = [_name(q["Ref"]) for p in policies for q in p["Properties"]["Queues"]]
-    assert sorted(covered) == sorted(_name(q) for q in queues)  # all 8, DLQs included
+    assert sorted(covered) == sorted(_name(q) for q in queues)  # all 10, DLQs included
+    assert len(covered) == 10
     (role_id,) = [k for k in synth.resources("AWS::IAM::Role") if k.startswith("WorkerRole")]
+    (gatherer_id,) = [k for k in synth.resources("AWS::IAM::Role") if "BatchRouteRole" in k]
     for policy in policies:
         (queue,) = policy["Properties"]["Queues"]
         statements = {
@@ -201,4 +195,5 @@ def test_only_named_producers_and_the_worker_may_send_to_any_queue(synth: Synth)
             "arn:aws:iam::123456789012:role/Deployer",
             "arn:aws:iam::123456789012:role/*/Deployer",
             f"{_name(role_id)}.Arn",
+            f"{_name(gatherer_id)}.Arn",
         ]

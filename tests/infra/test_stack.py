@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from aws_cdk.assertions import Match
-from synth_support import ROOT, Synth
+from synth_support import ROOT, Synth, function, role_statements
 
 from chatbatch.core.config import Config, Priority
 from chatbatch.core.metrics import METRICS
@@ -39,7 +39,7 @@ def _tls_only(statement: dict[str, Any]) -> bool:
 
 def test_eight_encrypted_tls_only_queues_with_redrive(synth: Synth, config: Config) -> None:
     queues = _by_name(synth)
-    assert len(queues) == 8
+    assert len(queues) == 8 + 2  # and the batch route's two (test_stack_batch_route)
     day = 24 * 3600
     for priority in Priority:
         dlq_id, dlq = queues[queue_name(config.stack_name, priority, dlq=True)]
@@ -148,17 +148,19 @@ def test_no_secret_value_in_the_template(synth: Synth, config: Config) -> None:
     text = json.dumps(synth.template)
     assert '"SecretString"' not in text
     assert "{{resolve:secretsmanager" not in text
-    (function,) = synth.resources("AWS::Lambda::Function").values()
-    env = function["Properties"]["Environment"]["Variables"]
-    assert not [k for k in env if k.endswith("API_KEY")]
-    secret_ids = {lid for lid in secrets}
-    for provider in config.providers:
-        assert env[secret_env_name(provider)]["Ref"] in secret_ids  # the ARN, not the value
+    functions = synth.resources("AWS::Lambda::Function").values()
+    assert len(functions) == 2  # the worker and the batch route's gatherer
+    for fn in functions:
+        env = fn["Properties"]["Environment"]["Variables"]
+        assert not [k for k in env if k.endswith("API_KEY")]
+        secret_ids = {lid for lid in secrets}
+        for provider in config.providers:
+            assert env[secret_env_name(provider)]["Ref"] in secret_ids  # the ARN, not the value
 
 
 def test_worker_function(synth: Synth, config: Config) -> None:
-    (function,) = synth.resources("AWS::Lambda::Function").values()
-    props = function["Properties"]
+    _, worker = function(synth)
+    props = worker["Properties"]
     assert props["Handler"] == HANDLER
     assert props["Runtime"] == f"python{config.worker.runtime}"
     assert props["Architectures"] == [config.worker.architecture]
@@ -192,13 +194,10 @@ def test_worker_function(synth: Synth, config: Config) -> None:
 
 
 def test_worker_role_is_least_privilege(synth: Synth, config: Config) -> None:
-    (role,) = synth.resources("AWS::IAM::Role").values()
-    assert "ManagedPolicyArns" not in role["Properties"]
-    statements = [  # the worker's policies (the budget pause's Lambda rights are their own)
-        statement
-        for policy in synth.resources("AWS::IAM::Policy").values()
-        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
-    ]
+    for role in synth.resources("AWS::IAM::Role").values():  # the worker's, the gatherer's
+        assert "ManagedPolicyArns" not in role["Properties"]
+    # the worker's policies (the budget pause's Lambda rights are their own)
+    statements = role_statements(synth)
     actions = {
         a
         for s in statements
@@ -252,7 +251,7 @@ def test_alarms(synth: Synth, config: Config) -> None:
     paused = alarms[f"{stack}-paused"]
     assert (paused["MetricName"], paused["Threshold"]) == ("JobsPaused", 1)
     assert paused["Dimensions"] == [{"Name": "service", "Value": "chatbatch"}]
-    assert len(alarms) == 4 + 4 + 4
+    assert len(alarms) == 4 + 4 + 4 + 4  # the batch route's four: test_stack_batch_route
 
 
 def test_dashboard_shows_what_the_issue_asks_for(synth: Synth) -> None:

@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from synth_support import Synth
+from synth_support import Synth, function
 
 from chatbatch.core.resources import RESUME_EVENT
 
 
 def _worker_id(synth: Synth) -> str:
-    (function_id,) = synth.resources("AWS::Lambda::Function")
+    function_id, _ = function(synth)
     return function_id
 
 
@@ -50,7 +50,9 @@ def test_the_worker_may_switch_only_its_own_mappings(synth: Synth) -> None:
 
 def test_an_hourly_schedule_invokes_the_worker_with_the_resume_event(synth: Synth) -> None:
     worker = _worker_id(synth)
-    [rule] = synth.resources("AWS::Events::Rule").values()
+    [rule] = [  # the gatherer's schedule is test_stack_batch_route's
+        r for lid, r in synth.resources("AWS::Events::Rule").items() if "ResumeSchedule" in lid
+    ]
     props = rule["Properties"]
     assert props["ScheduleExpression"] == "cron(0 * * * ? *)"
     assert props["State"] == "ENABLED"

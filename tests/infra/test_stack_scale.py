@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from synth_support import ROOT, Synth, synthesize
+from synth_support import ROOT, Synth, function, synthesize
 
 from chatbatch.core.config import Config, Priority, load_config
 from chatbatch.core.sizing import RESUME_INVOCATIONS, concurrency_for
@@ -51,8 +51,8 @@ def test_a_target_raises_the_mappings_and_reserves_their_sum(
     mappings = _mapping_concurrency(scaled)
     assert mappings == dict.fromkeys(Priority, 550)
     assert all(mappings[p] > config.priorities[p].max_concurrency for p in Priority)
-    (function,) = scaled.resources("AWS::Lambda::Function").values()
-    reserved = function["Properties"]["ReservedConcurrentExecutions"]
+    _, worker = function(scaled)
+    reserved = worker["Properties"]["ReservedConcurrentExecutions"]
     assert reserved == 4 * 550 + RESUME_INVOCATIONS
 
 
@@ -63,5 +63,5 @@ def test_without_a_target_the_mappings_are_as_configured_and_nothing_reserved(
     assert _mapping_concurrency(synth) == {
         p: config.priorities[p].max_concurrency for p in Priority
     }
-    (function,) = synth.resources("AWS::Lambda::Function").values()
-    assert "ReservedConcurrentExecutions" not in function["Properties"]
+    _, worker = function(synth)
+    assert "ReservedConcurrentExecutions" not in worker["Properties"]

@@ -37,9 +37,9 @@ def variant(tmp_path_factory: pytest.TempPathFactory) -> Synth:
 
 
 def test_x86_64_python_313_asset(variant: Synth) -> None:
-    (function,) = variant.resources("AWS::Lambda::Function").values()
-    assert function["Properties"]["Architectures"] == ["x86_64"]
-    assert function["Properties"]["Runtime"] == "python3.13"
+    for fn in variant.resources("AWS::Lambda::Function").values():  # worker and gatherer
+        assert fn["Properties"]["Architectures"] == ["x86_64"]
+        assert fn["Properties"]["Runtime"] == "python3.13"
     (core,) = (variant.asset_dir / "pydantic_core").glob("*.so")
     assert "cpython-313-x86_64-linux-gnu" in core.name
     for so in variant.asset_dir.rglob("*.so"):
@@ -49,15 +49,17 @@ def test_x86_64_python_313_asset(variant: Synth) -> None:
 def test_existing_secret_is_used_not_created(variant: Synth) -> None:
     created = variant.resources("AWS::SecretsManager::Secret")
     assert len(created) == 3  # openai, anthropic, gemini; deepseek's exists already
-    (function,) = variant.resources("AWS::Lambda::Function").values()
-    assert function["Properties"]["Environment"]["Variables"][secret_env_name("deepseek")] == ARN
-    (read,) = (
+    for fn in variant.resources("AWS::Lambda::Function").values():  # worker and gatherer
+        assert fn["Properties"]["Environment"]["Variables"][secret_env_name("deepseek")] == ARN
+    reads = [
         s
         for policy in variant.resources("AWS::IAM::Policy").values()
         for s in policy["Properties"]["PolicyDocument"]["Statement"]
         if "secretsmanager:GetSecretValue" in s["Action"]
-    )
-    assert ARN in json.dumps(read["Resource"])
+    ]
+    assert len(reads) == 2  # the worker's role's and the gatherer's
+    for read in reads:
+        assert ARN in json.dumps(read["Resource"])
     assert variant.template["Outputs"]["SecretArnDeepseek"]["Value"] == ARN
 
 

@@ -72,7 +72,8 @@ def test_a_plain_boto3_client_works_from_exactly_the_printed_exports(tmp_path: P
             timeout=60,
         )
         assert producer.returncode == 0, producer.stderr
-        assert producer.stdout.split() == [exports["AWS_REGION"], "8"]  # 4 queues, 4 DLQs
+        # 4 queues, 4 DLQs, the batch route's queue and DLQ
+        assert producer.stdout.split() == [exports["AWS_REGION"], "10"]
         assert exports["AWS_DEFAULT_REGION"] == exports["AWS_REGION"]
     finally:
         up.send_signal(signal.SIGINT)

@@ -1,7 +1,8 @@
 """Routing jobs between the synchronous path and the providers' batch APIs (issue 17,
 part 1): the config's batch keys and per-priority deadlines, a line's ``deadline_h``, the
 route a job takes under each override, and ``submit --route`` (the dry run's split and
-costs; a real submit that would route a job to batch sends nothing and says why)."""
+costs; a real submit sends batch-routed jobs to the batch route's queue, and to a
+deployment without one sends nothing and says why)."""
 
 from __future__ import annotations
 
@@ -12,23 +13,28 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from chatbatch.cli.app import app
-from chatbatch.client.submit import plan_file
+from chatbatch.client.submit import NO_BATCH_ROUTE, plan_file
 from chatbatch.core.config import Config, ConfigError, Priority, parse_config
 from chatbatch.core.job_lines import parse_line
 from chatbatch.core.jobs import JobError
 from chatbatch.core.pricing import Usage, cost
+from chatbatch.core.resources import Resources
 from chatbatch.core.routing import BATCH_WINDOW_H, deadline_of, route
+from chatbatch.local.aws import create_resources
+from chatbatch.local.runtime import register_stack
+from chatbatch.state.store import Store, manifest_key
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = (ROOT / "chatbatch.toml").read_text()
-# the shipped config as it will be once the batch route is deployed: `low` may wait 24 h
-# (shipped at 0 until then, so that no submit routes a job to a route not deployed yet)
+# the shipped config as it will be once the batch route runs: `low` may wait 24 h
+# (shipped at 0 until then, so that no submit routes a job to a route not running yet)
 LOW_AT_0 = "[priorities.low]\nmax_concurrency = 10\nshare = 0.1\ndeadline_h = 0 "
 assert LOW_AT_0 in SHIPPED
 TEXT = SHIPPED.replace(LOW_AT_0, LOW_AT_0.replace("deadline_h = 0 ", "deadline_h = 24"))
@@ -313,18 +319,86 @@ def test_the_dry_run_shows_the_split_and_each_routes_cost(
     assert "routes (--route auto)" in text.stdout and "the batch route saves up to" in text.stdout
 
 
-def test_a_real_submit_that_would_use_the_batch_route_sends_nothing(
-    config_path: Path, jobs_file: Path
+def _deployed(config: Config, *, batch_route: bool = True) -> Resources:
+    """The stack's resources in moto, registered as a stack the CLI finds (as `chatbatch
+    local up` does); without ``batch_route``, a stack from before the route."""
+    resources = create_resources(config)
+    published = resources
+    if not batch_route:
+        published = resources.model_copy(update={"batch_queue": None, "batch_dlq": None})
+    register_stack(published, config.stack_name)
+    return resources
+
+
+def _queued(url: str) -> list[dict[str, Any]]:
+    """The job lines waiting on a queue (each received once, kept invisible)."""
+    sqs = boto3.client("sqs")
+    lines: list[dict[str, Any]] = []
+    while reply := sqs.receive_message(
+        QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=60
+    ).get("Messages"):
+        lines += [json.loads(m["Body"]) for m in reply]
+    return lines
+
+
+def _custom_ids(url: str) -> set[str]:
+    return {line["custom_id"] for line in _queued(url)}
+
+
+def test_a_submit_sends_batch_routed_jobs_to_the_batch_queue(
+    aws: None, config: Config, config_path: Path, jobs_file: Path
 ) -> None:
-    """Refused before any AWS call: no credentials are needed to be told."""
+    resources = _deployed(config)
+    assert resources.batch_queue is not None
+    result = invoke(config_path, "submit", str(jobs_file), "--json")
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    report = json.loads(result.stdout)
+    assert (report["status"], report["sent"]) == ("sent", 5)
+    batched = _queued(resources.batch_queue)
+    assert {line["custom_id"] for line in batched} == {"a1", "a2"}
+    # the same body as on a priority queue: the line keeps its priority field
+    assert {line["custom_id"]: line.get("priority") for line in batched}["a1"] == "low"
+    assert _custom_ids(resources.queues[Priority.low]) == {"a3", "a4"}
+    assert _custom_ids(resources.queues[Priority.normal]) == {"a5"}
+    assert not _custom_ids(resources.queues[Priority.high])
+    assert not _custom_ids(resources.queues[Priority.critical])
+
+
+def test_route_batch_sends_every_job_it_can_take_and_lists_only_those(
+    aws: None, config: Config, config_path: Path, jobs_file: Path
+) -> None:
+    resources = _deployed(config)
+    assert resources.batch_queue is not None
+    args = ("--route", "batch", "--skip-invalid", "--batch-id", "forced", "--json")
+    result = invoke(config_path, "submit", str(jobs_file), *args)
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    assert json.loads(result.stdout)["sent"] == 3
+    assert _custom_ids(resources.batch_queue) == {"a1", "a2", "a5"}
+    assert not any(_custom_ids(url) for url in resources.queues.values())
+    manifest = Store(boto3.client("s3"), resources.bucket).get_text(manifest_key("forced"))
+    assert manifest is not None
+    assert [json.loads(line) for line in manifest.splitlines()] == ["a1", "a2", "a5"]
+
+
+def test_a_deployment_without_the_batch_route_is_refused_before_anything_is_sent(
+    aws: None, config: Config, config_path: Path, jobs_file: Path
+) -> None:
+    resources = _deployed(config, batch_route=False)
     for args in ((), ("--route", "batch", "--skip-invalid")):
         result = invoke(config_path, "submit", str(jobs_file), *args)
         assert result.exit_code == 1
         last = result.stderr.strip().splitlines()[-1]
-        assert last.startswith("error: the batch route is not deployed yet (issue 17): ")
+        assert last.startswith(f"error: {NO_BATCH_ROUTE}; ")
         assert "nothing was sent" in last and "--route sync" in last
     refused = invoke(config_path, "submit", str(jobs_file), "--json")
     assert json.loads(refused.stdout)["status"] == "batch_not_deployed"
+    assert resources.batch_queue is not None  # it exists; the stack does not name it
+    assert not any(_custom_ids(url) for url in [*resources.queues.values(), resources.batch_queue])
+    # nothing registered either: the same file goes synchronously when asked
+    sync = invoke(config_path, "submit", str(jobs_file), "--route", "sync", "--json")
+    assert sync.exit_code == 0, (sync.stdout, sync.stderr)
+    assert json.loads(sync.stdout)["sent"] == 5
+    assert not _custom_ids(resources.batch_queue)
 
 
 def test_a_bad_route_is_a_usage_error(config_path: Path, jobs_file: Path) -> None:

@@ -26,7 +26,7 @@ from rich.table import Table
 
 from chatbatch.cli.errors import EXIT_USAGE, CliError
 from chatbatch.cli.output import console, emit, out, progress_bar
-from chatbatch.cli.params import ConfigOpt
+from chatbatch.cli.params import ConfigOpt, RouteOpt, route_override
 from chatbatch.core.config import Priority
 from chatbatch.state.batches import BatchInfo, SubmittedFromAnotherFile
 
@@ -120,6 +120,7 @@ def local_run(
     fresh: Annotated[
         bool, typer.Option("--fresh", help="delete the state (and so the answers) and start over")
     ] = False,
+    route: RouteOpt = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="print summary.json")] = False,
 ) -> None:
     """Run JOBS through the local pipeline; write results, errors, costs and a summary to --out.
@@ -133,6 +134,7 @@ def local_run(
     from chatbatch.local.journal.state_dir import StateError
     from chatbatch.local.runtime import Interrupted, LocalRuntime
 
+    override = route_override(route)
     if not jobs.is_file():
         raise CliError(f"{jobs}: no such file; give the path of a JSONL jobs file", EXIT_USAGE)
     state_dir = state or out_dir / ".state"
@@ -164,7 +166,7 @@ def local_run(
                 def show(info: BatchInfo, total: int) -> None:
                     progress.update(task, total=total, completed=info.finished + info.deferred)
 
-                summary = runtime.run(jobs, out_dir, on_progress=show)
+                summary = runtime.run(jobs, out_dir, on_progress=show, route=override)
     except StateError as err:
         raise CliError(str(err)) from None
     except SubmittedFromAnotherFile as err:

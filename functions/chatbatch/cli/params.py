@@ -1,5 +1,5 @@
 """The options and arguments the commands share (--config, --stack, --json, BATCH,
---threads) and the lookup of a BATCH id in the deployment."""
+--threads, --route) and the lookup of a BATCH id in the deployment."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from typing import Annotated
 
 import typer
 
-from chatbatch.cli.errors import CliError
+from chatbatch.cli.errors import EXIT_USAGE, CliError
 from chatbatch.client.deployment import Deployment
+from chatbatch.core.routing import Override
 from chatbatch.state.batches import BatchInfo
 
 ConfigOpt = Annotated[
@@ -26,6 +27,22 @@ StackOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON on stdout instead of tables")]
 BatchArg = Annotated[str, typer.Argument(help="the batch id (`submit` prints it)")]
 ThreadsOpt = Annotated[int, typer.Option(min=1, max=64, help="parallel S3 reads")]
+RouteOpt = Annotated[
+    str,
+    typer.Option(
+        "--route",
+        help="sync: every job synchronously; batch: every job through its provider's "
+        "batch API; auto: a job whose deadline_h is 24 h or more, on a model with a "
+        "batch_api, goes to batch (`submit --dry-run` shows the split and each route's cost)",
+    ),
+]
+
+
+def route_override(value: str) -> Override:
+    """``--route``'s value, checked (a usage error names the choices)."""
+    if value not in ("sync", "batch", "auto"):
+        raise CliError(f"--route {value!r}: use sync, batch or auto", EXIT_USAGE)
+    return value  # type: ignore[return-value]
 
 
 def find_batch(deployment: Deployment, batch_id: str) -> BatchInfo:

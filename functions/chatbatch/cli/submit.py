@@ -19,12 +19,14 @@ from rich.table import Table
 
 from chatbatch.cli.errors import EXIT_USAGE, CliError
 from chatbatch.cli.output import console, duration, emit, out, progress_bar, say, usd, warn
-from chatbatch.cli.params import ConfigOpt, JsonOpt, StackOpt
+from chatbatch.cli.params import ConfigOpt, JsonOpt, RouteOpt, StackOpt, route_override
 from chatbatch.client.deployment import Deployment, connect
 from chatbatch.client.submit import (
+    NoBatchRoute,
     Plan,
     RouteTotals,
     Sender,
+    check_batch_route,
     checksum_batch_id,
     plan_file,
     register,
@@ -43,7 +45,6 @@ from chatbatch.state.batches import (
 )
 
 MAX_SHOWN_ERRORS = 100
-BATCH_NOT_DEPLOYED = "the batch route is not deployed yet (issue 17)"
 
 
 class RouteReport(BaseModel):
@@ -248,25 +249,18 @@ def submit(
             help="send again a batch already submitted from this file (never another file)",
         ),
     ] = False,
-    route: Annotated[
-        str,
-        typer.Option(
-            "--route",
-            help="sync: every job synchronously; batch: every job through its provider's "
-            "batch API; auto: a job whose deadline_h is 24 h or more, on a model with a "
-            "batch_api, goes to batch (with --dry-run: shows the split and each route's cost)",
-        ),
-    ] = "auto",
+    route: RouteOpt = "auto",
     stack: StackOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Validate FILE, register the batch and send its jobs to the priority queues.
+    """Validate FILE, register the batch and send its jobs to the priority queues (and
+    those routed to a provider's batch API to the batch route's queue).
 
     Every line is checked first; if any is invalid, every error is listed with its line
     number and nothing is sent (unless --skip-invalid).
     """
-    override = _override(route)
+    override = route_override(route)
     cfg = load_config(config)
     plan = _plan(file, cfg, batch_id, priority or cfg.defaults.priority, as_json, override)
     budget = Decimal(str(budget_usd)) if budget_usd is not None else None
@@ -285,8 +279,8 @@ def submit(
     if dry_run:
         _finish_submit(report, as_json)
         return
-    _refuse_batch_route(report, as_json)
     deployment = connect(cfg, stack)
+    _refuse_without_batch_route(plan, report, deployment, as_json)
     if not plan.batch_id:
         plan.batch_id = checksum_batch_id(plan.checksum, deployment.batches.id_salt())
         report = report.model_copy(update={"batch_id": plan.batch_id})
@@ -300,33 +294,28 @@ def submit(
         raise _another_file(err) from None
     except RegisteredByAnotherProducer as err:
         raise CliError(str(err)) from None
-    write_manifest(file, cfg, plan.batch_id, deployment.store)
+    write_manifest(file, cfg, plan.batch_id, deployment.store, override=plan.override)
     sent = _send(deployment, file, plan, as_json)
     _finish_submit(report.model_copy(update={"status": "sent", "sent": sent}), as_json)
 
 
-def _override(value: str) -> Override:
-    if value not in ("sync", "batch", "auto"):
-        raise CliError(f"--route {value!r}: use sync, batch or auto", EXIT_USAGE)
-    return value  # type: ignore[return-value]
-
-
-def _refuse_batch_route(report: SubmitReport, as_json: bool) -> None:
-    """Nothing is sent while a job would go to a batch API: the scheduled function that
-    would send it is not deployed, and sending it synchronously instead would pay twice
-    what was planned without saying so."""
-    batch = report.routes["batch"]
-    if not batch.jobs:
-        return
-    if as_json:
-        emit(report.model_copy(update={"status": "batch_not_deployed"}))
-    else:
-        _show_plan(report)
-    raise CliError(
-        f"{BATCH_NOT_DEPLOYED}: {batch.jobs} job(s) of {report.valid} would go through a "
-        f"provider's batch API (--route {report.route}); nothing was sent. Pass --route sync "
-        "to send every job synchronously at the full price, or --dry-run to see the split"
-    )
+def _refuse_without_batch_route(
+    plan: Plan, report: SubmitReport, deployment: Deployment, as_json: bool
+) -> None:
+    """Nothing is registered or sent while a job would go to a batch API the deployment
+    does not have (a stack from before the route): sending it synchronously instead would
+    pay twice what was planned without saying so."""
+    try:
+        check_batch_route(plan, deployment.resources)
+    except NoBatchRoute as err:
+        if as_json:
+            emit(report.model_copy(update={"status": "batch_not_deployed"}))
+        else:
+            _show_plan(report)
+        raise CliError(
+            f"{err}; {report.routes['batch'].jobs} job(s) of {report.valid} would go through "
+            f"a provider's batch API (--route {report.route}); nothing was sent"
+        ) from None
 
 
 def _finish_submit(report: SubmitReport, as_json: bool) -> None:

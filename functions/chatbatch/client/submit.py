@@ -6,6 +6,11 @@ a manifest written to a temporary file. Jobs go out with SendMessageBatch (10 pe
 from a thread pool; a job over ``SQS_MAX_BYTES`` is written to S3 and travels as a claim
 check. Message ids are deterministic per (batch, custom_id) and a job already finished
 is skipped by the worker, so re-running the same submit does not duplicate work.
+
+A job routed to its provider's batch API (``core.routing``, issue 17) goes to the batch
+route's queue instead of its priority's, with the same body (its line keeps its
+priority): the gatherer takes it from there. A deployment without that queue (a stack
+from before the route) is refused before anything is sent (``check_batch_route``).
 """
 
 from __future__ import annotations
@@ -38,6 +43,16 @@ if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
 SEND_THREADS = 8
+# where a job goes: its priority's queue, or the batch route's
+BATCH_LANE: Literal["batch"] = "batch"
+Lane = Priority | Literal["batch"]
+NO_BATCH_ROUTE = (
+    "this deployment has no batch route: redeploy with `cdk deploy`, or submit with --route sync"
+)
+
+
+class NoBatchRoute(RuntimeError):
+    """Jobs are routed to batch, and the deployment has no batch queue."""
 
 
 @dataclass
@@ -71,6 +86,7 @@ class Plan:
     routes: dict[RouteKind, RouteTotals] = field(
         default_factory=lambda: {kind: RouteTotals() for kind in ROUTE_KINDS}
     )
+    override: Override = "auto"  # the routes were decided under it; the jobs are sent so
 
     def estimate_s(self, config: Config) -> float:
         """Lower bound on wall time from the rate limits: the slowest model's queue."""
@@ -110,7 +126,7 @@ def plan_file(
     form is its valid lines' (one form per file); when none is valid, the form of its
     first line that is a JSON object, so its errors are written in the form it was sent in.
     """
-    plan = Plan(batch_id=batch_id, default_priority=default_priority)
+    plan = Plan(batch_id=batch_id, default_priority=default_priority, override=override)
     digest = hashlib.sha256()
     refused_form = None  # a file of only invalid lines is answered in its lines' form
     with open_lines(path) as lines:
@@ -183,8 +199,30 @@ def iter_jobs(path: Path, config: Config, batch_id: str) -> Iterator[Job]:
                 yield parsed.model_copy(update={"batch_id": batch_id})
 
 
+def routed_jobs(
+    jobs: Iterable[Job], config: Config, override: Override, default: Priority | None = None
+) -> Iterator[tuple[Job, RouteKind]]:
+    """Each job with its route, as ``plan_file`` decided it (``default``: the priority of
+    lines that name none); a job the override cannot route (``--route batch`` for a
+    streaming job) is an invalid line of the plan: left out."""
+    for job in jobs:
+        try:
+            yield job, route(job, config, override, default_priority=default).kind
+        except JobError:
+            continue
+
+
+def check_batch_route(plan: Plan, resources: Resources) -> None:
+    """Raises ``NoBatchRoute`` when the plan routes jobs to batch and the deployment has
+    no batch queue: checked before anything is registered or sent, so the same file can
+    be submitted again with ``--route sync``."""
+    if plan.routes["batch"].jobs and resources.batch_queue is None:
+        raise NoBatchRoute(NO_BATCH_ROUTE)
+
+
 class Sender:
-    """Sends jobs to their priority queues, 10 per call, claim-checking big ones."""
+    """Sends jobs to their queues (their priority's, or the batch route's), 10 per call,
+    claim-checking big ones."""
 
     def __init__(self, sqs: SQSClient, store: Store, resources: Resources) -> None:
         self._sqs = sqs
@@ -202,11 +240,19 @@ class Sender:
         )
         return json.dumps({CLAIM_CHECK_KEY: claim.model_dump()})
 
-    def send(self, priority: Priority, jobs: list[Job]) -> int:
-        """Send up to 10 jobs of one priority; returns how many were sent."""
+    def queue_url(self, lane: Lane) -> str:
+        if lane != BATCH_LANE:
+            return self._resources.queues[lane]
+        if self._resources.batch_queue is None:
+            raise NoBatchRoute(NO_BATCH_ROUTE)
+        return self._resources.batch_queue
+
+    def send(self, lane: Lane, jobs: list[Job]) -> int:
+        """Send up to 10 jobs of one priority (or of the batch route); returns how many
+        were sent."""
         entries = [{"Id": str(i), "MessageBody": self.body(job)} for i, job in enumerate(jobs)]
         reply = self._sqs.send_message_batch(
-            QueueUrl=self._resources.queues[priority],
+            QueueUrl=self.queue_url(lane),
             Entries=entries,  # type: ignore[arg-type]
         )
         failed = reply.get("Failed", [])
@@ -215,25 +261,35 @@ class Sender:
         return len(entries)
 
 
-def batched_by_priority(
-    jobs: Iterable[Job], default: Priority, size: int = 10
-) -> Iterator[tuple[Priority, list[Job]]]:
-    pending: dict[Priority, list[Job]] = {p: [] for p in Priority}
-    for job in jobs:
-        bucket = pending[priority_of(job, default)]
+def lane_of(job: Job, kind: RouteKind, default: Priority) -> Lane:
+    return BATCH_LANE if kind == "batch" else priority_of(job, default)
+
+
+def batched_by_lane(
+    routed: Iterable[tuple[Job, RouteKind]], default: Priority, size: int = 10
+) -> Iterator[tuple[Lane, list[Job]]]:
+    """Chunks of at most ``size`` jobs going to the same queue."""
+    pending: dict[Lane, list[Job]] = {}
+    for job, kind in routed:
+        lane = lane_of(job, kind, default)
+        bucket = pending.setdefault(lane, [])
         bucket.append(job)
         if len(bucket) == size:
-            yield priority_of(job, default), bucket[:]
+            yield lane, bucket[:]
             bucket.clear()
-    for priority, rest in pending.items():
+    for lane, rest in pending.items():
         if rest:
-            yield priority, rest
+            yield lane, rest
 
 
-def write_manifest(path: Path, config: Config, batch_id: str, store: Store) -> None:
-    """The batch's custom_ids in input order, for ``collect``."""
+def write_manifest(
+    path: Path, config: Config, batch_id: str, store: Store, *, override: Override = "sync"
+) -> None:
+    """The batch's custom_ids in input order, for ``collect``: the jobs sent, so not
+    those the plan's ``override`` refused (``routed_jobs``)."""
+    jobs = routed_jobs(iter_jobs(path, config, batch_id), config, override)
     with tempfile.TemporaryFile() as tmp:
-        for job in iter_jobs(path, config, batch_id):
+        for job, _ in jobs:
             tmp.write(json.dumps(job.custom_id).encode() + b"\n")
         tmp.seek(0)
         store.put_manifest(batch_id, tmp)
@@ -263,13 +319,15 @@ def send_file(
     *,
     on_sent: Callable[[int], None] = lambda n: None,
 ) -> int:
-    """Send every valid job of the file; returns the number sent."""
+    """Send every valid job of the file to its queue (its route under the plan's
+    override); returns the number sent."""
     jobs = iter_jobs(path, config, plan.batch_id)
+    routed = routed_jobs(jobs, config, plan.override, plan.default_priority)
     sent = 0
     with ThreadPoolExecutor(SEND_THREADS) as pool:
         window: list[Future[int]] = []
-        for priority, chunk in batched_by_priority(jobs, plan.default_priority):
-            window.append(pool.submit(sender.send, priority, chunk))
+        for lane, chunk in batched_by_lane(routed, plan.default_priority):
+            window.append(pool.submit(sender.send, lane, chunk))
             if len(window) >= SEND_THREADS * 4:
                 for future in window:
                     done = future.result()

@@ -1,14 +1,17 @@
-"""The metric contract: every CloudWatch metric the worker emits, and how.
+"""The metric contract: every CloudWatch metric chatbatch's functions emit, and how.
 
-One list, read by both sides: the worker's EMF output (``worker/emf.py``) and the stack's
-dashboard and alarms (``infra/monitoring.py``). The worker publishes embedded-metric-format
-(EMF) metrics with Powertools Metrics in namespace ``NAMESPACE``; Powertools adds the
-``service`` dimension to everything it emits:
+One list, read by both sides: the functions' EMF output (``worker/emf.py``; the batch
+route's gatherer, ``chatbatch.batchroute``) and the stack's dashboard and alarms
+(``infra/monitoring.py``, ``infra/batch_route.py``). Each metric names its ``emitter``.
+They publish embedded-metric-format (EMF) metrics with Powertools Metrics in namespace
+``NAMESPACE``; Powertools adds the ``service`` dimension to everything it emits:
 
-- every metric in ``METRICS`` once per job, with dimensions ``model`` (the configured model
-  name, e.g. ``deepseek-chat``) and ``priority`` (``critical`` ... ``low``);
+- every worker metric in ``METRICS`` once per job, with dimensions ``model`` (the
+  configured model name, e.g. ``deepseek-chat``) and ``priority`` (``critical`` ... ``low``);
 - the metrics marked ``service_level`` once more with *only* the ``service`` dimension
-  (``service=chatbatch``), because alarms cannot add up metrics across dimension values.
+  (``service=chatbatch``), because alarms cannot add up metrics across dimension values;
+- the gatherer's metrics count provider batches, not jobs: each run emits them with only
+  the ``service`` dimension (``service_level``), which is what its alarms watch.
 
 ``COST_USD`` is tallied in nanodollars (integers add up exactly) and emitted in USD.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Literal
 
 NAMESPACE = "chatbatch"
 SERVICE = "chatbatch"
@@ -41,6 +45,8 @@ class Metric(StrEnum):
     COMPLETION_TOKENS = "CompletionTokens"
     ESTIMATED_CALLS = "EstimatedCalls"
     MESSAGES_REFUSED = "MessagesRefused"
+    BATCH_ROUTE_OVERDUE = "BatchRouteOverdue"
+    BATCH_ROUTE_FAILED = "BatchRouteFailed"
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,8 @@ class MetricSpec:
     unit: str  # the EMF / Powertools MetricUnit value
     meaning: str
     service_level: bool = False  # also emitted with only the `service` dimension
+    # which function emits it: the worker (per job) or the batch route's gatherer
+    emitter: Literal["worker", "gatherer"] = "worker"
 
 
 METRICS: dict[Metric, MetricSpec] = {
@@ -74,5 +82,11 @@ METRICS: dict[Metric, MetricSpec] = {
     Metric.COMPLETION_TOKENS: MetricSpec("Count", "completion tokens billed (reasoning included)"),
     Metric.ESTIMATED_CALLS: MetricSpec(
         "Count", "calls booked at their worst case: maybe billed, no usage read"
+    ),
+    Metric.BATCH_ROUTE_OVERDUE: MetricSpec(
+        "Count", "provider batches open past their deadline", True, "gatherer"
+    ),
+    Metric.BATCH_ROUTE_FAILED: MetricSpec(
+        "Count", "provider batches that failed or were cancelled", True, "gatherer"
     ),
 }

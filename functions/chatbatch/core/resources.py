@@ -34,9 +34,25 @@ ENV_QUEUE_SWITCH = "CHATBATCH_QUEUE_SWITCH"
 # the event the resume schedule sends the worker function (EventBridge, every hour at :00)
 RESUME_EVENT = {"chatbatch": "resume-budget"}
 
+# --- The batch route (issue 17, docs/batch-route.md) ------------------------------------
+# Jobs routed to the providers' batch APIs wait on one more queue, read by no event source
+# mapping: the gatherer function receives from it on a schedule.
+ENV_BATCH_QUEUE = "CHATBATCH_BATCH_QUEUE"  # the batch queue's URL (the gatherer's env)
+# the event the gather schedule sends the gatherer function (EventBridge, GATHER_EVERY_MIN)
+GATHER_EVENT = {"chatbatch": "gather"}
+# a gather run's limit: Lambda's maximum, since a run may read a 200 MB provider output
+# file; the batch queue's visibility timeout outlasts it, so a run's messages stay hidden
+GATHER_TIMEOUT_S = 900
+GATHER_EVERY_MIN = 5  # how often the gatherer runs (a provider batch takes up to 24 h)
+
 
 def queue_name(stack: str, priority: Priority, *, dlq: bool = False) -> str:
     return f"{stack}-{priority.value}{'-dlq' if dlq else ''}"
+
+
+def batch_queue_name(stack: str, *, dlq: bool = False) -> str:
+    """The batch route's queue (or its DLQ): ``chatbatch-batch``, ``chatbatch-batch-dlq``."""
+    return f"{stack}-batch{'-dlq' if dlq else ''}"
 
 
 class Resources(BaseModel):
@@ -50,6 +66,9 @@ class Resources(BaseModel):
     dlqs: dict[Priority, str] = {}
     # the queues' switch (``ENV_QUEUE_SWITCH``); None: the worker's own function's mappings
     queue_switch: str | None = None
+    # the batch route's queue and DLQ (URLs); None: a deployment from before the route
+    batch_queue: str | None = None
+    batch_dlq: str | None = None
 
     def env(self) -> dict[str, str]:
         """The worker's environment variables for these resources."""
@@ -57,6 +76,8 @@ class Resources(BaseModel):
         if self.queue_switch:
             env[ENV_QUEUE_SWITCH] = self.queue_switch
         env |= {f"{ENV_QUEUE_PREFIX}{p.value.upper()}": url for p, url in self.queues.items()}
+        if self.batch_queue:
+            env[ENV_BATCH_QUEUE] = self.batch_queue
         return env
 
     @classmethod
@@ -70,10 +91,17 @@ class Resources(BaseModel):
             for p in Priority
             if environ.get(f"{ENV_QUEUE_PREFIX}{p.value.upper()}")
         }
-        return cls(table=environ[ENV_TABLE], bucket=environ[ENV_BUCKET], queues=queues)
+        return cls(
+            table=environ[ENV_TABLE],
+            bucket=environ[ENV_BUCKET],
+            queues=queues,
+            batch_queue=environ.get(ENV_BATCH_QUEUE) or None,
+        )
 
     def priority_of_queue(self, queue_arn_or_url: str) -> Priority | None:
-        """The priority whose queue this is (an event record carries the queue ARN)."""
+        """The priority whose queue this is (an event record carries the queue ARN); None
+        for any other queue, the batch route's included (its jobs have no priority queue
+        to be delivered from)."""
         name = queue_arn_or_url.rsplit(":", 1)[-1].rsplit("/", 1)[-1]
         for priority, url in self.queues.items():
             if url.rsplit("/", 1)[-1] == name:
@@ -94,6 +122,9 @@ DASHBOARD_NAME = "DashboardName"
 COSTS_WORKGROUP = "CostsWorkGroup"  # the Athena workgroup of `costs --athena`
 COSTS_QUERY_POLICY_ARN = "CostsQueryPolicyArn"  # what a user of `costs --athena` needs
 QUEUE_SWITCH = "QueueSwitch"  # published by a local stack only: its switch is ``table``
+BATCH_QUEUE_URL = "BatchQueueUrl"  # a stack from before the batch route has none
+BATCH_DLQ_URL = "BatchDlqUrl"
+GATHERER_FUNCTION_NAME = "GathererFunctionName"
 
 
 def _camel(name: str) -> str:
@@ -123,6 +154,9 @@ OUTPUT_KEYS: dict[str, str] = {
     "dashboard": DASHBOARD_NAME,
     "costs_workgroup": COSTS_WORKGROUP,
     "costs_query_policy": COSTS_QUERY_POLICY_ARN,
+    "batch_queue": BATCH_QUEUE_URL,
+    "batch_dlq": BATCH_DLQ_URL,
+    "gatherer": GATHERER_FUNCTION_NAME,
     **{f"queue.{p.value}": queue_url_key(p) for p in Priority},
     **{f"dlq.{p.value}": dlq_url_key(p) for p in Priority},
 }
@@ -133,7 +167,8 @@ class MissingOutputs(ValueError):
 
 
 def resources_from_outputs(outputs: Mapping[str, str]) -> Resources:
-    """The resources named by a stack's outputs (``OutputKey -> OutputValue``)."""
+    """The resources named by a stack's outputs (``OutputKey -> OutputValue``). The batch
+    route's queues are optional: a stack deployed before the route has none."""
     needed = [TABLE_NAME, BUCKET_NAME, *(queue_url_key(p) for p in Priority)]
     missing = [key for key in needed if not outputs.get(key)]
     if missing:
@@ -144,6 +179,8 @@ def resources_from_outputs(outputs: Mapping[str, str]) -> Resources:
         queues={p: outputs[queue_url_key(p)] for p in Priority},
         dlqs={p: outputs[dlq_url_key(p)] for p in Priority if outputs.get(dlq_url_key(p))},
         queue_switch=_switch_of(outputs),
+        batch_queue=outputs.get(BATCH_QUEUE_URL) or None,
+        batch_dlq=outputs.get(BATCH_DLQ_URL) or None,
     )
 
 
@@ -162,6 +199,10 @@ def resources_to_outputs(resources: Resources) -> dict[str, str]:
     outputs |= {dlq_url_key(p): url for p, url in resources.dlqs.items()}
     if resources.queue_switch:
         outputs[QUEUE_SWITCH] = resources.queue_switch
+    if resources.batch_queue:
+        outputs[BATCH_QUEUE_URL] = resources.batch_queue
+    if resources.batch_dlq:
+        outputs[BATCH_DLQ_URL] = resources.batch_dlq
     return outputs
 
 

@@ -20,7 +20,15 @@ import boto3
 import httpx
 
 from chatbatch.core.config import Config, Priority
-from chatbatch.core.resources import TABLE_PK, TABLE_SK, TABLE_TTL, Resources, queue_name
+from chatbatch.core.resources import (
+    GATHER_TIMEOUT_S,
+    TABLE_PK,
+    TABLE_SK,
+    TABLE_TTL,
+    Resources,
+    batch_queue_name,
+    queue_name,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -110,6 +118,25 @@ def create_table(ddb: DynamoDBClient, name: str) -> None:
     )
 
 
+def _create_queue_pair(
+    sqs: SQSClient, config: Config, name: str, dlq_name: str, visibility_timeout_s: int
+) -> tuple[str, str]:
+    """A queue redriving to its DLQ after ``max_receive_count`` deliveries, as the stack's;
+    returns (queue URL, DLQ URL)."""
+    dlq_url, dlq_arn = _create_queue(sqs, dlq_name, {"MessageRetentionPeriod": str(14 * 86_400)})
+    redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": config.worker.max_receive_count}
+    url, _ = _create_queue(
+        sqs,
+        name,
+        {
+            "MessageRetentionPeriod": str(config.worker.retention_days * 86_400),
+            "VisibilityTimeout": str(visibility_timeout_s),
+            "RedrivePolicy": json.dumps(redrive),
+        },
+    )
+    return url, dlq_url
+
+
 def create_resources(config: Config, visibility_timeout_s: int | None = None) -> Resources:
     """Create the stack's queues, DLQs, table and bucket in the current (moto) account.
 
@@ -117,37 +144,41 @@ def create_resources(config: Config, visibility_timeout_s: int | None = None) ->
     invocation that runs as long as it may (and then settles and deletes) is never
     delivered twice meanwhile. The deployed queues use 6x the timeout; here a crashed
     invocation's jobs come back after ~3 min, not 12 (the worker shortens it per message
-    on transient errors).
+    on transient errors). The batch route's queue outlasts a gather run
+    (``GATHER_TIMEOUT_S`` and a minute), as deployed: no poller reads it, the gatherer does.
     """
     visibility_timeout_s = visibility_timeout_s or config.worker.timeout_s + 60
     sqs = boto3.client("sqs")
-    retention = str(config.worker.retention_days * 86_400)
+    stack = config.stack_name
     queues: dict[Priority, str] = {}
     dlqs: dict[Priority, str] = {}
     for priority in Priority:
-        dlq_url, dlq_arn = _create_queue(
+        queues[priority], dlqs[priority] = _create_queue_pair(
             sqs,
-            queue_name(config.stack_name, priority, dlq=True),
-            {"MessageRetentionPeriod": str(14 * 86_400)},
+            config,
+            queue_name(stack, priority),
+            queue_name(stack, priority, dlq=True),
+            visibility_timeout_s,
         )
-        redrive = {
-            "deadLetterTargetArn": dlq_arn,
-            "maxReceiveCount": config.worker.max_receive_count,
-        }
-        queues[priority], _ = _create_queue(
-            sqs,
-            queue_name(config.stack_name, priority),
-            {
-                "MessageRetentionPeriod": retention,
-                "VisibilityTimeout": str(visibility_timeout_s),
-                "RedrivePolicy": json.dumps(redrive),
-            },
-        )
-        dlqs[priority] = dlq_url
+    batch_queue, batch_dlq = _create_queue_pair(
+        sqs,
+        config,
+        batch_queue_name(stack),
+        batch_queue_name(stack, dlq=True),
+        GATHER_TIMEOUT_S + 60,
+    )
 
     table = f"{config.stack_name}-state"
     create_table(boto3.client("dynamodb"), table)
     bucket = f"{config.stack_name}-data-local"
     boto3.client("s3").create_bucket(Bucket=bucket)
     # the queues' consumers (the emulator's pollers) are switched by an item on the table
-    return Resources(table=table, bucket=bucket, queues=queues, dlqs=dlqs, queue_switch="table")
+    return Resources(
+        table=table,
+        bucket=bucket,
+        queues=queues,
+        dlqs=dlqs,
+        queue_switch="table",
+        batch_queue=batch_queue,
+        batch_dlq=batch_dlq,
+    )

@@ -40,12 +40,14 @@ from aws_lambda_powertools import Logger
 
 from chatbatch.client.flush_objects import committed_result
 from chatbatch.client.submit import (
+    BATCH_LANE,
     Plan,
     Sender,
+    batched_by_lane,
     iter_jobs,
     plan_file,
-    priority_of,
     register,
+    routed_jobs,
     write_manifest,
 )
 from chatbatch.core import scale
@@ -59,6 +61,7 @@ from chatbatch.core.resources import (
     queue_name,
     resources_to_outputs,
 )
+from chatbatch.core.routing import Override
 from chatbatch.local.aws import (
     create_resources,
     moto_in_process,
@@ -252,20 +255,27 @@ class LocalRuntime:
 
     # --- a run -------------------------------------------------------------------
 
-    def submit(self, path: Path, batch_id: str | None = None) -> Plan:
-        """Validate, register and queue a file's valid jobs into the feeders' backlogs.
-        Resumed (the state held a journal), only the jobs still to send are queued."""
+    def submit(self, path: Path, batch_id: str | None = None, route: Override = "auto") -> Plan:
+        """Validate, register and queue a file's valid jobs: those routed to a provider's
+        batch API (``route``: the override, as ``submit --route``) straight to the batch
+        route's queue, which no poller reads (the gatherer does), the others into the
+        feeders' backlogs. Resumed (the state held a journal), only the jobs still to send
+        are queued."""
         config = self.config
         batch = batch_id or self.options.batch_id
-        # no batch route runs locally yet (issue 17): every job goes synchronously
-        plan = plan_file(path, config, batch, config.defaults.priority, override="sync")
+        plan = plan_file(path, config, batch, config.defaults.priority, override=route)
         register(plan, self.batches, budget_nanos=None)
         if not (self.replayed.resumed and self.store.get_text(manifest_key(batch)) is not None):
-            write_manifest(path, config, batch, self.store)
+            write_manifest(path, config, batch, self.store, override=route)
         jobs = iter_jobs(path, config, batch)
         unfinished = Unfinished(self.batches, self.replayed.pending_jobs)
-        for job in unfinished(jobs) if self.replayed.resumed else jobs:
-            self.feeders[priority_of(job, plan.default_priority)].backlog.append(job)
+        todo = unfinished(jobs) if self.replayed.resumed else jobs
+        routed = routed_jobs(todo, config, route, plan.default_priority)
+        for lane, chunk in batched_by_lane(routed, plan.default_priority):
+            if lane == BATCH_LANE:
+                self.sender.send(lane, chunk)
+            else:
+                self.feeders[lane].backlog.extend(chunk)
         self.kept = unfinished.kept
         return plan
 
@@ -315,11 +325,12 @@ class LocalRuntime:
         out: Path,
         *,
         on_progress: Callable[[BatchInfo, int], None] | None = None,
+        route: Override = "auto",
     ) -> Summary:
-        """Run a file; its answers reach ``out`` as they finish. Raises ``Interrupted``
-        when stopped early (``request_stop``)."""
+        """Run a file (``route``: as ``submit --route``); its answers reach ``out`` as they
+        finish. Raises ``Interrupted`` when stopped early (``request_stop``)."""
         started = time.monotonic()
-        plan = self.submit(path)
+        plan = self.submit(path, route=route)
         invalid = [invalid_line(plan.batch_id, err) for err in plan.errors]
         show = (lambda i: on_progress(i, plan.valid)) if on_progress else None
         running: int | None = None  # set when stopped early
