@@ -33,7 +33,8 @@ def job(i: int, batch: bool, **extra: Any) -> dict[str, Any]:
         "messages": [{"role": "user", "content": f"word{i} please answer"}],
         "max_tokens": 40,
     }
-    return {"custom_id": f"job-{i}", "body": body, **({"deadline_h": 24} if batch else {}), **extra}
+    line = {"custom_id": f"job-{i}", "method": "POST", "url": "/v1/chat/completions"}
+    return {**line, "body": body, **({"deadline_h": 24} if batch else {}), **extra}
 
 
 def write(tmp_path: Path, lines: list[dict[str, Any]]) -> Path:
