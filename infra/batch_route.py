@@ -58,12 +58,12 @@ GATHER_SCHEDULE = events.Schedule.rate(Duration.minutes(GATHER_EVERY_MIN))
 # a run's messages stay hidden for the whole run, and a minute more
 BATCH_VISIBILITY_S = GATHER_TIMEOUT_S + 60
 BATCH_QUEUE_ACTIONS = ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility")
-# The bucket's prefixes (docs/batch-route.md): a part's input file under ``batches/``
+# The bucket's prefixes (docs/batch-route.md): a part's input file under ``parts/``
 # (written, and read again by a run that finds its record still ``creating``), claim-
 # checked job bodies under ``claims/``; answers, costs and failed jobs' records written
 # as the worker writes them, a stored result read back as the worker does.
-GATHERER_S3_READS = ("batches/", "claims/", "results/")
-GATHERER_S3_WRITES = ("batches/", "results/", "costs/", "errors/", "requests/")
+GATHERER_S3_READS = ("parts/", "claims/", "results/")
+GATHERER_S3_WRITES = ("parts/", "results/", "costs/", "errors/", "requests/", "refused/")
 
 
 class BatchRoute(Construct):

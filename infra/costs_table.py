@@ -17,7 +17,7 @@ import datetime as dt
 import types
 from decimal import Decimal
 from enum import Enum
-from typing import Any, Union, get_args, get_origin
+from typing import Any, Literal, Union, get_args, get_origin
 
 from aws_cdk import Acknowledgment, Aws, CfnElement, Duration, Stack, Validations
 from aws_cdk import aws_athena as athena
@@ -64,6 +64,8 @@ def glue_type(annotation: Any) -> str:
         if isinstance(annotation, type) and issubclass(annotation, kind):
             return name
     if isinstance(annotation, type) and issubclass(annotation, Enum):
+        return "string"
+    if get_origin(annotation) is Literal and all(isinstance(a, str) for a in get_args(annotation)):
         return "string"
     raise TypeError(f"no Glue column type for {annotation!r}: add it to glue_type")
 

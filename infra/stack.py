@@ -8,6 +8,7 @@ from aws_cdk import CfnOutput, Stack
 from constructs import Construct
 
 from chatbatch.core.config import Config
+from chatbatch.core.resources import ENV_TRUSTED_SENDERS
 from infra import outputs
 from infra.batch_route import BatchRoute
 from infra.bundling import AssetInputs
@@ -68,6 +69,8 @@ class ChatbatchStack(Stack):
             bucket=self.storage.bucket,
             secrets=self.secrets.secrets,
         )
+        # the gatherer sends jobs back to the priority queues: the worker takes them as its own
+        self.worker.function.add_environment(ENV_TRUSTED_SENDERS, self.batch_route.role.role_id)
         self.costs = CostsTable(self, "Costs", bucket=self.storage.bucket)
         senders = [*producers, self.worker.role.role_arn, self.batch_route.role.role_arn]
         self.queues.restrict_senders(senders)

@@ -39,8 +39,9 @@ S3, the data bucket (``chatbatch.state.store.Store``):
 
 A claim check whose key is outside ``claims/`` is refused by S3 (403, not read).
 
-The worker never reads ``requests/``, ``errors/``, ``history/`` or ``batches/``, and never
-copies or deletes objects (``move_error_to_history`` and ``put_manifest`` are the CLI's).
+The worker never reads ``requests/``, ``errors/``, ``history/``, ``batches/`` or
+``parts/``, and never copies or deletes objects (``move_error_to_history`` and
+``put_manifest`` are the CLI's).
 SQS (send and change visibility on the four queues, plus what the event source mapping
 needs), the secrets, the log group and X-Ray are granted in ``infra.worker``; EventBridge
 ``PutEvents`` (the Batch Completed event, ``chatbatch`` source only, one bus) in

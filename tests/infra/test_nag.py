@@ -79,7 +79,7 @@ EXPECTED = {
             "/Chatbatch/BatchRoute/Role/DefaultPolicy",
             f"AwsSolutions-IAM5[Resource::<StorageData*.Arn>/{p}/*]",
         )
-        for p in ("batches", "claims", "results", "costs", "errors", "requests")
+        for p in ("parts", "claims", "results", "costs", "errors", "requests", "refused")
     ),
     # costs --athena: Athena reads the cost records and writes its results, by prefix
     *(

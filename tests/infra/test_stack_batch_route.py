@@ -15,6 +15,7 @@ from chatbatch.core.config import Config
 from chatbatch.core.metrics import METRICS, Metric
 from chatbatch.core.resources import (
     ENV_BATCH_QUEUE,
+    ENV_TRUSTED_SENDERS,
     GATHER_EVENT,
     GATHER_EVERY_MIN,
     GATHER_TIMEOUT_S,
@@ -48,12 +49,12 @@ GATHERER_POLICY: set[tuple[str, str, tuple[str, ...], tuple[str, ...], str]] = {
         PRIORITY_QUEUES,
         "",
     ),
-    ("BucketGetObject", "Allow", ("s3:GetObject",), _objects("batches", "claims", "results"), ""),
+    ("BucketGetObject", "Allow", ("s3:GetObject",), _objects("claims", "parts", "results"), ""),
     (
         "BucketPutObject",
         "Allow",
         ("s3:PutObject",),
-        _objects("batches", "costs", "errors", "requests", "results"),
+        _objects("costs", "errors", "parts", "refused", "requests", "results"),
         "",
     ),
     ("BucketListBucket", "Allow", ("s3:ListBucket",), ("StorageData.Arn",), ""),
@@ -126,6 +127,12 @@ def test_the_gatherer_runs_the_workers_code_one_run_at_a_time(synth: Synth, conf
     env = props["Environment"]["Variables"]
     worker_env = worker["Properties"]["Environment"]["Variables"]
     queue_id, _ = _queues(synth)[batch_queue_name(config.stack_name)]
+    # the worker takes the gatherer's messages (jobs sent back to sync) as its own
+    trusted = worker_env.pop(ENV_TRUSTED_SENDERS)
+    (role_id,) = (
+        lid for lid in synth.resources("AWS::IAM::Role") if _name(lid) == "BatchRouteRole"
+    )
+    assert trusted == {"Fn::GetAtt": [role_id, "RoleId"]}
     assert env == {**worker_env, ENV_BATCH_QUEUE: {"Ref": queue_id}}
     assert ENV_BATCH_QUEUE not in worker_env
     # its own log group, as the worker has

@@ -107,10 +107,8 @@ class Gatherer:
 
     def _receive(self) -> list[Intake]:
         intakes: list[Intake] = []
-        arn = self.s.sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])[
-            "Attributes"
-        ]["QueueArn"]
-        region = arn.split(":")[3]
+        # no priority's queue: a job's priority is its line's, else its batch's
+        region = self.s.sqs.meta.region_name
         while len(intakes) < MAX_JOBS_PER_RUN:
             messages = self.s.sqs.receive_message(
                 QueueUrl=self.queue_url,
@@ -121,7 +119,7 @@ class Gatherer:
             if not messages:
                 break
             for message in messages:
-                record = SQSRecord(sqs_record(message, arn, region))
+                record = SQSRecord(sqs_record(message, self.queue_url, region))
                 intakes.append(read_record(record, self.s.config, self.s.resources, self.s.store))
         return intakes
 

@@ -1,4 +1,4 @@
-"""A part's input file, ``batches/<part>.jsonl``: one line per job, the job as queued
+"""A part's input file, ``parts/<part>.jsonl``: one line per job, the job as queued
 (``job``: ``Job.to_line``) and its line as the provider is sent it (``line``). Written
 before the part's record, so a record always has its file: a run that finds a record it
 did not finish reads its jobs and its exact lines back from here (``read``), and sends the
@@ -15,7 +15,7 @@ from chatbatch.provider.batch_api import BatchPart, request_of
 from chatbatch.state.parts import Part
 from chatbatch.state.store import Store
 
-PARTS_PREFIX = "batches/"
+PARTS_PREFIX = "parts/"
 
 
 def part_file_key(part_id: str) -> str:

@@ -31,6 +31,9 @@ ENV_QUEUE_PREFIX = "CHATBATCH_QUEUE_"  # + PRIORITY in upper case, e.g. CHATBATC
 # which switch turns the queues' consumers off and on (``chatbatch.state.queue_switch``):
 # ``table`` (the local runtime) or ``lambda:FUNCTION`` (a deployment's event source mappings)
 ENV_QUEUE_SWITCH = "CHATBATCH_QUEUE_SWITCH"
+# principal ids (comma-separated) whose messages the worker takes as its own: the
+# gatherer's role, which sends jobs back to the priority queues (``worker/producers.py``)
+ENV_TRUSTED_SENDERS = "CHATBATCH_TRUSTED_SENDERS"
 # the event the resume schedule sends the worker function (EventBridge, every hour at :00)
 RESUME_EVENT = {"chatbatch": "resume-budget"}
 

@@ -5,7 +5,7 @@ the model and API, the jobs. Its record (``PART_PK`` / ``<part id>``) goes throu
 ``creating`` → ``open`` (the provider's batch id known) → ``ingesting`` → ``done``; every
 record sits in one partition, so a run lists them with one Query. The record holds no
 job list: each job's own item says ``batched`` and names its part (``part``), and the
-part's input file (``batches/<part>.jsonl``, written before the messages are deleted)
+part's input file (``parts/<part>.jsonl``, written before the messages are deleted)
 holds every line sent.
 
 ``Parts.create`` moves the jobs into the part exactly once: the record is put first (only

@@ -26,6 +26,8 @@ else ``~`` and its SHA-256, so any custom_id (``task/1``, ``request 1``) makes o
 - ``cache/<sha256>.json``: a cached chat.completion body (expired by a lifecycle rule)
 - ``claims/<batch>/<custom_id>.json``: a job too large for an SQS message
 - ``batches/<batch>/manifest.jsonl``: the custom_ids of a submitted batch, in input order
+- ``parts/<part>.jsonl``: the batch route's provider batches, each job and its line as sent
+  (``batchroute/part_files.py``)
 """
 
 from __future__ import annotations

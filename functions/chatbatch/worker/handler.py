@@ -64,7 +64,7 @@ class Instance:
             for r in records
         }
         states, batches = services.batches.prefetch(i.key for i in intakes.values())
-        intakes = producers.screen(intakes, batches, services.principal)
+        intakes = producers.screen(intakes, batches, {services.principal, *services.trusted})
         remaining_s = context.get_remaining_time_in_millis() / 1000
         priority = next(iter(intakes.values())).priority if intakes else Priority.normal
         inv = Invocation(

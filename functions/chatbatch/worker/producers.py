@@ -2,8 +2,10 @@
 registrant before anything of the job is read or reserved.
 
 A registered batch (``Batches.register`` recorded the registrant's principal id) accepts
-messages from its registrant (any session of the same role or user) and from the workers
-themselves (hand-backs re-send jobs). A batch nobody registered accepts messages only if
+messages from its registrant (any session of the same role or user) and from the pipeline
+itself: the workers (hand-backs re-send jobs) and the batch route's gatherer (it sends
+jobs back to the synchronous path), whose role id the stack gives the worker in
+``CHATBATCH_TRUSTED_SENDERS``. A batch nobody registered accepts messages only if
 it is a ``daily-*`` batch (any producer the queue policy lets send may use those). Any
 other message is refused: an error record under ``refused/<batch>/<message id>.json``,
 never the job's own record or state, so the job it named still runs when its registrant
@@ -13,6 +15,7 @@ sends it; counted (``MessagesRefused``), logged with the sender's id, and delete
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 
 from aws_lambda_powertools import Logger
 
@@ -28,9 +31,11 @@ REFUSED = "refused_sender"
 logger = Logger(service="chatbatch")
 
 
-def refusal(intake: Intake, info: BatchInfo, worker: str) -> str | None:
-    """Why ``intake``'s sender may not write its batch (``worker``: the workers' own
-    principal id), or None when it may."""
+def refusal(intake: Intake, info: BatchInfo, worker: str | Collection[str]) -> str | None:
+    """Why ``intake``'s sender may not write its batch (``worker``: the pipeline's own
+    principal ids: the worker's, and the gatherer's that sends jobs back to the
+    synchronous path), or None when it may."""
+    ours = {worker} if isinstance(worker, str) else set(worker)
     batch, sender = intake.batch_id, intake.sender_id
     if info.registrant is None:
         if batch.startswith(DAILY_PREFIX):
@@ -40,7 +45,7 @@ def refusal(intake: Intake, info: BatchInfo, worker: str) -> str | None:
             f"messages (sender {sender}): send it with `chatbatch submit`, or leave batch_id "
             "out to join the day's batch"
         )
-    if sender and principal_id(sender) in (info.registrant, worker):
+    if sender and (principal_id(sender) == info.registrant or principal_id(sender) in ours):
         return None
     return (
         f"batch {batch!r} was registered by {info.registrant}; this message came from "
@@ -50,7 +55,7 @@ def refusal(intake: Intake, info: BatchInfo, worker: str) -> str | None:
 
 
 def screen(
-    intakes: dict[str, Intake], batches: dict[str, BatchInfo], worker: str
+    intakes: dict[str, Intake], batches: dict[str, BatchInfo], worker: str | Collection[str]
 ) -> dict[str, Intake]:
     """The intakes, each one its sender may not write marked ``refused`` (and holding no
     job: nothing is reserved for it)."""

@@ -24,7 +24,7 @@ from botocore.config import Config as BotoConfig
 from chatbatch.core import scale
 from chatbatch.core.config import Config, load_config
 from chatbatch.core.principals import caller_principal
-from chatbatch.core.resources import Resources
+from chatbatch.core.resources import ENV_TRUSTED_SENDERS, Resources
 from chatbatch.provider.client import ProviderClient
 from chatbatch.provider.keys import MissingKeyError, checked_key
 from chatbatch.state.batches import Batches
@@ -65,6 +65,8 @@ class Services:
     completions: Completions
     events: Any  # EventBridge client (no type stubs installed)
     principal: str  # this worker's own principal id: its hand-backs are its messages
+    # principal ids of the pipeline's other senders (the gatherer: jobs back to sync)
+    trusted: frozenset[str]
     pause: BudgetPause  # the pipeline's pause when the day's budget is spent
     switch: QueueSwitch  # every queue's consumer, on or off
     parts: Parts  # the batch route's provider batches (the gatherer's)
@@ -144,6 +146,7 @@ def build_services() -> Services:
         completions=Completions(ddb, resources.table),
         events=boto3.client("events", config=pooled),
         principal=own_principal(),
+        trusted=frozenset(t for t in os.environ.get(ENV_TRUSTED_SENDERS, "").split(",") if t),
         pause=BudgetPause(ddb, resources.table),
         switch=queue_switch(ddb, resources.table, lambda: boto3.client("lambda")),
         parts=Parts(ddb, resources.table, batches),
