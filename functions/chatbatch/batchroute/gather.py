@@ -31,7 +31,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from chatbatch.batchroute import part_files
 from chatbatch.batchroute.clients import BatchClients
-from chatbatch.client.submit import Sender
+from chatbatch.client.submit import BATCH_LANE, Sender
 from chatbatch.core.config import Priority
 from chatbatch.core.jobs import Job
 from chatbatch.core.output_lines import OutputLine
@@ -219,7 +219,8 @@ class Gatherer:
         except BudgetDeferred as err:
             logger.info("a part waits for budget", extra={"part": part_id, "why": str(err)})
             self.s.parts.abandon(part_id, held_jobs(keys))
-            self._later(intakes)
+            self._again_later([jobs[key][0] for key in keys])  # no receive burnt waiting
+            self._delete(intakes)
             self.done.deferred += len(keys)
             return
         self._delete(intakes)
@@ -255,6 +256,12 @@ class Gatherer:
                     for i, intake in enumerate(chunk)
                 ],
             )
+
+    def _again_later(self, jobs: Sequence[Job]) -> None:
+        """Each job as a new message on the batch queue, visible after ``LATER_S``: a job
+        that waits for budget never counts receives toward the batch queue's DLQ."""
+        for start in range(0, len(jobs), 10):
+            self.sender.send(BATCH_LANE, list(jobs[start : start + 10]), delay_s=LATER_S)
 
     def _later(self, intakes: Sequence[Intake]) -> None:
         for start in range(0, len(intakes), 10):

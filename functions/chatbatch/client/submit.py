@@ -247,10 +247,13 @@ class Sender:
             raise NoBatchRoute(NO_BATCH_ROUTE)
         return self._resources.batch_queue
 
-    def send(self, lane: Lane, jobs: list[Job]) -> int:
-        """Send up to 10 jobs of one priority (or of the batch route); returns how many
-        were sent."""
-        entries = [{"Id": str(i), "MessageBody": self.body(job)} for i, job in enumerate(jobs)]
+    def send(self, lane: Lane, jobs: list[Job], delay_s: int = 0) -> int:
+        """Send up to 10 jobs of one priority (or of the batch route), visible after
+        ``delay_s``; returns how many were sent."""
+        entries = [
+            {"Id": str(i), "MessageBody": self.body(job), "DelaySeconds": delay_s}
+            for i, job in enumerate(jobs)
+        ]
         reply = self._sqs.send_message_batch(
             QueueUrl=self.queue_url(lane),
             Entries=entries,  # type: ignore[arg-type]
