@@ -10,19 +10,24 @@ billed, each call at its own prices.
 from __future__ import annotations
 
 import json
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import boto3
+import pytest
 
 from bench._common import read_jsonl
+from chatbatch.batchroute import handler
 from chatbatch.core.config import Model
 from chatbatch.core.pricing import Usage, cost, from_nanos
 from chatbatch.local.options import LocalOptions
 from chatbatch.local.runtime import LocalRuntime
 from chatbatch.local.simulator import SimulatorSettings
 from chatbatch.state.budget.budget import Budget
+from chatbatch.state.budget.ledger import DayUsage
+from chatbatch.state.parts import Parts
 
 MODEL = "gpt-4.1"  # batch_api = "openai" in the shipped config
 
@@ -54,8 +59,19 @@ def priced(bill: dict[str, int], model: Model) -> Decimal:
 
 
 def options(**settings: Any) -> LocalOptions:
-    sim = SimulatorSettings(batch_turnaround_s=2.0, **settings)
+    sim = SimulatorSettings(**{"batch_turnaround_s": 2.0, **settings})
     return LocalOptions(timeout_s=120, gather_every_s=1.0, simulator=sim)
+
+
+def books(rt: LocalRuntime) -> tuple[DayUsage, Decimal]:
+    """The day's ledger, and what the simulator billed, each call at its route's prices."""
+    assert rt.simulator is not None
+    stats = rt.simulator.stats()
+    model = next(m for m in rt.config.models.values() if m.model_id == MODEL)
+    sync, batch = stats.billed_by_model.get(MODEL), stats.batch_billed_by_model.get(MODEL)
+    billed = priced(sync.model_dump(), model) if sync else Decimal(0)
+    billed += priced(batch.model_dump(), model.batch_priced()) if batch else Decimal(0)
+    return Budget(boto3.client("dynamodb"), rt.resources.table, rt.config).usage(), billed
 
 
 def test_a_mixed_file_goes_part_sync_part_batch_each_answer_its_own_and_the_books_exact(
@@ -100,3 +116,42 @@ def test_a_mixed_file_goes_part_sync_part_batch_each_answer_its_own_and_the_book
     )
     assert spent == billed
     assert from_nanos(info.cost_nanos) == billed
+
+
+def test_lines_a_provider_batch_expired_go_back_to_sync_while_their_deadline_allows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The provider batch expires half-way: the lines it answered are batch results; the
+    gatherer's clock then stands 23.5 hours after the batch was made (as when a real batch
+    expires at 24 h), so of the expired lines a job with 48 hours runs synchronously and a
+    job with 24 fails ``batch_expired``, unbilled. The ledger still equals the bill and
+    nothing stays reserved."""
+    later = {"s": 0.0}
+    monkeypatch.setattr(handler, "CLOCK", lambda: time.time() + later["s"])
+    opened = Parts.opened
+
+    def opened_then_a_day_passes(self: Parts, part_id: str, provider_batch_id: str) -> bool:
+        later["s"] = 23.5 * 3600
+        return opened(self, part_id, provider_batch_id)
+
+    monkeypatch.setattr(Parts, "opened", opened_then_a_day_passes)
+    lines = [job(i, batch=True, deadline_h=48 if i % 2 else 24) for i in range(20)]
+    path = write(tmp_path, lines)
+    out = tmp_path / "out"
+    with LocalRuntime(options(batch_turnaround_s=4.0, batch_expire_after_s=2.0)) as rt:
+        summary = rt.run(path, out)
+        usage, billed = books(rt)
+        info = rt.batches.get(summary.batch_id)
+    routes = {c["custom_id"]: c["route"] for c in read_jsonl(out / "costs.jsonl")}
+    errors = {e["custom_id"]: e["error"] for e in read_jsonl(out / "errors.jsonl")}
+    expired = {f"job-{i}" for i in range(20)} - {c for c, r in routes.items() if r == "batch"}
+    assert 4 <= len(expired) <= 16, routes  # part answered, part expired
+    for cid in sorted(expired):
+        if int(cid.split("-")[1]) % 2:  # 48 h: run synchronously
+            assert routes[cid] == "sync" and cid not in errors, cid
+        else:
+            assert cid not in routes and errors[cid]["code"] == "batch_expired", cid
+            assert "deadline_h 24" in errors[cid]["message"]
+    assert (summary.succeeded, summary.failed) == (20 - len(errors), len(errors)), summary
+    assert errors and info is not None and info.batched == 0
+    assert usage.spent_usd == billed and usage.reserved_usd == 0, usage

@@ -65,6 +65,7 @@ def run(
 
 
 _local = threading.local()
+CLOCK: Callable[[], float] = time.time  # a test moves the gatherer's time (deadlines)
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
@@ -76,7 +77,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     queue_url = services.resources.batch_queue
     if not queue_url:
         raise RuntimeError("the batch queue is not set (CHATBATCH_BATCH_QUEUE)")
-    done = run(services, _local.clients, queue_url)
+    done = run(services, _local.clients, queue_url, CLOCK)
     return {
         "parts_opened": len(done.gathered.parts),
         "jobs_gathered": done.gathered.jobs,
