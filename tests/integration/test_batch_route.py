@@ -10,7 +10,9 @@ billed, each call at its own prices.
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -154,4 +156,44 @@ def test_lines_a_provider_batch_expired_go_back_to_sync_while_their_deadline_all
             assert "deadline_h 24" in errors[cid]["message"]
     assert (summary.succeeded, summary.failed) == (20 - len(errors), len(errors)), summary
     assert errors and info is not None and info.batched == 0
+    assert usage.spent_usd == billed and usage.reserved_usd == 0, usage
+
+
+def test_cancel_mid_batch_cancels_the_provider_batch_and_settles_what_it_answered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``chatbatch cancel`` while the provider batch runs: the gatherer cancels it there;
+    the lines answered before are results, billed at the batch prices and settled; the
+    rest are ``cancelled`` with ``batch_cancelled``, never run synchronously. The ledger
+    equals the bill and nothing stays reserved."""
+    cancel: list[Callable[[], None]] = []
+    opened = Parts.opened
+
+    def opened_then_cancelled(self: Parts, part_id: str, provider_batch_id: str) -> bool:
+        done = opened(self, part_id, provider_batch_id)
+        threading.Timer(2.0, cancel[0]).start()  # half-way through its 4 s
+        return done
+
+    monkeypatch.setattr(Parts, "opened", opened_then_cancelled)
+    path = write(tmp_path, [job(i, batch=True) for i in range(20)])
+    out = tmp_path / "out"
+    with LocalRuntime(options(batch_turnaround_s=4.0)) as rt:
+        cancel.append(lambda: rt.batches.cancel("local"))
+        summary = rt.run(path, out)
+        usage, billed = books(rt)
+        info = rt.batches.get(summary.batch_id)
+        assert rt.simulator is not None
+        stats = rt.simulator.stats()
+    answered = {r["custom_id"] for r in read_jsonl(out / "results.jsonl")}
+    errors = {e["custom_id"]: e["error"]["code"] for e in read_jsonl(out / "errors.jsonl")}
+    assert 2 <= len(answered) <= 18, answered  # cancelled part-way
+    assert set(errors.values()) == {"batch_cancelled"}
+    assert answered | set(errors) == {f"job-{i}" for i in range(20)}
+    assert MODEL not in stats.billed_by_model  # nothing ran synchronously
+    assert stats.batch_billed_by_model[MODEL].calls == len(answered)
+    assert info is not None and (info.succeeded, info.cancelled_jobs) == (
+        len(answered),
+        len(errors),
+    )
+    assert info.batched == 0
     assert usage.spent_usd == billed and usage.reserved_usd == 0, usage

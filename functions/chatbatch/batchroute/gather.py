@@ -147,10 +147,12 @@ class Gatherer:
                 self._delete([intake])
             return None
         job = intake.job
-        if job is None or batch_refusal(job, self.s.config) is not None:
+        info = infos.get(intake.batch_id)
+        cancelled = info is not None and info.cancelled  # the worker records it cancelled
+        if job is None or cancelled or batch_refusal(job, self.s.config) is not None:
             self._to_sync(intake, infos)
             return None
-        priority = job.priority or _priority(infos.get(intake.batch_id), self.s)
+        priority = job.priority or _priority(info, self.s)
         return job.model_copy(update={"batch_id": intake.batch_id, "priority": priority})
 
     def _in_creating_part(self, intake: Intake, parts: dict[str, Part]) -> bool:

@@ -13,8 +13,10 @@ one batch's jobs:
   the flush ``<part>-<run>-<chunk>``: a repeat after a crash writes objects of its own,
   and the lines of a chunk that never committed are orphans readers drop);
 - **failed** (the API refused the line): its error record, ``provider_<status>``;
-- **retry_sync** (expired, cancelled, a transient error): sent to its priority queue if
-  its deadline still leaves room, its item ``new`` again; else ``batch_expired``.
+- **retry_sync** (expired, cancelled, a transient error): ``batch_cancelled`` when its
+  batch was cancelled (``chatbatch cancel``: a part holding such a batch's jobs is
+  cancelled at the provider while it runs); else sent to its priority queue if its
+  deadline still leaves room, its item ``new`` again; else ``batch_expired``.
 
 Then one transaction per chunk: each job's final state (conditional on ``batched`` by this
 part), its batch's counters, the part's reservation giving up the chunk's worst cases and
@@ -56,6 +58,7 @@ from chatbatch.worker.services import Services
 logger = Logger(service="chatbatch")
 
 CHUNK_JOBS = 40  # one batch's jobs per transaction: their items, a counter, the ledgers
+CANCELLING = frozenset({"cancelling", "canceling"})  # OpenAI's word, Anthropic's
 SYNC_MARGIN_S = 3600  # a job sent back needs at least this much of its deadline left
 
 
@@ -73,7 +76,7 @@ class _Job:
 
     job: Job
     outcome: JobOutcome
-    new: JobState  # succeeded, failed, or new (sent back to the synchronous path)
+    new: JobState  # succeeded, failed, cancelled, or new (sent back to the synchronous path)
     nanos: int = 0  # its real cost at the batch prices
     worst: int = 0  # what the part reserved for it
     result: OutputLine | None = None
@@ -94,11 +97,15 @@ class Ingester:
         self.done = Ingested()
 
     def poll(self, record: Part) -> None:
-        """An ``open`` part: ingest it once its provider batch has ended."""
+        """An ``open`` part: ingest it once its provider batch has ended; while it runs,
+        cancel it at the provider if a batch among its jobs was cancelled (its answered
+        lines stay answered, billed, and are settled as any)."""
         assert record.provider_batch_id is not None
         client = self.clients.of(record.provider, record.api)
         state = client.poll(record.provider_batch_id)
         if not state.ended:
+            if state.status not in CANCELLING and self._cancelled(record):
+                client.cancel(record.provider_batch_id)
             return
         if self.s.parts.advance(record.part_id, PartState.open, PartState.ingesting):
             self.ingest(record.model_copy(update={"state": PartState.ingesting}))
@@ -114,7 +121,12 @@ class Ingester:
         client = self.clients.of(record.provider, record.api)
         outcomes = client.results(record.provider_batch_id, part)
         money = self.s.budget.part_held(record.part_id, record.batches)
-        jobs = [self._job(record, part, o) for o in outcomes if (o.batch_id, o.custom_id) in held]
+        cancelled = self._cancelled(record)
+        jobs = [
+            self._job(record, part, o, cancelled)
+            for o in outcomes
+            if (o.batch_id, o.custom_id) in held
+        ]
         run = uuid.uuid4().hex[:8]  # a repeat's chunks differ: never overwrite a committed one
         for k, chunk in enumerate(_chunks(jobs)):
             self._commit(record, chunk, money, f"{record.part_id}-{run}-{k:05d}")
@@ -122,7 +134,12 @@ class Ingester:
             self.s.parts.advance(record.part_id, PartState.ingesting, PartState.done)
             self.done.parts.append(record.part_id)
 
-    def _job(self, record: Part, part: BatchPart, outcome: JobOutcome) -> _Job:
+    def _cancelled(self, record: Part) -> set[str]:
+        """The batches among the part's jobs that were cancelled (``chatbatch cancel``)."""
+        infos = (self.s.batches.get(batch_id) for batch_id in record.batches)
+        return {info.batch_id for info in infos if info is not None and info.cancelled}
+
+    def _job(self, record: Part, part: BatchPart, outcome: JobOutcome, cancelled: set[str]) -> _Job:
         job = part.jobs[provider_custom_id(outcome.batch_id, outcome.custom_id)]
         model = self.s.config.models[job.model].batch_priced()
         worst = to_nanos(job.worst_case_usd(model))
@@ -144,6 +161,17 @@ class Ingester:
                 worst=worst,
                 error=line,
                 fields={"error_code": text(code)},
+            )
+        if outcome.batch_id in cancelled:
+            why = f"batch {outcome.batch_id} was cancelled before its provider batch ran this job"
+            line = OutputLine.failure(outcome.batch_id, job.custom_id, "batch_cancelled", why)
+            return _Job(
+                job,
+                outcome,
+                JobState.cancelled,
+                worst=worst,
+                error=line,
+                fields={"error_code": text("batch_cancelled")},
             )
         deadline = record.created_at + deadline_of(job, self.s.config) * 3600
         if deadline - self.clock() >= SYNC_MARGIN_S:
@@ -279,7 +307,7 @@ class Ingester:
         for j in jobs:
             if j.new is JobState.succeeded:
                 self.done.succeeded += 1
-            elif j.new is JobState.failed:
+            elif j.new in (JobState.failed, JobState.cancelled):
                 self.done.failed += 1
             else:
                 self.done.to_sync += 1
