@@ -49,6 +49,7 @@ from chatbatch.core.resources import (
     batch_queue_name,
 )
 from infra.queues import deny_other_senders, queue_with_dlq
+from infra.events import put_events_statement
 from infra.worker import Worker, acknowledge_function, logged_role
 from infra.worker_policy import prefixes, worker_data_statements
 
@@ -117,6 +118,8 @@ class BatchRoute(Construct):
             self.role.add_to_principal_policy(statement)
         for secret in secrets.values():
             secret.grant_read(self.role)
+        if config.events.enabled:  # a batch whose last job it ingests: Batch Completed
+            self.role.add_to_principal_policy(put_events_statement(self, config.events.bus))
         self.schedule = events.Rule(
             self,
             "Schedule",

@@ -177,6 +177,7 @@ def test_worker_function(synth: Synth, config: Config) -> None:
         "CHATBATCH_CONFIG",
         "CHATBATCH_TABLE",
         "CHATBATCH_BUCKET",
+        "CHATBATCH_TRUSTED_SENDERS",  # the gatherer's role: its jobs back to sync
         *(f"CHATBATCH_QUEUE_{p.value.upper()}" for p in Priority),
         *(secret_env_name(p) for p in config.providers),
         "POWERTOOLS_SERVICE_NAME",

@@ -65,6 +65,13 @@ GATHERER_POLICY: set[tuple[str, str, tuple[str, ...], tuple[str, ...], str]] = {
         SECRETS,
         "",
     ),
+    (
+        "PutBatchCompletedEvents",
+        "Allow",
+        ("events:PutEvents",),
+        ("arn:AWS::Partition:events:AWS::Region:AWS::AccountId:event-bus/default",),
+        "{'StringEquals': {'events:source': 'chatbatch'}}",
+    ),
 } | TABLE_POLICY
 
 

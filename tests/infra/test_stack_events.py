@@ -33,15 +33,16 @@ def _statements(synth: Synth, type_: str) -> list[dict[str, Any]]:
 
 
 def test_the_worker_may_put_only_chatbatch_events_on_its_bus(emailed: Synth) -> None:
+    """The worker's role and the gatherer's (it ingests a batch's last jobs) alike."""
     puts = [
         s for s in _statements(emailed, "AWS::IAM::Policy") if "events:PutEvents" in s["Action"]
     ]
-    assert len(puts) == 1
-    (put,) = puts
-    assert put["Action"] == "events:PutEvents" and put["Effect"] == "Allow"
-    assert put["Condition"] == {"StringEquals": {"events:source": "chatbatch"}}
-    assert ":event-bus/default" in json.dumps(put["Resource"])
-    assert "*" not in json.dumps(put["Resource"])
+    assert len(puts) == 2
+    for put in puts:
+        assert put["Action"] == "events:PutEvents" and put["Effect"] == "Allow"
+        assert put["Condition"] == {"StringEquals": {"events:source": "chatbatch"}}
+        assert ":event-bus/default" in json.dumps(put["Resource"])
+        assert "*" not in json.dumps(put["Resource"])
 
 
 def test_a_rule_on_batch_completed_emails_the_address(emailed: Synth) -> None:

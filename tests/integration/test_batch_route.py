@@ -19,10 +19,12 @@ from typing import Any
 
 import boto3
 import pytest
+from test_events import drain, event_sink, received, wait_for
 
 from bench._common import read_jsonl
 from chatbatch.batchroute import handler
 from chatbatch.core.config import Model
+from chatbatch.core.events import BatchCompleted
 from chatbatch.core.pricing import Usage, cost, from_nanos
 from chatbatch.local.options import LocalOptions
 from chatbatch.local.runtime import LocalRuntime
@@ -197,3 +199,22 @@ def test_cancel_mid_batch_cancels_the_provider_batch_and_settles_what_it_answere
     )
     assert info.batched == 0
     assert usage.spent_usd == billed and usage.reserved_usd == 0, usage
+
+
+def test_a_batch_whose_last_jobs_the_gatherer_ingests_is_announced_once(tmp_path: Path) -> None:
+    """Every job through the batch route: no worker ends any, so the Batch Completed
+    event is the gatherer's, with the batch's counts and cost, once."""
+    path = write(tmp_path, [job(i, batch=True) for i in range(6)])
+    with LocalRuntime(options()) as rt:
+        sink = event_sink()
+        summary = rt.run(path, tmp_path / "out")
+        events: list[dict[str, Any]] = []
+        wait_for(lambda: received(sink, events, 1), 30, "the Batch Completed event")
+        time.sleep(2.5)  # two more passes of the gatherer: no second event
+        events += drain(sink)
+        usage, billed = books(rt)
+    assert summary.succeeded == 6
+    (event,) = events
+    detail = BatchCompleted.model_validate(event["detail"])
+    assert (detail.batch_id, detail.total, detail.succeeded) == ("local", 6, 6)
+    assert detail.cost_usd == usage.spent_usd == billed

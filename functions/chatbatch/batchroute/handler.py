@@ -14,11 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aws_lambda_powertools import Logger
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
 from chatbatch.batchroute.clients import BatchClients
 from chatbatch.batchroute.gather import Gathered, Gatherer
 from chatbatch.batchroute.ingest import Ingested, Ingester
 from chatbatch.batchroute.recover import recover
+from chatbatch.core.metrics import METRICS, NAMESPACE, SERVICE, Metric
+from chatbatch.core.pricing import from_nanos
 from chatbatch.state.parts import PartState
 from chatbatch.worker.services import Services, api_key, build_services
 
@@ -78,6 +81,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if not queue_url:
         raise RuntimeError("the batch queue is not set (CHATBATCH_BATCH_QUEUE)")
     done = run(services, _local.clients, queue_url, CLOCK)
+    emit(done.ingested)
     return {
         "parts_opened": len(done.gathered.parts),
         "jobs_gathered": done.gathered.jobs,
@@ -86,5 +90,22 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         "parts_done": len(done.ingested.parts),
         "succeeded": done.ingested.succeeded,
         "failed": done.ingested.failed,
+        "overdue": done.ingested.overdue,
+        "failed_batches": done.ingested.failed_batches,
         "errors": done.errors,
     }
+
+
+def emit(done: Ingested) -> None:
+    """The pass's figures as service-level EMF metrics (the alarms watch the last two)."""
+    metrics = EphemeralMetrics(namespace=NAMESPACE, service=SERVICE)
+    figures = {
+        Metric.JOBS_SUCCEEDED: done.succeeded,
+        Metric.JOBS_FAILED: done.failed,
+        Metric.COST_USD: float(from_nanos(done.cost_nanos)),
+        Metric.BATCH_ROUTE_OVERDUE: done.overdue,
+        Metric.BATCH_ROUTE_FAILED: done.failed_batches,
+    }
+    for metric, value in figures.items():
+        metrics.add_metric(name=metric.value, unit=MetricUnit(METRICS[metric].unit), value=value)
+    metrics.flush_metrics()

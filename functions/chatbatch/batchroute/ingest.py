@@ -52,6 +52,7 @@ from chatbatch.state.ddb import s as text
 from chatbatch.state.parts import PART_FIELD, Part, PartState
 from chatbatch.state.store import flush_cost_key, flush_result_key
 from chatbatch.worker.batch_jobs import stored
+from chatbatch.worker.completion import announce_one
 from chatbatch.worker.results import estimated_counters
 from chatbatch.worker.services import Services
 
@@ -60,14 +61,18 @@ logger = Logger(service="chatbatch")
 CHUNK_JOBS = 40  # one batch's jobs per transaction: their items, a counter, the ledgers
 CANCELLING = frozenset({"cancelling", "canceling"})  # OpenAI's word, Anthropic's
 SYNC_MARGIN_S = 3600  # a job sent back needs at least this much of its deadline left
+OVERDUE_S = 25 * 3600  # the providers' 24 h window, and an hour: a batch past it is alarmed
 
 
 @dataclass
 class Ingested:
     parts: list[str] = field(default_factory=list)  # parts done
     succeeded: int = 0
-    failed: int = 0
+    failed: int = 0  # failed or cancelled
     to_sync: int = 0
+    cost_nanos: int = 0  # what the jobs settled cost
+    overdue: int = 0  # provider batches still running past their window (alarmed)
+    failed_batches: int = 0  # provider batches that failed or expired (alarmed)
 
 
 @dataclass
@@ -106,7 +111,15 @@ class Ingester:
         if not state.ended:
             if state.status not in CANCELLING and self._cancelled(record):
                 client.cancel(record.provider_batch_id)
+            if self.clock() > record.created_at + OVERDUE_S:
+                self.done.overdue += 1
             return
+        if state.status in ("failed", "expired") or state.counts.get("expired", 0):
+            self.done.failed_batches += 1
+            logger.warning(
+                "a provider batch failed or expired",
+                extra={"part": record.part_id, "status": state.status, "counts": state.counts},
+            )
         if self.s.parts.advance(record.part_id, PartState.open, PartState.ingesting):
             self.ingest(record.model_copy(update={"state": PartState.ingesting}))
 
@@ -130,6 +143,9 @@ class Ingester:
         run = uuid.uuid4().hex[:8]  # a repeat's chunks differ: never overwrite a committed one
         for k, chunk in enumerate(_chunks(jobs)):
             self._commit(record, chunk, money, f"{record.part_id}-{run}-{k:05d}")
+        if self.s.config.events.enabled:  # raises: the part stays ingesting, and is looked
+            for batch_id in record.batches:  # at again next pass (nothing held: no writes)
+                announce_one(self.s, batch_id)
         if self.s.budget.close_part(money.values()):
             self.s.parts.advance(record.part_id, PartState.ingesting, PartState.done)
             self.done.parts.append(record.part_id)
@@ -305,6 +321,7 @@ class Ingester:
         if not self.s.batches.commit(items):
             return False
         for j in jobs:
+            self.done.cost_nanos += j.nanos
             if j.new is JobState.succeeded:
                 self.done.succeeded += 1
             elif j.new in (JobState.failed, JobState.cancelled):
