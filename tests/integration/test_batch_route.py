@@ -9,6 +9,7 @@ billed, each call at its own prices.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -32,6 +33,7 @@ from chatbatch.local.simulator import SimulatorSettings
 from chatbatch.state.budget.budget import Budget
 from chatbatch.state.budget.ledger import DayUsage
 from chatbatch.state.parts import Parts
+from tests.unit.test_anthropic_config import anthropic_config
 
 MODEL = "gpt-4.1"  # batch_api = "openai" in the shipped config
 
@@ -218,3 +220,46 @@ def test_a_batch_whose_last_jobs_the_gatherer_ingests_is_announced_once(tmp_path
     detail = BatchCompleted.model_validate(event["detail"])
     assert (detail.batch_id, detail.total, detail.succeeded) == ("local", 6, 6)
     assert detail.cost_usd == usage.spent_usd == billed
+
+
+def test_jobs_on_an_anthropic_model_go_through_message_batches(tmp_path: Path) -> None:
+    """A kind anthropic model with ``batch_api = "anthropic"``: a file of Anthropic lines
+    goes through the simulator's Message Batches, each answer its own, at the batch
+    prices, the ledger equal to the bill."""
+    prices = {"batch_input_per_m": 0.5, "batch_cached_input_per_m": 0.05}
+    data = anthropic_config(batch_api="anthropic", batch_output_per_m=2.5, **prices)
+    config_path = tmp_path / "chatbatch.json"
+    config_path.write_text(json.dumps(data, default=str))
+    lines = [
+        {
+            "custom_id": f"native-{i}",
+            "deadline_h": 24,
+            "params": {
+                "model": "haiku",
+                "max_tokens": 40,
+                "messages": [{"role": "user", "content": f"word{i} please answer"}],
+            },
+        }
+        for i in range(6)
+    ]
+    path = write(tmp_path, lines)
+    out = tmp_path / "out"
+    opts = options(models=["claude-haiku-4-5"])
+    with LocalRuntime(dataclasses.replace(opts, config_path=config_path)) as rt:
+        summary = rt.run(path, out)
+        assert rt.simulator is not None
+        stats = rt.simulator.stats()
+        model = rt.config.models["haiku"]
+        spent = Budget(boto3.client("dynamodb"), rt.resources.table, rt.config).usage().spent_usd
+    assert summary.succeeded == 6 and summary.failed == 0, summary
+    assert "claude-haiku-4-5" not in stats.billed_by_model  # nothing synchronous
+    bill = stats.batch_billed_by_model["claude-haiku-4-5"]
+    assert bill.calls == 6
+    assert spent == priced(bill.model_dump(), model.batch_priced())
+    results = {r["custom_id"]: r for r in read_jsonl(out / "results.jsonl")}
+    for i in range(6):  # Anthropic's result shape, each its own answer
+        result = results[f"native-{i}"]["result"]
+        assert result["type"] == "succeeded", result
+        assert f"word{i} " in result["message"]["content"][0]["text"] + " "
+    costs = read_jsonl(out / "costs.jsonl")
+    assert {c["route"] for c in costs} == {"batch"} and len(costs) == 6
