@@ -49,7 +49,7 @@ def run(
     known = {p.provider_batch_id for p in parts.values() if p.provider_batch_id}
     ingester = Ingester(services, clients, clock)
     steps = {
-        PartState.creating: lambda p: recover(services, clients, p, known),
+        PartState.creating: lambda p: recover(services, clients, p, known, clock),
         PartState.open: ingester.poll,
         PartState.ingesting: ingester.ingest,
     }

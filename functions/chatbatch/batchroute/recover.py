@@ -11,16 +11,22 @@ still holds is read from its jobs' items (``batched`` naming it). Then:
   part is never billed twice: at OpenAI by the part id in the batch's ``metadata``; at
   Anthropic (no metadata) by the first result's ``custom_id``, once a batch created since
   the record has ended (until then the record waits). Found: its id is recorded; none:
-  the batch is created now.
+  the batch is created now; after ``GIVE_UP_S`` without one (the provider refusing
+  it), its jobs go to the synchronous path instead (``give_up``).
 """
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable
 
 from aws_lambda_powertools import Logger
 
 from chatbatch.batchroute import part_files
 from chatbatch.batchroute.clients import BatchClients
 from chatbatch.batchroute.gather import PART_METADATA, held_jobs, open_at_provider
+from chatbatch.client.submit import Sender
+from chatbatch.core.config import Priority
 from chatbatch.provider.batch_api import BatchApi, BatchPart, BatchState
 from chatbatch.state.batches import JobState
 from chatbatch.state.parts import Part
@@ -29,6 +35,7 @@ from chatbatch.worker.services import Services
 logger = Logger(service="chatbatch")
 
 FOUND_MARGIN_S = 300  # a provider's clock may be behind ours: batches this much older count
+GIVE_UP_S = 3600  # a part the provider has not taken in an hour goes to the synchronous path
 
 
 def held_keys(s: Services, record: Part, part: BatchPart) -> list[tuple[str, str]]:
@@ -44,7 +51,13 @@ def held_keys(s: Services, record: Part, part: BatchPart) -> list[tuple[str, str
     return held
 
 
-def recover(s: Services, clients: BatchClients, record: Part, known: set[str]) -> None:
+def recover(
+    s: Services,
+    clients: BatchClients,
+    record: Part,
+    known: set[str],
+    clock: Callable[[], float] = time.time,
+) -> None:
     """Take ``record`` (``creating``) on to ``open``, or abandon it. ``known``: the
     provider batch ids other parts hold (never this part's)."""
     part = part_files.read(s.store, record, s.config)
@@ -63,7 +76,29 @@ def recover(s: Services, clients: BatchClients, record: Part, known: set[str]) -
     if found:
         s.parts.opened(record.part_id, found)
         return
+    if clock() - record.created_at > GIVE_UP_S:
+        give_up(s, record, part, keys)
+        return
     open_at_provider(s, clients, record, part)
+
+
+def give_up(s: Services, record: Part, part: BatchPart, keys: list[tuple[str, str]]) -> None:
+    """A part the provider would not take for ``GIVE_UP_S``: its jobs go to the
+    synchronous path (sent first: a crash after leaves duplicates, which the worker runs
+    once, never a lost job), its money back, then its jobs leave it."""
+    held = set(keys)
+    sender = Sender(s.sqs, s.store, s.resources)
+    jobs = [r.job for r in part.requests if (r.job.batch_id or "", r.job.custom_id) in held]
+    for priority in Priority:
+        mine = [job for job in jobs if (job.priority or s.config.defaults.priority) is priority]
+        for start in range(0, len(mine), 10):
+            sender.send(priority, mine[start : start + 10])
+    logger.warning(
+        "a part no provider batch was made for goes to the synchronous path",
+        extra={"part": record.part_id, "jobs": len(jobs)},
+    )
+    s.budget.close_part(s.budget.part_held(record.part_id, record.batches).values())
+    s.parts.abandon(record.part_id, held_jobs(keys))
 
 
 def find(client: BatchApi, record: Part, part: BatchPart, known: set[str]) -> str | None:
