@@ -133,23 +133,31 @@ def _costs_tables(result: CostsOutput) -> None:
 
 
 def _compare_table(rows: list[Comparison]) -> None:
-    """``--compare``: each model at its synchronous prices and, when any model has a batch
-    API, at its batch prices beside them (``-`` for a model without one)."""
-    batch = any(row.batch_cost_usd is not None for row in rows)
-    compare = Table(title="the same token usage on every model")
-    names = ("model", "USD", "per year", "x actual")
-    for name in (*names, *(("batch USD", "batch/year", "batch x") if batch else ())):
-        compare.add_column(name, justify="left" if name == "model" else "right")
-    for row in rows:
-        cells = [usd(row.cost_usd), usd(row.annual_usd), _ratio(row.ratio)]
-        if batch:
-            cells += (
-                [usd(row.batch_cost_usd), usd(row.batch_annual_usd), _ratio(row.batch_ratio)]
-                if row.batch_cost_usd is not None and row.batch_annual_usd is not None
-                else ["-", "-", "-"]
-            )
-        compare.add_row(row.model, *cells)
-    out.print(compare)
+    """``--compare``: each model at its synchronous prices, as it always printed; then, when
+    any model has a batch API, those models at their batch prices in a table of their own
+    (the first keeps its columns, so its lines read as before)."""
+    _priced_table(
+        "the same token usage on every model",
+        [(row.model, row.cost_usd, row.annual_usd, row.ratio) for row in rows],
+    )
+    batch = [
+        (row.model, row.batch_cost_usd, row.batch_annual_usd, row.batch_ratio)
+        for row in rows
+        if row.batch_cost_usd is not None and row.batch_annual_usd is not None
+    ]
+    if batch:
+        batch.sort(key=lambda row: row[1])
+        _priced_table("the same token usage at the batch prices (models with a batch API)", batch)
+
+
+def _priced_table(title: str, rows: list[tuple[str, Decimal, Decimal, Decimal | None]]) -> None:
+    """Rows of model, USD, USD per year, and that over the actual cost."""
+    table = Table(title=title)
+    for name in ("model", "USD", "per year", "x actual"):
+        table.add_column(name, justify="left" if name == "model" else "right")
+    for model, cost_usd, annual_usd, ratio in rows:
+        table.add_row(model, usd(cost_usd), usd(annual_usd), _ratio(ratio))
+    out.print(table)
 
 
 def _ratio(ratio: Decimal | None) -> str:
