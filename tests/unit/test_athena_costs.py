@@ -15,6 +15,7 @@ from botocore.exceptions import ClientError
 from chatbatch.client.athena_costs import AthenaError, AthenaQuery, report_from_rows, report_sql
 from chatbatch.client.cost_groups import Grouping, group_name, group_order
 from chatbatch.client.costs import CostReport
+from chatbatch.core.config import Config, Model
 from chatbatch.core.output_lines import CostRecord
 from chatbatch.core.pricing import from_nanos
 from tests.unit import athena_sqlite
@@ -32,7 +33,8 @@ TENANTS: list[dict[str, str]] = [
 
 def records() -> list[dict[str, Any]]:
     """Cost records as their JSON: jobs, cache hits, worst-case bookings, an unread call's
-    own record, no role, and older records without metadata or cache-write fields."""
+    own record, no role, both routes (gpt-4.1's batch records at the batch route), and
+    older records without metadata, cache-write fields or route."""
     out = []
     for i in range(48):
         model, provider = MODELS[i % 2]
@@ -59,20 +61,25 @@ def records() -> list[dict[str, Any]]:
             usage_estimated=i % 13 == 0,
             attempt="r-1" if i % 17 == 0 else None,
             metadata=TENANTS[i % 4],
+            route="batch" if i % 4 in (1, 3) and i % 8 != 7 else "sync",
         )
         data = record.model_dump(mode="json")
         if i % 6 == 5:  # written before these fields existed
-            for key in ("metadata", "cache_write_tokens", "cache_write_1h_tokens"):
+            for key in ("metadata", "cache_write_tokens", "cache_write_1h_tokens", "route"):
                 del data[key]
         out.append(data)
     return out
 
 
 def s3_report(
-    rows: list[dict[str, Any]], grouping: Grouping, since: dt.date | None, batch: str | None
+    rows: list[dict[str, Any]],
+    grouping: Grouping,
+    since: dt.date | None,
+    batch: str | None,
+    prices: dict[str, Model] | None = None,
 ) -> CostReport:
     """What the S3 reader adds up: every record of the days from ``since``, of ``batch``."""
-    report = CostReport(since=since, by=grouping)
+    report = CostReport(since=since, by=grouping, prices=prices or {})
     for data in rows:
         record = CostRecord.model_validate(data)
         if (since is None or record.dt >= since.isoformat()) and batch in (None, record.batch_id):
@@ -86,6 +93,8 @@ GROUPINGS = [
     ("role",),
     ("day",),
     ("batch",),
+    ("route",),
+    ("route", "model"),
     ("metadata.tenant",),
     ("metadata.o'k",),
     ("model", "metadata.tenant"),
@@ -99,17 +108,23 @@ FILTERS = [(None, None), (dt.date(2026, 1, 31), None), (None, "b-1"), (dt.date(2
     [(k, s, b) for k, (s, b) in itertools.product(GROUPINGS, FILTERS)],
 )
 def test_athena_sql_adds_up_what_the_s3_reader_does(
-    keys: tuple[str, ...], since: dt.date | None, batch: str | None
+    keys: tuple[str, ...], since: dt.date | None, batch: str | None, config: Config
 ) -> None:
     grouping = Grouping.parse(keys)
     data = records()
     sql = report_sql(DATABASE, TABLE, grouping, since=since, batch=batch)
-    athena = report_from_rows(athena_sqlite.run(sql, DATABASE, TABLE, data), grouping, since)
-    expected = s3_report(data, grouping, since, batch)
+    rows = athena_sqlite.run(sql, DATABASE, TABLE, data)
+    athena = report_from_rows(rows, grouping, since, config.models)
+    expected = s3_report(data, grouping, since, batch, config.models)
     assert expected.total.jobs > 0
     assert athena.groups == expected.groups
     assert athena.total == expected.total and athena.billed == expected.billed
     assert athena.daily == expected.daily and athena.days == expected.days
+    # the batch route's records and their saving, the same to the nanodollar (batch b-2
+    # is deepseek-chat's only: no batch API, no batch record)
+    used = batch != "b-2"
+    assert (expected.total.batch_jobs > 0) == (expected.total.saved_usd > 0) == used
+    assert athena.unpriced == expected.unpriced == set()
 
 
 def test_sql_filters_on_the_partition_and_groups_every_key() -> None:
@@ -117,7 +132,7 @@ def test_sql_filters_on_the_partition_and_groups_every_key() -> None:
     sql = report_sql(DATABASE, TABLE, grouping, since=dt.date(2026, 1, 31), batch="b-1")
     assert "WHERE dt >= '2026-01-31' AND batch_id = 'b-1'" in sql  # partition pruning
     assert "element_at(metadata, 'tenant')" in sql
-    assert sql.splitlines()[-1] == "GROUP BY 1, 2, 3, 4, 5"
+    assert sql.splitlines()[-1] == "GROUP BY 1, 2, 3, 4, 5, 6"  # 2 groups, dt, model, cached, route
     assert f'FROM "{DATABASE}"."{TABLE}"' in sql
     assert "'o''k'" in report_sql(DATABASE, TABLE, Grouping.parse(["metadata.o'k"]))
 

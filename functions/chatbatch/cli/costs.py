@@ -20,7 +20,7 @@ from chatbatch.client.athena_costs import AthenaError, AthenaQuery, athena_repor
 from chatbatch.client.cost_groups import BadGrouping, Grouping, group_name, group_order
 from chatbatch.client.costs import Comparison, CostReport, Totals, draw_chart, load_report
 from chatbatch.client.deployment import Deployment, connect
-from chatbatch.core.config import load_config
+from chatbatch.core.config import Model, load_config
 
 
 class CostGroup(Totals):
@@ -45,6 +45,14 @@ class CostsOutput(BaseModel):
     completion_tokens: int
     estimated_calls: int  # booked at their worst case (no usage came back); in total_usd
     estimated_usd: Decimal
+    # the batch route's records (in the figures above): their jobs, what they paid, and
+    # what the same tokens would have cost beyond it at the synchronous prices
+    batch_jobs: int = 0
+    batch_usd: Decimal = Decimal(0)
+    saved_usd: Decimal = Decimal(0)
+    saved_unpriced_models: list[
+        str
+    ] = []  # batch records' models not in the config: not in saved_usd
     groups: list[CostGroup]  # ordered by key, a missing value first
     compare: list[Comparison] | None = None
     chart: str | None = None
@@ -71,6 +79,10 @@ def _costs_output(
         completion_tokens=total.completion_tokens,
         estimated_calls=total.estimated_calls,
         estimated_usd=total.estimated_usd,
+        batch_jobs=total.batch_jobs,
+        batch_usd=total.batch_usd,
+        saved_usd=total.saved_usd,
+        saved_unpriced_models=sorted(report.unpriced),
         groups=[
             CostGroup(key=list(key), name=group_name(key), **report.groups[key].model_dump())
             for key in sorted(report.groups, key=group_order)
@@ -84,7 +96,8 @@ def _costs_tables(result: CostsOutput) -> None:
     table = Table(
         title=f"costs by {result.by}" + (f", batch {result.batch}" if result.batch else "")
     )
-    for name in (result.by, "jobs", "prompt (cached)", "completion", "USD"):
+    batch = result.batch_jobs > 0  # a saved column only when the batch route was used
+    for name in (result.by, "jobs", "prompt (cached)", "completion", "USD", *["saved"] * batch):
         table.add_column(name, justify="left" if name == result.by else "right")
     for group in result.groups:
         table.add_row(
@@ -93,6 +106,7 @@ def _costs_tables(result: CostsOutput) -> None:
             f"{group.prompt_tokens} ({group.cached_tokens})",
             str(group.completion_tokens),
             usd(group.cost_usd),
+            *[usd(group.saved_usd)] * batch,
         )
     table.caption = (
         f"total {usd(result.total_usd)} over {result.days} day(s): "
@@ -103,15 +117,51 @@ def _costs_tables(result: CostsOutput) -> None:
             f"; {usd(result.estimated_usd)} of it is {result.estimated_calls} call(s) "
             "booked at their worst case (the provider's usage never came back)"
         )
+    if batch:
+        table.caption += (
+            f"; batch route: {result.batch_jobs} job(s), {usd(result.batch_usd)} paid, "
+            f"{usd(result.saved_usd)} saved against the synchronous prices"
+        )
+    if result.saved_unpriced_models:
+        table.caption += (
+            f" (not counting {', '.join(result.saved_unpriced_models)}: no longer in the "
+            "config, no synchronous price)"
+        )
     out.print(table)
     if result.compare:
-        compare = Table(title="the same token usage on every model")
-        for name in ("model", "USD", "per year", "x actual"):
-            compare.add_column(name, justify="left" if name == "model" else "right")
-        for row in result.compare:
-            ratio = f"{row.ratio:.2f}" if row.ratio is not None else "-"
-            compare.add_row(row.model, usd(row.cost_usd), usd(row.annual_usd), ratio)
-        out.print(compare)
+        _compare_table(result.compare)
+
+
+def _compare_table(rows: list[Comparison]) -> None:
+    """``--compare``: each model at its synchronous prices, as it always printed; then, when
+    any model has a batch API, those models at their batch prices in a table of their own
+    (the first keeps its columns, so its lines read as before)."""
+    _priced_table(
+        "the same token usage on every model",
+        [(row.model, row.cost_usd, row.annual_usd, row.ratio) for row in rows],
+    )
+    batch = [
+        (row.model, row.batch_cost_usd, row.batch_annual_usd, row.batch_ratio)
+        for row in rows
+        if row.batch_cost_usd is not None and row.batch_annual_usd is not None
+    ]
+    if batch:
+        batch.sort(key=lambda row: row[1])
+        _priced_table("the same token usage at the batch prices (models with a batch API)", batch)
+
+
+def _priced_table(title: str, rows: list[tuple[str, Decimal, Decimal, Decimal | None]]) -> None:
+    """Rows of model, USD, USD per year, and that over the actual cost."""
+    table = Table(title=title)
+    for name in ("model", "USD", "per year", "x actual"):
+        table.add_column(name, justify="left" if name == "model" else "right")
+    for model, cost_usd, annual_usd, ratio in rows:
+        table.add_row(model, usd(cost_usd), usd(annual_usd), _ratio(ratio))
+    out.print(table)
+
+
+def _ratio(ratio: Decimal | None) -> str:
+    return f"{ratio:.2f}" if ratio is not None else "-"
 
 
 def costs(
@@ -123,7 +173,8 @@ def costs(
     by: Annotated[
         list[str] | None,
         typer.Option(
-            help="group by model, priority, role, day, batch or metadata.KEY (a key of the "
+            help="group by model, priority, role, day, batch, route (sync or batch) or "
+            "metadata.KEY (a key of the "
             "jobs' metadata; without it: (none)); repeat to combine (default: model)"
         ),
     ] = None,
@@ -156,7 +207,7 @@ def costs(
     day = since.date() if since else None
     query: AthenaQuery | None = None
     if athena:
-        report, query = _athena_report(deployment, grouping, day, batch, as_json)
+        report, query = _athena_report(deployment, grouping, day, batch, as_json, cfg.models)
     else:
         with progress_bar(as_json, TextColumn("{task.completed} records")) as progress:
             task = progress.add_task("reading cost records", total=None)
@@ -169,6 +220,7 @@ def costs(
                 threads=threads,
                 on_record=lambda _: progress.advance(task),
                 batches=deployment.batches,
+                prices=cfg.models,
             )
     if batch and not report.total.jobs and deployment.batches.get(batch) is None:
         find_batch(deployment, batch)  # raises: unknown batch
@@ -199,6 +251,7 @@ def _athena_report(
     since: dt.date | None,
     batch: str | None,
     as_json: bool,
+    prices: dict[str, Model],
 ) -> tuple[CostReport, AthenaQuery]:
     """The report added up by Athena in the stack's workgroup, its state shown meanwhile."""
     with progress_bar(as_json, TextColumn("{task.fields[state]}")) as progress:
@@ -211,6 +264,7 @@ def _athena_report(
                 since=since,
                 batch=batch,
                 on_state=lambda state: progress.update(task, state=state.lower()),
+                prices=prices,
             )
         except AthenaError as err:
             raise CliError(str(err)) from None

@@ -3,7 +3,8 @@ table of the cost records (``infra/costs_table.py``), for volumes where reading 
 object per job is too slow.
 
 ``report_sql`` adds the records up in SQL at the grain the report needs (the ``--by``
-groups, and each day, model and cache flag: what ``--compare`` and ``--chart`` read), and
+groups, and each day, model, cache flag and route: what ``--compare``, ``--chart`` and
+the batch route's saving read; an older record without ``route`` is ``sync``), and
 ``report_from_rows`` folds those rows into the same ``CostReport`` the S3 reader builds, so
 both print the same table. Money is summed as integer nanodollars (``cost_nanos``), exact.
 The query runs in the stack's workgroup (``StartQueryExecution``, polled with
@@ -20,8 +21,9 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from chatbatch.client.cost_groups import Grouping, sql_string
+from chatbatch.client.cost_groups import Grouping, column_sql, sql_string
 from chatbatch.client.costs import CostReport, Totals
+from chatbatch.core.config import Model
 from chatbatch.core.pricing import from_nanos
 from chatbatch.core.resources import COSTS_TABLE, costs_database, costs_workgroup
 
@@ -37,7 +39,8 @@ SUMS = {
     "estimated_calls": "sum(CASE WHEN usage_estimated THEN 1 ELSE 0 END)",
     "estimated_nanos": "sum(CASE WHEN usage_estimated THEN cost_nanos ELSE 0 END)",
 }
-KEYS = ("dt", "model", "cached")  # beside the groups: what the daily chart and compare read
+# beside the groups: what the daily chart, compare and the batch route's saving read
+KEYS = ("dt", "model", "cached", f"{column_sql('route')} AS route")
 DONE = {"SUCCEEDED", "FAILED", "CANCELLED"}
 
 
@@ -78,10 +81,14 @@ def _flag(value: str | int | None) -> bool:
 
 
 def report_from_rows(
-    rows: Iterable[dict[str, Any]], grouping: Grouping, since: dt.date | None = None
+    rows: Iterable[dict[str, Any]],
+    grouping: Grouping,
+    since: dt.date | None = None,
+    prices: dict[str, Model] | None = None,
 ) -> CostReport:
-    """The report of ``report_sql``'s rows (column name -> value, as text or numbers)."""
-    report = CostReport(since=since, by=grouping)
+    """The report of ``report_sql``'s rows (column name -> value, as text or numbers);
+    ``prices``: the price table the batch route's saving is reckoned at."""
+    report = CostReport(since=since, by=grouping, prices=prices or {})
     for row in rows:
         nanos = int(row["cost_nanos"])
         totals = Totals(
@@ -95,7 +102,8 @@ def report_from_rows(
         )
         values = (row[f"g{i}"] for i in range(len(grouping.keys)))
         group = tuple(None if value is None else str(value) for value in values)
-        report.add_totals(group, str(row["dt"]), str(row["model"]), _flag(row["cached"]), totals)
+        day, model, cached = str(row["dt"]), str(row["model"]), _flag(row["cached"])
+        report.add_totals(group, day, model, cached, totals, str(row["route"]))
     return report
 
 
@@ -189,9 +197,10 @@ def athena_report(
     since: dt.date | None = None,
     batch: str | None = None,
     on_state: Callable[[str], None] = lambda state: None,
+    prices: dict[str, Model] | None = None,
 ) -> tuple[CostReport, AthenaQuery]:
     """The report of the stack's cost records, computed by Athena in the stack's workgroup."""
     database = costs_database(stack)
     query = AthenaQuery(athena, costs_workgroup(stack), on_state=on_state)
     sql = report_sql(database, COSTS_TABLE, grouping, since=since, batch=batch)
-    return report_from_rows(query.rows(sql, database), grouping, since), query
+    return report_from_rows(query.rows(sql, database), grouping, since, prices), query

@@ -1,14 +1,16 @@
 """What ``chatbatch costs --by`` groups the cost records by.
 
 A grouping is one or more keys (``--by`` repeated): a field of the cost record (``model``,
-``priority``, ``role``, ``day``, ``batch``) or a key of the job's own metadata
+``priority``, ``role``, ``day``, ``batch``, ``route``) or a key of the job's own metadata
 (``metadata.KEY``). A group is keyed by the tuple of its values (``GroupKey``), one per
 key, ``None`` where the record has no value (no role, no such metadata key): distinct from
 any string, even a value literally ``(none)``, and never merged with another group whose
 values only look the same once joined. Its name (``name``) is the values joined with
 `` / ``, a missing one shown as ``(none)``: for display only. Each key is also a SQL
 expression over the Athena table of the cost records (``sql``, NULL where missing), so
-``costs --athena`` groups exactly as the S3 reader does.
+``costs --athena`` groups exactly as the S3 reader does. A field the record model gives a
+default (``route``: ``sync``, for records written before it existed) reads as that default
+in SQL too, where the older rows hold NULL.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class GroupBy(StrEnum):
     role = "role"
     day = "day"
     batch = "batch"
+    route = "route"
 
 
 # each field's column in the cost records (and the Athena table: ``dt`` is its partition)
@@ -44,6 +47,7 @@ COLUMNS = {
     GroupBy.role: "role",
     GroupBy.day: "dt",
     GroupBy.batch: "batch_id",
+    GroupBy.route: "route",
 }
 
 
@@ -121,4 +125,13 @@ def _column(key: str) -> str:
     if key.startswith(METADATA):
         # element_at: NULL for a missing key (a subscript would fail the query)
         return f"element_at(metadata, {sql_string(key.removeprefix(METADATA))})"
-    return COLUMNS[GroupBy(key)]
+    return column_sql(COLUMNS[GroupBy(key)])
+
+
+def column_sql(column: str) -> str:
+    """A cost-record column as SQL: a field the record model defaults to a string reads as
+    that default where an older record lacks it (NULL in the table), as the model reads it."""
+    default = CostRecord.model_fields[column].default
+    if isinstance(default, str):
+        return f"coalesce({column}, {sql_string(default)})"
+    return column

@@ -11,6 +11,14 @@ first day with a record) to the last day with a record.
 
 Cache hits (``cached``) cost nothing whichever model would have answered, so the
 comparison re-prices only the usage a provider billed.
+
+What the batch route saved (``saved_usd``) is, over the billed records whose ``route`` is
+``batch``, the same tokens at the model's synchronous prices minus what was paid (the
+records' cost, at the batch prices). The synchronous price of a usage is exact and linear
+in its tokens, so it is computed on any sum of records (one record, or a row of Athena's
+answer, one route and model each) and the two readers agree to the nanodollar. A record
+written before ``route`` existed is ``sync``; a batch record whose model is no longer in
+the price table cannot be re-priced and is named (``CostReport.unpriced``), not guessed.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from pydantic import BaseModel, Field
 from chatbatch.client.cost_groups import Grouping, GroupKey
 from chatbatch.client.flush_objects import CostLines
 from chatbatch.client.listing import in_order, list_keys
-from chatbatch.core.config import Config
+from chatbatch.core.config import Config, Model
 from chatbatch.core.output_lines import CostRecord
 from chatbatch.core.pricing import Usage, cost
 from chatbatch.core.private_files import private_open
@@ -54,6 +62,11 @@ class Totals(BaseModel):
     # calls booked at their worst case (no usage came back), in the figures above too
     estimated_calls: int = 0
     estimated_usd: Decimal = Decimal(0)
+    # of the figures above, the records of the batch route (what they paid: batch prices)
+    batch_jobs: int = 0
+    batch_usd: Decimal = Decimal(0)
+    # the billed batch records' tokens at their model's synchronous prices, minus batch_usd
+    saved_usd: Decimal = Decimal(0)
 
     @classmethod
     def of(cls, record: CostRecord) -> Totals:
@@ -93,6 +106,10 @@ class Comparison(BaseModel):
     cost_usd: Decimal
     annual_usd: Decimal
     ratio: Decimal | None = Field(description="this model's cost / the actual cost")
+    # the same usage at the model's batch prices (None: the model has no batch_api)
+    batch_cost_usd: Decimal | None = None
+    batch_annual_usd: Decimal | None = None
+    batch_ratio: Decimal | None = None
 
 
 class CostReport(BaseModel):
@@ -104,23 +121,55 @@ class CostReport(BaseModel):
     daily: dict[str, dict[str, Decimal]] = Field(
         default_factory=dict, description="day -> model -> USD"
     )
+    prices: dict[str, Model] = Field(
+        default_factory=dict, description="the price table (config.models): what saved_usd uses"
+    )
+    unpriced: set[str] = Field(
+        default_factory=set, description="models of batch records not in the price table"
+    )
 
     def add(self, record: CostRecord) -> None:
         self.add_totals(
-            self.by.group_of(record), record.dt, record.model, record.cached, Totals.of(record)
+            self.by.group_of(record),
+            record.dt,
+            record.model,
+            record.cached,
+            Totals.of(record),
+            record.route,
         )
 
     def add_totals(
-        self, group: GroupKey, day: str, model: str, cached: bool, totals: Totals
+        self,
+        group: GroupKey,
+        day: str,
+        model: str,
+        cached: bool,
+        totals: Totals,
+        route: str = "sync",
     ) -> None:
-        """Records of one group, day, model and cache flag, added up (one record, or a row
-        of Athena's answer)."""
+        """Records of one group, day, model, cache flag and route, added up (one record, or
+        a row of Athena's answer)."""
+        if route == "batch":
+            totals = totals.model_copy(update=self._batch_figures(model, cached, totals))
         self.total.add(totals)
         if not cached:
             self.billed.add(totals)
         self.groups.setdefault(group, Totals()).add(totals)
         per_model = self.daily.setdefault(day, {})
         per_model[model] = per_model.get(model, Decimal(0)) + totals.cost_usd
+
+    def _batch_figures(self, model: str, cached: bool, totals: Totals) -> dict[str, object]:
+        """Batch-route records' own figures: what they paid and, billed (a cache hit costs
+        nothing on either route), what their tokens would have cost synchronously beyond
+        it."""
+        figures: dict[str, object] = {"batch_jobs": totals.jobs, "batch_usd": totals.cost_usd}
+        if cached:
+            return figures
+        sync = self.prices.get(model)
+        if sync is None:
+            self.unpriced.add(model)
+            return figures
+        return figures | {"saved_usd": cost(totals.usage, sync) - totals.cost_usd}
 
     @property
     def days(self) -> int:
@@ -136,16 +185,26 @@ class CostReport(BaseModel):
         return usd / self.days * DAYS_PER_YEAR if self.days else Decimal(0)
 
     def compare(self, config: Config) -> list[Comparison]:
-        """The billed token usage priced on every model, cheapest first."""
+        """The billed token usage priced on every model, cheapest first; a model with a
+        batch API also at its batch prices."""
         usage = self.billed.usage
         actual = self.billed.cost_usd
+
+        def ratio(usd: Decimal) -> Decimal | None:
+            return usd / actual if actual else None
+
         rows = []
         for name, model in config.models.items():
             usd = cost(usage, model)
-            ratio = usd / actual if actual else None
-            rows.append(
-                Comparison(model=name, cost_usd=usd, annual_usd=self.annual(usd), ratio=ratio)
+            row = Comparison(
+                model=name, cost_usd=usd, annual_usd=self.annual(usd), ratio=ratio(usd)
             )
+            if model.batch_api is not None:
+                batch = cost(usage, model.batch_priced())
+                row.batch_cost_usd = batch
+                row.batch_annual_usd = self.annual(batch)
+                row.batch_ratio = ratio(batch)
+            rows.append(row)
         return sorted(rows, key=lambda row: row.cost_usd)
 
 
@@ -179,12 +238,14 @@ def load_report(
     threads: int = 16,
     on_record: Callable[[CostRecord], None] = lambda record: None,
     batches: Batches | None = None,
+    prices: dict[str, Model] | None = None,
 ) -> CostReport:
     """Read and add up the cost records of the days from ``since`` (of one batch, or all).
     A job's record found in two objects counts once, the one its state item names
     (``batches``: the deployment's job states, needed only then). ``on_record``: each
-    record as it counts."""
-    report = CostReport(since=since, by=by or Grouping())
+    record as it counts. ``prices``: the price table the batch route's saving is
+    reckoned at (``config.models``)."""
+    report = CostReport(since=since, by=by or Grouping(), prices=prices or {})
 
     def read(key: str) -> tuple[str, list[str]]:
         return key, object_lines(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
