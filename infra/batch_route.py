@@ -48,8 +48,8 @@ from chatbatch.core.resources import (
     GATHER_TIMEOUT_S,
     batch_queue_name,
 )
-from infra.queues import deny_other_senders, queue_with_dlq
 from infra.events import put_events_statement
+from infra.queues import deny_other_senders, queue_with_dlq
 from infra.worker import Worker, acknowledge_function, logged_role
 from infra.worker_policy import prefixes, worker_data_statements
 
