@@ -30,9 +30,11 @@ from chatbatch.core.pricing import Usage, cost, from_nanos
 from chatbatch.local.options import LocalOptions
 from chatbatch.local.runtime import LocalRuntime
 from chatbatch.local.simulator import SimulatorSettings
+from chatbatch.provider.batch_api import BatchApiError, BatchPart, OpenAIBatchClient
+from chatbatch.state.batches import Batches
 from chatbatch.state.budget.budget import Budget
 from chatbatch.state.budget.ledger import DayUsage
-from chatbatch.state.parts import Parts
+from chatbatch.state.parts import Parts, PartState
 from tests.unit.test_anthropic_config import anthropic_config
 
 MODEL = "gpt-4.1"  # batch_api = "openai" in the shipped config
@@ -67,6 +69,11 @@ def priced(bill: dict[str, int], model: Model) -> Decimal:
 def options(**settings: Any) -> LocalOptions:
     sim = SimulatorSettings(**{"batch_turnaround_s": 2.0, **settings})
     return LocalOptions(timeout_s=120, gather_every_s=1.0, simulator=sim)
+
+
+def rt_parts(rt: LocalRuntime) -> Parts:
+    ddb = boto3.client("dynamodb")
+    return Parts(ddb, rt.resources.table, Batches(ddb, rt.resources.table))
 
 
 def books(rt: LocalRuntime) -> tuple[DayUsage, Decimal]:
@@ -263,3 +270,38 @@ def test_jobs_on_an_anthropic_model_go_through_message_batches(tmp_path: Path) -
         assert f"word{i} " in result["message"]["content"][0]["text"] + " "
     costs = read_jsonl(out / "costs.jsonl")
     assert {c["route"] for c in costs} == {"batch"} and len(costs) == 6
+
+
+def test_a_part_the_provider_never_takes_goes_to_sync_after_an_hour(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The provider refuses every batch create (a 400): the part stays ``creating`` and
+    each pass tries again; once the gatherer's clock is an hour on, its jobs run
+    synchronously, its money is given back, and no job is lost or run twice."""
+    later = {"s": 0.0}
+    tries: list[float] = []
+    monkeypatch.setattr(handler, "CLOCK", lambda: time.time() + later["s"])
+
+    def refused(self: OpenAIBatchClient, part: BatchPart, metadata: Any = None) -> Any:
+        tries.append(time.time())
+        if len(tries) == 2:  # the next pass's clock is past the hour
+            later["s"] = 3700.0
+        raise BatchApiError("POST /batches: 400 the file is not accepted", status=400)
+
+    monkeypatch.setattr(OpenAIBatchClient, "create", refused)
+    path = write(tmp_path, [job(i, batch=True) for i in range(8)])
+    out = tmp_path / "out"
+    with LocalRuntime(options()) as rt:
+        summary = rt.run(path, out)
+        usage, billed = books(rt)
+        info = rt.batches.get(summary.batch_id)
+        assert rt.simulator is not None
+        stats = rt.simulator.stats()
+        parts = list(rt_parts(rt).listed())
+    assert len(tries) == 2, tries
+    assert summary.succeeded == 8, summary
+    assert stats.billed_by_model[MODEL].calls == 8 and MODEL not in stats.batch_billed_by_model
+    assert {c["route"] for c in read_jsonl(out / "costs.jsonl")} == {"sync"}
+    assert info is not None and info.batched == 0
+    assert [p.state for p in parts] == [PartState.done]
+    assert usage.spent_usd == billed and usage.reserved_usd == 0, usage
