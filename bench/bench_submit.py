@@ -41,9 +41,10 @@ from bench._common import (
     say,
     workdir,
 )
-from chatbatch.client.submit import Plan, Sender, plan_file, send_file, write_manifest
+from chatbatch.client.submit import Plan, plan_file, send_file, write_manifest
 from chatbatch.core.config import Priority
 from chatbatch.core.resources import Resources
+from chatbatch.state.sender import Sender
 
 PHASES = ("validate", "manifest", "send", "moto")
 

@@ -305,3 +305,28 @@ def test_a_part_the_provider_never_takes_goes_to_sync_after_an_hour(
     assert info is not None and info.batched == 0
     assert [p.state for p in parts] == [PartState.done]
     assert usage.spent_usd == billed and usage.reserved_usd == 0, usage
+
+
+def test_a_provider_batch_the_provider_no_longer_knows_runs_its_jobs_synchronously(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The provider answers 404 for the part's batch (a local run resumed with a new
+    simulator, a key of another account): its jobs did not run there, so they run
+    synchronously, each once, and the part's money goes back."""
+
+    def gone(self: OpenAIBatchClient, batch_id: str) -> Any:
+        raise BatchApiError(f"GET /batches/{batch_id}: 404 not found", status=404)
+
+    monkeypatch.setattr(OpenAIBatchClient, "poll", gone)
+    path = write(tmp_path, [job(i, batch=True, deadline_h=48) for i in range(6)])
+    with LocalRuntime(options()) as rt:
+        summary = rt.run(path, tmp_path / "out")
+        usage, _ = books(rt)
+        assert rt.simulator is not None
+        stats = rt.simulator.stats()
+        model = next(m for m in rt.config.models.values() if m.model_id == MODEL)
+    assert summary.succeeded == 6, summary
+    assert stats.billed_by_model[MODEL].calls == 6
+    # (this simulator did run the batch it was told to forget: its batch bill is not ours)
+    sync_bill = priced(stats.billed_by_model[MODEL].model_dump(), model)
+    assert usage.spent_usd == sync_bill and usage.reserved_usd == 0, usage

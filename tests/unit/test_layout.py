@@ -1,6 +1,7 @@
 """The layout's rules: dependencies point one way, and the stack needs only ``core``.
 
-core <- provider, state <- worker; client uses core and state; local and cli sit on top;
+core <- provider, state <- worker <- batchroute; client uses core and state; local and
+cli sit on top;
 nothing imports cli. Every import counts: module level, inside functions (lazy) and under
 ``TYPE_CHECKING``.
 """
@@ -15,15 +16,27 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "functions" / "chatbatch"
-LAYERS = ("core", "translate", "provider", "state", "worker", "client", "local", "cli")
+LAYERS = (
+    "core",
+    "translate",
+    "provider",
+    "state",
+    "worker",
+    "batchroute",
+    "client",
+    "local",
+    "cli",
+)
 ALLOWED = {
     "core": {"core"},
     "translate": {"core", "translate"},
     "provider": {"core", "provider"},
     "state": {"core", "state"},
     "worker": {"core", "translate", "provider", "state", "worker"},
+    # the gatherer, a function beside the worker: it stores and settles as the worker does
+    "batchroute": {"core", "translate", "provider", "state", "worker", "batchroute"},
     "client": {"core", "translate", "state", "client"},
-    "local": {"core", "translate", "provider", "state", "worker", "client", "local"},
+    "local": {"core", "translate", "provider", "state", "worker", "batchroute", "client", "local"},
     "cli": set(LAYERS),
 }
 

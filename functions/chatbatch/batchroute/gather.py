@@ -31,7 +31,6 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from chatbatch.batchroute import part_files
 from chatbatch.batchroute.clients import BatchClients
-from chatbatch.client.submit import BATCH_LANE, Sender
 from chatbatch.core.config import Priority
 from chatbatch.core.jobs import Job
 from chatbatch.core.output_lines import OutputLine
@@ -44,6 +43,7 @@ from chatbatch.state.budget.errors import BudgetDeferred
 from chatbatch.state.budget.parts import part_ask
 from chatbatch.state.budget.reservations import Ask
 from chatbatch.state.parts import JobIn, Part, PartState
+from chatbatch.state.sender import BATCH_LANE, Sender
 from chatbatch.worker.batch_jobs import batch_parts
 from chatbatch.worker.intake import Intake, read_record
 from chatbatch.worker.producers import REFUSED, screen

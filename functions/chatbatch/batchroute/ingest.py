@@ -39,17 +39,17 @@ from aws_lambda_powertools import Logger
 from chatbatch.batchroute import part_files
 from chatbatch.batchroute.clients import BatchClients
 from chatbatch.batchroute.recover import held_keys
-from chatbatch.client.submit import Sender
 from chatbatch.core.days import utc_day
 from chatbatch.core.jobs import Job
 from chatbatch.core.output_lines import CostRecord, JobFacts, OutputLine
 from chatbatch.core.pricing import cost, from_nanos, to_nanos
 from chatbatch.core.routing import deadline_of
-from chatbatch.provider.batch_api import BatchPart, JobOutcome, provider_custom_id
+from chatbatch.provider.batch_api import BatchApiError, BatchPart, JobOutcome, provider_custom_id
 from chatbatch.state.batches import JobState
 from chatbatch.state.budget.reservations import Reservation
 from chatbatch.state.ddb import s as text
 from chatbatch.state.parts import PART_FIELD, Part, PartState
+from chatbatch.state.sender import Sender
 from chatbatch.state.store import flush_cost_key, flush_result_key
 from chatbatch.worker.batch_jobs import stored
 from chatbatch.worker.completion import announce_one
@@ -107,7 +107,16 @@ class Ingester:
         lines stay answered, billed, and are settled as any)."""
         assert record.provider_batch_id is not None
         client = self.clients.of(record.provider, record.api)
-        state = client.poll(record.provider_batch_id)
+        try:
+            state = client.poll(record.provider_batch_id)
+        except BatchApiError as err:
+            if err.status != 404:
+                raise
+            logger.warning(  # its jobs did not run: ingested as such (back to sync)
+                "the provider has no such batch", extra={"part": record.part_id}
+            )
+            self._ended(record)
+            return
         if not state.ended:
             if state.status not in CANCELLING and self._cancelled(record):
                 client.cancel(record.provider_batch_id)
@@ -120,6 +129,9 @@ class Ingester:
                 "a provider batch failed or expired",
                 extra={"part": record.part_id, "status": state.status, "counts": state.counts},
             )
+        self._ended(record)
+
+    def _ended(self, record: Part) -> None:
         if self.s.parts.advance(record.part_id, PartState.open, PartState.ingesting):
             self.ingest(record.model_copy(update={"state": PartState.ingesting}))
 
@@ -132,7 +144,18 @@ class Ingester:
             return
         held = set(held_keys(self.s, record, part))
         client = self.clients.of(record.provider, record.api)
-        outcomes = client.results(record.provider_batch_id, part)
+        try:
+            outcomes = client.results(record.provider_batch_id, part)
+        except BatchApiError as err:
+            if err.status != 404:
+                raise
+            # the provider has no such batch (another account's key, a local run resumed
+            # with a new simulator): its jobs did not run there
+            why = "the provider has no such batch"
+            outcomes = [
+                JobOutcome(r.job.batch_id or "", r.job.custom_id, "retry_sync", message=why)
+                for r in part.requests
+            ]
         money = self.s.budget.part_held(record.part_id, record.batches)
         cancelled = self._cancelled(record)
         jobs = [

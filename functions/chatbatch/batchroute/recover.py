@@ -25,11 +25,11 @@ from aws_lambda_powertools import Logger
 from chatbatch.batchroute import part_files
 from chatbatch.batchroute.clients import BatchClients
 from chatbatch.batchroute.gather import PART_METADATA, held_jobs, open_at_provider
-from chatbatch.client.submit import Sender
 from chatbatch.core.config import Priority
 from chatbatch.provider.batch_api import BatchApi, BatchPart, BatchState
 from chatbatch.state.batches import JobState
 from chatbatch.state.parts import Part
+from chatbatch.state.sender import Sender
 from chatbatch.worker.services import Services
 
 logger = Logger(service="chatbatch")

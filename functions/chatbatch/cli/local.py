@@ -75,6 +75,7 @@ def _local_options(
     budget_usd: float | None,
     sim_rpm: int | None = None,
     sim_tpm: int | None = None,
+    sim_batch_turnaround_s: float = 1.0,
     **options: Any,
 ) -> Any:
     from chatbatch.local.options import LocalOptions
@@ -83,7 +84,12 @@ def _local_options(
     try:
         faults = json.loads(sim_faults) if sim_faults else {}
         settings = SimulatorSettings(
-            latency_ms=sim_latency_ms, rpm=sim_rpm, tpm=sim_tpm, fault_rates=faults, seed=seed
+            latency_ms=sim_latency_ms,
+            rpm=sim_rpm,
+            tpm=sim_tpm,
+            fault_rates=faults,
+            seed=seed,
+            batch_turnaround_s=sim_batch_turnaround_s,
         )
     except ValueError as err:
         raise CliError(f"--sim-*: {err}", EXIT_USAGE) from None
@@ -121,6 +127,23 @@ def local_run(
         bool, typer.Option("--fresh", help="delete the state (and so the answers) and start over")
     ] = False,
     route: RouteOpt = "auto",
+    gather_every_s: Annotated[
+        float,
+        typer.Option(
+            "--gather-every-s",
+            min=0.1,
+            help="the batch route's gatherer runs this often (deployed: every 5 minutes)",
+        ),
+    ] = 5.0,
+    sim_batch_turnaround_s: Annotated[
+        float,
+        typer.Option(
+            "--sim-batch-turnaround-s",
+            min=0.0,
+            help="the simulator's provider batches answer their last line this long after "
+            "they start (the providers: minutes to 24 h)",
+        ),
+    ] = 1.0,
     as_json: Annotated[bool, typer.Option("--json", help="print summary.json")] = False,
 ) -> None:
     """Run JOBS through the local pipeline; write results, errors, costs and a summary to --out.
@@ -156,6 +179,8 @@ def local_run(
         log_file=out_dir / "worker.log",
         state_dir=state_dir,
         throttle_wcu_s=throttle_wcu_s,
+        gather_every_s=gather_every_s,
+        sim_batch_turnaround_s=sim_batch_turnaround_s,
     )
     try:
         with LocalRuntime(options) as runtime, _on_stop_signals(runtime.request_stop):

@@ -22,10 +22,8 @@ from chatbatch.cli.output import console, duration, emit, out, progress_bar, say
 from chatbatch.cli.params import ConfigOpt, JsonOpt, RouteOpt, StackOpt, route_override
 from chatbatch.client.deployment import Deployment, connect
 from chatbatch.client.submit import (
-    NoBatchRoute,
     Plan,
     RouteTotals,
-    Sender,
     check_batch_route,
     checksum_batch_id,
     plan_file,
@@ -43,6 +41,7 @@ from chatbatch.state.batches import (
     RegisteredByAnotherProducer,
     SubmittedFromAnotherFile,
 )
+from chatbatch.state.sender import NoBatchRoute, Sender
 
 MAX_SHOWN_ERRORS = 100
 

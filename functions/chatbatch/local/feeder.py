@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 
-from chatbatch.client.submit import Sender
 from chatbatch.core.config import Priority
 from chatbatch.core.jobs import Job
 from chatbatch.state.batches import Batches, JobState
+from chatbatch.state.sender import Sender
 
 FEED_DEPTH = 100
 LOOKUP = 100  # job states read per BatchGetItem

@@ -40,9 +40,7 @@ from aws_lambda_powertools import Logger
 
 from chatbatch.client.flush_objects import committed_result
 from chatbatch.client.submit import (
-    BATCH_LANE,
     Plan,
-    Sender,
     batched_by_lane,
     iter_jobs,
     plan_file,
@@ -84,6 +82,7 @@ from chatbatch.state.breaker import Breakers
 from chatbatch.state.budget import errors as budget_errors
 from chatbatch.state.budget.pause import BudgetPause
 from chatbatch.state.queue_switch import TableSwitch
+from chatbatch.state.sender import BATCH_LANE, Sender
 from chatbatch.state.store import Store, manifest_key
 
 POLL_S = 0.25  # how often the batch's counters are read while waiting
