@@ -23,7 +23,9 @@ import pytest
 from test_events import drain, event_sink, received, wait_for
 
 from bench._common import read_jsonl
-from chatbatch.batchroute import handler
+from chatbatch.batchroute import gather, handler
+from chatbatch.client.budget import set_daily_limit
+from chatbatch.client.deployment import connect
 from chatbatch.core.config import Model
 from chatbatch.core.events import BatchCompleted
 from chatbatch.core.pricing import Usage, cost, from_nanos
@@ -330,3 +332,32 @@ def test_a_provider_batch_the_provider_no_longer_knows_runs_its_jobs_synchronous
     # (this simulator did run the batch it was told to forget: its batch bill is not ours)
     sync_bill = priced(stats.billed_by_model[MODEL].model_dump(), model)
     assert usage.spent_usd == sync_bill and usage.reserved_usd == 0, usage
+
+
+def test_a_part_the_budget_cannot_hold_waits_deferred_then_goes_when_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The day's budget has no room for the part's worst case: nothing is sent to the
+    provider, the jobs wait ``deferred`` (the run ends saying so) on the batch queue as
+    new, delayed messages (no receive counted toward the DLQ); raised, they go through
+    the batch API, each once."""
+    monkeypatch.setattr(gather, "LATER_S", 1)
+    path = write(tmp_path, [job(i, batch=True) for i in range(6)])
+    with LocalRuntime(dataclasses.replace(options(), budget_usd=Decimal("0.0001"))) as rt:
+        summary = rt.run(path, tmp_path / "first")
+        assert rt.simulator is not None
+        assert (summary.deferred, summary.succeeded) == (6, 0), summary
+        assert MODEL not in rt.simulator.stats().batch_billed_by_model
+        rt.register_stack()
+        set_daily_limit(connect(rt.config), Decimal(5))
+        plan = rt.submit(path)  # the same batch: its jobs are on the queue already
+        info = rt.wait(plan, until=lambda i, p: i.finished >= p.valid)
+        usage, billed = books(rt)
+        stats = rt.simulator.stats()
+        dlq = boto3.client("sqs").get_queue_attributes(
+            QueueUrl=rt.resources.batch_dlq or "", AttributeNames=["ApproximateNumberOfMessages"]
+        )
+    assert info.succeeded == 6 and info.deferred == 0 and info.batched == 0
+    assert stats.batch_billed_by_model[MODEL].calls == 6
+    assert int(dlq["Attributes"]["ApproximateNumberOfMessages"]) == 0
+    assert usage.spent_usd == billed and usage.reserved_usd == 0, usage

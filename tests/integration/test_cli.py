@@ -396,7 +396,8 @@ def submit_dead_letters(local: Local, n: int, prefix: str, priority: str) -> str
     local.configure(latency_ms=0, fault_rates={FaultKind("503"): 1.0})
     try:
         path = local.write(f"{prefix}.jsonl", job_lines(n, prefix, priority=priority))
-        batch: str = local.json("submit", str(path))["batch_id"]
+        # (synchronous: a low job on gpt-4.1 would otherwise take the batch route)
+        batch: str = local.json("submit", str(path), "--route", "sync")["batch_id"]
         local.wait(batch, lambda s: s["dead_lettered"] == n)
         deadline = time.monotonic() + 20
         while dead_letters(local, priority) < n:  # SQS moves a message at its next receive

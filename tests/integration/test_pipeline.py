@@ -611,10 +611,12 @@ def expired_jobs(rt: LocalRuntime, out: Path, summary: Summary) -> list[dict[str
 
 def test_a_job_handed_back_too_often_expires(tmp_path: Path, config):
     """Deferrals end: with ``worker.max_handbacks = 0`` a job the budget defers expires at
-    once instead of cycling through the queue (as OpenAI's batches, code ``batch_expired``)."""
+    once instead of cycling through the queue (as OpenAI's batches, code ``batch_expired``).
+    (Synchronous jobs: a low job on gpt-4.1 would otherwise take the batch route.)"""
     cfg = worker_config(tmp_path, config, max_handbacks=0)
     with runtime(config_path=cfg, budget_usd=Decimal("0.001"), timeout_s=120) as rt:
-        summary = rt.run(write(tmp_path, job_lines(12, seed=5)), tmp_path / "out")
+        lines = write(tmp_path, job_lines(12, seed=5))
+        summary = rt.run(lines, tmp_path / "out", route="sync")
         errors = expired_jobs(rt, tmp_path / "out", summary)
     assert all("worker.max_handbacks" in e["error"]["message"] for e in errors)
 

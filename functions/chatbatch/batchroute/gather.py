@@ -220,7 +220,8 @@ class Gatherer:
             self.s.budget.reserve_part(self._asks(part_id, part))
         except BudgetDeferred as err:
             logger.info("a part waits for budget", extra={"part": part_id, "why": str(err)})
-            self.s.parts.abandon(part_id, held_jobs(keys))
+            # deferred, as the worker counts a job waiting for budget; sent again delayed
+            self.s.parts.abandon(part_id, held_jobs(keys), to=JobState.deferred)
             self._again_later([jobs[key][0] for key in keys])  # no receive burnt waiting
             self._delete(intakes)
             self.done.deferred += len(keys)

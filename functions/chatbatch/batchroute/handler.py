@@ -1,5 +1,7 @@
 """The gatherer's Lambda handler (EventBridge, every ``GATHER_EVERY_MIN`` minutes; locally
-a timer): one pass (``run``) over every part's record, then the queue. Its reserved
+a timer): one pass (``run``) over every part's record, then the queue (not while the
+day's budget is spent: the budget pause, ``state/budget/pause.py``, as the worker's
+queues are switched off). Its reserved
 concurrency is 1, so no two passes overlap; each step is still safe to repeat after a
 crash (``recover``). A part that fails (its provider unreachable, a file unreadable) is
 logged and left for the next pass; the others go on.
@@ -63,6 +65,8 @@ def run(
             logger.exception("a part's step failed", extra={"part": part.part_id})
             done.errors.append(f"part {part.part_id} ({part.state}): {err!r}")
     done.ingested = ingester.done
+    if services.pause.get() is not None:  # the day's budget is spent: nothing to reserve
+        return done  # with; the jobs wait on the queue, receiving nothing (no cycling)
     done.gathered = Gatherer(services, clients, queue_url, clock).gather(parts)
     return done
 

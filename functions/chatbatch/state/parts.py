@@ -137,49 +137,58 @@ class Parts:
         items.append(self._count_on_record(part_id, len(jobs)))
         return not transact(self._ddb, items)
 
-    def abandon(self, part_id: str, jobs: Sequence[JobIn]) -> None:
+    def abandon(self, part_id: str, jobs: Sequence[JobIn], to: JobState = JobState.new) -> None:
         """Let a part that never reached its provider go: each of ``jobs`` it still holds
-        leaves it as if never gathered (its state removed: ``new``, so its message, which
-        is still on the queue, gathers it again), in transactions on the record still
-        ``creating``; then the record is ``done``. A job the part no longer holds is
-        skipped. Safe to repeat."""
+        leaves it, as if never gathered (``new``: its state removed, so its message, which
+        is still on the queue, gathers it again), or ``deferred`` (waiting for budget, as
+        the worker counts such a job), in transactions on the record still ``creating``;
+        then the record is ``done``. A job the part no longer holds is skipped. Safe to
+        repeat."""
         for chunk in _chunks(jobs):
-            if not self._release(part_id, chunk):
+            if not self._release(part_id, chunk, to):
                 for job in chunk:
-                    self._release(part_id, [job])
+                    self._release(part_id, [job], to)
         self._advance(part_id, PartState.creating, PartState.done, {})
 
-    def _release(self, part_id: str, jobs: Sequence[JobIn]) -> bool:
+    def _release(self, part_id: str, jobs: Sequence[JobIn], to: JobState) -> bool:
         items: list[Any] = []
-        counts: dict[str, int] = {}
+        counts: dict[str, dict[str, int]] = {}
         for job in jobs:
-            item, deltas = self.send_back_item(part_id, job.batch_id, job.custom_id)
+            item, deltas = self.send_back_item(part_id, job.batch_id, job.custom_id, to)
             items.append(item)
-            counts[job.batch_id] = counts.get(job.batch_id, 0) + deltas[JobState.batched.counter]
-        for batch_id, count in counts.items():
-            items += self._batches.count_items(batch_id, {JobState.batched.counter: count})
+            total = counts.setdefault(job.batch_id, {})
+            for name, delta in deltas.items():
+                total[name] = total.get(name, 0) + delta
+        for batch_id, deltas in counts.items():
+            items += self._batches.count_items(batch_id, deltas)
         items.append(self._count_on_record(part_id, -len(jobs)))
         return not transact(self._ddb, items)
 
     def send_back_item(
-        self, part_id: str, batch_id: str, custom_id: str
+        self, part_id: str, batch_id: str, custom_id: str, to: JobState = JobState.new
     ) -> tuple[dict[str, Any], dict[str, int]]:
-        """The job's item out of the part as if never gathered (its state removed: ``new``),
-        on the condition that the part holds it; and what that adds to its batch's counters."""
+        """The job's item out of the part, on the condition that the part holds it, to
+        ``new`` (its state removed: as if never gathered) or to a waiting state (its
+        gauge); and what that adds to its batch's counters."""
+        values = {":batched": s(JobState.batched.value), ":part": s(part_id)}
+        update = "REMOVE #s, #p"
+        deltas = {JobState.batched.counter: -1}
+        if to is not JobState.new:
+            assert to.gauge is not None, to
+            update = "SET #s = :to REMOVE #p"
+            values[":to"] = s(to.value)
+            deltas[to.gauge] = 1
         item = {
             "Update": {
                 "TableName": self._table,
                 "Key": job_key(batch_id, custom_id),
-                "UpdateExpression": "REMOVE #s, #p",
+                "UpdateExpression": update,
                 "ConditionExpression": "#s = :batched AND #p = :part",
                 "ExpressionAttributeNames": {"#s": "state", "#p": PART_FIELD},
-                "ExpressionAttributeValues": {
-                    ":batched": s(JobState.batched.value),
-                    ":part": s(part_id),
-                },
+                "ExpressionAttributeValues": values,
             }
         }
-        return item, {JobState.batched.counter: -1}
+        return item, deltas
 
     def _count_on_record(self, part_id: str, jobs: int) -> dict[str, Any]:
         """The record's job count changed by ``jobs``, on the record still ``creating``."""
