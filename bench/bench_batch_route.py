@@ -37,7 +37,7 @@ import pstats
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -66,7 +66,7 @@ from bench.bench_overhead import DDB_WRITES
 from chatbatch.batchroute import handler as gatherer
 from chatbatch.client.submit import Plan
 from chatbatch.core.config import Config, Priority
-from chatbatch.core.routing import RouteKind
+from chatbatch.core.routing import ROUTE_KINDS, RouteKind
 from chatbatch.local.options import LocalOptions
 from chatbatch.local.simulator import SimulatorSettings
 from chatbatch.state.batches import BatchInfo
@@ -306,11 +306,14 @@ def route_run(
 
 
 def compare(
-    tmp: Path, settings: Settings, profile: cProfile.Profile | None = None
+    tmp: Path,
+    settings: Settings,
+    profile: cProfile.Profile | None = None,
+    routes: Sequence[RouteKind] = ROUTE_KINDS,
 ) -> dict[RouteKind, RouteRun]:
-    """Both routes over the same jobs (the batch route profiled if asked)."""
+    """The routes over the same jobs (the batch route profiled if asked)."""
     runs: dict[RouteKind, RouteRun] = {}
-    for route in ("sync", "batch"):
+    for route in routes:
         runs[route] = route_run(tmp / route, route, settings, profile if route == "batch" else None)
         say(f"{route}: {runs[route].jobs} jobs in {runs[route].run.wall_s:.1f} s, books exact")
     return runs
@@ -445,6 +448,9 @@ def arguments() -> argparse.Namespace:
     p.add_argument("--gather-every-s", type=float, default=GATHER_EVERY_S)
     p.add_argument("--rpm", type=int, default=RPM, help="the synchronous route's rate limit")
     p.add_argument("--profile", action="store_true", help="cProfile the gatherer's passes")
+    p.add_argument(
+        "--routes", nargs="+", choices=ROUTE_KINDS, default=ROUTE_KINDS, help="(default both)"
+    )
     return p.parse_args()
 
 
@@ -459,7 +465,15 @@ def main() -> None:
     section = Section("batch_route", "Batch route against the synchronous route (issue 17)")
     profile = cProfile.Profile() if args.profile else None
     with workdir(args) as tmp:
-        runs = compare(tmp, settings, profile)
+        runs = compare(tmp, settings, profile, args.routes)
+    if set(runs) != set(ROUTE_KINDS):  # a development run: one route, not the comparison
+        for r in runs.values():
+            say(routes_table({r.route: r}))
+            if r.route == "batch":
+                say(timeline(r, settings))
+        if profile is not None:
+            say(profile_text(profile))
+        return
     report(section, runs, settings)
     if profile is not None:
         say(profile_text(profile))
