@@ -298,14 +298,14 @@ class SendLog:
         self.at: dict[str, float] = {}
         original = rt.sender.send
 
-        def send(priority: Any, jobs: list[Job]) -> int:
-            sent = original(priority, jobs)
+        def send(priority: Any, jobs: list[Job], delay_s: int = 0) -> int:
+            sent = original(priority, jobs, delay_s)
             now = time.time()
             for job in jobs:
                 self.at.setdefault(job.custom_id, now)
             return sent
 
-        rt.sender.send = send  # type: ignore[method-assign]
+        rt.sender.send = send  # type: ignore[method-assign,assignment]
 
 
 class PollCount:

@@ -20,12 +20,19 @@ synchronous run ``--route sync``. Reported for each route:
   synchronous route's ideal is the jobs at the rate limit given (``--rpm``, far above
   what one local process does, so its ratio shows this machine, not the limit).
 
+One run per route (``--repeat`` is taken and ignored: at the issue's size each route's
+run is minutes long). ``--routes batch`` runs one route alone, for development, with
+``--profile`` (cProfile of the gatherer's passes; it slows them about threefold). Where a
+gatherer pass spends its time is printed in any case, cheaply: each AWS request it makes
+timed by operation (botocore's hooks), the rest its own code and the simulator's API.
+
 The books are checked, and a failure raises: every job one result and one cost record on
 its route, nothing reserved at the end, and the ledger's spent == the cost records' sum ==
 the simulator's bill at each route's prices::
 
     python -m bench.bench_batch_route [--jobs 10000] [--turnaround-s 60] [--gather-every-s 5]
-                                      [--rpm 60000] [--profile] [--quick] [--no-write]
+                                      [--rpm 60000] [--routes batch sync] [--profile]
+                                      [--quick] [--no-write]
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+import boto3
 
 from bench._capacity import metered
 from bench._common import (
@@ -78,6 +87,8 @@ GATHER_EVERY_S = 5.0  # the local timer's period (deployed: every GATHER_EVERY_M
 RPM = 60_000  # 1,000 requests/s: the rate limit is not what bounds the synchronous run
 TPM = 1_000_000_000
 TARGET_RATIO = Decimal("0.50")
+# the batch route first: the figures this benchmark is for, kept if the run is cut short
+ORDER: tuple[RouteKind, ...] = ("batch", "sync")
 
 
 # --- the gatherer's passes -----------------------------------------------------------
@@ -85,11 +96,15 @@ TARGET_RATIO = Decimal("0.50")
 
 @dataclass(frozen=True)
 class TimedPass:
-    """One invocation of the gatherer: when (epoch seconds), how long, what it did."""
+    """One invocation of the gatherer: when (epoch seconds), how long, what it did, and
+    how long its AWS requests took by operation (moto's work here: the rest is the
+    gatherer's own, and its calls to the simulator)."""
 
     started: float
     seconds: float
     done: gatherer.Pass
+    aws_s: dict[str, float] = field(default_factory=dict)  # "service Op" -> seconds
+    aws_calls: Counter[str] = field(default_factory=Counter)
 
     @property
     def gathered(self) -> int:
@@ -107,6 +122,40 @@ class TimedPass:
         return bool(g.jobs or g.to_sync or g.deferred or self.ingested or self.done.ingested.parts)
 
 
+class AwsTimer:
+    """The time of each AWS request the gatherer's thread makes, by operation: botocore's
+    ``before-call`` / ``after-call`` hooks on the default session, kept per thread (only
+    a thread that ``begin``s is timed, so the workers' requests are left out)."""
+
+    def __init__(self) -> None:
+        self.local = threading.local()
+
+    def install(self) -> None:
+        session = boto3.DEFAULT_SESSION
+        assert session is not None
+        session.events.register("before-call", self._before)
+        session.events.register("after-call", self._after)
+
+    def begin(self) -> None:
+        self.local.seconds, self.local.calls = {}, Counter()
+
+    def end(self) -> tuple[dict[str, float], Counter[str]]:
+        seconds, calls = self.local.seconds, self.local.calls
+        self.local.seconds = self.local.calls = None
+        return seconds, calls
+
+    def _before(self, context: dict[str, Any], **_: Any) -> None:
+        context["bench_timer_t0"] = time.monotonic()
+
+    def _after(self, model: Any, context: dict[str, Any], **_: Any) -> None:
+        seconds = getattr(self.local, "seconds", None)
+        if seconds is None or "bench_timer_t0" not in context:
+            return
+        op = f"{model.service_model.service_name} {model.name}"
+        seconds[op] = seconds.get(op, 0.0) + time.monotonic() - context["bench_timer_t0"]
+        self.local.calls[op] += 1
+
+
 @dataclass
 class PassLog:
     passes: list[TimedPass] = field(default_factory=list)
@@ -115,6 +164,12 @@ class PassLog:
     # pass, made when the runtime starts, before the capacity meter's hooks are on the
     # session: a botocore client sees only the hooks registered before it was made)
     renew: threading.Event = field(default_factory=threading.Event)
+    timer: AwsTimer = field(default_factory=AwsTimer)
+
+    def install(self) -> None:
+        """Once the runtime is up: time the gatherer's requests from its next pass on."""
+        self.timer.install()
+        self.renew.set()
 
     def add(self, timed: TimedPass) -> None:
         with self.lock:
@@ -148,6 +203,7 @@ def logged_passes(profile: cProfile.Profile | None = None) -> Iterator[PassLog]:
 
     def run(*args: Any, **kwargs: Any) -> gatherer.Pass:
         started, clock = time.time(), time.monotonic()
+        log.timer.begin()
         if profile is not None:
             profile.enable()
         try:
@@ -155,7 +211,8 @@ def logged_passes(profile: cProfile.Profile | None = None) -> Iterator[PassLog]:
         finally:
             if profile is not None:
                 profile.disable()
-        log.add(TimedPass(started, time.monotonic() - clock, done))
+            aws_s, aws_calls = log.timer.end()
+        log.add(TimedPass(started, time.monotonic() - clock, done, aws_s, aws_calls))
         return done
 
     with patched((gatherer, "run", run), (gatherer, "handler", handler)):
@@ -282,7 +339,7 @@ def route_run(
             settled = info.finished >= plan.valid
             return settled and (route == "sync" or log.parts_closed())
 
-        log.renew.set()
+        log.install()
         meter.start()
         run = run_file(
             rt,
@@ -309,13 +366,19 @@ def compare(
     tmp: Path,
     settings: Settings,
     profile: cProfile.Profile | None = None,
-    routes: Sequence[RouteKind] = ROUTE_KINDS,
+    routes: Sequence[RouteKind] = ORDER,
 ) -> dict[RouteKind, RouteRun]:
-    """The routes over the same jobs (the batch route profiled if asked)."""
+    """The routes over the same jobs (the batch route profiled if asked), each one's
+    figures printed as soon as it ends (a run cut short still leaves them)."""
     runs: dict[RouteKind, RouteRun] = {}
     for route in routes:
-        runs[route] = route_run(tmp / route, route, settings, profile if route == "batch" else None)
-        say(f"{route}: {runs[route].jobs} jobs in {runs[route].run.wall_s:.1f} s, books exact")
+        r = route_run(tmp / route, route, settings, profile if route == "batch" else None)
+        runs[route] = r
+        say(f"{route}: {r.jobs} jobs in {r.run.wall_s:.1f} s, books exact")
+        say(routes_table({route: r}) + "\n")
+        if route == "batch":
+            say(timeline(r, settings) + "\n")
+            say(pass_times(r) + "\n")
     return runs
 
 
@@ -408,7 +471,36 @@ def timeline(r: RouteRun, settings: Settings) -> str:
     return table(rows, ["batch route, from submit", "at s", "took s", ""])
 
 
-def profile_text(profile: cProfile.Profile, top: int = 30) -> str:
+def pass_times(r: RouteRun, top: int = 8) -> str:
+    """Where each working pass of the gatherer spent its time: its AWS requests (moto's
+    work here) by operation, the slowest first, and the rest (the gatherer's own code,
+    its calls to the simulator, botocore)."""
+    worked = [p for p in r.passes if p.worked]
+    total: dict[str, float] = {}
+    for p in worked:
+        for op, seconds in p.aws_s.items():
+            total[op] = total.get(op, 0.0) + seconds
+    shown = sorted(total, key=total.__getitem__, reverse=True)[:top]
+    rows = [
+        [op] + [f"{p.aws_s.get(op, 0.0):.1f} s ({p.aws_calls.get(op, 0):,})" for p in worked]
+        for op in shown
+    ]
+    rows.append(
+        ["other AWS requests"]
+        + [f"{sum(s for op, s in p.aws_s.items() if op not in shown):.1f} s" for p in worked]
+    )
+    rows.append(
+        ["not in an AWS request (the gatherer's code, the simulator's API, botocore)"]
+        + [f"{p.seconds - sum(p.aws_s.values()):.1f} s" for p in worked]
+    )
+    rows.append(["**the pass**"] + [f"**{p.seconds:.1f} s**" for p in worked])
+    header = ["gatherer's time in (requests)"] + [
+        "gather" if p.gathered else "ingest" if p.ingested else "pass" for p in worked
+    ]
+    return table(rows, header)
+
+
+def profile_text(profile: cProfile.Profile, top: int = 45) -> str:
     out = io.StringIO()
     stats = pstats.Stats(profile, stream=out)
     stats.sort_stats("cumulative").print_stats(top)
@@ -439,6 +531,7 @@ def report(section: Section, runs: dict[RouteKind, RouteRun], settings: Settings
     section.add(ops_table({route: (r.run.aws, r.jobs) for route, r in runs.items()}))
     section.add(wru_table(runs))
     section.add(timeline(runs["batch"], settings))
+    section.add(pass_times(runs["batch"]))
 
 
 def arguments() -> argparse.Namespace:
@@ -448,9 +541,7 @@ def arguments() -> argparse.Namespace:
     p.add_argument("--gather-every-s", type=float, default=GATHER_EVERY_S)
     p.add_argument("--rpm", type=int, default=RPM, help="the synchronous route's rate limit")
     p.add_argument("--profile", action="store_true", help="cProfile the gatherer's passes")
-    p.add_argument(
-        "--routes", nargs="+", choices=ROUTE_KINDS, default=ROUTE_KINDS, help="(default both)"
-    )
+    p.add_argument("--routes", nargs="+", choices=ROUTE_KINDS, default=ORDER, help="(default both)")
     return p.parse_args()
 
 
@@ -466,18 +557,11 @@ def main() -> None:
     profile = cProfile.Profile() if args.profile else None
     with workdir(args) as tmp:
         runs = compare(tmp, settings, profile, args.routes)
-    if set(runs) != set(ROUTE_KINDS):  # a development run: one route, not the comparison
-        for r in runs.values():
-            say(routes_table({r.route: r}))
-            if r.route == "batch":
-                say(timeline(r, settings))
-        if profile is not None:
-            say(profile_text(profile))
-        return
-    report(section, runs, settings)
     if profile is not None:
         say(profile_text(profile))
-    finish(section, args)
+    if set(runs) == set(ROUTE_KINDS):  # else a development run: no comparison
+        report(section, runs, settings)
+        finish(section, args)
 
 
 if __name__ == "__main__":
