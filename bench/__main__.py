@@ -29,6 +29,7 @@ OURS = (
     "bench_faults",
     "bench_money",
     "bench_hot_items",
+    "bench_batch_route",
 )
 # Plain scripts: their smaller arguments for --quick.
 QUICK_ARGS = {

@@ -33,6 +33,7 @@ import boto3
 from chatbatch.client.submit import Plan
 from chatbatch.core.config import Config, load_config
 from chatbatch.core.jobs import Job
+from chatbatch.core.routing import Override
 from chatbatch.local.options import LocalOptions
 from chatbatch.local.runtime import LocalRuntime
 from chatbatch.local.simulator import Stats
@@ -297,14 +298,14 @@ class SendLog:
         self.at: dict[str, float] = {}
         original = rt.sender.send
 
-        def send(priority: Any, jobs: list[Job]) -> int:
-            sent = original(priority, jobs)
+        def send(priority: Any, jobs: list[Job], delay_s: int = 0) -> int:
+            sent = original(priority, jobs, delay_s)
             now = time.time()
             for job in jobs:
                 self.at.setdefault(job.custom_id, now)
             return sent
 
-        rt.sender.send = send  # type: ignore[method-assign]
+        rt.sender.send = send  # type: ignore[method-assign,assignment]
 
 
 class PollCount:
@@ -402,16 +403,18 @@ def run_file(
     batch_id: str | None = None,
     until: Callable[[BatchInfo, Plan], bool] | None = None,
     on_settled: Callable[[], None] | None = None,
+    route: Override = "auto",
 ) -> RunResult:
     """Submit ``path`` to a running runtime, wait, collect, and measure all of it.
 
-    ``on_settled`` is called when the batch is settled, before the outputs are collected.
+    ``on_settled`` is called when the batch is settled, before the outputs are collected;
+    ``route``: as ``submit --route``.
     """
     sends, polls = track(rt)
     calls_before = Counter(rt.aws_calls.calls)
     reads_before = polls.reads
     cpu0, started, submitted_at = cpu_s(), time.monotonic(), time.time()
-    plan = rt.submit(path, batch_id)
+    plan = rt.submit(path, batch_id, route=route)
     info = rt.wait(plan, until=until)
     wall, cpu = time.monotonic() - started, cpu_s() - cpu0
     if on_settled:
@@ -490,6 +493,19 @@ def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def ops_table(runs: dict[str, tuple[Counter[tuple[str, str]], int]]) -> str:
+    """AWS requests per job, by service and operation: ``runs`` maps a column to its
+    requests (``RunResult.aws``) and its job count."""
+    keys = sorted({k for aws, _ in runs.values() for k in aws})
+    rows = [
+        [f"{service} {op}"]
+        + [f"{aws.get((service, op), 0) / jobs:.3f}" for aws, jobs in runs.values()]
+        for service, op in keys
+    ]
+    rows.append(["**total**"] + [f"{sum(aws.values()) / jobs:.2f}" for aws, jobs in runs.values()])
+    return table(rows, ["AWS requests per job", *runs])
 
 
 def figures_table(figures: Sequence[Figure], limited_by: dict[str, str] | None = None) -> str:

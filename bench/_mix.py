@@ -21,14 +21,25 @@ STREAMED = 0.10
 BATCH_FORM = 0.30
 
 
-def mix_line(custom_id: str, rng: random.Random, priority: str) -> dict[str, Any]:
-    """One job: short form, or (``BATCH_FORM`` of them) a line of an OpenAI batch file."""
+def mix_line(
+    custom_id: str,
+    rng: random.Random,
+    priority: str,
+    *,
+    model: str | None = None,
+    streamed: float = STREAMED,
+) -> dict[str, Any]:
+    """One job: short form, or (``BATCH_FORM`` of them) a line of an OpenAI batch file;
+    on ``model`` if given (else the config's default), streamed with probability
+    ``streamed`` (the same draws either way: only the flag changes)."""
     words = rng.randint(*PROMPT_WORDS)
     prompt = custom_id + " " + " ".join(rng.choice(WORDS) for _ in range(words - 1))
     max_tokens = rng.randint(*MAX_TOKENS)
-    stream = rng.random() < STREAMED
+    stream = rng.random() < streamed
+    named = {"model": model} if model else {}
     if rng.random() < BATCH_FORM:
         body: dict[str, Any] = {
+            **named,
             "messages": [{"role": "user", "content": prompt}],
             "max_tokens": max_tokens,
         }
@@ -44,6 +55,7 @@ def mix_line(custom_id: str, rng: random.Random, priority: str) -> dict[str, Any
     line: dict[str, Any] = {
         "custom_id": custom_id,
         "priority": priority,
+        **named,
         "prompt": prompt,
         "max_tokens": max_tokens,
     }
@@ -53,15 +65,22 @@ def mix_line(custom_id: str, rng: random.Random, priority: str) -> dict[str, Any
 
 
 def write_mix(
-    path: Path, n: int, *, priorities: Sequence[str] = PRIORITIES, seed: int = 14
+    path: Path,
+    n: int,
+    *,
+    priorities: Sequence[str] = PRIORITIES,
+    seed: int = 14,
+    model: str | None = None,
+    streamed: float = STREAMED,
 ) -> Path:
     """``n`` jobs, the ``i``-th on ``priorities[i % len(priorities)]``. The prompts, caps and
-    forms depend on ``seed`` and ``i`` only: the same jobs on other priorities."""
+    forms depend on ``seed`` and ``i`` only: the same jobs on other priorities. ``model``
+    and ``streamed``: as ``mix_line`` (a batch API takes no streamed request: 0 there)."""
     rng = random.Random(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as out:
         for i in range(n):
             priority = priorities[i % len(priorities)]
-            line = mix_line(f"{priority[0]}{i:06d}", rng, priority)
+            line = mix_line(f"{priority[0]}{i:06d}", rng, priority, model=model, streamed=streamed)
             out.write(json.dumps(line, separators=(",", ":")) + "\n")
     return path

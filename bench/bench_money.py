@@ -233,17 +233,19 @@ def worst_case_usd(path: Path, config: Config) -> Decimal:
 PER_M = Decimal(1_000_000)
 
 
-def billed_usd(stats: Stats, config: Config) -> Decimal:
+def billed_usd(stats: Stats, config: Config, *, batch: bool = False) -> Decimal:
     """The simulator's bill at the configured prices: uncached prompt tokens at the input
-    price, cached ones at the cached-input price, output at the output price."""
+    price, cached ones at the cached-input price, output at the output price. ``batch``:
+    the lines its batch APIs answered (``batch_billed_by_model``) at the batch prices."""
     by_id: dict[str, Model] = {}
     for name, model in config.models.items():
         if model.model_id in by_id and by_id[model.model_id] != model:
             raise ValueError(f"model id {model.model_id!r} is configured twice ({name})")
         by_id[model.model_id] = model
     total = Decimal(0)
-    for model_id, bill in stats.billed_by_model.items():
-        model = by_id[model_id]
+    bills = stats.batch_billed_by_model if batch else stats.billed_by_model
+    for model_id, bill in bills.items():
+        model = by_id[model_id].batch_priced() if batch else by_id[model_id]
         uncached = bill.prompt_tokens - bill.cached_tokens
         total += (
             uncached * model.input_per_m

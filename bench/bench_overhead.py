@@ -53,6 +53,7 @@ from bench._common import (
     base_config,
     figures_table,
     finish,
+    ops_table,
     parser,
     patched,
     run_file,
@@ -292,20 +293,6 @@ def llm_cost_per_job() -> dict[str, Decimal]:
     }
 
 
-def ops_table(runs: dict[str, Measured]) -> str:
-    keys = sorted({k for m in runs.values() for k in m.run.aws})
-    rows = []
-    for service, op in keys:
-        rows.append(
-            [f"{service} {op}"]
-            + [f"{m.per_job(m.run.aws.get((service, op), 0)):.3f}" for m in runs.values()]
-        )
-    rows.append(
-        ["**total**"] + [f"{m.per_job(sum(m.run.aws.values())):.2f}" for m in runs.values()]
-    )
-    return table(rows, ["AWS requests per job", *runs])
-
-
 def units_table(runs: dict[str, Measured]) -> str:
     purposes = sorted({k for m in runs.values() for k in (*m.wru, *m.writes)})
     rows = []
@@ -410,7 +397,7 @@ def main() -> None:
         "progress polls and the collection of outputs left out)."
     )
     section.add(figures_table([f for mode in modes for f in figs[mode]]))
-    section.add(ops_table(last))
+    section.add(ops_table({mode: (m.run.aws, m.jobs) for mode, m in last.items()}))
     section.add(units_table(last))
     llm_rows = [[split, f"${usd * 1_000_000:,.0f}"] for split, usd in llm.items()]
     section.add(table(llm_rows, ["LLM bill per 1M jobs of 1,000 tokens (deepseek-chat)", "USD"]))
