@@ -54,7 +54,9 @@ logger = Logger(service="chatbatch")
 MAX_JOBS_PER_RUN = 50_000  # one OpenAI batch's worth a run
 MAX_BATCHES_PER_PART = 40  # one reservation each, all in one transaction (reserve_part)
 LATER_S = 300  # a message not gathered now (budget, a part being recovered) comes back then
-PART_METADATA = "chatbatch_part"  # the key naming the part on an OpenAI batch
+PART_METADATA = "chatbatch_part"
+# a short poll samples some of SQS's servers and may come back empty while messages wait
+CONFIRM_EMPTY_S = 1  # the key naming the part on an OpenAI batch
 
 
 @dataclass
@@ -109,15 +111,21 @@ class Gatherer:
         intakes: list[Intake] = []
         # no priority's queue: a job's priority is its line's, else its batch's
         region = self.s.sqs.meta.region_name
-        while len(intakes) < MAX_JOBS_PER_RUN:
+        wait = 0  # short polls while messages come; an empty one is confirmed by a long
+        while len(intakes) < MAX_JOBS_PER_RUN:  # poll, which asks every SQS server
             messages = self.s.sqs.receive_message(
                 QueueUrl=self.queue_url,
                 MaxNumberOfMessages=10,
+                WaitTimeSeconds=wait,
                 AttributeNames=["All"],
                 MessageAttributeNames=["All"],
             ).get("Messages", [])
             if not messages:
-                break
+                if wait:
+                    break
+                wait = CONFIRM_EMPTY_S
+                continue
+            wait = 0
             for message in messages:
                 record = SQSRecord(sqs_record(message, self.queue_url, region))
                 intakes.append(read_record(record, self.s.config, self.s.resources, self.s.store))
