@@ -58,13 +58,27 @@ GATHERER_MEMORY_MB = 3008  # a provider's output file is up to 200 MB, read whol
 GATHER_SCHEDULE = events.Schedule.rate(Duration.minutes(GATHER_EVERY_MIN))
 # a run's messages stay hidden for the whole run, and a minute more
 BATCH_VISIBILITY_S = GATHER_TIMEOUT_S + 60
-BATCH_QUEUE_ACTIONS = ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility")
+# receive and delete what it gathers; send again a job that waits for budget (delayed)
+BATCH_QUEUE_ACTIONS = (
+    "sqs:ReceiveMessage",
+    "sqs:DeleteMessage",
+    "sqs:ChangeMessageVisibility",
+    "sqs:SendMessage",
+)
 # The bucket's prefixes (docs/batch-route.md): a part's input file under ``parts/``
 # (written, and read again by a run that finds its record still ``creating``), claim-
 # checked job bodies under ``claims/``; answers, costs and failed jobs' records written
 # as the worker writes them, a stored result read back as the worker does.
 GATHERER_S3_READS = ("parts/", "claims/", "results/")
-GATHERER_S3_WRITES = ("parts/", "results/", "costs/", "errors/", "requests/", "refused/")
+GATHERER_S3_WRITES = (
+    "parts/",
+    "claims/",  # a job too large for a message, sent again (to sync, or to wait for budget)
+    "results/",
+    "costs/",
+    "errors/",
+    "requests/",
+    "refused/",
+)
 
 
 class BatchRoute(Construct):

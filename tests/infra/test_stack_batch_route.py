@@ -38,7 +38,12 @@ GATHERER_POLICY: set[tuple[str, str, tuple[str, ...], tuple[str, ...], str]] = {
     (
         "",
         "Allow",
-        ("sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:ReceiveMessage"),
+        (
+            "sqs:ChangeMessageVisibility",
+            "sqs:DeleteMessage",
+            "sqs:ReceiveMessage",
+            "sqs:SendMessage",
+        ),
         ("BatchRouteQueue.Arn",),
         "",
     ),
@@ -54,7 +59,7 @@ GATHERER_POLICY: set[tuple[str, str, tuple[str, ...], tuple[str, ...], str]] = {
         "BucketPutObject",
         "Allow",
         ("s3:PutObject",),
-        _objects("costs", "errors", "parts", "refused", "requests", "results"),
+        _objects("claims", "costs", "errors", "parts", "refused", "requests", "results"),
         "",
     ),
     ("BucketListBucket", "Allow", ("s3:ListBucket",), ("StorageData.Arn",), ""),
@@ -192,10 +197,12 @@ def test_the_gatherer_role_is_exactly_what_its_code_calls(synth: Synth) -> None:
     }
     assert seen == GATHERER_POLICY
     allowed = {a for s in statements if s["Effect"] == "Allow" for a in _listed(s["Action"])}
-    # EMF metrics go out in its logs; it never sends to the batch queue, never reads a DLQ
+    # EMF metrics go out in its logs; it sends to the priority queues (jobs back to sync)
+    # and to the batch queue (a job waiting for budget, again), never reads a DLQ
     assert not [a for a in allowed if a.startswith("cloudwatch:")]
     sends = [s for s in statements if "sqs:SendMessage" in _listed(s["Action"])]
-    assert {_render(r) for s in sends for r in _listed(s["Resource"])} == set(PRIORITY_QUEUES)
+    sent_to = {_render(r) for s in sends for r in _listed(s["Resource"])}
+    assert sent_to == {*PRIORITY_QUEUES, "BatchRouteQueue.Arn"}
     (role,) = (r for lid, r in synth.resources("AWS::IAM::Role").items() if "BatchRoute" in lid)
     assert "ManagedPolicyArns" not in role["Properties"]
 
