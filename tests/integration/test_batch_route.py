@@ -21,9 +21,11 @@ from typing import Any
 import boto3
 import pytest
 from test_events import drain, event_sink, received, wait_for
+from typer.testing import CliRunner
 
 from bench._common import read_jsonl
 from chatbatch.batchroute import gather, handler
+from chatbatch.cli.app import app
 from chatbatch.client.budget import set_daily_limit
 from chatbatch.client.deployment import connect
 from chatbatch.core.config import Model
@@ -361,3 +363,18 @@ def test_a_part_the_budget_cannot_hold_waits_deferred_then_goes_when_raised(
     assert stats.batch_billed_by_model[MODEL].calls == 6
     assert int(dlq["Attributes"]["ApproximateNumberOfMessages"]) == 0
     assert usage.spent_usd == billed and usage.reserved_usd == 0, usage
+
+
+def test_local_run_route_batch_through_the_cli(tmp_path: Path) -> None:
+    """``chatbatch local run --route batch``: every job through the simulator's Batch API,
+    at the batch prices, on the gatherer's and the simulator's timings given."""
+    path = write(tmp_path, [job(i, batch=False) for i in range(4)])  # no deadline of its own
+    out = tmp_path / "out"
+    args = ["local", "run", str(path), "--out", str(out), "--route", "batch"]
+    args += ["--gather-every-s", "0.5", "--sim-batch-turnaround-s", "0.5", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, (result.stdout, result.exception)
+    summary = json.loads(result.stdout)
+    # provider_calls: the simulator's synchronous requests (none)
+    assert (summary["succeeded"], summary["failed"], summary["provider_calls"]) == (4, 0, 0)
+    assert {c["route"] for c in read_jsonl(out / "costs.jsonl")} == {"batch"}
