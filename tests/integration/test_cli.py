@@ -204,7 +204,13 @@ def test_submit_registers_sends_and_status_counts_move(local: Local, finished: F
     watched = local.cli("status", finished.batch_id, "--watch", "--json").stdout.splitlines()
     assert len(watched) == 1 and json.loads(watched[0])["done"]  # a finished batch: one refresh
     overview = local.json("status")
-    assert [q["priority"] for q in overview["queues"]] == ["critical", "high", "normal", "low"]
+    assert [q["priority"] for q in overview["queues"]] == [
+        "critical",
+        "high",
+        "normal",
+        "low",
+        "batch",
+    ]
     assert Decimal(overview["budget"]["spent_usd"]) >= Decimal(last["cost_usd"])
 
 
@@ -699,7 +705,7 @@ def test_local_up_serves_other_processes_through_the_same_discovery(tmp_path: Pa
             command, check=False, env=client, cwd=ROOT, capture_output=True, text=True
         )
         assert status.returncode == 0, status.stderr
-        assert [q["queued"] for q in json.loads(status.stdout)["queues"]] == [0, 0, 0, 0]
+        assert [q["queued"] for q in json.loads(status.stdout)["queues"]] == [0, 0, 0, 0, 0]
     finally:
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=30) == 0

@@ -139,7 +139,7 @@ def _overview_table(view: Overview) -> Table:
         table.add_column(name, justify="left" if name == "priority" else "right")
     for q in view.queues:
         table.add_row(
-            q.priority.value, str(q.queued), str(q.in_flight), str(q.delayed), str(q.dead_letters)
+            str(q.priority), str(q.queued), str(q.in_flight), str(q.delayed), str(q.dead_letters)
         )
     b = view.budget
     used = f" ({b.spent_usd / b.limit_usd:.1%})" if b.limit_usd else ""

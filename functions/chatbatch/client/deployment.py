@@ -30,6 +30,7 @@ from chatbatch.state.breaker import Breakers
 from chatbatch.state.budget.budget import Budget
 from chatbatch.state.budget.pause import BudgetPause
 from chatbatch.state.queue_switch import QueueSwitch, queue_switch
+from chatbatch.state.sender import BATCH_LANE, Lane
 from chatbatch.state.store import Store
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ class StackNotFound(LookupError):
 
 
 class QueueDepth(BaseModel):
-    priority: Priority
+    priority: Lane  # a priority's queue, or the batch route's ("batch")
     queued: int
     in_flight: int
     delayed: int
@@ -159,14 +160,20 @@ class Deployment:
         return {name: int(value) for name, value in reply.get("Attributes", {}).items()}
 
     def queue_depths(self) -> list[QueueDepth]:
+        """Each priority's queue and DLQ, and the batch route's when deployed."""
+        lanes: list[tuple[Lane, str, str | None]] = [
+            (priority, url, self.resources.dlqs.get(priority))
+            for priority, url in self.resources.queues.items()
+        ]
+        if self.resources.batch_queue:
+            lanes.append((BATCH_LANE, self.resources.batch_queue, self.resources.batch_dlq))
         depths = []
-        for priority, url in self.resources.queues.items():
+        for lane, url, dlq_url in lanes:
             main = self._attributes(url)
-            dlq_url = self.resources.dlqs.get(priority)
             dlq = self._attributes(dlq_url) if dlq_url else {}
             depths.append(
                 QueueDepth(
-                    priority=priority,
+                    priority=lane,
                     queued=main.get("ApproximateNumberOfMessages", 0),
                     in_flight=main.get("ApproximateNumberOfMessagesNotVisible", 0),
                     delayed=main.get("ApproximateNumberOfMessagesDelayed", 0),
