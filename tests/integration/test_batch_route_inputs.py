@@ -12,28 +12,31 @@ route's prices; nothing stays reserved or ``batched``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import boto3
+import httpx
 import pytest
-from test_batch_route import MODEL, books, options, priced
+from test_batch_route import MODEL, books, options
 from test_batch_route import job as plain_job
 
 from bench._common import read_jsonl
+from chatbatch.client.deployment import connect
+from chatbatch.client.retry import RetryPlan, plan_retry
 from chatbatch.core.config import Model
 from chatbatch.core.pricing import Usage, cost
 from chatbatch.local.options import LocalOptions
 from chatbatch.local.runtime import LocalRuntime
-from chatbatch.local.summary import Summary
 from chatbatch.local.simulator import Stats
+from chatbatch.local.summary import Summary
 from chatbatch.state.batches import BatchInfo
 from chatbatch.state.budget.ledger import DayUsage
+from chatbatch.state.parts import Parts
 
 
 @dataclass
@@ -49,6 +52,8 @@ class Ran:
     info: BatchInfo
     stats: Stats
     model: Model  # MODEL at its batch prices
+    sync_model: Model
+    after: Any = None
 
 
 def through(
@@ -56,8 +61,10 @@ def through(
     lines: list[dict[str, Any]],
     opts: LocalOptions | None = None,
     before: Callable[[LocalRuntime], None] | None = None,
+    after: Callable[[LocalRuntime, Summary], Any] | None = None,
 ) -> Ran:
-    """``lines`` as one file through ``local run --route batch``."""
+    """``lines`` as one file through ``local run --route batch``; ``before`` and ``after``
+    the run, in the runtime (``after``'s answer is ``Ran.after``)."""
     path = tmp_path / "jobs.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     out = tmp_path / "out"
@@ -70,6 +77,7 @@ def through(
         assert rt.simulator is not None and info is not None
         stats = rt.simulator.stats()
         model = next(m for m in rt.config.models.values() if m.model_id == MODEL)
+        later = after(rt, summary) if after is not None else None
     return Ran(
         summary=summary,
         results={r["custom_id"]: r for r in read_jsonl(out / "results.jsonl")},
@@ -82,6 +90,8 @@ def through(
         info=info,
         stats=stats,
         model=model.batch_priced(),
+        sync_model=model,
+        after=later,
     )
 
 
@@ -89,21 +99,29 @@ def answer_of(result: dict[str, Any], choice: int = 0) -> str:
     return str(result["response"]["body"]["choices"][choice]["message"]["content"] or "")
 
 
-def promised(ran: Ran, ids: set[str], *, exact_bill: bool = True) -> None:
-    """The batch route's promises for a run whose jobs are ``ids``; ``exact_bill``: every
-    answer came with usage (else the ledger books a worst case above the bill)."""
+def promised(
+    ran: Ran, ids: set[str], *, sync: frozenset[str] = frozenset(), exact_bill: bool = True
+) -> None:
+    """The batch route's promises for a run whose jobs are ``ids``; ``sync``: the jobs its
+    provider batch sent back to the synchronous path; ``exact_bill``: every answer came
+    with usage (else the ledger books a worst case above the bill)."""
     assert set(ran.results).isdisjoint(ran.errors), set(ran.results) & set(ran.errors)
     assert set(ran.results) | set(ran.errors) == ids
-    assert (ran.summary.succeeded, ran.summary.failed) == (len(ran.results), len(ran.errors))
-    for cid, error in ran.errors.items():
+    answered = {c for c, r in ran.results.items() if r["response"]["status_code"] == 200}
+    refused = set(ran.results) - answered  # the provider's HTTP answer, as synchronously
+    assert (ran.summary.succeeded, ran.summary.failed) == (len(answered), len(ids - answered))
+    for error in ran.errors.values():
         assert error["error"]["message"], error
+    for cid in refused:  # the line a synchronous refusal gets: its facts, at no cost
+        facts = ran.results[cid]["chatbatch"]
+        assert facts is not None and Decimal(facts["cost_usd"]) == 0, ran.results[cid]
     records = {}
     for record in ran.costs:
         assert record["custom_id"] not in records, ("a cost counted twice", record)
         records[record["custom_id"]] = record
-    assert set(records) == set(ran.results)
+    assert set(records) == answered
     for record in ran.costs:
-        assert record["route"] == "batch", record
+        assert record["route"] == ("sync" if record["custom_id"] in sync else "batch"), record
         if record["usage_estimated"]:
             continue
         usage = Usage(
@@ -111,7 +129,8 @@ def promised(ran: Ran, ids: set[str], *, exact_bill: bool = True) -> None:
             cached_tokens=record["cached_tokens"],
             completion_tokens=record["completion_tokens"],
         )
-        assert Decimal(record["cost_usd"]) == cost(usage, ran.model), record
+        prices = ran.sync_model if record["route"] == "sync" else ran.model
+        assert Decimal(record["cost_usd"]) == cost(usage, prices), record
     from_records = sum((Decimal(c["cost_usd"]) for c in ran.costs), Decimal(0))
     assert ran.usage.spent_usd == from_records, (ran.usage, from_records)
     if exact_bill:
@@ -120,7 +139,8 @@ def promised(ran: Ran, ids: set[str], *, exact_bill: bool = True) -> None:
         assert from_records >= ran.billed
     assert ran.usage.reserved_usd == 0, ran.usage
     assert ran.info.batched == 0 and ran.info.deferred == 0, ran.info
-    assert ran.stats.billed_calls == 0 or MODEL not in ran.stats.billed_by_model
+    synchronous = ran.stats.billed_by_model.get(MODEL)
+    assert (synchronous.calls if synchronous else 0) == len(sync & answered)
 
 
 def body_job(i: int, **body: Any) -> dict[str, Any]:
@@ -214,3 +234,90 @@ def test_every_kind_of_line_ends_once_with_its_own_answer_at_the_batch_prices(
     by_id = {c["custom_id"]: c for c in ran.costs}
     assert by_id["job-8"]["metadata"] == {"team": "search", "run": "r8"}
     assert by_id["job-0"]["metadata"] == {}
+
+
+def test_a_line_without_usage_is_booked_at_its_worst_case_a_refused_one_fails_once(
+    tmp_path: Path,
+) -> None:
+    """Inside one provider batch: an answer without usage (booked at its batch worst case,
+    as the synchronous path books one), a line refused (400: fails ``provider_400``, for
+    good), a line with a 500 (goes back to the synchronous path, answered there once)."""
+    lines = [plain_job(i, batch=True) for i in range(6)]
+
+    def faults(rt: LocalRuntime) -> None:
+        assert rt.simulator is not None
+        rt.simulator.inject_batch("no_usage", "400", "500")  # lines 0, 1, 2 of the file
+
+    def retry_plan(rt: LocalRuntime, summary: Summary) -> RetryPlan:
+        """What `chatbatch retry` would send again."""
+        rt.register_stack()
+        deployment = connect(rt.config)
+        info = rt.batches.get(summary.batch_id)
+        assert info is not None
+        return plan_retry(deployment, info)
+
+    ran = through(tmp_path, lines, before=faults, after=retry_plan)
+    promised(ran, {f"job-{i}" for i in range(6)}, sync=frozenset({"job-2"}), exact_bill=False)
+    assert not ran.errors and ran.results["job-1"]["response"]["status_code"] == 400
+    # a refused job can be sent again, as a synchronous one can
+    plan: RetryPlan = ran.after
+    assert [j.custom_id for j in plan.jobs] == ["job-1"], plan
+    assert plan.by_code == {"provider_400": 1} and plan.not_retriable == 0, plan
+    estimated = [c for c in ran.costs if c["usage_estimated"]]
+    assert [c["custom_id"] for c in estimated] == ["job-0"], estimated
+    assert ran.results["job-0"]["chatbatch"]["usage_estimated"]
+    worst = plain_job_worst(ran, 0)
+    assert Decimal(estimated[0]["cost_usd"]) == worst
+    # the rest booked exactly: only the estimate is above the bill
+    assert ran.usage.spent_usd - worst < ran.billed < ran.usage.spent_usd
+    assert ran.info.estimated_calls == 1 and ran.summary.estimated_calls == 1
+    for i in (0, 2, 3, 4, 5):
+        assert f"word{i}" in answer_of(ran.results[f"job-{i}"]), i
+
+
+def plain_job_worst(ran: Ran, i: int) -> Decimal:
+    """``plain_job(i)``'s worst case at the batch prices, by the test's own arithmetic:
+    its prompt bound is the tokenizer's business, so it is read back from its record."""
+    record = next(c for c in ran.costs if c["custom_id"] == f"job-{i}")
+    usage = Usage(
+        prompt_tokens=record["prompt_tokens"],
+        cached_tokens=record["cached_tokens"],
+        completion_tokens=record["completion_tokens"],
+    )
+    assert record["completion_tokens"] == 40  # its max_tokens: the most it could write
+    return cost(usage, ran.model)
+
+
+def test_a_provider_batch_that_fails_part_way_sends_its_unrun_lines_to_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The provider fails the whole batch half-way (``POST /admin/batches/{id}/fail``): the
+    lines answered before are batch results; the others run synchronously, each once."""
+    fail: list[Callable[[str], None]] = []
+    opened = Parts.opened
+
+    def opened_then_failed(self: Parts, part_id: str, provider_batch_id: str) -> bool:
+        done = opened(self, part_id, provider_batch_id)
+        threading.Timer(2.0, fail[0], args=(provider_batch_id,)).start()
+        return done
+
+    monkeypatch.setattr(Parts, "opened", opened_then_failed)
+
+    def failer(rt: LocalRuntime) -> None:
+        assert rt.simulator is not None
+        url, key = rt.simulator.url, rt.simulator.settings.api_key
+        auth = {"authorization": f"Bearer {key}"} if key else {}
+
+        def post(batch_id: str) -> None:
+            httpx.post(f"{url}/admin/batches/{batch_id}/fail", headers=auth).raise_for_status()
+
+        fail.append(post)
+
+    lines = [plain_job(i, batch=True) for i in range(20)]
+    ran = through(tmp_path, lines, options(batch_turnaround_s=4.0), before=failer)
+    routes = {c["custom_id"]: c["route"] for c in ran.costs}
+    sync = frozenset(c for c, r in routes.items() if r == "sync")
+    assert 2 <= len(sync) <= 18, routes  # failed part-way
+    promised(ran, {f"job-{i}" for i in range(20)}, sync=sync)
+    assert not ran.errors
+    assert ran.stats.batch_billed_by_model[MODEL].calls == 20 - len(sync)
