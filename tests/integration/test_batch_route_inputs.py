@@ -12,31 +12,41 @@ route's prices; nothing stays reserved or ``batched``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import boto3
 import httpx
 import pytest
+from clocks import ShiftedClock
 from test_batch_route import MODEL, books, options
 from test_batch_route import job as plain_job
 
 from bench._common import read_jsonl
+from chatbatch.batchroute import handler
 from chatbatch.client.deployment import connect
 from chatbatch.client.retry import RetryPlan, plan_retry
 from chatbatch.core.config import Model
+from chatbatch.core.days import next_midnight, utc_day
 from chatbatch.core.pricing import Usage, cost
 from chatbatch.local.options import LocalOptions
 from chatbatch.local.runtime import LocalRuntime
 from chatbatch.local.simulator import Stats
 from chatbatch.local.summary import Summary
 from chatbatch.state.batches import BatchInfo
+from chatbatch.state.budget.budget import Budget
 from chatbatch.state.budget.ledger import DayUsage
+from chatbatch.state.budget.pause import BudgetPause
 from chatbatch.state.parts import Parts
+from chatbatch.worker import services
 
 
 @dataclass
@@ -321,3 +331,57 @@ def test_a_provider_batch_that_fails_part_way_sends_its_unrun_lines_to_sync(
     promised(ran, {f"job-{i}" for i in range(20)}, sync=sync)
     assert not ran.errors
     assert ran.stats.batch_billed_by_model[MODEL].calls == 20 - len(sync)
+
+
+def test_a_part_reserved_before_midnight_and_ingested_after_books_on_its_day(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The part reserves on day D (ten minutes before UTC midnight); the clocks (the
+    budget's and the gatherer's) pass midnight while its provider batch runs. Its cost
+    records and results say day D, day D's ledger books them and holds nothing; the job
+    its provider batch sent back (a 500) runs synchronously on D+1, booked there."""
+    clock = ShiftedClock()
+    monkeypatch.setattr(services, "Budget", partial(Budget, clock=clock))
+    monkeypatch.setattr(services, "BudgetPause", partial(BudgetPause, clock=clock))
+    monkeypatch.setattr(handler, "CLOCK", clock)
+    midnight = next_midnight(time.time() + 3 * 86_400).timestamp()
+    day, next_day = utc_day(midnight - 1), utc_day(midnight + 1)
+    clock.at(midnight - 600)
+    opened = Parts.opened
+
+    def opened_then_midnight(self: Parts, part_id: str, provider_batch_id: str) -> bool:
+        clock.at(midnight + 60)
+        return opened(self, part_id, provider_batch_id)
+
+    monkeypatch.setattr(Parts, "opened", opened_then_midnight)
+
+    def fault(rt: LocalRuntime) -> None:
+        assert rt.simulator is not None
+        rt.simulator.inject_batch("500")
+
+    def both_days(rt: LocalRuntime, summary: Summary) -> list[DayUsage]:
+        budget = Budget(boto3.client("dynamodb"), rt.resources.table, rt.config)
+        return [budget.usage(day), budget.usage(next_day)]
+
+    ran = through(
+        tmp_path, [plain_job(i, batch=True) for i in range(6)], before=fault, after=both_days
+    )
+    on_d, on_next = ran.after
+    both = DayUsage(
+        day=day,
+        limit_usd=on_d.limit_usd,
+        spent_usd=on_d.spent_usd + on_next.spent_usd,
+        reserved_usd=on_d.reserved_usd + on_next.reserved_usd,
+    )
+    promised(
+        dataclasses.replace(ran, usage=both),
+        {f"job-{i}" for i in range(6)},
+        sync=frozenset({"job-0"}),
+    )
+    # (the synchronous job's record takes the worker's own clock, not moved here: not checked)
+    days = {c["custom_id"]: (c["route"], c["dt"]) for c in ran.costs if c["custom_id"] != "job-0"}
+    assert days == {f"job-{i}": ("batch", day) for i in range(1, 6)}, days
+    assert {r["chatbatch"]["day"] for c, r in ran.results.items() if c != "job-0"} == {day}
+    batch_spent = sum(Decimal(c["cost_usd"]) for c in ran.costs if c["route"] == "batch")
+    assert on_d.spent_usd == batch_spent and on_d.reserved_usd == 0, on_d
+    assert on_next.spent_usd == Decimal(ran.results["job-0"]["chatbatch"]["cost_usd"]), on_next
