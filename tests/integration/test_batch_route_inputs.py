@@ -415,12 +415,8 @@ def test_a_batch_whose_own_limit_holds_some_of_its_jobs_runs_those(
     assert 1 <= ran.summary.succeeded < 6 and ran.summary.deferred == 6 - ran.summary.succeeded
 
 
-def test_more_batches_waiting_than_one_part_holds_split_each_job_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """45 batches wait on the batch queue at once (the gatherer held back until all are
-    sent): they go out in two provider batches (at most 40 batches a part), every job
-    once, each batch's cost its jobs' at the batch prices, the books exact."""
+def held_gatherer(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """The gatherer gathers nothing until the event is set (its other steps go on)."""
     hold = threading.Event()
     gather_now = handler.Gatherer.gather
 
@@ -428,6 +424,16 @@ def test_more_batches_waiting_than_one_part_holds_split_each_job_once(
         return gather_now(self, parts) if hold.is_set() else gather.Gathered()
 
     monkeypatch.setattr(handler.Gatherer, "gather", held_back)
+    return hold
+
+
+def test_more_batches_waiting_than_one_part_holds_split_each_job_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """45 batches wait on the batch queue at once (the gatherer held back until all are
+    sent): they go out in two provider batches (at most 40 batches a part), every job
+    once, each batch's cost its jobs' at the batch prices, the books exact."""
+    hold = held_gatherer(monkeypatch)
     path = tmp_path / "one.jsonl"
     path.write_text(json.dumps(plain_job(0, batch=True)) + "\n")
     with LocalRuntime(options()) as rt:
@@ -442,4 +448,30 @@ def test_more_batches_waiting_than_one_part_holds_split_each_job_once(
     assert all((i.succeeded, i.batched, i.failed) == (1, 0, 0) for i in infos), infos
     assert stats.batch_billed_by_model[MODEL].calls == 45 and MODEL not in stats.billed_by_model
     assert usage.spent_usd == billed == sum(from_nanos(i.cost_nanos) for i in infos)
+    assert usage.reserved_usd == 0, usage
+
+
+def test_a_file_sent_twice_runs_each_job_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same file submitted twice into one batch before the gatherer looks (both copies
+    of each job on the batch queue), then a third time once it is done: each job is
+    billed, answered and booked once."""
+    hold = held_gatherer(monkeypatch)
+    path = tmp_path / "jobs.jsonl"
+    path.write_text("".join(json.dumps(plain_job(i, batch=True)) + "\n" for i in range(6)))
+    with LocalRuntime(options()) as rt:
+        plan = rt.submit(path, route="batch")
+        rt.submit(path, route="batch")
+        hold.set()
+        rt.wait(plan)
+        rt.submit(path, route="batch")
+        time.sleep(3)  # three more passes of the gatherer: the late copies dropped
+        info = rt.wait(plan)
+        usage, billed = books(rt)
+        assert rt.simulator is not None
+        stats = rt.simulator.stats()
+    assert (info.succeeded, info.batched, info.failed) == (6, 0, 0), info
+    assert stats.batch_billed_by_model[MODEL].calls == 6 and MODEL not in stats.billed_by_model
+    assert usage.spent_usd == billed == from_nanos(info.cost_nanos)
     assert usage.reserved_usd == 0, usage
