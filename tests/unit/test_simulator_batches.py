@@ -528,3 +528,23 @@ def as_sent(value: Any) -> Any:
     if isinstance(value, dt.datetime):
         return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return value
+
+
+def test_a_batch_line_takes_only_the_faults_a_batch_line_can_get() -> None:
+    """A batch line has no connection: a hang, a reset or a cut body is refused at
+    injection (the admin endpoint's 400), the others are queued for the batch lines."""
+    from chatbatch.local.simulator import Engine, Fault, FaultKind, SimulatorSettings
+
+    engine = Engine(SimulatorSettings(config_models=False))
+    for kind in (FaultKind.hang, FaultKind.reset, FaultKind.truncate):
+        with pytest.raises(ValueError, match=kind.value):
+            engine.inject_batch([Fault(kind=kind)])
+    engine.inject_batch([Fault(kind=FaultKind.no_usage), Fault(kind=FaultKind.bad_request)])
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+    status, answer = engine._chat_line(body)
+    assert status == 200 and "usage" not in answer
+    status, refusal = engine._chat_line(body)
+    assert status == 400 and refusal["error"]["type"] == "invalid_request_error"
+    status, answer = engine._chat_line(body)  # the script is spent: a whole answer
+    assert status == 200 and answer["usage"]["completion_tokens"] > 0
+    assert engine.stats().batch_billed_by_model["m"].calls == 2  # the refusal unbilled

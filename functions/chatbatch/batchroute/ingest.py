@@ -45,12 +45,12 @@ from chatbatch.core.output_lines import CostRecord, JobFacts, OutputLine
 from chatbatch.core.pricing import cost, from_nanos, to_nanos
 from chatbatch.core.routing import deadline_of
 from chatbatch.provider.batch_api import BatchApiError, BatchPart, JobOutcome, provider_custom_id
-from chatbatch.state.batches import JobState
+from chatbatch.state.batches import RETRY_FROM, JobState
 from chatbatch.state.budget.reservations import Reservation
 from chatbatch.state.ddb import s as text
 from chatbatch.state.parts import PART_FIELD, Part, PartState
 from chatbatch.state.sender import Sender
-from chatbatch.state.store import flush_cost_key, flush_result_key
+from chatbatch.state.store import KeptRequest, flush_cost_key, flush_result_key
 from chatbatch.worker.batch_jobs import stored
 from chatbatch.worker.completion import announce_one
 from chatbatch.worker.results import estimated_counters
@@ -192,6 +192,7 @@ class Ingester:
                 outcome.status or 400,
                 outcome.error or {"error": {"message": outcome.message}},
                 None,
+                self._facts(job, outcome.batch_id),  # as a synchronous refusal's: no cost
             )
             return _Job(
                 job,
@@ -230,6 +231,18 @@ class Ingester:
             fields={"error_code": text("batch_expired")},
         )
 
+    def _facts(self, job: Job, batch_id: str, nanos: int = 0, **more: Any) -> JobFacts:
+        return JobFacts(
+            batch_id=batch_id,
+            priority=job.priority or self.s.config.defaults.priority,
+            model=job.model,
+            role=job.role,
+            cost_usd=from_nanos(nanos),
+            attempts=1,
+            seq=job.seq,
+            **more,
+        )
+
     def _answered(self, outcome: JobOutcome, job: Job, worst: int) -> _Job:
         model = self.s.config.models[job.model]
         priced = model.batch_priced()
@@ -239,14 +252,10 @@ class Ingester:
         batch_id = outcome.batch_id
         priority = job.priority or self.s.config.defaults.priority
         day = ""  # set per chunk: the reservation's day
-        facts = JobFacts(
-            batch_id=batch_id,
-            priority=priority,
-            model=job.model,
-            role=job.role,
-            cost_usd=from_nanos(nanos),
-            attempts=1,
-            seq=job.seq,
+        facts = self._facts(
+            job,
+            batch_id,
+            nanos,
             usage_estimated=estimated,
             booked_usage=usage if estimated else None,
         )
@@ -306,6 +315,15 @@ class Ingester:
                 [j.record.model_dump_json() for j in answered if j.record],
             )
         for j in chunk:
+            if j.new in RETRY_FROM:  # kept, as the worker keeps a failed job's message:
+                self.s.store.put_request(  # `chatbatch retry` sends it again from here
+                    KeptRequest(
+                        batch_id=batch_id,
+                        custom_id=j.job.custom_id,
+                        priority=j.job.priority or self.s.config.defaults.priority,
+                        body=self.sender.body(j.job),
+                    )
+                )
             if j.error is not None:
                 self.s.store.put_error(batch_id, j.error)
             if j.new is JobState.new:

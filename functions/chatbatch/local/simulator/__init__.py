@@ -28,7 +28,10 @@ demo and benchmarks. Endpoints (``/v1`` is optional):
   caller to price with the batch prices; a cancelled, expired or refused line is not
   billed.
 - ``POST /admin/faults`` ``{"faults": ["503", {"kind": "429", "retry_after_s": 2}]}``
-  (applied to the next chat requests, in order), ``POST /admin/outage`` ``{"seconds": N}``,
+  (applied to the next chat requests, in order), ``POST /admin/batch_faults`` (the same,
+  for the next batch lines answered, of either API: ``400``, ``500``, ``503``, ``429``
+  answer the line with that error, unbilled; ``no_usage`` answers it without usage,
+  billed), ``POST /admin/outage`` ``{"seconds": N}``,
   ``POST /admin/settings`` (any ``SimulatorSettings`` keys), ``POST /admin/reset`` (files
   and batches too), ``POST /admin/batches/{id}/expire`` and ``.../fail`` (either
   provider's batch, still running: the lines due so far stay answered, the rest expire /

@@ -78,6 +78,11 @@ class Simulator:
         parsed = [f if isinstance(f, Fault) else Fault(kind=FaultKind(f)) for f in faults]
         self._call(lambda: self._server.engine.inject(parsed))
 
+    def inject_batch(self, *faults: Fault | FaultKind | str) -> None:
+        """Faults for the next batch lines answered, in order (``Engine.inject_batch``)."""
+        parsed = [f if isinstance(f, Fault) else Fault(kind=FaultKind(f)) for f in faults]
+        self._call(lambda: self._server.engine.inject_batch(parsed))
+
     def outage(self, seconds: float) -> None:
         """Every chat request gets a 503 for the next ``seconds``."""
         self._call(lambda: self._server.engine.start_outage(seconds))

@@ -45,9 +45,11 @@ from chatbatch.local.simulator.replies import (
     message_reply,
 )
 from chatbatch.local.simulator.settings import (
+    BATCH_LINE,
     GENERATED,
     WHOLE,
     Fault,
+    FaultKind,
     ReasoningUsage,
     SimulatorSettings,
     as_fault,
@@ -69,6 +71,7 @@ class Engine:
         self._started = clock()
         self._epoch = time.time()  # the wall time of _started: batch timestamps
         self._script: deque[Fault] = deque()
+        self._batch_script: deque[Fault] = deque()  # for batch lines, apart from the chat path's
         self._outage: tuple[float, float] | None = None
         self._serial = 0
         self.apply(settings)
@@ -101,9 +104,18 @@ class Engine:
         self._limits: dict[str, Limits] = {}
         self._seen: dict[str, set[bytes]] = {}
         self._script.clear()
+        self._batch_script.clear()
 
     def inject(self, faults: Sequence[Fault]) -> None:
         self._script.extend(faults)
+
+    def inject_batch(self, faults: Sequence[Fault]) -> None:
+        """Faults for the next batch lines answered (either API), in order: one of
+        ``BATCH_LINE`` each (a batch line has no connection to reset or cut)."""
+        wrong = [f.kind.value for f in faults if f.kind not in BATCH_LINE]
+        if wrong:
+            raise ValueError(f"not a batch line's fault: {', '.join(wrong)}")
+        self._batch_script.extend(faults)
 
     def start_outage(self, seconds: float) -> None:
         now = self._clock()
@@ -167,6 +179,9 @@ class Engine:
                 faults = [as_fault(f) for f in payload.get("faults") or []]
                 self.inject(faults)
                 return {"queued": len(self._script)}
+            if action == "batch_faults":
+                self.inject_batch([as_fault(f) for f in payload.get("faults") or []])
+                return {"queued": len(self._batch_script)}
             if action == "outage":
                 self.start_outage(float(payload.get("seconds", 0)))
                 return {"outage_s": float(payload.get("seconds", 0))}
@@ -235,12 +250,18 @@ class Engine:
         (or its refusal, unbilled), billed as batch work, outside the rate limits."""
         try:
             model = self._check_chat(body)
+            fault = self._next_batch_fault()
+            if fault is not None and fault.kind is not FaultKind.no_usage:
+                fault_reply(fault, self.settings)  # raises its error, nothing generated
         except ApiError as err:
             return err.status, err.body()
         answer, (prompt, cached, output) = self._generate(body, model)
         self._seen.setdefault(model, set()).update(prefix_digests(body["messages"]))
         self._counters.bill_batch(model, prompt, cached, output)
-        return 200, answer.body()
+        payload = answer.body()
+        if fault is not None:  # no_usage: generated and billed, its usage dropped
+            del payload["usage"]
+        return 200, payload
 
     def _generate(self, body: dict[str, Any], model: str) -> tuple[Answer, tuple[int, int, int]]:
         """The answer to ``body`` and its (prompt, cached, output) tokens; nothing billed."""
@@ -346,6 +367,9 @@ class Engine:
         unbilled), billed as batch work, outside the rate limits."""
         try:
             model = self._check_message(params)
+            fault = self._next_batch_fault()
+            if fault is not None and fault.kind is not FaultKind.no_usage:
+                anthropic_fault_reply(fault, self.settings)  # raises, nothing generated
         except ApiError as err:
             return err.status, err.body()
         answer, cache = self._generate_message(params, model)
@@ -358,7 +382,10 @@ class Engine:
             cache_write=cache.cache_creation_input_tokens,
             cache_write_1h=cache.cache_write_1h_tokens,
         )
-        return 200, answer.body()
+        payload = answer.body()
+        if fault is not None:  # no_usage
+            del payload["usage"]
+        return 200, payload
 
     def _generate_message(
         self, body: dict[str, Any], model: str
@@ -444,6 +471,14 @@ class Engine:
         fault = self._script.popleft() if self._script else self._random_fault()
         if fault is not None:
             self._counters.count_fault(fault.kind.value)
+        return fault
+
+    def _next_batch_fault(self) -> Fault | None:
+        """The next injected batch line fault (no random ones: ``fault_rates`` are the
+        chat path's), counted as ``batch_<kind>``."""
+        fault = self._batch_script.popleft() if self._batch_script else None
+        if fault is not None:
+            self._counters.count_fault(f"batch_{fault.kind.value}")
         return fault
 
     def _random_fault(self) -> Fault | None:

@@ -43,6 +43,18 @@ GENERATED = frozenset(
 )
 # of those, the ones whose answer arrives whole (if the client waits for it)
 WHOLE = frozenset({FaultKind.slow, FaultKind.no_usage})
+# what a batch line can get (``Engine.inject_batch``): no connection to reset, hang or cut,
+# so a refusal (400, unbilled), a server error (unbilled; the line's response says it),
+# or an answer without usage (billed)
+BATCH_LINE = frozenset(
+    {
+        FaultKind.error_500,
+        FaultKind.error_503,
+        FaultKind.rate_limited,
+        FaultKind.bad_request,
+        FaultKind.no_usage,
+    }
+)
 
 
 class AccountErrorKind(StrEnum):
