@@ -392,13 +392,6 @@ def test_a_part_reserved_before_midnight_and_ingested_after_books_on_its_day(
     assert on_next.spent_usd == Decimal(ran.results["job-0"]["chatbatch"]["cost_usd"]), on_next
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="design: a part reserves all of a batch's jobs in it at once (one reservation "
-    "per batch, reserve_part), so a batch whose own limit is below its jobs' summed worst "
-    "case never runs any of them, where the synchronous path runs those that fit; the "
-    "gatherer would have to cut a part to what each batch's limit leaves (issue 17)",
-)
 def test_a_batch_whose_own_limit_holds_some_of_its_jobs_runs_those(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

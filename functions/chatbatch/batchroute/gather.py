@@ -12,8 +12,10 @@ between any two steps leaves something the next run finishes (``recover``):
 1. its input file (``part_files``: the jobs and the exact lines);
 2. its record, ``creating``, and its jobs ``batched`` naming it (``Parts.create``);
 3. its money, one reservation per batch among its jobs at the batch prices
-   (``Budget.reserve_part``; refused: the part is abandoned and its messages come back
-   for a later run);
+   (``Budget.reserve_part``). Refused (the day's budget, or a batch's own limit, has no
+   room for all of it): its later half leaves it ``deferred`` and is sent again as new
+   messages delayed ``LATER_S``, and the rest tries again, down to no job: as on the
+   synchronous path, the jobs that fit run and the others wait;
 4. the messages deleted;
 5. the provider batch created, naming the part (OpenAI's ``metadata``), and its id on the
    record (``open``).
@@ -223,21 +225,37 @@ class Gatherer:
             part = _without(part, left_out)
             keys = [k for k in keys if k not in left_out]
             part_files.write(self.s.store, part_id, part)
-        intakes = [i for key in keys for i in jobs[key][1]]
-        try:
-            self.s.budget.reserve_part(self._asks(part_id, part))
-        except BudgetDeferred as err:
-            logger.info("a part waits for budget", extra={"part": part_id, "why": str(err)})
+        while not self._reserved(part_id, part):  # no room for it all: half waits
+            keep = len(part.requests) // 2
+            waits = {(r.job.batch_id or "", r.job.custom_id) for r in part.requests[keep:]}
+            if keep:
+                self.s.parts.leave(part_id, held_jobs(waits), to=JobState.deferred)
+            else:
+                self.s.parts.abandon(part_id, held_jobs(waits), to=JobState.deferred)
             # deferred, as the worker counts a job waiting for budget; sent again delayed
-            self.s.parts.abandon(part_id, held_jobs(keys), to=JobState.deferred)
-            self._again_later([jobs[key][0] for key in keys])  # no receive burnt waiting
-            self._delete(intakes)
-            self.done.deferred += len(keys)
-            return
+            self._again_later([jobs[key][0] for key in waits])  # no receive burnt waiting
+            self._delete([i for key in waits for i in jobs[key][1]])
+            self.done.deferred += len(waits)
+            if not keep:
+                return
+            part = _without(part, waits)
+            keys = [k for k in keys if k not in waits]
+            part_files.write(self.s.store, part_id, part)
+        intakes = [i for key in keys for i in jobs[key][1]]
         self._delete(intakes)
         self.done.jobs += len(keys)
         open_at_provider(self.s, self.clients, record, part)
         self.done.parts.append(part_id)
+
+    def _reserved(self, part_id: str, part: BatchPart) -> bool:
+        """The part's money reserved; False when the budget (the day's, or a batch's own
+        limit) has no room for all of it now."""
+        try:
+            self.s.budget.reserve_part(self._asks(part_id, part))
+        except BudgetDeferred as err:
+            logger.info("a part waits for budget", extra={"part": part_id, "why": str(err)})
+            return False
+        return True
 
     def _asks(self, part_id: str, part: BatchPart) -> list[Ask]:
         """One ask per batch among the part's jobs: their worst cases at the batch prices."""

@@ -144,11 +144,16 @@ class Parts:
         the worker counts such a job), in transactions on the record still ``creating``;
         then the record is ``done``. A job the part no longer holds is skipped. Safe to
         repeat."""
+        self.leave(part_id, jobs, to)
+        self._advance(part_id, PartState.creating, PartState.done, {})
+
+    def leave(self, part_id: str, jobs: Sequence[JobIn], to: JobState = JobState.new) -> None:
+        """``jobs`` leave a part still ``creating`` (to ``new`` or a waiting state, as in
+        ``abandon``), the part keeping the rest. A job it no longer holds is skipped."""
         for chunk in _chunks(jobs):
             if not self._release(part_id, chunk, to):
                 for job in chunk:
                     self._release(part_id, [job], to)
-        self._advance(part_id, PartState.creating, PartState.done, {})
 
     def _release(self, part_id: str, jobs: Sequence[JobIn], to: JobState) -> bool:
         items: list[Any] = []
