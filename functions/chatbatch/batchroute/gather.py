@@ -33,6 +33,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from chatbatch.batchroute import part_files
 from chatbatch.batchroute.clients import BatchClients
+from chatbatch.batchroute.crash import crash_point
 from chatbatch.core.config import Priority
 from chatbatch.core.jobs import Job
 from chatbatch.core.output_lines import OutputLine
@@ -216,6 +217,7 @@ class Gatherer:
         )
         keys = [(r.job.batch_id or "", r.job.custom_id) for r in part.requests]
         part_files.write(self.s.store, part_id, part)
+        crash_point("gather_after_file")
         ins = [
             JobIn(batch_id=b, custom_id=c, state=states.get((b, c), JobState.new)) for b, c in keys
         ]
@@ -225,6 +227,7 @@ class Gatherer:
             part = _without(part, left_out)
             keys = [k for k in keys if k not in left_out]
             part_files.write(self.s.store, part_id, part)
+        crash_point("gather_after_record")
         while not self._reserved(part_id, part):  # no room for it all: half waits
             keep = len(part.requests) // 2
             waits = {(r.job.batch_id or "", r.job.custom_id) for r in part.requests[keep:]}
@@ -242,7 +245,9 @@ class Gatherer:
             keys = [k for k in keys if k not in waits]
             part_files.write(self.s.store, part_id, part)
         intakes = [i for key in keys for i in jobs[key][1]]
+        crash_point("gather_after_reserve")
         self._delete(intakes)
+        crash_point("gather_after_delete")
         self.done.jobs += len(keys)
         open_at_provider(self.s, self.clients, record, part)
         self.done.parts.append(part_id)
@@ -321,6 +326,7 @@ def open_at_provider(s: Services, clients: BatchClients, record: Part, part: Bat
             extra={"part": record.part_id, "error": str(err), "transient": err.transient},
         )
         return False
+    crash_point("after_provider_create")
     s.parts.opened(record.part_id, state.id)
     return True
 

@@ -38,6 +38,7 @@ from aws_lambda_powertools import Logger
 
 from chatbatch.batchroute import part_files
 from chatbatch.batchroute.clients import BatchClients
+from chatbatch.batchroute.crash import crash_point
 from chatbatch.batchroute.recover import held_keys
 from chatbatch.core.days import utc_day
 from chatbatch.core.jobs import Job
@@ -133,6 +134,7 @@ class Ingester:
 
     def _ended(self, record: Part) -> None:
         if self.s.parts.advance(record.part_id, PartState.open, PartState.ingesting):
+            crash_point("ingest_after_ingesting")
             self.ingest(record.model_copy(update={"state": PartState.ingesting}))
 
     def ingest(self, record: Part) -> None:
@@ -166,10 +168,13 @@ class Ingester:
         run = uuid.uuid4().hex[:8]  # a repeat's chunks differ: never overwrite a committed one
         for k, chunk in enumerate(_chunks(jobs)):
             self._commit(record, chunk, money, f"{record.part_id}-{run}-{k:05d}")
+            crash_point("ingest_after_transaction")
         if self.s.config.events.enabled:  # raises: the part stays ingesting, and is looked
             for batch_id in record.batches:  # at again next pass (nothing held: no writes)
                 announce_one(self.s, batch_id)
+        crash_point("ingest_before_close")
         if self.s.budget.close_part(money.values()):
+            crash_point("ingest_after_close")
             self.s.parts.advance(record.part_id, PartState.ingesting, PartState.done)
             self.done.parts.append(record.part_id)
 
@@ -314,6 +319,7 @@ class Ingester:
                 flush_cost_key(day, batch_id, flush),
                 [j.record.model_dump_json() for j in answered if j.record],
             )
+        crash_point("ingest_after_objects")
         for j in chunk:
             if j.new in RETRY_FROM:  # kept, as the worker keeps a failed job's message:
                 self.s.store.put_request(  # `chatbatch retry` sends it again from here
@@ -326,8 +332,10 @@ class Ingester:
                 )
             if j.error is not None:
                 self.s.store.put_error(batch_id, j.error)
+                crash_point("ingest_after_errors")
             if j.new is JobState.new:
                 self.sender.send(j.job.priority or self.s.config.defaults.priority, [j.job])
+                crash_point("ingest_after_sends")
         if not self._transact(record, chunk, held):
             for j in chunk:
                 self._transact(record, [j], held)

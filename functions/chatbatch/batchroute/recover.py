@@ -24,6 +24,7 @@ from aws_lambda_powertools import Logger
 
 from chatbatch.batchroute import part_files
 from chatbatch.batchroute.clients import BatchClients
+from chatbatch.batchroute.crash import crash_point
 from chatbatch.batchroute.gather import PART_METADATA, held_jobs, open_at_provider
 from chatbatch.core.config import Priority
 from chatbatch.provider.batch_api import BatchApi, BatchPart, BatchState
@@ -71,6 +72,7 @@ def recover(
         return
     client = clients.of(record.provider, record.api)
     found = find(client, record, part, known)
+    crash_point("recover_after_find")
     if found is None:
         return  # a candidate has not ended yet: look again next run
     if found:

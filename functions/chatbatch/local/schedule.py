@@ -21,6 +21,7 @@ from aws_lambda_powertools import Logger
 
 from chatbatch.core.resources import RESUME_EVENT
 from chatbatch.local.emulator import Handler, LambdaContext
+from chatbatch.worker.crash import WorkerCrash
 
 TICK_S = 0.1
 logger = Logger(service="chatbatch-local")
@@ -63,7 +64,8 @@ class Schedule:
         context = LambdaContext(self._function_name, self._timeout_s)
         try:
             self.fired.append(self._handler(dict(self._event), context))
-        except Exception as err:  # as a failed scheduled invocation: the next period retries
+        except (Exception, WorkerCrash) as err:  # a failed (or dead) scheduled invocation:
+            # the next period runs it again, as EventBridge invokes a new instance
             logger.warning(f"the {self._event} schedule's invocation failed: {err!r}")
 
     def stop(self) -> None:

@@ -538,20 +538,24 @@ class Budget:
 
     def close_part(self, held: Iterable[Reservation]) -> bool:
         """A part is done: give back what each of its reservations still holds (read
-        back, and released only while it holds that), then its group's marker. False if
-        one had moved meanwhile (nothing of it written): close again."""
-        closed = True
-        held = list(held)
+        back, and released only while it holds that); the last release deletes its
+        group's marker in the same transaction, so a gatherer that dies between two of
+        these writes leaves the marker with a reservation the next run finds (from the
+        part's record) and closes, never a marker alone that nothing would close. False
+        if one had moved meanwhile (nothing of it written): close again."""
+        current: list[Reservation] = []
         for r in held:
             item = self._ddb.get_item(
                 TableName=self._table, Key=reservation_key(r.job_key), ConsistentRead=True
             ).get("Item")
-            if item is None:
-                continue  # closed already
-            current = reservation_of(item)  # what it holds now
-            closed &= not self._transact(release_items(self._table, current, None, holding=True))
-        if closed and held and held[0].marker is not None:
-            self.close_group_marker(held[0].marker_at(), [r.job_key for r in held])
+            if item is not None:  # else closed already
+                current.append(reservation_of(item))  # what it holds now
+        closed = True
+        for i, r in enumerate(current):
+            items = release_items(self._table, r, None, holding=True)
+            if closed and i == len(current) - 1 and r.marker is not None:
+                items.append(self.close_marker_item(r.marker_at()))
+            closed &= not self._transact(items)
         return closed
 
     def _disarm_all(self, held: Iterable[Reservation]) -> None:

@@ -1,0 +1,213 @@
+"""The gatherer killed between any two of its writes (issue 17: "a crash of the scheduled
+function at each step"), through the local runtime: the next scheduled runs finish the
+work, and each provider batch is created once, each job answered once, each cost counted
+once, no reservation left holding money, no job lost.
+
+The file: ``JOBS`` batch-routed jobs on gpt-4.1, one of which the API refuses (its line
+gets a 400 in the error file: ``failed``), in one provider batch that expires part-way
+(the lines not answered by then go back to the synchronous path), ingested ``CHUNK``
+jobs per transaction, so every ingest step (objects, error records, re-sends, the
+transaction, between chunks) has work to crash in. A crash point is hit by the test's
+hook (``batchroute/crash.py``) the first ``times`` times it is reached; the local
+schedule takes the ``WorkerCrash`` as a Lambda that died and runs the gatherer again at
+its next period.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+
+from bench._common import read_jsonl
+from chatbatch.batchroute import crash, ingest
+from chatbatch.batchroute.gather import PART_METADATA
+from chatbatch.core.config import Model
+from chatbatch.core.pricing import Usage, cost, from_nanos
+from chatbatch.local.options import LocalOptions
+from chatbatch.local.runtime import LOCAL_KEY, LocalRuntime
+from chatbatch.local.simulator import SimulatorSettings
+from chatbatch.state.budget.budget import Budget
+from chatbatch.state.budget.ledger import RESERVATION_PREFIX
+from chatbatch.state.parts import Part, Parts, PartState
+from tests.integration.test_batch_route import MODEL, job, priced, write
+
+pytestmark = pytest.mark.slow
+
+JOBS = 12
+REFUSED = "job-5"  # the API's 400 for its line (``failed``)
+CHUNK = 4  # jobs per ingest transaction: three chunks
+OPEN_PREFIX = "budget#open#"  # the open markers' partitions (``ledger.open_key``)
+VISIBILITY_S = 3  # the batch queue's, here: a crashed gather's messages come back soon
+
+# a crash point and the crashes before it that lead a run there (recover runs only on a
+# part a crash left ``creating``)
+SCENARIOS: list[tuple[str, ...]] = [
+    *((point,) for point in crash.GATHER_POINTS + crash.INGEST_POINTS),
+    ("gather_after_reserve", "recover_after_find"),
+    ("gather_after_delete", "recover_after_find"),
+    ("gather_after_reserve", "after_provider_create"),  # the create recover makes
+]
+
+
+class Crashes:
+    """The hook: dies at each of ``points`` the first ``times`` times it is reached."""
+
+    def __init__(self, points: tuple[str, ...], times: int) -> None:
+        self.points = points
+        self.times = times
+        self.hits: Counter[str] = Counter()
+        self.died: Counter[str] = Counter()
+
+    def __call__(self, name: str) -> bool:
+        if name not in self.points:
+            return False
+        self.hits[name] += 1
+        if self.hits[name] > self.times:
+            return False
+        self.died[name] += 1
+        return True
+
+
+@pytest.fixture
+def crashes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Crashes]:
+    points, times = request.param
+    hook = Crashes(points, times)
+    monkeypatch.setattr(ingest, "CHUNK_JOBS", CHUNK)
+    monkeypatch.setattr(crash, "crash_hook", hook)
+    yield hook
+
+
+def lines() -> list[dict[str, Any]]:
+    out = [job(i, batch=True) for i in range(JOBS)]
+    # a tool message answering no call: chatbatch takes the line, the API refuses it
+    out[int(REFUSED.split("-")[1])]["body"]["messages"].append(
+        {"role": "tool", "tool_call_id": "call_none", "content": "?"}
+    )
+    return out
+
+
+def provider_batches(rt: LocalRuntime) -> list[dict[str, Any]]:
+    """Every batch the simulator's OpenAI Batch API was asked to create."""
+    assert rt.simulator is not None
+    reply = httpx.get(
+        f"{rt.simulator.base_url}/batches",
+        params={"limit": 100},
+        headers={"Authorization": f"Bearer {LOCAL_KEY}"},
+    )
+    reply.raise_for_status()
+    page = reply.json()
+    assert not page["has_more"]
+    return list(page["data"])
+
+
+def money_held(rt: LocalRuntime) -> list[dict[str, Any]]:
+    """Reservations still ``reserved`` (a settled one stays, so a copy finds it paid) and
+    open markers (a reservation's, a group's) left on the table."""
+    items = boto3.client("dynamodb").scan(TableName=rt.resources.table)["Items"]
+    return [
+        i
+        for i in items
+        if (i["pk"]["S"].startswith(RESERVATION_PREFIX) and i["state"]["S"] != "settled")
+        or i["pk"]["S"].startswith(OPEN_PREFIX)
+    ]
+
+
+def parts_closed(rt: LocalRuntime, within_s: float = 20.0) -> list[Part]:
+    """Every part's record once none is left to close (or as it is ``within_s`` on): the
+    run ends when its jobs are final, a part's money is closed at the gatherer's next run
+    after its last chunk (sooner when nothing crashed in between)."""
+    parts = Parts(boto3.client("dynamodb"), rt.resources.table, rt.batches)
+    deadline = time.monotonic() + within_s
+    while True:
+        records = list(parts.listed())
+        if all(p.state is PartState.done for p in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
+def scenario_ids() -> Iterator[Any]:
+    for points in SCENARIOS:
+        for times in (1, 2):
+            yield pytest.param((points, times), id=f"{'+'.join(points)}-x{times}")
+
+
+@pytest.mark.parametrize("crashes", list(scenario_ids()), indirect=True)
+def test_a_gatherer_killed_between_two_writes_loses_nothing_and_counts_nothing_twice(
+    tmp_path: Path, crashes: Crashes
+) -> None:
+    path = write(tmp_path, lines())
+    out = tmp_path / "out"
+    sim = SimulatorSettings(batch_turnaround_s=2.0, batch_expire_after_s=1.0)
+    with LocalRuntime(LocalOptions(timeout_s=120, gather_every_s=1.0, simulator=sim)) as rt:
+        assert rt.simulator is not None and rt.resources.batch_queue
+        boto3.client("sqs").set_queue_attributes(
+            QueueUrl=rt.resources.batch_queue,
+            Attributes={"VisibilityTimeout": str(VISIBILITY_S)},
+        )
+        summary = rt.run(path, out)
+        part_records = parts_closed(rt)
+        stats = rt.simulator.stats()
+        created = provider_batches(rt)
+        budget = Budget(boto3.client("dynamodb"), rt.resources.table, rt.config)
+        usage = budget.usage()
+        info = rt.batches.get(summary.batch_id)
+        left = money_held(rt)
+        model = next(m for m in rt.config.models.values() if m.model_id == MODEL)
+    assert crashes.died[crashes.points[-1]] >= 1, f"the crash point was never reached: {crashes}"
+
+    # each provider batch created once: one part, one batch, named by its part
+    named = Counter(b["metadata"].get(PART_METADATA) for b in created)
+    assert len(created) == 1, (named, [(b["id"], b["created_at"], b["status"]) for b in created], part_records)
+    opened = [p for p in part_records if p.provider_batch_id]
+    assert [p.provider_batch_id for p in opened] == [b["id"] for b in created]
+    assert all(p.state is PartState.done for p in part_records), part_records
+    assert set(named) == {p.part_id for p in opened}
+
+    # each job answered once in the results, its own answer; the refused one its 400
+    assert summary.succeeded == JOBS - 1 and summary.failed == 1, summary
+    results = read_jsonl(out / "results.jsonl")
+    assert sorted(r["custom_id"] for r in results) == sorted(f"job-{i}" for i in range(JOBS))
+    answered = [r for r in results if r["custom_id"] != REFUSED]
+    for r in answered:
+        i = r["custom_id"].split("-")[1]
+        content = r["response"]["body"]["choices"][0]["message"]["content"]
+        assert f"word{i} " in content + " ", r
+    [refused] = [r for r in results if r["custom_id"] == REFUSED]
+    assert refused["response"]["status_code"] == 400, refused
+
+    # each cost counted once, at its route's prices, and the books equal to the bill
+    costs = read_jsonl(out / "costs.jsonl")
+    assert sorted(c["custom_id"] for c in costs) == sorted(r["custom_id"] for r in answered)
+    for record in costs:
+        usage_of = Usage(
+            prompt_tokens=record["prompt_tokens"],
+            cached_tokens=record["cached_tokens"],
+            completion_tokens=record["completion_tokens"],
+        )
+        prices: Model = model if record["route"] == "sync" else model.batch_priced()
+        assert Decimal(record["cost_usd"]) == cost(usage_of, prices), record
+    routes = Counter(c["route"] for c in costs)
+    assert routes["batch"] and routes["sync"], routes  # it expired part-way, as planned
+    assert routes["batch"] == stats.batch_billed_by_model[MODEL].calls
+    sync_bill = stats.billed_by_model.get(MODEL)
+    assert routes["sync"] == (sync_bill.calls if sync_bill else 0)
+    billed = priced(stats.batch_billed_by_model[MODEL].model_dump(), model.batch_priced())
+    if sync_bill is not None:
+        billed += priced(sync_bill.model_dump(), model)
+    assert sum(Decimal(c["cost_usd"]) for c in costs) == billed
+    assert usage.spent_usd == billed
+    assert info is not None
+    assert (info.succeeded, info.failed, info.batched) == (JOBS - 1, 1, 0), info
+    assert from_nanos(info.cost_nanos) == billed
+
+    # no reservation left holding money: the day's committed back to what settled
+    assert usage.reserved_usd == 0, usage
+    assert left == [], left
