@@ -41,6 +41,7 @@ from chatbatch.state.batches import BatchInfo
 from chatbatch.state.budget.budget import Budget
 from chatbatch.state.budget.ledger import RESERVATION_PREFIX, DayUsage
 from chatbatch.state.parts import Part, Parts, PartState
+from tests.integration import test_batch_route as route_tests
 from tests.integration.test_batch_route import MODEL, job, priced, write
 
 pytestmark = pytest.mark.slow
@@ -285,3 +286,17 @@ def test_a_late_copy_of_a_sent_back_jobs_message_is_not_gathered_again(
     books = run_file(tmp_path, expires=True, visibility_s=visibility_s, latency_ms=9000)
     assert crashes.died[MESSAGES_LEFT] == 1
     assert_books(books, expired=True)
+
+
+@pytest.mark.parametrize("point", ["give_up_after_sends", "give_up_after_close"])
+def test_a_gatherer_killed_while_giving_a_part_up_still_runs_each_job_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, point: str
+) -> None:
+    """The part the provider never takes, given up after an hour (``recover.give_up``),
+    with the run dying there once: the next run finishes it, every promise of that test
+    kept (each job run once, synchronously; the money back; the record done)."""
+    hook = Crashes((point,), 1)
+    monkeypatch.setattr(crash, "crash_hook", hook)
+    given_up = route_tests.test_a_part_the_provider_never_takes_goes_to_sync_after_an_hour
+    given_up(tmp_path, monkeypatch)
+    assert hook.died[point] == 1

@@ -23,7 +23,11 @@ GATHER_POINTS = (
     "gather_after_delete",  # the messages deleted; no provider batch
     "after_provider_create",  # the provider batch created; its id not recorded
 )
-RECOVER_POINTS = ("recover_after_find",)  # a creating part's provider batch looked for
+RECOVER_POINTS = (
+    "recover_after_find",  # a creating part's provider batch looked for
+    "give_up_after_sends",  # a part no batch was made for: its jobs sent synchronously
+    "give_up_after_close",  # and its money closed; its jobs still in it
+)
 INGEST_POINTS = (
     "ingest_after_ingesting",  # the record ingesting; nothing read
     "ingest_after_objects",  # a chunk's results and costs objects written

@@ -95,11 +95,13 @@ def give_up(s: Services, record: Part, part: BatchPart, keys: list[tuple[str, st
         mine = [job for job in jobs if (job.priority or s.config.defaults.priority) is priority]
         for start in range(0, len(mine), 10):
             sender.send(priority, mine[start : start + 10])
+    crash_point("give_up_after_sends")
     logger.warning(
         "a part no provider batch was made for goes to the synchronous path",
         extra={"part": record.part_id, "jobs": len(jobs)},
     )
     s.budget.close_part(s.budget.part_held(record.part_id, record.batches).values())
+    crash_point("give_up_after_close")
     s.parts.abandon(record.part_id, held_jobs(keys))
 
 
