@@ -7,8 +7,8 @@ as a property).
 The runs are ``batchroute.handler.run`` called here one after the other, on the local
 runtime's moto and simulator (its own gatherer schedule is never due), each part one
 batch's jobs (``MAX_BATCHES_PER_PART`` 1), the provider's turnaround 0 so a part can end
-by the next run. The batch queue's visibility is 1 s: a dead run's messages come back a
-second later.
+by the next run. The batch queue's visibility is 2 s: a dead run's messages come back
+soon (and a run's 1 s confirming poll never takes its own again).
 """
 
 from __future__ import annotations
@@ -44,12 +44,20 @@ from tests.integration.test_batch_route_crashes import money_held
 
 pytestmark = pytest.mark.slow
 
-DRAIN_RUNS = 40  # runs without crashes to finish what the random ones left
+DRAIN_RUNS = 30  # runs without crashes to finish what the random ones left
+# A message is received once by each run that dies before its part is recorded; past the
+# queue's max_receive_count (5) it goes to the batch DLQ, which nothing reads:
+# ``test_jobs_whose_messages_dead_runs_sent_to_the_batch_dlq_are_not_lost`` pins that.
+# The property keeps to at most this many dying runs.
+MAX_DEATHS = 2
 _examples = itertools.count()
 
 # a run: it dies at the k-th crash point it reaches (any of them: between any two of its
-# writes, wherever it is in its parts), or lives (0, or fewer points reached than k)
-runs = st.integers(0, 7)
+# writes, wherever it is in its parts), or lives (0, or fewer points reached than k);
+# four runs that live and up to MAX_DEATHS that die, in any order
+plans = st.lists(st.integers(1, 7), max_size=MAX_DEATHS).flatmap(
+    lambda deaths: st.permutations([*deaths, 0, 0, 0, 0])
+)
 # each part's file: its jobs, and before which of the random runs it is submitted
 files = st.lists(st.tuples(st.integers(1, 4), st.integers(0, 3)), min_size=1, max_size=3)
 
@@ -104,7 +112,7 @@ def runner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runner]:
         patch.setattr(gather, "MAX_BATCHES_PER_PART", 1)
         assert rt.resources.batch_queue
         boto3.client("sqs").set_queue_attributes(
-            QueueUrl=rt.resources.batch_queue, Attributes={"VisibilityTimeout": "1"}
+            QueueUrl=rt.resources.batch_queue, Attributes={"VisibilityTimeout": "2"}
         )
         yield Runner(rt, tmp_path_factory.mktemp("model"))
 
@@ -128,11 +136,11 @@ def provider_parts(rt: LocalRuntime) -> Counter[str]:
 
 
 @settings(
-    max_examples=25,
+    max_examples=15,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(parts=files, plan=st.lists(runs, min_size=4, max_size=8))
+@given(parts=files, plan=plans)
 def test_any_interleaving_of_dying_runs_answers_each_job_once_and_books_it_once(
     runner: Runner, parts: list[tuple[int, int]], plan: list[int]
 ) -> None:
@@ -145,7 +153,7 @@ def test_any_interleaving_of_dying_runs_answers_each_job_once_and_books_it_once(
         died = runner.run(dies)
         if died is not None:
             event(f"died at {died}")
-            time.sleep(0.3)  # a dead run's messages come back within the second
+            time.sleep(0.3)  # a dead run's messages come back within seconds
     for _ in range(DRAIN_RUNS):
         if runner.finished(batches):
             break
@@ -181,3 +189,28 @@ def test_any_interleaving_of_dying_runs_answers_each_job_once_and_books_it_once(
     usage = Budget(boto3.client("dynamodb"), rt.resources.table, rt.config).usage()
     assert usage.spent_usd == priced(bill, model.batch_priced())
     assert usage.reserved_usd == Decimal(0) and money_held(rt) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="design question for the lead: messages a gatherer received in runs that died "
+    "before recording their part go to the batch DLQ after max_receive_count runs, and "
+    "nothing reads it: their jobs stay new, never answered",
+)
+def test_jobs_whose_messages_dead_runs_sent_to_the_batch_dlq_are_not_lost(runner: Runner) -> None:
+    """Six runs in a row die before the part of a file's jobs is recorded (a run that
+    times out with parts left, as one holding 50,000 messages may): each received the
+    messages, so they pass the queue's max_receive_count (5) and go to the batch DLQ.
+    The jobs must still be answered (a DLQ the gatherer redrives, or a job whose
+    message dead-letters failing as the worker's do)."""
+    batch_id = f"dlq{next(_examples)}"
+    runner.submit(batch_id, 2)
+    for _ in range(6):
+        assert runner.run(1) == "gather_after_file"
+        time.sleep(2.2)
+    for _ in range(5):
+        if runner.finished({batch_id: 2}):
+            break
+        runner.run()
+        time.sleep(0.3)
+    assert runner.finished({batch_id: 2})
