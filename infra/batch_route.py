@@ -42,6 +42,7 @@ from constructs import Construct
 
 from chatbatch.core.config import Config, Priority
 from chatbatch.core.resources import (
+    BATCH_MAX_RECEIVES,
     ENV_BATCH_QUEUE,
     GATHER_EVENT,
     GATHER_EVERY_MIN,
@@ -104,6 +105,7 @@ class BatchRoute(Construct):
             dlq_name=batch_queue_name(config.stack_name, dlq=True),
             config=config,
             visibility_timeout=Duration.seconds(BATCH_VISIBILITY_S),
+            max_receive_count=BATCH_MAX_RECEIVES,
         )
         self.log_group, self.role = logged_role(self, "chatbatch batch route gatherer")
         self.function = lambda_.Function(

@@ -32,9 +32,11 @@ def queue_with_dlq(
     dlq_name: str,
     config: Config,
     visibility_timeout: Duration,
+    max_receive_count: int | None = None,
 ) -> tuple[sqs.Queue, sqs.Queue]:
     """An encrypted, TLS-only queue redriving to its own DLQ after ``max_receive_count``
-    deliveries: (queue, DLQ). The construct ids are ``construct_id`` and ``...Dlq``."""
+    deliveries (default the config's): (queue, DLQ). The construct ids are
+    ``construct_id`` and ``...Dlq``."""
     dlq = sqs.Queue(
         scope,
         f"{construct_id}Dlq",
@@ -54,7 +56,7 @@ def queue_with_dlq(
         retention_period=Duration.days(config.worker.retention_days),
         visibility_timeout=visibility_timeout,
         dead_letter_queue=sqs.DeadLetterQueue(
-            queue=dlq, max_receive_count=config.worker.max_receive_count
+            queue=dlq, max_receive_count=max_receive_count or config.worker.max_receive_count
         ),
     )
     return queue, dlq

@@ -14,6 +14,7 @@ from synth_support import render as _render
 from chatbatch.core.config import Config
 from chatbatch.core.metrics import METRICS, Metric
 from chatbatch.core.resources import (
+    BATCH_MAX_RECEIVES,
     ENV_BATCH_QUEUE,
     ENV_TRUSTED_SENDERS,
     GATHER_EVENT,
@@ -101,9 +102,11 @@ def test_the_batch_queue_and_its_dlq(synth: Synth, config: Config) -> None:
     queues = _queues(synth)
     queue_id, queue = queues[batch_queue_name(config.stack_name)]
     dlq_id, dlq = queues[batch_queue_name(config.stack_name, dlq=True)]
+    # only runs that died holding a message count toward the DLQ: many may (see
+    # BATCH_MAX_RECEIVES), where a priority queue's max_receive_count is a job's tries
     assert queue["RedrivePolicy"] == {
         "deadLetterTargetArn": {"Fn::GetAtt": [dlq_id, "Arn"]},
-        "maxReceiveCount": config.worker.max_receive_count,
+        "maxReceiveCount": BATCH_MAX_RECEIVES,
     }
     # a run's messages stay hidden for the whole run
     assert queue["VisibilityTimeout"] == GATHER_TIMEOUT_S + 60

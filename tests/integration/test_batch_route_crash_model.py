@@ -45,10 +45,10 @@ from tests.integration.test_batch_route_crashes import money_held
 pytestmark = pytest.mark.slow
 
 DRAIN_RUNS = 30  # runs without crashes to finish what the random ones left
-# A message is received once by each run that dies before its part is recorded; past the
-# queue's max_receive_count (5) it goes to the batch DLQ, which nothing reads:
-# ``test_jobs_whose_messages_dead_runs_sent_to_the_batch_dlq_are_not_lost`` pins that.
-# The property keeps to at most this many dying runs.
+# A message is received once by each run that dies before its part is recorded; the batch
+# queue's DLQ takes it only after BATCH_MAX_RECEIVES of them
+# (``test_jobs_whose_messages_dead_runs_sent_to_the_batch_dlq_are_not_lost``: six). The
+# property keeps to at most this many dying runs, to stay short.
 MAX_DEATHS = 2
 _examples = itertools.count()
 
@@ -191,18 +191,11 @@ def test_any_interleaving_of_dying_runs_answers_each_job_once_and_books_it_once(
     assert usage.reserved_usd == Decimal(0) and money_held(rt) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="design question for the lead: messages a gatherer received in runs that died "
-    "before recording their part go to the batch DLQ after max_receive_count runs, and "
-    "nothing reads it: their jobs stay new, never answered",
-)
 def test_jobs_whose_messages_dead_runs_sent_to_the_batch_dlq_are_not_lost(runner: Runner) -> None:
     """Six runs in a row die before the part of a file's jobs is recorded (a run that
     times out with parts left, as one holding 50,000 messages may): each received the
-    messages, so they pass the queue's max_receive_count (5) and go to the batch DLQ.
-    The jobs must still be answered (a DLQ the gatherer redrives, or a job whose
-    message dead-letters failing as the worker's do)."""
+    messages, past the priority queues' max_receive_count (5). The batch queue's DLQ
+    takes a message only after ``BATCH_MAX_RECEIVES`` dead runs: the jobs are answered."""
     batch_id = f"dlq{next(_examples)}"
     runner.submit(batch_id, 2)
     for _ in range(6):

@@ -265,12 +265,6 @@ def test_a_gatherer_killed_between_two_writes_loses_nothing_and_counts_nothing_t
 
 
 @pytest.mark.parametrize("crashes", [((MESSAGES_LEFT,), 1)], indirect=True)
-@pytest.mark.xfail(
-    strict=True,
-    reason="design question for the lead: a job sent back to the synchronous path is `new` "
-    "again, as if never gathered, so a late copy of its batch-queue message gathers it "
-    "into a second provider batch (it runs twice)",
-)
 def test_a_late_copy_of_a_sent_back_jobs_message_is_not_gathered_again(
     tmp_path: Path, crashes: Crashes
 ) -> None:

@@ -3,7 +3,8 @@
 
 A run receives what waits on the batch queue (up to ``MAX_JOBS_PER_RUN``), screens each
 message as the synchronous worker does (its sender may write its batch; its line is a
-job), drops the copies of jobs already ended or held by a part, and sends what cannot go
+job), drops the copies of jobs already ended or held by a part (and the late copies of
+jobs a part sent to the synchronous path: ``new``, naming it), and sends what cannot go
 through a batch API (an invalid line, a streamed request) to its priority queue, whose
 worker records the error or runs it. The rest is split into provider batches
 (``worker.batch_jobs.batch_parts``) and each goes out in this order, so that a crash
@@ -41,7 +42,7 @@ from chatbatch.core.pricing import to_nanos
 from chatbatch.core.routing import batch_refusal
 from chatbatch.core.sqs_records import sqs_record
 from chatbatch.provider.batch_api import BatchApiError, BatchPart
-from chatbatch.state.batches import BatchInfo, JobState
+from chatbatch.state.batches import BatchInfo, JobRecord, JobState
 from chatbatch.state.budget.errors import BudgetDeferred
 from chatbatch.state.budget.parts import part_ask
 from chatbatch.state.budget.reservations import Ask
@@ -96,12 +97,13 @@ class Gatherer:
         intakes = self._receive()
         if not intakes:
             return self.done
-        states, infos = self.s.batches.prefetch(i.key for i in intakes)
+        records, infos = self.s.batches.prefetch_records(i.key for i in intakes)
+        states = {key: record.state for key, record in records.items()}
         jobs: dict[tuple[str, str], tuple[Job, list[Intake]]] = {}
         for intake in screen(
             {i.record.message_id: i for i in intakes}, infos, self.s.principal
         ).values():
-            job = self._admit(intake, states.get(intake.key, JobState.new), infos, parts)
+            job = self._admit(intake, records[intake.key], infos, parts)
             if job is None:
                 continue
             held = jobs.setdefault(intake.key, (job, []))  # copies of one job: one line
@@ -137,12 +139,13 @@ class Gatherer:
     def _admit(
         self,
         intake: Intake,
-        state: JobState,
+        record: JobRecord,
         infos: dict[str, BatchInfo],
         parts: dict[str, Part],
     ) -> Job | None:
         """The job to put in a provider batch, stamped with its batch and priority; None
         when the message was dealt with here (or waits for a later run)."""
+        state = record.state
         if intake.transient:
             self._later([intake])
             return None
@@ -150,8 +153,9 @@ class Gatherer:
             self.s.store.put_refused(intake.batch_id, intake.record.message_id, _refused(intake))
             self._delete([intake])
             return None
-        if state.terminal or state is JobState.batched:
-            if state is JobState.batched and self._in_creating_part(intake, parts):
+        sent_to_sync = state is JobState.new and record.part is not None  # a late copy
+        if state.terminal or state is JobState.batched or sent_to_sync:
+            if state is JobState.batched and self._in_creating_part(record, parts):
                 self._later([intake])  # its part may be abandoned: then it gathers again
             else:
                 self.done.dropped += 1
@@ -166,8 +170,7 @@ class Gatherer:
         priority = job.priority or _priority(info, self.s)
         return job.model_copy(update={"batch_id": intake.batch_id, "priority": priority})
 
-    def _in_creating_part(self, intake: Intake, parts: dict[str, Part]) -> bool:
-        [record] = self.s.batches.jobs(intake.batch_id, [intake.custom_id])
+    def _in_creating_part(self, record: JobRecord, parts: dict[str, Part]) -> bool:
         part = parts.get(record.part or "")
         return part is not None and part.state is PartState.creating
 

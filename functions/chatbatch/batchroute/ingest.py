@@ -347,7 +347,7 @@ class Ingester:
         for j in jobs:
             if j.new is JobState.new:
                 item, deltas = self.s.parts.send_back_item(
-                    record.part_id, batch_id, j.job.custom_id
+                    record.part_id, batch_id, j.job.custom_id, to_sync=True
                 )
             else:
                 item, deltas = self.s.batches.move(

@@ -102,7 +102,7 @@ def give_up(s: Services, record: Part, part: BatchPart, keys: list[tuple[str, st
     )
     s.budget.close_part(s.budget.part_held(record.part_id, record.batches).values())
     crash_point("give_up_after_close")
-    s.parts.abandon(record.part_id, held_jobs(keys))
+    s.parts.abandon(record.part_id, held_jobs(keys), to_sync=True)
 
 
 def find(client: BatchApi, record: Part, part: BatchPart, known: set[str]) -> str | None:

@@ -42,6 +42,12 @@ RESUME_EVENT = {"chatbatch": "resume-budget"}
 # mapping: the gatherer function receives from it on a schedule.
 ENV_BATCH_QUEUE = "CHATBATCH_BATCH_QUEUE"  # the batch queue's URL (the gatherer's env)
 # the event the gather schedule sends the gatherer function (EventBridge, GATHER_EVERY_MIN)
+# The batch queue's deliveries before its DLQ: the gatherer only receives, deletes or sends
+# a job again, so a message's count grows only with runs that died holding it (a run that
+# timed out with parts left); the priority queues' max_receive_count (5) would dead-letter
+# jobs whose work simply never reached a part. A message that kills every run still ends
+# in the DLQ (alarmed; ``chatbatch redrive --priority batch``).
+BATCH_MAX_RECEIVES = 100
 GATHER_EVENT = {"chatbatch": "gather"}
 # a gather run's limit: Lambda's maximum, since a run may read a 200 MB provider output
 # file; the batch queue's visibility timeout outlasts it, so a run's messages stay hidden

@@ -21,6 +21,7 @@ import httpx
 
 from chatbatch.core.config import Config, Priority
 from chatbatch.core.resources import (
+    BATCH_MAX_RECEIVES,
     GATHER_TIMEOUT_S,
     TABLE_PK,
     TABLE_SK,
@@ -119,12 +120,18 @@ def create_table(ddb: DynamoDBClient, name: str) -> None:
 
 
 def _create_queue_pair(
-    sqs: SQSClient, config: Config, name: str, dlq_name: str, visibility_timeout_s: int
+    sqs: SQSClient,
+    config: Config,
+    name: str,
+    dlq_name: str,
+    visibility_timeout_s: int,
+    max_receives: int | None = None,
 ) -> tuple[str, str]:
-    """A queue redriving to its DLQ after ``max_receive_count`` deliveries, as the stack's;
-    returns (queue URL, DLQ URL)."""
+    """A queue redriving to its DLQ after ``max_receives`` deliveries (default the
+    config's ``max_receive_count``), as the stack's; returns (queue URL, DLQ URL)."""
     dlq_url, dlq_arn = _create_queue(sqs, dlq_name, {"MessageRetentionPeriod": str(14 * 86_400)})
-    redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": config.worker.max_receive_count}
+    receives = max_receives or config.worker.max_receive_count
+    redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": receives}
     url, _ = _create_queue(
         sqs,
         name,
@@ -166,6 +173,7 @@ def create_resources(config: Config, visibility_timeout_s: int | None = None) ->
         batch_queue_name(stack),
         batch_queue_name(stack, dlq=True),
         GATHER_TIMEOUT_S + 60,
+        BATCH_MAX_RECEIVES,
     )
 
     table = f"{config.stack_name}-state"

@@ -161,7 +161,9 @@ class JobRecord(BaseModel):
     error_code: str | None = None
     retries: int = 0
     flush: str | None = None
-    part: str | None = None  # while ``batched``: the provider batch's part (``state/parts.py``)
+    # while ``batched``: the provider batch's part (``state/parts.py``); on a ``new`` job,
+    # the part that sent it to the synchronous path (a late copy is not gathered again)
+    part: str | None = None
 
 
 class BatchInfo(BaseModel):
@@ -261,6 +263,14 @@ class Batches:
         shards of this deployment's count are read with them, the rest of a batch
         registered with more (if any) in a second read. The counters are summed over the
         shards but are not one instant's (see ``get``): the worker decides nothing on them."""
+        records, batches = self.prefetch_records(jobs)
+        return {key: record.state for key, record in records.items()}, batches
+
+    def prefetch_records(
+        self, jobs: Iterable[tuple[str, str]]
+    ) -> tuple[dict[tuple[str, str], JobRecord], dict[str, BatchInfo]]:
+        """``prefetch`` with each job's whole record (its part, its flush), not its state
+        alone."""
         jobs = list(dict.fromkeys(jobs))
         batch_ids = list(dict.fromkeys(b for b, _ in jobs))
         guess = self._counter_shards if self._counter_shards > 1 else 0
@@ -273,23 +283,15 @@ class Batches:
             for k in range(guess, _shards(found.get(f"batch#{b}")))
         ]
         found |= self._get_many(more)
-        states = {
-            (b, c): JobState(found.get(job_pk(b, c), {}).get("state", JobState.new))
-            for b, c in jobs
-        }
+        records = {(b, c): _record(c, found.get(job_pk(b, c), {})) for b, c in jobs}
         batches = {b: self._summed(b, found) for b in batch_ids}
-        return states, batches
+        return records, batches
 
     def jobs(self, batch_id: str, custom_ids: Iterable[str]) -> list[JobRecord]:
         """The items of a batch's jobs (a job without one is ``new``), in the order given."""
         ids = list(dict.fromkeys(custom_ids))
         found = self._get_many([job_key(batch_id, c) for c in ids])
-        records = []
-        for custom_id in ids:
-            item = found.get(job_pk(batch_id, custom_id), {})
-            fields = {k: v for k, v in item.items() if k in JobRecord.model_fields}
-            records.append(JobRecord(**(fields | {"custom_id": custom_id})))
-        return records
+        return [_record(c, found.get(job_pk(batch_id, c), {})) for c in ids]
 
     def _get_many(self, keys: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """Items by partition key (consistent reads, 100 keys a call), plain."""
@@ -580,6 +582,12 @@ class Batches:
             pins={"retries": n(job.retries) if job.retries else None},
             shard=shard,
         )
+
+
+def _record(custom_id: str, item: Mapping[str, Any]) -> JobRecord:
+    """A job's record from its plain item (``new`` when it has none)."""
+    fields = {k: v for k, v in item.items() if k in JobRecord.model_fields}
+    return JobRecord(**(fields | {"custom_id": custom_id}))
 
 
 def _shards(meta: Mapping[str, Any] | None) -> int:

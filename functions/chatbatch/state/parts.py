@@ -137,29 +137,46 @@ class Parts:
         items.append(self._count_on_record(part_id, len(jobs)))
         return not transact(self._ddb, items)
 
-    def abandon(self, part_id: str, jobs: Sequence[JobIn], to: JobState = JobState.new) -> None:
+    def abandon(
+        self,
+        part_id: str,
+        jobs: Sequence[JobIn],
+        to: JobState = JobState.new,
+        *,
+        to_sync: bool = False,
+    ) -> None:
         """Let a part that never reached its provider go: each of ``jobs`` it still holds
         leaves it, as if never gathered (``new``: its state removed, so its message, which
         is still on the queue, gathers it again), or ``deferred`` (waiting for budget, as
         the worker counts such a job), in transactions on the record still ``creating``;
         then the record is ``done``. A job the part no longer holds is skipped. Safe to
         repeat."""
-        self.leave(part_id, jobs, to)
+        self.leave(part_id, jobs, to, to_sync=to_sync)
         self._advance(part_id, PartState.creating, PartState.done, {})
 
-    def leave(self, part_id: str, jobs: Sequence[JobIn], to: JobState = JobState.new) -> None:
+    def leave(
+        self,
+        part_id: str,
+        jobs: Sequence[JobIn],
+        to: JobState = JobState.new,
+        *,
+        to_sync: bool = False,
+    ) -> None:
         """``jobs`` leave a part still ``creating`` (to ``new`` or a waiting state, as in
-        ``abandon``), the part keeping the rest. A job it no longer holds is skipped."""
+        ``abandon``; ``to_sync``: sent to the synchronous path, see ``send_back_item``),
+        the part keeping the rest. A job it no longer holds is skipped."""
         for chunk in _chunks(jobs):
-            if not self._release(part_id, chunk, to):
+            if not self._release(part_id, chunk, to, to_sync):
                 for job in chunk:
-                    self._release(part_id, [job], to)
+                    self._release(part_id, [job], to, to_sync)
 
-    def _release(self, part_id: str, jobs: Sequence[JobIn], to: JobState) -> bool:
+    def _release(self, part_id: str, jobs: Sequence[JobIn], to: JobState, to_sync: bool) -> bool:
         items: list[Any] = []
         counts: dict[str, dict[str, int]] = {}
         for job in jobs:
-            item, deltas = self.send_back_item(part_id, job.batch_id, job.custom_id, to)
+            item, deltas = self.send_back_item(
+                part_id, job.batch_id, job.custom_id, to, to_sync=to_sync
+            )
             items.append(item)
             total = counts.setdefault(job.batch_id, {})
             for name, delta in deltas.items():
@@ -170,13 +187,22 @@ class Parts:
         return not transact(self._ddb, items)
 
     def send_back_item(
-        self, part_id: str, batch_id: str, custom_id: str, to: JobState = JobState.new
+        self,
+        part_id: str,
+        batch_id: str,
+        custom_id: str,
+        to: JobState = JobState.new,
+        *,
+        to_sync: bool = False,
     ) -> tuple[dict[str, Any], dict[str, int]]:
         """The job's item out of the part, on the condition that the part holds it, to
         ``new`` (its state removed: as if never gathered) or to a waiting state (its
-        gauge); and what that adds to its batch's counters."""
+        gauge); and what that adds to its batch's counters. ``to_sync``: the job was sent
+        to the synchronous path: it is ``new`` for the worker, and keeps naming the part,
+        so a late copy of its batch-queue message is not gathered again (the gatherer
+        drops a ``new`` job that names a part)."""
         values = {":batched": s(JobState.batched.value), ":part": s(part_id)}
-        update = "REMOVE #s, #p"
+        update = "REMOVE #s" if to_sync else "REMOVE #s, #p"
         deltas = {JobState.batched.counter: -1}
         if to is not JobState.new:
             assert to.gauge is not None, to
