@@ -378,3 +378,37 @@ def test_local_run_route_batch_through_the_cli(tmp_path: Path) -> None:
     # provider_calls: the simulator's synchronous requests (none)
     assert (summary["succeeded"], summary["failed"], summary["provider_calls"]) == (4, 0, 0)
     assert {c["route"] for c in read_jsonl(out / "costs.jsonl")} == {"batch"}
+
+
+def test_redrive_batch_moves_the_batch_dlq_back_and_its_jobs_then_run(tmp_path: Path) -> None:
+    """Messages in the batch route's DLQ (the gatherer died holding them
+    ``BATCH_MAX_RECEIVES`` times): ``chatbatch redrive --priority batch`` puts them back
+    on the batch queue, and the gatherer runs their jobs, each once."""
+    path = write(tmp_path, [job(i, batch=True) for i in range(3)])
+    hourly = dataclasses.replace(options(), gather_every_s=3600.0)  # gathers when told
+    with LocalRuntime(hourly) as rt:
+        rt.register_stack()
+        plan = rt.submit(path)
+        sqs = boto3.client("sqs")
+        queue, dlq = rt.resources.batch_queue, rt.resources.batch_dlq
+        assert queue and dlq
+        moved = 0
+        while moved < 3:  # as SQS would dead-letter them
+            for m in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get(
+                "Messages", []
+            ):
+                sqs.send_message(QueueUrl=dlq, MessageBody=m["Body"])
+                sqs.delete_message(QueueUrl=queue, ReceiptHandle=m["ReceiptHandle"])
+                moved += 1
+        result = CliRunner().invoke(app, ["redrive", "--priority", "batch", "--json"])
+        assert result.exit_code == 0, (result.stdout, result.exception)
+        assert json.loads(result.stdout)["moved"] == {"batch": 3}
+        assert rt.gatherer is not None
+        deadline = time.monotonic() + 30
+        while (info := rt.batches.get(plan.batch_id)) and info.finished < 3:
+            assert time.monotonic() < deadline, info
+            rt.gatherer.fire()
+            time.sleep(0.5)
+        usage, billed = books(rt)
+    assert info is not None and info.succeeded == 3
+    assert usage.spent_usd == billed and usage.reserved_usd == 0

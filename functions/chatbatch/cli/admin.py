@@ -13,13 +13,14 @@ from pydantic import BaseModel
 from rich.progress import TaskID, TextColumn
 from rich.table import Table
 
-from chatbatch.cli.errors import CliError
+from chatbatch.cli.errors import EXIT_USAGE, CliError
 from chatbatch.cli.output import emit, out, progress_bar, say, warn
 from chatbatch.cli.params import BatchArg, ConfigOpt, JsonOpt, StackOpt, find_batch
 from chatbatch.cli.status import batch_status
 from chatbatch.client.deployment import connect
 from chatbatch.client.retry import RetryInterrupted, plan_retry, send_retries
 from chatbatch.core.config import Priority, load_config
+from chatbatch.state.sender import BATCH_LANE, Lane
 
 
 class CancelReport(BaseModel):
@@ -58,34 +59,39 @@ def cancel(
 
 
 class RedriveReport(BaseModel):
-    moved: dict[Priority, int]
+    moved: dict[str, int]  # by priority, and ``batch`` for the batch route's DLQ
     total: int
 
 
 def redrive(
     priority: Annotated[
-        Priority | None, typer.Option(help="only this priority's DLQ (default: all four)")
+        str | None,
+        typer.Option(help="only this priority's DLQ, or `batch`: the batch route's (default: all)"),
     ] = None,
     stack: StackOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Move the messages of the dead-letter queues back to their queues."""
+    lanes: list[Lane] = [*Priority, BATCH_LANE]
+    if priority is not None and priority not in lanes:
+        names = ", ".join(str(lane) for lane in lanes)
+        raise CliError(f"--priority {priority!r}: use one of {names}", EXIT_USAGE)
     deployment = connect(load_config(config), stack)
-    moved: dict[Priority, int] = {}
+    moved: dict[str, int] = {}
     with progress_bar(as_json, TextColumn("{task.completed} moved")) as progress:
-        for p in [priority] if priority else list(Priority):
-            task = progress.add_task(f"{p.value} DLQ", total=None)
+        for p in [lane for lane in lanes if priority in (None, str(lane))]:
+            task = progress.add_task(f"{p} DLQ", total=None)
 
             def show(n: int, task: TaskID = task) -> None:
                 progress.update(task, completed=n)
 
-            moved[p] = deployment.redrive(p, show)
+            moved[str(p)] = deployment.redrive(p, show)
     report = RedriveReport(moved=moved, total=sum(moved.values()))
     if as_json:
         emit(report)
         return
-    detail = ", ".join(f"{p.value} {n}" for p, n in moved.items())
+    detail = ", ".join(f"{p} {n}" for p, n in moved.items())
     say(f"moved {report.total} message(s) from the dead-letter queues back ({detail})")
 
 

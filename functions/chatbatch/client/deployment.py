@@ -23,7 +23,7 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
 from chatbatch.core import scale
-from chatbatch.core.config import Config, Priority
+from chatbatch.core.config import Config
 from chatbatch.core.resources import MissingOutputs, Resources, resources_from_outputs
 from chatbatch.state.batches import Batches
 from chatbatch.state.breaker import Breakers
@@ -183,15 +183,19 @@ class Deployment:
             )
         return depths
 
-    def redrive(self, priority: Priority, on_moved: Callable[[int], None]) -> int:
-        """Move every message of ``priority``'s DLQ back to its queue; returns how many.
+    def redrive(self, priority: Lane, on_moved: Callable[[int], None]) -> int:
+        """Move every message of ``priority``'s DLQ (``batch``: the batch route's) back to
+        its queue; returns how many.
 
         Receive, send, delete, 10 at a time (moto has no StartMessageMoveTask). A message
         is deleted from the DLQ only once its copy is in the queue: a crash in between
         redrives it twice, and the worker's idempotency makes that harmless.
         """
-        dlq = self.resources.dlqs.get(priority)
-        if dlq is None:
+        if priority == BATCH_LANE:
+            dlq, queue = self.resources.batch_dlq, self.resources.batch_queue
+        else:
+            dlq, queue = self.resources.dlqs.get(priority), self.resources.queues[priority]
+        if dlq is None or queue is None:
             return 0
         moved = 0
         empty_receives = 0
@@ -206,7 +210,7 @@ class Deployment:
                 # short polling samples a subset of SQS's servers: ask the depth to be sure
                 empty_receives += 1 if self._attributes(dlq)["ApproximateNumberOfMessages"] else 3
                 continue
-            moved += self._move(messages, dlq, self.resources.queues[priority])
+            moved += self._move(messages, dlq, queue)
             on_moved(moved)
         return moved
 
