@@ -5,6 +5,7 @@ chunks of DynamoDB's item limit; a stale job left out; a crash between chunks le
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,9 +13,10 @@ import boto3
 import pytest
 
 from chatbatch.core.config import Config
+from chatbatch.core.resources import TABLE_TTL
 from chatbatch.local.aws import create_resources, moto_in_process
 from chatbatch.state.batches import Batches, JobState
-from chatbatch.state.parts import JobIn, Part, PartExists, Parts, PartState
+from chatbatch.state.parts import DONE_KEEP_S, JobIn, Part, PartExists, Parts, PartState, part_key
 
 _ids = itertools.count()
 
@@ -121,3 +123,8 @@ def test_a_part_advances_once_and_a_closed_one_takes_no_jobs(
     listed = {p.part_id for p in parts.listed(PartState.ingesting)}
     assert part.part_id in listed
     assert part.part_id not in {p.part_id for p in parts.listed(PartState.open)}
+    # done, its record expires (the partition every pass lists holds the parts at work)
+    assert parts.advance(part.part_id, PartState.ingesting, PartState.done)
+    item = parts._ddb.get_item(TableName=parts._table, Key=part_key(part.part_id))["Item"]
+    expires = int(item[TABLE_TTL]["N"])
+    assert abs(expires - (time.time() + DONE_KEEP_S)) < 60

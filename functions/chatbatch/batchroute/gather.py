@@ -286,13 +286,15 @@ class Gatherer:
     def _delete(self, intakes: Sequence[Intake]) -> None:
         for start in range(0, len(intakes), 10):
             chunk = intakes[start : start + 10]
-            self.s.sqs.delete_message_batch(
+            reply = self.s.sqs.delete_message_batch(
                 QueueUrl=self.queue_url,
                 Entries=[
                     {"Id": str(i), "ReceiptHandle": intake.record.receipt_handle}
                     for i, intake in enumerate(chunk)
                 ],
             )
+            for failed in reply.get("Failed", []):  # it comes back: its job is held by then
+                logger.warning("a message was not deleted", extra={"failure": failed})
 
     def _again_later(self, jobs: Sequence[Job]) -> None:
         """Each job as a new message on the batch queue, visible after ``LATER_S``: a job

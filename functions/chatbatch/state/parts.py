@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel
 
 from chatbatch.core.jobs import job_ref
-from chatbatch.core.resources import TABLE_PK, TABLE_SK
+from chatbatch.core.resources import TABLE_PK, TABLE_SK, TABLE_TTL
 from chatbatch.state.batches import Batches, JobState, job_key
 from chatbatch.state.ddb import MAX_TRANSACT_ITEMS, n, plain, s, transact
 
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 PART_PK = "parts"  # every part's record under one partition key: one Query lists them
 PART_FIELD = "part"  # on a job's item: the part that holds it while it is ``batched``
+DONE_KEEP_S = 7 * 86_400  # a done part's record, then DynamoDB's TTL deletes it
 
 
 class PartState(StrEnum):
@@ -251,10 +252,15 @@ class Parts:
     def _advance(
         self, part_id: str, prev: PartState, new: PartState, fields: Mapping[str, str]
     ) -> bool:
-        names = {"#s": "state", **{f"#f{i}": k for i, k in enumerate(fields)}}
+        """``prev`` -> ``new`` with ``fields``; a ``done`` record expires after
+        ``DONE_KEEP_S`` (its partition, listed every pass, holds the parts at work)."""
+        typed = {k: s(v) for k, v in fields.items()}
+        if new is PartState.done:
+            typed[TABLE_TTL] = n(int(time.time()) + DONE_KEEP_S)
+        names = {"#s": "state", **{f"#f{i}": k for i, k in enumerate(typed)}}
         values = {":prev": s(prev.value), ":new": s(new.value)}
-        values |= {f":f{i}": s(v) for i, v in enumerate(fields.values())}
-        sets = ", ".join(["#s = :new", *(f"#f{i} = :f{i}" for i in range(len(fields)))])
+        values |= {f":f{i}": v for i, v in enumerate(typed.values())}
+        sets = ", ".join(["#s = :new", *(f"#f{i} = :f{i}" for i in range(len(typed)))])
         try:
             self._ddb.update_item(
                 TableName=self._table,
