@@ -61,6 +61,7 @@ GATHER_SCHEDULE = events.Schedule.rate(Duration.minutes(GATHER_EVERY_MIN))
 BATCH_VISIBILITY_S = GATHER_TIMEOUT_S + 60
 # receive and delete what it gathers; send again a job that waits for budget (delayed)
 BATCH_QUEUE_ACTIONS = (
+    "sqs:GetQueueAttributes",  # an empty short poll checked against the queue's depth
     "sqs:ReceiveMessage",
     "sqs:DeleteMessage",
     "sqs:ChangeMessageVisibility",

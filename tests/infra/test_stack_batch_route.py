@@ -42,6 +42,7 @@ GATHERER_POLICY: set[tuple[str, str, tuple[str, ...], tuple[str, ...], str]] = {
         (
             "sqs:ChangeMessageVisibility",
             "sqs:DeleteMessage",
+            "sqs:GetQueueAttributes",
             "sqs:ReceiveMessage",
             "sqs:SendMessage",
         ),

@@ -346,13 +346,13 @@ def test_a_part_the_budget_cannot_hold_waits_deferred_then_goes_when_raised(
     monkeypatch.setattr(gather, "LATER_S", 1)
     path = write(tmp_path, [job(i, batch=True) for i in range(6)])
     with LocalRuntime(dataclasses.replace(options(), budget_usd=Decimal("0.0001"))) as rt:
-        summary = rt.run(path, tmp_path / "first")
+        plan = rt.submit(path)
+        waiting = rt.wait(plan, until=lambda i, p: i.deferred >= p.valid)
         assert rt.simulator is not None
-        assert (summary.deferred, summary.succeeded) == (6, 0), summary
+        assert (waiting.deferred, waiting.succeeded) == (6, 0), waiting
         assert MODEL not in rt.simulator.stats().batch_billed_by_model
         rt.register_stack()
         set_daily_limit(connect(rt.config), Decimal(5))
-        plan = rt.submit(path)  # the same batch: its jobs are on the queue already
         info = rt.wait(plan, until=lambda i, p: i.finished >= p.valid)
         usage, billed = books(rt)
         stats = rt.simulator.stats()

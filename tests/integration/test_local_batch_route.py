@@ -1,6 +1,7 @@
 """The local runtime's batch route (issue 17): ``LocalRuntime.submit(route=...)`` sends the
 jobs routed to a provider's batch API to the batch route's queue, which none of the
-emulator's pollers reads (the gatherer will); the others run as before."""
+emulator's pollers reads: the gatherer, on its schedule, takes them; the others run as
+before."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def rt(tmp_path: Path, config: Config) -> Iterator[LocalRuntime]:
     routed = config.model_copy(update={"priorities": {**config.priorities, Priority.low: low}})
     config_file = tmp_path / "chatbatch.json"
     config_file.write_text(routed.model_dump_json())
-    with LocalRuntime(LocalOptions(config_path=config_file)) as runtime:
+    # the gatherer's schedule fires at the start, then hourly: it runs when the test says
+    with LocalRuntime(LocalOptions(config_path=config_file, gather_every_s=3600)) as runtime:
         yield runtime
 
 
@@ -69,3 +71,8 @@ def test_batch_routed_jobs_wait_on_the_batch_queue_no_poller_reads(
     info = rt.wait(synced)
     assert info.succeeded == 4
     assert _depth(batch_queue) == (2, 0)
+    assert rt.gatherer is not None
+    rt.gatherer.fire()  # its next period: the two go into a provider batch
+    assert _depth(batch_queue) == (0, 0)
+    batched = rt.batches.get("auto")
+    assert batched is not None and batched.batched == 2  # in the provider batch now

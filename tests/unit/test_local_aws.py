@@ -9,6 +9,7 @@ import boto3
 from chatbatch.core.config import Config
 from chatbatch.core.resources import (
     BATCH_DLQ_URL,
+    BATCH_MAX_RECEIVES,
     BATCH_QUEUE_URL,
     ENV_BATCH_QUEUE,
     GATHER_TIMEOUT_S,
@@ -39,7 +40,8 @@ def test_local_queues_never_redeliver_a_message_while_its_invocation_may_run(con
 
 def test_the_batch_queue_outlasts_a_gather_run_and_redrives_like_the_others(config: Config):
     """The gatherer receives from it on a schedule: a run's messages stay hidden for the
-    whole run (whatever the priority queues' visibility), and redrive to its own DLQ."""
+    whole run (whatever the priority queues' visibility), and redrive to its own DLQ
+    after ``BATCH_MAX_RECEIVES`` runs (only dead runs count: resources.py)."""
     with moto_in_process():
         resources = create_resources(config, 3)
         assert resources.batch_queue and resources.batch_dlq
@@ -52,10 +54,7 @@ def test_the_batch_queue_outlasts_a_gather_run_and_redrives_like_the_others(conf
         dlq_arn = sqs.get_queue_attributes(
             QueueUrl=resources.batch_dlq, AttributeNames=["QueueArn"]
         )["Attributes"]["QueueArn"]
-        assert redrive == {
-            "deadLetterTargetArn": dlq_arn,
-            "maxReceiveCount": config.worker.max_receive_count,
-        }
+        assert redrive == {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": BATCH_MAX_RECEIVES}
         # not a priority queue: a record from it is never taken for a priority's job
         assert resources.priority_of_queue(dlq_arn.replace("-dlq", "")) is None
         assert resources.priority_of_queue(resources.batch_queue) is None

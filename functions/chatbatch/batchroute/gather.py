@@ -59,8 +59,9 @@ MAX_JOBS_PER_RUN = 50_000  # one OpenAI batch's worth a run
 MAX_BATCHES_PER_PART = 40  # one reservation each, all in one transaction (reserve_part)
 LATER_S = 300  # a message not gathered now (budget, a part being recovered) comes back then
 PART_METADATA = "chatbatch_part"
-# a short poll samples some of SQS's servers and may come back empty while messages wait
-CONFIRM_EMPTY_S = 1  # the key naming the part on an OpenAI batch
+# a short poll samples some of SQS's servers and may come back empty while messages wait:
+# an empty one is checked against the queue's depth, and polled again up to this often
+EMPTY_POLLS = 3  # the key naming the part on an OpenAI batch
 
 
 @dataclass
@@ -116,25 +117,29 @@ class Gatherer:
         intakes: list[Intake] = []
         # no priority's queue: a job's priority is its line's, else its batch's
         region = self.s.sqs.meta.region_name
-        wait = 0  # short polls while messages come; an empty one is confirmed by a long
-        while len(intakes) < MAX_JOBS_PER_RUN:  # poll, which asks every SQS server
+        empty = 0  # short polls in a row that found nothing
+        while len(intakes) < MAX_JOBS_PER_RUN and empty < EMPTY_POLLS:
             messages = self.s.sqs.receive_message(
                 QueueUrl=self.queue_url,
                 MaxNumberOfMessages=10,
-                WaitTimeSeconds=wait,
                 AttributeNames=["All"],
                 MessageAttributeNames=["All"],
             ).get("Messages", [])
             if not messages:
-                if wait:
-                    break
-                wait = CONFIRM_EMPTY_S
+                empty = empty + 1 if self._visible() else EMPTY_POLLS
                 continue
-            wait = 0
+            empty = 0
             for message in messages:
                 record = SQSRecord(sqs_record(message, self.queue_url, region))
                 intakes.append(read_record(record, self.s.config, self.s.resources, self.s.store))
         return intakes
+
+    def _visible(self) -> int:
+        """The messages the queue says are waiting (approximate)."""
+        attributes = self.s.sqs.get_queue_attributes(
+            QueueUrl=self.queue_url, AttributeNames=["ApproximateNumberOfMessages"]
+        )["Attributes"]
+        return int(attributes.get("ApproximateNumberOfMessages", 0))
 
     def _admit(
         self,
