@@ -65,8 +65,8 @@ def run(
             logger.exception("a part's step failed", extra={"part": part.part_id})
             done.errors.append(f"part {part.part_id} ({part.state}): {err!r}")
     done.ingested = ingester.done
-    if services.pause.get() is not None:  # the day's budget is spent: nothing to reserve
-        return done  # with; the jobs wait on the queue, receiving nothing (no cycling)
+    if services.pause.get(fresh=True) is not None:  # the day's budget is spent: nothing
+        return done  # to reserve with; the jobs wait on the queue, unreceived (no cycling)
     done.gathered = Gatherer(services, clients, queue_url, clock).gather(parts)
     return done
 
