@@ -187,37 +187,29 @@ class Ingester:
         job = part.jobs[provider_custom_id(outcome.batch_id, outcome.custom_id)]
         model = self.s.config.models[job.model].batch_priced()
         worst = to_nanos(job.worst_case_usd(model))
+
+        def ended(state: JobState, code: str, line: OutputLine) -> _Job:
+            """A job that ends without an answer: its error line and code, at no cost."""
+            fields = {"error_code": text(code)}
+            return _Job(job, outcome, state, worst=worst, error=line, fields=fields)
+
+        batch_id = outcome.batch_id
         if outcome.kind == "succeeded":
             return self._answered(stored(outcome, part, self.s.config), job, worst)
         if outcome.kind == "failed":
-            code = f"provider_{outcome.status}"
             line = OutputLine.answered(
-                outcome.batch_id,
+                batch_id,
                 job.custom_id,
                 outcome.status or 400,
                 outcome.error or {"error": {"message": outcome.message}},
                 None,
-                self._facts(job, outcome.batch_id),  # as a synchronous refusal's: no cost
+                self._facts(job, batch_id),  # as a synchronous refusal's: no cost
             )
-            return _Job(
-                job,
-                outcome,
-                JobState.failed,
-                worst=worst,
-                error=line,
-                fields={"error_code": text(code)},
-            )
-        if outcome.batch_id in cancelled:
-            why = f"batch {outcome.batch_id} was cancelled before its provider batch ran this job"
-            line = OutputLine.failure(outcome.batch_id, job.custom_id, "batch_cancelled", why)
-            return _Job(
-                job,
-                outcome,
-                JobState.cancelled,
-                worst=worst,
-                error=line,
-                fields={"error_code": text("batch_cancelled")},
-            )
+            return ended(JobState.failed, f"provider_{outcome.status}", line)
+        if batch_id in cancelled:
+            why = f"batch {batch_id} was cancelled before its provider batch ran this job"
+            line = OutputLine.failure(batch_id, job.custom_id, "batch_cancelled", why)
+            return ended(JobState.cancelled, "batch_cancelled", line)
         deadline = record.created_at + deadline_of(job, self.s.config) * 3600
         if deadline - self.clock() >= SYNC_MARGIN_S:
             return _Job(job, outcome, JobState.new, worst=worst)
@@ -226,15 +218,8 @@ class Ingester:
             f"(deadline_h {deadline_of(job, self.s.config):g}) leaves no time to run it "
             "synchronously; send it again with `chatbatch retry`"
         )
-        line = OutputLine.failure(outcome.batch_id, job.custom_id, "batch_expired", why)
-        return _Job(
-            job,
-            outcome,
-            JobState.failed,
-            worst=worst,
-            error=line,
-            fields={"error_code": text("batch_expired")},
-        )
+        line = OutputLine.failure(batch_id, job.custom_id, "batch_expired", why)
+        return ended(JobState.failed, "batch_expired", line)
 
     def _facts(self, job: Job, batch_id: str, nanos: int = 0, **more: Any) -> JobFacts:
         return JobFacts(
