@@ -392,13 +392,11 @@ def test_a_part_reserved_before_midnight_and_ingested_after_books_on_its_day(
     assert on_next.spent_usd == Decimal(ran.results["job-0"]["chatbatch"]["cost_usd"]), on_next
 
 
-def test_a_batch_whose_own_limit_holds_some_of_its_jobs_runs_those(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_batch_whose_own_limit_holds_some_of_its_jobs_runs_those(tmp_path: Path) -> None:
     """``budget.batch_usd`` holds two of six jobs' worst cases ($0.000283 each at the
-    batch prices): as synchronously, the jobs that fit run and the rest wait ``deferred``, and
-    the batch never spends past its limit."""
-    monkeypatch.setattr(gather, "LATER_S", 1)
+    batch prices): as synchronously, jobs that fit run (the part halved until it fits: one
+    here) and the rest wait ``deferred`` (sent again in ``LATER_S``, after the run has
+    ended), and the batch never spends past its limit."""
     data = tomllib.loads(Path("chatbatch.toml").read_text())
     data["budget"]["batch_usd"] = 0.0006
     config_path = tmp_path / "chatbatch.json"
