@@ -20,6 +20,7 @@ from typing import Any
 
 import boto3
 import pytest
+from test_books import _priced as priced  # a simulator bill at a model's prices
 from test_events import drain, event_sink, received, wait_for
 from typer.testing import CliRunner
 
@@ -28,7 +29,6 @@ from chatbatch.batchroute import gather, handler
 from chatbatch.cli.app import app
 from chatbatch.client.budget import set_daily_limit
 from chatbatch.client.deployment import connect
-from chatbatch.core.config import Model
 from chatbatch.core.events import BatchCompleted
 from chatbatch.core.pricing import Usage, cost, from_nanos
 from chatbatch.local.options import LocalOptions
@@ -58,16 +58,6 @@ def write(tmp_path: Path, lines: list[dict[str, Any]]) -> Path:
     path = tmp_path / "jobs.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return path
-
-
-def priced(bill: dict[str, int], model: Model) -> Decimal:
-    """A simulator bill at ``model``'s prices (the test's own arithmetic)."""
-    uncached = bill["prompt_tokens"] - bill["cached_tokens"]
-    return (
-        uncached * model.input_per_m
-        + bill["cached_tokens"] * model.cached_input_per_m
-        + bill["completion_tokens"] * model.output_per_m
-    ) / 1_000_000
 
 
 def options(**settings: Any) -> LocalOptions:
