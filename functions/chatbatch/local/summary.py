@@ -9,11 +9,11 @@ from collections import Counter
 from decimal import Decimal
 from typing import Any
 
-import boto3
 from pydantic import BaseModel, field_serializer
 
 from chatbatch.client.submit import Plan
 from chatbatch.core.pricing import from_nanos
+from chatbatch.local import sessions
 from chatbatch.local.simulator import Stats
 from chatbatch.state.batches import BatchInfo
 
@@ -77,9 +77,8 @@ class AwsCallCounter:
             self.calls[key] += 1
 
     def install(self) -> None:
-        boto3.setup_default_session()
-        assert boto3.DEFAULT_SESSION is not None
-        boto3.DEFAULT_SESSION.events.register("before-call", self)
+        """Counts the calls of a fresh default session (``local/sessions``)."""
+        sessions.install().register("before-call", self)
 
     def by_service(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
