@@ -195,6 +195,14 @@ class Model(_Strict):
     prices_as_of: dt.date
     rpm: int = Field(gt=0, description="requests per minute")
     tpm: int = Field(gt=0, description="tokens per minute (prompt + completion)")
+    burst_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="the shortest period the provider may enforce rpm over (OpenAI: 600/min "
+        "as 10 per second): a worker process sends at most rpm x burst_s / 60 requests in "
+        "any burst_s, however late its sends wake",
+    )
     max_output_tokens: int = Field(gt=0)
     default_max_tokens: int | None = Field(default=None, gt=0)
     output_cap_param: Literal["max_tokens", "max_completion_tokens"] = Field(

@@ -88,6 +88,7 @@ from chatbatch.state.store import Store, manifest_key
 POLL_S = 0.25  # how often the batch's counters are read while waiting
 STILL_S = 5.0  # beyond BUSY_RETRY_S: how long only deferred jobs, none running, end a wait
 LOCAL_KEY = "sk-local-simulator"
+SWITCH_INTERVAL_S = 0.001  # the GIL's hand-over while a local runtime runs (Python: 5 ms)
 # the batching window locally, at most: a local run's invocations start without waiting
 BATCH_WINDOW_CAP_S = 0.2
 
@@ -170,6 +171,7 @@ class LocalRuntime:
             self._stack.enter_context(moto_in_process())
             self.endpoint = None
         self.aws_calls.install()
+        self._stack.enter_context(_fine_thread_switches())
         self.resources = create_resources(self.config, options.visibility_timeout_s)
         if options.state_dir is not None:
             self.replayed = self._stack.enter_context(durable(options.state_dir, self.resources))
@@ -467,6 +469,20 @@ def _trace_env() -> dict[str, str]:
     ``_X_AMZN_TRACE_ID`` and ``AWS_XRAY_DAEMON_ADDRESS`` set before the process starts
     (how the tracing test runs it)."""
     return {"POWERTOOLS_TRACE_DISABLED": os.environ.get("POWERTOOLS_TRACE_DISABLED", "true")}
+
+
+@contextmanager
+def _fine_thread_switches() -> Iterator[None]:
+    """Every emulated instance, moto and the simulator are threads of this one process
+    (on Lambda each instance has its own CPU): a thread that wants the GIL gets it within
+    ``SWITCH_INTERVAL_S`` rather than Python's 5 ms, so an instance's send is not held
+    behind a dozen others' turns and its sends do not leave bunched (BENCHMARKS 1b)."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
 
 
 @contextmanager

@@ -22,6 +22,7 @@ for another); a 200 that was read whole but carries no usage is a ``Completion``
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,9 @@ from chatbatch.provider.sse import StreamError, read_stream
 
 # httpcore's trace events for a request body written whole (HTTP/1.1 and HTTP/2)
 BODY_SENT = frozenset({"http11.send_request_body.complete", "http2.send_request_body.complete"})
+WRITE_STARTS = frozenset(
+    {"http11.send_request_headers.started", "http2.send_request_headers.started"}
+)
 
 
 class Attempt(BaseModel):
@@ -89,11 +93,15 @@ class AttemptResult:
 
 @dataclass
 class Sent:
-    """Whether the request's body has left whole (httpx ``trace`` extension)."""
+    """Whether the request's body has left whole (httpx ``trace`` extension); awaits
+    ``before_write`` when the request is about to be written on a ready connection."""
 
     whole: bool = field(default=False)
+    before_write: Callable[[], Awaitable[None]] | None = None
 
     async def __call__(self, event: str, info: dict[str, Any]) -> None:
+        if event in WRITE_STARTS and self.before_write is not None:
+            await self.before_write()
         if event in BODY_SENT:
             self.whole = True
 

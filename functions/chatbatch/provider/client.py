@@ -101,6 +101,7 @@ ApiKeyLookup = Callable[[str], str | None]
 AttemptHook = Callable[[str, Attempt, RateLimitInfo | None], None]
 Sleep = Callable[[float], Awaitable[None]]
 BeforeRetry = Callable[[], Awaitable[bool]]  # True: send the retry now; False: give up
+BeforeWrite = Callable[[], Awaitable[None]]  # an attempt's request is about to be written
 
 
 def _attempt_timeout(timeouts: Timeouts, remaining_s: float) -> httpx.Timeout:
@@ -153,12 +154,15 @@ class ProviderClient:
         *,
         deadline_s: float | None = None,
         before_retry: BeforeRetry | None = None,
+        before_write: BeforeWrite | None = None,
     ) -> Completion:
         """POST ``body`` to the chat endpoint of ``model_name`` (a configured name or id).
 
         ``deadline_s`` is how long the whole call may take from now, attempts and waits
         included (default and ceiling: the provider's ``timeouts.total_s``).
-        ``before_retry`` is awaited after a retry's backoff, before it is sent. Raises
+        ``before_retry`` is awaited after a retry's backoff, before it is sent;
+        ``before_write`` as each attempt's request is about to be written on its ready
+        connection (the worker's last pacing: nothing slow comes between). Raises
         ``ProviderError``.
         """
         start = self._clock()
@@ -182,7 +186,7 @@ class ProviderClient:
         client = self._http(model.provider, provider)
         attempts: list[Attempt] = []
         while True:
-            outcome = await self._attempt(client, request, deadline)
+            outcome = await self._attempt(client, request, deadline, before_write)
             attempts.append(outcome.attempt)
             self._notify(name, outcome)
             if outcome.body is not None:
@@ -231,7 +235,11 @@ class ProviderClient:
     # -- one attempt ----------------------------------------------------------------
 
     async def _attempt(
-        self, client: httpx.AsyncClient, request: _Request, deadline: float
+        self,
+        client: httpx.AsyncClient,
+        request: _Request,
+        deadline: float,
+        before_write: BeforeWrite | None = None,
     ) -> AttemptResult:
         began = self._clock()
         remaining = deadline - began
@@ -239,7 +247,7 @@ class ProviderClient:
         rate_limits: RateLimitInfo | None = None
         retry_after: float | None = None
         request_id: str | None = None
-        sent = Sent()
+        sent = Sent(before_write=before_write)
         try:
             async with asyncio.timeout(remaining):
                 response = await client.send(request.build(client, remaining, sent), stream=True)

@@ -58,8 +58,9 @@ from chatbatch.state.budget.errors import (
     OverRequestCap,
 )
 from chatbatch.state.budget.reservations import Ask, Reservation
-from chatbatch.state.limiter.lease import Lease
+from chatbatch.state.limiter.lease import Grant
 from chatbatch.state.limiter.limiter import RequestTooLargeError
+from chatbatch.state.limiter.pacer import PACER
 from chatbatch.translate import result_body, wire_body
 from chatbatch.worker import budget_pause, pause, producers, requeue, results, unread
 from chatbatch.worker.capacity import Slot
@@ -130,19 +131,24 @@ async def _call(
         # The reservation stays: the re-sent copy is its owner and takes it back.
         return await requeue.hand_back(inv, intake, got, Outcome.throttled, reservation)
     lease, index = got
+    sending = [got]  # the grant of the attempt being sent: the first, then each retry's
 
     async def before_retry() -> bool:  # one more request at the provider: its own capacity
         retry = await _capacity(inv, intake, job.model, 0, first=False)
         if not isinstance(retry, tuple):
             raise _RetryThrottled(retry)
-        await send_at(*retry)
+        sending.append(retry)
+        await wake_at(retry[0].send_at(retry[1]))
         return True
+
+    async def before_write() -> None:  # the request is about to leave: the process's pace
+        await pace(sending[-1][0].grant, model.burst_s)
 
     reservation.flush = inv.finals.flush  # where its answer will be: recorded as it arms
     if not await io(services.budget.arm, reservation):  # no longer this copy's
         lease.release(index)  # never sent: its request and send time go to others
         return await requeue.hand_back(inv, intake, HELD_RETRY_S, Outcome.elsewhere)
-    await send_at(lease, index)  # the slow work (the arm's write) done, sent on time
+    await wake_at(lease.send_at(index))  # the slow work (the arm's write) done: on time
     provider = services.config.providers[model.provider]
     url = provider.url
     with inv.span(intake).child("provider", "remote") as span:
@@ -153,6 +159,7 @@ async def _call(
                 wire_body(job, model, provider),
                 deadline_s=max(1.0, inv.deadline - time.monotonic()),
                 before_retry=before_retry,
+                before_write=before_write,
             )
         except ProviderError as err:
             # the request counted at the provider; its tokens did unless it never left
@@ -174,10 +181,17 @@ async def _call(
     return completion
 
 
-async def send_at(lease: Lease, index: int) -> None:
-    """Wait for the send time the limiter spaced the job to (sends from all workers are
-    spread at the limit's rate; sending early would bunch them)."""
-    await asyncio.sleep(max(0.0, lease.send_at(index) - time.time()))
+async def wake_at(when: float) -> None:
+    """Sleep until the send time (epoch seconds) the limiter spaced the job to: sends from
+    all workers are spread at the limit's rate, and sending early would bunch them."""
+    await asyncio.sleep(max(0.0, when - time.time()))
+
+
+async def pace(grant: Grant, burst_s: float) -> None:
+    """Wait until the process's sends leave room for one more (``PACER``): a busy process
+    wakes late, and its late sends would leave together."""
+    while wait := PACER.delay(grant.model, grant.shard, grant.spacing_s, burst_s, time.time()):
+        await asyncio.sleep(wait)
 
 
 def _trace_attempts(span: Span, url: str, attempts: Sequence[Attempt]) -> None:

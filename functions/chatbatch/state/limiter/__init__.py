@@ -2,8 +2,9 @@
 
 Modules: ``policy`` (what a shard allows now: pure arithmetic, no AWS), ``item`` (how a
 shard is stored in DynamoDB: read and written), ``lease`` (capacity held for some jobs
-and given back), ``spares`` (send times an instance was granted and will not use),
-``limiter`` (``RateLimiter``: the conditional writes, shards, the cache).
+and given back), ``spares`` (send times an instance was granted and will not use), ``pacer`` (the
+last step before a send: one process's sends no denser than the spacing, however late
+they wake), ``limiter`` (``RateLimiter``: the conditional writes, shards, the cache).
 Import from the module itself; this package re-exports nothing.
 
 Design note
@@ -38,7 +39,12 @@ asks again when half the horizon is free (one race wins several sends, not one),
 that finds only crumbs free (fewer sends than that, wanting more) waits for them too; its
 wait is spread at random, twice as wide per denial in a row while a higher priority
 starves (a herd of waiting workers asks about as often as there are sends to win); a 429
-of a shorter period spaces the sends wider (``fb``, grows back). Tokens are not spaced: their
+of a shorter period spaces the sends wider (``fb``, grows back). A process that wakes
+late (a stall of its CPU) would send the late ones together: as each request is about to
+be written on its connection, the process's ``pacer`` lets it go only while the last
+``burst_s`` (per model, default 1 s) holds fewer of its sends than the burst's share of
+the spacing and none in the last half interval, so late sends leave spread and catch up
+at up to twice the rate, and sends on time are never held. Tokens are not spaced: their
 estimates are worst cases, mostly given back; spacing them would spend the minute's
 window in its first seconds.
 

@@ -26,6 +26,7 @@ class Grant(BaseModel):
     slot: int  # the one-second slot the usage was booked in
     tokens: tuple[int, ...]  # estimated tokens of each granted job, in order
     starts: tuple[float, ...] = ()  # when each may be sent (epoch s): sends are spaced
+    spacing_s: float = 0.0  # the shard's seconds between two sends when granted (0: none)
     asked: int  # jobs asked for
     wait_s: float  # 0 when all were granted; else wait this long before asking again
     reason: str | None = None  # why not (all): window, pace, priority, adaptive, contention

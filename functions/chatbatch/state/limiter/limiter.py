@@ -45,6 +45,7 @@ from chatbatch.state.limiter.policy import (
     Policy,
     State,
     Verdict,
+    interval_s,
     slot_of,
 )
 from chatbatch.state.limiter.spares import Spares
@@ -119,7 +120,12 @@ class _Ask:
     tokens: list[int]
 
     def outcome(
-        self, slot: int, jobs: list[int], more: Verdict, starts: tuple[float, ...] = ()
+        self,
+        slot: int,
+        jobs: list[int],
+        more: Verdict,
+        starts: tuple[float, ...] = (),
+        spacing_s: float = 0.0,
     ) -> Grant:
         """The grant of ``jobs`` (booked in ``slot``, sent at ``starts``); ``more`` says
         why not all."""
@@ -131,6 +137,7 @@ class _Ask:
             slot=slot,
             tokens=tuple(jobs),
             starts=starts,
+            spacing_s=spacing_s,
             asked=len(self.tokens),
             wait_s=0.0 if complete else max(more.wait_s, MIN_WAIT_S),
             reason=None if complete else more.reason,
@@ -358,7 +365,8 @@ class RateLimiter:
             if written is not None:
                 starts = (*used, *send_times(written, st, len(jobs) - len(used)))
                 self._denials.pop((model, shard), None)
-                return ask.outcome(st.slot, jobs, self._spread(more), starts)
+                spacing = interval_s(st.limits.pace())
+                return ask.outcome(st.slot, jobs, self._spread(more), starts, spacing)
             self._spares.put(model, shard, used, now)
         contention = Verdict(None, MIN_WAIT_S, "contention")
         return ask.outcome(-1, [], self._spread(contention, self._backoff(model, shard, st, rank)))
