@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 from chatbatch.state.breaker import Breakers
 from tests.unit.conftest import Dynamo
 
@@ -37,3 +40,21 @@ def test_the_read_is_cached_per_worker(dynamo: Dynamo) -> None:
     now[0] += 5.1
     breaker = reader.get("m")
     assert breaker is not None and breaker.status == 401 and breaker.message == "x"
+    assert reader.cached("m") == (True, breaker)  # what the worker's jobs ask first
+    now[0] += 5.1
+    assert reader.cached("m") == (False, None)  # stale: they read
+
+
+def test_jobs_that_find_the_cache_stale_together_read_once(dynamo: Dynamo) -> None:
+    """An invocation's 40 jobs ask at once as it starts: one GetItem, not 40."""
+    reader = Breakers(dynamo.client, dynamo.table, cache_s=5)
+    reads = []
+
+    def slow_read(**kwargs: object) -> None:  # the others ask while it is under way
+        reads.append(kwargs)
+        time.sleep(0.05)
+
+    dynamo.client.meta.events.register("before-call.dynamodb.GetItem", slow_read)
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(reader.get, ["m"] * 40)) == [None] * 40
+    assert len(reads) == 1

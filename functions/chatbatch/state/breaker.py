@@ -16,6 +16,7 @@ when another worker opens it again) and ``probe_at`` (when the next probe may go
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -68,20 +69,30 @@ class Breakers(CachedItems):
         super().__init__(ddb, table, clock=clock, cache_s=CACHE_S if cache_s is None else cache_s)
         self.probe_every_s = PROBE_EVERY_S if probe_every_s is None else probe_every_s
         self._cache: dict[str, tuple[float, Breaker | None]] = {}
+        self._reading = threading.Lock()  # jobs that find the cache stale together: one read
+
+    def cached(self, model: str) -> tuple[bool, Breaker | None]:
+        """(True, the model's open breaker or None) while the last read is trusted, else
+        (False, None): ``get`` must read (the worker's jobs ask here first, with no
+        thread hop)."""
+        cached = self._cache.get(model)
+        if cached is not None and cached[0] > self._clock():
+            return True, cached[1]
+        return False, None
 
     def get(self, model: str, *, fresh: bool = False) -> Breaker | None:
         """The model's open breaker, or None (read at most once per ``cache_s``)."""
-        now = self._clock()
-        cached = self._cache.get(model)
-        if not fresh and cached is not None and cached[0] > now:
-            return cached[1]
-        reply = self._ddb.get_item(
-            TableName=self._table, Key=breaker_key(model), ConsistentRead=True
-        )
-        item = reply.get("Item")
-        breaker = self._decode(plain(item)) if item else None
-        self._cache[model] = (now + self._cache_s, breaker)
-        return breaker
+        with self._reading:
+            if not fresh and (hit := self.cached(model))[0]:
+                return hit[1]
+            now = self._clock()
+            reply = self._ddb.get_item(
+                TableName=self._table, Key=breaker_key(model), ConsistentRead=True
+            )
+            item = reply.get("Item")
+            breaker = self._decode(plain(item)) if item else None
+            self._cache[model] = (now + self._cache_s, breaker)
+            return breaker
 
     def open(
         self, model: str, reason: str, *, status: int | None, code: str | None, message: str

@@ -37,7 +37,10 @@ class Gate(Enum):
 
 async def gate(inv: Invocation, model: str) -> Gate:
     breakers = inv.services.breakers
-    if await io(breakers.get, model) is None:
+    known, breaker = breakers.cached(model)
+    if not known:
+        breaker = await io(breakers.get, model)
+    if breaker is None:
         return Gate.go
     return Gate.probe if await io(breakers.claim_probe, model) else Gate.paused
 
