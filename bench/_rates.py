@@ -21,17 +21,22 @@ def max_in_window(times: list[float], span_s: float = 60.0) -> int:
 
 
 def full_minutes(
-    run: RunResult, amounts: dict[str, float] | None = None, *, first: int = 1
+    run: RunResult,
+    amounts: dict[str, float] | None = None,
+    *,
+    first: int = 1,
+    since: float | None = None,
 ) -> list[float]:
     """Results (or their ``amounts``) completed in each minute from the ``first`` on,
-    counted from the submit, for every minute that ended before the last result (the
-    backlog lasted the whole minute). By default the first minute is left out: a sliding
-    window lets it run ahead."""
-    last = max(run.done_at.values(), default=run.submitted_at) - run.submitted_at
+    counted from ``since`` (epoch seconds; default the submit), for every minute that
+    ended before the last result (the backlog lasted the whole minute). By default the
+    first minute is left out: a sliding window lets it run ahead."""
+    start = run.submitted_at if since is None else since
+    last = max(run.done_at.values(), default=start) - start
     minutes = []
     k = first
     while 60.0 * (k + 1) <= last:
-        lo, hi = run.submitted_at + 60.0 * k, run.submitted_at + 60.0 * (k + 1)
+        lo, hi = start + 60.0 * k, start + 60.0 * (k + 1)
         done = [c for c, t in run.done_at.items() if lo <= t < hi]
         minutes.append(sum(amounts[c] for c in done) if amounts else float(len(done)))
         k += 1

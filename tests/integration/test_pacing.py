@@ -23,6 +23,7 @@ import pytest
 from chatbatch.local.options import LocalOptions
 from chatbatch.local.runtime import LocalRuntime
 from chatbatch.local.simulator import SimulatorSettings
+from chatbatch.state.limiter.pacer import Send
 from chatbatch.worker import pipeline
 
 RPM = 60  # a send a second, and one a second is all the provider takes
@@ -76,8 +77,11 @@ def test_late_wakes_are_sent_spaced(tmp_path: Path, stalled: list[int]) -> None:
 
 
 class _Off:
-    def delay(self, *args: object) -> float:
-        return 0.0
+    def take(self, *args: object) -> Send:
+        return Send(0.0)
+
+    def written(self, *args: object) -> None:
+        pass
 
 
 def test_without_the_pacer_late_wakes_bunch(

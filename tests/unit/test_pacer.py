@@ -11,27 +11,36 @@ import heapq
 import itertools
 import math
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatbatch.state.limiter.pacer import EDGE_S, GAP, TICK_S, Pacer
+from chatbatch.state.limiter.pacer import EDGE_S, GAP, TICK_S, Pacer, Send
+from chatbatch.state.limiter.policy import PACE_MARGIN
 
 MODEL = "m"
 
 
-def sends(wakes: list[float], spacing_s: float, burst_s: float = 1.0) -> list[float]:
-    """When each send leaves, its callers woken at ``wakes``, in the order they leave."""
+def sends(
+    wakes: list[float], spacing_s: float, burst_s: float = 1.0, way_s: float = 0.0
+) -> list[float]:
+    """When each send is written, its callers woken at ``wakes``, in that order; each
+    takes ``way_s`` from the pacer to its socket."""
     pacer, left = Pacer(), []
-    queue = [(t, i) for i, t in enumerate(wakes)]
+    queue = [(t, i, None) for i, t in enumerate(wakes)]
     heapq.heapify(queue)
     while queue:
-        now, i = heapq.heappop(queue)
-        wait = pacer.delay(MODEL, 0, spacing_s, burst_s, now)
-        assert wait >= 0
-        if wait:
-            heapq.heappush(queue, (now + wait, i))
-        else:
+        now, i, send = heapq.heappop(queue)
+        if send is not None:  # written
+            pacer.written(MODEL, 0, send, now)
             left.append(now)
+            continue
+        got = pacer.take(MODEL, 0, spacing_s, burst_s, now)
+        if isinstance(got, Send):
+            heapq.heappush(queue, (now + way_s, i, got))
+        else:
+            assert got > 0
+            heapq.heappush(queue, (now + got, i, None))
     return left
 
 
@@ -42,7 +51,7 @@ def most_in(times: list[float], span_s: float) -> int:
 
 
 def test_sends_on_their_spaced_times_are_never_held() -> None:
-    spacing = 60 / (0.99 * 600)  # the limiter's spacing at 600/min
+    spacing = 60 / (PACE_MARGIN * 600)  # the limiter's spacing at 600/min
     wakes = [i * spacing for i in range(200)]
     assert sends(wakes, spacing) == wakes
 
@@ -50,7 +59,7 @@ def test_sends_on_their_spaced_times_are_never_held() -> None:
 def test_sends_woken_together_leave_at_the_burst_share_and_catch_up() -> None:
     """A stall of 2 s wakes 20 sends at once: 10 per second leave (600/min enforced per
     second), half a spacing apart, and then the sends on time go on time again."""
-    spacing = 60 / (0.99 * 600)
+    spacing = 60 / (PACE_MARGIN * 600)
     stalled = [2.0] * 20
     on_time = [2.0 + 3 + i * spacing for i in range(30)]
     left = sends(stalled + on_time, spacing)
@@ -62,16 +71,28 @@ def test_sends_woken_together_leave_at_the_burst_share_and_catch_up() -> None:
 
 
 def test_an_idle_pacer_sends_at_once() -> None:
-    assert Pacer().delay(MODEL, 0, 0.1, 1.0, 5.0) == 0
-    assert Pacer().delay(MODEL, 0, 0.0, 1.0, 5.0) == 0  # no spacing: never held
+    assert isinstance(Pacer().take(MODEL, 0, 0.1, 1.0, 5.0), Send)
+    pacer = Pacer()
+    for _ in range(3):  # no spacing: never held
+        assert isinstance(pacer.take(MODEL, 0, 0.0, 1.0, 5.0), Send)
 
 
 def test_models_and_shards_are_paced_apart() -> None:
     pacer = Pacer()
-    assert pacer.delay("a", 0, 1.0, 1.0, 0.0) == 0
-    assert pacer.delay("a", 1, 1.0, 1.0, 0.0) == 0
-    assert pacer.delay("b", 0, 1.0, 1.0, 0.0) == 0
-    assert pacer.delay("a", 0, 1.0, 1.0, 0.0) > 0
+    assert isinstance(pacer.take("a", 0, 1.0, 1.0, 0.0), Send)
+    assert isinstance(pacer.take("a", 1, 1.0, 1.0, 0.0), Send)
+    assert isinstance(pacer.take("b", 0, 1.0, 1.0, 0.0), Send)
+    assert pacer.take("a", 0, 1.0, 1.0, 0.0) == pytest.approx(1 + EDGE_S)  # the burst holds one
+
+
+def test_a_send_counts_from_when_it_was_written() -> None:
+    """A send whose way to the socket took 30 ms: the send a burst later waits for it,
+    so the provider never sees two of them in one second (60/min enforced per second)."""
+    pacer, spacing = Pacer(), 60 / (PACE_MARGIN * 60)
+    first = pacer.take(MODEL, 0, spacing, 1.0, 0.0)
+    assert isinstance(first, Send)
+    pacer.written(MODEL, 0, first, 0.03)
+    assert pacer.take(MODEL, 0, spacing, 1.0, spacing) == pytest.approx(0.03 + 1 + EDGE_S - spacing)
 
 
 @settings(max_examples=200, deadline=None)
@@ -80,14 +101,16 @@ def test_models_and_shards_are_paced_apart() -> None:
     rpm=st.integers(1, 3000),
     burst_s=st.sampled_from([0.5, 1.0, 2.0, 10.0]),
     fb=st.floats(0.8, 1.0),
+    way_s=st.sampled_from([0.0, 0.003, 0.05]),
 )
 def test_no_burst_period_sees_more_than_its_share(
-    wakes: list[float], rpm: int, burst_s: float, fb: float
+    wakes: list[float], rpm: int, burst_s: float, fb: float, way_s: float
 ) -> None:
-    """Any wake-ups: every send leaves, none before it woke, no two closer than half the
-    spacing, and no burst period holds more than its share of the limit (rounded up)."""
-    spacing = 60 / (0.99 * rpm * fb)
-    left = sends(wakes, spacing, burst_s)
+    """Any wake-ups: every send is written, none before it woke, no two closer than half
+    the spacing, and no burst period holds more than its share of the limit (rounded
+    up), counted when they were written."""
+    spacing = 60 / (PACE_MARGIN * rpm * fb)
+    left = sorted(sends(wakes, spacing, burst_s, way_s))
     assert len(left) == len(wakes)
     assert min(left) >= min(wakes)
     assert all(b - a >= GAP * spacing - 2 * TICK_S for a, b in itertools.pairwise(left))

@@ -22,9 +22,8 @@ for another); a 200 that was read whole but carries no usage is a ``Completion``
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from pydantic import BaseModel, ConfigDict
@@ -91,19 +90,30 @@ class AttemptResult:
     request_id: str | None = None  # the x-request-id of the answer (a body's or an error's)
 
 
+class WritePacing(Protocol):
+    """Told as an attempt's request is written on its ready connection: ``before_write``
+    is awaited just before (the caller's last pacing), ``written`` called once it left."""
+
+    async def before_write(self) -> None: ...
+
+    def written(self) -> None: ...
+
+
 @dataclass
 class Sent:
-    """Whether the request's body has left whole (httpx ``trace`` extension); awaits
-    ``before_write`` when the request is about to be written on a ready connection."""
+    """Whether the request's body has left whole (httpx ``trace`` extension); tells
+    ``pacing`` when the request is written."""
 
     whole: bool = field(default=False)
-    before_write: Callable[[], Awaitable[None]] | None = None
+    pacing: WritePacing | None = None
 
     async def __call__(self, event: str, info: dict[str, Any]) -> None:
-        if event in WRITE_STARTS and self.before_write is not None:
-            await self.before_write()
+        if event in WRITE_STARTS and self.pacing is not None:
+            await self.pacing.before_write()
         if event in BODY_SENT:
             self.whole = True
+            if self.pacing is not None:
+                self.pacing.written()
 
 
 async def read_answer(response: httpx.Response) -> tuple[dict[str, Any], Usage | None]:

@@ -69,7 +69,14 @@ from aws_lambda_powertools import Logger
 
 from chatbatch.core.config import Config, Provider, Timeouts
 from chatbatch.core.pricing import Usage
-from chatbatch.provider.attempt import Attempt, AttemptResult, Completion, Sent, read_answer
+from chatbatch.provider.attempt import (
+    Attempt,
+    AttemptResult,
+    Completion,
+    Sent,
+    WritePacing,
+    read_answer,
+)
 from chatbatch.provider.errors import (
     AccountError,
     AccountReason,
@@ -101,7 +108,6 @@ ApiKeyLookup = Callable[[str], str | None]
 AttemptHook = Callable[[str, Attempt, RateLimitInfo | None], None]
 Sleep = Callable[[float], Awaitable[None]]
 BeforeRetry = Callable[[], Awaitable[bool]]  # True: send the retry now; False: give up
-BeforeWrite = Callable[[], Awaitable[None]]  # an attempt's request is about to be written
 
 
 def _attempt_timeout(timeouts: Timeouts, remaining_s: float) -> httpx.Timeout:
@@ -154,15 +160,15 @@ class ProviderClient:
         *,
         deadline_s: float | None = None,
         before_retry: BeforeRetry | None = None,
-        before_write: BeforeWrite | None = None,
+        pacing: WritePacing | None = None,
     ) -> Completion:
         """POST ``body`` to the chat endpoint of ``model_name`` (a configured name or id).
 
         ``deadline_s`` is how long the whole call may take from now, attempts and waits
         included (default and ceiling: the provider's ``timeouts.total_s``).
         ``before_retry`` is awaited after a retry's backoff, before it is sent;
-        ``before_write`` as each attempt's request is about to be written on its ready
-        connection (the worker's last pacing: nothing slow comes between). Raises
+        ``pacing`` is told as each attempt's request is written on its ready connection
+        (the worker's last pacing: nothing slow comes between it and the socket). Raises
         ``ProviderError``.
         """
         start = self._clock()
@@ -186,7 +192,7 @@ class ProviderClient:
         client = self._http(model.provider, provider)
         attempts: list[Attempt] = []
         while True:
-            outcome = await self._attempt(client, request, deadline, before_write)
+            outcome = await self._attempt(client, request, deadline, pacing)
             attempts.append(outcome.attempt)
             self._notify(name, outcome)
             if outcome.body is not None:
@@ -239,7 +245,7 @@ class ProviderClient:
         client: httpx.AsyncClient,
         request: _Request,
         deadline: float,
-        before_write: BeforeWrite | None = None,
+        pacing: WritePacing | None = None,
     ) -> AttemptResult:
         began = self._clock()
         remaining = deadline - began
@@ -247,7 +253,7 @@ class ProviderClient:
         rate_limits: RateLimitInfo | None = None
         retry_after: float | None = None
         request_id: str | None = None
-        sent = Sent(before_write=before_write)
+        sent = Sent(pacing=pacing)
         try:
             async with asyncio.timeout(remaining):
                 response = await client.send(request.build(client, remaining, sent), stream=True)

@@ -60,7 +60,7 @@ from chatbatch.state.budget.errors import (
 from chatbatch.state.budget.reservations import Ask, Reservation
 from chatbatch.state.limiter.lease import Grant
 from chatbatch.state.limiter.limiter import RequestTooLargeError
-from chatbatch.state.limiter.pacer import PACER
+from chatbatch.state.limiter.pacer import PACER, Send
 from chatbatch.translate import result_body, wire_body
 from chatbatch.worker import budget_pause, pause, producers, requeue, results, unread
 from chatbatch.worker.capacity import Slot
@@ -131,18 +131,15 @@ async def _call(
         # The reservation stays: the re-sent copy is its owner and takes it back.
         return await requeue.hand_back(inv, intake, got, Outcome.throttled, reservation)
     lease, index = got
-    sending = [got]  # the grant of the attempt being sent: the first, then each retry's
+    pacing = Pacing(lease.grant, model.burst_s)
 
     async def before_retry() -> bool:  # one more request at the provider: its own capacity
         retry = await _capacity(inv, intake, job.model, 0, first=False)
         if not isinstance(retry, tuple):
             raise _RetryThrottled(retry)
-        sending.append(retry)
+        pacing.grant = retry[0].grant
         await wake_at(retry[0].send_at(retry[1]))
         return True
-
-    async def before_write() -> None:  # the request is about to leave: the process's pace
-        await pace(sending[-1][0].grant, model.burst_s)
 
     reservation.flush = inv.finals.flush  # where its answer will be: recorded as it arms
     if not await io(services.budget.arm, reservation):  # no longer this copy's
@@ -159,7 +156,7 @@ async def _call(
                 wire_body(job, model, provider),
                 deadline_s=max(1.0, inv.deadline - time.monotonic()),
                 before_retry=before_retry,
-                before_write=before_write,
+                pacing=pacing,
             )
         except ProviderError as err:
             # the request counted at the provider; its tokens did unless it never left
@@ -187,11 +184,27 @@ async def wake_at(when: float) -> None:
     await asyncio.sleep(max(0.0, when - time.time()))
 
 
-async def pace(grant: Grant, burst_s: float) -> None:
-    """Wait until the process's sends leave room for one more (``PACER``): a busy process
-    wakes late, and its late sends would leave together."""
-    while wait := PACER.delay(grant.model, grant.shard, grant.spacing_s, burst_s, time.time()):
-        await asyncio.sleep(wait)
+class Pacing:
+    """The process's pace (``PACER``) at each attempt's write: a busy process wakes late,
+    and its late sends would leave together. ``grant``: the attempt's (each retry has
+    its own)."""
+
+    def __init__(self, grant: Grant, burst_s: float) -> None:
+        self.grant = grant
+        self.burst_s = burst_s
+        self._send: Send | None = None
+
+    async def before_write(self) -> None:
+        g = self.grant
+        while not isinstance(
+            got := PACER.take(g.model, g.shard, g.spacing_s, self.burst_s, time.time()), Send
+        ):
+            await asyncio.sleep(got)
+        self._send = got
+
+    def written(self) -> None:
+        if self._send is not None:
+            PACER.written(self.grant.model, self.grant.shard, self._send, time.time())
 
 
 def _trace_attempts(span: Span, url: str, attempts: Sequence[Attempt]) -> None:

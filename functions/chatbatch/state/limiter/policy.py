@@ -34,7 +34,7 @@ AIMD_STEP_EVERY_S = 10.0  # ... every 10 s
 AIMD_FLOOR = 0.05
 # Sends are spaced at a little under the limit's rate: a send that leaves a few ms late
 # (a busy worker, the network) would otherwise be the 11th of a rolling second at 600/min.
-PACE_MARGIN = 0.99
+PACE_MARGIN = 0.995
 # A 429 refused by a shorter period (the minute still had room) slows the sends only:
 BURST_DECREASE = 0.9  # the spacing's rate loses a tenth ...
 BURST_COOLDOWN_S = 2.0  # ... at most once in this long
