@@ -9,9 +9,10 @@ even though the minute has room. So as each request is about to be written on it
 connection, the worker ``take``s it here: it may leave while the process's sends of the
 last ``burst_s`` (a model's config, default 1 s) are fewer than the burst's share of the
 spacing and none left in the last half interval; else it waits and asks again. Sends on
-their spaced times are never held; late ones leave spread and catch up at up to twice
-the rate. A send counts from when it was ``written`` (the provider counts it when it
-arrives, and the way from here to the socket may be slow too).
+their spaced times are not held where the share covers the period (600/min with a 1 s
+burst; at e.g. 603/min it does not: issue 14, open); late ones leave spread and catch
+up at up to twice the rate. A send counts from when it was ``written`` (the provider
+counts it when it arrives, and the way from here to the socket may be slow too).
 
 One ``Pacer`` per process (``PACER``): a Lambda instance is one process, whose own sends
 the limiter already spaced; the local runtime's emulated instances share one process, its
@@ -55,7 +56,8 @@ class Pacer:
         A send may leave while this process sent fewer than the burst's share of the limit
         (``burst_s ÷ spacing_s`` rounded up, as a provider rounds its share of a second)
         in the last ``burst_s`` and none in the last half ``spacing_s``: sends on their
-        spaced times are never held, late ones catch up at no more than twice the rate."""
+        spaced times are not held where ``share x spacing_s`` covers the period (not at
+        every rate: issue 14), late ones catch up at no more than twice the rate."""
         if spacing_s <= 0:
             return Send(now)  # not spaced: not counted
         period = burst_s + EDGE_S
