@@ -163,3 +163,9 @@ def test_batch_status_counts_speed_and_eta() -> None:
         info.model_copy(update={"succeeded": 0, "failed": 0, "cancelled_jobs": 0}), 0, 1000.0
     )
     assert idle.jobs_per_s is None and idle.eta_s is None
+    # every job not final waits outside the workers: nothing pending, but not done (a
+    # throttled job is back within seconds; --watch and scripts wait for every job final)
+    waiting = batch_status(info.model_copy(update={"succeeded": 80, "throttled": 5}), 0, 1000.0)
+    assert (waiting.pending, waiting.done) == (0, False)
+    final = info.model_copy(update={"succeeded": 90, "deferred": 0})
+    assert batch_status(final, 0, 1000.0).done

@@ -5,7 +5,6 @@ batch's failed jobs again, ``chatbatch.client.retry``)."""
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Literal
 
 import typer
@@ -16,7 +15,6 @@ from rich.table import Table
 from chatbatch.cli.errors import EXIT_USAGE, CliError
 from chatbatch.cli.output import emit, out, progress_bar, say, warn
 from chatbatch.cli.params import BatchArg, ConfigOpt, JsonOpt, StackOpt, find_batch
-from chatbatch.cli.status import batch_status
 from chatbatch.client.deployment import connect
 from chatbatch.client.retry import RetryInterrupted, plan_retry, send_retries
 from chatbatch.core.config import Priority, load_config
@@ -26,7 +24,7 @@ from chatbatch.state.sender import BATCH_LANE, Lane
 class CancelReport(BaseModel):
     batch_id: str
     already_cancelled: bool
-    pending: int | None
+    pending: int | None  # jobs not final (waiting ones too: they are skipped as well)
 
 
 def cancel(
@@ -43,7 +41,7 @@ def cancel(
     deployment = connect(load_config(config), stack)
     info = find_batch(deployment, batch)
     deployment.batches.cancel(batch)
-    pending = batch_status(info, 0, time.time()).pending
+    pending = max(0, info.total - info.finished) if info.total is not None else None  # waiting too
     report = CancelReport(batch_id=batch, already_cancelled=info.cancelled, pending=pending)
     if as_json:
         emit(report)

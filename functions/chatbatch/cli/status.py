@@ -54,7 +54,7 @@ class BatchStatus(BaseModel):
     elapsed_s: float | None
     jobs_per_s: float | None
     eta_s: float | None
-    done: bool
+    done: bool  # every job final (``BatchInfo.complete``)
 
 
 class Overview(BaseModel):
@@ -95,7 +95,7 @@ def batch_status(info: BatchInfo, in_flight: int, now: float) -> BatchStatus:
         elapsed_s=round(elapsed, 1) if elapsed is not None else None,
         jobs_per_s=round(rate, 2) if rate else None,
         eta_s=round(pending / rate, 1) if rate and pending is not None else None,
-        done=pending == 0,
+        done=info.complete,  # every job final: a throttled job is back within seconds
     )
 
 
