@@ -77,6 +77,9 @@ def test_late_wakes_are_sent_spaced(tmp_path: Path, stalled: list[int]) -> None:
 
 
 class _Off:
+    def wait_s(self, *args: object) -> float:
+        return 0.0
+
     def take(self, *args: object) -> Send:
         return Send(0.0)
 

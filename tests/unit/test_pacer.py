@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatbatch.state.limiter.pacer import EDGE_S, GAP, TICK_S, Pacer, Send
+from chatbatch.state.limiter.pacer import EDGE, GAP, TICK_S, Pacer, Send
 from chatbatch.state.limiter.policy import PACE_MARGIN
 
 MODEL = "m"
@@ -82,7 +82,7 @@ def test_models_and_shards_are_paced_apart() -> None:
     assert isinstance(pacer.take("a", 0, 1.0, 1.0, 0.0), Send)
     assert isinstance(pacer.take("a", 1, 1.0, 1.0, 0.0), Send)
     assert isinstance(pacer.take("b", 0, 1.0, 1.0, 0.0), Send)
-    assert pacer.take("a", 0, 1.0, 1.0, 0.0) == pytest.approx(1 + EDGE_S)  # the burst holds one
+    assert pacer.take("a", 0, 1.0, 1.0, 0.0) == pytest.approx(GAP)  # half a spacing after
 
 
 def test_a_send_counts_from_when_it_was_written() -> None:
@@ -92,7 +92,7 @@ def test_a_send_counts_from_when_it_was_written() -> None:
     first = pacer.take(MODEL, 0, spacing, 1.0, 0.0)
     assert isinstance(first, Send)
     pacer.written(MODEL, 0, first, 0.03)
-    assert pacer.take(MODEL, 0, spacing, 1.0, spacing) == pytest.approx(0.03 + 1 + EDGE_S - spacing)
+    assert pacer.take(MODEL, 0, spacing, 1.0, spacing) == pytest.approx(0.03 + 1 + EDGE - spacing)
 
 
 @settings(max_examples=200, deadline=None)
@@ -114,6 +114,23 @@ def test_no_burst_period_sees_more_than_its_share(
     assert len(left) == len(wakes)
     assert min(left) >= min(wakes)
     assert all(b - a >= GAP * spacing - 2 * TICK_S for a, b in itertools.pairwise(left))
-    share = max(1, math.ceil(burst_s / spacing - 1e-9))
-    assert most_in(left, burst_s + EDGE_S - 2 * TICK_S) <= share
+    period = burst_s * (1 + EDGE)
+    share = max(1, math.ceil(period / spacing - 1e-9))
+    assert most_in(left, period - 2 * TICK_S) <= share
     assert share <= max(1, math.ceil(rpm * burst_s / 60))  # never above the provider's own
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rpm=st.integers(1, 60_000),
+    burst_s=st.sampled_from([0.1, 0.5, 1.0, 2.0, 10.0]),
+    fb=st.floats(0.8, 1.0),
+)
+def test_sends_on_their_spaced_times_are_never_held_at_any_rate(
+    rpm: int, burst_s: float, fb: float
+) -> None:
+    """At any limit, burst and burst factor, sends woken on the limiter's spacing leave
+    as they woke (a pacer that held them would fall further behind with every burst)."""
+    spacing = 60 / (PACE_MARGIN * rpm * fb)
+    wakes = [i * spacing for i in range(min(400, 30 + int(3 * burst_s / spacing)))]
+    assert sends(wakes, spacing, burst_s) == wakes

@@ -32,6 +32,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -476,13 +477,30 @@ def _fine_thread_switches() -> Iterator[None]:
     """Every emulated instance, moto and the simulator are threads of this one process
     (on Lambda each instance has its own CPU): a thread that wants the GIL gets it within
     ``SWITCH_INTERVAL_S`` rather than Python's 5 ms, so an instance's send is not held
-    behind a dozen others' turns and its sends do not leave bunched (BENCHMARKS 1b)."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    behind a dozen others' turns and its sends do not leave bunched (BENCHMARKS 1b). The
+    first runtime of the process to start sets it, the last to end puts it back."""
+    with _SWITCHES.lock:
+        if _SWITCHES.runtimes == 0:
+            _SWITCHES.before = sys.getswitchinterval()
+            sys.setswitchinterval(SWITCH_INTERVAL_S)
+        _SWITCHES.runtimes += 1
     try:
         yield
     finally:
-        sys.setswitchinterval(before)
+        with _SWITCHES.lock:
+            _SWITCHES.runtimes -= 1
+            if _SWITCHES.runtimes == 0:
+                sys.setswitchinterval(_SWITCHES.before)
+
+
+@dataclass
+class _Switches:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    runtimes: int = 0  # local runtimes running in this process
+    before: float = 0.005  # the interval before the first of them
+
+
+_SWITCHES = _Switches()
 
 
 @contextmanager

@@ -91,8 +91,13 @@ class AttemptResult:
 
 
 class WritePacing(Protocol):
-    """Told as an attempt's request is written on its ready connection: ``before_write``
-    is awaited just before (the caller's last pacing), ``written`` called once it left."""
+    """The caller's pacing of each attempt: ``ready`` is awaited before the attempt takes
+    a connection (the wait, if any, is spent there, not on a connection the server may
+    close meanwhile), ``before_write`` as its request is about to be written on the ready
+    connection (the last step: a wait of milliseconds at most after ``ready``), and
+    ``written`` is called once it left."""
+
+    async def ready(self) -> None: ...
 
     async def before_write(self) -> None: ...
 

@@ -256,6 +256,8 @@ class ProviderClient:
         sent = Sent(pacing=pacing)
         try:
             async with asyncio.timeout(remaining):
+                if pacing is not None:
+                    await pacing.ready()
                 response = await client.send(request.build(client, remaining, sent), stream=True)
                 try:
                     status = response.status_code

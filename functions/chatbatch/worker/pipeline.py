@@ -185,26 +185,34 @@ async def wake_at(when: float) -> None:
 
 
 class Pacing:
-    """The process's pace (``PACER``) at each attempt's write: a busy process wakes late,
-    and its late sends would leave together. ``grant``: the attempt's (each retry has
-    its own)."""
+    """The process's pace (``PACER``) at each attempt: a busy process wakes late, and its
+    late sends would leave together. ``grant``: the attempt's (each retry has its own).
+    The wait is spent before the attempt takes a connection (``ready``); the send is taken
+    as its request is written (``before_write``), counted from when it left (``written``)."""
 
     def __init__(self, grant: Grant, burst_s: float) -> None:
         self.grant = grant
         self.burst_s = burst_s
         self._send: Send | None = None
 
+    async def ready(self) -> None:
+        g = self.grant
+        while wait := PACER.wait_s(g.model, g.shard, g.spacing_s, self.burst_s, time.monotonic()):
+            await asyncio.sleep(wait)
+
     async def before_write(self) -> None:
         g = self.grant
         while not isinstance(
-            got := PACER.take(g.model, g.shard, g.spacing_s, self.burst_s, time.time()), Send
+            got := PACER.take(g.model, g.shard, g.spacing_s, self.burst_s, time.monotonic()),
+            Send,
         ):
             await asyncio.sleep(got)
         self._send = got
 
     def written(self) -> None:
         if self._send is not None:
-            PACER.written(self.grant.model, self.grant.shard, self._send, time.time())
+            PACER.written(self.grant.model, self.grant.shard, self._send, time.monotonic())
+            self._send = None
 
 
 def _trace_attempts(span: Span, url: str, attempts: Sequence[Attempt]) -> None:

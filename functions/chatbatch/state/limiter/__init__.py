@@ -44,8 +44,7 @@ late (a stall of its CPU) would send the late ones together: as each request is 
 be written on its connection, the process's ``pacer`` lets it go only while the last
 ``burst_s`` (per model, default 1 s) holds fewer of its sends than the burst's share of
 the spacing and none in the last half interval, so late sends leave spread and catch up
-at up to twice the rate, and sends on time are not held at 600/min with a 1 s burst (at
-other rates they can be: issue 14, open). Tokens are not spaced: their
+at up to twice the rate, and sends on time are never held. Tokens are not spaced: their
 estimates are worst cases, mostly given back; spacing them would spend the minute's
 window in its first seconds.
 

@@ -27,7 +27,9 @@ import threading
 from collections import defaultdict
 
 GAP = 0.5  # a late send may follow the one before it at half the spacing (to catch up)
-EDGE_S = 0.005  # the burst period counted a little longer: the way from a write varies
+EDGE = 0.005  # the burst period counted this much longer (the way from a write varies);
+# the spacing's own margin (``policy.PACE_MARGIN``) is larger, so the period's share
+# never passes the provider's share of the burst
 TICK_S = 1e-6  # times this close are one (a wait's end computed in floats)
 
 
@@ -46,6 +48,11 @@ class Pacer:
         self._last: dict[tuple[str, int], Send] = {}
         self._lock = threading.Lock()
 
+    def wait_s(self, model: str, shard: int, spacing_s: float, burst_s: float, now: float) -> float:
+        """Seconds until a send of ``model`` on ``shard`` may leave (0: now); takes nothing."""
+        with self._lock:
+            return max(0.0, self._free_at((model, shard), spacing_s, burst_s, now) - now)
+
     def take(
         self, model: str, shard: int, spacing_s: float, burst_s: float, now: float
     ) -> Send | float:
@@ -53,28 +60,33 @@ class Pacer:
         counted from then; ``written`` moves it to when it was written), else the seconds
         until it may: ask again then (a wake-up may be late too).
 
-        A send may leave while this process sent fewer than the burst's share of the limit
-        (``burst_s ÷ spacing_s`` rounded up, as a provider rounds its share of a second)
-        in the last ``burst_s`` and none in the last half ``spacing_s``: sends on their
-        spaced times are not held where ``share x spacing_s`` covers the period (not at
-        every rate: issue 14), late ones catch up at no more than twice the rate."""
-        if spacing_s <= 0:
-            return Send(now)  # not spaced: not counted
-        period = burst_s + EDGE_S
-        share = max(1, math.ceil(burst_s / spacing_s - 1e-9))
+        A send may leave while this process's sends of the last burst period (``burst_s``
+        and ``EDGE`` of it more) are fewer than the period's share of the spacing (rounded
+        up: never above the provider's share, as the spacing has a larger margin), and
+        none left in the last half ``spacing_s``: sends on their spaced times are never
+        held, late ones catch up at no more than twice the rate."""
         key = (model, shard)
         with self._lock:
-            sent = self._sent[key] = [s for s in self._sent[key] if s.at > now - period + TICK_S]
-            times = sorted(s.at for s in sent)
-            at = times[-share] + period if len(times) >= share else 0.0
-            if (last := self._last.get(key)) is not None:
-                at = max(at, last.at + GAP * spacing_s)
+            at = self._free_at(key, spacing_s, burst_s, now)
             if now < at - TICK_S:
                 return at - now
             send = Send(now)
-            sent.append(send)
-            self._last[key] = send
+            if spacing_s > 0:  # not spaced: not counted
+                self._sent[key].append(send)
+                self._last[key] = send
             return send
+
+    def _free_at(self, key: tuple[str, int], spacing_s: float, burst_s: float, now: float) -> float:
+        if spacing_s <= 0:
+            return now
+        period = burst_s * (1 + EDGE)
+        share = max(1, math.ceil(period / spacing_s - 1e-9))
+        sent = self._sent[key] = [s for s in self._sent[key] if s.at > now - period + TICK_S]
+        times = sorted(s.at for s in sent)
+        at = times[-share] + period if len(times) >= share else now
+        if (last := self._last.get(key)) is not None:
+            at = max(at, last.at + GAP * spacing_s)
+        return at
 
     def written(self, model: str, shard: int, send: Send, now: float) -> None:
         """``send`` was written at ``now``: it counts from then (the way from the pacer
