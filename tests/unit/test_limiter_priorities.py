@@ -26,6 +26,7 @@ from limiter_sim import (
 
 from chatbatch.core.config import Config, Priority
 from chatbatch.state.limiter.limiter import RateLimiter
+from chatbatch.state.limiter.policy import US, Limits, Policy, State, slot_of
 
 if TYPE_CHECKING:
     from conftest import Dynamo
@@ -212,6 +213,23 @@ def test_a_priority_stays_starving_while_its_job_waits(dynamo: Dynamo, config: C
     assert max(waits) > 2.0  # it did wait past a mark's bare 2 s
     low_sends = [t for t, n in book.requests[Priority.low] if n and arrived < t < sent]
     assert low_sends == []
+
+
+def test_a_batch_that_would_cross_its_floor_borrows() -> None:
+    """High, one request below its floor while critical starves below its own, asks for
+    two: the first is its own share (booked ahead as usual), both together would take it
+    past its floor, so they borrow and are held back (no booking ahead of critical). A
+    batch of two used to overshoot the floor by one each minute, out of critical's share."""
+    policy = Policy([0.4, 0.3, 0.2, 0.1])
+    st = State(START, slot_of(START), Limits({"r": 120.0, "t": 1e7}, 1.0, None, 1.0))
+    st.prio[0]["r"], st.prio[1]["r"] = 40.0, 35.0  # floors 48 and 36
+    st.marks[0] = START + 5.0  # critical starving
+    st.next_send_us = round((START + 0.2) * US)  # a send booked ahead: two fit the horizon
+    assert policy.check(st, 1, {"r": 1, "t": 100}).bounds is not None
+    two = policy.check(st, 1, {"r": 2, "t": 200})
+    assert (two.bounds, two.reason) == (None, "priority")
+    st.prio[1]["r"] = 34.0  # both below the floor: its own, booked ahead
+    assert policy.check(st, 1, {"r": 2, "t": 200}).bounds is not None
 
 
 # --- priorities ----------------------------------------------------------------------

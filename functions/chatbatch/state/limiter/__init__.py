@@ -85,7 +85,8 @@ and the tokens it wanted): the time until which it is starving, i.e. its wait an
 more; a grant that serves all a priority asked for removes it. It means "has jobs
 waiting", so a served or idle priority's share is lent at once. A priority's *floor* is
 ``share x limit``. A priority below its floor leaves room for the unused floors of the
-*higher* starving priorities; a priority at or above its floor borrows, leaving the
+*higher* starving priorities; a priority at or above its floor borrows (so do the
+requests of a batch that would take it past its floor: the prefix below is its own), leaving the
 unused floors of all starving priorities (a held floor is at least the request it waits
 with, so a big request finds room), and while a higher one starves it only sends now
 (no booking ahead) and leaves the next second of sends free.

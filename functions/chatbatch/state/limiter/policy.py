@@ -208,6 +208,14 @@ class Policy:
     def below_floor(self, st: State, rank: int) -> bool:
         return all(st.prio[rank][m] < self.floor(st, rank, m) for m in METRICS)
 
+    def within_floor(self, st: State, rank: int, requests: int) -> bool:
+        """A grant of ``requests`` is the priority's own share: it is below its floor, and
+        so is each of the grant's requests (a batch that would cross the floor borrows;
+        the shorter prefix that stays below is granted as the priority's own)."""
+        return self.below_floor(st, rank) and (
+            st.prio[rank]["r"] + requests - 1 < self.floor(st, rank, "r")
+        )
+
     def hold(self, st: State, rank: int, metric: str, borrowing: bool) -> int:
         """What a priority leaves for others: the unused floors of starving priorities.
 
@@ -232,7 +240,7 @@ class Policy:
         of sends free besides the floors held. So it uses capacity nobody else would, and
         the surplus goes to the higher priority.
         """
-        borrowing = not self.below_floor(st, rank)
+        borrowing = not self.within_floor(st, rank, need["r"])
         held_back = borrowing and any(st.starving(q) for q in range(rank))
         horizon = 0.0 if held_back else HORIZON_S
         bounds: dict[str, int] = {}
