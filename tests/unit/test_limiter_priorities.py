@@ -237,10 +237,15 @@ def test_a_batch_that_would_cross_its_floor_borrows() -> None:
 
 @pytest.mark.slow
 def test_all_priorities_saturating_get_their_shares(dynamo: Dynamo, config: Config) -> None:
-    """Each priority gets its share of the limit. Per minute, critical's share is of what
-    went out that minute: the 3% of grants the harness releases unsent leave their paced
-    slots idle (a minute sends 114-118 of 120), which is not critical's to make up (the
-    absolute 0.9 x 48 failed 1 run in 8 at 42-43 of a 115-request minute)."""
+    """Each priority gets its share of the limit. Critical takes what the others leave,
+    so the limit's unused part (the paced slots of the 3% of grants the harness releases
+    unsent, the pace margin: a minute sends 114-118 of 120) falls on it, not on the lower
+    priorities at their floors: its shortfall from its floor is at most that and about
+    one request per lower priority (their usage is estimated on 10 s slots, and a served
+    critical grant lifts the starving mark others still wait under). An absolute 0.95 x
+    48 failed 1 run in 5 under load at 44.75 of a 117.5-request minute (high 37.4); the
+    batch crossing its floor borrowing (``within_floor``) made it 1 in 24. Per minute,
+    critical's share is of what went out that minute."""
     config = with_model(config, 120, 10_000_000)
     clock, book = SimClock(), Book()
     hammer = Hammer(clock, book, (100, 100), end=START + 130)
@@ -254,7 +259,9 @@ def test_all_priorities_saturating_get_their_shares(dynamo: Dynamo, config: Conf
     got = per_minute(book)
     floor = {p: config.priorities[p].share * 120 for p in Priority}  # 48, 36, 24, 12
     assert max(windows(book.all("r"))) <= 120
-    assert got[Priority.critical] >= 0.95 * floor[Priority.critical], got
+    unused = 120 - sum(got.values())
+    assert floor[Priority.critical] - got[Priority.critical] <= unused + 3 * 60 / 122, got
+    assert got[Priority.high] <= floor[Priority.high] + 3 * 60 / 122, got  # high: at its floor
     assert got[Priority.low] > 0, got
     assert got[Priority.critical] >= got[Priority.high] >= got[Priority.normal] >= got[Priority.low]
     assert sum(got.values()) >= 0.95 * 120, got
