@@ -763,6 +763,9 @@ def test_a_job_bigger_than_the_rate_limit_fails_clearly(tmp_path: Path):
         summary = rt.run(write(tmp_path, lines), tmp_path / "out")
         assert ledger_spent(rt) > 0  # and nothing left reserved
         assert dlq_depth(rt) == 0
+        # refused at once, wherever it stood in its invocation's lease: never handed back
+        # to wait (behind "fine" it waited a minute for a limit it can never fit)
+        assert rt.aws_calls.calls[("sqs", "SendMessage")] == 0
     assert (summary.succeeded, summary.failed, summary.dead_lettered) == (1, 1, 0)
     (error,) = read_jsonl(tmp_path / "out" / "errors.jsonl")
     assert error["custom_id"] == "huge" and error["error"]["code"] == "request_too_large"

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from chatbatch.core.config import Config, Priority
 from chatbatch.provider.retry import RateLimitInfo
 from chatbatch.state.limiter.limiter import PACE_SPREAD_S, RateLimiter, RequestTooLargeError
 from chatbatch.state.limiter.policy import PACE_MARGIN, WINDOW_S
+from chatbatch.worker.capacity import Capacity, Slot
 
 if TYPE_CHECKING:
     from conftest import Dynamo
@@ -400,6 +402,40 @@ def test_a_request_bigger_than_the_minute_is_refused(dynamo: Dynamo, config: Con
     )
     with pytest.raises(RequestTooLargeError, match=r"40000 estimated tokens.*30000 tokens"):
         limiter.acquire(MODEL, Priority.normal, 40_000)
+
+
+def test_a_lease_with_a_job_bigger_than_the_minute_behind_one_that_fits_is_refused(
+    dynamo: Dynamo, config: Config
+) -> None:
+    """The too-large job is refused at once wherever it stands in the lease (the worker's
+    ``Capacity`` then asks for each job alone): behind one that fits it was told to wait a
+    minute for a limit it can never fit, handed back, and refused only then."""
+    limiter = RateLimiter(
+        dynamo.client, dynamo.table, with_model(config, 600, 30_000), clock=lambda: START
+    )
+    with pytest.raises(RequestTooLargeError, match=r"40000 estimated tokens"):
+        limiter.lease(MODEL, Priority.normal, [100, 40_000])
+    assert limiter.lease(MODEL, Priority.normal, [100]).granted == 1
+
+
+def test_capacity_refuses_the_too_large_job_and_grants_its_neighbour(
+    dynamo: Dynamo, config: Config
+) -> None:
+    """An invocation's two jobs ask together, the one that fits first: one lease for both
+    is refused, each asks alone, the fitting one is granted and the other refused."""
+    limiter = RateLimiter(
+        dynamo.client, dynamo.table, with_model(config, 600, 30_000), clock=lambda: START
+    )
+
+    async def both() -> list[Slot | float | BaseException]:
+        capacity = Capacity(limiter, Priority.normal, jobs=2)
+        return await asyncio.gather(
+            capacity.take(MODEL, 100), capacity.take(MODEL, 40_000), return_exceptions=True
+        )
+
+    fine, huge = asyncio.run(both())
+    assert isinstance(fine, tuple) and fine[0].granted == 1, fine
+    assert isinstance(huge, RequestTooLargeError), huge
 
 
 @pytest.mark.slow

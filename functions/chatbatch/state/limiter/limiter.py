@@ -345,7 +345,9 @@ class RateLimiter:
         for _ in range(MAX_ATTEMPTS):
             now = self._clock()
             st = self._state(model, shard, now)
-            self._check_size(model, st, tokens[0])
+            # any job of the lease (not just its first): one too large behind one that
+            # fits would otherwise be told to wait a minute for a limit it can never fit
+            self._check_size(model, st, max(tokens))
             spares = self._spares.take(model, shard, now, len(tokens))
             st.spare = len(spares)
             jobs, fits, more = self._fit(st, rank, tokens)
