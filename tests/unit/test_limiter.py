@@ -418,6 +418,20 @@ def test_a_lease_with_a_job_bigger_than_the_minute_behind_one_that_fits_is_refus
     assert limiter.lease(MODEL, Priority.normal, [100]).granted == 1
 
 
+def test_jobs_that_together_exceed_the_minute_wait_for_room_not_a_minute(
+    dynamo: Dynamo, config: Config
+) -> None:
+    """Three jobs of 400 tokens at 1,000 a minute: two are granted, the third fits alone
+    and asks again within about a second (the two may give most of their estimate back at
+    once), not after the minute an estimate bigger than the limit waits for."""
+    limiter = RateLimiter(
+        dynamo.client, dynamo.table, with_model(config, 600, 1_000), clock=lambda: START
+    )
+    lease = limiter.lease(MODEL, Priority.normal, [400, 400, 400])
+    assert lease.granted == 2
+    assert lease.wait_s <= 2.0, lease.wait_s
+
+
 def test_capacity_refuses_the_too_large_job_and_grants_its_neighbour(
     dynamo: Dynamo, config: Config
 ) -> None:

@@ -41,6 +41,7 @@ from chatbatch.state.limiter.lease import Grant, Lease
 from chatbatch.state.limiter.policy import (
     HORIZON_S,
     MIN_WAIT_S,
+    RECHECK_S,
     REFILL_AT,
     Policy,
     State,
@@ -405,6 +406,11 @@ class RateLimiter:
             if verdicts[-1].bounds is None:
                 continue
             more = verdicts[-2] if k < len(tokens) else verdicts[-1]
+            if more.reason == "adaptive" and k < len(tokens) and self._fits_alone(st, tokens[k]):
+                # the jobs together are bigger than the limit, the next one alone is not:
+                # it waits for room in the window (give-backs of open leases may free it
+                # soon), not a minute for the limit to grow past their sum
+                more = Verdict(None, RECHECK_S, "window")
             if more.reason == "pace" and k < min(len(tokens), Policy.refill(st)):
                 # Crumbs of the horizon (a send or two that came free) go to nobody: every
                 # waiting worker would race for them and all but one lose the write. The
@@ -412,6 +418,10 @@ class RateLimiter:
                 return [], more, more
             return tokens[:k], verdicts[-1], more
         return [], verdicts[-1], verdicts[-1]
+
+    @staticmethod
+    def _fits_alone(st: State, tokens: int) -> bool:
+        return tokens <= st.limits.eff("t") and st.limits.eff("r") >= 1
 
     def _check_size(self, model: str, st: State, tokens: int) -> None:
         base = st.limits.base
