@@ -167,5 +167,7 @@ def test_batch_status_counts_speed_and_eta() -> None:
     # throttled job is back within seconds; --watch and scripts wait for every job final)
     waiting = batch_status(info.model_copy(update={"succeeded": 80, "throttled": 5}), 0, 1000.0)
     assert (waiting.pending, waiting.done) == (0, False)
+    assert info.model_copy(update={"succeeded": 80, "throttled": 5}).unfinished == 10  # cancel's
+    assert BatchInfo(batch_id="open").unfinished is None
     final = info.model_copy(update={"succeeded": 90, "deferred": 0})
     assert batch_status(final, 0, 1000.0).done

@@ -41,7 +41,7 @@ def cancel(
     deployment = connect(load_config(config), stack)
     info = find_batch(deployment, batch)
     deployment.batches.cancel(batch)
-    pending = max(0, info.total - info.finished) if info.total is not None else None  # waiting too
+    pending = info.unfinished  # waiting jobs too: they are skipped as well
     report = CancelReport(batch_id=batch, already_cancelled=info.cancelled, pending=pending)
     if as_json:
         emit(report)

@@ -234,7 +234,7 @@ def _wait(deployment: Deployment, batch: str, timeout: float | None) -> BatchInf
     except NoTotal as err:
         raise CliError(str(err), EXIT_USAGE) from None
     if not complete:
-        left = (info.total or 0) - info.finished
+        left = info.unfinished or 0
         warn(
             f"gave up waiting after {timeout:g} s: {left} job(s) of batch {batch} are not "
             "final; collecting what is there"

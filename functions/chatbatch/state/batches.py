@@ -212,6 +212,11 @@ class BatchInfo(BaseModel):
         return self.succeeded + self.failed + self.cancelled_jobs + self.dead_lettered
 
     @property
+    def unfinished(self) -> int | None:
+        """Jobs of the registered ``total`` not final yet, waiting ones too (None: no total)."""
+        return max(0, self.total - self.finished) if self.total is not None else None
+
+    @property
     def complete(self) -> bool:
         """Every job of the registered ``total`` is final (never, without a total)."""
         return self.total is not None and self.finished >= self.total
