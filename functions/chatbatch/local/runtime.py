@@ -74,20 +74,20 @@ from chatbatch.local.journal.state_dir import durable
 from chatbatch.local.live_outputs import live_outputs
 from chatbatch.local.options import SHARED_KEY_ENV, LocalOptions, effective_config
 from chatbatch.local.outputs import Figures, invalid_line, replacing, write_costs, write_results
+from chatbatch.local.returns import Returns
 from chatbatch.local.schedule import Schedule
 from chatbatch.local.simulator import Simulator, SimulatorSettings
 from chatbatch.local.summary import AwsCallCounter, Summary, summarize
 from chatbatch.local.throttle import ItemThrottle, throttling
 from chatbatch.state.batches import Batches, BatchInfo
 from chatbatch.state.breaker import Breakers
-from chatbatch.state.budget import errors as budget_errors
 from chatbatch.state.budget.pause import BudgetPause
 from chatbatch.state.queue_switch import TableSwitch
 from chatbatch.state.sender import BATCH_LANE, Sender
 from chatbatch.state.store import Store, manifest_key
 
 POLL_S = 0.25  # how often the batch's counters are read while waiting
-STILL_S = 5.0  # beyond BUSY_RETRY_S: how long only deferred jobs, none running, end a wait
+STILL_S = 3.0  # how long only deferred jobs, none running, none due back soon, end a wait
 LOCAL_KEY = "sk-local-simulator"
 SWITCH_INTERVAL_S = 0.001  # the GIL's hand-over while a local runtime runs (Python: 5 ms)
 # the batching window locally, at most: a local run's invocations start without waiting
@@ -121,6 +121,7 @@ class LocalRuntime:
         self.gatherer: Schedule | None = None  # the batch route's scheduled function
         self.base_config = load_config(self.options.config_path)
         self.aws_calls = AwsCallCounter()
+        self.returns = Returns()
         self.simulator: Simulator | None = None
         self._stack = ExitStack()
         self.mappings: dict[Priority, EventSourceMapping] = {}
@@ -172,6 +173,7 @@ class LocalRuntime:
             self._stack.enter_context(moto_in_process())
             self.endpoint = None
         self.aws_calls.install()
+        self.returns.install()
         self._stack.enter_context(_fine_thread_switches())
         self.resources = create_resources(self.config, options.visibility_timeout_s)
         if options.state_dir is not None:
@@ -292,8 +294,9 @@ class LocalRuntime:
         model, or the pipeline is paused for the day's budget with no invocation under
         way (or until ``until`` says so): jobs deferred for a while (reservations in
         flight) are waited for, and a wait whose jobs are all final or deferred, with none
-        running for ``BUSY_RETRY_S + STILL_S`` (each such deferral came back and was
-        refused again: a batch at its limit, a job alone above the daily limit), ends.
+        running for ``STILL_S`` since the last one deferred for a short while came back
+        (``local/returns``; the others wait for a batch's higher limit, or for midnight),
+        ends.
         Raises ``Stopped`` once ``request_stop`` was called."""
         deadline = time.monotonic() + self.options.timeout_s
         still_since: float | None = None  # since when only deferred jobs were left, idle
@@ -307,8 +310,10 @@ class LocalRuntime:
             if until is None and self.budget_paused():
                 return info
             if until is None and not any(backlog) and self._only_deferred_idle(info, plan):
-                still_since = still_since or time.monotonic()
-                if time.monotonic() - still_since > budget_errors.BUSY_RETRY_S + STILL_S:
+                now = time.monotonic()
+                still_since = still_since or now
+                # still since then, and since the last job deferred for a while came back
+                if now - max(still_since, now + min(0.0, self.returns.due_in())) > STILL_S:
                     return info
             else:
                 still_since = None
