@@ -14,7 +14,7 @@ import pytest
 
 from bench.bench_money import MIXES, Books, Mix, run_mix, usd
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("quick_deferrals")]
 
 JOBS = 40
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import pytest
 
 from chatbatch.core.config import Config, Model
 from chatbatch.core.pricing import Usage, cost, from_nanos
@@ -68,6 +69,7 @@ def spent(rt: LocalRuntime) -> Decimal:
     return usage.spent_usd
 
 
+@pytest.mark.usefixtures("quick_deferrals")
 def test_open_ended_jobs_never_bill_past_a_tiny_budget(tmp_path: Path, config: Config):
     """The issue's run: open-ended jobs, $0.01 budget, a provider answering at length."""
     lines = [{"custom_id": f"o{i}", "prompt": f"tell me all about topic {i}"} for i in range(40)]
