@@ -100,10 +100,13 @@ def run_batch(local: Local, name: str, jsonl: list[str]) -> Finished:
     path = local.workdir / f"{name}.jsonl"
     path.write_text("\n".join(jsonl) + "\n")
     batch = local.json("submit", str(path))["batch_id"]
-    deadline = time.monotonic() + 60
-    while not local.json("status", batch)["done"]:
-        assert time.monotonic() < deadline, "batch did not finish"
-        time.sleep(0.1)
+    # each look is a whole `status` command against moto's server: every 0.5 s, not
+    # more, and two minutes for a loaded machine (CI's four test processes on two cores:
+    # polled every 0.1 s, 60 s were not enough once)
+    deadline = time.monotonic() + 120
+    while not (status := local.json("status", batch))["done"]:
+        assert time.monotonic() < deadline, f"batch did not finish: {status}"
+        time.sleep(0.5)
     out = local.workdir / f"{name}-results.jsonl"
     local.json("collect", batch, "-o", str(out))
     results = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
