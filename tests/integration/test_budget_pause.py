@@ -29,7 +29,6 @@ from chatbatch.core.days import next_midnight
 from chatbatch.local.options import LocalOptions
 from chatbatch.local.runtime import LocalRuntime
 from chatbatch.local.summary import Summary
-from chatbatch.state.budget import errors as budget_errors
 from chatbatch.state.budget.budget import Budget
 from chatbatch.state.budget.pause import BudgetPause
 from chatbatch.state.queue_switch import TableSwitch
@@ -41,11 +40,10 @@ runner = CliRunner()
 
 
 @pytest.fixture(autouse=True)
-def quick(monkeypatch: pytest.MonkeyPatch) -> None:
+def quick(monkeypatch: pytest.MonkeyPatch, quick_deferrals: None) -> None:
     """Jobs handed back while pausing come round after 1 s, not 60; jobs deferred because
-    reservations in flight hold the room look again after 1 s, not 15."""
+    reservations in flight hold the room look again sooner (``quick_deferrals``)."""
     monkeypatch.setattr(budget_pause, "PAUSED_DELAY_S", 1)
-    monkeypatch.setattr(budget_errors, "BUSY_RETRY_S", 1.0)
 
 
 def _jobs(tmp_path: Path, count: int) -> Path:
