@@ -33,7 +33,11 @@ def test_only_short_delays_are_waited_for() -> None:
     returns({"DelaySeconds": int(budget_errors.BUSY_RETRY_S)})  # reservations in flight
     returns({"DelaySeconds": 2})
     assert returns.due_in() == budget_errors.BUSY_RETRY_S
-    clock.now += budget_errors.BUSY_RETRY_S + 1
+    entries = [{"Id": "a", "DelaySeconds": 900}, {"Id": "b", "DelaySeconds": 9}, {"Id": "c"}]
+    clock.now += 10
+    returns({"QueueUrl": "q", "Entries": entries})  # a batch: its longest short delay
+    assert returns.due_in() == 9
+    clock.now += 10
     assert returns.due_in() == -1.0, "back a second ago"
 
 
@@ -50,7 +54,10 @@ def test_the_delays_of_the_sessions_sends_are_read(
     url = sqs.create_queue(QueueName="returns")["QueueUrl"]
     sqs.send_message(QueueUrl=url, MessageBody="later", DelaySeconds=12)
     assert returns.due_in() == pytest.approx(12, abs=1)
+    entries = [{"Id": "a", "MessageBody": "replayed", "DelaySeconds": 14}]
+    sqs.send_message_batch(QueueUrl=url, Entries=entries)  # type: ignore[arg-type]
+    assert returns.due_in() == pytest.approx(14, abs=1)
     attributes = sqs.get_queue_attributes(
         QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesDelayed"]
     )["Attributes"]
-    assert attributes["ApproximateNumberOfMessagesDelayed"] == "1"
+    assert attributes["ApproximateNumberOfMessagesDelayed"] == "2"

@@ -30,14 +30,18 @@ class Returns:
         self._lock = threading.Lock()
 
     def __call__(self, params: dict[str, Any], **_: Any) -> None:
-        delay = float(params.get("DelaySeconds", 0))
-        if 0 < delay <= budget_errors.BUSY_RETRY_S:
+        """A ``SendMessage``'s parameters, or a ``SendMessageBatch``'s (the journal's
+        replay of a resumed run sends delayed messages so)."""
+        delays = [float(e.get("DelaySeconds", 0)) for e in params.get("Entries", [params])]
+        short = [d for d in delays if 0 < d <= budget_errors.BUSY_RETRY_S]
+        if short:
             with self._lock:
-                self._last = max(self._last, self._clock() + delay)
+                self._last = max(self._last, self._clock() + max(short))
 
     def install(self) -> None:
-        """Watch every ``SendMessage`` of the run's session (``local/sessions``)."""
-        sessions.register("provide-client-params.sqs.SendMessage", self)
+        """Watch every message the run's session sends (``local/sessions``)."""
+        for operation in ("SendMessage", "SendMessageBatch"):
+            sessions.register(f"provide-client-params.sqs.{operation}", self)
 
     def due_in(self) -> float:
         """Seconds until the last short-delayed message is back (<= 0: all are)."""
