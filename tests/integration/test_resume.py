@@ -293,11 +293,27 @@ class LocalUp:
     proc: subprocess.Popen[str] | None = None
     env: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def log(self) -> Path:
+        return self.state.parent / "local-up.log"
+
+    def stop(self) -> None:
+        """Ctrl-C: it ends once the invocations under way have (at most the function's
+        timeout, 120 s in the shipped config), with exit code 0."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            code = self.proc.wait(timeout=150)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            tail = self.log.read_text()[-3000:]
+            raise AssertionError(f"no stop on Ctrl-C; its log ends:\n{tail}") from None
+        assert code == 0, self.log.read_text()[-3000:]
+
     def start(self) -> LocalUp:
         command = ["up", "--port", "0", "--json", "--state", self.state, "--rpm", "240"]
-        self.proc = local(
-            self.provider, *command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-        )
+        with self.log.open("a") as log:  # its workers' log, for a failure to show
+            self.proc = local(self.provider, *command, stdout=subprocess.PIPE, stderr=log)
         assert self.proc.stdout is not None
         # its first line, even when the workers it resumes log at once (to stderr, --json)
         self.env = clean_env() | json.loads(self.proc.stdout.readline())["env"]
@@ -336,9 +352,7 @@ def test_local_up_restarted_on_its_state_carries_on_its_batches(
         collected = tmp_path / "collected.jsonl"
         up.cli("collect", "up", "-o", str(collected))
     finally:
-        assert up.proc is not None
-        up.proc.send_signal(signal.SIGINT)
-        assert up.proc.wait(timeout=60) == 0
+        up.stop()
     assert_each_job_answered_once_its_own(jobs, collected.parent, config, collected.name)
     stats = provider.stats()
     assert n <= stats.billed_calls <= n + IN_FLIGHT
