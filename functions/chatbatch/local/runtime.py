@@ -312,8 +312,8 @@ class LocalRuntime:
             if until is None and not any(backlog) and self._only_deferred_idle(info, plan):
                 now = time.monotonic()
                 still_since = still_since or now
-                # still since then, and since the last job deferred for a while came back
-                if now - max(still_since, now + min(0.0, self.returns.due_in())) > STILL_S:
+                # still since then, and the last job deferred for a while back as long
+                if min(now - still_since, -self.returns.due_in()) > STILL_S:
                     return info
             else:
                 still_since = None

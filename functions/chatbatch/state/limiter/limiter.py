@@ -406,7 +406,8 @@ class RateLimiter:
             if verdicts[-1].bounds is None:
                 continue
             more = verdicts[-2] if k < len(tokens) else verdicts[-1]
-            if more.reason == "adaptive" and k < len(tokens) and self._fits_alone(st, tokens[k]):
+            alone = k < len(tokens) and st.limits.fits(tokens[k], adapted=True)
+            if more.reason == "adaptive" and alone:
                 # the jobs together are bigger than the limit, the next one alone is not:
                 # it waits for room in the window (give-backs of open leases may free it
                 # soon), not a minute for the limit to grow past their sum
@@ -419,14 +420,10 @@ class RateLimiter:
             return tokens[:k], verdicts[-1], more
         return [], verdicts[-1], verdicts[-1]
 
-    @staticmethod
-    def _fits_alone(st: State, tokens: int) -> bool:
-        return tokens <= st.limits.eff("t") and st.limits.eff("r") >= 1
-
     def _check_size(self, model: str, st: State, tokens: int) -> None:
-        base = st.limits.base
-        if tokens <= base["t"] and base["r"] >= 1:
+        if st.limits.fits(tokens, adapted=False):
             return
+        base = st.limits.base
         shards = self.shards(model)
         raise RequestTooLargeError(
             f"model {model}: a request of 1 call and {tokens} estimated tokens does not fit "

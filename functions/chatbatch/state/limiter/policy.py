@@ -69,6 +69,12 @@ class Limits:
     def eff(self, metric: str) -> float:
         return self.base[metric] * self.factor
 
+    def fits(self, tokens: int, *, adapted: bool) -> bool:
+        """Whether one request of ``tokens`` fits a minute of the limit: the configured
+        (and learned) one, or with ``adapted`` the effective one after the factor."""
+        factor = self.factor if adapted else 1.0
+        return tokens <= self.base["t"] * factor and self.base["r"] * factor >= 1
+
     def pace(self) -> float:
         """Requests per minute the sends are spaced at: the limit less its margin, slowed
         by ``burst``."""
